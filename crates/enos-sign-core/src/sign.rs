@@ -1,0 +1,111 @@
+//! [`sign`]: the EnOS password digest, streamed and allocation-free.
+
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::{
+    ident::{ClientId, DeviceKey, ProductKey},
+    method::{HexCase, SignMethod},
+    secret::{Password, SigningSecret},
+    timestamp::TimestampMs,
+};
+
+/// The four signed fields of a login.
+///
+/// The content is their names and values concatenated in the (fixed)
+/// alphabetical order of the names: `clientId…deviceKey…productKey…timestamp…`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SignedFields {
+    /// Signed as `clientId`; the part of the MQTT client id before `|`.
+    pub client_id: ClientId,
+    /// Signed as `deviceKey`; also the first half of the username.
+    pub device_key: DeviceKey,
+    /// Signed as `productKey`; also the second half of the username.
+    pub product_key: ProductKey,
+    /// Signed as `timestamp`; must equal the one in the MQTT client id.
+    pub timestamp: TimestampMs,
+}
+
+impl SignedFields {
+    /// Fields with the SDKs' default client id, the device key.
+    ///
+    /// Fails only for the channel device key, which needs an explicit
+    /// client id (the product key).
+    pub fn with_device_key_as_client_id(
+        product_key: ProductKey,
+        device_key: DeviceKey,
+        timestamp: TimestampMs,
+    ) -> Result<Self, crate::SignError> {
+        Ok(SignedFields {
+            client_id: ClientId::from_device_key(&device_key)?,
+            device_key,
+            product_key,
+            timestamp,
+        })
+    }
+
+    /// Feeds the content, in order, to `sink` without assembling it.
+    ///
+    /// Custody backends that digest elsewhere (a PKCS#11 token) use this
+    /// to stream the same bytes [`sign`] hashes.
+    pub fn write_content(&self, mut sink: impl FnMut(&[u8])) {
+        let mut digits = itoa::Buffer::new();
+        sink(b"clientId");
+        sink(self.client_id.as_str().as_bytes());
+        sink(b"deviceKey");
+        sink(self.device_key.as_str().as_bytes());
+        sink(b"productKey");
+        sink(self.product_key.as_str().as_bytes());
+        sink(b"timestamp");
+        sink(digits.format(self.timestamp.as_millis()).as_bytes());
+    }
+}
+
+/// Signs with the hex case the official SDKs send for `method`
+/// (see [`SignMethod::sdk_hex_case`]).
+pub fn sign(fields: &SignedFields, method: SignMethod, secret: &impl SigningSecret) -> Password {
+    sign_with_case(fields, method, secret, method.sdk_hex_case())
+}
+
+/// `HEX(DIGEST(content ‖ secret))` in the given case.
+///
+/// The content is streamed into the hasher piece by piece: no string is
+/// assembled and nothing is allocated.
+pub fn sign_with_case(
+    fields: &SignedFields,
+    method: SignMethod,
+    secret: &impl SigningSecret,
+    case: HexCase,
+) -> Password {
+    let secret = secret.secret_bytes();
+    match method {
+        SignMethod::HmacSha1 => digest_hex::<Sha1>(fields, secret, case),
+        SignMethod::HmacSha256 => digest_hex::<Sha256>(fields, secret, case),
+        SignMethod::HmacMd5 => digest_hex::<Md5>(fields, secret, case),
+    }
+}
+
+fn digest_hex<D: Digest>(fields: &SignedFields, secret: &[u8], case: HexCase) -> Password {
+    // The content is public, so it is gathered on the stack (no wiping
+    // needed) and hashed in one update: cheaper than eight small updates.
+    let mut content = [0u8; MAX_CONTENT_LEN];
+    let mut len = 0;
+    fields.write_content(|chunk| {
+        content[len..len + chunk.len()].copy_from_slice(chunk);
+        len += chunk.len();
+    });
+    let mut hasher = D::new();
+    hasher.update(&content[..len]);
+    hasher.update(secret);
+    let mut digest = hasher.finalize();
+    let password = Password::encode(&digest, case);
+    digest.as_mut_slice().zeroize();
+    password
+}
+
+/// The longest content: the four names (38 bytes), the longest values
+/// (64 + 64 + 32) and a 20-digit timestamp.
+const MAX_CONTENT_LEN: usize =
+    38 + ClientId::MAX_LEN + DeviceKey::MAX_LEN + ProductKey::MAX_LEN + 20;

@@ -1,0 +1,71 @@
+//! Debian packages the tests need, installed when missing.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// A program the tests run and the Debian package that provides it.
+pub(crate) struct SystemPackage {
+    /// Looked up on `PATH` (or as an absolute path) to decide whether the
+    /// package is there.
+    pub(crate) program: &'static str,
+    /// What `apt-get install` is given.
+    pub(crate) package: &'static str,
+}
+
+/// Everything the test suite needs beyond the Rust toolchain.
+pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[];
+
+/// Installs whatever is missing when running as root; otherwise stops
+/// with the exact command to run.
+pub(crate) fn ensure(needed: &[SystemPackage]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|p| !is_installed(p.program))
+        .map(|p| p.package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "the tests need Debian packages that are missing: {list}\n\
+             run: sudo sh -c 'apt-get update && apt-get install -y {list}'"
+        );
+    }
+    println!("xtask: installing missing system packages: {list}");
+    run("apt-get", &["update"])?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    run("apt-get", &args)
+}
+
+fn is_installed(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+            // Daemons such as mosquitto live in sbin, often off a user's PATH.
+            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(program).is_file())
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
