@@ -1,0 +1,133 @@
+//! Custody of device secrets, behind one trait.
+//!
+//! The registry stores a [`SealedSecret`] per device; only a [`Custody`]
+//! can turn it back into a signature. Software custody seals with an AEAD
+//! under a master key and opens the secret for the duration of one sign;
+//! HSM custody wraps under a key that never leaves a PKCS#11 token and
+//! digests inside the token. The signer service sees neither: it calls
+//! [`Custody::sign`].
+//!
+//! # Layout
+//!
+//! - [`Custody`]: seal, sign, and (for migration only) open.
+//! - [`SecretRef`]: which secret, bound into every seal so that a sealed
+//!   secret copied to another record fails to open.
+//! - [`SealedSecret`]: the stored form, tagged with the scheme that made it.
+//! - [`CustodyError`]: the one error type; it never contains secret material.
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use enos_sign_core::{
+    DeviceKey, DeviceSecret, HexCase, Password, ProductKey, SignMethod, SignedFields,
+};
+
+/// Names one version of one device's secret. Every [`Custody`] binds all
+/// three parts into the sealed form (AEAD associated data, or the wrapped
+/// blob's context), so swapping blobs between records is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretRef<'a> {
+    /// The device's product key.
+    pub product_key: &'a ProductKey,
+    /// The device's key.
+    pub device_key: &'a DeviceKey,
+    /// The secret's version: 1 at creation, +1 per rotation.
+    pub version: u32,
+}
+
+impl SecretRef<'_> {
+    /// A canonical byte string of the reference, for associated data:
+    /// `enos-secret-v1|{productKey}|{deviceKey}|{version}`. `|` is in
+    /// neither key, so the encoding is unambiguous.
+    pub fn associated_data(&self) -> Vec<u8> {
+        format!(
+            "enos-secret-v1|{}|{}|{}",
+            self.product_key, self.device_key, self.version
+        )
+        .into_bytes()
+    }
+}
+
+/// A device secret as the registry stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// Which custody made it (for example `aead-xchacha20poly1305-v1` or
+    /// `pkcs11-aes-kwp-v1`), so that a migration knows what each record
+    /// holds and a mismatch is refused instead of misread.
+    pub scheme: String,
+    /// The sealed bytes; opaque outside the custody that made them.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("scheme", &self.scheme)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Keeps device secrets and signs with them.
+///
+/// Implementations are cheap to share (`Send + Sync`) and blocking: an HSM
+/// call may take milliseconds, so async callers run them on a blocking pool
+/// where that matters.
+pub trait Custody: Send + Sync + 'static {
+    /// The scheme tag this custody writes into [`SealedSecret::scheme`].
+    fn scheme(&self) -> &str;
+
+    /// Seals a secret for storage under `id`. The plaintext is not kept.
+    fn seal(&self, id: SecretRef<'_>, secret: &DeviceSecret) -> Result<SealedSecret, CustodyError>;
+
+    /// Signs `fields` with the sealed secret: `HEX(DIGEST(content ‖ secret))`
+    /// exactly as [`enos_sign_core::sign_with_case`] computes it.
+    fn sign(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+        fields: &SignedFields,
+        method: SignMethod,
+        case: HexCase,
+    ) -> Result<Password, CustodyError>;
+
+    /// Opens a sealed secret into plaintext. For migration between
+    /// custodies only; an HSM custody may refuse with
+    /// [`CustodyError::Unsupported`].
+    fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError>;
+}
+
+/// What can go wrong in a custody. Messages never contain a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CustodyError {
+    /// The sealed secret was made by another scheme.
+    #[error("sealed secret uses scheme {found:?}, this custody handles {expected:?}")]
+    WrongScheme {
+        /// The scheme this custody handles.
+        expected: String,
+        /// The record's scheme.
+        found: String,
+    },
+    /// The sealed secret does not open under this key and reference: it
+    /// was tampered with, copied from another record, or sealed under
+    /// another key.
+    #[error(
+        "sealed secret failed its integrity check (wrong key, or bound to another device or version)"
+    )]
+    Integrity,
+    /// The key store (HSM token) cannot be reached now; retrying later may
+    /// succeed.
+    #[error("custody unavailable: {0}")]
+    Unavailable(String),
+    /// The custody is misconfigured (wrong PIN, missing key, unsupported
+    /// mechanism); retrying will not help.
+    #[error("custody misconfigured: {0}")]
+    Config(String),
+    /// The operation is not supported by this custody.
+    #[error("not supported by this custody: {0}")]
+    Unsupported(&'static str),
+    /// A secret read back from custody is not a valid secret.
+    #[error("invalid secret in custody: {0}")]
+    InvalidSecret(#[from] enos_sign_core::SignError),
+}

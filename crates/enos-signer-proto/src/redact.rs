@@ -1,0 +1,126 @@
+//! Redacting `Debug` for the messages that carry a password or a secret
+//! (their derived `Debug` is switched off in build.rs).
+
+use core::fmt;
+
+use crate::v1::{ImportRow, MqttCredential, PutDeviceRequest, RotateSecretRequest, SubDeviceLogin};
+
+/// What a redacted field prints as.
+const REDACTED: &str = "[REDACTED]";
+
+impl fmt::Debug for MqttCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttCredential")
+            .field("mqtt_client_id", &self.mqtt_client_id)
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("sign_method", &self.sign_method)
+            .field("secure_mode", &self.secure_mode)
+            .field("broker_urls", &self.broker_urls)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SubDeviceLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubDeviceLogin")
+            .field("product_key", &self.product_key)
+            .field("device_key", &self.device_key)
+            .field("client_id", &self.client_id)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("sign_method", &self.sign_method)
+            .field("sign", &REDACTED)
+            .field("secure_mode", &self.secure_mode)
+            .field("clean_session", &self.clean_session)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PutDeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutDeviceRequest")
+            .field("device", &self.device)
+            .field("device_secret", &REDACTED)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RotateSecretRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateSecretRequest")
+            .field("device", &self.device)
+            .field("new_device_secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ImportRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportRow")
+            .field("line", &self.line)
+            .field("product_key", &self.product_key)
+            .field("device_key", &self.device_key)
+            .field("device_secret", &REDACTED)
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::v1::*;
+
+    #[test]
+    fn secret_bearing_messages_do_not_print_secrets() {
+        let secret = "TopSecretValue123";
+        let printed = [
+            format!(
+                "{:?}",
+                MqttCredential {
+                    password: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                SubDeviceLogin {
+                    sign: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                PutDeviceRequest {
+                    device_secret: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                RotateSecretRequest {
+                    new_device_secret: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ImportDevicesRequest {
+                    rows: vec![ImportRow {
+                        device_secret: secret.into(),
+                        ..Default::default()
+                    }],
+                    dry_run: false,
+                }
+            ),
+        ];
+        for p in printed {
+            assert!(!p.contains(secret), "{p}");
+            assert!(p.contains("[REDACTED]"), "{p}");
+        }
+    }
+}
