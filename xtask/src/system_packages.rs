@@ -35,8 +35,15 @@ pub(crate) fn ensure(needed: &[SystemPackage]) -> Result<()> {
         );
     }
     println!("xtask: installing missing system packages: {list}");
-    run("apt-get", &["update"])?;
-    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    // Wait for a dpkg lock held by another installer instead of failing.
+    run("apt-get", &["-o", "DPkg::Lock::Timeout=300", "update"])?;
+    let mut args = vec![
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        "install",
+        "-y",
+        "--no-install-recommends",
+    ];
     args.extend(missing.iter().copied());
     run("apt-get", &args)
 }
