@@ -86,8 +86,8 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The subscriber is up before anything that can fail.
             error!("{e:#}");
-            eprintln!("enos-sandbox: error: {e:#}");
             ExitCode::FAILURE
         }
     }
