@@ -51,23 +51,45 @@ async fn runs_from_a_config_file_on_port_zero() {
     })
     .await
     .expect("reader");
-    let Some(StatusLine::Listening { mqtt, tls: Some(tls) }) = StatusLine::parse(&line) else {
+    let Some(StatusLine::Listening {
+        mqtt,
+        tls: Some(tls),
+    }) = StatusLine::parse(&line)
+    else {
         panic!("not a listening line: {line:?}");
     };
     assert_ne!(mqtt.port(), 0);
     assert_ne!(tls.port(), 0);
     let addr: SocketAddr = mqtt;
-    let dev1 = credential("pkA", "dev1", "secret-dev1-7f3a9", SignMethod::HmacSha1, now_ms());
+    let dev1 = credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms(),
+    );
     connect(addr, &dev1, None).await.expect("connects");
-    let stale = credential("pkA", "dev1", "secret-dev1-7f3a9", SignMethod::HmacSha1, now_ms() - 180_000);
-    assert!(connect(addr, &stale, None).await.is_err(), "the config's 120 s window applies");
+    let stale = credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms() - 180_000,
+    );
+    assert!(
+        connect(addr, &stale, None).await.is_err(),
+        "the config's 120 s window applies"
+    );
 }
 
 #[test]
 fn a_bad_device_file_is_a_clear_error() {
     let fixture = Fixture::new();
-    std::fs::write(&fixture.devices, "productKey,deviceKey,deviceSecret\npkA,dev1,has space\n")
-        .expect("write");
+    std::fs::write(
+        &fixture.devices,
+        "productKey,deviceKey,deviceSecret\npkA,dev1,has space\n",
+    )
+    .expect("write");
     let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
         .arg("--devices")
         .arg(&fixture.devices)
@@ -76,7 +98,10 @@ fn a_bad_device_file_is_a_clear_error() {
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 2") && stderr.contains("deviceSecret"), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("deviceSecret"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("has space"), "{stderr}");
 }
 
@@ -93,5 +118,8 @@ fn a_port_in_use_is_a_clear_error() {
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }

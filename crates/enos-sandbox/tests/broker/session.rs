@@ -39,14 +39,27 @@ fn login(id: &str, dk: &str, secret: &str) -> Value {
 async fn sub_device_login_and_logout_replies() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let gw1 = credential("gwpk", "gw1", "secret-gw1-a83f1", SignMethod::HmacSha1, now_ms());
-    let mut gateway = connect(sandbox.mqtt_addr(), &gw1, None).await.expect("gateway connects");
+    let gw1 = credential(
+        "gwpk",
+        "gw1",
+        "secret-gw1-a83f1",
+        SignMethod::HmacSha1,
+        now_ms(),
+    );
+    let mut gateway = connect(sandbox.mqtt_addr(), &gw1, None)
+        .await
+        .expect("gateway connects");
     let topic = "/ext/session/gwpk/gw1/combine/login";
 
-    let ok = gateway.request(topic, &login("1", "sub1", "secret-sub1-c4e88")).await;
+    let ok = gateway
+        .request(topic, &login("1", "sub1", "secret-sub1-c4e88"))
+        .await;
     assert_eq!(ok["id"], "1");
     assert_eq!(ok["code"], 200, "{ok}");
-    assert_eq!(ok["data"], json!({"productKey": "subpk", "deviceKey": "sub1"}));
+    assert_eq!(
+        ok["data"],
+        json!({"productKey": "subpk", "deviceKey": "sub1"})
+    );
 
     let cases = [
         ("2", "sub1", "not-the-secret", 742),
@@ -56,8 +69,15 @@ async fn sub_device_login_and_logout_replies() {
     ];
     for (id, dk, secret, code) in cases {
         let reply = gateway.request(topic, &login(id, dk, secret)).await;
-        assert_eq!((reply["id"].clone(), reply["code"].clone()), (json!(id), json!(code)), "{reply}");
-        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply}");
+        assert_eq!(
+            (reply["id"].clone(), reply["code"].clone()),
+            (json!(id), json!(code)),
+            "{reply}"
+        );
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
     }
 
     let logout = json!({
@@ -66,13 +86,23 @@ async fn sub_device_login_and_logout_replies() {
         "method": "combine.logout",
         "params": {"productKey": "subpk", "deviceKey": "sub1"}
     });
-    let reply = gateway.request("/ext/session/gwpk/gw1/combine/logout", &logout).await;
-    assert_eq!((reply["id"].clone(), reply["code"].clone()), (json!("6"), json!(200)));
-    let reply = gateway.request("/ext/session/gwpk/gw2/combine/logout", &logout).await;
+    let reply = gateway
+        .request("/ext/session/gwpk/gw1/combine/logout", &logout)
+        .await;
+    assert_eq!(
+        (reply["id"].clone(), reply["code"].clone()),
+        (json!("6"), json!(200))
+    );
+    let reply = gateway
+        .request("/ext/session/gwpk/gw2/combine/logout", &logout)
+        .await;
     assert_eq!(reply["code"], 740);
 
     let logs = sandbox.logs();
-    assert!(logs.contains("request=\"combine.login\" device=gwpk/gw1 code=742"), "{logs}");
+    assert!(
+        logs.contains("request=\"combine.login\" device=gwpk/gw1 code=742"),
+        "{logs}"
+    );
     assert!(!logs.contains("secret-sub1-c4e88"));
 }
 
@@ -80,18 +110,36 @@ async fn sub_device_login_and_logout_replies() {
 async fn measurepoint_post_gets_its_reply() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let dev1 = credential("pkA", "dev1", "secret-dev1-7f3a9", SignMethod::HmacSha1, now_ms());
-    let mut device = connect(sandbox.mqtt_addr(), &dev1, None).await.expect("connects");
+    let dev1 = credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms(),
+    );
+    let mut device = connect(sandbox.mqtt_addr(), &dev1, None)
+        .await
+        .expect("connects");
     let post = json!({
         "id": "123",
         "version": "1.0",
         "method": "thing.measurepoint.post",
         "params": {"measurepoints": {"temperature": 21.5}, "time": now_ms()}
     });
-    let reply = device.request("/sys/pkA/dev1/thing/measurepoint/post", &post).await;
-    assert_eq!(reply, json!({"id": "123", "code": 200, "data": {}, "message": ""}));
+    let reply = device
+        .request("/sys/pkA/dev1/thing/measurepoint/post", &post)
+        .await;
+    assert_eq!(
+        reply,
+        json!({"id": "123", "code": 200, "data": {}, "message": ""})
+    );
 
     let bad = json!({"id": "124", "method": "thing.measurepoint.post"});
-    let reply = device.request("/sys/pkA/dev1/thing/measurepoint/post", &bad).await;
-    assert_eq!((reply["id"].clone(), reply["code"].clone()), (json!("124"), json!(460)));
+    let reply = device
+        .request("/sys/pkA/dev1/thing/measurepoint/post", &bad)
+        .await;
+    assert_eq!(
+        (reply["id"].clone(), reply["code"].clone()),
+        (json!("124"), json!(460))
+    );
 }
