@@ -35,10 +35,14 @@
 //!   yes or no; on no it closes the TCP (or TLS) connection without
 //!   sending a CONNACK (EnOS would send CONNACK code 4 or 5). **What a
 //!   client observes:** the connection closes right after CONNECT, before
-//!   any CONNACK. rumqttc reports it from `EventLoop::poll` as a
-//!   `ConnectionError` (an I/O error such as "connection closed by peer"),
-//!   never as `Event::Incoming(Packet::ConnAck(_))`. Clients must treat
-//!   "closed before CONNACK" as "refused"; the reason is in the sandbox's
+//!   any CONNACK. rumqttc 0.25's first `EventLoop::poll` returns an error,
+//!   never `Event::Incoming(Packet::ConnAck(_))`: in plain MQTT
+//!   `ConnectionError::MqttState(StateError::ConnectionAborted)` ("Connection
+//!   closed by peer abruptly"); over TLS `MqttState(Deserialization(Io(_)))`
+//!   ("peer closed connection without sending TLS close_notify"); and
+//!   without a client certificate the same with "received fatal alert:
+//!   CertificateRequired". Clients must treat "closed before CONNACK" as
+//!   "refused" (and back off); the reason is in the sandbox's
 //!   log at info level: `refused MQTT CONNECT … reason=…` (never the
 //!   password). A CONNECT without username or password never reaches the
 //!   check: rumqttd closes it the same way and logs `InvalidAuth`.
