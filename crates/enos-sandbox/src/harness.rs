@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{error::SandboxError, ports::PortReservation, status::StatusLine};
+use crate::{
+    broker::ReloadOutcome, error::SandboxError, ports::PortReservation, status::StatusLine,
+};
 
 /// The binary's name, as cargo builds it.
 const BIN_NAME: &str = "enos-sandbox";
@@ -381,10 +383,11 @@ impl Sandbox {
     }
 
     /// Re-reads the device file (SIGHUP to the child) and returns once the
-    /// child has done so, with the number of devices. On error (say, an
-    /// invalid file) the previous devices stay in force. New CONNECTs and
-    /// logins see the new file; sessions already open stay open.
-    pub fn reload_devices(&self) -> Result<usize, SandboxError> {
+    /// child has done so. On error (say, an invalid file) the previous
+    /// devices stay in force. New CONNECTs and logins see the new file;
+    /// open sessions of devices removed, disabled or given another secret
+    /// are closed before this returns; other sessions stay open.
+    pub fn reload_devices(&self) -> Result<ReloadOutcome, SandboxError> {
         let child = self
             .child
             .as_ref()
@@ -404,7 +407,13 @@ impl Sandbox {
             s.ended.then_some(None)
         });
         match outcome {
-            Some(Some(StatusLine::Reloaded { devices })) => Ok(devices),
+            Some(Some(StatusLine::Reloaded {
+                devices,
+                dropped_sessions,
+            })) => Ok(ReloadOutcome {
+                devices,
+                dropped_sessions,
+            }),
             Some(Some(StatusLine::ReloadFailed { reason })) => Err(SandboxError::Reload(reason)),
             Some(_) => Err(SandboxError::Process(format!(
                 "the sandbox exited during reload; last lines:\n{}",

@@ -22,6 +22,7 @@
 //! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
 //! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused |
 //! | [`session`] | [`Responder`]: request/reply topics and their EnOS codes |
+//! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
 //! | [`broker`] | [`RunningBroker`]: rumqttd in this process (what the binary runs) |
 //! | [`harness`] | [`Sandbox`]: the test API, the binary as a child process |
 //! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
@@ -62,9 +63,12 @@
 //!   logs. [`ListenWatch`] watches rumqttd's own log events, so the
 //!   sandbox reports `listening` only once rumqttd listens, and fails with
 //!   rumqttd's reason (say, address in use) otherwise.
-//! - **No disconnect on request.** A reload changes what new CONNECTs and
-//!   logins see; sessions already open stay open. To drop every session
-//!   (say, after disabling a device), restart the sandbox.
+//! - **No disconnect on request.** rumqttd cannot close a client's
+//!   connection on demand. A reload therefore *takes over* the sessions it
+//!   revokes (devices removed, disabled or with a new secret): the sandbox
+//!   connects to itself with the same client id, which makes rumqttd close
+//!   the device's connection, then disconnects ([`sessions`]). Other
+//!   sessions stay open; [`Sandbox::restart`] drops them all.
 //! - **TLS details.** rumqttd reads the TLS files on each connection, and
 //!   only the first certificate of the CA file (so the sandbox checks the
 //!   files once at start). With client certificates on, rumqttd treats a
@@ -113,10 +117,11 @@ pub mod harness;
 mod ports;
 mod readiness;
 pub mod session;
+pub mod sessions;
 mod status;
 
 pub use auth::{Authenticator, Refusal};
-pub use broker::RunningBroker;
+pub use broker::{ReloadOutcome, RunningBroker};
 pub use config::{ConfigFile, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
 pub use error::SandboxError;
@@ -124,4 +129,5 @@ pub use harness::{Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
 pub use session::{Reply, Responder};
+pub use sessions::SessionTracker;
 pub use status::StatusLine;

@@ -157,9 +157,16 @@ async fn serve(
     loop {
         tokio::select! {
             _ = hangup.recv() => match broker.reload_devices() {
-                Ok(devices) => {
-                    info!(devices, "reloaded the device file");
-                    status(StatusLine::Reloaded { devices });
+                Ok(outcome) => {
+                    info!(
+                        devices = outcome.devices,
+                        dropped_sessions = outcome.dropped_sessions,
+                        "reloaded the device file"
+                    );
+                    status(StatusLine::Reloaded {
+                        devices: outcome.devices,
+                        dropped_sessions: outcome.dropped_sessions,
+                    });
                 }
                 Err(e) => {
                     error!(error = %e, "reload failed; the previous devices stay in force");
