@@ -29,7 +29,7 @@ use crate::{
     error::SandboxError,
     ports::PortReservation,
     readiness::ListenWatch,
-    session::{REQUEST_FILTERS, Responder},
+    responder::{REQUEST_FILTERS, Responder},
     sessions::SessionTracker,
 };
 

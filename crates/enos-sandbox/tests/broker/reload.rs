@@ -61,8 +61,22 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
             "pkA,dev2,secret-dev2-51c2e,false,",
         );
     std::fs::write(&fixture.devices, rotated).expect("rewrite devices");
+    let mark = sandbox.log_mark();
     let outcome = sandbox.reload_devices().expect("reloads");
     assert_eq!((outcome.devices, outcome.dropped_sessions), (8, 2));
+    sandbox
+        .wait_for_log_since(mark, "dropped the session", WAIT)
+        .expect("logged after the reload");
+    assert!(
+        sandbox
+            .wait_for_log_since(
+                sandbox.log_mark(),
+                "dropped the session",
+                std::time::Duration::from_millis(50)
+            )
+            .is_err(),
+        "a mark at the end sees nothing old"
+    );
 
     // The revoked sessions are closed; the untouched one carries on.
     assert!(
