@@ -471,7 +471,7 @@ impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Config, AgentError> {
         let config: Config = toml::from_str(text).map_err(|e| AgentError::ConfigSyntax {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: syntax_message(text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -596,6 +596,21 @@ impl Config {
     }
 }
 
+/// The parser's message with its line and column, but without the quoted
+/// source line: a secret pasted into the wrong field must not be echoed.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
 fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
     if bridge.local_broker.tls {
         return Err(AgentError::config(
@@ -670,6 +685,12 @@ fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
                 return Err(AgentError::config(
                     field("reply_to"),
                     format!("{reply:?} is not a valid MQTT topic (no wildcards)"),
+                ));
+            }
+            if bridge.upstream.iter().any(|r| rumqttc::matches(reply, &r.local)) {
+                return Err(AgentError::config(
+                    field("reply_to"),
+                    format!("{reply:?} matches an upstream filter, so replies would loop back up"),
                 ));
             }
         }
