@@ -1,0 +1,305 @@
+//! [`Authenticator`]: decides whether an MQTT CONNECT may open a session,
+//! and says why not ([`Refusal`]).
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use enos_sign_core::{Freshness, Md5Policy, PresentedLogin, SecureMode, SignError, TimestampMs};
+
+use crate::{
+    config::FreshnessPolicy,
+    devices::{DeviceId, DeviceStore},
+};
+
+/// Why a CONNECT (or a sub-device login) was refused. `Display` is the
+/// reason the sandbox logs; it never holds the password or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The client id or username does not have the EnOS shape (or names a
+    /// disallowed sign method, such as hmacmd5 when MD5 is off).
+    #[error("malformed login: {0}")]
+    Malformed(SignError),
+    /// No such device in the device file.
+    #[error("unknown device {0}")]
+    UnknownDevice(DeviceId),
+    /// The device file marks the device disabled.
+    #[error("device {0} is disabled")]
+    DeviceDisabled(DeviceId),
+    /// securemode 3 and 4 sign with a product secret, which the sandbox
+    /// does not hold.
+    #[error("securemode {0} is not supported by the sandbox; only 2 (device secret) is")]
+    UnsupportedSecureMode(u8),
+    /// The signed timestamp is outside the freshness window.
+    #[error("stale timestamp for device {device}: {error}")]
+    StaleTimestamp {
+        /// The device that tried.
+        device: DeviceId,
+        /// The skew and the window.
+        error: SignError,
+    },
+    /// The password does not match the device secret. The sign covers the
+    /// signed client id, the username's deviceKey and productKey and the
+    /// timestamp, so a client id or username that does not match what was
+    /// signed ends here too.
+    #[error(
+        "password does not match for device {0} (signed over clientId, the username's \
+         deviceKey and productKey, and timestamp)"
+    )]
+    WrongPassword(DeviceId),
+}
+
+/// Checks presented credentials against the device store.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    /// The devices in force; reloads swap it under us.
+    store: Arc<DeviceStore>,
+    /// Whether and how tightly timestamps are checked.
+    freshness: FreshnessPolicy,
+    /// Whether hmacmd5 is accepted.
+    md5: Md5Policy,
+}
+
+impl Authenticator {
+    /// An authenticator over `store` with the given policies.
+    pub fn new(store: Arc<DeviceStore>, freshness: FreshnessPolicy, md5: Md5Policy) -> Self {
+        Authenticator {
+            store,
+            freshness,
+            md5,
+        }
+    }
+
+    /// The device store the checks read.
+    pub fn store(&self) -> &Arc<DeviceStore> {
+        &self.store
+    }
+
+    /// Whether hmacmd5 is accepted.
+    pub fn md5_policy(&self) -> Md5Policy {
+        self.md5
+    }
+
+    /// The freshness check as of the current time.
+    pub fn freshness_now(&self) -> Freshness {
+        self.freshness_at(now())
+    }
+
+    /// The freshness check as of `now`.
+    pub fn freshness_at(&self, now: TimestampMs) -> Freshness {
+        match self.freshness {
+            FreshnessPolicy::Any => Freshness::Any,
+            FreshnessPolicy::Window(window) => Freshness::Within {
+                now,
+                window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+
+    /// Checks a CONNECT's client id, username and password now.
+    pub fn check(
+        &self,
+        mqtt_client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<DeviceId, Refusal> {
+        self.check_at(mqtt_client_id, username, password, now())
+    }
+
+    /// Checks a CONNECT as of `now`. The order: shape, device, enabled,
+    /// secure mode, timestamp, password (in constant time).
+    pub fn check_at(
+        &self,
+        mqtt_client_id: &str,
+        username: &str,
+        password: &str,
+        now: TimestampMs,
+    ) -> Result<DeviceId, Refusal> {
+        let presented = PresentedLogin::parse(mqtt_client_id, username, self.md5)
+            .map_err(Refusal::Malformed)?;
+        let id = DeviceId::new(
+            presented.fields.product_key.clone(),
+            presented.fields.device_key.clone(),
+        );
+        let registry = self.store.current();
+        let device = registry
+            .get(&id)
+            .ok_or_else(|| Refusal::UnknownDevice(id.clone()))?;
+        if !device.enabled {
+            return Err(Refusal::DeviceDisabled(id));
+        }
+        if presented.secure_mode != SecureMode::DeviceSecret {
+            return Err(Refusal::UnsupportedSecureMode(
+                presented.secure_mode.as_u8(),
+            ));
+        }
+        match presented.verify(password, &device.secret, self.freshness_at(now)) {
+            Ok(()) => Ok(id),
+            Err(error @ SignError::Stale { .. }) => {
+                Err(Refusal::StaleTimestamp { device: id, error })
+            }
+            Err(_) => Err(Refusal::WrongPassword(id)),
+        }
+    }
+}
+
+/// The wall clock in milliseconds since the epoch.
+pub(crate) fn now() -> TimestampMs {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    TimestampMs::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use enos_sign_core::{
+        ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SignMethod,
+        SignedFields,
+    };
+
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn authenticator(
+        freshness: FreshnessPolicy,
+        md5: Md5Policy,
+    ) -> (tempfile::TempDir, Authenticator) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("devices.csv");
+        std::fs::write(
+            &path,
+            "productKey,deviceKey,deviceSecret,enabled\n\
+             pk1,dev1,secret-one,true\n\
+             pk1,dev2,secret-two,true\n\
+             pk1,off,secret-off,false\n",
+        )
+        .expect("write devices");
+        let store = Arc::new(DeviceStore::open(&path).expect("valid devices"));
+        (dir, Authenticator::new(store, freshness, md5))
+    }
+
+    fn credential(dk: &str, secret: &str, method: SignMethod, ts: u64) -> MqttCredential {
+        let fields = SignedFields {
+            client_id: ClientId::new(dk).expect("client id"),
+            device_key: DeviceKey::new(dk).expect("device key"),
+            product_key: ProductKey::new("pk1").expect("product key"),
+            timestamp: TimestampMs::from_millis(ts),
+        };
+        let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
+        MqttCredential::sign(fields, SecureMode::DeviceSecret, method, &secret).expect("signs")
+    }
+
+    fn check(auth: &Authenticator, c: &MqttCredential) -> Result<DeviceId, Refusal> {
+        auth.check_at(
+            &c.mqtt_client_id,
+            &c.username,
+            c.password.expose_secret(),
+            TimestampMs::from_millis(NOW),
+        )
+    }
+
+    const WINDOW: FreshnessPolicy = FreshnessPolicy::Window(Duration::from_secs(600));
+
+    #[test]
+    fn accepts_sha1_and_sha256_in_either_case() {
+        let (_dir, auth) = authenticator(WINDOW, Md5Policy::Refuse);
+        let c = credential("dev1", "secret-one", SignMethod::HmacSha1, NOW);
+        assert_eq!(check(&auth, &c).expect("accepted").to_string(), "pk1/dev1");
+        let c = credential("dev1", "secret-one", SignMethod::HmacSha256, NOW - 599_000);
+        let upper = c.password.expose_secret().to_ascii_uppercase();
+        let now = TimestampMs::from_millis(NOW);
+        auth.check_at(&c.mqtt_client_id, &c.username, &upper, now)
+            .expect("hex case does not matter");
+    }
+
+    #[test]
+    fn md5_only_when_allowed() {
+        let c = credential("dev1", "secret-one", SignMethod::HmacMd5, NOW);
+        let (_dir, strict) = authenticator(WINDOW, Md5Policy::Refuse);
+        assert!(matches!(
+            check(&strict, &c),
+            Err(Refusal::Malformed(SignError::Md5NotAllowed))
+        ));
+        let (_dir2, lax) = authenticator(WINDOW, Md5Policy::Allow);
+        check(&lax, &c).expect("md5 allowed");
+    }
+
+    #[test]
+    fn each_refusal_has_its_reason() {
+        let (_dir, auth) = authenticator(WINDOW, Md5Policy::Refuse);
+        let now = TimestampMs::from_millis(NOW);
+
+        let wrong = credential("dev1", "not-the-secret", SignMethod::HmacSha1, NOW);
+        assert!(matches!(
+            check(&auth, &wrong),
+            Err(Refusal::WrongPassword(_))
+        ));
+
+        let unknown = credential("ghost", "secret-one", SignMethod::HmacSha1, NOW);
+        assert!(matches!(
+            check(&auth, &unknown),
+            Err(Refusal::UnknownDevice(_))
+        ));
+
+        let disabled = credential("off", "secret-off", SignMethod::HmacSha1, NOW);
+        assert!(matches!(
+            check(&auth, &disabled),
+            Err(Refusal::DeviceDisabled(_))
+        ));
+
+        // dev1's credential presented with dev2's username.
+        let c = credential("dev1", "secret-one", SignMethod::HmacSha1, NOW);
+        let swapped = auth.check_at(
+            &c.mqtt_client_id,
+            "dev2&pk1",
+            c.password.expose_secret(),
+            now,
+        );
+        assert!(matches!(swapped, Err(Refusal::WrongPassword(_))));
+
+        let stale = credential("dev1", "secret-one", SignMethod::HmacSha1, NOW - 601_000);
+        assert!(matches!(
+            check(&auth, &stale),
+            Err(Refusal::StaleTimestamp { .. })
+        ));
+        let future = credential("dev1", "secret-one", SignMethod::HmacSha1, NOW + 601_000);
+        assert!(matches!(
+            check(&auth, &future),
+            Err(Refusal::StaleTimestamp { .. })
+        ));
+
+        let malformed = auth.check_at("dev1", &c.username, c.password.expose_secret(), now);
+        assert!(matches!(malformed, Err(Refusal::Malformed(_))));
+
+        let mode3 = c.mqtt_client_id.replace("securemode=2", "securemode=3");
+        let refused = auth.check_at(&mode3, &c.username, c.password.expose_secret(), now);
+        assert_eq!(refused, Err(Refusal::UnsupportedSecureMode(3)));
+    }
+
+    #[test]
+    fn any_timestamp_accepts_old_credentials() {
+        let (_dir, auth) = authenticator(FreshnessPolicy::Any, Md5Policy::Refuse);
+        let old = credential(
+            "dev1",
+            "secret-one",
+            SignMethod::HmacSha1,
+            1_524_448_722_000,
+        );
+        check(&auth, &old).expect("any timestamp");
+    }
+
+    #[test]
+    fn reasons_never_contain_the_password() {
+        let (_dir, auth) = authenticator(WINDOW, Md5Policy::Refuse);
+        let c = credential("dev1", "wrong-secret", SignMethod::HmacSha1, NOW);
+        let reason = check(&auth, &c).expect_err("wrong").to_string();
+        assert!(!reason.contains(c.password.expose_secret()), "{reason}");
+        assert!(!reason.contains("secret-one"), "{reason}");
+    }
+}

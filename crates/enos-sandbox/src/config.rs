@@ -1,0 +1,432 @@
+//! Configuration: [`ConfigFile`] (the `--config FILE.toml` serde structs),
+//! [`Overrides`] (the command line) and [`Settings`], what the sandbox
+//! runs with once both are merged and checked.
+//!
+//! ```toml
+//! devices = "devices.csv"          # relative paths are relative to this file
+//!
+//! [mqtt]
+//! listen = "127.0.0.1:11883"
+//!
+//! [tls]                            # optional: the MQTTS listener
+//! listen = "127.0.0.1:18883"
+//! ca = "ca.pem"                    # client certificates must chain to this CA
+//! cert = "server.pem"
+//! key = "server.key"
+//!
+//! [checks]
+//! any_timestamp = false            # true: accept any signed timestamp, as EnOS does
+//! freshness_window_secs = 600      # otherwise |timestamp - now| <= this
+//! allow_md5 = false                # accept signmethod=hmacmd5
+//!
+//! [limits]
+//! connect_timeout_ms = 5000        # a connection must send CONNECT within this
+//! max_payload_bytes = 262144
+//! ```
+//!
+//! Unknown keys are errors, so that a typo is not silently ignored.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use enos_sign_core::Md5Policy;
+use serde::Deserialize;
+
+use crate::error::SandboxError;
+
+/// The plain MQTT port of EnOS.
+pub const DEFAULT_MQTT_PORT: u16 = 11883;
+/// The MQTT-over-TLS port of EnOS.
+pub const DEFAULT_TLS_PORT: u16 = 18883;
+/// The default freshness window either side of now: 10 minutes.
+pub const DEFAULT_FRESHNESS_WINDOW: Duration = Duration::from_secs(600);
+/// How long a new connection may take to send CONNECT.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u16 = 5_000;
+/// The largest accepted MQTT payload.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The config file as written. Every field is optional: the command line
+/// may supply or override it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The device CSV file; optional here so that `--devices` can give it.
+    pub devices: Option<PathBuf>,
+    /// The plain listener; EnOS's 11883.
+    pub mqtt: Option<MqttSection>,
+    /// The TLS listener; EnOS's 18883. Absent: no TLS listener.
+    pub tls: Option<TlsSection>,
+    /// How strictly credentials are checked.
+    #[serde(default)]
+    pub checks: ChecksSection,
+    /// Connection limits handed to rumqttd.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Where plain MQTT clients connect; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// `[tls]`: all of it is needed for the TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Where TLS clients connect; defaults to 127.0.0.1:18883.
+    pub listen: Option<SocketAddr>,
+    /// The CA client certificates must chain to (rumqttd reads the first
+    /// certificate of the file).
+    pub ca: PathBuf,
+    /// The server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The server private key, PEM.
+    pub key: PathBuf,
+}
+
+/// `[checks]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksSection {
+    /// Accept any signed timestamp, as EnOS appears to (its SDKs reuse one
+    /// timestamp for ever).
+    pub any_timestamp: bool,
+    /// The freshness window either side of now, in seconds.
+    pub freshness_window_secs: u64,
+    /// Accept the weak `hmacmd5` sign method.
+    pub allow_md5: bool,
+}
+
+impl Default for ChecksSection {
+    fn default() -> Self {
+        ChecksSection {
+            any_timestamp: false,
+            freshness_window_secs: DEFAULT_FRESHNESS_WINDOW.as_secs(),
+            allow_md5: false,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// A connection that sends no CONNECT within this is dropped.
+    pub connect_timeout_ms: u16,
+    /// Larger MQTT payloads are refused.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`, resolving relative paths in it against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, SandboxError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut file = Self::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.resolve_paths(base);
+        Ok(file)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SandboxError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| SandboxError::Config {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(devices) = &mut self.devices {
+            resolve(devices);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.ca);
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+    }
+}
+
+/// What the command line sets; each `Some` / `true` overrides the config
+/// file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--devices`.
+    pub devices: Option<PathBuf>,
+    /// `--mqtt-addr`.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// `--tls-addr`.
+    pub tls_addr: Option<SocketAddr>,
+    /// `--ca`.
+    pub ca: Option<PathBuf>,
+    /// `--cert`.
+    pub cert: Option<PathBuf>,
+    /// `--key`.
+    pub key: Option<PathBuf>,
+    /// `--any-timestamp`.
+    pub any_timestamp: bool,
+    /// `--freshness-window-secs`.
+    pub freshness_window_secs: Option<u64>,
+    /// `--allow-md5`.
+    pub allow_md5: bool,
+}
+
+/// How far a signed timestamp may be from the sandbox's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreshnessPolicy {
+    /// Any timestamp (`--any-timestamp`), as EnOS appears to accept.
+    Any,
+    /// `|timestamp - now| <= window`.
+    Window(Duration),
+}
+
+/// The TLS listener, complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Where TLS clients connect.
+    pub listen: SocketAddr,
+    /// Client certificates must chain to this CA.
+    pub ca: PathBuf,
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+}
+
+/// Everything the sandbox runs with: config file and command line merged,
+/// defaults filled in, and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The device CSV file.
+    pub devices: PathBuf,
+    /// The plain MQTT listener.
+    pub mqtt_listen: SocketAddr,
+    /// The TLS listener, when configured.
+    pub tls: Option<TlsSettings>,
+    /// Timestamp check for CONNECT and `combine.login`.
+    pub freshness: FreshnessPolicy,
+    /// Whether `hmacmd5` is accepted.
+    pub md5: Md5Policy,
+    /// rumqttd drops a connection that sends no CONNECT within this.
+    pub connect_timeout_ms: u16,
+    /// rumqttd refuses larger payloads.
+    pub max_payload_bytes: usize,
+}
+
+impl Settings {
+    /// Merges the config file (if any) with the command line; the command
+    /// line wins.
+    pub fn resolve(file: ConfigFile, cli: Overrides) -> Result<Self, SandboxError> {
+        let devices = cli.devices.or(file.devices).ok_or_else(|| {
+            SandboxError::Settings(
+                "no device file: pass --devices FILE.csv or set devices in the config file".into(),
+            )
+        })?;
+        let mqtt_listen = cli
+            .mqtt_addr
+            .or(file.mqtt.map(|m| m.listen))
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT)));
+
+        let tls = match (file.tls, cli.ca, cli.cert, cli.key) {
+            (Some(section), ca, cert, key) => Some(TlsSettings {
+                listen: cli
+                    .tls_addr
+                    .or(section.listen)
+                    .unwrap_or(default_tls_addr()),
+                ca: ca.unwrap_or(section.ca),
+                cert: cert.unwrap_or(section.cert),
+                key: key.unwrap_or(section.key),
+            }),
+            (None, Some(ca), Some(cert), Some(key)) => Some(TlsSettings {
+                listen: cli.tls_addr.unwrap_or(default_tls_addr()),
+                ca,
+                cert,
+                key,
+            }),
+            (None, None, None, None) if cli.tls_addr.is_none() => None,
+            (None, ..) => {
+                return Err(SandboxError::Settings(
+                    "the TLS listener needs all of --ca, --cert and --key".into(),
+                ));
+            }
+        };
+
+        let freshness = if cli.any_timestamp || file.checks.any_timestamp {
+            FreshnessPolicy::Any
+        } else {
+            let secs = cli
+                .freshness_window_secs
+                .unwrap_or(file.checks.freshness_window_secs);
+            FreshnessPolicy::Window(Duration::from_secs(secs))
+        };
+        let md5 = if cli.allow_md5 || file.checks.allow_md5 {
+            Md5Policy::Allow
+        } else {
+            Md5Policy::Refuse
+        };
+        if file.limits.connect_timeout_ms == 0 {
+            return Err(SandboxError::Settings(
+                "limits.connect_timeout_ms must be above 0".into(),
+            ));
+        }
+        Ok(Settings {
+            devices,
+            mqtt_listen,
+            tls,
+            freshness,
+            md5,
+            connect_timeout_ms: file.limits.connect_timeout_ms,
+            max_payload_bytes: file.limits.max_payload_bytes,
+        })
+    }
+}
+
+fn default_tls_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_TLS_PORT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture documents every key; this test keeps it honest.
+    const FIXTURE: &str = include_str!("../tests/fixtures/sandbox-config.toml");
+
+    #[test]
+    fn fixture_parses_to_the_documented_values() {
+        let path = Path::new("/etc/enos-sandbox/sandbox-config.toml");
+        let mut file = ConfigFile::parse(path, FIXTURE).expect("the fixture is valid");
+        file.resolve_paths(Path::new("/etc/enos-sandbox"));
+        assert_eq!(
+            file,
+            ConfigFile {
+                devices: Some("/etc/enos-sandbox/devices.csv".into()),
+                mqtt: Some(MqttSection {
+                    listen: "127.0.0.1:11883".parse().expect("addr"),
+                }),
+                tls: Some(TlsSection {
+                    listen: Some("127.0.0.1:18883".parse().expect("addr")),
+                    ca: "/etc/enos-sandbox/ca.pem".into(),
+                    cert: "/etc/enos-sandbox/server.pem".into(),
+                    key: "/var/lib/enos-sandbox/server.key".into(),
+                }),
+                checks: ChecksSection {
+                    any_timestamp: false,
+                    freshness_window_secs: 300,
+                    allow_md5: true,
+                },
+                limits: LimitsSection {
+                    connect_timeout_ms: 2000,
+                    max_payload_bytes: 65536,
+                },
+            }
+        );
+        let settings = Settings::resolve(file, Overrides::default()).expect("complete");
+        assert_eq!(
+            settings.freshness,
+            FreshnessPolicy::Window(Duration::from_secs(300))
+        );
+        assert_eq!(settings.md5, Md5Policy::Allow);
+        assert_eq!(
+            settings.tls.map(|t| t.listen.port()),
+            Some(DEFAULT_TLS_PORT)
+        );
+    }
+
+    #[test]
+    fn command_line_overrides_the_file() {
+        let file = ConfigFile::parse(Path::new("c.toml"), FIXTURE).expect("valid");
+        let settings = Settings::resolve(
+            file,
+            Overrides {
+                devices: Some("other.csv".into()),
+                mqtt_addr: Some("127.0.0.1:0".parse().expect("addr")),
+                key: Some("k.pem".into()),
+                any_timestamp: true,
+                ..Overrides::default()
+            },
+        )
+        .expect("complete");
+        assert_eq!(settings.devices, PathBuf::from("other.csv"));
+        assert_eq!(settings.mqtt_listen.port(), 0);
+        assert_eq!(settings.freshness, FreshnessPolicy::Any);
+        let tls = settings.tls.expect("tls from the file");
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert_eq!(tls.ca, PathBuf::from("ca.pem"));
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let settings = Settings::resolve(
+            ConfigFile::default(),
+            Overrides {
+                devices: Some("d.csv".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("devices are enough");
+        assert_eq!(settings.mqtt_listen.port(), DEFAULT_MQTT_PORT);
+        assert_eq!(settings.tls, None);
+        assert_eq!(
+            settings.freshness,
+            FreshnessPolicy::Window(DEFAULT_FRESHNESS_WINDOW)
+        );
+        assert_eq!(settings.md5, Md5Policy::Refuse);
+    }
+
+    #[test]
+    fn incomplete_or_unknown_settings_are_errors() {
+        let no_devices = Settings::resolve(ConfigFile::default(), Overrides::default());
+        assert!(
+            no_devices
+                .expect_err("no devices")
+                .to_string()
+                .contains("--devices")
+        );
+
+        let half_tls = Settings::resolve(
+            ConfigFile::default(),
+            Overrides {
+                devices: Some("d.csv".into()),
+                cert: Some("c.pem".into()),
+                ..Overrides::default()
+            },
+        );
+        assert!(half_tls.expect_err("no ca").to_string().contains("--ca"));
+
+        let typo = ConfigFile::parse(
+            Path::new("c.toml"),
+            "devices = \"d.csv\"\nany_timestmp = true\n",
+        )
+        .expect_err("unknown key");
+        let message = typo.to_string();
+        assert!(
+            message.contains("c.toml") && message.contains("any_timestmp"),
+            "{message}"
+        );
+    }
+}

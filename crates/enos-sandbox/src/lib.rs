@@ -1,0 +1,123 @@
+//! A local EnOS-compatible MQTT broker that checks signed device
+//! credentials, so that devices, gateways, the agent and the signer can be
+//! tested on one machine, without the cloud.
+//!
+//! Built on [rumqttd] 0.20 (MQTT 3.1.1, the version EnOS speaks):
+//!
+//! - a plain listener (EnOS's 11883) and a TLS listener (18883) that
+//!   requires a client certificate chaining to the configured CA; both
+//!   check the signed password of every CONNECT with [`enos_sign_core`]
+//!   (sha1 and sha256, hex in either case, constant-time compare; md5 only
+//!   when enabled; the timestamp within ±10 min unless `--any-timestamp`);
+//! - devices from a CSV file ([`devices`]), reloadable at run time;
+//! - an in-broker responder ([`session`]) answering `combine.login` /
+//!   `combine.logout` and `thing.measurepoint.post`, through rumqttd's
+//!   in-process link (`Broker::link`).
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
+//! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
+//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused |
+//! | [`session`] | [`Responder`]: request/reply topics and their EnOS codes |
+//! | [`broker`] | [`RunningBroker`]: rumqttd in this process (what the binary runs) |
+//! | [`harness`] | [`Sandbox`]: the test API, the binary as a child process |
+//! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
+//! | `readiness` | [`ListenWatch`]: when rumqttd actually listens |
+//! | `status` | [`StatusLine`]: what the binary prints on stdout for programs that drive it |
+//! | `error` | [`SandboxError`], the one error type |
+//!
+//! # Designing around rumqttd
+//!
+//! - **No CONNACK on a refused login.** rumqttd's auth hook can only say
+//!   yes or no; on no it closes the TCP (or TLS) connection without
+//!   sending a CONNACK (EnOS would send CONNACK code 4 or 5). **What a
+//!   client observes:** the connection closes right after CONNECT, before
+//!   any CONNACK. rumqttc reports it from `EventLoop::poll` as a
+//!   `ConnectionError` (an I/O error such as "connection closed by peer"),
+//!   never as `Event::Incoming(Packet::ConnAck(_))`. Clients must treat
+//!   "closed before CONNACK" as "refused"; the reason is in the sandbox's
+//!   log at info level: `refused MQTT CONNECT … reason=…` (never the
+//!   password). A CONNECT without username or password never reaches the
+//!   check: rumqttd closes it the same way and logs `InvalidAuth`.
+//! - **No stop API.** rumqttd's listener threads run until the process
+//!   ends, so the sandbox runs as a **child process** in tests
+//!   ([`Sandbox`]): it stops for real, frees its ports, restarts on the
+//!   same ports (for reconnect tests), and its output can be captured and
+//!   scanned for leaked secrets. [`RunningBroker`] (in-process) exists for
+//!   the binary; starting it twice in one process would leak the first.
+//! - **No bound address for port 0.** rumqttd binds from a `SocketAddr`
+//!   and does not report the port it got. The sandbox picks the port with
+//!   a [`PortReservation`] (a bound, non-listening `SO_REUSEADDR` socket,
+//!   see `ports`) and hands rumqttd the actual port; the test harness
+//!   holds its reservations for the life of a [`Sandbox`], so a restart
+//!   gets the same ports back. Linux semantics; the project runs on Linux.
+//! - **No readiness signal.** rumqttd binds in its own thread and only
+//!   logs. [`ListenWatch`] watches rumqttd's own log events, so the
+//!   sandbox reports `listening` only once rumqttd listens, and fails with
+//!   rumqttd's reason (say, address in use) otherwise.
+//! - **No disconnect on request.** A reload changes what new CONNECTs and
+//!   logins see; sessions already open stay open. To drop every session
+//!   (say, after disabling a device), restart the sandbox.
+//! - **TLS details.** rumqttd reads the TLS files on each connection, and
+//!   only the first certificate of the CA file (so the sandbox checks the
+//!   files once at start). With client certificates on, rumqttd treats a
+//!   subject Organization (O=) as a tenant: it must be alphanumeric or the
+//!   handshake is refused, and the client id is prefixed with it inside
+//!   rumqttd (topics are unchanged). It does the TLS handshake in its
+//!   accept loop, so one stalled handshake delays the next TLS client.
+//!   The certificate is not matched to the device's identity: rumqttd does
+//!   not hand the peer certificate to the auth hook.
+//! - **No topic ACLs.** Any authenticated client may publish or subscribe
+//!   on any topic; the responder answers by topic.
+//!
+//! # Tests: the [`Sandbox`] API
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use enos_sandbox::{Sandbox, SandboxBinary};
+//!
+//! # fn main() -> Result<(), enos_sandbox::SandboxError> {
+//! // In this crate's tests: SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox")).
+//! let binary = SandboxBinary::locate()?;
+//! let mut sandbox = Sandbox::builder(binary, "devices.csv")
+//!     .tls("ca.pem", "server.pem", "server.key")
+//!     .start()?;
+//! let mqtt = sandbox.mqtt_addr();            // 127.0.0.1:<free port>
+//! let mqtts = sandbox.tls_addr();            // Some(127.0.0.1:<free port>)
+//! // … connect clients; rewrite devices.csv, then:
+//! sandbox.reload_devices()?;                 // SIGHUP; returns once applied
+//! sandbox.restart()?;                        // same ports, all sessions dropped
+//! sandbox.wait_for_log("refused MQTT CONNECT", Duration::from_secs(5))?;
+//! assert!(!sandbox.logs().contains("the-device-secret"));
+//! sandbox.stop()?;                           // also on drop
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [rumqttd]: https://docs.rs/rumqttd/0.20
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod devices;
+mod error;
+pub mod harness;
+mod ports;
+mod readiness;
+pub mod session;
+mod status;
+
+pub use auth::{Authenticator, Refusal};
+pub use broker::RunningBroker;
+pub use config::{ConfigFile, FreshnessPolicy, Overrides, Settings, TlsSettings};
+pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
+pub use error::SandboxError;
+pub use harness::{Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
+pub use ports::PortReservation;
+pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
+pub use session::{Reply, Responder};
+pub use status::StatusLine;

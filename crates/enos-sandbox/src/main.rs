@@ -1,0 +1,184 @@
+//! `enos-sandbox`: a local EnOS-compatible MQTT broker that checks signed
+//! device credentials. See the library docs and README for the details.
+//!
+//! Logs go to stderr (`RUST_LOG`, default `info`); the status lines of
+//! `enos_sandbox::StatusLine` go to stdout. SIGHUP reloads the device
+//! file; SIGTERM or SIGINT stops.
+#![forbid(unsafe_code)]
+// Status lines on stdout are this program's interface.
+#![allow(clippy::print_stdout)]
+
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use enos_sandbox::{ConfigFile, Overrides, RunningBroker, Settings, StatusLine, listen_watch};
+use tokio::{
+    io::AsyncReadExt,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+/// A local EnOS-compatible MQTT broker that checks signed device credentials.
+#[derive(Debug, Parser)]
+#[command(name = "enos-sandbox", version)]
+struct Cli {
+    /// TOML config file; the flags below override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Device CSV file (header: productKey,deviceKey,deviceSecret[,enabled][,gatewayProductKey,gatewayDeviceKey]).
+    #[arg(long, value_name = "FILE.csv")]
+    devices: Option<PathBuf>,
+    /// Plain MQTT listener (default 127.0.0.1:11883; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt_addr: Option<SocketAddr>,
+    /// TLS listener (default 127.0.0.1:18883 when --ca, --cert and --key are given).
+    #[arg(long, value_name = "HOST:PORT")]
+    tls_addr: Option<SocketAddr>,
+    /// CA that client certificates must chain to (PEM).
+    #[arg(long, value_name = "CA.pem")]
+    ca: Option<PathBuf>,
+    /// Server certificate chain (PEM).
+    #[arg(long, value_name = "CERT.pem")]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "KEY.pem")]
+    key: Option<PathBuf>,
+    /// Accept any signed timestamp, as EnOS appears to.
+    #[arg(long)]
+    any_timestamp: bool,
+    /// Freshness window either side of now, in seconds (default 600).
+    #[arg(long, value_name = "SECS")]
+    freshness_window_secs: Option<u64>,
+    /// Accept the weak hmacmd5 sign method.
+    #[arg(long)]
+    allow_md5: bool,
+    /// Exit when stdin closes: a parent that dies takes the sandbox with it.
+    #[arg(long)]
+    exit_on_stdin_close: bool,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            devices: self.devices.clone(),
+            mqtt_addr: self.mqtt_addr,
+            tls_addr: self.tls_addr,
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            any_timestamp: self.any_timestamp,
+            freshness_window_secs: self.freshness_window_secs,
+            allow_md5: self.allow_md5,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("enos-sandbox: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (watch_layer, watch) = listen_watch();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        // Sees rumqttd's listener events whatever RUST_LOG says.
+        .with(watch_layer.with_filter(Targets::new().with_target("rumqttd", tracing::Level::INFO)))
+        .init();
+
+    let file = match &cli.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let settings = Settings::resolve(file, cli.overrides())?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(serve(settings, watch, cli.exit_on_stdin_close))
+}
+
+async fn serve(
+    settings: Settings,
+    watch: enos_sandbox::ListenWatch,
+    exit_on_stdin_close: bool,
+) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP right after "listening" must not kill us.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    let broker = RunningBroker::start(&settings, &watch)?;
+    info!(
+        mqtt = %broker.mqtt_addr(),
+        tls = %broker.tls_addr().map_or("off".to_owned(), |a| a.to_string()),
+        devices = %settings.devices.display(),
+        "enos-sandbox listening"
+    );
+    status(StatusLine::Listening {
+        mqtt: broker.mqtt_addr(),
+        tls: broker.tls_addr(),
+    });
+
+    let stdin_closed = async {
+        if exit_on_stdin_close {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 256];
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(stdin_closed);
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match broker.reload_devices() {
+                Ok(devices) => {
+                    info!(devices, "reloaded the device file");
+                    status(StatusLine::Reloaded { devices });
+                }
+                Err(e) => {
+                    error!(error = %e, "reload failed; the previous devices stay in force");
+                    status(StatusLine::ReloadFailed { reason: e.to_string() });
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            () = &mut stdin_closed => break,
+        }
+    }
+    // rumqttd cannot drain; its threads end with the process.
+    info!("enos-sandbox stopping");
+    Ok(())
+}
+
+fn status(line: StatusLine) {
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (nobody reading) must not stop the broker.
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
