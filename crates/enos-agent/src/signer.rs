@@ -181,6 +181,30 @@ pub struct SignedSubDeviceLogin {
 }
 
 impl SignedSubDeviceLogin {
+    /// Builds a signed login (used by [`GrpcSigner`] and by test signers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        product_key: String,
+        device_key: String,
+        client_id: String,
+        timestamp_ms: u64,
+        sign_method: String,
+        sign: String,
+        secure_mode: u32,
+        clean_session: bool,
+    ) -> Self {
+        SignedSubDeviceLogin {
+            product_key,
+            device_key,
+            client_id,
+            timestamp_ms,
+            sign_method,
+            sign: SecretString::from(sign),
+            secure_mode,
+            clean_session,
+        }
+    }
+
     /// The `params` object of `combine.login`. It carries the sign, so it
     /// goes to the broker and nowhere else.
     pub fn params_json(&self) -> serde_json::Value {
@@ -223,6 +247,21 @@ pub trait Signer: Send + Sync + 'static {
         &self,
         sub: &SubDeviceConfig,
     ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerError>> + Send;
+}
+
+impl<T: Signer> Signer for std::sync::Arc<T> {
+    fn issue_mqtt_credential(
+        &self,
+    ) -> impl Future<Output = Result<IssuedCredential, SignerError>> + Send {
+        (**self).issue_mqtt_credential()
+    }
+
+    fn sign_sub_device_login(
+        &self,
+        sub: &SubDeviceConfig,
+    ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerError>> + Send {
+        (**self).sign_sub_device_login(sub)
+    }
 }
 
 /// The gRPC signer client: mTLS with the device certificate, endpoints
@@ -423,16 +462,16 @@ impl Signer for GrpcSigner {
                         reason: "empty sign".into(),
                     });
                 }
-                Ok(SignedSubDeviceLogin {
-                    product_key: reply.product_key,
-                    device_key: reply.device_key,
-                    client_id: reply.client_id,
-                    timestamp_ms: reply.timestamp_ms,
-                    sign_method: reply.sign_method,
-                    sign: SecretString::from(sign),
-                    secure_mode: reply.secure_mode,
-                    clean_session: reply.clean_session,
-                })
+                Ok(SignedSubDeviceLogin::new(
+                    reply.product_key,
+                    reply.device_key,
+                    reply.client_id,
+                    reply.timestamp_ms,
+                    reply.sign_method,
+                    sign,
+                    reply.secure_mode,
+                    reply.clean_session,
+                ))
             }
         })
         .await
