@@ -290,6 +290,14 @@ impl SignerConfig {
         }
     }
 
+    /// The audit file, when the sink is a file.
+    pub fn audit_file(&self) -> Option<&Path> {
+        match &self.audit.sink {
+            AuditSinkConfig::File { path } => Some(path),
+            AuditSinkConfig::Log => None,
+        }
+    }
+
     /// The config as TOML text.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| SignerError::Config(e.to_string()))
