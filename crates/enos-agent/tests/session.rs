@@ -1,15 +1,16 @@
-//! The agent end to end against real brokers on 127.0.0.1: the EnOS
-//! sandbox (rumqttd) as EnOS and Mosquitto as the gateway's local broker.
-//! Backoffs are short so that each test takes seconds.
+//! The agent end to end on 127.0.0.1: the real signer over mTLS, the EnOS
+//! sandbox (rumqttd) as EnOS, and Mosquitto as the gateway's local broker.
+//! Backoffs and credential lifetimes are short so that each test takes
+//! seconds.
 
 mod support;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use enos_agent::{Agent, AgentStatus, ConnectionState, SubDeviceState};
+use enos_agent::{Agent, AgentStatus, ConnectionState, GrpcSigner, SubDeviceState};
 use enos_sandbox::{Sandbox, SandboxBinary};
 use support::{
-    DeviceRow, Mosquitto, OBSERVER, SOON, TestClient, config, init, signer::LocalSigner,
+    DeviceRow, Mosquitto, OBSERVER, SOON, TestClient, config, init, signer::SignerFixture,
     wait_status, write_devices,
 };
 use tokio::sync::watch;
@@ -48,18 +49,14 @@ impl World {
 }
 
 /// The agent config with short test timings; `extra` is appended.
-fn agent_toml(broker: &str, extra: &str) -> String {
+fn agent_toml(signer: &SignerFixture, broker: &str, extra: &str) -> String {
     format!(
         r#"
 [device]
 product_key = "{pk}"
 device_key = "{dk}"
 
-[signer]
-endpoints = ["https://127.0.0.1:1"]
-ca = "unused.pem"
-cert = "unused.pem"
-key = "unused.key"
+{signer}
 
 [enos]
 broker = "{broker}"
@@ -80,6 +77,7 @@ max_attempts = 3
 "#,
         pk = GW.0,
         dk = GW.1,
+        signer = signer.toml(),
     )
 }
 
@@ -90,8 +88,10 @@ struct RunningAgent {
 }
 
 impl RunningAgent {
-    fn start(toml: &str, signer: Arc<LocalSigner>) -> RunningAgent {
-        let agent = Agent::new(config(toml), signer);
+    fn start(toml: &str) -> RunningAgent {
+        let config = config(toml);
+        let signer = GrpcSigner::new(&config.signer, &config.device).expect("signer client");
+        let agent = Agent::new(config, signer);
         let status = agent.status();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.run(shutdown.clone()));
@@ -113,8 +113,8 @@ impl RunningAgent {
     }
 }
 
-fn signer(lifetime: Duration) -> Arc<LocalSigner> {
-    Arc::new(LocalSigner::new(GW, GW_SECRET, lifetime))
+async fn signer(world: &World, ttl_secs: u64) -> SignerFixture {
+    SignerFixture::start(world.dir.path(), GW, GW_SECRET, ttl_secs).await
 }
 
 const DOWNSTREAM: &str = r#"
@@ -150,8 +150,8 @@ async fn broker_restart_reconnects_with_a_fresh_credential_and_restores_subscrip
     init();
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
-    let signer = signer(Duration::from_secs(600));
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), &bridge_toml(&local)), signer.clone());
+    let signer = signer(&world, 600).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "first connect", connected(1)).await;
 
     let mut app = TestClient::connect(local.addr, "app", None).await;
@@ -167,7 +167,6 @@ async fn broker_restart_reconnects_with_a_fresh_credential_and_restores_subscrip
     world.sandbox.restart().expect("sandbox restarts");
     let after = wait_status(&mut agent.status, "reconnect", connected(2)).await;
     assert!(after.credentials_issued >= 2, "a fresh credential per connect: {after:#?}");
-    assert_eq!(after.credentials_issued as usize, signer.issued());
     assert!(after.network_failures >= 1, "{after:#?}");
     assert_eq!(after.refusals, 0, "a restart is not a refusal: {after:#?}");
 
@@ -186,11 +185,11 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
     init();
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     // Short-lived credentials: the cached one is expired by the restart.
-    let signer = signer(Duration::from_millis(800));
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), ""), signer.clone());
+    let mut signer = signer(&world, 1).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
     wait_status(&mut agent.status, "connect", connected(1)).await;
 
-    signer.set_down(true);
+    signer.signer.stop().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     {
         let s = agent.status.borrow();
@@ -207,7 +206,7 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
     assert_ne!(waiting.state, ConnectionState::Connected);
     assert!(waiting.last_error.as_deref().unwrap_or("").contains("signer"), "{waiting:#?}");
 
-    signer.set_down(false);
+    signer.signer.restart().await.expect("signer restarts");
     let back = wait_status(&mut agent.status, "reconnect once the signer is back", connected(2)).await;
     assert_eq!(back.credentials_reused, 0);
     agent.stop().await;
@@ -217,14 +216,14 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
 async fn a_still_valid_credential_is_reused_while_the_signer_is_down() {
     init();
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
-    let signer = signer(Duration::from_secs(600));
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), ""), signer.clone());
+    let mut signer = signer(&world, 600).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
     wait_status(&mut agent.status, "connect", connected(1)).await;
-    signer.set_down(true);
+    signer.signer.stop().await;
     world.sandbox.restart().expect("sandbox restarts");
     let s = wait_status(&mut agent.status, "reconnect with the cached credential", connected(2)).await;
     assert_eq!(s.credentials_reused, 1, "{s:#?}");
-    assert_eq!(signer.issued(), 1);
+    assert_eq!(s.credentials_issued, 1, "{s:#?}");
     agent.stop().await;
 }
 
@@ -233,8 +232,8 @@ async fn refusals_back_off_further_each_time_and_are_not_network_failures() {
     init();
     // The broker knows another secret than the signer: every login is refused.
     let world = World::start(&[DeviceRow::new(GW.0, GW.1, "theBrokerKnowsThis")]);
-    let signer = signer(Duration::from_secs(600));
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), ""), signer.clone());
+    let signer = signer(&world, 600).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
     let mut ceilings = Vec::new();
     let mut seen = 0;
     while ceilings.len() < 3 {
@@ -253,7 +252,8 @@ async fn refusals_back_off_further_each_time_and_are_not_network_failures() {
     assert_eq!(s.connects, 0);
     assert_eq!(s.network_failures, 0, "closed-before-CONNACK is a refusal: {s:#?}");
     // A refused credential is never reused: one fresh credential per attempt.
-    assert!(signer.issued() as u64 >= s.refusals, "{s:#?}");
+    assert!(s.credentials_issued >= s.refusals, "{s:#?}");
+    assert_eq!(s.credentials_reused, 0, "{s:#?}");
     assert!(s.last_error.as_deref().unwrap_or("").contains("refusal"), "{s:#?}");
 }
 
@@ -265,8 +265,9 @@ async fn an_unreachable_broker_is_a_network_failure() {
         .local_addr()
         .expect("addr")
         .port();
-    let signer = signer(Duration::from_secs(600));
-    let mut agent = RunningAgent::start(&agent_toml(&format!("tcp://127.0.0.1:{port}"), ""), signer);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &format!("tcp://127.0.0.1:{port}"), ""));
     let s = wait_status(&mut agent.status, "network failures", |s| s.network_failures >= 3).await;
     assert_eq!(s.refusals, 0, "{s:#?}");
     agent.stop().await;
@@ -277,8 +278,8 @@ async fn the_bridge_carries_messages_both_ways() {
     init();
     let world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
-    let signer = signer(Duration::from_secs(600));
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), &bridge_toml(&local)), signer);
+    let signer = signer(&world, 600).await;
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "connect", connected(1)).await;
     wait_status(&mut agent.status, "local broker", |s| s.local_broker_connected == Some(true)).await;
 
@@ -339,20 +340,24 @@ async fn offline_messages_wait_in_a_bounded_queue_dropping_the_oldest() {
     init();
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
-    let signer = signer(Duration::from_millis(500));
+    let mut signer = signer(&world, 1).await;
     let toml = agent_toml(
+        &signer,
         &world.broker(),
         &format!("{}\n[queue]\nupstream_capacity = 5\n", bridge_toml(&local)),
     );
-    let mut agent = RunningAgent::start(&toml, signer.clone());
+    let mut agent = RunningAgent::start(&toml);
     wait_status(&mut agent.status, "connect", connected(1)).await;
     wait_status(&mut agent.status, "local broker", |s| s.local_broker_connected == Some(true)).await;
     let app = TestClient::connect(local.addr, "app", None).await;
 
     // Offline: the broker is gone and the signer too (so the agent stays
     // offline until the test is ready to watch).
-    signer.set_down(true);
+    signer.signer.stop().await;
     world.sandbox.stop().expect("stop sandbox");
+    // Let the last credential (1 s) expire, so that nothing connects
+    // before the signer is back.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     wait_status(&mut agent.status, "offline", |s| s.state != ConnectionState::Connected).await;
     for seq in 0..12 {
         app.publish("gw/mp", format!(r#"{{"seq":{seq}}}"#)).await;
@@ -365,7 +370,7 @@ async fn offline_messages_wait_in_a_bounded_queue_dropping_the_oldest() {
     let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
     let topic = format!("/sys/{}/{}/thing/measurepoint/post", GW.0, GW.1);
     cloud.subscribe(&topic).await;
-    signer.set_down(false);
+    signer.signer.restart().await.expect("signer restarts");
     wait_status(&mut agent.status, "reconnect", connected(2)).await;
     let got = cloud.collect_on(&topic, Duration::from_secs(2)).await;
     let seqs: Vec<i64> = got
@@ -391,10 +396,17 @@ async fn sub_device_logins_after_every_connect_and_refusals_are_reported() {
         // The signer believes meter3 is ours; EnOS says otherwise (740).
         DeviceRow::new("pkSub", "meter3", "meterSecret03").sub_of(other_gw),
     ]);
-    let signer = signer(Duration::from_secs(600));
-    signer.put_device(("pkSub", "meter1"), "meterSecret01", Some(GW));
-    signer.put_device(("pkSub", "meter2"), "meterSecret02", Some(other_gw));
-    signer.put_device(("pkSub", "meter3"), "meterSecret03", Some(GW));
+    let signer = signer(&world, 600).await;
+    let admin = &signer.signer;
+    admin.put_device(other_gw.0, other_gw.1, "gateway2Secret").await.expect("put");
+    for (dk, secret, gw) in [
+        ("meter1", "meterSecret01", GW),
+        ("meter2", "meterSecret02", other_gw),
+        ("meter3", "meterSecret03", GW),
+    ] {
+        admin.put_device("pkSub", dk, secret).await.expect("put sub-device");
+        admin.bind_sub_device(gw, ("pkSub", dk)).await.expect("bind");
+    }
     let subs = r#"
 [[sub_devices]]
 product_key = "pkSub"
@@ -408,7 +420,7 @@ device_key = "meter2"
 product_key = "pkSub"
 device_key = "meter3"
 "#;
-    let mut agent = RunningAgent::start(&agent_toml(&world.broker(), subs), signer);
+    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), subs));
     let done = |s: &AgentStatus| {
         s.sub_devices.len() == 3
             && s.sub_devices.iter().all(|d| d.state != SubDeviceState::Pending)
