@@ -448,3 +448,46 @@ device_key = "meter3"
     let _ = &world.dir;
     let _ = &world.devices;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_over_mqtts_with_a_device_certificate() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = dir.path().join("devices.csv");
+    write_devices(
+        &devices,
+        &[
+            DeviceRow::new(GW.0, GW.1, GW_SECRET),
+            DeviceRow::new(OBSERVER.0, OBSERVER.1, OBSERVER.2),
+        ],
+    );
+    let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+    // The broker's certificate and the device's two-way TLS certificate
+    // come from the same test CA as the signer's.
+    let server = signer
+        .pki
+        .server(&[])
+        .expect("server cert")
+        .write(dir.path(), "broker")
+        .expect("write");
+    let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox binary"), &devices)
+        .tls(&signer.ca, &server.cert, &server.key)
+        .start()
+        .expect("sandbox with TLS starts");
+    let tls_addr = sandbox.tls_addr().expect("TLS listener");
+    let tls = format!(
+        "[enos.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        signer.ca.display(),
+        signer.cert.display(),
+        signer.key.display()
+    );
+    let toml = agent_toml(&signer, &format!("ssl://{tls_addr}"), "").replace(
+        "connect_timeout = \"2s\"\n",
+        &format!("connect_timeout = \"2s\"\n\n{tls}"),
+    );
+    let mut agent = RunningAgent::start(&toml);
+    let s = wait_status(&mut agent.status, "connect over TLS", connected(1)).await;
+    assert!(s.broker.starts_with("ssl://"), "{s:#?}");
+    assert_eq!(s.refusals, 0);
+    agent.stop().await;
+}
