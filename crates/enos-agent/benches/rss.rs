@@ -152,7 +152,9 @@ target = "measurepoint-post"
     let (end_rss, hwm) = memory_kib(pid);
     peak_rss = peak_rss.max(end_rss);
 
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
 
     println!("enos-agent RSS (release binary, current-thread runtime)");
@@ -170,7 +172,11 @@ target = "measurepoint-post"
     println!("  messages: {sent} published locally, {received} seen on EnOS");
     println!(
         "  goal <= 10 MiB: idle {}, bridging {}",
-        if idle_rss <= 10 * 1024 { "met" } else { "MISSED" },
+        if idle_rss <= 10 * 1024 {
+            "met"
+        } else {
+            "MISSED"
+        },
         if hwm <= 10 * 1024 { "met" } else { "MISSED" }
     );
     drop(sandbox);

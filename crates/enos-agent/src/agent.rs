@@ -53,7 +53,9 @@ impl<S: Signer> Agent<S> {
             for route in &bridge.upstream {
                 if let Some(local) = &route.reply_to {
                     let (enos_topic, _) = topics.upstream_target(route);
-                    let locals = reply_routes.entry(format!("{enos_topic}_reply")).or_default();
+                    let locals = reply_routes
+                        .entry(format!("{enos_topic}_reply"))
+                        .or_default();
                     if !locals.contains(local) {
                         locals.push(local.clone());
                     }
@@ -130,8 +132,15 @@ impl<S: Signer> Agent<S> {
             let logins = sub_device::run(config, signer, enos_client, shared, shutdown.clone());
             let bridge = async {
                 if let (Some(b), Some((client, eventloop))) = (&config.bridge, local) {
-                    bridge::run(b, &config.backoff, client, eventloop, shared, shutdown.clone())
-                        .await;
+                    bridge::run(
+                        b,
+                        &config.backoff,
+                        client,
+                        eventloop,
+                        shared,
+                        shutdown.clone(),
+                    )
+                    .await;
                 }
             };
             tokio::join!(session, logins, bridge);

@@ -118,7 +118,10 @@ mod tests {
             .collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000]);
         b.reset();
-        assert_eq!(b.next_delay(FailureKind::Network).delay, Duration::from_millis(100));
+        assert_eq!(
+            b.next_delay(FailureKind::Network).delay,
+            Duration::from_millis(100)
+        );
     }
 
     #[test]
@@ -130,14 +133,20 @@ mod tests {
             let n = net.next_delay(FailureKind::Network).ceiling;
             let r = refused.next_delay(FailureKind::Refused).ceiling;
             assert!(r > n, "refusal {r:?} not above network {n:?}");
-            assert!(r > last, "refusal ceiling did not grow: {r:?} after {last:?}");
+            assert!(
+                r > last,
+                "refusal ceiling did not grow: {r:?} after {last:?}"
+            );
             last = r;
         }
         // Capped at max × refusal_factor.
         for _ in 0..10 {
             refused.next_delay(FailureKind::Refused);
         }
-        assert_eq!(refused.ceiling(FailureKind::Refused), Duration::from_secs(8));
+        assert_eq!(
+            refused.ceiling(FailureKind::Refused),
+            Duration::from_secs(8)
+        );
     }
 
     #[test]

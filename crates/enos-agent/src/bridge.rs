@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS, SubscribeFilter,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,10 +46,11 @@ pub fn local_client(bridge: &BridgeConfig) -> Result<(AsyncClient, EventLoop), A
     if let Some(username) = &bridge.username {
         let password = match &bridge.password_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 text.trim_end_matches(['\n', '\r']).to_owned()
             }
             None => String::new(),
@@ -67,7 +70,10 @@ fn local_filters(bridge: &BridgeConfig, shared: &Shared) -> Vec<SubscribeFilter>
         .map(|r| SubscribeFilter::new(r.local.clone(), QoS::AtLeastOnce))
         .collect();
     if let Some(map) = &shared.downstream_map {
-        filters.push(SubscribeFilter::new(map.local_reply_filter(), QoS::AtLeastOnce));
+        filters.push(SubscribeFilter::new(
+            map.local_reply_filter(),
+            QoS::AtLeastOnce,
+        ));
     }
     filters
 }
@@ -208,8 +214,8 @@ pub fn upstream_message(
     };
     let payload = match (route.wrap, method, route.target) {
         (true, Some(method), t) if t != UpstreamTarget::Raw => {
-            let params: serde_json::Value =
-                serde_json::from_slice(payload).map_err(|_| "payload is not JSON, so it cannot be wrapped")?;
+            let params: serde_json::Value = serde_json::from_slice(payload)
+                .map_err(|_| "payload is not JSON, so it cannot be wrapped")?;
             envelope(&shared.ids.next(), &method, params)
         }
         _ => payload.to_vec(),

@@ -489,7 +489,9 @@ impl Config {
             if !endpoint.starts_with("https://") {
                 return Err(AgentError::config(
                     format!("signer.endpoints[{i}]"),
-                    format!("{endpoint:?} must be an https:// URL (the signer is reached over mTLS)"),
+                    format!(
+                        "{endpoint:?} must be an https:// URL (the signer is reached over mTLS)"
+                    ),
                 ));
             }
             if endpoint.parse::<tonic::transport::Uri>().is_err() {
@@ -571,7 +573,8 @@ impl Config {
                     format!("{}/{} is listed twice", sub.product_key, sub.device_key),
                 ));
             }
-            if sub.product_key == self.device.product_key && sub.device_key == self.device.device_key
+            if sub.product_key == self.device.product_key
+                && sub.device_key == self.device.device_key
             {
                 return Err(AgentError::config(
                     format!("sub_devices[{i}]"),
@@ -585,7 +588,10 @@ impl Config {
                 "EnOS allows at most 200 online sub-devices per gateway",
             ));
         }
-        nonzero(self.sub_device_login.reply_timeout, "sub_device_login.reply_timeout")?;
+        nonzero(
+            self.sub_device_login.reply_timeout,
+            "sub_device_login.reply_timeout",
+        )?;
         if self.sub_device_login.max_attempts == 0 {
             return Err(AgentError::config(
                 "sub_device_login.max_attempts",
@@ -687,7 +693,11 @@ fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
                     format!("{reply:?} is not a valid MQTT topic (no wildcards)"),
                 ));
             }
-            if bridge.upstream.iter().any(|r| rumqttc::matches(reply, &r.local)) {
+            if bridge
+                .upstream
+                .iter()
+                .any(|r| rumqttc::matches(reply, &r.local))
+            {
                 return Err(AgentError::config(
                     field("reply_to"),
                     format!("{reply:?} matches an upstream filter, so replies would loop back up"),

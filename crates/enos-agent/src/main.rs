@@ -14,7 +14,11 @@ use enos_agent::{
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "enos-agent", version, about = "Keeps a device connected to EnOS with credentials from the signer")]
+#[command(
+    name = "enos-agent",
+    version,
+    about = "Keeps a device connected to EnOS with credentials from the signer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,10 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let credential = signer.issue_mqtt_credential().await?;
     println!(
         "signer {} issued a credential for {}/{}: client id {}",
-        credential.endpoint, config.device.product_key, config.device.device_key, credential.mqtt_client_id
+        credential.endpoint,
+        config.device.product_key,
+        config.device.device_key,
+        credential.mqtt_client_id
     );
     match credential.expires_at_ms {
         Some(ms) => {

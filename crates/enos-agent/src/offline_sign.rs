@@ -55,9 +55,8 @@ pub fn read_secret(mut reader: impl Read, origin: &str) -> Result<DeviceSecret, 
             end -= 1;
         }
     }
-    let text = std::str::from_utf8(&bytes[..end]).map_err(|_| {
-        AgentError::config("--secret-file", format!("{origin} is not UTF-8 text"))
-    })?;
+    let text = std::str::from_utf8(&bytes[..end])
+        .map_err(|_| AgentError::config("--secret-file", format!("{origin} is not UTF-8 text")))?;
     Ok(DeviceSecret::new(text.to_owned())?)
 }
 

@@ -246,7 +246,8 @@ async fn pause(
         }
         s.last_error = Some(failure.reason.clone());
         s.last_backoff_ms = Some(u64::try_from(delay.delay.as_millis()).unwrap_or(u64::MAX));
-        s.last_backoff_ceiling_ms = Some(u64::try_from(delay.ceiling.as_millis()).unwrap_or(u64::MAX));
+        s.last_backoff_ceiling_ms =
+            Some(u64::try_from(delay.ceiling.as_millis()).unwrap_or(u64::MAX));
     });
     tracing::info!(delay_ms = delay.delay.as_millis() as u64, ceiling_ms = delay.ceiling.as_millis() as u64, kind = ?failure.kind, "backing off");
     tokio::select! {
@@ -337,7 +338,10 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Sh
             }
         }
     };
-    if tokio::time::timeout(DISCONNECT_GRACE, drained).await.is_err() {
+    if tokio::time::timeout(DISCONNECT_GRACE, drained)
+        .await
+        .is_err()
+    {
         tracing::warn!("DISCONNECT did not complete in time");
     } else {
         tracing::info!("sent DISCONNECT to EnOS");

@@ -107,7 +107,8 @@ impl IssuedCredential {
         endpoint: String,
     ) -> Self {
         let lifetime = expires_at_ms.map(|e| Duration::from_millis(e.saturating_sub(timestamp_ms)));
-        let age_at_receipt = Duration::from_millis(crate::clock::now_ms().saturating_sub(timestamp_ms));
+        let age_at_receipt =
+            Duration::from_millis(crate::clock::now_ms().saturating_sub(timestamp_ms));
         IssuedCredential {
             mqtt_client_id,
             username,
@@ -278,7 +279,9 @@ pub struct GrpcSigner {
 impl fmt::Debug for GrpcSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<&str> = self.endpoints.iter().map(|(u, _)| u.as_str()).collect();
-        f.debug_struct("GrpcSigner").field("endpoints", &urls).finish()
+        f.debug_struct("GrpcSigner")
+            .field("endpoints", &urls)
+            .finish()
     }
 }
 
@@ -310,9 +313,7 @@ impl GrpcSigner {
         for (i, url) in config.endpoints.iter().enumerate() {
             let endpoint = Endpoint::from_shared(url.clone())
                 .and_then(|e| e.tls_config(tls.clone()))
-                .map_err(|e| {
-                    AgentError::config(format!("signer.endpoints[{i}]"), e.to_string())
-                })?
+                .map_err(|e| AgentError::config(format!("signer.endpoints[{i}]"), e.to_string()))?
                 .connect_timeout(config.connect_timeout)
                 .timeout(config.request_timeout);
             endpoints.push((url.clone(), endpoint.connect_lazy()));
@@ -412,7 +413,9 @@ impl Signer for GrpcSigner {
                     .into_inner();
                 // Move the password out so that only the zeroizing copy remains.
                 let password = std::mem::take(&mut reply.password);
-                if password.is_empty() || reply.mqtt_client_id.is_empty() || reply.username.is_empty()
+                if password.is_empty()
+                    || reply.mqtt_client_id.is_empty()
+                    || reply.username.is_empty()
                 {
                     return Err(SignerError::BadResponse {
                         endpoint,

@@ -161,7 +161,12 @@ async fn login<S: Signer>(
         let payload = envelope(&id, "combine.login", signed.params_json());
         drop(signed);
         if let Err(e) = client
-            .publish(shared.topics.combine_login(), QoS::AtLeastOnce, false, payload)
+            .publish(
+                shared.topics.combine_login(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
         {
             tracing::warn!(sub_device = %who, error = %e, "could not queue the login");

@@ -149,15 +149,27 @@ mod tests {
     #[test]
     fn topics_follow_the_enos_layout() {
         let t = DeviceTopics::new("pk1", "dk1");
-        assert_eq!(t.measurepoint_post(), "/sys/pk1/dk1/thing/measurepoint/post");
+        assert_eq!(
+            t.measurepoint_post(),
+            "/sys/pk1/dk1/thing/measurepoint/post"
+        );
         assert_eq!(t.event_post("alarm"), "/sys/pk1/dk1/thing/event/alarm/post");
-        assert_eq!(t.combine_login_reply(), "/ext/session/pk1/dk1/combine/login_reply");
-        assert_eq!(t.service_rest("/sys/pk1/dk1/thing/service/reboot"), Some("reboot"));
+        assert_eq!(
+            t.combine_login_reply(),
+            "/ext/session/pk1/dk1/combine/login_reply"
+        );
+        assert_eq!(
+            t.service_rest("/sys/pk1/dk1/thing/service/reboot"),
+            Some("reboot")
+        );
         assert_eq!(
             t.service_rest("/sys/pk1/dk1/thing/service/measurepoint/set"),
             Some("measurepoint/set")
         );
-        assert_eq!(t.service_rest("/sys/pk1/dk1/thing/service/reboot_reply"), None);
+        assert_eq!(
+            t.service_rest("/sys/pk1/dk1/thing/service/reboot_reply"),
+            None
+        );
         assert_eq!(t.service_rest("/sys/pk2/dk1/thing/service/reboot"), None);
         assert_eq!(
             t.service_reply("measurepoint/set"),
@@ -165,7 +177,10 @@ mod tests {
         );
         let f = t.service_filters();
         assert!(rumqttc::matches("/sys/pk1/dk1/thing/service/reboot", &f[0]));
-        assert!(rumqttc::matches("/sys/pk1/dk1/thing/service/measurepoint/set", &f[1]));
+        assert!(rumqttc::matches(
+            "/sys/pk1/dk1/thing/service/measurepoint/set",
+            &f[1]
+        ));
     }
 
     #[test]

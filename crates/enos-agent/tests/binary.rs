@@ -62,7 +62,11 @@ fn wait_file_state(dir: &Path, state: &str) -> serde_json::Value {
                 return s;
             }
         }
-        assert!(Instant::now() < deadline, "status file never said {state}: {:?}", read_status(dir));
+        assert!(
+            Instant::now() < deadline,
+            "status file never said {state}: {:?}",
+            read_status(dir)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -77,7 +81,11 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
         .start()
         .expect("sandbox");
     let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
-    let config = write_config(dir.path(), &signer, &format!("tcp://{}", sandbox.mqtt_addr()));
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://{}", sandbox.mqtt_addr()),
+    );
 
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
@@ -118,24 +126,44 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
         let watchdogs = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
         if messages.iter().any(|m| m.contains("READY=1"))
             && watchdogs >= 3
-            && messages.iter().any(|m| m.contains("STATUS=connected to EnOS"))
+            && messages
+                .iter()
+                .any(|m| m.contains("STATUS=connected to EnOS"))
         {
             break;
         }
     }
-    assert!(messages.iter().any(|m| m.contains("READY=1")), "{messages:?}");
-    assert!(messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3, "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("STATUS=connected to EnOS")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STATUS=connected to EnOS")),
+        "{messages:?}"
+    );
 
     let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit on SIGTERM is clean: {:?}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "exit on SIGTERM is clean: {:?}\n{stderr}",
+        out.status
+    );
     assert!(stderr.contains("sent DISCONNECT to EnOS"), "{stderr}");
     let last = read_status(dir.path()).expect("final status");
     assert_eq!(last["state"], "stopped");
@@ -162,10 +190,21 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
     let secret = enos_sign_core::DeviceSecret::new(GW_SECRET.into()).expect("secret");
     let password = enos_sign_core::sign(&fields, enos_sign_core::SignMethod::HmacSha1, &secret);
     let password = password.expose_secret();
-    assert!(!stderr.contains(password), "the password leaked into the log");
-    assert!(!stderr.to_ascii_lowercase().contains(&password.to_ascii_lowercase()));
+    assert!(
+        !stderr.contains(password),
+        "the password leaked into the log"
+    );
+    assert!(
+        !stderr
+            .to_ascii_lowercase()
+            .contains(&password.to_ascii_lowercase())
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(password));
-    assert!(!std::fs::read_to_string(dir.path().join("status.json")).expect("status").contains(password));
+    assert!(
+        !std::fs::read_to_string(dir.path().join("status.json"))
+            .expect("status")
+            .contains(password)
+    );
     drop(sandbox);
 }
 
@@ -186,8 +225,15 @@ async fn check_reports_the_expiry_without_the_password() {
     };
     let out = run(config.clone()).await.expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("expires at") && stdout.contains("in 5"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("expires at") && stdout.contains("in 5"),
+        "{stdout}"
+    );
     assert!(stdout.contains("the password is not shown"), "{stdout}");
     // 40 upper-case hex digits would be a SHA-1 password.
     assert!(

@@ -42,7 +42,11 @@ fn signs_from_stdin_and_from_a_file() {
         "-",
     ];
     let out = sign(&args, b"aaabbbcc123\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(json["password"], "97AA97335D6EC3D7E1F9E3119501E399CC0B4125");
     assert_eq!(json["username"], "test&123");
@@ -73,7 +77,11 @@ fn signs_from_stdin_and_from_a_file() {
         ],
         b"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(
         json["password"],
@@ -88,17 +96,32 @@ fn defaults_client_id_to_the_device_key_and_timestamp_to_now() {
         .expect("clock")
         .as_millis() as u64;
     let out = sign(
-        &["--product-key", "pk", "--device-key", "dk", "--secret-file", "-"],
+        &[
+            "--product-key",
+            "pk",
+            "--device-key",
+            "dk",
+            "--secret-file",
+            "-",
+        ],
         b"s3cret",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let ts = json["timestamp"].as_u64().expect("number");
     assert!(ts >= before && ts < before + 60_000, "{ts} vs {before}");
-    assert!(json["client_id"]
-        .as_str()
-        .expect("str")
-        .starts_with(&format!("dk|securemode=2,signmethod=hmacsha1,timestamp={ts}|")));
+    assert!(
+        json["client_id"]
+            .as_str()
+            .expect("str")
+            .starts_with(&format!(
+                "dk|securemode=2,signmethod=hmacsha1,timestamp={ts}|"
+            ))
+    );
 }
 
 #[test]
@@ -106,27 +129,66 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     let secret = b"TopSecret42";
     let cases: [(&[&str], &[u8], &str); 5] = [
         (
-            &["--product-key", "p|k", "--device-key", "dk", "--secret-file", "-"],
+            &[
+                "--product-key",
+                "p|k",
+                "--device-key",
+                "dk",
+                "--secret-file",
+                "-",
+            ],
             secret,
             "productKey",
         ),
         (
-            &["--product-key", "pk", "--device-key", "dk", "--timestamp", "soon", "--secret-file", "-"],
+            &[
+                "--product-key",
+                "pk",
+                "--device-key",
+                "dk",
+                "--timestamp",
+                "soon",
+                "--secret-file",
+                "-",
+            ],
             secret,
             "timestamp",
         ),
         (
-            &["--product-key", "pk", "--device-key", "dk", "--sign-method", "sha512", "--secret-file", "-"],
+            &[
+                "--product-key",
+                "pk",
+                "--device-key",
+                "dk",
+                "--sign-method",
+                "sha512",
+                "--secret-file",
+                "-",
+            ],
             secret,
             "signmethod",
         ),
         (
-            &["--product-key", "pk", "--device-key", "dk", "--secret-file", "-"],
+            &[
+                "--product-key",
+                "pk",
+                "--device-key",
+                "dk",
+                "--secret-file",
+                "-",
+            ],
             b"two words",
             "deviceSecret",
         ),
         (
-            &["--product-key", "pk", "--device-key", "dk", "--secret-file", "/nonexistent/secret"],
+            &[
+                "--product-key",
+                "pk",
+                "--device-key",
+                "dk",
+                "--secret-file",
+                "/nonexistent/secret",
+            ],
             b"",
             "/nonexistent/secret",
         ),
@@ -137,11 +199,21 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
-        assert!(!stderr.contains("TopSecret42") && !stderr.contains("two words"), "{stderr}");
+        assert!(
+            !stderr.contains("TopSecret42") && !stderr.contains("two words"),
+            "{stderr}"
+        );
     }
     // There is no way to pass the secret on the command line.
     let out = sign(
-        &["--product-key", "pk", "--device-key", "dk", "--secret", "TopSecret42"],
+        &[
+            "--product-key",
+            "pk",
+            "--device-key",
+            "dk",
+            "--secret",
+            "TopSecret42",
+        ],
         b"",
     );
     assert!(!out.status.success());

@@ -4,13 +4,12 @@
 
 use std::{path::Path, time::Duration};
 
-use enos_agent::{
-    Config,
-    config::UpstreamTarget,
-};
+use enos_agent::{Config, config::UpstreamTarget};
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn refused(name: &str) -> String {
@@ -79,7 +78,10 @@ fn value_checks_name_the_field() {
     let cases = [
         ("[backoff]\nmin = \"2s\"\nmax = \"1s\"\n", "backoff.max"),
         ("[backoff]\njitter = 1.5\n", "backoff.jitter"),
-        ("[queue]\nupstream_capacity = 0\n", "queue.upstream_capacity"),
+        (
+            "[queue]\nupstream_capacity = 0\n",
+            "queue.upstream_capacity",
+        ),
         ("[status]\n", ""),
         (
             "[[sub_devices]]\nproduct_key = \"pk1\"\ndevice_key = \"dk1\"\n",
@@ -96,10 +98,7 @@ fn value_checks_name_the_field() {
             assert!(e.contains(field), "{extra}: {e}");
         }
     }
-    let keepalive = base.replace(
-        "[enos]\n",
-        "[enos]\nkeepalive = \"1500ms\"\n",
-    );
+    let keepalive = base.replace("[enos]\n", "[enos]\nkeepalive = \"1500ms\"\n");
     let e = Config::parse(&keepalive, Path::new("inline.toml"))
         .expect_err("sub-second keepalive")
         .to_string();

@@ -151,7 +151,8 @@ async fn broker_restart_reconnects_with_a_fresh_credential_and_restores_subscrip
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
     let signer = signer(&world, 600).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
+    let mut agent =
+        RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "first connect", connected(1)).await;
 
     let mut app = TestClient::connect(local.addr, "app", None).await;
@@ -159,20 +160,33 @@ async fn broker_restart_reconnects_with_a_fresh_credential_and_restores_subscrip
     let service = format!("/sys/{}/{}/thing/service/reboot", GW.0, GW.1);
     {
         let cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
-        cloud.publish(&service, r#"{"id":"1","method":"thing.service.reboot","params":{}}"#).await;
+        cloud
+            .publish(
+                &service,
+                r#"{"id":"1","method":"thing.service.reboot","params":{}}"#,
+            )
+            .await;
         let got = app.recv_on("gw/svc/reboot").await;
         assert!(String::from_utf8_lossy(&got).contains(r#""id":"1""#));
     }
 
     world.sandbox.restart().expect("sandbox restarts");
     let after = wait_status(&mut agent.status, "reconnect", connected(2)).await;
-    assert!(after.credentials_issued >= 2, "a fresh credential per connect: {after:#?}");
+    assert!(
+        after.credentials_issued >= 2,
+        "a fresh credential per connect: {after:#?}"
+    );
     assert!(after.network_failures >= 1, "{after:#?}");
     assert_eq!(after.refusals, 0, "a restart is not a refusal: {after:#?}");
 
     // The subscription was restored on the new session.
     let cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
-    cloud.publish(&service, r#"{"id":"2","method":"thing.service.reboot","params":{}}"#).await;
+    cloud
+        .publish(
+            &service,
+            r#"{"id":"2","method":"thing.service.reboot","params":{}}"#,
+        )
+        .await;
     let got = app.recv_on("gw/svc/reboot").await;
     assert!(String::from_utf8_lossy(&got).contains(r#""id":"2""#));
 
@@ -193,7 +207,11 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
     tokio::time::sleep(Duration::from_millis(1500)).await;
     {
         let s = agent.status.borrow();
-        assert_eq!(s.state, ConnectionState::Connected, "the session stays up: {s:#?}");
+        assert_eq!(
+            s.state,
+            ConnectionState::Connected,
+            "the session stays up: {s:#?}"
+        );
         assert_eq!(s.connects, 1);
     }
 
@@ -202,12 +220,27 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
         s.network_failures >= 3
     })
     .await;
-    assert_eq!(waiting.connects, 1, "no connect without a valid credential: {waiting:#?}");
+    assert_eq!(
+        waiting.connects, 1,
+        "no connect without a valid credential: {waiting:#?}"
+    );
     assert_ne!(waiting.state, ConnectionState::Connected);
-    assert!(waiting.last_error.as_deref().unwrap_or("").contains("signer"), "{waiting:#?}");
+    assert!(
+        waiting
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("signer"),
+        "{waiting:#?}"
+    );
 
     signer.signer.restart().await.expect("signer restarts");
-    let back = wait_status(&mut agent.status, "reconnect once the signer is back", connected(2)).await;
+    let back = wait_status(
+        &mut agent.status,
+        "reconnect once the signer is back",
+        connected(2),
+    )
+    .await;
     assert_eq!(back.credentials_reused, 0);
     agent.stop().await;
 }
@@ -221,7 +254,12 @@ async fn a_still_valid_credential_is_reused_while_the_signer_is_down() {
     wait_status(&mut agent.status, "connect", connected(1)).await;
     signer.signer.stop().await;
     world.sandbox.restart().expect("sandbox restarts");
-    let s = wait_status(&mut agent.status, "reconnect with the cached credential", connected(2)).await;
+    let s = wait_status(
+        &mut agent.status,
+        "reconnect with the cached credential",
+        connected(2),
+    )
+    .await;
     assert_eq!(s.credentials_reused, 1, "{s:#?}");
     assert_eq!(s.credentials_issued, 1, "{s:#?}");
     agent.stop().await;
@@ -250,11 +288,17 @@ async fn refusals_back_off_further_each_time_and_are_not_network_failures() {
     assert!(ceilings[0] >= 200, "{ceilings:?}");
     let s = agent.stop().await;
     assert_eq!(s.connects, 0);
-    assert_eq!(s.network_failures, 0, "closed-before-CONNACK is a refusal: {s:#?}");
+    assert_eq!(
+        s.network_failures, 0,
+        "closed-before-CONNACK is a refusal: {s:#?}"
+    );
     // A refused credential is never reused: one fresh credential per attempt.
     assert!(s.credentials_issued >= s.refusals, "{s:#?}");
     assert_eq!(s.credentials_reused, 0, "{s:#?}");
-    assert!(s.last_error.as_deref().unwrap_or("").contains("refusal"), "{s:#?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("refusal"),
+        "{s:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,8 +311,12 @@ async fn an_unreachable_broker_is_a_network_failure() {
         .port();
     let dir = tempfile::tempdir().expect("tempdir");
     let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &format!("tcp://127.0.0.1:{port}"), ""));
-    let s = wait_status(&mut agent.status, "network failures", |s| s.network_failures >= 3).await;
+    let mut agent =
+        RunningAgent::start(&agent_toml(&signer, &format!("tcp://127.0.0.1:{port}"), ""));
+    let s = wait_status(&mut agent.status, "network failures", |s| {
+        s.network_failures >= 3
+    })
+    .await;
     assert_eq!(s.refusals, 0, "{s:#?}");
     agent.stop().await;
 }
@@ -279,9 +327,13 @@ async fn the_bridge_carries_messages_both_ways() {
     let world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
     let signer = signer(&world, 600).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
+    let mut agent =
+        RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "connect", connected(1)).await;
-    wait_status(&mut agent.status, "local broker", |s| s.local_broker_connected == Some(true)).await;
+    wait_status(&mut agent.status, "local broker", |s| {
+        s.local_broker_connected == Some(true)
+    })
+    .await;
 
     let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
     let sys = format!("/sys/{}/{}/thing", GW.0, GW.1);
@@ -290,9 +342,14 @@ async fn the_bridge_carries_messages_both_ways() {
     app.subscribe("gw/#").await;
 
     // Up: wrapped in the EnOS envelope; the sandbox's reply comes back down.
-    app.publish("gw/mp", r#"{"measurepoints":{"temp":21.5},"time":1700000000000}"#).await;
+    app.publish(
+        "gw/mp",
+        r#"{"measurepoints":{"temp":21.5},"time":1700000000000}"#,
+    )
+    .await;
     let post: serde_json::Value =
-        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/measurepoint/post")).await).expect("json");
+        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/measurepoint/post")).await)
+            .expect("json");
     assert_eq!(post["method"], "thing.measurepoint.post");
     assert_eq!(post["version"], "1.0");
     assert_eq!(post["params"]["measurepoints"]["temp"], 21.5);
@@ -304,30 +361,49 @@ async fn the_bridge_carries_messages_both_ways() {
 
     app.publish("gw/ev", r#"{"events":{"level":3}}"#).await;
     let event: serde_json::Value =
-        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/event/overheat/post")).await).expect("json");
+        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/event/overheat/post")).await)
+            .expect("json");
     assert_eq!(event["method"], "thing.event.overheat.post");
     assert_eq!(event["params"]["events"]["level"], 3);
 
     // Down: a service call and a measurepoint-set, and the replies back up.
-    cloud.publish(&format!("{sys}/service/reboot"), r#"{"id":"s1","params":{}}"#).await;
+    cloud
+        .publish(
+            &format!("{sys}/service/reboot"),
+            r#"{"id":"s1","params":{}}"#,
+        )
+        .await;
     let call = app.recv_on("gw/svc/reboot").await;
     assert!(String::from_utf8_lossy(&call).contains("s1"));
-    app.publish("gw/svc-reply/reboot", r#"{"id":"s1","code":200,"data":{}}"#).await;
+    app.publish("gw/svc-reply/reboot", r#"{"id":"s1","code":200,"data":{}}"#)
+        .await;
     let back = cloud.recv_on(&format!("{sys}/service/reboot_reply")).await;
     assert!(String::from_utf8_lossy(&back).contains("s1"));
 
-    cloud.publish(&format!("{sys}/service/measurepoint/set"), r#"{"id":"m1","params":{"temp":20}}"#).await;
+    cloud
+        .publish(
+            &format!("{sys}/service/measurepoint/set"),
+            r#"{"id":"m1","params":{"temp":20}}"#,
+        )
+        .await;
     let set = app.recv_on("gw/svc/measurepoint/set").await;
     assert!(String::from_utf8_lossy(&set).contains("m1"));
-    app.publish("gw/svc-reply/measurepoint/set", r#"{"id":"m1","code":200,"data":{}}"#).await;
-    let back = cloud.recv_on(&format!("{sys}/service/measurepoint/set_reply")).await;
+    app.publish(
+        "gw/svc-reply/measurepoint/set",
+        r#"{"id":"m1","code":200,"data":{}}"#,
+    )
+    .await;
+    let back = cloud
+        .recv_on(&format!("{sys}/service/measurepoint/set_reply"))
+        .await;
     assert!(String::from_utf8_lossy(&back).contains("m1"));
 
     // A non-JSON payload cannot be wrapped: dropped, not forwarded garbled.
     app.publish("gw/mp", "not json").await;
     app.publish("gw/mp", r#"{"after":true}"#).await;
     let next: serde_json::Value =
-        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/measurepoint/post")).await).expect("json");
+        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/measurepoint/post")).await)
+            .expect("json");
     assert_eq!(next["params"]["after"], true);
 
     let s = agent.stop().await;
@@ -348,7 +424,10 @@ async fn offline_messages_wait_in_a_bounded_queue_dropping_the_oldest() {
     );
     let mut agent = RunningAgent::start(&toml);
     wait_status(&mut agent.status, "connect", connected(1)).await;
-    wait_status(&mut agent.status, "local broker", |s| s.local_broker_connected == Some(true)).await;
+    wait_status(&mut agent.status, "local broker", |s| {
+        s.local_broker_connected == Some(true)
+    })
+    .await;
     let app = TestClient::connect(local.addr, "app", None).await;
 
     // Offline: the broker is gone and the signer too (so the agent stays
@@ -358,7 +437,10 @@ async fn offline_messages_wait_in_a_bounded_queue_dropping_the_oldest() {
     // Let the last credential (1 s) expire, so that nothing connects
     // before the signer is back.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    wait_status(&mut agent.status, "offline", |s| s.state != ConnectionState::Connected).await;
+    wait_status(&mut agent.status, "offline", |s| {
+        s.state != ConnectionState::Connected
+    })
+    .await;
     for seq in 0..12 {
         app.publish("gw/mp", format!(r#"{{"seq":{seq}}}"#)).await;
     }
@@ -398,14 +480,23 @@ async fn sub_device_logins_after_every_connect_and_refusals_are_reported() {
     ]);
     let signer = signer(&world, 600).await;
     let admin = &signer.signer;
-    admin.put_device(other_gw.0, other_gw.1, "gateway2Secret").await.expect("put");
+    admin
+        .put_device(other_gw.0, other_gw.1, "gateway2Secret")
+        .await
+        .expect("put");
     for (dk, secret, gw) in [
         ("meter1", "meterSecret01", GW),
         ("meter2", "meterSecret02", other_gw),
         ("meter3", "meterSecret03", GW),
     ] {
-        admin.put_device("pkSub", dk, secret).await.expect("put sub-device");
-        admin.bind_sub_device(gw, ("pkSub", dk)).await.expect("bind");
+        admin
+            .put_device("pkSub", dk, secret)
+            .await
+            .expect("put sub-device");
+        admin
+            .bind_sub_device(gw, ("pkSub", dk))
+            .await
+            .expect("bind");
     }
     let subs = r#"
 [[sub_devices]]
@@ -423,7 +514,9 @@ device_key = "meter3"
     let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), subs));
     let done = |s: &AgentStatus| {
         s.sub_devices.len() == 3
-            && s.sub_devices.iter().all(|d| d.state != SubDeviceState::Pending)
+            && s.sub_devices
+                .iter()
+                .all(|d| d.state != SubDeviceState::Pending)
     };
     let s = wait_status(&mut agent.status, "sub-device logins", done).await;
     assert_eq!(s.sub_devices[0].state, SubDeviceState::Online, "{s:#?}");

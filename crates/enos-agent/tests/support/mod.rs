@@ -65,8 +65,9 @@ impl DeviceRow {
 
 /// Writes the sandbox's device CSV.
 pub fn write_devices(path: &Path, rows: &[DeviceRow]) {
-    let mut csv =
-        String::from("productKey,deviceKey,deviceSecret,enabled,gatewayProductKey,gatewayDeviceKey\n");
+    let mut csv = String::from(
+        "productKey,deviceKey,deviceSecret,enabled,gatewayProductKey,gatewayDeviceKey\n",
+    );
     for r in rows {
         let (gpk, gdk) = r.gateway.clone().unwrap_or_default();
         csv.push_str(&format!(
@@ -90,8 +91,13 @@ pub fn sign_login(pk: &str, dk: &str, secret: &str) -> MqttCredential {
         timestamp: TimestampMs::from_millis(enos_agent::now_ms()),
     };
     let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
-    MqttCredential::sign(fields, SecureMode::DeviceSecret, SignMethod::HmacSha1, &secret)
-        .expect("sign")
+    MqttCredential::sign(
+        fields,
+        SecureMode::DeviceSecret,
+        SignMethod::HmacSha1,
+        &secret,
+    )
+    .expect("sign")
 }
 
 /// An MQTT client for tests: every received publish arrives on `rx`.
@@ -248,7 +254,10 @@ impl Mosquitto {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Mosquitto {

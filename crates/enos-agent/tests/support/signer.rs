@@ -26,7 +26,10 @@ impl SignerFixture {
         let signer = TestSigner::start_with(&signer_dir, &pki, |c| c.policy.ttl_secs = ttl_secs)
             .await
             .expect("signer starts");
-        signer.put_device(gw.0, gw.1, secret).await.expect("put gateway");
+        signer
+            .put_device(gw.0, gw.1, secret)
+            .await
+            .expect("put gateway");
         let ca = pki.write_ca(dir).expect("ca");
         let files = pki
             .device(gw.0, gw.1)
