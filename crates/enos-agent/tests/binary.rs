@@ -94,7 +94,7 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
         .expect("timeout");
     // systemd sets WATCHDOG_PID to the service's pid: `exec` keeps the
     // shell's pid, so $$ is the agent's.
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(r#"WATCHDOG_PID=$$ exec "$0" run --config "$1""#)
         .arg(BIN)
