@@ -584,3 +584,32 @@ async fn connects_over_mqtts_with_a_device_certificate() {
     assert_eq!(s.refusals, 0);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_signer_endpoint_fails_over_to_the_next() {
+    init();
+    let world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
+    let signer = signer(&world, 600).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let toml = agent_toml(&signer, &world.broker(), "").replace(
+        &format!("endpoints = [\"{}\"]", signer.signer.uri()),
+        &format!(
+            "endpoints = [\"https://127.0.0.1:{dead}\", \"{}\"]",
+            signer.signer.uri()
+        ),
+    );
+    assert!(toml.contains(&format!("127.0.0.1:{dead}")));
+    let mut agent = RunningAgent::start(&toml);
+    let s = wait_status(
+        &mut agent.status,
+        "connect via the second endpoint",
+        connected(1),
+    )
+    .await;
+    assert_eq!(s.credentials_issued, 1, "{s:#?}");
+    agent.stop().await;
+}
