@@ -82,11 +82,6 @@ impl Authenticator {
         self.md5
     }
 
-    /// The freshness check as of the current time.
-    pub fn freshness_now(&self) -> Freshness {
-        self.freshness_at(now())
-    }
-
     /// The freshness check as of `now`.
     pub fn freshness_at(&self, now: TimestampMs) -> Freshness {
         match self.freshness {

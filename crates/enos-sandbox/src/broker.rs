@@ -29,7 +29,8 @@ use crate::{
     error::SandboxError,
     ports::PortReservation,
     readiness::ListenWatch,
-    session::{REQUEST_FILTERS, Responder},
+    responder::{REQUEST_FILTERS, Responder},
+    sessions::SessionTracker,
 };
 
 /// rumqttd's name (and thread name) for the plain listener.
@@ -51,6 +52,8 @@ pub struct RunningBroker {
     tls_addr: Option<SocketAddr>,
     /// The devices in force; reloads replace them.
     store: Arc<DeviceStore>,
+    /// Who logged in as which device, so a reload can drop revoked sessions.
+    sessions: Arc<SessionTracker>,
     /// Held for the life of the broker: rumqttd listens on these ports,
     /// and holding them costs nothing (see [`crate::ports`]).
     _reservations: Vec<PortReservation>,
@@ -64,6 +67,7 @@ impl RunningBroker {
     pub fn start(settings: &Settings, watch: &ListenWatch) -> Result<Self, SandboxError> {
         let store = Arc::new(DeviceStore::open(&settings.devices)?);
         let auth = Authenticator::new(Arc::clone(&store), settings.freshness, settings.md5);
+        let sessions = Arc::new(SessionTracker::new()?);
         if let Some(tls) = &settings.tls {
             check_tls_files(tls)?;
         }
@@ -73,7 +77,7 @@ impl RunningBroker {
         let mut servers = HashMap::new();
         servers.insert(
             MQTT_LISTENER.to_owned(),
-            server(MQTT_LISTENER, mqtt_addr, None, settings, &auth),
+            server(MQTT_LISTENER, mqtt_addr, None, settings, &auth, &sessions),
         );
         let tls_addr = match &settings.tls {
             Some(tls) => {
@@ -87,7 +91,7 @@ impl RunningBroker {
                 };
                 servers.insert(
                     TLS_LISTENER.to_owned(),
-                    server(TLS_LISTENER, addr, Some(rustls), settings, &auth),
+                    server(TLS_LISTENER, addr, Some(rustls), settings, &auth, &sessions),
                 );
                 Some(addr)
             }
@@ -138,6 +142,7 @@ impl RunningBroker {
             mqtt_addr,
             tls_addr,
             store,
+            sessions,
             _reservations: reservations,
         })
     }
@@ -152,12 +157,30 @@ impl RunningBroker {
         self.tls_addr
     }
 
-    /// Re-reads the device file for new connections and logins; on error
-    /// the previous devices stay. Sessions already open are not dropped
-    /// (rumqttd cannot disconnect a client on request).
-    pub fn reload_devices(&self) -> Result<usize, SandboxError> {
-        self.store.reload()
+    /// Re-reads the device file; on error the previous devices stay.
+    /// New CONNECTs and logins see the new file at once; open sessions of
+    /// devices that were removed, disabled or given another secret are
+    /// dropped (see [`crate::sessions`]); other sessions stay. Blocks for
+    /// the take-overs: a few milliseconds each on the loopback interface.
+    pub fn reload_devices(&self) -> Result<ReloadOutcome, SandboxError> {
+        let old = self.store.current();
+        let devices = self.store.reload()?;
+        let new = self.store.current();
+        let dropped_sessions = self.sessions.drop_revoked(self.mqtt_addr, &old, &new);
+        Ok(ReloadOutcome {
+            devices,
+            dropped_sessions,
+        })
     }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Devices in the new file.
+    pub devices: usize,
+    /// Open sessions the new file no longer allows, now closed.
+    pub dropped_sessions: usize,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), SandboxError> {
@@ -175,7 +198,9 @@ fn server(
     tls: Option<TlsConfig>,
     settings: &Settings,
     auth: &Authenticator,
+    sessions: &Arc<SessionTracker>,
 ) -> ServerSettings {
+    let tls_is_none = tls.is_none();
     let mut server = ServerSettings {
         name: name.to_owned(),
         listen,
@@ -190,7 +215,14 @@ fn server(
             dynamic_filters: true,
         },
     };
-    server.set_auth_handler(auth_handler(name, auth.clone()));
+    // Take-overs come in on the plain listener only.
+    let takeover = tls_is_none;
+    server.set_auth_handler(auth_handler(
+        name,
+        auth.clone(),
+        Arc::clone(sessions),
+        takeover,
+    ));
     server
 }
 
@@ -199,11 +231,17 @@ fn server(
 fn auth_handler(
     listener: &'static str,
     auth: Authenticator,
+    sessions: Arc<SessionTracker>,
+    allow_takeover: bool,
 ) -> impl Fn(String, String, String) -> Ready<bool> + Send + Sync + 'static {
     move |client_id, username, password| {
         let password = Zeroizing::new(password);
+        if allow_takeover && sessions.is_takeover(&username, &password) {
+            return ready(true);
+        }
         let accepted = match auth.check(&client_id, &username, &password) {
             Ok(device) => {
+                sessions.record(&device, &client_id);
                 info!(
                     listener,
                     device = %device,

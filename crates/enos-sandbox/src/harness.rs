@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{error::SandboxError, ports::PortReservation, status::StatusLine};
+use crate::{
+    broker::ReloadOutcome, error::SandboxError, ports::PortReservation, status::StatusLine,
+};
 
 /// The binary's name, as cargo builds it.
 const BIN_NAME: &str = "enos-sandbox";
@@ -306,6 +308,10 @@ struct RunningChild {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// A position in a [`Sandbox`]'s captured output (a byte offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogMark(usize);
+
 /// An `enos-sandbox` child process on free ports of 127.0.0.1.
 ///
 /// The ports stay reserved for the life of this value, so
@@ -368,10 +374,33 @@ impl Sandbox {
         self.log.lock().text.clone()
     }
 
-    /// Waits until the captured output contains `needle`.
+    /// A position in the captured output: [`Sandbox::wait_for_log_since`]
+    /// looks only at what comes after it.
+    pub fn log_mark(&self) -> LogMark {
+        LogMark(self.log.lock().text.len())
+    }
+
+    /// Waits until the captured output (of every run so far) contains
+    /// `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<(), SandboxError> {
+        self.wait_for_log_since(LogMark(0), needle, timeout)
+    }
+
+    /// Waits until the output written after `mark` contains `needle`: for
+    /// "the *next* CONNECT is refused" after an earlier one was.
+    pub fn wait_for_log_since(
+        &self,
+        mark: LogMark,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
         self.log
-            .wait_until(timeout, |s| s.text.contains(needle).then_some(()))
+            .wait_until(timeout, |s| {
+                s.text
+                    .get(mark.0..)
+                    .is_some_and(|new| new.contains(needle))
+                    .then_some(())
+            })
             .ok_or_else(|| {
                 SandboxError::Process(format!(
                     "{needle:?} did not appear in the sandbox log within {timeout:?}; last lines:\n{}",
@@ -381,10 +410,11 @@ impl Sandbox {
     }
 
     /// Re-reads the device file (SIGHUP to the child) and returns once the
-    /// child has done so, with the number of devices. On error (say, an
-    /// invalid file) the previous devices stay in force. New CONNECTs and
-    /// logins see the new file; sessions already open stay open.
-    pub fn reload_devices(&self) -> Result<usize, SandboxError> {
+    /// child has done so. On error (say, an invalid file) the previous
+    /// devices stay in force. New CONNECTs and logins see the new file;
+    /// open sessions of devices removed, disabled or given another secret
+    /// are closed before this returns; other sessions stay open.
+    pub fn reload_devices(&self) -> Result<ReloadOutcome, SandboxError> {
         let child = self
             .child
             .as_ref()
@@ -404,7 +434,13 @@ impl Sandbox {
             s.ended.then_some(None)
         });
         match outcome {
-            Some(Some(StatusLine::Reloaded { devices })) => Ok(devices),
+            Some(Some(StatusLine::Reloaded {
+                devices,
+                dropped_sessions,
+            })) => Ok(ReloadOutcome {
+                devices,
+                dropped_sessions,
+            }),
             Some(Some(StatusLine::ReloadFailed { reason })) => Err(SandboxError::Reload(reason)),
             Some(_) => Err(SandboxError::Process(format!(
                 "the sandbox exited during reload; last lines:\n{}",

@@ -10,7 +10,7 @@
 //!   (sha1 and sha256, hex in either case, constant-time compare; md5 only
 //!   when enabled; the timestamp within ±10 min unless `--any-timestamp`);
 //! - devices from a CSV file ([`devices`]), reloadable at run time;
-//! - an in-broker responder ([`session`]) answering `combine.login` /
+//! - an in-broker responder ([`responder`]) answering `combine.login` /
 //!   `combine.logout` and `thing.measurepoint.post`, through rumqttd's
 //!   in-process link (`Broker::link`).
 //!
@@ -21,7 +21,8 @@
 //! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
 //! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
 //! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused |
-//! | [`session`] | [`Responder`]: request/reply topics and their EnOS codes |
+//! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
+//! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
 //! | [`broker`] | [`RunningBroker`]: rumqttd in this process (what the binary runs) |
 //! | [`harness`] | [`Sandbox`]: the test API, the binary as a child process |
 //! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
@@ -35,10 +36,14 @@
 //!   yes or no; on no it closes the TCP (or TLS) connection without
 //!   sending a CONNACK (EnOS would send CONNACK code 4 or 5). **What a
 //!   client observes:** the connection closes right after CONNECT, before
-//!   any CONNACK. rumqttc reports it from `EventLoop::poll` as a
-//!   `ConnectionError` (an I/O error such as "connection closed by peer"),
-//!   never as `Event::Incoming(Packet::ConnAck(_))`. Clients must treat
-//!   "closed before CONNACK" as "refused"; the reason is in the sandbox's
+//!   any CONNACK. rumqttc 0.25's first `EventLoop::poll` returns an error,
+//!   never `Event::Incoming(Packet::ConnAck(_))`: in plain MQTT
+//!   `ConnectionError::MqttState(StateError::ConnectionAborted)` ("Connection
+//!   closed by peer abruptly"); over TLS `MqttState(Deserialization(Io(_)))`
+//!   ("peer closed connection without sending TLS close_notify"); and
+//!   without a client certificate the same with "received fatal alert:
+//!   CertificateRequired". Clients must treat "closed before CONNACK" as
+//!   "refused" (and back off); the reason is in the sandbox's
 //!   log at info level: `refused MQTT CONNECT … reason=…` (never the
 //!   password). A CONNECT without username or password never reaches the
 //!   check: rumqttd closes it the same way and logs `InvalidAuth`.
@@ -58,9 +63,12 @@
 //!   logs. [`ListenWatch`] watches rumqttd's own log events, so the
 //!   sandbox reports `listening` only once rumqttd listens, and fails with
 //!   rumqttd's reason (say, address in use) otherwise.
-//! - **No disconnect on request.** A reload changes what new CONNECTs and
-//!   logins see; sessions already open stay open. To drop every session
-//!   (say, after disabling a device), restart the sandbox.
+//! - **No disconnect on request.** rumqttd cannot close a client's
+//!   connection on demand. A reload therefore *takes over* the sessions it
+//!   revokes (devices removed, disabled or with a new secret): the sandbox
+//!   connects to itself with the same client id, which makes rumqttd close
+//!   the device's connection, then disconnects ([`sessions`]). Other
+//!   sessions stay open; [`Sandbox::restart`] drops them all.
 //! - **TLS details.** rumqttd reads the TLS files on each connection, and
 //!   only the first certificate of the CA file (so the sandbox checks the
 //!   files once at start). With client certificates on, rumqttd treats a
@@ -73,7 +81,37 @@
 //! - **No topic ACLs.** Any authenticated client may publish or subscribe
 //!   on any topic; the responder answers by topic.
 //!
+//! - **Not implemented** (EnOS has them): `combine.login/batch`, the limit
+//!   of 200 online sub-devices per gateway, securemode 3 and 4 (product
+//!   secrets, dynamic activation), CONNACK return codes.
+//!
+//! # Log lines
+//!
+//! The log (stderr, `RUST_LOG`, default `info`) has one line per decision;
+//! tests may match these messages and fields:
+//!
+//! | message | fields |
+//! |---|---|
+//! | `accepted MQTT CONNECT` | `listener="enos-mqtt"` or `"enos-mqtts"`, `device=pk/dk`, `client_id` |
+//! | `refused MQTT CONNECT` | `listener`, `client_id`, `username`, `reason=` the [`Refusal`] |
+//! | `answered request` | `request="combine.login"` (…), `device=` the topic's device, `code`, `message` |
+//! | `reloaded the device file` | `devices`, `dropped_sessions` |
+//! | `dropped the session: …` | `device`, `client_id` |
+//!
+//! Passwords, signs, secrets and the take-over token never appear in it.
+//!
 //! # Tests: the [`Sandbox`] API
+//!
+//! [`Sandbox`] runs the binary as a child process; the reasons are above.
+//! Other crates' tests find the binary with [`SandboxBinary::locate`]
+//! (`$ENOS_SANDBOX_BIN`, else the `enos-sandbox` that `cargo test
+//! --workspace` builds next to their test executable, else `cargo build`
+//! through escargot) or name it with [`SandboxBinary::at`]. Stopping,
+//! restarting (same ports: the reservations are held by the `Sandbox`)
+//! and reloading (SIGHUP, confirmed by a status line) all block until
+//! done; the child's stdout and stderr are captured for
+//! [`Sandbox::logs`]. If the test process dies, the child sees its stdin
+//! close and exits too.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -108,16 +146,18 @@ mod error;
 pub mod harness;
 mod ports;
 mod readiness;
-pub mod session;
+pub mod responder;
+pub mod sessions;
 mod status;
 
 pub use auth::{Authenticator, Refusal};
-pub use broker::RunningBroker;
+pub use broker::{ReloadOutcome, RunningBroker};
 pub use config::{ConfigFile, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
 pub use error::SandboxError;
-pub use harness::{Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
+pub use harness::{LogMark, Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
-pub use session::{Reply, Responder};
+pub use responder::{Reply, Responder};
+pub use sessions::SessionTracker;
 pub use status::StatusLine;

@@ -86,8 +86,8 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The subscriber is up before anything that can fail.
             error!("{e:#}");
-            eprintln!("enos-sandbox: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -157,9 +157,16 @@ async fn serve(
     loop {
         tokio::select! {
             _ = hangup.recv() => match broker.reload_devices() {
-                Ok(devices) => {
-                    info!(devices, "reloaded the device file");
-                    status(StatusLine::Reloaded { devices });
+                Ok(outcome) => {
+                    info!(
+                        devices = outcome.devices,
+                        dropped_sessions = outcome.dropped_sessions,
+                        "reloaded the device file"
+                    );
+                    status(StatusLine::Reloaded {
+                        devices: outcome.devices,
+                        dropped_sessions: outcome.dropped_sessions,
+                    });
                 }
                 Err(e) => {
                     error!(error = %e, "reload failed; the previous devices stay in force");

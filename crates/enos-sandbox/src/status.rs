@@ -4,7 +4,7 @@
 //! ```text
 //! enos-sandbox: listening mqtt=127.0.0.1:11883 tls=127.0.0.1:18883
 //! enos-sandbox: listening mqtt=127.0.0.1:41234 tls=off
-//! enos-sandbox: reloaded devices=12
+//! enos-sandbox: reloaded devices=12 dropped_sessions=1
 //! enos-sandbox: reload failed: invalid device file devices.csv, line 3: …
 //! ```
 
@@ -27,6 +27,8 @@ pub enum StatusLine {
     Reloaded {
         /// How many devices it holds.
         devices: usize,
+        /// How many sessions it no longer allowed and were dropped.
+        dropped_sessions: usize,
     },
     /// Reloading failed; the previous devices stay in force.
     ReloadFailed {
@@ -45,7 +47,13 @@ impl fmt::Display for StatusLine {
                     None => f.write_str("off"),
                 }
             }
-            StatusLine::Reloaded { devices } => write!(f, "{PREFIX}reloaded devices={devices}"),
+            StatusLine::Reloaded {
+                devices,
+                dropped_sessions,
+            } => write!(
+                f,
+                "{PREFIX}reloaded devices={devices} dropped_sessions={dropped_sessions}"
+            ),
             StatusLine::ReloadFailed { reason } => {
                 // One line, whatever the reason holds.
                 write!(f, "{PREFIX}reload failed: {}", reason.replace('\n', " "))
@@ -67,9 +75,11 @@ impl StatusLine {
             };
             return Some(StatusLine::Listening { mqtt, tls });
         }
-        if let Some(count) = rest.strip_prefix("reloaded devices=") {
+        if let Some(counts) = rest.strip_prefix("reloaded devices=") {
+            let (devices, dropped) = counts.split_once(" dropped_sessions=")?;
             return Some(StatusLine::Reloaded {
-                devices: count.parse().ok()?,
+                devices: devices.parse().ok()?,
+                dropped_sessions: dropped.parse().ok()?,
             });
         }
         let reason = rest.strip_prefix("reload failed: ")?;
@@ -94,7 +104,10 @@ mod tests {
                 mqtt: "127.0.0.1:1".parse().expect("addr"),
                 tls: None,
             },
-            StatusLine::Reloaded { devices: 7 },
+            StatusLine::Reloaded {
+                devices: 7,
+                dropped_sessions: 2,
+            },
             StatusLine::ReloadFailed {
                 reason: "line 3: bad".into(),
             },

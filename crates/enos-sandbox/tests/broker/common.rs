@@ -1,0 +1,265 @@
+//! Shared set-up: a device file, a PKI, a sandbox child, and rumqttc
+//! clients with credentials signed by enos-sign-core.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use enos_sandbox::{Sandbox, SandboxBinary, SandboxBuilder};
+use enos_sign_core::{
+    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
+    SignMethod, SignedFields, TimestampMs,
+};
+use enos_testkit::{Identity, Pki};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+};
+use serde_json::Value;
+
+/// Every wait in these tests; the expected path takes milliseconds.
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
+
+/// The device file every test starts from. The last column is ignored.
+pub(crate) const DEVICES: &str = "\
+productKey,deviceKey,deviceSecret,enabled,gatewayProductKey,gatewayDeviceKey,comment
+pkA,dev1,secret-dev1-7f3a9,true,,,a plain device
+pkA,dev2,secret-dev2-51c2e,,,,
+pkA,off1,secret-off1-9b0d4,false,,,disabled
+gwpk,gw1,secret-gw1-a83f1,,,,gateway
+gwpk,gw2,secret-gw2-02bd7,,,,another gateway
+subpk,sub1,secret-sub1-c4e88,,gwpk,gw1,
+subpk,sub2,secret-sub2-6d1f0,,gwpk,gw2,
+subpk,suboff,secret-suboff-3a7b2,false,gwpk,gw1,
+";
+
+/// Every secret in [`DEVICES`], for leak checks.
+pub(crate) const SECRETS: [&str; 8] = [
+    "secret-dev1-7f3a9",
+    "secret-dev2-51c2e",
+    "secret-off1-9b0d4",
+    "secret-gw1-a83f1",
+    "secret-gw2-02bd7",
+    "secret-sub1-c4e88",
+    "secret-sub2-6d1f0",
+    "secret-suboff-3a7b2",
+];
+
+/// A temporary directory with the device file and a PKI written out.
+pub(crate) struct Fixture {
+    /// Holds the files until the test ends.
+    pub(crate) dir: tempfile::TempDir,
+    /// The device CSV file.
+    pub(crate) devices: PathBuf,
+    /// The CA of the TLS listener's client certificates (and server cert).
+    pub(crate) pki: Pki,
+    /// The CA file.
+    pub(crate) ca: PathBuf,
+    /// The server certificate and key files.
+    pub(crate) server: enos_testkit::IdentityFiles,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let devices = dir.path().join("devices.csv");
+        std::fs::write(&devices, DEVICES).expect("write devices");
+        let pki = Pki::new("sandbox test CA").expect("pki");
+        let ca = pki.write_ca(dir.path()).expect("write ca");
+        let server = pki
+            .server(&[])
+            .expect("server cert")
+            .write(dir.path(), "server")
+            .expect("write server cert");
+        Fixture {
+            dir,
+            devices,
+            pki,
+            ca,
+            server,
+        }
+    }
+
+    /// A builder for a sandbox on this fixture's devices, with TLS.
+    pub(crate) fn sandbox(&self) -> SandboxBuilder {
+        Sandbox::builder(binary(), &self.devices).tls(&self.ca, &self.server.cert, &self.server.key)
+    }
+
+    /// Starts the default sandbox.
+    pub(crate) fn start(&self) -> Sandbox {
+        self.sandbox().start().expect("sandbox starts")
+    }
+}
+
+pub(crate) fn binary() -> SandboxBinary {
+    SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox"))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("ms fit u64")
+}
+
+/// A credential for `pk/dk` with the device key as client id.
+pub(crate) fn credential(
+    pk: &str,
+    dk: &str,
+    secret: &str,
+    method: SignMethod,
+    ts: u64,
+) -> MqttCredential {
+    let fields = SignedFields {
+        client_id: ClientId::new(dk).expect("client id"),
+        device_key: DeviceKey::new(dk).expect("device key"),
+        product_key: ProductKey::new(pk).expect("product key"),
+        timestamp: TimestampMs::from_millis(ts),
+    };
+    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
+    MqttCredential::sign(fields, SecureMode::DeviceSecret, method, &secret).expect("signs")
+}
+
+/// The raw CONNECT fields, for cases a valid credential cannot express.
+pub(crate) struct Login {
+    pub(crate) client_id: String,
+    pub(crate) username: String,
+    pub(crate) password: String,
+}
+
+impl From<&MqttCredential> for Login {
+    fn from(c: &MqttCredential) -> Self {
+        Login {
+            client_id: c.mqtt_client_id.clone(),
+            username: c.username.clone(),
+            password: c.password.expose_secret().to_owned(),
+        }
+    }
+}
+
+/// A rustls client config on ring, trusting the fixture CA, with an
+/// optional client certificate.
+pub(crate) fn tls_client(pki: &Pki, identity: Option<&Identity>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_pem().as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add root");
+    }
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots);
+    let config = match identity {
+        Some(id) => {
+            let certs = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert pem");
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("key pem");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// An MQTT connection that got its CONNACK.
+pub(crate) struct Connected {
+    pub(crate) client: AsyncClient,
+    pub(crate) eventloop: EventLoop,
+}
+
+/// Connects and waits for the CONNACK. `Err` holds what the client saw
+/// instead: the sandbox refuses by closing the connection without one.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    login: impl Into<Login>,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Connected, String> {
+    let login = login.into();
+    let mut options = MqttOptions::new(login.client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(login.username, login.password);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some(config) = tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    match tokio::time::timeout(WAIT, eventloop.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
+            Ok(Connected { client, eventloop })
+        }
+        Ok(Ok(other)) => Err(format!("not a CONNACK: {other:?}")),
+        Ok(Err(e)) => Err(format!("connection error: {e}")),
+        Err(_) => Err("no answer within the wait".into()),
+    }
+}
+
+/// Asserts a refusal: the connection closes without CONNACK, and the
+/// sandbox logs the refusal with `reason`.
+pub(crate) async fn assert_refused(
+    sandbox: &Sandbox,
+    addr: SocketAddr,
+    login: impl Into<Login>,
+    tls: Option<Arc<ClientConfig>>,
+    reason: &str,
+) {
+    let outcome = connect(addr, login, tls).await;
+    let error = outcome.err().expect("the sandbox must refuse");
+    // No CONNACK: the connection just closes (rumqttc: "Connection closed
+    // by peer abruptly" in plain MQTT, "peer closed connection" over TLS).
+    assert!(
+        error.starts_with("connection error") && error.contains("closed"),
+        "{error}"
+    );
+    sandbox
+        .wait_for_log(reason, WAIT)
+        .expect("the refusal reason is logged");
+}
+
+impl Connected {
+    /// Publishes `payload` on `topic` and returns the JSON published on
+    /// `{topic}_reply`.
+    pub(crate) async fn request(&mut self, topic: &str, payload: &Value) -> Value {
+        let reply_topic = format!("{topic}_reply");
+        self.client
+            .subscribe(&reply_topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+            .await
+            .expect("publish");
+        let wait = async {
+            loop {
+                match self.eventloop.poll().await.expect("connection stays up") {
+                    Event::Incoming(Packet::Publish(p)) if p.topic == reply_topic => {
+                        return serde_json::from_slice::<Value>(&p.payload).expect("reply JSON");
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .expect("a reply within the wait")
+    }
+}
+
+/// Nothing secret reached the log.
+pub(crate) fn assert_no_secrets_logged(sandbox: &Sandbox, passwords: &[&str]) {
+    let logs = sandbox.logs();
+    assert!(!logs.is_empty());
+    for secret in SECRETS.iter().chain(passwords) {
+        assert!(!logs.contains(secret), "{secret:?} leaked into the log");
+        let lower = secret.to_ascii_lowercase();
+        assert!(!logs.contains(&lower), "{secret:?} leaked into the log");
+    }
+}

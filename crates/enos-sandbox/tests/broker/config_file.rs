@@ -1,0 +1,125 @@
+//! The binary run by hand: `--config FILE.toml` with port 0, the status
+//! line with the actual port, and a clear error for a bad device file.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+};
+
+use enos_sandbox::StatusLine;
+use enos_sign_core::SignMethod;
+
+use crate::common::{Fixture, connect, credential, now_ms};
+
+/// Kills the child even when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn runs_from_a_config_file_on_port_zero() {
+    let fixture = Fixture::new();
+    let config = fixture.dir.path().join("sandbox.toml");
+    std::fs::write(
+        &config,
+        "devices = \"devices.csv\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\
+         [tls]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [checks]\nfreshness_window_secs = 120\n",
+    )
+    .expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runs");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        line
+    })
+    .await
+    .expect("reader");
+    let Some(StatusLine::Listening {
+        mqtt,
+        tls: Some(tls),
+    }) = StatusLine::parse(&line)
+    else {
+        panic!("not a listening line: {line:?}");
+    };
+    assert_ne!(mqtt.port(), 0);
+    assert_ne!(tls.port(), 0);
+    let addr: SocketAddr = mqtt;
+    let dev1 = credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms(),
+    );
+    connect(addr, &dev1, None).await.expect("connects");
+    let stale = credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms() - 180_000,
+    );
+    assert!(
+        connect(addr, &stale, None).await.is_err(),
+        "the config's 120 s window applies"
+    );
+}
+
+#[test]
+fn a_bad_device_file_is_a_clear_error() {
+    let fixture = Fixture::new();
+    std::fs::write(
+        &fixture.devices,
+        "productKey,deviceKey,deviceSecret\npkA,dev1,has space\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--devices")
+        .arg(&fixture.devices)
+        .args(["--mqtt-addr", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("deviceSecret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("has space"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let fixture = Fixture::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--devices")
+        .arg(&fixture.devices)
+        .args(["--mqtt-addr", &addr.to_string()])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,10 @@
+//! The sandbox as a child process, exercised with real rumqttc clients on
+//! 127.0.0.1 and credentials signed by enos-sign-core. One test binary so
+//! that rumqttd and rumqttc are linked once.
+
+mod common;
+mod config_file;
+mod listeners;
+mod refusals;
+mod reload;
+mod session;
