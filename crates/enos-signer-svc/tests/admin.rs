@@ -363,7 +363,7 @@ fn row(line: u32, pk: &str, dk: &str, secret: &str, gw: Option<(&str, &str)>) ->
 async fn import_is_all_or_nothing_and_names_each_bad_row() {
     let f = fixture().await;
     let mut admin = f.signer.admin().await.expect("admin");
-    let rows = vec![
+    let rows = [
         row(2, "Pk1", "gw", "s3cret-gw", None),
         row(3, "Pk1", "bad|key", "s3cret", None),
         row(4, "Pk1", "sub", "s3cret-sub", Some(("Pk1", "gw"))),
