@@ -62,10 +62,48 @@ pub struct TestSigner {
     placeholder: Option<TcpSocket>,
 }
 
+/// A runtime that may be dropped anywhere: dropping a Tokio runtime
+/// inside async code panics, so this one shuts down in the background.
+struct ServerRuntime(Option<Runtime>);
+
+impl ServerRuntime {
+    fn new() -> std::io::Result<Self> {
+        Ok(ServerRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("test-signer")
+                .enable_all()
+                .build()?,
+        )))
+    }
+
+    fn get(&self) -> std::io::Result<&Runtime> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("runtime already shut down"))
+    }
+
+    /// Shuts down now, waiting up to `timeout` for tasks to be dropped.
+    /// Runs on a plain thread: that is allowed even from async code.
+    fn shutdown_now(mut self, timeout: Duration) {
+        if let Some(runtime) = self.0.take() {
+            let _ = std::thread::spawn(move || runtime.shutdown_timeout(timeout)).join();
+        }
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A server on its own runtime.
 struct Running {
-    /// Dropped (shut down) to kill every task and connection at once.
-    runtime: Runtime,
+    /// Shut down to kill every task and connection at once.
+    runtime: ServerRuntime,
     /// Cancelled for a graceful stop.
     stop: CancellationToken,
     /// The serve task.
@@ -122,9 +160,9 @@ impl TestSigner {
         adjust(&mut config);
         init(&config, Existing::Keep)?;
 
-        let runtime = server_runtime()?;
+        let runtime = ServerRuntime::new()?;
         let listener = {
-            let _enter = runtime.enter();
+            let _enter = runtime.get()?.enter();
             let socket = reusable_socket(config.server.listen)?;
             socket.listen(1024)?
         };
@@ -148,11 +186,11 @@ impl TestSigner {
     }
 
     /// Opens the state and spawns the server on `runtime`.
-    fn launch(&mut self, runtime: Runtime, listener: tokio::net::TcpListener) -> Result<()> {
+    fn launch(&mut self, runtime: ServerRuntime, listener: tokio::net::TcpListener) -> Result<()> {
         let signer = Signer::open(&self.config)?;
         let metrics_listener = match &self.config.metrics {
             Some(m) => {
-                let _enter = runtime.enter();
+                let _enter = runtime.get()?.enter();
                 let socket = reusable_socket(m.listen)?;
                 Some(socket.listen(128)?)
             }
@@ -163,8 +201,8 @@ impl TestSigner {
             .map(tokio::net::TcpListener::local_addr)
             .transpose()?;
         let stop = CancellationToken::new();
-        let task =
-            runtime.spawn(signer.serve(listener, metrics_listener, stop.clone().cancelled_owned()));
+        let serve = signer.serve(listener, metrics_listener, stop.clone().cancelled_owned());
+        let task = runtime.get()?.spawn(serve);
         self.running = Some(Running {
             runtime,
             stop,
@@ -286,11 +324,7 @@ impl TestSigner {
         if let Some(running) = self.running.take() {
             running.stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
-            let runtime = running.runtime;
-            let _ = tokio::task::spawn_blocking(move || {
-                runtime.shutdown_timeout(Duration::from_secs(5));
-            })
-            .await;
+            running.runtime.shutdown_now(Duration::from_secs(5));
             self.reserve_port();
         }
     }
@@ -300,9 +334,9 @@ impl TestSigner {
         if self.running.is_some() {
             return Err("the signer is running; stop or kill it first".into());
         }
-        let runtime = server_runtime()?;
+        let runtime = ServerRuntime::new()?;
         let listener = {
-            let _enter = runtime.enter();
+            let _enter = runtime.get()?.enter();
             reusable_socket(self.addr)?.listen(1024)?
         };
         self.launch(runtime, listener)
@@ -312,11 +346,9 @@ impl TestSigner {
     /// if the process died. The port stays reserved for a restart.
     pub fn kill(&mut self) {
         if let Some(running) = self.running.take() {
-            let runtime = running.runtime;
-            // A runtime cannot be shut down (blocking) from async code; a
-            // plain thread can, and joining it makes the kill synchronous.
-            let _ =
-                std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(5))).join();
+            // Joining the shutdown makes the kill synchronous: when this
+            // returns, every connection and the registry are closed.
+            running.runtime.shutdown_now(Duration::from_secs(5));
             self.reserve_port();
         }
     }
@@ -337,28 +369,11 @@ impl TestSigner {
     }
 }
 
-impl Drop for TestSigner {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            // Safe in async contexts, unlike dropping the runtime.
-            running.runtime.shutdown_background();
-        }
-    }
-}
-
 fn device_ref(pk: &str, dk: &str) -> v1::DeviceRef {
     v1::DeviceRef {
         product_key: pk.to_owned(),
         device_key: dk.to_owned(),
     }
-}
-
-fn server_runtime() -> std::io::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("test-signer")
-        .enable_all()
-        .build()
 }
 
 /// A socket with SO_REUSEADDR bound to `addr` (not yet listening).
