@@ -60,6 +60,9 @@ pub struct SubDeviceStatus {
     /// Its login state.
     #[serde(flatten)]
     pub state: SubDeviceState,
+    /// The EnOS connection (1 for the first, counted like `connects`) the
+    /// state belongs to: logins start over on every connection.
+    pub connection: u64,
 }
 
 /// Everything the agent reports.

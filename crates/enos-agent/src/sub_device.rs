@@ -81,6 +81,7 @@ pub async fn run<S: Signer>(
                 product_key: d.product_key.to_string(),
                 device_key: d.device_key.to_string(),
                 state: SubDeviceState::Pending,
+                connection: 0,
             })
             .collect();
     });
@@ -95,13 +96,14 @@ pub async fn run<S: Signer>(
             () = shutdown.cancelled() => return,
         };
         last = generation;
-        set_all(shared, SubDeviceState::Pending);
+        set_all(shared, SubDeviceState::Pending, generation);
         let logins = async {
             for (index, sub) in config.sub_devices.iter().enumerate() {
                 let state = login(config, signer, &client, shared, sub).await;
-                shared
-                    .status
-                    .send_modify(|s| s.sub_devices[index].state = state);
+                shared.status.send_modify(|s| {
+                    s.sub_devices[index].state = state;
+                    s.sub_devices[index].connection = generation;
+                });
             }
         };
         tokio::select! {
@@ -113,10 +115,11 @@ pub async fn run<S: Signer>(
     }
 }
 
-fn set_all(shared: &Shared, state: SubDeviceState) {
+fn set_all(shared: &Shared, state: SubDeviceState, connection: u64) {
     shared.status.send_modify(|s| {
         for d in &mut s.sub_devices {
             d.state = state.clone();
+            d.connection = connection;
         }
     });
 }
