@@ -283,7 +283,9 @@ async fn a_still_valid_credential_is_reused_while_the_signer_is_down() {
         connected(2),
     )
     .await;
-    assert_eq!(s.credentials_reused, 1, "{s:#?}");
+    // One reuse per attempt: more than one if the first attempt raced the
+    // sandbox's restart.
+    assert!(s.credentials_reused >= 1, "{s:#?}");
     assert_eq!(s.credentials_issued, 1, "{s:#?}");
     agent.stop().await;
 }
