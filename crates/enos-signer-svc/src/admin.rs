@@ -122,7 +122,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.device_secret)
             .map_err(|e| SignerError::invalid("device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody);
+        let custody = Arc::clone(&self.state.custody.custody);
         let enabled = request.enabled;
         let writes = self
             .state
@@ -154,7 +154,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.new_device_secret)
             .map_err(|e| SignerError::invalid("new_device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody);
+        let custody = Arc::clone(&self.state.custody.custody);
         let writes = self
             .state
             .registry

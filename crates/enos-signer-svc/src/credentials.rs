@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     audit::AuditRecord,
+    custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
     peer,
@@ -69,14 +70,15 @@ fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
     }
 }
 
-/// Signs on the blocking pool: a custody call may take milliseconds (HSM).
+/// Signs with the device's sealed secret; on the blocking pool when the
+/// custody may block (an HSM takes milliseconds), inline otherwise.
 async fn sign(
-    custody: Arc<dyn Custody>,
+    custody: &CustodyHandle,
     record: DeviceRecord,
     fields: SignedFields,
     method: SignMethod,
 ) -> Result<(SignedFields, Password)> {
-    tokio::task::spawn_blocking(move || {
+    let sign = move |custody: &dyn Custody| {
         let password = custody.sign(
             record.id.secret_ref(record.secret_version),
             &record.sealed,
@@ -85,9 +87,14 @@ async fn sign(
             method.sdk_hex_case(),
         )?;
         Ok((fields, password))
-    })
-    .await
-    .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
+    };
+    if !custody.blocking {
+        return sign(custody.custody.as_ref());
+    }
+    let custody = Arc::clone(&custody.custody);
+    tokio::task::spawn_blocking(move || sign(custody.as_ref()))
+        .await
+        .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
 }
 
 impl CredentialsService {
@@ -133,8 +140,7 @@ impl CredentialsService {
             product_key: device.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, password) =
-            sign(Arc::clone(&self.state.custody), record, fields, method).await?;
+        let (fields, password) = sign(&self.state.custody, record, fields, method).await?;
         let credential = v1::MqttCredential {
             mqtt_client_id: mqtt_client_id(
                 &fields.client_id,
@@ -210,7 +216,7 @@ impl CredentialsService {
             product_key: sub.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, sign) = sign(Arc::clone(&self.state.custody), record, fields, method).await?;
+        let (fields, sign) = sign(&self.state.custody, record, fields, method).await?;
         let login = v1::SubDeviceLogin {
             product_key: fields.product_key.to_string(),
             device_key: fields.device_key.to_string(),

@@ -6,7 +6,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use enos_custody::Custody;
 use enos_sign_core::{ClientId, DeviceKey, ProductKey};
 use enos_signer_proto::{identity::PeerIdentity, v1};
 
@@ -26,7 +25,7 @@ pub struct SignerState {
     /// Device records.
     pub registry: Arc<dyn Registry>,
     /// Seals secrets and signs with them.
-    pub custody: Arc<dyn Custody>,
+    pub custody: custody::CustodyHandle,
     /// TTL, methods, broker URLs.
     pub policy: Policy,
     /// The audit trail.
