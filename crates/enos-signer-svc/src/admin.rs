@@ -17,7 +17,6 @@ use crate::{
     error::{Result, SignerError},
     import,
     metrics::outcome_name,
-    peer,
     registry::{DeviceId, DeviceRecord, Write},
     state::{self, SignerState, device_message, identity_name, now_ms},
 };
@@ -38,7 +37,7 @@ impl AdminService {
     /// Unauthenticated, PermissionDenied (not an admin) or
     /// ResourceExhausted otherwise.
     fn authorize<T>(&self, request: &Request<T>) -> (Option<PeerIdentity>, Result<()>) {
-        match peer::identity(request) {
+        match self.state.identity(request) {
             Err(e) => (None, Err(e)),
             Ok(identity) => {
                 let allowed = if matches!(identity, PeerIdentity::Admin { .. }) {

@@ -24,7 +24,6 @@ use crate::{
     custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
-    peer,
     policy::proto_method,
     registry::{DeviceId, DeviceRecord},
     state::{self, SignerState, identity_name, now_ms},
@@ -329,7 +328,7 @@ impl Credentials for CredentialsService {
     ) -> Result<Response<v1::MqttCredential>, Status> {
         const RPC: &str = "issue_mqtt_credential";
         let started = Instant::now();
-        let identity = peer::identity(&request);
+        let identity = self.state.identity(&request);
         let request = request.into_inner();
         let requested = asked(&request.product_key, &request.device_key);
         let result = match identity {
@@ -348,7 +347,7 @@ impl Credentials for CredentialsService {
     ) -> Result<Response<v1::SubDeviceLogin>, Status> {
         const RPC: &str = "sign_sub_device_login";
         let started = Instant::now();
-        let identity = peer::identity(&request);
+        let identity = self.state.identity(&request);
         let request = request.into_inner();
         let requested = asked(&request.product_key, &request.device_key);
         let result = match identity {

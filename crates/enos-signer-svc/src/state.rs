@@ -34,6 +34,8 @@ pub struct SignerState {
     pub limiter: RateLimiter,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// Identities of client certificates already seen.
+    pub identities: crate::peer::IdentityCache,
 }
 
 impl SignerState {
@@ -46,6 +48,7 @@ impl SignerState {
             audit: Audit::open(&config.audit)?,
             limiter: RateLimiter::new(config.rate_limit.as_ref())?,
             metrics: Metrics::new(),
+            identities: crate::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
         })
     }
 
@@ -56,6 +59,17 @@ impl SignerState {
         if let Err(e) = self.audit.record(record) {
             tracing::error!(error = %e, event = record.event, "audit record lost");
         }
+    }
+}
+
+/// Client certificates whose identity is remembered (a few hundred bytes
+/// each): more than the connections one signer serves at once.
+const IDENTITY_CACHE_CAPACITY: usize = 50_000;
+
+impl SignerState {
+    /// The caller's identity (Unauthenticated if none).
+    pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
+        crate::peer::identity_cached(request, Some(&self.identities))
     }
 }
 
