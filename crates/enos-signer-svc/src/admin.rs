@@ -17,7 +17,6 @@ use crate::{
     error::{Result, SignerError},
     import,
     metrics::outcome_name,
-    peer,
     registry::{DeviceId, DeviceRecord, Write},
     state::{self, SignerState, device_message, identity_name, now_ms},
 };
@@ -38,7 +37,7 @@ impl AdminService {
     /// Unauthenticated, PermissionDenied (not an admin) or
     /// ResourceExhausted otherwise.
     fn authorize<T>(&self, request: &Request<T>) -> (Option<PeerIdentity>, Result<()>) {
-        match peer::identity(request) {
+        match self.state.identity(request) {
             Err(e) => (None, Err(e)),
             Ok(identity) => {
                 let allowed = if matches!(identity, PeerIdentity::Admin { .. }) {
@@ -122,7 +121,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.device_secret)
             .map_err(|e| SignerError::invalid("device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody);
+        let custody = Arc::clone(&self.state.custody.custody);
         let enabled = request.enabled;
         let writes = self
             .state
@@ -154,7 +153,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.new_device_secret)
             .map_err(|e| SignerError::invalid("new_device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody);
+        let custody = Arc::clone(&self.state.custody.custody);
         let writes = self
             .state
             .registry

@@ -21,9 +21,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     audit::AuditRecord,
+    custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
-    peer,
     policy::proto_method,
     registry::{DeviceId, DeviceRecord},
     state::{self, SignerState, identity_name, now_ms},
@@ -69,14 +69,15 @@ fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
     }
 }
 
-/// Signs on the blocking pool: a custody call may take milliseconds (HSM).
+/// Signs with the device's sealed secret; on the blocking pool when the
+/// custody may block (an HSM takes milliseconds), inline otherwise.
 async fn sign(
-    custody: Arc<dyn Custody>,
+    custody: &CustodyHandle,
     record: DeviceRecord,
     fields: SignedFields,
     method: SignMethod,
 ) -> Result<(SignedFields, Password)> {
-    tokio::task::spawn_blocking(move || {
+    let sign = move |custody: &dyn Custody| {
         let password = custody.sign(
             record.id.secret_ref(record.secret_version),
             &record.sealed,
@@ -85,9 +86,14 @@ async fn sign(
             method.sdk_hex_case(),
         )?;
         Ok((fields, password))
-    })
-    .await
-    .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
+    };
+    if !custody.blocking {
+        return sign(custody.custody.as_ref());
+    }
+    let custody = Arc::clone(&custody.custody);
+    tokio::task::spawn_blocking(move || sign(custody.as_ref()))
+        .await
+        .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
 }
 
 impl CredentialsService {
@@ -133,8 +139,7 @@ impl CredentialsService {
             product_key: device.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, password) =
-            sign(Arc::clone(&self.state.custody), record, fields, method).await?;
+        let (fields, password) = sign(&self.state.custody, record, fields, method).await?;
         let credential = v1::MqttCredential {
             mqtt_client_id: mqtt_client_id(
                 &fields.client_id,
@@ -210,7 +215,7 @@ impl CredentialsService {
             product_key: sub.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, sign) = sign(Arc::clone(&self.state.custody), record, fields, method).await?;
+        let (fields, sign) = sign(&self.state.custody, record, fields, method).await?;
         let login = v1::SubDeviceLogin {
             product_key: fields.product_key.to_string(),
             device_key: fields.device_key.to_string(),
@@ -323,7 +328,7 @@ impl Credentials for CredentialsService {
     ) -> Result<Response<v1::MqttCredential>, Status> {
         const RPC: &str = "issue_mqtt_credential";
         let started = Instant::now();
-        let identity = peer::identity(&request);
+        let identity = self.state.identity(&request);
         let request = request.into_inner();
         let requested = asked(&request.product_key, &request.device_key);
         let result = match identity {
@@ -342,7 +347,7 @@ impl Credentials for CredentialsService {
     ) -> Result<Response<v1::SubDeviceLogin>, Status> {
         const RPC: &str = "sign_sub_device_login";
         let started = Instant::now();
-        let identity = peer::identity(&request);
+        let identity = self.state.identity(&request);
         let request = request.into_inner();
         let requested = asked(&request.product_key, &request.device_key);
         let result = match identity {

@@ -18,12 +18,26 @@ use zeroize::Zeroize;
 
 use crate::{config::CustodyConfig, error::Result, key_file};
 
+/// A custody and how to call it.
+#[derive(Clone)]
+pub struct CustodyHandle {
+    /// Seals and signs.
+    pub custody: Arc<dyn Custody>,
+    /// Whether a call may block for long (an HSM round trip): such calls
+    /// run on the blocking pool. Software custody takes microseconds and
+    /// runs inline, sparing a thread hop per issuance.
+    pub blocking: bool,
+}
+
 /// Builds the custody the config names.
-pub fn build(config: &CustodyConfig) -> Result<Arc<dyn Custody>> {
+pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
     match config {
         CustodyConfig::Software { master_key_file } => {
             let key = key_file::load(master_key_file)?;
-            Ok(Arc::new(SoftwareCustody::new(&key)))
+            Ok(CustodyHandle {
+                custody: Arc::new(SoftwareCustody::new(&key)),
+                blocking: false,
+            })
         }
     }
 }

@@ -168,7 +168,7 @@ pub async fn run(
             .into_iter()
             .filter(|g| !named.contains(g)),
     );
-    let custody = std::sync::Arc::clone(&state.custody);
+    let custody = std::sync::Arc::clone(&state.custody.custody);
     let outcome = state
         .registry
         .modify(

@@ -6,6 +6,8 @@
 //! The chain was already verified against the client CA in the TLS
 //! handshake; a certificate from another CA never gets this far.
 
+use std::{collections::HashMap, sync::RwLock};
+
 use enos_signer_proto::identity::{PeerIdentity, URI_PREFIX};
 use tonic::Request;
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
@@ -14,13 +16,62 @@ use crate::error::{Result, SignerError};
 
 /// The caller's identity, or Unauthenticated.
 pub fn identity<T>(request: &Request<T>) -> Result<PeerIdentity> {
+    identity_cached(request, None)
+}
+
+/// As [`identity`], remembering the identities of certificates already
+/// seen in `cache`.
+pub fn identity_cached<T>(
+    request: &Request<T>,
+    cache: Option<&IdentityCache>,
+) -> Result<PeerIdentity> {
     let certs = request.peer_certs().ok_or(SignerError::Unauthenticated(
         "a client certificate is required",
     ))?;
     let leaf = certs.first().ok_or(SignerError::Unauthenticated(
         "a client certificate is required",
     ))?;
-    identity_of_certificate(leaf.as_ref())
+    match cache {
+        Some(cache) => cache.identity(leaf.as_ref()),
+        None => identity_of_certificate(leaf.as_ref()),
+    }
+}
+
+/// Identities of certificates already parsed, keyed by the whole DER
+/// certificate: equal bytes are the same certificate, so a hit is exactly
+/// what parsing would give. Every connection presents its certificate on
+/// every call; this spares parsing it each time. Bounded: emptied when
+/// full.
+pub struct IdentityCache {
+    /// DER → identity. Refusals are not cached.
+    map: RwLock<HashMap<Box<[u8]>, PeerIdentity>>,
+    /// At most this many certificates are remembered.
+    capacity: usize,
+}
+
+impl IdentityCache {
+    /// A cache of up to `capacity` certificates.
+    pub fn new(capacity: usize) -> Self {
+        IdentityCache {
+            map: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The identity `der` names (see [`identity_of_certificate`]).
+    pub fn identity(&self, der: &[u8]) -> Result<PeerIdentity> {
+        if let Some(identity) = self.map.read().ok().and_then(|m| m.get(der).cloned()) {
+            return Ok(identity);
+        }
+        let identity = identity_of_certificate(der)?;
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+            map.insert(der.into(), identity.clone());
+        }
+        Ok(identity)
+    }
 }
 
 /// The identity a DER certificate names, by the URI SAN rule.
@@ -93,5 +144,28 @@ mod tests {
             let err = identity_of_certificate(&der(&cert.cert_pem)).expect_err("refused");
             assert_eq!(err.code(), tonic::Code::Unauthenticated);
         }
+    }
+
+    #[test]
+    fn the_cache_answers_as_parsing_does() {
+        let pki = enos_testkit::Pki::new("t").expect("pki");
+        let cache = IdentityCache::new(2);
+        let certs: Vec<Vec<u8>> = ["a", "b", "c"]
+            .iter()
+            .map(|dk| der(&pki.device("Pk", dk).expect("cert").cert_pem))
+            .collect();
+        for _ in 0..2 {
+            for cert in &certs {
+                assert_eq!(
+                    cache.identity(cert).expect("cached"),
+                    identity_of_certificate(cert).expect("parsed")
+                );
+            }
+        }
+        assert!(cache.map.read().expect("lock").len() <= 2, "bounded");
+        let nobody = der(&pki.client_with_uri("x", None).expect("cert").cert_pem);
+        assert!(cache.identity(&nobody).is_err());
+        assert!(cache.identity(&nobody).is_err(), "refusals are not cached");
+        assert!(cache.map.read().expect("lock").len() <= 2);
     }
 }

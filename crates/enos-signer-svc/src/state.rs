@@ -6,7 +6,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use enos_custody::Custody;
 use enos_sign_core::{ClientId, DeviceKey, ProductKey};
 use enos_signer_proto::{identity::PeerIdentity, v1};
 
@@ -26,7 +25,7 @@ pub struct SignerState {
     /// Device records.
     pub registry: Arc<dyn Registry>,
     /// Seals secrets and signs with them.
-    pub custody: Arc<dyn Custody>,
+    pub custody: custody::CustodyHandle,
     /// TTL, methods, broker URLs.
     pub policy: Policy,
     /// The audit trail.
@@ -35,6 +34,8 @@ pub struct SignerState {
     pub limiter: RateLimiter,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// Identities of client certificates already seen.
+    pub identities: crate::peer::IdentityCache,
 }
 
 impl SignerState {
@@ -47,6 +48,7 @@ impl SignerState {
             audit: Audit::open(&config.audit)?,
             limiter: RateLimiter::new(config.rate_limit.as_ref())?,
             metrics: Metrics::new(),
+            identities: crate::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
         })
     }
 
@@ -57,6 +59,17 @@ impl SignerState {
         if let Err(e) = self.audit.record(record) {
             tracing::error!(error = %e, event = record.event, "audit record lost");
         }
+    }
+}
+
+/// Client certificates whose identity is remembered (a few hundred bytes
+/// each): more than the connections one signer serves at once.
+const IDENTITY_CACHE_CAPACITY: usize = 50_000;
+
+impl SignerState {
+    /// The caller's identity (Unauthenticated if none).
+    pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
+        crate::peer::identity_cached(request, Some(&self.identities))
     }
 }
 

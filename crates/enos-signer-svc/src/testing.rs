@@ -250,22 +250,25 @@ impl TestSigner {
         &self.admin_identity
     }
 
-    /// An mTLS client of the Admin service.
-    pub async fn admin(&self) -> Result<AdminClient<Channel>> {
-        let channel = tls::connect_mtls(
+    /// An mTLS client of the Admin service, presenting the admin
+    /// certificate. The connection is made on first use, so this never
+    /// fails; a call to a stopped signer fails with Unavailable.
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let endpoint = tls::mtls_endpoint(
             &self.uri(),
             &self.ca_pem,
             Some(tls::client_identity(&self.admin_identity)),
         )
-        .await?;
-        Ok(AdminClient::new(channel))
+        // The URI and the PEM are this struct's own, known to be valid.
+        .expect("TestSigner's own endpoint and CA are valid");
+        AdminClient::new(endpoint.connect_lazy())
     }
 
     /// Puts an enabled device with `secret`.
     pub async fn put_device(&self, pk: &str, dk: &str, secret: &str) -> Result<v1::Device> {
         let device = self
             .admin()
-            .await?
+            .await
             .put_device(v1::PutDeviceRequest {
                 device: Some(device_ref(pk, dk)),
                 device_secret: secret.to_owned(),
@@ -280,7 +283,7 @@ impl TestSigner {
     pub async fn bind_sub_device(&self, gw: (&str, &str), sub: (&str, &str)) -> Result<v1::Device> {
         let device = self
             .admin()
-            .await?
+            .await
             .bind_sub_device(v1::BindSubDeviceRequest {
                 gateway: Some(device_ref(gw.0, gw.1)),
                 sub_device: Some(device_ref(sub.0, sub.1)),
@@ -294,7 +297,7 @@ impl TestSigner {
     pub async fn set_enabled(&self, pk: &str, dk: &str, enabled: bool) -> Result<v1::Device> {
         let device = self
             .admin()
-            .await?
+            .await
             .set_enabled(v1::SetEnabledRequest {
                 device: Some(device_ref(pk, dk)),
                 enabled,
@@ -308,7 +311,7 @@ impl TestSigner {
     pub async fn rotate_secret(&self, pk: &str, dk: &str, new_secret: &str) -> Result<v1::Device> {
         let device = self
             .admin()
-            .await?
+            .await
             .rotate_secret(v1::RotateSecretRequest {
                 device: Some(device_ref(pk, dk)),
                 new_device_secret: new_secret.to_owned(),

@@ -133,7 +133,7 @@ async fn admin_needs_an_admin_certificate() {
         assert_eq!(c, Code::Unauthenticated, "{rpc} with no identity");
     }
     // Nothing changed: the device is still enabled, version 1, unbound.
-    let mut admin = f.signer.admin().await.expect("admin");
+    let mut admin = f.signer.admin().await;
     let device = admin
         .get_device(dref("Pk1", "dev-1").expect("ref"))
         .await
@@ -150,7 +150,7 @@ async fn admin_needs_an_admin_certificate() {
 #[tokio::test]
 async fn registry_operations() {
     let f = fixture().await;
-    let mut admin = f.signer.admin().await.expect("admin");
+    let mut admin = f.signer.admin().await;
     for i in 0..7 {
         f.signer
             .put_device(
@@ -362,7 +362,7 @@ fn row(line: u32, pk: &str, dk: &str, secret: &str, gw: Option<(&str, &str)>) ->
 #[tokio::test]
 async fn import_is_all_or_nothing_and_names_each_bad_row() {
     let f = fixture().await;
-    let mut admin = f.signer.admin().await.expect("admin");
+    let mut admin = f.signer.admin().await;
     let rows = [
         row(2, "Pk1", "gw", "s3cret-gw", None),
         row(3, "Pk1", "bad|key", "s3cret", None),
@@ -610,4 +610,39 @@ async fn a_loose_master_key_is_refused_at_start() {
     assert!(err.to_string().contains("master.key"), "{err}");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     signer.restart().await.expect("0600 is accepted");
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_drains_open_calls() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut f = fixture().await;
+    let mut health = HealthClient::new(f.channel(None).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "enos.signer.v1.Credentials".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("stream").expect("status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let observer = async move {
+        // The open call keeps being served during the drain and sees the
+        // change; dropping it lets the drain finish.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+            .await
+            .expect("a status change during the drain")
+            .expect("stream")
+            .expect("status");
+        next.status
+    };
+    let (status, ()) = tokio::join!(observer, f.signer.stop());
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert!(
+        tokio::net::TcpStream::connect(f.signer.addr())
+            .await
+            .is_err()
+    );
 }

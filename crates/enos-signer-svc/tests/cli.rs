@@ -97,7 +97,7 @@ async fn csv_import_is_all_or_nothing_and_names_each_bad_row() {
         !stderr.contains("SecretDup9") && !stderr.contains("SecretTwo2"),
         "{stderr}"
     );
-    let mut admin = f.signer.admin().await.expect("admin");
+    let mut admin = f.signer.admin().await;
     let listed = admin
         .list_devices(ListDevicesRequest::default())
         .await

@@ -102,7 +102,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
             .into_inner()
             .password,
     );
-    let mut admin = f.signer.admin().await.expect("admin");
+    let mut admin = f.signer.admin().await;
     let row = |line, dk: &str, secret: &str| ImportRow {
         line,
         product_key: "Pk2".into(),

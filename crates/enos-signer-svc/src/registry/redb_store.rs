@@ -5,9 +5,10 @@
 //! protobuf message, so fields can be added without a migration.
 
 use std::{
+    collections::HashMap,
     ops::Bound,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
 };
 
 use enos_custody::SealedSecret;
@@ -48,6 +49,88 @@ pub struct RedbRegistry {
     db: Arc<Database>,
     /// The file, for error messages.
     path: PathBuf,
+    /// Decoded records, so that an issuance reads no page and decodes
+    /// nothing.
+    cache: Arc<RecordCache>,
+}
+
+/// Records already read. Correct because only this process writes the
+/// file (redb locks it) and every write goes through `modify`, which
+/// updates the cache after its commit: a call that starts after `modify`
+/// returned sees the change (a rotated secret is used by the next
+/// issuance).
+struct RecordCache {
+    /// The records and a generation that every commit advances.
+    inner: RwLock<CacheInner>,
+}
+
+struct CacheInner {
+    /// Advanced by every commit; a miss fills the cache only if no commit
+    /// happened while it read, so a stale read is never cached.
+    generation: u64,
+    /// Present devices only; unknown ones are not remembered.
+    records: HashMap<DeviceId, DeviceRecord>,
+}
+
+/// Records kept at most (a few hundred bytes each); the cache is emptied
+/// when full.
+const CACHE_CAPACITY: usize = 200_000;
+
+impl RecordCache {
+    fn new() -> Self {
+        RecordCache {
+            inner: RwLock::new(CacheInner {
+                generation: 0,
+                records: HashMap::new(),
+            }),
+        }
+    }
+
+    fn poisoned() -> SignerError {
+        SignerError::Registry("record cache lock poisoned".into())
+    }
+
+    /// The cached record, or the generation to fill it at.
+    fn lookup(&self, id: &DeviceId) -> Result<Result<DeviceRecord, u64>> {
+        let inner = self.inner.read().map_err(|_| Self::poisoned())?;
+        Ok(match inner.records.get(id) {
+            Some(record) => Ok(record.clone()),
+            None => Err(inner.generation),
+        })
+    }
+
+    /// Remembers `record`, read at `generation`, unless a commit came since.
+    fn fill(&self, generation: u64, record: &DeviceRecord) -> Result<()> {
+        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
+        if inner.generation == generation {
+            if inner.records.len() >= CACHE_CAPACITY {
+                inner.records.clear();
+            }
+            inner.records.insert(record.id.clone(), record.clone());
+        }
+        Ok(())
+    }
+
+    /// Applies committed writes.
+    fn committed(&self, writes: &[Write]) -> Result<()> {
+        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
+        inner.generation += 1;
+        for write in writes {
+            match write {
+                Write::Put(record) => {
+                    // Replace only what is cached; new records come in on
+                    // their first read.
+                    if let Some(cached) = inner.records.get_mut(&record.id) {
+                        *cached = record.clone();
+                    }
+                }
+                Write::Delete(id) => {
+                    inner.records.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RedbRegistry {
@@ -79,6 +162,7 @@ impl RedbRegistry {
         Ok(RedbRegistry {
             db: Arc::new(db),
             path: path.to_owned(),
+            cache: Arc::new(RecordCache::new()),
         })
     }
 }
@@ -135,13 +219,21 @@ fn decode(pk: &str, dk: &str, bytes: &[u8]) -> Result<DeviceRecord> {
 #[async_trait::async_trait]
 impl Registry for RedbRegistry {
     async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let generation = match self.cache.lookup(id)? {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
         // A read transaction is a snapshot and cheap (microseconds): run
         // it inline rather than pay for a hop to the blocking pool.
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEVICES)?;
         let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
         match table.get((pk, dk))? {
-            Some(value) => Ok(Some(decode(pk, dk, value.value())?)),
+            Some(value) => {
+                let record = decode(pk, dk, value.value())?;
+                self.cache.fill(generation, &record)?;
+                Ok(Some(record))
+            }
             None => Ok(None),
         }
     }
@@ -176,6 +268,7 @@ impl Registry for RedbRegistry {
 
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
         let db = Arc::clone(&self.db);
+        let cache = Arc::clone(&self.cache);
         let path = self.path.clone();
         // Write transactions fsync on commit and wait for each other: keep
         // them off the async workers.
@@ -210,6 +303,7 @@ impl Registry for RedbRegistry {
                 writes
             };
             txn.commit()?;
+            cache.committed(&writes)?;
             Ok(writes)
         })
         .await
@@ -288,6 +382,31 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(only_a.len(), 2);
+
+        // Cached reads follow every commit.
+        let mut changed = sub.clone();
+        changed.enabled = false;
+        changed.secret_version = 9;
+        let put = changed.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(put)])))
+            .await
+            .expect("change");
+        assert_eq!(
+            registry.get(&sub.id).await.expect("get"),
+            Some(changed.clone())
+        );
+        let gone = sub.id.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Delete(gone)])))
+            .await
+            .expect("delete");
+        assert_eq!(registry.get(&sub.id).await.expect("get"), None);
+        let back = sub.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(back)])))
+            .await
+            .expect("put back");
 
         drop(registry);
         let reopened = RedbRegistry::open(&path).expect("reopen");
