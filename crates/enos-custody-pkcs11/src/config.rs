@@ -185,11 +185,7 @@ impl Pkcs11Config {
     }
 }
 
-fn one_of<T>(
-    name: &str,
-    from_uri: Option<T>,
-    own: Option<T>,
-) -> Result<Option<T>, Pkcs11Error> {
+fn one_of<T>(name: &str, from_uri: Option<T>, own: Option<T>) -> Result<Option<T>, Pkcs11Error> {
     match (from_uri, own) {
         (Some(_), Some(_)) => Err(Pkcs11Error::InvalidConfig(format!(
             "`{name}` is given both in `uri` and on its own; give it once"
@@ -241,7 +237,10 @@ mod tests {
             ..Pkcs11Config::default()
         };
         let error = config.resolve().expect_err("ambiguous");
-        assert!(error.to_string().contains("`token` is given both"), "{error}");
+        assert!(
+            error.to_string().contains("`token` is given both"),
+            "{error}"
+        );
     }
 
     #[test]

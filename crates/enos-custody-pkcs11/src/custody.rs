@@ -20,9 +20,7 @@ use std::{
 
 use cryptoki::{mechanism::Mechanism, session::Session};
 use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
-use enos_sign_core::{
-    DeviceSecret, ExposeSecret, HexCase, Password, SignMethod, SignedFields,
-};
+use enos_sign_core::{DeviceSecret, ExposeSecret, HexCase, Password, SignMethod, SignedFields};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
@@ -142,10 +140,7 @@ impl Pkcs11Custody {
 
     /// Runs `op` with a pooled session, reconnecting and retrying once if
     /// the token was lost.
-    fn run<T>(
-        &self,
-        op: impl Fn(&Session, Keys) -> Result<T, OpError>,
-    ) -> Result<T, CustodyError> {
+    fn run<T>(&self, op: impl Fn(&Session, Keys) -> Result<T, OpError>) -> Result<T, CustodyError> {
         let mut retried = false;
         loop {
             let (generation, lost) = {

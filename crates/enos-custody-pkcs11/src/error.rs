@@ -56,7 +56,9 @@ pub enum Pkcs11Error {
     },
     /// The token refused the PIN (CKR_PIN_INCORRECT). Custody does not
     /// retry it on its own: repeated wrong PINs lock real tokens.
-    #[error("token {token}: the user PIN was rejected (CKR_PIN_INCORRECT); not retrying, fix the PIN and restart")]
+    #[error(
+        "token {token}: the user PIN was rejected (CKR_PIN_INCORRECT); not retrying, fix the PIN and restart"
+    )]
     WrongPin {
         /// The token's label.
         token: String,

@@ -118,7 +118,10 @@ mod tests {
         let pin = read_pin(&source, Some(dir.0.as_os_str())).expect("credential");
         assert_eq!(pin.as_str(), "987654");
         let unset = read_pin(&source, None).expect_err("no directory");
-        assert!(unset.to_string().contains("CREDENTIALS_DIRECTORY"), "{unset}");
+        assert!(
+            unset.to_string().contains("CREDENTIALS_DIRECTORY"),
+            "{unset}"
+        );
         let escape = read_pin(
             &PinSource::Credential("../etc/passwd".into()),
             Some(dir.0.as_os_str()),

@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn refuses_wrong_lengths_and_formats() {
         let good = sample(11);
-        assert_eq!(Record::parse(&good[..good.len() - 1]).err(), Some(Malformed));
+        assert_eq!(
+            Record::parse(&good[..good.len() - 1]).err(),
+            Some(Malformed)
+        );
         let mut longer = good.clone();
         longer.push(0);
         assert_eq!(Record::parse(&longer).err(), Some(Malformed));

@@ -160,7 +160,8 @@ fn load(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
     match ctx.initialize(CInitializeArgs::OsThreads) {
         Ok(()) => Ok(ctx),
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Err(fail(
-            "already initialised by another part of this process; HSM custody must own the module".into(),
+            "already initialised by another part of this process; HSM custody must own the module"
+                .into(),
         )),
         Err(e) => Err(fail(describe(&e))),
     }
@@ -234,11 +235,7 @@ fn check_mechanisms(ctx: &Pkcs11, slot: Slot, token: &str) -> Result<(), Pkcs11E
 
 /// Opens a session. Read-only sessions suffice for session objects;
 /// only [`generate_kek`] writes token objects.
-pub(crate) fn open_session(
-    ctx: &Pkcs11,
-    slot: Slot,
-    read_write: bool,
-) -> Result<Session, CkError> {
+pub(crate) fn open_session(ctx: &Pkcs11, slot: Slot, read_write: bool) -> Result<Session, CkError> {
     if read_write {
         ctx.open_rw_session(slot)
     } else {

@@ -61,7 +61,11 @@ impl Pkcs11Uri {
         }
         match name {
             "module-path" => put(&mut self.module_path, name, PathBuf::from(value)),
-            "token" => put(&mut self.token, "token/slot-id/serial", TokenSelector::Label(value)),
+            "token" => put(
+                &mut self.token,
+                "token/slot-id/serial",
+                TokenSelector::Label(value),
+            ),
             "serial" => put(
                 &mut self.token,
                 "token/slot-id/serial",
@@ -71,7 +75,11 @@ impl Pkcs11Uri {
                 let id = value
                     .parse()
                     .map_err(|_| invalid(format!("`slot-id={value}` is not a number")))?;
-                put(&mut self.token, "token/slot-id/serial", TokenSelector::Slot(id))
+                put(
+                    &mut self.token,
+                    "token/slot-id/serial",
+                    TokenSelector::Slot(id),
+                )
             }
             "object" => put(&mut self.object, name, value),
             // The KEK is a secret key; any other type is a mistake.
@@ -157,9 +165,13 @@ mod tests {
     fn accepts_pin_source_in_the_path_and_credentials() {
         let uri = Pkcs11Uri::parse("pkcs11:token=enos;pin-source=file:///run/pin").expect("valid");
         assert_eq!(uri.pin_source, Some(PinSource::File("/run/pin".into())));
-        let uri = Pkcs11Uri::parse("pkcs11:slot-id=7;pin-source=credential:hsm-pin").expect("valid");
+        let uri =
+            Pkcs11Uri::parse("pkcs11:slot-id=7;pin-source=credential:hsm-pin").expect("valid");
         assert_eq!(uri.token, Some(TokenSelector::Slot(7)));
-        assert_eq!(uri.pin_source, Some(PinSource::Credential("hsm-pin".into())));
+        assert_eq!(
+            uri.pin_source,
+            Some(PinSource::Credential("hsm-pin".into()))
+        );
     }
 
     #[test]
