@@ -14,7 +14,13 @@ pub(crate) struct SystemPackage {
 }
 
 /// Everything the test suite needs beyond the Rust toolchain.
-pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[];
+pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
+    // HSM custody's tests initialise throwaway tokens and load libsofthsm2.so.
+    SystemPackage {
+        program: "softhsm2-util",
+        package: "softhsm2",
+    },
+];
 
 /// Installs whatever is missing when running as root; otherwise stops
 /// with the exact command to run.
