@@ -23,8 +23,9 @@
 //! random R and iv, so equal secrets give unrelated records.
 //!
 //! The tag binds the record to its [`SecretRef`](enos_custody::SecretRef):
-//! `mac_input = DOMAIN ‖ len(ad) ‖ ad ‖ record-without-tag`, with `ad` the
-//! reference's associated data. A record copied to another device or
+//! `mac_input = "enos-custody/pkcs11-kwp-envelope-v1\0" ‖ u32be(len(ad)) ‖
+//! ad ‖ record-without-tag`, with `ad` the reference's associated data
+//! ([`SecretRef::associated_data`](enos_custody::SecretRef::associated_data)). A record copied to another device or
 //! version fails `C_Verify` before anything is unwrapped.
 
 use enos_sign_core::MAX_SECRET_LEN;

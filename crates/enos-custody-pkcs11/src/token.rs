@@ -129,7 +129,8 @@ pub(crate) struct Login {
     /// Kept to log in sessions opened later (login state ends when the
     /// last session closes). Wiped on drop.
     pub(crate) pin: Zeroizing<String>,
-    /// The session the login was made in, handed to the pool.
+    /// The session the login was made in; the connection keeps it open as
+    /// the anchor of the login state.
     pub(crate) session: Session,
 }
 
@@ -452,11 +453,14 @@ pub fn generate_kek(config: &Pkcs11Config) -> Result<(), Pkcs11Error> {
     let created = |role: &'static str| {
         move |e: CkError| Pkcs11Error::Call(format!("creating the {role}: {}", describe(&e)))
     };
-    session
+    let kek = session
         .generate_key(&Mechanism::AesKeyGen, &kek)
         .map_err(created(KEK_ROLE))?;
-    session
-        .generate_key(&Mechanism::GenericSecretKeyGen, &mac)
-        .map_err(created(MAC_ROLE))?;
+    if let Err(error) = session.generate_key(&Mechanism::GenericSecretKeyGen, &mac) {
+        // Half a key pair would make the next run refuse with KeyExists:
+        // take the KEK back (nothing can have been sealed under it yet).
+        let _ = session.destroy_object(kek);
+        return Err(created(MAC_ROLE)(error));
+    }
     Ok(())
 }
