@@ -70,3 +70,34 @@ fn mistakes_are_refused_with_the_reason() {
         );
     }
 }
+
+/// The signer service selects its custody with an internally tagged enum
+/// (`[custody] kind = "..."`); HSM custody's config must embed in one.
+#[test]
+fn embeds_in_an_internally_tagged_custody_choice() {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+    enum CustodyConfig {
+        Software {
+            #[allow(dead_code)]
+            master_key_file: PathBuf,
+        },
+        Pkcs11(Pkcs11Config),
+    }
+    #[derive(Debug, serde::Deserialize)]
+    struct ServiceConfig {
+        custody: CustodyConfig,
+    }
+    let text = format!(
+        "[custody]\nkind = \"pkcs11\"\n{}",
+        fixture("separate-keys.toml")
+    );
+    let config: ServiceConfig = toml::from_str(&text).expect("valid");
+    let CustodyConfig::Pkcs11(pkcs11) = config.custody else {
+        panic!("expected the pkcs11 variant: {config:?}");
+    };
+    assert_eq!(pkcs11.resolve().expect("complete").kek_label, "fleet-kek");
+    let typo = text.replace("kek_label", "kek_lable");
+    let error = toml::from_str::<ServiceConfig>(&typo).expect_err("unknown key");
+    assert!(error.to_string().contains("kek_lable"), "{error}");
+}
