@@ -1,0 +1,2 @@
+//! `enos-signer`: the signer's command line (work in progress).
+fn main() {}
