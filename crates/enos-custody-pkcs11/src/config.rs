@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Pkcs11Error, uri::Pkcs11Uri};
 
@@ -31,44 +31,44 @@ pub const DEFAULT_KEK_LABEL: &str = "enos-custody-kek";
 ///
 /// The PIN itself is never part of the configuration (nor of argv): it is
 /// read from a file, or from systemd's `$CREDENTIALS_DIRECTORY`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// A PKCS#11 URI (RFC 7512) naming the token and, in its query,
     /// `module-path` and `pin-source`; `object` names the KEK. One string
     /// is what most HSM tooling hands out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     /// The PKCS#11 module (shared library) to load.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<PathBuf>,
     /// Which token holds the keys.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenSelector>,
     /// Where the user PIN is read from.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<PinSource>,
     /// Label of the AES-256 key-encryption key; defaults to
     /// [`DEFAULT_KEK_LABEL`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek_label: Option<String>,
     /// Label of the HMAC key that binds each record to its device;
     /// defaults to the KEK label followed by `-mac`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_key_label: Option<String>,
     /// How many PKCS#11 sessions to keep: the number of signs that can run
     /// in the token at once (a session serves one thread at a time).
     /// Defaults to twice the available cores, at least 4.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<usize>,
     /// After the token is lost, how long to wait between reconnect
     /// attempts; calls in between fail fast. Defaults to 1000 ms.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_interval_ms: Option<u64>,
 }
 
 /// Which token: by label (usual), slot number, or serial number.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenSelector {
     /// The token's label (CKA_LABEL of the token, trailing blanks ignored).
@@ -91,7 +91,7 @@ impl std::fmt::Display for TokenSelector {
 }
 
 /// Where the user PIN comes from. Never argv, never the config itself.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PinSource {
     /// A file holding the PIN (one trailing newline is ignored).
