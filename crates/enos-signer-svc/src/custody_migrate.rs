@@ -13,8 +13,12 @@
 //! running it again. Nothing is lost at any point: the old sealed form is
 //! replaced only by one that was just shown to sign identically.
 //!
-//! Run it with the service stopped (the embedded registry is one writer);
-//! afterwards configure the service with the target custody.
+//! Run it with the service stopped (the embedded registry is one writer):
+//! `enos-signer custody migrate --config NEW.toml --from-config OLD.toml`
+//! moves the registry both configs name from OLD's custody to NEW's
+//! ([`migrate_configs`]); then serve with NEW. `enos-signer custody
+//! init-hsm --config NEW.toml` creates the token's keys first
+//! ([`init_hsm`]).
 
 use std::{ops::ControlFlow, sync::Arc};
 
@@ -22,8 +26,11 @@ use enos_custody::{Custody, SealedSecret};
 use enos_sign_core::{ClientId, HexCase, SignMethod, SignedFields, TimestampMs};
 
 use crate::{
+    SignerConfig,
+    config::CustodyConfig,
+    custody,
     error::{Result, SignerError},
-    registry::{DeviceId, DeviceRecord, Registry, Write},
+    registry::{self, DeviceId, DeviceRecord, Registry, Write},
     state::now_ms,
 };
 
@@ -52,6 +59,53 @@ pub struct MigrationReport {
     pub failed: Vec<(DeviceId, String)>,
     /// Whether the run was stopped before the end by the progress callback.
     pub interrupted: bool,
+}
+
+/// Creates the KEK and record MAC key on the token `config`'s HSM custody
+/// names. Refuses when the config's custody is not an HSM, or when the
+/// keys exist already.
+pub fn init_hsm(config: &SignerConfig) -> Result<()> {
+    let CustodyConfig::Pkcs11(hsm) = &config.custody else {
+        return Err(SignerError::Config(
+            "init-hsm: the config's [custody] is not kind = \"pkcs11\"".into(),
+        ));
+    };
+    enos_custody_pkcs11::generate_kek(hsm)
+        .map_err(|e| SignerError::Custody(enos_custody::CustodyError::from(e)))
+}
+
+/// The source custody of a migration: as [`custody::build`], except that
+/// an HSM custody may export (the only place that allows it).
+pub fn build_source(config: &CustodyConfig) -> Result<Arc<dyn Custody>> {
+    match config {
+        CustodyConfig::Pkcs11(hsm) => Ok(Arc::new(
+            enos_custody_pkcs11::Pkcs11Custody::connect_with(
+                hsm,
+                enos_custody_pkcs11::ExportPolicy::AllowForMigration,
+            )
+            .map_err(enos_custody::CustodyError::from)?,
+        )),
+        other => custody::build(other),
+    }
+}
+
+/// Migrates the registry `target` and `source` both name from `source`'s
+/// custody to `target`'s.
+pub async fn migrate_configs(
+    target: &SignerConfig,
+    source: &SignerConfig,
+    progress: impl FnMut(&DeviceId, &Outcome) -> ControlFlow<()>,
+) -> Result<MigrationReport> {
+    if target.registry != source.registry {
+        return Err(SignerError::Config(
+            "the two configs name different registries; a migration re-seals one registry in place"
+                .into(),
+        ));
+    }
+    let from = build_source(&source.custody)?;
+    let to = custody::build(&target.custody)?;
+    let registry = registry::open(&target.registry)?;
+    migrate(&*registry, from, to, progress).await
 }
 
 /// Re-seals every record from `from` to `to`. `progress` sees each record

@@ -207,7 +207,7 @@ fn devices(n: usize) -> Vec<Device> {
         .map(|i| Device {
             id: DeviceId::new(
                 ProductKey::new("PkM").expect("pk"),
-                DeviceKey::new(&format!("dev-{i:02}")).expect("dk"),
+                DeviceKey::new(format!("dev-{i:02}")).expect("dk"),
             ),
             // Lengths 9..=20: most not a multiple of 8.
             secret: format!("secret-{}", "x".repeat(2 + i)),
@@ -399,6 +399,79 @@ fn migration_both_ways_interrupted_and_resumed_loses_nothing() {
                     check_all(&registry, &devices, &software, &*from_hsm).await,
                     0
                 );
+            });
+        },
+    );
+}
+
+#[test]
+fn operator_flow_a_software_signer_moves_to_hsm_custody() {
+    isolated(
+        "operator_flow_a_software_signer_moves_to_hsm_custody",
+        "operator",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let pki = enos_testkit::Pki::new("operator").expect("pki");
+                let secrets: Vec<(String, String)> = (0..4)
+                    .map(|i| (format!("dev-{i}"), format!("secret-of-device-{i}")))
+                    .collect();
+                // A signer in production with software custody.
+                let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                    .await
+                    .expect("software signer");
+                for (dk, secret) in &secrets {
+                    software.put_device("Pk1", dk, secret).await.expect("put");
+                }
+                software.stop().await;
+                let source = software.config().clone();
+                drop(software);
+
+                // The operator points the config at the HSM, creates the
+                // token's keys and migrates, with the service stopped.
+                let target = enos_signer_svc::SignerConfig {
+                    custody: CustodyConfig::Pkcs11(hsm.config()),
+                    ..source.clone()
+                };
+                enos_signer_svc::custody_migrate::init_hsm(&target).expect("init-hsm");
+                let again =
+                    enos_signer_svc::custody_migrate::init_hsm(&target).expect_err("keys exist");
+                assert!(again.to_string().contains("already exists"), "{again}");
+                let report =
+                    enos_signer_svc::custody_migrate::migrate_configs(&target, &source, |_, _| {
+                        ControlFlow::Continue(())
+                    })
+                    .await
+                    .expect("migrate");
+                assert_eq!(report.migrated, 4);
+                assert!(report.failed.is_empty());
+
+                // The same registry served with HSM custody.
+                let config = hsm.config();
+                let f =
+                    enos_signer_svc::testing::TestSigner::start_with(dir.path(), &pki, move |c| {
+                        c.custody = CustodyConfig::Pkcs11(config);
+                    })
+                    .await
+                    .expect("HSM signer");
+                for (dk, secret) in &secrets {
+                    let identity = pki.device("Pk1", dk).expect("device cert");
+                    let channel = enos_signer_svc::tls::connect_mtls(
+                        &f.uri(),
+                        f.ca_pem(),
+                        Some(enos_signer_svc::tls::client_identity(&identity)),
+                    )
+                    .await
+                    .expect("mTLS");
+                    let credential =
+                        enos_signer_proto::v1::credentials_client::CredentialsClient::new(channel)
+                            .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                            .await
+                            .expect("issued")
+                            .into_inner();
+                    assert!(verifies(&credential, secret), "{dk}");
+                }
             });
         },
     );
