@@ -20,6 +20,11 @@ pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
         program: "softhsm2-util",
         package: "softhsm2",
     },
+    // enos-signer-svc: the CLI test stops `enos-signer serve` with `kill -TERM`.
+    SystemPackage {
+        program: "kill",
+        package: "procps",
+    },
 ];
 
 /// Installs whatever is missing when running as root; otherwise stops
