@@ -476,3 +476,110 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
         },
     );
 }
+
+#[test]
+fn cli_init_hsm_and_migrate() {
+    isolated("cli_init_hsm_and_migrate", "cli", "", |hsm| {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = enos_testkit::Pki::new("cli").expect("pki");
+            let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                .await
+                .expect("software signer");
+            for i in 0..3 {
+                software
+                    .put_device("Pk1", &format!("dev-{i}"), &format!("cli-secret-{i}"))
+                    .await
+                    .expect("put");
+            }
+            software.stop().await;
+            let source_path = software.config_path().to_owned();
+            let target = enos_signer_svc::SignerConfig {
+                custody: CustodyConfig::Pkcs11(hsm.config()),
+                ..software.config().clone()
+            };
+            let registry_path = dir
+                .path()
+                .canonicalize()
+                .expect("dir")
+                .join("registry.redb");
+            drop(software);
+            let target_path = dir.path().join("hsm-signer.toml");
+            std::fs::write(&target_path, target.to_toml().expect("toml")).expect("write");
+
+            let run = |args: &[&std::ffi::OsStr]| {
+                let output = std::process::Command::new(env!("CARGO_BIN_EXE_enos-signer"))
+                    .args(args)
+                    .output()
+                    .expect("run enos-signer");
+                (
+                    output.status.success(),
+                    String::from_utf8_lossy(&output.stdout).into_owned(),
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                )
+            };
+            let init = [
+                "custody".as_ref(),
+                "init-hsm".as_ref(),
+                "--config".as_ref(),
+                target_path.as_os_str(),
+            ];
+            let (ok, stdout, stderr) = run(&init);
+            assert!(ok, "{stdout}{stderr}");
+            let (ok, _, stderr) = run(&init);
+            assert!(!ok && stderr.contains("already exists"), "{stderr}");
+
+            let migrate = [
+                "custody".as_ref(),
+                "migrate".as_ref(),
+                "--config".as_ref(),
+                target_path.as_os_str(),
+                "--from-config".as_ref(),
+                source_path.as_os_str(),
+            ];
+            let (ok, stdout, stderr) = run(&migrate);
+            assert!(ok, "{stdout}{stderr}");
+            assert!(
+                stdout.contains("migrated 3, already migrated 0, left unchanged 0"),
+                "{stdout}"
+            );
+            let (ok, stdout, stderr) = run(&migrate);
+            assert!(ok, "{stdout}{stderr}");
+            assert!(
+                stdout.contains("migrated 0, already migrated 3"),
+                "{stdout}"
+            );
+
+            let registry = RedbRegistry::open(&registry_path).expect("open");
+            let custody = Pkcs11Custody::connect(&hsm.config()).expect("connect");
+            for record in registry.list(None, None, 10).await.expect("list") {
+                assert_eq!(record.sealed.scheme, HSM_SCHEME);
+                let i = record
+                    .id
+                    .device_key
+                    .as_str()
+                    .trim_start_matches("dev-")
+                    .to_owned();
+                let fields = SignedFields::with_device_key_as_client_id(
+                    record.id.product_key.clone(),
+                    record.id.device_key.clone(),
+                    TimestampMs::from_millis(1_764_000_000_000),
+                )
+                .expect("fields");
+                let password = custody
+                    .sign(
+                        record.id.secret_ref(record.secret_version),
+                        &record.sealed,
+                        &fields,
+                        SignMethod::HmacSha256,
+                        HexCase::Lower,
+                    )
+                    .expect("sign");
+                let secret = DeviceSecret::new(format!("cli-secret-{i}")).expect("secret");
+                let expected =
+                    sign_with_case(&fields, SignMethod::HmacSha256, &secret, HexCase::Lower);
+                assert_eq!(password.expose_secret(), expected.expose_secret());
+            }
+        });
+    });
+}
