@@ -45,6 +45,8 @@ fn main() {
             .args(std::env::args_os().skip(1))
             .status()
             .expect("run the benchmark against the fixture token");
+        // `exit` skips destructors: remove the token directory first.
+        drop(hsm);
         std::process::exit(status.code().unwrap_or(1));
     };
     run(&hsm);
