@@ -20,6 +20,11 @@ pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
         program: "mosquitto",
         package: "mosquitto",
     },
+    // HSM custody's tests initialise throwaway tokens and load libsofthsm2.so.
+    SystemPackage {
+        program: "softhsm2-util",
+        package: "softhsm2",
+    },
     // enos-signer-svc: the CLI test stops `enos-signer serve` with `kill -TERM`.
     SystemPackage {
         program: "kill",

@@ -92,6 +92,10 @@ pub enum CustodyConfig {
         /// `$CREDENTIALS_DIRECTORY`.
         master_key_file: PathBuf,
     },
+    /// Secrets wrapped under a key that never leaves a PKCS#11 token (an
+    /// HSM); passwords are digested inside the token. See
+    /// [`enos_custody_pkcs11::Pkcs11Config`] for the keys.
+    Pkcs11(enos_custody_pkcs11::Pkcs11Config),
 }
 
 /// The audit trail.
@@ -283,6 +287,14 @@ impl SignerConfig {
         }
         match &mut self.custody {
             CustodyConfig::Software { master_key_file } => key(master_key_file),
+            CustodyConfig::Pkcs11(hsm) => {
+                if let Some(module) = &mut hsm.module {
+                    file(module);
+                }
+                if let Some(enos_custody_pkcs11::PinSource::File(pin)) = &mut hsm.pin {
+                    key(pin);
+                }
+            }
         }
         key(&mut self.audit.key_file);
         if let AuditSinkConfig::File { path } = &mut self.audit.sink {

@@ -39,6 +39,9 @@ pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
                 blocking: false,
             })
         }
+        CustodyConfig::Pkcs11(hsm) => Ok(Arc::new(
+            enos_custody_pkcs11::Pkcs11Custody::connect(hsm).map_err(CustodyError::from)?,
+        )),
     }
 }
 
@@ -46,6 +49,8 @@ pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
 pub fn key_files(config: &CustodyConfig) -> Vec<std::path::PathBuf> {
     match config {
         CustodyConfig::Software { master_key_file } => vec![master_key_file.clone()],
+        // The token's keys are made by `enos_custody_pkcs11::generate_kek`.
+        CustodyConfig::Pkcs11(_) => Vec::new(),
     }
 }
 

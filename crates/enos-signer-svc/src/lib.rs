@@ -14,6 +14,7 @@
 //! | [`config`] | [`SignerConfig`]: the TOML config as serde structs |
 //! | [`key_file`] | 256-bit key files: mode 0600 or `$CREDENTIALS_DIRECTORY`, never argv |
 //! | [`custody`] | [`custody::build`] (config → `Custody`), [`custody::SoftwareCustody`] (XChaCha20-Poly1305) |
+//! | [`custody_migrate`] | `custody migrate`: re-seal every record software ↔ HSM, atomic per record, resumable |
 //! | [`registry`] | the [`registry::Registry`] trait and [`registry::RedbRegistry`] |
 //! | [`policy`] | TTL, sign method and broker URLs per product |
 //! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed |
@@ -49,6 +50,7 @@ pub mod config;
 pub mod credentials;
 pub mod csv_rows;
 pub mod custody;
+pub mod custody_migrate;
 pub mod error;
 pub mod import;
 pub mod init;

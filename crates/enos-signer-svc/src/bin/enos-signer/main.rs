@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - `main.rs`: arguments (clap) and dispatch; `serve` and `init`.
+//! - `custody.rs`: `custody init-hsm` and `custody migrate` (software ↔ HSM).
 //! - `admin.rs`: admin subcommands, over mTLS with an admin certificate.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
 //! - `logging.rs`: tracing, JSON or pretty.
@@ -13,6 +14,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool talks on stdout
 
 mod admin;
+mod custody;
 mod import;
 mod logging;
 
@@ -57,6 +59,9 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Custody administration (HSM keys, migration), service stopped.
+    #[command(subcommand)]
+    Custody(custody::CustodyCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -116,6 +121,7 @@ fn main() -> Result<()> {
                 dry_run,
                 connection,
             } => import::run(&file, dry_run, &connection).await,
+            Command::Custody(command) => command.run().await,
             Command::Admin(command) => command.run().await,
         }
     })

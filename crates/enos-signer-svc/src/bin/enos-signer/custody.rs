@@ -1,0 +1,76 @@
+//! `enos-signer custody …`: custody administration, with the service
+//! stopped (it works on the registry file directly).
+
+use std::{ops::ControlFlow, path::PathBuf};
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use enos_signer_svc::{
+    SignerConfig,
+    custody_migrate::{self, Outcome},
+};
+
+/// Custody administration.
+#[derive(Subcommand)]
+pub(crate) enum CustodyCommand {
+    /// Create the key-encryption key and the record MAC key on the HSM
+    /// token that the config's `[custody] kind = "pkcs11"` names. Refuses
+    /// if they exist.
+    InitHsm {
+        /// The signer's config file.
+        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Re-seal every device secret from the custody of `--from-config` to
+    /// the custody of `--config` (software ↔ HSM). Atomic per record and
+    /// resumable: run it again after an interruption. Stop the service
+    /// first; serve with `--config` afterwards.
+    Migrate {
+        /// The config to migrate to (its custody is the target).
+        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        config: PathBuf,
+        /// The config the records were sealed under (same registry).
+        #[arg(long)]
+        from_config: PathBuf,
+    },
+}
+
+impl CustodyCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        match self {
+            CustodyCommand::InitHsm { config } => {
+                let config = SignerConfig::load(&config)?;
+                custody_migrate::init_hsm(&config)?;
+                println!("created the key-encryption key and the record MAC key on the token");
+                Ok(())
+            }
+            CustodyCommand::Migrate {
+                config,
+                from_config,
+            } => {
+                let target = SignerConfig::load(&config)?;
+                let source = SignerConfig::load(&from_config)?;
+                let report = custody_migrate::migrate_configs(&target, &source, |id, outcome| {
+                    if let Outcome::Failed(reason) = outcome {
+                        eprintln!("{id}: left unchanged: {reason}");
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
+                println!(
+                    "migrated {}, already migrated {}, left unchanged {}",
+                    report.migrated,
+                    report.already_migrated,
+                    report.failed.len()
+                );
+                if !report.failed.is_empty() {
+                    bail!(
+                        "{} records were left unchanged (nothing lost); fix the cause and run again",
+                        report.failed.len()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}

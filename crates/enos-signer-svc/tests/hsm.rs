@@ -1,0 +1,585 @@
+//! HSM custody through the service: issuance end to end, import wrapping
+//! at import time, the token going away and coming back, and
+//! `custody migrate` software ↔ HSM, interrupted and resumed.
+//!
+//! Each test runs in its own process against its own SoftHSM2 token
+//! (`enos_custody_pkcs11::softhsm::isolated`): SoftHSM2 reads its
+//! configuration once per process.
+
+mod common;
+
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
+
+use enos_custody::Custody;
+use enos_custody_pkcs11::{
+    ExportPolicy, Pkcs11Custody, SCHEME as HSM_SCHEME, generate_kek,
+    softhsm::{SoftHsm, isolated},
+};
+use enos_sign_core::{
+    DeviceKey, DeviceSecret, ExposeSecret, Freshness, HexCase, Md5Policy, PresentedLogin,
+    ProductKey, SignMethod, SignedFields, TimestampMs, sign_with_case,
+};
+use enos_signer_proto::v1::{ImportDevicesRequest, ImportRow, IssueMqttCredentialRequest};
+use enos_signer_svc::{
+    config::CustodyConfig,
+    custody::{SOFTWARE_SCHEME, SoftwareCustody},
+    custody_migrate::{Outcome, migrate},
+    registry::{DeviceId, DeviceRecord, RedbRegistry, Registry, Write},
+};
+use tonic::Code;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn verifies(credential: &enos_signer_proto::v1::MqttCredential, secret: &str) -> bool {
+    let presented = PresentedLogin::parse(
+        &credential.mqtt_client_id,
+        &credential.username,
+        Md5Policy::Refuse,
+    )
+    .expect("EnOS shape");
+    let secret = DeviceSecret::new(secret.into()).expect("secret");
+    presented
+        .verify(&credential.password, &secret, Freshness::Any)
+        .is_ok()
+}
+
+async fn hsm_signer(hsm: &SoftHsm) -> common::Fixture {
+    generate_kek(&hsm.config()).expect("create the token's keys");
+    let config = hsm.config();
+    common::fixture_with(move |c| c.custody = CustodyConfig::Pkcs11(config)).await
+}
+
+/// Reads the sealed records straight from the registry file.
+async fn sealed_schemes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let registry = RedbRegistry::open(path).expect("open the registry");
+    registry
+        .list(None, None, 1000)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| (r.sealed.scheme, r.sealed.bytes))
+        .collect()
+}
+
+#[test]
+fn issuance_end_to_end_with_hsm_custody() {
+    isolated("issuance_end_to_end_with_hsm_custody", "e2e", "", |hsm| {
+        runtime().block_on(async {
+            let mut f = hsm_signer(hsm).await;
+            f.signer
+                .put_device("Pk1", "dev-1", "aaabbbcc123")
+                .await
+                .expect("put (sealed in the token)");
+            // Bulk import wraps every row at import time.
+            let imported = f
+                .signer
+                .admin()
+                .await
+                .expect("admin")
+                .import_devices(futures::stream::iter([ImportDevicesRequest {
+                    rows: (0..5)
+                        .map(|i| ImportRow {
+                            line: i + 2,
+                            product_key: "Pk1".into(),
+                            device_key: format!("bulk-{i}"),
+                            device_secret: format!("bulk-secret-{i}-xyz"),
+                            gateway: None,
+                        })
+                        .collect(),
+                    dry_run: false,
+                }]))
+                .await
+                .expect("import")
+                .into_inner();
+            assert!(imported.committed, "{imported:?}");
+            assert_eq!(imported.imported, 5);
+
+            let credential = f
+                .device("Pk1", "dev-1")
+                .await
+                .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                .await
+                .expect("issued")
+                .into_inner();
+            assert_eq!(credential.password.len(), 40, "SHA-1");
+            assert!(verifies(&credential, "aaabbbcc123"));
+            assert!(!verifies(&credential, "another-secret"));
+            for i in 0..5 {
+                let dk = format!("bulk-{i}");
+                let credential = f
+                    .device("Pk1", &dk)
+                    .await
+                    .issue_mqtt_credential(IssueMqttCredentialRequest {
+                        sign_method: enos_signer_proto::v1::SignMethod::Hmacsha256.into(),
+                        ..IssueMqttCredentialRequest::default()
+                    })
+                    .await
+                    .expect("issued")
+                    .into_inner();
+                assert_eq!(credential.password.len(), 64);
+                assert!(verifies(&credential, &format!("bulk-secret-{i}-xyz")));
+            }
+
+            f.signer.stop().await;
+            let records = sealed_schemes(
+                &f.dir
+                    .path()
+                    .canonicalize()
+                    .expect("dir")
+                    .join("registry.redb"),
+            )
+            .await;
+            assert_eq!(records.len(), 6);
+            for (scheme, bytes) in records {
+                assert_eq!(scheme, HSM_SCHEME);
+                assert!(!bytes.windows(11).any(|w| w == b"aaabbbcc123"));
+                assert!(!bytes.windows(11).any(|w| w == b"bulk-secret"));
+            }
+        });
+    });
+}
+
+#[test]
+fn the_service_answers_unavailable_while_the_token_is_away_and_recovers() {
+    isolated(
+        "the_service_answers_unavailable_while_the_token_is_away_and_recovers",
+        "svc-away",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                let f = hsm_signer(hsm).await;
+                f.signer
+                    .put_device("Pk1", "dev-1", "s3cret-value")
+                    .await
+                    .expect("put");
+                let mut device = f.device("Pk1", "dev-1").await;
+                let issue = IssueMqttCredentialRequest::default();
+                let credential = device
+                    .issue_mqtt_credential(issue.clone())
+                    .await
+                    .expect("issued")
+                    .into_inner();
+                assert!(verifies(&credential, "s3cret-value"));
+
+                hsm.park_token();
+                let status = device
+                    .issue_mqtt_credential(issue.clone())
+                    .await
+                    .expect_err("token away");
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                // No internals reach the client.
+                assert!(!status.message().contains("C_"), "{status:?}");
+                // Admin writes that need the token fail the same way, and
+                // write nothing.
+                let put = f.signer.put_device("Pk1", "dev-2", "other-secret").await;
+                assert!(put.is_err());
+
+                hsm.restore_token();
+                tokio::time::sleep(Duration::from_millis(120)).await;
+                let credential = device
+                    .issue_mqtt_credential(issue)
+                    .await
+                    .expect("issued after the token came back")
+                    .into_inner();
+                assert!(verifies(&credential, "s3cret-value"));
+                f.signer
+                    .put_device("Pk1", "dev-2", "other-secret")
+                    .await
+                    .expect("put");
+            });
+        },
+    );
+}
+
+struct Device {
+    id: DeviceId,
+    secret: String,
+}
+
+fn devices(n: usize) -> Vec<Device> {
+    (0..n)
+        .map(|i| Device {
+            id: DeviceId::new(
+                ProductKey::new("PkM").expect("pk"),
+                DeviceKey::new(format!("dev-{i:02}")).expect("dk"),
+            ),
+            // Lengths 9..=20: most not a multiple of 8.
+            secret: format!("secret-{}", "x".repeat(2 + i)),
+        })
+        .collect()
+}
+
+/// Every record signs exactly as the plaintext does, with whichever
+/// custody its scheme names. Returns how many are in the HSM scheme.
+async fn check_all(
+    registry: &RedbRegistry,
+    devices: &[Device],
+    software: &SoftwareCustody,
+    hsm: &dyn Custody,
+) -> usize {
+    let records = registry.list(None, None, 1000).await.expect("list");
+    assert_eq!(records.len(), devices.len(), "no record lost");
+    let mut in_hsm = 0;
+    for (record, device) in records.iter().zip(devices) {
+        assert_eq!(record.id, device.id);
+        let custody: &dyn Custody = if record.sealed.scheme == HSM_SCHEME {
+            in_hsm += 1;
+            hsm
+        } else {
+            assert_eq!(record.sealed.scheme, SOFTWARE_SCHEME);
+            software
+        };
+        let fields = SignedFields::with_device_key_as_client_id(
+            device.id.product_key.clone(),
+            device.id.device_key.clone(),
+            TimestampMs::from_millis(1_764_000_000_000),
+        )
+        .expect("fields");
+        let secret = DeviceSecret::new(device.secret.clone()).expect("secret");
+        let password = custody
+            .sign(
+                device.id.secret_ref(record.secret_version),
+                &record.sealed,
+                &fields,
+                SignMethod::HmacSha1,
+                HexCase::Upper,
+            )
+            .expect("sign");
+        let expected = sign_with_case(&fields, SignMethod::HmacSha1, &secret, HexCase::Upper);
+        assert_eq!(
+            password.expose_secret(),
+            expected.expose_secret(),
+            "{}",
+            device.id
+        );
+    }
+    in_hsm
+}
+
+#[test]
+fn migration_both_ways_interrupted_and_resumed_loses_nothing() {
+    isolated(
+        "migration_both_ways_interrupted_and_resumed_loses_nothing",
+        "migrate",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                let dir = hsm.tokens().join("../registry");
+                std::fs::create_dir_all(&dir).expect("dir");
+                let path = dir.join("registry.redb");
+                RedbRegistry::create(&path).expect("create");
+                let registry = RedbRegistry::open(&path).expect("open");
+                let software = Arc::new(SoftwareCustody::new(&[7u8; 32]));
+                let devices = devices(10);
+                for device in &devices {
+                    let sealed = software
+                        .seal(
+                            device.id.secret_ref(1),
+                            &DeviceSecret::new(device.secret.clone()).expect("secret"),
+                        )
+                        .expect("seal");
+                    let record = DeviceRecord {
+                        id: device.id.clone(),
+                        enabled: true,
+                        secret_version: 1,
+                        sealed,
+                        gateway: None,
+                        created_at_ms: 1,
+                        updated_at_ms: 1,
+                    };
+                    registry
+                        .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(record)])))
+                        .await
+                        .expect("put");
+                }
+                generate_kek(&hsm.config()).expect("create the token's keys");
+
+                // Software → HSM, stopped after 4 records (as by Ctrl-C).
+                let to_hsm: Arc<dyn Custody> =
+                    Arc::new(Pkcs11Custody::connect(&hsm.config()).expect("connect"));
+                let mut seen = 0;
+                let report = migrate(&registry, software.clone(), to_hsm.clone(), |_, outcome| {
+                    assert_eq!(*outcome, Outcome::Migrated);
+                    seen += 1;
+                    if seen == 4 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .await
+                .expect("migrate");
+                assert!(report.interrupted);
+                assert_eq!(report.migrated, 4);
+                assert_eq!(check_all(&registry, &devices, &software, &*to_hsm).await, 4);
+                // Resumed: the rest, and the first four are skipped.
+                let report = migrate(&registry, software.clone(), to_hsm.clone(), |_, _| {
+                    ControlFlow::Continue(())
+                })
+                .await
+                .expect("migrate");
+                assert_eq!((report.migrated, report.already_migrated), (6, 4));
+                assert!(report.failed.is_empty() && !report.interrupted);
+                assert_eq!(
+                    check_all(&registry, &devices, &software, &*to_hsm).await,
+                    10
+                );
+
+                // HSM → software needs the export policy: refused, nothing lost.
+                let report = migrate(&registry, to_hsm.clone(), software.clone(), |_, _| {
+                    ControlFlow::Continue(())
+                })
+                .await
+                .expect("migrate");
+                assert_eq!(report.failed.len(), 10);
+                assert!(
+                    report.failed[0]
+                        .1
+                        .contains("only `custody migrate` may export"),
+                    "{:?}",
+                    report.failed[0]
+                );
+                assert_eq!(
+                    check_all(&registry, &devices, &software, &*to_hsm).await,
+                    10
+                );
+                drop(to_hsm);
+
+                // With export allowed, the token goes away after 3 records.
+                let from_hsm: Arc<dyn Custody> = Arc::new(
+                    Pkcs11Custody::connect_with(&hsm.config(), ExportPolicy::AllowForMigration)
+                        .expect("connect for migration"),
+                );
+                let mut done = 0;
+                let report = migrate(
+                    &registry,
+                    from_hsm.clone(),
+                    software.clone(),
+                    |_, outcome| {
+                        if *outcome == Outcome::Migrated {
+                            done += 1;
+                            if done == 3 {
+                                hsm.park_token();
+                            }
+                        }
+                        ControlFlow::Continue(())
+                    },
+                )
+                .await
+                .expect("migrate");
+                assert_eq!(report.migrated, 3);
+                assert_eq!(report.failed.len(), 7);
+                assert!(
+                    report
+                        .failed
+                        .iter()
+                        .all(|(_, why)| why.contains("unavailable")),
+                    "{:?}",
+                    report.failed
+                );
+                hsm.restore_token();
+                tokio::time::sleep(Duration::from_millis(120)).await;
+                assert_eq!(
+                    check_all(&registry, &devices, &software, &*from_hsm).await,
+                    7
+                );
+                let report = migrate(&registry, from_hsm.clone(), software.clone(), |_, _| {
+                    ControlFlow::Continue(())
+                })
+                .await
+                .expect("migrate");
+                assert_eq!((report.migrated, report.already_migrated), (7, 3));
+                assert_eq!(
+                    check_all(&registry, &devices, &software, &*from_hsm).await,
+                    0
+                );
+            });
+        },
+    );
+}
+
+#[test]
+fn operator_flow_a_software_signer_moves_to_hsm_custody() {
+    isolated(
+        "operator_flow_a_software_signer_moves_to_hsm_custody",
+        "operator",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let pki = enos_testkit::Pki::new("operator").expect("pki");
+                let secrets: Vec<(String, String)> = (0..4)
+                    .map(|i| (format!("dev-{i}"), format!("secret-of-device-{i}")))
+                    .collect();
+                // A signer in production with software custody.
+                let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                    .await
+                    .expect("software signer");
+                for (dk, secret) in &secrets {
+                    software.put_device("Pk1", dk, secret).await.expect("put");
+                }
+                software.stop().await;
+                let source = software.config().clone();
+                drop(software);
+
+                // The operator points the config at the HSM, creates the
+                // token's keys and migrates, with the service stopped.
+                let target = enos_signer_svc::SignerConfig {
+                    custody: CustodyConfig::Pkcs11(hsm.config()),
+                    ..source.clone()
+                };
+                enos_signer_svc::custody_migrate::init_hsm(&target).expect("init-hsm");
+                let again =
+                    enos_signer_svc::custody_migrate::init_hsm(&target).expect_err("keys exist");
+                assert!(again.to_string().contains("already exists"), "{again}");
+                let report =
+                    enos_signer_svc::custody_migrate::migrate_configs(&target, &source, |_, _| {
+                        ControlFlow::Continue(())
+                    })
+                    .await
+                    .expect("migrate");
+                assert_eq!(report.migrated, 4);
+                assert!(report.failed.is_empty());
+
+                // The same registry served with HSM custody.
+                let config = hsm.config();
+                let f =
+                    enos_signer_svc::testing::TestSigner::start_with(dir.path(), &pki, move |c| {
+                        c.custody = CustodyConfig::Pkcs11(config);
+                    })
+                    .await
+                    .expect("HSM signer");
+                for (dk, secret) in &secrets {
+                    let identity = pki.device("Pk1", dk).expect("device cert");
+                    let channel = enos_signer_svc::tls::connect_mtls(
+                        &f.uri(),
+                        f.ca_pem(),
+                        Some(enos_signer_svc::tls::client_identity(&identity)),
+                    )
+                    .await
+                    .expect("mTLS");
+                    let credential =
+                        enos_signer_proto::v1::credentials_client::CredentialsClient::new(channel)
+                            .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                            .await
+                            .expect("issued")
+                            .into_inner();
+                    assert!(verifies(&credential, secret), "{dk}");
+                }
+            });
+        },
+    );
+}
+
+#[test]
+fn cli_init_hsm_and_migrate() {
+    isolated("cli_init_hsm_and_migrate", "cli", "", |hsm| {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = enos_testkit::Pki::new("cli").expect("pki");
+            let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                .await
+                .expect("software signer");
+            for i in 0..3 {
+                software
+                    .put_device("Pk1", &format!("dev-{i}"), &format!("cli-secret-{i}"))
+                    .await
+                    .expect("put");
+            }
+            software.stop().await;
+            let source_path = software.config_path().to_owned();
+            let target = enos_signer_svc::SignerConfig {
+                custody: CustodyConfig::Pkcs11(hsm.config()),
+                ..software.config().clone()
+            };
+            let registry_path = dir
+                .path()
+                .canonicalize()
+                .expect("dir")
+                .join("registry.redb");
+            drop(software);
+            let target_path = dir.path().join("hsm-signer.toml");
+            std::fs::write(&target_path, target.to_toml().expect("toml")).expect("write");
+
+            let run = |args: &[&std::ffi::OsStr]| {
+                let output = std::process::Command::new(env!("CARGO_BIN_EXE_enos-signer"))
+                    .args(args)
+                    .output()
+                    .expect("run enos-signer");
+                (
+                    output.status.success(),
+                    String::from_utf8_lossy(&output.stdout).into_owned(),
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                )
+            };
+            let init = [
+                "custody".as_ref(),
+                "init-hsm".as_ref(),
+                "--config".as_ref(),
+                target_path.as_os_str(),
+            ];
+            let (ok, stdout, stderr) = run(&init);
+            assert!(ok, "{stdout}{stderr}");
+            let (ok, _, stderr) = run(&init);
+            assert!(!ok && stderr.contains("already exists"), "{stderr}");
+
+            let migrate = [
+                "custody".as_ref(),
+                "migrate".as_ref(),
+                "--config".as_ref(),
+                target_path.as_os_str(),
+                "--from-config".as_ref(),
+                source_path.as_os_str(),
+            ];
+            let (ok, stdout, stderr) = run(&migrate);
+            assert!(ok, "{stdout}{stderr}");
+            assert!(
+                stdout.contains("migrated 3, already migrated 0, left unchanged 0"),
+                "{stdout}"
+            );
+            let (ok, stdout, stderr) = run(&migrate);
+            assert!(ok, "{stdout}{stderr}");
+            assert!(
+                stdout.contains("migrated 0, already migrated 3"),
+                "{stdout}"
+            );
+
+            let registry = RedbRegistry::open(&registry_path).expect("open");
+            let custody = Pkcs11Custody::connect(&hsm.config()).expect("connect");
+            for record in registry.list(None, None, 10).await.expect("list") {
+                assert_eq!(record.sealed.scheme, HSM_SCHEME);
+                let i = record
+                    .id
+                    .device_key
+                    .as_str()
+                    .trim_start_matches("dev-")
+                    .to_owned();
+                let fields = SignedFields::with_device_key_as_client_id(
+                    record.id.product_key.clone(),
+                    record.id.device_key.clone(),
+                    TimestampMs::from_millis(1_764_000_000_000),
+                )
+                .expect("fields");
+                let password = custody
+                    .sign(
+                        record.id.secret_ref(record.secret_version),
+                        &record.sealed,
+                        &fields,
+                        SignMethod::HmacSha256,
+                        HexCase::Lower,
+                    )
+                    .expect("sign");
+                let secret = DeviceSecret::new(format!("cli-secret-{i}")).expect("secret");
+                let expected =
+                    sign_with_case(&fields, SignMethod::HmacSha256, &secret, HexCase::Lower);
+                assert_eq!(password.expose_secret(), expected.expose_secret());
+            }
+        });
+    });
+}
