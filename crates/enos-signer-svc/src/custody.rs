@@ -39,9 +39,14 @@ pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
                 blocking: false,
             })
         }
-        CustodyConfig::Pkcs11(hsm) => Ok(Arc::new(
-            enos_custody_pkcs11::Pkcs11Custody::connect(hsm).map_err(CustodyError::from)?,
-        )),
+        CustodyConfig::Pkcs11(hsm) => Ok(CustodyHandle {
+            custody: Arc::new(
+                enos_custody_pkcs11::Pkcs11Custody::connect(hsm).map_err(CustodyError::from)?,
+            ),
+            // A token round trip takes milliseconds: keep it off the
+            // async workers.
+            blocking: true,
+        }),
     }
 }
 

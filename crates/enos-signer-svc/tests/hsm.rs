@@ -81,7 +81,6 @@ fn issuance_end_to_end_with_hsm_custody() {
                 .signer
                 .admin()
                 .await
-                .expect("admin")
                 .import_devices(futures::stream::iter([ImportDevicesRequest {
                     rows: (0..5)
                         .map(|i| ImportRow {

@@ -67,6 +67,13 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
     sandbox
         .wait_for_log_since(mark, "dropped the session", WAIT)
         .expect("logged after the reload");
+    // Both drops are logged, possibly a moment apart: wait for the second
+    // before taking the next mark, or it would see the second as new.
+    let deadline = std::time::Instant::now() + WAIT;
+    while sandbox.logs().matches("dropped the session").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "both drops logged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert!(
         sandbox
             .wait_for_log_since(
