@@ -469,9 +469,9 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, AgentError> {
-        let config: Config = toml::from_str(text).map_err(|e| AgentError::ConfigSyntax {
+        let config: Config = enos_toml::from_str(text).map_err(|e| AgentError::ConfigSyntax {
             path: origin.to_owned(),
-            message: syntax_message(text, &e),
+            message: e.to_string(),
         })?;
         config.validate()?;
         Ok(config)
@@ -599,21 +599,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-}
-
-/// The parser's message with its line and column, but without the quoted
-/// source line: a secret pasted into the wrong field must not be echoed.
-fn syntax_message(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_owned(),
     }
 }
 

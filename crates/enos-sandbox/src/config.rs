@@ -148,7 +148,9 @@ impl ConfigFile {
 
     /// Parses TOML text; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SandboxError> {
-        toml::from_str(text).map_err(|e: toml::de::Error| SandboxError::Config {
+        // enos-toml: the error never quotes the file (a secret pasted
+        // into the wrong key stays out of the log).
+        enos_toml::from_str(text).map_err(|e| SandboxError::Config {
             path: path.to_owned(),
             message: e.to_string(),
         })

@@ -243,7 +243,9 @@ pub enum LogFormat {
 impl SignerConfig {
     /// Parses a config from TOML text; relative paths stay relative.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))
+        // enos-toml: the error never quotes the file (a secret pasted
+        // into the wrong key stays out of the log).
+        enos_toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))
     }
 
     /// Reads `path` and resolves relative paths against its directory

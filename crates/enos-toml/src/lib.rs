@@ -1,0 +1,150 @@
+//! TOML config parsing with errors safe to log.
+//!
+//! The `toml` crate's error `Display` quotes the offending source line, and
+//! serde's messages quote offending values (`invalid type: string "…"`).
+//! A secret pasted into the wrong key of a config would then reach a log
+//! or a terminal. [`from_str`] keeps the position and the parser's reason
+//! and drops every quoted value.
+//!
+//! # Layout
+//!
+//! - [`from_str`]: parse, or a [`SyntaxError`].
+//! - [`SyntaxError`]: line, column and a redacted message.
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use serde::de::DeserializeOwned;
+
+/// Why a config did not parse: where, and the reason with quoted values
+/// replaced by `"…"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// 1-based line of the error, when the parser knows it.
+    pub line: Option<usize>,
+    /// 1-based column (in bytes) of the error, when the parser knows it.
+    pub column: Option<usize>,
+    /// The parser's reason, redacted.
+    pub message: String,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "line {line}, column {column}: {}", self.message)
+            }
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SyntaxError {}
+
+/// Parses `text` as `T`.
+pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, SyntaxError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let (line, column) = e.span().map_or((None, None), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (Some(line), Some(column))
+        });
+        SyntaxError {
+            line,
+            column,
+            message: redact_quoted(e.message().trim_end()),
+        }
+    })
+}
+
+/// Replaces the contents of every `"…"` with `…`, and of every `` `…` ``
+/// before the word "expected": what the file said is dropped, while the
+/// names the program expects (`` expected `enabled` or `port` ``) stay.
+fn redact_quoted(message: &str) -> String {
+    let (said, expected) = match message.find("expected") {
+        Some(i) => message.split_at(i),
+        None => (message, ""),
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in said.chars() {
+        match open {
+            None if c == '"' || c == '`' => {
+                open = Some(c);
+                out.push(c);
+                out.push('…');
+            }
+            None => out.push(c),
+            Some(q) if c == q => {
+                open = None;
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    // A string value quoted in the "expected" part is still a value.
+    out.push_str(&redact_strings(expected));
+    out
+}
+
+/// Replaces the contents of every `"…"` with `…`.
+fn redact_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        enabled: bool,
+        port: u16,
+    }
+
+    const SECRET: &str = "hQ3vZ8rK2mN7pX4t";
+
+    #[test]
+    fn errors_name_the_place_but_never_the_value() {
+        for text in [
+            format!("enabled = \"{SECRET}\"\nport = 1\n"),
+            format!("enabled = true\nport = \"{SECRET}\"\n"),
+            format!("enabled = true\nport = 1\n{SECRET} = 1\n"),
+            format!("enabled = true\nport = 1\nx = {SECRET}\n"),
+            format!("enabled = true\nport = [\"{SECRET}\"\n"),
+        ] {
+            let err = from_str::<Config>(&text).expect_err("invalid");
+            let printed = format!("{err} {err:?}");
+            assert!(!printed.contains(SECRET), "{printed}");
+            assert!(err.line.is_some(), "{printed}");
+        }
+        let err = from_str::<Config>("enabled = true\nport = \"x\"\n").expect_err("invalid");
+        assert_eq!(err.line, Some(2));
+        assert!(err.to_string().starts_with("line 2, column 8: "), "{err}");
+    }
+
+    #[test]
+    fn valid_text_parses() {
+        let c: Config = from_str("enabled = true\nport = 8080\n").expect("valid");
+        assert!(c.enabled && c.port == 8080);
+    }
+}
