@@ -14,7 +14,13 @@ pub(crate) struct SystemPackage {
 }
 
 /// Everything the test suite needs beyond the Rust toolchain.
-pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[];
+pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
+    // enos-signer-svc: the CLI test stops `enos-signer serve` with `kill -TERM`.
+    SystemPackage {
+        program: "kill",
+        package: "procps",
+    },
+];
 
 /// Installs whatever is missing when running as root; otherwise stops
 /// with the exact command to run.

@@ -1,0 +1,462 @@
+//! The `Admin` service: the device registry, for admin certificates only.
+//!
+//! Every change is one registry transaction and one audit record. No
+//! response carries a secret.
+
+use std::sync::Arc;
+
+use enos_sign_core::DeviceSecret;
+use enos_signer_proto::{
+    identity::PeerIdentity,
+    v1::{self, admin_server::Admin},
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    audit::AuditRecord,
+    error::{Result, SignerError},
+    import,
+    metrics::outcome_name,
+    registry::{DeviceId, DeviceRecord, Write},
+    state::{self, SignerState, device_message, identity_name, now_ms},
+};
+
+/// The Admin service.
+pub struct AdminService {
+    /// Shared state.
+    state: Arc<SignerState>,
+}
+
+impl AdminService {
+    /// The service over `state`.
+    pub fn new(state: Arc<SignerState>) -> Self {
+        AdminService { state }
+    }
+
+    /// The caller (if the certificate names one) and whether it may call:
+    /// Unauthenticated, PermissionDenied (not an admin) or
+    /// ResourceExhausted otherwise.
+    fn authorize<T>(&self, request: &Request<T>) -> (Option<PeerIdentity>, Result<()>) {
+        match self.state.identity(request) {
+            Err(e) => (None, Err(e)),
+            Ok(identity) => {
+                let allowed = if matches!(identity, PeerIdentity::Admin { .. }) {
+                    self.state.limiter.check(&identity)
+                } else {
+                    Err(SignerError::PermissionDenied(
+                        "the Admin service needs an admin certificate".into(),
+                    ))
+                };
+                (Some(identity), allowed)
+            }
+        }
+    }
+
+    /// Counts, audits (changes only) and converts a finished call.
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        identity: Option<&PeerIdentity>,
+        device: Option<String>,
+        change: bool,
+        result: Result<T>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
+        self.state.metrics.admin_call(rpc, outcome);
+        if change {
+            self.state.audit_best_effort(&AuditRecord {
+                time_ms: now_ms(),
+                event: rpc,
+                identity: identity_name(identity),
+                device,
+                sign_method: None,
+                timestamp_ms: None,
+                expires_at_ms: None,
+                outcome: outcome.into(),
+                password_hmac: None,
+            });
+        }
+        if let Err(e) = &result {
+            tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "admin call refused");
+        }
+        Ok(Response::new(result?))
+    }
+}
+
+fn dref(prefix: &'static str, value: Option<&v1::DeviceRef>) -> Result<DeviceId> {
+    let fields = match prefix {
+        "gateway" => ("gateway.product_key", "gateway.device_key"),
+        "sub_device" => ("sub_device.product_key", "sub_device.device_key"),
+        _ => ("device.product_key", "device.device_key"),
+    };
+    state::device_ref(prefix, fields, value)
+}
+
+/// `pk/dk` of a possibly invalid ref, for the audit trail of a refusal.
+fn shown(value: Option<&v1::DeviceRef>) -> Option<String> {
+    value.map(|d| {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .take(64)
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect()
+        };
+        format!("{}/{}", clean(&d.product_key), clean(&d.device_key))
+    })
+}
+
+fn not_found(id: &DeviceId) -> SignerError {
+    SignerError::NotFound(format!("device {id}"))
+}
+
+fn put_record(writes: &[Write]) -> Result<v1::Device> {
+    match writes.first() {
+        Some(Write::Put(record)) => Ok(device_message(record)),
+        _ => Err(SignerError::Registry("expected one written record".into())),
+    }
+}
+
+impl AdminService {
+    async fn put_device(&self, request: v1::PutDeviceRequest) -> Result<v1::Device> {
+        let id = dref("device", request.device.as_ref())?;
+        let secret = DeviceSecret::new(request.device_secret)
+            .map_err(|e| SignerError::invalid("device_secret", e))?;
+        let custody = Arc::clone(&self.state.custody.custody);
+        let enabled = request.enabled;
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![id.clone()],
+                Box::new(move |current| {
+                    let now = now_ms();
+                    let existing = current.into_iter().next().flatten();
+                    let version = existing.as_ref().map_or(1, |r| r.secret_version + 1);
+                    let sealed = custody.seal(id.secret_ref(version), &secret)?;
+                    let record = DeviceRecord {
+                        enabled,
+                        secret_version: version,
+                        sealed,
+                        gateway: existing.as_ref().and_then(|r| r.gateway.clone()),
+                        created_at_ms: existing.as_ref().map_or(now, |r| r.created_at_ms),
+                        updated_at_ms: now,
+                        id,
+                    };
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+
+    async fn rotate_secret(&self, request: v1::RotateSecretRequest) -> Result<v1::Device> {
+        let id = dref("device", request.device.as_ref())?;
+        let secret = DeviceSecret::new(request.new_device_secret)
+            .map_err(|e| SignerError::invalid("new_device_secret", e))?;
+        let custody = Arc::clone(&self.state.custody.custody);
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![id.clone()],
+                Box::new(move |current| {
+                    let mut record = current
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| not_found(&id))?;
+                    record.secret_version += 1;
+                    record.sealed = custody.seal(id.secret_ref(record.secret_version), &secret)?;
+                    record.updated_at_ms = now_ms();
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+
+    async fn set_enabled(&self, request: v1::SetEnabledRequest) -> Result<v1::Device> {
+        let id = dref("device", request.device.as_ref())?;
+        let enabled = request.enabled;
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![id.clone()],
+                Box::new(move |current| {
+                    let mut record = current
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| not_found(&id))?;
+                    record.enabled = enabled;
+                    record.updated_at_ms = now_ms();
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+
+    async fn delete_device(&self, request: v1::DeviceRef) -> Result<v1::DeleteDeviceResponse> {
+        let id = dref("device", Some(&request))?;
+        self.state
+            .registry
+            .modify(
+                vec![id.clone()],
+                Box::new(move |current| {
+                    current
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| not_found(&id))?;
+                    Ok(vec![Write::Delete(id)])
+                }),
+            )
+            .await?;
+        Ok(v1::DeleteDeviceResponse {})
+    }
+
+    async fn get_device(&self, request: v1::DeviceRef) -> Result<v1::Device> {
+        let id = dref("device", Some(&request))?;
+        let record = self
+            .state
+            .registry
+            .get(&id)
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        Ok(device_message(&record))
+    }
+
+    async fn list_devices(
+        &self,
+        request: v1::ListDevicesRequest,
+    ) -> Result<v1::ListDevicesResponse> {
+        let product = if request.product_key.is_empty() {
+            None
+        } else {
+            Some(state::product_key("product_key", &request.product_key)?)
+        };
+        let page_size = match request.page_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            _ => return Err(SignerError::invalid("page_size", "at most 1000")),
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let bad = || SignerError::invalid("page_token", "not a token from a previous page");
+            let (pk, dk) = request.page_token.split_once('/').ok_or_else(bad)?;
+            Some(DeviceId::new(
+                state::product_key("page_token", pk).map_err(|_| bad())?,
+                state::device_key("page_token", dk).map_err(|_| bad())?,
+            ))
+        };
+        // One more than a page tells whether another page follows.
+        let mut records = self
+            .state
+            .registry
+            .list(product.as_ref(), after.as_ref(), page_size + 1)
+            .await?;
+        let next_page_token = if records.len() > page_size {
+            records.truncate(page_size);
+            records.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(v1::ListDevicesResponse {
+            devices: records.iter().map(device_message).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn bind(&self, request: v1::BindSubDeviceRequest) -> Result<v1::Device> {
+        let gateway = dref("gateway", request.gateway.as_ref())?;
+        let sub = dref("sub_device", request.sub_device.as_ref())?;
+        if gateway == sub {
+            return Err(SignerError::invalid(
+                "sub_device",
+                "a device cannot be its own gateway",
+            ));
+        }
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![gateway.clone(), sub.clone()],
+                Box::new(move |current| {
+                    let mut current = current.into_iter();
+                    let gw = current
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| not_found(&gateway))?;
+                    let mut record = current.next().flatten().ok_or_else(|| not_found(&sub))?;
+                    if gw.gateway.is_some() {
+                        return Err(SignerError::FailedPrecondition(format!(
+                            "{gateway} is itself a sub-device and cannot be a gateway"
+                        )));
+                    }
+                    match &record.gateway {
+                        Some(g) if *g != gateway => {
+                            return Err(SignerError::FailedPrecondition(format!(
+                                "{sub} is bound to gateway {g}; unbind it first"
+                            )));
+                        }
+                        _ => {}
+                    }
+                    record.gateway = Some(gateway);
+                    record.updated_at_ms = now_ms();
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+
+    async fn unbind(&self, request: v1::UnbindSubDeviceRequest) -> Result<v1::Device> {
+        let sub = dref("sub_device", request.sub_device.as_ref())?;
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![sub.clone()],
+                Box::new(move |current| {
+                    let mut record = current
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .ok_or_else(|| not_found(&sub))?;
+                    record.gateway = None;
+                    record.updated_at_ms = now_ms();
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn put_device(
+        &self,
+        request: Request<v1::PutDeviceRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(request.device.as_ref());
+        let result = match allowed {
+            Ok(()) => self.put_device(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("put_device", identity.as_ref(), device, true, result)
+    }
+
+    async fn rotate_secret(
+        &self,
+        request: Request<v1::RotateSecretRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(request.device.as_ref());
+        let result = match allowed {
+            Ok(()) => self.rotate_secret(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("rotate_secret", identity.as_ref(), device, true, result)
+    }
+
+    async fn set_enabled(
+        &self,
+        request: Request<v1::SetEnabledRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(request.device.as_ref());
+        let result = match allowed {
+            Ok(()) => self.set_enabled(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("set_enabled", identity.as_ref(), device, true, result)
+    }
+
+    async fn delete_device(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::DeleteDeviceResponse>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(Some(&request));
+        let result = match allowed {
+            Ok(()) => self.delete_device(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("delete_device", identity.as_ref(), device, true, result)
+    }
+
+    async fn get_device(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let result = match allowed {
+            Ok(()) => self.get_device(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("get_device", identity.as_ref(), None, false, result)
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let result = match allowed {
+            Ok(()) => self.list_devices(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("list_devices", identity.as_ref(), None, false, result)
+    }
+
+    async fn bind_sub_device(
+        &self,
+        request: Request<v1::BindSubDeviceRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(request.sub_device.as_ref());
+        let result = match allowed {
+            Ok(()) => self.bind(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("bind_sub_device", identity.as_ref(), device, true, result)
+    }
+
+    async fn unbind_sub_device(
+        &self,
+        request: Request<v1::UnbindSubDeviceRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = shown(request.sub_device.as_ref());
+        let result = match allowed {
+            Ok(()) => self.unbind(request).await,
+            Err(e) => Err(e),
+        };
+        self.finish("unbind_sub_device", identity.as_ref(), device, true, result)
+    }
+
+    async fn import_devices(
+        &self,
+        request: Request<Streaming<v1::ImportDevicesRequest>>,
+    ) -> Result<Response<v1::ImportDevicesResponse>, Status> {
+        let (identity, allowed) = self.authorize(&request);
+        let result = match allowed {
+            Ok(()) => import::run(&self.state, identity.as_ref(), request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.finish("import_devices", identity.as_ref(), None, true, result)
+    }
+}

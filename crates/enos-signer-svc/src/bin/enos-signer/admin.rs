@@ -1,0 +1,285 @@
+//! Admin subcommands: one RPC each, over mTLS with an admin certificate.
+
+use std::{io::BufRead, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use enos_signer_proto::v1::{self, admin_client::AdminClient};
+use zeroize::Zeroizing;
+
+use crate::Connection;
+
+#[derive(Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Create a device, or replace its secret (read from --secret-file or stdin).
+    PutDevice {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Replace a device's secret (read from --secret-file or stdin).
+    RotateSecret {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Let a device get credentials again.
+    Enable {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Stop issuing credentials to a device.
+    Disable {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Remove a device and its secret.
+    Delete {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a device (never its secret).
+    Get {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List devices, all pages.
+    List {
+        /// Only this product.
+        #[arg(long)]
+        product_key: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Make SUB a sub-device of gateway GW.
+    Bind {
+        /// Gateway product key.
+        gateway_product_key: String,
+        /// Gateway device key.
+        gateway_device_key: String,
+        /// Sub-device product key.
+        sub_product_key: String,
+        /// Sub-device device key.
+        sub_device_key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Detach a sub-device from its gateway.
+    Unbind {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct DeviceArgs {
+    /// The product key.
+    product_key: String,
+    /// The device key.
+    device_key: String,
+}
+
+impl DeviceArgs {
+    fn to_ref(&self) -> v1::DeviceRef {
+        v1::DeviceRef {
+            product_key: self.product_key.clone(),
+            device_key: self.device_key.clone(),
+        }
+    }
+}
+
+/// Where a device secret comes from: never argv.
+#[derive(Args)]
+pub(crate) struct SecretArgs {
+    /// A file holding the secret (one line); without it, stdin is read.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    fn read(&self) -> Result<Zeroizing<String>> {
+        let mut text = Zeroizing::new(String::new());
+        match &self.secret_file {
+            Some(path) => {
+                *text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+            }
+            None => {
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut text)
+                    .context("reading the secret from stdin")?;
+            }
+        }
+        let secret = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
+        if secret.is_empty() {
+            bail!("the device secret is empty");
+        }
+        Ok(secret)
+    }
+}
+
+fn show(device: &v1::Device) {
+    let gateway = device
+        .gateway
+        .as_ref()
+        .map(|g| format!(" gateway={}/{}", g.product_key, g.device_key))
+        .unwrap_or_default();
+    println!(
+        "{}/{} enabled={} secret_version={}{gateway}",
+        device.product_key, device.device_key, device.enabled, device.secret_version
+    );
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+impl AdminCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        match self {
+            AdminCommand::PutDevice {
+                device,
+                secret,
+                disabled,
+                connection,
+            } => {
+                let secret = secret.read()?;
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client
+                    .put_device(v1::PutDeviceRequest {
+                        device: Some(device.to_ref()),
+                        device_secret: secret.to_string(),
+                        enabled: !disabled,
+                    })
+                    .await
+                    .map_err(status)?;
+                show(d.get_ref());
+            }
+            AdminCommand::RotateSecret {
+                device,
+                secret,
+                connection,
+            } => {
+                let secret = secret.read()?;
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client
+                    .rotate_secret(v1::RotateSecretRequest {
+                        device: Some(device.to_ref()),
+                        new_device_secret: secret.to_string(),
+                    })
+                    .await
+                    .map_err(status)?;
+                show(d.get_ref());
+            }
+            AdminCommand::Enable { device, connection } => {
+                set_enabled(&device, &connection, true).await?;
+            }
+            AdminCommand::Disable { device, connection } => {
+                set_enabled(&device, &connection, false).await?;
+            }
+            AdminCommand::Delete { device, connection } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                client
+                    .delete_device(device.to_ref())
+                    .await
+                    .map_err(status)?;
+                println!("deleted {}/{}", device.product_key, device.device_key);
+            }
+            AdminCommand::Get { device, connection } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client.get_device(device.to_ref()).await.map_err(status)?;
+                show(d.get_ref());
+            }
+            AdminCommand::List {
+                product_key,
+                connection,
+            } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let mut page_token = String::new();
+                loop {
+                    let page = client
+                        .list_devices(v1::ListDevicesRequest {
+                            product_key: product_key.clone().unwrap_or_default(),
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    page.devices.iter().for_each(show);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+            AdminCommand::Bind {
+                gateway_product_key,
+                gateway_device_key,
+                sub_product_key,
+                sub_device_key,
+                connection,
+            } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client
+                    .bind_sub_device(v1::BindSubDeviceRequest {
+                        gateway: Some(v1::DeviceRef {
+                            product_key: gateway_product_key,
+                            device_key: gateway_device_key,
+                        }),
+                        sub_device: Some(v1::DeviceRef {
+                            product_key: sub_product_key,
+                            device_key: sub_device_key,
+                        }),
+                    })
+                    .await
+                    .map_err(status)?;
+                show(d.get_ref());
+            }
+            AdminCommand::Unbind { device, connection } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client
+                    .unbind_sub_device(v1::UnbindSubDeviceRequest {
+                        sub_device: Some(device.to_ref()),
+                    })
+                    .await
+                    .map_err(status)?;
+                show(d.get_ref());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn set_enabled(device: &DeviceArgs, connection: &Connection, enabled: bool) -> Result<()> {
+    let mut client = AdminClient::new(connection.channel().await?);
+    let d = client
+        .set_enabled(v1::SetEnabledRequest {
+            device: Some(device.to_ref()),
+            enabled,
+        })
+        .await
+        .map_err(status)?;
+    show(d.get_ref());
+    Ok(())
+}

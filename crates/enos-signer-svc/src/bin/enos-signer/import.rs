@@ -1,0 +1,80 @@
+//! `enos-signer import FILE.csv`: streams the rows to the running signer,
+//! which checks them all and writes all or none.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use enos_signer_proto::v1::{self, admin_client::AdminClient};
+use enos_signer_svc::csv_rows;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Connection;
+
+/// Rows per streamed message.
+const CHUNK: usize = 500;
+
+pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> Result<()> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let parsed = csv_rows::read(&bytes).with_context(|| format!("{}", file.display()))?;
+    // Rows the CSV reader could not split make the import a dry run: the
+    // signer still checks the rest, so one report names every bad row.
+    let unreadable = parsed.errors;
+    let dry_run = dry_run || !unreadable.is_empty();
+    let total = parsed.rows.len() as u64;
+    let all_rows = parsed.rows.len() + unreadable.len();
+
+    let progress = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress.set_message("sending");
+    let mut chunks: Vec<Vec<v1::ImportRow>> = Vec::new();
+    let mut rows = parsed.rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        chunks.push(rows.by_ref().take(CHUNK).collect());
+    }
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let bar = progress.clone();
+    let stream = futures::stream::iter(chunks.into_iter().enumerate().map(move |(i, rows)| {
+        bar.inc(rows.len() as u64);
+        v1::ImportDevicesRequest {
+            rows,
+            dry_run: i == 0 && dry_run,
+        }
+    }))
+    .boxed();
+
+    let mut client = AdminClient::new(connection.channel().await?);
+    let response = client.import_devices(stream).await;
+    progress.finish_and_clear();
+    let response = response
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+
+    let mut errors: Vec<(u32, String)> = unreadable;
+    errors.extend(response.errors.into_iter().map(|e| (e.line, e.message)));
+    errors.sort_by_key(|(line, _)| *line);
+    for (line, message) in &errors {
+        eprintln!("{}:{line}: {message}", file.display());
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} bad rows of {all_rows}; nothing was imported",
+            errors.len()
+        );
+    }
+    if response.committed {
+        println!("imported {} devices", response.imported);
+    } else {
+        println!(
+            "dry run: {} rows checked, all valid; nothing written",
+            response.checked
+        );
+    }
+    Ok(())
+}

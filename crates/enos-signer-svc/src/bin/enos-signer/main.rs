@@ -1,0 +1,150 @@
+//! `enos-signer`: serve the signer, create its keys, administer it.
+//!
+//! # Layout
+//!
+//! - `main.rs`: arguments (clap) and dispatch; `serve` and `init`.
+//! - `admin.rs`: admin subcommands, over mTLS with an admin certificate.
+//! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
+//! - `logging.rs`: tracing, JSON or pretty.
+//!
+//! No secret is ever taken from argv: device secrets come from a file or
+//! stdin, keys from files (mode 0600) or `$CREDENTIALS_DIRECTORY`.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)] // a command-line tool talks on stdout
+
+mod admin;
+mod import;
+mod logging;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use enos_signer_svc::{
+    SignerConfig,
+    init::{Existing, init},
+};
+
+/// The enos signer: central custody of EnOS device secrets.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the master key, the audit key and an empty registry.
+    Init {
+        /// The signer's config file.
+        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Serve until SIGTERM or SIGINT (then NOT_SERVING, drain, exit).
+    Serve {
+        /// The signer's config file.
+        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Import devices from an EnOS console CSV export, all or nothing.
+    Import {
+        /// The CSV file (header with productKey,deviceKey,deviceSecret).
+        file: PathBuf,
+        /// Check every row, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Registry administration over mTLS.
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
+}
+
+/// How admin commands reach the running signer.
+#[derive(Args, Clone)]
+pub(crate) struct Connection {
+    /// The signer's endpoint.
+    #[arg(
+        long,
+        env = "ENOS_SIGNER_ENDPOINT",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    pub(crate) endpoint: String,
+    /// CA certificate (PEM) that signed the signer's server certificate.
+    #[arg(long, env = "ENOS_SIGNER_CA")]
+    pub(crate) ca: PathBuf,
+    /// Admin client certificate (PEM), URI SAN spiffe://enos/admin/{name}.
+    #[arg(long, env = "ENOS_SIGNER_CERT")]
+    pub(crate) cert: PathBuf,
+    /// The admin certificate's private key (PEM).
+    #[arg(long, env = "ENOS_SIGNER_KEY")]
+    pub(crate) key: PathBuf,
+}
+
+impl Connection {
+    pub(crate) async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        enos_signer_svc::tls::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
+            .await
+            .with_context(|| format!("connecting to {}", self.endpoint))
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // One crypto provider, ring, for anything that asks for the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Init { config } => {
+                let config = SignerConfig::load(&config)?;
+                let created = init(&config, Existing::Refuse)?;
+                for path in created {
+                    println!("created {}", path.display());
+                }
+                Ok(())
+            }
+            Command::Serve { config } => serve(&config).await,
+            Command::Import {
+                file,
+                dry_run,
+                connection,
+            } => import::run(&file, dry_run, &connection).await,
+            Command::Admin(command) => command.run().await,
+        }
+    })
+}
+
+async fn serve(path: &std::path::Path) -> Result<()> {
+    let config = SignerConfig::load(path)?;
+    logging::init(&config.logging)?;
+    let listener = enos_signer_svc::server::bind(config.server.listen).await?;
+    enos_signer_svc::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! [`SignerConfig`]: the TOML configuration, as serde structs.
+//!
+//! Relative paths are resolved against the config file's directory by
+//! [`SignerConfig::load`]; key files (master key, audit key) named by a
+//! relative path are looked up in `$CREDENTIALS_DIRECTORY` first when it is
+//! set (systemd `LoadCredential=`). No key is ever taken from argv.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SignerError};
+
+/// The whole configuration of one signer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// The gRPC listener and its TLS material: every client is mTLS.
+    pub server: ServerConfig,
+    /// Where device records live.
+    pub registry: RegistryConfig,
+    /// Who keeps the secrets sealed and signs with them.
+    pub custody: CustodyConfig,
+    /// Where the audit trail goes and how strict it is.
+    pub audit: AuditConfig,
+    /// Per-identity request budget; absent means no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// TTL, sign method and broker URLs, per product with a global default.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// The Prometheus endpoint; absent means no metrics listener.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// Log format and filter (used by the binary).
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the binary binds (`serve`); tests bind their own listener.
+    pub listen: SocketAddr,
+    /// The server certificate chain (PEM) presented to clients.
+    pub cert: PathBuf,
+    /// The server's private key (PEM); must be mode 0600 or stricter.
+    pub key: PathBuf,
+    /// The CA (PEM) that issues device and admin client certificates.
+    pub client_ca: PathBuf,
+    /// How long a graceful shutdown waits for in-flight calls.
+    #[serde(default = "default_drain_secs")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    10
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::drain_timeout_secs`] as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// The registry backend. One variant per store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RegistryConfig {
+    /// The embedded default: one redb file.
+    Redb {
+        /// The database file; `enos-signer init` creates it.
+        path: PathBuf,
+    },
+}
+
+/// The custody backend. One variant per custody; [`crate::custody::build`]
+/// turns it into a [`enos_custody::Custody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CustodyConfig {
+    /// Secrets sealed with XChaCha20-Poly1305 under a 256-bit master key.
+    Software {
+        /// The master key file (64 hex digits), mode 0600 or from
+        /// `$CREDENTIALS_DIRECTORY`.
+        master_key_file: PathBuf,
+    },
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The HMAC-SHA256 key (64 hex digits) under which issued passwords
+    /// are hashed in the trail; same file rules as the master key.
+    pub key_file: PathBuf,
+    /// Where records go.
+    #[serde(default)]
+    pub sink: AuditSinkConfig,
+    /// If the sink cannot be written, refuse to issue (Unavailable) rather
+    /// than issue unaudited.
+    #[serde(default = "yes")]
+    pub fail_closed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where audit records are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditSinkConfig {
+    /// JSON lines appended to a file.
+    File {
+        /// The file; created 0600 if missing.
+        path: PathBuf,
+    },
+    /// JSON records as log events on target `enos_signer::audit`.
+    #[default]
+    Log,
+}
+
+/// Per-identity rate limit (GCRA).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per identity.
+    pub per_second: u32,
+    /// Requests an identity may make at once after being idle.
+    pub burst: u32,
+}
+
+/// Issuance policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Lifetime of an issued credential, in seconds (default 300).
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// Sign method when the request leaves it unspecified.
+    #[serde(default = "default_method")]
+    pub sign_method: String,
+    /// Whether `hmacmd5` may be issued at all (weak; off by default).
+    #[serde(default)]
+    pub allow_md5: bool,
+    /// Overrides per product key.
+    #[serde(default)]
+    pub products: BTreeMap<String, ProductPolicyConfig>,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+
+fn default_method() -> String {
+    "hmacsha1".into()
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            ttl_secs: default_ttl(),
+            sign_method: default_method(),
+            allow_md5: false,
+            products: BTreeMap::new(),
+        }
+    }
+}
+
+/// A product's overrides of the global policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPolicyConfig {
+    /// Overrides [`PolicyConfig::ttl_secs`].
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Overrides [`PolicyConfig::sign_method`].
+    #[serde(default)]
+    pub sign_method: Option<String>,
+    /// Broker endpoints handed out with the product's credentials
+    /// (`tcp://host:11883`, `ssl://host:18883`).
+    #[serde(default)]
+    pub broker_urls: Vec<String>,
+}
+
+/// The Prometheus listener: mTLS like every listener (same server
+/// certificate and client CA); any certificate of the client CA may scrape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` endpoint.
+    pub listen: SocketAddr,
+}
+
+/// Logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `json` (for a journal or a collector) or `pretty` (for people).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    #[serde(default = "default_filter")]
+    pub filter: String,
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::default(),
+            filter: default_filter(),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable, multi-line.
+    Pretty,
+}
+
+impl SignerConfig {
+    /// Parses a config from TOML text; relative paths stay relative.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))
+    }
+
+    /// Reads `path` and resolves relative paths against its directory
+    /// (key files: against `$CREDENTIALS_DIRECTORY` first, if set).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| SignerError::Io {
+            action: "reading config",
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text)
+            .map_err(|e| SignerError::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        config.resolve_paths(base, credentials.as_deref());
+        Ok(config)
+    }
+
+    /// Makes every path absolute: plain files relative to `base`, key
+    /// files relative to `credentials` when given and the file exists there.
+    pub fn resolve_paths(&mut self, base: &Path, credentials: Option<&Path>) {
+        let file = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let key = |p: &mut PathBuf| {
+            if p.is_relative() {
+                let from_credentials = credentials.map(|dir| dir.join(&*p));
+                *p = match from_credentials {
+                    Some(c) if c.exists() => c,
+                    _ => base.join(&*p),
+                };
+            }
+        };
+        file(&mut self.server.cert);
+        key(&mut self.server.key);
+        file(&mut self.server.client_ca);
+        match &mut self.registry {
+            RegistryConfig::Redb { path } => file(path),
+        }
+        match &mut self.custody {
+            CustodyConfig::Software { master_key_file } => key(master_key_file),
+        }
+        key(&mut self.audit.key_file);
+        if let AuditSinkConfig::File { path } = &mut self.audit.sink {
+            file(path);
+        }
+    }
+
+    /// The audit file, when the sink is a file.
+    pub fn audit_file(&self) -> Option<&Path> {
+        match &self.audit.sink {
+            AuditSinkConfig::File { path } => Some(path),
+            AuditSinkConfig::Log => None,
+        }
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| SignerError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example must parse, and say what it claims.
+    #[test]
+    fn deploy_example_parses() {
+        let text = include_str!("../../../deploy/signer.example.toml");
+        let config = SignerConfig::from_toml(text).expect("deploy/signer.example.toml parses");
+        assert!(matches!(config.custody, CustodyConfig::Software { .. }));
+        assert!(matches!(config.registry, RegistryConfig::Redb { .. }));
+        assert!(config.audit.fail_closed);
+        assert_eq!(config.policy.ttl_secs, 300);
+        assert!(config.metrics.is_some());
+        assert!(config.rate_limit.is_some());
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_unknown_fields_are_refused() {
+        let minimal = r#"
+            [server]
+            listen = "127.0.0.1:7443"
+            cert = "server.pem"
+            key = "server.key"
+            client_ca = "ca.pem"
+            [registry]
+            kind = "redb"
+            path = "registry.redb"
+            [custody]
+            kind = "software"
+            master_key_file = "master.key"
+            [audit]
+            key_file = "audit.key"
+        "#;
+        let mut config = SignerConfig::from_toml(minimal).expect("minimal config parses");
+        assert_eq!(config.policy, PolicyConfig::default());
+        assert_eq!(config.policy.ttl_secs, 300);
+        assert!(config.audit.fail_closed);
+        assert_eq!(config.audit.sink, AuditSinkConfig::Log);
+        assert_eq!(config.rate_limit, None);
+        config.resolve_paths(Path::new("/etc/enos"), None);
+        assert_eq!(config.server.cert, Path::new("/etc/enos/server.pem"));
+        assert_eq!(
+            config.custody,
+            CustodyConfig::Software {
+                master_key_file: "/etc/enos/master.key".into()
+            }
+        );
+
+        let typo = minimal.replace("fail_closed", "fail_close");
+        let typo = format!("{typo}\nfail_close = true\n");
+        assert!(SignerConfig::from_toml(&typo).is_err());
+    }
+
+    #[test]
+    fn key_files_come_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("master.key"), "x").expect("write");
+        let mut config =
+            SignerConfig::from_toml(include_str!("../../../deploy/signer.example.toml"))
+                .expect("parses");
+        config.resolve_paths(Path::new("/etc/enos"), Some(dir.path()));
+        // Present in the credentials directory: taken from there.
+        assert_eq!(
+            config.custody,
+            CustodyConfig::Software {
+                master_key_file: dir.path().join("master.key")
+            }
+        );
+        // Absent there: relative to the config file.
+        assert_eq!(config.audit.key_file, Path::new("/etc/enos/audit.key"));
+    }
+}

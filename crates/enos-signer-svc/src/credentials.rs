@@ -1,0 +1,362 @@
+//! The `Credentials` service: short-lived MQTT credentials for the calling
+//! device, and `combine.login` signatures for its bound sub-devices.
+//!
+//! Order of checks: identity (Unauthenticated), role (PermissionDenied),
+//! rate limit (ResourceExhausted), fields (InvalidArgument), authorisation
+//! (PermissionDenied), registry (NotFound, FailedPrecondition), sign, then
+//! audit: with `audit.fail_closed`, no password leaves without a record.
+
+use std::{sync::Arc, time::Instant};
+
+use enos_custody::Custody;
+use enos_sign_core::{
+    ExposeSecret, Password, SecureMode, SignMethod, SignedFields, TimestampMs, mqtt_client_id,
+    mqtt_username,
+};
+use enos_signer_proto::{
+    identity::PeerIdentity,
+    v1::{self, credentials_server::Credentials},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    audit::AuditRecord,
+    custody::CustodyHandle,
+    error::{Result, SignerError},
+    metrics::outcome_name,
+    policy::proto_method,
+    registry::{DeviceId, DeviceRecord},
+    state::{self, SignerState, identity_name, now_ms},
+};
+
+/// The Credentials service.
+pub struct CredentialsService {
+    /// Shared state.
+    state: Arc<SignerState>,
+}
+
+impl CredentialsService {
+    /// The service over `state`.
+    pub fn new(state: Arc<SignerState>) -> Self {
+        CredentialsService { state }
+    }
+}
+
+/// What an issuance signed, for the audit record.
+struct Issued {
+    /// The device the password is for.
+    device: DeviceId,
+    /// The method.
+    method: SignMethod,
+    /// The signed timestamp.
+    timestamp_ms: u64,
+    /// When the credential expires.
+    expires_at_ms: u64,
+    /// The password (or sign), to HMAC for the audit trail.
+    password: Password,
+}
+
+/// The caller as a device, or why not.
+fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
+    match identity {
+        PeerIdentity::Device {
+            product_key,
+            device_key,
+        } => Ok(DeviceId::new(product_key.clone(), device_key.clone())),
+        PeerIdentity::Admin { .. } => Err(SignerError::PermissionDenied(
+            "only device certificates may request credentials".into(),
+        )),
+    }
+}
+
+/// Signs with the device's sealed secret; on the blocking pool when the
+/// custody may block (an HSM takes milliseconds), inline otherwise.
+async fn sign(
+    custody: &CustodyHandle,
+    record: DeviceRecord,
+    fields: SignedFields,
+    method: SignMethod,
+) -> Result<(SignedFields, Password)> {
+    let sign = move |custody: &dyn Custody| {
+        let password = custody.sign(
+            record.id.secret_ref(record.secret_version),
+            &record.sealed,
+            &fields,
+            method,
+            method.sdk_hex_case(),
+        )?;
+        Ok((fields, password))
+    };
+    if !custody.blocking {
+        return sign(custody.custody.as_ref());
+    }
+    let custody = Arc::clone(&custody.custody);
+    tokio::task::spawn_blocking(move || sign(custody.as_ref()))
+        .await
+        .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
+}
+
+impl CredentialsService {
+    async fn issue(
+        &self,
+        identity: &PeerIdentity,
+        request: v1::IssueMqttCredentialRequest,
+    ) -> Result<(v1::MqttCredential, Issued)> {
+        let caller = caller_device(identity)?;
+        self.state.limiter.check(identity)?;
+        let product_key = if request.product_key.is_empty() {
+            caller.product_key.clone()
+        } else {
+            state::product_key("product_key", &request.product_key)?
+        };
+        let device_key = if request.device_key.is_empty() {
+            caller.device_key.clone()
+        } else {
+            state::device_key("device_key", &request.device_key)?
+        };
+        let client_id = if request.client_id.is_empty() {
+            state::client_id("client_id", device_key.as_str())?
+        } else {
+            state::client_id("client_id", &request.client_id)?
+        };
+        let device = DeviceId::new(product_key, device_key);
+        if device != caller {
+            return Err(SignerError::PermissionDenied(
+                "a device may request credentials only for itself".into(),
+            ));
+        }
+        let method = self
+            .state
+            .policy
+            .method(&device.product_key, request.sign_method)?;
+        let record = self.enabled_record(&device).await?;
+        let policy = self.state.policy.for_product(&device.product_key);
+        let timestamp_ms = now_ms();
+        let expires_at_ms = timestamp_ms + policy.ttl.as_millis() as u64;
+        let fields = SignedFields {
+            client_id,
+            device_key: device.device_key.clone(),
+            product_key: device.product_key.clone(),
+            timestamp: TimestampMs::from_millis(timestamp_ms),
+        };
+        let (fields, password) = sign(&self.state.custody, record, fields, method).await?;
+        let credential = v1::MqttCredential {
+            mqtt_client_id: mqtt_client_id(
+                &fields.client_id,
+                SecureMode::DeviceSecret,
+                method,
+                fields.timestamp,
+            ),
+            username: mqtt_username(&fields.device_key, &fields.product_key),
+            password: password.expose_secret().to_owned(),
+            timestamp_ms,
+            expires_at_ms,
+            sign_method: proto_method(method).into(),
+            secure_mode: u32::from(SecureMode::DeviceSecret.as_u8()),
+            broker_urls: policy.broker_urls.clone(),
+            client_id: fields.client_id.to_string(),
+        };
+        Ok((
+            credential,
+            Issued {
+                device,
+                method,
+                timestamp_ms,
+                expires_at_ms,
+                password,
+            },
+        ))
+    }
+
+    async fn sign_sub_device(
+        &self,
+        identity: &PeerIdentity,
+        request: v1::SignSubDeviceLoginRequest,
+    ) -> Result<(v1::SubDeviceLogin, Issued)> {
+        let gateway = caller_device(identity)?;
+        self.state.limiter.check(identity)?;
+        let sub = DeviceId::new(
+            state::product_key("product_key", &request.product_key)?,
+            state::device_key("device_key", &request.device_key)?,
+        );
+        let client_id = if request.client_id.is_empty() {
+            state::client_id("client_id", sub.device_key.as_str())?
+        } else {
+            state::client_id("client_id", &request.client_id)?
+        };
+        let method = self
+            .state
+            .policy
+            .method(&sub.product_key, request.sign_method)?;
+        let record = self
+            .state
+            .registry
+            .get(&sub)
+            .await?
+            .ok_or_else(|| SignerError::NotFound(format!("device {sub}")))?;
+        if record.gateway.as_ref() != Some(&gateway) {
+            return Err(SignerError::PermissionDenied(format!(
+                "{sub} is not a sub-device of the calling gateway"
+            )));
+        }
+        // The gateway itself must be known and enabled to sign for others.
+        self.enabled_record(&gateway).await?;
+        if !record.enabled {
+            return Err(SignerError::FailedPrecondition(format!(
+                "device {sub} is disabled"
+            )));
+        }
+        let ttl = self.state.policy.for_product(&sub.product_key).ttl;
+        let timestamp_ms = now_ms();
+        let expires_at_ms = timestamp_ms + ttl.as_millis() as u64;
+        let fields = SignedFields {
+            client_id,
+            device_key: sub.device_key.clone(),
+            product_key: sub.product_key.clone(),
+            timestamp: TimestampMs::from_millis(timestamp_ms),
+        };
+        let (fields, sign) = sign(&self.state.custody, record, fields, method).await?;
+        let login = v1::SubDeviceLogin {
+            product_key: fields.product_key.to_string(),
+            device_key: fields.device_key.to_string(),
+            client_id: fields.client_id.to_string(),
+            timestamp_ms,
+            sign_method: method.as_str().to_owned(),
+            sign: sign.expose_secret().to_owned(),
+            secure_mode: u32::from(SecureMode::DeviceSecret.as_u8()),
+            clean_session: request.clean_session,
+            expires_at_ms,
+        };
+        Ok((
+            login,
+            Issued {
+                device: sub,
+                method,
+                timestamp_ms,
+                expires_at_ms,
+                password: sign,
+            },
+        ))
+    }
+
+    /// The record of `device`, which must exist and be enabled.
+    async fn enabled_record(&self, device: &DeviceId) -> Result<DeviceRecord> {
+        let record = self
+            .state
+            .registry
+            .get(device)
+            .await?
+            .ok_or_else(|| SignerError::NotFound(format!("device {device}")))?;
+        if !record.enabled {
+            return Err(SignerError::FailedPrecondition(format!(
+                "device {device} is disabled"
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Audits and counts a finished call. With a fail-closed trail a
+    /// successful issuance whose record cannot be written becomes
+    /// Unavailable, and the password is dropped unsent.
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        started: Instant,
+        identity: Option<&PeerIdentity>,
+        requested_device: Option<String>,
+        result: Result<(T, Issued)>,
+    ) -> Result<T> {
+        let mut record = AuditRecord {
+            time_ms: now_ms(),
+            event: rpc,
+            identity: identity_name(identity),
+            device: requested_device,
+            sign_method: None,
+            timestamp_ms: None,
+            expires_at_ms: None,
+            outcome: String::new(),
+            password_hmac: None,
+        };
+        let result = match result {
+            Ok((response, issued)) => {
+                record.device = Some(issued.device.to_string());
+                record.sign_method = Some(issued.method.as_str());
+                record.timestamp_ms = Some(issued.timestamp_ms);
+                record.expires_at_ms = Some(issued.expires_at_ms);
+                record.outcome = "ok".into();
+                record.password_hmac = Some(
+                    self.state
+                        .audit
+                        .password_hmac(issued.password.expose_secret()),
+                );
+                self.state.audit.record(&record).map(|()| response)
+            }
+            Err(e) => {
+                record.outcome = outcome_name(Some(e.code())).into();
+                self.state.audit_best_effort(&record);
+                Err(e)
+            }
+        };
+        let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
+        self.state.metrics.issuance(rpc, outcome, started.elapsed());
+        if let Err(e) = &result {
+            tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "refused");
+        }
+        result
+    }
+}
+
+/// `pk/dk` as asked, for the audit record of a refusal.
+fn asked(product_key: &str, device_key: &str) -> Option<String> {
+    (!product_key.is_empty() || !device_key.is_empty()).then(|| {
+        // Only the validated character set reaches the trail.
+        let clean = |s: &str| -> String {
+            s.chars()
+                .take(64)
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect()
+        };
+        format!("{}/{}", clean(product_key), clean(device_key))
+    })
+}
+
+#[tonic::async_trait]
+impl Credentials for CredentialsService {
+    async fn issue_mqtt_credential(
+        &self,
+        request: Request<v1::IssueMqttCredentialRequest>,
+    ) -> Result<Response<v1::MqttCredential>, Status> {
+        const RPC: &str = "issue_mqtt_credential";
+        let started = Instant::now();
+        let identity = self.state.identity(&request);
+        let request = request.into_inner();
+        let requested = asked(&request.product_key, &request.device_key);
+        let result = match identity {
+            Err(e) => self.finish(RPC, started, None, requested, Err(e)),
+            Ok(id) => {
+                let result = self.issue(&id, request).await;
+                self.finish(RPC, started, Some(&id), requested, result)
+            }
+        };
+        Ok(Response::new(result?))
+    }
+
+    async fn sign_sub_device_login(
+        &self,
+        request: Request<v1::SignSubDeviceLoginRequest>,
+    ) -> Result<Response<v1::SubDeviceLogin>, Status> {
+        const RPC: &str = "sign_sub_device_login";
+        let started = Instant::now();
+        let identity = self.state.identity(&request);
+        let request = request.into_inner();
+        let requested = asked(&request.product_key, &request.device_key);
+        let result = match identity {
+            Err(e) => self.finish(RPC, started, None, requested, Err(e)),
+            Ok(id) => {
+                let result = self.sign_sub_device(&id, request).await;
+                self.finish(RPC, started, Some(&id), requested, result)
+            }
+        };
+        Ok(Response::new(result?))
+    }
+}

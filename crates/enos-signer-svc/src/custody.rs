@@ -1,0 +1,261 @@
+//! Custody construction from the config ([`build`]) and the software
+//! custody ([`SoftwareCustody`]).
+//!
+//! Adding a custody (an HSM over PKCS#11) means one config variant and one
+//! match arm in [`build`]; nothing else in the service changes.
+
+use std::sync::Arc;
+
+use chacha20poly1305::{
+    XChaCha20Poly1305, XNonce,
+    aead::{Aead, AeadCore, KeyInit, OsRng, Payload},
+};
+use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
+use enos_sign_core::{
+    DeviceSecret, ExposeSecret, Field, HexCase, Password, SignError, SignMethod, SignedFields,
+};
+use zeroize::Zeroize;
+
+use crate::{config::CustodyConfig, error::Result, key_file};
+
+/// A custody and how to call it.
+#[derive(Clone)]
+pub struct CustodyHandle {
+    /// Seals and signs.
+    pub custody: Arc<dyn Custody>,
+    /// Whether a call may block for long (an HSM round trip): such calls
+    /// run on the blocking pool. Software custody takes microseconds and
+    /// runs inline, sparing a thread hop per issuance.
+    pub blocking: bool,
+}
+
+/// Builds the custody the config names.
+pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
+    match config {
+        CustodyConfig::Software { master_key_file } => {
+            let key = key_file::load(master_key_file)?;
+            Ok(CustodyHandle {
+                custody: Arc::new(SoftwareCustody::new(&key)),
+                blocking: false,
+            })
+        }
+    }
+}
+
+/// The key files `enos-signer init` creates for this custody.
+pub fn key_files(config: &CustodyConfig) -> Vec<std::path::PathBuf> {
+    match config {
+        CustodyConfig::Software { master_key_file } => vec![master_key_file.clone()],
+    }
+}
+
+/// Seals secrets with XChaCha20-Poly1305 under a 256-bit master key.
+///
+/// The sealed form is `nonce (24 bytes) ‖ ciphertext ‖ tag`, with
+/// [`SecretRef::associated_data`] as associated data: a sealed secret
+/// copied to another device or version fails to open. A random 192-bit
+/// nonce per seal is safe at any realistic number of seals.
+pub struct SoftwareCustody {
+    /// The AEAD keyed with the master key (the key is wiped on drop).
+    cipher: XChaCha20Poly1305,
+}
+
+/// The scheme tag of [`SoftwareCustody`].
+pub const SOFTWARE_SCHEME: &str = "aead-xchacha20poly1305-v1";
+
+/// XChaCha20's nonce length.
+const NONCE_LEN: usize = 24;
+
+impl SoftwareCustody {
+    /// A custody under `master_key`.
+    pub fn new(master_key: &[u8; 32]) -> Self {
+        SoftwareCustody {
+            cipher: XChaCha20Poly1305::new(master_key.into()),
+        }
+    }
+
+    fn check_scheme(&self, sealed: &SealedSecret) -> Result<(), CustodyError> {
+        if sealed.scheme != SOFTWARE_SCHEME {
+            return Err(CustodyError::WrongScheme {
+                expected: SOFTWARE_SCHEME.into(),
+                found: sealed.scheme.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens the sealed bytes; the plaintext is zeroized when dropped.
+    fn decrypt(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+    ) -> Result<DeviceSecret, CustodyError> {
+        self.check_scheme(sealed)?;
+        if sealed.bytes.len() < NONCE_LEN {
+            return Err(CustodyError::Integrity);
+        }
+        let (nonce, ciphertext) = sealed.bytes.split_at(NONCE_LEN);
+        let aad = id.associated_data();
+        let plaintext = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CustodyError::Integrity)?;
+        let text = String::from_utf8(plaintext).map_err(|e| {
+            let position = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.zeroize();
+            SignError::InvalidSecret {
+                field: Field::DeviceSecret,
+                position,
+                reason: "a sealed secret is not ASCII",
+            }
+        })?;
+        // DeviceSecret takes the String over and zeroizes it on drop (also
+        // when validation fails).
+        Ok(DeviceSecret::new(text)?)
+    }
+}
+
+impl Custody for SoftwareCustody {
+    fn scheme(&self) -> &str {
+        SOFTWARE_SCHEME
+    }
+
+    fn seal(&self, id: SecretRef<'_>, secret: &DeviceSecret) -> Result<SealedSecret, CustodyError> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let aad = id.associated_data();
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: secret.expose_secret().as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CustodyError::Config("encryption failed".into()))?;
+        let mut bytes = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&ciphertext);
+        Ok(SealedSecret {
+            scheme: SOFTWARE_SCHEME.into(),
+            bytes,
+        })
+    }
+
+    fn sign(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+        fields: &SignedFields,
+        method: SignMethod,
+        case: HexCase,
+    ) -> Result<Password, CustodyError> {
+        // Open for this one sign only; `secret` is zeroized when it drops
+        // at the end of this function.
+        let secret = self.decrypt(id, sealed)?;
+        Ok(enos_sign_core::sign_with_case(
+            fields, method, &secret, case,
+        ))
+    }
+
+    fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {
+        self.decrypt(id, sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enos_sign_core::{ClientId, DeviceKey, ProductKey, TimestampMs};
+
+    use super::*;
+
+    fn ids() -> (ProductKey, DeviceKey, DeviceKey) {
+        (
+            ProductKey::new("123").expect("pk"),
+            DeviceKey::new("test").expect("dk"),
+            DeviceKey::new("other").expect("dk"),
+        )
+    }
+
+    #[test]
+    fn signs_the_known_answer_and_binds_the_record() {
+        let custody = SoftwareCustody::new(&[7u8; 32]);
+        let (pk, dk, other) = ids();
+        let id = SecretRef {
+            product_key: &pk,
+            device_key: &dk,
+            version: 1,
+        };
+        let secret = DeviceSecret::new("aaabbbcc123".into()).expect("secret");
+        let sealed = custody.seal(id, &secret).expect("seal");
+        assert!(
+            !sealed
+                .bytes
+                .windows(11)
+                .any(|w| w == b"aaabbbcc123".as_slice())
+        );
+        let fields = SignedFields {
+            client_id: ClientId::new("123").expect("cid"),
+            device_key: dk.clone(),
+            product_key: pk.clone(),
+            timestamp: TimestampMs::from_millis(1524448722000),
+        };
+        let password = custody
+            .sign(id, &sealed, &fields, SignMethod::HmacSha1, HexCase::Upper)
+            .expect("sign");
+        assert_eq!(
+            password.expose_secret(),
+            "97AA97335D6EC3D7E1F9E3119501E399CC0B4125"
+        );
+
+        // Copied to another device, or replayed as another version: refused.
+        for wrong in [
+            SecretRef {
+                device_key: &other,
+                ..id
+            },
+            SecretRef { version: 2, ..id },
+        ] {
+            assert!(matches!(
+                custody.sign(
+                    wrong,
+                    &sealed,
+                    &fields,
+                    SignMethod::HmacSha1,
+                    HexCase::Upper
+                ),
+                Err(CustodyError::Integrity)
+            ));
+        }
+        // Another master key: refused.
+        let other_key = SoftwareCustody::new(&[8u8; 32]);
+        assert!(matches!(
+            other_key.open(id, &sealed),
+            Err(CustodyError::Integrity)
+        ));
+        // Another scheme: refused, not misread.
+        let foreign = SealedSecret {
+            scheme: "pkcs11-aes-kwp-v1".into(),
+            bytes: sealed.bytes.clone(),
+        };
+        assert!(matches!(
+            custody.open(id, &foreign),
+            Err(CustodyError::WrongScheme { .. })
+        ));
+        // Tampering: refused.
+        let mut tampered = sealed.clone();
+        let last = tampered.bytes.len() - 1;
+        tampered.bytes[last] ^= 1;
+        assert!(matches!(
+            custody.open(id, &tampered),
+            Err(CustodyError::Integrity)
+        ));
+    }
+}

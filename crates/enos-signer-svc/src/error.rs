@@ -1,0 +1,164 @@
+//! [`SignerError`], the one error type of this crate, and how it becomes a
+//! gRPC status.
+//!
+//! Messages never contain a secret or a password. Internal detail (a file
+//! path, a database error) is logged on the server; clients get a clear
+//! status without internals.
+
+use std::path::PathBuf;
+
+use enos_custody::CustodyError;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the signer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignerError {
+    /// The configuration is wrong; the message says what and where.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done (`reading`, `creating`, …).
+        action: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file is readable by others than its owner.
+    #[error(
+        "{path} has mode {mode:o}: a key file must not be accessible by group or others (chmod 600)"
+    )]
+    LoosePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key file does not hold a valid key.
+    #[error("{path}: {reason}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong, never the key.
+        reason: &'static str,
+    },
+    /// The registry's store failed.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// A custody operation failed.
+    #[error("custody: {0}")]
+    Custody(#[from] CustodyError),
+    /// The audit sink could not be written.
+    #[error("audit sink: {0}")]
+    Audit(String),
+    /// TLS material or setup is wrong.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+
+    /// No client certificate, or one that names no identity.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The device (or gateway) is not in the registry.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The device is disabled, or the state forbids the change.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A request field is invalid; the message names it.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the proto.
+        field: &'static str,
+        /// Why, without echoing secret input.
+        reason: String,
+    },
+    /// An import with bad rows: nothing was written. Each entry is a
+    /// source line and what is wrong on it (never a secret).
+    #[error("import refused: {} bad rows, nothing written", .0.len())]
+    ImportRejected(Vec<(u32, String)>),
+    /// Over the caller's rate limit.
+    #[error("rate limit exceeded; retry later")]
+    RateLimited,
+}
+
+impl SignerError {
+    /// An [`SignerError::InvalidArgument`] for `field`.
+    pub fn invalid(field: &'static str, reason: impl std::fmt::Display) -> Self {
+        SignerError::InvalidArgument {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The gRPC code a client sees for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            SignerError::Unauthenticated(_) => Code::Unauthenticated,
+            SignerError::PermissionDenied(_) => Code::PermissionDenied,
+            SignerError::NotFound(_) => Code::NotFound,
+            SignerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SignerError::InvalidArgument { .. } | SignerError::ImportRejected(_) => {
+                Code::InvalidArgument
+            }
+            SignerError::RateLimited => Code::ResourceExhausted,
+            SignerError::Audit(_) => Code::Unavailable,
+            SignerError::Custody(CustodyError::Unavailable(_)) => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl From<SignerError> for Status {
+    /// Client errors keep their message (it names the field or the device,
+    /// nothing more); server-side failures are logged here and reach the
+    /// client as a bare code.
+    fn from(error: SignerError) -> Status {
+        let code = error.code();
+        match code {
+            Code::Internal => {
+                tracing::error!(error = %error, "internal error");
+                Status::internal("internal error")
+            }
+            Code::Unavailable => {
+                tracing::error!(error = %error, "service unavailable");
+                Status::unavailable("temporarily unavailable; retry later")
+            }
+            _ => Status::new(code, error.to_string()),
+        }
+    }
+}
+
+impl From<redb::Error> for SignerError {
+    fn from(e: redb::Error) -> Self {
+        SignerError::Registry(e.to_string())
+    }
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SignerError {
+            fn from(e: $t) -> Self {
+                SignerError::Registry(e.to_string())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = SignerError> = std::result::Result<T, E>;

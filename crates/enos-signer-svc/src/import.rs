@@ -1,0 +1,255 @@
+//! Bulk import (`Admin.ImportDevices`): all rows or none.
+//!
+//! Rows are collected from the stream, checked (keys, secrets, duplicates,
+//! gateways), and written in one registry transaction. Any bad row aborts
+//! the whole import and every bad row is reported by its source line. A
+//! dry run does the same checks and writes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use enos_sign_core::DeviceSecret;
+use enos_signer_proto::{identity::PeerIdentity, v1};
+use tonic::Streaming;
+
+use crate::{
+    audit::AuditRecord,
+    error::{Result, SignerError},
+    registry::{DeviceId, DeviceRecord, Write},
+    state::{SignerState, identity_name, now_ms},
+};
+
+/// Refuse imports larger than this (memory bound; split bigger files).
+pub const MAX_ROWS: usize = 1_000_000;
+
+/// A row that passed the syntax checks.
+struct Row {
+    /// Source line, for reports.
+    line: u32,
+    /// The device.
+    id: DeviceId,
+    /// Its secret (zeroized on drop).
+    secret: DeviceSecret,
+    /// Its gateway, when it is a sub-device.
+    gateway: Option<DeviceId>,
+}
+
+/// Checks each row on its own and against the others.
+fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
+    let mut good = Vec::with_capacity(rows.len());
+    let mut errors = Vec::new();
+    let mut seen: HashMap<DeviceId, u32> = HashMap::new();
+    for row in rows {
+        let line = row.line;
+        let mut problems = Vec::new();
+        let pk = enos_sign_core::ProductKey::new(&row.product_key)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        let dk = enos_sign_core::DeviceKey::new(&row.device_key)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        let secret = DeviceSecret::new(row.device_secret)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        let gateway = match &row.gateway {
+            Some(g) if !(g.product_key.is_empty() && g.device_key.is_empty()) => {
+                let gpk = enos_sign_core::ProductKey::new(&g.product_key)
+                    .map_err(|e| problems.push(format!("gateway {e}")))
+                    .ok();
+                let gdk = enos_sign_core::DeviceKey::new(&g.device_key)
+                    .map_err(|e| problems.push(format!("gateway {e}")))
+                    .ok();
+                gpk.zip(gdk).map(|(p, d)| Some(DeviceId::new(p, d)))
+            }
+            _ => Some(None),
+        };
+        match (pk, dk, secret, gateway) {
+            (Some(pk), Some(dk), Some(secret), Some(gateway)) if problems.is_empty() => {
+                let id = DeviceId::new(pk, dk);
+                if let Some(first) = seen.get(&id) {
+                    errors.push((line, format!("device {id} is also on line {first}")));
+                    continue;
+                }
+                if gateway.as_ref() == Some(&id) {
+                    errors.push((line, format!("device {id} cannot be its own gateway")));
+                    continue;
+                }
+                seen.insert(id.clone(), line);
+                good.push(Row {
+                    line,
+                    id,
+                    secret,
+                    gateway,
+                });
+            }
+            _ => errors.push((line, problems.join("; "))),
+        }
+    }
+    (good, errors)
+}
+
+/// Checks gateways against the import itself and the registry (`current`
+/// holds the records of every id the import names).
+fn check_gateways(rows: &[Row], current: &HashMap<DeviceId, DeviceRecord>) -> Vec<(u32, String)> {
+    let in_import: HashMap<&DeviceId, &Row> = rows.iter().map(|r| (&r.id, r)).collect();
+    let mut errors = Vec::new();
+    for row in rows {
+        let Some(gateway) = &row.gateway else {
+            continue;
+        };
+        let gateway_is_sub = match in_import.get(gateway) {
+            // A row without a gateway keeps the binding it has.
+            Some(g) => {
+                g.gateway.is_some() || current.get(gateway).is_some_and(|r| r.gateway.is_some())
+            }
+            None => match current.get(gateway) {
+                None => {
+                    errors.push((
+                        row.line,
+                        format!("gateway {gateway} is neither in the registry nor in this import"),
+                    ));
+                    continue;
+                }
+                Some(r) => r.gateway.is_some(),
+            },
+        };
+        if gateway_is_sub {
+            errors.push((
+                row.line,
+                format!("gateway {gateway} is itself a sub-device"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Runs one import stream.
+pub async fn run(
+    state: &SignerState,
+    identity: Option<&PeerIdentity>,
+    mut stream: Streaming<v1::ImportDevicesRequest>,
+) -> Result<v1::ImportDevicesResponse> {
+    let mut rows = Vec::new();
+    let mut dry_run = None;
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| SignerError::invalid("rows", format!("stream failed: {}", s.message())))?
+    {
+        dry_run.get_or_insert(message.dry_run);
+        rows.extend(message.rows);
+        if rows.len() > MAX_ROWS {
+            return Err(SignerError::invalid(
+                "rows",
+                format!("more than {MAX_ROWS} rows; split the file"),
+            ));
+        }
+    }
+    let dry_run = dry_run.unwrap_or(false);
+    let checked = rows.len() as u32;
+    let (good, mut errors) = check_rows(rows);
+    if !errors.is_empty() {
+        // Report gateway problems of the good rows too, so one round trip
+        // names every bad row that can be named.
+        let ids = gateway_ids(&good);
+        let mut current = HashMap::new();
+        for id in ids {
+            if let Some(r) = state.registry.get(&id).await? {
+                current.insert(id, r);
+            }
+        }
+        errors.extend(check_gateways(&good, &current));
+        return Ok(refused(checked, errors));
+    }
+
+    let mut ids: Vec<DeviceId> = good.iter().map(|r| r.id.clone()).collect();
+    let named: HashSet<DeviceId> = ids.iter().cloned().collect();
+    ids.extend(
+        gateway_ids(&good)
+            .into_iter()
+            .filter(|g| !named.contains(g)),
+    );
+    let custody = std::sync::Arc::clone(&state.custody.custody);
+    let outcome = state
+        .registry
+        .modify(
+            ids.clone(),
+            Box::new(move |records| {
+                let current: HashMap<DeviceId, DeviceRecord> = ids
+                    .into_iter()
+                    .zip(records)
+                    .filter_map(|(id, r)| r.map(|r| (id, r)))
+                    .collect();
+                let errors = check_gateways(&good, &current);
+                if !errors.is_empty() {
+                    return Err(SignerError::ImportRejected(errors));
+                }
+                if dry_run {
+                    return Ok(Vec::new());
+                }
+                let now = now_ms();
+                let mut writes = Vec::with_capacity(good.len());
+                for row in good {
+                    let existing = current.get(&row.id);
+                    let version = existing.map_or(1, |r| r.secret_version + 1);
+                    let sealed = custody.seal(row.id.secret_ref(version), &row.secret)?;
+                    writes.push(Write::Put(DeviceRecord {
+                        enabled: existing.is_none_or(|r| r.enabled),
+                        secret_version: version,
+                        sealed,
+                        gateway: row
+                            .gateway
+                            .or_else(|| existing.and_then(|r| r.gateway.clone())),
+                        created_at_ms: existing.map_or(now, |r| r.created_at_ms),
+                        updated_at_ms: now,
+                        id: row.id,
+                    }));
+                }
+                Ok(writes)
+            }),
+        )
+        .await;
+    let writes = match outcome {
+        Ok(writes) => writes,
+        Err(SignerError::ImportRejected(errors)) => return Ok(refused(checked, errors)),
+        Err(e) => return Err(e),
+    };
+    for write in &writes {
+        if let Write::Put(record) = write {
+            state.audit_best_effort(&AuditRecord {
+                time_ms: now_ms(),
+                event: "import_device",
+                identity: identity_name(identity),
+                device: Some(record.id.to_string()),
+                sign_method: None,
+                timestamp_ms: None,
+                expires_at_ms: None,
+                outcome: "ok".into(),
+                password_hmac: None,
+            });
+        }
+    }
+    Ok(v1::ImportDevicesResponse {
+        imported: writes.len() as u32,
+        checked,
+        errors: Vec::new(),
+        committed: !dry_run,
+    })
+}
+
+fn gateway_ids(rows: &[Row]) -> Vec<DeviceId> {
+    let set: HashSet<&DeviceId> = rows.iter().filter_map(|r| r.gateway.as_ref()).collect();
+    set.into_iter().cloned().collect()
+}
+
+fn refused(checked: u32, mut errors: Vec<(u32, String)>) -> v1::ImportDevicesResponse {
+    errors.sort_by_key(|(line, _)| *line);
+    v1::ImportDevicesResponse {
+        imported: 0,
+        checked,
+        errors: errors
+            .into_iter()
+            .map(|(line, message)| v1::RowError { line, message })
+            .collect(),
+        committed: false,
+    }
+}

@@ -1,0 +1,134 @@
+//! 256-bit key files (master key, audit key): 64 hex digits, mode 0600.
+//!
+//! A key file readable by group or others is refused, as ssh refuses a
+//! loose private key. systemd credentials (`$CREDENTIALS_DIRECTORY`) are
+//! owner-only too, so the same check passes for them.
+
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
+use zeroize::Zeroizing;
+
+use crate::error::{Result, SignerError};
+
+/// A 256-bit key, wiped on drop.
+pub type Key256 = Zeroizing<[u8; 32]>;
+
+/// Permission bits a key file must not have: any access by group or others.
+const LOOSE_BITS: u32 = 0o077;
+
+/// Reads a key file, refusing loose permissions and malformed contents.
+pub fn load(path: &Path) -> Result<Key256> {
+    let io = |source| SignerError::Io {
+        action: "reading key file",
+        path: path.to_owned(),
+        source,
+    };
+    check_permissions(path)?;
+    let text = Zeroizing::new(std::fs::read(path).map_err(io)?);
+    let hex = text.trim_ascii();
+    let bad = |reason| SignerError::BadKey {
+        path: path.to_owned(),
+        reason,
+    };
+    if hex.len() != 64 {
+        return Err(bad("expected 64 hex digits (a 256-bit key)"));
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => key[i] = (hi * 16 + lo) as u8,
+            _ => return Err(bad("expected 64 hex digits (a 256-bit key)")),
+        }
+    }
+    Ok(key)
+}
+
+/// Refuses a private file (key) that group or others may access.
+pub fn check_permissions(path: &Path) -> Result<()> {
+    let metadata = std::fs::metadata(path).map_err(|source| SignerError::Io {
+        action: "reading key file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & LOOSE_BITS != 0 {
+        return Err(SignerError::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Creates a new random key file (mode 0600). Refuses to overwrite one:
+/// losing the master key loses every sealed secret.
+pub fn create(path: &Path) -> Result<()> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut key[..]);
+    let mut hex = Zeroizing::new(String::with_capacity(65));
+    for b in key.iter() {
+        hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    hex.push('\n');
+    let io = |source| SignerError::Io {
+        action: "creating key file",
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(hex.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_keys_load_and_loose_permissions_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.key");
+        create(&path).expect("create");
+        let a = load(&path).expect("load");
+        assert_ne!(*a, [0u8; 32]);
+        assert!(
+            create(&path).is_err(),
+            "an existing key is never overwritten"
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err = load(&path).expect_err("0640 refused");
+        assert!(matches!(
+            err,
+            SignerError::LoosePermissions { mode: 0o640, .. }
+        ));
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert_eq!(*load(&path).expect("0400 is fine"), *a);
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_without_echo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.key");
+        enos_testkit::write_private(&path, b"zz-not-a-key-SECRETISH").expect("write");
+        let err = load(&path).expect_err("refused");
+        assert!(!err.to_string().contains("SECRETISH"));
+        enos_testkit::write_private(&path, "g".repeat(64).as_bytes()).expect("write");
+        assert!(load(&path).is_err());
+    }
+}

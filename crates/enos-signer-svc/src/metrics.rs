@@ -1,0 +1,196 @@
+//! [`Metrics`]: Prometheus counters and histograms, and the `/metrics`
+//! endpoint on its own port (mTLS like every listener).
+//!
+//! Labels are bounded: the RPC and the outcome (a gRPC code name). No
+//! label names a device, so the series count does not grow with a fleet.
+
+use std::{sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Labels of an issuance.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `issue_mqtt_credential` or `sign_sub_device_login`, or the admin RPC.
+    rpc: &'static str,
+    /// `ok` or the gRPC code name.
+    outcome: &'static str,
+}
+
+/// Labels of a latency observation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    /// The RPC.
+    rpc: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_05, 2.0, 16,
+    ))
+}
+
+/// The signer's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Encodes everything below.
+    registry: Arc<Registry>,
+    /// Credentials issued (and refused), by RPC and outcome.
+    issuances: Family<OutcomeLabels, Counter>,
+    /// Issuance latency, by RPC.
+    issue_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// Admin calls, by RPC and outcome.
+    admin_calls: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("enos_signer");
+        let issuances = Family::<OutcomeLabels, Counter>::default();
+        let issue_latency = Family::<RpcLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let admin_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "issuances",
+            "Credential issuances by RPC and outcome",
+            issuances.clone(),
+        );
+        registry.register(
+            "issue_duration_seconds",
+            "Time to serve an issuance RPC",
+            issue_latency.clone(),
+        );
+        registry.register(
+            "admin_calls",
+            "Admin RPCs by RPC and outcome",
+            admin_calls.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            issuances,
+            issue_latency,
+            admin_calls,
+        }
+    }
+
+    /// Counts one issuance RPC and observes its latency.
+    pub fn issuance(&self, rpc: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.issuances
+            .get_or_create(&OutcomeLabels { rpc, outcome })
+            .inc();
+        self.issue_latency
+            .get_or_create(&RpcLabels { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one admin RPC.
+    pub fn admin_call(&self, rpc: &'static str, outcome: &'static str) {
+        self.admin_calls
+            .get_or_create(&OutcomeLabels { rpc, outcome })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The name of a result's outcome: `ok` or the gRPC code.
+pub fn outcome_name(code: Option<tonic::Code>) -> &'static str {
+    use tonic::Code;
+    match code {
+        None => "ok",
+        Some(Code::Unauthenticated) => "unauthenticated",
+        Some(Code::PermissionDenied) => "permission_denied",
+        Some(Code::NotFound) => "not_found",
+        Some(Code::FailedPrecondition) => "failed_precondition",
+        Some(Code::InvalidArgument) => "invalid_argument",
+        Some(Code::ResourceExhausted) => "resource_exhausted",
+        Some(Code::Unavailable) => "unavailable",
+        Some(_) => "internal",
+    }
+}
+
+/// Serves `GET /metrics` over mTLS on `listener` until `shutdown`.
+pub async fn serve(
+    metrics: Metrics,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, _) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let metrics = metrics.clone();
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics: TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    if request.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.encode())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
+                    }
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}

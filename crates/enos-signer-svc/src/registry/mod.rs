@@ -1,0 +1,121 @@
+//! The device registry: a trait ([`Registry`]) and its embedded default
+//! ([`RedbRegistry`]).
+//!
+//! The trait is async and object safe so that a shared registry (PostgreSQL,
+//! for several stateless replicas) can be added beside the embedded one.
+//! Every change goes through [`Registry::modify`]: read some records, decide,
+//! write, all in one transaction.
+
+mod redb_store;
+
+use std::{fmt, sync::Arc};
+
+use enos_custody::{SealedSecret, SecretRef};
+use enos_sign_core::{DeviceKey, ProductKey};
+
+pub use redb_store::RedbRegistry;
+
+use crate::{config::RegistryConfig, error::Result};
+
+/// Names one device: `(productKey, deviceKey)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId {
+    /// The product the device belongs to.
+    pub product_key: ProductKey,
+    /// The device within its product.
+    pub device_key: DeviceKey,
+}
+
+impl DeviceId {
+    /// The id of `pk`/`dk`.
+    pub fn new(product_key: ProductKey, device_key: DeviceKey) -> Self {
+        DeviceId {
+            product_key,
+            device_key,
+        }
+    }
+
+    /// The custody reference of this device's secret at `version`.
+    pub fn secret_ref(&self, version: u32) -> SecretRef<'_> {
+        SecretRef {
+            product_key: &self.product_key,
+            device_key: &self.device_key,
+            version,
+        }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.product_key, self.device_key)
+    }
+}
+
+/// One registry entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Which device.
+    pub id: DeviceId,
+    /// A disabled device gets no credentials and no sub-device signatures.
+    pub enabled: bool,
+    /// 1 at creation, +1 per rotation; bound into the sealed secret.
+    pub secret_version: u32,
+    /// The secret, sealed by the custody; never leaves the service.
+    pub sealed: SealedSecret,
+    /// Set when this device is a sub-device of that gateway.
+    pub gateway: Option<DeviceId>,
+    /// When the record was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// When the record last changed (ms since the epoch).
+    pub updated_at_ms: u64,
+}
+
+/// One write of a [`Registry::modify`] transaction.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Create or replace the record.
+    Put(DeviceRecord),
+    /// Remove the record (no-op if absent).
+    Delete(DeviceId),
+}
+
+/// The decision of a [`Registry::modify`]: given the current records of
+/// the requested ids (in request order), the writes to commit, or an error
+/// to abort with (then nothing is written).
+pub type Change = Box<dyn FnOnce(Vec<Option<DeviceRecord>>) -> Result<Vec<Write>> + Send + 'static>;
+
+/// Where device records live.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// The record of `id`, if any.
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
+
+    /// Up to `limit` records in `(productKey, deviceKey)` order, strictly
+    /// after `after`, optionally of one product only.
+    async fn list(
+        &self,
+        product: Option<&ProductKey>,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>>;
+
+    /// Reads the records of `ids`, lets `change` decide, and commits its
+    /// writes atomically; if `change` fails nothing is written. Changes are
+    /// serialised, so the records `change` sees are current. Returns the
+    /// committed writes.
+    async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>>;
+}
+
+/// Opens the registry the config names.
+pub fn open(config: &RegistryConfig) -> Result<Arc<dyn Registry>> {
+    match config {
+        RegistryConfig::Redb { path } => Ok(Arc::new(RedbRegistry::open(path)?)),
+    }
+}
+
+/// Creates the registry the config names (for `enos-signer init`).
+pub fn create(config: &RegistryConfig) -> Result<()> {
+    match config {
+        RegistryConfig::Redb { path } => RedbRegistry::create(path),
+    }
+}

@@ -1,0 +1,415 @@
+//! [`RedbRegistry`]: the embedded registry, one redb file (ACID, crash
+//! safe, copy-on-write B-trees).
+//!
+//! Records are keyed by `(productKey, deviceKey)` and stored as a small
+//! protobuf message, so fields can be added without a migration.
+
+use std::{
+    collections::HashMap,
+    ops::Bound,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use enos_custody::SealedSecret;
+use enos_sign_core::{DeviceKey, ProductKey};
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{Change, DeviceId, DeviceRecord, Registry, Write};
+use crate::error::{Result, SignerError};
+
+/// `(productKey, deviceKey)` → encoded [`StoredDevice`].
+const DEVICES: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("devices");
+
+/// The stored form of a [`DeviceRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDevice {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+    #[prost(uint32, tag = "2")]
+    secret_version: u32,
+    #[prost(string, tag = "3")]
+    scheme: String,
+    #[prost(bytes = "vec", tag = "4")]
+    sealed: Vec<u8>,
+    #[prost(string, tag = "5")]
+    gateway_product_key: String,
+    #[prost(string, tag = "6")]
+    gateway_device_key: String,
+    #[prost(uint64, tag = "7")]
+    created_at_ms: u64,
+    #[prost(uint64, tag = "8")]
+    updated_at_ms: u64,
+}
+
+/// The embedded registry.
+pub struct RedbRegistry {
+    /// Shared with the blocking tasks that run write transactions.
+    db: Arc<Database>,
+    /// The file, for error messages.
+    path: PathBuf,
+    /// Decoded records, so that an issuance reads no page and decodes
+    /// nothing.
+    cache: Arc<RecordCache>,
+}
+
+/// Records already read. Correct because only this process writes the
+/// file (redb locks it) and every write goes through `modify`, which
+/// updates the cache after its commit: a call that starts after `modify`
+/// returned sees the change (a rotated secret is used by the next
+/// issuance).
+struct RecordCache {
+    /// The records and a generation that every commit advances.
+    inner: RwLock<CacheInner>,
+}
+
+struct CacheInner {
+    /// Advanced by every commit; a miss fills the cache only if no commit
+    /// happened while it read, so a stale read is never cached.
+    generation: u64,
+    /// Present devices only; unknown ones are not remembered.
+    records: HashMap<DeviceId, DeviceRecord>,
+}
+
+/// Records kept at most (a few hundred bytes each); the cache is emptied
+/// when full.
+const CACHE_CAPACITY: usize = 200_000;
+
+impl RecordCache {
+    fn new() -> Self {
+        RecordCache {
+            inner: RwLock::new(CacheInner {
+                generation: 0,
+                records: HashMap::new(),
+            }),
+        }
+    }
+
+    fn poisoned() -> SignerError {
+        SignerError::Registry("record cache lock poisoned".into())
+    }
+
+    /// The cached record, or the generation to fill it at.
+    fn lookup(&self, id: &DeviceId) -> Result<Result<DeviceRecord, u64>> {
+        let inner = self.inner.read().map_err(|_| Self::poisoned())?;
+        Ok(match inner.records.get(id) {
+            Some(record) => Ok(record.clone()),
+            None => Err(inner.generation),
+        })
+    }
+
+    /// Remembers `record`, read at `generation`, unless a commit came since.
+    fn fill(&self, generation: u64, record: &DeviceRecord) -> Result<()> {
+        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
+        if inner.generation == generation {
+            if inner.records.len() >= CACHE_CAPACITY {
+                inner.records.clear();
+            }
+            inner.records.insert(record.id.clone(), record.clone());
+        }
+        Ok(())
+    }
+
+    /// Applies committed writes.
+    fn committed(&self, writes: &[Write]) -> Result<()> {
+        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
+        inner.generation += 1;
+        for write in writes {
+            match write {
+                Write::Put(record) => {
+                    // Replace only what is cached; new records come in on
+                    // their first read.
+                    if let Some(cached) = inner.records.get_mut(&record.id) {
+                        *cached = record.clone();
+                    }
+                }
+                Write::Delete(id) => {
+                    inner.records.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RedbRegistry {
+    /// Creates a new, empty registry file; refuses an existing one.
+    pub fn create(path: &Path) -> Result<()> {
+        if path.exists() {
+            return Err(SignerError::Config(format!(
+                "{} already exists; refusing to overwrite a registry",
+                path.display()
+            )));
+        }
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(DEVICES)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Opens an existing registry file (made by [`RedbRegistry::create`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(SignerError::Config(format!(
+                "registry {} does not exist; run `enos-signer init` first",
+                path.display()
+            )));
+        }
+        let db = Database::open(path)
+            .map_err(|e| SignerError::Registry(format!("opening {}: {e}", path.display())))?;
+        Ok(RedbRegistry {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            cache: Arc::new(RecordCache::new()),
+        })
+    }
+}
+
+fn encode(record: &DeviceRecord) -> Vec<u8> {
+    let (gateway_product_key, gateway_device_key) = match &record.gateway {
+        Some(g) => (g.product_key.to_string(), g.device_key.to_string()),
+        None => (String::new(), String::new()),
+    };
+    StoredDevice {
+        enabled: record.enabled,
+        secret_version: record.secret_version,
+        scheme: record.sealed.scheme.clone(),
+        sealed: record.sealed.bytes.clone(),
+        gateway_product_key,
+        gateway_device_key,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
+    .encode_to_vec()
+}
+
+fn decode(pk: &str, dk: &str, bytes: &[u8]) -> Result<DeviceRecord> {
+    let corrupt = |what: &str| SignerError::Registry(format!("record {pk}/{dk}: {what}"));
+    let stored = StoredDevice::decode(bytes).map_err(|_| corrupt("undecodable"))?;
+    let id = DeviceId::new(
+        ProductKey::new(pk).map_err(|_| corrupt("bad productKey"))?,
+        DeviceKey::new(dk).map_err(|_| corrupt("bad deviceKey"))?,
+    );
+    let gateway = if stored.gateway_product_key.is_empty() {
+        None
+    } else {
+        Some(DeviceId::new(
+            ProductKey::new(&stored.gateway_product_key)
+                .map_err(|_| corrupt("bad gateway productKey"))?,
+            DeviceKey::new(&stored.gateway_device_key)
+                .map_err(|_| corrupt("bad gateway deviceKey"))?,
+        ))
+    };
+    Ok(DeviceRecord {
+        id,
+        enabled: stored.enabled,
+        secret_version: stored.secret_version,
+        sealed: SealedSecret {
+            scheme: stored.scheme,
+            bytes: stored.sealed,
+        },
+        gateway,
+        created_at_ms: stored.created_at_ms,
+        updated_at_ms: stored.updated_at_ms,
+    })
+}
+
+#[async_trait::async_trait]
+impl Registry for RedbRegistry {
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let generation = match self.cache.lookup(id)? {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
+        // A read transaction is a snapshot and cheap (microseconds): run
+        // it inline rather than pay for a hop to the blocking pool.
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+        match table.get((pk, dk))? {
+            Some(value) => {
+                let record = decode(pk, dk, value.value())?;
+                self.cache.fill(generation, &record)?;
+                Ok(Some(record))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        product: Option<&ProductKey>,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let start = match (after, product) {
+            (Some(a), _) => Bound::Excluded((a.product_key.as_str(), a.device_key.as_str())),
+            (None, Some(p)) => Bound::Included((p.as_str(), "")),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<(&str, &str)>((start, Bound::Unbounded))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let (pk, dk) = key.value();
+            if product.is_some_and(|p| p.as_str() != pk) {
+                break;
+            }
+            out.push(decode(pk, dk, value.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
+        let db = Arc::clone(&self.db);
+        let cache = Arc::clone(&self.cache);
+        let path = self.path.clone();
+        // Write transactions fsync on commit and wait for each other: keep
+        // them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            let writes = {
+                let mut table = txn.open_table(DEVICES)?;
+                let mut current = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+                    current.push(match table.get((pk, dk))? {
+                        Some(v) => Some(decode(pk, dk, v.value())?),
+                        None => None,
+                    });
+                }
+                // On error the transaction is dropped, i.e. aborted.
+                let writes = change(current)?;
+                for write in &writes {
+                    match write {
+                        Write::Put(record) => {
+                            let key = (
+                                record.id.product_key.as_str(),
+                                record.id.device_key.as_str(),
+                            );
+                            table.insert(key, encode(record).as_slice())?;
+                        }
+                        Write::Delete(id) => {
+                            table.remove((id.product_key.as_str(), id.device_key.as_str()))?;
+                        }
+                    }
+                }
+                writes
+            };
+            txn.commit()?;
+            cache.committed(&writes)?;
+            Ok(writes)
+        })
+        .await
+        .map_err(|e| SignerError::Registry(format!("{}: write task failed: {e}", path.display())))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pk: &str, dk: &str) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::new(
+                ProductKey::new(pk).expect("pk"),
+                DeviceKey::new(dk).expect("dk"),
+            ),
+            enabled: true,
+            secret_version: 1,
+            sealed: SealedSecret {
+                scheme: "test".into(),
+                bytes: vec![1, 2, 3],
+            },
+            gateway: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn modify_is_all_or_nothing_and_list_pages_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.redb");
+        RedbRegistry::create(&path).expect("create");
+        assert!(RedbRegistry::create(&path).is_err(), "never overwritten");
+        let registry: Arc<dyn Registry> = Arc::new(RedbRegistry::open(&path).expect("open"));
+
+        let mut sub = record("a-b", "x");
+        sub.gateway = Some(record("a", "gw").id);
+        let all = [
+            record("a", "gw"),
+            record("a", "z"),
+            sub.clone(),
+            record("b", "1"),
+        ];
+        let writes = all.iter().cloned().map(Write::Put).collect::<Vec<_>>();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(writes)))
+            .await
+            .expect("import");
+
+        // A failing change writes nothing, not even its first writes.
+        let r = registry
+            .modify(
+                vec![record("a", "gw").id],
+                Box::new(|current| {
+                    assert!(current[0].is_some());
+                    Err(SignerError::invalid("x", "abort"))
+                }),
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(registry.get(&sub.id).await.expect("get"), Some(sub.clone()));
+
+        let page1 = registry.list(None, None, 2).await.expect("list");
+        let keys: Vec<String> = page1.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(keys, ["a/gw", "a/z"]);
+        let page2 = registry
+            .list(None, Some(&page1[1].id), 10)
+            .await
+            .expect("list");
+        let keys: Vec<String> = page2.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(keys, ["a-b/x", "b/1"]);
+        let only_a = registry
+            .list(Some(&ProductKey::new("a").expect("pk")), None, 10)
+            .await
+            .expect("list");
+        assert_eq!(only_a.len(), 2);
+
+        // Cached reads follow every commit.
+        let mut changed = sub.clone();
+        changed.enabled = false;
+        changed.secret_version = 9;
+        let put = changed.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(put)])))
+            .await
+            .expect("change");
+        assert_eq!(
+            registry.get(&sub.id).await.expect("get"),
+            Some(changed.clone())
+        );
+        let gone = sub.id.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Delete(gone)])))
+            .await
+            .expect("delete");
+        assert_eq!(registry.get(&sub.id).await.expect("get"), None);
+        let back = sub.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(back)])))
+            .await
+            .expect("put back");
+
+        drop(registry);
+        let reopened = RedbRegistry::open(&path).expect("reopen");
+        assert_eq!(reopened.get(&sub.id).await.expect("get"), Some(sub));
+    }
+}

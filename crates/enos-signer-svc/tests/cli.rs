@@ -1,0 +1,347 @@
+//! The `enos-signer` binary: init, serve (SIGTERM drains and exits), admin
+//! subcommands and CSV import, against a real signer over mTLS.
+
+mod common;
+
+use std::{
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::fixture;
+use enos_signer_proto::v1::{IssueMqttCredentialRequest, ListDevicesRequest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
+
+/// Admin connection flags for the fixture's signer.
+fn admin_flags(f: &common::Fixture) -> Vec<String> {
+    let dir = f.dir.path();
+    let files = f
+        .signer
+        .admin_identity()
+        .write(dir, "cli-admin")
+        .expect("write admin cert");
+    vec![
+        "--endpoint".into(),
+        f.signer.uri(),
+        "--ca".into(),
+        dir.join("ca.pem").display().to_string(),
+        "--cert".into(),
+        files.cert.display().to_string(),
+        "--key".into(),
+        files.key.display().to_string(),
+    ]
+}
+
+async fn run(args: Vec<String>, stdin: Option<&str>) -> Output {
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enos-signer");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("wait")
+    })
+    .await
+    .expect("join")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn csv_import_is_all_or_nothing_and_names_each_bad_row() {
+    let f = fixture().await;
+    let flags = admin_flags(&f);
+    let bad = f.dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "deviceName,productKey,deviceKey,deviceSecret\n\
+         ok,Pk1,dev-1,SecretOne1\n\
+         pipe,Pk1,dev|2,SecretTwo2\n\
+         \n\
+         empty,Pk1,dev-3,\n\
+         dup,Pk1,dev-1,SecretDup9\n\
+         ok,Pk1,dev-4,SecretFour4\n",
+    )
+    .expect("write csv");
+    let mut args = vec!["import".to_owned(), bad.display().to_string()];
+    args.extend(flags.clone());
+    let out = run(args, None).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for line in ["bad.csv:3:", "bad.csv:5:", "bad.csv:6:"] {
+        assert!(stderr.contains(line), "{line} missing in {stderr}");
+    }
+    assert!(
+        !stderr.contains("bad.csv:2:") && !stderr.contains("bad.csv:7:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    assert!(
+        !stderr.contains("SecretDup9") && !stderr.contains("SecretTwo2"),
+        "{stderr}"
+    );
+    let mut admin = f.signer.admin().await;
+    let listed = admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.devices.is_empty(), "nothing half-written");
+
+    let good = f.dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "productKey,deviceKey,deviceSecret,gatewayProductKey,gatewayDeviceKey\n\
+         Pk1,gw,SecretGw1,,\n\
+         Pk1,sub,SecretSub1,Pk1,gw\n",
+    )
+    .expect("write csv");
+    let mut args = vec![
+        "import".to_owned(),
+        good.display().to_string(),
+        "--dry-run".into(),
+    ];
+    args.extend(flags.clone());
+    let out = run(args, None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("dry run"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut args = vec!["import".to_owned(), good.display().to_string()];
+    args.extend(flags);
+    let out = run(args, None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("imported 2 devices"));
+    let listed = admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.devices.len(), 2);
+}
+
+#[tokio::test]
+async fn admin_subcommands_take_secrets_from_files_or_stdin_only() {
+    let f = fixture().await;
+    let flags = admin_flags(&f);
+    let with = |mut args: Vec<&str>| {
+        let mut v: Vec<String> = args.drain(..).map(str::to_owned).collect();
+        v.extend(flags.clone());
+        v
+    };
+    let out = run(
+        with(vec!["put-device", "Pk1", "dev-1"]),
+        Some("StdinSecret1\n"),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Pk1/dev-1 enabled=true secret_version=1"));
+    let secret_file = f.dir.path().join("new-secret");
+    std::fs::write(&secret_file, "FileSecret2\n").expect("write");
+    let secret_path = secret_file.display().to_string();
+    let out = run(
+        with(vec![
+            "rotate-secret",
+            "Pk1",
+            "dev-1",
+            "--secret-file",
+            &secret_path,
+        ]),
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("secret_version=2"));
+    let out = run(with(vec!["disable", "Pk1", "dev-1"]), None).await;
+    assert!(text(&out.stdout).contains("enabled=false"));
+    let out = run(with(vec!["list"]), None).await;
+    let listed = text(&out.stdout);
+    assert!(listed.contains("Pk1/dev-1"), "{listed}");
+    assert!(!listed.contains("FileSecret2") && !listed.contains("StdinSecret1"));
+    let out = run(with(vec!["get", "Pk1", "ghost"]), None).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
+    // There is no way to pass a secret on the command line.
+    let out = run(with(vec!["put-device", "Pk1", "d", "--secret", "x"]), None).await;
+    assert!(!out.status.success());
+}
+
+fn write_config(dir: &Path, listen: &str, ca_dir: &Path) -> PathBuf {
+    let config = format!(
+        r#"
+[server]
+listen = "{listen}"
+cert = "{ca}/server.pem"
+key = "{ca}/server.key"
+client_ca = "{ca}/ca.pem"
+drain_timeout_secs = 2
+[registry]
+kind = "redb"
+path = "registry.redb"
+[custody]
+kind = "software"
+master_key_file = "master.key"
+[audit]
+key_file = "audit.key"
+[audit.sink]
+kind = "file"
+path = "audit.jsonl"
+[logging]
+format = "json"
+filter = "trace"
+"#,
+        ca = ca_dir.display()
+    );
+    let path = dir.join("signer.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+#[tokio::test]
+async fn init_then_serve_then_sigterm() {
+    let f = fixture().await;
+    // The fixture's certificates, a fresh state directory for the binary.
+    let state = tempfile::tempdir().expect("tempdir");
+    let port_holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = port_holder.local_addr().expect("addr");
+    drop(port_holder);
+    let config = write_config(state.path(), &addr.to_string(), f.dir.path());
+    let config_arg = config.display().to_string();
+
+    let out = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for key in ["master.key", "audit.key"] {
+        let mode = std::fs::metadata(state.path().join(key))
+            .expect("key exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let again = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
+    assert!(!again.status.success(), "init never overwrites");
+    assert!(text(&again.stderr).contains("already exists"));
+
+    // Logs go to a file: a pipe nobody reads would fill and block the server.
+    let log_path = state.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", &config_arg])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn serve");
+    let uri = format!("https://{addr}");
+    let started = Instant::now();
+    let admin_identity = enos_signer_svc::tls::client_identity(f.signer.admin_identity());
+    let channel = loop {
+        match enos_signer_svc::tls::connect_mtls(
+            &uri,
+            f.signer.ca_pem(),
+            Some(admin_identity.clone()),
+        )
+        .await
+        {
+            Ok(channel) => break channel,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the binary never listened: {e}"),
+        }
+    };
+    let mut admin = enos_signer_proto::v1::admin_client::AdminClient::new(channel);
+    admin
+        .put_device(enos_signer_proto::v1::PutDeviceRequest {
+            device: Some(enos_signer_proto::v1::DeviceRef {
+                product_key: "Pk1".into(),
+                device_key: "dev-1".into(),
+            }),
+            device_secret: "BinarySecret7".into(),
+            enabled: true,
+        })
+        .await
+        .expect("put through the binary");
+    let device = f.pki.device("Pk1", "dev-1").expect("cert");
+    let credential = enos_signer_proto::v1::credentials_client::CredentialsClient::new(
+        enos_signer_svc::tls::connect_mtls(
+            &uri,
+            f.signer.ca_pem(),
+            Some(enos_signer_svc::tls::client_identity(&device)),
+        )
+        .await
+        .expect("device channel"),
+    )
+    .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+    .await
+    .expect("issued by the binary")
+    .into_inner();
+    drop(admin);
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return (
+                    status,
+                    std::fs::read_to_string(&log_path).expect("read logs"),
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    let (status, logs) = output;
+    assert!(status.success(), "exit {status:?}\n{logs}");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(logs.contains("signer stopped"), "{logs}");
+    // JSON lines, and (at trace level) no secret or password anywhere.
+    for line in logs.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+    assert!(!logs.contains("BinarySecret7"));
+    assert!(!logs.contains(&credential.password));
+    assert!(!logs.contains(&credential.password.to_lowercase()));
+}

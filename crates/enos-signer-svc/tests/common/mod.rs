@@ -1,0 +1,60 @@
+//! Shared test helpers: a signer, device clients, and status assertions.
+#![allow(dead_code, unreachable_pub)]
+
+use enos_signer_proto::v1::{admin_client::AdminClient, credentials_client::CredentialsClient};
+use enos_signer_svc::{testing::TestSigner, tls};
+use enos_testkit::{Identity, Pki};
+use tonic::{Code, transport::Channel};
+
+/// A PKI, a running signer, and the directory they live in.
+pub struct Fixture {
+    pub pki: Pki,
+    pub signer: TestSigner,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+pub async fn fixture_with(adjust: impl FnOnce(&mut enos_signer_svc::SignerConfig)) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new("signer-test").expect("pki");
+    let signer = TestSigner::start_with(dir.path(), &pki, adjust)
+        .await
+        .expect("signer starts");
+    Fixture { pki, signer, dir }
+}
+
+impl Fixture {
+    pub async fn channel(&self, identity: Option<&Identity>) -> Channel {
+        tls::connect_mtls(
+            &self.signer.uri(),
+            self.signer.ca_pem(),
+            identity.map(tls::client_identity),
+        )
+        .await
+        .expect("mTLS channel")
+    }
+
+    pub async fn device(&self, pk: &str, dk: &str) -> CredentialsClient<Channel> {
+        let identity = self.pki.device(pk, dk).expect("device cert");
+        CredentialsClient::new(self.channel(Some(&identity)).await)
+    }
+
+    pub async fn admin_as_device(&self, pk: &str, dk: &str) -> AdminClient<Channel> {
+        let identity = self.pki.device(pk, dk).expect("device cert");
+        AdminClient::new(self.channel(Some(&identity)).await)
+    }
+}
+
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(v) => panic!("expected an error status, got {v:?}"),
+        Err(status) => status.code(),
+    }
+}
+
+pub fn status<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
+    result.expect_err("expected an error status")
+}

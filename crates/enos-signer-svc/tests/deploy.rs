@@ -1,0 +1,75 @@
+//! deploy/: the example config starts a real signer, and the systemd unit
+//! carries the hardening the issue asks for.
+
+use std::collections::HashMap;
+
+use enos_signer_svc::SignerConfig;
+
+const UNIT: &str = include_str!("../../../deploy/enos-signer.service");
+const EXAMPLE: &str = include_str!("../../../deploy/signer.example.toml");
+
+/// `Key=Value` lines of the unit, every value of a repeated key kept.
+fn directives() -> HashMap<&'static str, Vec<&'static str>> {
+    let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in UNIT.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            map.entry(key).or_default().push(value);
+        }
+    }
+    map
+}
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let d = directives();
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("UMask", "0077"),
+        ("RestrictSUIDSGID", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(d.get(key).map(Vec::as_slice), Some(&[value][..]), "{key}");
+    }
+    let credentials = &d["LoadCredential"];
+    for name in ["master.key:", "audit.key:", "server.key:"] {
+        assert!(credentials.iter().any(|c| c.starts_with(name)), "{name}");
+    }
+    // The command line names the config only: no key, no secret.
+    let exec = d["ExecStart"][0];
+    assert_eq!(
+        exec,
+        "/usr/local/bin/enos-signer serve --config /etc/enos-signer/signer.toml"
+    );
+}
+
+#[test]
+fn the_example_config_uses_credentials_for_every_key() {
+    let config = SignerConfig::from_toml(EXAMPLE).expect("parses");
+    // Relative key paths: found in $CREDENTIALS_DIRECTORY under systemd.
+    assert!(config.server.key.is_relative());
+    assert!(config.audit.key_file.is_relative());
+    // Written to keep compiling when more custody kinds exist.
+    #[allow(irrefutable_let_patterns)]
+    if let enos_signer_svc::config::CustodyConfig::Software { master_key_file } = &config.custody {
+        assert!(master_key_file.is_relative());
+    } else {
+        panic!("the example uses software custody");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for key in ["server.key", "master.key", "audit.key"] {
+        std::fs::write(dir.path().join(key), "x").expect("write");
+    }
+    let mut resolved = config.clone();
+    resolved.resolve_paths(std::path::Path::new("/etc/enos-signer"), Some(dir.path()));
+    assert_eq!(resolved.server.key, dir.path().join("server.key"));
+    assert_eq!(resolved.audit.key_file, dir.path().join("audit.key"));
+}

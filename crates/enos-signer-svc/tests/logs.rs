@@ -1,0 +1,181 @@
+//! The captured logs of a whole run, at TRACE level for every crate
+//! (tonic, h2, hyper, rustls included), contain no device secret and no
+//! issued password or sign.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::fixture_with;
+use enos_signer_proto::v1::{
+    DeviceRef, ImportDevicesRequest, ImportRow, IssueMqttCredentialRequest, PutDeviceRequest,
+    SignMethod, SignSubDeviceLoginRequest,
+};
+use enos_signer_svc::config::AuditSinkConfig;
+
+/// Everything logged, in memory.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
+    let capture = Capture::default();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .try_init()
+        .expect("the only subscriber in this test binary");
+
+    // Audit records go to the log too, as in a deployment without a file.
+    let f = fixture_with(|c| c.audit.sink = AuditSinkConfig::Log).await;
+    let mut secrets: Vec<String> = vec![
+        "GatewaySecret01".into(),
+        "SubDeviceSecret02".into(),
+        "RotatedSecret03".into(),
+        "ImportedSecret04".into(),
+        "BadRowSecret05".into(),
+    ];
+    let mut passwords: Vec<String> = Vec::new();
+
+    f.signer
+        .put_device("Pk1", "gw", &secrets[0])
+        .await
+        .expect("put");
+    f.signer
+        .put_device("Pk1", "sub", &secrets[1])
+        .await
+        .expect("put");
+    f.signer
+        .bind_sub_device(("Pk1", "gw"), ("Pk1", "sub"))
+        .await
+        .expect("bind");
+    let mut gw = f.device("Pk1", "gw").await;
+    for method in [SignMethod::Hmacsha1, SignMethod::Hmacsha256] {
+        passwords.push(
+            gw.issue_mqtt_credential(IssueMqttCredentialRequest {
+                sign_method: method.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("issued")
+            .into_inner()
+            .password,
+        );
+    }
+    passwords.push(
+        gw.sign_sub_device_login(SignSubDeviceLoginRequest {
+            product_key: "Pk1".into(),
+            device_key: "sub".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signed")
+        .into_inner()
+        .sign,
+    );
+    f.signer
+        .rotate_secret("Pk1", "gw", &secrets[2])
+        .await
+        .expect("rotate");
+    passwords.push(
+        gw.issue_mqtt_credential(IssueMqttCredentialRequest::default())
+            .await
+            .expect("issued")
+            .into_inner()
+            .password,
+    );
+    let mut admin = f.signer.admin().await;
+    let row = |line, dk: &str, secret: &str| ImportRow {
+        line,
+        product_key: "Pk2".into(),
+        device_key: dk.into(),
+        device_secret: secret.into(),
+        gateway: None,
+    };
+    // A refused import (bad row next to a good one), then a good one.
+    let refused = admin
+        .import_devices(futures::stream::iter([ImportDevicesRequest {
+            rows: vec![row(2, "ok", &secrets[3]), row(3, "bad|key", &secrets[4])],
+            dry_run: false,
+        }]))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(!refused.committed);
+    admin
+        .import_devices(futures::stream::iter([ImportDevicesRequest {
+            rows: vec![row(2, "ok", &secrets[3])],
+            dry_run: false,
+        }]))
+        .await
+        .expect("imported");
+    // Refusals whose requests carry secrets.
+    let invalid = "Invalid Secret With Spaces";
+    secrets.push(invalid.into());
+    let _ = admin
+        .put_device(PutDeviceRequest {
+            device: Some(DeviceRef {
+                product_key: "Pk1".into(),
+                device_key: "x".into(),
+            }),
+            device_secret: invalid.into(),
+            enabled: true,
+        })
+        .await
+        .expect_err("refused");
+    let mut as_device = f.admin_as_device("Pk1", "gw").await;
+    let _ = as_device
+        .put_device(PutDeviceRequest {
+            device: Some(DeviceRef {
+                product_key: "Pk1".into(),
+                device_key: "gw".into(),
+            }),
+            device_secret: "DeviceTriedAdmin06".into(),
+            enabled: true,
+        })
+        .await
+        .expect_err("refused");
+    secrets.push("DeviceTriedAdmin06".into());
+    let mut f = f;
+    f.signer.stop().await;
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
+    // The capture is real: the run is in it.
+    assert!(logs.contains("signer listening"), "capture is empty?");
+    assert!(
+        logs.contains("enos_signer::audit"),
+        "audit records are logged"
+    );
+    assert!(logs.contains("password_hmac"));
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    }
+    for password in &passwords {
+        assert!(
+            !logs.contains(password.as_str()),
+            "a password reached the logs"
+        );
+        assert!(
+            !logs.to_lowercase().contains(&password.to_lowercase()),
+            "a password reached the logs"
+        );
+    }
+}
