@@ -15,6 +15,11 @@ pub(crate) struct SystemPackage {
 
 /// Everything the test suite needs beyond the Rust toolchain.
 pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
+    // enos-agent: the gateway's local broker in the bridge tests.
+    SystemPackage {
+        program: "mosquitto",
+        package: "mosquitto",
+    },
     // enos-signer-svc: the CLI test stops `enos-signer serve` with `kill -TERM`.
     SystemPackage {
         program: "kill",

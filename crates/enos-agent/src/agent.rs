@@ -1,0 +1,152 @@
+//! [`Agent`]: wires the session, the bridge, the sub-device logins and the
+//! status file together and runs them until shutdown.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bridge,
+    config::Config,
+    error::AgentError,
+    queue::BoundedQueue,
+    session,
+    shared::Shared,
+    signer::Signer,
+    status::{self, AgentStatus},
+    sub_device,
+    topics::{DeviceTopics, DownstreamMap, MessageIds},
+};
+
+/// How often the status file may be rewritten.
+const STATUS_FILE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A configured agent, ready to run.
+pub struct Agent<S> {
+    /// The validated config.
+    config: Config,
+    /// Where credentials come from.
+    signer: S,
+    /// State shared by the tasks.
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for Agent<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("broker", &self.config.enos.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Signer> Agent<S> {
+    /// Prepares an agent; nothing connects until [`Agent::run`].
+    pub fn new(config: Config, signer: S) -> Self {
+        let topics = DeviceTopics::new(
+            config.device.product_key.as_str(),
+            config.device.device_key.as_str(),
+        );
+        let mut reply_routes: HashMap<String, Vec<String>> = HashMap::new();
+        let mut downstream_map = None;
+        if let Some(bridge) = &config.bridge {
+            for route in &bridge.upstream {
+                if let Some(local) = &route.reply_to {
+                    let (enos_topic, _) = topics.upstream_target(route);
+                    let locals = reply_routes
+                        .entry(format!("{enos_topic}_reply"))
+                        .or_default();
+                    if !locals.contains(local) {
+                        locals.push(local.clone());
+                    }
+                }
+            }
+            downstream_map = bridge.downstream.as_ref().map(DownstreamMap::new);
+        }
+        let (status, _) = watch::channel(AgentStatus::new(config.enos.broker.to_string()));
+        if config.bridge.is_some() {
+            status.send_modify(|s| s.local_broker_connected = Some(false));
+        }
+        let (session, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            upstream: BoundedQueue::new(config.queue.upstream_capacity),
+            downstream: BoundedQueue::new(config.queue.downstream_capacity),
+            status,
+            session,
+            pending_logins: Default::default(),
+            topics,
+            downstream_map,
+            reply_routes,
+            ids: MessageIds::default(),
+            upstream_sent: Default::default(),
+            downstream_delivered: Default::default(),
+        });
+        Agent {
+            config,
+            signer,
+            shared,
+        }
+    }
+
+    /// Watches the status (the tests and the binary's notifier use it).
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled, then disconnects cleanly from
+    /// EnOS and the local broker and writes the final status.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let (enos_client, enos_loop) = session::enos_client(&self.config)?;
+        let local = match &self.config.bridge {
+            Some(b) => Some(bridge::local_client(b)?),
+            None => None,
+        };
+        let shared = &*self.shared;
+        let config = &self.config;
+        let signer = &self.signer;
+
+        let status_stop = CancellationToken::new();
+        let status_file = async {
+            match &config.status.file {
+                Some(path) => {
+                    status::write_status_file(
+                        path.clone(),
+                        shared.status.subscribe(),
+                        STATUS_FILE_INTERVAL,
+                        status_stop.clone(),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let work = async {
+            let session = session::run(
+                config,
+                signer,
+                enos_client.clone(),
+                enos_loop,
+                shared,
+                shutdown.clone(),
+            );
+            let logins = sub_device::run(config, signer, enos_client, shared, shutdown.clone());
+            let bridge = async {
+                if let (Some(b), Some((client, eventloop))) = (&config.bridge, local) {
+                    bridge::run(
+                        b,
+                        &config.backoff,
+                        client,
+                        eventloop,
+                        shared,
+                        shutdown.clone(),
+                    )
+                    .await;
+                }
+            };
+            tokio::join!(session, logins, bridge);
+            status_stop.cancel();
+        };
+        let (status_result, ()) = tokio::join!(status_file, work);
+        status_result
+    }
+}

@@ -1,0 +1,238 @@
+//! The bridge to the gateway's local MQTT broker.
+//!
+//! Upstream: messages on the configured local filters become EnOS
+//! measurepoint or event posts (wrapped in the EnOS envelope where
+//! configured) and wait in the bounded upstream queue; replies a local
+//! application publishes under `local_reply_prefix` go to the EnOS
+//! `_reply` topic. Downstream: the session pushes service calls and
+//! upstream `_reply`s into the downstream queue; this task publishes them
+//! on the local broker.
+
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS, SubscribeFilter,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::{Backoff, FailureKind},
+    config::{BackoffConfig, BridgeConfig, UpstreamRoute, UpstreamTarget},
+    error::AgentError,
+    shared::{Outbound, Shared},
+    topics::envelope,
+};
+
+/// The local connection's pacing: the local broker is on the same host, so
+/// retries are quick and capped low.
+fn local_backoff(config: &BackoffConfig) -> BackoffConfig {
+    BackoffConfig {
+        min: config.min.min(Duration::from_millis(500)),
+        max: config.max.min(Duration::from_secs(10)),
+        jitter: config.jitter,
+        refusal_factor: 1,
+        reset_after: Duration::ZERO,
+    }
+}
+
+/// Builds the rumqttc client for the local broker.
+pub fn local_client(bridge: &BridgeConfig) -> Result<(AsyncClient, EventLoop), AgentError> {
+    let url = &bridge.local_broker;
+    let mut options = MqttOptions::new(bridge.client_id.clone(), url.host.clone(), url.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024);
+    if let Some(username) = &bridge.username {
+        let password = match &bridge.password_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                text.trim_end_matches(['\n', '\r']).to_owned()
+            }
+            None => String::new(),
+        };
+        options.set_credentials(username.clone(), password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    eventloop.network_options.set_connection_timeout(5);
+    Ok((client, eventloop))
+}
+
+/// The local filters the bridge subscribes to.
+fn local_filters(bridge: &BridgeConfig, shared: &Shared) -> Vec<SubscribeFilter> {
+    let mut filters: Vec<SubscribeFilter> = bridge
+        .upstream
+        .iter()
+        .map(|r| SubscribeFilter::new(r.local.clone(), QoS::AtLeastOnce))
+        .collect();
+    if let Some(map) = &shared.downstream_map {
+        filters.push(SubscribeFilter::new(
+            map.local_reply_filter(),
+            QoS::AtLeastOnce,
+        ));
+    }
+    filters
+}
+
+/// Runs the local side until `shutdown`.
+pub async fn run(
+    bridge: &BridgeConfig,
+    backoff: &BackoffConfig,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(local_backoff(backoff));
+    let filters = local_filters(bridge, shared);
+    let mut connected = false;
+    let mut client_full = false;
+    loop {
+        if connected {
+            client_full |= !feed(&client, shared);
+        }
+        tokio::select! {
+            polled = eventloop.poll() => {
+                client_full = false;
+                match polled {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        connected = true;
+                        backoff.reset();
+                        tracing::info!(broker = %bridge.local_broker, "connected to the local broker");
+                        if !filters.is_empty() {
+                            if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                                tracing::error!(error = %e, "could not queue the local subscriptions");
+                            }
+                        }
+                        shared.status.send_modify(|s| s.local_broker_connected = Some(true));
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => from_local(p, bridge, shared),
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected = false;
+                        shared.status.send_modify(|s| s.local_broker_connected = Some(false));
+                        let delay = backoff.next_delay(FailureKind::Network);
+                        tracing::warn!(broker = %bridge.local_broker, error = %e, delay_ms = delay.delay.as_millis() as u64, "local broker unavailable");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay.delay) => {}
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                }
+            }
+            () = shared.downstream.wait_pushed(), if connected && !client_full => {}
+            () = shutdown.cancelled() => {
+                if connected && client.try_disconnect().is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Ok(ev) = eventloop.poll().await {
+                            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                                break;
+                            }
+                        }
+                    }).await;
+                }
+                break;
+            }
+        }
+    }
+    shared
+        .status
+        .send_modify(|s| s.local_broker_connected = Some(false));
+}
+
+/// Moves queued downstream messages into the local client; `false` when
+/// its channel is full.
+fn feed(client: &AsyncClient, shared: &Shared) -> bool {
+    let mut moved = false;
+    let mut room = true;
+    while let Some(m) = shared.downstream.pop() {
+        match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
+            Ok(()) => {
+                moved = true;
+                shared
+                    .downstream_delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared.downstream.push_front(m);
+                room = false;
+                break;
+            }
+        }
+    }
+    if moved {
+        shared.refresh_counters();
+    }
+    room
+}
+
+/// Turns a local message into an upstream one.
+fn from_local(p: Publish, bridge: &BridgeConfig, shared: &Shared) {
+    let topic = p.topic.as_str();
+    if let Some(map) = &shared.downstream_map {
+        if let Some(rest) = map.reply_rest(topic) {
+            enqueue(
+                shared,
+                Outbound {
+                    topic: shared.topics.service_reply(rest),
+                    payload: p.payload.to_vec(),
+                    qos: QoS::AtMostOnce,
+                },
+            );
+            return;
+        }
+    }
+    let Some(route) = bridge
+        .upstream
+        .iter()
+        .find(|r| rumqttc::matches(topic, &r.local))
+    else {
+        tracing::debug!(topic, "local message with no route");
+        return;
+    };
+    match upstream_message(route, &p.payload, shared) {
+        Ok(m) => enqueue(shared, m),
+        Err(reason) => tracing::warn!(topic, reason, "local message dropped"),
+    }
+}
+
+/// The EnOS message for a local payload on `route`.
+pub fn upstream_message(
+    route: &UpstreamRoute,
+    payload: &[u8],
+    shared: &Shared,
+) -> Result<Outbound, &'static str> {
+    let (topic, method) = shared.topics.upstream_target(route);
+    let qos = if route.qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    let payload = match (route.wrap, method, route.target) {
+        (true, Some(method), t) if t != UpstreamTarget::Raw => {
+            let params: serde_json::Value = serde_json::from_slice(payload)
+                .map_err(|_| "payload is not JSON, so it cannot be wrapped")?;
+            envelope(&shared.ids.next(), &method, params)
+        }
+        _ => payload.to_vec(),
+    };
+    Ok(Outbound {
+        topic,
+        payload,
+        qos,
+    })
+}
+
+fn enqueue(shared: &Shared, m: Outbound) {
+    if shared.upstream.push(m) {
+        tracing::warn!(
+            dropped = shared.upstream.dropped(),
+            "upstream queue full; dropped the oldest message"
+        );
+    }
+    shared.refresh_counters();
+}

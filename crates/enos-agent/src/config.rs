@@ -1,0 +1,749 @@
+//! The agent's configuration: serde structs read from one TOML file.
+//!
+//! Unknown fields are errors (a typo must not silently fall back to a
+//! default). Values that parse but make no sense are refused by
+//! [`Config::validate`] with the field's dotted path. The file holds paths
+//! to key material, never a secret: the device secret stays with the signer.
+//!
+//! See `deploy/agent.example.toml` for every field with a comment.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use enos_sign_core::{ClientId, DeviceKey, ProductKey, SignMethod};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+/// The whole agent config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which device (gateway) this agent is.
+    pub device: DeviceConfig,
+    /// Where credentials come from.
+    pub signer: SignerConfig,
+    /// The EnOS broker and the MQTT session settings.
+    pub enos: EnosConfig,
+    /// Reconnect pacing.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// The upstream buffer used while offline.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// The data path to the gateway's local broker; absent means no bridge.
+    #[serde(default)]
+    pub bridge: Option<BridgeConfig>,
+    /// Sub-devices to log in through this gateway after every connect.
+    #[serde(default)]
+    pub sub_devices: Vec<SubDeviceConfig>,
+    /// How sub-device logins are retried.
+    #[serde(default)]
+    pub sub_device_login: SubDeviceLoginConfig,
+    /// Where the operator sees the connection state.
+    #[serde(default)]
+    pub status: StatusConfig,
+}
+
+/// The device identity, as registered in EnOS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The product key; also names the EnOS topics.
+    #[serde(deserialize_with = "ident::required")]
+    pub product_key: ProductKey,
+    /// The device key; also names the EnOS topics.
+    #[serde(deserialize_with = "ident::required")]
+    pub device_key: DeviceKey,
+    /// The signed clientId; the signer defaults it to the device key.
+    #[serde(default, deserialize_with = "ident::optional")]
+    pub client_id: Option<ClientId>,
+    /// Asked of the signer; absent lets the signer's policy choose.
+    #[serde(default, with = "sign_method_opt")]
+    pub sign_method: Option<SignMethod>,
+}
+
+/// The signer endpoints and the mTLS identity the agent presents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// `https://host:port` URLs, tried in order; the last one that worked is
+    /// tried first next time.
+    pub endpoints: Vec<String>,
+    /// CA bundle that signs the signer's server certificate.
+    pub ca: PathBuf,
+    /// The device certificate (its URI SAN is the identity the signer trusts).
+    pub cert: PathBuf,
+    /// The device certificate's private key.
+    pub key: PathBuf,
+    /// Overrides the TLS server name checked against the signer's
+    /// certificate, for endpoints given as IP addresses.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Bounds TCP + TLS set-up per endpoint, so failover is quick.
+    #[serde(default = "default_signer_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bounds one RPC per endpoint.
+    #[serde(default = "default_signer_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// The EnOS broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnosConfig {
+    /// `tcp://host:11883` (secret-based) or `ssl://host:18883` (two-way TLS).
+    pub broker: BrokerUrl,
+    /// Required for `ssl://`: the CA and the device certificate for the broker.
+    #[serde(default)]
+    pub tls: Option<MqttTlsConfig>,
+    /// MQTT keepalive; whole seconds, at least 1 s (the SDKs use 60 s).
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Bounds TCP + TLS + CONNECT/CONNACK; whole seconds, at least 1 s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted or sent, in bytes.
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: usize,
+}
+
+/// Two-way TLS to the EnOS broker (port 18883).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// CA bundle that signs the broker's certificate.
+    pub ca: PathBuf,
+    /// The device certificate EnOS issued for two-way TLS.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// Exponential backoff with jitter, between connect attempts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// The first ceiling after a network failure.
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub min: Duration,
+    /// The largest ceiling after network failures.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// 1.0 = full jitter (uniform in `[0, ceiling]`), 0.0 = none.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Refusals (bad credentials, not authorised) back off this many times
+    /// further than network failures, up to `max × refusal_factor`.
+    #[serde(default = "default_refusal_factor")]
+    pub refusal_factor: u32,
+    /// A connection that stayed up this long resets the backoff.
+    #[serde(default = "default_reset_after", with = "humantime_serde")]
+    pub reset_after: Duration,
+}
+
+/// The bounded upstream buffer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Upstream messages kept while offline; the oldest is dropped (and
+    /// counted) when full.
+    #[serde(default = "default_upstream_capacity")]
+    pub upstream_capacity: usize,
+    /// Downstream messages kept while the local broker is away.
+    #[serde(default = "default_downstream_capacity")]
+    pub downstream_capacity: usize,
+}
+
+/// The bridge to the gateway's local MQTT broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The local broker, `tcp://host:port`.
+    pub local_broker: BrokerUrl,
+    /// The MQTT client id used on the local broker.
+    #[serde(default = "default_local_client_id")]
+    pub client_id: String,
+    /// Local broker username, if it requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the local broker password (never inline in the config).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Local topics carried up to EnOS.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamRoute>,
+    /// EnOS service calls carried down to local topics.
+    #[serde(default)]
+    pub downstream: Option<DownstreamConfig>,
+}
+
+/// One local topic filter carried up to EnOS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamRoute {
+    /// The local topic filter (wildcards allowed).
+    pub local: String,
+    /// What the messages become in EnOS.
+    pub target: UpstreamTarget,
+    /// For `event-post`: the event id in `/sys/{pk}/{dk}/thing/event/{id}/post`.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// For `raw`: the EnOS topic to publish on (e.g. a sub-device's topic).
+    #[serde(default)]
+    pub enos_topic: Option<String>,
+    /// Wrap the local payload (JSON) as `params` of the EnOS envelope
+    /// `{id, version, method, params}`; otherwise it is sent as is.
+    #[serde(default = "default_true")]
+    pub wrap: bool,
+    /// The local topic the EnOS `_reply` is sent to; absent drops replies.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// MQTT QoS toward EnOS, 0 or 1 (EnOS has no QoS 2).
+    #[serde(default)]
+    pub qos: u8,
+}
+
+/// What an upstream route publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTarget {
+    /// `/sys/{pk}/{dk}/thing/measurepoint/post`, method `thing.measurepoint.post`.
+    MeasurepointPost,
+    /// `/sys/{pk}/{dk}/thing/event/{eventId}/post`, method `thing.event.{eventId}.post`.
+    EventPost,
+    /// Any EnOS topic given in `enos_topic`; never wrapped.
+    Raw,
+}
+
+/// EnOS → local: service calls and measurepoint-set commands, and the way back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamConfig {
+    /// `/sys/{pk}/{dk}/thing/service/{rest}` arrives on `{local_prefix}/{rest}`
+    /// (`rest` is a service id, or `measurepoint/set`).
+    pub local_prefix: String,
+    /// A reply published on `{local_reply_prefix}/{rest}` goes to
+    /// `/sys/{pk}/{dk}/thing/service/{rest}_reply`.
+    pub local_reply_prefix: String,
+}
+
+/// A sub-device behind this gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubDeviceConfig {
+    /// The sub-device's product key.
+    #[serde(deserialize_with = "ident::required")]
+    pub product_key: ProductKey,
+    /// The sub-device's device key.
+    #[serde(deserialize_with = "ident::required")]
+    pub device_key: DeviceKey,
+    /// The signed clientId; the signer defaults it to the device key.
+    #[serde(default, deserialize_with = "ident::optional")]
+    pub client_id: Option<ClientId>,
+    /// `cleanSession` sent with the login.
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+}
+
+/// Sub-device login pacing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubDeviceLoginConfig {
+    /// How long to wait for a `combine/login_reply`.
+    #[serde(default = "default_reply_timeout", with = "humantime_serde")]
+    pub reply_timeout: Duration,
+    /// Attempts per sub-device per connection for retryable failures.
+    #[serde(default = "default_login_attempts")]
+    pub max_attempts: u32,
+}
+
+/// Where the connection state is published.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// A JSON file rewritten (atomically) on every state change.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// An MQTT broker URL: `tcp://host:port` or `ssl://host:port`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BrokerUrl {
+    /// Whether the connection is TLS (`ssl://`).
+    pub tls: bool,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("tcp://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("ssl://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "broker URL {url:?} must start with tcp:// (port 11883) or ssl:// (port 18883)"
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("broker URL {url:?} has no :port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("broker URL {url:?} has no valid host"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("broker URL {url:?} has an invalid port"))?;
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "ssl" } else { "tcp" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BrokerUrl({self})")
+    }
+}
+
+/// EnOS identities, validated by enos-sign-core while parsing so that the
+/// error carries the TOML line.
+mod ident {
+    use enos_sign_core::SignError;
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn required<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<String, Error = SignError>,
+    {
+        T::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn optional<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<String, Error = SignError>,
+    {
+        Option::<String>::deserialize(d)?
+            .map(|s| T::try_from(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod sign_method_opt {
+    use enos_sign_core::{Md5Policy, SignMethod};
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SignMethod>, D::Error> {
+        let Some(name) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        // MD5 is weak: the agent never asks for it.
+        SignMethod::parse(&name, Md5Policy::Refuse)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_signer_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_signer_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_packet_size() -> usize {
+    256 * 1024
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_jitter() -> f64 {
+    1.0
+}
+fn default_refusal_factor() -> u32 {
+    4
+}
+fn default_reset_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_upstream_capacity() -> usize {
+    1000
+}
+fn default_downstream_capacity() -> usize {
+    100
+}
+fn default_local_client_id() -> String {
+    "enos-agent-bridge".to_owned()
+}
+fn default_reply_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_login_attempts() -> u32 {
+    5
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            min: default_backoff_min(),
+            max: default_backoff_max(),
+            jitter: default_jitter(),
+            refusal_factor: default_refusal_factor(),
+            reset_after: default_reset_after(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            upstream_capacity: default_upstream_capacity(),
+            downstream_capacity: default_downstream_capacity(),
+        }
+    }
+}
+
+impl Default for SubDeviceLoginConfig {
+    fn default() -> Self {
+        SubDeviceLoginConfig {
+            reply_timeout: default_reply_timeout(),
+            max_attempts: default_login_attempts(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, AgentError> {
+        let config: Config = toml::from_str(text).map_err(|e| AgentError::ConfigSyntax {
+            path: origin.to_owned(),
+            message: syntax_message(text, &e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, combinations, topic syntax.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.signer.endpoints.is_empty() {
+            return Err(AgentError::config(
+                "signer.endpoints",
+                "at least one endpoint is needed",
+            ));
+        }
+        for (i, endpoint) in self.signer.endpoints.iter().enumerate() {
+            if !endpoint.starts_with("https://") {
+                return Err(AgentError::config(
+                    format!("signer.endpoints[{i}]"),
+                    format!(
+                        "{endpoint:?} must be an https:// URL (the signer is reached over mTLS)"
+                    ),
+                ));
+            }
+            if endpoint.parse::<tonic::transport::Uri>().is_err() {
+                return Err(AgentError::config(
+                    format!("signer.endpoints[{i}]"),
+                    format!("{endpoint:?} is not a valid URL"),
+                ));
+            }
+        }
+        nonzero(self.signer.connect_timeout, "signer.connect_timeout")?;
+        nonzero(self.signer.request_timeout, "signer.request_timeout")?;
+
+        match (&self.enos.broker.tls, &self.enos.tls) {
+            (true, None) => {
+                return Err(AgentError::config(
+                    "enos.tls",
+                    "an ssl:// broker needs [enos.tls] with ca, cert and key",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(AgentError::config(
+                    "enos.tls",
+                    "[enos.tls] is set but the broker URL is tcp://; use ssl:// for two-way TLS",
+                ));
+            }
+            _ => {}
+        }
+        whole_seconds(self.enos.keepalive, "enos.keepalive", true)?;
+        whole_seconds(self.enos.connect_timeout, "enos.connect_timeout", false)?;
+        if self.enos.max_packet_size < 1024 {
+            return Err(AgentError::config(
+                "enos.max_packet_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+
+        let b = &self.backoff;
+        nonzero(b.min, "backoff.min")?;
+        if b.max < b.min {
+            return Err(AgentError::config(
+                "backoff.max",
+                "must not be smaller than backoff.min",
+            ));
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return Err(AgentError::config(
+                "backoff.jitter",
+                "must be between 0.0 (none) and 1.0 (full jitter)",
+            ));
+        }
+        if b.refusal_factor == 0 {
+            return Err(AgentError::config(
+                "backoff.refusal_factor",
+                "must be at least 1",
+            ));
+        }
+
+        if self.queue.upstream_capacity == 0 {
+            return Err(AgentError::config(
+                "queue.upstream_capacity",
+                "must be at least 1",
+            ));
+        }
+        if self.queue.downstream_capacity == 0 {
+            return Err(AgentError::config(
+                "queue.downstream_capacity",
+                "must be at least 1",
+            ));
+        }
+
+        if let Some(bridge) = &self.bridge {
+            validate_bridge(bridge)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, sub) in self.sub_devices.iter().enumerate() {
+            if !seen.insert((sub.product_key.clone(), sub.device_key.clone())) {
+                return Err(AgentError::config(
+                    format!("sub_devices[{i}]"),
+                    format!("{}/{} is listed twice", sub.product_key, sub.device_key),
+                ));
+            }
+            if sub.product_key == self.device.product_key
+                && sub.device_key == self.device.device_key
+            {
+                return Err(AgentError::config(
+                    format!("sub_devices[{i}]"),
+                    "the gateway cannot be its own sub-device",
+                ));
+            }
+        }
+        if self.sub_devices.len() > 200 {
+            return Err(AgentError::config(
+                "sub_devices",
+                "EnOS allows at most 200 online sub-devices per gateway",
+            ));
+        }
+        nonzero(
+            self.sub_device_login.reply_timeout,
+            "sub_device_login.reply_timeout",
+        )?;
+        if self.sub_device_login.max_attempts == 0 {
+            return Err(AgentError::config(
+                "sub_device_login.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parser's message with its line and column, but without the quoted
+/// source line: a secret pasted into the wrong field must not be echoed.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
+    if bridge.local_broker.tls {
+        return Err(AgentError::config(
+            "bridge.local_broker",
+            "the local broker is reached over tcp:// only",
+        ));
+    }
+    if bridge.client_id.is_empty() {
+        return Err(AgentError::config("bridge.client_id", "must not be empty"));
+    }
+    if bridge.password_file.is_some() && bridge.username.is_none() {
+        return Err(AgentError::config(
+            "bridge.password_file",
+            "a password needs bridge.username",
+        ));
+    }
+    for (i, route) in bridge.upstream.iter().enumerate() {
+        let field = |name: &str| format!("bridge.upstream[{i}].{name}");
+        if !rumqttc::valid_filter(&route.local) || route.local.is_empty() {
+            return Err(AgentError::config(
+                field("local"),
+                format!("{:?} is not a valid MQTT topic filter", route.local),
+            ));
+        }
+        if route.qos > 1 {
+            return Err(AgentError::config(
+                field("qos"),
+                "EnOS supports QoS 0 and 1 only",
+            ));
+        }
+        match route.target {
+            UpstreamTarget::EventPost => {
+                let ok = route
+                    .event_id
+                    .as_deref()
+                    .is_some_and(|id| !id.is_empty() && !id.contains(['/', '+', '#']));
+                if !ok {
+                    return Err(AgentError::config(
+                        field("event_id"),
+                        "event-post needs an event_id without / + #",
+                    ));
+                }
+            }
+            UpstreamTarget::Raw => {
+                let ok = route
+                    .enos_topic
+                    .as_deref()
+                    .is_some_and(|t| rumqttc::valid_topic(t) && !t.is_empty());
+                if !ok {
+                    return Err(AgentError::config(
+                        field("enos_topic"),
+                        "raw needs an enos_topic without wildcards",
+                    ));
+                }
+            }
+            UpstreamTarget::MeasurepointPost => {}
+        }
+        if route.target != UpstreamTarget::EventPost && route.event_id.is_some() {
+            return Err(AgentError::config(
+                field("event_id"),
+                "only event-post routes take an event_id",
+            ));
+        }
+        if route.target != UpstreamTarget::Raw && route.enos_topic.is_some() {
+            return Err(AgentError::config(
+                field("enos_topic"),
+                "only raw routes take an enos_topic",
+            ));
+        }
+        if let Some(reply) = &route.reply_to {
+            if !rumqttc::valid_topic(reply) || reply.is_empty() {
+                return Err(AgentError::config(
+                    field("reply_to"),
+                    format!("{reply:?} is not a valid MQTT topic (no wildcards)"),
+                ));
+            }
+            if bridge
+                .upstream
+                .iter()
+                .any(|r| rumqttc::matches(reply, &r.local))
+            {
+                return Err(AgentError::config(
+                    field("reply_to"),
+                    format!("{reply:?} matches an upstream filter, so replies would loop back up"),
+                ));
+            }
+        }
+    }
+    if let Some(down) = &bridge.downstream {
+        for (name, prefix) in [
+            ("local_prefix", &down.local_prefix),
+            ("local_reply_prefix", &down.local_reply_prefix),
+        ] {
+            if prefix.is_empty() || !rumqttc::valid_topic(prefix) || prefix.ends_with('/') {
+                return Err(AgentError::config(
+                    format!("bridge.downstream.{name}"),
+                    format!("{prefix:?} must be a topic without wildcards or a trailing /"),
+                ));
+            }
+        }
+        if down.local_prefix == down.local_reply_prefix {
+            return Err(AgentError::config(
+                "bridge.downstream.local_reply_prefix",
+                "must differ from local_prefix, or calls would loop back as replies",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn nonzero(d: Duration, field: &str) -> Result<(), AgentError> {
+    if d.is_zero() {
+        return Err(AgentError::config(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// rumqttc takes keepalive and connect timeout in whole seconds.
+fn whole_seconds(d: Duration, field: &str, zero_ok: bool) -> Result<(), AgentError> {
+    if d.subsec_nanos() != 0 {
+        return Err(AgentError::config(field, "must be whole seconds"));
+    }
+    if !zero_ok && d.is_zero() {
+        return Err(AgentError::config(field, "must be at least 1s"));
+    }
+    if d > Duration::from_secs(u64::from(u16::MAX)) {
+        return Err(AgentError::config(field, "must be at most 65535s"));
+    }
+    Ok(())
+}

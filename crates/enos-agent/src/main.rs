@@ -1,0 +1,192 @@
+//! `enos-agent`: run the agent, check a config, or sign a login by hand.
+#![forbid(unsafe_code)]
+// `check` and `sign` answer on stdout.
+#![allow(clippy::print_stdout)]
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use enos_agent::{
+    Agent, Config, GrpcSigner, Signer, install_crypto_provider, notify,
+    offline_sign::{self, SignRequest},
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "enos-agent",
+    version,
+    about = "Keeps a device connected to EnOS with credentials from the signer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connects to EnOS and stays connected until SIGTERM.
+    Run {
+        /// The agent config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validates the config, reaches the signer and fetches one credential
+    /// (its password is not printed).
+    Check {
+        /// The agent config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Signs a device login offline and prints it as JSON, for debugging a
+    /// device by hand.
+    Sign {
+        /// The product key.
+        #[arg(long)]
+        product_key: String,
+        /// The device key.
+        #[arg(long)]
+        device_key: String,
+        /// The signed clientId; defaults to the device key.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Milliseconds since the epoch; defaults to now.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// hmacsha1, hmacsha256 or hmacmd5.
+        #[arg(long, default_value = "hmacsha1")]
+        sign_method: String,
+        /// File holding the device secret, or `-` for stdin. Never argv.
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sign {
+            product_key,
+            device_key,
+            client_id,
+            timestamp,
+            sign_method,
+            secret_file,
+        } => sign(
+            SignRequest {
+                product_key,
+                device_key,
+                client_id,
+                timestamp,
+                sign_method,
+            },
+            secret_file,
+        ),
+        Command::Check { config } => with_runtime(check(config)),
+        Command::Run { config } => with_runtime(run(config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enos-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One thread is plenty for one MQTT session, and keeps the RSS small.
+fn with_runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    install_crypto_provider();
+    init_logging();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENOS_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn sign(request: SignRequest, secret_file: PathBuf) -> anyhow::Result<()> {
+    let secret = if secret_file.as_os_str() == "-" {
+        offline_sign::read_secret(std::io::stdin().lock(), "stdin")?
+    } else {
+        let file = std::fs::File::open(&secret_file)
+            .with_context(|| format!("cannot open {}", secret_file.display()))?;
+        offline_sign::read_secret(file, &secret_file.display().to_string())?
+    };
+    let out = offline_sign::sign(&request, &secret, enos_agent::now_ms())?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &out)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    println!("config {} is valid", path.display());
+    let signer = GrpcSigner::new(&config.signer, &config.device)?;
+    let credential = signer.issue_mqtt_credential().await?;
+    println!(
+        "signer {} issued a credential for {}/{}: client id {}",
+        credential.endpoint,
+        config.device.product_key,
+        config.device.device_key,
+        credential.mqtt_client_id
+    );
+    match credential.expires_at_ms {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            let left = ms.saturating_sub(enos_agent::now_ms()) / 1000;
+            println!(
+                "it expires at {} (in {left} s); the password is not shown",
+                humantime::format_rfc3339_seconds(at)
+            );
+        }
+        None => println!("it does not expire; the password is not shown"),
+    }
+    Ok(())
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let signer = GrpcSigner::new(&config.signer, &config.device)?;
+    let agent = Agent::new(config, signer);
+    let shutdown = CancellationToken::new();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let on_signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: disconnecting"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: disconnecting"),
+                () = shutdown.cancelled() => return,
+            }
+            notify::stopping();
+            shutdown.cancel();
+        }
+    };
+    let notifier = notify::run(agent.status(), shutdown.clone());
+    notify::ready();
+    let running = async {
+        let result = agent.run(shutdown.clone()).await;
+        // Whatever ended the agent ends the signal and notify tasks too.
+        shutdown.cancel();
+        result
+    };
+    let (result, (), ()) = tokio::join!(running, on_signal, notifier);
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}

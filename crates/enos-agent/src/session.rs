@@ -1,0 +1,349 @@
+//! The EnOS session: the connect loop around rumqttc.
+//!
+//! rumqttc reconnects whenever its event loop is polled after an error, with
+//! whatever is in `EventLoop::mqtt_options`. This loop decides *when* to
+//! poll again (backoff) and *with what* (a fresh credential per connect),
+//! restores the subscriptions after every CONNACK (clean session), and
+//! moves upstream messages from the bounded queue into the client only
+//! while connected, so that nothing piles up inside rumqttc while offline.
+//!
+//! `MqttOptions`' `Debug` prints the password: it is never logged here.
+
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::{Backoff, FailureKind},
+    config::Config,
+    credential::{CredentialCache, Provenance},
+    error::AgentError,
+    refusal::{Failure, Phase, classify},
+    shared::{Outbound, Reply, Shared},
+    signer::Signer,
+    status::ConnectionState,
+};
+
+/// rumqttc's request channel: small, because messages wait in our own
+/// bounded queue, not here.
+const CLIENT_CHANNEL: usize = 16;
+
+/// How long a graceful DISCONNECT may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// Builds the rumqttc client and event loop for the EnOS broker. The client
+/// id and credentials are placeholders: every connect sets fresh ones.
+pub fn enos_client(config: &Config) -> Result<(AsyncClient, EventLoop), AgentError> {
+    let broker = &config.enos.broker;
+    let mut options = MqttOptions::new("enos-agent", broker.host.clone(), broker.port);
+    options
+        .set_keep_alive(config.enos.keepalive)
+        .set_clean_session(true)
+        .set_max_packet_size(config.enos.max_packet_size, config.enos.max_packet_size);
+    if let Some(tls) = &config.enos.tls {
+        let client_config = crate::tls::mqtt_client_config(tls)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            client_config,
+        )));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, CLIENT_CHANNEL);
+    eventloop
+        .network_options
+        .set_connection_timeout(config.enos.connect_timeout.as_secs());
+    Ok((client, eventloop))
+}
+
+/// The topic filters restored after every CONNACK.
+pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
+    let mut filters = Vec::new();
+    if shared.downstream_map.is_some() {
+        for f in shared.topics.service_filters() {
+            filters.push(SubscribeFilter::new(f, QoS::AtLeastOnce));
+        }
+    }
+    for reply in shared.reply_routes.keys() {
+        filters.push(SubscribeFilter::new(reply.clone(), QoS::AtMostOnce));
+    }
+    if !config.sub_devices.is_empty() {
+        filters.push(SubscribeFilter::new(
+            shared.topics.combine_login_reply(),
+            QoS::AtLeastOnce,
+        ));
+    }
+    filters.sort_by(|a, b| a.path.cmp(&b.path));
+    filters
+}
+
+/// Runs the connect loop until `shutdown`, then sends DISCONNECT.
+pub async fn run<S: Signer>(
+    config: &Config,
+    signer: &S,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let mut cache = CredentialCache::new();
+    let filters = subscriptions(config, shared);
+    let mut generation = 0u64;
+
+    'connect: while !shutdown.is_cancelled() {
+        shared
+            .status
+            .send_modify(|s| s.set_state(ConnectionState::Connecting));
+
+        // 1. A credential: fresh, or a still-valid cached one if the signer is down.
+        let obtained = tokio::select! {
+            r = cache.for_connect(signer) => r,
+            () = shutdown.cancelled() => break 'connect,
+        };
+        let credential = match obtained {
+            Ok((credential, provenance)) => {
+                shared.status.send_modify(|s| {
+                    match provenance {
+                        Provenance::Fresh => s.credentials_issued += 1,
+                        Provenance::Cached => s.credentials_reused += 1,
+                    }
+                    s.credential_expires_at_ms = credential.expires_at_ms;
+                });
+                credential
+            }
+            Err(e) => {
+                let kind = if e.is_unavailable() {
+                    FailureKind::Network
+                } else {
+                    FailureKind::Refused
+                };
+                tracing::warn!(error = %e, "no credential for this connect");
+                let failure = Failure {
+                    kind,
+                    reason: e.to_string(),
+                };
+                if !pause(&mut backoff, &failure, shared, &shutdown, false).await {
+                    break 'connect;
+                }
+                continue 'connect;
+            }
+        };
+        eventloop
+            .mqtt_options
+            .set_client_id(credential.mqtt_client_id.clone())
+            .set_credentials(credential.username.clone(), credential.password());
+
+        // 2. CONNECT → CONNACK.
+        let connected = tokio::select! {
+            r = eventloop.poll() => r,
+            () = shutdown.cancelled() => break 'connect,
+        };
+        // The password has been sent (or failed to be); do not keep a copy
+        // in the options longer than needed.
+        eventloop
+            .mqtt_options
+            .set_credentials(credential.username.clone(), "");
+        match connected {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {}
+            Ok(other) => {
+                tracing::warn!(event = ?other, "unexpected first event; reconnecting");
+                continue 'connect;
+            }
+            Err(e) => {
+                let failure = classify(&e, Phase::Connecting);
+                if failure.kind == FailureKind::Refused {
+                    cache.refused(&credential);
+                }
+                tracing::warn!(broker = %config.enos.broker, reason = %failure.reason, "connect failed");
+                if !pause(&mut backoff, &failure, shared, &shutdown, false).await {
+                    break 'connect;
+                }
+                continue 'connect;
+            }
+        }
+
+        // 3. Connected.
+        generation += 1;
+        let connected_at = Instant::now();
+        tracing::info!(broker = %config.enos.broker, client_id = %credential.mqtt_client_id, "connected to EnOS");
+        shared.status.send_modify(|s| {
+            s.set_state(ConnectionState::Connected);
+            s.connects += 1;
+            s.last_error = None;
+        });
+        if !filters.is_empty() {
+            if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                tracing::error!(error = %e, "could not queue the subscriptions");
+            }
+        }
+        shared.session.send_replace(Some(generation));
+
+        let mut client_full = false;
+        let ended = loop {
+            client_full |= !feed(&client, shared);
+            tokio::select! {
+                polled = eventloop.poll() => {
+                    client_full = false;
+                    match polled {
+                        Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
+                        Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                            if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                                tracing::warn!(pkid = ack.pkid, "EnOS refused some subscriptions");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Some(classify(&e, Phase::Connected)),
+                    }
+                }
+                () = shared.upstream.wait_pushed(), if !client_full => {}
+                () = shutdown.cancelled() => break None,
+            }
+        };
+        shared.session.send_replace(None);
+        shared.refresh_counters();
+
+        match ended {
+            None => {
+                disconnect(&client, &mut eventloop, shared).await;
+                break 'connect;
+            }
+            Some(failure) => {
+                tracing::warn!(reason = %failure.reason, "EnOS connection lost");
+                let stable = connected_at.elapsed() >= backoff.reset_after();
+                if !pause(&mut backoff, &failure, shared, &shutdown, stable).await {
+                    break 'connect;
+                }
+            }
+        }
+    }
+    shared.session.send_replace(None);
+    shared.refresh_counters();
+    shared
+        .status
+        .send_modify(|s| s.set_state(ConnectionState::Stopped));
+}
+
+/// Records `failure`, waits the backoff delay; `false` if shut down meanwhile.
+async fn pause(
+    backoff: &mut Backoff,
+    failure: &Failure,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reset_first: bool,
+) -> bool {
+    if reset_first {
+        backoff.reset();
+    }
+    let delay = backoff.next_delay(failure.kind);
+    shared.status.send_modify(|s| {
+        s.set_state(ConnectionState::Backoff);
+        match failure.kind {
+            FailureKind::Refused => s.refusals += 1,
+            FailureKind::Network => s.network_failures += 1,
+        }
+        s.last_error = Some(failure.reason.clone());
+        s.last_backoff_ms = Some(u64::try_from(delay.delay.as_millis()).unwrap_or(u64::MAX));
+        s.last_backoff_ceiling_ms =
+            Some(u64::try_from(delay.ceiling.as_millis()).unwrap_or(u64::MAX));
+    });
+    tracing::info!(delay_ms = delay.delay.as_millis() as u64, ceiling_ms = delay.ceiling.as_millis() as u64, kind = ?failure.kind, "backing off");
+    tokio::select! {
+        () = tokio::time::sleep(delay.delay) => true,
+        () = shutdown.cancelled() => false,
+    }
+}
+
+/// Moves queued upstream messages into the client; `false` when the
+/// client's channel is full (the rest waits for the next poll).
+fn feed(client: &AsyncClient, shared: &Shared) -> bool {
+    let mut moved = false;
+    let mut room = true;
+    while let Some(m) = shared.upstream.pop() {
+        match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
+            Ok(()) => {
+                moved = true;
+                shared
+                    .upstream_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared.upstream.push_front(m);
+                room = false;
+                break;
+            }
+        }
+    }
+    if moved {
+        shared.refresh_counters();
+    }
+    room
+}
+
+/// Dispatches a message from EnOS.
+fn route_incoming(p: Publish, shared: &Shared) {
+    let topic = p.topic.as_str();
+    if topic == shared.topics.combine_login_reply() {
+        match Reply::parse(&p.payload) {
+            Some(reply) => shared.deliver_login_reply(reply),
+            None => tracing::warn!(topic, "unparsable combine.login reply"),
+        }
+        return;
+    }
+    if let Some(locals) = shared.reply_routes.get(topic) {
+        for local in locals {
+            push_downstream(shared, local.clone(), p.payload.to_vec());
+        }
+        return;
+    }
+    if let (Some(map), Some(rest)) = (&shared.downstream_map, shared.topics.service_rest(topic)) {
+        push_downstream(shared, map.local_topic(rest), p.payload.to_vec());
+        return;
+    }
+    tracing::debug!(topic, "message from EnOS with no route");
+}
+
+fn push_downstream(shared: &Shared, topic: String, payload: Vec<u8>) {
+    if shared.downstream.push(Outbound {
+        topic,
+        payload,
+        qos: QoS::AtLeastOnce,
+    }) {
+        tracing::warn!("downstream queue full; dropped the oldest message");
+    }
+    shared.refresh_counters();
+}
+
+/// Sends what is queued, then DISCONNECT, and drives the event loop until
+/// it is out (bounded by [`DISCONNECT_GRACE`]).
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Shared) {
+    let drained = async {
+        loop {
+            if feed(client, shared) && shared.upstream.is_empty() {
+                break;
+            }
+            if eventloop.poll().await.is_err() {
+                return;
+            }
+        }
+        if client.try_disconnect().is_err() {
+            return;
+        }
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(DISCONNECT_GRACE, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("DISCONNECT did not complete in time");
+    } else {
+        tracing::info!("sent DISCONNECT to EnOS");
+    }
+}

@@ -1,0 +1,114 @@
+//! [`Shared`]: what the session, the bridge and the sub-device logins
+//! exchange.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rumqttc::QoS;
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    queue::BoundedQueue,
+    status::AgentStatus,
+    topics::{DeviceTopics, DownstreamMap, MessageIds},
+};
+
+/// One MQTT message on its way to a broker.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The QoS.
+    pub qos: QoS,
+}
+
+/// A `combine/login_reply` (or any EnOS reply): `{id, code, message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The request id it answers.
+    pub id: String,
+    /// 200 on success; see the EnOS reply codes.
+    pub code: i64,
+    /// EnOS's explanation, if any.
+    pub message: String,
+}
+
+impl Reply {
+    /// Parses a reply payload; `None` if it is not one.
+    pub fn parse(payload: &[u8]) -> Option<Reply> {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let id = match &v["id"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        Some(Reply {
+            id,
+            code: v["code"].as_i64()?,
+            message: v["message"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// State shared by the agent's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// Messages for EnOS: bridge data, local replies to service calls.
+    pub upstream: BoundedQueue<Outbound>,
+    /// Messages for the local broker: service calls, upstream `_reply`s.
+    pub downstream: BoundedQueue<Outbound>,
+    /// The status everybody updates.
+    pub status: watch::Sender<AgentStatus>,
+    /// `Some(n)` while the n-th EnOS connection is up, `None` while down;
+    /// sub-device logins restart on every change.
+    pub session: watch::Sender<Option<u64>>,
+    /// Sub-device logins waiting for their reply, by request id.
+    pub pending_logins: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    /// This device's EnOS topics.
+    pub topics: DeviceTopics,
+    /// Downstream topic mapping, when the bridge carries service calls.
+    pub downstream_map: Option<DownstreamMap>,
+    /// EnOS `_reply` topic → local topics the reply goes to.
+    pub reply_routes: HashMap<String, Vec<String>>,
+    /// Ids for envelopes this agent builds.
+    pub ids: MessageIds,
+    /// Upstream messages handed to the EnOS session.
+    pub upstream_sent: AtomicU64,
+    /// Downstream messages handed to the local broker.
+    pub downstream_delivered: AtomicU64,
+}
+
+impl Shared {
+    /// Copies the queue counters into the status.
+    pub fn refresh_counters(&self) {
+        self.status.send_modify(|s| {
+            s.upstream_queued = self.upstream.len();
+            s.upstream_dropped = self.upstream.dropped();
+            s.upstream_sent = self.upstream_sent.load(Ordering::Relaxed);
+            s.downstream_delivered = self.downstream_delivered.load(Ordering::Relaxed);
+            s.downstream_dropped = self.downstream.dropped();
+        });
+    }
+
+    /// Hands a login reply to whoever waits for it.
+    pub fn deliver_login_reply(&self, reply: Reply) {
+        let waiter = self
+            .pending_logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&reply.id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(reply);
+            }
+            None => tracing::debug!(id = %reply.id, "login reply nobody waits for"),
+        }
+    }
+}

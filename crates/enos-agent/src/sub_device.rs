@@ -1,0 +1,232 @@
+//! Sub-device logins: after every (re)connect, each configured sub-device
+//! is logged in through the gateway with a `combine.login` the signer
+//! signed. The gateway never sees a sub-device secret.
+//!
+//! | outcome | what happens |
+//! |---|---|
+//! | 200 | online |
+//! | signer refuses (not bound to this gateway, unknown, disabled) | logged, given up on this connection |
+//! | 742 sign check failed | retried with a fresh sign (a rotation may have raced) |
+//! | 429, 5xx, no reply in time, signer unreachable | retried with backoff |
+//! | 705, 723, 740, 746, 770, 771, other | logged with the reason, given up on this connection |
+
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::{Backoff, FailureKind},
+    config::{Config, SubDeviceConfig},
+    shared::{Reply, Shared},
+    signer::{Signer, SignerError},
+    status::{SubDeviceState, SubDeviceStatus},
+    topics::envelope,
+};
+
+/// What a reply code means for the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyVerdict {
+    /// Logged in.
+    Online,
+    /// Worth another attempt after a pause.
+    Retry,
+    /// Another attempt on this connection would get the same answer.
+    GiveUp,
+}
+
+/// Classifies a `combine.login_reply` code.
+pub fn verdict(code: i64) -> ReplyVerdict {
+    match code {
+        200 => ReplyVerdict::Online,
+        742 | 429 | 500..=599 => ReplyVerdict::Retry,
+        _ => ReplyVerdict::GiveUp,
+    }
+}
+
+/// What an EnOS code means, for the log.
+pub fn describe(code: i64) -> &'static str {
+    match code {
+        200 => "ok",
+        401 => "authentication failed",
+        402 => "device does not exist",
+        429 => "too many requests",
+        460 => "bad parameter",
+        705 => "sub-device not found",
+        723 => "sub-device disabled",
+        740 => "not a sub-device of this gateway",
+        742 => "sign check failed",
+        746 => "sub-device must log in over TLS",
+        770 => "dynamic activation not allowed",
+        771 => "sub-device may not connect directly",
+        _ => "unknown code",
+    }
+}
+
+/// Logs in the sub-devices after every connect, until `shutdown`.
+pub async fn run<S: Signer>(
+    config: &Config,
+    signer: &S,
+    client: AsyncClient,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    if config.sub_devices.is_empty() {
+        return;
+    }
+    shared.status.send_modify(|s| {
+        s.sub_devices = config
+            .sub_devices
+            .iter()
+            .map(|d| SubDeviceStatus {
+                product_key: d.product_key.to_string(),
+                device_key: d.device_key.to_string(),
+                state: SubDeviceState::Pending,
+                connection: 0,
+            })
+            .collect();
+    });
+    let mut session = shared.session.subscribe();
+    let mut last = 0u64;
+    loop {
+        let generation = tokio::select! {
+            r = session.wait_for(|g| g.is_some_and(|g| g != last)) => match r {
+                Ok(g) => g.unwrap_or_default(),
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        last = generation;
+        set_all(shared, SubDeviceState::Pending, generation);
+        let logins = async {
+            for (index, sub) in config.sub_devices.iter().enumerate() {
+                let state = login(config, signer, &client, shared, sub).await;
+                shared.status.send_modify(|s| {
+                    s.sub_devices[index].state = state;
+                    s.sub_devices[index].connection = generation;
+                });
+            }
+        };
+        tokio::select! {
+            () = logins => {}
+            // Disconnected or reconnected: start over on the next connection.
+            _ = session.wait_for(|g| *g != Some(generation)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn set_all(shared: &Shared, state: SubDeviceState, connection: u64) {
+    shared.status.send_modify(|s| {
+        for d in &mut s.sub_devices {
+            d.state = state.clone();
+            d.connection = connection;
+        }
+    });
+}
+
+/// One sub-device's login on the current connection.
+async fn login<S: Signer>(
+    config: &Config,
+    signer: &S,
+    client: &AsyncClient,
+    shared: &Shared,
+    sub: &SubDeviceConfig,
+) -> SubDeviceState {
+    let settings = &config.sub_device_login;
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let who = format!("{}/{}", sub.product_key, sub.device_key);
+    let mut last_failure = String::new();
+    for attempt in 1..=settings.max_attempts {
+        if attempt > 1 {
+            tokio::time::sleep(backoff.next_delay(FailureKind::Network).delay).await;
+        }
+        let signed = match signer.sign_sub_device_login(sub).await {
+            Ok(s) => s,
+            Err(e @ SignerError::Refused { .. }) => {
+                tracing::error!(sub_device = %who, error = %e, "signer refused to sign the sub-device login");
+                return SubDeviceState::Refused {
+                    reason: format!("signer: {e}"),
+                };
+            }
+            Err(e) => {
+                tracing::warn!(sub_device = %who, error = %e, attempt, "signer unavailable for the sub-device login");
+                last_failure = format!("signer: {e}");
+                continue;
+            }
+        };
+        let id = shared.ids.next();
+        let (tx, rx) = oneshot::channel();
+        shared
+            .pending_logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let payload = envelope(&id, "combine.login", signed.params_json());
+        drop(signed);
+        if let Err(e) = client
+            .publish(
+                shared.topics.combine_login(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+        {
+            tracing::warn!(sub_device = %who, error = %e, "could not queue the login");
+        }
+        let reply: Option<Reply> = tokio::time::timeout(settings.reply_timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        shared
+            .pending_logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let Some(reply) = reply else {
+            tracing::warn!(sub_device = %who, attempt, "no combine.login reply in time");
+            last_failure = format!("no reply within {:?}", settings.reply_timeout);
+            continue;
+        };
+        let reason = format!(
+            "{} {} ({})",
+            reply.code,
+            describe(reply.code),
+            reply.message.chars().take(200).collect::<String>()
+        );
+        match verdict(reply.code) {
+            ReplyVerdict::Online => {
+                tracing::info!(sub_device = %who, "sub-device logged in");
+                return SubDeviceState::Online;
+            }
+            ReplyVerdict::GiveUp => {
+                tracing::error!(sub_device = %who, reason = %reason, "EnOS refused the sub-device login");
+                return SubDeviceState::Refused { reason };
+            }
+            ReplyVerdict::Retry => {
+                tracing::warn!(sub_device = %who, reason = %reason, attempt, "sub-device login failed; retrying");
+                last_failure = reason;
+            }
+        }
+    }
+    SubDeviceState::Failed {
+        reason: last_failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_are_classified() {
+        assert_eq!(verdict(200), ReplyVerdict::Online);
+        for retry in [742, 429, 500, 503] {
+            assert_eq!(verdict(retry), ReplyVerdict::Retry, "{retry}");
+        }
+        for give_up in [705, 723, 740, 746, 770, 771, 401, 460] {
+            assert_eq!(verdict(give_up), ReplyVerdict::GiveUp, "{give_up}");
+        }
+        assert_eq!(describe(740), "not a sub-device of this gateway");
+    }
+}

@@ -1,0 +1,79 @@
+//! TLS set-up: the one crypto provider (ring) and the rustls client config
+//! for two-way TLS to the EnOS broker.
+
+use std::{path::Path, sync::Arc};
+
+use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
+
+use crate::{config::MqttTlsConfig, error::AgentError};
+
+/// Installs ring as the process-wide rustls provider. Idempotent; call it
+/// before any TLS is set up (rustls panics when it has to choose between
+/// two linked providers, and only ring is linked here).
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn tls_error(path: &Path, reason: impl Into<String>) -> AgentError {
+    AgentError::Tls {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
+    std::fs::read(path).map_err(|source| AgentError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(path, format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_error(path, "no CERTIFICATE block found"));
+    }
+    Ok(certs)
+}
+
+/// Fails unless `pem` holds at least one certificate.
+pub(crate) fn check_pem_certs(path: &Path, pem: &[u8]) -> Result<(), AgentError> {
+    parse_certs(path, pem).map(|_| ())
+}
+
+/// Fails unless `pem` holds a private key. The error never shows the key.
+pub(crate) fn check_pem_key(path: &Path, pem: &[u8]) -> Result<(), AgentError> {
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(tls_error(path, "no PRIVATE KEY block found")),
+        Err(_) => Err(tls_error(path, "the private key PEM is malformed")),
+    }
+}
+
+/// The rustls config for `ssl://` EnOS brokers: the configured CA only, and
+/// the device certificate for client authentication.
+pub(crate) fn mqtt_client_config(tls: &MqttTlsConfig) -> Result<Arc<ClientConfig>, AgentError> {
+    let ca = read(&tls.ca)?;
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(&tls.ca, &ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| tls_error(&tls.ca, format!("unusable CA certificate: {e}")))?;
+    }
+    let chain = parse_certs(&tls.cert, &read(&tls.cert)?)?;
+    let key_pem = zeroize::Zeroizing::new(read(&tls.key)?);
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|_| tls_error(&tls.key, "the private key PEM is malformed"))?
+        .ok_or_else(|| tls_error(&tls.key, "no PRIVATE KEY block found"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(&tls.ca, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls_error(&tls.key, format!("key does not fit the certificate: {e}")))?;
+    Ok(Arc::new(config))
+}

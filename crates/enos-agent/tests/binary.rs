@@ -1,0 +1,257 @@
+//! The `enos-agent` binary as systemd runs it: READY and WATCHDOG over
+//! `NOTIFY_SOCKET`, the status file, SIGTERM → DISCONNECT → exit 0, and
+//! no password in its output; and `enos-agent check`.
+
+mod support;
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_sign_core::ExposeSecret;
+use support::{DeviceRow, init, signer::SignerFixture, write_devices};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");
+const GW: (&str, &str) = ("pkGw", "gwBin");
+const GW_SECRET: &str = "binarySecret01";
+
+fn write_config(dir: &Path, signer: &SignerFixture, broker: &str) -> std::path::PathBuf {
+    let path = dir.join("agent.toml");
+    let text = format!(
+        r#"
+[device]
+product_key = "{}"
+device_key = "{}"
+
+{}
+[enos]
+broker = "{broker}"
+keepalive = "5s"
+connect_timeout = "2s"
+
+[backoff]
+min = "50ms"
+max = "500ms"
+
+[status]
+file = "{}"
+"#,
+        GW.0,
+        GW.1,
+        signer.toml(),
+        dir.join("status.json").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn read_status(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn wait_file_state(dir: &Path, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = read_status(dir) {
+            if s["state"] == state {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status file never said {state}: {:?}",
+            read_status(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_under_systemd_and_disconnects_on_sigterm() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = dir.path().join("devices.csv");
+    write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
+    let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
+        .start()
+        .expect("sandbox");
+    let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://{}", sandbox.mqtt_addr()),
+    );
+
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    // systemd sets WATCHDOG_PID to the service's pid: `exec` keeps the
+    // shell's pid, so $$ is the agent's.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" run --config "$1""#)
+        .arg(BIN)
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("ENOS_AGENT_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+
+    let connected = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || wait_file_state(&dir, "connected")
+    })
+    .await
+    .expect("join");
+    assert_eq!(connected["connects"], 1);
+
+    // READY, WATCHDOG (every 100 ms) and the connection state arrived.
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(n) = notify.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let watchdogs = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        if messages.iter().any(|m| m.contains("READY=1"))
+            && watchdogs >= 3
+            && messages
+                .iter()
+                .any(|m| m.contains("STATUS=connected to EnOS"))
+        {
+            break;
+        }
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STATUS=connected to EnOS")),
+        "{messages:?}"
+    );
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit on SIGTERM is clean: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains("sent DISCONNECT to EnOS"), "{stderr}");
+    let last = read_status(dir.path()).expect("final status");
+    assert_eq!(last["state"], "stopped");
+    let mut tail = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        tail.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(tail.iter().any(|m| m.contains("STOPPING=1")), "{tail:?}");
+
+    // The password never reached the log: recompute it from the client id
+    // the agent logged (its timestamp) and the secret.
+    let ts: u64 = stderr
+        .split("timestamp=")
+        .nth(1)
+        .and_then(|rest| rest.split('|').next())
+        .and_then(|t| t.parse().ok())
+        .expect("the connect log names the client id");
+    let fields = enos_sign_core::SignedFields {
+        client_id: enos_sign_core::ClientId::new(GW.1).expect("cid"),
+        device_key: enos_sign_core::DeviceKey::new(GW.1).expect("dk"),
+        product_key: enos_sign_core::ProductKey::new(GW.0).expect("pk"),
+        timestamp: enos_sign_core::TimestampMs::from_millis(ts),
+    };
+    let secret = enos_sign_core::DeviceSecret::new(GW_SECRET.into()).expect("secret");
+    let password = enos_sign_core::sign(&fields, enos_sign_core::SignMethod::HmacSha1, &secret);
+    let password = password.expose_secret();
+    assert!(
+        !stderr.contains(password),
+        "the password leaked into the log"
+    );
+    assert!(
+        !stderr
+            .to_ascii_lowercase()
+            .contains(&password.to_ascii_lowercase())
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(password));
+    assert!(
+        !std::fs::read_to_string(dir.path().join("status.json"))
+            .expect("status")
+            .contains(password)
+    );
+    drop(sandbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_the_expiry_without_the_password() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+    let config = write_config(dir.path(), &signer, "tcp://127.0.0.1:11883");
+    let run = |config: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(config)
+                .output()
+                .expect("run check")
+        })
+    };
+    let out = run(config.clone()).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("expires at") && stdout.contains("in 5"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the password is not shown"), "{stdout}");
+    // 40 upper-case hex digits would be a SHA-1 password.
+    assert!(
+        !stdout
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .any(|w| w.len() >= 32),
+        "{stdout}"
+    );
+
+    signer.signer.stop().await;
+    let out = run(config).await.expect("join");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("signer"), "{stderr}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[device]\nproduct_key = \"p|k\"\n").expect("write");
+    let out = run(bad).await.expect("join");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config"));
+}
