@@ -45,6 +45,56 @@ impl AuditSummary {
     }
 }
 
+/// One successful issuance in the audit trail.
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// `issue_mqtt_credential` or `sign_sub_device_login`.
+    pub event: String,
+    /// When the signer recorded it (ms since the epoch).
+    pub time_ms: u64,
+    /// The device signed for, `pk/dk`.
+    pub device: String,
+    /// The record itself.
+    record: serde_json::Value,
+}
+
+impl Issuance {
+    /// Every successful issuance in `audit_file`.
+    pub fn read_all(audit_file: &Path) -> Result<Vec<Issuance>> {
+        let text = std::fs::read_to_string(audit_file)
+            .map_err(E2eError::io(format!("reading {}", audit_file.display())))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let record: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                E2eError::failed(format!("{}:{}: not JSON: {e}", audit_file.display(), n + 1))
+            })?;
+            let event = record["event"].as_str().unwrap_or_default().to_owned();
+            if record["password_hmac"].is_string()
+                && (event == "issue_mqtt_credential" || event == "sign_sub_device_login")
+            {
+                out.push(Issuance {
+                    event,
+                    time_ms: record["time_ms"].as_u64().unwrap_or_default(),
+                    device: record["device"].as_str().unwrap_or_default().to_owned(),
+                    record,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `secret` reproduces this issuance's password (checked
+    /// against its HMAC under the audit key in `audit_key`).
+    pub fn signed_with(&self, secret: &str, audit_key: &Path) -> Result<bool> {
+        let key = enos_signer_svc::key_file::load(audit_key)?;
+        let hmac = self.record["password_hmac"].as_str().unwrap_or_default();
+        Ok(reconstruct(&self.record, &self.device, [secret], |p| {
+            enos_signer_svc::audit::password_hmac(&key, p) == hmac
+        })
+        .is_some())
+    }
+}
+
 /// The secrets and passwords to look for.
 #[derive(Default)]
 pub struct LeakScan {
@@ -131,7 +181,12 @@ impl LeakScan {
                 continue;
             };
             let at = format!("{}:{} ({event} for {device})", audit_file.display(), n + 1);
-            let password = self.reconstruct(&record, &device, |p| {
+            let secrets = self
+                .secrets
+                .get(&device)
+                .map(|known| known.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let password = reconstruct(&record, &device, secrets, |p| {
                 enos_signer_svc::audit::password_hmac(&key, p) == hmac
             });
             let password = password.ok_or_else(|| {
@@ -144,34 +199,6 @@ impl LeakScan {
             *summary.issued_per_device.entry(device).or_default() += 1;
         }
         Ok(summary)
-    }
-
-    /// The password of an issuance record, if a known secret reproduces it.
-    fn reconstruct(
-        &self,
-        record: &serde_json::Value,
-        device: &str,
-        matches: impl Fn(&str) -> bool,
-    ) -> Option<Zeroizing<String>> {
-        let (pk, dk) = device.split_once('/')?;
-        let method = SignMethod::parse(record["sign_method"].as_str()?, Md5Policy::Allow).ok()?;
-        let fields = SignedFields {
-            // The suite's agents leave clientId to its default, the device key.
-            client_id: ClientId::new(dk).ok()?,
-            device_key: DeviceKey::new(dk).ok()?,
-            product_key: ProductKey::new(pk).ok()?,
-            timestamp: TimestampMs::from_millis(record["timestamp_ms"].as_u64()?),
-        };
-        for secret in self.secrets.get(device)? {
-            let secret = DeviceSecret::new(secret.to_string()).ok()?;
-            for case in [HexCase::Upper, HexCase::Lower] {
-                let password = sign_with_case(&fields, method, &secret, case);
-                if matches(password.expose_secret()) {
-                    return Some(Zeroizing::new(password.expose_secret().to_owned()));
-                }
-            }
-        }
-        None
     }
 
     /// Looks for every secret and password in `text` (case-insensitively),
@@ -214,4 +241,32 @@ impl LeakScan {
             Err(E2eError::failed(format!("leaked: {}", leaks.join("; "))))
         }
     }
+}
+
+/// The password of an issuance record, if one of `secrets` reproduces it.
+fn reconstruct<'a>(
+    record: &serde_json::Value,
+    device: &str,
+    secrets: impl IntoIterator<Item = &'a str>,
+    matches: impl Fn(&str) -> bool,
+) -> Option<Zeroizing<String>> {
+    let (pk, dk) = device.split_once('/')?;
+    let method = SignMethod::parse(record["sign_method"].as_str()?, Md5Policy::Allow).ok()?;
+    let fields = SignedFields {
+        // The suite's agents leave clientId to its default, the device key.
+        client_id: ClientId::new(dk).ok()?,
+        device_key: DeviceKey::new(dk).ok()?,
+        product_key: ProductKey::new(pk).ok()?,
+        timestamp: TimestampMs::from_millis(record["timestamp_ms"].as_u64()?),
+    };
+    for secret in secrets {
+        let secret = DeviceSecret::new(secret.to_owned()).ok()?;
+        for case in [HexCase::Upper, HexCase::Lower] {
+            let password = sign_with_case(&fields, method, &secret, case);
+            if matches(password.expose_secret()) {
+                return Some(Zeroizing::new(password.expose_secret().to_owned()));
+            }
+        }
+    }
+    None
 }
