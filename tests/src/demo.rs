@@ -196,13 +196,16 @@ pub async fn run<W: Write>(
 
     // 3. The signer.
     const SIGNER: &str = "signer";
-    let reservation =
-        enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .in_step(SIGNER)?;
+    let reservation = enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .in_step(SIGNER)?;
     let signer_addr = reservation.addr();
-    let (_, signer_files) =
-        signer::write_config(&dir.join("signer"), &pki, signer_addr, PolicyConfig::default())
-            .in_step(SIGNER)?;
+    let (_, signer_files) = signer::write_config(
+        &dir.join("signer"),
+        &pki,
+        signer_addr,
+        PolicyConfig::default(),
+    )
+    .in_step(SIGNER)?;
     let init_output = signer::init(&binaries.signer, &signer_files.config).in_step(SIGNER)?;
     let mut signer = SignerProcess::new(
         &binaries.signer,
@@ -306,8 +309,12 @@ pub async fn run<W: Write>(
         s["state"] == "connected"
     })
     .in_step(MQTT)?;
-    wait_sandbox(&sandbox, mark, &["accepted MQTT CONNECT", "enos-mqtt\"", &demo.gateway.id()])
-        .in_step(MQTT)?;
+    wait_sandbox(
+        &sandbox,
+        mark,
+        &["accepted MQTT CONNECT", "enos-mqtt\"", &demo.gateway.id()],
+    )
+    .in_step(MQTT)?;
     narrator.say(
         MQTT,
         format!(
@@ -320,7 +327,10 @@ pub async fn run<W: Write>(
     if !exit.success() {
         return Err(E2eError::failed(format!("the agent exited with {exit}"))).in_step(MQTT);
     }
-    narrator.say(MQTT, "agent stopped on SIGTERM: MQTT DISCONNECT sent, exit 0");
+    narrator.say(
+        MQTT,
+        "agent stopped on SIGTERM: MQTT DISCONNECT sent, exit 0",
+    );
 
     // 7. The agent over MQTTS, with the bridge and the sub-device.
     const MQTTS: &str = "agent MQTTS";
@@ -356,8 +366,12 @@ pub async fn run<W: Write>(
         s["state"] == "connected"
     })
     .in_step(MQTTS)?;
-    wait_sandbox(&sandbox, mark, &["accepted MQTT CONNECT", "enos-mqtts\"", &demo.gateway.id()])
-        .in_step(MQTTS)?;
+    wait_sandbox(
+        &sandbox,
+        mark,
+        &["accepted MQTT CONNECT", "enos-mqtts\"", &demo.gateway.id()],
+    )
+    .in_step(MQTTS)?;
     narrator.say(
         MQTTS,
         format!(
@@ -377,7 +391,12 @@ pub async fn run<W: Write>(
         &sandbox,
         mark,
         // The sandbox names the gateway whose topic carried the login.
-        &["answered request", "combine.login", &demo.gateway.id(), "code=200"],
+        &[
+            "answered request",
+            "combine.login",
+            &demo.gateway.id(),
+            "code=200",
+        ],
     )
     .in_step(SUB)?;
     narrator.say(

@@ -63,7 +63,8 @@ pub fn binary() -> PathBuf {
 impl Mosquitto {
     /// Starts Mosquitto with config in `dir` and waits until it listens.
     pub fn start(dir: &Path, tls: Option<&MosquittoTls>, auth: MosquittoAuth) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(E2eError::io(format!("creating {}", dir.display())))?;
         let reservation = PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let port = reservation.addr().port();
         let mut conf = format!(
@@ -98,7 +99,11 @@ impl Mosquitto {
                 getrandom::fill(&mut salt)
                     .and_then(|()| getrandom::fill(&mut hash))
                     .map_err(|e| E2eError::failed(format!("no randomness: {e}")))?;
-                let line = format!("someone-else:$6${}${}\n", B64.encode(salt), B64.encode(hash));
+                let line = format!(
+                    "someone-else:$6${}${}\n",
+                    B64.encode(salt),
+                    B64.encode(hash)
+                );
                 enos_testkit::write_private(&passwords, line.as_bytes())
                     .map_err(|e| E2eError::failed(format!("writing the password file: {e}")))?;
                 conf.push_str(&format!(

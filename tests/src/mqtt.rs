@@ -26,7 +26,10 @@ impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
             .field("client_id", &self.client_id)
-            .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "[REDACTED]")))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(u, _)| (u, "[REDACTED]")),
+            )
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -73,7 +76,9 @@ fn options(addr: SocketAddr, login: &Login) -> MqttOptions {
 /// a CONNACK code, or the connection closed before any CONNACK).
 pub async fn try_connect(addr: SocketAddr, login: &Login, timeout: Duration) -> Result<(), String> {
     let (client, mut eventloop) = AsyncClient::new(options(addr, login), 10);
-    eventloop.network_options.set_connection_timeout(timeout.as_secs().max(1));
+    eventloop
+        .network_options
+        .set_connection_timeout(timeout.as_secs().max(1));
     let first = tokio::time::timeout(timeout, eventloop.poll()).await;
     let result = match first {
         Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => Ok(()),

@@ -40,7 +40,8 @@ fn pki_error(e: Box<dyn std::error::Error + Send + Sync>) -> E2eError {
 impl LoopPki {
     /// A new CA named `name`, its certificate written to `dir/ca.pem`.
     pub fn new(dir: &Path, name: &str) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(E2eError::io(format!("creating {}", dir.display())))?;
         let pki = Pki::new(name).map_err(pki_error)?;
         let ca = pki.write_ca(dir).map_err(pki_error)?;
         Ok(LoopPki {

@@ -151,10 +151,16 @@ impl ChildProcess {
 
     /// Waits for a line containing `needle` (among lines after `since`);
     /// fails early, with the output's tail, if the child exits first.
-    pub fn wait_for_line(&mut self, since: usize, needle: &str, timeout: Duration) -> Result<String> {
+    pub fn wait_for_line(
+        &mut self,
+        since: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let slice = Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
+            let slice =
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
             if let Some(line) = self.log.wait_for(since, needle, slice) {
                 return Ok(line);
             }

@@ -110,7 +110,11 @@ pub fn init(binary: &Path, config: &Path) -> Result<String> {
     let (status, output) = run_to_end(
         "enos-signer init",
         binary,
-        &[OsStr::new("init"), OsStr::new("--config"), config.as_os_str()],
+        &[
+            OsStr::new("init"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ],
         &[],
         Duration::from_secs(20),
     )?;
@@ -251,12 +255,20 @@ impl AdminEnv {
             ("ENOS_SIGNER_CERT", self.cert.as_os_str()),
             ("ENOS_SIGNER_KEY", self.key.as_os_str()),
         ];
-        let (status, output) =
-            run_to_end("enos-signer admin", binary, args, &env, Duration::from_secs(20))?;
+        let (status, output) = run_to_end(
+            "enos-signer admin",
+            binary,
+            args,
+            &env,
+            Duration::from_secs(20),
+        )?;
         if status.success() {
             Ok(output)
         } else {
-            let what: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let what: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             Err(E2eError::failed(format!(
                 "`enos-signer {}` failed ({status}):\n{output}",
                 what.join(" ")

@@ -75,7 +75,11 @@ fn running(binaries: &Binaries) -> Vec<String> {
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         if let Ok(exe) = std::fs::read_link(entry.path().join("exe")) {
             if ours.iter().any(|b| **b == exe) {
-                found.push(format!("pid {} ({})", entry.file_name().to_string_lossy(), exe.display()));
+                found.push(format!(
+                    "pid {} ({})",
+                    entry.file_name().to_string_lossy(),
+                    exe.display()
+                ));
             }
         }
     }
@@ -126,7 +130,10 @@ fn a_failing_demo_names_the_step_and_the_reason_and_leaves_no_process_behind() -
         stderr.contains("step \"agent MQTT\" failed") && stderr.contains("the agent exited"),
         "the failure names the step and the reason:\n{stderr}"
     );
-    assert!(stdout.contains("signer "), "the steps before it were told:\n{stdout}");
+    assert!(
+        stdout.contains("signer "),
+        "the steps before it were told:\n{stdout}"
+    );
     let left = running(&private.binaries);
     assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use enos_e2e::{InProcessAgent, agent::Backoff};
 use enos_agent::ConnectionState;
+use enos_e2e::{InProcessAgent, agent::Backoff};
 
 use crate::support::{SOON, TestResult, World, devices};
 
@@ -24,7 +24,9 @@ async fn a_disabled_device_is_refused_by_the_signer_and_its_agent_backs_off_unti
     let mut toml = world.agent_toml(0);
     toml.backoff = backoff;
     let mut agent = InProcessAgent::start(toml.config()?)?;
-    agent.wait_for("the first connect", SOON, |s| s.connects == 1).await?;
+    agent
+        .wait_for("the first connect", SOON, |s| s.connects == 1)
+        .await?;
 
     // Disabled in the signer only: EnOS would still take a credential, so
     // any connect now would prove the agent reused one the signer no
@@ -61,7 +63,10 @@ async fn a_disabled_device_is_refused_by_the_signer_and_its_agent_backs_off_unti
             seen = now.refusals;
         }
         assert_eq!(now.connects, 1, "no connect while disabled: {now:?}");
-        assert_eq!(now.credentials_reused, 0, "no reuse after a refusal: {now:?}");
+        assert_eq!(
+            now.credentials_reused, 0,
+            "no reuse after a refusal: {now:?}"
+        );
     }
     let during = agent.now();
     assert!(

@@ -13,7 +13,8 @@ use enos_e2e::{
 use crate::support::{SOON, TestResult, World, devices};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_connects_to_mosquitto_over_tls_presenting_its_device_certificate() -> TestResult {
+async fn the_agent_connects_to_mosquitto_over_tls_presenting_its_device_certificate() -> TestResult
+{
     let mut world = World::start(devices("PkMosq", "tls", 1), |_| {}).await;
     let server = world.pki.server("mosquitto-server")?;
     let mosquitto = Mosquitto::start(
@@ -38,13 +39,18 @@ async fn the_agent_connects_to_mosquitto_over_tls_presenting_its_device_certific
         Duration::from_secs(5),
     )
     .await;
-    assert!(anonymous.is_err(), "Mosquitto took a client without a certificate");
+    assert!(
+        anonymous.is_err(),
+        "Mosquitto took a client without a certificate"
+    );
 
     let mut toml = world.agent_toml(0);
     toml.broker = format!("ssl://{}", mosquitto.addr());
     toml.broker_ca = Some(world.pki.ca.clone());
     let mut agent = InProcessAgent::start(toml.config()?)?;
-    agent.wait_for("the TLS connect", SOON, |s| s.connects == 1).await?;
+    agent
+        .wait_for("the TLS connect", SOON, |s| s.connects == 1)
+        .await?;
 
     // `use_identity_as_username`: Mosquitto names the client by the
     // certificate's CN, the device key: the device certificate was presented
@@ -102,12 +108,20 @@ async fn mosquitto_answers_not_authorised_and_the_agent_backs_off() -> TestResul
     }
     let s = agent.now();
     assert!(
-        s.last_error.as_deref().is_some_and(|e| e.contains("NotAuthorized")),
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NotAuthorized")),
         "the CONNACK code is reported: {s:?}"
     );
     assert_eq!(s.connects, 0);
-    assert_eq!(s.network_failures, 0, "a refusal is not a network failure: {s:?}");
-    assert_eq!(s.credentials_reused, 0, "a refused credential is never presented again");
+    assert_eq!(
+        s.network_failures, 0,
+        "a refusal is not a network failure: {s:?}"
+    );
+    assert_eq!(
+        s.credentials_reused, 0,
+        "a refused credential is never presented again"
+    );
     // A hot loop would make thousands of attempts in 4 s. With a refusal
     // ceiling of 400 ms doubling to 1.6 s, expect a handful.
     assert!(

@@ -16,7 +16,9 @@ async fn a_rotated_secret_is_used_at_the_next_connect_and_the_old_one_is_refused
         world.devices[0].device_key.clone(),
     );
     let mut agent = InProcessAgent::start(world.agent_toml(0).config()?)?;
-    agent.wait_for("the first connect", SOON, |s| s.connects == 1).await?;
+    agent
+        .wait_for("the first connect", SOON, |s| s.connects == 1)
+        .await?;
 
     // A login signed with the old secret, as a copy left on a device would be.
     let old_login = world.devices[0].sign_login()?;
@@ -31,7 +33,10 @@ async fn a_rotated_secret_is_used_at_the_next_connect_and_the_old_one_is_refused
     world.signer.rotate_secret(&pk, &dk, &new_secret).await?;
     let mark = world.sandbox.log_mark();
     let reload = world.reload_sandbox();
-    assert_eq!(reload.dropped_sessions, 1, "EnOS closes the old secret's session");
+    assert_eq!(
+        reload.dropped_sessions, 1,
+        "EnOS closes the old secret's session"
+    );
 
     // The agent's next connect, with a fresh credential, is accepted.
     let status = agent
@@ -49,7 +54,10 @@ async fn a_rotated_secret_is_used_at_the_next_connect_and_the_old_one_is_refused
         .into_iter()
         .filter(|i| i.time_ms >= rotated_at)
         .collect();
-    assert!(!after.is_empty(), "no credential was issued after the rotation");
+    assert!(
+        !after.is_empty(),
+        "no credential was issued after the rotation"
+    );
     for issuance in &after {
         assert!(issuance.signed_with(&new_secret, &audit_key)?);
         assert!(!issuance.signed_with(&old_secret, &audit_key)?);
@@ -58,7 +66,10 @@ async fn a_rotated_secret_is_used_at_the_next_connect_and_the_old_one_is_refused
     // The sandbox refuses the old secret: the login signed before the
     // rotation, and a fresh one signed with the old secret.
     let fresh_old = enos_e2e::devices::sign_login(&world.devices[0], &old_secret)?;
-    for (what, login) in [("the old login", &old_login), ("a new login with the old secret", &fresh_old)] {
+    for (what, login) in [
+        ("the old login", &old_login),
+        ("a new login with the old secret", &fresh_old),
+    ] {
         let mark = world.sandbox.log_mark();
         let attempt = mqtt::try_connect(
             world.sandbox.mqtt_addr(),
@@ -82,5 +93,47 @@ async fn a_rotated_secret_is_used_at_the_next_connect_and_the_old_one_is_refused
     let status = agent.stop().await?;
     assert_eq!(status.connects, 2, "{status:?}");
     world.scan_logs();
+    Ok(())
+}
+
+/// The scan is only worth something if it finds what it looks for: an
+/// issued password (recovered from the audit trail alone) and a secret,
+/// in either case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_scan_finds_an_issued_password_and_a_secret() -> TestResult {
+    let mut world = World::start(devices("PkScan", "scan", 1), |_| {}).await;
+    let config = world.agent_toml(0).config()?;
+    let signer = enos_agent::GrpcSigner::new(&config.signer, &config.device)?;
+    let credential = enos_agent::Signer::issue_mqtt_credential(&signer).await?;
+    let (audit_file, audit_key) = world.audit_files();
+    let summary = world.scan.audit_trail(&audit_file, &audit_key)?;
+    assert_eq!(summary.issued, 1);
+
+    let leak = format!(
+        "debug: connecting with {}",
+        credential.password().to_lowercase()
+    );
+    let found = world
+        .scan
+        .scan("a planted line", &leak)
+        .expect_err("the password is found");
+    assert!(
+        found.to_string().contains("the password issued at"),
+        "{found}"
+    );
+    let leak = format!("secret={}", world.devices[0].secret().to_uppercase());
+    let found = world
+        .scan
+        .scan("a planted line", &leak)
+        .expect_err("the secret is found");
+    assert!(
+        found.to_string().contains("secret #1 of PkScan/scan-000"),
+        "{found}"
+    );
+    assert!(
+        !found.to_string().contains(world.devices[0].secret()),
+        "the report hides it"
+    );
+    world.scan.scan("a clean line", "nothing to see")?;
     Ok(())
 }

@@ -28,7 +28,9 @@ async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_
         agents.push(InProcessAgent::start(world.agent_toml(i).config()?)?);
     }
     for agent in &mut agents {
-        agent.wait_for("the first connect", SOON, |s| s.connects == 1).await?;
+        agent
+            .wait_for("the first connect", SOON, |s| s.connects == 1)
+            .await?;
     }
 
     // SIGKILL: no drain, no goodbye; every gRPC connection is cut.
@@ -54,8 +56,17 @@ async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_
     tokio::time::sleep(Duration::from_secs(2)).await;
     for agent in &agents {
         let s = agent.now();
-        assert_eq!(s.state, ConnectionState::Connected, "{}: {s:?}", agent.device);
-        assert_eq!((s.connects, s.network_failures, s.refusals), (1, 0, 0), "{s:?}");
+        assert_eq!(
+            s.state,
+            ConnectionState::Connected,
+            "{}: {s:?}",
+            agent.device
+        );
+        assert_eq!(
+            (s.connects, s.network_failures, s.refusals),
+            (1, 0, 0),
+            "{s:?}"
+        );
     }
     assert!(
         world
@@ -86,7 +97,10 @@ async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_
         agent.stop().await?;
     }
     latecomer.stop().await?;
-    assert!(signer.stop()?.success(), "the restarted signer drains and exits 0");
+    assert!(
+        signer.stop()?.success(),
+        "the restarted signer drains and exits 0"
+    );
     world
         .other_logs
         .push(("the enos-signer binary's log".into(), signer.logs()));

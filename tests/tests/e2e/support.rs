@@ -48,7 +48,10 @@ pub(crate) struct World {
 impl World {
     /// Starts the signer (config adjusted by `adjust`) and the sandbox with
     /// `devices` registered in both (in one bulk import).
-    pub(crate) async fn start(devices: Vec<Device>, adjust: impl FnOnce(&mut SignerConfig)) -> World {
+    pub(crate) async fn start(
+        devices: Vec<Device>,
+        adjust: impl FnOnce(&mut SignerConfig),
+    ) -> World {
         let logs = init();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = LoopPki::new(&dir.path().join("pki"), "e2e-ca").expect("pki");
@@ -130,7 +133,10 @@ impl World {
         let (file, key) = self.audit_files();
         let summary = self.scan.audit_trail(&file, &key).expect("audit trail");
         assert!(summary.issued > 0, "the scenario issued no credential");
-        assert!(self.logs.is_capturing(), "this process's logs are not captured");
+        assert!(
+            self.logs.is_capturing(),
+            "this process's logs are not captured"
+        );
         let mut sources = vec![
             ("this process's log".to_owned(), self.logs.text()),
             ("the sandbox's log".to_owned(), self.sandbox.logs()),
