@@ -471,7 +471,7 @@ pub async fn run<W: Write>(
         format!(
             "the console called {service_topic}; the agent delivered it to the local topic \
              {local_topic} (id {})",
-            delivered["id"]
+            delivered["id"].as_str().unwrap_or("?")
         ),
     );
     let answer = json!({"id": delivered["id"], "code": 200, "data": {"restarting": true}});

@@ -127,15 +127,24 @@ pub fn write_csv(path: &Path, devices: &[&Device]) -> Result<()> {
     let mut csv = Zeroizing::new(String::from(CSV_HEADER));
     for d in devices {
         let (gpk, gdk) = d.gateway.clone().unwrap_or_default();
-        csv.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            d.product_key,
-            d.device_key,
+        // Pushed piece by piece: no unwiped temporary holds the secret.
+        for (i, field) in [
+            d.product_key.as_str(),
+            d.device_key.as_str(),
             d.secret(),
-            d.enabled,
-            gpk,
-            gdk
-        ));
+            if d.enabled { "true" } else { "false" },
+            gpk.as_str(),
+            gdk.as_str(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                csv.push(',');
+            }
+            csv.push_str(field);
+        }
+        csv.push('\n');
     }
     enos_testkit::write_private(path, csv.as_bytes())
         .map_err(|e| E2eError::failed(format!("writing {}: {e}", path.display())))

@@ -61,11 +61,11 @@ impl<'a> MakeWriter<'a> for ProcessLogs {
 impl ProcessLogs {
     /// Installs the capturing subscriber (once per process) and returns
     /// the capture. If another global subscriber was installed first, the
-    /// capture stays empty and [`ProcessLogs::text`] says so by failing
-    /// the scan's precondition in [`ProcessLogs::is_capturing`].
+    /// capture stays empty: [`ProcessLogs::is_capturing`] tells, and a
+    /// scan must check it.
     pub fn install() -> &'static ProcessLogs {
         static LOGS: OnceLock<(ProcessLogs, bool)> = OnceLock::new();
-        let (logs, _) = LOGS.get_or_init(|| {
+        let (logs, _installed) = LOGS.get_or_init(|| {
             let logs = ProcessLogs::default();
             let installed = tracing_subscriber::fmt()
                 .with_env_filter(EnvFilter::new(FILTER))

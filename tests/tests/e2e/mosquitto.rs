@@ -125,9 +125,13 @@ async fn mosquitto_answers_not_authorised_and_the_agent_backs_off() -> TestResul
     // A hot loop would make thousands of attempts in 4 s. With a refusal
     // ceiling of 400 ms doubling to 1.6 s, expect a handful.
     assert!(
-        (2..=15).contains(&attempts.len()),
+        (2..=15).contains(&s.refusals),
         "{} attempts in {window:?}: {attempts:?}",
-        attempts.len()
+        s.refusals
+    );
+    assert!(
+        (s.refusals..=s.refusals + 1).contains(&s.credentials_issued),
+        "a fresh credential for every attempt: {s:?}"
     );
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     let mean = gaps.iter().sum::<Duration>() / u32::try_from(gaps.len().max(1))?;
