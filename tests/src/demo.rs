@@ -298,22 +298,25 @@ pub async fn run<W: Write>(
     );
     mqtt_toml.status_file = Some(dir.join("agent-mqtt-status.json"));
     let mut agent_logs = Vec::new();
-    let mark = sandbox.log_mark();
+    let mark = sandbox.logs().len();
     let mut agent = start_agent(binaries, &dir, "agent-mqtt", &mqtt_toml).in_step(MQTT)?;
     let status = wait_status(&mqtt_toml, &mut agent, "a credential", |s| {
         s["credentials_issued"].as_u64() >= Some(1)
     })
+    .await
     .in_step(MQTT)?;
     narrator.say(MQTT, credential_words(&demo.gateway, &status));
     wait_status(&mqtt_toml, &mut agent, "the MQTT connection", |s| {
         s["state"] == "connected"
     })
+    .await
     .in_step(MQTT)?;
     wait_sandbox(
         &sandbox,
         mark,
         &["accepted MQTT CONNECT", "enos-mqtt\"", &demo.gateway.id()],
     )
+    .await
     .in_step(MQTT)?;
     narrator.say(
         MQTT,
@@ -355,22 +358,25 @@ pub async fn run<W: Write>(
          local_reply_prefix = \"{LOCAL_COMMAND_REPLIES}\"\n",
         local.addr()
     );
-    let mark = sandbox.log_mark();
+    let mark = sandbox.logs().len();
     let mut agent = start_agent(binaries, &dir, "agent-mqtts", &toml).in_step(MQTTS)?;
     let status = wait_status(&toml, &mut agent, "a credential", |s| {
         s["credentials_issued"].as_u64() >= Some(1)
     })
+    .await
     .in_step(MQTTS)?;
     narrator.say(MQTTS, credential_words(&demo.gateway, &status));
     wait_status(&toml, &mut agent, "the MQTTS connection", |s| {
         s["state"] == "connected"
     })
+    .await
     .in_step(MQTTS)?;
     wait_sandbox(
         &sandbox,
         mark,
         &["accepted MQTT CONNECT", "enos-mqtts\"", &demo.gateway.id()],
     )
+    .await
     .in_step(MQTTS)?;
     narrator.say(
         MQTTS,
@@ -386,6 +392,7 @@ pub async fn run<W: Write>(
     wait_status(&toml, &mut agent, "the sub-device login", |s| {
         s["sub_devices"][0]["state"] == "online"
     })
+    .await
     .in_step(SUB)?;
     wait_sandbox(
         &sandbox,
@@ -398,6 +405,7 @@ pub async fn run<W: Write>(
             "code=200",
         ],
     )
+    .await
     .in_step(SUB)?;
     narrator.say(
         SUB,
@@ -575,7 +583,7 @@ fn start_agent(
 }
 
 /// Polls the agent's status file until `pred` holds.
-fn wait_status(
+async fn wait_status(
     toml: &AgentToml,
     agent: &mut ChildProcess,
     what: &str,
@@ -609,29 +617,30 @@ fn wait_status(
                 agent.log().tail(15)
             )));
         }
-        std::thread::sleep(Duration::from_millis(25));
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Waits for a sandbox log line (after `mark`) containing every part.
-fn wait_sandbox(sandbox: &Sandbox, mark: enos_sandbox::LogMark, parts: &[&str]) -> Result<()> {
+///
+/// `mark` is the length of the sandbox's log before the step began: the
+/// log only grows, so what follows it is what the step caused.
+async fn wait_sandbox(sandbox: &Sandbox, mark: usize, parts: &[&str]) -> Result<()> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
-        // The first part narrows the wait; then every line is checked.
-        sandbox.wait_for_log_since(mark, parts[0], STEP_TIMEOUT)?;
-        let logs = sandbox.logs();
-        if logs
-            .lines()
-            .any(|line| parts.iter().all(|p| line.contains(p)))
-        {
+        let seen = sandbox.logs().get(mark..).is_some_and(|new| {
+            new.lines()
+                .any(|line| parts.iter().all(|p| line.contains(p)))
+        });
+        if seen {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(E2eError::failed(format!(
-                "the sandbox did not log a line with {parts:?}"
+                "the sandbox did not log a line with {parts:?} within {STEP_TIMEOUT:?}"
             )));
         }
-        std::thread::sleep(Duration::from_millis(25));
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
