@@ -64,28 +64,6 @@ impl Binaries {
             agent: locate(&AGENT)?,
         })
     }
-
-    /// The binaries in `dir`, each of which must exist.
-    pub fn in_dir(dir: &Path) -> Result<Self> {
-        let at = |p: &Program| {
-            let path = dir.join(p.bin);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(E2eError::failed(format!(
-                    "{} is missing; build it with `cargo build -p {} --bin {}`",
-                    path.display(),
-                    p.package,
-                    p.bin
-                )))
-            }
-        };
-        Ok(Binaries {
-            sandbox: at(&SANDBOX)?,
-            signer: at(&SIGNER)?,
-            agent: at(&AGENT)?,
-        })
-    }
 }
 
 fn locate(program: &Program) -> Result<PathBuf> {
