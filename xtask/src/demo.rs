@@ -1,46 +1,71 @@
-//! `cargo xtask demo`: the main job.
+//! `cargo xtask demo`: the main job, the whole loop on this machine.
 //!
-//! Until the sandbox broker, the signer and the agent land, the demo shows
-//! what exists: the signing rules reproducing the EnOS guide's example.
+//! Builds the three programs and the demo driver with the same cargo and
+//! target directory as this xtask (`cargo build --bins -p enos-sandbox -p
+//! enos-signer-svc -p enos-agent -p enos-e2e`), then runs `enos-demo`,
+//! which starts the sandbox broker, the signer and the agent, tells each
+//! step as it happens and stops them all (see `tests/src/demo.rs`). The
+//! driver lives in the `enos-e2e` crate, next to the end-to-end suite that
+//! runs it too, so that this xtask stays std + anyhow.
+//!
+//! The demo's children are in this process group: Ctrl-C reaches them
+//! all, and the driver stops them on every other path.
 
-use anyhow::{Result, ensure};
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, Freshness, Md5Policy, MqttCredential,
-    PresentedLogin, ProductKey, SecureMode, SignMethod, SignedFields, TimestampMs,
-};
+use std::{path::PathBuf, process::Command};
 
-/// The password the EnOS connection guide gives for its example.
-const GUIDE_PASSWORD: &str = "97AA97335D6EC3D7E1F9E3119501E399CC0B4125";
+use anyhow::{Context, Result, bail};
+
+/// The binaries the demo runs: `(package, binary)`.
+const PROGRAMS: &[(&str, &str)] = &[
+    ("enos-sandbox", "enos-sandbox"),
+    ("enos-signer-svc", "enos-signer"),
+    ("enos-agent", "enos-agent"),
+    ("enos-e2e", "enos-demo"),
+];
 
 pub(crate) fn run() -> Result<()> {
-    println!("demo: signing the EnOS guide's example login (a public test vector)");
-    let fields = SignedFields {
-        client_id: ClientId::new("123")?,
-        device_key: DeviceKey::new("test")?,
-        product_key: ProductKey::new("123")?,
-        timestamp: TimestampMs::from_millis(1_524_448_722_000),
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask demo: building the sandbox, the signer, the agent and the demo driver");
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--bins"]);
+    for (package, _) in PROGRAMS {
+        build.args(["-p", package]);
+    }
+    let status = build
+        .current_dir(crate::workspace_root())
+        .status()
+        .with_context(|| format!("cannot start {cargo}"))?;
+    if !status.success() {
+        bail!("building the demo's programs failed ({status})");
+    }
+
+    // `cargo xtask` is `cargo run -p xtask` in the dev profile: this
+    // executable sits in the profile directory where the build above put
+    // the other binaries (same CARGO_TARGET_DIR, same profile).
+    let bin_dir = bin_dir()?;
+    let path = |name: &str| -> Result<PathBuf> {
+        let path = bin_dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            bail!("{} was not built", path.display())
+        }
     };
-    let secret = DeviceSecret::new("aaabbbcc123".to_owned())?;
-    let credential = MqttCredential::sign(
-        fields,
-        SecureMode::DeviceSecret,
-        SignMethod::HmacSha1,
-        &secret,
-    )?;
-    println!("  MQTT client id: {}", credential.mqtt_client_id);
-    println!("  MQTT username:  {}", credential.username);
-    ensure!(
-        credential.password.expose_secret() == GUIDE_PASSWORD,
-        "the signed password differs from the EnOS guide's example"
-    );
-    println!("  password matches the guide's published answer");
-    let presented = PresentedLogin::parse(
-        &credential.mqtt_client_id,
-        &credential.username,
-        Md5Policy::Refuse,
-    )?;
-    presented.verify(credential.password.expose_secret(), &secret, Freshness::Any)?;
-    println!("  broker-side parse and constant-time verify accept it");
-    println!("demo: done (the signer, agent and sandbox broker are not part of this build yet)");
+    let status = Command::new(path("enos-demo")?)
+        .env("ENOS_SANDBOX_BIN", path("enos-sandbox")?)
+        .env("ENOS_SIGNER_BIN", path("enos-signer")?)
+        .env("ENOS_AGENT_BIN", path("enos-agent")?)
+        .status()
+        .context("cannot run enos-demo")?;
+    if !status.success() {
+        bail!("the demo failed ({status}); the failed step and its reason are above");
+    }
     Ok(())
+}
+
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the xtask executable")?;
+    exe.parent()
+        .map(PathBuf::from)
+        .context("the xtask executable has no directory")
 }

@@ -16,6 +16,8 @@ pub(crate) struct SystemPackage {
 /// Everything the test suite needs beyond the Rust toolchain.
 pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
     // enos-agent: the gateway's local broker in the bridge tests.
+    // enos-e2e (tests/): the broker of the Mosquitto scenarios (TLS with a
+    // required client certificate; a password file that refuses the agent).
     SystemPackage {
         program: "mosquitto",
         package: "mosquitto",

@@ -1,0 +1,690 @@
+//! The demo: the whole loop on this machine, each step told in plain words
+//! as it happens. `cargo xtask demo` builds the binaries and runs
+//! `enos-demo`, which calls [`run`]; the suite runs the same binary.
+//!
+//! The steps: a throwaway PKI; the EnOS sandbox (MQTT and MQTTS); the
+//! signer (`enos-signer init`, `serve`, `import` of a gateway and a
+//! sub-device bound to it, random secrets); the gateway's local broker;
+//! the agent over MQTT (credential, CONNACK, clean stop); the agent over
+//! MQTTS with its device certificate, the sub-device login, a measurepoint
+//! up and its 200 reply back, a command down and its answer up; a clean
+//! stop of everything; then the audit trail is read and every log of the
+//! run is scanned for the secrets and the issued passwords.
+
+use std::{
+    ffi::OsStr,
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_signer_svc::config::PolicyConfig;
+use serde_json::{Value, json};
+
+use crate::{
+    agent::AgentToml,
+    binaries::Binaries,
+    devices::{self, Device},
+    error::{E2eError, Result},
+    leaks::LeakScan,
+    local_broker::LocalBroker,
+    mqtt::{Login, MqttClient},
+    pki::LoopPki,
+    process::ChildProcess,
+    signer::{self, AdminEnv, SignerProcess},
+};
+
+/// How long any one step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The gateway's local topics.
+const LOCAL_MEASUREPOINTS: &str = "demo/measurepoints";
+const LOCAL_MEASUREPOINT_REPLY: &str = "demo/measurepoints/reply";
+const LOCAL_COMMANDS: &str = "demo/commands";
+const LOCAL_COMMAND_REPLIES: &str = "demo/command-replies";
+/// The service the console calls.
+const SERVICE: &str = "restart";
+
+/// A step that failed, and why.
+#[derive(Debug)]
+pub struct StepFailure {
+    /// The step, as the narration names it.
+    pub step: &'static str,
+    /// What went wrong.
+    pub reason: E2eError,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step \"{}\" failed: {}", self.step, self.reason)
+    }
+}
+
+impl std::error::Error for StepFailure {}
+
+/// Tags an error with the step it happened in.
+trait InStep<T> {
+    fn in_step(self, step: &'static str) -> Result<T, StepFailure>;
+}
+
+impl<T, E: Into<E2eError>> InStep<T> for Result<T, E> {
+    fn in_step(self, step: &'static str) -> Result<T, StepFailure> {
+        self.map_err(|e| StepFailure {
+            step,
+            reason: e.into(),
+        })
+    }
+}
+
+/// Tells the steps on an output, and keeps what it told (for the scan).
+#[derive(Debug)]
+pub struct Narrator<W> {
+    /// Where the narration goes (stdout in the binary).
+    out: W,
+    /// When the demo started.
+    started: Instant,
+    /// Everything told so far.
+    told: String,
+}
+
+impl<W: Write> Narrator<W> {
+    /// A narrator writing to `out`.
+    pub fn new(out: W) -> Self {
+        Narrator {
+            out,
+            started: Instant::now(),
+            told: String::new(),
+        }
+    }
+
+    /// Tells one line of `step`.
+    pub fn say(&mut self, step: &str, text: impl AsRef<str>) {
+        let line = format!(
+            "[{:>5.1}s] {step:<13} {}",
+            self.started.elapsed().as_secs_f64(),
+            text.as_ref()
+        );
+        // A closed stdout must not stop the demo halfway: keep going, the
+        // exit code still tells.
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+        self.told.push_str(&line);
+        self.told.push('\n');
+    }
+
+    /// Everything told so far.
+    pub fn told(&self) -> &str {
+        &self.told
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The devices of the demo.
+struct DemoDevices {
+    /// The gateway the agent runs on.
+    gateway: Device,
+    /// A sub-device bound to it.
+    sensor: Device,
+    /// The EnOS console's own login on the sandbox (plays the cloud side).
+    console: Device,
+}
+
+/// Runs the demo with `binaries`, narrating on `narrator`.
+pub async fn run<W: Write>(
+    binaries: &Binaries,
+    narrator: &mut Narrator<W>,
+) -> Result<(), StepFailure> {
+    // 1. PKI and devices.
+    const PKI: &str = "PKI";
+    let state = tempfile::Builder::new()
+        .prefix("enos-demo-")
+        .tempdir()
+        .map_err(E2eError::io("creating the state directory"))
+        .in_step(PKI)?;
+    let dir = state.path().to_owned();
+    let pki = LoopPki::new(&dir.join("pki"), "enos-demo-ca").in_step(PKI)?;
+    let gateway = Device::new("DemoGw", "gateway-001").in_step(PKI)?;
+    let demo = DemoDevices {
+        sensor: Device::new("DemoSensor", "sensor-001")
+            .in_step(PKI)?
+            .behind(&gateway),
+        console: Device::new("DemoCloud", "console").in_step(PKI)?,
+        gateway,
+    };
+    let broker_server = pki.server("broker-server").in_step(PKI)?;
+    let (gateway_cert, _) = pki.device(&demo.gateway).in_step(PKI)?;
+    let admin = pki.admin("demo-admin").in_step(PKI)?;
+    narrator.say(
+        PKI,
+        format!(
+            "a throwaway CA in {} issued server certificates (signer, broker) for 127.0.0.1, \
+             the device certificate of {} (spiffe://enos/device/{}) and an admin certificate",
+            dir.display(),
+            demo.gateway.id(),
+            demo.gateway.id()
+        ),
+    );
+
+    // 2. The EnOS sandbox: EnOS knows the gateway, the sensor and the console.
+    const SANDBOX: &str = "EnOS sandbox";
+    let enos_devices = dir.join("enos-devices.csv");
+    devices::write_csv(&enos_devices, &[&demo.gateway, &demo.sensor, &demo.console])
+        .in_step(SANDBOX)?;
+    let mut sandbox = Sandbox::builder(SandboxBinary::at(&binaries.sandbox), &enos_devices)
+        .tls(&pki.ca, &broker_server.cert, &broker_server.key)
+        .start()
+        .in_step(SANDBOX)?;
+    let tls_addr = sandbox
+        .tls_addr()
+        .ok_or_else(|| E2eError::failed("the sandbox has no TLS listener"))
+        .in_step(SANDBOX)?;
+    narrator.say(
+        SANDBOX,
+        format!(
+            "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate required); \
+             it knows 3 devices and checks every signed login",
+            sandbox.mqtt_addr(),
+            tls_addr
+        ),
+    );
+
+    // 3. The signer.
+    const SIGNER: &str = "signer";
+    let reservation = enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .in_step(SIGNER)?;
+    let signer_addr = reservation.addr();
+    let (_, signer_files) = signer::write_config(
+        &dir.join("signer"),
+        &pki,
+        signer_addr,
+        PolicyConfig::default(),
+    )
+    .in_step(SIGNER)?;
+    let init_output = signer::init(&binaries.signer, &signer_files.config).in_step(SIGNER)?;
+    let mut signer = SignerProcess::new(
+        &binaries.signer,
+        &signer_files.config,
+        signer_addr,
+        Some(reservation),
+    );
+    signer.start().in_step(SIGNER)?;
+    narrator.say(
+        SIGNER,
+        format!(
+            "`enos-signer init` created the master key, the audit key and an empty registry; \
+             `enos-signer serve` listens on {} (mTLS only)",
+            signer.uri()
+        ),
+    );
+
+    // 4. The registry: an EnOS console export, imported all or nothing.
+    const REGISTRY: &str = "registry";
+    let import_csv = dir.join("console-export.csv");
+    devices::write_csv(&import_csv, &[&demo.gateway, &demo.sensor]).in_step(REGISTRY)?;
+    let admin_env = AdminEnv {
+        endpoint: signer.uri(),
+        ca: pki.ca.clone(),
+        cert: admin.cert.clone(),
+        key: admin.key.clone(),
+    };
+    let import_output = admin_env
+        .run(
+            &binaries.signer,
+            &[OsStr::new("import"), import_csv.as_os_str()],
+        )
+        .in_step(REGISTRY)?;
+    if !import_output.contains("imported 2 devices") {
+        return Err(E2eError::failed(format!(
+            "the import did not report 2 devices:\n{import_output}"
+        )))
+        .in_step(REGISTRY);
+    }
+    // The secrets now live in the signer, sealed; the export goes.
+    std::fs::remove_file(&import_csv)
+        .map_err(E2eError::io("removing the console export"))
+        .in_step(REGISTRY)?;
+    narrator.say(
+        REGISTRY,
+        format!(
+            "`enos-signer import` took an EnOS console export: gateway {} and sub-device {} \
+             bound to it (secrets random, sealed by the signer, never shown)",
+            demo.gateway.id(),
+            demo.sensor.id()
+        ),
+    );
+
+    // 5. The gateway's local broker, the local application and the console.
+    const LOCAL: &str = "local broker";
+    let local = LocalBroker::start().in_step(LOCAL)?;
+    let mut app = MqttClient::connect(
+        local.addr(),
+        &Login {
+            client_id: "demo-local-app".into(),
+            ..Login::default()
+        },
+        STEP_TIMEOUT,
+    )
+    .await
+    .in_step(LOCAL)?;
+    app.subscribe(LOCAL_MEASUREPOINT_REPLY, STEP_TIMEOUT)
+        .await
+        .in_step(LOCAL)?;
+    app.subscribe(&format!("{LOCAL_COMMANDS}/#"), STEP_TIMEOUT)
+        .await
+        .in_step(LOCAL)?;
+    narrator.say(
+        LOCAL,
+        format!(
+            "the gateway's local MQTT broker listens on {}; a local application is connected",
+            local.addr()
+        ),
+    );
+
+    // 6. The agent over plain MQTT.
+    const MQTT: &str = "agent MQTT";
+    let gateway_files = (gateway_cert.cert.clone(), gateway_cert.key.clone());
+    let mut mqtt_toml = AgentToml::new(
+        &demo.gateway,
+        &signer.uri(),
+        &pki.ca,
+        gateway_files.clone(),
+        format!("tcp://{}", sandbox.mqtt_addr()),
+    );
+    mqtt_toml.status_file = Some(dir.join("agent-mqtt-status.json"));
+    let mut agent_logs = Vec::new();
+    let mark = sandbox.logs().len();
+    let mut agent = start_agent(binaries, &dir, "agent-mqtt", &mqtt_toml).in_step(MQTT)?;
+    let status = wait_status(&mqtt_toml, &mut agent, "a credential", |s| {
+        s["credentials_issued"].as_u64() >= Some(1)
+    })
+    .await
+    .in_step(MQTT)?;
+    narrator.say(MQTT, credential_words(&demo.gateway, &status));
+    wait_status(&mqtt_toml, &mut agent, "the MQTT connection", |s| {
+        s["state"] == "connected"
+    })
+    .await
+    .in_step(MQTT)?;
+    wait_sandbox(
+        &sandbox,
+        mark,
+        &["accepted MQTT CONNECT", "enos-mqtt\"", &demo.gateway.id()],
+    )
+    .await
+    .in_step(MQTT)?;
+    narrator.say(
+        MQTT,
+        format!(
+            "MQTT connected to tcp://{}: the sandbox checked the signed login and sent CONNACK",
+            sandbox.mqtt_addr()
+        ),
+    );
+    let exit = agent.terminate(STEP_TIMEOUT).in_step(MQTT)?;
+    agent_logs.push(agent.log().text());
+    if !exit.success() {
+        return Err(E2eError::failed(format!("the agent exited with {exit}"))).in_step(MQTT);
+    }
+    narrator.say(
+        MQTT,
+        "agent stopped on SIGTERM: MQTT DISCONNECT sent, exit 0",
+    );
+
+    // 7. The agent over MQTTS, with the bridge and the sub-device.
+    const MQTTS: &str = "agent MQTTS";
+    let mut toml = AgentToml::new(
+        &demo.gateway,
+        &signer.uri(),
+        &pki.ca,
+        gateway_files,
+        format!("ssl://{tls_addr}"),
+    );
+    toml.broker_ca = Some(pki.ca.clone());
+    toml.status_file = Some(dir.join("agent-mqtts-status.json"));
+    toml.sub_devices = vec![(
+        demo.sensor.product_key.clone(),
+        demo.sensor.device_key.clone(),
+    )];
+    toml.extra = format!(
+        "[bridge]\nlocal_broker = \"tcp://{}\"\nclient_id = \"demo-agent-bridge\"\n\n\
+         [[bridge.upstream]]\nlocal = \"{LOCAL_MEASUREPOINTS}\"\ntarget = \"measurepoint-post\"\n\
+         reply_to = \"{LOCAL_MEASUREPOINT_REPLY}\"\nqos = 1\n\n\
+         [bridge.downstream]\nlocal_prefix = \"{LOCAL_COMMANDS}\"\n\
+         local_reply_prefix = \"{LOCAL_COMMAND_REPLIES}\"\n",
+        local.addr()
+    );
+    let mark = sandbox.logs().len();
+    let mut agent = start_agent(binaries, &dir, "agent-mqtts", &toml).in_step(MQTTS)?;
+    let status = wait_status(&toml, &mut agent, "a credential", |s| {
+        s["credentials_issued"].as_u64() >= Some(1)
+    })
+    .await
+    .in_step(MQTTS)?;
+    narrator.say(MQTTS, credential_words(&demo.gateway, &status));
+    wait_status(&toml, &mut agent, "the MQTTS connection", |s| {
+        s["state"] == "connected"
+    })
+    .await
+    .in_step(MQTTS)?;
+    wait_sandbox(
+        &sandbox,
+        mark,
+        &["accepted MQTT CONNECT", "enos-mqtts\"", &demo.gateway.id()],
+    )
+    .await
+    .in_step(MQTTS)?;
+    narrator.say(
+        MQTTS,
+        format!(
+            "MQTTS connected to ssl://{tls_addr} with the device certificate of {}: \
+             the TLS listener verified it against the demo CA, then the signed login",
+            demo.gateway.id()
+        ),
+    );
+
+    // 8. The sub-device.
+    const SUB: &str = "sub-device";
+    wait_status(&toml, &mut agent, "the sub-device login", |s| {
+        s["sub_devices"][0]["state"] == "online"
+    })
+    .await
+    .in_step(SUB)?;
+    wait_sandbox(
+        &sandbox,
+        mark,
+        // The sandbox names the gateway whose topic carried the login.
+        &[
+            "answered request",
+            "combine.login",
+            &demo.gateway.id(),
+            "code=200",
+        ],
+    )
+    .await
+    .in_step(SUB)?;
+    narrator.say(
+        SUB,
+        format!(
+            "{} logged in through the gateway: the signer signed its combine.login, \
+             the sandbox answered 200",
+            demo.sensor.id()
+        ),
+    );
+
+    // 9. A measurepoint up, its reply down.
+    const MEASUREPOINT: &str = "measurepoint";
+    let reply = post_measurepoint(&mut app).await.in_step(MEASUREPOINT)?;
+    narrator.say(
+        MEASUREPOINT,
+        format!(
+            "posted {{\"temperature\":21.5}} on the local topic {LOCAL_MEASUREPOINTS}; the agent sent it to \
+             /sys/{}/{}/thing/measurepoint/post and the reply came back: code {}",
+            demo.gateway.product_key, demo.gateway.device_key, reply["code"]
+        ),
+    );
+
+    // 10. A command down, its answer up.
+    const COMMAND: &str = "command";
+    let console_login = demo.console.sign_login().in_step(COMMAND)?;
+    let mut console = MqttClient::connect(
+        sandbox.mqtt_addr(),
+        &Login {
+            client_id: console_login.mqtt_client_id.clone(),
+            credentials: Some((
+                console_login.username.clone(),
+                devices::password(&console_login).to_owned(),
+            )),
+            tls: None,
+        },
+        STEP_TIMEOUT,
+    )
+    .await
+    .in_step(COMMAND)?;
+    drop(console_login);
+    let service_topic = format!(
+        "/sys/{}/{}/thing/service/{SERVICE}",
+        demo.gateway.product_key, demo.gateway.device_key
+    );
+    let reply_topic = format!("{service_topic}_reply");
+    console
+        .subscribe(&reply_topic, STEP_TIMEOUT)
+        .await
+        .in_step(COMMAND)?;
+    let call = json!({
+        "id": "demo-1",
+        "version": "1.0",
+        "method": format!("thing.service.{SERVICE}"),
+        "params": {"delaySeconds": 1}
+    });
+    console
+        .publish(&service_topic, call.to_string())
+        .await
+        .in_step(COMMAND)?;
+    let local_topic = format!("{LOCAL_COMMANDS}/{SERVICE}");
+    let delivered = app
+        .recv_on(&local_topic, STEP_TIMEOUT)
+        .await
+        .ok_or_else(|| E2eError::failed(format!("the command did not arrive on {local_topic}")))
+        .in_step(COMMAND)?;
+    let delivered: Value = serde_json::from_slice(&delivered)
+        .map_err(|e| E2eError::failed(format!("the delivered command is not JSON: {e}")))
+        .in_step(COMMAND)?;
+    narrator.say(
+        COMMAND,
+        format!(
+            "the console called {service_topic}; the agent delivered it to the local topic \
+             {local_topic} (id {})",
+            delivered["id"].as_str().unwrap_or("?")
+        ),
+    );
+    let answer = json!({"id": delivered["id"], "code": 200, "data": {"restarting": true}});
+    app.publish(
+        &format!("{LOCAL_COMMAND_REPLIES}/{SERVICE}"),
+        answer.to_string(),
+    )
+    .await
+    .in_step(COMMAND)?;
+    let answered = console
+        .recv_on(&reply_topic, STEP_TIMEOUT)
+        .await
+        .ok_or_else(|| E2eError::failed(format!("no answer on {reply_topic}")))
+        .in_step(COMMAND)?;
+    let answered: Value = serde_json::from_slice(&answered)
+        .map_err(|e| E2eError::failed(format!("the answer is not JSON: {e}")))
+        .in_step(COMMAND)?;
+    if answered["id"] != "demo-1" || answered["code"] != 200 {
+        return Err(E2eError::failed(format!("unexpected answer {answered}"))).in_step(COMMAND);
+    }
+    narrator.say(
+        COMMAND,
+        format!("answered: the console received {reply_topic} with code 200 for id demo-1"),
+    );
+
+    // 11. Stop everything.
+    const STOP: &str = "stop";
+    console.disconnect().await;
+    app.disconnect().await;
+    let exit = agent.terminate(STEP_TIMEOUT).in_step(STOP)?;
+    agent_logs.push(agent.log().text());
+    if !exit.success() {
+        return Err(E2eError::failed(format!("the agent exited with {exit}"))).in_step(STOP);
+    }
+    let exit = signer.stop().in_step(STOP)?;
+    if !exit.success() {
+        return Err(E2eError::failed(format!("the signer exited with {exit}"))).in_step(STOP);
+    }
+    sandbox.stop().in_step(STOP)?;
+    narrator.say(
+        STOP,
+        "agent (exit 0), signer (drained, exit 0) and sandbox stopped; no process left",
+    );
+
+    // 12. The audit trail, and every log of the run scanned.
+    const AUDIT: &str = "audit";
+    let mut scan = LeakScan::new();
+    scan.devices([&demo.gateway, &demo.sensor, &demo.console]);
+    for key in [&signer_files.master_key, &signer_files.audit_key] {
+        let text = std::fs::read_to_string(key)
+            .map_err(E2eError::io(format!("reading {}", key.display())))
+            .in_step(AUDIT)?;
+        scan.other(&format!("the key in {}", key.display()), text.trim());
+    }
+    let summary = scan
+        .audit_trail(&signer_files.audit_file, &signer_files.audit_key)
+        .in_step(AUDIT)?;
+    let logs: Vec<(&str, String)> = vec![
+        ("the sandbox's log", sandbox.logs()),
+        ("the signer's log", signer.logs()),
+        ("enos-signer init", init_output),
+        ("enos-signer import", import_output),
+        ("the agent's log (MQTT)", agent_logs[0].clone()),
+        ("the agent's log (MQTTS)", agent_logs[1].clone()),
+        ("this narration", narrator.told().to_owned()),
+    ];
+    let lines: usize = logs.iter().map(|(_, text)| text.lines().count()).sum();
+    for (source, text) in &logs {
+        scan.scan(source, text).in_step(AUDIT)?;
+    }
+    let refused: usize = summary.refused.values().sum();
+    narrator.say(
+        AUDIT,
+        format!(
+            "the signer's audit trail records {} issuances and {refused} refusals; \
+             none of the 3 secrets, the {} issued passwords (recomputed and matched against \
+             their audit HMACs) or the signer's keys appears in the {lines} log lines of the run",
+            summary.issued,
+            scan.password_count()
+        ),
+    );
+    drop(state);
+    Ok(())
+}
+
+/// Starts `enos-agent run` with `toml` written to `dir/name.toml`.
+fn start_agent(
+    binaries: &Binaries,
+    dir: &Path,
+    name: &str,
+    toml: &AgentToml,
+) -> Result<ChildProcess> {
+    let path = dir.join(format!("{name}.toml"));
+    toml.write(&path)?;
+    ChildProcess::spawn(
+        name,
+        &binaries.agent,
+        [OsStr::new("run"), OsStr::new("--config"), path.as_os_str()],
+        &[("ENOS_AGENT_LOG", OsStr::new("debug"))],
+    )
+}
+
+/// Polls the agent's status file until `pred` holds.
+async fn wait_status(
+    toml: &AgentToml,
+    agent: &mut ChildProcess,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let path: PathBuf = toml
+        .status_file
+        .clone()
+        .ok_or_else(|| E2eError::failed("the agent has no status file"))?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut last = Value::Null;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(status) = serde_json::from_str::<Value>(&text) {
+                if pred(&status) {
+                    return Ok(status);
+                }
+                last = status;
+            }
+        }
+        if !agent.is_running() {
+            return Err(E2eError::failed(format!(
+                "the agent exited while waiting for {what}; its last lines:\n{}",
+                agent.log().tail(15)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(E2eError::failed(format!(
+                "no {what} within {STEP_TIMEOUT:?}; the agent's last error: {}; its last lines:\n{}",
+                last["last_error"],
+                agent.log().tail(15)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits for a sandbox log line (after `mark`) containing every part.
+///
+/// `mark` is the length of the sandbox's log before the step began: the
+/// log only grows, so what follows it is what the step caused.
+async fn wait_sandbox(sandbox: &Sandbox, mark: usize, parts: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let seen = sandbox.logs().get(mark..).is_some_and(|new| {
+            new.lines()
+                .any(|line| parts.iter().all(|p| line.contains(p)))
+        });
+        if seen {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(E2eError::failed(format!(
+                "the sandbox did not log a line with {parts:?} within {STEP_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// "credential issued …, expires …" from an agent status.
+fn credential_words(device: &Device, status: &Value) -> String {
+    match status["credential_expires_at_ms"].as_u64() {
+        Some(ms) => {
+            let at = UNIX_EPOCH + Duration::from_millis(ms);
+            let left = ms.saturating_sub(enos_agent::now_ms()) / 1000;
+            format!(
+                "the signer issued a credential for {} over mTLS, valid until {} (in {left} s); \
+                 the password is not shown",
+                device.id(),
+                humantime::format_rfc3339_seconds(at)
+            )
+        }
+        None => format!(
+            "the signer issued a credential for {} (no expiry given); the password is not shown",
+            device.id()
+        ),
+    }
+}
+
+/// Publishes a measurepoint locally until its reply arrives (the agent's
+/// local subscription may still be on its way when the first one goes).
+async fn post_measurepoint(app: &mut MqttClient) -> Result<Value> {
+    for _ in 0..5 {
+        app.publish(LOCAL_MEASUREPOINTS, r#"{"temperature":21.5}"#)
+            .await?;
+        if let Some(reply) = app
+            .recv_on(LOCAL_MEASUREPOINT_REPLY, Duration::from_secs(2))
+            .await
+        {
+            let reply: Value = serde_json::from_slice(&reply)
+                .map_err(|e| E2eError::failed(format!("the reply is not JSON: {e}")))?;
+            if reply["code"] != 200 {
+                return Err(E2eError::failed(format!(
+                    "the measurepoint was answered {reply}"
+                )));
+            }
+            return Ok(reply);
+        }
+    }
+    Err(E2eError::failed(format!(
+        "no reply on {LOCAL_MEASUREPOINT_REPLY} after 5 posts"
+    )))
+}

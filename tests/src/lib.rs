@@ -1,0 +1,55 @@
+//! The whole loop on one machine: the demo (`cargo xtask demo` runs the
+//! `enos-demo` binary) and the end-to-end suite (`tests/e2e`), over the
+//! real binaries and libraries: the EnOS sandbox, the signer, the agent,
+//! and Debian's Mosquitto.
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`binaries`] | [`Binaries`]: where `enos-sandbox`, `enos-signer`, `enos-agent` are |
+//! | [`process`] | [`ChildProcess`]: a child with captured output, SIGTERM/SIGKILL, killed on drop |
+//! | [`pki`] | [`LoopPki`]: one throwaway CA and its files |
+//! | [`devices`] | [`Device`]: random secrets, the CSV files of the sandbox and the signer |
+//! | [`signer`] | [`SignerProcess`]: `enos-signer init`, `serve` (kill, restart), admin commands |
+//! | [`agent`] | [`AgentToml`]: the agent's config; [`InProcessAgent`]: the agent library in this process |
+//! | [`mqtt`] | [`MqttClient`]: the console's and the local application's MQTT client |
+//! | [`tls`] | rustls client configs (ring) for those clients |
+//! | [`local_broker`] | [`LocalBroker`]: rumqttd in process, the demo's local broker |
+//! | [`mosquitto`] | [`Mosquitto`]: Debian's broker with the suite's config on a free port |
+//! | [`logs`] | [`ProcessLogs`]: this process's `tracing` output, captured |
+//! | [`leaks`] | [`LeakScan`]: secrets and issued passwords (from the audit trail), searched in logs |
+//! | [`demo`] | the demo's steps, told in plain words |
+//! | `error` | [`E2eError`], the one error type |
+//!
+//! No secret or password is ever printed: [`Device`]'s `Debug` redacts the
+//! secret, and the issued passwords are only ever held to look for them.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod binaries;
+pub mod demo;
+pub mod devices;
+mod error;
+pub mod leaks;
+pub mod local_broker;
+pub mod logs;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod pki;
+pub mod process;
+pub mod signer;
+pub mod tls;
+
+pub use agent::{AgentToml, InProcessAgent};
+pub use binaries::Binaries;
+pub use devices::Device;
+pub use error::{E2eError, Result};
+pub use leaks::LeakScan;
+pub use local_broker::LocalBroker;
+pub use logs::ProcessLogs;
+pub use mosquitto::Mosquitto;
+pub use mqtt::MqttClient;
+pub use pki::LoopPki;
+pub use process::ChildProcess;
+pub use signer::SignerProcess;

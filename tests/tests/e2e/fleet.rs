@@ -1,0 +1,136 @@
+//! 200 agents in one process through a broker restart.
+
+use std::time::{Duration, Instant};
+
+use enos_e2e::{InProcessAgent, agent::Backoff};
+use enos_signer_svc::config::RateLimitConfig;
+
+use crate::support::{TestResult, World, devices};
+
+const AGENTS: usize = 200;
+/// The signer's per-device budget: 2 requests a second, 6 at once.
+const RATE: RateLimitConfig = RateLimitConfig {
+    per_second: 2,
+    burst: 6,
+};
+/// Waiting for 200 connects on a loaded 2-core machine.
+const FLEET_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_reconnect_after_a_broker_restart_with_fresh_credentials_within_the_rate_limit()
+-> TestResult {
+    let mut world = World::start(devices("PkFleet", "node", AGENTS), |c| {
+        c.rate_limit = Some(RATE);
+    })
+    .await;
+    let backoff = Backoff {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+        refusal_factor: 4,
+        reset_after: Duration::from_secs(1),
+    };
+    let mut agents = Vec::with_capacity(AGENTS);
+    let started = Instant::now();
+    for i in 0..AGENTS {
+        let mut toml = world.agent_toml(i);
+        toml.backoff = backoff;
+        agents.push(InProcessAgent::start(toml.config()?)?);
+    }
+    for agent in &mut agents {
+        agent
+            .wait_for("the first connect", FLEET_TIMEOUT, |s| s.connects == 1)
+            .await?;
+    }
+    let connected_in = started.elapsed();
+    // Let every connection pass `reset_after`, as a fleet in service would.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let restarted = Instant::now();
+    world.sandbox.restart()?;
+    for agent in &mut agents {
+        agent
+            .wait_for("the reconnect", FLEET_TIMEOUT, |s| s.connects == 2)
+            .await?;
+    }
+    let reconnected_in = restarted.elapsed();
+    // The broker saw every one of them, twice.
+    let accepted = world
+        .sandbox
+        .logs()
+        .lines()
+        .filter(|l| l.contains("accepted MQTT CONNECT"))
+        .count();
+    assert!(
+        accepted >= 2 * AGENTS,
+        "the sandbox accepted {accepted} CONNECTs"
+    );
+    eprintln!(
+        "fleet: {AGENTS} agents connected in {:.1} s; all reconnected {:.1} s after the broker restart began",
+        connected_in.as_secs_f64(),
+        reconnected_in.as_secs_f64()
+    );
+
+    for agent in &agents {
+        let s = agent.now();
+        assert!(
+            s.credentials_issued >= 2,
+            "{}: a fresh credential for the reconnect: {s:?}",
+            agent.device
+        );
+        assert_eq!(s.credentials_reused, 0, "{}: {s:?}", agent.device);
+        assert_eq!(s.refusals, 0, "{}: {s:?}", agent.device);
+    }
+    // The signer never had to refuse anyone for going over the limit, and
+    // issued every device at least two credentials.
+    let audit = world.audit();
+    assert_eq!(
+        audit.refused("resource_exhausted"),
+        0,
+        "the signer's rate limit was exceeded: {:?}",
+        audit.refused
+    );
+    assert_eq!(audit.issued_per_device.len(), AGENTS);
+    assert!(audit.issued_per_device.values().all(|n| *n >= 2));
+    eprintln!(
+        "fleet: {} credentials issued, at most {} to one device, none refused",
+        audit.issued,
+        audit.issued_per_device.values().max().copied().unwrap_or(0)
+    );
+
+    // And the limit is real: one device asking in a tight loop is refused.
+    let hammer = enos_agent::GrpcSigner::new(
+        &world.agent_toml(0).config()?.signer,
+        &world.agent_toml(0).config()?.device,
+    )?;
+    let mut failed = 0;
+    for _ in 0..(RATE.burst + 4) {
+        // The agent counts ResourceExhausted as "unavailable" (it may
+        // reuse a cached credential); the audit trail names the code.
+        if enos_agent::Signer::issue_mqtt_credential(&hammer)
+            .await
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    let exhausted = world.audit().refused("resource_exhausted");
+    assert!(
+        failed > 0 && exhausted == failed,
+        "the rate limit is configured and enforced: {failed} failed, {exhausted} over the limit"
+    );
+
+    let stopping = Instant::now();
+    let mut stops = Vec::new();
+    for agent in agents {
+        stops.push(tokio::spawn(agent.stop()));
+    }
+    for stop in stops {
+        stop.await??;
+    }
+    eprintln!(
+        "fleet: {AGENTS} agents stopped in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
+    world.scan_logs();
+    Ok(())
+}

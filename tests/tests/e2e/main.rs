@@ -1,0 +1,25 @@
+//! End-to-end scenarios over the real binaries and libraries: the EnOS
+//! sandbox (child process), the signer (in process with real mTLS, or the
+//! `enos-signer` binary where it must die by SIGKILL), agents (the library
+//! in this process, or the binary), Debian's Mosquitto.
+//!
+//! Every scenario ends with the leak scan: every secret it used and every
+//! password the signer issued (recovered from the audit trail) are looked
+//! for in every log it produced; the demo scans its own run.
+//!
+//! | module | scenario |
+//! |---|---|
+//! | `demo` | `enos-demo` runs the whole loop; on failure it names the step; no process is left either way |
+//! | `rotation` | a secret rotated while running: the next connect uses the new one, the sandbox refuses the old |
+//! | `disabled` | a disabled device: the signer refuses, the agent backs off, recovers once enabled |
+//! | `signer_kill` | the signer killed with SIGKILL: sessions stay up, new connects work after its restart |
+//! | `fleet` | 200 agents in this process through a broker restart, within the signer's rate limit |
+//! | `mosquitto` | Mosquitto: TLS with a required device certificate; CONNACK "not authorised" and backoff |
+
+mod demo;
+mod disabled;
+mod fleet;
+mod mosquitto;
+mod rotation;
+mod signer_kill;
+mod support;

@@ -1,0 +1,194 @@
+//! The scenarios' world: a throwaway PKI, the signer (in process:
+//! `TestSigner`, real mTLS), the EnOS sandbox (a child process), devices
+//! registered in both, and the leak scan every scenario ends with.
+
+use std::{path::PathBuf, time::Duration};
+
+use enos_e2e::{AgentToml, Device, LeakScan, LoopPki, ProcessLogs};
+use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_signer_proto::v1;
+use enos_signer_svc::{SignerConfig, testing::TestSigner};
+
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Generous bound for what should happen "soon" on a loaded 2-core box.
+pub(crate) const SOON: Duration = Duration::from_secs(20);
+
+/// Installs the crypto provider and the log capture, once per process.
+pub(crate) fn init() -> &'static ProcessLogs {
+    enos_agent::install_crypto_provider();
+    ProcessLogs::install()
+}
+
+/// The sandbox binary: beside the test executable, or built.
+pub(crate) fn sandbox_binary() -> SandboxBinary {
+    SandboxBinary::locate().expect("the enos-sandbox binary")
+}
+
+/// Everything one scenario runs against.
+pub(crate) struct World {
+    /// State of every component; removed at the end.
+    pub(crate) dir: tempfile::TempDir,
+    /// The one CA.
+    pub(crate) pki: LoopPki,
+    /// The signer, in process, with real mTLS.
+    pub(crate) signer: TestSigner,
+    /// The EnOS sandbox (plain and TLS listeners).
+    pub(crate) sandbox: Sandbox,
+    /// The devices registered in the signer and in the sandbox.
+    pub(crate) devices: Vec<Device>,
+    /// What the final scan looks for (secrets added as devices come).
+    pub(crate) scan: LeakScan,
+    /// Logs from elsewhere (child processes) for the final scan.
+    pub(crate) other_logs: Vec<(String, String)>,
+    /// This process's captured logs.
+    logs: &'static ProcessLogs,
+}
+
+impl World {
+    /// Starts the signer (config adjusted by `adjust`) and the sandbox with
+    /// `devices` registered in both (in one bulk import).
+    pub(crate) async fn start(
+        devices: Vec<Device>,
+        adjust: impl FnOnce(&mut SignerConfig),
+    ) -> World {
+        let logs = init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = LoopPki::new(&dir.path().join("pki"), "e2e-ca").expect("pki");
+        let signer = TestSigner::start_with(&dir.path().join("signer"), &pki.pki, adjust)
+            .await
+            .expect("the signer starts");
+        import(&signer, &devices).await;
+        let csv = dir.path().join("enos-devices.csv");
+        let refs: Vec<&Device> = devices.iter().collect();
+        enos_e2e::devices::write_csv(&csv, &refs).expect("devices.csv");
+        let server = pki.server("broker-server").expect("broker certificate");
+        let sandbox = Sandbox::builder(sandbox_binary(), &csv)
+            .tls(&pki.ca, &server.cert, &server.key)
+            .log_filter("debug")
+            .start()
+            .expect("the sandbox starts");
+        let mut scan = LeakScan::new();
+        scan.devices(&devices);
+        World {
+            dir,
+            pki,
+            signer,
+            sandbox,
+            devices,
+            scan,
+            other_logs: Vec::new(),
+            logs,
+        }
+    }
+
+    /// The sandbox's device file.
+    pub(crate) fn sandbox_csv(&self) -> PathBuf {
+        self.dir.path().join("enos-devices.csv")
+    }
+
+    /// Rewrites the sandbox's device file from `self.devices` and reloads it.
+    pub(crate) fn reload_sandbox(&self) -> enos_sandbox::ReloadOutcome {
+        let refs: Vec<&Device> = self.devices.iter().collect();
+        enos_e2e::devices::write_csv(&self.sandbox_csv(), &refs).expect("devices.csv");
+        self.sandbox.reload_devices().expect("the sandbox reloads")
+    }
+
+    /// The agent config of `devices[i]` against this world's signer and
+    /// the sandbox's plain listener (its device certificate written now).
+    pub(crate) fn agent_toml(&self, i: usize) -> AgentToml {
+        let device = &self.devices[i];
+        let (files, _) = self.pki.device(device).expect("device certificate");
+        AgentToml::new(
+            device,
+            &self.signer.uri(),
+            &self.pki.ca,
+            (files.cert, files.key),
+            format!("tcp://{}", self.sandbox.mqtt_addr()),
+        )
+    }
+
+    /// The signer's audit trail and key.
+    pub(crate) fn audit_files(&self) -> (PathBuf, PathBuf) {
+        let config = self.signer.config();
+        (
+            config.audit_file().expect("audit file").to_owned(),
+            config.audit.key_file.clone(),
+        )
+    }
+
+    /// The audit trail's summary (and its passwords added to the scan).
+    pub(crate) fn audit(&mut self) -> enos_e2e::leaks::AuditSummary {
+        let (file, key) = self.audit_files();
+        let mut scan = LeakScan::new();
+        scan.devices(&self.devices);
+        scan.audit_trail(&file, &key).expect("audit trail")
+    }
+
+    /// The end of every scenario: every secret (current and old) and every
+    /// password the signer issued (recovered from its audit trail) is
+    /// looked for in every log: this process's (signer and agents), the
+    /// sandbox's, and the child processes'. Panics naming any leak.
+    pub(crate) fn scan_logs(mut self) {
+        let (file, key) = self.audit_files();
+        let summary = self.scan.audit_trail(&file, &key).expect("audit trail");
+        assert!(summary.issued > 0, "the scenario issued no credential");
+        assert!(
+            self.logs.is_capturing(),
+            "this process's logs are not captured"
+        );
+        let mut sources = vec![
+            ("this process's log".to_owned(), self.logs.text()),
+            ("the sandbox's log".to_owned(), self.sandbox.logs()),
+        ];
+        sources.append(&mut self.other_logs);
+        for (source, text) in &sources {
+            assert!(!text.is_empty(), "{source} is empty: nothing was captured");
+            if let Err(leak) = self.scan.scan(source, text) {
+                panic!("{leak}");
+            }
+        }
+    }
+}
+
+/// Registers `devices` in the signer in one all-or-nothing import.
+pub(crate) async fn import(signer: &TestSigner, devices: &[Device]) {
+    let rows: Vec<v1::ImportRow> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| v1::ImportRow {
+            line: u32::try_from(i + 2).expect("line"),
+            product_key: d.product_key.clone(),
+            device_key: d.device_key.clone(),
+            device_secret: d.secret().to_owned(),
+            gateway: d.gateway.as_ref().map(|(pk, dk)| v1::DeviceRef {
+                product_key: pk.clone(),
+                device_key: dk.clone(),
+            }),
+        })
+        .collect();
+    let request = v1::ImportDevicesRequest {
+        rows,
+        dry_run: false,
+    };
+    let response = signer
+        .admin()
+        .await
+        .import_devices(futures::stream::iter([request]))
+        .await
+        .expect("import")
+        .into_inner();
+    assert!(
+        response.errors.is_empty(),
+        "import errors: {:?}",
+        response.errors
+    );
+    assert_eq!(response.imported as usize, devices.len());
+}
+
+/// `n` devices of product `pk`, keys `{prefix}-{i}`.
+pub(crate) fn devices(pk: &str, prefix: &str, n: usize) -> Vec<Device> {
+    (0..n)
+        .map(|i| Device::new(pk, &format!("{prefix}-{i:03}")).expect("device"))
+        .collect()
+}
