@@ -45,7 +45,11 @@ pub struct SignerFiles {
 impl SignerFiles {
     /// The files named by a config.
     pub fn of(config_path: &Path, config: &SignerConfig) -> Result<Self> {
-        let CustodyConfig::Software { master_key_file } = &config.custody;
+        let CustodyConfig::Software { master_key_file } = &config.custody else {
+            return Err(E2eError::failed(
+                "the end-to-end signer uses software custody (its master key is scanned for leaks)",
+            ));
+        };
         Ok(SignerFiles {
             config: config_path.to_owned(),
             audit_file: config
