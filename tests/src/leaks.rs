@@ -3,7 +3,7 @@
 //! The secrets are known (the suite generated them). The issued passwords
 //! are not handed to the test, and must not be: they are reconstructed
 //! from the signer's audit trail. Each issuance record names the device,
-//! the sign method and the signed timestamp; with the device's secret (the
+//! the signed clientId, the sign method and the signed timestamp; with the device's secret (the
 //! current one or an earlier one, after a rotation) the password is
 //! recomputed, and it counts only if its HMAC under the audit key equals
 //! the record's `password_hmac`. So the scan provably looks for exactly the
@@ -253,8 +253,8 @@ fn reconstruct<'a>(
     let (pk, dk) = device.split_once('/')?;
     let method = SignMethod::parse(record["sign_method"].as_str()?, Md5Policy::Allow).ok()?;
     let fields = SignedFields {
-        // The suite's agents leave clientId to its default, the device key.
-        client_id: ClientId::new(dk).ok()?,
+        // The record names the signed clientId.
+        client_id: ClientId::new(record["client_id"].as_str()?).ok()?,
         device_key: DeviceKey::new(dk).ok()?,
         product_key: ProductKey::new(pk).ok()?,
         timestamp: TimestampMs::from_millis(record["timestamp_ms"].as_u64()?),

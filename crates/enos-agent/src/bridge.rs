@@ -103,11 +103,15 @@ pub async fn run(
                         connected = true;
                         backoff.reset();
                         tracing::info!(broker = %bridge.local_broker, "connected to the local broker");
-                        if !filters.is_empty() {
-                            if let Err(e) = client.try_subscribe_many(filters.clone()) {
-                                tracing::error!(error = %e, "could not queue the local subscriptions");
-                            }
+                        if filters.is_empty() {
+                            shared.status.send_modify(|s| s.local_broker_connected = Some(true));
+                        } else if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                            tracing::error!(error = %e, "could not queue the local subscriptions");
                         }
+                    }
+                    // Reported connected only once the local subscriptions
+                    // hold: a local publish before SUBACK would be lost.
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         shared.status.send_modify(|s| s.local_broker_connected = Some(true));
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => from_local(p, bridge, shared),

@@ -102,7 +102,8 @@ pub struct AgentStatus {
     pub downstream_delivered: u64,
     /// Downstream messages dropped because the local queue was full.
     pub downstream_dropped: u64,
-    /// Whether the bridge's local broker connection is up (`None`: no bridge).
+    /// Whether the bridge's local broker connection is up and its
+    /// subscriptions acknowledged (`None`: no bridge).
     pub local_broker_connected: Option<bool>,
     /// The sub-devices, in config order.
     pub sub_devices: Vec<SubDeviceStatus>,

@@ -69,6 +69,7 @@ impl AdminService {
                 event: rpc,
                 identity: identity_name(identity),
                 device,
+                client_id: None,
                 sign_method: None,
                 timestamp_ms: None,
                 expires_at_ms: None,

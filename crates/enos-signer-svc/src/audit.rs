@@ -32,6 +32,9 @@ pub struct AuditRecord {
     /// The device concerned (`pk/dk`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The signed clientId of an issuance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The sign method of an issuance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sign_method: Option<&'static str>,
@@ -157,6 +160,7 @@ mod tests {
             event: "issue_mqtt_credential",
             identity: "device p/d".into(),
             device: Some("p/d".into()),
+            client_id: None,
             sign_method: Some("hmacsha1"),
             timestamp_ms: Some(1),
             expires_at_ms: Some(2),

@@ -46,6 +46,9 @@ impl CredentialsService {
 struct Issued {
     /// The device the password is for.
     device: DeviceId,
+    /// The signed clientId: with the timestamp, what an investigator
+    /// needs to recompute and match a leaked password.
+    client_id: String,
     /// The method.
     method: SignMethod,
     /// The signed timestamp.
@@ -160,6 +163,7 @@ impl CredentialsService {
             credential,
             Issued {
                 device,
+                client_id: fields.client_id.to_string(),
                 method,
                 timestamp_ms,
                 expires_at_ms,
@@ -231,6 +235,7 @@ impl CredentialsService {
             login,
             Issued {
                 device: sub,
+                client_id: fields.client_id.to_string(),
                 method,
                 timestamp_ms,
                 expires_at_ms,
@@ -271,6 +276,7 @@ impl CredentialsService {
             event: rpc,
             identity: identity_name(identity),
             device: requested_device,
+            client_id: None,
             sign_method: None,
             timestamp_ms: None,
             expires_at_ms: None,
@@ -280,6 +286,7 @@ impl CredentialsService {
         let result = match result {
             Ok((response, issued)) => {
                 record.device = Some(issued.device.to_string());
+                record.client_id = Some(issued.client_id);
                 record.sign_method = Some(issued.method.as_str());
                 record.timestamp_ms = Some(issued.timestamp_ms);
                 record.expires_at_ms = Some(issued.expires_at_ms);

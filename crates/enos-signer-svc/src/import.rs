@@ -220,6 +220,7 @@ pub async fn run(
                 event: "import_device",
                 identity: identity_name(identity),
                 device: Some(record.id.to_string()),
+                client_id: None,
                 sign_method: None,
                 timestamp_ms: None,
                 expires_at_ms: None,

@@ -568,6 +568,7 @@ async fn every_issuance_is_audited_with_a_password_hmac() {
         .expect("issuance record");
     assert_eq!(issued["identity"], "device Pk1/d");
     assert_eq!(issued["device"], "Pk1/d");
+    assert_eq!(issued["client_id"], credential.client_id.as_str());
     assert_eq!(issued["sign_method"], "hmacsha1");
     assert_eq!(issued["timestamp_ms"], credential.timestamp_ms);
     assert_eq!(issued["expires_at_ms"], credential.expires_at_ms);
