@@ -3,7 +3,7 @@
 //! Every change is one registry transaction and one audit record. No
 //! response carries a secret.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use enos_sign_core::DeviceSecret;
 use enos_signer_proto::{
@@ -337,127 +337,131 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// The frame every Admin RPC shares: authorise, run `handler` when
+    /// allowed, then count, audit (`change` only) and answer.
+    async fn call<Req, T, F>(
+        &self,
+        rpc: &'static str,
+        request: Request<Req>,
+        change: bool,
+        device_of: impl FnOnce(&Req) -> Option<String>,
+        handler: impl FnOnce(Req, Option<PeerIdentity>) -> F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let (identity, allowed) = self.authorize(&request);
+        let request = request.into_inner();
+        let device = device_of(&request);
+        let result = match allowed {
+            Ok(()) => handler(request, identity.clone()).await,
+            Err(e) => Err(e),
+        };
+        self.finish(rpc, identity.as_ref(), device, change, result)
+    }
+}
+
+/// For RPCs whose audit record names no single device.
+fn no_device<Req>(_: &Req) -> Option<String> {
+    None
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn put_device(
         &self,
         request: Request<v1::PutDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(request.device.as_ref());
-        let result = match allowed {
-            Ok(()) => self.put_device(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("put_device", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::PutDeviceRequest| shown(r.device.as_ref());
+        self.call("put_device", request, true, device_of, |r, _| {
+            self.put_device(r)
+        })
+        .await
     }
 
     async fn rotate_secret(
         &self,
         request: Request<v1::RotateSecretRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(request.device.as_ref());
-        let result = match allowed {
-            Ok(()) => self.rotate_secret(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("rotate_secret", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::RotateSecretRequest| shown(r.device.as_ref());
+        self.call("rotate_secret", request, true, device_of, |r, _| {
+            self.rotate_secret(r)
+        })
+        .await
     }
 
     async fn set_enabled(
         &self,
         request: Request<v1::SetEnabledRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(request.device.as_ref());
-        let result = match allowed {
-            Ok(()) => self.set_enabled(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("set_enabled", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::SetEnabledRequest| shown(r.device.as_ref());
+        self.call("set_enabled", request, true, device_of, |r, _| {
+            self.set_enabled(r)
+        })
+        .await
     }
 
     async fn delete_device(
         &self,
         request: Request<v1::DeviceRef>,
     ) -> Result<Response<v1::DeleteDeviceResponse>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(Some(&request));
-        let result = match allowed {
-            Ok(()) => self.delete_device(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("delete_device", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::DeviceRef| shown(Some(r));
+        self.call("delete_device", request, true, device_of, |r, _| {
+            self.delete_device(r)
+        })
+        .await
     }
 
     async fn get_device(
         &self,
         request: Request<v1::DeviceRef>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let result = match allowed {
-            Ok(()) => self.get_device(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("get_device", identity.as_ref(), None, false, result)
+        self.call("get_device", request, false, no_device, |r, _| {
+            self.get_device(r)
+        })
+        .await
     }
 
     async fn list_devices(
         &self,
         request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let result = match allowed {
-            Ok(()) => self.list_devices(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("list_devices", identity.as_ref(), None, false, result)
+        self.call("list_devices", request, false, no_device, |r, _| {
+            self.list_devices(r)
+        })
+        .await
     }
 
     async fn bind_sub_device(
         &self,
         request: Request<v1::BindSubDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(request.sub_device.as_ref());
-        let result = match allowed {
-            Ok(()) => self.bind(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("bind_sub_device", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::BindSubDeviceRequest| shown(r.sub_device.as_ref());
+        self.call("bind_sub_device", request, true, device_of, |r, _| {
+            self.bind(r)
+        })
+        .await
     }
 
     async fn unbind_sub_device(
         &self,
         request: Request<v1::UnbindSubDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let request = request.into_inner();
-        let device = shown(request.sub_device.as_ref());
-        let result = match allowed {
-            Ok(()) => self.unbind(request).await,
-            Err(e) => Err(e),
-        };
-        self.finish("unbind_sub_device", identity.as_ref(), device, true, result)
+        let device_of = |r: &v1::UnbindSubDeviceRequest| shown(r.sub_device.as_ref());
+        self.call("unbind_sub_device", request, true, device_of, |r, _| {
+            self.unbind(r)
+        })
+        .await
     }
 
     async fn import_devices(
         &self,
         request: Request<Streaming<v1::ImportDevicesRequest>>,
     ) -> Result<Response<v1::ImportDevicesResponse>, Status> {
-        let (identity, allowed) = self.authorize(&request);
-        let result = match allowed {
-            Ok(()) => import::run(&self.state, identity.as_ref(), request.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        self.finish("import_devices", identity.as_ref(), None, true, result)
+        self.call("import_devices", request, true, no_device, |stream, identity| async move {
+            import::run(&self.state, identity.as_ref(), stream).await
+        })
+        .await
     }
 }
