@@ -327,43 +327,59 @@ fn asked(product_key: &str, device_key: &str) -> Option<String> {
     })
 }
 
+impl CredentialsService {
+    /// The frame both RPCs share: identify the caller, run `handler`, then
+    /// audit, count and answer through [`CredentialsService::finish`].
+    async fn call<Req, T>(
+        &self,
+        rpc: &'static str,
+        request: Request<Req>,
+        requested_of: impl FnOnce(&Req) -> Option<String>,
+        handler: impl AsyncFnOnce(&PeerIdentity, Req) -> Result<(T, Issued)>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let identity = self.state.identity(&request);
+        let request = request.into_inner();
+        let requested = requested_of(&request);
+        let result = match identity {
+            Err(e) => self.finish(rpc, started, None, requested, Err(e)),
+            Ok(id) => {
+                let result = handler(&id, request).await;
+                self.finish(rpc, started, Some(&id), requested, result)
+            }
+        };
+        Ok(Response::new(result?))
+    }
+}
+
 #[tonic::async_trait]
 impl Credentials for CredentialsService {
     async fn issue_mqtt_credential(
         &self,
         request: Request<v1::IssueMqttCredentialRequest>,
     ) -> Result<Response<v1::MqttCredential>, Status> {
-        const RPC: &str = "issue_mqtt_credential";
-        let started = Instant::now();
-        let identity = self.state.identity(&request);
-        let request = request.into_inner();
-        let requested = asked(&request.product_key, &request.device_key);
-        let result = match identity {
-            Err(e) => self.finish(RPC, started, None, requested, Err(e)),
-            Ok(id) => {
-                let result = self.issue(&id, request).await;
-                self.finish(RPC, started, Some(&id), requested, result)
-            }
-        };
-        Ok(Response::new(result?))
+        let requested_of =
+            |r: &v1::IssueMqttCredentialRequest| asked(&r.product_key, &r.device_key);
+        self.call(
+            "issue_mqtt_credential",
+            request,
+            requested_of,
+            async |id, r| self.issue(id, r).await,
+        )
+        .await
     }
 
     async fn sign_sub_device_login(
         &self,
         request: Request<v1::SignSubDeviceLoginRequest>,
     ) -> Result<Response<v1::SubDeviceLogin>, Status> {
-        const RPC: &str = "sign_sub_device_login";
-        let started = Instant::now();
-        let identity = self.state.identity(&request);
-        let request = request.into_inner();
-        let requested = asked(&request.product_key, &request.device_key);
-        let result = match identity {
-            Err(e) => self.finish(RPC, started, None, requested, Err(e)),
-            Ok(id) => {
-                let result = self.sign_sub_device(&id, request).await;
-                self.finish(RPC, started, Some(&id), requested, result)
-            }
-        };
-        Ok(Response::new(result?))
+        let requested_of = |r: &v1::SignSubDeviceLoginRequest| asked(&r.product_key, &r.device_key);
+        self.call(
+            "sign_sub_device_login",
+            request,
+            requested_of,
+            async |id, r| self.sign_sub_device(id, r).await,
+        )
+        .await
     }
 }
