@@ -88,24 +88,11 @@ pub fn sign_with_case(
 }
 
 fn digest_hex<D: Digest>(fields: &SignedFields, secret: &[u8], case: HexCase) -> Password {
-    // The content is public, so it is gathered on the stack (no wiping
-    // needed) and hashed in one update: cheaper than eight small updates.
-    let mut content = [0u8; MAX_CONTENT_LEN];
-    let mut len = 0;
-    fields.write_content(|chunk| {
-        content[len..len + chunk.len()].copy_from_slice(chunk);
-        len += chunk.len();
-    });
     let mut hasher = D::new();
-    hasher.update(&content[..len]);
+    fields.write_content(|chunk| hasher.update(chunk));
     hasher.update(secret);
     let mut digest = hasher.finalize();
     let password = Password::encode(&digest, case);
     digest.as_mut_slice().zeroize();
     password
 }
-
-/// The longest content: the four names (38 bytes), the longest values
-/// (64 + 64 + 32) and a 20-digit timestamp.
-const MAX_CONTENT_LEN: usize =
-    38 + ClientId::MAX_LEN + DeviceKey::MAX_LEN + ProductKey::MAX_LEN + 20;
