@@ -17,17 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cryptoki::{
-    context::{CInitializeArgs, Pkcs11},
-    mechanism::{Mechanism, ekdf::AesCbcDeriveParams},
-    object::{Attribute, KeyType, ObjectClass, ObjectHandle},
-    session::{Session, UserType},
-    types::AuthPin,
-};
 use enos_custody::{Custody, SecretRef};
 use enos_custody_pkcs11::{
-    DEFAULT_KEK_LABEL, Pkcs11Config, Pkcs11Custody, generate_kek,
-    softhsm::{SoftHsm, USER_PIN},
+    Pkcs11Config, Pkcs11Custody, generate_kek,
+    softhsm::{SoftHsm, raw::RawToken},
 };
 use enos_sign_core::{
     ClientId, DeviceKey, DeviceSecret, HexCase, ProductKey, SignMethod, SignedFields, TimestampMs,
@@ -164,96 +157,12 @@ fn two_threads(f: impl Fn() + Sync) -> f64 {
     rates.iter().sum()
 }
 
-/// The token work of one sign, written against cryptoki directly from the
-/// record layout documented in the crate: check the MAC (optionally),
-/// unwrap the record key, derive the secret at its length, digest.
+/// The token work of one sign through cryptoki directly, one session,
+/// for one round (see `softhsm::raw`).
 fn raw(hsm: &SoftHsm, record: &[u8], ad: &[u8], content: &[u8], check_mac: bool) -> f64 {
-    let ctx = Pkcs11::new(hsm.module()).expect("load the module");
-    ctx.initialize(CInitializeArgs::OsThreads)
-        .expect("initialise");
-    let slot = ctx
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|slot| {
-            ctx.get_token_info(*slot)
-                .is_ok_and(|info| info.label() == hsm.label())
-        })
-        .expect("the fixture token");
-    let session = ctx.open_ro_session(slot).expect("session");
-    session
-        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-        .expect("login");
-    let kek = find(&session, DEFAULT_KEK_LABEL);
-    let mac_key = find(&session, &format!("{DEFAULT_KEK_LABEL}-mac"));
-
-    let secret_len = usize::from(u16::from_be_bytes([record[1], record[2]]));
-    let iv: [u8; 16] = record[3..19].try_into().expect("iv");
-    let wrapped = &record[19..59];
-    let data = &record[59..59 + secret_len.div_ceil(16) * 16];
-    let (body, tag) = record.split_at(record.len() - 32);
-    let mut mac_input = b"enos-custody/pkcs11-kwp-envelope-v1\0".to_vec();
-    mac_input.extend_from_slice(&u32::try_from(ad.len()).expect("short").to_be_bytes());
-    mac_input.extend_from_slice(ad);
-    mac_input.extend_from_slice(body);
-
-    let rate = rate(|| {
-        if check_mac {
-            session
-                .verify(&Mechanism::Sha256Hmac, mac_key, &mac_input, tag)
-                .expect("tag");
-        }
-        let record_key = session
-            .unwrap_key(
-                &Mechanism::AesKeyWrapPad,
-                kek,
-                wrapped,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Derive(true),
-                    Attribute::Decrypt(false),
-                    Attribute::Encrypt(false),
-                ],
-            )
-            .expect("unwrap");
-        let key = session
-            .derive_key(
-                &Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new(iv, data)),
-                record_key,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen((secret_len as u64).into()),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Derive(false),
-                ],
-            )
-            .expect("derive");
-        session.destroy_object(record_key).expect("destroy");
-        session.digest_init(&Mechanism::Sha1).expect("init");
-        session.digest_update(content).expect("update");
-        session.digest_key(key).expect("digest key");
-        black_box(session.digest_final().expect("final"));
-        session.destroy_object(key).expect("destroy");
-    });
-    drop(session);
-    drop(ctx);
-    rate
-}
-
-fn find(session: &Session, label: &str) -> ObjectHandle {
-    session
-        .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
-        .expect("find")
-        .into_iter()
-        .next()
-        .expect("the key")
+    let token = RawToken::open(hsm);
+    let session = token.session(record, ad, content);
+    rate(|| {
+        black_box(session.sign(check_mac));
+    })
 }

@@ -15,6 +15,9 @@
 //!
 //! Panics instead of returning errors: this is test support, and a
 //! missing SoftHSM2 must fail the test loudly, never skip it.
+//!
+//! [`raw`] is the benchmarks' yardstick: one sign's token work through
+//! cryptoki directly.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,6 +26,8 @@ use std::{
 };
 
 use crate::{PinSource, Pkcs11Config, TokenSelector};
+
+pub mod raw;
 
 /// The environment variable naming the fixture directory in a child.
 const FIXTURE_DIR: &str = "ENOS_SOFTHSM_FIXTURE_DIR";
