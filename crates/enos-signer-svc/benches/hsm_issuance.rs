@@ -24,7 +24,9 @@
 //! HSM issuance ≥ 0.8 × the best raw rate.
 //!
 //! `ENOS_BENCH_CLIENTS` (default 16), `ENOS_BENCH_SECS` (per measurement,
-//! default 3) and `ENOS_BENCH_ROUNDS` (default 2) tune the run.
+//! default 3), `ENOS_BENCH_ROUNDS` (default 2) and
+//! `ENOS_BENCH_HSM_SESSIONS` (the custody's session pool, default 4)
+//! tune the run.
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
 use std::{
@@ -72,7 +74,10 @@ fn run(hsm: &SoftHsm) -> Result<()> {
     let clients = env_or("ENOS_BENCH_CLIENTS", 16) as usize;
     let secs = Duration::from_secs(env_or("ENOS_BENCH_SECS", 3));
     let rounds = env_or("ENOS_BENCH_ROUNDS", 2).max(1);
-    let config = hsm.config();
+    let config = Pkcs11Config {
+        sessions: Some(env_or("ENOS_BENCH_HSM_SESSIONS", 4) as usize),
+        ..hsm.config()
+    };
     generate_kek(&config)?;
     let (record, ad, content) = raw_work(&config)?;
 
