@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{code, fixture, fixture_with, status};
+use common::{code, fixture, fixture_with, status, verify};
 use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, Freshness, Md5Policy, PresentedLogin, ProductKey,
-    SignMethod as CoreMethod, SignedFields, TimestampMs, verify_sign,
+    ClientId, DeviceKey, DeviceSecret, ProductKey, SignMethod as CoreMethod, SignedFields,
+    TimestampMs, verify_sign,
 };
 use enos_signer_proto::v1::{
     IssueMqttCredentialRequest, SignMethod, SignSubDeviceLoginRequest,
@@ -17,19 +17,6 @@ use enos_signer_svc::{
     tls,
 };
 use tonic::Code;
-
-fn verify(credential: &enos_signer_proto::v1::MqttCredential, secret: &str) -> bool {
-    let presented = PresentedLogin::parse(
-        &credential.mqtt_client_id,
-        &credential.username,
-        Md5Policy::Refuse,
-    )
-    .expect("EnOS shape");
-    let secret = DeviceSecret::new(secret.into()).expect("secret");
-    presented
-        .verify(&credential.password, &secret, Freshness::Any)
-        .is_ok()
-}
 
 #[tokio::test]
 async fn a_device_gets_a_credential_that_verifies() {

@@ -10,14 +10,15 @@ mod common;
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
+use common::verify;
 use enos_custody::Custody;
 use enos_custody_pkcs11::{
     ExportPolicy, Pkcs11Custody, SCHEME as HSM_SCHEME, generate_kek,
     softhsm::{SoftHsm, isolated},
 };
 use enos_sign_core::{
-    DeviceKey, DeviceSecret, ExposeSecret, Freshness, HexCase, Md5Policy, PresentedLogin,
-    ProductKey, SignMethod, SignedFields, TimestampMs, sign_with_case,
+    DeviceKey, DeviceSecret, ExposeSecret, HexCase, ProductKey, SignMethod, SignedFields,
+    TimestampMs, sign_with_case,
 };
 use enos_signer_proto::v1::{ImportDevicesRequest, ImportRow, IssueMqttCredentialRequest};
 use enos_signer_svc::{
@@ -34,19 +35,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn verifies(credential: &enos_signer_proto::v1::MqttCredential, secret: &str) -> bool {
-    let presented = PresentedLogin::parse(
-        &credential.mqtt_client_id,
-        &credential.username,
-        Md5Policy::Refuse,
-    )
-    .expect("EnOS shape");
-    let secret = DeviceSecret::new(secret.into()).expect("secret");
-    presented
-        .verify(&credential.password, &secret, Freshness::Any)
-        .is_ok()
 }
 
 async fn hsm_signer(hsm: &SoftHsm) -> common::Fixture {
@@ -107,8 +95,8 @@ fn issuance_end_to_end_with_hsm_custody() {
                 .expect("issued")
                 .into_inner();
             assert_eq!(credential.password.len(), 40, "SHA-1");
-            assert!(verifies(&credential, "aaabbbcc123"));
-            assert!(!verifies(&credential, "another-secret"));
+            assert!(verify(&credential, "aaabbbcc123"));
+            assert!(!verify(&credential, "another-secret"));
             for i in 0..5 {
                 let dk = format!("bulk-{i}");
                 let credential = f
@@ -122,7 +110,7 @@ fn issuance_end_to_end_with_hsm_custody() {
                     .expect("issued")
                     .into_inner();
                 assert_eq!(credential.password.len(), 64);
-                assert!(verifies(&credential, &format!("bulk-secret-{i}-xyz")));
+                assert!(verify(&credential, &format!("bulk-secret-{i}-xyz")));
             }
 
             f.signer.stop().await;
@@ -164,7 +152,7 @@ fn the_service_answers_unavailable_while_the_token_is_away_and_recovers() {
                     .await
                     .expect("issued")
                     .into_inner();
-                assert!(verifies(&credential, "s3cret-value"));
+                assert!(verify(&credential, "s3cret-value"));
 
                 hsm.park_token();
                 let status = device
@@ -186,7 +174,7 @@ fn the_service_answers_unavailable_while_the_token_is_away_and_recovers() {
                     .await
                     .expect("issued after the token came back")
                     .into_inner();
-                assert!(verifies(&credential, "s3cret-value"));
+                assert!(verify(&credential, "s3cret-value"));
                 f.signer
                     .put_device("Pk1", "dev-2", "other-secret")
                     .await
@@ -469,7 +457,7 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
                             .await
                             .expect("issued")
                             .into_inner();
-                    assert!(verifies(&credential, secret), "{dk}");
+                    assert!(verify(&credential, secret), "{dk}");
                 }
             });
         },

@@ -1,6 +1,7 @@
 //! Shared test helpers: a signer, device clients, and status assertions.
 #![allow(dead_code, unreachable_pub)]
 
+use enos_sign_core::{DeviceSecret, Freshness, Md5Policy, PresentedLogin};
 use enos_signer_proto::v1::{admin_client::AdminClient, credentials_client::CredentialsClient};
 use enos_signer_svc::{testing::TestSigner, tls};
 use enos_testkit::{Identity, Pki};
@@ -57,4 +58,18 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
 
 pub fn status<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
     result.expect_err("expected an error status")
+}
+
+/// Whether `credential` verifies against `secret` as a broker checks it.
+pub fn verify(credential: &enos_signer_proto::v1::MqttCredential, secret: &str) -> bool {
+    let presented = PresentedLogin::parse(
+        &credential.mqtt_client_id,
+        &credential.username,
+        Md5Policy::Refuse,
+    )
+    .expect("EnOS shape");
+    let secret = DeviceSecret::new(secret.into()).expect("secret");
+    presented
+        .verify(&credential.password, &secret, Freshness::Any)
+        .is_ok()
 }
