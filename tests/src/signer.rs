@@ -80,6 +80,7 @@ pub fn write_config(
             key: server.key,
             client_ca: pki.ca.clone(),
             drain_timeout_secs: 3,
+            worker_threads: None,
         },
         registry: RegistryConfig::Redb {
             path: dir.join("registry.redb"),

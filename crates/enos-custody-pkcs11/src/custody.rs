@@ -128,6 +128,12 @@ impl Pkcs11Custody {
         })
     }
 
+    /// The size of the session pool: how many signs can run in the token
+    /// at once, so how many threads should call [`Custody::sign`].
+    pub fn sessions(&self) -> usize {
+        self.settings.sessions
+    }
+
     /// Whether the token is reachable now, and why not.
     pub fn status(&self) -> CustodyStatus {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);

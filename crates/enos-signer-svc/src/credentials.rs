@@ -72,8 +72,8 @@ fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
     }
 }
 
-/// Signs with the device's sealed secret; on the blocking pool when the
-/// custody may block (an HSM takes milliseconds), inline otherwise.
+/// Signs with the device's sealed secret; on the custody's sign threads
+/// when it may block (an HSM), inline otherwise.
 async fn sign(
     custody: &CustodyHandle,
     record: DeviceRecord,
@@ -90,13 +90,11 @@ async fn sign(
         )?;
         Ok((fields, password))
     };
-    if !custody.blocking {
+    let Some(threads) = &custody.sign_threads else {
         return sign(custody.custody.as_ref());
-    }
+    };
     let custody = Arc::clone(&custody.custody);
-    tokio::task::spawn_blocking(move || sign(custody.as_ref()))
-        .await
-        .map_err(|e| SignerError::Registry(format!("sign task failed: {e}")))?
+    threads.run(move || sign(custody.as_ref())).await?
 }
 
 impl CredentialsService {

@@ -16,17 +16,18 @@ use enos_sign_core::{
 };
 use zeroize::Zeroize;
 
-use crate::{config::CustodyConfig, error::Result, key_file};
+use crate::{config::CustodyConfig, error::Result, key_file, sign_threads::SignThreads};
 
 /// A custody and how to call it.
 #[derive(Clone)]
 pub struct CustodyHandle {
     /// Seals and signs.
     pub custody: Arc<dyn Custody>,
-    /// Whether a call may block for long (an HSM round trip): such calls
-    /// run on the blocking pool. Software custody takes microseconds and
-    /// runs inline, sparing a thread hop per issuance.
-    pub blocking: bool,
+    /// Where signs run when they may block for long (an HSM round trip):
+    /// one dedicated thread per token session. `None` for software
+    /// custody, which takes microseconds and runs inline, sparing a thread
+    /// hop per issuance.
+    pub sign_threads: Option<Arc<SignThreads>>,
 }
 
 /// Builds the custody the config names.
@@ -36,17 +37,21 @@ pub fn build(config: &CustodyConfig) -> Result<CustodyHandle> {
             let key = key_file::load(master_key_file)?;
             Ok(CustodyHandle {
                 custody: Arc::new(SoftwareCustody::new(&key)),
-                blocking: false,
+                sign_threads: None,
             })
         }
-        CustodyConfig::Pkcs11(hsm) => Ok(CustodyHandle {
-            custody: Arc::new(
-                enos_custody_pkcs11::Pkcs11Custody::connect(hsm).map_err(CustodyError::from)?,
-            ),
-            // A token round trip takes milliseconds: keep it off the
-            // async workers.
-            blocking: true,
-        }),
+        CustodyConfig::Pkcs11(hsm) => {
+            let custody =
+                enos_custody_pkcs11::Pkcs11Custody::connect(hsm).map_err(CustodyError::from)?;
+            // A token call takes tens of microseconds to milliseconds:
+            // keep it off the async workers, one thread per session so
+            // that a thread never waits for a session.
+            let sign_threads = SignThreads::spawn(custody.sessions())?;
+            Ok(CustodyHandle {
+                custody: Arc::new(custody),
+                sign_threads: Some(Arc::new(sign_threads)),
+            })
+        }
     }
 }
 

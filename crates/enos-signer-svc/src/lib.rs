@@ -14,6 +14,7 @@
 //! | [`config`] | [`SignerConfig`]: the TOML config as serde structs |
 //! | [`key_file`] | 256-bit key files: mode 0600 or `$CREDENTIALS_DIRECTORY`, never argv |
 //! | [`custody`] | [`custody::build`] (config → `Custody`), [`custody::SoftwareCustody`] (XChaCha20-Poly1305) |
+//! | [`sign_threads`] | dedicated threads for blocking (HSM) signs, one per token session |
 //! | [`custody_migrate`] | `custody migrate`: re-seal every record software ↔ HSM, atomic per record, resumable |
 //! | [`registry`] | the [`registry::Registry`] trait and [`registry::RedbRegistry`] |
 //! | [`policy`] | TTL, sign method and broker URLs per product |
@@ -61,6 +62,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod registry;
 pub mod server;
+pub mod sign_threads;
 pub mod state;
 pub mod testing;
 pub mod tls;

@@ -21,6 +21,7 @@
 
 use std::{
     net::SocketAddr,
+    num::NonZeroUsize,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -67,14 +68,12 @@ pub struct TestSigner {
 struct ServerRuntime(Option<Runtime>);
 
 impl ServerRuntime {
-    fn new() -> std::io::Result<Self> {
-        Ok(ServerRuntime(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("test-signer")
-                .enable_all()
-                .build()?,
-        )))
+    /// The runtime `config` asks for; two workers unless it names a count
+    /// (tests share the machine).
+    fn new(config: &ServerConfig) -> std::io::Result<Self> {
+        let mut config = config.clone();
+        config.worker_threads = config.worker_threads.or(NonZeroUsize::new(2));
+        Ok(ServerRuntime(Some(config.runtime("test-signer")?)))
     }
 
     fn get(&self) -> std::io::Result<&Runtime> {
@@ -136,6 +135,7 @@ impl TestSigner {
                 key: server.key,
                 client_ca: ca,
                 drain_timeout_secs: 5,
+                worker_threads: None,
             },
             registry: RegistryConfig::Redb {
                 path: dir.join("registry.redb"),
@@ -160,7 +160,7 @@ impl TestSigner {
         adjust(&mut config);
         init(&config, Existing::Keep)?;
 
-        let runtime = ServerRuntime::new()?;
+        let runtime = ServerRuntime::new(&config.server)?;
         let listener = {
             let _enter = runtime.get()?.enter();
             let socket = reusable_socket(config.server.listen)?;
@@ -337,7 +337,7 @@ impl TestSigner {
         if self.running.is_some() {
             return Err("the signer is running; stop or kill it first".into());
         }
-        let runtime = ServerRuntime::new()?;
+        let runtime = ServerRuntime::new(&self.config.server)?;
         let listener = {
             let _enter = runtime.get()?.enter();
             reusable_socket(self.addr)?.listen(1024)?

@@ -24,18 +24,23 @@ pub struct SyntaxError {
     pub line: Option<usize>,
     /// 1-based column (in bytes) of the error, when the parser knows it.
     pub column: Option<usize>,
+    /// The key assigned on that line (`key = …`), when there is one: a
+    /// value error (`invalid value: integer 0`) does not name its key.
+    pub key: Option<String>,
     /// The parser's reason, redacted.
     pub message: String,
 }
 
 impl fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.column) {
-            (Some(line), Some(column)) => {
-                write!(f, "line {line}, column {column}: {}", self.message)
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "line {line}, column {column}")?;
+            if let Some(key) = &self.key {
+                write!(f, " (`{key}`)")?;
             }
-            _ => f.write_str(&self.message),
+            f.write_str(": ")?;
         }
+        f.write_str(&self.message)
     }
 }
 
@@ -44,15 +49,18 @@ impl std::error::Error for SyntaxError {}
 /// Parses `text` as `T`.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, SyntaxError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
-        let (line, column) = e.span().map_or((None, None), |span| {
+        let (line, column, key) = e.span().map_or((None, None, None), |span| {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            (Some(line), Some(column))
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - line_start + 1;
+            let line_text = text[line_start..].lines().next().unwrap_or("");
+            (Some(line), Some(column), assigned_key(line_text))
         });
         SyntaxError {
             line,
             column,
+            key,
             message: redact_strings(e.message().trim_end()),
         }
     })
@@ -62,6 +70,14 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, SyntaxError> {
 /// quotes in backticks (`` unknown field `x`, expected `y` ``), are kept:
 /// naming the wrong key is the useful part of the message, and it is the
 /// values, not the keys, that a pasted secret lands in.
+/// The bare key of a `key = value` line, if it is one.
+fn assigned_key(line: &str) -> Option<String> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    (!key.is_empty() && key.len() <= 64 && key.chars().all(bare)).then(|| key.to_owned())
+}
+
 fn redact_strings(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut inside = false;
@@ -111,7 +127,16 @@ mod tests {
         }
         let err = from_str::<Config>("enabled = true\nport = \"x\"\n").expect_err("invalid");
         assert_eq!(err.line, Some(2));
-        assert!(err.to_string().starts_with("line 2, column 8: "), "{err}");
+        assert!(
+            err.to_string().starts_with("line 2, column 8 (`port`): "),
+            "{err}"
+        );
+        // A value error names the key of its line; a line that is no
+        // assignment names none.
+        let err = from_str::<Config>("enabled = true\nport = 70000\n").expect_err("too big");
+        assert_eq!(err.key.as_deref(), Some("port"));
+        let err = from_str::<Config>("enabled = true\nport = [\n").expect_err("unclosed");
+        assert!(err.to_string().contains("line "), "{err}");
     }
 
     #[test]

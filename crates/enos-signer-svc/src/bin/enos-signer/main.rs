@@ -104,6 +104,16 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // One crypto provider, ring, for anything that asks for the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // `serve` sizes its runtime from the config; the other commands are
+    // short-lived clients on the default one.
+    if let Command::Serve { config } = &cli.command {
+        let config = SignerConfig::load(config)?;
+        let runtime = config
+            .server
+            .runtime("enos-signer")
+            .context("starting the async runtime")?;
+        return runtime.block_on(serve(config));
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -115,7 +125,7 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Serve { config } => serve(&config).await,
+            Command::Serve { .. } => unreachable!("served above"),
             Command::Import {
                 file,
                 dry_run,
@@ -127,8 +137,7 @@ fn main() -> Result<()> {
     })
 }
 
-async fn serve(path: &std::path::Path) -> Result<()> {
-    let config = SignerConfig::load(path)?;
+async fn serve(config: SignerConfig) -> Result<()> {
     logging::init(&config.logging)?;
     let listener = enos_signer_svc::server::bind(config.server.listen).await?;
     enos_signer_svc::run(config, listener, shutdown_signal()).await?;
