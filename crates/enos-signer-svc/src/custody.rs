@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use chacha20poly1305::{
-    XChaCha20Poly1305, XNonce,
+    XChaCha20Poly1305,
     aead::{Aead, AeadCore, KeyInit, OsRng, Payload},
 };
 use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
 use enos_sign_core::{
     DeviceSecret, ExposeSecret, Field, HexCase, Password, SignError, SignMethod, SignedFields,
 };
-use zeroize::Zeroize;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{config::CustodyConfig, error::Result, key_file, sign_threads::SignThreads};
 
@@ -70,9 +71,19 @@ pub fn key_files(config: &CustodyConfig) -> Vec<std::path::PathBuf> {
 /// [`SecretRef::associated_data`] as associated data: a sealed secret
 /// copied to another device or version fails to open. A random 192-bit
 /// nonce per seal is safe at any realistic number of seals.
+///
+/// Sealing (rare: put, rotate, import) uses RustCrypto's
+/// `XChaCha20Poly1305`. Opening (every issuance) computes the same
+/// construction from its two standard parts, the HChaCha20 subkey
+/// (RustCrypto `chacha20::hchacha`) and ring's ChaCha20-Poly1305: for
+/// secrets this short that measured 0.3 µs against 1.7 µs, whose backends
+/// are built for long messages. A test opens RustCrypto's seals both ways.
 pub struct SoftwareCustody {
-    /// The AEAD keyed with the master key (the key is wiped on drop).
+    /// The AEAD keyed with the master key, for sealing.
     cipher: XChaCha20Poly1305,
+    /// The master key itself, to derive the subkey of each open; wiped on
+    /// drop.
+    master_key: Zeroizing<[u8; 32]>,
 }
 
 /// The scheme tag of [`SoftwareCustody`].
@@ -86,6 +97,7 @@ impl SoftwareCustody {
     pub fn new(master_key: &[u8; 32]) -> Self {
         SoftwareCustody {
             cipher: XChaCha20Poly1305::new(master_key.into()),
+            master_key: Zeroizing::new(*master_key),
         }
     }
 
@@ -111,16 +123,7 @@ impl SoftwareCustody {
         }
         let (nonce, ciphertext) = sealed.bytes.split_at(NONCE_LEN);
         let aad = id.associated_data();
-        let plaintext = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CustodyError::Integrity)?;
+        let plaintext = self.open_xchacha(nonce, ciphertext, &aad)?;
         let text = String::from_utf8(plaintext).map_err(|e| {
             let position = e.utf8_error().valid_up_to();
             let mut bytes = e.into_bytes();
@@ -134,6 +137,51 @@ impl SoftwareCustody {
         // DeviceSecret takes the String over and zeroizes it on drop (also
         // when validation fails).
         Ok(DeviceSecret::new(text)?)
+    }
+}
+
+impl SoftwareCustody {
+    /// XChaCha20-Poly1305 open (draft-irtf-cfrg-xchacha §2.3): ChaCha20-
+    /// Poly1305 under the subkey HChaCha20(key, nonce[..16]) with the
+    /// nonce `0⁴ ‖ nonce[16..]`. The returned plaintext is the caller's to
+    /// wipe; the subkey is wiped here.
+    fn open_xchacha(
+        &self,
+        nonce: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CustodyError> {
+        let (prefix, suffix) = nonce.split_at(16);
+        let mut subkey = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+            (&*self.master_key).into(),
+            prefix.into(),
+        );
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey).map(LessSafeKey::new);
+        subkey.as_mut_slice().zeroize();
+        let key = key.map_err(|_| CustodyError::Integrity)?;
+        let mut inner_nonce = [0u8; 12];
+        inner_nonce[4..].copy_from_slice(suffix);
+        let mut buffer = ciphertext.to_vec();
+        let opened = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(inner_nonce),
+                Aad::from(aad),
+                &mut buffer,
+            )
+            .map(|plaintext| plaintext.len());
+        match opened {
+            Ok(len) => {
+                // Drop the tag; what is left is the plaintext.
+                buffer.truncate(len);
+                Ok(buffer)
+            }
+            Err(_) => {
+                // ring may have decrypted in place before the tag check
+                // failed.
+                buffer.zeroize();
+                Err(CustodyError::Integrity)
+            }
+        }
     }
 }
 
@@ -272,5 +320,66 @@ mod tests {
             custody.open(id, &tampered),
             Err(CustodyError::Integrity)
         ));
+    }
+
+    /// The open path is XChaCha20-Poly1305 exactly: it opens what
+    /// RustCrypto seals, at every secret length, and refuses a flipped bit.
+    #[test]
+    fn fast_open_is_xchacha20poly1305() {
+        // draft-irtf-cfrg-xchacha-03, A.3.1.
+        let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+        let nonce: Vec<u8> = (0x40..0x58).collect();
+        let aad = [
+            0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7,
+        ];
+        let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let sealed = hex(
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb\
+             731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452\
+             2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9\
+             21f9664c97637da9768812f615c68b13b52ec0875924c1c7987947deafd8780a\
+             cf49",
+        );
+        let custody = SoftwareCustody::new(&key);
+        let opened = custody
+            .open_xchacha(&nonce, &sealed, &aad)
+            .expect("the draft's vector opens");
+        assert_eq!(opened, plaintext);
+
+        for len in 1..=256usize {
+            let secret: Vec<u8> = (0..len).map(|i| b'!' + (i * 7 % 90) as u8).collect();
+            let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+            let aad = format!("enos-secret-v1|pk|dk|{len}");
+            let mut sealed = custody
+                .cipher
+                .encrypt(
+                    &nonce,
+                    Payload {
+                        msg: &secret,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .expect("seal");
+            let opened = custody
+                .open_xchacha(&nonce, &sealed, aad.as_bytes())
+                .expect("opens");
+            assert_eq!(opened, secret, "length {len}");
+            let flip = len % sealed.len();
+            sealed[flip] ^= 0x10;
+            assert!(matches!(
+                custody.open_xchacha(&nonce, &sealed, aad.as_bytes()),
+                Err(CustodyError::Integrity)
+            ));
+        }
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits
+            .chunks(2)
+            .map(|pair| {
+                u8::from_str_radix(std::str::from_utf8(pair).expect("ascii"), 16).expect("hex")
+            })
+            .collect()
     }
 }
