@@ -138,9 +138,7 @@ impl SoftwareCustody {
         // when validation fails).
         Ok(DeviceSecret::new(text)?)
     }
-}
 
-impl SoftwareCustody {
     /// XChaCha20-Poly1305 open (draft-irtf-cfrg-xchacha §2.3): ChaCha20-
     /// Poly1305 under the subkey HChaCha20(key, nonce[..16]) with the
     /// nonce `0⁴ ‖ nonce[16..]`. The returned plaintext is the caller's to

@@ -10,7 +10,7 @@
 //! a thread finishes a sign and takes the next without sleeping, and each
 //! thread always finds a session free.
 
-use std::{panic::AssertUnwindSafe, thread::JoinHandle};
+use std::panic::AssertUnwindSafe;
 
 use enos_custody::CustodyError;
 use tokio::sync::oneshot;
@@ -27,13 +27,13 @@ const QUEUE_PER_THREAD: usize = 256;
 
 /// A fixed set of threads running blocking custody calls.
 ///
-/// Dropping it closes the queue; each thread finishes the jobs it has and
-/// exits (they are not joined, so that a drop never waits on a token).
+/// Dropping it closes the queue; the threads finish the jobs queued and
+/// exit (they are not joined, so that a drop never waits on a token).
 pub struct SignThreads {
     /// Where callers put jobs; the threads hold the receiving end.
     jobs: flume::Sender<Job>,
-    /// The threads, kept so that their count can be reported.
-    threads: Vec<JoinHandle<()>>,
+    /// How many threads take jobs.
+    count: usize,
 }
 
 impl SignThreads {
@@ -41,35 +41,34 @@ impl SignThreads {
     pub fn spawn(count: usize) -> Result<Self> {
         let count = count.max(1);
         let (jobs, queue) = flume::bounded::<Job>(count * QUEUE_PER_THREAD);
-        let threads = (0..count)
-            .map(|n| {
-                let queue = queue.clone();
-                std::thread::Builder::new()
-                    .name(format!("enos-sign-{n}"))
-                    .spawn(move || {
-                        // Ends when the sender is dropped and the queue is
-                        // drained. A panicking call (a bug) drops its
-                        // result sender, so its caller gets an error, and
-                        // the thread goes on serving the others.
-                        while let Ok(job) = queue.recv() {
-                            if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
-                                tracing::error!("a custody call panicked on a sign thread");
-                            }
+        for n in 0..count {
+            let queue = queue.clone();
+            // Not joined: a drop never waits on a token.
+            let _detached = std::thread::Builder::new()
+                .name(format!("enos-sign-{n}"))
+                .spawn(move || {
+                    // Ends when the sender is dropped and the queue is
+                    // drained. A panicking call (a bug) drops its result
+                    // sender, so its caller gets an error, and the thread
+                    // goes on serving the others.
+                    while let Ok(job) = queue.recv() {
+                        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a custody call panicked on a sign thread");
                         }
-                    })
-                    .map_err(|e| {
-                        SignerError::Custody(CustodyError::Config(format!(
-                            "starting a sign thread: {e}"
-                        )))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SignThreads { jobs, threads })
+                    }
+                })
+                .map_err(|e| {
+                    SignerError::Custody(CustodyError::Config(format!(
+                        "starting a sign thread: {e}"
+                    )))
+                })?;
+        }
+        Ok(SignThreads { jobs, count })
     }
 
     /// How many threads run jobs.
     pub fn count(&self) -> usize {
-        self.threads.len()
+        self.count
     }
 
     /// Runs `call` on a sign thread and waits (asynchronously) for its
