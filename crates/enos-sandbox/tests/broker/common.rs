@@ -127,6 +127,18 @@ pub(crate) fn credential(
     MqttCredential::sign(fields, SecureMode::DeviceSecret, method, &secret).expect("signs")
 }
 
+/// A fresh credential of `pkA/dev1`, the plain device of [`DEVICES`],
+/// signed with SHA-1 now: what most tests connect with.
+pub(crate) fn dev1_now() -> MqttCredential {
+    credential(
+        "pkA",
+        "dev1",
+        "secret-dev1-7f3a9",
+        SignMethod::HmacSha1,
+        now_ms(),
+    )
+}
+
 /// The raw CONNECT fields, for cases a valid credential cannot express.
 pub(crate) struct Login {
     pub(crate) client_id: String,

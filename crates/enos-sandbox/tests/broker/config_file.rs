@@ -10,7 +10,7 @@ use std::{
 use enos_sandbox::StatusLine;
 use enos_sign_core::SignMethod;
 
-use crate::common::{Fixture, connect, credential, now_ms};
+use crate::common::{Fixture, connect, credential, dev1_now, now_ms};
 
 /// Kills the child even when an assertion fails.
 struct KillOnDrop(std::process::Child);
@@ -61,13 +61,7 @@ async fn runs_from_a_config_file_on_port_zero() {
     assert_ne!(mqtt.port(), 0);
     assert_ne!(tls.port(), 0);
     let addr: SocketAddr = mqtt;
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     connect(addr, &dev1, None).await.expect("connects");
     let stale = credential(
         "pkA",

@@ -4,20 +4,15 @@
 use enos_sign_core::{ExposeSecret, SignMethod};
 
 use crate::common::{
-    Fixture, Login, WAIT, assert_no_secrets_logged, connect, credential, now_ms, tls_client,
+    Fixture, Login, WAIT, assert_no_secrets_logged, connect, credential, dev1_now, now_ms,
+    tls_client,
 };
 
 #[tokio::test]
 async fn connects_on_the_plain_listener() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let sha1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let sha1 = dev1_now();
     connect(sandbox.mqtt_addr(), &sha1, None)
         .await
         .expect("sha1 accepted");
@@ -125,13 +120,7 @@ async fn restart_comes_back_on_the_same_ports() {
     let mut sandbox = fixture.start();
     let (mqtt, tls) = (sandbox.mqtt_addr(), sandbox.tls_addr());
     let first_pid = sandbox.pid().expect("running");
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let mut session = connect(mqtt, &dev1, None).await.expect("connected");
 
     sandbox.restart().expect("restarts");

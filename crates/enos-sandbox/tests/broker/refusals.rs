@@ -4,8 +4,8 @@
 use enos_sign_core::{ExposeSecret, SignMethod};
 
 use crate::common::{
-    Fixture, Login, assert_no_secrets_logged, assert_refused, connect, credential, now_ms,
-    tls_client,
+    Fixture, Login, assert_no_secrets_logged, assert_refused, connect, credential, dev1_now,
+    now_ms, tls_client,
 };
 
 #[tokio::test]
@@ -78,13 +78,7 @@ async fn client_id_and_username_of_different_devices() {
     let sandbox = fixture.start();
     // dev1's valid credential, presented with dev2's username: the sign
     // covers the username's keys, so it cannot pass as dev2.
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let mut login = Login::from(&dev1);
     login.username = "dev2&pkA".into();
     assert_refused(
@@ -146,13 +140,7 @@ async fn stale_timestamp() {
 async fn malformed_client_id() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let mut login = Login::from(&dev1);
     login.client_id = "dev1".into(); // no |securemode=…,timestamp=…| section
     assert_refused(
@@ -206,13 +194,7 @@ async fn tls_without_client_certificate() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
     let tls_addr = sandbox.tls_addr().expect("tls listener");
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let outcome = connect(tls_addr, &dev1, Some(tls_client(&fixture.pki, None))).await;
     let error = outcome.err().expect("no client certificate: refused");
     assert!(error.contains("CertificateRequired"), "{error}");
@@ -229,13 +211,7 @@ async fn tls_with_certificate_of_another_ca() {
     let tls_addr = sandbox.tls_addr().expect("tls listener");
     let stranger = enos_testkit::Pki::new("another CA").expect("pki");
     let identity = stranger.device("pkA", "dev1").expect("cert");
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let outcome = connect(
         tls_addr,
         &dev1,

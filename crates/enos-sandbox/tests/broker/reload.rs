@@ -7,7 +7,7 @@ use enos_sign_core::SignMethod;
 use serde_json::json;
 
 use crate::common::{
-    Connected, DEVICES, Fixture, WAIT, assert_refused, connect, credential, now_ms,
+    Connected, DEVICES, Fixture, WAIT, assert_refused, connect, credential, dev1_now, now_ms,
 };
 
 /// Whether the connection closes within the wait.
@@ -23,13 +23,7 @@ async fn closes(session: &mut Connected) -> bool {
 async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let old = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let old = dev1_now();
     let mut dev1 = connect(sandbox.mqtt_addr(), &old, None)
         .await
         .expect("old secret works");
@@ -136,13 +130,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
 async fn an_invalid_file_keeps_the_devices_in_force() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let mut session = connect(sandbox.mqtt_addr(), &dev1, None)
         .await
         .expect("connects");

@@ -7,7 +7,7 @@ use enos_sign_core::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{Fixture, connect, credential, now_ms};
+use crate::common::{Fixture, connect, credential, dev1_now, now_ms};
 
 fn login(id: &str, dk: &str, secret: &str) -> Value {
     let fields = SignedFields {
@@ -110,13 +110,7 @@ async fn sub_device_login_and_logout_replies() {
 async fn measurepoint_post_gets_its_reply() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let dev1 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    );
+    let dev1 = dev1_now();
     let mut device = connect(sandbox.mqtt_addr(), &dev1, None)
         .await
         .expect("connects");
