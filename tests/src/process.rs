@@ -64,22 +64,19 @@ impl OutputLog {
     /// Waits for a line after the first `since` lines that contains
     /// `needle`; returns it.
     pub fn wait_for(&self, since: usize, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lock();
-        loop {
-            if let Some(line) = lines.iter().skip(since).find(|l| l.contains(needle)) {
-                return Some(line.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            lines = self
-                .changed
-                .wait_timeout(lines, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let found = |lines: &Vec<String>| {
+            lines
+                .iter()
+                .skip(since)
+                .find(|l| l.contains(needle))
+                .cloned()
+        };
+        let lines = self.lock();
+        let (lines, _) = self
+            .changed
+            .wait_timeout_while(lines, timeout, |lines| found(lines).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        found(&lines)
     }
 }
 

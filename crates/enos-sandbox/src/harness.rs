@@ -261,22 +261,12 @@ impl Log {
         timeout: Duration,
         mut done: impl FnMut(&LogState) -> Option<T>,
     ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        loop {
-            if let Some(value) = done(&state) {
-                return Some(value);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |state| done(state).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        done(&state)
     }
 
     fn push_line(&self, line: &str, status: Option<StatusLine>) {
