@@ -14,10 +14,7 @@ use std::{
 use enos_sandbox::PortReservation;
 use enos_signer_svc::{
     SignerConfig,
-    config::{
-        AuditConfig, AuditSinkConfig, CustodyConfig, LogFormat, LoggingConfig, PolicyConfig,
-        RegistryConfig, ServerConfig,
-    },
+    config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, ServerConfig},
 };
 
 use crate::{
@@ -73,8 +70,9 @@ pub fn write_config(
 ) -> Result<(SignerConfig, SignerFiles)> {
     std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
     let server = pki.server("signer-server")?;
-    let config = SignerConfig {
-        server: ServerConfig {
+    let mut config = enos_signer_svc::testing::state_in(
+        dir,
+        ServerConfig {
             listen,
             cert: server.cert,
             key: server.key,
@@ -82,26 +80,11 @@ pub fn write_config(
             drain_timeout_secs: 3,
             worker_threads: None,
         },
-        registry: RegistryConfig::Redb {
-            path: dir.join("registry.redb"),
-        },
-        custody: CustodyConfig::Software {
-            master_key_file: dir.join("master.key"),
-        },
-        audit: AuditConfig {
-            key_file: dir.join("audit.key"),
-            sink: AuditSinkConfig::File {
-                path: dir.join("audit.jsonl"),
-            },
-            fail_closed: true,
-        },
-        rate_limit: None,
-        policy,
-        metrics: None,
-        logging: LoggingConfig {
-            format: LogFormat::Json,
-            filter: "info".into(),
-        },
+    );
+    config.policy = policy;
+    config.logging = LoggingConfig {
+        format: LogFormat::Json,
+        filter: "info".into(),
     };
     let path = dir.join("signer.toml");
     std::fs::write(&path, config.to_toml()?)

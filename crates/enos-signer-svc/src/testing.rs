@@ -63,6 +63,32 @@ pub struct TestSigner {
     placeholder: Option<TcpSocket>,
 }
 
+/// A config whose state all lives in `dir`: redb registry, software
+/// custody, a fail-closed audit trail in `audit.jsonl`; default policy, no
+/// rate limit, no metrics listener. Tests adjust the rest.
+pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
+    SignerConfig {
+        server,
+        registry: RegistryConfig::Redb {
+            path: dir.join("registry.redb"),
+        },
+        custody: CustodyConfig::Software {
+            master_key_file: dir.join("master.key"),
+        },
+        audit: AuditConfig {
+            key_file: dir.join("audit.key"),
+            sink: AuditSinkConfig::File {
+                path: dir.join("audit.jsonl"),
+            },
+            fail_closed: true,
+        },
+        rate_limit: None,
+        policy: PolicyConfig::default(),
+        metrics: None,
+        logging: LoggingConfig::default(),
+    }
+}
+
 /// A runtime that may be dropped anywhere: dropping a Tokio runtime
 /// inside async code panics, so this one shuts down in the background.
 struct ServerRuntime(Option<Runtime>);
@@ -128,8 +154,9 @@ impl TestSigner {
         let dir = dir.canonicalize()?;
         let server = pki.server(&[])?.write(&dir, "server")?;
         let ca = pki.write_ca(&dir)?;
-        let mut config = SignerConfig {
-            server: ServerConfig {
+        let mut config = state_in(
+            &dir,
+            ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 cert: server.cert,
                 key: server.key,
@@ -137,26 +164,10 @@ impl TestSigner {
                 drain_timeout_secs: 5,
                 worker_threads: None,
             },
-            registry: RegistryConfig::Redb {
-                path: dir.join("registry.redb"),
-            },
-            custody: CustodyConfig::Software {
-                master_key_file: dir.join("master.key"),
-            },
-            audit: AuditConfig {
-                key_file: dir.join("audit.key"),
-                sink: AuditSinkConfig::File {
-                    path: dir.join("audit.jsonl"),
-                },
-                fail_closed: true,
-            },
-            rate_limit: None,
-            policy: PolicyConfig::default(),
-            metrics: Some(MetricsConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            }),
-            logging: LoggingConfig::default(),
-        };
+        );
+        config.metrics = Some(MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        });
         adjust(&mut config);
         init(&config, Existing::Keep)?;
 
