@@ -19,20 +19,21 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_signer_svc::config::PolicyConfig;
+use enos_testkit::{
+    Binaries, ChildProcess,
+    sandbox::{Sandbox, SandboxBinary},
+};
 use serde_json::{Value, json};
 
 use crate::{
     agent::AgentToml,
-    binaries::Binaries,
     devices::{self, Device},
     error::{E2eError, Result},
     leaks::LeakScan,
     local_broker::LocalBroker,
     mqtt::{Login, MqttClient},
     pki::LoopPki,
-    process::ChildProcess,
     signer::{self, AdminEnv, SignerProcess},
 };
 
@@ -574,12 +575,12 @@ fn start_agent(
 ) -> Result<ChildProcess> {
     let path = dir.join(format!("{name}.toml"));
     toml.write(&path)?;
-    ChildProcess::spawn(
+    Ok(ChildProcess::spawn(
         name,
         &binaries.agent,
         [OsStr::new("run"), OsStr::new("--config"), path.as_os_str()],
         &[("ENOS_AGENT_LOG", OsStr::new("debug"))],
-    )
+    )?)
 }
 
 /// Polls the agent's status file until `pred` holds.

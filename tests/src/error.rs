@@ -43,6 +43,12 @@ impl E2eError {
     }
 }
 
+impl From<enos_testkit::HarnessError> for E2eError {
+    fn from(e: enos_testkit::HarnessError) -> Self {
+        E2eError::Component(Box::new(e))
+    }
+}
+
 impl From<enos_sandbox::SandboxError> for E2eError {
     fn from(e: enos_sandbox::SandboxError) -> Self {
         E2eError::Component(Box::new(e))

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use support::{DeviceRow, Mosquitto, OBSERVER, TestClient, signer::SignerFixture, write_devices};
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");

@@ -28,7 +28,6 @@
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
 //! | [`init`] | create keys and registry |
 //! | [`csv_rows`] | EnOS console CSV exports → import rows |
-//! | [`testing`] | [`testing::TestSigner`], for tests and the demo |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
 //! # Status codes
@@ -64,7 +63,6 @@ pub mod registry;
 pub mod server;
 pub mod sign_threads;
 pub mod state;
-pub mod testing;
 pub mod tls;
 
 pub use config::SignerConfig;

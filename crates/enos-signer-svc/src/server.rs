@@ -152,7 +152,9 @@ impl Signer {
 
 /// Opens the signer the config names and serves on `listener` until
 /// `shutdown` completes; binds the metrics listener from the config. The
-/// binary and [`crate::testing::TestSigner`] both run through here.
+/// binary runs through here; the test fixture (`enos_testkit::signer`)
+/// calls [`Signer::open`] and [`Signer::serve`] itself, on listeners it
+/// binds with `SO_REUSEADDR` so that a restart gets the same port.
 pub async fn run(
     config: SignerConfig,
     listener: TcpListener,

@@ -111,8 +111,3 @@ pub fn mtls_endpoint(uri: &str, ca_pem: &str, identity: Option<Identity>) -> Res
 pub async fn connect_mtls(uri: &str, ca_pem: &str, identity: Option<Identity>) -> Result<Channel> {
     Ok(mtls_endpoint(uri, ca_pem, identity)?.connect().await?)
 }
-
-/// A tonic client identity from an enos-testkit [`enos_testkit::Identity`].
-pub fn client_identity(identity: &enos_testkit::Identity) -> Identity {
-    Identity::from_pem(&identity.cert_pem, &identity.key_pem)
-}

@@ -264,7 +264,7 @@ async fn init_then_serve_then_sigterm() {
         .expect("spawn serve");
     let uri = format!("https://{addr}");
     let started = Instant::now();
-    let admin_identity = enos_signer_svc::tls::client_identity(f.signer.admin_identity());
+    let admin_identity = enos_testkit::signer::client_identity(f.signer.admin_identity());
     let channel = loop {
         match enos_signer_svc::tls::connect_mtls(
             &uri,
@@ -297,7 +297,7 @@ async fn init_then_serve_then_sigterm() {
         enos_signer_svc::tls::connect_mtls(
             &uri,
             f.signer.ca_pem(),
-            Some(enos_signer_svc::tls::client_identity(&device)),
+            Some(enos_testkit::signer::client_identity(&device)),
         )
         .await
         .expect("device channel"),

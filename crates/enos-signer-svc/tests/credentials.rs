@@ -139,7 +139,7 @@ async fn authentication_failures() {
     let refused = match tls::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
-        Some(tls::client_identity(&forged)),
+        Some(enos_testkit::signer::client_identity(&forged)),
     )
     .await
     {

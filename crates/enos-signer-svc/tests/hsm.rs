@@ -405,7 +405,7 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
                     .map(|i| (format!("dev-{i}"), format!("secret-of-device-{i}")))
                     .collect();
                 // A signer in production with software custody.
-                let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                let mut software = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
                     .await
                     .expect("software signer");
                 for (dk, secret) in &secrets {
@@ -436,18 +436,17 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
 
                 // The same registry served with HSM custody.
                 let config = hsm.config();
-                let f =
-                    enos_signer_svc::testing::TestSigner::start_with(dir.path(), &pki, move |c| {
-                        c.custody = CustodyConfig::Pkcs11(config);
-                    })
-                    .await
-                    .expect("HSM signer");
+                let f = enos_testkit::signer::TestSigner::start_with(dir.path(), &pki, move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                })
+                .await
+                .expect("HSM signer");
                 for (dk, secret) in &secrets {
                     let identity = pki.device("Pk1", dk).expect("device cert");
                     let channel = enos_signer_svc::tls::connect_mtls(
                         &f.uri(),
                         f.ca_pem(),
-                        Some(enos_signer_svc::tls::client_identity(&identity)),
+                        Some(enos_testkit::signer::client_identity(&identity)),
                     )
                     .await
                     .expect("mTLS");
@@ -470,7 +469,7 @@ fn cli_init_hsm_and_migrate() {
         runtime().block_on(async {
             let dir = tempfile::tempdir().expect("tempdir");
             let pki = enos_testkit::Pki::new("cli").expect("pki");
-            let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+            let mut software = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
                 .await
                 .expect("software signer");
             for i in 0..3 {

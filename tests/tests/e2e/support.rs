@@ -5,9 +5,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use enos_e2e::{AgentToml, Device, LeakScan, LoopPki, ProcessLogs};
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_signer_proto::v1;
-use enos_signer_svc::{SignerConfig, testing::TestSigner};
+use enos_signer_svc::SignerConfig;
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::signer::TestSigner;
 
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 

@@ -1,0 +1,445 @@
+//! [`Sandbox`]: the `enos-sandbox` binary as a child process on free
+//! ports, stopped, restarted and reloaded by the test.
+//!
+//! Why a child process: rumqttd has no stop API (its listener threads run
+//! until the process ends), so an in-process broker could never be stopped
+//! or restarted on the same port, and every test would leak one. A child
+//! process stops cleanly when killed, frees its ports, restarts in tens of
+//! milliseconds, and its stdout/stderr can be captured and scanned.
+//!
+//! All calls block (briefly: a start takes well under a second). They are
+//! fine inside `#[tokio::test]`; the child is another process, so nothing
+//! in the test's runtime needs to make progress meanwhile.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+//!
+//! # fn main() -> Result<(), enos_testkit::HarnessError> {
+//! // In the sandbox's own tests: SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox")).
+//! let binary = SandboxBinary::locate()?;
+//! let mut sandbox = Sandbox::builder(binary, "devices.csv")
+//!     .tls("ca.pem", "server.pem", "server.key")
+//!     .start()?;
+//! let mqtt = sandbox.mqtt_addr();            // 127.0.0.1:<free port>
+//! let mqtts = sandbox.tls_addr();            // Some(127.0.0.1:<free port>)
+//! // … connect clients; rewrite devices.csv, then:
+//! sandbox.reload_devices()?;                 // SIGHUP; returns once applied
+//! sandbox.restart()?;                        // same ports, all sessions dropped
+//! sandbox.wait_for_log("refused MQTT CONNECT", Duration::from_secs(5))?;
+//! assert!(!sandbox.logs().contains("the-device-secret"));
+//! sandbox.stop()?;                           // also on drop
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    ffi::OsString,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use enos_sandbox::{PortReservation, ReloadOutcome, StatusLine};
+
+use crate::{
+    binaries::{self, SANDBOX},
+    error::HarnessError,
+    process::{ChildProcess, Lines, OutputLog},
+};
+
+/// This module's result.
+type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+/// Where the `enos-sandbox` binary is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxBinary {
+    /// The executable.
+    path: PathBuf,
+}
+
+impl SandboxBinary {
+    /// The environment variable that, when set, names the binary.
+    pub const ENV_VAR: &'static str = SANDBOX.env;
+
+    /// The binary at `path`. In the sandbox's own tests:
+    /// `SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox"))`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        SandboxBinary { path: path.into() }
+    }
+
+    /// Finds the binary for another crate's tests: `$ENOS_SANDBOX_BIN`,
+    /// else beside the test executable, else `cargo build` (see
+    /// [`binaries`]).
+    pub fn locate() -> Result<Self> {
+        binaries::locate(&SANDBOX).map(Self::at)
+    }
+
+    /// The executable's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The TLS listener's files, as the binary's `--ca`, `--cert`, `--key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Client certificates must chain to this CA.
+    pub ca: PathBuf,
+    /// The server certificate (for 127.0.0.1).
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+}
+
+/// Options for [`Sandbox`]; from [`Sandbox::builder`].
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    /// The binary to run.
+    binary: SandboxBinary,
+    /// `--devices`; re-read on every start and on reload.
+    devices: PathBuf,
+    /// `--ca/--cert/--key`: a TLS listener on a free port when set.
+    tls: Option<TlsFiles>,
+    /// `--any-timestamp`.
+    any_timestamp: bool,
+    /// `--freshness-window-secs`.
+    freshness_window: Option<Duration>,
+    /// `--allow-md5`.
+    allow_md5: bool,
+    /// `RUST_LOG` of the child; "info" so that refusals are logged.
+    log_filter: String,
+    /// How long a start may take before it counts as failed.
+    ready_timeout: Duration,
+}
+
+impl SandboxBuilder {
+    /// Adds the TLS listener (on a free port) with these files.
+    pub fn tls(
+        mut self,
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls = Some(TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Accepts any signed timestamp (`--any-timestamp`).
+    pub fn any_timestamp(mut self) -> Self {
+        self.any_timestamp = true;
+        self
+    }
+
+    /// The freshness window either side of now (whole seconds; default 10 min).
+    pub fn freshness_window(mut self, window: Duration) -> Self {
+        self.freshness_window = Some(window);
+        self
+    }
+
+    /// Accepts `hmacmd5` (`--allow-md5`).
+    pub fn allow_md5(mut self) -> Self {
+        self.allow_md5 = true;
+        self
+    }
+
+    /// The child's `RUST_LOG` (default `info`).
+    pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// How long to wait for the child to listen (default 20 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Reserves free ports on 127.0.0.1 and starts the child.
+    pub fn start(self) -> Result<Sandbox> {
+        let mqtt = PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?;
+        let tls = match &self.tls {
+            Some(_) => Some(PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?),
+            None => None,
+        };
+        let mut sandbox = Sandbox {
+            options: self,
+            mqtt,
+            tls,
+            child: None,
+            run_start: 0,
+            log: Arc::new(OutputLog::default()),
+        };
+        sandbox.start_again()?;
+        Ok(sandbox)
+    }
+
+    fn args(&self, mqtt: SocketAddr, tls: Option<SocketAddr>) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--devices".into(),
+            self.devices.clone().into(),
+            "--mqtt-addr".into(),
+            mqtt.to_string().into(),
+            "--exit-on-stdin-close".into(),
+        ];
+        if let (Some(files), Some(addr)) = (&self.tls, tls) {
+            args.extend([
+                "--tls-addr".into(),
+                addr.to_string().into(),
+                "--ca".into(),
+                files.ca.clone().into(),
+                "--cert".into(),
+                files.cert.clone().into(),
+                "--key".into(),
+                files.key.clone().into(),
+            ]);
+        }
+        if self.any_timestamp {
+            args.push("--any-timestamp".into());
+        }
+        if let Some(window) = self.freshness_window {
+            args.extend([
+                "--freshness-window-secs".into(),
+                window.as_secs().to_string().into(),
+            ]);
+        }
+        if self.allow_md5 {
+            args.push("--allow-md5".into());
+        }
+        args
+    }
+}
+
+/// A position in a [`Sandbox`]'s captured output (a line count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogMark(usize);
+
+/// An `enos-sandbox` child process on free ports of 127.0.0.1.
+///
+/// The ports stay reserved for the life of this value, so
+/// [`Sandbox::restart`] and [`Sandbox::start_again`] come back on the same
+/// addresses. Dropping it kills the child.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// How to (re)start the child.
+    options: SandboxBuilder,
+    /// The plain listener's port.
+    mqtt: PortReservation,
+    /// The TLS listener's port, when configured.
+    tls: Option<PortReservation>,
+    /// The child, while running.
+    child: Option<ChildProcess>,
+    /// Where the current run's lines begin in `log`: its status lines are
+    /// the ones that count.
+    run_start: usize,
+    /// Everything the child has written, across runs.
+    log: Arc<OutputLog>,
+}
+
+impl Sandbox {
+    /// Options for a sandbox running `binary` with the device file `devices`.
+    pub fn builder(binary: SandboxBinary, devices: impl Into<PathBuf>) -> SandboxBuilder {
+        SandboxBuilder {
+            binary,
+            devices: devices.into(),
+            tls: None,
+            any_timestamp: false,
+            freshness_window: None,
+            allow_md5: false,
+            log_filter: "info".into(),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The plain MQTT listener: where EnOS's 11883 would be.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt.addr()
+    }
+
+    /// The TLS listener (EnOS's 18883), when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(PortReservation::addr)
+    }
+
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ChildProcess::pid)
+    }
+
+    /// Whether the child is running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
+    /// Everything the child wrote to stdout and stderr so far, across
+    /// restarts: status lines and logs. Scan it for leaked secrets.
+    pub fn logs(&self) -> String {
+        self.log.text()
+    }
+
+    /// A position in the captured output: [`Sandbox::wait_for_log_since`]
+    /// looks only at what comes after it.
+    pub fn log_mark(&self) -> LogMark {
+        LogMark(self.log.len())
+    }
+
+    /// Waits until the captured output (of every run so far) contains
+    /// `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_since(LogMark(0), needle, timeout)
+    }
+
+    /// Waits until a line written after `mark` contains `needle`: for
+    /// "the *next* CONNECT is refused" after an earlier one was.
+    pub fn wait_for_log_since(&self, mark: LogMark, needle: &str, timeout: Duration) -> Result<()> {
+        match self.log.wait_for(mark.0, needle, timeout) {
+            Some(_) => Ok(()),
+            None => Err(HarnessError::Failed(format!(
+                "{needle:?} did not appear in the sandbox log within {timeout:?}; last lines:\n{}",
+                self.log.tail(20)
+            ))),
+        }
+    }
+
+    /// Re-reads the device file (SIGHUP to the child) and returns once the
+    /// child has done so. On error (say, an invalid file) the previous
+    /// devices stay in force. New CONNECTs and logins see the new file;
+    /// open sessions of devices removed, disabled or given another secret
+    /// are closed before this returns; other sessions stay open.
+    pub fn reload_devices(&self) -> Result<ReloadOutcome> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| HarnessError::Failed("the sandbox is stopped".into()))?;
+        let run_start = self.run_start;
+        let reloads = |lines: &Lines| -> Vec<StatusLine> {
+            lines
+                .stdout_since(run_start)
+                .filter_map(StatusLine::parse)
+                .filter(|s| {
+                    matches!(
+                        s,
+                        StatusLine::Reloaded { .. } | StatusLine::ReloadFailed { .. }
+                    )
+                })
+                .collect()
+        };
+        let before = self.log.with_lines(|lines| reloads(lines).len());
+        child.hang_up()?;
+        let outcome = self.log.wait_until(self.options.ready_timeout, |lines| {
+            if let Some(status) = reloads(lines).into_iter().nth(before) {
+                return Some(Some(status));
+            }
+            lines.stdout_closed().then_some(None)
+        });
+        match outcome {
+            Some(Some(StatusLine::Reloaded {
+                devices,
+                dropped_sessions,
+            })) => Ok(ReloadOutcome {
+                devices,
+                dropped_sessions,
+            }),
+            Some(Some(StatusLine::ReloadFailed { reason })) => Err(HarnessError::Reload(reason)),
+            Some(_) => Err(HarnessError::Failed(format!(
+                "the sandbox exited during reload; last lines:\n{}",
+                self.log.tail(20)
+            ))),
+            None => Err(HarnessError::Failed(
+                "the sandbox did not confirm the reload in time".into(),
+            )),
+        }
+    }
+
+    /// Stops the child: closes its stdin and sends SIGTERM, then SIGKILL
+    /// after 3 s. Open client connections see the socket close. Stopping a
+    /// stopped sandbox does nothing.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child.close_stdin();
+        match child.terminate(Duration::from_secs(3)) {
+            // Killed after the grace: stopped all the same.
+            Ok(_) | Err(HarnessError::Failed(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts the child again on the same ports after [`Sandbox::stop`];
+    /// it reads the device file afresh. Does nothing while it runs.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.run_start = self.log.len();
+        let args = self.options.args(self.mqtt_addr(), self.tls_addr());
+        let mut command = Command::new(self.options.binary.path());
+        command
+            .args(&args)
+            .env("RUST_LOG", &self.options.log_filter)
+            .stdin(Stdio::piped());
+        self.child = Some(ChildProcess::start(
+            "enos-sandbox",
+            &mut command,
+            Arc::clone(&self.log),
+        )?);
+
+        let run_start = self.run_start;
+        let ready = self.log.wait_until(self.options.ready_timeout, |lines| {
+            let listening = lines
+                .stdout_since(run_start)
+                .filter_map(StatusLine::parse)
+                .find_map(|st| match st {
+                    StatusLine::Listening { mqtt, tls } => Some((mqtt, tls)),
+                    _ => None,
+                });
+            match listening {
+                Some(addrs) => Some(Ok(addrs)),
+                None if lines.stdout_closed() => Some(Err("the sandbox exited before listening")),
+                None => None,
+            }
+        });
+        let failure = match ready {
+            Some(Ok((mqtt, tls))) if mqtt == self.mqtt_addr() && tls == self.tls_addr() => None,
+            Some(Ok(_)) => Some("the sandbox listens on other addresses than asked".to_owned()),
+            Some(Err(reason)) => Some(reason.to_owned()),
+            None => Some(format!(
+                "the sandbox did not listen within {:?}",
+                self.options.ready_timeout
+            )),
+        };
+        match failure {
+            None => Ok(()),
+            Some(reason) => {
+                let _ = self.stop();
+                Err(HarnessError::Failed(format!(
+                    "{reason}; last lines:\n{}",
+                    self.log.tail(20)
+                )))
+            }
+        }
+    }
+
+    /// Stops and starts the child on the same ports: every session drops,
+    /// clients must reconnect, and the device file is read afresh.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The child goes before the port reservations do.
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+    }
+}
