@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use enos_domain::DeviceId;
 use enos_sign_core::{ClientId, DeviceKey, ProductKey, SignMethod};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,13 @@ pub struct DeviceConfig {
     /// Asked of the signer; absent lets the signer's policy choose.
     #[serde(default, with = "sign_method_opt")]
     pub sign_method: Option<SignMethod>,
+}
+
+impl DeviceConfig {
+    /// Which device this is.
+    pub fn id(&self) -> DeviceId {
+        DeviceId::new(self.product_key.clone(), self.device_key.clone())
+    }
 }
 
 /// The signer endpoints and the mTLS identity the agent presents.
@@ -247,6 +255,13 @@ pub struct SubDeviceConfig {
     /// `cleanSession` sent with the login.
     #[serde(default = "default_true")]
     pub clean_session: bool,
+}
+
+impl SubDeviceConfig {
+    /// Which sub-device this is.
+    pub fn id(&self) -> DeviceId {
+        DeviceId::new(self.product_key.clone(), self.device_key.clone())
+    }
 }
 
 /// Sub-device login pacing.
@@ -566,16 +581,16 @@ impl Config {
             validate_bridge(bridge)?;
         }
         let mut seen = std::collections::HashSet::new();
+        let gateway = self.device.id();
         for (i, sub) in self.sub_devices.iter().enumerate() {
-            if !seen.insert((sub.product_key.clone(), sub.device_key.clone())) {
+            let id = sub.id();
+            if !seen.insert(id.clone()) {
                 return Err(AgentError::config(
                     format!("sub_devices[{i}]"),
-                    format!("{}/{} is listed twice", sub.product_key, sub.device_key),
+                    format!("{id} is listed twice"),
                 ));
             }
-            if sub.product_key == self.device.product_key
-                && sub.device_key == self.device.device_key
-            {
+            if id == gateway {
                 return Err(AgentError::config(
                     format!("sub_devices[{i}]"),
                     "the gateway cannot be its own sub-device",

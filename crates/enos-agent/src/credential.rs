@@ -156,7 +156,7 @@ mod tests {
             match step {
                 Step::Issue { lifetime_ms, delay } => {
                     // The signer signs, then the answer takes `delay` to arrive.
-                    let now = crate::clock::now_ms();
+                    let now = enos_domain::now_ms();
                     let cred = IssuedCredential::new(
                         format!("dk|securemode=2,signmethod=hmacsha1,timestamp={now}|"),
                         "dk&pk".into(),

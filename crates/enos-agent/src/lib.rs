@@ -21,7 +21,7 @@
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
 //! | [`offline_sign`] | the `sign` command |
 //! | [`agent`] | [`Agent`]: runs all of the above until shutdown |
-//! | `shared`, `tls`, `clock`, `error` | plumbing; [`AgentError`] is the one error type |
+//! | `shared`, `tls`, `error` | plumbing; [`AgentError`] is the one error type |
 //!
 //! Passwords and signs are held in zeroizing, redacting types and never
 //! logged; rumqttc's `MqttOptions` (whose `Debug` prints the password) is
@@ -31,7 +31,6 @@
 pub mod agent;
 pub mod backoff;
 pub mod bridge;
-mod clock;
 pub mod config;
 pub mod credential;
 mod error;
@@ -49,9 +48,9 @@ pub mod topics;
 
 pub use agent::Agent;
 pub use backoff::Backoff;
-pub use clock::now_ms;
 pub use config::Config;
 pub use credential::CredentialCache;
+pub use enos_domain::now_ms;
 pub use error::AgentError;
 pub use queue::BoundedQueue;
 pub use shared::{Outbound, Reply, Shared};

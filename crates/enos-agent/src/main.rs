@@ -137,10 +137,9 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let credential = signer.issue_mqtt_credential().await?;
     println!(
-        "signer {} issued a credential for {}/{}: client id {}",
+        "signer {} issued a credential for {}: client id {}",
         credential.endpoint,
-        config.device.product_key,
-        config.device.device_key,
+        config.device.id(),
         credential.mqtt_client_id
     );
     match credential.expires_at_ms {

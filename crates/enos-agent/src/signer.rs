@@ -108,7 +108,7 @@ impl IssuedCredential {
     ) -> Self {
         let lifetime = expires_at_ms.map(|e| Duration::from_millis(e.saturating_sub(timestamp_ms)));
         let age_at_receipt =
-            Duration::from_millis(crate::clock::now_ms().saturating_sub(timestamp_ms));
+            Duration::from_millis(enos_domain::now_ms().saturating_sub(timestamp_ms));
         IssuedCredential {
             mqtt_client_id,
             username,
@@ -380,16 +380,6 @@ fn classify(endpoint: String, status: tonic::Status) -> SignerError {
     }
 }
 
-fn sign_method_to_proto(m: Option<enos_sign_core::SignMethod>) -> i32 {
-    use enos_sign_core::SignMethod;
-    (match m {
-        None => v1::SignMethod::Unspecified,
-        Some(SignMethod::HmacSha1) => v1::SignMethod::Hmacsha1,
-        Some(SignMethod::HmacSha256) => v1::SignMethod::Hmacsha256,
-        Some(SignMethod::HmacMd5) => v1::SignMethod::Hmacmd5,
-    }) as i32
-}
-
 impl Signer for GrpcSigner {
     async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerError> {
         let request = IssueMqttCredentialRequest {
@@ -401,7 +391,7 @@ impl Signer for GrpcSigner {
                 .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
-            sign_method: sign_method_to_proto(self.device.sign_method),
+            sign_method: v1::SignMethod::wire(self.device.sign_method),
         };
         self.with_failover(|mut client, endpoint| {
             let request = request.clone();
@@ -447,7 +437,7 @@ impl Signer for GrpcSigner {
                 .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
-            sign_method: sign_method_to_proto(self.device.sign_method),
+            sign_method: v1::SignMethod::wire(self.device.sign_method),
             clean_session: sub.clean_session,
         };
         self.with_failover(|mut client, endpoint| {

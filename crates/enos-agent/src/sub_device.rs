@@ -134,7 +134,7 @@ async fn login<S: Signer>(
 ) -> SubDeviceState {
     let settings = &config.sub_device_login;
     let mut backoff = Backoff::new(config.backoff.clone());
-    let who = format!("{}/{}", sub.product_key, sub.device_key);
+    let who = sub.id().to_string();
     let mut last_failure = String::new();
     for attempt in 1..=settings.max_attempts {
         if attempt > 1 {

@@ -18,8 +18,9 @@ use crate::{
     import,
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord, Write},
-    state::{self, SignerState, device_message, identity_name, now_ms},
+    state::{self, SignerState, device_message, identity_name},
 };
+use enos_domain::now_ms;
 
 /// The Admin service.
 pub struct AdminService {
@@ -133,7 +134,8 @@ impl AdminService {
                     let now = now_ms();
                     let existing = current.into_iter().next().flatten();
                     let version = existing.as_ref().map_or(1, |r| r.secret_version + 1);
-                    let sealed = custody.seal(id.secret_ref(version), &secret)?;
+                    let sealed =
+                        custody.seal(enos_custody::SecretRef::of(&id, version), &secret)?;
                     let record = DeviceRecord {
                         enabled,
                         secret_version: version,
@@ -167,7 +169,10 @@ impl AdminService {
                         .flatten()
                         .ok_or_else(|| not_found(&id))?;
                     record.secret_version += 1;
-                    record.sealed = custody.seal(id.secret_ref(record.secret_version), &secret)?;
+                    record.sealed = custody.seal(
+                        enos_custody::SecretRef::of(&id, record.secret_version),
+                        &secret,
+                    )?;
                     record.updated_at_ms = now_ms();
                     Ok(vec![Write::Put(record)])
                 }),

@@ -24,10 +24,10 @@ use crate::{
     custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
-    policy::proto_method,
     registry::{DeviceId, DeviceRecord},
-    state::{self, SignerState, identity_name, now_ms},
+    state::{self, SignerState, identity_name},
 };
+use enos_domain::now_ms;
 
 /// The Credentials service.
 pub struct CredentialsService {
@@ -82,7 +82,7 @@ async fn sign(
 ) -> Result<(SignedFields, Password)> {
     let sign = move |custody: &dyn Custody| {
         let password = custody.sign(
-            record.id.secret_ref(record.secret_version),
+            enos_custody::SecretRef::of(&record.id, record.secret_version),
             &record.sealed,
             &fields,
             method,
@@ -152,7 +152,7 @@ impl CredentialsService {
             password: password.expose_secret().to_owned(),
             timestamp_ms,
             expires_at_ms,
-            sign_method: proto_method(method).into(),
+            sign_method: v1::SignMethod::from(method).into(),
             secure_mode: u32::from(SecureMode::DeviceSecret.as_u8()),
             broker_urls: policy.broker_urls.clone(),
             client_id: fields.client_id.to_string(),

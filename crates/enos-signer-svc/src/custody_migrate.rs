@@ -31,8 +31,8 @@ use crate::{
     custody,
     error::{Result, SignerError},
     registry::{self, DeviceId, DeviceRecord, Registry, Write},
-    state::now_ms,
 };
+use enos_domain::now_ms;
 
 /// How many records are read per registry page.
 const PAGE: usize = 256;
@@ -216,7 +216,7 @@ fn reseal(
     version: u32,
     old: &SealedSecret,
 ) -> std::result::Result<SealedSecret, String> {
-    let secret_ref = id.secret_ref(version);
+    let secret_ref = enos_custody::SecretRef::of(id, version);
     let secret = from
         .open(secret_ref, old)
         .map_err(|e| format!("opening under {}: {e}", from.scheme()))?;

@@ -15,8 +15,9 @@ use crate::{
     audit::AuditRecord,
     error::{Result, SignerError},
     registry::{DeviceId, DeviceRecord, Write},
-    state::{SignerState, identity_name, now_ms},
+    state::{SignerState, identity_name},
 };
+use enos_domain::now_ms;
 
 /// Refuse imports larger than this (memory bound; split bigger files).
 pub const MAX_ROWS: usize = 1_000_000;
@@ -191,7 +192,8 @@ pub async fn run(
                 for row in good {
                     let existing = current.get(&row.id);
                     let version = existing.map_or(1, |r| r.secret_version + 1);
-                    let sealed = custody.seal(row.id.secret_ref(version), &row.secret)?;
+                    let sealed =
+                        custody.seal(enos_custody::SecretRef::of(&row.id, version), &row.secret)?;
                     writes.push(Write::Put(DeviceRecord {
                         enabled: existing.is_none_or(|r| r.enabled),
                         secret_version: version,

@@ -27,7 +27,6 @@
 //! | [`tls`] | server TLS material; [`tls::connect_mtls`] for clients |
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
 //! | [`init`] | create keys and registry |
-//! | [`csv_rows`] | EnOS console CSV exports → import rows |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
 //! # Status codes
@@ -48,7 +47,6 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod credentials;
-pub mod csv_rows;
 pub mod custody;
 pub mod custody_migrate;
 pub mod error;

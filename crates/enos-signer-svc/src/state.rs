@@ -1,10 +1,7 @@
 //! [`SignerState`]: everything a call needs, built once from the config and
 //! shared by both services.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use enos_sign_core::{ClientId, DeviceKey, ProductKey};
 use enos_signer_proto::{identity::PeerIdentity, v1};
@@ -73,14 +70,6 @@ impl SignerState {
     }
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// How an identity is written in audit records.
 pub fn identity_name(identity: Option<&PeerIdentity>) -> String {
     identity.map_or_else(|| "unauthenticated".to_owned(), PeerIdentity::to_string)
@@ -122,10 +111,7 @@ pub fn device_message(record: &registry::DeviceRecord) -> v1::Device {
         device_key: record.id.device_key.to_string(),
         enabled: record.enabled,
         secret_version: record.secret_version,
-        gateway: record.gateway.as_ref().map(|g| v1::DeviceRef {
-            product_key: g.product_key.to_string(),
-            device_key: g.device_key.to_string(),
-        }),
+        gateway: record.gateway.as_ref().map(v1::DeviceRef::from),
         created_at_ms: record.created_at_ms,
         updated_at_ms: record.updated_at_ms,
     }

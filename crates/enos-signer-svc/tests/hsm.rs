@@ -231,7 +231,7 @@ async fn check_all(
         let secret = DeviceSecret::new(device.secret.clone()).expect("secret");
         let password = custody
             .sign(
-                device.id.secret_ref(record.secret_version),
+                enos_custody::SecretRef::of(&device.id, record.secret_version),
                 &record.sealed,
                 &fields,
                 SignMethod::HmacSha1,
@@ -267,7 +267,7 @@ fn migration_both_ways_interrupted_and_resumed_loses_nothing() {
                 for device in &devices {
                     let sealed = software
                         .seal(
-                            device.id.secret_ref(1),
+                            enos_custody::SecretRef::of(&device.id, 1),
                             &DeviceSecret::new(device.secret.clone()).expect("secret"),
                         )
                         .expect("seal");
@@ -554,7 +554,7 @@ fn cli_init_hsm_and_migrate() {
                 .expect("fields");
                 let password = custody
                     .sign(
-                        record.id.secret_ref(record.secret_version),
+                        enos_custody::SecretRef::of(&record.id, record.secret_version),
                         &record.sealed,
                         &fields,
                         SignMethod::HmacSha256,

@@ -391,10 +391,7 @@ impl TestSigner {
 }
 
 fn device_ref(pk: &str, dk: &str) -> v1::DeviceRef {
-    v1::DeviceRef {
-        product_key: pk.to_owned(),
-        device_key: dk.to_owned(),
-    }
+    v1::DeviceRef::new(pk, dk)
 }
 
 /// A socket with SO_REUSEADDR bound to `addr` (not yet listening).

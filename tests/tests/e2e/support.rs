@@ -162,10 +162,10 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[Device]) {
             product_key: d.product_key.clone(),
             device_key: d.device_key.clone(),
             device_secret: d.secret().to_owned(),
-            gateway: d.gateway.as_ref().map(|(pk, dk)| v1::DeviceRef {
-                product_key: pk.clone(),
-                device_key: dk.clone(),
-            }),
+            gateway: d
+                .gateway
+                .as_ref()
+                .map(|(pk, dk)| v1::DeviceRef::new(pk.clone(), dk.clone())),
         })
         .collect();
     let request = v1::ImportDevicesRequest {

@@ -8,48 +8,15 @@
 
 mod redb_store;
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use enos_custody::{SealedSecret, SecretRef};
-use enos_sign_core::{DeviceKey, ProductKey};
+use enos_custody::SealedSecret;
+pub use enos_domain::DeviceId;
+use enos_sign_core::ProductKey;
 
 pub use redb_store::RedbRegistry;
 
 use crate::{config::RegistryConfig, error::Result};
-
-/// Names one device: `(productKey, deviceKey)`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId {
-    /// The product the device belongs to.
-    pub product_key: ProductKey,
-    /// The device within its product.
-    pub device_key: DeviceKey,
-}
-
-impl DeviceId {
-    /// The id of `pk`/`dk`.
-    pub fn new(product_key: ProductKey, device_key: DeviceKey) -> Self {
-        DeviceId {
-            product_key,
-            device_key,
-        }
-    }
-
-    /// The custody reference of this device's secret at `version`.
-    pub fn secret_ref(&self, version: u32) -> SecretRef<'_> {
-        SecretRef {
-            product_key: &self.product_key,
-            device_key: &self.device_key,
-            version,
-        }
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.product_key, self.device_key)
-    }
-}
 
 /// One registry entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
