@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use crate::{
     agent::AgentToml,
-    devices::{self, Device},
+    devices::{self, TestDevice},
     error::{E2eError, Result},
     leaks::LeakScan,
     local_broker::LocalBroker,
@@ -129,11 +129,11 @@ impl<W: Write> Narrator<W> {
 /// The devices of the demo.
 struct DemoDevices {
     /// The gateway the agent runs on.
-    gateway: Device,
+    gateway: TestDevice,
     /// A sub-device bound to it.
-    sensor: Device,
+    sensor: TestDevice,
     /// The EnOS console's own login on the sandbox (plays the cloud side).
-    console: Device,
+    console: TestDevice,
 }
 
 /// Runs the demo with `binaries`, narrating on `narrator`.
@@ -150,12 +150,12 @@ pub async fn run<W: Write>(
         .in_step(PKI)?;
     let dir = state.path().to_owned();
     let pki = LoopPki::new(&dir.join("pki"), "enos-demo-ca").in_step(PKI)?;
-    let gateway = Device::new("DemoGw", "gateway-001").in_step(PKI)?;
+    let gateway = TestDevice::new("DemoGw", "gateway-001").in_step(PKI)?;
     let demo = DemoDevices {
-        sensor: Device::new("DemoSensor", "sensor-001")
+        sensor: TestDevice::new("DemoSensor", "sensor-001")
             .in_step(PKI)?
             .behind(&gateway),
-        console: Device::new("DemoCloud", "console").in_step(PKI)?,
+        console: TestDevice::new("DemoCloud", "console").in_step(PKI)?,
         gateway,
     };
     let broker_server = pki.server("broker-server").in_step(PKI)?;
@@ -646,7 +646,7 @@ async fn wait_sandbox(sandbox: &Sandbox, mark: usize, parts: &[&str]) -> Result<
 }
 
 /// "credential issued …, expires …" from an agent status.
-fn credential_words(device: &Device, status: &Value) -> String {
+fn credential_words(device: &TestDevice, status: &Value) -> String {
     match status["credential_expires_at_ms"].as_u64() {
         Some(ms) => {
             let at = UNIX_EPOCH + Duration::from_millis(ms);

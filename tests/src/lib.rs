@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`pki`] | [`LoopPki`]: one throwaway CA and its files |
-//! | [`devices`] | [`Device`]: random secrets, the CSV files of the sandbox and the signer |
+//! | [`devices`] | [`TestDevice`]: random secrets, the CSV files of the sandbox and the signer |
 //! | [`signer`] | [`SignerProcess`]: `enos-signer init`, `serve` (kill, restart), admin commands |
 //! | [`agent`] | [`AgentToml`]: the agent's config; [`InProcessAgent`]: the agent library in this process |
 //! | [`mqtt`] | [`MqttClient`]: the console's and the local application's MQTT client |
@@ -24,7 +24,7 @@
 //! ([`Binaries`]) come from `enos-testkit`, shared with the components'
 //! own tests.
 //!
-//! No secret or password is ever printed: [`Device`]'s `Debug` redacts the
+//! No secret or password is ever printed: [`TestDevice`]'s `Debug` redacts the
 //! secret, and the issued passwords are only ever held to look for them.
 #![forbid(unsafe_code)]
 
@@ -42,7 +42,7 @@ pub mod signer;
 pub mod tls;
 
 pub use agent::{AgentToml, InProcessAgent};
-pub use devices::Device;
+pub use devices::TestDevice;
 pub use enos_testkit::{Binaries, ChildProcess};
 pub use error::{E2eError, Result};
 pub use leaks::LeakScan;

@@ -26,7 +26,7 @@ pub struct Config {
     /// Which device (gateway) this agent is.
     pub device: DeviceConfig,
     /// Where credentials come from.
-    pub signer: SignerConfig,
+    pub signer: SignerClientConfig,
     /// The EnOS broker and the MQTT session settings.
     pub enos: EnosConfig,
     /// Reconnect pacing.
@@ -77,7 +77,7 @@ impl DeviceConfig {
 /// The signer endpoints and the mTLS identity the agent presents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignerConfig {
+pub struct SignerClientConfig {
     /// `https://host:port` URLs, tried in order; the last one that worked is
     /// tried first next time.
     pub endpoints: Vec<String>,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::signer::{IssuedCredential, Signer, SignerError};
+use crate::signer::{IssuedCredential, SignerClient, SignerClientError};
 
 /// The fraction of a credential's lifetime after which a connect fetches a
 /// new one first.
@@ -43,10 +43,10 @@ impl CredentialCache {
     }
 
     /// The credential the next connect presents, per the rules above.
-    pub async fn for_connect<S: Signer>(
+    pub async fn for_connect<S: SignerClient>(
         &mut self,
         signer: &S,
-    ) -> Result<(Arc<IssuedCredential>, Provenance), SignerError> {
+    ) -> Result<(Arc<IssuedCredential>, Provenance), SignerClientError> {
         match signer.issue_mqtt_credential().await {
             Ok(credential) => {
                 let mut credential = Arc::new(credential);
@@ -144,8 +144,8 @@ mod tests {
         }
     }
 
-    impl Signer for ScriptedSigner {
-        async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerError> {
+    impl SignerClient for ScriptedSigner {
+        async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerClientError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             let step = self
                 .steps
@@ -168,11 +168,11 @@ mod tests {
                     tokio::time::sleep(delay).await;
                     Ok(cred)
                 }
-                Step::Down => Err(SignerError::Unavailable {
+                Step::Down => Err(SignerClientError::Unavailable {
                     endpoint: "scripted".into(),
                     message: "down".into(),
                 }),
-                Step::Refuse => Err(SignerError::Refused {
+                Step::Refuse => Err(SignerClientError::Refused {
                     endpoint: "scripted".into(),
                     code: tonic::Code::PermissionDenied,
                     message: "device disabled".into(),
@@ -183,7 +183,7 @@ mod tests {
         async fn sign_sub_device_login(
             &self,
             _sub: &SubDeviceConfig,
-        ) -> Result<SignedSubDeviceLogin, SignerError> {
+        ) -> Result<SignedSubDeviceLogin, SignerClientError> {
             unreachable!("not used here")
         }
     }

@@ -43,7 +43,7 @@ pub enum AgentError {
     },
     /// The signer could not be reached or refused to issue.
     #[error("signer: {0}")]
-    Signer(#[from] crate::signer::SignerError),
+    SignerClient(#[from] crate::signer::SignerClientError),
     /// The status file could not be written.
     #[error("cannot write status file {path}: {source}")]
     StatusFile {

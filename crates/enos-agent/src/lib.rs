@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | the TOML config as serde structs, validated |
-//! | [`signer`] | the [`Signer`] trait and [`GrpcSigner`] (mTLS, failover) |
+//! | [`signer`] | the [`SignerClient`] trait and [`GrpcSigner`] (mTLS, failover) |
 //! | [`credential`] | [`CredentialCache`]: fresh per connect, reuse rules, the 70 % rule |
 //! | [`backoff`] | [`Backoff`]: exponential, full jitter, refusals back off further |
 //! | [`refusal`] | telling a broker's refusal from a network failure |
@@ -53,7 +53,9 @@ pub use credential::CredentialCache;
 pub use enos_domain::now_ms;
 pub use error::AgentError;
 pub use queue::BoundedQueue;
-pub use shared::{Outbound, Reply, Shared};
-pub use signer::{GrpcSigner, IssuedCredential, SignedSubDeviceLogin, Signer, SignerError};
+pub use shared::{EnosReply, Outbound, Shared};
+pub use signer::{
+    GrpcSigner, IssuedCredential, SignedSubDeviceLogin, SignerClient, SignerClientError,
+};
 pub use status::{AgentStatus, ConnectionState, SubDeviceState};
 pub use tls::install_crypto_provider;

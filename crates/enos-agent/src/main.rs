@@ -8,7 +8,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use enos_agent::{
-    Agent, Config, GrpcSigner, Signer, install_crypto_provider, notify,
+    Agent, Config, GrpcSigner, SignerClient, install_crypto_provider, notify,
     offline_sign::{self, SignRequest},
 };
 use tokio_util::sync::CancellationToken;

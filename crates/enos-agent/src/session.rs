@@ -24,8 +24,8 @@ use crate::{
     credential::{CredentialCache, Provenance},
     error::AgentError,
     refusal::{Failure, Phase, classify},
-    shared::{Outbound, Reply, Shared},
-    signer::Signer,
+    shared::{EnosReply, Outbound, Shared},
+    signer::SignerClient,
     status::ConnectionState,
 };
 
@@ -80,7 +80,7 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
 }
 
 /// Runs the connect loop until `shutdown`, then sends DISCONNECT.
-pub async fn run<S: Signer>(
+pub async fn run<S: SignerClient>(
     config: &Config,
     signer: &S,
     client: AsyncClient,
@@ -286,7 +286,7 @@ fn feed(client: &AsyncClient, shared: &Shared) -> bool {
 fn route_incoming(p: Publish, shared: &Shared) {
     let topic = p.topic.as_str();
     if topic == shared.topics.combine_login_reply() {
-        match Reply::parse(&p.payload) {
+        match EnosReply::parse(&p.payload) {
             Some(reply) => shared.deliver_login_reply(reply),
             None => tracing::warn!(topic, "unparsable combine.login reply"),
         }

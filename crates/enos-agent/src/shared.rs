@@ -31,7 +31,7 @@ pub struct Outbound {
 
 /// A `combine/login_reply` (or any EnOS reply): `{id, code, message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct EnosReply {
     /// The request id it answers.
     pub id: String,
     /// 200 on success; see the EnOS reply codes.
@@ -40,16 +40,16 @@ pub struct Reply {
     pub message: String,
 }
 
-impl Reply {
+impl EnosReply {
     /// Parses a reply payload; `None` if it is not one.
-    pub fn parse(payload: &[u8]) -> Option<Reply> {
+    pub fn parse(payload: &[u8]) -> Option<EnosReply> {
         let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
         let id = match &v["id"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
             _ => return None,
         };
-        Some(Reply {
+        Some(EnosReply {
             id,
             code: v["code"].as_i64()?,
             message: v["message"].as_str().unwrap_or_default().to_owned(),
@@ -70,7 +70,7 @@ pub struct Shared {
     /// sub-device logins restart on every change.
     pub session: watch::Sender<Option<u64>>,
     /// Sub-device logins waiting for their reply, by request id.
-    pub pending_logins: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    pub pending_logins: Mutex<HashMap<String, oneshot::Sender<EnosReply>>>,
     /// This device's EnOS topics.
     pub topics: DeviceTopics,
     /// Downstream topic mapping, when the bridge carries service calls.
@@ -98,7 +98,7 @@ impl Shared {
     }
 
     /// Hands a login reply to whoever waits for it.
-    pub fn deliver_login_reply(&self, reply: Reply) {
+    pub fn deliver_login_reply(&self, reply: EnosReply) {
         let waiter = self
             .pending_logins
             .lock()

@@ -1,4 +1,4 @@
-//! The signer client: a small trait, [`Signer`], and its gRPC
+//! The signer client: a small trait, [`SignerClient`], and its gRPC
 //! implementation, [`GrpcSigner`], with failover across endpoints.
 //!
 //! The connect loop only sees the trait, so its credential logic is tested
@@ -26,13 +26,13 @@ use tonic::{
 };
 
 use crate::{
-    config::{DeviceConfig, SignerConfig, SubDeviceConfig},
+    config::{DeviceConfig, SignerClientConfig, SubDeviceConfig},
     error::AgentError,
 };
 
 /// Why the signer gave no credential.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SignerError {
+pub enum SignerClientError {
     /// No endpoint answered (network, TLS, timeouts, overload): a cached,
     /// still-valid credential may be used instead.
     #[error("no signer endpoint answered; last was {endpoint}: {message}")]
@@ -64,10 +64,10 @@ pub enum SignerError {
     },
 }
 
-impl SignerError {
+impl SignerClientError {
     /// Whether a cached credential may stand in for a fresh one.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, SignerError::Unavailable { .. })
+        matches!(self, SignerClientError::Unavailable { .. })
     }
 }
 
@@ -236,31 +236,31 @@ impl fmt::Debug for SignedSubDeviceLogin {
 
 /// Where credentials come from. Implemented by [`GrpcSigner`]; the
 /// connect-loop tests implement it with a scripted signer.
-pub trait Signer: Send + Sync + 'static {
+pub trait SignerClient: Send + Sync + 'static {
     /// A fresh MQTT credential for this device.
     fn issue_mqtt_credential(
         &self,
-    ) -> impl Future<Output = Result<IssuedCredential, SignerError>> + Send;
+    ) -> impl Future<Output = Result<IssuedCredential, SignerClientError>> + Send;
 
     /// The signed `combine.login` params for `sub`, which must be bound to
     /// this gateway.
     fn sign_sub_device_login(
         &self,
         sub: &SubDeviceConfig,
-    ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerError>> + Send;
+    ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerClientError>> + Send;
 }
 
-impl<T: Signer> Signer for std::sync::Arc<T> {
+impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
     fn issue_mqtt_credential(
         &self,
-    ) -> impl Future<Output = Result<IssuedCredential, SignerError>> + Send {
+    ) -> impl Future<Output = Result<IssuedCredential, SignerClientError>> + Send {
         (**self).issue_mqtt_credential()
     }
 
     fn sign_sub_device_login(
         &self,
         sub: &SubDeviceConfig,
-    ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerError>> + Send {
+    ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerClientError>> + Send {
         (**self).sign_sub_device_login(sub)
     }
 }
@@ -295,7 +295,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, AgentError> {
 impl GrpcSigner {
     /// Reads the mTLS material and prepares (without connecting) a channel
     /// per endpoint.
-    pub fn new(config: &SignerConfig, device: &DeviceConfig) -> Result<Self, AgentError> {
+    pub fn new(config: &SignerClientConfig, device: &DeviceConfig) -> Result<Self, AgentError> {
         let ca = read_pem(&config.ca)?;
         let cert = read_pem(&config.cert)?;
         let key = zeroize::Zeroizing::new(read_pem(&config.key)?);
@@ -326,14 +326,14 @@ impl GrpcSigner {
     }
 
     /// Runs `call` against each endpoint in turn until one answers.
-    async fn with_failover<T, F, Fut>(&self, call: F) -> Result<T, SignerError>
+    async fn with_failover<T, F, Fut>(&self, call: F) -> Result<T, SignerClientError>
     where
         F: Fn(CredentialsClient<Channel>, String) -> Fut,
-        Fut: Future<Output = Result<T, SignerError>>,
+        Fut: Future<Output = Result<T, SignerClientError>>,
     {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
-        let mut last = SignerError::Unavailable {
+        let mut last = SignerClientError::Unavailable {
             endpoint: String::new(),
             message: "no endpoint configured".into(),
         };
@@ -360,9 +360,9 @@ impl GrpcSigner {
     }
 }
 
-/// Maps a gRPC status to a [`SignerError`]: codes that mean "ask again
+/// Maps a gRPC status to a [`SignerClientError`]: codes that mean "ask again
 /// later" are unavailability, the rest are the signer's refusal.
-fn classify(endpoint: String, status: tonic::Status) -> SignerError {
+fn classify(endpoint: String, status: tonic::Status) -> SignerClientError {
     let message: String = status.message().chars().take(300).collect();
     match status.code() {
         Code::Unavailable
@@ -371,8 +371,8 @@ fn classify(endpoint: String, status: tonic::Status) -> SignerError {
         | Code::Unknown
         | Code::ResourceExhausted
         | Code::Aborted
-        | Code::Internal => SignerError::Unavailable { endpoint, message },
-        code => SignerError::Refused {
+        | Code::Internal => SignerClientError::Unavailable { endpoint, message },
+        code => SignerClientError::Refused {
             endpoint,
             code,
             message,
@@ -380,8 +380,8 @@ fn classify(endpoint: String, status: tonic::Status) -> SignerError {
     }
 }
 
-impl Signer for GrpcSigner {
-    async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerError> {
+impl SignerClient for GrpcSigner {
+    async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerClientError> {
         let request = IssueMqttCredentialRequest {
             product_key: self.device.product_key.to_string(),
             device_key: self.device.device_key.to_string(),
@@ -407,7 +407,7 @@ impl Signer for GrpcSigner {
                     || reply.mqtt_client_id.is_empty()
                     || reply.username.is_empty()
                 {
-                    return Err(SignerError::BadResponse {
+                    return Err(SignerClientError::BadResponse {
                         endpoint,
                         reason: "empty client id, username or password".into(),
                     });
@@ -428,7 +428,7 @@ impl Signer for GrpcSigner {
     async fn sign_sub_device_login(
         &self,
         sub: &SubDeviceConfig,
-    ) -> Result<SignedSubDeviceLogin, SignerError> {
+    ) -> Result<SignedSubDeviceLogin, SignerClientError> {
         let request = SignSubDeviceLoginRequest {
             product_key: sub.product_key.to_string(),
             device_key: sub.device_key.to_string(),
@@ -450,7 +450,7 @@ impl Signer for GrpcSigner {
                     .into_inner();
                 let sign = std::mem::take(&mut reply.sign);
                 if sign.is_empty() {
-                    return Err(SignerError::BadResponse {
+                    return Err(SignerClientError::BadResponse {
                         endpoint,
                         reason: "empty sign".into(),
                     });

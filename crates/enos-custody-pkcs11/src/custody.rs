@@ -25,7 +25,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     Pkcs11Config, Pkcs11Error,
-    config::Settings,
+    config::Pkcs11Settings,
     error::{Failure, classify, describe},
     ops::{self, OpError},
     pool::Connection,
@@ -65,7 +65,7 @@ pub struct Pkcs11Custody {
     /// The connection, or `None` while the token is away.
     state: RwLock<State>,
     /// The resolved configuration, kept to reconnect.
-    settings: Settings,
+    settings: Pkcs11Settings,
     /// Whether `open` may export.
     export: ExportPolicy,
     /// Successful reconnects, for [`Pkcs11Custody::status`].
