@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::signer::{IssuedCredential, SignerClient, SignerClientError};
+use crate::{error::SignerClientError, issued::IssuedCredential, signer::SignerClient};
 
 /// The fraction of a credential's lifetime after which a connect fetches a
 /// new one first.
@@ -118,7 +118,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{config::SubDeviceConfig, signer::SignedSubDeviceLogin};
+    use crate::{config::SubDeviceConfig, issued::SignedSubDeviceLogin};
 
     /// A signer that plays a script: each call takes the next step.
     struct ScriptedSigner {

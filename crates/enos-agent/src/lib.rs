@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`config`] | the TOML config as serde structs, validated |
 //! | [`signer`] | the [`SignerClient`] trait and [`GrpcSigner`] (mTLS, failover) |
+//! | [`issued`] | what the signer issues: [`IssuedCredential`], [`SignedSubDeviceLogin`] |
 //! | [`credential`] | [`CredentialCache`]: fresh per connect, reuse rules, the 70 % rule |
 //! | [`backoff`] | [`Backoff`]: exponential, full jitter, refusals back off further |
 //! | [`refusal`] | telling a broker's refusal from a network failure |
@@ -21,7 +22,7 @@
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
 //! | [`offline_sign`] | the `sign` command |
 //! | [`agent`] | [`Agent`]: runs all of the above until shutdown |
-//! | `shared`, `tls`, `error` | plumbing; [`AgentError`] is the one error type |
+//! | `shared`, `tls`, `error` | plumbing; [`AgentError`] (with [`SignerClientError`], one of its causes) |
 //!
 //! Passwords and signs are held in zeroizing, redacting types and never
 //! logged; rumqttc's `MqttOptions` (whose `Debug` prints the password) is
@@ -34,6 +35,7 @@ pub mod bridge;
 pub mod config;
 pub mod credential;
 mod error;
+pub mod issued;
 pub mod notify;
 pub mod offline_sign;
 pub mod queue;
@@ -51,11 +53,10 @@ pub use backoff::Backoff;
 pub use config::Config;
 pub use credential::CredentialCache;
 pub use enos_domain::now_ms;
-pub use error::AgentError;
+pub use error::{AgentError, SignerClientError};
+pub use issued::{IssuedCredential, SignedSubDeviceLogin};
 pub use queue::BoundedQueue;
 pub use shared::{EnosReply, Outbound, Shared};
-pub use signer::{
-    GrpcSigner, IssuedCredential, SignedSubDeviceLogin, SignerClient, SignerClientError,
-};
+pub use signer::{GrpcSigner, SignerClient};
 pub use status::{AgentStatus, ConnectionState, SubDeviceState};
 pub use tls::install_crypto_provider;

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backoff::{Backoff, FailureKind},
     config::{Config, SubDeviceConfig},
+    error::SignerClientError,
     shared::{EnosReply, Shared},
-    signer::{SignerClient, SignerClientError},
+    signer::SignerClient,
     status::{SubDeviceState, SubDeviceStatus},
     topics::envelope,
 };
