@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use rumqttc::QoS;
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
@@ -95,6 +95,48 @@ impl Shared {
             s.downstream_delivered = self.downstream_delivered.load(Ordering::Relaxed);
             s.downstream_dropped = self.downstream.dropped();
         });
+    }
+
+    /// Moves queued upstream messages into the EnOS client; `false` when
+    /// its channel is full (the rest waits for the next poll).
+    pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
+        self.feed(client, &self.upstream, &self.upstream_sent)
+    }
+
+    /// Moves queued downstream messages into the local client; `false`
+    /// when its channel is full.
+    pub fn feed_downstream(&self, client: &AsyncClient) -> bool {
+        self.feed(client, &self.downstream, &self.downstream_delivered)
+    }
+
+    /// Moves messages from `queue` into `client`, counting each in
+    /// `handed`, until the queue is empty (`true`) or the client's channel
+    /// is full (`false`: the message goes back to the front).
+    fn feed(
+        &self,
+        client: &AsyncClient,
+        queue: &BoundedQueue<Outbound>,
+        handed: &AtomicU64,
+    ) -> bool {
+        let mut moved = false;
+        let mut room = true;
+        while let Some(m) = queue.pop() {
+            match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
+                Ok(()) => {
+                    moved = true;
+                    handed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    queue.push_front(m);
+                    room = false;
+                    break;
+                }
+            }
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
     }
 
     /// Hands a login reply to whoever waits for it.
