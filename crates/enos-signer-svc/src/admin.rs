@@ -13,12 +13,13 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, identity_name},
+    convert::{self, device_message},
     error::{Result, SignerError},
     import,
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord, Write},
-    state::{self, SignerState, device_message, identity_name},
+    state::SignerState,
 };
 use enos_domain::now_ms;
 
@@ -65,18 +66,8 @@ impl AdminService {
         let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
         self.state.metrics.admin_call(rpc, outcome);
         if change {
-            self.state.audit_best_effort(&AuditRecord {
-                time_ms: now_ms(),
-                event: rpc,
-                identity: identity_name(identity),
-                device,
-                client_id: None,
-                sign_method: None,
-                timestamp_ms: None,
-                expires_at_ms: None,
-                outcome: outcome.into(),
-                password_hmac: None,
-            });
+            self.state
+                .audit_best_effort(&AuditRecord::new(rpc, identity, device, outcome));
         }
         if let Err(e) = &result {
             tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "admin call refused");
@@ -91,7 +82,7 @@ fn dref(prefix: &'static str, value: Option<&v1::DeviceRef>) -> Result<DeviceId>
         "sub_device" => ("sub_device.product_key", "sub_device.device_key"),
         _ => ("device.product_key", "device.device_key"),
     };
-    state::device_ref(prefix, fields, value)
+    convert::device_ref(prefix, fields, value)
 }
 
 /// `pk/dk` of a possibly invalid ref, for the audit trail of a refusal.
@@ -241,7 +232,7 @@ impl AdminService {
         let product = if request.product_key.is_empty() {
             None
         } else {
-            Some(state::product_key("product_key", &request.product_key)?)
+            Some(convert::product_key("product_key", &request.product_key)?)
         };
         let page_size = match request.page_size {
             0 => 100,
@@ -254,8 +245,8 @@ impl AdminService {
             let bad = || SignerError::invalid("page_token", "not a token from a previous page");
             let (pk, dk) = request.page_token.split_once('/').ok_or_else(bad)?;
             Some(DeviceId::new(
-                state::product_key("page_token", pk).map_err(|_| bad())?,
-                state::device_key("page_token", dk).map_err(|_| bad())?,
+                convert::product_key("page_token", pk).map_err(|_| bad())?,
+                convert::device_key("page_token", dk).map_err(|_| bad())?,
             ))
         };
         // One more than a page tells whether another page follows.

@@ -20,12 +20,13 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, identity_name},
+    convert,
     custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord},
-    state::{self, SignerState, identity_name},
+    state::SignerState,
 };
 use enos_domain::now_ms;
 
@@ -108,17 +109,17 @@ impl CredentialsService {
         let product_key = if request.product_key.is_empty() {
             caller.product_key.clone()
         } else {
-            state::product_key("product_key", &request.product_key)?
+            convert::product_key("product_key", &request.product_key)?
         };
         let device_key = if request.device_key.is_empty() {
             caller.device_key.clone()
         } else {
-            state::device_key("device_key", &request.device_key)?
+            convert::device_key("device_key", &request.device_key)?
         };
         let client_id = if request.client_id.is_empty() {
-            state::client_id("client_id", device_key.as_str())?
+            convert::client_id("client_id", device_key.as_str())?
         } else {
-            state::client_id("client_id", &request.client_id)?
+            convert::client_id("client_id", &request.client_id)?
         };
         let device = DeviceId::new(product_key, device_key);
         if device != caller {
@@ -178,13 +179,13 @@ impl CredentialsService {
         let gateway = caller_device(identity)?;
         self.state.limiter.check(identity)?;
         let sub = DeviceId::new(
-            state::product_key("product_key", &request.product_key)?,
-            state::device_key("device_key", &request.device_key)?,
+            convert::product_key("product_key", &request.product_key)?,
+            convert::device_key("device_key", &request.device_key)?,
         );
         let client_id = if request.client_id.is_empty() {
-            state::client_id("client_id", sub.device_key.as_str())?
+            convert::client_id("client_id", sub.device_key.as_str())?
         } else {
-            state::client_id("client_id", &request.client_id)?
+            convert::client_id("client_id", &request.client_id)?
         };
         let method = self
             .state
@@ -269,18 +270,7 @@ impl CredentialsService {
         requested_device: Option<String>,
         result: Result<(T, Issued)>,
     ) -> Result<T> {
-        let mut record = AuditRecord {
-            time_ms: now_ms(),
-            event: rpc,
-            identity: identity_name(identity),
-            device: requested_device,
-            client_id: None,
-            sign_method: None,
-            timestamp_ms: None,
-            expires_at_ms: None,
-            outcome: String::new(),
-            password_hmac: None,
-        };
+        let mut record = AuditRecord::new(rpc, identity, requested_device, String::new());
         let result = match result {
             Ok((response, issued)) => {
                 record.device = Some(issued.device.to_string());

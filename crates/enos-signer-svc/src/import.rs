@@ -15,7 +15,7 @@ use crate::{
     audit::AuditRecord,
     error::{Result, SignerError},
     registry::{DeviceId, DeviceRecord, Write},
-    state::{SignerState, identity_name},
+    state::SignerState,
 };
 use enos_domain::now_ms;
 
@@ -217,18 +217,12 @@ pub async fn run(
     };
     for write in &writes {
         if let Write::Put(record) = write {
-            state.audit_best_effort(&AuditRecord {
-                time_ms: now_ms(),
-                event: "import_device",
-                identity: identity_name(identity),
-                device: Some(record.id.to_string()),
-                client_id: None,
-                sign_method: None,
-                timestamp_ms: None,
-                expires_at_ms: None,
-                outcome: "ok".into(),
-                password_hmac: None,
-            });
+            state.audit_best_effort(&AuditRecord::new(
+                "import_device",
+                identity,
+                Some(record.id.to_string()),
+                "ok",
+            ));
         }
     }
     Ok(v1::ImportDevicesResponse {

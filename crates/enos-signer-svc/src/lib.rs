@@ -26,6 +26,8 @@
 //! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
 //! | [`tls`] | server TLS material; [`tls::connect_mtls`] for clients |
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
+//! | [`state`] | [`state::SignerState`]: what every call needs, built once from the config |
+//! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
 //! | [`init`] | create keys and registry |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
@@ -46,6 +48,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod convert;
 pub mod credentials;
 pub mod custody;
 pub mod custody_migrate;
