@@ -114,7 +114,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.device_secret)
             .map_err(|e| SignerError::invalid("device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody.custody);
+        let custody = self.state.custody.clone();
         let enabled = request.enabled;
         let writes = self
             .state
@@ -122,20 +122,12 @@ impl AdminService {
             .modify(
                 vec![id.clone()],
                 Box::new(move |current| {
-                    let now = now_ms();
                     let existing = current.into_iter().next().flatten();
-                    let version = existing.as_ref().map_or(1, |r| r.secret_version + 1);
-                    let sealed =
-                        custody.seal(enos_custody::SecretRef::of(&id, version), &secret)?;
-                    let record = DeviceRecord {
-                        enabled,
-                        secret_version: version,
-                        sealed,
-                        gateway: existing.as_ref().and_then(|r| r.gateway.clone()),
-                        created_at_ms: existing.as_ref().map_or(now, |r| r.created_at_ms),
-                        updated_at_ms: now,
-                        id,
-                    };
+                    let mut record =
+                        DeviceRecord::with_new_secret(id, existing.as_ref(), now_ms(), |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
+                    record.enabled = enabled;
                     Ok(vec![Write::Put(record)])
                 }),
             )
@@ -147,24 +139,22 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.new_device_secret)
             .map_err(|e| SignerError::invalid("new_device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody.custody);
+        let custody = self.state.custody.clone();
         let writes = self
             .state
             .registry
             .modify(
                 vec![id.clone()],
                 Box::new(move |current| {
-                    let mut record = current
+                    let existing = current
                         .into_iter()
                         .next()
                         .flatten()
                         .ok_or_else(|| not_found(&id))?;
-                    record.secret_version += 1;
-                    record.sealed = custody.seal(
-                        enos_custody::SecretRef::of(&id, record.secret_version),
-                        &secret,
-                    )?;
-                    record.updated_at_ms = now_ms();
+                    let record =
+                        DeviceRecord::with_new_secret(id, Some(&existing), now_ms(), |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
                     Ok(vec![Write::Put(record)])
                 }),
             )

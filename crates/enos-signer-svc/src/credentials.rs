@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use enos_custody::Custody;
 use enos_sign_core::{
     ExposeSecret, Password, SecureMode, SignMethod, SignedFields, TimestampMs, mqtt_client_id,
     mqtt_username,
@@ -22,7 +21,6 @@ use tonic::{Request, Response, Status};
 use crate::{
     audit::{AuditRecord, identity_name},
     convert,
-    custody::CustodyHandle,
     error::{Result, SignerError},
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord},
@@ -73,31 +71,6 @@ fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
     }
 }
 
-/// Signs with the device's sealed secret; on the custody's sign threads
-/// when it may block (an HSM), inline otherwise.
-async fn sign(
-    custody: &CustodyHandle,
-    record: DeviceRecord,
-    fields: SignedFields,
-    method: SignMethod,
-) -> Result<(SignedFields, Password)> {
-    let sign = move |custody: &dyn Custody| {
-        let password = custody.sign(
-            enos_custody::SecretRef::of(&record.id, record.secret_version),
-            &record.sealed,
-            &fields,
-            method,
-            method.sdk_hex_case(),
-        )?;
-        Ok((fields, password))
-    };
-    let Some(threads) = &custody.sign_threads else {
-        return sign(custody.custody.as_ref());
-    };
-    let custody = Arc::clone(&custody.custody);
-    threads.run(move || sign(custody.as_ref())).await?
-}
-
 impl CredentialsService {
     async fn issue(
         &self,
@@ -141,7 +114,7 @@ impl CredentialsService {
             product_key: device.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, password) = sign(&self.state.custody, record, fields, method).await?;
+        let (fields, password) = self.state.custody.sign(record, fields, method).await?;
         let credential = v1::MqttCredential {
             mqtt_client_id: mqtt_client_id(
                 &fields.client_id,
@@ -218,7 +191,7 @@ impl CredentialsService {
             product_key: sub.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, sign) = sign(&self.state.custody, record, fields, method).await?;
+        let (fields, sign) = self.state.custody.sign(record, fields, method).await?;
         let login = v1::SubDeviceLogin {
             product_key: fields.product_key.to_string(),
             device_key: fields.device_key.to_string(),

@@ -85,7 +85,7 @@ pub fn build_source(config: &CustodyConfig) -> Result<Arc<dyn Custody>> {
             )
             .map_err(enos_custody::CustodyError::from)?,
         )),
-        other => custody::build(other).map(|handle| handle.custody),
+        other => custody::build(other).map(custody::CustodyHandle::into_custody),
     }
 }
 
@@ -103,7 +103,7 @@ pub async fn migrate_configs(
         ));
     }
     let from = build_source(&source.custody)?;
-    let to = custody::build(&target.custody)?.custody;
+    let to = custody::build(&target.custody)?.into_custody();
     let registry = registry::open(&target.registry)?;
     migrate(&*registry, from, to, progress).await
 }

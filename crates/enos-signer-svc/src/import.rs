@@ -169,7 +169,7 @@ pub async fn run(
             .into_iter()
             .filter(|g| !named.contains(g)),
     );
-    let custody = std::sync::Arc::clone(&state.custody.custody);
+    let custody = state.custody.clone();
     let outcome = state
         .registry
         .modify(
@@ -191,20 +191,15 @@ pub async fn run(
                 let mut writes = Vec::with_capacity(good.len());
                 for row in good {
                     let existing = current.get(&row.id);
-                    let version = existing.map_or(1, |r| r.secret_version + 1);
-                    let sealed =
-                        custody.seal(enos_custody::SecretRef::of(&row.id, version), &row.secret)?;
-                    writes.push(Write::Put(DeviceRecord {
-                        enabled: existing.is_none_or(|r| r.enabled),
-                        secret_version: version,
-                        sealed,
-                        gateway: row
-                            .gateway
-                            .or_else(|| existing.and_then(|r| r.gateway.clone())),
-                        created_at_ms: existing.map_or(now, |r| r.created_at_ms),
-                        updated_at_ms: now,
-                        id: row.id,
-                    }));
+                    let secret = row.secret;
+                    let mut record =
+                        DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
+                    if let Some(gateway) = row.gateway {
+                        record.gateway = Some(gateway);
+                    }
+                    writes.push(Write::Put(record));
                 }
                 Ok(writes)
             }),

@@ -37,6 +37,32 @@ pub struct DeviceRecord {
     pub updated_at_ms: u64,
 }
 
+impl DeviceRecord {
+    /// `id`'s record once it gets a new secret (created, put again,
+    /// rotated, imported): the secret version goes up by one (1 for a new
+    /// device) and `seal` seals the secret under it; `enabled`, the gateway
+    /// and `created_at_ms` stay those of `existing` (a new device: enabled,
+    /// no gateway, created now); updated now.
+    pub fn with_new_secret(
+        id: DeviceId,
+        existing: Option<&DeviceRecord>,
+        now_ms: u64,
+        seal: impl FnOnce(&DeviceId, u32) -> Result<SealedSecret>,
+    ) -> Result<DeviceRecord> {
+        let secret_version = existing.map_or(1, |r| r.secret_version + 1);
+        let sealed = seal(&id, secret_version)?;
+        Ok(DeviceRecord {
+            enabled: existing.is_none_or(|r| r.enabled),
+            secret_version,
+            sealed,
+            gateway: existing.and_then(|r| r.gateway.clone()),
+            created_at_ms: existing.map_or(now_ms, |r| r.created_at_ms),
+            updated_at_ms: now_ms,
+            id,
+        })
+    }
+}
+
 /// One write of a [`Registry::modify`] transaction.
 #[derive(Debug, Clone)]
 pub enum Write {
