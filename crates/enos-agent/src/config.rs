@@ -613,32 +613,15 @@ impl BackoffConfig {
                 "must be between 0.0 (none) and 1.0 (full jitter)",
             ));
         }
-        if self.refusal_factor == 0 {
-            return Err(AgentError::config(
-                "backoff.refusal_factor",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        at_least_one(self.refusal_factor.into(), "backoff.refusal_factor")
     }
 }
 
 impl QueueConfig {
     /// Both queues hold at least one message.
     fn validate(&self) -> Result<(), AgentError> {
-        if self.upstream_capacity == 0 {
-            return Err(AgentError::config(
-                "queue.upstream_capacity",
-                "must be at least 1",
-            ));
-        }
-        if self.downstream_capacity == 0 {
-            return Err(AgentError::config(
-                "queue.downstream_capacity",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        at_least_one(self.upstream_capacity as u64, "queue.upstream_capacity")?;
+        at_least_one(self.downstream_capacity as u64, "queue.downstream_capacity")
     }
 }
 
@@ -646,13 +629,7 @@ impl SubDeviceLoginConfig {
     /// A reply timeout and at least one attempt.
     fn validate(&self) -> Result<(), AgentError> {
         nonzero(self.reply_timeout, "sub_device_login.reply_timeout")?;
-        if self.max_attempts == 0 {
-            return Err(AgentError::config(
-                "sub_device_login.max_attempts",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        at_least_one(self.max_attempts.into(), "sub_device_login.max_attempts")
     }
 }
 
@@ -797,6 +774,13 @@ impl DownstreamConfig {
         }
         Ok(())
     }
+}
+
+fn at_least_one(count: u64, field: &str) -> Result<(), AgentError> {
+    if count == 0 {
+        return Err(AgentError::config(field, "must be at least 1"));
+    }
+    Ok(())
 }
 
 fn nonzero(d: Duration, field: &str) -> Result<(), AgentError> {

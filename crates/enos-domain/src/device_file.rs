@@ -21,9 +21,7 @@
 //! Rows are only split here, not judged: the sandbox and the signer check
 //! the keys, secrets and gateways with their own rules and errors.
 
-use std::fmt;
-
-use zeroize::Zeroizing;
+use secrecy::SecretString;
 
 use crate::error::DeviceFileError;
 
@@ -41,6 +39,7 @@ pub const GATEWAY_PRODUCT_KEY: &str = "gatewayProductKey";
 pub const GATEWAY_DEVICE_KEY: &str = "gatewayDeviceKey";
 
 /// One row, split into its known columns. `Debug` redacts the secret.
+#[derive(Debug)]
 pub struct DeviceRow {
     /// The row's line in the file (1-based, the header is line 1): errors
     /// name it.
@@ -49,27 +48,15 @@ pub struct DeviceRow {
     pub product_key: String,
     /// `deviceKey`, trimmed.
     pub device_key: String,
-    /// `deviceSecret`, as written (not trimmed); wiped on drop.
-    pub device_secret: Zeroizing<String>,
+    /// `deviceSecret`, as written (not trimmed); wiped on drop, redacted
+    /// in `Debug`.
+    pub device_secret: SecretString,
     /// `enabled`, trimmed, when the file has the column.
     pub enabled: Option<String>,
     /// `(gatewayProductKey, gatewayDeviceKey)`, trimmed, unless the file
     /// has no such columns or both are empty (one may be empty: the
     /// reader's caller refuses that).
     pub gateway: Option<(String, String)>,
-}
-
-impl fmt::Debug for DeviceRow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceRow")
-            .field("line", &self.line)
-            .field("product_key", &self.product_key)
-            .field("device_key", &self.device_key)
-            .field("device_secret", &"[REDACTED]")
-            .field("enabled", &self.enabled)
-            .field("gateway", &self.gateway)
-            .finish()
-    }
 }
 
 /// A row the CSV reader could not split (say, too few fields).
@@ -146,12 +133,7 @@ impl Columns {
             line,
             product_key: field(self.product_key),
             device_key: field(self.device_key),
-            device_secret: Zeroizing::new(
-                record
-                    .get(self.device_secret)
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
+            device_secret: SecretString::from(record.get(self.device_secret).unwrap_or_default()),
             enabled: self.enabled.map(field),
             gateway,
         }
@@ -229,6 +211,8 @@ fn csv_reason(e: &csv::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     fn rows(text: &str) -> Vec<Result<DeviceRow, UnreadableRow>> {
@@ -264,7 +248,7 @@ mod tests {
             ("pk", "dk")
         );
         // The secret is kept as written: its checker reports the spaces.
-        assert_eq!(row.device_secret.as_str(), " s3cret ");
+        assert_eq!(row.device_secret.expose_secret(), " s3cret ");
         assert_eq!(row.enabled.as_deref(), Some("true"));
     }
 

@@ -25,7 +25,7 @@ pub use enos_domain::DeviceId;
 use enos_domain::device_file::{
     self, DEVICE_SECRET, DeviceRow, ENABLED, GATEWAY_DEVICE_KEY, GATEWAY_PRODUCT_KEY,
 };
-use enos_sign_core::{DeviceKey, DeviceSecret, ProductKey};
+use enos_sign_core::{DeviceKey, DeviceSecret, ExposeSecret, ProductKey};
 
 use crate::error::SandboxError;
 
@@ -120,11 +120,10 @@ impl DeviceRegistry {
 
 /// Checks one row with the sandbox's rules.
 fn device(row: DeviceRow) -> Result<(DeviceId, Device), String> {
-    let mut row = row;
     let product_key = ProductKey::new(&row.product_key).map_err(|e| e.to_string())?;
     let device_key = DeviceKey::new(&row.device_key).map_err(|e| e.to_string())?;
     // The error names the column and position, never the value.
-    let secret = DeviceSecret::new(std::mem::take(&mut *row.device_secret))
+    let secret = DeviceSecret::new(row.device_secret.expose_secret().to_owned())
         .map_err(|e| format!("column {DEVICE_SECRET}: {e}"))?;
     let enabled = match row.enabled.as_deref() {
         None | Some("") => true,

@@ -6,7 +6,7 @@
 //! its error names the field in the receiver's own terms.
 
 use enos_domain::{DeviceId, DeviceRow};
-use enos_sign_core::SignMethod;
+use enos_sign_core::{ExposeSecret, SignMethod};
 
 use crate::v1;
 
@@ -63,8 +63,8 @@ impl From<DeviceRow> for v1::ImportRow {
             line: row.line,
             product_key: std::mem::take(&mut row.product_key),
             device_key: std::mem::take(&mut row.device_key),
-            // Moved out, so that only the message holds the secret.
-            device_secret: std::mem::take(&mut *row.device_secret),
+            // The row's copy is wiped when it drops, here.
+            device_secret: row.device_secret.expose_secret().to_owned(),
             gateway: row
                 .gateway
                 .take()
