@@ -4,6 +4,7 @@
 
 use enos_sandbox::SandboxError;
 use enos_sign_core::SignMethod;
+use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
 use crate::common::{
@@ -100,6 +101,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
         sandbox.mqtt_addr(),
         &old,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match",
     )
     .await;
@@ -118,6 +120,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
         sandbox.mqtt_addr(),
         &dev2_credential,
         None,
+        ConnectReturnCode::NotAuthorized,
         "device pkA/dev2 is disabled",
     )
     .await;
