@@ -98,7 +98,7 @@ impl CertificateRule {
                 .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
                 .collect(),
         };
-        if found.iter().any(|value| *value == expected) {
+        if found.contains(&expected) {
             Ok(())
         } else {
             Err(format!(

@@ -446,11 +446,11 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                         return Ok(());
                     }
                     Some(Packet::Connect(_)) => return Ok(()),
-                    Some(packet) => self.from_client(packet).await?,
+                    Some(packet) => self.on_client_packet(packet).await?,
                 },
                 packet = up_rx.read() => match packet? {
                     None | Some(Packet::Disconnect) => return Ok(()),
-                    Some(packet) => self.from_upstream(packet).await?,
+                    Some(packet) => self.on_upstream_packet(packet).await?,
                 },
                 changed = self.sub_devices.changed() => {
                     if changed.is_ok() {
@@ -465,7 +465,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
     async fn await_subacks(&mut self, up_rx: &mut UpstreamReader) -> Result<(), StreamError> {
         while self.pending_subacks > 0 {
             match tokio::time::timeout(UPSTREAM_TIMEOUT, up_rx.read()).await {
-                Ok(Ok(Some(packet))) => self.from_upstream(packet).await?,
+                Ok(Ok(Some(packet))) => self.on_upstream_packet(packet).await?,
                 Ok(Ok(None)) => {
                     return Err(StreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -486,7 +486,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
         *device == self.device || self.sub_devices.borrow().contains(device)
     }
 
-    async fn from_client(&mut self, packet: Packet) -> Result<(), StreamError> {
+    async fn on_client_packet(&mut self, packet: Packet) -> Result<(), StreamError> {
         match packet {
             Packet::Publish(publish) => {
                 if topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns)) {
@@ -549,7 +549,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
             .await
     }
 
-    async fn from_upstream(&mut self, packet: Packet) -> Result<(), StreamError> {
+    async fn on_upstream_packet(&mut self, packet: Packet) -> Result<(), StreamError> {
         match packet {
             Packet::Publish(publish) => {
                 // A sub-device login changes the watch before its reply is
