@@ -7,7 +7,7 @@
 //! terminates the connection (and TLS), reads CONNECT and decides:
 //!
 //! 1. **Login.** The CONNECT is checked ([`crate::auth`]) with the client
-//!    certificate in hand ([`certificate`]). A refusal is answered with
+//!    certificate in hand (`certificate`). A refusal is answered with
 //!    CONNACK 4 (bad user name or password: wrong password, unknown
 //!    device, malformed login) or 5 (not authorised: disabled device,
 //!    certificate of another device, a sub-device connecting directly),
@@ -16,15 +16,15 @@
 //!    internal listener (loopback, a random port, logged in with a token
 //!    only this process knows), with its own client id. Before the device
 //!    sees its CONNACK, the front subscribes that connection to the
-//!    device's whole namespace ([`topics::namespace_filters`]).
-//! 3. **Topic rules** ([`topics`]). A device's PUBLISH outside its
+//!    device's whole namespace (`topics::namespace_filters`).
+//! 3. **Topic rules** (`topics`). A device's PUBLISH outside its
 //!    namespace (and its logged-in sub-devices', for a gateway) is dropped
 //!    (and acknowledged, so the client does not resend it) and logged; a
 //!    SUBSCRIBE outside it gets the SUBACK failure code 0x80.
 //! 4. **Delivery.** The device's own SUBSCRIBEs are kept by the front and
 //!    never reach rumqttd: a message arriving on the namespace
 //!    subscription is passed on if it is downstream
-//!    ([`topics::is_downstream`], delivered unasked as EnOS does) or
+//!    (`topics::is_downstream`, delivered unasked as EnOS does) or
 //!    matches one of the device's filters. So each message arrives once,
 //!    subscribed or not, and never another device's.
 //! 5. **The console** (`--console-user`, from loopback on the plain
