@@ -5,6 +5,7 @@
 //! `ENOS_BENCH_BASELINE_SANDBOX=/path/to/enos-sandbox` runs the same load
 //! against another build (e.g. one without the front) in the same run and
 //! prints the ratio. `ENOS_BENCH_CLIENTS` and `ENOS_BENCH_ROUNDS` size it.
+#![allow(clippy::print_stdout, missing_docs)]
 
 use std::{
     path::{Path, PathBuf},
@@ -53,8 +54,13 @@ fn login(i: usize) -> MqttCredential {
         timestamp: TimestampMs::from_millis(now_ms()),
     };
     let secret = DeviceSecret::new(format!("secret-of-dev{i}")).expect("secret");
-    MqttCredential::sign(fields, SecureMode::DeviceSecret, SignMethod::HmacSha1, &secret)
-        .expect("sign")
+    MqttCredential::sign(
+        fields,
+        SecureMode::DeviceSecret,
+        SignMethod::HmacSha1,
+        &secret,
+    )
+    .expect("sign")
 }
 
 /// All `n` clients connect at once; returns the time until the last CONNACK.
@@ -131,7 +137,9 @@ async fn main() {
     println!("sandbox (front + rumqttd): {n} clients, {ours:.0} connects/s (best of {rounds})");
     if let Ok(baseline) = std::env::var("ENOS_BENCH_BASELINE_SANDBOX") {
         let theirs = measure(SandboxBinary::at(baseline), &devices, n, rounds).await;
-        println!("baseline sandbox:          {n} clients, {theirs:.0} connects/s (best of {rounds})");
+        println!(
+            "baseline sandbox:          {n} clients, {theirs:.0} connects/s (best of {rounds})"
+        );
         println!("ratio (ours / baseline):   {:.2}", ours / theirs);
     }
 }
