@@ -191,12 +191,13 @@ fn decide(
     Ok(Role::Device(device))
 }
 
-/// Connects to rumqttd's internal listener as `connect.client_id`, with
-/// the process's token and `will` as the last will; returns the halves
-/// and whether rumqttd had a session.
+/// Connects to rumqttd's internal listener as `session_id`, with the
+/// process's token and the client's last will if `will_allowed`; returns
+/// the halves and whether rumqttd had a session.
 async fn connect_upstream(
     context: &FrontContext,
     connect: &Connect,
+    session_id: String,
     will_allowed: impl Fn(&str) -> bool,
 ) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
     let stream = TcpStream::connect(context.upstream).await?;
@@ -205,6 +206,7 @@ async fn connect_upstream(
     let mut rx = PacketReader::new(read, usize::MAX);
     let mut tx = PacketWriter::new(write);
     let mut upstream_connect = connect.clone();
+    upstream_connect.client_id = session_id;
     if let Some(will) = &connect.last_will
         && !will_allowed(&will.topic)
     {
@@ -258,14 +260,20 @@ async fn console_session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut up_rx, mut up_tx, session_present) =
-        match connect_upstream(context, &connect, topics::console_may_publish).await {
-            Ok(up) => up,
-            Err(e) => {
-                unavailable(client_tx, &e).await;
-                return Ok(());
-            }
-        };
+    let (mut up_rx, mut up_tx, session_present) = match connect_upstream(
+        context,
+        &connect,
+        format!("console:{}", connect.client_id),
+        topics::console_may_publish,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            unavailable(client_tx, &e).await;
+            return Ok(());
+        }
+    };
     info!(
         listener = listener.name(),
         client_id = ?shorten(&connect.client_id),
@@ -386,8 +394,13 @@ where
         topics::namespace_of(topic)
             .is_some_and(|ns| ns == will_device || will_subs.borrow().contains(&ns))
     };
+    // One session per device, whatever client id it presents: a second
+    // login of the same device takes the first one's session over, and
+    // the same credential with its parameters reordered is still one
+    // session.
+    let session_id = device_session_id(&device);
     let (mut up_rx, up_tx, session_present) =
-        match connect_upstream(context, &connect, will_allowed).await {
+        match connect_upstream(context, &connect, session_id.clone(), will_allowed).await {
             Ok(up) => up,
             Err(e) => {
                 unavailable(client_tx, &e).await;
@@ -414,7 +427,7 @@ where
         .await?;
     session.sync_sub_devices().await?;
     session.await_subacks(&mut up_rx).await?;
-    context.sessions.record(&device, &connect.client_id);
+    context.sessions.record(&device, &session_id);
     info!(
         listener = listener.name(),
         device = %device,
@@ -674,6 +687,13 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         self.next_pkid
     }
+}
+
+/// The client id of a device's session in rumqttd: `device|{pk}|{dk}`.
+/// `|` is in no key, and rumqttd refuses `/` `+` `#` `$` in client ids.
+/// Console sessions are `console|…`; rumqttd's own links have no `|`.
+fn device_session_id(device: &DeviceId) -> String {
+    format!("device|{}|{}", device.product_key, device.device_key)
 }
 
 /// At most 160 characters of an untrusted value, for logs; `?` formatting

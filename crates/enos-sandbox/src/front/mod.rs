@@ -14,7 +14,10 @@
 //!    then the connection closes; the reason is logged.
 //! 2. **Forwarding.** An accepted device gets a connection to rumqttd's
 //!    internal listener (loopback, a random port, logged in with a token
-//!    only this process knows), with its own client id. Before the device
+//!    only this process knows) as the session `device|{pk}|{dk}`: one
+//!    session per device, so a second login of the device (with its
+//!    client id parameters reordered, say) takes the first one's session
+//!    over, as on EnOS. Before the device
 //!    sees its CONNACK, the front subscribes that connection to the
 //!    device's whole namespace (`topics::namespace_filters`).
 //! 3. **Topic rules** (`topics`). A device's PUBLISH outside its

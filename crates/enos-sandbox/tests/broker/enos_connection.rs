@@ -388,3 +388,35 @@ async fn a_gateway_gets_its_logged_in_sub_devices_downstream() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_second_login_of_a_device_takes_its_session_over() {
+    let fixture = Fixture::new();
+    let sandbox = fixture.start();
+    let addr = sandbox.mqtt_addr();
+    let mut first = connect(addr, &dev1_now(), None).await.expect("first");
+    // The same credential with its parameters reordered: another MQTT
+    // client id, the same device.
+    let credential = dev1_now();
+    let (client_id, params) = credential
+        .mqtt_client_id
+        .split_once('|')
+        .expect("client id");
+    let mut reordered: Vec<&str> = params.trim_end_matches('|').split(',').collect();
+    reordered.reverse();
+    let login = Login {
+        client_id: format!("{client_id}|{}|", reordered.join(",")),
+        username: credential.username.clone(),
+        password: enos_sign_core::ExposeSecret::expose_secret(&credential.password).to_owned(),
+    };
+    let _second = connect(addr, login, None).await.expect("second");
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if first.eventloop.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the first connection was not taken over");
+}
