@@ -1,6 +1,6 @@
 //! [`HarnessError`]: why a child process or a binary failed a test.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 /// What went wrong while locating, running or driving a child process.
 /// Messages carry the child's last lines where they help; tests never
@@ -34,16 +34,9 @@ pub enum HarnessError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Something expected did not happen within its time.
-    #[error("timed out after {after:?} waiting for {what}")]
-    Timeout {
-        /// What was awaited.
-        what: String,
-        /// How long it was awaited.
-        after: Duration,
-    },
-    /// The child misbehaved (exited early, ignored SIGTERM, was not
-    /// running); the message says how, with its last lines.
+    /// The child misbehaved (exited early, did not exit or log in time,
+    /// ignored SIGTERM, was not running); the message says how, with its
+    /// last lines.
     #[error("{0}")]
     Failed(String),
     /// The sandbox refused to reload its device file; the previous devices

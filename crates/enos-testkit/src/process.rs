@@ -325,10 +325,11 @@ impl ChildProcess {
                 }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 Ok(None) => {
-                    return Err(HarnessError::Timeout {
-                        what: format!("{} to exit", self.name),
-                        after: timeout,
-                    });
+                    return Err(HarnessError::Failed(format!(
+                        "{} did not exit within {timeout:?}; its last lines:\n{}",
+                        self.name,
+                        self.log.tail(15)
+                    )));
                 }
                 Err(source) => {
                     return Err(HarnessError::Os {
