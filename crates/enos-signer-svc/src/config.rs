@@ -67,10 +67,20 @@ pub struct ServerConfig {
     /// threads mostly wait: keep the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<NonZeroUsize>,
+    /// How often `cert`, `key` and `client_ca` are re-read (seconds); new
+    /// material is used for new connections, established ones keep theirs.
+    /// Certificates from cert-manager or SPIRE live an hour or less. 0: only
+    /// on SIGHUP.
+    #[serde(default = "default_tls_reload_secs")]
+    pub tls_reload_interval_secs: u64,
 }
 
 fn default_drain_secs() -> u64 {
     10
+}
+
+fn default_tls_reload_secs() -> u64 {
+    5
 }
 
 impl ServerConfig {
@@ -87,6 +97,13 @@ impl ServerConfig {
     /// [`ServerConfig::drain_timeout_secs`] as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// [`ServerConfig::tls_reload_interval_secs`] as a duration; `None`:
+    /// no polling.
+    pub fn tls_reload_interval(&self) -> Option<Duration> {
+        (self.tls_reload_interval_secs > 0)
+            .then(|| Duration::from_secs(self.tls_reload_interval_secs))
     }
 }
 

@@ -24,7 +24,9 @@
 //! | [`credentials`] | the `Credentials` service |
 //! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import |
 //! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
-//! | [`tls`] | server TLS material; [`tls::connect_mtls`] for clients |
+//! | [`tls`] | [`tls::connect_mtls`] for clients |
+//! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
+//! | [`tls_incoming`] | the gRPC listener's TLS handshakes, each with the current material |
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
 //! | [`init`] | create keys and registry |
 //! | [`csv_rows`] | EnOS console CSV exports → import rows |
@@ -66,6 +68,8 @@ pub mod sign_threads;
 pub mod state;
 pub mod testing;
 pub mod tls;
+pub mod tls_incoming;
+pub mod tls_reload;
 
 pub use config::SignerConfig;
 pub use error::SignerError;

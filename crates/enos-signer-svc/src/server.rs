@@ -10,7 +10,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use enos_signer_proto::v1::{admin_server::AdminServer, credentials_server::CredentialsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -20,7 +20,8 @@ use crate::{
     error::{Result, SignerError},
     metrics,
     state::SignerState,
-    tls::ServerTlsMaterial,
+    tls_incoming::tls_incoming,
+    tls_reload::{self, ReloadingTls},
 };
 
 /// The fully-qualified names of the API's services, for health checks.
@@ -30,8 +31,10 @@ pub const SERVICE_NAMES: [&str; 2] = ["enos.signer.v1.Credentials", "enos.signer
 pub struct Signer {
     /// Registry, custody, policy, audit, limits, metrics.
     state: Arc<SignerState>,
-    /// Certificates for both listeners.
-    tls: ServerTlsMaterial,
+    /// Certificates for both listeners, following their files.
+    tls: Arc<ReloadingTls>,
+    /// How often the TLS files are polled (`None`: only on request).
+    tls_reload_interval: Option<Duration>,
     /// How long shutdown waits for in-flight calls.
     drain_timeout: Duration,
 }
@@ -39,11 +42,18 @@ pub struct Signer {
 impl Signer {
     /// Opens the registry, custody, audit sink and TLS material.
     pub fn open(config: &SignerConfig) -> Result<Self> {
+        let state = Arc::new(SignerState::open(config)?);
         Ok(Signer {
-            tls: ServerTlsMaterial::load(&config.server)?,
-            state: Arc::new(SignerState::open(config)?),
+            tls: Arc::new(ReloadingTls::load(&config.server, state.metrics.clone())?),
+            tls_reload_interval: config.server.tls_reload_interval(),
+            state,
             drain_timeout: config.server.drain_timeout(),
         })
+    }
+
+    /// The TLS material, to reload it on request (SIGHUP).
+    pub fn tls(&self) -> Arc<ReloadingTls> {
+        Arc::clone(&self.tls)
     }
 
     /// Serves gRPC on `listener` (and metrics on `metrics_listener`) until
@@ -85,7 +95,7 @@ impl Signer {
                 Some(tokio::spawn(metrics::serve(
                     self.state.metrics.clone(),
                     l,
-                    self.tls.metrics()?,
+                    Arc::clone(&self.tls),
                     stop.clone(),
                 )))
             }
@@ -107,9 +117,14 @@ impl Signer {
             })
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let tls_watch = tokio::spawn(tls_reload::watch(
+            Arc::clone(&self.tls),
+            self.tls_reload_interval,
+            stop.clone(),
+        ));
+
+        let incoming = tls_incoming(listener, Arc::clone(&self.tls), stop.clone());
         let server = Server::builder()
-            .tls_config(self.tls.grpc())?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .timeout(Duration::from_secs(30))
             .add_service(health_service)
@@ -142,6 +157,7 @@ impl Signer {
         };
         stop.cancel();
         housekeeping.abort();
+        tls_watch.abort();
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
@@ -159,11 +175,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let signer = Signer::open(&config)?;
+    let sighup = tokio::spawn(tls_reload::reload_on_sighup(signer.tls()));
     let metrics_listener = match &config.metrics {
         Some(m) => Some(bind(m.listen).await?),
         None => None,
     };
-    signer.serve(listener, metrics_listener, shutdown).await
+    let served = signer.serve(listener, metrics_listener, shutdown).await;
+    sighup.abort();
+    served
 }
 
 /// Binds a TCP listener, naming the address in the error.

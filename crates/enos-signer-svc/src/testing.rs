@@ -163,6 +163,7 @@ impl TestSigner {
                 client_ca: ca,
                 drain_timeout_secs: 5,
                 worker_threads: None,
+                tls_reload_interval_secs: 5,
             },
         );
         config.metrics = Some(MetricsConfig {
