@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`config`] | the TOML config as serde structs, validated |
 //! | [`signer`] | the [`Signer`] trait and [`GrpcSigner`] (mTLS, failover) |
+//! | `signer_channels` | the signer channels, rebuilt when the mTLS files change |
 //! | [`credential`] | [`CredentialCache`]: fresh per connect, reuse rules, the 70 % rule |
 //! | [`backoff`] | [`Backoff`]: exponential, full jitter, refusals back off further |
 //! | [`refusal`] | telling a broker's refusal from a network failure |
@@ -42,6 +43,7 @@ pub mod refusal;
 pub mod session;
 mod shared;
 pub mod signer;
+mod signer_channels;
 pub mod status;
 pub mod sub_device;
 mod tls;

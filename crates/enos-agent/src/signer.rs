@@ -9,7 +9,6 @@
 use std::{
     fmt,
     future::Future,
-    path::Path,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
@@ -20,14 +19,12 @@ use enos_signer_proto::v1::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::{Code, transport::Channel};
 
 use crate::{
     config::{DeviceConfig, SignerConfig, SubDeviceConfig},
     error::AgentError,
+    signer_channels::SignerChannels,
 };
 
 /// Why the signer gave no credential.
@@ -268,8 +265,9 @@ impl<T: Signer> Signer for std::sync::Arc<T> {
 /// The gRPC signer client: mTLS with the device certificate, endpoints
 /// tried in order starting with the last one that answered.
 pub struct GrpcSigner {
-    /// One lazily connected channel per endpoint, with its URL for logs.
-    endpoints: Vec<(String, Channel)>,
+    /// One lazily connected channel per endpoint, with its URL for logs;
+    /// rebuilt when the certificate files change.
+    channels: SignerChannels,
     /// Index of the endpoint that answered last; tried first.
     preferred: AtomicUsize,
     /// Repeated in requests (the signer checks it against the certificate).
@@ -278,48 +276,21 @@ pub struct GrpcSigner {
 
 impl fmt::Debug for GrpcSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let urls: Vec<&str> = self.endpoints.iter().map(|(u, _)| u.as_str()).collect();
+        let built = self.channels.current();
+        let urls: Vec<&str> = built.endpoints.iter().map(|(u, _)| u.as_str()).collect();
         f.debug_struct("GrpcSigner")
             .field("endpoints", &urls)
             .finish()
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, AgentError> {
-    std::fs::read(path).map_err(|source| AgentError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 impl GrpcSigner {
     /// Reads the mTLS material and prepares (without connecting) a channel
-    /// per endpoint.
+    /// per endpoint; the files are re-read before every call
+    /// ([`SignerChannels`]).
     pub fn new(config: &SignerConfig, device: &DeviceConfig) -> Result<Self, AgentError> {
-        let ca = read_pem(&config.ca)?;
-        let cert = read_pem(&config.cert)?;
-        let key = zeroize::Zeroizing::new(read_pem(&config.key)?);
-        crate::tls::check_pem_certs(&config.ca, &ca)?;
-        crate::tls::check_pem_certs(&config.cert, &cert)?;
-        crate::tls::check_pem_key(&config.key, &key)?;
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&ca))
-            .identity(Identity::from_pem(&cert, &*key))
-            .timeout(config.connect_timeout);
-        if let Some(name) = &config.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for (i, url) in config.endpoints.iter().enumerate() {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .and_then(|e| e.tls_config(tls.clone()))
-                .map_err(|e| AgentError::config(format!("signer.endpoints[{i}]"), e.to_string()))?
-                .connect_timeout(config.connect_timeout)
-                .timeout(config.request_timeout);
-            endpoints.push((url.clone(), endpoint.connect_lazy()));
-        }
         Ok(GrpcSigner {
-            endpoints,
+            channels: SignerChannels::new(config)?,
             preferred: AtomicUsize::new(0),
             device: device.clone(),
         })
@@ -331,7 +302,8 @@ impl GrpcSigner {
         F: Fn(CredentialsClient<Channel>, String) -> Fut,
         Fut: Future<Output = Result<T, SignerError>>,
     {
-        let n = self.endpoints.len();
+        let built = self.channels.current();
+        let n = built.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
         let mut last = SignerError::Unavailable {
             endpoint: String::new(),
@@ -339,7 +311,7 @@ impl GrpcSigner {
         };
         for k in 0..n {
             let i = (first + k) % n;
-            let (url, channel) = &self.endpoints[i];
+            let (url, channel) = &built.endpoints[i];
             match call(CredentialsClient::new(channel.clone()), url.clone()).await {
                 Ok(v) => {
                     self.preferred.store(i, Ordering::Relaxed);
