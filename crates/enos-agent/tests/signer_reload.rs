@@ -95,8 +95,11 @@ async fn a_renewed_certificate_is_used_at_the_next_call_and_broken_files_are_ref
     }
 
     // Broken files: refused, the new certificate stays in use.
-    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
-        .expect("corrupt");
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("corrupt");
     client
         .issue_mqtt_credential()
         .await
