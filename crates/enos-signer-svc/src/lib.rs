@@ -28,6 +28,8 @@
 //! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
 //! | [`tls_incoming`] | the gRPC listener's TLS handshakes, each with the current material |
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
+//! | [`readiness`] | what the health service answers: registry, custody, draining; liveness |
+//! | [`health_port`] | the plain (no TLS) health port for kubelet probes |
 //! | [`init`] | create keys and registry |
 //! | [`csv_rows`] | EnOS console CSV exports → import rows |
 //! | [`testing`] | [`testing::TestSigner`], for tests and the demo |
@@ -55,6 +57,7 @@ pub mod csv_rows;
 pub mod custody;
 pub mod custody_migrate;
 pub mod error;
+pub mod health_port;
 pub mod import;
 pub mod init;
 pub mod key_file;
@@ -62,6 +65,7 @@ pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod rate_limit;
+pub mod readiness;
 pub mod registry;
 pub mod server;
 pub mod sign_threads;

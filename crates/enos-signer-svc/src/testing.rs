@@ -86,6 +86,7 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
         policy: PolicyConfig::default(),
         metrics: None,
         logging: LoggingConfig::default(),
+        health: None,
     }
 }
 
