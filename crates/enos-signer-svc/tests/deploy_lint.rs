@@ -28,10 +28,9 @@ fn repo() -> PathBuf {
 }
 
 fn run(command: &mut Command) -> Output {
-    let output = command
+    command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    output
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
 fn text(output: &Output) -> String {
