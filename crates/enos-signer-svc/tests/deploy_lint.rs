@@ -4,7 +4,9 @@
 //! virtual environment under the target directory, made on first use
 //! (needs `python3` with `venv` and the registry; CI machines have both).
 //! Each tool is also shown a broken file, so a tool that checks nothing
-//! fails the test.
+//! fails the test. The example overlay is rendered with `kubectl kustomize`
+//! (where kubectl is installed, as on the project's machines) and the
+//! result validated too.
 
 use std::{
     path::{Path, PathBuf},
@@ -150,4 +152,80 @@ fn every_kubernetes_manifest_validates_against_the_schemas() {
     let refused = run(tool("kubernetes-validate").arg("--strict").arg(&broken));
     assert!(!refused.status.success(), "accepted: {}", text(&refused));
     assert!(text(&refused).contains("replicaz"), "{}", text(&refused));
+}
+
+/// `kubectl kustomize DIR`, or `None` without kubectl (it carries
+/// kustomize; the machine image ships it).
+fn kustomize(dir: &Path) -> Option<String> {
+    let rendered = Command::new("kubectl").arg("kustomize").arg(dir).output();
+    match rendered {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("kubectl not found: the overlays are not rendered");
+            None
+        }
+        Err(e) => panic!("kubectl kustomize: {e}"),
+        Ok(output) => {
+            assert!(
+                output.status.success(),
+                "kubectl kustomize {}: {}",
+                dir.display(),
+                text(&output)
+            );
+            Some(String::from_utf8(output.stdout).expect("UTF-8"))
+        }
+    }
+}
+
+#[test]
+fn the_rendered_overlay_validates_and_mounts_its_own_config() {
+    let overlay = repo().join("deploy/kubernetes/overlays/example");
+    let Some(rendered) = kustomize(&overlay) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    for version in KUBERNETES_VERSIONS {
+        let validated = run(tool("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&file));
+        assert!(
+            validated.status.success(),
+            "{version}: {}",
+            text(&validated)
+        );
+    }
+
+    let docs = yaml_rust2::YamlLoader::load_from_str(&rendered).expect("YAML");
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} rendered"))
+    };
+    for d in &docs {
+        if d["kind"].as_str() != Some("Namespace") {
+            assert_eq!(d["metadata"]["namespace"].as_str(), Some("enos"), "{d:?}");
+        }
+    }
+    // The generated ConfigMap holds the overlay's signer.toml, and the
+    // Deployment mounts it under its hashed name.
+    let config_map = kind("ConfigMap");
+    let name = config_map["metadata"]["name"].as_str().expect("name");
+    assert!(name.starts_with("enos-signer-config-"), "{name}");
+    let mounted = config_map["data"]["signer.toml"]
+        .as_str()
+        .expect("signer.toml");
+    let overlay_config = std::fs::read_to_string(overlay.join("signer.toml")).expect("toml");
+    assert_eq!(mounted, overlay_config);
+    let pod = &kind("Deployment")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_vec().expect("volumes");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["configMap"]["name"].as_str() == Some(name))
+    );
+    assert_eq!(
+        pod["containers"][0]["image"].as_str(),
+        Some("registry.example.com/enos/enos-signer:0.1.0")
+    );
 }
