@@ -262,7 +262,10 @@ async fn certificates_reload_under_load_without_a_failed_rpc() {
     let took = wait_for_serial(addr, &ca_pem, &probe, &new_serial).await;
     // The metrics listener serves the same material.
     let metrics_addr = signer.metrics_addr().expect("metrics listener");
-    assert_eq!(served_serial(metrics_addr, &ca_pem, &probe).await, new_serial);
+    assert_eq!(
+        served_serial(metrics_addr, &ca_pem, &probe).await,
+        new_serial
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The new CA's client is accepted now.
