@@ -68,6 +68,17 @@ struct Stage {
     body: Vec<Instruction>,
 }
 
+impl Stage {
+    /// The arguments of the stage's first `keyword` instruction.
+    fn args(&self, keyword: &str) -> &str {
+        self.body
+            .iter()
+            .find(|i| i.keyword == keyword)
+            .map(|i| i.args.as_str())
+            .unwrap_or_else(|| panic!("stage {} has no {keyword}", self.name))
+    }
+}
+
 fn stages(instructions: Vec<Instruction>) -> Vec<Stage> {
     let mut stages: Vec<Stage> = Vec::new();
     for i in instructions {
@@ -178,12 +189,7 @@ fn the_containerfile_names_only_what_the_build_makes() {
     // The build stage: sources copied from the repository, then one
     // locked release build of named packages and binaries.
     let build = &stages[0];
-    let workdir = build
-        .body
-        .iter()
-        .find(|i| i.keyword == "WORKDIR")
-        .map(|i| i.args.clone())
-        .expect("WORKDIR");
+    let workdir = build.args("WORKDIR").to_owned();
     let mut built: Vec<(String, String)> = Vec::new();
     for instruction in &build.body {
         match instruction.keyword.as_str() {
@@ -252,12 +258,7 @@ fn the_containerfile_names_only_what_the_build_makes() {
             .iter()
             .find(|(_, bin)| *bin == stage.name)
             .unwrap_or_else(|| panic!("stage {} builds no binary of its name", stage.name));
-        let copy = stage
-            .body
-            .iter()
-            .find(|i| i.keyword == "COPY")
-            .expect("COPY the binary");
-        let words: Vec<&str> = copy.args.split_whitespace().collect();
+        let words: Vec<&str> = stage.args("COPY").split_whitespace().collect();
         assert_eq!(
             words,
             [
@@ -268,30 +269,15 @@ fn the_containerfile_names_only_what_the_build_makes() {
             "{}",
             stage.name
         );
-        let user = stage
-            .body
-            .iter()
-            .find(|i| i.keyword == "USER")
-            .expect("USER");
-        assert_eq!(user.args, "65532:65532", "{}", stage.name);
+        assert_eq!(stage.args("USER"), "65532:65532", "{}", stage.name);
         assert!(
             stage.body.iter().all(|i| i.keyword != "RUN"),
             "{}: nothing runs in the runtime image (it has no shell)",
             stage.name
         );
-        let entrypoint = stage
-            .body
-            .iter()
-            .find(|i| i.keyword == "ENTRYPOINT")
-            .map(|i| exec_form(&i.args))
-            .expect("ENTRYPOINT");
+        let entrypoint = exec_form(stage.args("ENTRYPOINT"));
         assert_eq!(entrypoint, [format!("/usr/local/bin/{bin}")]);
-        let cmd = stage
-            .body
-            .iter()
-            .find(|i| i.keyword == "CMD")
-            .map(|i| exec_form(&i.args))
-            .expect("CMD");
+        let cmd = exec_form(stage.args("CMD"));
         assert_eq!(cmd[1], "--config", "{}", stage.name);
         // The binary accepts the command and flag.
         let help = Command::new(built_binary(package, bin))

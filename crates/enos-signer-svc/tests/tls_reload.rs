@@ -6,6 +6,8 @@
 //! accepted, and a corrupt replacement is refused, logged, and changes
 //! nothing.
 
+mod common;
+
 use std::{
     path::PathBuf,
     sync::{
@@ -15,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::capture::Capture;
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
 use enos_signer_svc::{testing::TestSigner, tls};
 use enos_testkit::{Identity, Pki};
@@ -24,33 +27,6 @@ use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
 const CLIENTS: usize = 16;
 const PRODUCT: &str = "PkReload";
-
-/// Everything logged, in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("capture lock")).into_owned()
-    }
-}
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 /// The TLS files live in `dir/gen-N/`; the config names `dir/tls/…`, and
 /// `dir/tls` is a symlink swapped atomically to the next generation, as
@@ -152,13 +128,7 @@ async fn wait_for_serial(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_under_load_without_a_failed_rpc() {
-    let capture = Capture::default();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .try_init()
-        .expect("the only subscriber in this test binary");
+    let capture = Capture::install(tracing::Level::INFO);
 
     let pki = Pki::new("reload-old-ca").expect("pki");
     let new_ca = Pki::new("reload-new-ca").expect("new pki");
