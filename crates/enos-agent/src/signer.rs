@@ -276,8 +276,7 @@ pub struct GrpcSigner {
 
 impl fmt::Debug for GrpcSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let built = self.channels.current();
-        let urls: Vec<&str> = built.endpoints.iter().map(|(u, _)| u.as_str()).collect();
+        let urls: Vec<&str> = self.channels.urls().collect();
         f.debug_struct("GrpcSigner")
             .field("endpoints", &urls)
             .finish()

@@ -103,6 +103,11 @@ impl SignerChannels {
         })
     }
 
+    /// The endpoint URLs, in config order (reads no file).
+    pub(crate) fn urls(&self) -> impl Iterator<Item = &str> {
+        self.config.endpoints.iter().map(String::as_str)
+    }
+
     /// The channels to call with: rebuilt first when the files changed
     /// and are usable.
     pub(crate) fn current(&self) -> Arc<Built> {
