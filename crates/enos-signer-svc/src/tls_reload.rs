@@ -90,8 +90,8 @@ pub struct ReloadingTls {
     paths: TlsPaths,
     /// What new handshakes use.
     current: RwLock<Arc<TlsGeneration>>,
-    /// The digest of the last refused contents: a broken file is logged
-    /// once, not on every poll while it stays broken.
+    /// What was refused last (the contents' digest, or a read error's): a
+    /// broken or missing file is logged once, not on every poll.
     last_refused: Mutex<Option<[u8; 32]>>,
     /// The served certificate's expiry and the reload outcomes.
     metrics: Metrics,
@@ -177,7 +177,11 @@ impl ReloadingTls {
     pub fn reload(&self) -> ReloadOutcome {
         let contents = match Contents::read(&self.paths) {
             Ok(c) => c,
-            Err(e) => return self.refuse(None, &e),
+            // A missing or unreadable file: logged once per distinct error.
+            Err(e) => {
+                let key = Sha256::digest(e.to_string().as_bytes()).into();
+                return self.refuse(key, &e);
+            }
         };
         let digest = contents.digest();
         if digest == self.current().digest {
@@ -197,16 +201,16 @@ impl ReloadingTls {
                 *self.last_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 ReloadOutcome::Reloaded { serial }
             }
-            Err(e) => self.refuse(Some(digest), &e),
+            Err(e) => self.refuse(digest, &e),
         }
     }
 
-    /// Logs a refusal once per distinct content (`digest`; `None` when the
-    /// files could not be read, logged every time as that may be passing).
-    fn refuse(&self, digest: Option<[u8; 32]>, error: &SignerError) -> ReloadOutcome {
+    /// Logs a refusal once per distinct cause (`key`: the contents'
+    /// digest, or the read error's), not on every poll while it lasts.
+    fn refuse(&self, key: [u8; 32], error: &SignerError) -> ReloadOutcome {
         let reason = error.to_string();
         let mut last = self.last_refused.lock().unwrap_or_else(|p| p.into_inner());
-        if digest.is_none() || *last != digest {
+        if *last != Some(key) {
             tracing::error!(
                 error = %reason,
                 serving = %self.current().serial,
@@ -214,7 +218,7 @@ impl ReloadingTls {
             );
             self.metrics.tls_reload("refused");
         }
-        *last = digest;
+        *last = Some(key);
         ReloadOutcome::Refused { reason }
     }
 }
@@ -399,9 +403,15 @@ mod tests {
         };
         assert!(reason.contains("client CA"), "{reason}");
         assert_eq!(tls.current().serial, serial);
+        // The same broken file again: refused, not counted (or logged) again.
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        // A missing file: refused once too.
+        std::fs::remove_file(&config.client_ca).expect("remove");
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
         let refused = metrics.encode();
         assert!(
-            refused.contains("enos_signer_tls_reloads_total{outcome=\"refused\"} 4"),
+            refused.contains("enos_signer_tls_reloads_total{outcome=\"refused\"} 5"),
             "{refused}"
         );
     }
