@@ -80,6 +80,7 @@ pub fn write_config(
             client_ca: pki.ca.clone(),
             drain_timeout_secs: 3,
             worker_threads: None,
+            tls_reload_interval_secs: 5,
         },
     );
     config.policy = policy;

@@ -10,6 +10,7 @@
 //! | [`config`] | the TOML config as serde structs, validated |
 //! | [`signer`] | the [`SignerClient`] trait and [`GrpcSigner`] (mTLS, failover) |
 //! | [`issued`] | what the signer issues: [`IssuedCredential`], [`SignedSubDeviceLogin`] |
+//! | `signer_channels` | the signer channels, rebuilt when the mTLS files change |
 //! | [`credential`] | [`CredentialCache`]: fresh per connect, reuse rules, the 70 % rule |
 //! | [`backoff`] | [`Backoff`]: exponential, full jitter, refusals back off further |
 //! | [`refusal`] | telling a broker's refusal from a network failure |
@@ -43,6 +44,7 @@ pub mod refusal;
 pub mod session;
 mod shared;
 pub mod signer;
+mod signer_channels;
 pub mod status;
 pub mod sub_device;
 mod tls;

@@ -10,7 +10,6 @@
 use std::{
     fmt,
     future::Future,
-    path::Path,
     sync::atomic::{AtomicUsize, Ordering},
 };
 
@@ -18,15 +17,13 @@ use enos_signer_proto::v1::{
     self, IssueMqttCredentialRequest, SignSubDeviceLoginRequest,
     credentials_client::CredentialsClient,
 };
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::{Code, transport::Channel};
 
 use crate::{
     config::{DeviceConfig, SignerClientConfig, SubDeviceConfig},
     error::{AgentError, SignerClientError},
     issued::{IssuedCredential, SignedSubDeviceLogin},
+    signer_channels::SignerChannels,
 };
 
 /// Where credentials come from. Implemented by [`GrpcSigner`]; the
@@ -63,8 +60,9 @@ impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
 /// The gRPC signer client: mTLS with the device certificate, endpoints
 /// tried in order starting with the last one that answered.
 pub struct GrpcSigner {
-    /// One lazily connected channel per endpoint, with its URL for logs.
-    endpoints: Vec<(String, Channel)>,
+    /// One lazily connected channel per endpoint, with its URL for logs;
+    /// rebuilt when the certificate files change.
+    channels: SignerChannels,
     /// Index of the endpoint that answered last; tried first.
     preferred: AtomicUsize,
     /// Repeated in requests (the signer checks it against the certificate).
@@ -73,48 +71,20 @@ pub struct GrpcSigner {
 
 impl fmt::Debug for GrpcSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let urls: Vec<&str> = self.endpoints.iter().map(|(u, _)| u.as_str()).collect();
+        let urls: Vec<&str> = self.channels.urls().collect();
         f.debug_struct("GrpcSigner")
             .field("endpoints", &urls)
             .finish()
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, AgentError> {
-    std::fs::read(path).map_err(|source| AgentError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 impl GrpcSigner {
     /// Reads the mTLS material and prepares (without connecting) a channel
-    /// per endpoint.
+    /// per endpoint; the files are re-read before every call
+    /// ([`SignerChannels`]).
     pub fn new(config: &SignerClientConfig, device: &DeviceConfig) -> Result<Self, AgentError> {
-        let ca = read_pem(&config.ca)?;
-        let cert = read_pem(&config.cert)?;
-        let key = zeroize::Zeroizing::new(read_pem(&config.key)?);
-        crate::tls::check_pem_certs(&config.ca, &ca)?;
-        crate::tls::check_pem_certs(&config.cert, &cert)?;
-        crate::tls::check_pem_key(&config.key, &key)?;
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&ca))
-            .identity(Identity::from_pem(&cert, &*key))
-            .timeout(config.connect_timeout);
-        if let Some(name) = &config.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for (i, url) in config.endpoints.iter().enumerate() {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .and_then(|e| e.tls_config(tls.clone()))
-                .map_err(|e| AgentError::config(format!("signer.endpoints[{i}]"), e.to_string()))?
-                .connect_timeout(config.connect_timeout)
-                .timeout(config.request_timeout);
-            endpoints.push((url.clone(), endpoint.connect_lazy()));
-        }
         Ok(GrpcSigner {
-            endpoints,
+            channels: SignerChannels::new(config)?,
             preferred: AtomicUsize::new(0),
             device: device.clone(),
         })
@@ -126,7 +96,8 @@ impl GrpcSigner {
         F: Fn(CredentialsClient<Channel>, String) -> Fut,
         Fut: Future<Output = Result<T, SignerClientError>>,
     {
-        let n = self.endpoints.len();
+        let built = self.channels.current();
+        let n = built.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
         let mut last = SignerClientError::Unavailable {
             endpoint: String::new(),
@@ -134,7 +105,7 @@ impl GrpcSigner {
         };
         for k in 0..n {
             let i = (first + k) % n;
-            let (url, channel) = &self.endpoints[i];
+            let (url, channel) = &built.endpoints[i];
             match call(CredentialsClient::new(channel.clone()), url.clone()).await {
                 Ok(v) => {
                     self.preferred.store(i, Ordering::Relaxed);

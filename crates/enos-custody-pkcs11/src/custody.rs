@@ -334,6 +334,18 @@ impl Custody for Pkcs11Custody {
         encode_password(&digest, case)
     }
 
+    fn check(&self) -> Result<(), CustodyError> {
+        // One round trip on a pooled session that reads the key-encryption
+        // key's class: the token is there, logged in, and holds the key
+        // (a session query alone is answered from the library's memory).
+        self.run(|session, keys| {
+            session
+                .get_attributes(keys.kek, &[cryptoki::object::AttributeType::Class])
+                .map(|_| ())
+                .map_err(OpError::from)
+        })
+    }
+
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {
         if self.export == ExportPolicy::Refuse {
             return Err(CustodyError::Unsupported(

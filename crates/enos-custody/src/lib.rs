@@ -105,6 +105,14 @@ pub trait Custody: Send + Sync + 'static {
     /// custodies only; an HSM custody may refuse with
     /// [`CustodyError::Unsupported`].
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError>;
+
+    /// Fails unless the custody could sign now: an HSM custody asks the
+    /// token over a pooled session (reconnecting if it was lost). The
+    /// signer's readiness probe calls it every few seconds, so it must be
+    /// cheap; a custody whose keys are in memory has nothing to check.
+    fn check(&self) -> Result<(), CustodyError> {
+        Ok(())
+    }
 }
 
 /// What can go wrong in a custody. Messages never contain a secret.

@@ -40,6 +40,17 @@ pub struct CustodyHandle {
 }
 
 impl CustodyHandle {
+    /// The custody's own readiness check ([`Custody::check`]), on a
+    /// blocking thread: an HSM check is a token round trip.
+    pub async fn check(&self) -> std::result::Result<(), String> {
+        let custody = Arc::clone(&self.custody);
+        match tokio::task::spawn_blocking(move || custody.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the check panicked: {e}")),
+        }
+    }
+
     /// Seals `secret` as version `version` of `id`'s. Synchronous, because
     /// it runs inside a registry transaction: on the sign threads it
     /// blocks the calling thread until a thread has sealed, as an inline

@@ -569,3 +569,74 @@ fn cli_init_hsm_and_migrate() {
         });
     });
 }
+
+/// Waits (up to 10 s) until the mTLS listener's health says `want` for
+/// `service`.
+async fn wait_health(
+    channel: &tonic::transport::Channel,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service:?} still {status:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn readiness_follows_the_token_and_liveness_does_not() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    isolated(
+        "readiness_follows_the_token_and_liveness_does_not",
+        "ready",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                generate_kek(&hsm.config()).expect("create the token's keys");
+                let config = hsm.config();
+                let f = common::fixture_with(move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                    c.health = Some(enos_signer_svc::config::HealthConfig {
+                        listen: "127.0.0.1:0".parse().expect("addr"),
+                        check_interval_secs: 1,
+                    });
+                })
+                .await;
+                // Health needs no client certificate.
+                let channel = f.channel(None).await;
+                let liveness = enos_signer_svc::readiness::LIVENESS_SERVICE;
+                wait_health(&channel, "", ServingStatus::Serving).await;
+
+                hsm.park_token();
+                wait_health(&channel, "", ServingStatus::NotServing).await;
+                wait_health(
+                    &channel,
+                    "enos.signer.v1.Credentials",
+                    ServingStatus::NotServing,
+                )
+                .await;
+                wait_health(&channel, liveness, ServingStatus::Serving).await;
+
+                // Back without any issuance: the check reconnects itself.
+                hsm.restore_token();
+                wait_health(&channel, "", ServingStatus::Serving).await;
+                wait_health(&channel, "enos.signer.v1.Admin", ServingStatus::Serving).await;
+            });
+        },
+    );
+}

@@ -93,6 +93,7 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
         policy: PolicyConfig::default(),
         metrics: None,
         logging: LoggingConfig::default(),
+        health: None,
     }
 }
 
@@ -170,6 +171,7 @@ impl TestSigner {
                 client_ca: ca,
                 drain_timeout_secs: 5,
                 worker_threads: None,
+                tls_reload_interval_secs: 5,
             },
         );
         config.metrics = Some(MetricsConfig {

@@ -1,6 +1,9 @@
 //! Shared test helpers: a signer, device clients, and status assertions.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod capture;
+pub mod tls_probe;
+
 use enos_sign_core::{DeviceSecret, Freshness, Md5Policy, PresentedLogin};
 use enos_signer_proto::v1::{admin_client::AdminClient, credentials_client::CredentialsClient};
 use enos_signer_svc::tls;
