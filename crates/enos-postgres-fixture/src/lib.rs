@@ -282,7 +282,9 @@ impl PgCluster {
             // The password through the environment, never argv.
             .env("PGPASSWORD", &self.password);
         let output = checked("psql", &mut command)?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_owned())
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned())
     }
 
     /// The server's log so far (for a failing test's message).
@@ -396,9 +398,7 @@ mod tests {
     fn a_cluster_starts_answers_and_is_removed_on_drop() {
         let cluster = PgCluster::start().expect("cluster starts");
         cluster.create_database("fixture_test").expect("createdb");
-        let answer = cluster
-            .psql("fixture_test", "SELECT 40 + 2")
-            .expect("psql");
+        let answer = cluster.psql("fixture_test", "SELECT 40 + 2").expect("psql");
         assert_eq!(answer, "42");
         let dir = cluster.socket_dir().to_owned();
         let port = cluster.port();

@@ -99,6 +99,9 @@ pub enum RegistryConfig {
         /// The database file; `enos-signer init` creates it.
         path: PathBuf,
     },
+    /// A PostgreSQL database that any number of replicas share; see
+    /// [`crate::registry::postgres::PostgresConfig`] for the keys.
+    Postgres(crate::registry::postgres::PostgresConfig),
 }
 
 /// The custody backend. One variant per custody; [`crate::custody::build`]
@@ -306,6 +309,14 @@ impl SignerConfig {
         file(&mut self.server.client_ca);
         match &mut self.registry {
             RegistryConfig::Redb { path } => file(path),
+            RegistryConfig::Postgres(pg) => {
+                if let Some(password) = &mut pg.password_file {
+                    key(password);
+                }
+                if let Some(ca) = &mut pg.ca_file {
+                    file(ca);
+                }
+            }
         }
         match &mut self.custody {
             CustodyConfig::Software { master_key_file } => key(master_key_file),
