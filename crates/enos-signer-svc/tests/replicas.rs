@@ -1,0 +1,389 @@
+//! Stateless replicas: two real `enos-signer serve` processes with the
+//! same config on one PostgreSQL database. A change made through replica A
+//! (rotate, disable, delete, unbind) is honoured by replica B within a
+//! second, also after B's change feed connection was cut.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enos_postgres_fixture::PgCluster;
+use enos_signer_proto::v1::{
+    self, BindSubDeviceRequest, DeviceRef, IssueMqttCredentialRequest, ListDevicesRequest,
+    PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, SignSubDeviceLoginRequest,
+    UnbindSubDeviceRequest, admin_client::AdminClient, credentials_client::CredentialsClient,
+};
+use enos_signer_svc::{
+    SignerConfig,
+    config::{RegistryConfig, ServerConfig},
+    registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig},
+    testing::state_in,
+    tls,
+};
+use enos_testkit::{Identity, Pki};
+use tonic::{Code, transport::Channel};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
+
+/// One `enos-signer serve` child; killed on drop.
+pub struct Replica {
+    /// The process.
+    child: Child,
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+}
+
+impl Replica {
+    pub fn uri(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A fleet of replicas on one throwaway database, sharing keys.
+pub struct Fleet {
+    pub pki: Pki,
+    pub cluster: PgCluster,
+    pub dir: tempfile::TempDir,
+    pub admin: Identity,
+}
+
+impl Fleet {
+    pub fn new(database: &str) -> Fleet {
+        let cluster = PgCluster::start().expect("PostgreSQL cluster");
+        cluster.create_database(database).expect("createdb");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new("replicas-test").expect("pki");
+        let admin = pki.admin("fleet-admin").expect("admin cert");
+        let fleet = Fleet {
+            pki,
+            cluster,
+            dir,
+            admin,
+        };
+        // `init` once: keys in the shared directory, the schema migrated.
+        let config = fleet.write_config("init", free_addr(), database);
+        let out = Command::new(BIN)
+            .args(["init", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run init");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fleet
+    }
+
+    /// The config of replica `name`: the shared keys and database, its own
+    /// listen address and audit file.
+    fn write_config(&self, name: &str, listen: SocketAddr, database: &str) -> PathBuf {
+        let dir = self.dir.path();
+        let server = self.pki.server(&[]).expect("server cert");
+        let files = server.write(dir, "server").expect("write server cert");
+        let ca = self.pki.write_ca(dir).expect("write ca");
+        let mut config: SignerConfig = state_in(
+            dir,
+            ServerConfig {
+                listen,
+                cert: files.cert,
+                key: files.key,
+                client_ca: ca,
+                drain_timeout_secs: 1,
+                worker_threads: std::num::NonZeroUsize::new(2),
+            },
+        );
+        config.registry = RegistryConfig::Postgres(PostgresConfig {
+            url: self.cluster.url(database),
+            password_file: Some(self.cluster.password_file()),
+            pool_size: 8,
+            ca_file: None,
+            cache: true,
+        });
+        config.audit.sink = enos_signer_svc::config::AuditSinkConfig::File {
+            path: dir.join(format!("audit-{name}.jsonl")),
+        };
+        let path = dir.join(format!("signer-{name}.toml"));
+        std::fs::write(&path, config.to_toml().expect("toml")).expect("write config");
+        path
+    }
+
+    /// Starts replica `name` and waits until it answers.
+    pub async fn start(&self, name: &str, database: &str) -> Replica {
+        let addr = free_addr();
+        let config = self.write_config(name, addr, database);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enos-signer serve");
+        let replica = Replica { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut admin = self.admin_of(&replica).await;
+            if admin
+                .list_devices(ListDevicesRequest::default())
+                .await
+                .is_ok()
+            {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {name} did not start: {}",
+                std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn channel(&self, replica: &Replica, identity: &Identity) -> Channel {
+        tls::mtls_endpoint(
+            &replica.uri(),
+            self.pki.ca_pem(),
+            Some(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            )),
+        )
+        .expect("endpoint")
+        .connect_lazy()
+    }
+
+    pub async fn admin_of(&self, replica: &Replica) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(replica, &self.admin))
+    }
+
+    pub fn device_of(&self, replica: &Replica, pk: &str, dk: &str) -> CredentialsClient<Channel> {
+        let identity = self.pki.device(pk, dk).expect("device cert");
+        CredentialsClient::new(self.channel(replica, &identity))
+    }
+
+    /// Connections listening for registry changes (one per replica whose
+    /// feed is up).
+    pub fn feeds(&self, database: &str) -> usize {
+        self.cluster
+            .psql(
+                database,
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{LISTEN_APPLICATION_NAME}'"
+                ),
+            )
+            .expect("psql")
+            .parse()
+            .expect("count")
+    }
+
+    /// Cuts every change feed connection (as a network blip would).
+    pub fn cut_feeds(&self, database: &str) -> usize {
+        self.cluster
+            .psql(
+                database,
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = '{LISTEN_APPLICATION_NAME}'"
+                ),
+            )
+            .expect("psql")
+            .parse()
+            .expect("count")
+    }
+}
+
+pub fn dref(pk: &str, dk: &str) -> Option<DeviceRef> {
+    Some(DeviceRef {
+        product_key: pk.into(),
+        device_key: dk.into(),
+    })
+}
+
+/// Polls `check` until it holds, at most `within`; returns how long it took.
+async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+async fn issue(device: &mut CredentialsClient<Channel>) -> Result<v1::MqttCredential, Code> {
+    device
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| s.code())
+}
+
+/// Waits for `n` change feeds (the replicas have each served a read).
+async fn feeds_up(fleet: &Fleet, database: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.feeds(database) != n {
+        assert!(Instant::now() < deadline, "{n} change feeds not up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // LISTEN is issued right after connecting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second() {
+    let db = "replicas";
+    let fleet = Fleet::new(db);
+    let a = fleet.start("a", db).await;
+    let b = fleet.start("b", db).await;
+    let mut admin_a = fleet.admin_of(&a).await;
+    for (dk, secret) in [
+        ("dev-1", "SecretOne1"),
+        ("gw", "SecretGw1"),
+        ("sub", "SecretSub1"),
+    ] {
+        admin_a
+            .put_device(PutDeviceRequest {
+                device: dref("Pk1", dk),
+                device_secret: secret.into(),
+                enabled: true,
+            })
+            .await
+            .expect("put through A");
+    }
+    admin_a
+        .bind_sub_device(BindSubDeviceRequest {
+            gateway: dref("Pk1", "gw"),
+            sub_device: dref("Pk1", "sub"),
+        })
+        .await
+        .expect("bind through A");
+
+    // B issues with what A wrote (and caches it once its feed is up).
+    let mut dev_b = fleet.device_of(&b, "Pk1", "dev-1");
+    let credential = issue(&mut dev_b).await.expect("B issues");
+    assert!(common::verify(&credential, "SecretOne1"));
+    let mut gw_b = fleet.device_of(&b, "Pk1", "gw");
+    let sub_login = || SignSubDeviceLoginRequest {
+        product_key: "Pk1".into(),
+        device_key: "sub".into(),
+        ..Default::default()
+    };
+    gw_b.sign_sub_device_login(sub_login())
+        .await
+        .expect("B signs for the bound sub-device");
+    feeds_up(&fleet, db, 2).await;
+    issue(&mut dev_b).await.expect("cached on B");
+
+    // Rotate through A: B signs with the new secret within a second.
+    admin_a
+        .rotate_secret(RotateSecretRequest {
+            device: dref("Pk1", "dev-1"),
+            new_device_secret: "SecretRotated2".into(),
+        })
+        .await
+        .expect("rotate through A");
+    let took = within(Duration::from_secs(1), "rotation on B", async || {
+        issue(&mut dev_b)
+            .await
+            .is_ok_and(|c| common::verify(&c, "SecretRotated2"))
+    })
+    .await;
+    eprintln!("rotation seen by B after {took:?}");
+
+    // Disable through A: B refuses within a second.
+    admin_a
+        .set_enabled(SetEnabledRequest {
+            device: dref("Pk1", "dev-1"),
+            enabled: false,
+        })
+        .await
+        .expect("disable through A");
+    within(Duration::from_secs(1), "disable on B", async || {
+        issue(&mut dev_b).await == Err(Code::FailedPrecondition)
+    })
+    .await;
+
+    // Unbind through A: B no longer signs for the sub-device.
+    admin_a
+        .unbind_sub_device(UnbindSubDeviceRequest {
+            sub_device: dref("Pk1", "sub"),
+        })
+        .await
+        .expect("unbind through A");
+    within(Duration::from_secs(1), "unbind on B", async || {
+        gw_b.sign_sub_device_login(sub_login())
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied)
+    })
+    .await;
+
+    // Cut every change feed (B's included): B falls back to the database
+    // at once and resubscribes; changes keep reaching it within a second.
+    admin_a
+        .set_enabled(SetEnabledRequest {
+            device: dref("Pk1", "dev-1"),
+            enabled: true,
+        })
+        .await
+        .expect("enable through A");
+    within(Duration::from_secs(1), "enable on B", async || {
+        issue(&mut dev_b).await.is_ok()
+    })
+    .await;
+    assert_eq!(fleet.cut_feeds(db), 2, "both feeds cut");
+    admin_a
+        .rotate_secret(RotateSecretRequest {
+            device: dref("Pk1", "dev-1"),
+            new_device_secret: "SecretAfterCut3".into(),
+        })
+        .await
+        .expect("rotate through A while feeds are down");
+    within(
+        Duration::from_secs(1),
+        "rotation on B after the cut",
+        async || {
+            issue(&mut dev_b)
+                .await
+                .is_ok_and(|c| common::verify(&c, "SecretAfterCut3"))
+        },
+    )
+    .await;
+    feeds_up(&fleet, db, 2).await;
+    issue(&mut dev_b).await.expect("cached again on B");
+
+    // Delete through A, after the feed came back: B answers NotFound.
+    admin_a
+        .delete_device(DeviceRef {
+            product_key: "Pk1".into(),
+            device_key: "dev-1".into(),
+        })
+        .await
+        .expect("delete through A");
+    within(Duration::from_secs(1), "delete on B", async || {
+        issue(&mut dev_b).await == Err(Code::NotFound)
+    })
+    .await;
+}
