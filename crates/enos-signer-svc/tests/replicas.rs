@@ -31,20 +31,20 @@ use tonic::{Code, transport::Channel};
 const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
 
 /// One `enos-signer serve` child; killed on drop.
-pub struct Replica {
+struct Replica {
     /// The process.
     child: Child,
     /// Its gRPC address.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
 }
 
 impl Replica {
-    pub fn uri(&self) -> String {
+    fn uri(&self) -> String {
         format!("https://{}", self.addr)
     }
 
     /// SIGKILL, as a crash.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -62,15 +62,15 @@ fn free_addr() -> SocketAddr {
 }
 
 /// A fleet of replicas on one throwaway database, sharing keys.
-pub struct Fleet {
-    pub pki: Pki,
-    pub cluster: PgCluster,
-    pub dir: tempfile::TempDir,
-    pub admin: Identity,
+struct Fleet {
+    pki: Pki,
+    cluster: PgCluster,
+    dir: tempfile::TempDir,
+    admin: Identity,
 }
 
 impl Fleet {
-    pub fn new(database: &str) -> Fleet {
+    fn new(database: &str) -> Fleet {
         let cluster = PgCluster::start().expect("PostgreSQL cluster");
         cluster.create_database(database).expect("createdb");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -131,7 +131,7 @@ impl Fleet {
     }
 
     /// Starts replica `name` and waits until it answers.
-    pub async fn start(&self, name: &str, database: &str) -> Replica {
+    async fn start(&self, name: &str, database: &str) -> Replica {
         let addr = free_addr();
         let config = self.write_config(name, addr, database);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
@@ -176,18 +176,18 @@ impl Fleet {
         .connect_lazy()
     }
 
-    pub async fn admin_of(&self, replica: &Replica) -> AdminClient<Channel> {
+    async fn admin_of(&self, replica: &Replica) -> AdminClient<Channel> {
         AdminClient::new(self.channel(replica, &self.admin))
     }
 
-    pub fn device_of(&self, replica: &Replica, pk: &str, dk: &str) -> CredentialsClient<Channel> {
+    fn device_of(&self, replica: &Replica, pk: &str, dk: &str) -> CredentialsClient<Channel> {
         let identity = self.pki.device(pk, dk).expect("device cert");
         CredentialsClient::new(self.channel(replica, &identity))
     }
 
     /// Connections listening for registry changes (one per replica whose
     /// feed is up).
-    pub fn feeds(&self, database: &str) -> usize {
+    fn feeds(&self, database: &str) -> usize {
         self.cluster
             .psql(
                 database,
@@ -201,7 +201,7 @@ impl Fleet {
     }
 
     /// Cuts every change feed connection (as a network blip would).
-    pub fn cut_feeds(&self, database: &str) -> usize {
+    fn cut_feeds(&self, database: &str) -> usize {
         self.cluster
             .psql(
                 database,
@@ -216,7 +216,7 @@ impl Fleet {
     }
 }
 
-pub fn dref(pk: &str, dk: &str) -> Option<DeviceRef> {
+fn dref(pk: &str, dk: &str) -> Option<DeviceRef> {
     Some(DeviceRef {
         product_key: pk.into(),
         device_key: dk.into(),
