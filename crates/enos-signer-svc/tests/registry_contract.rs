@@ -269,7 +269,44 @@ async fn large_changes_commit_whole(pair: &Pair) {
     let records: Vec<DeviceRecord> = (0..5_000)
         .map(|i| record("bulk", &format!("dev-{i:05}")))
         .collect();
-    put_all(pair.a.as_ref(), records).await;
+    // As an import does: every id read (and locked) first, while another
+    // change of one of them runs at once; neither is lost.
+    put_all(pair.a.as_ref(), vec![record("bulk", "dev-00007")]).await;
+    let ids: Vec<DeviceId> = records.iter().map(|r| r.id.clone()).collect();
+    let bump = |registry: Arc<dyn Registry>| async move {
+        registry
+            .modify(
+                vec![id("bulk", "dev-00007")],
+                Box::new(|current| {
+                    let mut r = current.into_iter().next().flatten().expect("present");
+                    r.secret_version += 1;
+                    Ok(vec![Write::Put(r)])
+                }),
+            )
+            .await
+            .expect("bump")
+    };
+    let bulk = pair.a.modify(
+        ids,
+        Box::new(move |current| {
+            Ok(records
+                .into_iter()
+                .zip(current)
+                .map(|(mut r, existing)| {
+                    r.secret_version = existing.map_or(1, |e| e.secret_version + 1);
+                    Write::Put(r)
+                })
+                .collect())
+        }),
+    );
+    let (bulk, _) = tokio::join!(bulk, bump(Arc::clone(&pair.b)));
+    bulk.expect("bulk change");
+    let hot = pair.a.get(&id("bulk", "dev-00007")).await.expect("get");
+    assert_eq!(
+        hot.map(|r| r.secret_version),
+        Some(3),
+        "both changes counted"
+    );
     let mut after = None;
     let mut total = 0;
     loop {

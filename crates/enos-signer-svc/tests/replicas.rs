@@ -63,9 +63,13 @@ fn free_addr() -> SocketAddr {
 
 /// A fleet of replicas on one throwaway database, sharing keys.
 struct Fleet {
+    /// Issues the replicas' server certificate and every client's.
     pki: Pki,
+    /// The one database every replica serves.
     cluster: PgCluster,
+    /// Shared keys (same custody on every replica), configs, logs.
     dir: tempfile::TempDir,
+    /// The admin certificate of the fleet's operator.
     admin: Identity,
 }
 

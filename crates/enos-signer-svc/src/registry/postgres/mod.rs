@@ -253,8 +253,18 @@ impl Registry for PostgresRegistry {
 }
 
 /// Takes the advisory lock of every id, in key order (no deadlock between
-/// two changes); held until the transaction ends.
+/// two changes); held until the transaction ends. A bulk change (an
+/// import) locks the table instead: PostgreSQL's lock table holds a few
+/// thousand locks, and one lock serialises the bulk change with every
+/// other writer just as well (`EXCLUSIVE` still lets plain reads, i.e.
+/// issuance, through; it blocks the `FOR UPDATE` of other changes).
 async fn lock_ids(tx: &tokio_postgres::Transaction<'_>, ids: &[DeviceId]) -> Result<()> {
+    if ids.len() > BULK_LOCK_FROM {
+        tx.batch_execute("LOCK TABLE devices IN EXCLUSIVE MODE")
+            .await
+            .map_err(db)?;
+        return Ok(());
+    }
     let mut keys: Vec<i64> = ids.iter().map(lock_key).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -269,6 +279,9 @@ async fn lock_ids(tx: &tokio_postgres::Transaction<'_>, ids: &[DeviceId]) -> Res
     .map_err(db)?;
     Ok(())
 }
+
+/// Changes naming more ids than this lock the whole table.
+const BULK_LOCK_FROM: usize = 64;
 
 /// The advisory lock key of a device: 64 bits of SHA-256 of `pk/dk`,
 /// the same in every replica (a collision only serialises two devices).
