@@ -391,3 +391,99 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
     })
     .await;
 }
+
+/// Whether an open transaction holds the bulk (import) lock on `devices`.
+fn import_lock_held(fleet: &Fleet, database: &str) -> bool {
+    fleet
+        .cluster
+        .psql(
+            database,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'devices' AND l.mode = 'ExclusiveLock' AND l.granted",
+        )
+        .expect("psql")
+        != "0"
+}
+
+fn device_rows(fleet: &Fleet, database: &str) -> usize {
+    fleet
+        .cluster
+        .psql(database, "SELECT count(*) FROM devices")
+        .expect("psql")
+        .parse()
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_in_its_transaction_leaves_no_row_and_a_retry_leaves_all() {
+    const ROWS: usize = 50_000;
+    let db = "import_kill";
+    let fleet = Fleet::new(db);
+    let dir = fleet.dir.path();
+    let csv = dir.join("export.csv");
+    let mut text = String::from("productKey,deviceKey,deviceSecret\n");
+    for i in 0..ROWS {
+        text.push_str(&format!("PkImport,dev-{i:06},Secret{i:08}\n"));
+    }
+    std::fs::write(&csv, text).expect("write csv");
+    let admin = fleet.admin.write(dir, "cli-admin").expect("admin files");
+    let import = |replica: &Replica| {
+        Command::new(BIN)
+            .arg("import")
+            .arg(&csv)
+            .args(["--endpoint", &replica.uri(), "--ca"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(&admin.cert)
+            .arg("--key")
+            .arg(&admin.key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn import")
+    };
+
+    let mut a = fleet.start("a", db).await;
+    let mut cli = import(&a);
+    // Wait until the import's transaction holds its lock, then SIGKILL
+    // the replica in the middle of it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !import_lock_held(&fleet, db) {
+        assert!(
+            cli.try_wait().expect("try_wait").is_none(),
+            "the import ended before its transaction was seen"
+        );
+        assert!(Instant::now() < deadline, "import transaction never seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill();
+    let out = cli.wait_with_output().expect("import exits");
+    assert!(!out.status.success(), "the import cannot have succeeded");
+    // The server rolls the orphaned transaction back: no row at all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while import_lock_held(&fleet, db) {
+        assert!(Instant::now() < deadline, "transaction not rolled back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(device_rows(&fleet, db), 0, "none of the rows");
+
+    // The same import through another replica: every row.
+    let b = fleet.start("b", db).await;
+    let out = tokio::task::spawn_blocking({
+        let cli = import(&b);
+        move || cli.wait_with_output()
+    })
+    .await
+    .expect("join")
+    .expect("import exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("imported {ROWS} devices")));
+    assert_eq!(device_rows(&fleet, db), ROWS, "every row");
+    let mut dev = fleet.device_of(&b, "PkImport", "dev-012345");
+    let credential = issue(&mut dev).await.expect("imported device issues");
+    assert!(common::verify(&credential, "Secret00012345"));
+}
