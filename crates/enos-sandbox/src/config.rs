@@ -15,8 +15,8 @@
 //! key = "server.key"
 //!
 //! [checks]
-//! any_timestamp = false            # true: accept any signed timestamp, as EnOS does
-//! freshness_window_secs = 600      # otherwise |timestamp - now| <= this
+//! # freshness_window_secs = 600    # absent (the default): no freshness check, as EnOS;
+//!                                  # set: |timestamp - now| <= this, for testing short-lived credentials
 //! allow_md5 = false                # accept signmethod=hmacmd5
 //!
 //! [limits]
@@ -41,8 +41,6 @@ use crate::error::SandboxError;
 pub const DEFAULT_MQTT_PORT: u16 = 11883;
 /// The MQTT-over-TLS port of EnOS.
 pub const DEFAULT_TLS_PORT: u16 = 18883;
-/// The default freshness window either side of now: 10 minutes.
-pub const DEFAULT_FRESHNESS_WINDOW: Duration = Duration::from_secs(600);
 /// How long a new connection may take to send CONNECT.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u16 = 5_000;
 /// The largest accepted MQTT payload.
@@ -91,26 +89,20 @@ pub struct TlsSection {
 }
 
 /// `[checks]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChecksSection {
-    /// Accept any signed timestamp, as EnOS appears to (its SDKs reuse one
-    /// timestamp for ever).
+    /// Accept any signed timestamp. This is the default, as EnOS checks
+    /// no freshness (its SDKs reuse one timestamp for months, the C SDK
+    /// always sends 2050); kept so that a file saying so stays valid.
+    /// Contradicts `freshness_window_secs`.
     pub any_timestamp: bool,
-    /// The freshness window either side of now, in seconds.
-    pub freshness_window_secs: u64,
+    /// Turns the freshness check on: `|timestamp - now| <= this`, in
+    /// seconds, judged on whole milliseconds. For testing short-lived
+    /// credentials; real EnOS does not do this.
+    pub freshness_window_secs: Option<u64>,
     /// Accept the weak `hmacmd5` sign method.
     pub allow_md5: bool,
-}
-
-impl Default for ChecksSection {
-    fn default() -> Self {
-        ChecksSection {
-            any_timestamp: false,
-            freshness_window_secs: DEFAULT_FRESHNESS_WINDOW.as_secs(),
-            allow_md5: false,
-        }
-    }
 }
 
 /// `[limits]`.
@@ -200,7 +192,7 @@ pub struct Overrides {
 /// How far a signed timestamp may be from the sandbox's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreshnessPolicy {
-    /// Any timestamp (`--any-timestamp`), as EnOS appears to accept.
+    /// Any timestamp: the default, as EnOS checks no freshness.
     Any,
     /// `|timestamp - now| <= window`.
     Window(Duration),
@@ -253,6 +245,7 @@ impl Settings {
             .or(file.mqtt.map(|m| m.listen))
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT)));
 
+        let freshness = freshness(cli.any_timestamp, cli.freshness_window_secs, &file.checks)?;
         let tls = match (file.tls, cli.ca, cli.cert, cli.key) {
             (Some(section), ca, cert, key) => Some(TlsSettings {
                 listen: cli
@@ -277,14 +270,6 @@ impl Settings {
             }
         };
 
-        let freshness = if cli.any_timestamp || file.checks.any_timestamp {
-            FreshnessPolicy::Any
-        } else {
-            let secs = cli
-                .freshness_window_secs
-                .unwrap_or(file.checks.freshness_window_secs);
-            FreshnessPolicy::Window(Duration::from_secs(secs))
-        };
         let md5 = if cli.allow_md5 || file.checks.allow_md5 {
             Md5Policy::Allow
         } else {
@@ -305,6 +290,39 @@ impl Settings {
             max_payload_bytes: file.limits.max_payload_bytes,
         })
     }
+}
+
+/// The command line's choice wins over the file's; within one of them,
+/// `any_timestamp` and a window contradict each other.
+fn freshness(
+    cli_any_timestamp: bool,
+    cli_window_secs: Option<u64>,
+    file: &ChecksSection,
+) -> Result<FreshnessPolicy, SandboxError> {
+    let chosen = |any_timestamp: bool, window: Option<u64>, any_name, window_name| match (
+        any_timestamp,
+        window,
+    ) {
+        (true, Some(_)) => Err(SandboxError::Settings(format!(
+            "{any_name} and {window_name} contradict each other: choose one"
+        ))),
+        (true, None) => Ok(Some(FreshnessPolicy::Any)),
+        (false, Some(secs)) => Ok(Some(FreshnessPolicy::Window(Duration::from_secs(secs)))),
+        (false, None) => Ok(None),
+    };
+    let from_cli = chosen(
+        cli_any_timestamp,
+        cli_window_secs,
+        "--any-timestamp",
+        "--freshness-window-secs",
+    )?;
+    let from_file = chosen(
+        file.any_timestamp,
+        file.freshness_window_secs,
+        "checks.any_timestamp",
+        "checks.freshness_window_secs",
+    )?;
+    Ok(from_cli.or(from_file).unwrap_or(FreshnessPolicy::Any))
 }
 
 fn default_tls_addr() -> SocketAddr {
@@ -338,7 +356,7 @@ mod tests {
                 }),
                 checks: ChecksSection {
                     any_timestamp: false,
-                    freshness_window_secs: 300,
+                    freshness_window_secs: Some(300),
                     allow_md5: true,
                 },
                 limits: LimitsSection {
@@ -393,11 +411,61 @@ mod tests {
         .expect("devices are enough");
         assert_eq!(settings.mqtt_listen.port(), DEFAULT_MQTT_PORT);
         assert_eq!(settings.tls, None);
-        assert_eq!(
-            settings.freshness,
-            FreshnessPolicy::Window(DEFAULT_FRESHNESS_WINDOW)
-        );
+        // No freshness check, as EnOS.
+        assert_eq!(settings.freshness, FreshnessPolicy::Any);
         assert_eq!(settings.md5, Md5Policy::Refuse);
+    }
+
+    #[test]
+    fn a_freshness_window_turns_the_check_on_and_contradicts_any_timestamp() {
+        let devices = || Overrides {
+            devices: Some("d.csv".into()),
+            ..Overrides::default()
+        };
+        let window = Settings::resolve(
+            ConfigFile::default(),
+            Overrides {
+                freshness_window_secs: Some(60),
+                ..devices()
+            },
+        )
+        .expect("a window");
+        assert_eq!(
+            window.freshness,
+            FreshnessPolicy::Window(Duration::from_secs(60))
+        );
+        let both = Settings::resolve(
+            ConfigFile::default(),
+            Overrides {
+                any_timestamp: true,
+                freshness_window_secs: Some(60),
+                ..devices()
+            },
+        )
+        .expect_err("both on the command line");
+        assert!(both.to_string().contains("contradict"), "{both}");
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            "[checks]\nany_timestamp = true\nfreshness_window_secs = 60\n",
+        )
+        .expect("valid TOML");
+        let both = Settings::resolve(file, devices()).expect_err("both in the file");
+        assert!(both.to_string().contains("checks.any_timestamp"), "{both}");
+        // The command line's window wins over the file's any_timestamp.
+        let file = ConfigFile::parse(Path::new("c.toml"), "[checks]\nany_timestamp = true\n")
+            .expect("valid TOML");
+        let cli_wins = Settings::resolve(
+            file,
+            Overrides {
+                freshness_window_secs: Some(5),
+                ..devices()
+            },
+        )
+        .expect("cli wins");
+        assert_eq!(
+            cli_wins.freshness,
+            FreshnessPolicy::Window(Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -145,13 +145,14 @@ impl SandboxBuilder {
         self
     }
 
-    /// Accepts any signed timestamp (`--any-timestamp`).
+    /// Accepts any signed timestamp (`--any-timestamp`; the default).
     pub fn any_timestamp(mut self) -> Self {
         self.any_timestamp = true;
         self
     }
 
-    /// The freshness window either side of now (whole seconds; default 10 min).
+    /// Turns the freshness check on: the window either side of now (whole
+    /// seconds; default: no check, as EnOS).
     pub fn freshness_window(mut self, window: Duration) -> Self {
         self.freshness_window = Some(window);
         self

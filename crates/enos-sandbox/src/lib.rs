@@ -8,7 +8,9 @@
 //!   requires a client certificate chaining to the configured CA; both
 //!   check the signed password of every CONNECT with [`enos_sign_core`]
 //!   (sha1 and sha256, hex in either case, constant-time compare; md5 only
-//!   when enabled; the timestamp within ±10 min unless `--any-timestamp`);
+//!   when enabled), accepting every login form the official SDKs send
+//!   ([`enos_sign_core::PresentedLogin`]); no freshness check, as EnOS,
+//!   unless `--freshness-window-secs` turns one on;
 //! - devices from a CSV file ([`devices`]), reloadable at run time;
 //! - an in-broker responder ([`responder`]) answering `combine.login` /
 //!   `combine.logout` and `thing.measurepoint.post`, through rumqttd's

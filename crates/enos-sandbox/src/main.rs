@@ -52,10 +52,11 @@ struct Cli {
     /// Server private key (PEM).
     #[arg(long, value_name = "KEY.pem")]
     key: Option<PathBuf>,
-    /// Accept any signed timestamp, as EnOS appears to.
-    #[arg(long)]
+    /// Accept any signed timestamp: the default, as EnOS checks no freshness.
+    #[arg(long, conflicts_with = "freshness_window_secs")]
     any_timestamp: bool,
-    /// Freshness window either side of now, in seconds (default 600).
+    /// Check freshness: refuse a signed timestamp further than SECS from
+    /// now (default: no check, as EnOS). For testing short-lived credentials.
     #[arg(long, value_name = "SECS")]
     freshness_window_secs: Option<u64>,
     /// Accept the weak hmacmd5 sign method.

@@ -15,7 +15,8 @@
 use std::collections::{HashMap, HashSet};
 
 use enos_sign_core::{
-    ClientId, DeviceKey, ProductKey, SignError, SignMethod, SignedFields, TimestampMs, verify_sign,
+    DeviceKey, PresentedClientId, PresentedFields, PresentedTimestamp, ProductKey, SignError,
+    SignMethod, TimestampMs, verify_sign,
 };
 use serde_json::{Value, json};
 use tracing::info;
@@ -188,7 +189,11 @@ impl Responder {
                 format!("{sub} is not a sub-device of gateway {gateway}"),
             );
         }
-        if let Err(e) = self.auth.freshness_at(now).check(params.fields.timestamp) {
+        if let Err(e) = self
+            .auth
+            .freshness_at(now)
+            .check(params.fields.timestamp.millis())
+        {
             return Outcome::fail(code::SIGN_CHECK_FAILED, e.to_string());
         }
         if verify_sign(&params.fields, params.method, &params.sign, &device.secret).is_err() {
@@ -262,8 +267,8 @@ impl Responder {
 /// `combine.login` params: the signed fields, the method and the sign.
 /// `secureMode` and `cleanSession` are not signed and not checked.
 struct LoginParams {
-    /// What the sign covers.
-    fields: SignedFields,
+    /// What the sign covers, as the gateway sent it (as liberal as CONNECT).
+    fields: PresentedFields,
     /// `signMethod`.
     method: SignMethod,
     /// `sign`, as presented.
@@ -273,18 +278,20 @@ struct LoginParams {
 impl LoginParams {
     fn parse(body: &Value, md5: enos_sign_core::Md5Policy) -> Result<Self, String> {
         let p = params(body)?;
+        // The SDKs send a string; a JSON number is signed as its shortest
+        // decimal text (what Python and JavaScript print for it), and one
+        // written with an exponent is refused by the grammar.
         let timestamp = match p.get("timestamp") {
-            Some(Value::String(s)) => s.parse::<TimestampMs>().map_err(|e| e.to_string())?,
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(TimestampMs::from_millis)
-                .ok_or("params.timestamp must be whole milliseconds")?,
+            Some(Value::String(s)) => PresentedTimestamp::new(s),
+            Some(Value::Number(n)) => PresentedTimestamp::new(&n.to_string()),
             _ => return Err("params.timestamp is missing".into()),
-        };
+        }
+        .map_err(|e| e.to_string())?;
         let method = SignMethod::parse(string(p, "signMethod")?, md5).map_err(|e| e.to_string())?;
         Ok(LoginParams {
-            fields: SignedFields {
-                client_id: identity::<ClientId>(p, "clientId")?,
+            fields: PresentedFields {
+                client_id: PresentedClientId::new(string(p, "clientId")?)
+                    .map_err(|e| e.to_string())?,
                 device_key: identity::<DeviceKey>(p, "deviceKey")?,
                 product_key: identity::<ProductKey>(p, "productKey")?,
                 timestamp,
@@ -346,7 +353,9 @@ fn parse_topic(topic: &str) -> Option<Request> {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use enos_sign_core::{DeviceSecret, ExposeSecret, Md5Policy, SubDeviceLogin};
+    use enos_sign_core::{
+        ClientId, DeviceSecret, ExposeSecret, Md5Policy, SignedFields, SubDeviceLogin,
+    };
 
     use super::*;
     use crate::{config::FreshnessPolicy, devices::DeviceStore};

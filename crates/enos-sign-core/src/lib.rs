@@ -13,6 +13,14 @@
 //! appended, not an HMAC, whatever the method names say. SHA-1 is sent in
 //! upper-case hex, SHA-256 and MD5 in lower case; verifiers accept either.
 //!
+//! What we *issue* is strict: validated ids ([`ClientId`], [`DeviceKey`],
+//! [`ProductKey`]) and integer milliseconds ([`TimestampMs`]), so that no
+//! field can forge another. What a broker *verifies* is as liberal as
+//! EnOS: [`PresentedLogin::parse`] takes every form the official SDKs send
+//! ([`PresentedFields`]: the Java SDK's `deviceKey{ip=…,version=…}`
+//! clientId, Python's fractional timestamp, `sha256`-style method names)
+//! and verifies over exactly the text that was sent.
+//!
 //! This crate is pure: no I/O, no async, no clock. Callers pass the time.
 //!
 //! # Layout
@@ -23,8 +31,9 @@
 //! | `timestamp` | [`TimestampMs`] |
 //! | `method` | [`SignMethod`] (with [`Md5Policy`]), [`SecureMode`], [`HexCase`] |
 //! | `secret` | [`DeviceSecret`], [`ProductSecret`], [`Password`]: unprintable, zeroed on drop |
-//! | `sign` | [`SignedFields`] and [`sign`]: the digest, streamed, allocation-free |
+//! | `sign` | [`SignedFields`] (what we issue: strict) and [`sign`]: the digest, streamed, allocation-free; [`SignedContent`] |
 //! | `credential` | [`MqttCredential`]: the CONNECT client id, username and password |
+//! | `presented` | the broker side's liberal fields: [`PresentedClientId`], [`PresentedTimestamp`], [`PresentedFields`], exactly as the official SDKs send them |
 //! | `verify` | the broker side: [`PresentedLogin::parse`], [`verify_sign`], [`Freshness`] |
 //! | `sub_device` | [`SubDeviceLogin`]: the signed params of a gateway's `combine.login` |
 //! | `error` | [`SignError`], the one error type; it never contains secret material |
@@ -67,6 +76,7 @@ mod credential;
 mod error;
 mod ident;
 mod method;
+mod presented;
 mod secret;
 mod sign;
 mod sub_device;
@@ -82,10 +92,11 @@ pub use credential::{MqttCredential, mqtt_client_id, mqtt_username};
 pub use error::{Field, ForbiddenChar, SignError};
 pub use ident::{ClientId, DeviceKey, ProductKey};
 pub use method::{HexCase, Md5Policy, SecureMode, SignMethod};
+pub use presented::{PresentedClientId, PresentedFields, PresentedTimestamp};
 /// Re-exported so that callers can read secrets without naming `secrecy`.
 pub use secrecy::ExposeSecret;
 pub use secret::{DeviceSecret, MAX_SECRET_LEN, Password, ProductSecret, SigningSecret};
-pub use sign::{SignedFields, sign, sign_with_case};
+pub use sign::{SignedContent, SignedFields, sign, sign_with_case};
 pub use sub_device::SubDeviceLogin;
 pub use timestamp::TimestampMs;
 pub use verify::{Freshness, PresentedLogin, verify_sign};

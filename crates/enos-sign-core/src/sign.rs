@@ -50,7 +50,24 @@ impl SignedFields {
     ///
     /// Custody backends that digest elsewhere (a PKCS#11 token) use this
     /// to stream the same bytes [`sign`] hashes.
-    pub fn write_content(&self, mut sink: impl FnMut(&[u8])) {
+    pub fn write_content(&self, sink: impl FnMut(&[u8])) {
+        SignedContent::write_content(self, sink);
+    }
+}
+
+/// The signed content of a login: the strict [`SignedFields`] we issue, or
+/// the [`crate::PresentedFields`] a broker received. Sealed: the content
+/// rule lives in this crate only.
+pub trait SignedContent: crate::sealed::Sealed {
+    /// Feeds `clientId…deviceKey…productKey…timestamp…`, in order, to `sink`.
+    fn write_content(&self, sink: impl FnMut(&[u8]));
+}
+
+impl crate::sealed::Sealed for SignedFields {}
+impl crate::sealed::Sealed for crate::presented::PresentedFields {}
+
+impl SignedContent for SignedFields {
+    fn write_content(&self, mut sink: impl FnMut(&[u8])) {
         let mut digits = itoa::Buffer::new();
         sink(b"clientId");
         sink(self.client_id.as_str().as_bytes());
@@ -79,6 +96,17 @@ pub fn sign_with_case(
     secret: &impl SigningSecret,
     case: HexCase,
 ) -> Password {
+    digest_content(fields, method, secret, case)
+}
+
+/// `HEX(DIGEST(content ‖ secret))` over any signed content; the strict
+/// [`sign_with_case`] and the broker side's verification share it.
+pub(crate) fn digest_content(
+    fields: &impl SignedContent,
+    method: SignMethod,
+    secret: &impl SigningSecret,
+    case: HexCase,
+) -> Password {
     let secret = secret.secret_bytes();
     match method {
         SignMethod::HmacSha1 => digest_hex::<Sha1>(fields, secret, case),
@@ -87,7 +115,7 @@ pub fn sign_with_case(
     }
 }
 
-fn digest_hex<D: Digest>(fields: &SignedFields, secret: &[u8], case: HexCase) -> Password {
+fn digest_hex<D: Digest>(fields: &impl SignedContent, secret: &[u8], case: HexCase) -> Password {
     let mut hasher = D::new();
     fields.write_content(|chunk| hasher.update(chunk));
     hasher.update(secret);

@@ -3,18 +3,19 @@
 use crate::{
     credential::check_secret_kind,
     error::{Field, SignError},
-    ident::{ClientId, DeviceKey, ProductKey},
+    ident::{DeviceKey, ProductKey},
     method::{HexCase, Md5Policy, SecureMode, SignMethod},
+    presented::{PresentedClientId, PresentedFields, PresentedTimestamp},
     secret::SigningSecret,
-    sign::{SignedFields, sign_with_case},
+    sign::{SignedContent, digest_content},
     timestamp::TimestampMs,
 };
 
 /// How far the signed timestamp may be from the verifier's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
-    /// Any timestamp: what EnOS appears to do (its SDKs reuse one timestamp
-    /// forever).
+    /// Any timestamp: what EnOS does (its SDKs reuse one timestamp for
+    /// months, and the C SDK always sends the year 2050).
     Any,
     /// `|timestamp - now| <= window_ms`.
     Within {
@@ -42,26 +43,34 @@ impl Freshness {
     }
 }
 
-/// What a device presented in CONNECT, parsed and validated; the inverse
-/// of [`crate::MqttCredential`]'s client id and username.
+/// What a device presented in CONNECT, parsed and validated; the broker
+/// side's liberal inverse of [`crate::MqttCredential`]'s client id and
+/// username (see [`crate::PresentedFields`] for what each SDK sends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresentedLogin {
-    /// The signed fields: client id and timestamp from the client id,
-    /// device and product key from the username.
-    pub fields: SignedFields,
+    /// The signed fields, as sent: client id and timestamp from the MQTT
+    /// client id, device and product key from the username.
+    pub fields: PresentedFields,
     /// `securemode`; 2 when absent, as the guide makes it optional.
     pub secure_mode: SecureMode,
-    /// `signmethod`; hmacsha1 when absent, as the guide makes it optional.
+    /// `signmethod`; hmacsha1 when absent, as the guide makes it optional
+    /// and the Java SDK defaults to it.
     pub sign_method: SignMethod,
 }
 
 impl PresentedLogin {
     /// Parses `clientId|securemode=M,signmethod=S,timestamp=T|` and
-    /// `deviceKey&productKey`.
+    /// `deviceKey&productKey`, as liberally as EnOS does.
     ///
-    /// The parameters may come in any order; each at most once; timestamp
-    /// is required because it is signed. Unknown parameters are refused so
-    /// that nothing unsigned rides along unnoticed.
+    /// - clientId: everything before the first `|`, as sent
+    ///   ([`PresentedClientId`]: ASCII graphic characters, at most 256).
+    /// - Parameters in any order, each known one at most once; `timestamp`
+    ///   is required because it is signed ([`PresentedTimestamp`]: digits,
+    ///   optionally a `.` and fraction digits); `signmethod` by name or alias
+    ///   in any case (`hmacsha1`, `sha1`, `HMACSHA256`, …).
+    /// - Refused: no `|…|` section, text after it, a parameter that is not
+    ///   `name=value`, a parameter twice, and unknown parameters, so that
+    ///   nothing unsigned rides along unnoticed (no official SDK sends one).
     pub fn parse(mqtt_client_id: &str, username: &str, md5: Md5Policy) -> Result<Self, SignError> {
         let malformed = |reason| SignError::Malformed {
             field: Field::MqttClientId,
@@ -76,7 +85,7 @@ impl PresentedLogin {
         if params.contains('|') {
             return Err(malformed("more than two | separators"));
         }
-        let client_id = ClientId::new(client_id)?;
+        let client_id = PresentedClientId::new(client_id)?;
 
         let mut secure_mode = None;
         let mut sign_method = None;
@@ -95,7 +104,7 @@ impl PresentedLogin {
                     SignMethod::parse(value, md5)?,
                 )?,
                 "timestamp" => {
-                    set_once(&mut timestamp, "timestamp", value.parse::<TimestampMs>()?)?
+                    set_once(&mut timestamp, "timestamp", PresentedTimestamp::new(value)?)?
                 }
                 _ => {
                     return Err(malformed(
@@ -111,7 +120,7 @@ impl PresentedLogin {
             reason: "expected deviceKey&productKey",
         })?;
         Ok(PresentedLogin {
-            fields: SignedFields {
+            fields: PresentedFields {
                 client_id,
                 device_key: DeviceKey::new(device_key)?,
                 product_key: ProductKey::new(product_key)?,
@@ -132,7 +141,7 @@ impl PresentedLogin {
         freshness: Freshness,
     ) -> Result<(), SignError> {
         check_secret_kind::<S>(self.secure_mode)?;
-        freshness.check(self.fields.timestamp)?;
+        freshness.check(self.fields.timestamp.millis())?;
         verify_sign(&self.fields, self.sign_method, password, secret)
     }
 }
@@ -145,14 +154,14 @@ fn set_once<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(),
 }
 
 /// Constant-time check of a presented password or sub-device `sign` over
-/// `fields`, hex case-insensitive.
+/// `fields` (strict or as presented), hex case-insensitive.
 pub fn verify_sign(
-    fields: &SignedFields,
+    fields: &impl SignedContent,
     method: SignMethod,
     presented: &str,
     secret: &impl SigningSecret,
 ) -> Result<(), SignError> {
-    let expected = sign_with_case(fields, method, secret, HexCase::Lower);
+    let expected = digest_content(fields, method, secret, HexCase::Lower);
     if expected.matches_ignore_case(presented) {
         Ok(())
     } else {

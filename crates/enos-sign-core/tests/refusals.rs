@@ -2,8 +2,9 @@
 //! names the field and the reason.
 
 use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, Field, Freshness, Md5Policy, MqttCredential, PresentedLogin,
-    ProductKey, ProductSecret, SecureMode, SignError, SignMethod, SignedFields, TimestampMs,
+    ClientId, DeviceKey, DeviceSecret, Field, Freshness, Md5Policy, MqttCredential,
+    PresentedClientId, PresentedLogin, ProductKey, ProductSecret, SecureMode, SignError,
+    SignMethod, SignedFields, TimestampMs,
 };
 
 /// Characters that would forge a field, break a topic or a log line.
@@ -299,4 +300,104 @@ fn freshness_window() {
     );
     assert!(window.check(TimestampMs(10_600_001)).is_err());
     Freshness::Any.check(TimestampMs(0)).expect("any timestamp");
+}
+
+#[test]
+fn the_liberal_grammar_refuses_everything_outside_it() {
+    let parse = |cid: &str| PresentedLogin::parse(cid, "d1&p1", Md5Policy::Refuse);
+    let long_id = "c".repeat(PresentedClientId::MAX_LEN);
+    let too_long_id = "c".repeat(PresentedClientId::MAX_LEN + 1);
+    let max_timestamp = format!("{}.{}", u64::MAX, "9".repeat(16));
+    for (cid, what) in [
+        (
+            "c1|timestamp=1|x|".to_owned(),
+            "a second |-section".to_owned(),
+        ),
+        (
+            "c1|timestamp=1|x".to_owned(),
+            "text after the section".into(),
+        ),
+        ("c1|timestamp=+1|".into(), "a sign".into()),
+        ("c1|timestamp=-1|".into(), "a minus sign".into()),
+        ("c1|timestamp=1e12|".into(), "an exponent".into()),
+        (
+            "c1|timestamp=1.5E3|".into(),
+            "an exponent after a fraction".into(),
+        ),
+        ("c1|timestamp= 1|".into(), "a leading space".into()),
+        ("c1|timestamp=1 |".into(), "a trailing space".into()),
+        ("c1|timestamp=|".into(), "an empty timestamp".into()),
+        ("c1|timestamp=.5|".into(), "no integer part".into()),
+        ("c1|timestamp=1.|".into(), "an empty fraction".into()),
+        ("c1|timestamp=1.2.3|".into(), "two points".into()),
+        ("c1|timestamp=1..2|".into(), "two points in a row".into()),
+        ("c1|timestamp=١٢٣|".into(), "non-ASCII digits".into()),
+        (
+            format!("c1|timestamp={}|", "1".repeat(21)),
+            "21 integer digits".into(),
+        ),
+        (
+            "c1|timestamp=18446744073709551616|".into(),
+            "beyond u64::MAX".into(),
+        ),
+        (
+            format!("c1|timestamp=1.{}|", "1".repeat(17)),
+            "17 fraction digits".into(),
+        ),
+        ("c 1|timestamp=1|".into(), "a space in the clientId".into()),
+        (
+            "c1é|timestamp=1|".into(),
+            "non-ASCII in the clientId".into(),
+        ),
+        ("c1\u{7}|timestamp=1|".into(), "a control character".into()),
+        ("|timestamp=1|".into(), "an empty clientId".into()),
+        (
+            format!("{too_long_id}|timestamp=1|"),
+            "a clientId over 256".into(),
+        ),
+        (
+            "c1|signmethod=sha1,signmethod=sha1,timestamp=1|".into(),
+            "a parameter twice".into(),
+        ),
+        (
+            "c1|timestamp=1,timestamp=1|".into(),
+            "the timestamp twice".into(),
+        ),
+        (
+            "c1|signmethod=sha512,timestamp=1|".into(),
+            "an unknown sign method".into(),
+        ),
+        ("c1|timestamp=1,|".into(), "an empty parameter".into()),
+    ] {
+        let err = parse(&cid).expect_err(&what);
+        assert!(!err.to_string().is_empty(), "{what}");
+    }
+    // The bounds themselves are accepted.
+    parse(&format!("{long_id}|timestamp=1|")).expect("a clientId of 256");
+    let at_bounds =
+        parse(&format!("c1|timestamp={max_timestamp}|")).expect("u64::MAX and 16 fraction digits");
+    assert_eq!(at_bounds.fields.timestamp.as_str(), max_timestamp);
+    // Sign method names in any case, and the aliases.
+    for (name, method) in [
+        ("SHA256", SignMethod::HmacSha256),
+        ("HmacSha1", SignMethod::HmacSha1),
+        ("sha1", SignMethod::HmacSha1),
+        ("HMACSHA256", SignMethod::HmacSha256),
+    ] {
+        let login = parse(&format!("c1|signmethod={name},timestamp=1|")).expect(name);
+        assert_eq!(login.sign_method, method, "{name}");
+    }
+    // What the Java SDK puts in the clientId: braces, commas, equals signs.
+    let java = parse("dk{ip=10.1.2.3,version=2.3.0,compress=GZIP}|timestamp=1|").expect("java");
+    assert_eq!(
+        java.fields.client_id.as_str(),
+        "dk{ip=10.1.2.3,version=2.3.0,compress=GZIP}"
+    );
+    // The reason names the field.
+    assert_eq!(
+        parse("c1|timestamp=1e3|")
+            .expect_err("exponent")
+            .to_string(),
+        "malformed timestamp: must be decimal digits, optionally with one . and fraction digits"
+    );
 }

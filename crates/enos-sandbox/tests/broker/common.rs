@@ -68,9 +68,14 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) fn new() -> Self {
+        Fixture::with_devices(DEVICES)
+    }
+
+    /// A fixture whose device file is `csv` instead of [`DEVICES`].
+    pub(crate) fn with_devices(csv: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let devices = dir.path().join("devices.csv");
-        std::fs::write(&devices, DEVICES).expect("write devices");
+        std::fs::write(&devices, csv).expect("write devices");
         let pki = Pki::new("sandbox test CA").expect("pki");
         let ca = pki.write_ca(dir.path()).expect("write ca");
         let server = pki

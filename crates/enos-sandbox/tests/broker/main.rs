@@ -7,4 +7,5 @@ mod config_file;
 mod listeners;
 mod refusals;
 mod reload;
+mod sdk_logins;
 mod session;

@@ -103,9 +103,15 @@ async fn client_id_and_username_of_different_devices() {
 }
 
 #[tokio::test]
-async fn stale_timestamp() {
+async fn stale_timestamp_when_a_freshness_window_is_set() {
     let fixture = Fixture::new();
-    let sandbox = fixture.start();
+    // EnOS checks no freshness; the window is for testing short-lived
+    // credentials.
+    let sandbox = fixture
+        .sandbox()
+        .freshness_window(std::time::Duration::from_secs(600))
+        .start()
+        .expect("starts");
     let eleven_minutes = 11 * 60 * 1000;
     let old = credential(
         "pkA",
