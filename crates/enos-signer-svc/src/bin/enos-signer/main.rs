@@ -6,6 +6,7 @@
 //! - `custody.rs`: `custody init-hsm` and `custody migrate` (software ↔ HSM).
 //! - `admin.rs`: admin subcommands, over mTLS with an admin certificate.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
+//! - `registry.rs`: `registry copy` (redb ↔ PostgreSQL).
 //! - `logging.rs`: tracing, JSON or pretty.
 //!
 //! No secret is ever taken from argv: device secrets come from a file or
@@ -17,6 +18,7 @@ mod admin;
 mod custody;
 mod import;
 mod logging;
+mod registry;
 
 use std::path::PathBuf;
 
@@ -62,6 +64,9 @@ enum Command {
     /// Custody administration (HSM keys, migration), service stopped.
     #[command(subcommand)]
     Custody(custody::CustodyCommand),
+    /// Registry stores: copy every record between them.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -132,6 +137,7 @@ fn main() -> Result<()> {
                 connection,
             } => import::run(&file, dry_run, &connection).await,
             Command::Custody(command) => command.run().await,
+            Command::Registry(command) => command.run().await,
             Command::Admin(command) => command.run().await,
         }
     })
