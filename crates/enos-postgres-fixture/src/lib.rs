@@ -278,13 +278,53 @@ impl PgCluster {
         command
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", SUPERUSER, "-d", database, "-c", sql])
-            // The password through the environment, never argv.
-            .env("PGPASSWORD", &self.password);
-        let output = checked("psql", &mut command)?;
+            .args(["-U", SUPERUSER, "-d", database])
+            // The password through the environment and the SQL (which may
+            // set passwords) through stdin: never argv.
+            .env("PGPASSWORD", &self.password)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().map_err(io("running psql"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(io("writing SQL to psql"))?;
+        }
+        let output = child.wait_with_output().map_err(io("waiting for psql"))?;
+        if !output.status.success() {
+            return Err(FixtureError::Command {
+                what: "psql".into(),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
         Ok(String::from_utf8_lossy(&output.stdout)
             .trim_end()
             .to_owned())
+    }
+
+    /// Creates a login role with a random password and `options` (e.g.
+    /// `IN ROLE enos_signer`); returns a file (mode 0600) holding the
+    /// password, beside the cluster's own.
+    pub fn create_login(&self, name: &str, options: &str) -> Result<PathBuf> {
+        let password = random_password()?;
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' {options}"),
+        )?;
+        let file = self.dir.path().join(format!("{name}.password"));
+        std::fs::write(&file, &password).map_err(io("writing a password file"))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod of a password file"))?;
+        Ok(file)
+    }
+
+    /// A connection URL for `database` as `user`, over TCP, without the
+    /// password.
+    pub fn url_as(&self, user: &str, database: &str) -> String {
+        format!("postgresql://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
     /// The server's log so far (for a failing test's message).

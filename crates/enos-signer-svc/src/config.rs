@@ -153,6 +153,10 @@ pub enum AuditSinkConfig {
     /// JSON records as log events on target `enos_signer::audit`.
     #[default]
     Log,
+    /// Rows of the append-only `audit_records` table (migrated by `init`
+    /// with the registry's schema); see
+    /// [`crate::audit::postgres::PostgresAuditSinkConfig`] for the keys.
+    Postgres(crate::audit::postgres::PostgresAuditSinkConfig),
 }
 
 /// Per-identity rate limit (GCRA).
@@ -330,8 +334,17 @@ impl SignerConfig {
             }
         }
         key(&mut self.audit.key_file);
-        if let AuditSinkConfig::File { path } = &mut self.audit.sink {
-            file(path);
+        match &mut self.audit.sink {
+            AuditSinkConfig::File { path } => file(path),
+            AuditSinkConfig::Postgres(pg) => {
+                if let Some(password) = &mut pg.password_file {
+                    key(password);
+                }
+                if let Some(ca) = &mut pg.ca_file {
+                    file(ca);
+                }
+            }
+            AuditSinkConfig::Log => {}
         }
     }
 
@@ -339,7 +352,7 @@ impl SignerConfig {
     pub fn audit_file(&self) -> Option<&Path> {
         match &self.audit.sink {
             AuditSinkConfig::File { path } => Some(path),
-            AuditSinkConfig::Log => None,
+            AuditSinkConfig::Log | AuditSinkConfig::Postgres(_) => None,
         }
     }
 

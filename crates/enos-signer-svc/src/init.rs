@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    config::{RegistryConfig, SignerConfig},
+    config::{AuditSinkConfig, RegistryConfig, SignerConfig},
     custody,
     error::{Result, SignerError},
     key_file, registry,
@@ -53,6 +53,10 @@ pub fn init(config: &SignerConfig, existing: Existing) -> Result<Vec<PathBuf>> {
             created.push(file);
         }
         None => registry::create(&config.registry)?,
+    }
+    // The audit table may live in another database than the registry.
+    if let AuditSinkConfig::Postgres(pg) = &config.audit.sink {
+        registry::PostgresRegistry::create(&pg.connection())?;
     }
     Ok(created)
 }

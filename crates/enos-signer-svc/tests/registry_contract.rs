@@ -459,9 +459,19 @@ async fn postgres_schema_is_checked_and_migrated_once() {
         .expect("psql");
     let older = registry::open(&registry_config).err().expect("refused");
     assert!(
-        older.to_string().contains("run `enos-signer init`"),
+        older
+            .to_string()
+            .contains("run `enos-signer init` with this binary to migrate it"),
         "{older}"
     );
+    // An older database lacks the latest step's objects too; `init`
+    // applies that step alone.
+    cluster
+        .psql("schema", "DROP TABLE audit_records")
+        .expect("psql");
+    let applied = registry::postgres::PostgresRegistry::create(&config).expect("migrate");
+    assert_eq!(applied, [migrations::latest()]);
+    registry::open(&registry_config).expect("migrated schema serves");
 }
 
 /// Polls `check` every 10 ms until it holds, for at most `within`.
@@ -491,27 +501,32 @@ async fn postgres_cache_follows_every_writer_and_survives_a_cut_feed() {
         replica.cache_live()
     })
     .await;
-    assert!(
-        replica
-            .get(&dev)
-            .await
-            .expect("get")
-            .expect("present")
-            .enabled
-    );
-
     // The cache is really used: a write that fires no trigger (replica
-    // mode) is not seen...
-    cluster
-        .psql(
-            "feed",
-            "SET session_replication_role = replica; \
-             UPDATE devices SET secret_version = 40 WHERE device_key = 'dev'",
-        )
-        .expect("psql");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cached = replica.get(&dev).await.expect("get").expect("present");
-    assert_eq!(cached.secret_version, 1, "served from the cache");
+    // mode) is not seen. (A notification of a commit just before LISTEN,
+    // or a feed reconnect on a loaded machine, may empty the cache at any
+    // moment: a few tries.)
+    let mut served_from_cache = false;
+    for attempt in 0..5_i64 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = replica.get(&dev).await.expect("get").expect("present");
+        assert!(before.enabled);
+        cluster
+            .psql(
+                "feed",
+                &format!(
+                    "SET session_replication_role = replica; \
+                     UPDATE devices SET secret_version = {} WHERE device_key = 'dev'",
+                    40 + attempt
+                ),
+            )
+            .expect("psql");
+        let after = replica.get(&dev).await.expect("get").expect("present");
+        if after.secret_version == before.secret_version {
+            served_from_cache = true;
+            break;
+        }
+    }
+    assert!(served_from_cache, "reads are served from the cache");
 
     // ...while any ordinary writer (here psql, as another replica would)
     // is seen within a second.

@@ -52,16 +52,16 @@ fn yes() -> bool {
 }
 
 /// The driver config and the TLS to use with it.
-pub(super) struct Connect {
+pub(crate) struct Connect {
     /// Parsed URL, password and application name set.
-    pub(super) config: tokio_postgres::Config,
+    pub(crate) config: tokio_postgres::Config,
     /// rustls on ring when a CA is configured.
-    pub(super) tls: Tls,
+    pub(crate) tls: Tls,
 }
 
 /// How connections are secured.
 #[derive(Clone)]
-pub(super) enum Tls {
+pub(crate) enum Tls {
     /// Plain TCP or a Unix socket.
     None,
     /// rustls, verifying against the configured CA and the host name.
@@ -83,7 +83,7 @@ impl PostgresConfig {
     }
 
     /// The driver config: URL parsed, password read, TLS decided.
-    pub(super) fn connect(&self) -> Result<Connect> {
+    pub(crate) fn connect(&self) -> Result<Connect> {
         // The parser's message may quote the URL: keep it out.
         let mut config: tokio_postgres::Config = self.url.parse().map_err(|_| {
             SignerError::Config(

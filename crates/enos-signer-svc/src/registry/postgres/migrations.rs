@@ -22,11 +22,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "devices",
-    sql: include_str!("../../../migrations/0001_devices.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "devices",
+        sql: include_str!("../../../migrations/0001_devices.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "audit",
+        sql: include_str!("../../../migrations/0002_audit.sql"),
+    },
+];
 
 /// The schema version this binary serves.
 pub fn latest() -> i32 {
@@ -43,15 +50,19 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(db)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS enos_schema_migrations (
-             version    integer PRIMARY KEY,
-             name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await
-    .map_err(db)?;
+    // Created only when absent: a replica's role may not create tables,
+    // and needs none when the schema is current.
+    if !migrations_table_exists(&tx).await? {
+        tx.batch_execute(
+            "CREATE TABLE enos_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(db)?;
+    }
     let current = current_version(&tx).await?.unwrap_or(0);
     if current > latest() {
         return Err(newer(current));
@@ -80,15 +91,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>> {
 
 /// Checks that the database has exactly the schema this binary serves.
 pub async fn check(client: &Client) -> Result<()> {
-    let present: bool = client
-        .query_one(
-            "SELECT to_regclass('enos_schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(db)?
-        .get(0);
-    let current = if present {
+    let current = if migrations_table_exists(client).await? {
         current_version(client).await?
     } else {
         None
@@ -121,4 +124,15 @@ async fn current_version(client: &impl tokio_postgres::GenericClient) -> Result<
         .await
         .map_err(db)?;
     Ok(row.get(0))
+}
+
+async fn migrations_table_exists(client: &impl tokio_postgres::GenericClient) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT to_regclass('enos_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .get(0))
 }

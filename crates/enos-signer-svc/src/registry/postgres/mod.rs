@@ -41,7 +41,7 @@ use tokio_postgres::{AsyncMessage, Client, Row, Socket, tls::MakeTlsConnect};
 pub use config::PostgresConfig;
 pub use listener::LISTEN_APPLICATION_NAME;
 
-use self::config::{Connect, Tls};
+pub(crate) use self::config::{Connect, Tls};
 use super::{Change, DeviceId, DeviceRecord, Registry, Write, record_cache::RecordCache};
 use crate::error::{Result, SignerError};
 
@@ -464,7 +464,7 @@ fn record_from_row(row: &Row) -> Result<DeviceRecord> {
 
 /// A database error as a registry error (the server's message, never a
 /// parameter value: statements carry sealed secrets only as parameters).
-fn db(e: tokio_postgres::Error) -> SignerError {
+pub(crate) fn db(e: tokio_postgres::Error) -> SignerError {
     SignerError::Registry(format!("postgres: {}", db_message(&e)))
 }
 
@@ -492,9 +492,9 @@ fn context(config: &PostgresConfig, e: SignerError) -> SignerError {
 
 /// One connection outside the pool, its asynchronous messages
 /// (notifications) forwarded to `messages`.
-struct Session {
+pub(crate) struct Session {
     /// Runs queries.
-    client: Client,
+    pub(crate) client: Client,
     /// Notifications and notices; an error or the end means the
     /// connection is gone.
     messages: mpsc::UnboundedReceiver<std::result::Result<AsyncMessage, tokio_postgres::Error>>,
@@ -504,7 +504,7 @@ struct Session {
 
 impl Session {
     /// Connects in the calling runtime.
-    async fn open(config: &tokio_postgres::Config, tls: &Tls) -> Result<Session> {
+    pub(crate) async fn open(config: &tokio_postgres::Config, tls: &Tls) -> Result<Session> {
         match tls {
             Tls::None => Self::open_with(config, tokio_postgres::NoTls).await,
             Tls::Rustls(tls) => Self::open_with(config, tls.clone()).await,
