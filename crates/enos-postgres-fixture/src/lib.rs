@@ -117,11 +117,24 @@ pub struct PgCluster {
     /// The superuser's password, for `psql` (through the environment,
     /// never argv).
     password: String,
+    /// Whether the server also accepts TLS (`server.crt`, `server.key` in
+    /// the directory).
+    tls: bool,
 }
 
 impl PgCluster {
     /// Initialises and starts a cluster on a free port of 127.0.0.1.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// As [`PgCluster::start`], serving TLS as well with this certificate
+    /// chain and key (PEM); plain connections stay allowed.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_inner(Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = bin_dir().ok_or(FixtureError::NotInstalled)?;
         let dir = tempfile::Builder::new()
             .prefix("enos-pg-")
@@ -145,12 +158,25 @@ impl PgCluster {
             std::os::unix::fs::chown(&pwfile, Some(account.uid), Some(account.gid))
                 .map_err(io("chown of the password file"))?;
         }
+        if let Some((cert, key)) = tls {
+            for (name, contents) in [("server.crt", cert), ("server.key", key)] {
+                let path = dir.path().join(name);
+                std::fs::write(&path, contents).map_err(io("writing the TLS files"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io("chmod of the TLS files"))?;
+                if let Some(account) = &run_as {
+                    std::os::unix::fs::chown(&path, Some(account.uid), Some(account.gid))
+                        .map_err(io("chown of the TLS files"))?;
+                }
+            }
+        }
         let mut cluster = PgCluster {
             dir,
             bin,
             port: 0,
             run_as,
             password,
+            tls: tls.is_some(),
         };
         let data = cluster.data_dir();
         cluster.run_server_tool(
@@ -186,12 +212,18 @@ impl PgCluster {
     }
 
     fn pg_ctl_start(&self) -> Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} \
              -c fsync=off -c full_page_writes=off -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         let log = self.dir.path().join("server.log");
         let data = self.data_dir();
         let started = self.run_server_tool(

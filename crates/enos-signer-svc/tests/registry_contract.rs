@@ -585,3 +585,51 @@ async fn postgres_cache_follows_every_writer_and_survives_a_cut_feed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_checks_the_server_certificate_against_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = enos_testkit::Pki::new("db-ca").expect("pki");
+    let server = pki.server(&[]).expect("server cert");
+    let cluster = PgCluster::start_with_tls(&server.cert_pem, &server.key_pem).expect("cluster");
+    cluster.create_database("tls").expect("createdb");
+    let ca = pki.write_ca(dir.path()).expect("ca file");
+    let mut config = pg_config(&cluster, "tls");
+    config.ca_file = Some(ca);
+    registry::postgres::PostgresRegistry::create(&config).expect("migrate over TLS");
+    let registry = registry::postgres::PostgresRegistry::open(&config).expect("open over TLS");
+    put_all(&registry, vec![record("t", "dev")]).await;
+    assert!(registry.get(&id("t", "dev")).await.expect("get").is_some());
+    let encrypted = cluster
+        .psql(
+            "tls",
+            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'enos-signer'",
+        )
+        .expect("psql");
+    assert_eq!(encrypted, "t|1", "the pool's connection is TLS");
+
+    // Another CA: the server is not trusted, nothing is sent.
+    let other = enos_testkit::Pki::new("other-ca").expect("pki");
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    config.ca_file = Some(other.write_ca(&other_dir).expect("ca file"));
+    let refused = registry::postgres::PostgresRegistry::open(&config)
+        .err()
+        .expect("untrusted server refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    // The right CA, but a host name the certificate does not carry (the
+    // same server, reached through hostaddr): refused, as verify-full.
+    config.ca_file = Some(dir.path().join("ca.pem"));
+    config.url = format!(
+        "postgresql://enos@db.example:{}/tls?hostaddr=127.0.0.1",
+        cluster.port()
+    );
+    let wrong_name = registry::postgres::PostgresRegistry::open(&config)
+        .err()
+        .expect("wrong name refused");
+    assert!(
+        wrong_name.to_string().contains("certificate"),
+        "{wrong_name}"
+    );
+}
