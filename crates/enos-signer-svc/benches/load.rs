@@ -29,10 +29,7 @@ use std::{
 use enos_postgres_fixture::PgCluster;
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
 use enos_signer_svc::{
-    SignerConfig,
-    config::RegistryConfig,
-    registry::postgres::PostgresConfig,
-    testing::TestSigner,
+    SignerConfig, config::RegistryConfig, registry::postgres::PostgresConfig, testing::TestSigner,
     tls,
 };
 use tonic::transport::Channel;
@@ -248,7 +245,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 audit(c);
                 c.registry = registry;
             };
-            postgres.push((name, target(&dir.path().join(name), &pki, clients, adjust).await?));
+            postgres.push((
+                name,
+                target(&dir.path().join(name), &pki, clients, adjust).await?,
+            ));
         }
     }
     println!(
@@ -292,7 +292,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!(
             "ratio {name} / redb issuance RPS: {:.3}{}",
             max.rps / issuance.rps,
-            if *name == "pg-warm" { "   (goal >= 0.8)" } else { "" }
+            if *name == "pg-warm" {
+                "   (goal >= 0.8)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -312,7 +316,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!(
             "{name} p99 at half of its max RPS ({half:.0} offered): {:.3} ms{}",
             paced.p99.as_secs_f64() * 1e3,
-            if *name == "pg-warm" { "   (goal <= 2 ms)" } else { "" }
+            if *name == "pg-warm" {
+                "   (goal <= 2 ms)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

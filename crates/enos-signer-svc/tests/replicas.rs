@@ -98,6 +98,14 @@ impl Fleet {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "postgres://enos@127.0.0.1:{}/{database}: schema at version",
+                fleet.cluster.port()
+            )),
+            "{stdout}"
+        );
         fleet
     }
 

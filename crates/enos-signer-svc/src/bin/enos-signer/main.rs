@@ -26,7 +26,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use enos_signer_svc::{
     SignerConfig,
+    config::RegistryConfig,
     init::{Existing, init},
+    registry::postgres::migrations,
 };
 
 /// The enos signer: central custody of EnOS device secrets.
@@ -127,6 +129,13 @@ fn main() -> Result<()> {
                 let created = init(&config, Existing::Refuse)?;
                 for path in created {
                     println!("created {}", path.display());
+                }
+                if let RegistryConfig::Postgres(pg) = &config.registry {
+                    println!(
+                        "registry {}: schema at version {}",
+                        pg.display_target(),
+                        migrations::latest()
+                    );
                 }
                 Ok(())
             }
