@@ -461,7 +461,7 @@ async fn postgres_schema_is_checked_and_migrated_once() {
     assert!(
         older
             .to_string()
-            .contains("run `enos-signer init` with this binary to migrate it"),
+            .contains("migrate it with this binary: `enos-signer registry migrate"),
         "{older}"
     );
     // An older database lacks the latest step's objects too; `init`

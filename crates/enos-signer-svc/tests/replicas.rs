@@ -21,7 +21,7 @@ use enos_signer_proto::v1::{
 use enos_signer_svc::{
     SignerConfig,
     config::{RegistryConfig, ServerConfig},
-    registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig},
+    registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig, migrations},
     testing::state_in,
     tls,
 };
@@ -494,4 +494,65 @@ async fn an_import_killed_in_its_transaction_leaves_no_row_and_a_retry_leaves_al
     let mut dev = fleet.device_of(&b, "PkImport", "dev-012345");
     let credential = issue(&mut dev).await.expect("imported device issues");
     assert!(common::verify(&credential, "Secret00012345"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up() {
+    let db = "upgrade";
+    let fleet = Fleet::new(db);
+    // As a database migrated by the previous release: the latest step
+    // missing.
+    fleet
+        .cluster
+        .psql(
+            db,
+            &format!(
+                "DROP TABLE audit_records; DELETE FROM enos_schema_migrations WHERE version = {}",
+                migrations::latest()
+            ),
+        )
+        .expect("psql");
+    let config = fleet.write_config("old", free_addr(), db);
+    let refused = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "schema is at version {}, this binary serves version {}",
+            migrations::latest() - 1,
+            migrations::latest()
+        )) && stderr.contains("enos-signer registry migrate"),
+        "{stderr}"
+    );
+
+    let migrate = |config: &PathBuf| {
+        let out = Command::new(BIN)
+            .args(["registry", "migrate", "--config"])
+            .arg(config)
+            .output()
+            .expect("run registry migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = migrate(&config);
+    assert!(
+        stdout.contains(&format!("applied [{}]", migrations::latest())),
+        "{stdout}"
+    );
+    // Again: nothing left to apply, and the keys were never touched.
+    assert!(migrate(&config).contains("applied []"));
+    let replica = fleet.start("new", db).await;
+    let mut admin = fleet.admin_of(&replica).await;
+    admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("serves the migrated schema");
 }

@@ -4,8 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use anyhow::bail;
 use clap::Subcommand;
-use enos_signer_svc::{SignerConfig, registry_copy};
+use enos_signer_svc::{
+    SignerConfig,
+    config::{AuditSinkConfig, RegistryConfig},
+    registry::PostgresRegistry,
+    registry_copy,
+};
 
 /// Registry administration.
 #[derive(Subcommand)]
@@ -21,6 +27,14 @@ pub(crate) enum RegistryCommand {
         /// The config of the registry to copy into.
         #[arg(long)]
         to: PathBuf,
+    },
+    /// Apply the schema migrations this binary carries to the PostgreSQL
+    /// registry (and audit table) the config names; keys are not touched.
+    /// Safe to run from several hosts at once, and on a current schema.
+    Migrate {
+        /// The signer's config file.
+        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -44,6 +58,30 @@ impl RegistryCommand {
                     report.unchanged,
                     report.kept_newer
                 );
+                Ok(())
+            }
+            RegistryCommand::Migrate { config } => {
+                let config = SignerConfig::load(&config)?;
+                let mut databases = Vec::new();
+                if let RegistryConfig::Postgres(pg) = &config.registry {
+                    databases.push(pg.clone());
+                }
+                if let AuditSinkConfig::Postgres(sink) = &config.audit.sink {
+                    databases.push(sink.connection());
+                }
+                if databases.is_empty() {
+                    bail!(
+                        "the config names no PostgreSQL registry or audit table: nothing to migrate"
+                    );
+                }
+                for db in databases {
+                    let applied = PostgresRegistry::create(&db)?;
+                    println!(
+                        "{}: applied {applied:?}; schema at version {}",
+                        db.display_target(),
+                        enos_signer_svc::registry::postgres::migrations::latest()
+                    );
+                }
                 Ok(())
             }
         }

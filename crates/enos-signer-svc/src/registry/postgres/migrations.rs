@@ -1,6 +1,7 @@
 //! The registry's schema: versioned migrations embedded in the binary,
-//! applied by `enos-signer init` ([`apply`]) and checked by every replica
-//! that starts serving ([`check`]).
+//! applied by `enos-signer init` and `enos-signer registry migrate`
+//! ([`apply`]) and checked by every replica that starts serving
+//! ([`check`]).
 //!
 //! [`apply`] runs in one transaction under an advisory lock, so replicas
 //! (or operators) starting at once apply each migration exactly once. The
@@ -98,11 +99,13 @@ pub async fn check(client: &Client) -> Result<()> {
     };
     match current {
         None => Err(SignerError::Config(
-            "the registry database has no enos-signer schema; run `enos-signer init` first".into(),
+            "the registry database has no enos-signer schema; run `enos-signer init` first \
+             (or `enos-signer registry migrate` when the keys exist already)"
+                .into(),
         )),
         Some(v) if v < latest() => Err(SignerError::Config(format!(
             "the registry schema is at version {v}, this binary serves version {}; \
-             run `enos-signer init` with this binary to migrate it",
+             migrate it with this binary: `enos-signer registry migrate --config FILE`",
             latest()
         ))),
         Some(v) if v > latest() => Err(newer(v)),
