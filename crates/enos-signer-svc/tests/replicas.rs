@@ -1,7 +1,9 @@
-//! Stateless replicas: two real `enos-signer serve` processes with the
+//! Stateless replicas: three real `enos-signer serve` processes with the
 //! same config on one PostgreSQL database. A change made through replica A
-//! (rotate, disable, delete, unbind) is honoured by replica B within a
-//! second, also after B's change feed connection was cut.
+//! (rotate, disable, delete, unbind) is honoured by replicas B and C within
+//! a second, also after their change feed connections were cut. An import
+//! killed mid-transaction leaves no row; an older schema is refused until
+//! `registry migrate`.
 
 mod common;
 
@@ -265,11 +267,12 @@ async fn feeds_up(fleet: &Fleet, database: &str, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second() {
+async fn changes_through_one_replica_are_honoured_by_the_others_within_a_second() {
     let db = "replicas";
     let fleet = Fleet::new(db);
     let a = fleet.start("a", db).await;
     let b = fleet.start("b", db).await;
+    let c = fleet.start("c", db).await;
     let mut admin_a = fleet.admin_of(&a).await;
     for (dk, secret) in [
         ("dev-1", "SecretOne1"),
@@ -306,8 +309,11 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
     gw_b.sign_sub_device_login(sub_login())
         .await
         .expect("B signs for the bound sub-device");
-    feeds_up(&fleet, db, 2).await;
+    let mut dev_c = fleet.device_of(&c, "Pk1", "dev-1");
+    issue(&mut dev_c).await.expect("C issues");
+    feeds_up(&fleet, db, 3).await;
     issue(&mut dev_b).await.expect("cached on B");
+    issue(&mut dev_c).await.expect("cached on C");
 
     // Rotate through A: B signs with the new secret within a second.
     admin_a
@@ -324,6 +330,12 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
     })
     .await;
     eprintln!("rotation seen by B after {took:?}");
+    within(Duration::from_secs(1), "rotation on C", async || {
+        issue(&mut dev_c)
+            .await
+            .is_ok_and(|c| common::verify(&c, "SecretRotated2"))
+    })
+    .await;
 
     // Disable through A: B refuses within a second.
     admin_a
@@ -365,7 +377,7 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
         issue(&mut dev_b).await.is_ok()
     })
     .await;
-    assert_eq!(fleet.cut_feeds(db), 2, "both feeds cut");
+    assert_eq!(fleet.cut_feeds(db), 3, "every feed cut");
     admin_a
         .rotate_secret(RotateSecretRequest {
             device: dref("Pk1", "dev-1"),
@@ -383,7 +395,7 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
         },
     )
     .await;
-    feeds_up(&fleet, db, 2).await;
+    feeds_up(&fleet, db, 3).await;
     issue(&mut dev_b).await.expect("cached again on B");
 
     // Delete through A, after the feed came back: B answers NotFound.
@@ -396,6 +408,10 @@ async fn changes_through_one_replica_are_honoured_by_the_other_within_a_second()
         .expect("delete through A");
     within(Duration::from_secs(1), "delete on B", async || {
         issue(&mut dev_b).await == Err(Code::NotFound)
+    })
+    .await;
+    within(Duration::from_secs(1), "delete on C", async || {
+        issue(&mut dev_c).await == Err(Code::NotFound)
     })
     .await;
 }
