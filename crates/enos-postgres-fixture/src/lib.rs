@@ -254,7 +254,7 @@ impl PgCluster {
         let program = self.bin.join(tool);
         let mut command = match &self.run_as {
             Some(account) => {
-                let mut c = Command::new("runuser");
+                let mut c = Command::new(system_tool("runuser"));
                 c.args(["-u", &account.name, "--"]).arg(&program);
                 c
             }
@@ -397,6 +397,24 @@ fn checked(what: &str, command: &mut Command) -> Result<Output> {
     Ok(output)
 }
 
+/// `name` from `PATH`, else from `/usr/sbin` or `/sbin` (administration
+/// tools such as `runuser` and `useradd` live there, often off `PATH`).
+fn system_tool(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| {
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// `postgres` (Debian's package creates it), else a system account made
 /// for the fixture.
 fn server_account() -> Result<RunAs> {
@@ -408,7 +426,7 @@ fn server_account() -> Result<RunAs> {
     }
     checked(
         "useradd",
-        Command::new("useradd").args([
+        Command::new(system_tool("useradd")).args([
             "--system",
             "--no-create-home",
             "--shell",
