@@ -223,19 +223,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let redb = target(&dir.path().join("redb"), &pki, clients, audit).await?;
     let channels = &redb.channels;
-    // Two more signers on one PostgreSQL database: cache on, cache off.
+    // Two more signers on one PostgreSQL cluster, cache on and cache off;
+    // a database each (each signer has its own master key).
     let cluster = if with_postgres {
-        let cluster = PgCluster::start()?;
-        cluster.create_database("bench")?;
-        Some(cluster)
+        Some(PgCluster::start()?)
     } else {
         None
     };
     let mut postgres = Vec::new();
     if let Some(cluster) = &cluster {
         for (name, cache) in [("pg-warm", true), ("pg-cold", false)] {
+            let database = name.replace('-', "_");
+            cluster.create_database(&database)?;
             let registry = RegistryConfig::Postgres(PostgresConfig {
-                url: cluster.url("bench"),
+                url: cluster.url(&database),
                 password_file: Some(cluster.password_file()),
                 pool_size: 16,
                 ca_file: None,
@@ -309,6 +310,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         paced.p99.as_secs_f64() * 1e3
     );
     for ((name, t), max) in postgres.iter().zip(&postgres_max) {
+        if max.rps < 1.0 {
+            println!("{name}: no successful issuance, no paced phase");
+            continue;
+        }
         let half = max.rps / 2.0;
         let per_client = Duration::from_secs_f64(clients as f64 / half);
         let paced = phase(&t.channels, secs, Some(per_client), issue).await;

@@ -18,22 +18,33 @@ CREATE TABLE devices (
 
 -- Every change of a row tells every replica's cache which record to drop
 -- (delivered at commit, to the sessions that LISTEN enos_devices). A
--- trigger, so that any writer (psql, `registry copy`) is seen too.
+-- trigger, so that any writer (psql, `registry copy`) is seen too. One
+-- call per statement over its transition table (a per-row trigger cost a
+-- 100k-row import a third of its time); a statement of more than 1000
+-- rows (an import) sends '*': every cache is dropped at once.
 CREATE FUNCTION enos_devices_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('enos_devices', OLD.product_key || '/' || OLD.device_key);
+    IF (SELECT count(*) FROM changed) > 1000 THEN
+        PERFORM pg_notify('enos_devices', '*');
     ELSE
-        PERFORM pg_notify('enos_devices', NEW.product_key || '/' || NEW.device_key);
+        PERFORM pg_notify('enos_devices', product_key || '/' || device_key) FROM changed;
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER devices_notify AFTER INSERT OR UPDATE OR DELETE ON devices
-    FOR EACH ROW EXECUTE FUNCTION enos_devices_notify();
+-- A trigger with a transition table serves one event: three of them.
+CREATE TRIGGER devices_notify_insert AFTER INSERT ON devices
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION enos_devices_notify();
+CREATE TRIGGER devices_notify_update AFTER UPDATE ON devices
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION enos_devices_notify();
+CREATE TRIGGER devices_notify_delete AFTER DELETE ON devices
+    REFERENCING OLD TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION enos_devices_notify();
 
--- TRUNCATE fires no row trigger: '*' drops every cached record.
+-- TRUNCATE has no transition table: '*' too.
 CREATE FUNCTION enos_devices_notify_all() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('enos_devices', '*');
