@@ -70,7 +70,7 @@ struct Shared {
 }
 
 /// Rows written per statement (arrays through `unnest`).
-const BATCH: usize = 2_000;
+const BATCH: usize = 10_000;
 
 /// The columns every read selects, in [`record_from_row`]'s order.
 const COLUMNS: &str = "product_key, device_key, enabled, secret_version, sealed_scheme, sealed, \
