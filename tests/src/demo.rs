@@ -22,6 +22,7 @@ use std::{
 use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_signer_svc::config::PolicyConfig;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::{
     agent::AgentToml,
@@ -131,9 +132,13 @@ struct DemoDevices {
     gateway: Device,
     /// A sub-device bound to it.
     sensor: Device,
-    /// The EnOS console's own login on the sandbox (plays the cloud side).
-    console: Device,
+    /// The password of the sandbox's console login, which plays the
+    /// cloud side (devices may only use their own topics).
+    console_password: Zeroizing<String>,
 }
+
+/// The console login's user name on the sandbox.
+const CONSOLE_USER: &str = "demo-console";
 
 /// Runs the demo with `binaries`, narrating on `narrator`.
 pub async fn run<W: Write>(
@@ -154,7 +159,7 @@ pub async fn run<W: Write>(
         sensor: Device::new("DemoSensor", "sensor-001")
             .in_step(PKI)?
             .behind(&gateway),
-        console: Device::new("DemoCloud", "console").in_step(PKI)?,
+        console_password: devices::random_secret().in_step(PKI)?,
         gateway,
     };
     let broker_server = pki.server("broker-server").in_step(PKI)?;
@@ -171,13 +176,18 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 2. The EnOS sandbox: EnOS knows the gateway, the sensor and the console.
+    // 2. The EnOS sandbox: EnOS knows the gateway and the sensor; the
+    // console login plays the cloud.
     const SANDBOX: &str = "EnOS sandbox";
     let enos_devices = dir.join("enos-devices.csv");
-    devices::write_csv(&enos_devices, &[&demo.gateway, &demo.sensor, &demo.console])
+    devices::write_csv(&enos_devices, &[&demo.gateway, &demo.sensor]).in_step(SANDBOX)?;
+    let console_password_file = dir.join("console.secret");
+    enos_testkit::write_private(&console_password_file, demo.console_password.as_bytes())
+        .map_err(|e| E2eError::failed(format!("writing the console password file: {e}")))
         .in_step(SANDBOX)?;
     let mut sandbox = Sandbox::builder(SandboxBinary::at(&binaries.sandbox), &enos_devices)
         .tls(&pki.ca, &broker_server.cert, &broker_server.key)
+        .console(CONSOLE_USER, &console_password_file)
         .start()
         .in_step(SANDBOX)?;
     let tls_addr = sandbox
@@ -187,8 +197,9 @@ pub async fn run<W: Write>(
     narrator.say(
         SANDBOX,
         format!(
-            "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate required); \
-             it knows 3 devices and checks every signed login",
+            "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate of the \
+             device required); it knows 2 devices, checks every signed login, keeps each device \
+             to its own topics, and has a console login for the cloud's side",
             sandbox.mqtt_addr(),
             tls_addr
         ),
@@ -430,22 +441,17 @@ pub async fn run<W: Write>(
 
     // 10. A command down, its answer up.
     const COMMAND: &str = "command";
-    let console_login = demo.console.sign_login().in_step(COMMAND)?;
     let mut console = MqttClient::connect(
         sandbox.mqtt_addr(),
         &Login {
-            client_id: console_login.mqtt_client_id.clone(),
-            credentials: Some((
-                console_login.username.clone(),
-                devices::password(&console_login).to_owned(),
-            )),
+            client_id: "demo-console".into(),
+            credentials: Some((CONSOLE_USER.into(), demo.console_password.to_string())),
             tls: None,
         },
         STEP_TIMEOUT,
     )
     .await
     .in_step(COMMAND)?;
-    drop(console_login);
     let service_topic = format!(
         "/sys/{}/{}/thing/service/{SERVICE}",
         demo.gateway.product_key, demo.gateway.device_key
@@ -527,7 +533,8 @@ pub async fn run<W: Write>(
     // 12. The audit trail, and every log of the run scanned.
     const AUDIT: &str = "audit";
     let mut scan = LeakScan::new();
-    scan.devices([&demo.gateway, &demo.sensor, &demo.console]);
+    scan.devices([&demo.gateway, &demo.sensor]);
+    scan.other("the console password", &demo.console_password);
     for key in [&signer_files.master_key, &signer_files.audit_key] {
         let text = std::fs::read_to_string(key)
             .map_err(E2eError::io(format!("reading {}", key.display())))
@@ -555,7 +562,7 @@ pub async fn run<W: Write>(
         AUDIT,
         format!(
             "the signer's audit trail records {} issuances and {refused} refusals; \
-             none of the 3 secrets, the {} issued passwords (recomputed and matched against \
+             none of the 2 secrets, the console password, the {} issued passwords (recomputed and matched against \
              their audit HMACs) or the signer's keys appears in the {lines} log lines of the run",
             summary.issued,
             scan.password_count()

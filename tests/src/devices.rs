@@ -109,7 +109,7 @@ pub fn password(credential: &MqttCredential) -> &str {
 }
 
 /// 24 random alphanumerics (~143 bits): what a console would generate.
-fn random_secret() -> Result<Zeroizing<String>> {
+pub fn random_secret() -> Result<Zeroizing<String>> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = Zeroizing::new([0u8; 24]);
     getrandom::fill(&mut bytes[..])

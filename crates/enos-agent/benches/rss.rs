@@ -15,7 +15,10 @@ use std::{
 };
 
 use enos_sandbox::{Sandbox, SandboxBinary};
-use support::{DeviceRow, Mosquitto, OBSERVER, TestClient, signer::SignerFixture, write_devices};
+use support::{
+    CONSOLE, DeviceRow, Mosquitto, TestClient, console_password_file, signer::SignerFixture,
+    write_devices,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");
 const GW: (&str, &str) = ("pkGw", "gwRss");
@@ -59,15 +62,10 @@ async fn main() {
     enos_agent::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let devices = dir.path().join("devices.csv");
-    write_devices(
-        &devices,
-        &[
-            DeviceRow::new(GW.0, GW.1, SECRET),
-            DeviceRow::new(OBSERVER.0, OBSERVER.1, OBSERVER.2),
-        ],
-    );
+    write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, SECRET)]);
     let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
         .log_filter("warn")
+        .console(CONSOLE.0, console_password_file(dir.path()))
         .start()
         .expect("sandbox");
     let local = Mosquitto::start();

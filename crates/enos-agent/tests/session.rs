@@ -10,8 +10,8 @@ use std::{path::PathBuf, time::Duration};
 use enos_agent::{Agent, AgentStatus, ConnectionState, GrpcSigner, SubDeviceState};
 use enos_sandbox::{Sandbox, SandboxBinary};
 use support::{
-    DeviceRow, Mosquitto, OBSERVER, SOON, TestClient, config, init, signer::SignerFixture,
-    wait_status, write_devices,
+    CONSOLE, DeviceRow, Mosquitto, SOON, TestClient, config, console_password_file, init,
+    signer::SignerFixture, wait_status, write_devices,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,11 +29,10 @@ impl World {
     fn start(rows: &[DeviceRow]) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let devices = dir.path().join("devices.csv");
-        let mut all = rows.to_vec();
-        all.push(DeviceRow::new(OBSERVER.0, OBSERVER.1, OBSERVER.2));
-        write_devices(&devices, &all);
+        write_devices(&devices, rows);
         let binary = SandboxBinary::locate().expect("enos-sandbox binary");
         let sandbox = Sandbox::builder(binary, &devices)
+            .console(CONSOLE.0, console_password_file(dir.path()))
             .start()
             .expect("sandbox starts");
         World {
@@ -313,15 +312,14 @@ async fn refusals_back_off_further_each_time_and_are_not_network_failures() {
     assert!(ceilings[0] >= 200, "{ceilings:?}");
     let s = agent.stop().await;
     assert_eq!(s.connects, 0);
-    assert_eq!(
-        s.network_failures, 0,
-        "closed-before-CONNACK is a refusal: {s:#?}"
-    );
+    assert_eq!(s.network_failures, 0, "CONNACK 4 is a refusal: {s:#?}");
     // A refused credential is never reused: one fresh credential per attempt.
     assert!(s.credentials_issued >= s.refusals, "{s:#?}");
     assert_eq!(s.credentials_reused, 0, "{s:#?}");
-    assert!(
-        s.last_error.as_deref().unwrap_or("").contains("refusal"),
+    // The sandbox answers as EnOS: CONNACK 4, and the agent names it.
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("broker refused the login: BadUserNamePassword"),
         "{s:#?}"
     );
 }
@@ -567,13 +565,7 @@ async fn connects_over_mqtts_with_a_device_certificate() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
     let devices = dir.path().join("devices.csv");
-    write_devices(
-        &devices,
-        &[
-            DeviceRow::new(GW.0, GW.1, GW_SECRET),
-            DeviceRow::new(OBSERVER.0, OBSERVER.1, OBSERVER.2),
-        ],
-    );
+    write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
     // The broker's certificate and the device's two-way TLS certificate
     // come from the same test CA as the signer's.
@@ -585,6 +577,7 @@ async fn connects_over_mqtts_with_a_device_certificate() {
         .expect("write");
     let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox binary"), &devices)
         .tls(&signer.ca, &server.cert, &server.key)
+        .console(CONSOLE.0, console_password_file(dir.path()))
         .start()
         .expect("sandbox with TLS starts");
     let tls_addr = sandbox.tls_addr().expect("TLS listener");

@@ -49,6 +49,44 @@ pub enum Refusal {
          deviceKey and productKey, and timestamp)"
     )]
     WrongPassword(DeviceId),
+    /// A sub-device logs in through its gateway (`combine.login`), never
+    /// directly; EnOS refuses it (its code 771).
+    #[error("device {0} is a sub-device: it logs in through its gateway, not directly")]
+    SubDeviceDirect(DeviceId),
+    /// On the TLS listener, the client certificate is not the device's.
+    #[error("the client certificate does not belong to device {device}: {reason}")]
+    CertificateMismatch {
+        /// The device of the (verified) login.
+        device: DeviceId,
+        /// What the certificate names instead.
+        reason: String,
+    },
+    /// The console's user name, but not from loopback on the plain listener.
+    #[error("the console logs in from loopback on the plain listener only")]
+    ConsoleNotHere,
+    /// The console's user name with a wrong password.
+    #[error("wrong console password")]
+    ConsolePassword,
+}
+
+impl Refusal {
+    /// The MQTT 3.1.1 CONNACK return code EnOS answers with: 4 (bad user
+    /// name or password) when the login itself is wrong, 5 (not
+    /// authorised) when a valid login may not connect (here).
+    pub fn connack_code(&self) -> u8 {
+        match self {
+            Refusal::Malformed(_)
+            | Refusal::UnknownDevice(_)
+            | Refusal::StaleTimestamp { .. }
+            | Refusal::WrongPassword(_)
+            | Refusal::ConsolePassword => 4,
+            Refusal::DeviceDisabled(_)
+            | Refusal::UnsupportedSecureMode(_)
+            | Refusal::SubDeviceDirect(_)
+            | Refusal::CertificateMismatch { .. }
+            | Refusal::ConsoleNotHere => 5,
+        }
+    }
 }
 
 /// Checks presented credentials against the device store.
@@ -104,7 +142,9 @@ impl Authenticator {
     }
 
     /// Checks a CONNECT as of `now`. The order: shape, device, enabled,
-    /// secure mode, timestamp, password (in constant time).
+    /// secure mode, timestamp, password (in constant time), and last
+    /// whether the device is a sub-device (so that only its own valid
+    /// login learns that).
     pub fn check_at(
         &self,
         mqtt_client_id: &str,
@@ -131,6 +171,7 @@ impl Authenticator {
             ));
         }
         match presented.verify(password, &device.secret, self.freshness_at(now)) {
+            Ok(()) if device.gateway.is_some() => Err(Refusal::SubDeviceDirect(id)),
             Ok(()) => Ok(id),
             Err(error @ SignError::Stale { .. }) => {
                 Err(Refusal::StaleTimestamp { device: id, error })

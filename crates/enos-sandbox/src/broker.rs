@@ -1,5 +1,6 @@
-//! [`RunningBroker`]: rumqttd started in this process with the sandbox's
-//! checks, listeners and responder.
+//! [`RunningBroker`]: rumqttd started in this process behind the sandbox's
+//! front ([`crate::front`]: the public listeners, the checks and topic
+//! rules), with the responder.
 //!
 //! rumqttd has no stop API: its listener threads run until the process
 //! ends. Start this once per process (the `enos-sandbox` binary does);
@@ -7,36 +8,40 @@
 
 use std::{
     collections::HashMap,
-    future::{Ready, ready},
-    net::SocketAddr,
-    path::Path,
+    future::ready,
+    net::{Ipv4Addr, SocketAddr},
     sync::Arc,
     thread,
     time::Duration,
 };
 
 use rumqttd::{
-    Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings, TlsConfig,
+    Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings,
     local::{LinkRx, LinkTx},
 };
-use tracing::{error, info};
+use tracing::error;
 use zeroize::Zeroizing;
 
 use crate::{
     auth::Authenticator,
-    config::{Settings, TlsSettings},
+    config::Settings,
+    console::ConsoleLogin,
     devices::DeviceStore,
     error::SandboxError,
+    front::{self, FrontContext},
     ports::PortReservation,
     readiness::ListenWatch,
     responder::{REQUEST_FILTERS, Responder},
     sessions::SessionTracker,
+    sub_devices::SubDeviceSessions,
 };
 
-/// rumqttd's name (and thread name) for the plain listener.
+/// The front's plain listener, in log lines.
 pub const MQTT_LISTENER: &str = "enos-mqtt";
-/// rumqttd's name (and thread name) for the TLS listener.
+/// The front's TLS listener, in log lines.
 pub const TLS_LISTENER: &str = "enos-mqtts";
+/// rumqttd's name (and thread name) for its internal listener.
+const INTERNAL_LISTENER: &str = "enos-internal";
 /// The in-process client id of the responder. A device's client id always
 /// holds `|…|`, so no device can take this one over.
 const RESPONDER_CLIENT_ID: &str = "enos-sandbox-responder";
@@ -50,6 +55,8 @@ pub struct RunningBroker {
     mqtt_addr: SocketAddr,
     /// The actual TLS listener address, when configured.
     tls_addr: Option<SocketAddr>,
+    /// rumqttd's own listener, behind the front: take-overs go there.
+    internal_addr: SocketAddr,
     /// The devices in force; reloads replace them.
     store: Arc<DeviceStore>,
     /// Who logged in as which device, so a reload can drop revoked sessions.
@@ -60,44 +67,31 @@ pub struct RunningBroker {
 }
 
 impl RunningBroker {
-    /// Loads the devices, starts rumqttd with both listeners and the
-    /// responder, and returns once rumqttd listens (or fails with its
-    /// reason). `watch` must be fed by a [`crate::ListenWatchLayer`] in
-    /// the global `tracing` subscriber.
+    /// Loads the devices, starts rumqttd on its internal listener with the
+    /// responder, then the front's public listeners, and returns once all
+    /// listen (or fails with the reason). `watch` must be fed by a
+    /// [`crate::ListenWatchLayer`] in the global `tracing` subscriber.
+    /// Must be called inside a tokio runtime: the front runs on it.
     pub fn start(settings: &Settings, watch: &ListenWatch) -> Result<Self, SandboxError> {
         let store = Arc::new(DeviceStore::open(&settings.devices)?);
         let auth = Authenticator::new(Arc::clone(&store), settings.freshness, settings.md5);
         let sessions = Arc::new(SessionTracker::new()?);
-        if let Some(tls) = &settings.tls {
-            check_tls_files(tls)?;
-        }
+        let sub_devices = Arc::new(SubDeviceSessions::default());
+        let console = settings
+            .console
+            .as_ref()
+            .map(|c| ConsoleLogin::load(&c.user, &c.password_file))
+            .transpose()?;
+        let tls_config = settings.tls.as_ref().map(front::tls_config).transpose()?;
 
-        let mut reservations = vec![PortReservation::reserve(settings.mqtt_listen)?];
-        let mqtt_addr = reservations[0].addr();
+        // rumqttd routes; only the front (and take-overs) reach it.
+        let internal = PortReservation::reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let internal_addr = internal.addr();
         let mut servers = HashMap::new();
         servers.insert(
-            MQTT_LISTENER.to_owned(),
-            server(MQTT_LISTENER, mqtt_addr, None, settings, &auth, &sessions),
+            INTERNAL_LISTENER.to_owned(),
+            internal_server(internal_addr, settings, &sessions),
         );
-        let tls_addr = match &settings.tls {
-            Some(tls) => {
-                let reservation = PortReservation::reserve(tls.listen)?;
-                let addr = reservation.addr();
-                reservations.push(reservation);
-                let rustls = TlsConfig::Rustls {
-                    capath: Some(path_string(&tls.ca)?),
-                    certpath: path_string(&tls.cert)?,
-                    keypath: path_string(&tls.key)?,
-                };
-                servers.insert(
-                    TLS_LISTENER.to_owned(),
-                    server(TLS_LISTENER, addr, Some(rustls), settings, &auth, &sessions),
-                );
-                Some(addr)
-            }
-            None => None,
-        };
-
         let config = Config {
             id: 0,
             router: RouterConfig {
@@ -119,7 +113,7 @@ impl RunningBroker {
                 .subscribe(filter)
                 .map_err(|e| SandboxError::Broker(format!("responder subscribe {filter}: {e}")))?;
         }
-        let responder = Responder::new(auth);
+        let responder = Responder::new(auth.clone(), Arc::clone(&sub_devices));
         spawn("enos-sandbox-responder", move || {
             respond_forever(responder, link_tx, link_rx)
         })?;
@@ -128,19 +122,65 @@ impl RunningBroker {
                 error!(error = %e, "rumqttd stopped");
             }
         })?;
+        watch
+            .wait(INTERNAL_LISTENER, LISTEN_TIMEOUT)
+            .map_err(|reason| SandboxError::Listen {
+                addr: internal_addr,
+                reason,
+            })?;
 
-        let listen = |name: &str, addr: SocketAddr| {
-            watch
-                .wait(name, LISTEN_TIMEOUT)
-                .map_err(|reason| SandboxError::Listen { addr, reason })
+        // The front: the public listeners.
+        let mut reservations = vec![internal, PortReservation::reserve(settings.mqtt_listen)?];
+        let mqtt_addr = reservations[1].addr();
+        let plain = front::bind(mqtt_addr)?;
+        let tls = match (&settings.tls, tls_config) {
+            (Some(tls), Some(config)) => {
+                let reservation = PortReservation::reserve(tls.listen)?;
+                let addr = reservation.addr();
+                reservations.push(reservation);
+                Some((addr, front::bind(addr)?, config))
+            }
+            _ => None,
         };
-        listen(MQTT_LISTENER, mqtt_addr)?;
-        if let Some(addr) = tls_addr {
-            listen(TLS_LISTENER, addr)?;
-        }
+        let context = Arc::new(FrontContext {
+            auth,
+            sessions: Arc::clone(&sessions),
+            sub_devices,
+            console,
+            upstream: internal_addr,
+            max_packet: settings.max_payload_bytes.saturating_add(1024),
+            connect_timeout: Duration::from_millis(u64::from(settings.connect_timeout_ms)),
+            certificate_rule: settings
+                .tls
+                .as_ref()
+                .map(|t| t.device_identity.clone())
+                .unwrap_or_default(),
+        });
+        let tokio_listener = |addr: SocketAddr, listener: std::net::TcpListener| {
+            tokio::net::TcpListener::from_std(listener).map_err(|e| SandboxError::Listen {
+                addr,
+                reason: e.to_string(),
+            })
+        };
+        tokio::spawn(front::serve_plain(
+            tokio_listener(mqtt_addr, plain)?,
+            Arc::clone(&context),
+        ));
+        let tls_addr = match tls {
+            Some((addr, listener, config)) => {
+                tokio::spawn(front::serve_tls(
+                    tokio_listener(addr, listener)?,
+                    config,
+                    context,
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(RunningBroker {
             mqtt_addr,
             tls_addr,
+            internal_addr,
             store,
             sessions,
             _reservations: reservations,
@@ -166,7 +206,7 @@ impl RunningBroker {
         let old = self.store.current();
         let devices = self.store.reload()?;
         let new = self.store.current();
-        let dropped_sessions = self.sessions.drop_revoked(self.mqtt_addr, &old, &new);
+        let dropped_sessions = self.sessions.drop_revoked(self.internal_addr, &old, &new);
         Ok(ReloadOutcome {
             devices,
             dropped_sessions,
@@ -191,20 +231,17 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), SandboxErr
         .map_err(|e| SandboxError::Broker(format!("cannot start thread {name}: {e}")))
 }
 
-/// One rumqttd listener with the sandbox's auth handler.
-fn server(
-    name: &'static str,
+/// rumqttd's internal listener: it accepts only the process's own
+/// connections (the front's and take-overs), by the token.
+fn internal_server(
     listen: SocketAddr,
-    tls: Option<TlsConfig>,
     settings: &Settings,
-    auth: &Authenticator,
     sessions: &Arc<SessionTracker>,
 ) -> ServerSettings {
-    let tls_is_none = tls.is_none();
     let mut server = ServerSettings {
-        name: name.to_owned(),
+        name: INTERNAL_LISTENER.to_owned(),
         listen,
-        tls,
+        tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
             connection_timeout_ms: settings.connect_timeout_ms,
@@ -215,63 +252,14 @@ fn server(
             dynamic_filters: true,
         },
     };
-    // Take-overs come in on the plain listener only.
-    let takeover = tls_is_none;
-    server.set_auth_handler(auth_handler(
-        name,
-        auth.clone(),
-        Arc::clone(sessions),
-        takeover,
-    ));
+    let sessions = Arc::clone(sessions);
+    server.set_auth_handler(
+        move |_client_id: String, username: String, password: String| {
+            let password = Zeroizing::new(password);
+            ready(sessions.is_internal(&username, &password))
+        },
+    );
     server
-}
-
-/// rumqttd's auth hook: check, log the outcome (never the password), and
-/// answer. A `false` makes rumqttd close the connection without a CONNACK.
-fn auth_handler(
-    listener: &'static str,
-    auth: Authenticator,
-    sessions: Arc<SessionTracker>,
-    allow_takeover: bool,
-) -> impl Fn(String, String, String) -> Ready<bool> + Send + Sync + 'static {
-    move |client_id, username, password| {
-        let password = Zeroizing::new(password);
-        if allow_takeover && sessions.is_takeover(&username, &password) {
-            return ready(true);
-        }
-        let accepted = match auth.check(&client_id, &username, &password) {
-            Ok(device) => {
-                sessions.record(&device, &client_id);
-                info!(
-                    listener,
-                    device = %device,
-                    client_id = ?shorten(&client_id),
-                    "accepted MQTT CONNECT"
-                );
-                true
-            }
-            Err(refusal) => {
-                info!(
-                    listener,
-                    client_id = ?shorten(&client_id),
-                    username = ?shorten(&username),
-                    reason = %refusal,
-                    "refused MQTT CONNECT"
-                );
-                false
-            }
-        };
-        ready(accepted)
-    }
-}
-
-/// At most 160 characters of an untrusted value, for logs; `?` formatting
-/// escapes control characters.
-fn shorten(value: &str) -> &str {
-    match value.char_indices().nth(160) {
-        Some((end, _)) => &value[..end],
-        None => value,
-    }
 }
 
 fn respond_forever(mut responder: Responder, mut link_tx: LinkTx, mut link_rx: LinkRx) {
@@ -302,32 +290,4 @@ fn respond_forever(mut responder: Responder, mut link_tx: LinkTx, mut link_rx: L
             }
         }
     }
-}
-
-/// rumqttd reads the TLS files on every connection and only logs when they
-/// are wrong; check them once up front so that a bad path fails at start.
-fn check_tls_files(tls: &TlsSettings) -> Result<(), SandboxError> {
-    let check = |what: &str, path: &Path, marker: &str| {
-        let text = std::fs::read_to_string(path).map_err(|source| SandboxError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        if text.contains(marker) {
-            Ok(())
-        } else {
-            Err(SandboxError::Settings(format!(
-                "the TLS {what} file {} holds no PEM block ending in {marker:?}",
-                path.display()
-            )))
-        }
-    };
-    check("CA", &tls.ca, "CERTIFICATE-----")?;
-    check("certificate", &tls.cert, "CERTIFICATE-----")?;
-    check("key", &tls.key, "PRIVATE KEY-----")
-}
-
-fn path_string(path: &Path) -> Result<String, SandboxError> {
-    path.to_str().map(str::to_owned).ok_or_else(|| {
-        SandboxError::Settings(format!("path {} is not valid UTF-8", path.display()))
-    })
 }

@@ -13,11 +13,16 @@
 //! ca = "ca.pem"                    # client certificates must chain to this CA
 //! cert = "server.pem"
 //! key = "server.key"
+//! # device_identity = "uri:spiffe://enos/device/{productKey}/{deviceKey}"  # or "cn:…"
 //!
 //! [checks]
 //! # freshness_window_secs = 600    # absent (the default): no freshness check, as EnOS;
 //!                                  # set: |timestamp - now| <= this, for testing short-lived credentials
 //! allow_md5 = false                # accept signmethod=hmacmd5
+//!
+//! [console]                        # optional: the cloud's side, for tests and the demo
+//! user = "console"                 # from loopback on the plain listener only
+//! password_file = "console.secret"
 //!
 //! [limits]
 //! connect_timeout_ms = 5000        # a connection must send CONNECT within this
@@ -35,7 +40,7 @@ use std::{
 use enos_sign_core::Md5Policy;
 use serde::Deserialize;
 
-use crate::error::SandboxError;
+use crate::{error::SandboxError, front::CertificateRule};
 
 /// The plain MQTT port of EnOS.
 pub const DEFAULT_MQTT_PORT: u16 = 11883;
@@ -63,6 +68,18 @@ pub struct ConfigFile {
     /// Connection limits handed to rumqttd.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// The console login: the cloud's side, for tests and the demo.
+    pub console: Option<ConsoleSection>,
+}
+
+/// `[console]`: both keys, or no console login.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// The MQTT user name of the console.
+    pub user: String,
+    /// A file holding its password (never the password itself here).
+    pub password_file: PathBuf,
 }
 
 /// `[mqtt]`.
@@ -79,13 +96,16 @@ pub struct MqttSection {
 pub struct TlsSection {
     /// Where TLS clients connect; defaults to 127.0.0.1:18883.
     pub listen: Option<SocketAddr>,
-    /// The CA client certificates must chain to (rumqttd reads the first
-    /// certificate of the file).
+    /// The CA (or CAs) client certificates must chain to.
     pub ca: PathBuf,
     /// The server certificate chain, PEM.
     pub cert: PathBuf,
     /// The server private key, PEM.
     pub key: PathBuf,
+    /// Which device a client certificate belongs to (see
+    /// [`crate::CertificateRule`]); default
+    /// `uri:spiffe://enos/device/{productKey}/{deviceKey}`.
+    pub device_identity: Option<String>,
 }
 
 /// `[checks]`.
@@ -162,6 +182,9 @@ impl ConfigFile {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
         }
+        if let Some(console) = &mut self.console {
+            resolve(&mut console.password_file);
+        }
     }
 }
 
@@ -187,6 +210,12 @@ pub struct Overrides {
     pub freshness_window_secs: Option<u64>,
     /// `--allow-md5`.
     pub allow_md5: bool,
+    /// `--tls-device-identity`.
+    pub tls_device_identity: Option<String>,
+    /// `--console-user`.
+    pub console_user: Option<String>,
+    /// `--console-password-file`.
+    pub console_password_file: Option<PathBuf>,
 }
 
 /// How far a signed timestamp may be from the sandbox's clock.
@@ -209,6 +238,17 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// The server key.
     pub key: PathBuf,
+    /// Which device a client certificate belongs to.
+    pub device_identity: CertificateRule,
+}
+
+/// The console login, complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// Its MQTT user name.
+    pub user: String,
+    /// The file its password is read from at start.
+    pub password_file: PathBuf,
 }
 
 /// Everything the sandbox runs with: config file and command line merged,
@@ -229,6 +269,8 @@ pub struct Settings {
     pub connect_timeout_ms: u16,
     /// rumqttd refuses larger payloads.
     pub max_payload_bytes: usize,
+    /// The console login, when configured.
+    pub console: Option<ConsoleSettings>,
 }
 
 impl Settings {
@@ -246,6 +288,11 @@ impl Settings {
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT)));
 
         let freshness = freshness(cli.any_timestamp, cli.freshness_window_secs, &file.checks)?;
+        let file_rule = file.tls.as_ref().and_then(|t| t.device_identity.clone());
+        let device_identity = match cli.tls_device_identity.or(file_rule) {
+            Some(rule) => CertificateRule::parse(&rule).map_err(SandboxError::Settings)?,
+            None => CertificateRule::default(),
+        };
         let tls = match (file.tls, cli.ca, cli.cert, cli.key) {
             (Some(section), ca, cert, key) => Some(TlsSettings {
                 listen: cli
@@ -255,12 +302,14 @@ impl Settings {
                 ca: ca.unwrap_or(section.ca),
                 cert: cert.unwrap_or(section.cert),
                 key: key.unwrap_or(section.key),
+                device_identity,
             }),
             (None, Some(ca), Some(cert), Some(key)) => Some(TlsSettings {
                 listen: cli.tls_addr.unwrap_or(default_tls_addr()),
                 ca,
                 cert,
                 key,
+                device_identity,
             }),
             (None, None, None, None) if cli.tls_addr.is_none() => None,
             (None, ..) => {
@@ -275,6 +324,24 @@ impl Settings {
         } else {
             Md5Policy::Refuse
         };
+        let console = match (
+            cli.console_user
+                .or(file.console.as_ref().map(|c| c.user.clone())),
+            cli.console_password_file
+                .or(file.console.map(|c| c.password_file)),
+        ) {
+            (Some(user), Some(password_file)) => Some(ConsoleSettings {
+                user,
+                password_file,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(SandboxError::Settings(
+                    "the console login needs both --console-user and --console-password-file"
+                        .into(),
+                ));
+            }
+        };
         if file.limits.connect_timeout_ms == 0 {
             return Err(SandboxError::Settings(
                 "limits.connect_timeout_ms must be above 0".into(),
@@ -288,6 +355,7 @@ impl Settings {
             md5,
             connect_timeout_ms: file.limits.connect_timeout_ms,
             max_payload_bytes: file.limits.max_payload_bytes,
+            console,
         })
     }
 }
@@ -353,6 +421,7 @@ mod tests {
                     ca: "/etc/enos-sandbox/ca.pem".into(),
                     cert: "/etc/enos-sandbox/server.pem".into(),
                     key: "/var/lib/enos-sandbox/server.key".into(),
+                    device_identity: Some("cn:{productKey}.{deviceKey}".into()),
                 }),
                 checks: ChecksSection {
                     any_timestamp: false,
@@ -363,6 +432,10 @@ mod tests {
                     connect_timeout_ms: 2000,
                     max_payload_bytes: 65536,
                 },
+                console: Some(ConsoleSection {
+                    user: "console".into(),
+                    password_file: "/etc/enos-sandbox/console.secret".into(),
+                }),
             }
         );
         let settings = Settings::resolve(file, Overrides::default()).expect("complete");

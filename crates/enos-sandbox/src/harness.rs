@@ -123,6 +123,10 @@ pub struct SandboxBuilder {
     freshness_window: Option<Duration>,
     /// `--allow-md5`.
     allow_md5: bool,
+    /// `--console-user` and `--console-password-file`.
+    console: Option<(String, PathBuf)>,
+    /// `--tls-device-identity`.
+    tls_device_identity: Option<String>,
     /// `RUST_LOG` of the child; "info" so that refusals are logged.
     log_filter: String,
     /// How long a start may take before it counts as failed.
@@ -161,6 +165,20 @@ impl SandboxBuilder {
     /// Accepts `hmacmd5` (`--allow-md5`).
     pub fn allow_md5(mut self) -> Self {
         self.allow_md5 = true;
+        self
+    }
+
+    /// Adds the console login (`--console-user`, `--console-password-file`):
+    /// the cloud's side, which tests play to call devices' services.
+    pub fn console(mut self, user: impl Into<String>, password_file: impl Into<PathBuf>) -> Self {
+        self.console = Some((user.into(), password_file.into()));
+        self
+    }
+
+    /// The rule naming a TLS client certificate's device
+    /// (`--tls-device-identity`, e.g. `cn:{productKey}.{deviceKey}`).
+    pub fn tls_device_identity(mut self, rule: impl Into<String>) -> Self {
+        self.tls_device_identity = Some(rule.into());
         self
     }
 
@@ -225,6 +243,17 @@ impl SandboxBuilder {
         }
         if self.allow_md5 {
             args.push("--allow-md5".into());
+        }
+        if let Some((user, file)) = &self.console {
+            args.extend([
+                "--console-user".into(),
+                user.into(),
+                "--console-password-file".into(),
+                file.into(),
+            ]);
+        }
+        if let Some(rule) = &self.tls_device_identity {
+            args.extend(["--tls-device-identity".into(), rule.into()]);
         }
         args
     }
@@ -332,6 +361,8 @@ impl Sandbox {
             any_timestamp: false,
             freshness_window: None,
             allow_md5: false,
+            console: None,
+            tls_device_identity: None,
             log_filter: "info".into(),
             ready_timeout: Duration::from_secs(20),
         }

@@ -2,10 +2,15 @@
 //! credentials, so that devices, gateways, the agent and the signer can be
 //! tested on one machine, without the cloud.
 //!
-//! Built on [rumqttd] 0.20 (MQTT 3.1.1, the version EnOS speaks):
+//! Built on [rumqttd] 0.20 (MQTT 3.1.1, the version EnOS speaks) behind
+//! an MQTT-aware front ([`front`]), which behaves as EnOS at the
+//! connection: CONNACK codes 4/5 for refusals, the TLS certificate bound
+//! to the device, topic isolation, downstream delivered without
+//! SUBSCRIBE, and a console login for the cloud's side:
 //!
 //! - a plain listener (EnOS's 11883) and a TLS listener (18883) that
-//!   requires a client certificate chaining to the configured CA; both
+//!   requires a client certificate chaining to the configured CA and
+//!   naming the device of the login ([`CertificateRule`]); both
 //!   check the signed password of every CONNECT with [`enos_sign_core`]
 //!   (sha1 and sha256, hex in either case, constant-time compare; md5 only
 //!   when enabled), accepting every login form the official SDKs send
@@ -22,10 +27,13 @@
 //! |---|---|
 //! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
 //! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
-//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused |
+//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
+//! | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd |
+//! | [`console`] | [`ConsoleLogin`]: the cloud's side |
+//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway |
 //! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
 //! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
-//! | [`broker`] | [`RunningBroker`]: rumqttd in this process (what the binary runs) |
+//! | [`broker`] | [`RunningBroker`]: rumqttd and the front in this process (what the binary runs) |
 //! | [`harness`] | [`Sandbox`]: the test API, the binary as a child process |
 //! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
 //! | `readiness` | [`ListenWatch`]: when rumqttd actually listens |
@@ -34,21 +42,11 @@
 //!
 //! # Designing around rumqttd
 //!
-//! - **No CONNACK on a refused login.** rumqttd's auth hook can only say
-//!   yes or no; on no it closes the TCP (or TLS) connection without
-//!   sending a CONNACK (EnOS would send CONNACK code 4 or 5). **What a
-//!   client observes:** the connection closes right after CONNECT, before
-//!   any CONNACK. rumqttc 0.25's first `EventLoop::poll` returns an error,
-//!   never `Event::Incoming(Packet::ConnAck(_))`: in plain MQTT
-//!   `ConnectionError::MqttState(StateError::ConnectionAborted)` ("Connection
-//!   closed by peer abruptly"); over TLS `MqttState(Deserialization(Io(_)))`
-//!   ("peer closed connection without sending TLS close_notify"); and
-//!   without a client certificate the same with "received fatal alert:
-//!   CertificateRequired". Clients must treat "closed before CONNACK" as
-//!   "refused" (and back off); the reason is in the sandbox's
-//!   log at info level: `refused MQTT CONNECT … reason=…` (never the
-//!   password). A CONNECT without username or password never reaches the
-//!   check: rumqttd closes it the same way and logs `InvalidAuth`.
+//! - **No CONNACK on a refused login, no client certificate in the auth
+//!   hook, no topic rules, routing by subscription only.** Hence the
+//!   front: rumqttd listens on loopback only, behind it, and only the
+//!   front's own logins (a per-process token) reach it. See [`front`] for
+//!   what the front decides and what it costs.
 //! - **No stop API.** rumqttd's listener threads run until the process
 //!   ends, so the sandbox runs as a **child process** in tests
 //!   ([`Sandbox`]): it stops for real, frees its ports, restarts on the
@@ -143,23 +141,29 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod devices;
 mod error;
+pub mod front;
 pub mod harness;
 mod ports;
 mod readiness;
 pub mod responder;
 pub mod sessions;
 mod status;
+pub mod sub_devices;
 
 pub use auth::{Authenticator, Refusal};
 pub use broker::{ReloadOutcome, RunningBroker};
-pub use config::{ConfigFile, FreshnessPolicy, Overrides, Settings, TlsSettings};
+pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
+pub use console::ConsoleLogin;
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
 pub use error::SandboxError;
+pub use front::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 pub use harness::{LogMark, Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
 pub use responder::{Reply, Responder};
 pub use sessions::SessionTracker;
 pub use status::StatusLine;
+pub use sub_devices::SubDeviceSessions;

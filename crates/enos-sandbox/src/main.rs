@@ -62,6 +62,19 @@ struct Cli {
     /// Accept the weak hmacmd5 sign method.
     #[arg(long)]
     allow_md5: bool,
+    /// Which device a TLS client certificate belongs to:
+    /// `uri:TEMPLATE` (a URI SAN) or `cn:TEMPLATE` (the common name), with
+    /// {productKey} and {deviceKey} (default
+    /// `uri:spiffe://enos/device/{productKey}/{deviceKey}`).
+    #[arg(long, value_name = "RULE")]
+    tls_device_identity: Option<String>,
+    /// The console login's user name: the cloud's side (service calls to
+    /// devices, anything they send), from loopback on the plain listener.
+    #[arg(long, value_name = "NAME", requires = "console_password_file")]
+    console_user: Option<String>,
+    /// The file holding the console's password.
+    #[arg(long, value_name = "PATH", requires = "console_user")]
+    console_password_file: Option<PathBuf>,
     /// Exit when stdin closes: a parent that dies takes the sandbox with it.
     #[arg(long)]
     exit_on_stdin_close: bool,
@@ -79,6 +92,9 @@ impl Cli {
             any_timestamp: self.any_timestamp,
             freshness_window_secs: self.freshness_window_secs,
             allow_md5: self.allow_md5,
+            tls_device_identity: self.tls_device_identity.clone(),
+            console_user: self.console_user.clone(),
+            console_password_file: self.console_password_file.clone(),
         }
     }
 }
@@ -115,7 +131,9 @@ fn run() -> anyhow::Result<()> {
     };
     let settings = Settings::resolve(file, cli.overrides())?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The front proxies every connection: use both cores of a small host.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;

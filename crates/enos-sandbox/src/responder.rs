@@ -12,7 +12,7 @@
 //! The checks of `combine.login` run in the order of the table, so a
 //! disabled sub-device is reported only to a gateway that signed for it.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use enos_sign_core::{
     DeviceKey, PresentedClientId, PresentedFields, PresentedTimestamp, ProductKey, SignError,
@@ -20,6 +20,8 @@ use enos_sign_core::{
 };
 use serde_json::{Value, json};
 use tracing::info;
+
+use crate::sub_devices::SubDeviceSessions;
 
 use crate::{auth::Authenticator, devices::DeviceId};
 
@@ -98,22 +100,20 @@ impl Outcome {
 pub struct Responder {
     /// Device lookups, freshness and MD5 policy: the same as for CONNECT.
     auth: Authenticator,
-    /// Sub-devices logged in, by gateway; logout removes them.
-    online: HashMap<DeviceId, HashSet<DeviceId>>,
+    /// Sub-devices logged in, by gateway; logout removes them. Shared
+    /// with the front, which gives a gateway its sub-devices' topics.
+    online: Arc<SubDeviceSessions>,
 }
 
 impl Responder {
     /// A responder checking against `auth`'s devices and policies.
-    pub fn new(auth: Authenticator) -> Self {
-        Responder {
-            auth,
-            online: HashMap::new(),
-        }
+    pub fn new(auth: Authenticator, online: Arc<SubDeviceSessions>) -> Self {
+        Responder { auth, online }
     }
 
     /// Whether `sub` is logged in through `gateway`.
     pub fn is_online(&self, gateway: &DeviceId, sub: &DeviceId) -> bool {
-        self.online.get(gateway).is_some_and(|s| s.contains(sub))
+        self.online.is_online(gateway, sub)
     }
 
     /// The reply to a message published on `topic`, or `None` when the
@@ -205,10 +205,7 @@ impl Responder {
                 format!("sub-device {sub} is disabled"),
             );
         }
-        self.online
-            .entry(gateway.clone())
-            .or_default()
-            .insert(sub.clone());
+        self.online.log_in(gateway, &sub);
         Outcome::ok(json!({
             "productKey": sub.product_key.as_str(),
             "deviceKey": sub.device_key.as_str(),
@@ -241,9 +238,7 @@ impl Responder {
                 format!("{sub} is not a sub-device of gateway {gateway}"),
             );
         }
-        if let Some(subs) = self.online.get_mut(gateway) {
-            subs.remove(&sub);
-        }
+        self.online.log_out(gateway, &sub);
         Outcome::ok(json!({
             "productKey": sub.product_key.as_str(),
             "deviceKey": sub.device_key.as_str(),
@@ -380,7 +375,7 @@ mod tests {
             FreshnessPolicy::Window(Duration::from_secs(600)),
             Md5Policy::Refuse,
         );
-        (dir, Responder::new(auth))
+        (dir, Responder::new(auth, Arc::default()))
     }
 
     fn login_body(dk: &str, secret: &str, ts: u64) -> Vec<u8> {

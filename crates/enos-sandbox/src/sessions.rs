@@ -43,6 +43,9 @@ use crate::{
 /// username always holds `&`, so no device can pose as it.
 pub(crate) const TAKEOVER_USERNAME: &str = "enos-sandbox-takeover";
 
+/// The username of the front's connections to rumqttd.
+pub(crate) const FRONT_USERNAME: &str = "enos-sandbox-front";
+
 /// How long one take-over may take on the loopback interface.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -80,10 +83,16 @@ impl SessionTracker {
         }
     }
 
-    /// Whether a CONNECT is the sandbox's own take-over connection.
-    pub(crate) fn is_takeover(&self, username: &str, password: &str) -> bool {
-        username == TAKEOVER_USERNAME
+    /// Whether a CONNECT to rumqttd's internal listener is the sandbox's
+    /// own: the front's forwarded sessions, or a take-over.
+    pub(crate) fn is_internal(&self, username: &str, password: &str) -> bool {
+        (username == TAKEOVER_USERNAME || username == FRONT_USERNAME)
             && bool::from(password.as_bytes().ct_eq(self.token.as_bytes()))
+    }
+
+    /// The user name and password the front logs in to rumqttd with.
+    pub(crate) fn internal_login(&self) -> (&'static str, &str) {
+        (FRONT_USERNAME, self.token.as_str())
     }
 
     /// Removes and returns the sessions `new` no longer allows: devices
@@ -115,8 +124,9 @@ impl SessionTracker {
             .collect()
     }
 
-    /// Takes over the session of `client_id` through the plain listener at
-    /// `listener`, which closes the device's connection, then disconnects.
+    /// Takes over the session of `client_id` through rumqttd's internal
+    /// listener at `listener`, which closes the device's connection (and
+    /// so the front's), then disconnects.
     pub fn take_over(&self, listener: SocketAddr, client_id: &str) -> Result<(), SandboxError> {
         let target = loopback_if_unspecified(listener);
         let fail = |what: &str, detail: String| {
@@ -276,9 +286,10 @@ mod tests {
         let b = SessionTracker::new().expect("tracker");
         assert_eq!(a.token.len(), 64);
         assert_ne!(a.token.as_str(), b.token.as_str());
-        assert!(a.is_takeover(TAKEOVER_USERNAME, &a.token));
-        assert!(!a.is_takeover(TAKEOVER_USERNAME, &b.token));
-        assert!(!a.is_takeover("dev&pk", &a.token));
+        assert!(a.is_internal(TAKEOVER_USERNAME, &a.token));
+        assert!(a.is_internal(FRONT_USERNAME, &a.token));
+        assert!(!a.is_internal(TAKEOVER_USERNAME, &b.token));
+        assert!(!a.is_internal("dev&pk", &a.token));
         assert!(!format!("{a:?}").contains(a.token.as_str()));
     }
 }

@@ -32,7 +32,7 @@ const STEPS: &[&str] = &[
     "answered: the console received",
     "stop ",
     "audit ",
-    "none of the 3 secrets",
+    "none of the 2 secrets, the console password",
     "enos demo: OK",
 ];
 

@@ -13,8 +13,8 @@ use std::{
 
 use enos_agent::{AgentStatus, Config};
 use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
-    SignMethod, SignedFields, TimestampMs,
+    ClientId, DeviceKey, DeviceSecret, MqttCredential, ProductKey, SecureMode, SignMethod,
+    SignedFields, TimestampMs,
 };
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
@@ -78,9 +78,16 @@ pub fn write_devices(path: &Path, rows: &[DeviceRow]) {
     std::fs::write(path, csv).expect("write devices.csv");
 }
 
-/// The device tests use to play the cloud side on the sandbox (the sandbox
-/// has no topic ACLs, so any logged-in client may publish service calls).
-pub const OBSERVER: (&str, &str, &str) = ("pkCloud", "observer", "observerSecret1");
+/// The sandbox's console login, which tests use to play the cloud side
+/// (devices may only use their own topics): user and password.
+pub const CONSOLE: (&str, &str) = ("console", "console-password-8c2f1");
+
+/// Writes the console's password file in `dir` and returns its path.
+pub fn console_password_file(dir: &Path) -> PathBuf {
+    let path = dir.join("console.secret");
+    std::fs::write(&path, CONSOLE.1).expect("write the console password file");
+    path
+}
 
 /// Signs a login for `pk/dk` with `secret`, as a device SDK would.
 pub fn sign_login(pk: &str, dk: &str, secret: &str) -> MqttCredential {
@@ -147,15 +154,9 @@ impl TestClient {
         TestClient { client, rx, task }
     }
 
-    /// Connects to the sandbox as the observer device.
+    /// Connects to the sandbox as its console: the cloud's side.
     pub async fn observer(addr: SocketAddr) -> TestClient {
-        let cred = sign_login(OBSERVER.0, OBSERVER.1, OBSERVER.2);
-        TestClient::connect(
-            addr,
-            &cred.mqtt_client_id,
-            Some((&cred.username, cred.password.expose_secret())),
-        )
-        .await
+        TestClient::connect(addr, "the-console", Some(CONSOLE)).await
     }
 
     /// Subscribes and waits until the broker has surely processed it.

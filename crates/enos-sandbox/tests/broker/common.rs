@@ -219,22 +219,22 @@ pub(crate) async fn connect(
     }
 }
 
-/// Asserts a refusal: the connection closes without CONNACK, and the
-/// sandbox logs the refusal with `reason`.
+/// Asserts a refusal: CONNACK with `code` (4 bad user name or password,
+/// 5 not authorised), as EnOS answers, and the sandbox logs the refusal
+/// with `reason`.
 pub(crate) async fn assert_refused(
     sandbox: &Sandbox,
     addr: SocketAddr,
     login: impl Into<Login>,
     tls: Option<Arc<ClientConfig>>,
+    code: ConnectReturnCode,
     reason: &str,
 ) {
     let outcome = connect(addr, login, tls).await;
     let error = outcome.err().expect("the sandbox must refuse");
-    // No CONNACK: the connection just closes (rumqttc: "Connection closed
-    // by peer abruptly" in plain MQTT, "peer closed connection" over TLS).
-    assert!(
-        error.starts_with("connection error") && error.contains("closed"),
-        "{error}"
+    assert_eq!(
+        error,
+        format!("connection error: Connection refused, return code: `{code:?}`")
     );
     sandbox
         .wait_for_log(reason, WAIT)

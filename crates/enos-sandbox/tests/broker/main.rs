@@ -4,6 +4,7 @@
 
 mod common;
 mod config_file;
+mod enos_connection;
 mod listeners;
 mod refusals;
 mod reload;

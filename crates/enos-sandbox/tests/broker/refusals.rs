@@ -2,6 +2,7 @@
 //! CONNACK and the reason is logged at info level, without the password.
 
 use enos_sign_core::{ExposeSecret, SignMethod};
+use rumqttc::ConnectReturnCode;
 
 use crate::common::{
     Fixture, Login, assert_no_secrets_logged, assert_refused, connect, credential, dev1_now,
@@ -24,6 +25,7 @@ async fn wrong_password() {
         sandbox.mqtt_addr(),
         &wrong,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match for device pkA/dev1",
     )
     .await;
@@ -46,6 +48,7 @@ async fn unknown_device() {
         sandbox.mqtt_addr(),
         &ghost,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=unknown device pkA/ghost",
     )
     .await;
@@ -67,6 +70,7 @@ async fn disabled_device() {
         sandbox.mqtt_addr(),
         &off,
         None,
+        ConnectReturnCode::NotAuthorized,
         "reason=device pkA/off1 is disabled",
     )
     .await;
@@ -86,6 +90,7 @@ async fn client_id_and_username_of_different_devices() {
         sandbox.mqtt_addr(),
         login,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match for device pkA/dev2",
     )
     .await;
@@ -97,6 +102,7 @@ async fn client_id_and_username_of_different_devices() {
         sandbox.mqtt_addr(),
         login,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "expected deviceKey&productKey",
     )
     .await;
@@ -125,6 +131,7 @@ async fn stale_timestamp_when_a_freshness_window_is_set() {
         sandbox.mqtt_addr(),
         &old,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=stale timestamp for device pkA/dev1",
     )
     .await;
@@ -154,6 +161,7 @@ async fn malformed_client_id() {
         sandbox.mqtt_addr(),
         login,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=malformed login",
     )
     .await;
@@ -164,6 +172,7 @@ async fn malformed_client_id() {
         sandbox.mqtt_addr(),
         login,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "unknown parameter",
     )
     .await;
@@ -185,6 +194,7 @@ async fn md5_unless_enabled() {
         sandbox.mqtt_addr(),
         &md5,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "hmacmd5 is refused",
     )
     .await;
@@ -205,8 +215,8 @@ async fn tls_without_client_certificate() {
     let error = outcome.err().expect("no client certificate: refused");
     assert!(error.contains("CertificateRequired"), "{error}");
     sandbox
-        .wait_for_log("Tls accept error", crate::common::WAIT)
-        .expect("rumqttd logs the handshake failure");
+        .wait_for_log("TLS handshake refused", crate::common::WAIT)
+        .expect("the front logs the handshake failure");
     assert!(!sandbox.logs().contains("accepted MQTT CONNECT"));
 }
 
@@ -245,6 +255,7 @@ async fn tls_with_certificate_but_wrong_password() {
         tls_addr,
         &wrong,
         Some(tls_client(&fixture.pki, Some(&identity))),
+        ConnectReturnCode::BadUserNamePassword,
         "listener=\"enos-mqtts\"",
     )
     .await;

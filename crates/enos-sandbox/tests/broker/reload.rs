@@ -4,6 +4,7 @@
 
 use enos_sandbox::SandboxError;
 use enos_sign_core::SignMethod;
+use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
 use crate::common::{
@@ -100,6 +101,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
         sandbox.mqtt_addr(),
         &old,
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match",
     )
     .await;
@@ -118,6 +120,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
         sandbox.mqtt_addr(),
         &dev2_credential,
         None,
+        ConnectReturnCode::NotAuthorized,
         "device pkA/dev2 is disabled",
     )
     .await;
@@ -140,8 +143,14 @@ async fn an_invalid_file_keeps_the_devices_in_force() {
         matches!(&error, SandboxError::Reload(reason) if reason.contains("deviceSecret")),
         "{error}"
     );
-    // Another timestamp, so another MQTT client id: reusing the first one
-    // would take the first session over (MQTT's rule).
+    let post =
+        json!({"id": "2", "method": "thing.measurepoint.post", "params": {"measurepoints": {}}});
+    let reply = session
+        .request("/sys/pkA/dev1/thing/measurepoint/post", &post)
+        .await;
+    assert_eq!(reply["code"], 200, "the session survived the failed reload");
+    // A new login is checked against the devices in force. (It takes the
+    // first session over: one session per device, as on EnOS.)
     let again = credential(
         "pkA",
         "dev1",
@@ -149,20 +158,15 @@ async fn an_invalid_file_keeps_the_devices_in_force() {
         SignMethod::HmacSha1,
         now_ms() - 1000,
     );
-    connect(sandbox.mqtt_addr(), &again, None)
+    let mut session = connect(sandbox.mqtt_addr(), &again, None)
         .await
         .expect("old devices still in force");
     assert!(sandbox.reload_devices().is_err(), "still invalid");
     std::fs::write(&fixture.devices, DEVICES).expect("restore");
     let outcome = sandbox.reload_devices().expect("valid again");
     assert_eq!((outcome.devices, outcome.dropped_sessions), (8, 0));
-    let post =
-        json!({"id": "2", "method": "thing.measurepoint.post", "params": {"measurepoints": {}}});
     let reply = session
         .request("/sys/pkA/dev1/thing/measurepoint/post", &post)
         .await;
-    assert_eq!(
-        reply["code"], 200,
-        "the first session survived every reload"
-    );
+    assert_eq!(reply["code"], 200, "the session survived every reload");
 }

@@ -4,6 +4,7 @@
 //! hashlib over the content written beside each), the same ones
 //! `enos-sign-core`'s `sdk_logins` test checks.
 
+use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
 use crate::common::{Fixture, Login, WAIT, assert_refused, connect, credential, now_ms};
@@ -103,6 +104,7 @@ async fn an_sdk_connect_with_a_wrong_secret_is_refused() {
             sandbox.mqtt_addr(),
             login(client_id, password),
             None,
+            ConnectReturnCode::BadUserNamePassword,
             "password does not match for device PkSdk8Zx/dkR",
         )
         .await;
@@ -129,6 +131,7 @@ async fn sdk_connects_are_judged_by_the_freshness_window_when_one_is_set() {
         sandbox.mqtt_addr(),
         login(client_id, password),
         None,
+        ConnectReturnCode::BadUserNamePassword,
         "reason=stale timestamp for device PkSdk8Zx/dkR",
     )
     .await;

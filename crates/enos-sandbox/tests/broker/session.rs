@@ -93,7 +93,19 @@ async fn sub_device_login_and_logout_replies() {
         (reply["id"].clone(), reply["code"].clone()),
         (json!("6"), json!(200))
     );
-    let reply = gateway
+    // Another gateway may not log gw1's sub-device out (on its own topic:
+    // gw1 may not publish on gw2's, see topics.rs).
+    let gw2 = credential(
+        "gwpk",
+        "gw2",
+        "secret-gw2-02bd7",
+        SignMethod::HmacSha1,
+        now_ms(),
+    );
+    let mut other_gateway = connect(sandbox.mqtt_addr(), &gw2, None)
+        .await
+        .expect("gw2 connects");
+    let reply = other_gateway
         .request("/ext/session/gwpk/gw2/combine/logout", &logout)
         .await;
     assert_eq!(reply["code"], 740);

@@ -1,0 +1,706 @@
+//! One client connection through the front: CONNECT, the decision, the
+//! upstream connection to rumqttd, and the packet loop (see the
+//! [module docs](super) for the rules).
+
+use std::{
+    collections::{BTreeSet, HashSet, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use rumqttc::mqttbytes::{
+    QoS,
+    v4::{
+        ConnAck, Connect, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, Publish,
+        SubAck, Subscribe, SubscribeFilter, SubscribeReasonCode, UnsubAck, Unsubscribe,
+    },
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::watch,
+};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::{
+    FrontContext, Listener,
+    packets::{PacketReader, PacketWriter, StreamError},
+    topics,
+};
+use crate::{auth::Refusal, devices::DeviceId, sub_devices::OnlineSubDevices};
+
+/// How long rumqttd may take to answer the front's CONNECT and SUBSCRIBE.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who the client turned out to be.
+enum Role {
+    /// A device with a verified login.
+    Device(DeviceId),
+    /// The console, the cloud's side.
+    Console,
+}
+
+type ClientReader<S> = PacketReader<ReadHalf<S>>;
+type ClientWriter<S> = PacketWriter<WriteHalf<S>>;
+type UpstreamReader = PacketReader<OwnedReadHalf>;
+type UpstreamWriter = PacketWriter<OwnedWriteHalf>;
+
+/// Serves one client connection until either side closes it.
+pub(crate) async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    listener: Listener,
+    certificate: Option<Vec<u8>>,
+    context: Arc<FrontContext>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let mut client_rx = PacketReader::new(read, context.max_packet);
+    let mut client_tx = PacketWriter::new(write);
+    let connect = match tokio::time::timeout(context.connect_timeout, client_rx.read()).await {
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(_))) => {
+            info!(listener = listener.name(), peer = %peer, "closed a connection whose first packet was not CONNECT");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            info!(listener = listener.name(), peer = %peer, error = %e, "closed a connection before CONNECT");
+            return;
+        }
+        Err(_) => {
+            info!(listener = listener.name(), peer = %peer, "closed a connection that sent no CONNECT in time");
+            return;
+        }
+    };
+    // The presented password is only needed for the decision.
+    let password = Zeroizing::new(
+        connect
+            .login
+            .as_ref()
+            .map(|l| l.password.clone())
+            .unwrap_or_default(),
+    );
+    let username = connect
+        .login
+        .as_ref()
+        .map(|l| l.username.clone())
+        .unwrap_or_default();
+    let mut connect = connect;
+    if let Some(login) = connect.login.as_mut() {
+        zeroize::Zeroize::zeroize(&mut login.password);
+    }
+    let decision = decide(
+        &context,
+        listener,
+        peer,
+        certificate.as_deref(),
+        &connect.client_id,
+        &username,
+        &password,
+    );
+    drop(password);
+    let role = match decision {
+        Ok(role) => role,
+        Err(refusal) => {
+            info!(
+                listener = listener.name(),
+                client_id = ?shorten(&connect.client_id),
+                username = ?shorten(&username),
+                reason = %refusal,
+                "refused MQTT CONNECT"
+            );
+            let code = match refusal.connack_code() {
+                4 => ConnectReturnCode::BadUserNamePassword,
+                _ => ConnectReturnCode::NotAuthorized,
+            };
+            let _ = client_tx
+                .write(&Packet::ConnAck(ConnAck::new(code, false)))
+                .await;
+            client_tx.shutdown().await;
+            return;
+        }
+    };
+    let result = match role {
+        Role::Device(device) => {
+            device_session(
+                &context,
+                listener,
+                device,
+                connect,
+                client_rx,
+                &mut client_tx,
+            )
+            .await
+        }
+        Role::Console => {
+            console_session(&context, listener, connect, client_rx, &mut client_tx).await
+        }
+    };
+    if let Err(e) = result {
+        info!(listener = listener.name(), peer = %peer, error = %e, "connection ended");
+    }
+    client_tx.shutdown().await;
+}
+
+/// Who may this CONNECT be: the console, a device with a verified login
+/// (and, over TLS, that device's certificate), or refused.
+fn decide(
+    context: &FrontContext,
+    listener: Listener,
+    peer: SocketAddr,
+    certificate: Option<&[u8]>,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<Role, Refusal> {
+    if let Some(console) = &context.console
+        && console.is_console_user(username)
+    {
+        if listener != Listener::Plain || !peer.ip().is_loopback() {
+            return Err(Refusal::ConsoleNotHere);
+        }
+        return if console.password_matches(password) {
+            Ok(Role::Console)
+        } else {
+            Err(Refusal::ConsolePassword)
+        };
+    }
+    let device = context.auth.check(client_id, username, password)?;
+    if listener == Listener::Tls {
+        let Some(der) = certificate else {
+            return Err(Refusal::CertificateMismatch {
+                device,
+                reason: "no client certificate".into(),
+            });
+        };
+        context
+            .certificate_rule
+            .check(der, &device)
+            .map_err(|reason| Refusal::CertificateMismatch {
+                device: device.clone(),
+                reason,
+            })?;
+    }
+    Ok(Role::Device(device))
+}
+
+/// Connects to rumqttd's internal listener as `session_id`, with the
+/// process's token and the client's last will if `will_allowed`; returns
+/// the halves and whether rumqttd had a session.
+async fn connect_upstream(
+    context: &FrontContext,
+    connect: &Connect,
+    session_id: String,
+    will_allowed: impl Fn(&str) -> bool,
+) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
+    let stream = TcpStream::connect(context.upstream).await?;
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut rx = PacketReader::new(read, usize::MAX);
+    let mut tx = PacketWriter::new(write);
+    let mut upstream_connect = connect.clone();
+    upstream_connect.client_id = session_id;
+    if let Some(will) = &connect.last_will
+        && !will_allowed(&will.topic)
+    {
+        info!(client_id = ?shorten(&connect.client_id), topic = ?shorten(&will.topic), "dropped a last will outside the client's topics");
+        upstream_connect.last_will = None;
+    }
+    let (username, password) = context.sessions.internal_login();
+    upstream_connect.login = Some(Login {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    });
+    let sent = tx.write(&Packet::Connect(upstream_connect.clone())).await;
+    if let Some(login) = upstream_connect.login.as_mut() {
+        zeroize::Zeroize::zeroize(&mut login.password);
+    }
+    sent?;
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, rx.read()).await {
+        Ok(Ok(Some(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
+            Ok((rx, tx, ack.session_present))
+        }
+        Ok(Ok(other)) => Err(StreamError::Io(std::io::Error::other(format!(
+            "rumqttd answered the front's CONNECT with {other:?}"
+        )))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StreamError::Io(std::io::Error::other(
+            "rumqttd did not answer the front's CONNECT",
+        ))),
+    }
+}
+
+/// Tells the client its login is fine but the broker behind is not.
+async fn unavailable<W: AsyncWrite + Unpin>(client_tx: &mut PacketWriter<W>, error: &StreamError) {
+    warn!(error = %error, "cannot reach rumqttd's internal listener");
+    let _ = client_tx
+        .write(&Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::ServiceUnavailable,
+            false,
+        )))
+        .await;
+}
+
+/// The console's session: packets pass through, but it only publishes
+/// what the cloud sends.
+async fn console_session<S>(
+    context: &FrontContext,
+    listener: Listener,
+    connect: Connect,
+    mut client_rx: ClientReader<S>,
+    client_tx: &mut ClientWriter<S>,
+) -> Result<(), StreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up_rx, mut up_tx, session_present) = match connect_upstream(
+        context,
+        &connect,
+        format!("console:{}", connect.client_id),
+        topics::console_may_publish,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            unavailable(client_tx, &e).await;
+            return Ok(());
+        }
+    };
+    info!(
+        listener = listener.name(),
+        client_id = ?shorten(&connect.client_id),
+        "accepted console login"
+    );
+    client_tx
+        .write(&Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            session_present,
+        )))
+        .await?;
+    let mut dropped = DroppedPublishes::default();
+    loop {
+        tokio::select! {
+            packet = client_rx.read() => match packet? {
+                None | Some(Packet::Disconnect) => {
+                    let _ = up_tx.write(&Packet::Disconnect).await;
+                    return Ok(());
+                }
+                Some(Packet::Publish(publish)) if !topics::console_may_publish(&publish.topic) => {
+                    info!(topic = ?shorten(&publish.topic), "dropped a console PUBLISH: not a topic the cloud sends");
+                    dropped.acknowledge(&publish, client_tx).await?;
+                }
+                Some(Packet::PubRel(rel)) if dropped.release(rel.pkid) => {
+                    client_tx.write(&Packet::PubComp(PubComp::new(rel.pkid))).await?;
+                }
+                Some(Packet::Connect(_)) => return Ok(()),
+                Some(other) => up_tx.write(&other).await?,
+            },
+            packet = up_rx.read() => match packet? {
+                None | Some(Packet::Disconnect) => return Ok(()),
+                Some(packet) => client_tx.write(&packet).await?,
+            },
+        }
+    }
+}
+
+/// Publishes the front dropped, acknowledged so that the client does not
+/// resend them; QoS 2 ones are remembered until their PUBREL.
+#[derive(Default)]
+struct DroppedPublishes {
+    /// Packet ids of dropped QoS 2 publishes awaiting PUBREL.
+    exactly_once: HashSet<u16>,
+}
+
+impl DroppedPublishes {
+    async fn acknowledge<W: AsyncWrite + Unpin>(
+        &mut self,
+        publish: &Publish,
+        client_tx: &mut PacketWriter<W>,
+    ) -> Result<(), StreamError> {
+        match publish.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => {
+                client_tx
+                    .write(&Packet::PubAck(PubAck::new(publish.pkid)))
+                    .await
+            }
+            QoS::ExactlyOnce => {
+                self.exactly_once.insert(publish.pkid);
+                client_tx
+                    .write(&Packet::PubRec(PubRec::new(publish.pkid)))
+                    .await
+            }
+        }
+    }
+
+    /// Whether `pkid` was a dropped QoS 2 publish (now released).
+    fn release(&mut self, pkid: u16) -> bool {
+        self.exactly_once.remove(&pkid)
+    }
+}
+
+/// A device's session: the namespace subscriptions, the topic rules and
+/// the delivery filter.
+struct DeviceSession<'a, W> {
+    /// The device.
+    device: DeviceId,
+    /// The listener, for log lines.
+    listener: Listener,
+    /// To the client.
+    client_tx: &'a mut PacketWriter<W>,
+    /// To rumqttd.
+    up_tx: UpstreamWriter,
+    /// The client's own subscriptions, kept here (never sent upstream).
+    filters: Vec<(String, QoS)>,
+    /// The logged-in sub-devices, for a gateway: their namespaces are
+    /// the session's too.
+    sub_devices: watch::Receiver<OnlineSubDevices>,
+    /// The sub-devices whose namespaces are subscribed upstream.
+    placed: BTreeSet<DeviceId>,
+    /// SUBACKs from rumqttd still to come; while any is, deliveries wait,
+    /// so that nothing published after a sub-device login is missed.
+    pending_subacks: usize,
+    /// Deliveries waiting for those SUBACKs.
+    held: VecDeque<Publish>,
+    /// Packet id of the front's next SUBSCRIBE / UNSUBSCRIBE upstream.
+    next_pkid: u16,
+    /// The client's dropped publishes.
+    dropped: DroppedPublishes,
+}
+
+async fn device_session<S>(
+    context: &FrontContext,
+    listener: Listener,
+    device: DeviceId,
+    connect: Connect,
+    mut client_rx: ClientReader<S>,
+    client_tx: &mut ClientWriter<S>,
+) -> Result<(), StreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let sub_devices = context.sub_devices.watch(&device);
+    let will_device = device.clone();
+    let will_subs = sub_devices.clone();
+    let will_allowed = move |topic: &str| {
+        topics::namespace_of(topic)
+            .is_some_and(|ns| ns == will_device || will_subs.borrow().contains(&ns))
+    };
+    // One session per device, whatever client id it presents: a second
+    // login of the same device takes the first one's session over, and
+    // the same credential with its parameters reordered is still one
+    // session.
+    let session_id = device_session_id(&device);
+    let (mut up_rx, up_tx, session_present) =
+        match connect_upstream(context, &connect, session_id.clone(), will_allowed).await {
+            Ok(up) => up,
+            Err(e) => {
+                unavailable(client_tx, &e).await;
+                return Ok(());
+            }
+        };
+    let mut session = DeviceSession {
+        device: device.clone(),
+        listener,
+        client_tx,
+        up_tx,
+        filters: Vec::new(),
+        sub_devices,
+        placed: BTreeSet::new(),
+        pending_subacks: 0,
+        held: VecDeque::new(),
+        next_pkid: 0,
+        dropped: DroppedPublishes::default(),
+    };
+    // The device's own namespace, and its sub-devices' if it is a gateway
+    // that reconnects: subscribed before the device hears CONNACK.
+    session
+        .subscribe_upstream(std::slice::from_ref(&device))
+        .await?;
+    session.sync_sub_devices().await?;
+    session.await_subacks(&mut up_rx).await?;
+    context.sessions.record(&device, &session_id);
+    info!(
+        listener = listener.name(),
+        device = %device,
+        client_id = ?shorten(&connect.client_id),
+        "accepted MQTT CONNECT"
+    );
+    session
+        .client_tx
+        .write(&Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            session_present,
+        )))
+        .await?;
+    session.flush_held().await?;
+    session.run(&mut client_rx, &mut up_rx).await
+}
+
+impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        client_rx: &mut PacketReader<R>,
+        up_rx: &mut UpstreamReader,
+    ) -> Result<(), StreamError> {
+        loop {
+            tokio::select! {
+                packet = client_rx.read() => match packet? {
+                    None | Some(Packet::Disconnect) => {
+                        let _ = self.up_tx.write(&Packet::Disconnect).await;
+                        return Ok(());
+                    }
+                    Some(Packet::Connect(_)) => return Ok(()),
+                    Some(packet) => self.on_client_packet(packet).await?,
+                },
+                packet = up_rx.read() => match packet? {
+                    None | Some(Packet::Disconnect) => return Ok(()),
+                    Some(packet) => self.on_upstream_packet(packet).await?,
+                },
+                changed = self.sub_devices.changed() => {
+                    if changed.is_ok() {
+                        self.sync_sub_devices().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for every pending SUBACK, holding deliveries meanwhile.
+    async fn await_subacks(&mut self, up_rx: &mut UpstreamReader) -> Result<(), StreamError> {
+        while self.pending_subacks > 0 {
+            match tokio::time::timeout(UPSTREAM_TIMEOUT, up_rx.read()).await {
+                Ok(Ok(Some(packet))) => self.on_upstream_packet(packet).await?,
+                Ok(Ok(None)) => {
+                    return Err(StreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(StreamError::Io(std::io::Error::other(
+                        "rumqttd did not acknowledge the namespace subscription",
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `device` is this session's or one of its logged-in
+    /// sub-devices'.
+    fn owns(&self, device: &DeviceId) -> bool {
+        *device == self.device || self.sub_devices.borrow().contains(device)
+    }
+
+    async fn on_client_packet(&mut self, packet: Packet) -> Result<(), StreamError> {
+        match packet {
+            Packet::Publish(publish) => {
+                if topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns)) {
+                    self.up_tx.write(&Packet::Publish(publish)).await
+                } else {
+                    info!(
+                        listener = self.listener.name(),
+                        device = %self.device,
+                        topic = ?shorten(&publish.topic),
+                        "dropped a PUBLISH outside the device's topics"
+                    );
+                    self.dropped.acknowledge(&publish, self.client_tx).await
+                }
+            }
+            Packet::PubRel(rel) if self.dropped.release(rel.pkid) => {
+                self.client_tx
+                    .write(&Packet::PubComp(PubComp::new(rel.pkid)))
+                    .await
+            }
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => {
+                self.filters
+                    .retain(|(f, _)| !unsubscribe.topics.iter().any(|t| t == f));
+                self.client_tx
+                    .write(&Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                    .await
+            }
+            // PINGREQ, and the client's acknowledgements of deliveries.
+            other => self.up_tx.write(&other).await,
+        }
+    }
+
+    /// Keeps the allowed filters (QoS at most 1, what the namespace
+    /// subscription carries) and answers with a SUBACK.
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), StreamError> {
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            let mut owned = vec![self.device.clone()];
+            owned.extend(self.sub_devices.borrow().iter().cloned());
+            if topics::filter_allowed(&filter.path, &owned) {
+                let qos = match filter.qos {
+                    QoS::AtMostOnce => QoS::AtMostOnce,
+                    QoS::AtLeastOnce | QoS::ExactlyOnce => QoS::AtLeastOnce,
+                };
+                self.filters.retain(|(f, _)| *f != filter.path);
+                self.filters.push((filter.path, qos));
+                codes.push(SubscribeReasonCode::Success(qos));
+            } else {
+                info!(
+                    listener = self.listener.name(),
+                    device = %self.device,
+                    filter = ?shorten(&filter.path),
+                    "refused a SUBSCRIBE outside the device's topics"
+                );
+                codes.push(SubscribeReasonCode::Failure);
+            }
+        }
+        self.client_tx
+            .write(&Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+            .await
+    }
+
+    async fn on_upstream_packet(&mut self, packet: Packet) -> Result<(), StreamError> {
+        match packet {
+            Packet::Publish(publish) => {
+                // A sub-device login changes the watch before its reply is
+                // published: subscribe to the new namespace first.
+                if self.sub_devices.has_changed().unwrap_or(false) {
+                    self.sync_sub_devices().await?;
+                }
+                if self.pending_subacks > 0 {
+                    self.held.push_back(publish);
+                    Ok(())
+                } else {
+                    self.deliver(publish).await
+                }
+            }
+            Packet::SubAck(_) => {
+                self.pending_subacks = self.pending_subacks.saturating_sub(1);
+                if self.pending_subacks == 0 {
+                    self.flush_held().await?;
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(_) | Packet::ConnAck(_) => Ok(()),
+            // PINGRESP, and rumqttd's acknowledgements of the client's publishes.
+            other => self.client_tx.write(&other).await,
+        }
+    }
+
+    async fn flush_held(&mut self) -> Result<(), StreamError> {
+        while self.pending_subacks == 0
+            && let Some(publish) = self.held.pop_front()
+        {
+            self.deliver(publish).await?;
+        }
+        Ok(())
+    }
+
+    /// Passes a message from the namespace subscription on to the client
+    /// if it is downstream or matches one of its filters, at the QoS of
+    /// the subscription; otherwise acknowledges it to rumqttd itself.
+    async fn deliver(&mut self, mut publish: Publish) -> Result<(), StreamError> {
+        let owned = topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns));
+        let subscribed = self
+            .filters
+            .iter()
+            .filter(|(filter, _)| topics::matches(&publish.topic, filter))
+            .map(|(_, qos)| *qos)
+            .fold(None, |best, qos| match best {
+                Some(best) if best >= qos => Some(best),
+                _ => Some(qos),
+            });
+        let granted = if topics::is_downstream(&publish.topic) {
+            Some(QoS::AtLeastOnce)
+        } else {
+            subscribed
+        };
+        match granted.filter(|_| owned) {
+            None => self.acknowledge_upstream(&publish).await,
+            Some(granted) if publish.qos > granted => {
+                self.acknowledge_upstream(&publish).await?;
+                publish.qos = granted;
+                publish.pkid = 0;
+                self.client_tx.write(&Packet::Publish(publish)).await
+            }
+            Some(_) => self.client_tx.write(&Packet::Publish(publish)).await,
+        }
+    }
+
+    async fn acknowledge_upstream(&mut self, publish: &Publish) -> Result<(), StreamError> {
+        match publish.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => {
+                self.up_tx
+                    .write(&Packet::PubAck(PubAck::new(publish.pkid)))
+                    .await
+            }
+            // The namespace subscription is QoS 1, so rumqttd never
+            // sends QoS 2 here; acknowledge it as rumqttd expects anyway.
+            QoS::ExactlyOnce => {
+                self.up_tx
+                    .write(&Packet::PubRec(PubRec::new(publish.pkid)))
+                    .await
+            }
+        }
+    }
+
+    /// Subscribes to the namespaces of sub-devices that logged in, and
+    /// unsubscribes from those that logged out.
+    async fn sync_sub_devices(&mut self) -> Result<(), StreamError> {
+        let online = self.sub_devices.borrow_and_update().clone();
+        let added: Vec<DeviceId> = online.difference(&self.placed).cloned().collect();
+        let removed: Vec<DeviceId> = self.placed.difference(&online).cloned().collect();
+        if !added.is_empty() {
+            self.subscribe_upstream(&added).await?;
+        }
+        if !removed.is_empty() {
+            let topics = removed.iter().flat_map(topics::namespace_filters).collect();
+            let pkid = self.next_pkid();
+            self.up_tx
+                .write(&Packet::Unsubscribe(Unsubscribe { pkid, topics }))
+                .await?;
+        }
+        self.placed = online.iter().cloned().collect();
+        Ok(())
+    }
+
+    async fn subscribe_upstream(&mut self, devices: &[DeviceId]) -> Result<(), StreamError> {
+        let filters = devices
+            .iter()
+            .flat_map(topics::namespace_filters)
+            .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce))
+            .collect();
+        let pkid = self.next_pkid();
+        self.pending_subacks += 1;
+        self.up_tx
+            .write(&Packet::Subscribe(Subscribe { pkid, filters }))
+            .await
+    }
+
+    /// Packet ids 1..=65535 in turn. The front never forwards the
+    /// client's SUBSCRIBEs, so every SUBACK from rumqttd is for one of these.
+    fn next_pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        self.next_pkid
+    }
+}
+
+/// The client id of a device's session in rumqttd: `device|{pk}|{dk}`.
+/// `|` is in no key, and rumqttd refuses `/` `+` `#` `$` in client ids.
+/// Console sessions are `console|…`; rumqttd's own links have no `|`.
+fn device_session_id(device: &DeviceId) -> String {
+    format!("device|{}|{}", device.product_key, device.device_key)
+}
+
+/// At most 160 characters of an untrusted value, for logs; `?` formatting
+/// escapes control characters.
+pub(crate) fn shorten(value: &str) -> &str {
+    match value.char_indices().nth(160) {
+        Some((end, _)) => &value[..end],
+        None => value,
+    }
+}

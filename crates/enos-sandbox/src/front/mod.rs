@@ -1,0 +1,236 @@
+//! The front: the sandbox's public listeners, an MQTT-aware proxy in front
+//! of rumqttd that behaves as EnOS does at the connection.
+//!
+//! rumqttd alone cannot: its auth hook sees no client certificate and can
+//! only close a refused connection (no CONNACK), it has no per-client
+//! topic rules, and it routes by subscription only. So the front
+//! terminates the connection (and TLS), reads CONNECT and decides:
+//!
+//! 1. **Login.** The CONNECT is checked ([`crate::auth`]) with the client
+//!    certificate in hand (`certificate`). A refusal is answered with
+//!    CONNACK 4 (bad user name or password: wrong password, unknown
+//!    device, malformed login) or 5 (not authorised: disabled device,
+//!    certificate of another device, a sub-device connecting directly),
+//!    then the connection closes; the reason is logged.
+//! 2. **Forwarding.** An accepted device gets a connection to rumqttd's
+//!    internal listener (loopback, a random port, logged in with a token
+//!    only this process knows) as the session `device|{pk}|{dk}`: one
+//!    session per device, so a second login of the device (with its
+//!    client id parameters reordered, say) takes the first one's session
+//!    over, as on EnOS. Before the device
+//!    sees its CONNACK, the front subscribes that connection to the
+//!    device's whole namespace (`topics::namespace_filters`).
+//! 3. **Topic rules** (`topics`). A device's PUBLISH outside its
+//!    namespace (and its logged-in sub-devices', for a gateway) is dropped
+//!    (and acknowledged, so the client does not resend it) and logged; a
+//!    SUBSCRIBE outside it gets the SUBACK failure code 0x80.
+//! 4. **Delivery.** The device's own SUBSCRIBEs are kept by the front and
+//!    never reach rumqttd: a message arriving on the namespace
+//!    subscription is passed on if it is downstream
+//!    (`topics::is_downstream`, delivered unasked as EnOS does) or
+//!    matches one of the device's filters. So each message arrives once,
+//!    subscribed or not, and never another device's.
+//! 5. **The console** (`--console-user`, from loopback on the plain
+//!    listener only) plays the cloud: it may publish any device's
+//!    downstream topics and the `_reply` to a device's request, and
+//!    subscribe to anything; its packets otherwise pass through.
+//!
+//! Costs and limits: every packet is decoded and re-encoded once more; a
+//! device's own upstream messages come back on its namespace
+//! subscription and are dropped in the front; retained messages are only
+//! delivered when they are downstream (the front subscribes before the
+//! device's own SUBSCRIBE, so a retained non-downstream message is not
+//! replayed on it).
+
+mod certificate;
+mod connection;
+mod packets;
+pub(crate) mod topics;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+pub use certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::{
+    auth::Authenticator, config::TlsSettings, console::ConsoleLogin, error::SandboxError,
+    sessions::SessionTracker, sub_devices::SubDeviceSessions,
+};
+
+/// What every front connection needs; shared by all of them.
+pub(crate) struct FrontContext {
+    /// Checks device logins against the device file.
+    pub(crate) auth: Authenticator,
+    /// Records which client ids logged in as which device (for reloads),
+    /// and holds the token of the internal listener.
+    pub(crate) sessions: Arc<SessionTracker>,
+    /// Which sub-devices are online through which gateway.
+    pub(crate) sub_devices: Arc<SubDeviceSessions>,
+    /// The console login, when configured.
+    pub(crate) console: Option<ConsoleLogin>,
+    /// rumqttd's internal listener.
+    pub(crate) upstream: SocketAddr,
+    /// The largest packet accepted from a client.
+    pub(crate) max_packet: usize,
+    /// A client must send CONNECT within this.
+    pub(crate) connect_timeout: Duration,
+    /// Which device a TLS client certificate belongs to.
+    pub(crate) certificate_rule: CertificateRule,
+}
+
+/// Which public listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// EnOS's 11883.
+    Plain,
+    /// EnOS's 18883, two-way TLS.
+    Tls,
+}
+
+impl Listener {
+    /// The name in log lines.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Listener::Plain => crate::broker::MQTT_LISTENER,
+            Listener::Tls => crate::broker::TLS_LISTENER,
+        }
+    }
+}
+
+/// Binds a listening socket on `addr`, whose port a
+/// [`crate::ports::PortReservation`] may hold (hence `SO_REUSEADDR`).
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, SandboxError> {
+    let fail = |e: std::io::Error| SandboxError::Listen {
+        addr,
+        reason: e.to_string(),
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// The TLS listener's rustls config: the server certificate, and client
+/// certificates required, chaining to the CA. Errors name the file.
+pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, SandboxError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let bad = |what: &str, path: &std::path::Path, detail: String| {
+        SandboxError::Settings(format!("the TLS {what} file {}: {detail}", path.display()))
+    };
+    let certs = |what: &str, path: &std::path::Path| {
+        let pem = read(path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(what, path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(what, path, "holds no PEM certificate".into()));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in certs("CA", &tls.ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| bad("CA", &tls.ca, e.to_string()))?;
+    }
+    let chain = certs("certificate", &tls.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
+        .map_err(|e| bad("key", &tls.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad("CA", &tls.ca, e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SandboxError::Settings(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("certificate", &tls.cert, e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Accepts plain connections on `listener` for ever.
+pub(crate) async fn serve_plain(listener: TcpListener, context: Arc<FrontContext>) {
+    loop {
+        let Some((stream, peer)) = accept(&listener).await else {
+            continue;
+        };
+        tokio::spawn(connection::serve(
+            stream,
+            peer,
+            Listener::Plain,
+            None,
+            Arc::clone(&context),
+        ));
+    }
+}
+
+/// Accepts TLS connections on `listener` for ever; the handshake runs in
+/// the connection's own task.
+pub(crate) async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    context: Arc<FrontContext>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let Some((stream, peer)) = accept(&listener).await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(context.connect_timeout, acceptor.accept(stream));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    info!(listener = Listener::Tls.name(), peer = %peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    info!(listener = Listener::Tls.name(), peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| der.as_ref().to_vec());
+            connection::serve(tls, peer, Listener::Tls, certificate, context).await;
+        });
+    }
+}
+
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            // Small packets both ways: no Nagle delay on CONNACK or PUBACK.
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            // Out of file descriptors, say: wait a little, keep serving.
+            debug!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
+        }
+    }
+}
