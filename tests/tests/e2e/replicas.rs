@@ -97,6 +97,7 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
             .await?;
     }
     let reconnected_in = killed.elapsed();
+    let audit = world.audit();
     let mut issued_to_agents: u64 = 0;
     for agent in &agents {
         let s = agent.now();
@@ -111,16 +112,27 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
             "{}: the sandbox refused: {s:?}",
             agent.device
         );
+        // Every credential the agent received has its audit record. (The
+        // trail may hold more: an answer that timed out on a loaded
+        // machine, after which the agent asked the other replica, or
+        // one in flight when A died: audited before it is sent.)
+        let audited = audit
+            .issued_per_device
+            .get(&agent.device)
+            .copied()
+            .unwrap_or(0) as u64;
+        assert!(
+            audited >= s.credentials_issued,
+            "{}: {audited} audited, {} received",
+            agent.device,
+            s.credentials_issued
+        );
         issued_to_agents += s.credentials_issued;
     }
-    // Every credential an agent received has its audit record (and the
-    // trail has no issuance that no agent received).
-    let audit = world.audit();
-    assert_eq!(audit.issued as u64, issued_to_agents, "audited issuances");
     assert!(audit.issued_per_device.values().all(|n| *n >= 2));
     eprintln!(
         "replicas: {AGENTS} agents connected in {:.1} s over 2 replicas; after a SIGKILL of one \
-         and a broker restart, all reconnected through the other in {:.1} s; {} credentials, all audited",
+         and a broker restart, all reconnected through the other in {:.1} s; {issued_to_agents} credentials received, all audited ({} audited)",
         connected_in.as_secs_f64(),
         reconnected_in.as_secs_f64(),
         audit.issued
