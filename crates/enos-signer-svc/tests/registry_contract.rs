@@ -584,6 +584,35 @@ async fn postgres_cache_follows_every_writer_and_survives_a_cut_feed() {
         async || replica.get(&dev).await.expect("get").is_none(),
     )
     .await;
+
+    // A statement of more than 1000 rows (an import, a bulk fix) notifies
+    // '*': every cached record is dropped.
+    put_all(&replica, vec![record("f", "dev")]).await;
+    assert!(
+        replica
+            .get(&dev)
+            .await
+            .expect("get")
+            .expect("present")
+            .enabled
+    );
+    cluster
+        .psql(
+            "feed",
+            "INSERT INTO devices SELECT 'f', 'bulk-' || i, true, 1, 'test', '\\x00', NULL, NULL, 1, 1 \
+             FROM generate_series(1, 1500) AS i; \
+             UPDATE devices SET enabled = false",
+        )
+        .expect("psql");
+    eventually(Duration::from_secs(1), "bulk update seen", async || {
+        !replica
+            .get(&dev)
+            .await
+            .expect("get")
+            .expect("present")
+            .enabled
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
