@@ -15,11 +15,13 @@
 //! | `signer_kill` | the signer killed with SIGKILL: sessions stay up, new connects work after its restart |
 //! | `fleet` | 200 agents in this process through a broker restart, within the signer's rate limit |
 //! | `mosquitto` | Mosquitto: TLS with a required device certificate; CONNACK "not authorised" and backoff |
+//! | `replicas` | 200 agents over two signer replicas on PostgreSQL; one SIGKILLed: all fail over, none refused, all audited |
 
 mod demo;
 mod disabled;
 mod fleet;
 mod mosquitto;
+mod replicas;
 mod rotation;
 mod signer_kill;
 mod support;
