@@ -13,7 +13,7 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    audit::{AuditRecord, identity_name},
+    audit::AuditRecord,
     convert::{self, device_message},
     error::{Result, SignerError},
     import,
@@ -65,12 +65,11 @@ impl AdminService {
     ) -> Result<Response<T>, Status> {
         let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
         self.state.metrics.admin_call(rpc, outcome);
-        if change {
-            self.state
-                .audit_best_effort(&AuditRecord::new(rpc, identity, device, outcome));
-        }
-        if let Err(e) = &result {
-            tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "admin call refused");
+        let record = change.then(|| AuditRecord::new(rpc, identity, device, outcome));
+        match (&result, &record) {
+            (Err(e), record) => self.state.refused(rpc, identity, e, record.as_ref()),
+            (Ok(_), Some(record)) => self.state.audit_best_effort(record),
+            (Ok(_), None) => {}
         }
         Ok(Response::new(result?))
     }

@@ -77,8 +77,9 @@ impl CredentialsService {
         identity: &PeerIdentity,
         request: v1::IssueMqttCredentialRequest,
     ) -> Result<(v1::MqttCredential, Issued)> {
-        let caller = caller_device(identity)?;
+        // The limit first: every refusal after it is bounded by it.
         self.state.limiter.check(identity)?;
+        let caller = caller_device(identity)?;
         let product_key = if request.product_key.is_empty() {
             caller.product_key.clone()
         } else {
@@ -149,8 +150,8 @@ impl CredentialsService {
         identity: &PeerIdentity,
         request: v1::SignSubDeviceLoginRequest,
     ) -> Result<(v1::SubDeviceLogin, Issued)> {
-        let gateway = caller_device(identity)?;
         self.state.limiter.check(identity)?;
+        let gateway = caller_device(identity)?;
         let sub = DeviceId::new(
             convert::product_key("product_key", &request.product_key)?,
             convert::device_key("device_key", &request.device_key)?,
@@ -164,17 +165,16 @@ impl CredentialsService {
             .state
             .policy
             .method(&sub.product_key, request.sign_method)?;
-        let record = self
-            .state
-            .registry
-            .get(&sub)
-            .await?
-            .ok_or_else(|| SignerError::NotFound(format!("device {sub}")))?;
-        if record.gateway.as_ref() != Some(&gateway) {
-            return Err(SignerError::PermissionDenied(format!(
-                "{sub} is not a sub-device of the calling gateway"
-            )));
-        }
+        // Unknown and not bound answer alike: a device learns nothing
+        // about devices that are not its own.
+        let record = match self.state.registry.get(&sub).await? {
+            Some(record) if record.gateway.as_ref() == Some(&gateway) => record,
+            _ => {
+                return Err(SignerError::PermissionDenied(format!(
+                    "{sub} is not a sub-device of the calling gateway"
+                )));
+            }
+        };
         // The gateway itself must be known and enabled to sign for others.
         self.enabled_record(&gateway).await?;
         if !record.enabled {
@@ -257,19 +257,19 @@ impl CredentialsService {
                         .audit
                         .password_hmac(issued.password.expose_secret()),
                 );
-                self.state.audit.record(&record).map(|()| response)
+                self.state.audit.record(&record).map(|()| response).inspect_err(|e| {
+                    // Fail-closed: the password is dropped unsent.
+                    tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "refused");
+                })
             }
             Err(e) => {
                 record.outcome = outcome_name(Some(e.code())).into();
-                self.state.audit_best_effort(&record);
+                self.state.refused(rpc, identity, &e, Some(&record));
                 Err(e)
             }
         };
         let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
         self.state.metrics.issuance(rpc, outcome, started.elapsed());
-        if let Err(e) = &result {
-            tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "refused");
-        }
         result
     }
 }

@@ -33,6 +33,7 @@
 //! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
 //! | [`readiness`] | what the health service answers: registry, custody, draining; liveness |
 //! | [`health_port`] | the plain (no TLS) health port for kubelet probes |
+//! | [`refusal_log`] | [`refusal_log::RefusalLog`]: refusals a caller can repeat for free, sampled |
 //! | [`init`] | create keys and registry |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
@@ -67,6 +68,7 @@ pub mod peer;
 pub mod policy;
 pub mod rate_limit;
 pub mod readiness;
+pub mod refusal_log;
 pub mod registry;
 pub mod registry_copy;
 pub mod server;

@@ -32,6 +32,8 @@ pub struct SignerState {
     pub metrics: Metrics,
     /// Identities of client certificates already seen.
     pub identities: crate::peer::IdentityCache,
+    /// Samples the log lines of refusals a caller can repeat for free.
+    pub refusal_log: crate::refusal_log::RefusalLog,
 }
 
 impl SignerState {
@@ -45,7 +47,34 @@ impl SignerState {
             limiter: RateLimiter::new(config.rate_limit.as_ref())?,
             metrics: Metrics::new(),
             identities: crate::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
+            refusal_log: crate::refusal_log::RefusalLog::default(),
         })
+    }
+
+    /// Logs and audits a refused call, unless the caller can repeat it for
+    /// free: with no identity (nothing proved) it is never audited, and
+    /// it, like a caller over its rate limit, is logged at most once a
+    /// second per caller. Metrics count every call elsewhere.
+    pub fn refused(
+        &self,
+        rpc: &'static str,
+        identity: Option<&PeerIdentity>,
+        error: &crate::SignerError,
+        record: Option<&AuditRecord>,
+    ) {
+        let name = crate::audit::identity_name(identity);
+        let cheap = identity.is_none() || error.code() == tonic::Code::ResourceExhausted;
+        if cheap {
+            let Some(left_out) = self.refusal_log.sample(&name) else {
+                return;
+            };
+            tracing::info!(rpc, identity = %name, code = ?error.code(), error = %error, left_out, "refused (sampled: at most one line a second per caller)");
+        } else {
+            tracing::info!(rpc, identity = %name, code = ?error.code(), error = %error, "refused");
+        }
+        if let (Some(record), Some(_)) = (record, identity) {
+            self.audit_best_effort(record);
+        }
     }
 
     /// Writes an audit record for an outcome already decided (a refusal,

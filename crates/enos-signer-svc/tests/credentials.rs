@@ -343,11 +343,15 @@ async fn sub_device_logins_only_for_bound_sub_devices() {
         code(sub.sign_sub_device_login(ask("PkGw", "sub-1")).await),
         Code::PermissionDenied
     );
-    // Unknown sub-device; bad field; disabled sub-device; disabled gateway.
+    // Unknown sub-device: refused exactly as one bound elsewhere, so that
+    // a device cannot learn which devices exist (#13 finding 5).
+    let unknown = status(gw.sign_sub_device_login(ask("PkGw", "nope")).await);
+    assert_eq!(unknown.code(), Code::PermissionDenied);
     assert_eq!(
-        code(gw.sign_sub_device_login(ask("PkGw", "nope")).await),
-        Code::NotFound
+        unknown.message(),
+        "PkGw/nope is not a sub-device of the calling gateway"
     );
+    // Bad field; disabled sub-device; disabled gateway.
     let s = status(gw.sign_sub_device_login(ask("PkGw", "")).await);
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().starts_with("device_key"), "{}", s.message());
@@ -612,4 +616,48 @@ async fn a_failing_audit_sink_fails_issuance_closed_or_open_as_configured() {
         .issue_mqtt_credential(IssueMqttCredentialRequest::default())
         .await
         .expect("fail-open issues anyway");
+}
+
+#[tokio::test]
+async fn callers_that_prove_nothing_write_no_audit_records() {
+    let f = fixture().await;
+    f.signer
+        .put_device("Pk1", "dev-1", "s3cret")
+        .await
+        .expect("put");
+    let trail = || {
+        std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+            .expect("audit trail")
+            .lines()
+            .count()
+    };
+    let before = trail();
+    // 200 calls without a client certificate, and with one naming nobody.
+    let mut anonymous = CredentialsClient::new(f.channel(None).await);
+    let nobody = f.pki.client_with_uri("nobody", None).expect("cert");
+    let mut nameless = CredentialsClient::new(f.channel(Some(&nobody)).await);
+    for _ in 0..100 {
+        for client in [&mut anonymous, &mut nameless] {
+            assert_eq!(
+                code(
+                    client
+                        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                        .await
+                ),
+                Code::Unauthenticated
+            );
+        }
+    }
+    assert_eq!(
+        trail(),
+        before,
+        "an unauthenticated refusal wrote audit records"
+    );
+    // An authenticated refusal is still audited.
+    let _ = f
+        .device("Pk1", "not-registered")
+        .await
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await;
+    assert_eq!(trail(), before + 1);
 }
