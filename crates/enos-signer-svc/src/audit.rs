@@ -22,6 +22,8 @@ use crate::{
 
 /// The log target of audit records when the sink is `log`.
 pub const AUDIT_TARGET: &str = "enos_signer::audit";
+// (Kept for readers of older logs: the `log` sink now writes its own lines,
+// `{"audit":{…}}`, and no longer emits events on this target.)
 
 /// One audit record, serialised as one JSON line.
 #[derive(Debug, Clone, Serialize)]
@@ -85,8 +87,10 @@ impl AuditRecord {
 
 /// Where records go.
 enum Sink {
-    /// Log events on [`AUDIT_TARGET`]: they cannot fail.
-    Log,
+    /// JSON lines on standard error, written directly, not through
+    /// `tracing`: no log filter (`RUST_LOG=warn`) can switch the trail
+    /// off, and a failed write is reported, so fail-closed holds.
+    Log(std::sync::Mutex<Box<dyn Write + Send>>),
     /// Appended JSON lines; a failed write is reported. No lock: each
     /// record is one `write` on an `O_APPEND` file, which the kernel
     /// appends whole.
@@ -107,11 +111,22 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// A trail writing JSON lines to `writer` (the `log` sink's form), for
+    /// tests of the trail itself.
+    #[cfg(test)]
+    fn to_writer(writer: Box<dyn Write + Send>, fail_closed: bool) -> Self {
+        Audit {
+            key: Key256::default(),
+            sink: Sink::Log(std::sync::Mutex::new(writer)),
+            fail_closed,
+        }
+    }
+
     /// Opens the sink and loads the audit key.
     pub fn open(config: &AuditConfig) -> Result<Self> {
         let key = key_file::load(&config.key_file)?;
         let sink = match &config.sink {
-            AuditSinkConfig::Log => Sink::Log,
+            AuditSinkConfig::Log => Sink::Log(std::sync::Mutex::new(Box::new(std::io::stderr()))),
             AuditSinkConfig::File { path } => Sink::File(open_append(path)?),
             AuditSinkConfig::Postgres(pg) => Sink::Postgres(postgres::PostgresAuditSink::open(pg)?),
         };
@@ -133,9 +148,16 @@ impl Audit {
         let line = serde_json::to_string(record)
             .map_err(|e| SignerError::Audit(format!("serialising a record: {e}")))?;
         let written = match &self.sink {
-            Sink::Log => {
-                tracing::info!(target: AUDIT_TARGET, record = %line, "audit");
-                Ok(())
+            Sink::Log(writer) => {
+                let mut bytes = format!("{{\"audit\":{line}}}").into_bytes();
+                bytes.push(b'\n');
+                let mut writer = writer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                writer
+                    .write_all(&bytes)
+                    .and_then(|()| writer.flush())
+                    .map_err(|e| SignerError::Audit(format!("writing the audit line: {e}")))
             }
             Sink::File(file) => {
                 let mut bytes = line.into_bytes();
@@ -204,6 +226,47 @@ mod tests {
             outcome: "ok".into(),
             password_hmac: Some("00".into()),
         }
+    }
+
+    /// A writer into a shared buffer, or one that always fails.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>, bool);
+
+    impl Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if self.1 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0.lock().expect("lock").extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_log_sink_is_no_log_event_and_fails_closed() {
+        // No tracing subscriber at all here (as with RUST_LOG=warn): the
+        // record is written all the same.
+        let buffer = Buffer::default();
+        let audit = Audit::to_writer(Box::new(buffer.clone()), true);
+        audit.record(&record()).expect("written");
+        let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).expect("one JSON line");
+        assert_eq!(line["audit"]["event"], "issue_mqtt_credential");
+        // A failing stderr is an error when fail-closed, and not otherwise.
+        let failing = Buffer(Default::default(), true);
+        assert!(
+            Audit::to_writer(Box::new(failing.clone()), true)
+                .record(&record())
+                .is_err()
+        );
+        assert!(
+            Audit::to_writer(Box::new(failing), false)
+                .record(&record())
+                .is_ok()
+        );
     }
 
     #[test]

@@ -172,7 +172,9 @@ pub enum AuditSinkConfig {
         /// The file; created 0600 if missing.
         path: PathBuf,
     },
-    /// JSON records as log events on target `enos_signer::audit`.
+    /// JSON lines `{"audit":{…}}` on standard error, written directly (not
+    /// through the log filter, which cannot switch the trail off), so a
+    /// failed write fails closed like the other sinks.
     #[default]
     Log,
     /// Rows of the append-only `audit_records` table (migrated by `init`
