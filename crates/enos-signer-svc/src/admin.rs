@@ -23,7 +23,9 @@ use crate::{
 };
 use enos_domain::now_ms;
 
-/// The Admin service.
+/// The Admin service. Cloning is cheap (the state is shared): a change
+/// runs in a task of its own, which holds a clone.
+#[derive(Clone)]
 pub struct AdminService {
     /// Shared state.
     state: Arc<SignerState>,
@@ -325,27 +327,66 @@ impl AdminService {
 impl AdminService {
     /// The frame every Admin RPC shares: authorise, run `handler` when
     /// allowed, then count, audit (`change` only) and answer.
+    ///
+    /// A change is audited as part of itself: an intent record
+    /// (`outcome = "started"`) is written before anything changes — with
+    /// a fail-closed trail a failed write refuses the change as
+    /// Unavailable — and the change, its metrics and its outcome record run
+    /// in a task of their own, which a cancelled call (client deadline,
+    /// disconnect, server timeout) does not stop. Reads have a deadline of
+    /// [`READ_TIMEOUT`]; changes run to the end (an import may take
+    /// minutes; the server's timeout is [`crate::server::REQUEST_TIMEOUT`]).
     async fn call<Req, T, F>(
         &self,
         rpc: &'static str,
         request: Request<Req>,
         change: bool,
         device_of: impl FnOnce(&Req) -> Option<String>,
-        handler: impl FnOnce(Req, Option<PeerIdentity>) -> F,
+        handler: impl FnOnce(AdminService, Req, Option<PeerIdentity>) -> F + Send + 'static,
     ) -> Result<Response<T>, Status>
     where
-        F: Future<Output = Result<T>>,
+        Req: Send + 'static,
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
     {
         let (identity, allowed) = self.authorize(&request);
         let request = request.into_inner();
         let device = device_of(&request);
-        let result = match allowed {
-            Ok(()) => handler(request, identity.clone()).await,
-            Err(e) => Err(e),
+        if let Err(e) = allowed {
+            return self.finish(rpc, identity.as_ref(), device, change, Err(e));
+        }
+        if change {
+            let intent = AuditRecord::new(rpc, identity.as_ref(), device.clone(), "started");
+            if let Err(e) = self.state.audit.record(&intent) {
+                tracing::error!(rpc, error = %e, "admin change refused: its audit record cannot be written");
+                self.state
+                    .metrics
+                    .admin_call(rpc, outcome_name(Some(e.code())));
+                return Err(e.into());
+            }
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = handler(this.clone(), request, identity.clone()).await;
+            this.finish(rpc, identity.as_ref(), device, change, result)
+        });
+        let joined = if change {
+            task.await
+        } else {
+            match tokio::time::timeout(READ_TIMEOUT, task).await {
+                Ok(joined) => joined,
+                Err(_) => return Err(Status::deadline_exceeded(format!("{rpc} took too long"))),
+            }
         };
-        self.finish(rpc, identity.as_ref(), device, change, result)
+        joined.unwrap_or_else(|e| {
+            tracing::error!(rpc, error = %e, "admin call task failed");
+            Err(Status::internal("the call failed"))
+        })
     }
 }
+
+/// How long a read (get, list) may take.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// For RPCs whose audit record names no single device.
 fn no_device<Req>(_: &Req) -> Option<String> {
@@ -359,9 +400,13 @@ impl Admin for AdminService {
         request: Request<v1::PutDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let device_of = |r: &v1::PutDeviceRequest| shown(r.device.as_ref());
-        self.call("put_device", request, true, device_of, |r, _| {
-            self.put_device(r)
-        })
+        self.call(
+            "put_device",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.put_device(r).await },
+        )
         .await
     }
 
@@ -370,9 +415,13 @@ impl Admin for AdminService {
         request: Request<v1::RotateSecretRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let device_of = |r: &v1::RotateSecretRequest| shown(r.device.as_ref());
-        self.call("rotate_secret", request, true, device_of, |r, _| {
-            self.rotate_secret(r)
-        })
+        self.call(
+            "rotate_secret",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.rotate_secret(r).await },
+        )
         .await
     }
 
@@ -381,9 +430,13 @@ impl Admin for AdminService {
         request: Request<v1::SetEnabledRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let device_of = |r: &v1::SetEnabledRequest| shown(r.device.as_ref());
-        self.call("set_enabled", request, true, device_of, |r, _| {
-            self.set_enabled(r)
-        })
+        self.call(
+            "set_enabled",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.set_enabled(r).await },
+        )
         .await
     }
 
@@ -392,9 +445,13 @@ impl Admin for AdminService {
         request: Request<v1::DeviceRef>,
     ) -> Result<Response<v1::DeleteDeviceResponse>, Status> {
         let device_of = |r: &v1::DeviceRef| shown(Some(r));
-        self.call("delete_device", request, true, device_of, |r, _| {
-            self.delete_device(r)
-        })
+        self.call(
+            "delete_device",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.delete_device(r).await },
+        )
         .await
     }
 
@@ -402,9 +459,13 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::DeviceRef>,
     ) -> Result<Response<v1::Device>, Status> {
-        self.call("get_device", request, false, no_device, |r, _| {
-            self.get_device(r)
-        })
+        self.call(
+            "get_device",
+            request,
+            false,
+            no_device,
+            |this, r, _| async move { this.get_device(r).await },
+        )
         .await
     }
 
@@ -412,9 +473,13 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
-        self.call("list_devices", request, false, no_device, |r, _| {
-            self.list_devices(r)
-        })
+        self.call(
+            "list_devices",
+            request,
+            false,
+            no_device,
+            |this, r, _| async move { this.list_devices(r).await },
+        )
         .await
     }
 
@@ -423,9 +488,13 @@ impl Admin for AdminService {
         request: Request<v1::BindSubDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let device_of = |r: &v1::BindSubDeviceRequest| shown(r.sub_device.as_ref());
-        self.call("bind_sub_device", request, true, device_of, |r, _| {
-            self.bind(r)
-        })
+        self.call(
+            "bind_sub_device",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.bind(r).await },
+        )
         .await
     }
 
@@ -434,9 +503,13 @@ impl Admin for AdminService {
         request: Request<v1::UnbindSubDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let device_of = |r: &v1::UnbindSubDeviceRequest| shown(r.sub_device.as_ref());
-        self.call("unbind_sub_device", request, true, device_of, |r, _| {
-            self.unbind(r)
-        })
+        self.call(
+            "unbind_sub_device",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.unbind(r).await },
+        )
         .await
     }
 
@@ -444,9 +517,15 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<v1::ImportDevicesRequest>>,
     ) -> Result<Response<v1::ImportDevicesResponse>, Status> {
-        self.call("import_devices", request, true, no_device, |stream, identity| async move {
-            import::run(&self.state, identity.as_ref(), stream).await
-        })
+        self.call(
+            "import_devices",
+            request,
+            true,
+            no_device,
+            |this, stream, identity| async move {
+                import::run(&this.state, identity.as_ref(), stream).await
+            },
+        )
         .await
     }
 }

@@ -12,6 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+/// The server's deadline for any call: long enough for an import of
+/// hundreds of thousands of rows. Reads have their own, shorter one
+/// (`admin::READ_TIMEOUT`); issuance answers in milliseconds or is refused.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
 use crate::{
     admin::AdminService,
     config::{HealthConfig, SignerConfig},
@@ -156,7 +161,7 @@ impl Signer {
         let incoming = tls_incoming(listener, Arc::clone(&self.tls), stop.clone());
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .timeout(Duration::from_secs(30))
+            .timeout(REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{code, fixture, status};
+use common::{Fixture, code, fixture, fixture_with, status};
 use enos_signer_proto::v1::{
     BindSubDeviceRequest, DeviceRef, ImportDevicesRequest, ImportRow, ListDevicesRequest,
     PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, UnbindSubDeviceRequest,
@@ -645,4 +645,102 @@ async fn shutdown_turns_health_not_serving_and_drains_open_calls() {
             .await
             .is_err()
     );
+}
+
+/// The audit records of `event` in the fixture's trail.
+fn audited(f: &Fixture, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+        .expect("audit trail")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|r| r["event"] == event)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
+    let f = fixture().await;
+    let mut admin = f.signer.admin().await;
+    let rows: Vec<ImportRow> = (0..3000)
+        .map(|i| {
+            row(
+                i + 2,
+                "PkBig",
+                &format!("dev-{i}"),
+                &format!("secret-{i}"),
+                None,
+            )
+        })
+        .collect();
+    // The client gives up almost at once: the change goes on in the
+    // signer, and its outcome is audited (before, dropping the call also
+    // dropped the audit record, whether or not the rows were committed).
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(5),
+        admin.import_devices(futures::stream::iter([ImportDevicesRequest {
+            rows,
+            dry_run: false,
+        }])),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the import answered within 5 ms");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let outcome = loop {
+        let records = audited(&f, "import_devices");
+        if let Some(done) = records.iter().find(|r| r["outcome"] != "started") {
+            assert!(
+                records.iter().any(|r| r["outcome"] == "started"),
+                "the intent is recorded before the change: {records:?}"
+            );
+            break done.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no outcome audited: {records:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome["identity"], "admin test-admin");
+    // What was committed is what the trail says.
+    let listed = f
+        .signer
+        .admin()
+        .await
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    if outcome["outcome"] == "ok" {
+        assert!(!listed.devices.is_empty(), "ok audited, nothing committed");
+    } else {
+        assert!(listed.devices.is_empty(), "refusal audited, rows committed");
+    }
+}
+
+#[tokio::test]
+async fn admin_changes_fail_closed_when_their_record_cannot_be_written() {
+    // Every write to /dev/full fails (ENOSPC): a full disk.
+    let f = fixture_with(|config| {
+        config.audit.sink = enos_signer_svc::config::AuditSinkConfig::File {
+            path: "/dev/full".into(),
+        };
+        config.audit.fail_closed = true;
+    })
+    .await;
+    let mut admin = f.signer.admin().await;
+    let refused = admin
+        .put_device(enos_signer_proto::v1::PutDeviceRequest {
+            device: dref("Pk1", "dev-1"),
+            device_secret: "s3cret".into(),
+            enabled: true,
+        })
+        .await
+        .expect_err("no audit record, no change");
+    assert_eq!(refused.code(), Code::Unavailable);
+    let listed = admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("reads need no audit record")
+        .into_inner();
+    assert!(listed.devices.is_empty(), "the change happened unaudited");
 }

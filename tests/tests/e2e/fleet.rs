@@ -113,10 +113,13 @@ async fn two_hundred_agents_reconnect_after_a_broker_restart_with_fresh_credenti
             failed += 1;
         }
     }
+    // Refusals over the limit are audited at most once a second per
+    // identity (a caller must not be able to flood the trail), so the
+    // burst leaves at least one record and at most one per refusal.
     let exhausted = world.audit().refused("resource_exhausted");
     assert!(
-        failed > 0 && exhausted == failed,
-        "the rate limit is configured and enforced: {failed} failed, {exhausted} over the limit"
+        failed > 0 && (1..=failed).contains(&exhausted),
+        "the rate limit is configured and enforced: {failed} failed, {exhausted} over the limit audited"
     );
 
     let stopping = Instant::now();
