@@ -59,7 +59,7 @@ impl Material {
         let material = Material {
             ca: read_pem(&config.ca)?,
             cert: read_pem(&config.cert)?,
-            key: Zeroizing::new(read_pem(&config.key)?),
+            key: crate::tls::read_private_key(&config.key)?,
         };
         crate::tls::check_pem_certs(&config.ca, &material.ca)?;
         crate::tls::check_pem_certs(&config.cert, &material.cert)?;

@@ -29,6 +29,13 @@ fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
     })
 }
 
+/// Reads a private key file, refusing one that group or others may read
+/// (the workspace's one rule, [`enos_domain::private_file::check`]).
+pub(crate) fn read_private_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, AgentError> {
+    enos_domain::private_file::check(path).map_err(|e| tls_error(path, e.to_string()))?;
+    Ok(zeroize::Zeroizing::new(read(path)?))
+}
+
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<Vec<_>, _>>()
@@ -81,7 +88,7 @@ pub(crate) fn mqtt_client_config(tls: &MqttTlsConfig) -> Result<Arc<ClientConfig
             .map_err(|e| tls_error(&tls.ca, format!("unusable CA certificate: {e}")))?;
     }
     let chain = parse_certs(&tls.cert, &read(&tls.cert)?)?;
-    let key_pem = zeroize::Zeroizing::new(read(&tls.key)?);
+    let key_pem = read_private_key(&tls.key)?;
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|_| tls_error(&tls.key, "the private key PEM is malformed"))?
         .ok_or_else(|| tls_error(&tls.key, "no PRIVATE KEY block found"))?;

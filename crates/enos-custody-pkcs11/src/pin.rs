@@ -22,6 +22,8 @@ pub(crate) fn read_pin(
         from: from.clone(),
         reason,
     };
+    // A PIN opens every key of the token: as private as a key file.
+    enos_domain::private_file::check(&path).map_err(|e| fail(e.to_string()))?;
     let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| fail(e.to_string()))?);
     let mut text: &[u8] = &bytes;
     // One trailing newline is how editors and `echo` leave a file.
@@ -71,6 +73,12 @@ mod tests {
             let path = self.0.join(name);
             let mut file = std::fs::File::create(&path).expect("create");
             file.write_all(content).expect("write");
+            // A PIN file is owner-only, as `read_pin` requires.
+            std::fs::set_permissions(
+                &path,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+            )
+            .expect("chmod");
             path
         }
     }
@@ -88,6 +96,20 @@ mod tests {
             let pin = read_pin(&PinSource::File(path), None).expect("readable");
             assert_eq!(pin.as_str(), "1234");
         }
+    }
+
+    #[test]
+    fn refuses_a_pin_file_others_may_read() {
+        let dir = TempDir::new("loose");
+        let path = dir.file("pin", b"1234");
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+        )
+        .expect("chmod");
+        let err = read_pin(&PinSource::File(path), None).expect_err("loose");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(!err.to_string().contains("1234"));
     }
 
     #[test]

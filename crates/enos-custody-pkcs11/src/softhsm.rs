@@ -85,10 +85,9 @@ impl SoftHsm {
             ),
         )
         .expect("write softhsm2.conf");
-        std::fs::write(fixture.pin_file(), format!("{USER_PIN}\n")).expect("write the PIN file");
+        write_pin_file(&fixture.pin_file(), &format!("{USER_PIN}\n"));
         std::fs::create_dir_all(fixture.credentials()).expect("create the credentials directory");
-        std::fs::write(fixture.credentials().join(PIN_CREDENTIAL), USER_PIN)
-            .expect("write the PIN credential");
+        write_pin_file(&fixture.credentials().join(PIN_CREDENTIAL), USER_PIN);
         let output = fixture
             .command("softhsm2-util")
             .args(["--init-token", "--free", "--label", label])
@@ -282,4 +281,14 @@ pub fn isolated(test: &str, label: &str, extra_conf: &str, body: impl FnOnce(&So
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Writes a PIN file owner-only (0600), as the custody requires of one.
+pub fn write_pin_file(path: &std::path::Path, pin: &str) {
+    std::fs::write(path, pin).expect("write the PIN file");
+    std::fs::set_permissions(
+        path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .expect("chmod the PIN file");
 }

@@ -36,7 +36,7 @@ fn wrong_pin_is_named_and_the_pin_is_not_shown() {
         |hsm| {
             generate_kek(&hsm.config()).expect("create the keys");
             let wrong = hsm.tokens().join("../wrong.pin");
-            std::fs::write(&wrong, "not-the-pin-4711\n").expect("write");
+            enos_custody_pkcs11::softhsm::write_pin_file(&wrong, "not-the-pin-4711\n");
             let config = Pkcs11Config {
                 pin: Some(PinSource::File(wrong)),
                 ..hsm.config()

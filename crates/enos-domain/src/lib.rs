@@ -10,6 +10,7 @@
 //! | [`device_id`] | [`DeviceId`]: `(productKey, deviceKey)`, the key of every device table |
 //! | [`device_file`] | [`device_file::read`]: the device CSV file the sandbox loads and the signer imports |
 //! | [`clock`] | [`now_ms`]: wall-clock time in EnOS's unit |
+//! | [`private_file`] | [`private_file::check`]: the one permission rule for files holding secrets |
 //! | `error` | [`DeviceFileError`], the one error type |
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod device_file;
 pub mod device_id;
 mod error;
+pub mod private_file;
 
 pub use clock::now_ms;
 pub use device_file::{DeviceFile, DeviceRow, UnreadableRow};

@@ -8,11 +8,7 @@
 //! volume with an `fsGroup` mounts it (root-owned, mode 0440, group of
 //! the pod), since no non-root process could have made it so.
 
-use std::{
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
 use zeroize::Zeroizing;
@@ -21,13 +17,6 @@ use crate::error::{Result, SignerError};
 
 /// A 256-bit key, wiped on drop.
 pub type Key256 = Zeroizing<[u8; 32]>;
-
-/// Permission bits a key file must not have: any access by group or others.
-const LOOSE_BITS: u32 = 0o077;
-
-/// Permission bits a root-owned key file must not have: group write or
-/// execute, any access by others.
-const LOOSE_BITS_ROOT_OWNED: u32 = 0o037;
 
 /// Reads a key file, refusing loose permissions and malformed contents.
 pub fn load(path: &Path) -> Result<Key256> {
@@ -57,26 +46,21 @@ pub fn load(path: &Path) -> Result<Key256> {
     Ok(key)
 }
 
-/// Refuses a private file (key) that group or others may access.
+/// Refuses a private file (key, registry) that group or others may access
+/// ([`enos_domain::private_file::check`], the workspace's one rule).
 pub fn check_permissions(path: &Path) -> Result<()> {
-    let metadata = std::fs::metadata(path).map_err(|source| SignerError::Io {
-        action: "reading key file",
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = metadata.permissions().mode() & 0o777;
-    let loose = if std::os::unix::fs::MetadataExt::uid(&metadata) == 0 {
-        LOOSE_BITS_ROOT_OWNED
-    } else {
-        LOOSE_BITS
-    };
-    if mode & loose != 0 {
-        return Err(SignerError::LoosePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
+    enos_domain::private_file::check(path).map_err(|e| match e {
+        enos_domain::private_file::PrivateFileError::Loose { path, mode } => {
+            SignerError::LoosePermissions { path, mode }
+        }
+        enos_domain::private_file::PrivateFileError::Unreadable { path, source } => {
+            SignerError::Io {
+                action: "reading key file",
+                path,
+                source,
+            }
+        }
+    })
 }
 
 /// Creates a new random key file (mode 0600). Refuses to overwrite one:
@@ -108,6 +92,8 @@ pub fn create(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -83,6 +83,8 @@ async fn the_trail_is_an_append_only_table_and_still_fails_closed() {
     assert_eq!(
         rows,
         [
+            // An admin change: its intent before, its outcome after.
+            "put_device|PkAudit/dev-1|started|f",
             "put_device|PkAudit/dev-1|ok|f",
             "issue_mqtt_credential|PkAudit/dev-1|ok|t",
             "issue_mqtt_credential|PkAudit/dev-1|ok|t",

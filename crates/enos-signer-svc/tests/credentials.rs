@@ -578,19 +578,30 @@ async fn every_issuance_is_audited_with_a_password_hmac() {
     );
 }
 
-#[tokio::test]
-async fn a_failing_audit_sink_fails_issuance_closed_or_open_as_configured() {
-    let closed = fixture_with(|c| {
-        c.audit.sink = AuditSinkConfig::File {
-            path: "/dev/full".into(),
-        };
-    })
-    .await;
-    closed
-        .signer
+/// A signer whose audit trail fails every write (/dev/full: a full disk),
+/// over a registry that already holds `Pk1/d`. The device is put while
+/// the trail still works: an admin change itself fails closed.
+async fn over_a_full_disk(fail_closed: bool) -> common::Fixture {
+    let mut f = fixture().await;
+    f.signer
         .put_device("Pk1", "d", "s3cret")
         .await
         .expect("put");
+    f.signer.stop().await;
+    f.signer = enos_testkit::signer::TestSigner::start_with(f.dir.path(), &f.pki, |c| {
+        c.audit.sink = AuditSinkConfig::File {
+            path: "/dev/full".into(),
+        };
+        c.audit.fail_closed = fail_closed;
+    })
+    .await
+    .expect("the signer restarts on the same state");
+    f
+}
+
+#[tokio::test]
+async fn a_failing_audit_sink_fails_issuance_closed_or_open_as_configured() {
+    let closed = over_a_full_disk(true).await;
     let s = status(
         closed
             .device("Pk1", "d")
@@ -599,18 +610,11 @@ async fn a_failing_audit_sink_fails_issuance_closed_or_open_as_configured() {
             .await,
     );
     assert_eq!(s.code(), Code::Unavailable);
+    // And an admin change is refused before it happens.
+    let refused = closed.signer.put_device("Pk1", "e", "s3cret").await;
+    assert!(refused.is_err(), "a change committed without its record");
 
-    let open = fixture_with(|c| {
-        c.audit.sink = AuditSinkConfig::File {
-            path: "/dev/full".into(),
-        };
-        c.audit.fail_closed = false;
-    })
-    .await;
-    open.signer
-        .put_device("Pk1", "d", "s3cret")
-        .await
-        .expect("put");
+    let open = over_a_full_disk(false).await;
     open.device("Pk1", "d")
         .await
         .issue_mqtt_credential(IssueMqttCredentialRequest::default())

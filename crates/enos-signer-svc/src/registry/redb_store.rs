@@ -4,6 +4,7 @@
 //! Records are keyed by `(productKey, deviceKey)` and stored as a small
 //! protobuf message, so fields can be added without a migration.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::{
     ops::Bound,
     path::{Path, PathBuf},
@@ -65,6 +66,14 @@ impl RedbRegistry {
                 path.display()
             )));
         }
+        // Created owner-only before redb writes a byte: it holds the
+        // sealed secrets (redb alone would use the umask, often 0644).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| SignerError::Registry(format!("creating {}: {e}", path.display())))?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
@@ -80,6 +89,8 @@ impl RedbRegistry {
                 path.display()
             )));
         }
+        // Loose like a key file: refused, as the key files are.
+        crate::key_file::check_permissions(path)?;
         let db = Database::open(path)
             .map_err(|e| SignerError::Registry(format!("opening {}: {e}", path.display())))?;
         Ok(RedbRegistry {
@@ -236,7 +247,28 @@ impl Registry for RedbRegistry {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    #[test]
+    fn the_registry_file_is_owner_only_and_a_loose_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.redb");
+        RedbRegistry::create(&path).expect("create");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "created {mode:o}");
+        RedbRegistry::open(&path).expect("opens");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            RedbRegistry::open(&path),
+            Err(SignerError::LoosePermissions { mode: 0o644, .. })
+        ));
+    }
 
     fn record(pk: &str, dk: &str) -> DeviceRecord {
         DeviceRecord {
