@@ -20,6 +20,7 @@
 //! | [`logs`] | [`ProcessLogs`]: this process's `tracing` output, captured |
 //! | [`leaks`] | [`LeakScan`]: secrets and issued passwords (from the audit trail), searched in logs |
 //! | [`demo`] | the demo's steps, told in plain words |
+//! | [`fleet`] | the reconnect-storm harness behind `enos-fleet`: N agents, scenarios, figures, the raw anchor, the picture |
 //! | `error` | [`E2eError`], the one error type |
 //!
 //! No secret or password is ever printed: [`Device`]'s `Debug` redacts the
@@ -31,6 +32,7 @@ pub mod binaries;
 pub mod demo;
 pub mod devices;
 mod error;
+pub mod fleet;
 pub mod leaks;
 pub mod local_broker;
 pub mod logs;
