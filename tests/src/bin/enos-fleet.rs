@@ -66,6 +66,7 @@ fn main() -> ExitCode {
     options.rate_burst = cli.rate_burst;
     options.raw_anchor = !cli.no_raw;
     options.plot = cli.plot;
+    options.progress = true;
     if let Err(e) = options.validate() {
         eprintln!("enos-fleet: {e}");
         return ExitCode::from(2);

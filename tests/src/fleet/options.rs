@@ -81,6 +81,9 @@ pub struct FleetOptions {
     pub raw_anchor: bool,
     /// Where to draw the picture, if anywhere.
     pub plot: Option<PathBuf>,
+    /// Whether to tell each step on stderr as it happens (a 5,000-agent
+    /// run takes minutes).
+    pub progress: bool,
 }
 
 impl FleetOptions {
@@ -98,6 +101,7 @@ impl FleetOptions {
             rate_burst: 6,
             raw_anchor: true,
             plot: None,
+            progress: false,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::{fmt, time::Duration};
 
-use enos_agent::{Agent, AgentError, AgentStatus, GrpcSigner};
+use enos_agent::{Agent, AgentError, AgentStatus, GrpcSigner, Signer, SignerError};
 use enos_sandbox::SandboxBinary;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,9 @@ pub struct FleetReport {
     pub rss_connected_kib: u64,
     /// The open-file limit the run had.
     pub fd_limit: u64,
+    /// After the run, one device asked `burst + 4` times at once: how many
+    /// the signer refused with ResourceExhausted (the limit is live).
+    pub limit_probe: (usize, usize),
     /// The samples and events, for the picture.
     pub timeline: Timeline,
 }
@@ -85,6 +88,11 @@ impl fmt::Display for FleetReport {
             self.rss_before_kib as f64 / 1024.0,
             self.rss_connected_kib as f64 / 1024.0,
             self.rss_per_agent_kib()
+        )?;
+        writeln!(
+            f,
+            "rate limit live: {} of {} back-to-back requests of one device refused ResourceExhausted after the run",
+            self.limit_probe.0, self.limit_probe.1
         )?;
         if let Some(raw) = &self.raw {
             writeln!(
@@ -152,9 +160,23 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     options.validate().map_err(E2eError::failed)?;
     let agents = options.agents as u64;
     let fd_limit = limits::raise_fd_limit(agents * FDS_PER_AGENT + FDS_SPARE)?;
+    let say = |what: String| {
+        if options.progress {
+            #[allow(clippy::print_stderr)] // progress of a long run, asked for
+            {
+                eprintln!("enos-fleet: {what}");
+            }
+        }
+    };
+    say(format!(
+        "{agents} identities: certificates, Admin import, sandbox (fd limit {fd_limit})"
+    ));
     let mut world = FleetWorld::start(options, sandbox_binary).await?;
 
     let raw = if options.raw_anchor {
+        say(format!(
+            "raw anchor: {agents} rumqttc clients connect, broker restart, reconnect"
+        ));
         Some(raw::run(&mut world.sandbox, &world.devices, options.phase_timeout).await?)
     } else {
         None
@@ -162,6 +184,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     // Let the raw clients' sessions go before the agents take the devices.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    say(format!("{agents} agents start"));
     let rss_before_kib = rss_kib();
     let mut fleet = Vec::with_capacity(world.configs.len());
     for config in std::mem::take(&mut world.configs) {
@@ -196,6 +219,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     let settle = options.reset_after + Duration::from_millis(500);
     if all && options.scenario.restarts_broker() {
         tokio::time::sleep(settle).await;
+        say("broker restart".into());
         let start = begin("broker-restart", &fleet, &world);
         sampler.mark("broker restart");
         tokio::task::block_in_place(|| world.sandbox.restart())?;
@@ -206,6 +230,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         .all(|e| e.connected_at.iter().all(Option::is_some));
     if all && options.scenario.restarts_signer() {
         tokio::time::sleep(settle).await;
+        say("signer restart, then broker restart".into());
         let start = begin("signer-restart", &fleet, &world);
         sampler.mark("signer restart");
         world.signer.stop().await;
@@ -217,6 +242,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     tokio::time::sleep(Duration::from_millis(300)).await;
     let timeline = sampler.finish().await;
 
+    say("agents stop".into());
     shutdown.cancel();
     for agent in &mut fleet {
         if let Some(task) = agent.task.take() {
@@ -229,6 +255,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         }
     }
     let end_ms = enos_agent::now_ms();
+    let limit_probe = probe_limit(&world, options).await?;
     let (audit_file, _) = world.audit_files();
     let audit = phase::read_audit(&audit_file)?;
     let mut phases = Vec::new();
@@ -256,6 +283,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         rss_before_kib,
         rss_connected_kib,
         fd_limit,
+        limit_probe,
         timeline,
     };
     if let Some(path) = &options.plot {
@@ -316,6 +344,28 @@ async fn finish(
         latencies,
         connected_at,
     }
+}
+
+/// One device's requests back to back, `burst + 4` of them: returns
+/// (refused with ResourceExhausted, asked).
+async fn probe_limit(world: &FleetWorld, options: &FleetOptions) -> Result<(usize, usize)> {
+    let Some(config) = world.probe_config.as_ref() else {
+        return Ok((0, 0));
+    };
+    let signer = GrpcSigner::new(&config.signer, &config.device)?;
+    let asked = options.rate_burst as usize + 4;
+    let mut refused = 0;
+    for _ in 0..asked {
+        if let Err(SignerError::Unavailable { message, .. }) = signer.issue_mqtt_credential().await
+        {
+            // The agent folds ResourceExhausted into "unavailable"; the
+            // signer's message names the limit.
+            if message.contains("rate") {
+                refused += 1;
+            }
+        }
+    }
+    Ok((refused, asked))
 }
 
 /// The sandbox's `refused MQTT CONNECT` lines so far.

@@ -37,6 +37,9 @@ pub struct FleetWorld {
     pub devices: Vec<Device>,
     /// Each device's agent config, certificate written.
     pub configs: Vec<Config>,
+    /// The first device's config again, for the rate-limit probe after
+    /// the run (the agents take theirs).
+    pub probe_config: Option<Config>,
 }
 
 impl std::fmt::Debug for FleetWorld {
@@ -98,7 +101,9 @@ impl FleetWorld {
             config.enos.connect_timeout = std::time::Duration::from_secs(30);
             configs.push(config);
         }
+        let probe_config = configs.first().cloned();
         Ok(FleetWorld {
+            probe_config,
             dir,
             pki,
             signer,
