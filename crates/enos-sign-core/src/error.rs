@@ -99,6 +99,17 @@ pub enum SignError {
         /// What the field allows, in words.
         allowed: &'static str,
     },
+    /// An id contains the name of a signed field, which would let two
+    /// different logins sign the same content.
+    #[error(
+        "{field} contains {name:?}, the name of a signed field: two different logins could then sign the same content"
+    )]
+    ReservedName {
+        /// The field.
+        field: Field,
+        /// The name it contains.
+        name: &'static str,
+    },
     /// A secret contains a character outside printable ASCII; the character
     /// itself is not reported.
     #[error("{field} has an invalid character at position {position}: {reason}")]

@@ -5,7 +5,9 @@
 //! MAC addresses, and it excludes everything that has a meaning around these
 //! fields: `|` `,` `=` (client id parameters), `&` (username), `/` `+` `#`
 //! (MQTT topics, where the keys are embedded), `%` `"` `\` (JSON and URLs),
-//! whitespace, control and non-ASCII characters.
+//! whitespace, control and non-ASCII characters. None may contain the name
+//! of a signed field (`clientId`, `deviceKey`, `productKey`, `timestamp`),
+//! which could make two different logins sign the same content.
 //!
 //! | type | length (characters) |
 //! |---|---|
@@ -45,8 +47,18 @@ fn validate(field: Field, value: &str, max: usize) -> Result<(), SignError> {
             max,
         });
     }
+    if let Some(name) = SIGNED_NAMES.iter().find(|name| value.contains(**name)) {
+        return Err(SignError::ReservedName { field, name });
+    }
     Ok(())
 }
+
+/// The names in the signed content. An id that holds one could move the
+/// boundary between two fields: clientId `a` with deviceKey
+/// `bdeviceKeyc` signs exactly as clientId `adeviceKeyb` with deviceKey
+/// `c`. None of the names overlaps itself, so an id without any of them
+/// cannot create a second reading of the content.
+const SIGNED_NAMES: [&str; 4] = ["clientId", "deviceKey", "productKey", "timestamp"];
 
 macro_rules! identity {
     ($(#[$doc:meta])* $name:ident, $field:expr, $max:expr) => {

@@ -401,3 +401,47 @@ fn the_liberal_grammar_refuses_everything_outside_it() {
         "malformed timestamp: must be decimal digits, optionally with one . and fraction digits"
     );
 }
+
+#[test]
+fn ids_holding_a_signed_field_name_are_refused() {
+    // The ambiguity the rule closes: both logins would sign
+    // "clientIdadeviceKeybdeviceKeycproductKey…" with one secret.
+    assert!(matches!(
+        DeviceKey::new("bdeviceKeyc"),
+        Err(SignError::ReservedName {
+            field: Field::DeviceKey,
+            name: "deviceKey"
+        })
+    ));
+    assert!(matches!(
+        ClientId::new("adeviceKeyb"),
+        Err(SignError::ReservedName {
+            field: Field::ClientId,
+            ..
+        })
+    ));
+    for (value, name) in [
+        ("xclientIdy", "clientId"),
+        ("productKey", "productKey"),
+        ("at-timestamp", "timestamp"),
+    ] {
+        for result in [
+            ProductKey::new(value).map(drop),
+            DeviceKey::new(value).map(drop),
+            ClientId::new(value).map(drop),
+        ] {
+            match result {
+                Err(SignError::ReservedName { name: found, .. }) => assert_eq!(found, name),
+                other => panic!("{value:?} gave {other:?}"),
+            }
+        }
+    }
+    // Other spellings are fine: the content is case-sensitive.
+    DeviceKey::new("DeviceKEY-01").expect("another case");
+    DeviceKey::new("time-stamp").expect("not the name");
+    let err = DeviceKey::new("bdeviceKeyc").expect_err("refused");
+    assert!(
+        err.to_string().contains("the name of a signed field"),
+        "{err}"
+    );
+}
