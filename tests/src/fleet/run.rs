@@ -22,8 +22,9 @@ use crate::{
 };
 
 /// File descriptors per agent in this process (MQTT, gRPC) and per raw
-/// client, plus room for the rest.
+/// client.
 const FDS_PER_AGENT: u64 = 3;
+/// Room for the rest: the signer's listener and files, the sandbox's pipes.
 const FDS_SPARE: u64 = 512;
 
 /// Everything a run measured.
@@ -148,10 +149,15 @@ struct PhaseStart {
 
 /// A phase's waits done, its audit window still open.
 struct PhaseEnd {
+    /// The event, and the statuses before it.
     start: PhaseStart,
+    /// Every agent's status once all connected (or the timeout).
     after: Vec<AgentStatus>,
+    /// Per agent, from the event (or its own start) to its CONNACK.
     latencies: Vec<Option<Duration>>,
+    /// Per agent, from the event to its CONNACK: the time to all.
     connected_at: Vec<Option<Duration>>,
+    /// Broker refusals so far, at the end.
     refused: usize,
 }
 
