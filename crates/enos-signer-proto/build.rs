@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     // Messages carrying a password or a secret get a hand-written,
-    // redacting Debug in lib.rs instead of the derived one.
+    // redacting Debug in src/redact.rs instead of the derived one.
     tonic_prost_build::configure()
         .skip_debug(
             SECRET_BEARING

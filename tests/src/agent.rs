@@ -11,7 +11,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    devices::Device,
+    devices::TestDevice,
     error::{E2eError, Result},
 };
 
@@ -68,7 +68,7 @@ impl AgentToml {
     /// A config for `device` with the signer at `signer_uri` and the broker
     /// URL `broker`; the files are those of [`crate::pki::LoopPki`].
     pub fn new(
-        device: &Device,
+        device: &TestDevice,
         signer_uri: &str,
         signer_ca: &Path,
         device_cert: (PathBuf, PathBuf),

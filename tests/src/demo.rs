@@ -19,21 +19,22 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_signer_svc::config::PolicyConfig;
+use enos_testkit::{
+    Binaries, ChildProcess,
+    sandbox::{Sandbox, SandboxBinary},
+};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::{
     agent::AgentToml,
-    binaries::Binaries,
-    devices::{self, Device},
+    devices::{self, TestDevice},
     error::{E2eError, Result},
     leaks::LeakScan,
     local_broker::LocalBroker,
     mqtt::{Login, MqttClient},
     pki::LoopPki,
-    process::ChildProcess,
     signer::{self, AdminEnv, SignerProcess},
 };
 
@@ -129,9 +130,9 @@ impl<W: Write> Narrator<W> {
 /// The devices of the demo.
 struct DemoDevices {
     /// The gateway the agent runs on.
-    gateway: Device,
+    gateway: TestDevice,
     /// A sub-device bound to it.
-    sensor: Device,
+    sensor: TestDevice,
     /// The password of the sandbox's console login, which plays the
     /// cloud side (devices may only use their own topics).
     console_password: Zeroizing<String>,
@@ -154,9 +155,9 @@ pub async fn run<W: Write>(
         .in_step(PKI)?;
     let dir = state.path().to_owned();
     let pki = LoopPki::new(&dir.join("pki"), "enos-demo-ca").in_step(PKI)?;
-    let gateway = Device::new("DemoGw", "gateway-001").in_step(PKI)?;
+    let gateway = TestDevice::new("DemoGw", "gateway-001").in_step(PKI)?;
     let demo = DemoDevices {
-        sensor: Device::new("DemoSensor", "sensor-001")
+        sensor: TestDevice::new("DemoSensor", "sensor-001")
             .in_step(PKI)?
             .behind(&gateway),
         console_password: devices::random_secret().in_step(PKI)?,
@@ -581,12 +582,12 @@ fn start_agent(
 ) -> Result<ChildProcess> {
     let path = dir.join(format!("{name}.toml"));
     toml.write(&path)?;
-    ChildProcess::spawn(
+    Ok(ChildProcess::spawn(
         name,
         &binaries.agent,
         [OsStr::new("run"), OsStr::new("--config"), path.as_os_str()],
         &[("ENOS_AGENT_LOG", OsStr::new("debug"))],
-    )
+    )?)
 }
 
 /// Polls the agent's status file until `pred` holds.
@@ -652,7 +653,7 @@ async fn wait_sandbox(sandbox: &Sandbox, mark: usize, parts: &[&str]) -> Result<
 }
 
 /// "credential issued …, expires …" from an agent status.
-fn credential_words(device: &Device, status: &Value) -> String {
+fn credential_words(device: &TestDevice, status: &Value) -> String {
     match status["credential_expires_at_ms"].as_u64() {
         Some(ms) => {
             let at = UNIX_EPOCH + Duration::from_millis(ms);

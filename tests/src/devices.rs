@@ -1,4 +1,4 @@
-//! [`Device`]s with random secrets, and the CSV files that carry them to
+//! [`TestDevice`]s with random secrets, and the CSV files that carry them to
 //! the sandbox (EnOS's view) and to the signer (its import).
 
 use std::{fmt, path::Path};
@@ -18,7 +18,7 @@ const CSV_HEADER: &str =
 
 /// A device as EnOS registers it. `Debug` hides the secret.
 #[derive(Clone)]
-pub struct Device {
+pub struct TestDevice {
     /// Its product key.
     pub product_key: String,
     /// Its device key.
@@ -31,9 +31,9 @@ pub struct Device {
     pub gateway: Option<(String, String)>,
 }
 
-impl fmt::Debug for Device {
+impl fmt::Debug for TestDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Device")
+        f.debug_struct("TestDevice")
             .field("product_key", &self.product_key)
             .field("device_key", &self.device_key)
             .field("secret", &"[REDACTED]")
@@ -43,10 +43,10 @@ impl fmt::Debug for Device {
     }
 }
 
-impl Device {
+impl TestDevice {
     /// An enabled device with a fresh random secret.
     pub fn new(product_key: &str, device_key: &str) -> Result<Self> {
-        Ok(Device {
+        Ok(TestDevice {
             product_key: product_key.to_owned(),
             device_key: device_key.to_owned(),
             secret: random_secret()?,
@@ -56,7 +56,7 @@ impl Device {
     }
 
     /// This device as a sub-device of `gateway`.
-    pub fn behind(mut self, gateway: &Device) -> Self {
+    pub fn behind(mut self, gateway: &TestDevice) -> Self {
         self.gateway = Some((gateway.product_key.clone(), gateway.device_key.clone()));
         self
     }
@@ -85,7 +85,7 @@ impl Device {
 }
 
 /// Signs a login for `device` with `secret` (possibly an old one).
-pub fn sign_login(device: &Device, secret: &str) -> Result<MqttCredential> {
+pub fn sign_login(device: &TestDevice, secret: &str) -> Result<MqttCredential> {
     let bad = |e: enos_sign_core::SignError| E2eError::failed(format!("signing a login: {e}"));
     let fields = SignedFields {
         client_id: ClientId::new(&device.device_key).map_err(bad)?,
@@ -123,7 +123,7 @@ pub fn random_secret() -> Result<Zeroizing<String>> {
 }
 
 /// Writes `devices` as CSV (mode 0600: it holds secrets).
-pub fn write_csv(path: &Path, devices: &[&Device]) -> Result<()> {
+pub fn write_csv(path: &Path, devices: &[&TestDevice]) -> Result<()> {
     let mut csv = Zeroizing::new(String::from(CSV_HEADER));
     for d in devices {
         let (gpk, gdk) = d.gateway.clone().unwrap_or_default();

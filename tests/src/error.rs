@@ -43,23 +43,23 @@ impl E2eError {
     }
 }
 
-impl From<enos_sandbox::SandboxError> for E2eError {
-    fn from(e: enos_sandbox::SandboxError) -> Self {
-        E2eError::Component(Box::new(e))
-    }
+/// The other crates' errors become [`E2eError::Component`], cause kept.
+macro_rules! component_errors {
+    ($($error:ty),+ $(,)?) => {
+        $(impl From<$error> for E2eError {
+            fn from(e: $error) -> Self {
+                E2eError::Component(Box::new(e))
+            }
+        })+
+    };
 }
 
-impl From<enos_signer_svc::SignerError> for E2eError {
-    fn from(e: enos_signer_svc::SignerError) -> Self {
-        E2eError::Component(Box::new(e))
-    }
-}
-
-impl From<enos_agent::AgentError> for E2eError {
-    fn from(e: enos_agent::AgentError) -> Self {
-        E2eError::Component(Box::new(e))
-    }
-}
+component_errors!(
+    enos_testkit::HarnessError,
+    enos_sandbox::SandboxError,
+    enos_signer_svc::SignerError,
+    enos_agent::AgentError,
+);
 
 /// This crate's result.
 pub type Result<T, E = E2eError> = std::result::Result<T, E>;

@@ -20,7 +20,7 @@ use enos_sign_core::{
 use zeroize::Zeroizing;
 
 use crate::{
-    devices::Device,
+    devices::TestDevice,
     error::{E2eError, Result},
 };
 
@@ -122,7 +122,7 @@ impl LeakScan {
     }
 
     /// Adds `device`'s current secret.
-    pub fn device(&mut self, device: &Device) {
+    pub fn device(&mut self, device: &TestDevice) {
         let known = self.secrets.entry(device.id()).or_default();
         if !known.iter().any(|s| s.as_str() == device.secret()) {
             known.push(Zeroizing::new(device.secret().to_owned()));
@@ -130,14 +130,14 @@ impl LeakScan {
     }
 
     /// Adds every device's current secret.
-    pub fn devices<'a>(&mut self, devices: impl IntoIterator<Item = &'a Device>) {
+    pub fn devices<'a>(&mut self, devices: impl IntoIterator<Item = &'a TestDevice>) {
         for d in devices {
             self.device(d);
         }
     }
 
     /// Adds an earlier secret of `device` (kept after a rotation).
-    pub fn old_secret(&mut self, device: &Device, secret: &str) {
+    pub fn old_secret(&mut self, device: &TestDevice, secret: &str) {
         self.secrets
             .entry(device.id())
             .or_default()

@@ -7,10 +7,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`binaries`] | [`Binaries`]: where `enos-sandbox`, `enos-signer`, `enos-agent` are |
-//! | [`process`] | [`ChildProcess`]: a child with captured output, SIGTERM/SIGKILL, killed on drop |
 //! | [`pki`] | [`LoopPki`]: one throwaway CA and its files |
-//! | [`devices`] | [`Device`]: random secrets, the CSV files of the sandbox and the signer |
+//! | [`devices`] | [`TestDevice`]: random secrets, the CSV files of the sandbox and the signer |
 //! | [`signer`] | [`SignerProcess`]: `enos-signer init`, `serve` (kill, restart), admin commands |
 //! | [`agent`] | [`AgentToml`]: the agent's config; [`InProcessAgent`]: the agent library in this process |
 //! | [`mqtt`] | [`MqttClient`]: the console's and the local application's MQTT client |
@@ -23,12 +21,15 @@
 //! | [`fleet`] | the reconnect-storm harness behind `enos-fleet`: N agents, scenarios, figures, the raw anchor, the picture |
 //! | `error` | [`E2eError`], the one error type |
 //!
-//! No secret or password is ever printed: [`Device`]'s `Debug` redacts the
+//! Child processes ([`ChildProcess`]) and where the binaries are
+//! ([`Binaries`]) come from `enos-testkit`, shared with the components'
+//! own tests.
+//!
+//! No secret or password is ever printed: [`TestDevice`]'s `Debug` redacts the
 //! secret, and the issued passwords are only ever held to look for them.
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod binaries;
 pub mod demo;
 pub mod devices;
 mod error;
@@ -39,13 +40,12 @@ pub mod logs;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
-pub mod process;
 pub mod signer;
 pub mod tls;
 
 pub use agent::{AgentToml, InProcessAgent};
-pub use binaries::Binaries;
-pub use devices::Device;
+pub use devices::TestDevice;
+pub use enos_testkit::{Binaries, ChildProcess};
 pub use error::{E2eError, Result};
 pub use leaks::LeakScan;
 pub use local_broker::LocalBroker;
@@ -53,5 +53,4 @@ pub use logs::ProcessLogs;
 pub use mosquitto::Mosquitto;
 pub use mqtt::MqttClient;
 pub use pki::LoopPki;
-pub use process::ChildProcess;
 pub use signer::SignerProcess;

@@ -15,11 +15,9 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use enos_sandbox::PortReservation;
+use enos_testkit::{ChildProcess, OutputLog};
 
-use crate::{
-    error::{E2eError, Result},
-    process::{ChildProcess, OutputLog},
-};
+use crate::error::{E2eError, Result};
 
 /// TLS settings of the listener.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use enos_testkit::{Identity, IdentityFiles, Pki};
 
 use crate::{
-    devices::Device,
+    devices::TestDevice,
     error::{E2eError, Result},
 };
 
@@ -66,7 +66,7 @@ impl LoopPki {
 
     /// The device certificate of `device`
     /// (`spiffe://enos/device/{pk}/{dk}`), written to the directory.
-    pub fn device(&self, device: &Device) -> Result<(IdentityFiles, Identity)> {
+    pub fn device(&self, device: &TestDevice) -> Result<(IdentityFiles, Identity)> {
         let identity = self
             .pki
             .device(&device.product_key, &device.device_key)

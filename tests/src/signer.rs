@@ -17,10 +17,11 @@ use enos_signer_svc::{
     config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, ServerConfig},
 };
 
+use enos_testkit::{ChildProcess, OutputLog, process::run_to_end};
+
 use crate::{
     error::{E2eError, Result},
     pki::LoopPki,
-    process::{ChildProcess, OutputLog, run_to_end},
 };
 
 /// How long a signer may take to listen.
@@ -70,7 +71,7 @@ pub fn write_config(
 ) -> Result<(SignerConfig, SignerFiles)> {
     std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
     let server = pki.server("signer-server")?;
-    let mut config = enos_signer_svc::testing::state_in(
+    let mut config = enos_testkit::signer::state_in(
         dir,
         ServerConfig {
             listen,
@@ -79,6 +80,7 @@ pub fn write_config(
             client_ca: pki.ca.clone(),
             drain_timeout_secs: 3,
             worker_threads: None,
+            tls_reload_interval_secs: 5,
         },
     );
     config.policy = policy;
@@ -204,7 +206,7 @@ impl SignerProcess {
     /// SIGTERM: NOT_SERVING, drain, exit; returns the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         match self.child.take() {
-            Some(mut child) => child.terminate(Duration::from_secs(10)),
+            Some(mut child) => Ok(child.terminate(Duration::from_secs(10))?),
             None => Err(E2eError::failed("the signer is not running")),
         }
     }

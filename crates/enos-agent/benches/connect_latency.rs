@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_sign_core::{
     ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
     SignMethod, SignedFields, TimestampMs,
 };
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 use support::{DeviceRow, signer::SignerFixture, write_devices};
 

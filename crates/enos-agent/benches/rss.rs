@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use support::{
     CONSOLE, DeviceRow, Mosquitto, TestClient, console_password_file, signer::SignerFixture,
     write_devices,

@@ -13,7 +13,7 @@ use crate::{
     queue::BoundedQueue,
     session,
     shared::Shared,
-    signer::Signer,
+    signer::SignerClient,
     status::{self, AgentStatus},
     sub_device,
     topics::{DeviceTopics, DownstreamMap, MessageIds},
@@ -40,7 +40,7 @@ impl<S> std::fmt::Debug for Agent<S> {
     }
 }
 
-impl<S: Signer> Agent<S> {
+impl<S: SignerClient> Agent<S> {
     /// Prepares an agent; nothing connects until [`Agent::run`].
     pub fn new(config: Config, signer: S) -> Self {
         let topics = DeviceTopics::new(

@@ -93,7 +93,7 @@ pub async fn run(
     let mut client_full = false;
     loop {
         if connected {
-            client_full |= !feed(&client, shared);
+            client_full |= !shared.feed_downstream(&client);
         }
         tokio::select! {
             polled = eventloop.poll() => {
@@ -146,32 +146,6 @@ pub async fn run(
     shared
         .status
         .send_modify(|s| s.local_broker_connected = Some(false));
-}
-
-/// Moves queued downstream messages into the local client; `false` when
-/// its channel is full.
-fn feed(client: &AsyncClient, shared: &Shared) -> bool {
-    let mut moved = false;
-    let mut room = true;
-    while let Some(m) = shared.downstream.pop() {
-        match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
-            Ok(()) => {
-                moved = true;
-                shared
-                    .downstream_delivered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(_) => {
-                shared.downstream.push_front(m);
-                room = false;
-                break;
-            }
-        }
-    }
-    if moved {
-        shared.refresh_counters();
-    }
-    room
 }
 
 /// Turns a local message into an upstream one.

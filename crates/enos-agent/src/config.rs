@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use enos_domain::DeviceId;
 use enos_sign_core::{ClientId, DeviceKey, ProductKey, SignMethod};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +26,7 @@ pub struct Config {
     /// Which device (gateway) this agent is.
     pub device: DeviceConfig,
     /// Where credentials come from.
-    pub signer: SignerConfig,
+    pub signer: SignerClientConfig,
     /// The EnOS broker and the MQTT session settings.
     pub enos: EnosConfig,
     /// Reconnect pacing.
@@ -66,10 +67,17 @@ pub struct DeviceConfig {
     pub sign_method: Option<SignMethod>,
 }
 
+impl DeviceConfig {
+    /// Which device this is.
+    pub fn id(&self) -> DeviceId {
+        DeviceId::new(self.product_key.clone(), self.device_key.clone())
+    }
+}
+
 /// The signer endpoints and the mTLS identity the agent presents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignerConfig {
+pub struct SignerClientConfig {
     /// `https://host:port` URLs, tried in order; the last one that worked is
     /// tried first next time.
     pub endpoints: Vec<String>,
@@ -247,6 +255,13 @@ pub struct SubDeviceConfig {
     /// `cleanSession` sent with the login.
     #[serde(default = "default_true")]
     pub clean_session: bool,
+}
+
+impl SubDeviceConfig {
+    /// Which sub-device this is.
+    pub fn id(&self) -> DeviceId {
+        DeviceId::new(self.product_key.clone(), self.device_key.clone())
+    }
 }
 
 /// Sub-device login pacing.
@@ -477,15 +492,59 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: ranges, combinations, topic syntax.
+    /// Checks what serde cannot: ranges, combinations, topic syntax. Each
+    /// section checks itself, in the file's order; the first error wins.
     pub fn validate(&self) -> Result<(), AgentError> {
-        if self.signer.endpoints.is_empty() {
+        self.signer.validate()?;
+        self.enos.validate()?;
+        self.backoff.validate()?;
+        self.queue.validate()?;
+        if let Some(bridge) = &self.bridge {
+            bridge.validate()?;
+        }
+        self.validate_sub_devices()?;
+        self.sub_device_login.validate()
+    }
+
+    /// No sub-device twice, not the gateway itself, at most EnOS's 200.
+    fn validate_sub_devices(&self) -> Result<(), AgentError> {
+        let mut seen = std::collections::HashSet::new();
+        let gateway = self.device.id();
+        for (i, sub) in self.sub_devices.iter().enumerate() {
+            let id = sub.id();
+            if !seen.insert(id.clone()) {
+                return Err(AgentError::config(
+                    format!("sub_devices[{i}]"),
+                    format!("{id} is listed twice"),
+                ));
+            }
+            if id == gateway {
+                return Err(AgentError::config(
+                    format!("sub_devices[{i}]"),
+                    "the gateway cannot be its own sub-device",
+                ));
+            }
+        }
+        if self.sub_devices.len() > 200 {
+            return Err(AgentError::config(
+                "sub_devices",
+                "EnOS allows at most 200 online sub-devices per gateway",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SignerClientConfig {
+    /// At least one endpoint, each an `https://` URL; non-zero timeouts.
+    fn validate(&self) -> Result<(), AgentError> {
+        if self.endpoints.is_empty() {
             return Err(AgentError::config(
                 "signer.endpoints",
                 "at least one endpoint is needed",
             ));
         }
-        for (i, endpoint) in self.signer.endpoints.iter().enumerate() {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
             if !endpoint.starts_with("https://") {
                 return Err(AgentError::config(
                     format!("signer.endpoints[{i}]"),
@@ -501,10 +560,16 @@ impl Config {
                 ));
             }
         }
-        nonzero(self.signer.connect_timeout, "signer.connect_timeout")?;
-        nonzero(self.signer.request_timeout, "signer.request_timeout")?;
+        nonzero(self.connect_timeout, "signer.connect_timeout")?;
+        nonzero(self.request_timeout, "signer.request_timeout")
+    }
+}
 
-        match (&self.enos.broker.tls, &self.enos.tls) {
+impl EnosConfig {
+    /// `[enos.tls]` exactly when the broker is `ssl://`; what rumqttc can
+    /// take as keepalive, connect timeout and packet size.
+    fn validate(&self) -> Result<(), AgentError> {
+        match (&self.broker.tls, &self.tls) {
             (true, None) => {
                 return Err(AgentError::config(
                     "enos.tls",
@@ -519,122 +584,134 @@ impl Config {
             }
             _ => {}
         }
-        whole_seconds(self.enos.keepalive, "enos.keepalive", true)?;
-        whole_seconds(self.enos.connect_timeout, "enos.connect_timeout", false)?;
-        if self.enos.max_packet_size < 1024 {
+        whole_seconds(self.keepalive, "enos.keepalive", true)?;
+        whole_seconds(self.connect_timeout, "enos.connect_timeout", false)?;
+        if self.max_packet_size < 1024 {
             return Err(AgentError::config(
                 "enos.max_packet_size",
                 "must be at least 1024 bytes",
-            ));
-        }
-
-        let b = &self.backoff;
-        nonzero(b.min, "backoff.min")?;
-        if b.max < b.min {
-            return Err(AgentError::config(
-                "backoff.max",
-                "must not be smaller than backoff.min",
-            ));
-        }
-        if !(0.0..=1.0).contains(&b.jitter) {
-            return Err(AgentError::config(
-                "backoff.jitter",
-                "must be between 0.0 (none) and 1.0 (full jitter)",
-            ));
-        }
-        if b.refusal_factor == 0 {
-            return Err(AgentError::config(
-                "backoff.refusal_factor",
-                "must be at least 1",
-            ));
-        }
-
-        if self.queue.upstream_capacity == 0 {
-            return Err(AgentError::config(
-                "queue.upstream_capacity",
-                "must be at least 1",
-            ));
-        }
-        if self.queue.downstream_capacity == 0 {
-            return Err(AgentError::config(
-                "queue.downstream_capacity",
-                "must be at least 1",
-            ));
-        }
-
-        if let Some(bridge) = &self.bridge {
-            validate_bridge(bridge)?;
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, sub) in self.sub_devices.iter().enumerate() {
-            if !seen.insert((sub.product_key.clone(), sub.device_key.clone())) {
-                return Err(AgentError::config(
-                    format!("sub_devices[{i}]"),
-                    format!("{}/{} is listed twice", sub.product_key, sub.device_key),
-                ));
-            }
-            if sub.product_key == self.device.product_key
-                && sub.device_key == self.device.device_key
-            {
-                return Err(AgentError::config(
-                    format!("sub_devices[{i}]"),
-                    "the gateway cannot be its own sub-device",
-                ));
-            }
-        }
-        if self.sub_devices.len() > 200 {
-            return Err(AgentError::config(
-                "sub_devices",
-                "EnOS allows at most 200 online sub-devices per gateway",
-            ));
-        }
-        nonzero(
-            self.sub_device_login.reply_timeout,
-            "sub_device_login.reply_timeout",
-        )?;
-        if self.sub_device_login.max_attempts == 0 {
-            return Err(AgentError::config(
-                "sub_device_login.max_attempts",
-                "must be at least 1",
             ));
         }
         Ok(())
     }
 }
 
-fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
-    if bridge.local_broker.tls {
-        return Err(AgentError::config(
-            "bridge.local_broker",
-            "the local broker is reached over tcp:// only",
-        ));
-    }
-    if bridge.client_id.is_empty() {
-        return Err(AgentError::config("bridge.client_id", "must not be empty"));
-    }
-    if bridge.password_file.is_some() && bridge.username.is_none() {
-        return Err(AgentError::config(
-            "bridge.password_file",
-            "a password needs bridge.username",
-        ));
-    }
-    for (i, route) in bridge.upstream.iter().enumerate() {
-        let field = |name: &str| format!("bridge.upstream[{i}].{name}");
-        if !rumqttc::valid_filter(&route.local) || route.local.is_empty() {
+impl BackoffConfig {
+    /// `0 < min <= max`, jitter a fraction, refusals back off at least as
+    /// much as failures.
+    fn validate(&self) -> Result<(), AgentError> {
+        nonzero(self.min, "backoff.min")?;
+        if self.max < self.min {
             return Err(AgentError::config(
-                field("local"),
-                format!("{:?} is not a valid MQTT topic filter", route.local),
+                "backoff.max",
+                "must not be smaller than backoff.min",
             ));
         }
-        if route.qos > 1 {
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(AgentError::config(
+                "backoff.jitter",
+                "must be between 0.0 (none) and 1.0 (full jitter)",
+            ));
+        }
+        at_least_one(self.refusal_factor.into(), "backoff.refusal_factor")
+    }
+}
+
+impl QueueConfig {
+    /// Both queues hold at least one message.
+    fn validate(&self) -> Result<(), AgentError> {
+        at_least_one(self.upstream_capacity as u64, "queue.upstream_capacity")?;
+        at_least_one(self.downstream_capacity as u64, "queue.downstream_capacity")
+    }
+}
+
+impl SubDeviceLoginConfig {
+    /// A reply timeout and at least one attempt.
+    fn validate(&self) -> Result<(), AgentError> {
+        nonzero(self.reply_timeout, "sub_device_login.reply_timeout")?;
+        at_least_one(self.max_attempts.into(), "sub_device_login.max_attempts")
+    }
+}
+
+impl BridgeConfig {
+    /// The local connection, each upstream route, the downstream prefixes.
+    fn validate(&self) -> Result<(), AgentError> {
+        self.validate_local_connection()?;
+        for (i, route) in self.upstream.iter().enumerate() {
+            route.validate(i)?;
+            if let Some(reply) = &route.reply_to {
+                self.validate_reply_to(i, reply)?;
+            }
+        }
+        if let Some(down) = &self.downstream {
+            down.validate()?;
+        }
+        Ok(())
+    }
+
+    /// tcp:// only, a client id, no password without a username.
+    fn validate_local_connection(&self) -> Result<(), AgentError> {
+        if self.local_broker.tls {
+            return Err(AgentError::config(
+                "bridge.local_broker",
+                "the local broker is reached over tcp:// only",
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(AgentError::config("bridge.client_id", "must not be empty"));
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return Err(AgentError::config(
+                "bridge.password_file",
+                "a password needs bridge.username",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Route `i`'s `reply_to`: a topic that no upstream filter takes back up.
+    fn validate_reply_to(&self, i: usize, reply: &str) -> Result<(), AgentError> {
+        let field = format!("bridge.upstream[{i}].reply_to");
+        if !rumqttc::valid_topic(reply) || reply.is_empty() {
+            return Err(AgentError::config(
+                field,
+                format!("{reply:?} is not a valid MQTT topic (no wildcards)"),
+            ));
+        }
+        if self
+            .upstream
+            .iter()
+            .any(|r| rumqttc::matches(reply, &r.local))
+        {
+            return Err(AgentError::config(
+                field,
+                format!("{reply:?} matches an upstream filter, so replies would loop back up"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamRoute {
+    /// Route `i` on its own: a filter, QoS 0 or 1, exactly the fields its
+    /// target takes.
+    fn validate(&self, i: usize) -> Result<(), AgentError> {
+        let field = |name: &str| format!("bridge.upstream[{i}].{name}");
+        if !rumqttc::valid_filter(&self.local) || self.local.is_empty() {
+            return Err(AgentError::config(
+                field("local"),
+                format!("{:?} is not a valid MQTT topic filter", self.local),
+            ));
+        }
+        if self.qos > 1 {
             return Err(AgentError::config(
                 field("qos"),
                 "EnOS supports QoS 0 and 1 only",
             ));
         }
-        match route.target {
+        match self.target {
             UpstreamTarget::EventPost => {
-                let ok = route
+                let ok = self
                     .event_id
                     .as_deref()
                     .is_some_and(|id| !id.is_empty() && !id.contains(['/', '+', '#']));
@@ -646,7 +723,7 @@ fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
                 }
             }
             UpstreamTarget::Raw => {
-                let ok = route
+                let ok = self
                     .enos_topic
                     .as_deref()
                     .is_some_and(|t| rumqttc::valid_topic(t) && !t.is_empty());
@@ -659,41 +736,28 @@ fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
             }
             UpstreamTarget::MeasurepointPost => {}
         }
-        if route.target != UpstreamTarget::EventPost && route.event_id.is_some() {
+        if self.target != UpstreamTarget::EventPost && self.event_id.is_some() {
             return Err(AgentError::config(
                 field("event_id"),
                 "only event-post routes take an event_id",
             ));
         }
-        if route.target != UpstreamTarget::Raw && route.enos_topic.is_some() {
+        if self.target != UpstreamTarget::Raw && self.enos_topic.is_some() {
             return Err(AgentError::config(
                 field("enos_topic"),
                 "only raw routes take an enos_topic",
             ));
         }
-        if let Some(reply) = &route.reply_to {
-            if !rumqttc::valid_topic(reply) || reply.is_empty() {
-                return Err(AgentError::config(
-                    field("reply_to"),
-                    format!("{reply:?} is not a valid MQTT topic (no wildcards)"),
-                ));
-            }
-            if bridge
-                .upstream
-                .iter()
-                .any(|r| rumqttc::matches(reply, &r.local))
-            {
-                return Err(AgentError::config(
-                    field("reply_to"),
-                    format!("{reply:?} matches an upstream filter, so replies would loop back up"),
-                ));
-            }
-        }
+        Ok(())
     }
-    if let Some(down) = &bridge.downstream {
+}
+
+impl DownstreamConfig {
+    /// Two distinct prefixes, each a topic without wildcards or a trailing /.
+    fn validate(&self) -> Result<(), AgentError> {
         for (name, prefix) in [
-            ("local_prefix", &down.local_prefix),
-            ("local_reply_prefix", &down.local_reply_prefix),
+            ("local_prefix", &self.local_prefix),
+            ("local_reply_prefix", &self.local_reply_prefix),
         ] {
             if prefix.is_empty() || !rumqttc::valid_topic(prefix) || prefix.ends_with('/') {
                 return Err(AgentError::config(
@@ -702,12 +766,19 @@ fn validate_bridge(bridge: &BridgeConfig) -> Result<(), AgentError> {
                 ));
             }
         }
-        if down.local_prefix == down.local_reply_prefix {
+        if self.local_prefix == self.local_reply_prefix {
             return Err(AgentError::config(
                 "bridge.downstream.local_reply_prefix",
                 "must differ from local_prefix, or calls would loop back as replies",
             ));
         }
+        Ok(())
+    }
+}
+
+fn at_least_one(count: u64, field: &str) -> Result<(), AgentError> {
+    if count == 0 {
+        return Err(AgentError::config(field, "must be at least 1"));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::signer::{IssuedCredential, Signer, SignerError};
+use crate::{error::SignerClientError, issued::IssuedCredential, signer::SignerClient};
 
 /// The fraction of a credential's lifetime after which a connect fetches a
 /// new one first.
@@ -43,10 +43,10 @@ impl CredentialCache {
     }
 
     /// The credential the next connect presents, per the rules above.
-    pub async fn for_connect<S: Signer>(
+    pub async fn for_connect<S: SignerClient>(
         &mut self,
         signer: &S,
-    ) -> Result<(Arc<IssuedCredential>, Provenance), SignerError> {
+    ) -> Result<(Arc<IssuedCredential>, Provenance), SignerClientError> {
         match signer.issue_mqtt_credential().await {
             Ok(credential) => {
                 let mut credential = Arc::new(credential);
@@ -118,7 +118,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{config::SubDeviceConfig, signer::SignedSubDeviceLogin};
+    use crate::{config::SubDeviceConfig, issued::SignedSubDeviceLogin};
 
     /// A signer that plays a script: each call takes the next step.
     struct ScriptedSigner {
@@ -144,8 +144,8 @@ mod tests {
         }
     }
 
-    impl Signer for ScriptedSigner {
-        async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerError> {
+    impl SignerClient for ScriptedSigner {
+        async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerClientError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             let step = self
                 .steps
@@ -156,7 +156,7 @@ mod tests {
             match step {
                 Step::Issue { lifetime_ms, delay } => {
                     // The signer signs, then the answer takes `delay` to arrive.
-                    let now = crate::clock::now_ms();
+                    let now = enos_domain::now_ms();
                     let cred = IssuedCredential::new(
                         format!("dk|securemode=2,signmethod=hmacsha1,timestamp={now}|"),
                         "dk&pk".into(),
@@ -168,11 +168,11 @@ mod tests {
                     tokio::time::sleep(delay).await;
                     Ok(cred)
                 }
-                Step::Down => Err(SignerError::Unavailable {
+                Step::Down => Err(SignerClientError::Unavailable {
                     endpoint: "scripted".into(),
                     message: "down".into(),
                 }),
-                Step::Refuse => Err(SignerError::Refused {
+                Step::Refuse => Err(SignerClientError::Refused {
                     endpoint: "scripted".into(),
                     code: tonic::Code::PermissionDenied,
                     message: "device disabled".into(),
@@ -183,7 +183,7 @@ mod tests {
         async fn sign_sub_device_login(
             &self,
             _sub: &SubDeviceConfig,
-        ) -> Result<SignedSubDeviceLogin, SignerError> {
+        ) -> Result<SignedSubDeviceLogin, SignerClientError> {
             unreachable!("not used here")
         }
     }

@@ -1,9 +1,13 @@
-//! [`AgentError`], the one error type of this crate.
+//! [`AgentError`], the error of the agent and its commands, and
+//! [`SignerClientError`], why the signer gave no credential (one of
+//! [`AgentError`]'s causes, also handled on its own by the connect loop).
 //!
 //! Messages name what went wrong and where (a config field, a file, an
 //! endpoint); they never contain a password, a sign or key material.
 
 use std::path::PathBuf;
+
+use tonic::Code;
 
 /// Everything that stops the agent or one of its commands.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +47,7 @@ pub enum AgentError {
     },
     /// The signer could not be reached or refused to issue.
     #[error("signer: {0}")]
-    Signer(#[from] crate::signer::SignerError),
+    SignerClient(#[from] SignerClientError),
     /// The status file could not be written.
     #[error("cannot write status file {path}: {source}")]
     StatusFile {
@@ -64,5 +68,46 @@ impl AgentError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Why the signer gave no credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SignerClientError {
+    /// No endpoint answered (network, TLS, timeouts, overload): a cached,
+    /// still-valid credential may be used instead.
+    #[error("no signer endpoint answered; last was {endpoint}: {message}")]
+    Unavailable {
+        /// The last endpoint tried.
+        endpoint: String,
+        /// What went wrong there.
+        message: String,
+    },
+    /// The signer answered and said no (device unknown or disabled, a
+    /// sub-device not bound to this gateway, a certificate it does not
+    /// accept). Asking again immediately gives the same answer.
+    #[error("signer {endpoint} refused ({code:?}): {message}")]
+    Refused {
+        /// The endpoint that answered.
+        endpoint: String,
+        /// The gRPC status code.
+        code: Code,
+        /// The signer's message, which never carries secrets.
+        message: String,
+    },
+    /// The signer answered with something unusable.
+    #[error("signer {endpoint} sent an unusable response: {reason}")]
+    BadResponse {
+        /// The endpoint that answered.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl SignerClientError {
+    /// Whether a cached credential may stand in for a fresh one.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SignerClientError::Unavailable { .. })
     }
 }

@@ -8,7 +8,9 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | the TOML config as serde structs, validated |
-//! | [`signer`] | the [`Signer`] trait and [`GrpcSigner`] (mTLS, failover) |
+//! | [`signer`] | the [`SignerClient`] trait and [`GrpcSigner`] (mTLS, failover) |
+//! | [`issued`] | what the signer issues: [`IssuedCredential`], [`SignedSubDeviceLogin`] |
+//! | `signer_channels` | the signer channels, rebuilt when the mTLS files change |
 //! | [`credential`] | [`CredentialCache`]: fresh per connect, reuse rules, the 70 % rule |
 //! | [`backoff`] | [`Backoff`]: exponential, full jitter, refusals back off further |
 //! | [`refusal`] | telling a broker's refusal from a network failure |
@@ -21,7 +23,7 @@
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
 //! | [`offline_sign`] | the `sign` command |
 //! | [`agent`] | [`Agent`]: runs all of the above until shutdown |
-//! | `shared`, `tls`, `clock`, `error` | plumbing; [`AgentError`] is the one error type |
+//! | `shared`, `tls`, `error` | plumbing; [`AgentError`] (with [`SignerClientError`], one of its causes) |
 //!
 //! Passwords and signs are held in zeroizing, redacting types and never
 //! logged; rumqttc's `MqttOptions` (whose `Debug` prints the password) is
@@ -31,10 +33,10 @@
 pub mod agent;
 pub mod backoff;
 pub mod bridge;
-mod clock;
 pub mod config;
 pub mod credential;
 mod error;
+pub mod issued;
 pub mod notify;
 pub mod offline_sign;
 pub mod queue;
@@ -42,6 +44,7 @@ pub mod refusal;
 pub mod session;
 mod shared;
 pub mod signer;
+mod signer_channels;
 pub mod status;
 pub mod sub_device;
 mod tls;
@@ -49,12 +52,13 @@ pub mod topics;
 
 pub use agent::Agent;
 pub use backoff::Backoff;
-pub use clock::now_ms;
 pub use config::Config;
 pub use credential::CredentialCache;
-pub use error::AgentError;
+pub use enos_domain::now_ms;
+pub use error::{AgentError, SignerClientError};
+pub use issued::{IssuedCredential, SignedSubDeviceLogin};
 pub use queue::BoundedQueue;
-pub use shared::{Outbound, Reply, Shared};
-pub use signer::{GrpcSigner, IssuedCredential, SignedSubDeviceLogin, Signer, SignerError};
+pub use shared::{EnosReply, Outbound, Shared};
+pub use signer::{GrpcSigner, SignerClient};
 pub use status::{AgentStatus, ConnectionState, SubDeviceState};
 pub use tls::install_crypto_provider;

@@ -8,7 +8,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use enos_agent::{
-    Agent, Config, GrpcSigner, Signer, install_crypto_provider, notify,
+    Agent, Config, GrpcSigner, SignerClient, install_crypto_provider, notify,
     offline_sign::{self, SignRequest},
 };
 use tokio_util::sync::CancellationToken;
@@ -42,21 +42,9 @@ enum Command {
     /// Signs a device login offline and prints it as JSON, for debugging a
     /// device by hand.
     Sign {
-        /// The product key.
-        #[arg(long)]
-        product_key: String,
-        /// The device key.
-        #[arg(long)]
-        device_key: String,
-        /// The signed clientId; defaults to the device key.
-        #[arg(long)]
-        client_id: Option<String>,
-        /// Milliseconds since the epoch; defaults to now.
-        #[arg(long)]
-        timestamp: Option<String>,
-        /// hmacsha1, hmacsha256 or hmacmd5.
-        #[arg(long, default_value = "hmacsha1")]
-        sign_method: String,
+        /// What to sign.
+        #[command(flatten)]
+        request: SignRequest,
         /// File holding the device secret, or `-` for stdin. Never argv.
         #[arg(long)]
         secret_file: PathBuf,
@@ -67,22 +55,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sign {
-            product_key,
-            device_key,
-            client_id,
-            timestamp,
-            sign_method,
+            request,
             secret_file,
-        } => sign(
-            SignRequest {
-                product_key,
-                device_key,
-                client_id,
-                timestamp,
-                sign_method,
-            },
-            secret_file,
-        ),
+        } => sign(request, secret_file),
         Command::Check { config } => with_runtime(check(config)),
         Command::Run { config } => with_runtime(run(config)),
     };
@@ -137,10 +112,9 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let credential = signer.issue_mqtt_credential().await?;
     println!(
-        "signer {} issued a credential for {}/{}: client id {}",
+        "signer {} issued a credential for {}: client id {}",
         credential.endpoint,
-        config.device.product_key,
-        config.device.device_key,
+        config.device.id(),
         credential.mqtt_client_id
     );
     match credential.expires_at_ms {

@@ -15,18 +15,24 @@ use crate::error::AgentError;
 /// The longest secret file accepted, in bytes (a secret is at most 256).
 const MAX_SECRET_FILE: u64 = 4096;
 
-/// What to sign. Every field is validated by enos-sign-core.
-#[derive(Debug, Clone)]
+/// What to sign, as `enos-agent sign` takes it on its command line. Every
+/// field is validated by enos-sign-core.
+#[derive(Debug, Clone, clap::Args)]
 pub struct SignRequest {
-    /// `--product-key`.
+    /// The product key.
+    #[arg(long)]
     pub product_key: String,
-    /// `--device-key`.
+    /// The device key.
+    #[arg(long)]
     pub device_key: String,
-    /// `--client-id`; defaults to the device key.
+    /// The signed clientId; defaults to the device key.
+    #[arg(long)]
     pub client_id: Option<String>,
-    /// `--timestamp` in ms; defaults to now.
+    /// Milliseconds since the epoch; defaults to now.
+    #[arg(long)]
     pub timestamp: Option<String>,
-    /// `--sign-method`; hmacsha1, hmacsha256 or hmacmd5.
+    /// hmacsha1, hmacsha256 or hmacmd5.
+    #[arg(long, default_value = "hmacsha1")]
     pub sign_method: String,
 }
 

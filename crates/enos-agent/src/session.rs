@@ -9,7 +9,7 @@
 //!
 //! `MqttOptions`' `Debug` prints the password: it is never logged here.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS, SubscribeFilter,
@@ -23,9 +23,10 @@ use crate::{
     config::Config,
     credential::{CredentialCache, Provenance},
     error::AgentError,
+    issued::IssuedCredential,
     refusal::{Failure, Phase, classify},
-    shared::{Outbound, Reply, Shared},
-    signer::Signer,
+    shared::{EnosReply, Outbound, Shared},
+    signer::SignerClient,
     status::ConnectionState,
 };
 
@@ -80,39 +81,124 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
 }
 
 /// Runs the connect loop until `shutdown`, then sends DISCONNECT.
-pub async fn run<S: Signer>(
+pub async fn run<S: SignerClient>(
     config: &Config,
     signer: &S,
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     shared: &Shared,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(config.backoff.clone());
-    let mut cache = CredentialCache::new();
-    let filters = subscriptions(config, shared);
-    let mut generation = 0u64;
+    let mut session = ConnectLoop {
+        config,
+        signer,
+        filters: subscriptions(config, shared),
+        client,
+        eventloop,
+        shared,
+        shutdown,
+        backoff: Backoff::new(config.backoff.clone()),
+        cache: CredentialCache::new(),
+        generation: 0,
+    };
+    session.run().await;
+    shared.session.send_replace(None);
+    shared.refresh_counters();
+    shared
+        .status
+        .send_modify(|s| s.set_state(ConnectionState::Stopped));
+}
 
-    'connect: while !shutdown.is_cancelled() {
-        shared
-            .status
-            .send_modify(|s| s.set_state(ConnectionState::Connecting));
+/// What one step of the connect loop decided.
+enum Step<T> {
+    /// Go on with this.
+    Go(T),
+    /// Start over with a new connect (any backoff already waited).
+    Retry,
+    /// Shut down.
+    Stop,
+}
 
-        // 1. A credential: fresh, or a still-valid cached one if the signer is down.
+/// The connect loop's state across connects.
+struct ConnectLoop<'a, S> {
+    /// The agent's config (broker, backoff).
+    config: &'a Config,
+    /// Where credentials come from.
+    signer: &'a S,
+    /// Restored after every CONNACK (clean session).
+    filters: Vec<SubscribeFilter>,
+    /// The rumqttc handle: publishes and subscribes.
+    client: AsyncClient,
+    /// rumqttc's event loop: connects when polled.
+    eventloop: EventLoop,
+    /// Queues and status shared with the bridge and the sub-devices.
+    shared: &'a Shared,
+    /// Cancelled at shutdown.
+    shutdown: CancellationToken,
+    /// Delays between failed connects.
+    backoff: Backoff,
+    /// The credential reuse rules.
+    cache: CredentialCache,
+    /// Numbers the connections, so sub-device logins restart on each.
+    generation: u64,
+}
+
+impl<S: SignerClient> ConnectLoop<'_, S> {
+    async fn run(&mut self) {
+        while !self.shutdown.is_cancelled() {
+            self.shared
+                .status
+                .send_modify(|s| s.set_state(ConnectionState::Connecting));
+            // 1. A credential: fresh, or a still-valid cached one if the signer is down.
+            let credential = match self.credential().await {
+                Step::Go(credential) => credential,
+                Step::Retry => continue,
+                Step::Stop => return,
+            };
+            // 2. CONNECT → CONNACK.
+            match self.connect(&credential).await {
+                Step::Go(()) => {}
+                Step::Retry => continue,
+                Step::Stop => return,
+            }
+            // 3. Connected, until the connection ends or shutdown.
+            let connected_at = Instant::now();
+            self.connected(&credential);
+            let ended = self.serve().await;
+            self.shared.session.send_replace(None);
+            self.shared.refresh_counters();
+            match ended {
+                None => {
+                    disconnect(&self.client, &mut self.eventloop, self.shared).await;
+                    return;
+                }
+                Some(failure) => {
+                    tracing::warn!(reason = %failure.reason, "EnOS connection lost");
+                    let stable = connected_at.elapsed() >= self.backoff.reset_after();
+                    if !self.back_off(&failure, stable).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A credential for this connect; on failure, backs off.
+    async fn credential(&mut self) -> Step<Arc<IssuedCredential>> {
         let obtained = tokio::select! {
-            r = cache.for_connect(signer) => r,
-            () = shutdown.cancelled() => break 'connect,
+            r = self.cache.for_connect(self.signer) => r,
+            () = self.shutdown.cancelled() => return Step::Stop,
         };
-        let credential = match obtained {
+        match obtained {
             Ok((credential, provenance)) => {
-                shared.status.send_modify(|s| {
+                self.shared.status.send_modify(|s| {
                     match provenance {
                         Provenance::Fresh => s.credentials_issued += 1,
                         Provenance::Cached => s.credentials_reused += 1,
                     }
                     s.credential_expires_at_ms = credential.expires_at_ms;
                 });
-                credential
+                Step::Go(credential)
             }
             Err(e) => {
                 let kind = if e.is_unavailable() {
@@ -125,67 +211,70 @@ pub async fn run<S: Signer>(
                     kind,
                     reason: e.to_string(),
                 };
-                if !pause(&mut backoff, &failure, shared, &shutdown, false).await {
-                    break 'connect;
-                }
-                continue 'connect;
+                self.retry_after(&failure, false).await
             }
-        };
-        eventloop
+        }
+    }
+
+    /// CONNECT with `credential` until CONNACK; on failure, backs off (a
+    /// refusal also retires the credential).
+    async fn connect(&mut self, credential: &Arc<IssuedCredential>) -> Step<()> {
+        self.eventloop
             .mqtt_options
             .set_client_id(credential.mqtt_client_id.clone())
             .set_credentials(credential.username.clone(), credential.password());
-
-        // 2. CONNECT → CONNACK.
         let connected = tokio::select! {
-            r = eventloop.poll() => r,
-            () = shutdown.cancelled() => break 'connect,
+            r = self.eventloop.poll() => r,
+            () = self.shutdown.cancelled() => return Step::Stop,
         };
         // The password has been sent (or failed to be); do not keep a copy
         // in the options longer than needed.
-        eventloop
+        self.eventloop
             .mqtt_options
             .set_credentials(credential.username.clone(), "");
         match connected {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {}
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => Step::Go(()),
             Ok(other) => {
                 tracing::warn!(event = ?other, "unexpected first event; reconnecting");
-                continue 'connect;
+                Step::Retry
             }
             Err(e) => {
                 let failure = classify(&e, Phase::Connecting);
                 if failure.kind == FailureKind::Refused {
-                    cache.refused(&credential);
+                    self.cache.refused(credential);
                 }
-                tracing::warn!(broker = %config.enos.broker, reason = %failure.reason, "connect failed");
-                if !pause(&mut backoff, &failure, shared, &shutdown, false).await {
-                    break 'connect;
-                }
-                continue 'connect;
+                tracing::warn!(broker = %self.config.enos.broker, reason = %failure.reason, "connect failed");
+                self.retry_after(&failure, false).await
             }
         }
+    }
 
-        // 3. Connected.
-        generation += 1;
-        let connected_at = Instant::now();
-        tracing::info!(broker = %config.enos.broker, client_id = %credential.mqtt_client_id, "connected to EnOS");
-        shared.status.send_modify(|s| {
+    /// Reports the connection and restores the subscriptions.
+    fn connected(&mut self, credential: &IssuedCredential) {
+        self.generation += 1;
+        tracing::info!(broker = %self.config.enos.broker, client_id = %credential.mqtt_client_id, "connected to EnOS");
+        self.shared.status.send_modify(|s| {
             s.set_state(ConnectionState::Connected);
             s.connects += 1;
             s.last_error = None;
         });
-        if !filters.is_empty() {
-            if let Err(e) = client.try_subscribe_many(filters.clone()) {
+        if !self.filters.is_empty() {
+            if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
                 tracing::error!(error = %e, "could not queue the subscriptions");
             }
         }
-        shared.session.send_replace(Some(generation));
+        self.shared.session.send_replace(Some(self.generation));
+    }
 
+    /// Carries messages both ways until the connection fails (its
+    /// failure) or shutdown (`None`).
+    async fn serve(&mut self) -> Option<Failure> {
+        let shared = self.shared;
         let mut client_full = false;
-        let ended = loop {
-            client_full |= !feed(&client, shared);
+        loop {
+            client_full |= !shared.feed_upstream(&self.client);
             tokio::select! {
-                polled = eventloop.poll() => {
+                polled = self.eventloop.poll() => {
                     client_full = false;
                     match polled {
                         Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
@@ -195,35 +284,36 @@ pub async fn run<S: Signer>(
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => break Some(classify(&e, Phase::Connected)),
+                        Err(e) => return Some(classify(&e, Phase::Connected)),
                     }
                 }
                 () = shared.upstream.wait_pushed(), if !client_full => {}
-                () = shutdown.cancelled() => break None,
-            }
-        };
-        shared.session.send_replace(None);
-        shared.refresh_counters();
-
-        match ended {
-            None => {
-                disconnect(&client, &mut eventloop, shared).await;
-                break 'connect;
-            }
-            Some(failure) => {
-                tracing::warn!(reason = %failure.reason, "EnOS connection lost");
-                let stable = connected_at.elapsed() >= backoff.reset_after();
-                if !pause(&mut backoff, &failure, shared, &shutdown, stable).await {
-                    break 'connect;
-                }
+                () = self.shutdown.cancelled() => return None,
             }
         }
     }
-    shared.session.send_replace(None);
-    shared.refresh_counters();
-    shared
-        .status
-        .send_modify(|s| s.set_state(ConnectionState::Stopped));
+
+    /// Backs off after `failure`: [`Step::Retry`], or [`Step::Stop`] if
+    /// shut down meanwhile.
+    async fn retry_after<T>(&mut self, failure: &Failure, reset_first: bool) -> Step<T> {
+        if self.back_off(failure, reset_first).await {
+            Step::Retry
+        } else {
+            Step::Stop
+        }
+    }
+
+    /// Waits the backoff delay after `failure`; `false` if shut down meanwhile.
+    async fn back_off(&mut self, failure: &Failure, reset_first: bool) -> bool {
+        pause(
+            &mut self.backoff,
+            failure,
+            self.shared,
+            &self.shutdown,
+            reset_first,
+        )
+        .await
+    }
 }
 
 /// Records `failure`, waits the backoff delay; `false` if shut down meanwhile.
@@ -256,37 +346,11 @@ async fn pause(
     }
 }
 
-/// Moves queued upstream messages into the client; `false` when the
-/// client's channel is full (the rest waits for the next poll).
-fn feed(client: &AsyncClient, shared: &Shared) -> bool {
-    let mut moved = false;
-    let mut room = true;
-    while let Some(m) = shared.upstream.pop() {
-        match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
-            Ok(()) => {
-                moved = true;
-                shared
-                    .upstream_sent
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(_) => {
-                shared.upstream.push_front(m);
-                room = false;
-                break;
-            }
-        }
-    }
-    if moved {
-        shared.refresh_counters();
-    }
-    room
-}
-
 /// Dispatches a message from EnOS.
 fn route_incoming(p: Publish, shared: &Shared) {
     let topic = p.topic.as_str();
     if topic == shared.topics.combine_login_reply() {
-        match Reply::parse(&p.payload) {
+        match EnosReply::parse(&p.payload) {
             Some(reply) => shared.deliver_login_reply(reply),
             None => tracing::warn!(topic, "unparsable combine.login reply"),
         }
@@ -321,7 +385,7 @@ fn push_downstream(shared: &Shared, topic: String, payload: Vec<u8>) {
 async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Shared) {
     let drained = async {
         loop {
-            if feed(client, shared) && shared.upstream.is_empty() {
+            if shared.feed_upstream(client) && shared.upstream.is_empty() {
                 break;
             }
             if eventloop.poll().await.is_err() {

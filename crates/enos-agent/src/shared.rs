@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use rumqttc::QoS;
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
@@ -31,7 +31,7 @@ pub struct Outbound {
 
 /// A `combine/login_reply` (or any EnOS reply): `{id, code, message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct EnosReply {
     /// The request id it answers.
     pub id: String,
     /// 200 on success; see the EnOS reply codes.
@@ -40,16 +40,16 @@ pub struct Reply {
     pub message: String,
 }
 
-impl Reply {
+impl EnosReply {
     /// Parses a reply payload; `None` if it is not one.
-    pub fn parse(payload: &[u8]) -> Option<Reply> {
+    pub fn parse(payload: &[u8]) -> Option<EnosReply> {
         let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
         let id = match &v["id"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
             _ => return None,
         };
-        Some(Reply {
+        Some(EnosReply {
             id,
             code: v["code"].as_i64()?,
             message: v["message"].as_str().unwrap_or_default().to_owned(),
@@ -70,7 +70,7 @@ pub struct Shared {
     /// sub-device logins restart on every change.
     pub session: watch::Sender<Option<u64>>,
     /// Sub-device logins waiting for their reply, by request id.
-    pub pending_logins: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    pub pending_logins: Mutex<HashMap<String, oneshot::Sender<EnosReply>>>,
     /// This device's EnOS topics.
     pub topics: DeviceTopics,
     /// Downstream topic mapping, when the bridge carries service calls.
@@ -97,8 +97,50 @@ impl Shared {
         });
     }
 
+    /// Moves queued upstream messages into the EnOS client; `false` when
+    /// its channel is full (the rest waits for the next poll).
+    pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
+        self.feed(client, &self.upstream, &self.upstream_sent)
+    }
+
+    /// Moves queued downstream messages into the local client; `false`
+    /// when its channel is full.
+    pub fn feed_downstream(&self, client: &AsyncClient) -> bool {
+        self.feed(client, &self.downstream, &self.downstream_delivered)
+    }
+
+    /// Moves messages from `queue` into `client`, counting each in
+    /// `handed`, until the queue is empty (`true`) or the client's channel
+    /// is full (`false`: the message goes back to the front).
+    fn feed(
+        &self,
+        client: &AsyncClient,
+        queue: &BoundedQueue<Outbound>,
+        handed: &AtomicU64,
+    ) -> bool {
+        let mut moved = false;
+        let mut room = true;
+        while let Some(m) = queue.pop() {
+            match client.try_publish(m.topic.clone(), m.qos, false, m.payload.clone()) {
+                Ok(()) => {
+                    moved = true;
+                    handed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    queue.push_front(m);
+                    room = false;
+                    break;
+                }
+            }
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
+    }
+
     /// Hands a login reply to whoever waits for it.
-    pub fn deliver_login_reply(&self, reply: Reply) {
+    pub fn deliver_login_reply(&self, reply: EnosReply) {
         let waiter = self
             .pending_logins
             .lock()

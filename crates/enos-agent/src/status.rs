@@ -114,7 +114,7 @@ impl AgentStatus {
     pub fn new(broker: String) -> Self {
         AgentStatus {
             state: ConnectionState::Starting,
-            since_ms: crate::clock::now_ms(),
+            since_ms: enos_domain::now_ms(),
             broker,
             connects: 0,
             refusals: 0,
@@ -139,7 +139,7 @@ impl AgentStatus {
     pub fn set_state(&mut self, state: ConnectionState) {
         if self.state != state {
             self.state = state;
-            self.since_ms = crate::clock::now_ms();
+            self.since_ms = enos_domain::now_ms();
         }
     }
 }

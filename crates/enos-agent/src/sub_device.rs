@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backoff::{Backoff, FailureKind},
     config::{Config, SubDeviceConfig},
-    shared::{Reply, Shared},
-    signer::{Signer, SignerError},
+    error::SignerClientError,
+    shared::{EnosReply, Shared},
+    signer::SignerClient,
     status::{SubDeviceState, SubDeviceStatus},
     topics::envelope,
 };
@@ -63,7 +64,7 @@ pub fn describe(code: i64) -> &'static str {
 }
 
 /// Logs in the sub-devices after every connect, until `shutdown`.
-pub async fn run<S: Signer>(
+pub async fn run<S: SignerClient>(
     config: &Config,
     signer: &S,
     client: AsyncClient,
@@ -125,7 +126,7 @@ fn set_all(shared: &Shared, state: SubDeviceState, connection: u64) {
 }
 
 /// One sub-device's login on the current connection.
-async fn login<S: Signer>(
+async fn login<S: SignerClient>(
     config: &Config,
     signer: &S,
     client: &AsyncClient,
@@ -134,7 +135,7 @@ async fn login<S: Signer>(
 ) -> SubDeviceState {
     let settings = &config.sub_device_login;
     let mut backoff = Backoff::new(config.backoff.clone());
-    let who = format!("{}/{}", sub.product_key, sub.device_key);
+    let who = sub.id().to_string();
     let mut last_failure = String::new();
     for attempt in 1..=settings.max_attempts {
         if attempt > 1 {
@@ -142,7 +143,7 @@ async fn login<S: Signer>(
         }
         let signed = match signer.sign_sub_device_login(sub).await {
             Ok(s) => s,
-            Err(e @ SignerError::Refused { .. }) => {
+            Err(e @ SignerClientError::Refused { .. }) => {
                 tracing::error!(sub_device = %who, error = %e, "signer refused to sign the sub-device login");
                 return SubDeviceState::Refused {
                     reason: format!("signer: {e}"),
@@ -174,7 +175,7 @@ async fn login<S: Signer>(
         {
             tracing::warn!(sub_device = %who, error = %e, "could not queue the login");
         }
-        let reply: Option<Reply> = tokio::time::timeout(settings.reply_timeout, rx)
+        let reply: Option<EnosReply> = tokio::time::timeout(settings.reply_timeout, rx)
             .await
             .ok()
             .and_then(Result::ok);

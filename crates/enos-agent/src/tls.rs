@@ -53,6 +53,23 @@ pub(crate) fn check_pem_key(path: &Path, pem: &[u8]) -> Result<(), AgentError> {
     }
 }
 
+/// Fails unless the key in `key_pem` is the one `cert_pem`'s leaf
+/// certifies. The error never shows the key.
+pub(crate) fn check_key_fits(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<(), AgentError> {
+    let chain = parse_certs(cert_path, cert_pem)?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|_| tls_error(key_path, "the private key PEM is malformed"))?
+        .ok_or_else(|| tls_error(key_path, "no PRIVATE KEY block found"))?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map(|_| ())
+        .map_err(|e| tls_error(key_path, format!("key does not fit the certificate: {e}")))
+}
+
 /// The rustls config for `ssl://` EnOS brokers: the configured CA only, and
 /// the device certificate for client authentication.
 pub(crate) fn mqtt_client_config(tls: &MqttTlsConfig) -> Result<Arc<ClientConfig>, AgentError> {

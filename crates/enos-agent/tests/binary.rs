@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_sign_core::ExposeSecret;
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use support::{DeviceRow, init, signer::SignerFixture, write_devices};
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");

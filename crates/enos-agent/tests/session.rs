@@ -8,7 +8,7 @@ mod support;
 use std::{path::PathBuf, time::Duration};
 
 use enos_agent::{Agent, AgentStatus, ConnectionState, GrpcSigner, SubDeviceState};
-use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use support::{
     CONSOLE, DeviceRow, Mosquitto, SOON, TestClient, config, console_password_file, init,
     signer::SignerFixture, wait_status, write_devices,

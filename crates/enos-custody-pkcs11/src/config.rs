@@ -1,5 +1,5 @@
 //! [`Pkcs11Config`]: where the module, token, PIN and keys are, as the
-//! service's TOML file says it; and [`Settings`], the same resolved and
+//! service's TOML file says it; and [`Pkcs11Settings`], the same resolved and
 //! checked.
 
 use std::{path::PathBuf, time::Duration};
@@ -103,7 +103,7 @@ pub enum PinSource {
 
 /// A resolved, complete configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct Pkcs11Settings {
     /// The module to load.
     pub module: PathBuf,
     /// The token.
@@ -124,7 +124,7 @@ impl Pkcs11Config {
     /// Merges the URI with the separate keys, fills defaults and checks
     /// that everything needed is there. A setting given both in the URI
     /// and on its own is refused rather than silently preferring one.
-    pub fn resolve(&self) -> Result<Settings, Pkcs11Error> {
+    pub fn resolve(&self) -> Result<Pkcs11Settings, Pkcs11Error> {
         let uri = match &self.uri {
             Some(text) => Pkcs11Uri::parse(text)?,
             None => Pkcs11Uri::default(),
@@ -173,7 +173,7 @@ impl Pkcs11Config {
                 .map_or(4, |n| n.get() * 2)
                 .max(4),
         };
-        Ok(Settings {
+        Ok(Pkcs11Settings {
             module,
             token,
             pin,

@@ -25,7 +25,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     Pkcs11Config, Pkcs11Error,
-    config::Settings,
+    config::Pkcs11Settings,
     error::{Failure, classify, describe},
     ops::{self, OpError},
     pool::Connection,
@@ -65,7 +65,7 @@ pub struct Pkcs11Custody {
     /// The connection, or `None` while the token is away.
     state: RwLock<State>,
     /// The resolved configuration, kept to reconnect.
-    settings: Settings,
+    settings: Pkcs11Settings,
     /// Whether `open` may export.
     export: ExportPolicy,
     /// Successful reconnects, for [`Pkcs11Custody::status`].
@@ -332,6 +332,18 @@ impl Custody for Pkcs11Custody {
             ops::sign(session, keys, &ad, &sealed.bytes, &content, &mechanism)
         })?;
         encode_password(&digest, case)
+    }
+
+    fn check(&self) -> Result<(), CustodyError> {
+        // One round trip on a pooled session that reads the key-encryption
+        // key's class: the token is there, logged in, and holds the key
+        // (a session query alone is answered from the library's memory).
+        self.run(|session, keys| {
+            session
+                .get_attributes(keys.kek, &[cryptoki::object::AttributeType::Class])
+                .map(|_| ())
+                .map_err(OpError::from)
+        })
     }
 
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {

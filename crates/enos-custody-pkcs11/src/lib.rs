@@ -54,7 +54,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `config` | [`Pkcs11Config`] (serde) and [`Settings`], the resolved form |
+//! | `config` | [`Pkcs11Config`] (serde) and [`Pkcs11Settings`], the resolved form |
 //! | `uri` | PKCS#11 URIs (RFC 7512), the part custody needs |
 //! | `pin` | reading the PIN from a file or `$CREDENTIALS_DIRECTORY` |
 //! | `token` | loading the module (once per process), finding the token and keys, [`generate_kek`] |
@@ -78,7 +78,7 @@ pub mod softhsm;
 mod token;
 mod uri;
 
-pub use config::{DEFAULT_KEK_LABEL, PinSource, Pkcs11Config, Settings, TokenSelector};
+pub use config::{DEFAULT_KEK_LABEL, PinSource, Pkcs11Config, Pkcs11Settings, TokenSelector};
 pub use custody::{CustodyStatus, ExportPolicy, Pkcs11Custody};
 pub use error::Pkcs11Error;
 pub use record::SCHEME;

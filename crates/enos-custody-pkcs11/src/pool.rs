@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     Pkcs11Error,
-    config::Settings,
+    config::Pkcs11Settings,
     token::{Keys, find_keys, log_in, login, open_session},
 };
 
@@ -52,7 +52,7 @@ struct Sessions {
 
 impl Connection {
     /// Connects as `settings` say.
-    pub(crate) fn open(settings: &Settings) -> Result<Self, Pkcs11Error> {
+    pub(crate) fn open(settings: &Pkcs11Settings) -> Result<Self, Pkcs11Error> {
         let login = login(settings, false)?;
         let keys = find_keys(&login.session, settings, &login.token)?;
         Ok(Connection {

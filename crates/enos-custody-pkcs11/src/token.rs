@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     Pkcs11Config, Pkcs11Error,
-    config::{Settings, TokenSelector},
+    config::{Pkcs11Settings, TokenSelector},
     error::describe,
     pin::read_pin,
 };
@@ -135,7 +135,7 @@ pub(crate) struct Login {
 }
 
 /// Loads the module, finds the token, checks mechanisms and logs in.
-pub(crate) fn login(settings: &Settings, read_write: bool) -> Result<Login, Pkcs11Error> {
+pub(crate) fn login(settings: &Pkcs11Settings, read_write: bool) -> Result<Login, Pkcs11Error> {
     let ctx = load(&settings.module)?;
     let (slot, token) = find_slot(&ctx, &settings.token, &settings.module)?;
     check_mechanisms(&ctx, slot, &token)?;
@@ -287,7 +287,7 @@ pub(crate) struct Keys {
 /// sensitive, never extractable, on the token, allowed their one use.
 pub(crate) fn find_keys(
     session: &Session,
-    settings: &Settings,
+    settings: &Pkcs11Settings,
     token: &str,
 ) -> Result<Keys, Pkcs11Error> {
     let kek = find_key(session, &settings.kek_label, KEK_ROLE, token)?;

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use enos_custody_pkcs11::{PinSource, Pkcs11Config, Settings, TokenSelector};
+use enos_custody_pkcs11::{PinSource, Pkcs11Config, Pkcs11Settings, TokenSelector};
 
 fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -11,7 +11,7 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn resolve(name: &str) -> Result<Settings, String> {
+fn resolve(name: &str) -> Result<Pkcs11Settings, String> {
     let config: Pkcs11Config = toml::from_str(&fixture(name)).map_err(|e| e.to_string())?;
     config.resolve().map_err(|e| e.to_string())
 }

@@ -214,3 +214,26 @@ fn a_pin_rejected_on_reconnect_is_not_retried() {
         },
     );
 }
+
+#[test]
+fn check_follows_the_token_for_the_readiness_probe() {
+    isolated(
+        "check_follows_the_token_for_the_readiness_probe",
+        "probe",
+        "",
+        |hsm| {
+            let device = Device::new();
+            let (custody, _sealed) = ready(hsm, &device);
+            custody.check().expect("token present: ready");
+            hsm.park_token();
+            let error = custody.check().expect_err("token away: not ready");
+            assert!(matches!(error, CustodyError::Unavailable(_)), "{error:?}");
+            hsm.restore_token();
+            std::thread::sleep(PAST_RETRY_INTERVAL);
+            // The check itself reconnects: a replica taken out of service
+            // gets no traffic that would.
+            custody.check().expect("token back: ready again");
+            assert_eq!(custody.status().reconnects, 1);
+        },
+    );
+}

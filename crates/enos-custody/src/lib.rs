@@ -18,6 +18,7 @@
 
 use core::fmt;
 
+use enos_domain::DeviceId;
 use enos_sign_core::{
     DeviceKey, DeviceSecret, HexCase, Password, ProductKey, SignMethod, SignedFields,
 };
@@ -35,7 +36,16 @@ pub struct SecretRef<'a> {
     pub version: u32,
 }
 
-impl SecretRef<'_> {
+impl<'a> SecretRef<'a> {
+    /// Version `version` of `device`'s secret.
+    pub fn of(device: &'a DeviceId, version: u32) -> Self {
+        SecretRef {
+            product_key: &device.product_key,
+            device_key: &device.device_key,
+            version,
+        }
+    }
+
     /// A canonical byte string of the reference, for associated data:
     /// `enos-secret-v1|{productKey}|{deviceKey}|{version}`. `|` is in
     /// neither key, so the encoding is unambiguous.
@@ -95,6 +105,14 @@ pub trait Custody: Send + Sync + 'static {
     /// custodies only; an HSM custody may refuse with
     /// [`CustodyError::Unsupported`].
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError>;
+
+    /// Fails unless the custody could sign now: an HSM custody asks the
+    /// token over a pooled session (reconnecting if it was lost). The
+    /// signer's readiness probe calls it every few seconds, so it must be
+    /// cheap; a custody whose keys are in memory has nothing to check.
+    fn check(&self) -> Result<(), CustodyError> {
+        Ok(())
+    }
 }
 
 /// What can go wrong in a custody. Messages never contain a secret.

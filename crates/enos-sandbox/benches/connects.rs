@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_sign_core::{
     ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
     SignMethod, SignedFields, TimestampMs,
 };
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 
 fn env_usize(name: &str, default: usize) -> usize {

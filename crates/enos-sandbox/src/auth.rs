@@ -1,10 +1,7 @@
 //! [`Authenticator`]: decides whether an MQTT CONNECT may open a session,
 //! and says why not ([`Refusal`]).
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use enos_sign_core::{Freshness, Md5Policy, PresentedLogin, SecureMode, SignError, TimestampMs};
 
@@ -183,10 +180,7 @@ impl Authenticator {
 
 /// The wall clock in milliseconds since the epoch.
 pub(crate) fn now() -> TimestampMs {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    TimestampMs::from_millis(ms)
+    TimestampMs::from_millis(enos_domain::now_ms())
 }
 
 #[cfg(test)]

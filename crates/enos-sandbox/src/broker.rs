@@ -4,7 +4,7 @@
 //!
 //! rumqttd has no stop API: its listener threads run until the process
 //! ends. Start this once per process (the `enos-sandbox` binary does);
-//! tests use [`crate::Sandbox`], which runs the binary as a child.
+//! tests use `enos_testkit::sandbox::Sandbox`, which runs the binary as a child.
 
 use std::{
     collections::HashMap,

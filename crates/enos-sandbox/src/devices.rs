@@ -3,55 +3,31 @@
 //!
 //! # The device file
 //!
-//! A CSV file with a header row. Columns are found by name, in any order;
-//! columns the sandbox does not know are ignored, so the signer's import
-//! file works as it is.
+//! The device CSV file of [`enos_domain::device_file`] (the signer's
+//! import file works as it is), read with the same reader. The sandbox
+//! uses every column:
 //!
-//! | column | required | meaning |
-//! |---|---|---|
-//! | `productKey` | yes | the device's product key |
-//! | `deviceKey` | yes | the device's key within its product |
-//! | `deviceSecret` | yes | the secret its passwords are signed with |
-//! | `enabled` | no | `true` (default when the column or value is absent) or `false`: a disabled device is refused (CONNECT) or answered 723 (`combine.login`) |
-//! | `gatewayProductKey`, `gatewayDeviceKey` | no, as a pair | the gateway a sub-device logs in through (`combine.login`); both empty for a directly connected device |
+//! | column | meaning here |
+//! |---|---|
+//! | `productKey`, `deviceKey`, `deviceSecret` | the device and the secret its passwords are signed with |
+//! | `enabled` | `true` (default when the column or value is absent) or `false`: a disabled device is refused (CONNECT) or answered 723 (`combine.login`) |
+//! | `gatewayProductKey`, `gatewayDeviceKey` | the gateway a sub-device logs in through (`combine.login`); both empty for a directly connected device |
 //!
 //! Errors name the line and column; a secret never appears in one.
 
 use std::{
     collections::HashMap,
-    fmt,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
-use enos_sign_core::{DeviceKey, DeviceSecret, ProductKey};
+pub use enos_domain::DeviceId;
+use enos_domain::device_file::{
+    self, DEVICE_SECRET, DeviceRow, ENABLED, GATEWAY_DEVICE_KEY, GATEWAY_PRODUCT_KEY,
+};
+use enos_sign_core::{DeviceKey, DeviceSecret, ExposeSecret, ProductKey};
 
 use crate::error::SandboxError;
-
-/// A device's identity: product key and device key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId {
-    /// The product the device belongs to.
-    pub product_key: ProductKey,
-    /// The device within its product.
-    pub device_key: DeviceKey,
-}
-
-impl DeviceId {
-    /// The identity `(product_key, device_key)`.
-    pub fn new(product_key: ProductKey, device_key: DeviceKey) -> Self {
-        DeviceId {
-            product_key,
-            device_key,
-        }
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.product_key, self.device_key)
-    }
-}
 
 /// One device as the sandbox knows it. `Debug` redacts the secret.
 #[derive(Debug, Clone)]
@@ -69,27 +45,6 @@ pub struct Device {
 pub struct DeviceRegistry {
     /// Keyed by identity: lookups happen on every CONNECT and login.
     devices: HashMap<DeviceId, Device>,
-}
-
-const PRODUCT_KEY: &str = "productKey";
-const DEVICE_KEY: &str = "deviceKey";
-const DEVICE_SECRET: &str = "deviceSecret";
-const ENABLED: &str = "enabled";
-const GATEWAY_PRODUCT_KEY: &str = "gatewayProductKey";
-const GATEWAY_DEVICE_KEY: &str = "gatewayDeviceKey";
-
-/// Where each known column is in the file.
-struct Columns {
-    /// `productKey`.
-    product_key: usize,
-    /// `deviceKey`.
-    device_key: usize,
-    /// `deviceSecret`.
-    device_secret: usize,
-    /// `enabled`, when present.
-    enabled: Option<usize>,
-    /// `gatewayProductKey` and `gatewayDeviceKey`, when both present.
-    gateway: Option<(usize, usize)>,
 }
 
 impl DeviceRegistry {
@@ -110,26 +65,12 @@ impl DeviceRegistry {
             line,
             reason,
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_reader(csv_text);
-        let headers = reader
-            .headers()
-            .map_err(|e| error(1, csv_reason(&e)))?
-            .clone();
-        let columns = Columns::find(&headers).map_err(|reason| error(1, reason))?;
-
+        let file = device_file::read(csv_text).map_err(|e| error(1, e.to_string()))?;
         let mut devices = HashMap::new();
-        let mut record = csv::StringRecord::new();
-        loop {
-            let line = reader.position().line();
-            match reader.read_record(&mut record) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return Err(error(line, csv_reason(&e))),
-            }
-            let line = record.position().map_or(line, csv::Position::line);
-            let (id, device) = columns.device(&record).map_err(|r| error(line, r))?;
+        for row in file.rows {
+            let row = row.map_err(|unreadable| error(unreadable.line.into(), unreadable.reason))?;
+            let line = row.line.into();
+            let (id, device) = device(row).map_err(|r| error(line, r))?;
             if devices.insert(id.clone(), device).is_some() {
                 return Err(error(line, format!("device {id} appears twice")));
             }
@@ -177,89 +118,43 @@ impl DeviceRegistry {
     }
 }
 
-/// A csv error in words. csv's own messages for these kinds hold positions
-/// and counts, never field values; deserialization (which could echo a
-/// value) is not used.
-fn csv_reason(e: &csv::Error) -> String {
-    match e.kind() {
-        csv::ErrorKind::Utf8 { err, .. } => {
-            format!("field {} is not valid UTF-8", err.field() + 1)
+/// Checks one row with the sandbox's rules.
+fn device(row: DeviceRow) -> Result<(DeviceId, Device), String> {
+    let product_key = ProductKey::new(&row.product_key).map_err(|e| e.to_string())?;
+    let device_key = DeviceKey::new(&row.device_key).map_err(|e| e.to_string())?;
+    // The error names the column and position, never the value.
+    let secret = DeviceSecret::new(row.device_secret.expose_secret().to_owned())
+        .map_err(|e| format!("column {DEVICE_SECRET}: {e}"))?;
+    let enabled = match row.enabled.as_deref() {
+        None | Some("") => true,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(_) => return Err(format!("column {ENABLED} must be true or false")),
+    };
+    let gateway = match &row.gateway {
+        None => None,
+        Some((pk, dk)) if !pk.is_empty() && !dk.is_empty() => Some(DeviceId::new(
+            ProductKey::new(pk).map_err(|e| format!("column {GATEWAY_PRODUCT_KEY}: {e}"))?,
+            DeviceKey::new(dk).map_err(|e| format!("column {GATEWAY_DEVICE_KEY}: {e}"))?,
+        )),
+        Some(_) => {
+            return Err(format!(
+                "{GATEWAY_PRODUCT_KEY} and {GATEWAY_DEVICE_KEY} are both set or both empty"
+            ));
         }
-        csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => format!("the record has {len} fields but the header has {expected_len}"),
-        csv::ErrorKind::Io(io) => io.to_string(),
-        _ => "malformed CSV".to_owned(),
+    };
+    let id = DeviceId::new(product_key, device_key);
+    if gateway.as_ref() == Some(&id) {
+        return Err(format!("device {id} names itself as its gateway"));
     }
-}
-
-impl Columns {
-    fn find(headers: &csv::StringRecord) -> Result<Self, String> {
-        let index = |name: &str| headers.iter().position(|h| h == name);
-        let required = |name: &str| {
-            index(name).ok_or_else(|| {
-                format!(
-                    "the header row has no {name} column; it needs at least \
-                     {PRODUCT_KEY},{DEVICE_KEY},{DEVICE_SECRET}"
-                )
-            })
-        };
-        let gateway = match (index(GATEWAY_PRODUCT_KEY), index(GATEWAY_DEVICE_KEY)) {
-            (Some(pk), Some(dk)) => Some((pk, dk)),
-            (None, None) => None,
-            _ => {
-                return Err(format!(
-                    "{GATEWAY_PRODUCT_KEY} and {GATEWAY_DEVICE_KEY} go together: one is missing"
-                ));
-            }
-        };
-        Ok(Columns {
-            product_key: required(PRODUCT_KEY)?,
-            device_key: required(DEVICE_KEY)?,
-            device_secret: required(DEVICE_SECRET)?,
-            enabled: index(ENABLED),
+    Ok((
+        id,
+        Device {
+            secret,
+            enabled,
             gateway,
-        })
-    }
-
-    fn device(&self, record: &csv::StringRecord) -> Result<(DeviceId, Device), String> {
-        let field = |i: usize| record.get(i).unwrap_or_default();
-        let product_key = ProductKey::new(field(self.product_key)).map_err(|e| e.to_string())?;
-        let device_key = DeviceKey::new(field(self.device_key)).map_err(|e| e.to_string())?;
-        // The error names the column and position, never the value.
-        let secret = DeviceSecret::new(field(self.device_secret).to_owned())
-            .map_err(|e| format!("column {DEVICE_SECRET}: {e}"))?;
-        let enabled = match self.enabled.map(field) {
-            None | Some("") => true,
-            Some(v) if v.eq_ignore_ascii_case("true") => true,
-            Some(v) if v.eq_ignore_ascii_case("false") => false,
-            Some(_) => return Err(format!("column {ENABLED} must be true or false")),
-        };
-        let gateway = match self.gateway.map(|(pk, dk)| (field(pk), field(dk))) {
-            None | Some(("", "")) => None,
-            Some((pk, dk)) if !pk.is_empty() && !dk.is_empty() => Some(DeviceId::new(
-                ProductKey::new(pk).map_err(|e| format!("column {GATEWAY_PRODUCT_KEY}: {e}"))?,
-                DeviceKey::new(dk).map_err(|e| format!("column {GATEWAY_DEVICE_KEY}: {e}"))?,
-            )),
-            Some(_) => {
-                return Err(format!(
-                    "{GATEWAY_PRODUCT_KEY} and {GATEWAY_DEVICE_KEY} are both set or both empty"
-                ));
-            }
-        };
-        let id = DeviceId::new(product_key, device_key);
-        if gateway.as_ref() == Some(&id) {
-            return Err(format!("device {id} names itself as its gateway"));
-        }
-        Ok((
-            id,
-            Device {
-                secret,
-                enabled,
-                gateway,
-            },
-        ))
-    }
+        },
+    ))
 }
 
 /// The device registry in force, replaced whole on reload so that a

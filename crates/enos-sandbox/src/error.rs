@@ -2,8 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-/// Everything that can go wrong when configuring, starting or driving the
-/// sandbox.
+/// Everything that can go wrong when configuring or running the sandbox.
 ///
 /// Messages name the file, line or address and the reason. They never
 /// contain a device secret or a password: where a secret is at fault only
@@ -53,11 +52,4 @@ pub enum SandboxError {
     /// rumqttd refused its configuration or an in-process link.
     #[error("broker: {0}")]
     Broker(String),
-    /// The sandbox child process could not be started, stopped or signalled,
-    /// or it did not become ready.
-    #[error("sandbox process: {0}")]
-    Process(String),
-    /// Reloading the device file failed; the previous devices stay in force.
-    #[error("reloading devices failed: {0}")]
-    Reload(String),
 }

@@ -34,7 +34,6 @@
 //! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
 //! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
 //! | [`broker`] | [`RunningBroker`]: rumqttd and the front in this process (what the binary runs) |
-//! | [`harness`] | [`Sandbox`]: the test API, the binary as a child process |
 //! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
 //! | `readiness` | [`ListenWatch`]: when rumqttd actually listens |
 //! | `status` | [`StatusLine`]: what the binary prints on stdout for programs that drive it |
@@ -49,7 +48,7 @@
 //!   what the front decides and what it costs.
 //! - **No stop API.** rumqttd's listener threads run until the process
 //!   ends, so the sandbox runs as a **child process** in tests
-//!   ([`Sandbox`]): it stops for real, frees its ports, restarts on the
+//!   (see "Tests" below): it stops for real, frees its ports, restarts on the
 //!   same ports (for reconnect tests), and its output can be captured and
 //!   scanned for leaked secrets. [`RunningBroker`] (in-process) exists for
 //!   the binary; starting it twice in one process would leak the first.
@@ -57,7 +56,7 @@
 //!   and does not report the port it got. The sandbox picks the port with
 //!   a [`PortReservation`] (a bound, non-listening `SO_REUSEADDR` socket,
 //!   see `ports`) and hands rumqttd the actual port; the test harness
-//!   holds its reservations for the life of a [`Sandbox`], so a restart
+//!   holds its reservations for the life of a `Sandbox`, so a restart
 //!   gets the same ports back. Linux semantics; the project runs on Linux.
 //! - **No readiness signal.** rumqttd binds in its own thread and only
 //!   logs. [`ListenWatch`] watches rumqttd's own log events, so the
@@ -68,7 +67,7 @@
 //!   revokes (devices removed, disabled or with a new secret): the sandbox
 //!   connects to itself with the same client id, which makes rumqttd close
 //!   the device's connection, then disconnects ([`sessions`]). Other
-//!   sessions stay open; [`Sandbox::restart`] drops them all.
+//!   sessions stay open; restarting the process drops them all.
 //! - **TLS details.** rumqttd reads the TLS files on each connection, and
 //!   only the first certificate of the CA file (so the sandbox checks the
 //!   files once at start). With client certificates on, rumqttd treats a
@@ -100,40 +99,13 @@
 //!
 //! Passwords, signs, secrets and the take-over token never appear in it.
 //!
-//! # Tests: the [`Sandbox`] API
+//! # Tests
 //!
-//! [`Sandbox`] runs the binary as a child process; the reasons are above.
-//! Other crates' tests find the binary with [`SandboxBinary::locate`]
-//! (`$ENOS_SANDBOX_BIN`, else the `enos-sandbox` that `cargo test
-//! --workspace` builds next to their test executable, else `cargo build`
-//! through escargot) or name it with [`SandboxBinary::at`]. Stopping,
-//! restarting (same ports: the reservations are held by the `Sandbox`)
-//! and reloading (SIGHUP, confirmed by a status line) all block until
-//! done; the child's stdout and stderr are captured for
-//! [`Sandbox::logs`]. If the test process dies, the child sees its stdin
-//! close and exits too.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use enos_sandbox::{Sandbox, SandboxBinary};
-//!
-//! # fn main() -> Result<(), enos_sandbox::SandboxError> {
-//! // In this crate's tests: SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox")).
-//! let binary = SandboxBinary::locate()?;
-//! let mut sandbox = Sandbox::builder(binary, "devices.csv")
-//!     .tls("ca.pem", "server.pem", "server.key")
-//!     .start()?;
-//! let mqtt = sandbox.mqtt_addr();            // 127.0.0.1:<free port>
-//! let mqtts = sandbox.tls_addr();            // Some(127.0.0.1:<free port>)
-//! // … connect clients; rewrite devices.csv, then:
-//! sandbox.reload_devices()?;                 // SIGHUP; returns once applied
-//! sandbox.restart()?;                        // same ports, all sessions dropped
-//! sandbox.wait_for_log("refused MQTT CONNECT", Duration::from_secs(5))?;
-//! assert!(!sandbox.logs().contains("the-device-secret"));
-//! sandbox.stop()?;                           // also on drop
-//! # Ok(())
-//! # }
-//! ```
+//! Tests run the binary as a child process (the reasons are above)
+//! through `enos_testkit::sandbox::Sandbox`, in the test-support crate:
+//! this crate ships no test code. The binary's stdout carries
+//! [`StatusLine`]s for such a driver; `--exit-on-stdin-close` makes the
+//! child exit when the test process dies.
 //!
 //! [rumqttd]: https://docs.rs/rumqttd/0.20
 #![forbid(unsafe_code)]
@@ -145,7 +117,6 @@ pub mod console;
 pub mod devices;
 mod error;
 pub mod front;
-pub mod harness;
 mod ports;
 mod readiness;
 pub mod responder;
@@ -160,7 +131,6 @@ pub use console::ConsoleLogin;
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
 pub use error::SandboxError;
 pub use front::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
-pub use harness::{LogMark, Sandbox, SandboxBinary, SandboxBuilder, TlsFiles};
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
 pub use responder::{Reply, Responder};

@@ -15,7 +15,7 @@
 //!   clear "address in use", rather than later inside rumqttd's thread.
 //!
 //! The test harness holds its reservations for the life of a
-//! [`crate::Sandbox`], so that a restarted child gets the same ports back
+//! `enos_testkit::sandbox::Sandbox`, so that a restarted child gets the same ports back
 //! even if other tests open connections in between.
 
 use std::net::SocketAddr;

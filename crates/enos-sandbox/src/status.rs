@@ -1,5 +1,5 @@
 //! [`StatusLine`]: the lines the `enos-sandbox` binary prints on stdout for
-//! programs that drive it (the test harness). Logs go to stderr.
+//! programs that drive it (the test harness, `enos_testkit::sandbox`). Logs go to stderr.
 //!
 //! ```text
 //! enos-sandbox: listening mqtt=127.0.0.1:11883 tls=127.0.0.1:18883

@@ -7,13 +7,18 @@
 //!   generated from `proto/enos/signer/v1/signer.proto`.
 //! - [`identity`]: the rule that maps a client certificate's URI SAN to a
 //!   device or an admin.
+//! - `convert`: the conversions between messages and domain types
+//!   (`SignMethod`, `DeviceRef` ⇄ `DeviceId`, device-file row → `ImportRow`),
+//!   as `From` impls and methods on the messages.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //!
 //! Messages that carry a password or a secret (`MqttCredential`,
 //! `SubDeviceLogin`, `PutDeviceRequest`, `RotateSecretRequest`, `ImportRow`)
-//! have a redacting `Debug`, so logging a message never leaks one.
+//! have a redacting `Debug` (`redact.rs`), so logging a message never leaks
+//! one.
 #![forbid(unsafe_code)]
 
+mod convert;
 pub mod identity;
 mod redact;
 

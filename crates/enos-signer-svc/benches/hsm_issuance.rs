@@ -47,8 +47,9 @@ use enos_custody_pkcs11::{
 };
 use enos_sign_core::{DeviceKey, DeviceSecret, ProductKey, SignedFields, TimestampMs};
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::{config::CustodyConfig, testing::TestSigner, tls};
+use enos_signer_svc::{config::CustodyConfig, tls};
 use enos_testkit::Pki;
+use enos_testkit::signer::{TestSigner, client_identity};
 use tonic::transport::Channel;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -271,7 +272,7 @@ async fn connect(signer: &TestSigner, pki: &Pki, clients: usize) -> Result<Vec<C
             tls::connect_mtls(
                 &signer.uri(),
                 signer.ca_pem(),
-                Some(tls::client_identity(&identity)),
+                Some(client_identity(&identity)),
             )
             .await?,
         );

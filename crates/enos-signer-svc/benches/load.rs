@@ -20,7 +20,8 @@ use std::{
 };
 
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::{testing::TestSigner, tls};
+use enos_signer_svc::tls;
+use enos_testkit::signer::{TestSigner, client_identity};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -179,7 +180,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tls::connect_mtls(
                 &signer.uri(),
                 signer.ca_pem(),
-                Some(tls::client_identity(&identity)),
+                Some(client_identity(&identity)),
             )
             .await?,
         );

@@ -13,13 +13,15 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, identity_name},
+    convert::{self, device_message},
     error::{Result, SignerError},
     import,
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord, Write},
-    state::{self, SignerState, device_message, identity_name, now_ms},
+    state::SignerState,
 };
+use enos_domain::now_ms;
 
 /// The Admin service.
 pub struct AdminService {
@@ -64,18 +66,8 @@ impl AdminService {
         let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
         self.state.metrics.admin_call(rpc, outcome);
         if change {
-            self.state.audit_best_effort(&AuditRecord {
-                time_ms: now_ms(),
-                event: rpc,
-                identity: identity_name(identity),
-                device,
-                client_id: None,
-                sign_method: None,
-                timestamp_ms: None,
-                expires_at_ms: None,
-                outcome: outcome.into(),
-                password_hmac: None,
-            });
+            self.state
+                .audit_best_effort(&AuditRecord::new(rpc, identity, device, outcome));
         }
         if let Err(e) = &result {
             tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "admin call refused");
@@ -90,7 +82,7 @@ fn dref(prefix: &'static str, value: Option<&v1::DeviceRef>) -> Result<DeviceId>
         "sub_device" => ("sub_device.product_key", "sub_device.device_key"),
         _ => ("device.product_key", "device.device_key"),
     };
-    state::device_ref(prefix, fields, value)
+    convert::device_ref(prefix, fields, value)
 }
 
 /// `pk/dk` of a possibly invalid ref, for the audit trail of a refusal.
@@ -122,7 +114,7 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.device_secret)
             .map_err(|e| SignerError::invalid("device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody.custody);
+        let custody = self.state.custody.clone();
         let enabled = request.enabled;
         let writes = self
             .state
@@ -130,19 +122,12 @@ impl AdminService {
             .modify(
                 vec![id.clone()],
                 Box::new(move |current| {
-                    let now = now_ms();
                     let existing = current.into_iter().next().flatten();
-                    let version = existing.as_ref().map_or(1, |r| r.secret_version + 1);
-                    let sealed = custody.seal(id.secret_ref(version), &secret)?;
-                    let record = DeviceRecord {
-                        enabled,
-                        secret_version: version,
-                        sealed,
-                        gateway: existing.as_ref().and_then(|r| r.gateway.clone()),
-                        created_at_ms: existing.as_ref().map_or(now, |r| r.created_at_ms),
-                        updated_at_ms: now,
-                        id,
-                    };
+                    let mut record =
+                        DeviceRecord::with_new_secret(id, existing.as_ref(), now_ms(), |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
+                    record.enabled = enabled;
                     Ok(vec![Write::Put(record)])
                 }),
             )
@@ -154,21 +139,22 @@ impl AdminService {
         let id = dref("device", request.device.as_ref())?;
         let secret = DeviceSecret::new(request.new_device_secret)
             .map_err(|e| SignerError::invalid("new_device_secret", e))?;
-        let custody = Arc::clone(&self.state.custody.custody);
+        let custody = self.state.custody.clone();
         let writes = self
             .state
             .registry
             .modify(
                 vec![id.clone()],
                 Box::new(move |current| {
-                    let mut record = current
+                    let existing = current
                         .into_iter()
                         .next()
                         .flatten()
                         .ok_or_else(|| not_found(&id))?;
-                    record.secret_version += 1;
-                    record.sealed = custody.seal(id.secret_ref(record.secret_version), &secret)?;
-                    record.updated_at_ms = now_ms();
+                    let record =
+                        DeviceRecord::with_new_secret(id, Some(&existing), now_ms(), |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
                     Ok(vec![Write::Put(record)])
                 }),
             )
@@ -236,7 +222,7 @@ impl AdminService {
         let product = if request.product_key.is_empty() {
             None
         } else {
-            Some(state::product_key("product_key", &request.product_key)?)
+            Some(convert::product_key("product_key", &request.product_key)?)
         };
         let page_size = match request.page_size {
             0 => 100,
@@ -249,8 +235,8 @@ impl AdminService {
             let bad = || SignerError::invalid("page_token", "not a token from a previous page");
             let (pk, dk) = request.page_token.split_once('/').ok_or_else(bad)?;
             Some(DeviceId::new(
-                state::product_key("page_token", pk).map_err(|_| bad())?,
-                state::device_key("page_token", dk).map_err(|_| bad())?,
+                convert::product_key("page_token", pk).map_err(|_| bad())?,
+                convert::device_key("page_token", dk).map_err(|_| bad())?,
             ))
         };
         // One more than a page tells whether another page follows.

@@ -7,6 +7,7 @@
 
 use std::{fs::File, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
+use enos_signer_proto::identity::PeerIdentity;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -49,6 +50,35 @@ pub struct AuditRecord {
     /// HMAC-SHA256 (hex) of the issued password under the audit key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_hmac: Option<String>,
+}
+
+/// How an identity is written in audit records.
+pub fn identity_name(identity: Option<&PeerIdentity>) -> String {
+    identity.map_or_else(|| "unauthenticated".to_owned(), PeerIdentity::to_string)
+}
+
+impl AuditRecord {
+    /// A record of `event` by `identity` about `device` (if any), made
+    /// now; the issuance fields are left for an issuance to fill in.
+    pub fn new(
+        event: &'static str,
+        identity: Option<&PeerIdentity>,
+        device: Option<String>,
+        outcome: impl Into<String>,
+    ) -> Self {
+        AuditRecord {
+            time_ms: enos_domain::now_ms(),
+            event,
+            identity: identity_name(identity),
+            device,
+            client_id: None,
+            sign_method: None,
+            timestamp_ms: None,
+            expires_at_ms: None,
+            outcome: outcome.into(),
+            password_hmac: None,
+        }
+    }
 }
 
 /// Where records go.

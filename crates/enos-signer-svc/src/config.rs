@@ -41,6 +41,11 @@ pub struct SignerConfig {
     /// Log format and filter (used by the binary).
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The plain (no TLS) health port for kubelet probes, and how often
+    /// readiness is checked; absent means no health port (readiness is
+    /// still checked for the mTLS listener's health service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
 }
 
 /// The gRPC listener.
@@ -67,10 +72,20 @@ pub struct ServerConfig {
     /// threads mostly wait: keep the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<NonZeroUsize>,
+    /// How often `cert`, `key` and `client_ca` are re-read (seconds); new
+    /// material is used for new connections, established ones keep theirs.
+    /// Certificates from cert-manager or SPIRE live an hour or less. 0: only
+    /// on SIGHUP.
+    #[serde(default = "default_tls_reload_secs")]
+    pub tls_reload_interval_secs: u64,
 }
 
 fn default_drain_secs() -> u64 {
     10
+}
+
+fn default_tls_reload_secs() -> u64 {
+    5
 }
 
 impl ServerConfig {
@@ -87,6 +102,13 @@ impl ServerConfig {
     /// [`ServerConfig::drain_timeout_secs`] as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// [`ServerConfig::tls_reload_interval_secs`] as a duration; `None`:
+    /// no polling.
+    pub fn tls_reload_interval(&self) -> Option<Duration> {
+        (self.tls_reload_interval_secs > 0)
+            .then(|| Duration::from_secs(self.tls_reload_interval_secs))
     }
 }
 
@@ -222,6 +244,31 @@ pub struct ProductPolicyConfig {
 pub struct MetricsConfig {
     /// Address of the `/metrics` endpoint.
     pub listen: SocketAddr,
+}
+
+/// The plain health port: `grpc.health.v1.Health` only, no TLS, so that
+/// a kubelet `grpc` probe works. Readiness (`""`) means the registry
+/// answers, the custody could sign, and the signer is not draining;
+/// liveness (service `liveness`) does not depend on the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Address of the health port (for example `0.0.0.0:8081`).
+    pub listen: SocketAddr,
+    /// How often the registry and custody are checked (seconds, at least 1).
+    #[serde(default = "default_check_interval_secs")]
+    pub check_interval_secs: u64,
+}
+
+fn default_check_interval_secs() -> u64 {
+    5
+}
+
+impl HealthConfig {
+    /// [`HealthConfig::check_interval_secs`] as a duration (at least 1 s).
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_secs(self.check_interval_secs.max(1))
+    }
 }
 
 /// Logs.

@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use enos_custody::Custody;
 use enos_sign_core::{
     ExposeSecret, Password, SecureMode, SignMethod, SignedFields, TimestampMs, mqtt_client_id,
     mqtt_username,
@@ -20,14 +19,14 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    audit::AuditRecord,
-    custody::CustodyHandle,
+    audit::{AuditRecord, identity_name},
+    convert,
     error::{Result, SignerError},
     metrics::outcome_name,
-    policy::proto_method,
     registry::{DeviceId, DeviceRecord},
-    state::{self, SignerState, identity_name, now_ms},
+    state::SignerState,
 };
+use enos_domain::now_ms;
 
 /// The Credentials service.
 pub struct CredentialsService {
@@ -72,31 +71,6 @@ fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
     }
 }
 
-/// Signs with the device's sealed secret; on the custody's sign threads
-/// when it may block (an HSM), inline otherwise.
-async fn sign(
-    custody: &CustodyHandle,
-    record: DeviceRecord,
-    fields: SignedFields,
-    method: SignMethod,
-) -> Result<(SignedFields, Password)> {
-    let sign = move |custody: &dyn Custody| {
-        let password = custody.sign(
-            record.id.secret_ref(record.secret_version),
-            &record.sealed,
-            &fields,
-            method,
-            method.sdk_hex_case(),
-        )?;
-        Ok((fields, password))
-    };
-    let Some(threads) = &custody.sign_threads else {
-        return sign(custody.custody.as_ref());
-    };
-    let custody = Arc::clone(&custody.custody);
-    threads.run(move || sign(custody.as_ref())).await?
-}
-
 impl CredentialsService {
     async fn issue(
         &self,
@@ -108,17 +82,17 @@ impl CredentialsService {
         let product_key = if request.product_key.is_empty() {
             caller.product_key.clone()
         } else {
-            state::product_key("product_key", &request.product_key)?
+            convert::product_key("product_key", &request.product_key)?
         };
         let device_key = if request.device_key.is_empty() {
             caller.device_key.clone()
         } else {
-            state::device_key("device_key", &request.device_key)?
+            convert::device_key("device_key", &request.device_key)?
         };
         let client_id = if request.client_id.is_empty() {
-            state::client_id("client_id", device_key.as_str())?
+            convert::client_id("client_id", device_key.as_str())?
         } else {
-            state::client_id("client_id", &request.client_id)?
+            convert::client_id("client_id", &request.client_id)?
         };
         let device = DeviceId::new(product_key, device_key);
         if device != caller {
@@ -140,7 +114,7 @@ impl CredentialsService {
             product_key: device.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, password) = sign(&self.state.custody, record, fields, method).await?;
+        let (fields, password) = self.state.custody.sign(record, fields, method).await?;
         let credential = v1::MqttCredential {
             mqtt_client_id: mqtt_client_id(
                 &fields.client_id,
@@ -152,7 +126,7 @@ impl CredentialsService {
             password: password.expose_secret().to_owned(),
             timestamp_ms,
             expires_at_ms,
-            sign_method: proto_method(method).into(),
+            sign_method: v1::SignMethod::from(method).into(),
             secure_mode: u32::from(SecureMode::DeviceSecret.as_u8()),
             broker_urls: policy.broker_urls.clone(),
             client_id: fields.client_id.to_string(),
@@ -178,13 +152,13 @@ impl CredentialsService {
         let gateway = caller_device(identity)?;
         self.state.limiter.check(identity)?;
         let sub = DeviceId::new(
-            state::product_key("product_key", &request.product_key)?,
-            state::device_key("device_key", &request.device_key)?,
+            convert::product_key("product_key", &request.product_key)?,
+            convert::device_key("device_key", &request.device_key)?,
         );
         let client_id = if request.client_id.is_empty() {
-            state::client_id("client_id", sub.device_key.as_str())?
+            convert::client_id("client_id", sub.device_key.as_str())?
         } else {
-            state::client_id("client_id", &request.client_id)?
+            convert::client_id("client_id", &request.client_id)?
         };
         let method = self
             .state
@@ -217,7 +191,7 @@ impl CredentialsService {
             product_key: sub.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, sign) = sign(&self.state.custody, record, fields, method).await?;
+        let (fields, sign) = self.state.custody.sign(record, fields, method).await?;
         let login = v1::SubDeviceLogin {
             product_key: fields.product_key.to_string(),
             device_key: fields.device_key.to_string(),
@@ -269,18 +243,7 @@ impl CredentialsService {
         requested_device: Option<String>,
         result: Result<(T, Issued)>,
     ) -> Result<T> {
-        let mut record = AuditRecord {
-            time_ms: now_ms(),
-            event: rpc,
-            identity: identity_name(identity),
-            device: requested_device,
-            client_id: None,
-            sign_method: None,
-            timestamp_ms: None,
-            expires_at_ms: None,
-            outcome: String::new(),
-            password_hmac: None,
-        };
+        let mut record = AuditRecord::new(rpc, identity, requested_device, String::new());
         let result = match result {
             Ok((response, issued)) => {
                 record.device = Some(issued.device.to_string());

@@ -17,18 +17,83 @@ use enos_sign_core::{
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::{config::CustodyConfig, error::Result, key_file, sign_threads::SignThreads};
+use crate::{
+    config::CustodyConfig,
+    error::Result,
+    key_file,
+    registry::{DeviceId, DeviceRecord},
+    sign_threads::SignThreads,
+};
 
-/// A custody and how to call it.
+/// A custody and how to call it: [`CustodyHandle::seal`] and
+/// [`CustodyHandle::sign`] run the call on the sign threads when it may
+/// block (an HSM), inline otherwise.
 #[derive(Clone)]
 pub struct CustodyHandle {
     /// Seals and signs.
-    pub custody: Arc<dyn Custody>,
-    /// Where signs run when they may block for long (an HSM round trip):
-    /// one dedicated thread per token session. `None` for software
-    /// custody, which takes microseconds and runs inline, sparing a thread
-    /// hop per issuance.
-    pub sign_threads: Option<Arc<SignThreads>>,
+    custody: Arc<dyn Custody>,
+    /// Where calls run when they may block for long (an HSM round trip):
+    /// one dedicated thread per token session, so that no other thread
+    /// competes for the sessions. `None` for software custody, which takes
+    /// microseconds and runs inline, sparing a thread hop per issuance.
+    sign_threads: Option<Arc<SignThreads>>,
+}
+
+impl CustodyHandle {
+    /// The custody's own readiness check ([`Custody::check`]), on a
+    /// blocking thread: an HSM check is a token round trip.
+    pub async fn check(&self) -> std::result::Result<(), String> {
+        let custody = Arc::clone(&self.custody);
+        match tokio::task::spawn_blocking(move || custody.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the check panicked: {e}")),
+        }
+    }
+
+    /// Seals `secret` as version `version` of `id`'s. Synchronous, because
+    /// it runs inside a registry transaction: on the sign threads it
+    /// blocks the calling thread until a thread has sealed, as an inline
+    /// HSM call would.
+    pub fn seal(&self, id: &DeviceId, version: u32, secret: DeviceSecret) -> Result<SealedSecret> {
+        let Some(threads) = &self.sign_threads else {
+            return Ok(self.custody.seal(SecretRef::of(id, version), &secret)?);
+        };
+        let custody = Arc::clone(&self.custody);
+        let id = id.clone();
+        Ok(threads.run_blocking(move || custody.seal(SecretRef::of(&id, version), &secret))??)
+    }
+
+    /// Signs `fields` with `record`'s sealed secret (the SDKs' hex case
+    /// for `method`); returns the fields with the password.
+    pub async fn sign(
+        &self,
+        record: DeviceRecord,
+        fields: SignedFields,
+        method: SignMethod,
+    ) -> Result<(SignedFields, Password)> {
+        let sign = move |custody: &dyn Custody| {
+            let password = custody.sign(
+                SecretRef::of(&record.id, record.secret_version),
+                &record.sealed,
+                &fields,
+                method,
+                method.sdk_hex_case(),
+            )?;
+            Ok((fields, password))
+        };
+        let Some(threads) = &self.sign_threads else {
+            return sign(self.custody.as_ref());
+        };
+        let custody = Arc::clone(&self.custody);
+        threads.run(move || sign(custody.as_ref())).await?
+    }
+
+    /// The custody itself, for the migration, which drives its own calls
+    /// (one record at a time, off the request path).
+    pub fn into_custody(self) -> Arc<dyn Custody> {
+        self.custody
+    }
 }
 
 /// Builds the custody the config names.

@@ -31,8 +31,8 @@ use crate::{
     custody,
     error::{Result, SignerError},
     registry::{self, DeviceId, DeviceRecord, Registry, Write},
-    state::now_ms,
 };
+use enos_domain::now_ms;
 
 /// How many records are read per registry page.
 const PAGE: usize = 256;
@@ -85,7 +85,7 @@ pub fn build_source(config: &CustodyConfig) -> Result<Arc<dyn Custody>> {
             )
             .map_err(enos_custody::CustodyError::from)?,
         )),
-        other => custody::build(other).map(|handle| handle.custody),
+        other => custody::build(other).map(custody::CustodyHandle::into_custody),
     }
 }
 
@@ -103,7 +103,7 @@ pub async fn migrate_configs(
         ));
     }
     let from = build_source(&source.custody)?;
-    let to = custody::build(&target.custody)?.custody;
+    let to = custody::build(&target.custody)?.into_custody();
     let registry = registry::open(&target.registry)?;
     migrate(&*registry, from, to, progress).await
 }
@@ -216,7 +216,7 @@ fn reseal(
     version: u32,
     old: &SealedSecret,
 ) -> std::result::Result<SealedSecret, String> {
-    let secret_ref = id.secret_ref(version);
+    let secret_ref = enos_custody::SecretRef::of(id, version);
     let secret = from
         .open(secret_ref, old)
         .map_err(|e| format!("opening under {}: {e}", from.scheme()))?;

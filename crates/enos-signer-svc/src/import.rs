@@ -15,8 +15,9 @@ use crate::{
     audit::AuditRecord,
     error::{Result, SignerError},
     registry::{DeviceId, DeviceRecord, Write},
-    state::{SignerState, identity_name, now_ms},
+    state::SignerState,
 };
+use enos_domain::now_ms;
 
 /// Refuse imports larger than this (memory bound; split bigger files).
 pub const MAX_ROWS: usize = 1_000_000;
@@ -168,7 +169,7 @@ pub async fn run(
             .into_iter()
             .filter(|g| !named.contains(g)),
     );
-    let custody = std::sync::Arc::clone(&state.custody.custody);
+    let custody = state.custody.clone();
     let outcome = state
         .registry
         .modify(
@@ -190,19 +191,15 @@ pub async fn run(
                 let mut writes = Vec::with_capacity(good.len());
                 for row in good {
                     let existing = current.get(&row.id);
-                    let version = existing.map_or(1, |r| r.secret_version + 1);
-                    let sealed = custody.seal(row.id.secret_ref(version), &row.secret)?;
-                    writes.push(Write::Put(DeviceRecord {
-                        enabled: existing.is_none_or(|r| r.enabled),
-                        secret_version: version,
-                        sealed,
-                        gateway: row
-                            .gateway
-                            .or_else(|| existing.and_then(|r| r.gateway.clone())),
-                        created_at_ms: existing.map_or(now, |r| r.created_at_ms),
-                        updated_at_ms: now,
-                        id: row.id,
-                    }));
+                    let secret = row.secret;
+                    let mut record =
+                        DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
+                            custody.seal(id, v, secret)
+                        })?;
+                    if let Some(gateway) = row.gateway {
+                        record.gateway = Some(gateway);
+                    }
+                    writes.push(Write::Put(record));
                 }
                 Ok(writes)
             }),
@@ -215,18 +212,12 @@ pub async fn run(
     };
     for write in &writes {
         if let Write::Put(record) = write {
-            state.audit_best_effort(&AuditRecord {
-                time_ms: now_ms(),
-                event: "import_device",
-                identity: identity_name(identity),
-                device: Some(record.id.to_string()),
-                client_id: None,
-                sign_method: None,
-                timestamp_ms: None,
-                expires_at_ms: None,
-                outcome: "ok".into(),
-                password_hmac: None,
-            });
+            state.audit_best_effort(&AuditRecord::new(
+                "import_device",
+                identity,
+                Some(record.id.to_string()),
+                "ok",
+            ));
         }
     }
     Ok(v1::ImportDevicesResponse {

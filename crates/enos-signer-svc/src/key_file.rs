@@ -2,7 +2,11 @@
 //!
 //! A key file readable by group or others is refused, as ssh refuses a
 //! loose private key. systemd credentials (`$CREDENTIALS_DIRECTORY`) are
-//! owner-only too, so the same check passes for them.
+//! owner-only too, so the same check passes for them. One exception, the
+//! rule PostgreSQL applies to its own key: a file owned by root may also
+//! be readable by its group (0640 or stricter), as a Kubernetes Secret
+//! volume with an `fsGroup` mounts it (root-owned, mode 0440, group of
+//! the pod), since no non-root process could have made it so.
 
 use std::{
     io::Write,
@@ -20,6 +24,10 @@ pub type Key256 = Zeroizing<[u8; 32]>;
 
 /// Permission bits a key file must not have: any access by group or others.
 const LOOSE_BITS: u32 = 0o077;
+
+/// Permission bits a root-owned key file must not have: group write or
+/// execute, any access by others.
+const LOOSE_BITS_ROOT_OWNED: u32 = 0o037;
 
 /// Reads a key file, refusing loose permissions and malformed contents.
 pub fn load(path: &Path) -> Result<Key256> {
@@ -57,7 +65,12 @@ pub fn check_permissions(path: &Path) -> Result<()> {
         source,
     })?;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & LOOSE_BITS != 0 {
+    let loose = if std::os::unix::fs::MetadataExt::uid(&metadata) == 0 {
+        LOOSE_BITS_ROOT_OWNED
+    } else {
+        LOOSE_BITS
+    };
+    if mode & loose != 0 {
         return Err(SignerError::LoosePermissions {
             path: path.to_owned(),
             mode,
@@ -109,13 +122,26 @@ mod tests {
             "an existing key is never overwritten"
         );
 
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let err = load(&path).expect_err("0640 refused");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load(&path).expect_err("0644 refused");
         assert!(matches!(
             err,
-            SignerError::LoosePermissions { mode: 0o640, .. }
+            SignerError::LoosePermissions { mode: 0o644, .. }
         ));
         assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).expect("chmod");
+        assert!(load(&path).is_err(), "group-writable refused");
+
+        // Group-readable: only when root owns the file (a Kubernetes
+        // Secret volume with fsGroup), as PostgreSQL allows for its key.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).expect("chmod");
+        let root_owned =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).expect("metadata")) == 0;
+        assert_eq!(
+            load(&path).is_ok(),
+            root_owned,
+            "0440, root-owned: {root_owned}"
+        );
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
         assert_eq!(*load(&path).expect("0400 is fine"), *a);

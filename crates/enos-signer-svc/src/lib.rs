@@ -24,11 +24,15 @@
 //! | [`credentials`] | the `Credentials` service |
 //! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import |
 //! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
-//! | [`tls`] | server TLS material; [`tls::connect_mtls`] for clients |
+//! | [`tls`] | [`tls::connect_mtls`] for clients |
+//! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
+//! | [`tls_incoming`] | the gRPC listener's TLS handshakes, each with the current material |
 //! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
+//! | [`state`] | [`state::SignerState`]: what every call needs, built once from the config |
+//! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
+//! | [`readiness`] | what the health service answers: registry, custody, draining; liveness |
+//! | [`health_port`] | the plain (no TLS) health port for kubelet probes |
 //! | [`init`] | create keys and registry |
-//! | [`csv_rows`] | EnOS console CSV exports → import rows |
-//! | [`testing`] | [`testing::TestSigner`], for tests and the demo |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
 //! # Status codes
@@ -48,11 +52,12 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod convert;
 pub mod credentials;
-pub mod csv_rows;
 pub mod custody;
 pub mod custody_migrate;
 pub mod error;
+pub mod health_port;
 pub mod import;
 pub mod init;
 pub mod key_file;
@@ -60,12 +65,14 @@ pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod rate_limit;
+pub mod readiness;
 pub mod registry;
 pub mod server;
 pub mod sign_threads;
 pub mod state;
-pub mod testing;
 pub mod tls;
+pub mod tls_incoming;
+pub mod tls_reload;
 
 pub use config::SignerConfig;
 pub use error::SignerError;

@@ -11,12 +11,14 @@ use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::tls_reload::ReloadingTls;
 
 /// Labels of an issuance.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +26,13 @@ struct OutcomeLabels {
     /// `issue_mqtt_credential` or `sign_sub_device_login`, or the admin RPC.
     rpc: &'static str,
     /// `ok` or the gRPC code name.
+    outcome: &'static str,
+}
+
+/// Labels of a TLS reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    /// `reloaded` or `refused`.
     outcome: &'static str,
 }
 
@@ -52,6 +61,11 @@ pub struct Metrics {
     issue_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
     /// Admin calls, by RPC and outcome.
     admin_calls: Family<OutcomeLabels, Counter>,
+    /// notAfter of the served server certificate (seconds since the
+    /// epoch): short-lived certificates must be seen to renew.
+    server_cert_expiry: Gauge,
+    /// TLS reloads, by outcome: a refused one means the files are broken.
+    tls_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,11 +98,25 @@ impl Metrics {
             "Admin RPCs by RPC and outcome",
             admin_calls.clone(),
         );
+        let server_cert_expiry = Gauge::default();
+        registry.register(
+            "tls_server_cert_expiry_timestamp_seconds",
+            "notAfter of the server certificate served to new connections",
+            server_cert_expiry.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Changes of the TLS files, by outcome (reloaded, refused)",
+            tls_reloads.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             issuances,
             issue_latency,
             admin_calls,
+            server_cert_expiry,
+            tls_reloads,
         }
     }
 
@@ -106,6 +134,18 @@ impl Metrics {
     pub fn admin_call(&self, rpc: &'static str, outcome: &'static str) {
         self.admin_calls
             .get_or_create(&OutcomeLabels { rpc, outcome })
+            .inc();
+    }
+
+    /// Records the served certificate's notAfter.
+    pub fn set_server_cert_expiry(&self, not_after: i64) {
+        self.server_cert_expiry.set(not_after);
+    }
+
+    /// Counts one TLS reload (`reloaded` or `refused`).
+    pub fn tls_reload(&self, outcome: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { outcome })
             .inc();
     }
 
@@ -134,14 +174,14 @@ pub fn outcome_name(code: Option<tonic::Code>) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` over mTLS on `listener` until `shutdown`.
+/// Serves `GET /metrics` over mTLS on `listener` until `shutdown`; each
+/// handshake uses the TLS material current when it starts.
 pub async fn serve(
     metrics: Metrics,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<ReloadingTls>,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -156,7 +196,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().metrics));
         let metrics = metrics.clone();
         // Reap finished connections so the set stays small.
         while connections.try_join_next().is_some() {}

@@ -93,11 +93,8 @@ impl Policy {
     pub fn method(&self, product: &ProductKey, requested: i32) -> Result<SignMethod> {
         let requested = v1::SignMethod::try_from(requested)
             .map_err(|_| SignerError::invalid("sign_method", "unknown value"))?;
-        let method = match requested {
-            v1::SignMethod::Unspecified => return Ok(self.for_product(product).sign_method),
-            v1::SignMethod::Hmacsha1 => SignMethod::HmacSha1,
-            v1::SignMethod::Hmacsha256 => SignMethod::HmacSha256,
-            v1::SignMethod::Hmacmd5 => SignMethod::HmacMd5,
+        let Some(method) = requested.to_core() else {
+            return Ok(self.for_product(product).sign_method);
         };
         if method == SignMethod::HmacMd5 && self.md5 == Md5Policy::Refuse {
             return Err(SignerError::invalid(
@@ -106,15 +103,6 @@ impl Policy {
             ));
         }
         Ok(method)
-    }
-}
-
-/// The proto enum value of `method`.
-pub fn proto_method(method: SignMethod) -> v1::SignMethod {
-    match method {
-        SignMethod::HmacSha1 => v1::SignMethod::Hmacsha1,
-        SignMethod::HmacSha256 => v1::SignMethod::Hmacsha256,
-        SignMethod::HmacMd5 => v1::SignMethod::Hmacmd5,
     }
 }
 

@@ -10,46 +10,75 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use enos_signer_proto::v1::{admin_server::AdminServer, credentials_server::CredentialsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::ServingStatus;
+use tonic::transport::Server;
 
 use crate::{
     admin::AdminService,
-    config::SignerConfig,
+    config::{HealthConfig, SignerConfig},
     credentials::CredentialsService,
     error::{Result, SignerError},
-    metrics,
+    health_port, metrics,
+    readiness::Readiness,
     state::SignerState,
-    tls::ServerTlsMaterial,
+    tls_incoming::tls_incoming,
+    tls_reload::{self, ReloadingTls},
 };
 
 /// The fully-qualified names of the API's services, for health checks.
 pub const SERVICE_NAMES: [&str; 2] = ["enos.signer.v1.Credentials", "enos.signer.v1.Admin"];
 
+/// How often readiness is checked without a `[health]` section.
+const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A signer with its state open, ready to serve.
 pub struct Signer {
     /// Registry, custody, policy, audit, limits, metrics.
     state: Arc<SignerState>,
-    /// Certificates for both listeners.
-    tls: ServerTlsMaterial,
+    /// Certificates for both listeners, following their files.
+    tls: Arc<ReloadingTls>,
+    /// How often the TLS files are polled (`None`: only on request).
+    tls_reload_interval: Option<Duration>,
     /// How long shutdown waits for in-flight calls.
     drain_timeout: Duration,
+    /// How often readiness (registry, custody) is checked.
+    readiness_interval: Duration,
+    /// The plain health port's listener, when one is served.
+    health_listener: Option<TcpListener>,
 }
 
 impl Signer {
     /// Opens the registry, custody, audit sink and TLS material.
     pub fn open(config: &SignerConfig) -> Result<Self> {
+        let state = Arc::new(SignerState::open(config)?);
         Ok(Signer {
-            tls: ServerTlsMaterial::load(&config.server)?,
-            state: Arc::new(SignerState::open(config)?),
+            tls: Arc::new(ReloadingTls::load(&config.server, state.metrics.clone())?),
+            tls_reload_interval: config.server.tls_reload_interval(),
+            state,
             drain_timeout: config.server.drain_timeout(),
+            readiness_interval: config
+                .health
+                .as_ref()
+                .map_or(DEFAULT_READINESS_INTERVAL, HealthConfig::check_interval),
+            health_listener: None,
         })
+    }
+
+    /// Also serves the plain health port on `listener` (see
+    /// [`crate::health_port`]).
+    pub fn with_health_listener(mut self, listener: TcpListener) -> Self {
+        self.health_listener = Some(listener);
+        self
+    }
+
+    /// The TLS material, to reload it on request (SIGHUP).
+    pub fn tls(&self) -> Arc<ReloadingTls> {
+        Arc::clone(&self.tls)
     }
 
     /// Serves gRPC on `listener` (and metrics on `metrics_listener`) until
     /// `shutdown` completes, then drains.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         metrics_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
@@ -60,11 +89,22 @@ impl Signer {
         let stop = CancellationToken::new();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in SERVICE_NAMES {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
+        let readiness = Readiness::new(health).await;
+        let readiness_task = tokio::spawn(readiness.clone().watch(
+            Arc::clone(&self.state),
+            self.readiness_interval,
+            stop.clone(),
+        ));
+        // The health port outlives the drain: probes see NOT_SERVING (and
+        // liveness SERVING) until the process is gone.
+        let health_port_stop = CancellationToken::new();
+        let health_port = self.health_listener.take().map(|listener| {
+            tokio::spawn(health_port::serve(
+                listener,
+                health_service.clone(),
+                health_port_stop.clone().cancelled_owned(),
+            ))
+        });
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(enos_signer_proto::FILE_DESCRIPTOR_SET)
@@ -85,7 +125,7 @@ impl Signer {
                 Some(tokio::spawn(metrics::serve(
                     self.state.metrics.clone(),
                     l,
-                    self.tls.metrics()?,
+                    Arc::clone(&self.tls),
                     stop.clone(),
                 )))
             }
@@ -107,9 +147,14 @@ impl Signer {
             })
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let tls_watch = tokio::spawn(tls_reload::watch(
+            Arc::clone(&self.tls),
+            self.tls_reload_interval,
+            stop.clone(),
+        ));
+
+        let incoming = tls_incoming(listener, Arc::clone(&self.tls), stop.clone());
         let server = Server::builder()
-            .tls_config(self.tls.grpc())?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .timeout(Duration::from_secs(30))
             .add_service(health_service)
@@ -127,9 +172,7 @@ impl Signer {
             served = &mut server => served,
             () = shutdown => {
                 tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-                for name in SERVICE_NAMES.into_iter().chain([""]) {
-                    health.set_service_status(name, ServingStatus::NotServing).await;
-                }
+                readiness.drain().await;
                 stop.cancel();
                 match tokio::time::timeout(self.drain_timeout, &mut server).await {
                     Ok(served) => served,
@@ -142,6 +185,12 @@ impl Signer {
         };
         stop.cancel();
         housekeeping.abort();
+        tls_watch.abort();
+        readiness_task.abort();
+        health_port_stop.cancel();
+        if let Some(task) = health_port {
+            let _ = task.await;
+        }
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
@@ -152,18 +201,26 @@ impl Signer {
 
 /// Opens the signer the config names and serves on `listener` until
 /// `shutdown` completes; binds the metrics listener from the config. The
-/// binary and [`crate::testing::TestSigner`] both run through here.
+/// binary runs through here; the test fixture (`enos_testkit::signer`)
+/// calls [`Signer::open`] and [`Signer::serve`] itself, on listeners it
+/// binds with `SO_REUSEADDR` so that a restart gets the same port.
 pub async fn run(
     config: SignerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let signer = Signer::open(&config)?;
+    let mut signer = Signer::open(&config)?;
+    if let Some(health) = &config.health {
+        signer = signer.with_health_listener(bind(health.listen).await?);
+    }
+    let sighup = tokio::spawn(tls_reload::reload_on_sighup(signer.tls()));
     let metrics_listener = match &config.metrics {
         Some(m) => Some(bind(m.listen).await?),
         None => None,
     };
-    signer.serve(listener, metrics_listener, shutdown).await
+    let served = signer.serve(listener, metrics_listener, shutdown).await;
+    sighup.abort();
+    served
 }
 
 /// Binds a TCP listener, naming the address in the error.

@@ -92,6 +92,27 @@ impl SignThreads {
             .await
             .map_err(|_| unavailable("a sign thread dropped its call"))
     }
+
+    /// Runs `call` on a sign thread and blocks this thread until it is
+    /// done: for a caller that cannot await (a registry transaction).
+    /// Never call it from a sign thread.
+    pub fn run_blocking<T, F>(&self, call: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        // flume's blocking calls are safe on any thread, async or not.
+        let (done, result) = flume::bounded(1);
+        let job: Job = Box::new(move || {
+            let _ = done.send(call());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| unavailable("the sign threads have stopped"))?;
+        result
+            .recv()
+            .map_err(|_| unavailable("a sign thread dropped its call"))
+    }
 }
 
 fn unavailable(reason: &str) -> SignerError {
@@ -150,5 +171,19 @@ mod tests {
             .await
             .expect("ran after the panic");
         assert_eq!((value, ran.load(Ordering::SeqCst)), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn a_blocking_caller_inside_the_runtime_gets_the_result_from_a_sign_thread() {
+        let threads = SignThreads::spawn(1).expect("spawn");
+        // As a registry transaction does: a synchronous call on a runtime thread.
+        let name = threads
+            .run_blocking(|| std::thread::current().name().map(str::to_owned))
+            .expect("ran");
+        assert_eq!(name.as_deref(), Some("enos-sign-0"));
+        let failed = threads
+            .run_blocking(|| -> u32 { panic!("custody bug") })
+            .expect_err("the call panicked");
+        assert!(failed.to_string().contains("sign thread"), "{failed}");
     }
 }

@@ -1,23 +1,19 @@
 //! [`SignerState`]: everything a call needs, built once from the config and
 //! shared by both services.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
-use enos_sign_core::{ClientId, DeviceKey, ProductKey};
-use enos_signer_proto::{identity::PeerIdentity, v1};
+use enos_signer_proto::identity::PeerIdentity;
 
 use crate::{
     audit::{Audit, AuditRecord},
     config::SignerConfig,
     custody,
-    error::{Result, SignerError},
+    error::Result,
     metrics::Metrics,
     policy::Policy,
     rate_limit::RateLimiter,
-    registry::{self, DeviceId, Registry},
+    registry::{self, Registry},
 };
 
 /// Shared by every call.
@@ -70,63 +66,5 @@ impl SignerState {
     /// The caller's identity (Unauthenticated if none).
     pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
         crate::peer::identity_cached(request, Some(&self.identities))
-    }
-}
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// How an identity is written in audit records.
-pub fn identity_name(identity: Option<&PeerIdentity>) -> String {
-    identity.map_or_else(|| "unauthenticated".to_owned(), PeerIdentity::to_string)
-}
-
-/// Parses a product key field, naming `field` in the error.
-pub fn product_key(field: &'static str, value: &str) -> Result<ProductKey> {
-    ProductKey::new(value).map_err(|e| SignerError::invalid(field, e))
-}
-
-/// Parses a device key field, naming `field` in the error.
-pub fn device_key(field: &'static str, value: &str) -> Result<DeviceKey> {
-    DeviceKey::new(value).map_err(|e| SignerError::invalid(field, e))
-}
-
-/// Parses a client id field, naming `field` in the error.
-pub fn client_id(field: &'static str, value: &str) -> Result<ClientId> {
-    ClientId::new(value).map_err(|e| SignerError::invalid(field, e))
-}
-
-/// Parses a required `DeviceRef` whose fields are `{prefix}.product_key`
-/// and `{prefix}.device_key`.
-pub fn device_ref(
-    prefix: &'static str,
-    fields: (&'static str, &'static str),
-    value: Option<&v1::DeviceRef>,
-) -> Result<DeviceId> {
-    let value = value.ok_or_else(|| SignerError::invalid(prefix, "is required"))?;
-    Ok(DeviceId::new(
-        product_key(fields.0, &value.product_key)?,
-        device_key(fields.1, &value.device_key)?,
-    ))
-}
-
-/// The proto form of a record (never the secret).
-pub fn device_message(record: &registry::DeviceRecord) -> v1::Device {
-    v1::Device {
-        product_key: record.id.product_key.to_string(),
-        device_key: record.id.device_key.to_string(),
-        enabled: record.enabled,
-        secret_version: record.secret_version,
-        gateway: record.gateway.as_ref().map(|g| v1::DeviceRef {
-            product_key: g.product_key.to_string(),
-            device_key: g.device_key.to_string(),
-        }),
-        created_at_ms: record.created_at_ms,
-        updated_at_ms: record.updated_at_ms,
     }
 }

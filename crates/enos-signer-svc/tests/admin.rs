@@ -592,7 +592,7 @@ async fn a_loose_master_key_is_refused_at_start() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = enos_testkit::Pki::new("t").expect("pki");
-    let mut signer = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+    let mut signer = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
         .await
         .expect("start");
     signer.stop().await;
@@ -603,7 +603,7 @@ async fn a_loose_master_key_is_refused_at_start() {
         .await
         .expect_err("a 0644 master key is refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
-    let err = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+    let err = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
         .await
         .err()
         .expect("refused at start too");

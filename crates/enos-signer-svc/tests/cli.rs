@@ -1,4 +1,4 @@
-//! The `enos-signer` binary: init, serve (SIGTERM drains and exits), admin
+//! The `enos-signer` binary: init, serve (SIGHUP reloads the TLS files, SIGTERM drains and exits), admin
 //! subcommands and CSV import, against a real signer over mTLS.
 
 mod common;
@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::fixture;
+use common::{
+    fixture,
+    tls_probe::{serial_of, served_serial},
+};
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, ListDevicesRequest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
@@ -198,6 +201,8 @@ cert = "{ca}/server.pem"
 key = "{ca}/server.key"
 client_ca = "{ca}/ca.pem"
 drain_timeout_secs = 2
+# No polling: only SIGHUP reloads the TLS files (tested below).
+tls_reload_interval_secs = 0
 [registry]
 kind = "redb"
 path = "registry.redb"
@@ -264,7 +269,7 @@ async fn init_then_serve_then_sigterm() {
         .expect("spawn serve");
     let uri = format!("https://{addr}");
     let started = Instant::now();
-    let admin_identity = enos_signer_svc::tls::client_identity(f.signer.admin_identity());
+    let admin_identity = enos_testkit::signer::client_identity(f.signer.admin_identity());
     let channel = loop {
         match enos_signer_svc::tls::connect_mtls(
             &uri,
@@ -297,7 +302,7 @@ async fn init_then_serve_then_sigterm() {
         enos_signer_svc::tls::connect_mtls(
             &uri,
             f.signer.ca_pem(),
-            Some(enos_signer_svc::tls::client_identity(&device)),
+            Some(enos_testkit::signer::client_identity(&device)),
         )
         .await
         .expect("device channel"),
@@ -308,7 +313,37 @@ async fn init_then_serve_then_sigterm() {
     .into_inner();
     drop(admin);
 
+    // SIGHUP reloads the TLS files (no polling in this config): a new
+    // server certificate is served only after it.
+    let probe = f.pki.device("Pk1", "dev-1").expect("probe cert");
+    let first = served_serial(addr, f.signer.ca_pem(), &probe).await;
+    let renewed = f.pki.server(&[]).expect("renewed server cert");
+    let state_certs = f.dir.path();
+    std::fs::write(state_certs.join("server.pem"), &renewed.cert_pem).expect("cert");
+    enos_testkit::write_private(&state_certs.join("server.key"), renewed.key_pem.as_bytes())
+        .expect("key");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        served_serial(addr, f.signer.ca_pem(), &probe).await,
+        first,
+        "nothing reloads before SIGHUP"
+    );
     let pid = child.id().to_string();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let new_serial = serial_of(&renewed.cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_serial(addr, f.signer.ca_pem(), &probe).await != new_serial {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -335,6 +370,8 @@ async fn init_then_serve_then_sigterm() {
     let (status, logs) = output;
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(logs.contains("SIGHUP received"), "{logs}");
+    assert!(logs.contains("TLS material reloaded"), "{logs}");
     assert!(logs.contains("signer stopped"), "{logs}");
     // JSON lines, and (at trace level) no secret or password anywhere.
     for line in logs.lines() {

@@ -26,7 +26,7 @@ async fn a_device_gets_a_credential_that_verifies() {
         .await
         .expect("put");
     let mut device = f.device("Pk1", "dev-1").await;
-    let before = enos_signer_svc::state::now_ms();
+    let before = enos_domain::now_ms();
     let credential = device
         .issue_mqtt_credential(IssueMqttCredentialRequest::default())
         .await
@@ -139,7 +139,7 @@ async fn authentication_failures() {
     let refused = match tls::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
-        Some(tls::client_identity(&forged)),
+        Some(enos_testkit::signer::client_identity(&forged)),
     )
     .await
     {

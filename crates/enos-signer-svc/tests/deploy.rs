@@ -36,6 +36,8 @@ fn the_systemd_unit_is_hardened() {
         ("RestrictSUIDSGID", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
         ("KillSignal", "SIGTERM"),
+        // `systemctl reload`: re-read the TLS files now.
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
     ] {
         assert_eq!(d.get(key).map(Vec::as_slice), Some(&[value][..]), "{key}");
     }

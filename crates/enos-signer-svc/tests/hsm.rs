@@ -231,7 +231,7 @@ async fn check_all(
         let secret = DeviceSecret::new(device.secret.clone()).expect("secret");
         let password = custody
             .sign(
-                device.id.secret_ref(record.secret_version),
+                enos_custody::SecretRef::of(&device.id, record.secret_version),
                 &record.sealed,
                 &fields,
                 SignMethod::HmacSha1,
@@ -267,7 +267,7 @@ fn migration_both_ways_interrupted_and_resumed_loses_nothing() {
                 for device in &devices {
                     let sealed = software
                         .seal(
-                            device.id.secret_ref(1),
+                            enos_custody::SecretRef::of(&device.id, 1),
                             &DeviceSecret::new(device.secret.clone()).expect("secret"),
                         )
                         .expect("seal");
@@ -405,7 +405,7 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
                     .map(|i| (format!("dev-{i}"), format!("secret-of-device-{i}")))
                     .collect();
                 // A signer in production with software custody.
-                let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+                let mut software = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
                     .await
                     .expect("software signer");
                 for (dk, secret) in &secrets {
@@ -436,18 +436,17 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
 
                 // The same registry served with HSM custody.
                 let config = hsm.config();
-                let f =
-                    enos_signer_svc::testing::TestSigner::start_with(dir.path(), &pki, move |c| {
-                        c.custody = CustodyConfig::Pkcs11(config);
-                    })
-                    .await
-                    .expect("HSM signer");
+                let f = enos_testkit::signer::TestSigner::start_with(dir.path(), &pki, move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                })
+                .await
+                .expect("HSM signer");
                 for (dk, secret) in &secrets {
                     let identity = pki.device("Pk1", dk).expect("device cert");
                     let channel = enos_signer_svc::tls::connect_mtls(
                         &f.uri(),
                         f.ca_pem(),
-                        Some(enos_signer_svc::tls::client_identity(&identity)),
+                        Some(enos_testkit::signer::client_identity(&identity)),
                     )
                     .await
                     .expect("mTLS");
@@ -470,7 +469,7 @@ fn cli_init_hsm_and_migrate() {
         runtime().block_on(async {
             let dir = tempfile::tempdir().expect("tempdir");
             let pki = enos_testkit::Pki::new("cli").expect("pki");
-            let mut software = enos_signer_svc::testing::TestSigner::start(dir.path(), &pki)
+            let mut software = enos_testkit::signer::TestSigner::start(dir.path(), &pki)
                 .await
                 .expect("software signer");
             for i in 0..3 {
@@ -555,7 +554,7 @@ fn cli_init_hsm_and_migrate() {
                 .expect("fields");
                 let password = custody
                     .sign(
-                        record.id.secret_ref(record.secret_version),
+                        enos_custody::SecretRef::of(&record.id, record.secret_version),
                         &record.sealed,
                         &fields,
                         SignMethod::HmacSha256,
@@ -569,4 +568,75 @@ fn cli_init_hsm_and_migrate() {
             }
         });
     });
+}
+
+/// Waits (up to 10 s) until the mTLS listener's health says `want` for
+/// `service`.
+async fn wait_health(
+    channel: &tonic::transport::Channel,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service:?} still {status:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn readiness_follows_the_token_and_liveness_does_not() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    isolated(
+        "readiness_follows_the_token_and_liveness_does_not",
+        "ready",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                generate_kek(&hsm.config()).expect("create the token's keys");
+                let config = hsm.config();
+                let f = common::fixture_with(move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                    c.health = Some(enos_signer_svc::config::HealthConfig {
+                        listen: "127.0.0.1:0".parse().expect("addr"),
+                        check_interval_secs: 1,
+                    });
+                })
+                .await;
+                // Health needs no client certificate.
+                let channel = f.channel(None).await;
+                let liveness = enos_signer_svc::readiness::LIVENESS_SERVICE;
+                wait_health(&channel, "", ServingStatus::Serving).await;
+
+                hsm.park_token();
+                wait_health(&channel, "", ServingStatus::NotServing).await;
+                wait_health(
+                    &channel,
+                    "enos.signer.v1.Credentials",
+                    ServingStatus::NotServing,
+                )
+                .await;
+                wait_health(&channel, liveness, ServingStatus::Serving).await;
+
+                // Back without any issuance: the check reconnects itself.
+                hsm.restore_token();
+                wait_health(&channel, "", ServingStatus::Serving).await;
+                wait_health(&channel, "enos.signer.v1.Admin", ServingStatus::Serving).await;
+            });
+        },
+    );
 }

@@ -4,45 +4,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use common::fixture_with;
+use common::{capture::Capture, fixture_with};
 use enos_signer_proto::v1::{
     DeviceRef, ImportDevicesRequest, ImportRow, IssueMqttCredentialRequest, PutDeviceRequest,
     SignMethod, SignSubDeviceLoginRequest,
 };
 use enos_signer_svc::config::AuditSinkConfig;
 
-/// Everything logged, in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
-    let capture = Capture::default();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .try_init()
-        .expect("the only subscriber in this test binary");
+    let capture = Capture::install(tracing::Level::TRACE);
 
     // Audit records go to the log too, as in a deployment without a file.
     let f = fixture_with(|c| c.audit.sink = AuditSinkConfig::Log).await;
@@ -157,7 +128,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
     let mut f = f;
     f.signer.stop().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
+    let logs = capture.text();
     // The capture is real: the run is in it.
     assert!(logs.contains("signer listening"), "capture is empty?");
     assert!(

@@ -1,174 +1,37 @@
-//! Test and demo support: a throwaway PKI.
+//! Test and demo support. No production crate depends on this one: the
+//! sandbox, the signer and the agent list it under `[dev-dependencies]`
+//! only, so none of it (nor rcgen, nor escargot) is in their binaries.
 //!
 //! # Layout
 //!
-//! - [`Pki`]: a CA that issues server certificates (for `127.0.0.1` and
-//!   `localhost`) and client certificates carrying the identities of
-//!   [`enos_signer_proto::identity`].
-//! - [`Identity`]: a certificate and its key as PEM, writable to files.
+//! | module | what it holds |
+//! |---|---|
+//! | [`pki`] | [`Pki`]: a throwaway CA; [`Identity`]: a certificate and its key as PEM |
+//! | [`process`] | [`ChildProcess`]: a child with captured output, SIGTERM/SIGHUP/SIGKILL, killed on drop |
+//! | [`binaries`] | [`Binaries`]: where `enos-sandbox`, `enos-signer`, `enos-agent` are (or are built) |
+//! | `sandbox` | (feature `sandbox`) `Sandbox`: the `enos-sandbox` binary as a child process |
+//! | `signer` | (feature `signer`) `TestSigner`: a real signer in this process, real mTLS |
+//! | `error` | [`HarnessError`]: why a child process or binary failed a test |
 //!
-//! Everything is generated at run time; nothing here is a fixture.
+//! Errors of the PKI and of `TestSigner` are test failures and come as
+//! [`Result`] (any error, with its cause); the child-process harness,
+//! whose failures tests match on (say, a refused reload), has
+//! [`HarnessError`].
 #![forbid(unsafe_code)]
 
-use std::{
-    fmt, fs,
-    path::{Path, PathBuf},
-};
+pub mod binaries;
+mod error;
+pub mod pki;
+pub mod process;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
+#[cfg(feature = "signer")]
+pub mod signer;
 
-use enos_sign_core::{DeviceKey, ProductKey};
-use enos_signer_proto::identity::PeerIdentity;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+pub use binaries::Binaries;
+pub use error::HarnessError;
+pub use pki::{Identity, IdentityFiles, Pki, write_private};
+pub use process::{ChildProcess, OutputLog};
 
 /// Errors are test failures: surface them with their cause.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// A certificate authority for one test or demo run.
-pub struct Pki {
-    /// Signs every certificate below.
-    issuer: Issuer<'static, KeyPair>,
-    /// The CA certificate, for trust stores.
-    ca_pem: String,
-}
-
-/// A certificate with its private key, both PEM.
-#[derive(Clone)]
-pub struct Identity {
-    /// The leaf certificate.
-    pub cert_pem: String,
-    /// The leaf's private key (PKCS#8). Test material, but still kept out
-    /// of `Debug`.
-    pub key_pem: String,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Identity { cert_pem, key_pem: [REDACTED] }")
-    }
-}
-
-/// Paths an [`Identity`] was written to.
-#[derive(Debug, Clone)]
-pub struct IdentityFiles {
-    /// The certificate PEM file.
-    pub cert: PathBuf,
-    /// The key PEM file (mode 0600).
-    pub key: PathBuf,
-}
-
-impl Pki {
-    /// A new CA named `name`.
-    pub fn new(name: &str) -> Result<Self> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Pki {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    /// The CA certificate, PEM.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
-    }
-
-    /// A server certificate for `127.0.0.1`, `::1` and `localhost` plus
-    /// `extra_dns_names`.
-    pub fn server(&self, extra_dns_names: &[&str]) -> Result<Identity> {
-        let mut names: Vec<String> = vec!["localhost".into()];
-        names.extend(extra_dns_names.iter().map(|s| (*s).to_owned()));
-        let mut params = CertificateParams::new(names)?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-        params.distinguished_name = dn("localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params)
-    }
-
-    /// A client certificate for a device: URI SAN
-    /// `spiffe://enos/device/{pk}/{dk}`, CN = deviceKey.
-    pub fn device(&self, product_key: &str, device_key: &str) -> Result<Identity> {
-        let identity = PeerIdentity::Device {
-            product_key: ProductKey::new(product_key)?,
-            device_key: DeviceKey::new(device_key)?,
-        };
-        self.client_with_uri(device_key, Some(&identity.to_uri()))
-    }
-
-    /// A client certificate for an admin: URI SAN `spiffe://enos/admin/{name}`.
-    pub fn admin(&self, name: &str) -> Result<Identity> {
-        let uri = PeerIdentity::Admin { name: name.into() }.to_uri();
-        self.client_with_uri(name, Some(&uri))
-    }
-
-    /// A client certificate with any URI SAN (or none), for negative tests.
-    pub fn client_with_uri(&self, common_name: &str, uri: Option<&str>) -> Result<Identity> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(common_name);
-        if let Some(uri) = uri {
-            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
-    }
-
-    fn sign(&self, mut params: CertificateParams) -> Result<Identity> {
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
-    }
-
-    /// Writes the CA certificate to `dir/ca.pem` and returns its path.
-    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join("ca.pem");
-        fs::write(&path, &self.ca_pem)?;
-        Ok(path)
-    }
-}
-
-impl Identity {
-    /// Writes `dir/{stem}.pem` and `dir/{stem}.key` (the key mode 0600).
-    pub fn write(&self, dir: &Path, stem: &str) -> Result<IdentityFiles> {
-        let cert = dir.join(format!("{stem}.pem"));
-        let key = dir.join(format!("{stem}.key"));
-        fs::write(&cert, &self.cert_pem)?;
-        write_private(&key, self.key_pem.as_bytes())?;
-        Ok(IdentityFiles { cert, key })
-    }
-}
-
-/// Writes a file readable by its owner only.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    Ok(())
-}
-
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn
-}

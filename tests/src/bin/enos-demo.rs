@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         let binaries = Binaries::locate().map_err(|reason| StepFailure {
             step: "binaries",
-            reason,
+            reason: reason.into(),
         })?;
         tokio::select! {
             done = demo::run(&binaries, &mut narrator) => done,

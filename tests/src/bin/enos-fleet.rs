@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use enos_e2e::fleet::{self, FleetOptions, Scenario, options::MAX_AGENTS};
-use enos_sandbox::SandboxBinary;
+use enos_testkit::sandbox::SandboxBinary;
 
 /// Reconnect storms against the signer and the EnOS sandbox on 127.0.0.1.
 #[derive(Debug, Parser)]

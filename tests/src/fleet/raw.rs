@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use enos_sandbox::Sandbox;
+use enos_testkit::sandbox::Sandbox;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    devices::{self, Device},
+    devices::{self, TestDevice as Device},
     error::{E2eError, Result},
 };
 

@@ -3,8 +3,8 @@
 
 use std::{fmt, time::Duration};
 
-use enos_agent::{Agent, AgentError, AgentStatus, GrpcSigner, Signer, SignerError};
-use enos_sandbox::SandboxBinary;
+use enos_agent::{Agent, AgentError, AgentStatus, GrpcSigner, SignerClient, SignerClientError};
+use enos_testkit::sandbox::SandboxBinary;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -362,7 +362,8 @@ async fn probe_limit(world: &FleetWorld, options: &FleetOptions) -> Result<(usiz
     let asked = options.rate_burst as usize + 4;
     let mut refused = 0;
     for _ in 0..asked {
-        if let Err(SignerError::Unavailable { message, .. }) = signer.issue_mqtt_credential().await
+        if let Err(SignerClientError::Unavailable { message, .. }) =
+            signer.issue_mqtt_credential().await
         {
             // The agent folds ResourceExhausted into "unavailable"; the
             // signer's message names the limit.

@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use enos_agent::Config;
-use enos_sandbox::{Sandbox, SandboxBinary};
 use enos_signer_proto::v1;
-use enos_signer_svc::{config::RateLimitConfig, testing::TestSigner};
+use enos_signer_svc::config::RateLimitConfig;
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::signer::TestSigner;
 
 use crate::{
     agent::{AgentToml, Backoff},
-    devices::{self, Device},
+    devices::{self, TestDevice as Device},
     error::{E2eError, Result},
     fleet::options::FleetOptions,
     pki::LoopPki,

@@ -106,7 +106,7 @@ async fn two_hundred_agents_reconnect_after_a_broker_restart_with_fresh_credenti
     for _ in 0..(RATE.burst + 4) {
         // The agent counts ResourceExhausted as "unavailable" (it may
         // reuse a cached credential); the audit trail names the code.
-        if enos_agent::Signer::issue_mqtt_credential(&hammer)
+        if enos_agent::SignerClient::issue_mqtt_credential(&hammer)
             .await
             .is_err()
         {

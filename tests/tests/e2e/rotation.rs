@@ -104,7 +104,7 @@ async fn the_leak_scan_finds_an_issued_password_and_a_secret() -> TestResult {
     let mut world = World::start(devices("PkScan", "scan", 1), |_| {}).await;
     let config = world.agent_toml(0).config()?;
     let signer = enos_agent::GrpcSigner::new(&config.signer, &config.device)?;
-    let credential = enos_agent::Signer::issue_mqtt_credential(&signer).await?;
+    let credential = enos_agent::SignerClient::issue_mqtt_credential(&signer).await?;
     let (audit_file, audit_key) = world.audit_files();
     let summary = world.scan.audit_trail(&audit_file, &audit_key)?;
     assert_eq!(summary.issued, 1);

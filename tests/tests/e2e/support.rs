@@ -4,10 +4,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use enos_e2e::{AgentToml, Device, LeakScan, LoopPki, ProcessLogs};
-use enos_sandbox::{Sandbox, SandboxBinary};
+use enos_e2e::{AgentToml, LeakScan, LoopPki, ProcessLogs, TestDevice};
 use enos_signer_proto::v1;
-use enos_signer_svc::{SignerConfig, testing::TestSigner};
+use enos_signer_svc::SignerConfig;
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::signer::TestSigner;
 
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -36,7 +37,7 @@ pub(crate) struct World {
     /// The EnOS sandbox (plain and TLS listeners).
     pub(crate) sandbox: Sandbox,
     /// The devices registered in the signer and in the sandbox.
-    pub(crate) devices: Vec<Device>,
+    pub(crate) devices: Vec<TestDevice>,
     /// What the final scan looks for (secrets added as devices come).
     pub(crate) scan: LeakScan,
     /// Logs from elsewhere (child processes) for the final scan.
@@ -49,7 +50,7 @@ impl World {
     /// Starts the signer (config adjusted by `adjust`) and the sandbox with
     /// `devices` registered in both (in one bulk import).
     pub(crate) async fn start(
-        devices: Vec<Device>,
+        devices: Vec<TestDevice>,
         adjust: impl FnOnce(&mut SignerConfig),
     ) -> World {
         let logs = init();
@@ -60,7 +61,7 @@ impl World {
             .expect("the signer starts");
         import(&signer, &devices).await;
         let csv = dir.path().join("enos-devices.csv");
-        let refs: Vec<&Device> = devices.iter().collect();
+        let refs: Vec<&TestDevice> = devices.iter().collect();
         enos_e2e::devices::write_csv(&csv, &refs).expect("devices.csv");
         let server = pki.server("broker-server").expect("broker certificate");
         let sandbox = Sandbox::builder(sandbox_binary(), &csv)
@@ -89,7 +90,7 @@ impl World {
 
     /// Rewrites the sandbox's device file from `self.devices` and reloads it.
     pub(crate) fn reload_sandbox(&self) -> enos_sandbox::ReloadOutcome {
-        let refs: Vec<&Device> = self.devices.iter().collect();
+        let refs: Vec<&TestDevice> = self.devices.iter().collect();
         enos_e2e::devices::write_csv(&self.sandbox_csv(), &refs).expect("devices.csv");
         self.sandbox.reload_devices().expect("the sandbox reloads")
     }
@@ -152,7 +153,7 @@ impl World {
 }
 
 /// Registers `devices` in the signer in one all-or-nothing import.
-pub(crate) async fn import(signer: &TestSigner, devices: &[Device]) {
+pub(crate) async fn import(signer: &TestSigner, devices: &[TestDevice]) {
     let rows: Vec<v1::ImportRow> = devices
         .iter()
         .enumerate()
@@ -161,10 +162,10 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[Device]) {
             product_key: d.product_key.clone(),
             device_key: d.device_key.clone(),
             device_secret: d.secret().to_owned(),
-            gateway: d.gateway.as_ref().map(|(pk, dk)| v1::DeviceRef {
-                product_key: pk.clone(),
-                device_key: dk.clone(),
-            }),
+            gateway: d
+                .gateway
+                .as_ref()
+                .map(|(pk, dk)| v1::DeviceRef::new(pk.clone(), dk.clone())),
         })
         .collect();
     let request = v1::ImportDevicesRequest {
@@ -187,8 +188,8 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[Device]) {
 }
 
 /// `n` devices of product `pk`, keys `{prefix}-{i}`.
-pub(crate) fn devices(pk: &str, prefix: &str, n: usize) -> Vec<Device> {
+pub(crate) fn devices(pk: &str, prefix: &str, n: usize) -> Vec<TestDevice> {
     (0..n)
-        .map(|i| Device::new(pk, &format!("{prefix}-{i:03}")).expect("device"))
+        .map(|i| TestDevice::new(pk, &format!("{prefix}-{i:03}")).expect("device"))
         .collect()
 }

@@ -1,10 +1,10 @@
-//! The real signer (enos-signer-svc's `TestSigner`) on 127.0.0.1 with
+//! The real signer (`enos_testkit::signer::TestSigner`) on 127.0.0.1 with
 //! mTLS, and the agent-side files (CA, gateway certificate) to reach it.
 
 use std::path::{Path, PathBuf};
 
-use enos_signer_svc::testing::TestSigner;
 use enos_testkit::Pki;
+use enos_testkit::signer::TestSigner;
 
 /// A running signer plus what the agent needs to talk to it.
 pub struct SignerFixture {

@@ -8,11 +8,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use enos_sandbox::{Sandbox, SandboxBinary, SandboxBuilder};
 use enos_sign_core::{
     ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
     SignMethod, SignedFields, TimestampMs,
 };
+use enos_testkit::sandbox::{Sandbox, SandboxBinary, SandboxBuilder};
 use enos_testkit::{Identity, Pki};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,

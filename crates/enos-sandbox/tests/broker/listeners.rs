@@ -154,10 +154,10 @@ async fn restart_comes_back_on_the_same_ports() {
 
 #[test]
 fn other_crates_find_the_binary_next_to_their_test_executable() {
-    if std::env::var_os(enos_sandbox::SandboxBinary::ENV_VAR).is_some() {
+    if std::env::var_os(enos_testkit::sandbox::SandboxBinary::ENV_VAR).is_some() {
         return; // the variable takes precedence; nothing to compare
     }
-    let found = enos_sandbox::SandboxBinary::locate().expect("found");
+    let found = enos_testkit::sandbox::SandboxBinary::locate().expect("found");
     assert_eq!(
         found.path().canonicalize().expect("exists"),
         std::path::Path::new(env!("CARGO_BIN_EXE_enos-sandbox"))

@@ -2,8 +2,8 @@
 //! effect for new connections and close the sessions they revoke; an
 //! invalid file changes nothing.
 
-use enos_sandbox::SandboxError;
 use enos_sign_core::SignMethod;
+use enos_testkit::HarnessError;
 use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
@@ -140,7 +140,7 @@ async fn an_invalid_file_keeps_the_devices_in_force() {
     std::fs::write(&fixture.devices, "productKey,deviceKey\npkA,dev1\n").expect("rewrite");
     let error = sandbox.reload_devices().expect_err("invalid file");
     assert!(
-        matches!(&error, SandboxError::Reload(reason) if reason.contains("deviceSecret")),
+        matches!(&error, HarnessError::Reload(reason) if reason.contains("deviceSecret")),
         "{error}"
     );
     let post =

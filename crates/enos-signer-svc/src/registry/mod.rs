@@ -8,48 +8,15 @@
 
 mod redb_store;
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use enos_custody::{SealedSecret, SecretRef};
-use enos_sign_core::{DeviceKey, ProductKey};
+use enos_custody::SealedSecret;
+pub use enos_domain::DeviceId;
+use enos_sign_core::ProductKey;
 
 pub use redb_store::RedbRegistry;
 
 use crate::{config::RegistryConfig, error::Result};
-
-/// Names one device: `(productKey, deviceKey)`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId {
-    /// The product the device belongs to.
-    pub product_key: ProductKey,
-    /// The device within its product.
-    pub device_key: DeviceKey,
-}
-
-impl DeviceId {
-    /// The id of `pk`/`dk`.
-    pub fn new(product_key: ProductKey, device_key: DeviceKey) -> Self {
-        DeviceId {
-            product_key,
-            device_key,
-        }
-    }
-
-    /// The custody reference of this device's secret at `version`.
-    pub fn secret_ref(&self, version: u32) -> SecretRef<'_> {
-        SecretRef {
-            product_key: &self.product_key,
-            device_key: &self.device_key,
-            version,
-        }
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.product_key, self.device_key)
-    }
-}
 
 /// One registry entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +35,32 @@ pub struct DeviceRecord {
     pub created_at_ms: u64,
     /// When the record last changed (ms since the epoch).
     pub updated_at_ms: u64,
+}
+
+impl DeviceRecord {
+    /// `id`'s record once it gets a new secret (created, put again,
+    /// rotated, imported): the secret version goes up by one (1 for a new
+    /// device) and `seal` seals the secret under it; `enabled`, the gateway
+    /// and `created_at_ms` stay those of `existing` (a new device: enabled,
+    /// no gateway, created now); updated now.
+    pub fn with_new_secret(
+        id: DeviceId,
+        existing: Option<&DeviceRecord>,
+        now_ms: u64,
+        seal: impl FnOnce(&DeviceId, u32) -> Result<SealedSecret>,
+    ) -> Result<DeviceRecord> {
+        let secret_version = existing.map_or(1, |r| r.secret_version + 1);
+        let sealed = seal(&id, secret_version)?;
+        Ok(DeviceRecord {
+            enabled: existing.is_none_or(|r| r.enabled),
+            secret_version,
+            sealed,
+            gateway: existing.and_then(|r| r.gateway.clone()),
+            created_at_ms: existing.map_or(now_ms, |r| r.created_at_ms),
+            updated_at_ms: now_ms,
+            id,
+        })
+    }
 }
 
 /// One write of a [`Registry::modify`] transaction.

@@ -1,9 +1,13 @@
 //! Shared test helpers: a signer, device clients, and status assertions.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod capture;
+pub mod tls_probe;
+
 use enos_sign_core::{DeviceSecret, Freshness, Md5Policy, PresentedLogin};
 use enos_signer_proto::v1::{admin_client::AdminClient, credentials_client::CredentialsClient};
-use enos_signer_svc::{testing::TestSigner, tls};
+use enos_signer_svc::tls;
+use enos_testkit::signer::{TestSigner, client_identity};
 use enos_testkit::{Identity, Pki};
 use tonic::{Code, transport::Channel};
 
@@ -32,7 +36,7 @@ impl Fixture {
         tls::connect_mtls(
             &self.signer.uri(),
             self.signer.ca_pem(),
-            identity.map(tls::client_identity),
+            identity.map(client_identity),
         )
         .await
         .expect("mTLS channel")

@@ -100,10 +100,7 @@ pub(crate) struct DeviceArgs {
 
 impl DeviceArgs {
     fn to_ref(&self) -> v1::DeviceRef {
-        v1::DeviceRef {
-            product_key: self.product_key.clone(),
-            device_key: self.device_key.clone(),
-        }
+        v1::DeviceRef::new(self.product_key.clone(), self.device_key.clone())
     }
 }
 
@@ -243,14 +240,8 @@ impl AdminCommand {
                 let mut client = AdminClient::new(connection.channel().await?);
                 let d = client
                     .bind_sub_device(v1::BindSubDeviceRequest {
-                        gateway: Some(v1::DeviceRef {
-                            product_key: gateway_product_key,
-                            device_key: gateway_device_key,
-                        }),
-                        sub_device: Some(v1::DeviceRef {
-                            product_key: sub_product_key,
-                            device_key: sub_device_key,
-                        }),
+                        gateway: Some(v1::DeviceRef::new(gateway_product_key, gateway_device_key)),
+                        sub_device: Some(v1::DeviceRef::new(sub_product_key, sub_device_key)),
                     })
                     .await
                     .map_err(status)?;

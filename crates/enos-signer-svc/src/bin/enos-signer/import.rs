@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use enos_domain::device_file;
 use enos_signer_proto::v1::{self, admin_client::AdminClient};
-use enos_signer_svc::csv_rows;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -18,13 +18,20 @@ pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> 
     let bytes = zeroize::Zeroizing::new(
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
     );
-    let parsed = csv_rows::read(&bytes).with_context(|| format!("{}", file.display()))?;
+    let parsed = device_file::read(&bytes).with_context(|| format!("{}", file.display()))?;
     // Rows the CSV reader could not split make the import a dry run: the
     // signer still checks the rest, so one report names every bad row.
-    let unreadable = parsed.errors;
+    let mut rows: Vec<v1::ImportRow> = Vec::with_capacity(parsed.rows.len());
+    let mut unreadable: Vec<(u32, String)> = Vec::new();
+    for row in parsed.rows {
+        match row {
+            Ok(row) => rows.push(row.into()),
+            Err(e) => unreadable.push((e.line, e.reason)),
+        }
+    }
     let dry_run = dry_run || !unreadable.is_empty();
-    let total = parsed.rows.len() as u64;
-    let all_rows = parsed.rows.len() + unreadable.len();
+    let total = rows.len() as u64;
+    let all_rows = rows.len() + unreadable.len();
 
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows")
@@ -32,7 +39,7 @@ pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> 
     );
     progress.set_message("sending");
     let mut chunks: Vec<Vec<v1::ImportRow>> = Vec::new();
-    let mut rows = parsed.rows.into_iter().peekable();
+    let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         chunks.push(rows.by_ref().take(CHUNK).collect());
     }

@@ -9,13 +9,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> enos_testkit::Result<()> {
-//! use enos_signer_svc::testing::TestSigner;
+//! use enos_testkit::signer::TestSigner;
 //! let dir = tempfile::tempdir()?;
 //! let pki = enos_testkit::Pki::new("test")?;
 //! let signer = TestSigner::start(dir.path(), &pki).await?;
 //! signer.put_device("Pk1", "dev-1", "secret-1").await?;
 //! // A device connects with pki.device("Pk1", "dev-1") and
-//! // enos_signer_svc::tls::connect_mtls(&signer.uri(), signer.ca_pem(), ..).
+//! // enos_signer_svc::tls::connect_mtls(&signer.uri(), signer.ca_pem(),
+//! // Some(enos_testkit::signer::client_identity(&identity))).
 //! # Ok(()) }
 //! ```
 
@@ -27,12 +28,7 @@ use std::{
 };
 
 use enos_signer_proto::v1::{self, admin_client::AdminClient};
-use enos_testkit::{Identity, Pki, Result};
-use tokio::{net::TcpSocket, runtime::Runtime, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-
-use crate::{
+use enos_signer_svc::{
     config::{
         AuditConfig, AuditSinkConfig, CustodyConfig, LoggingConfig, MetricsConfig, PolicyConfig,
         RegistryConfig, ServerConfig, SignerConfig,
@@ -41,6 +37,17 @@ use crate::{
     server::Signer,
     tls,
 };
+use tokio::{net::TcpSocket, runtime::Runtime, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{Identity, Pki, Result};
+
+/// A tonic client identity (for [`tls::connect_mtls`]) from a test
+/// [`Identity`].
+pub fn client_identity(identity: &Identity) -> tonic::transport::Identity {
+    tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem)
+}
 
 /// A running (or stopped) signer for tests.
 pub struct TestSigner {
@@ -86,6 +93,7 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
         policy: PolicyConfig::default(),
         metrics: None,
         logging: LoggingConfig::default(),
+        health: None,
     }
 }
 
@@ -132,7 +140,7 @@ struct Running {
     /// Cancelled for a graceful stop.
     stop: CancellationToken,
     /// The serve task.
-    task: JoinHandle<crate::error::Result<()>>,
+    task: JoinHandle<enos_signer_svc::error::Result<()>>,
 }
 
 impl TestSigner {
@@ -163,6 +171,7 @@ impl TestSigner {
                 client_ca: ca,
                 drain_timeout_secs: 5,
                 worker_threads: None,
+                tls_reload_interval_secs: 5,
             },
         );
         config.metrics = Some(MetricsConfig {
@@ -268,7 +277,7 @@ impl TestSigner {
         let endpoint = tls::mtls_endpoint(
             &self.uri(),
             &self.ca_pem,
-            Some(tls::client_identity(&self.admin_identity)),
+            Some(client_identity(&self.admin_identity)),
         )
         // The URI and the PEM are this struct's own, known to be valid.
         .expect("TestSigner's own endpoint and CA are valid");
@@ -384,10 +393,7 @@ impl TestSigner {
 }
 
 fn device_ref(pk: &str, dk: &str) -> v1::DeviceRef {
-    v1::DeviceRef {
-        product_key: pk.to_owned(),
-        device_key: dk.to_owned(),
-    }
+    v1::DeviceRef::new(pk, dk)
 }
 
 /// A socket with SO_REUSEADDR bound to `addr` (not yet listening).

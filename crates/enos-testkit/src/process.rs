@@ -1,7 +1,8 @@
 //! [`ChildProcess`]: a program run as a child with its output captured
-//! line by line, stopped with SIGTERM (or SIGKILL) and killed on drop.
+//! line by line, signalled (SIGTERM, SIGHUP), killed on drop.
 //!
-//! Every child of the demo and of the suite goes through here, so that no
+//! Every child of the tests and of the demo goes through here (the
+//! sandbox fixture, the signer and agent binaries, Mosquitto), so that no
 //! process outlives its owner on any path: an error, a panic or a normal
 //! end all drop the guard, which kills and reaps the child.
 
@@ -9,74 +10,141 @@ use std::{
     ffi::OsStr,
     io::{BufRead, BufReader, Read},
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use crate::error::{E2eError, Result};
+use crate::error::HarnessError;
 
-/// Lines a child wrote, shared with the threads that read them.
+/// This module's result.
+type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+/// One line a child wrote.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Whether it came on stdout (status lines for a driving program)
+    /// rather than stderr (logs).
+    pub stdout: bool,
+    /// The line, without its line ending.
+    pub text: String,
+}
+
+/// Every line so far, and whether the current run's stdout has ended.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// stdout and stderr, in arrival order, across runs.
+    lines: Vec<Line>,
+    /// The current run closed its stdout: it has exited (or soon will).
+    stdout_closed: bool,
+}
+
+impl Lines {
+    /// The stdout lines after the first `since` lines.
+    pub fn stdout_since(&self, since: usize) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .skip(since)
+            .filter(|l| l.stdout)
+            .map(|l| l.text.as_str())
+    }
+
+    /// Whether the current run's stdout has ended.
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed
+    }
+}
+
+/// Lines one or more runs of a child wrote, shared with the threads that
+/// read them.
 #[derive(Debug, Default)]
 pub struct OutputLog {
-    /// Every line of stdout and stderr, in arrival order.
-    lines: Mutex<Vec<String>>,
-    /// Signalled on every new line.
+    /// Guarded lines.
+    state: Mutex<Lines>,
+    /// Signalled on every new line and at the end of stdout.
     changed: Condvar,
 }
 
 impl OutputLog {
-    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
         // A reader thread never panics while holding the lock; keep the
         // lines anyway if one did.
-        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, line: String) {
-        self.lock().push(line);
+    fn push(&self, stdout: bool, text: String) {
+        self.lock().lines.push(Line { stdout, text });
+        self.changed.notify_all();
+    }
+
+    fn close_stdout(&self, closed: bool) {
+        self.lock().stdout_closed = closed;
         self.changed.notify_all();
     }
 
     /// Everything so far, one line per line.
     pub fn text(&self) -> String {
-        let mut text = self.lock().join("\n");
-        text.push('\n');
+        let lines = self.lock();
+        let mut text = String::new();
+        for line in &lines.lines {
+            text.push_str(&line.text);
+            text.push('\n');
+        }
         text
     }
 
     /// How many lines arrived so far: a mark for [`OutputLog::wait_for`].
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().lines.len()
     }
 
     /// Whether nothing arrived yet.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().lines.is_empty()
     }
 
     /// The last `n` lines, for error messages.
     pub fn tail(&self, n: usize) -> String {
+        let lines = &self.lock().lines;
+        let tail: Vec<&str> = lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect();
+        tail.join("\n")
+    }
+
+    /// What `read` makes of the lines so far.
+    pub fn with_lines<T>(&self, read: impl FnOnce(&Lines) -> T) -> T {
+        read(&self.lock())
+    }
+
+    /// Waits until `done` says yes (`Some`) or `timeout` passes; returns
+    /// its last answer.
+    pub fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&Lines) -> Option<T>,
+    ) -> Option<T> {
         let lines = self.lock();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        let (lines, _) = self
+            .changed
+            .wait_timeout_while(lines, timeout, |lines| done(lines).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        done(&lines)
     }
 
     /// Waits for a line after the first `since` lines that contains
     /// `needle`; returns it.
     pub fn wait_for(&self, since: usize, needle: &str, timeout: Duration) -> Option<String> {
-        let found = |lines: &Vec<String>| {
+        self.wait_until(timeout, |lines| {
             lines
+                .lines
                 .iter()
                 .skip(since)
-                .find(|l| l.contains(needle))
-                .cloned()
-        };
-        let lines = self.lock();
-        let (lines, _) = self
-            .changed
-            .wait_timeout_while(lines, timeout, |lines| found(lines).is_none())
-            .unwrap_or_else(|p| p.into_inner());
-        found(&lines)
+                .find(|l| l.text.contains(needle))
+                .map(|l| l.text.clone())
+        })
     }
 }
 
@@ -87,7 +155,11 @@ pub struct ChildProcess {
     name: String,
     /// The process, until it has been reaped.
     child: Option<Child>,
-    /// Its output, across the whole run.
+    /// Its stdin when piped: a child that exits when its stdin closes
+    /// (the sandbox's `--exit-on-stdin-close`) also exits when the test
+    /// process dies without running destructors.
+    stdin: Option<ChildStdin>,
+    /// Its output, across the whole run (and earlier runs sharing it).
     log: Arc<OutputLog>,
     /// The threads copying stdout and stderr into `log`.
     readers: Vec<JoinHandle<()>>,
@@ -95,34 +167,43 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     /// Runs `program` with `args` and extra environment; stdin is closed,
-    /// stdout and stderr are captured.
+    /// stdout and stderr are captured into a new log.
     pub fn spawn<I, S>(name: &str, program: &Path, args: I, env: &[(&str, &OsStr)]) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(args).stdin(Stdio::null());
         for (key, value) in env {
             command.env(key, value);
         }
+        Self::start(name, &mut command, Arc::new(OutputLog::default()))
+    }
+
+    /// Runs `command` (whose stdin the caller chose: a piped stdin is kept
+    /// open until [`ChildProcess::close_stdin`] or the end) with stdout
+    /// and stderr appended to `log`, which may hold earlier runs' lines.
+    pub fn start(name: &str, command: &mut Command, log: Arc<OutputLog>) -> Result<Self> {
+        log.close_stdout(false);
         let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
-            .map_err(E2eError::io(format!("cannot run {}", program.display())))?;
-        let log = Arc::new(OutputLog::default());
+            .map_err(|source| HarnessError::Spawn {
+                program: command.get_program().into(),
+                source,
+            })?;
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            readers.push(copy_lines(out, Arc::clone(&log)));
+            readers.push(copy_lines(out, Arc::clone(&log), true));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(copy_lines(err, Arc::clone(&log)));
+            readers.push(copy_lines(err, Arc::clone(&log), false));
         }
         Ok(ChildProcess {
             name: name.to_owned(),
+            stdin: child.stdin.take(),
             child: Some(child),
             log,
             readers,
@@ -146,6 +227,19 @@ impl ChildProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Closes the child's stdin (when it was piped).
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// SIGHUP (the sandbox reloads its device file on it).
+    pub fn hang_up(&self) -> Result<()> {
+        match &self.child {
+            Some(child) => signal(&self.name, child, rustix::process::Signal::HUP),
+            None => Err(self.not_running()),
+        }
+    }
+
     /// Waits for a line containing `needle` (among lines after `since`);
     /// fails early, with the output's tail, if the child exits first.
     pub fn wait_for_line(
@@ -162,14 +256,14 @@ impl ChildProcess {
                 return Ok(line);
             }
             if !self.is_running() {
-                return Err(E2eError::failed(format!(
+                return Err(HarnessError::Failed(format!(
                     "{} exited before logging {needle:?}; its last lines:\n{}",
                     self.name,
                     self.log.tail(15)
                 )));
             }
             if Instant::now() >= deadline {
-                return Err(E2eError::failed(format!(
+                return Err(HarnessError::Failed(format!(
                     "{} did not log {needle:?} within {timeout:?}; its last lines:\n{}",
                     self.name,
                     self.log.tail(15)
@@ -182,10 +276,10 @@ impl ChildProcess {
     /// Returns the exit status; a SIGKILL after the grace is an error.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         let Some(child) = self.child.as_mut() else {
-            return Err(E2eError::failed(format!("{} is not running", self.name)));
+            return Err(self.not_running());
         };
         if matches!(child.try_wait(), Ok(None)) {
-            signal(child, rustix::process::Signal::TERM)?;
+            signal(&self.name, child, rustix::process::Signal::TERM)?;
         }
         let deadline = Instant::now() + grace;
         loop {
@@ -194,10 +288,10 @@ impl ChildProcess {
                     self.reap();
                     return Ok(status);
                 }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
                 _ => {
                     self.kill();
-                    return Err(E2eError::failed(format!(
+                    return Err(HarnessError::Failed(format!(
                         "{} did not stop within {grace:?} of SIGTERM and was killed; its last lines:\n{}",
                         self.name,
                         self.log.tail(15)
@@ -209,6 +303,7 @@ impl ChildProcess {
 
     /// SIGKILL, as a crash would; reaps the child.
     pub fn kill(&mut self) {
+        self.close_stdin();
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
@@ -221,7 +316,7 @@ impl ChildProcess {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(child) = self.child.as_mut() else {
-                return Err(E2eError::failed(format!("{} is not running", self.name)));
+                return Err(self.not_running());
             };
             match child.try_wait() {
                 Ok(Some(status)) => {
@@ -230,14 +325,25 @@ impl ChildProcess {
                 }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 Ok(None) => {
-                    return Err(E2eError::Timeout {
-                        what: format!("{} to exit", self.name),
-                        after: timeout,
+                    return Err(HarnessError::Failed(format!(
+                        "{} did not exit within {timeout:?}; its last lines:\n{}",
+                        self.name,
+                        self.log.tail(15)
+                    )));
+                }
+                Err(source) => {
+                    return Err(HarnessError::Os {
+                        child: self.name.clone(),
+                        action: "waiting for the exit",
+                        source,
                     });
                 }
-                Err(e) => return Err(E2eError::io(format!("waiting for {}", self.name))(e)),
             }
         }
+    }
+
+    fn not_running(&self) -> HarnessError {
+        HarnessError::Failed(format!("{} is not running", self.name))
     }
 
     /// Forgets the reaped child and joins the output readers (they end
@@ -256,16 +362,25 @@ impl Drop for ChildProcess {
     }
 }
 
-fn signal(child: &Child, signal: rustix::process::Signal) -> Result<()> {
+fn signal(name: &str, child: &Child, signal: rustix::process::Signal) -> Result<()> {
     let pid = i32::try_from(child.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| E2eError::failed("a child without a valid pid"))?;
-    rustix::process::kill_process(pid, signal)
-        .map_err(|e| E2eError::io("signalling a child")(e.into()))
+        .ok_or_else(|| HarnessError::Failed(format!("{name} has no valid pid")))?;
+    rustix::process::kill_process(pid, signal).map_err(|e| HarnessError::Os {
+        child: name.to_owned(),
+        action: "sending a signal",
+        source: e.into(),
+    })
 }
 
-fn copy_lines(stream: impl Read + Send + 'static, log: Arc<OutputLog>) -> JoinHandle<()> {
+/// Copies a child stream into the log line by line; the end of stdout is
+/// recorded (the child is gone, or going).
+fn copy_lines(
+    stream: impl Read + Send + 'static,
+    log: Arc<OutputLog>,
+    stdout: bool,
+) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -275,9 +390,12 @@ fn copy_lines(stream: impl Read + Send + 'static, log: Arc<OutputLog>) -> JoinHa
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
-                    log.push(line.trim_end_matches(['\n', '\r']).to_owned());
+                    log.push(stdout, line.trim_end_matches(['\n', '\r']).to_owned());
                 }
             }
+        }
+        if stdout {
+            log.close_stdout(true);
         }
     })
 }

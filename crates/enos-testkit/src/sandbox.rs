@@ -1,5 +1,5 @@
-//! [`Sandbox`]: the test API. Runs the `enos-sandbox` binary as a child
-//! process on free ports, and stops, restarts and reloads it.
+//! [`Sandbox`]: the `enos-sandbox` binary as a child process on free
+//! ports, stopped, restarted and reloaded by the test.
 //!
 //! Why a child process: rumqttd has no stop API (its listener threads run
 //! until the process ends), so an in-process broker could never be stopped
@@ -10,24 +10,48 @@
 //! All calls block (briefly: a start takes well under a second). They are
 //! fine inside `#[tokio::test]`; the child is another process, so nothing
 //! in the test's runtime needs to make progress meanwhile.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+//!
+//! # fn main() -> Result<(), enos_testkit::HarnessError> {
+//! // In the sandbox's own tests: SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox")).
+//! let binary = SandboxBinary::locate()?;
+//! let mut sandbox = Sandbox::builder(binary, "devices.csv")
+//!     .tls("ca.pem", "server.pem", "server.key")
+//!     .start()?;
+//! let mqtt = sandbox.mqtt_addr();            // 127.0.0.1:<free port>
+//! let mqtts = sandbox.tls_addr();            // Some(127.0.0.1:<free port>)
+//! // … connect clients; rewrite devices.csv, then:
+//! sandbox.reload_devices()?;                 // SIGHUP; returns once applied
+//! sandbox.restart()?;                        // same ports, all sessions dropped
+//! sandbox.wait_for_log("refused MQTT CONNECT", Duration::from_secs(5))?;
+//! assert!(!sandbox.logs().contains("the-device-secret"));
+//! sandbox.stop()?;                           // also on drop
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{
     ffi::OsString,
-    io::{BufRead, BufReader, Read},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
 };
+
+use enos_sandbox::{PortReservation, ReloadOutcome, StatusLine};
 
 use crate::{
-    broker::ReloadOutcome, error::SandboxError, ports::PortReservation, status::StatusLine,
+    binaries::{self, SANDBOX},
+    error::HarnessError,
+    process::{ChildProcess, Lines, OutputLog},
 };
 
-/// The binary's name, as cargo builds it.
-const BIN_NAME: &str = "enos-sandbox";
+/// This module's result.
+type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
 /// Where the `enos-sandbox` binary is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,57 +62,19 @@ pub struct SandboxBinary {
 
 impl SandboxBinary {
     /// The environment variable that, when set, names the binary.
-    pub const ENV_VAR: &'static str = "ENOS_SANDBOX_BIN";
+    pub const ENV_VAR: &'static str = SANDBOX.env;
 
-    /// The binary at `path`. In this crate's own tests:
+    /// The binary at `path`. In the sandbox's own tests:
     /// `SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox"))`.
     pub fn at(path: impl Into<PathBuf>) -> Self {
         SandboxBinary { path: path.into() }
     }
 
-    /// Finds the binary for another crate's tests, in this order:
-    ///
-    /// 1. `$ENOS_SANDBOX_BIN`, if set;
-    /// 2. `enos-sandbox` in the cargo profile directory of the running
-    ///    executable (`target/debug/` for `target/debug/deps/foo-…`):
-    ///    `cargo test --workspace` builds it there before any test runs;
-    /// 3. otherwise `cargo build -p enos-sandbox --bin enos-sandbox` (via
-    ///    escargot, with the `$CARGO` that runs the tests), once.
-    ///
-    /// Caveat of 2: after changing the sandbox, `cargo test -p other` alone
-    /// does not rebuild it; `cargo test --workspace` always does.
-    pub fn locate() -> Result<Self, SandboxError> {
-        if let Some(path) = std::env::var_os(Self::ENV_VAR) {
-            let path = PathBuf::from(path);
-            return if path.is_file() {
-                Ok(Self::at(path))
-            } else {
-                Err(SandboxError::Process(format!(
-                    "{} names {}, which is not a file",
-                    Self::ENV_VAR,
-                    path.display()
-                )))
-            };
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            let sibling = exe
-                .ancestors()
-                .skip(1)
-                .take(2)
-                .map(|dir| dir.join(BIN_NAME))
-                .find(|candidate| candidate.is_file());
-            if let Some(path) = sibling {
-                return Ok(Self::at(path));
-            }
-        }
-        let run = escargot::CargoBuild::new()
-            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .package(BIN_NAME)
-            .bin(BIN_NAME)
-            .current_release()
-            .run()
-            .map_err(|e| SandboxError::Process(format!("cargo build -p {BIN_NAME}: {e}")))?;
-        Ok(Self::at(run.path()))
+    /// Finds the binary for another crate's tests: `$ENOS_SANDBOX_BIN`,
+    /// else beside the test executable, else `cargo build` (see
+    /// [`binaries`]).
+    pub fn locate() -> Result<Self> {
+        binaries::locate(&SANDBOX).map(Self::at)
     }
 
     /// The executable's path.
@@ -195,7 +181,7 @@ impl SandboxBuilder {
     }
 
     /// Reserves free ports on 127.0.0.1 and starts the child.
-    pub fn start(self) -> Result<Sandbox, SandboxError> {
+    pub fn start(self) -> Result<Sandbox> {
         let mqtt = PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?;
         let tls = match &self.tls {
             Some(_) => Some(PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?),
@@ -206,7 +192,8 @@ impl SandboxBuilder {
             mqtt,
             tls,
             child: None,
-            log: Arc::new(Log::default()),
+            run_start: 0,
+            log: Arc::new(OutputLog::default()),
         };
         sandbox.start_again()?;
         Ok(sandbox)
@@ -259,76 +246,7 @@ impl SandboxBuilder {
     }
 }
 
-/// The captured output of the child, shared with the reader threads.
-#[derive(Debug, Default)]
-struct Log {
-    /// Guarded state.
-    state: Mutex<LogState>,
-    /// Signalled on every new line and on end of output.
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct LogState {
-    /// stdout and stderr of every run, line by line, in arrival order.
-    text: String,
-    /// Status lines of the current run.
-    statuses: Vec<StatusLine>,
-    /// The current run's stdout reached its end: the child is gone.
-    ended: bool,
-}
-
-impl Log {
-    fn lock(&self) -> MutexGuard<'_, LogState> {
-        // A reader thread never panics while holding the lock; recover
-        // the text anyway rather than lose it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until `done` says yes (`Some`) or the deadline passes.
-    fn wait_until<T>(
-        &self,
-        timeout: Duration,
-        mut done: impl FnMut(&LogState) -> Option<T>,
-    ) -> Option<T> {
-        let state = self.lock();
-        let (state, _) = self
-            .changed
-            .wait_timeout_while(state, timeout, |state| done(state).is_none())
-            .unwrap_or_else(|p| p.into_inner());
-        done(&state)
-    }
-
-    fn push_line(&self, line: &str, status: Option<StatusLine>) {
-        let mut state = self.lock();
-        state.text.push_str(line);
-        state.text.push('\n');
-        if let Some(status) = status {
-            state.statuses.push(status);
-        }
-        self.changed.notify_all();
-    }
-
-    fn tail(&self) -> String {
-        let state = self.lock();
-        let lines: Vec<&str> = state.text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-/// A running child and what reads its output.
-#[derive(Debug)]
-struct RunningChild {
-    /// The process.
-    child: Child,
-    /// Its stdin; closing it makes the child exit (`--exit-on-stdin-close`),
-    /// also when the test process dies without running destructors.
-    stdin: Option<ChildStdin>,
-    /// The stdout and stderr readers; they end with the child.
-    readers: Vec<JoinHandle<()>>,
-}
-
-/// A position in a [`Sandbox`]'s captured output (a byte offset).
+/// A position in a [`Sandbox`]'s captured output (a line count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogMark(usize);
 
@@ -346,9 +264,12 @@ pub struct Sandbox {
     /// The TLS listener's port, when configured.
     tls: Option<PortReservation>,
     /// The child, while running.
-    child: Option<RunningChild>,
+    child: Option<ChildProcess>,
+    /// Where the current run's lines begin in `log`: its status lines are
+    /// the ones that count.
+    run_start: usize,
     /// Everything the child has written, across runs.
-    log: Arc<Log>,
+    log: Arc<OutputLog>,
 }
 
 impl Sandbox {
@@ -380,55 +301,42 @@ impl Sandbox {
 
     /// The child's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.child.id())
+        self.child.as_ref().and_then(ChildProcess::pid)
     }
 
     /// Whether the child is running (it has not exited).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.child.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(ChildProcess::is_running)
     }
 
     /// Everything the child wrote to stdout and stderr so far, across
     /// restarts: status lines and logs. Scan it for leaked secrets.
     pub fn logs(&self) -> String {
-        self.log.lock().text.clone()
+        self.log.text()
     }
 
     /// A position in the captured output: [`Sandbox::wait_for_log_since`]
     /// looks only at what comes after it.
     pub fn log_mark(&self) -> LogMark {
-        LogMark(self.log.lock().text.len())
+        LogMark(self.log.len())
     }
 
     /// Waits until the captured output (of every run so far) contains
     /// `needle`.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<(), SandboxError> {
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
         self.wait_for_log_since(LogMark(0), needle, timeout)
     }
 
-    /// Waits until the output written after `mark` contains `needle`: for
+    /// Waits until a line written after `mark` contains `needle`: for
     /// "the *next* CONNECT is refused" after an earlier one was.
-    pub fn wait_for_log_since(
-        &self,
-        mark: LogMark,
-        needle: &str,
-        timeout: Duration,
-    ) -> Result<(), SandboxError> {
-        self.log
-            .wait_until(timeout, |s| {
-                s.text
-                    .get(mark.0..)
-                    .is_some_and(|new| new.contains(needle))
-                    .then_some(())
-            })
-            .ok_or_else(|| {
-                SandboxError::Process(format!(
-                    "{needle:?} did not appear in the sandbox log within {timeout:?}; last lines:\n{}",
-                    self.log.tail()
-                ))
-            })
+    pub fn wait_for_log_since(&self, mark: LogMark, needle: &str, timeout: Duration) -> Result<()> {
+        match self.log.wait_for(mark.0, needle, timeout) {
+            Some(_) => Ok(()),
+            None => Err(HarnessError::Failed(format!(
+                "{needle:?} did not appear in the sandbox log within {timeout:?}; last lines:\n{}",
+                self.log.tail(20)
+            ))),
+        }
     }
 
     /// Re-reads the device file (SIGHUP to the child) and returns once the
@@ -436,24 +344,31 @@ impl Sandbox {
     /// devices stay in force. New CONNECTs and logins see the new file;
     /// open sessions of devices removed, disabled or given another secret
     /// are closed before this returns; other sessions stay open.
-    pub fn reload_devices(&self) -> Result<ReloadOutcome, SandboxError> {
+    pub fn reload_devices(&self) -> Result<ReloadOutcome> {
         let child = self
             .child
             .as_ref()
-            .ok_or_else(|| SandboxError::Process("the sandbox is stopped".into()))?;
-        let is_reload = |s: &&StatusLine| {
-            matches!(
-                s,
-                StatusLine::Reloaded { .. } | StatusLine::ReloadFailed { .. }
-            )
+            .ok_or_else(|| HarnessError::Failed("the sandbox is stopped".into()))?;
+        let run_start = self.run_start;
+        let reloads = |lines: &Lines| -> Vec<StatusLine> {
+            lines
+                .stdout_since(run_start)
+                .filter_map(StatusLine::parse)
+                .filter(|s| {
+                    matches!(
+                        s,
+                        StatusLine::Reloaded { .. } | StatusLine::ReloadFailed { .. }
+                    )
+                })
+                .collect()
         };
-        let before = self.log.lock().statuses.iter().filter(is_reload).count();
-        signal(&child.child, rustix::process::Signal::HUP)?;
-        let outcome = self.log.wait_until(self.options.ready_timeout, |s| {
-            if let Some(status) = s.statuses.iter().filter(is_reload).nth(before) {
-                return Some(Some(status.clone()));
+        let before = self.log.with_lines(|lines| reloads(lines).len());
+        child.hang_up()?;
+        let outcome = self.log.wait_until(self.options.ready_timeout, |lines| {
+            if let Some(status) = reloads(lines).into_iter().nth(before) {
+                return Some(Some(status));
             }
-            s.ended.then_some(None)
+            lines.stdout_closed().then_some(None)
         });
         match outcome {
             Some(Some(StatusLine::Reloaded {
@@ -463,12 +378,12 @@ impl Sandbox {
                 devices,
                 dropped_sessions,
             }),
-            Some(Some(StatusLine::ReloadFailed { reason })) => Err(SandboxError::Reload(reason)),
-            Some(_) => Err(SandboxError::Process(format!(
+            Some(Some(StatusLine::ReloadFailed { reason })) => Err(HarnessError::Reload(reason)),
+            Some(_) => Err(HarnessError::Failed(format!(
                 "the sandbox exited during reload; last lines:\n{}",
-                self.log.tail()
+                self.log.tail(20)
             ))),
-            None => Err(SandboxError::Process(
+            None => Err(HarnessError::Failed(
                 "the sandbox did not confirm the reload in time".into(),
             )),
         }
@@ -477,82 +392,49 @@ impl Sandbox {
     /// Stops the child: closes its stdin and sends SIGTERM, then SIGKILL
     /// after 3 s. Open client connections see the socket close. Stopping a
     /// stopped sandbox does nothing.
-    pub fn stop(&mut self) -> Result<(), SandboxError> {
-        let Some(mut running) = self.child.take() else {
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        drop(running.stdin.take());
-        // The child may already be gone; then there is nothing to signal.
-        if matches!(running.child.try_wait(), Ok(None)) {
-            let _ = signal(&running.child, rustix::process::Signal::TERM);
+        child.close_stdin();
+        match child.terminate(Duration::from_secs(3)) {
+            // Killed after the grace: stopped all the same.
+            Ok(_) | Err(HarnessError::Failed(_)) => Ok(()),
+            Err(e) => Err(e),
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match running.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                _ => {
-                    let _ = running.child.kill();
-                    running.child.wait().map_err(|e| {
-                        SandboxError::Process(format!("waiting for the child: {e}"))
-                    })?;
-                    break;
-                }
-            }
-        }
-        for reader in running.readers {
-            let _ = reader.join();
-        }
-        Ok(())
     }
 
     /// Starts the child again on the same ports after [`Sandbox::stop`];
     /// it reads the device file afresh. Does nothing while it runs.
-    pub fn start_again(&mut self) -> Result<(), SandboxError> {
+    pub fn start_again(&mut self) -> Result<()> {
         if self.child.is_some() {
             return Ok(());
         }
-        {
-            let mut state = self.log.lock();
-            state.statuses.clear();
-            state.ended = false;
-        }
+        self.run_start = self.log.len();
         let args = self.options.args(self.mqtt_addr(), self.tls_addr());
-        let mut child = Command::new(self.options.binary.path())
+        let mut command = Command::new(self.options.binary.path());
+        command
             .args(&args)
             .env("RUST_LOG", &self.options.log_filter)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                SandboxError::Process(format!(
-                    "cannot run {}: {e}",
-                    self.options.binary.path().display()
-                ))
-            })?;
-        let stdin = child.stdin.take();
-        let mut readers = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            readers.push(read_lines(stdout, Arc::clone(&self.log), true));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            readers.push(read_lines(stderr, Arc::clone(&self.log), false));
-        }
-        self.child = Some(RunningChild {
-            child,
-            stdin,
-            readers,
-        });
+            .stdin(Stdio::piped());
+        self.child = Some(ChildProcess::start(
+            "enos-sandbox",
+            &mut command,
+            Arc::clone(&self.log),
+        )?);
 
-        let ready = self.log.wait_until(self.options.ready_timeout, |s| {
-            let listening = s.statuses.iter().find_map(|st| match st {
-                StatusLine::Listening { mqtt, tls } => Some((*mqtt, *tls)),
-                _ => None,
-            });
+        let run_start = self.run_start;
+        let ready = self.log.wait_until(self.options.ready_timeout, |lines| {
+            let listening = lines
+                .stdout_since(run_start)
+                .filter_map(StatusLine::parse)
+                .find_map(|st| match st {
+                    StatusLine::Listening { mqtt, tls } => Some((mqtt, tls)),
+                    _ => None,
+                });
             match listening {
                 Some(addrs) => Some(Ok(addrs)),
-                None if s.ended => Some(Err("the sandbox exited before listening")),
+                None if lines.stdout_closed() => Some(Err("the sandbox exited before listening")),
                 None => None,
             }
         });
@@ -569,9 +451,9 @@ impl Sandbox {
             None => Ok(()),
             Some(reason) => {
                 let _ = self.stop();
-                Err(SandboxError::Process(format!(
+                Err(HarnessError::Failed(format!(
                     "{reason}; last lines:\n{}",
-                    self.log.tail()
+                    self.log.tail(20)
                 )))
             }
         }
@@ -579,7 +461,7 @@ impl Sandbox {
 
     /// Stops and starts the child on the same ports: every session drops,
     /// clients must reconnect, and the device file is read afresh.
-    pub fn restart(&mut self) -> Result<(), SandboxError> {
+    pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         self.start_again()
     }
@@ -587,55 +469,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(mut running) = self.child.take() {
-            drop(running.stdin.take());
-            let _ = running.child.kill();
-            let _ = running.child.wait();
-            for reader in running.readers {
-                let _ = reader.join();
-            }
+        // The child goes before the port reservations do.
+        if let Some(mut child) = self.child.take() {
+            child.kill();
         }
     }
-}
-
-fn signal(child: &Child, signal: rustix::process::Signal) -> Result<(), SandboxError> {
-    let pid = i32::try_from(child.id())
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| SandboxError::Process("the child has no valid pid".into()))?;
-    rustix::process::kill_process(pid, signal)
-        .map_err(|e| SandboxError::Process(format!("cannot signal the sandbox: {e}")))
-}
-
-/// Copies a child stream into the log line by line; on stdout, also
-/// parses status lines and marks the end of the run.
-fn read_lines(
-    stream: impl Read + Send + 'static,
-    log: Arc<Log>,
-    is_stdout: bool,
-) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    let status = if is_stdout {
-                        StatusLine::parse(line)
-                    } else {
-                        None
-                    };
-                    log.push_line(line, status);
-                }
-            }
-        }
-        if is_stdout {
-            log.lock().ended = true;
-            log.changed.notify_all();
-        }
-    })
 }

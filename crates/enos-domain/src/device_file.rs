@@ -1,0 +1,279 @@
+//! The device file: a CSV file with a header row, as the EnOS console
+//! exports it. The sandbox loads it (`--devices`) and the signer imports
+//! it (`enos-signer import`); both read it here, so both accept the same
+//! files.
+//!
+//! | column | required | meaning |
+//! |---|---|---|
+//! | `productKey` | yes | the device's product key |
+//! | `deviceKey` | yes | the device's key within its product |
+//! | `deviceSecret` | yes | the secret its passwords are signed with |
+//! | `enabled` | no | `true` or `false` (the sandbox reads it; the signer's import enables every device) |
+//! | `gatewayProductKey`, `gatewayDeviceKey` | no, as a pair | the gateway of a sub-device; both empty for a directly connected device |
+//!
+//! Columns are found by name, in any order and any case; a UTF-8 byte
+//! order mark and spaces around a name are ignored, and so are columns
+//! not listed here (a console export works as it is). Fields are trimmed,
+//! except the secret: a stray space in a secret is reported by whoever
+//! checks it, not silently fixed. Blank rows are skipped; line numbers are
+//! those of the file (blank lines and the header counted).
+//!
+//! Rows are only split here, not judged: the sandbox and the signer check
+//! the keys, secrets and gateways with their own rules and errors.
+
+use secrecy::SecretString;
+
+use crate::error::DeviceFileError;
+
+/// The product key column.
+pub const PRODUCT_KEY: &str = "productKey";
+/// The device key column.
+pub const DEVICE_KEY: &str = "deviceKey";
+/// The secret column.
+pub const DEVICE_SECRET: &str = "deviceSecret";
+/// The optional enabled column.
+pub const ENABLED: &str = "enabled";
+/// The gateway's product key column (with [`GATEWAY_DEVICE_KEY`]).
+pub const GATEWAY_PRODUCT_KEY: &str = "gatewayProductKey";
+/// The gateway's device key column (with [`GATEWAY_PRODUCT_KEY`]).
+pub const GATEWAY_DEVICE_KEY: &str = "gatewayDeviceKey";
+
+/// One row, split into its known columns. `Debug` redacts the secret.
+#[derive(Debug)]
+pub struct DeviceRow {
+    /// The row's line in the file (1-based, the header is line 1): errors
+    /// name it.
+    pub line: u32,
+    /// `productKey`, trimmed.
+    pub product_key: String,
+    /// `deviceKey`, trimmed.
+    pub device_key: String,
+    /// `deviceSecret`, as written (not trimmed); wiped on drop, redacted
+    /// in `Debug`.
+    pub device_secret: SecretString,
+    /// `enabled`, trimmed, when the file has the column.
+    pub enabled: Option<String>,
+    /// `(gatewayProductKey, gatewayDeviceKey)`, trimmed, unless the file
+    /// has no such columns or both are empty (one may be empty: the
+    /// reader's caller refuses that).
+    pub gateway: Option<(String, String)>,
+}
+
+/// A row the CSV reader could not split (say, too few fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRow {
+    /// Its line in the file.
+    pub line: u32,
+    /// Why, in words; never a field's value.
+    pub reason: String,
+}
+
+/// Every row of a file, in file order.
+#[derive(Debug, Default)]
+pub struct DeviceFile {
+    /// Each row, or why it could not be read.
+    pub rows: Vec<Result<DeviceRow, UnreadableRow>>,
+}
+
+/// Where each known column is in the file.
+struct Columns {
+    /// `productKey`.
+    product_key: usize,
+    /// `deviceKey`.
+    device_key: usize,
+    /// `deviceSecret`.
+    device_secret: usize,
+    /// `enabled`, when present.
+    enabled: Option<usize>,
+    /// `gatewayProductKey` and `gatewayDeviceKey`, when both present.
+    gateway: Option<(usize, usize)>,
+}
+
+impl Columns {
+    fn find(headers: &csv::StringRecord) -> Result<Self, DeviceFileError> {
+        let index = |name: &str| {
+            headers.iter().position(|h| {
+                h.trim_start_matches('\u{feff}')
+                    .trim()
+                    .eq_ignore_ascii_case(name)
+            })
+        };
+        let required = |name: &str| {
+            index(name).ok_or_else(|| {
+                DeviceFileError::Header(format!(
+                    "no {name} column; it needs at least {PRODUCT_KEY},{DEVICE_KEY},{DEVICE_SECRET}"
+                ))
+            })
+        };
+        let gateway = match (index(GATEWAY_PRODUCT_KEY), index(GATEWAY_DEVICE_KEY)) {
+            (Some(pk), Some(dk)) => Some((pk, dk)),
+            (None, None) => None,
+            _ => {
+                return Err(DeviceFileError::Header(format!(
+                    "{GATEWAY_PRODUCT_KEY} and {GATEWAY_DEVICE_KEY} go together: one is missing"
+                )));
+            }
+        };
+        Ok(Columns {
+            product_key: required(PRODUCT_KEY)?,
+            device_key: required(DEVICE_KEY)?,
+            device_secret: required(DEVICE_SECRET)?,
+            enabled: index(ENABLED),
+            gateway,
+        })
+    }
+
+    fn row(&self, line: u32, record: &csv::StringRecord) -> DeviceRow {
+        let field = |i: usize| record.get(i).unwrap_or_default().trim().to_owned();
+        let gateway = self
+            .gateway
+            .map(|(pk, dk)| (field(pk), field(dk)))
+            .filter(|(pk, dk)| !(pk.is_empty() && dk.is_empty()));
+        DeviceRow {
+            line,
+            product_key: field(self.product_key),
+            device_key: field(self.device_key),
+            device_secret: SecretString::from(record.get(self.device_secret).unwrap_or_default()),
+            enabled: self.enabled.map(field),
+            gateway,
+        }
+    }
+}
+
+/// Splits a device file into rows. Fails only for the file as a whole (no
+/// usable header row, a read error); a bad row is returned in place.
+pub fn read(input: &[u8]) -> Result<DeviceFile, DeviceFileError> {
+    // The CSV reader skips blank lines without counting them: derive lines
+    // from byte offsets instead.
+    let newlines: Vec<usize> = input
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| (*b == b'\n').then_some(i))
+        .collect();
+    let line_at = |byte: u64| {
+        // A record's position may be that of the blank lines before it.
+        let mut byte = usize::try_from(byte).unwrap_or(usize::MAX);
+        while matches!(input.get(byte), Some(b'\n' | b'\r')) {
+            byte += 1;
+        }
+        u32::try_from(newlines.partition_point(|&n| n < byte) + 1).unwrap_or(u32::MAX)
+    };
+    let mut reader = csv::ReaderBuilder::new().from_reader(input);
+    let headers = reader
+        .headers()
+        .map_err(|e| DeviceFileError::Header(csv_reason(&e)))?
+        .clone();
+    let columns = Columns::find(&headers)?;
+
+    let mut file = DeviceFile::default();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = line_at(reader.position().byte());
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                if let csv::ErrorKind::Io(io) = e.kind() {
+                    return Err(DeviceFileError::Io(io.to_string()));
+                }
+                let line = e.position().map_or(line, |p| line_at(p.byte()));
+                file.rows.push(Err(UnreadableRow {
+                    line,
+                    reason: csv_reason(&e),
+                }));
+                continue;
+            }
+        }
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let line = record.position().map_or(line, |p| line_at(p.byte()));
+        file.rows.push(Ok(columns.row(line, &record)));
+    }
+    Ok(file)
+}
+
+/// A csv error in words. csv's own messages for these kinds hold positions
+/// and counts, never field values; deserialization (which could echo a
+/// value) is not used.
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => {
+            format!("field {} is not valid UTF-8", err.field() + 1)
+        }
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("the record has {len} fields but the header has {expected_len}"),
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => "malformed CSV".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn rows(text: &str) -> Vec<Result<DeviceRow, UnreadableRow>> {
+        read(text.as_bytes()).expect("a valid header").rows
+    }
+
+    #[test]
+    fn reads_console_exports_with_lines() {
+        let text = "deviceName,productKey,deviceKey,deviceSecret,gatewayProductKey,gatewayDeviceKey\n\
+                    a,Pk1,dev-1,s3cret1,,\n\
+                    \n\
+                    b,Pk1,dev-2,s3cret2,Pk1,dev-1\n";
+        let rows = rows(text);
+        assert_eq!(rows.len(), 2);
+        let (first, second) = (
+            rows[0].as_ref().expect("row"),
+            rows[1].as_ref().expect("row"),
+        );
+        assert_eq!(first.line, 2);
+        assert_eq!(second.line, 4);
+        assert_eq!(first.gateway, None);
+        assert_eq!(second.gateway, Some(("Pk1".into(), "dev-1".into())));
+        assert_eq!(first.enabled, None);
+    }
+
+    #[test]
+    fn header_names_ignore_case_spaces_and_a_byte_order_mark() {
+        let text = "\u{feff}ProductKey , DEVICEKEY,deviceSecret,Enabled\n pk , dk , s3cret ,true\n";
+        let rows = rows(text);
+        let row = rows[0].as_ref().expect("row");
+        assert_eq!(
+            (row.product_key.as_str(), row.device_key.as_str()),
+            ("pk", "dk")
+        );
+        // The secret is kept as written: its checker reports the spaces.
+        assert_eq!(row.device_secret.expose_secret(), " s3cret ");
+        assert_eq!(row.enabled.as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn a_short_row_is_unreadable_in_place_and_names_no_value() {
+        let rows = rows("productKey,deviceKey,deviceSecret\npk,dk\npk,dk2,s3cret\n");
+        let err = rows[0].as_ref().expect_err("short row");
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("fields"), "{}", err.reason);
+        assert!(rows[1].is_ok());
+    }
+
+    #[test]
+    fn the_header_must_name_the_required_columns_and_both_gateway_columns() {
+        let err = read(b"productKey,deviceKey\nPk1,d\n").expect_err("refused");
+        assert!(err.to_string().contains("no deviceSecret column"), "{err}");
+        let err =
+            read(b"productKey,deviceKey,deviceSecret,gatewayProductKey\n").expect_err("refused");
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let rows = rows("productKey,deviceKey,deviceSecret\npk,dk,TopSecret1\n");
+        let debug = format!("{:?}", rows[0]);
+        assert!(!debug.contains("TopSecret1"), "{debug}");
+    }
+}
