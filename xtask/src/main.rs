@@ -6,25 +6,30 @@
 //!   then `cargo fmt --check`, `cargo clippy --all-targets -D warnings` and
 //!   every test in the workspace.
 //! - `demo`: the main job, the whole loop on one machine.
+//! - `fuzz`: every fuzz target with cargo-fuzz (nightly), N seconds each.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)] // a command-line tool talks on stdout
 
 mod demo;
+mod fuzz;
 mod system_packages;
 
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|demo>
+const USAGE: &str = "usage: cargo xtask <test|demo|fuzz>
   test   fmt check, clippy -D warnings, every test (installs missing system packages)
-  demo   run the whole loop on this machine";
+  demo   run the whole loop on this machine
+  fuzz [--secs N] [--minimize] [TARGET...]
+         every fuzz target (or those named) N seconds each (default 60), nightly + cargo-fuzz";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => test(),
         Some("demo") => demo::run(),
+        Some("fuzz") => fuzz::run(args),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

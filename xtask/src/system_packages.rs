@@ -32,7 +32,17 @@ pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
         program: "kill",
         package: "procps",
     },
+    // enos-postgres-fixture: the PostgreSQL registry's tests start throwaway
+    // clusters (initdb, pg_ctl, psql). Debian keeps the server binaries in
+    // /usr/lib/postgresql/VERSION/bin, off PATH: looked up there too.
+    SystemPackage {
+        program: "initdb",
+        package: "postgresql",
+    },
 ];
+
+/// Where Debian installs versioned server binaries (`VERSION/bin/PROGRAM`).
+const VERSIONED_BIN_ROOT: &str = "/usr/lib/postgresql";
 
 /// Installs whatever is missing when running as root; otherwise stops
 /// with the exact command to run.
@@ -74,6 +84,15 @@ fn is_installed(program: &str) -> bool {
         std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
             // Daemons such as mosquitto live in sbin, often off a user's PATH.
             || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(program).is_file())
+    }) || in_versioned_bin(std::path::Path::new(VERSIONED_BIN_ROOT), program)
+}
+
+/// Whether `root/*/bin/program` exists (PostgreSQL's layout on Debian).
+fn in_versioned_bin(root: &std::path::Path, program: &str) -> bool {
+    std::fs::read_dir(root).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|version| version.path().join("bin").join(program).is_file())
     })
 }
 
@@ -93,4 +112,22 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
         bail!("`{program} {}` failed with {status}", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_binaries_off_path_are_found_in_their_versioned_directory() {
+        let root = std::env::temp_dir().join(format!("xtask-pg-{}", std::process::id()));
+        let bin = root.join("15").join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        assert!(!in_versioned_bin(&root, "initdb"), "not there yet");
+        std::fs::write(bin.join("initdb"), "").expect("write");
+        assert!(in_versioned_bin(&root, "initdb"));
+        assert!(!in_versioned_bin(&root, "pg_ctl"));
+        std::fs::remove_dir_all(&root).expect("cleanup");
+        assert!(!in_versioned_bin(&root, "initdb"), "missing root");
+    }
 }

@@ -10,6 +10,13 @@
 //! Prints RPS, p50 and p99 for each, and the ratio issuance / floor.
 //! Goals (issue 4): ratio ≥ 0.8; p99 ≤ 2 ms at half the maximum RPS.
 //!
+//! PostgreSQL column (issue 14): the same issuance against two more
+//! signers on a throwaway PostgreSQL cluster, one with the record cache
+//! (warm) and one without (every issuance reads its row), measured in the
+//! same alternating slices; ratios to the redb signer, and p99 of each at
+//! half its own maximum. Goals: warm ≥ 0.8× redb, p99 ≤ 2 ms at half
+//! load. `ENOS_BENCH_POSTGRES=0` skips it (no PostgreSQL installed).
+//!
 //! `ENOS_BENCH_CLIENTS` (default 16) and `ENOS_BENCH_SECS` (per phase,
 //! default 5) tune the run: `cargo bench -p enos-signer-svc --bench load`.
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
@@ -19,8 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use enos_postgres_fixture::PgCluster;
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::tls;
+use enos_signer_svc::{
+    SignerConfig, config::RegistryConfig, registry::postgres::PostgresConfig, tls,
+};
 use enos_testkit::signer::{TestSigner, client_identity};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -153,22 +163,23 @@ async fn health(channel: Channel) -> bool {
         .is_ok()
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` would too.
-    let clients = env_or("ENOS_BENCH_CLIENTS", 16) as usize;
-    let secs = Duration::from_secs(env_or("ENOS_BENCH_SECS", 5));
-    let dir = tempfile::tempdir()?;
-    let pki = enos_testkit::Pki::new("bench")?;
-    // ENOS_BENCH_AUDIT=log sends audit records to the (absent) logger
-    // instead of the file, to see what the file costs.
-    let audit_to_log = std::env::var("ENOS_BENCH_AUDIT").is_ok_and(|v| v == "log");
-    let signer = TestSigner::start_with(dir.path(), &pki, |c| {
-        if audit_to_log {
-            c.audit.sink = enos_signer_svc::config::AuditSinkConfig::Log;
-        }
-    })
-    .await?;
+/// A signer under test and one connection per client.
+struct Target {
+    /// Kept running for the whole benchmark.
+    _signer: TestSigner,
+    /// One mTLS connection per client, each with its own device.
+    channels: Vec<Channel>,
+}
+
+/// Starts a signer in `dir` (config adjusted by `adjust`) with `clients`
+/// devices and a connection for each.
+async fn target(
+    dir: &std::path::Path,
+    pki: &enos_testkit::Pki,
+    clients: usize,
+    adjust: impl FnOnce(&mut SignerConfig),
+) -> Result<Target, Box<dyn std::error::Error + Send + Sync>> {
+    let signer = TestSigner::start_with(dir, pki, adjust).await?;
     let mut channels = Vec::with_capacity(clients);
     for i in 0..clients {
         let dk = format!("bench-{i}");
@@ -185,6 +196,59 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .await?,
         );
     }
+    Ok(Target {
+        _signer: signer,
+        channels,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would too.
+    let clients = env_or("ENOS_BENCH_CLIENTS", 16) as usize;
+    let secs = Duration::from_secs(env_or("ENOS_BENCH_SECS", 5));
+    let with_postgres = env_or("ENOS_BENCH_POSTGRES", 1) != 0;
+    let dir = tempfile::tempdir()?;
+    let pki = enos_testkit::Pki::new("bench")?;
+    // ENOS_BENCH_AUDIT=log sends audit records to the (absent) logger
+    // instead of the file, to see what the file costs.
+    let audit_to_log = std::env::var("ENOS_BENCH_AUDIT").is_ok_and(|v| v == "log");
+    let audit = move |c: &mut SignerConfig| {
+        if audit_to_log {
+            c.audit.sink = enos_signer_svc::config::AuditSinkConfig::Log;
+        }
+    };
+    let redb = target(&dir.path().join("redb"), &pki, clients, audit).await?;
+    let channels = &redb.channels;
+    // Two more signers on one PostgreSQL cluster, cache on and cache off;
+    // a database each (each signer has its own master key).
+    let cluster = if with_postgres {
+        Some(PgCluster::start()?)
+    } else {
+        None
+    };
+    let mut postgres = Vec::new();
+    if let Some(cluster) = &cluster {
+        for (name, cache) in [("pg-warm", true), ("pg-cold", false)] {
+            let database = name.replace('-', "_");
+            cluster.create_database(&database)?;
+            let registry = RegistryConfig::Postgres(PostgresConfig {
+                url: cluster.url(&database),
+                password_file: Some(cluster.password_file()),
+                pool_size: 16,
+                ca_file: None,
+                cache,
+            });
+            let adjust = move |c: &mut SignerConfig| {
+                audit(c);
+                c.registry = registry;
+            };
+            postgres.push((
+                name,
+                target(&dir.path().join(name), &pki, clients, adjust).await?,
+            ));
+        }
+    }
     println!(
         "signer load benchmark: {clients} mTLS clients on 127.0.0.1, {} s per phase, audit to {}, {} CPUs",
         secs.as_secs(),
@@ -193,17 +257,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
 
     // Warm up connections, caches and allocators.
-    phase(&channels, Duration::from_millis(500), None, issue).await;
-    phase(&channels, Duration::from_millis(500), None, health).await;
+    phase(channels, Duration::from_millis(500), None, issue).await;
+    phase(channels, Duration::from_millis(500), None, health).await;
+    for (_, t) in &postgres {
+        phase(&t.channels, Duration::from_millis(500), None, issue).await;
+    }
 
-    // The two are measured in alternating slices, so that load from
-    // elsewhere on the machine hits both alike.
+    // All are measured in alternating slices, so that load from
+    // elsewhere on the machine hits them alike.
     let slices = (secs.as_millis() / 500).max(1) as u32;
     let slice = secs / slices;
     let (mut issuance_slices, mut floor_slices) = (Vec::new(), Vec::new());
+    let mut postgres_slices: Vec<Vec<Phase>> = postgres.iter().map(|_| Vec::new()).collect();
     for _ in 0..slices {
-        issuance_slices.push(phase(&channels, slice, None, issue).await);
-        floor_slices.push(phase(&channels, slice, None, health).await);
+        issuance_slices.push(phase(channels, slice, None, issue).await);
+        floor_slices.push(phase(channels, slice, None, health).await);
+        for ((_, t), slices) in postgres.iter().zip(&mut postgres_slices) {
+            slices.push(phase(&t.channels, slice, None, issue).await);
+        }
     }
     let issuance = merge(issuance_slices);
     report("IssueMqttCredential (max)", &issuance);
@@ -213,14 +284,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "ratio issuance / health RPS: {:.3}   (goal >= 0.8)",
         issuance.rps / floor.rps
     );
+    let postgres_max: Vec<Phase> = postgres_slices.into_iter().map(merge).collect();
+    for ((name, _), max) in postgres.iter().zip(&postgres_max) {
+        report(&format!("{name} Issue (max)"), max);
+        println!(
+            "ratio {name} / redb issuance RPS: {:.3}{}",
+            max.rps / issuance.rps,
+            if *name == "pg-warm" {
+                "   (goal >= 0.8)"
+            } else {
+                ""
+            }
+        );
+    }
 
     let half = issuance.rps / 2.0;
     let per_client = Duration::from_secs_f64(clients as f64 / half);
-    let paced = phase(&channels, secs, Some(per_client), issue).await;
+    let paced = phase(channels, secs, Some(per_client), issue).await;
     report("IssueMqttCredential @ 50%", &paced);
     println!(
         "p99 at half of max RPS ({half:.0} offered): {:.3} ms   (goal <= 2 ms)",
         paced.p99.as_secs_f64() * 1e3
     );
+    for ((name, t), max) in postgres.iter().zip(&postgres_max) {
+        if max.rps < 1.0 {
+            println!("{name}: no successful issuance, no paced phase");
+            continue;
+        }
+        let half = max.rps / 2.0;
+        let per_client = Duration::from_secs_f64(clients as f64 / half);
+        let paced = phase(&t.channels, secs, Some(per_client), issue).await;
+        report(&format!("{name} Issue @ 50%"), &paced);
+        println!(
+            "{name} p99 at half of its max RPS ({half:.0} offered): {:.3} ms{}",
+            paced.p99.as_secs_f64() * 1e3,
+            if *name == "pg-warm" {
+                "   (goal <= 2 ms)"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! the audit key is (as Vault hashes secrets in its audit log), so that a
 //! leaked password can be traced to its issuance by whoever holds the key.
 
+pub mod postgres;
+
 use std::{fs::File, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use enos_signer_proto::identity::PeerIdentity;
@@ -89,6 +91,9 @@ enum Sink {
     /// record is one `write` on an `O_APPEND` file, which the kernel
     /// appends whole.
     File(File),
+    /// Rows of the append-only `audit_records` table; a write returns
+    /// once committed.
+    Postgres(postgres::PostgresAuditSink),
 }
 
 /// The audit trail.
@@ -108,6 +113,7 @@ impl Audit {
         let sink = match &config.sink {
             AuditSinkConfig::Log => Sink::Log,
             AuditSinkConfig::File { path } => Sink::File(open_append(path)?),
+            AuditSinkConfig::Postgres(pg) => Sink::Postgres(postgres::PostgresAuditSink::open(pg)?),
         };
         Ok(Audit {
             key,
@@ -140,6 +146,7 @@ impl Audit {
                     .write_all(&bytes)
                     .map_err(|e| SignerError::Audit(format!("writing the audit file: {e}")))
             }
+            Sink::Postgres(sink) => sink.write(record, line),
         };
         match written {
             Err(e) if !self.fail_closed => {

@@ -121,6 +121,9 @@ pub enum RegistryConfig {
         /// The database file; `enos-signer init` creates it.
         path: PathBuf,
     },
+    /// A PostgreSQL database that any number of replicas share; see
+    /// [`crate::registry::postgres::PostgresConfig`] for the keys.
+    Postgres(crate::registry::postgres::PostgresConfig),
 }
 
 /// The custody backend. One variant per custody; [`crate::custody::build`]
@@ -172,6 +175,10 @@ pub enum AuditSinkConfig {
     /// JSON records as log events on target `enos_signer::audit`.
     #[default]
     Log,
+    /// Rows of the append-only `audit_records` table (migrated by `init`
+    /// with the registry's schema); see
+    /// [`crate::audit::postgres::PostgresAuditSinkConfig`] for the keys.
+    Postgres(crate::audit::postgres::PostgresAuditSinkConfig),
 }
 
 /// Per-identity rate limit (GCRA).
@@ -353,6 +360,14 @@ impl SignerConfig {
         file(&mut self.server.client_ca);
         match &mut self.registry {
             RegistryConfig::Redb { path } => file(path),
+            RegistryConfig::Postgres(pg) => {
+                if let Some(password) = &mut pg.password_file {
+                    key(password);
+                }
+                if let Some(ca) = &mut pg.ca_file {
+                    file(ca);
+                }
+            }
         }
         match &mut self.custody {
             CustodyConfig::Software { master_key_file } => key(master_key_file),
@@ -366,8 +381,17 @@ impl SignerConfig {
             }
         }
         key(&mut self.audit.key_file);
-        if let AuditSinkConfig::File { path } = &mut self.audit.sink {
-            file(path);
+        match &mut self.audit.sink {
+            AuditSinkConfig::File { path } => file(path),
+            AuditSinkConfig::Postgres(pg) => {
+                if let Some(password) = &mut pg.password_file {
+                    key(password);
+                }
+                if let Some(ca) = &mut pg.ca_file {
+                    file(ca);
+                }
+            }
+            AuditSinkConfig::Log => {}
         }
     }
 
@@ -375,7 +399,7 @@ impl SignerConfig {
     pub fn audit_file(&self) -> Option<&Path> {
         match &self.audit.sink {
             AuditSinkConfig::File { path } => Some(path),
-            AuditSinkConfig::Log => None,
+            AuditSinkConfig::Log | AuditSinkConfig::Postgres(_) => None,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    config::{RegistryConfig, SignerConfig},
+    config::{AuditSinkConfig, RegistryConfig, SignerConfig},
     custody,
     error::{Result, SignerError},
     key_file, registry,
@@ -23,11 +23,14 @@ pub enum Existing {
 pub fn init(config: &SignerConfig, existing: Existing) -> Result<Vec<PathBuf>> {
     let mut keys: Vec<PathBuf> = custody::key_files(&config.custody);
     keys.push(config.audit.key_file.clone());
+    // A PostgreSQL registry is a schema, not a file: migrating it to this
+    // binary's version is always safe, so it is never refused.
     let registry_file = match &config.registry {
-        RegistryConfig::Redb { path } => path.clone(),
+        RegistryConfig::Redb { path } => Some(path.clone()),
+        RegistryConfig::Postgres(_) => None,
     };
     if existing == Existing::Refuse {
-        for path in keys.iter().chain([&registry_file]) {
+        for path in keys.iter().chain(registry_file.as_ref()) {
             if path.exists() {
                 return Err(SignerError::Config(format!(
                     "{} already exists; init never overwrites keys or a registry",
@@ -43,9 +46,17 @@ pub fn init(config: &SignerConfig, existing: Existing) -> Result<Vec<PathBuf>> {
             created.push(key);
         }
     }
-    if !registry_file.exists() {
-        registry::create(&config.registry)?;
-        created.push(registry_file);
+    match registry_file {
+        Some(file) if file.exists() => {}
+        Some(file) => {
+            registry::create(&config.registry)?;
+            created.push(file);
+        }
+        None => registry::create(&config.registry)?,
+    }
+    // The audit table may live in another database than the registry.
+    if let AuditSinkConfig::Postgres(pg) = &config.audit.sink {
+        registry::PostgresRegistry::create(&pg.connection())?;
     }
     Ok(created)
 }

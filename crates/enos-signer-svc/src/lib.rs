@@ -16,7 +16,8 @@
 //! | [`custody`] | [`custody::build`] (config → `Custody`), [`custody::SoftwareCustody`] (XChaCha20-Poly1305) |
 //! | [`sign_threads`] | dedicated threads for blocking (HSM) signs, one per token session |
 //! | [`custody_migrate`] | `custody migrate`: re-seal every record software ↔ HSM, atomic per record, resumable |
-//! | [`registry`] | the [`registry::Registry`] trait and [`registry::RedbRegistry`] |
+//! | [`registry`] | the [`registry::Registry`] trait, [`registry::RedbRegistry`], [`registry::PostgresRegistry`] |
+//! | [`registry_copy`] | `registry copy`: every record from one registry to another, sealed as it is, resumable |
 //! | [`policy`] | TTL, sign method and broker URLs per product |
 //! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed |
 //! | [`rate_limit`] | a budget per identity (governor) |
@@ -67,6 +68,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod readiness;
 pub mod registry;
+pub mod registry_copy;
 pub mod server;
 pub mod sign_threads;
 pub mod state;

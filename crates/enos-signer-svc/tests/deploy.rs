@@ -75,3 +75,46 @@ fn the_example_config_uses_credentials_for_every_key() {
     assert_eq!(resolved.server.key, dir.path().join("server.key"));
     assert_eq!(resolved.audit.key_file, dir.path().join("audit.key"));
 }
+
+#[test]
+fn the_fleet_example_runs_on_postgresql_with_its_password_from_credentials() {
+    use enos_signer_svc::config::{AuditSinkConfig, RegistryConfig};
+    let text = include_str!("../../../deploy/signer.postgres.example.toml");
+    let config = SignerConfig::from_toml(text).expect("parses");
+    let RegistryConfig::Postgres(registry) = &config.registry else {
+        panic!("the fleet example uses PostgreSQL");
+    };
+    assert!(registry.cache);
+    assert_eq!(registry.pool_size, 16);
+    assert_eq!(
+        registry.display_target(),
+        "postgres://signer@db.example.internal:5432/enos"
+    );
+    let AuditSinkConfig::Postgres(sink) = &config.audit.sink else {
+        panic!("the fleet example audits into PostgreSQL");
+    };
+    assert_eq!(sink.url, registry.url);
+    assert!(config.audit.fail_closed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for key in ["server.key", "master.key", "audit.key", "db.password"] {
+        std::fs::write(dir.path().join(key), "x").expect("write");
+    }
+    let mut resolved = config.clone();
+    resolved.resolve_paths(std::path::Path::new("/etc/enos-signer"), Some(dir.path()));
+    let RegistryConfig::Postgres(registry) = &resolved.registry else {
+        unreachable!("checked above");
+    };
+    // The database password: from $CREDENTIALS_DIRECTORY, like every key.
+    assert_eq!(
+        registry.password_file.as_deref(),
+        Some(dir.path().join("db.password").as_path())
+    );
+    assert_eq!(
+        registry.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/enos-signer/db-ca.pem"))
+    );
+    let AuditSinkConfig::Postgres(sink) = &resolved.audit.sink else {
+        unreachable!("checked above");
+    };
+    assert_eq!(sink.password_file, registry.password_file);
+}

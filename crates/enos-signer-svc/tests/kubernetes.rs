@@ -95,66 +95,13 @@ fn secret_of<'a>(mounts: &[(&str, &'a Yaml)], file: &Path) -> (&'a str, String) 
     (secret, key)
 }
 
-/// Parses the TOML with the signer's parser.
-///
-/// The manifests use `[registry] kind = "postgres"` (several replicas
-/// share one database). Until the PostgreSQL registry (issue 14) is on
-/// this branch, the signer refuses that kind and only that: the registry
-/// table is then checked for its keys here and the rest parsed with a
-/// redb stand-in. Once the kind is known, the first parse succeeds and
-/// the stand-in is never used.
+/// Parses the TOML with the signer's parser (the manifests use the
+/// PostgreSQL registry: several replicas share one database).
 fn parse(text: &str) -> SignerConfig {
-    match SignerConfig::from_toml(text) {
-        Ok(config) => config,
-        Err(e) => {
-            let message = e.to_string();
-            assert!(
-                message.contains("unknown variant `postgres`"),
-                "the config does not parse: {message}"
-            );
-            let table: toml::Table = toml::from_str(text).expect("TOML");
-            let registry = table["registry"].as_table().expect("[registry]");
-            let mut keys: Vec<&str> = registry.keys().map(String::as_str).collect();
-            keys.sort_unstable();
-            for key in &keys {
-                assert!(
-                    [
-                        "ca_file",
-                        "cache",
-                        "kind",
-                        "password_file",
-                        "pool_size",
-                        "url"
-                    ]
-                    .contains(key),
-                    "[registry] {key} is no PostgreSQL registry key"
-                );
-            }
-            let url = registry["url"].as_str().expect("url");
-            let authority = url
-                .strip_prefix("postgresql://")
-                .expect("a postgresql:// URL")
-                .split('/')
-                .next()
-                .unwrap_or("");
-            let user_info = authority.split_once('@').map_or("", |(u, _)| u);
-            assert!(!user_info.contains(':'), "no password in the URL: {url}");
-            let start = text.find("[registry]").expect("[registry]");
-            let end = text[start + 1..]
-                .find("\n[")
-                .map_or(text.len(), |i| start + 1 + i);
-            let stand_in = format!(
-                "{}[registry]\nkind = \"redb\"\npath = \"/nonexistent\"\n{}",
-                &text[..start],
-                &text[end..]
-            );
-            SignerConfig::from_toml(&stand_in).expect("the rest parses")
-        }
-    }
+    SignerConfig::from_toml(text).unwrap_or_else(|e| panic!("the config does not parse: {e}"))
 }
 
-/// The registry's password file, read from the raw TOML (present in
-/// both parse paths).
+/// The registry's password file, read from the raw TOML.
 fn password_file(text: &str) -> PathBuf {
     let table: toml::Table = toml::from_str(text).expect("TOML");
     PathBuf::from(

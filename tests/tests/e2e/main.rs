@@ -16,11 +16,13 @@
 //! | `fleet` | 200 agents in this process through a broker restart, within the signer's rate limit |
 //! | `storm` | `enos-fleet` with 300 agents through connect, broker restart, signer restart: all connect, none refused, within the limit |
 //! | `mosquitto` | Mosquitto: TLS with a required device certificate; CONNACK "not authorised" and backoff |
+//! | `replicas` | 200 agents over two signer replicas on PostgreSQL; one SIGKILLed: all fail over, none refused, all audited |
 
 mod demo;
 mod disabled;
 mod fleet;
 mod mosquitto;
+mod replicas;
 mod rotation;
 mod signer_kill;
 mod storm;

@@ -1,11 +1,14 @@
-//! The device registry: a trait ([`Registry`]) and its embedded default
-//! ([`RedbRegistry`]).
+//! The device registry: a trait ([`Registry`]), its embedded default
+//! ([`RedbRegistry`]) and the shared one of stateless replicas
+//! ([`PostgresRegistry`]).
 //!
 //! The trait is async and object safe so that a shared registry (PostgreSQL,
 //! for several stateless replicas) can be added beside the embedded one.
 //! Every change goes through [`Registry::modify`]: read some records, decide,
 //! write, all in one transaction.
 
+pub mod postgres;
+mod record_cache;
 mod redb_store;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use enos_custody::SealedSecret;
 pub use enos_domain::DeviceId;
 use enos_sign_core::ProductKey;
 
+pub use postgres::PostgresRegistry;
 pub use redb_store::RedbRegistry;
 
 use crate::{config::RegistryConfig, error::Result};
@@ -103,12 +107,15 @@ pub trait Registry: Send + Sync + 'static {
 pub fn open(config: &RegistryConfig) -> Result<Arc<dyn Registry>> {
     match config {
         RegistryConfig::Redb { path } => Ok(Arc::new(RedbRegistry::open(path)?)),
+        RegistryConfig::Postgres(pg) => Ok(Arc::new(PostgresRegistry::open(pg)?)),
     }
 }
 
-/// Creates the registry the config names (for `enos-signer init`).
+/// Creates the registry the config names (for `enos-signer init`): a new
+/// redb file, or the PostgreSQL schema (migrations this binary carries).
 pub fn create(config: &RegistryConfig) -> Result<()> {
     match config {
         RegistryConfig::Redb { path } => RedbRegistry::create(path),
+        RegistryConfig::Postgres(pg) => PostgresRegistry::create(pg).map(drop),
     }
 }

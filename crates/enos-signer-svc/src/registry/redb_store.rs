@@ -5,10 +5,9 @@
 //! protobuf message, so fields can be added without a migration.
 
 use std::{
-    collections::HashMap,
     ops::Bound,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use enos_custody::SealedSecret;
@@ -16,7 +15,7 @@ use enos_sign_core::{DeviceKey, ProductKey};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{Change, DeviceId, DeviceRecord, Registry, Write};
+use super::{Change, DeviceId, DeviceRecord, Registry, Write, record_cache::RecordCache};
 use crate::error::{Result, SignerError};
 
 /// `(productKey, deviceKey)` → encoded [`StoredDevice`].
@@ -50,87 +49,11 @@ pub struct RedbRegistry {
     /// The file, for error messages.
     path: PathBuf,
     /// Decoded records, so that an issuance reads no page and decodes
-    /// nothing.
+    /// nothing. Correct because only this process writes the file (redb
+    /// locks it) and every write goes through `modify`, which updates the
+    /// cache after its commit: a call that starts after `modify` returned
+    /// sees the change (a rotated secret is used by the next issuance).
     cache: Arc<RecordCache>,
-}
-
-/// Records already read. Correct because only this process writes the
-/// file (redb locks it) and every write goes through `modify`, which
-/// updates the cache after its commit: a call that starts after `modify`
-/// returned sees the change (a rotated secret is used by the next
-/// issuance).
-struct RecordCache {
-    /// The records and a generation that every commit advances.
-    inner: RwLock<CacheInner>,
-}
-
-struct CacheInner {
-    /// Advanced by every commit; a miss fills the cache only if no commit
-    /// happened while it read, so a stale read is never cached.
-    generation: u64,
-    /// Present devices only; unknown ones are not remembered.
-    records: HashMap<DeviceId, DeviceRecord>,
-}
-
-/// Records kept at most (a few hundred bytes each); the cache is emptied
-/// when full.
-const CACHE_CAPACITY: usize = 200_000;
-
-impl RecordCache {
-    fn new() -> Self {
-        RecordCache {
-            inner: RwLock::new(CacheInner {
-                generation: 0,
-                records: HashMap::new(),
-            }),
-        }
-    }
-
-    fn poisoned() -> SignerError {
-        SignerError::Registry("record cache lock poisoned".into())
-    }
-
-    /// The cached record, or the generation to fill it at.
-    fn lookup(&self, id: &DeviceId) -> Result<Result<DeviceRecord, u64>> {
-        let inner = self.inner.read().map_err(|_| Self::poisoned())?;
-        Ok(match inner.records.get(id) {
-            Some(record) => Ok(record.clone()),
-            None => Err(inner.generation),
-        })
-    }
-
-    /// Remembers `record`, read at `generation`, unless a commit came since.
-    fn fill(&self, generation: u64, record: &DeviceRecord) -> Result<()> {
-        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
-        if inner.generation == generation {
-            if inner.records.len() >= CACHE_CAPACITY {
-                inner.records.clear();
-            }
-            inner.records.insert(record.id.clone(), record.clone());
-        }
-        Ok(())
-    }
-
-    /// Applies committed writes.
-    fn committed(&self, writes: &[Write]) -> Result<()> {
-        let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
-        inner.generation += 1;
-        for write in writes {
-            match write {
-                Write::Put(record) => {
-                    // Replace only what is cached; new records come in on
-                    // their first read.
-                    if let Some(cached) = inner.records.get_mut(&record.id) {
-                        *cached = record.clone();
-                    }
-                }
-                Write::Delete(id) => {
-                    inner.records.remove(id);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl RedbRegistry {

@@ -6,6 +6,7 @@
 //! - `custody.rs`: `custody init-hsm` and `custody migrate` (software ↔ HSM).
 //! - `admin.rs`: admin subcommands, over mTLS with an admin certificate.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
+//! - `registry.rs`: `registry copy` (redb ↔ PostgreSQL).
 //! - `logging.rs`: tracing, JSON or pretty.
 //!
 //! No secret is ever taken from argv: device secrets come from a file or
@@ -17,6 +18,7 @@ mod admin;
 mod custody;
 mod import;
 mod logging;
+mod registry;
 
 use std::path::PathBuf;
 
@@ -24,7 +26,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use enos_signer_svc::{
     SignerConfig,
+    config::RegistryConfig,
     init::{Existing, init},
+    registry::postgres::migrations,
 };
 
 /// The enos signer: central custody of EnOS device secrets.
@@ -62,6 +66,9 @@ enum Command {
     /// Custody administration (HSM keys, migration), service stopped.
     #[command(subcommand)]
     Custody(custody::CustodyCommand),
+    /// Registry stores: copy every record between them.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -123,6 +130,13 @@ fn main() -> Result<()> {
                 for path in created {
                     println!("created {}", path.display());
                 }
+                if let RegistryConfig::Postgres(pg) = &config.registry {
+                    println!(
+                        "registry {}: schema at version {}",
+                        pg.display_target(),
+                        migrations::latest()
+                    );
+                }
                 Ok(())
             }
             Command::Serve { .. } => unreachable!("served above"),
@@ -132,6 +146,7 @@ fn main() -> Result<()> {
                 connection,
             } => import::run(&file, dry_run, &connection).await,
             Command::Custody(command) => command.run().await,
+            Command::Registry(command) => command.run().await,
             Command::Admin(command) => command.run().await,
         }
     })

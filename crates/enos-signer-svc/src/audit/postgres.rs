@@ -1,0 +1,222 @@
+//! [`PostgresAuditSink`]: audit records as rows of the append-only
+//! `audit_records` table (`[audit.sink] kind = "postgres"`).
+//!
+//! [`crate::audit::Audit::record`] is synchronous (an issuance must not
+//! answer before its record is written), so the sink is a writer thread
+//! with a connection of its own: a call queues its record and waits for
+//! the commit. Records queued while a commit runs go into the next one
+//! (group commit), so a busy signer pays one round trip per batch, not per
+//! issuance. A failed or unconfirmed write is an error: with
+//! `audit.fail_closed` the issuance is refused.
+
+use std::{
+    path::PathBuf,
+    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::AuditRecord;
+use crate::{
+    error::{Result, SignerError},
+    registry::postgres::{Connect, PostgresConfig, Session, db, migrations},
+};
+
+/// Where the audit table is: the registry's database or another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresAuditSinkConfig {
+    /// As `registry.url`: no password in it.
+    pub url: String,
+    /// As `registry.password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// As `registry.ca_file` (TLS with verify-full when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PostgresAuditSinkConfig {
+    /// The same connection as a registry config (one connection, no cache),
+    /// to share the URL, password and TLS rules.
+    pub fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            url: self.url.clone(),
+            password_file: self.password_file.clone(),
+            pool_size: 1,
+            ca_file: self.ca_file.clone(),
+            cache: false,
+        }
+    }
+}
+
+/// Records waiting for the writer at most (then callers wait to queue).
+const QUEUE: usize = 4096;
+/// Records per INSERT at most.
+const BATCH: usize = 512;
+/// How long a caller waits for its record's commit.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A record on its way to the table.
+struct Pending {
+    /// The record's columns and its JSON form.
+    row: Row,
+    /// Told the outcome of the commit that held the record.
+    done: SyncSender<std::result::Result<(), String>>,
+}
+
+/// The columns of one `audit_records` row.
+struct Row {
+    /// When the record was made.
+    time_ms: i64,
+    /// What happened.
+    event: String,
+    /// Who asked.
+    identity: String,
+    /// Which device, if any.
+    device: Option<String>,
+    /// `ok` or the refusal's code.
+    outcome: String,
+    /// The whole record, as the file sink's line.
+    json: String,
+}
+
+/// The sink: a queue to the writer thread.
+pub(super) struct PostgresAuditSink {
+    /// Closed when the sink is dropped, which ends the writer thread.
+    queue: SyncSender<Pending>,
+}
+
+impl PostgresAuditSink {
+    /// Starts the writer; fails if the database cannot be reached or lacks
+    /// this binary's schema.
+    pub(super) fn open(config: &PostgresAuditSinkConfig) -> Result<Self> {
+        let connect = config.connection().connect()?;
+        let target = config.connection().display_target();
+        let (queue, pending) = sync_channel(QUEUE);
+        let (ready, started) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("audit-postgres".into())
+            .spawn(move || writer(connect, pending, ready))
+            .map_err(|e| SignerError::Audit(format!("starting the audit writer: {e}")))?;
+        started
+            .recv()
+            .map_err(|_| SignerError::Audit("the audit writer stopped".into()))?
+            .map_err(|e| SignerError::Audit(format!("{target}: {e}")))?;
+        Ok(PostgresAuditSink { queue })
+    }
+
+    /// Writes `record` (serialised as `json`) and waits for its commit.
+    pub(super) fn write(&self, record: &AuditRecord, json: String) -> Result<()> {
+        let (done, confirmed) = sync_channel(1);
+        let row = Row {
+            time_ms: i64::try_from(record.time_ms).unwrap_or(i64::MAX),
+            event: record.event.to_owned(),
+            identity: record.identity.clone(),
+            device: record.device.clone(),
+            outcome: record.outcome.clone(),
+            json,
+        };
+        self.queue
+            .send(Pending { row, done })
+            .map_err(|_| SignerError::Audit("the audit writer stopped".into()))?;
+        match confirmed.recv_timeout(CONFIRM_TIMEOUT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SignerError::Audit(format!("writing the audit table: {e}"))),
+            Err(_) => Err(SignerError::Audit(format!(
+                "the audit table did not confirm a record within {CONFIRM_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// The writer thread: one connection, batches of queued records.
+fn writer(
+    connect: Connect,
+    pending: Receiver<Pending>,
+    ready: SyncSender<std::result::Result<(), String>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(format!("runtime: {e}")));
+            return;
+        }
+    };
+    let first = runtime.block_on(async {
+        let session = Session::open(&connect.config, &connect.tls).await?;
+        migrations::check(&session.client).await?;
+        Ok::<_, SignerError>(session)
+    });
+    let mut session = match first {
+        Ok(session) => {
+            let _ = ready.send(Ok(()));
+            Some(session)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    // Ends when the sink (every sender) is gone.
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
+        // One retry on a fresh connection: the old one may have been cut
+        // while idle. (A commit whose answer was lost may then be written
+        // twice: a duplicate record, never a missing one.)
+        let mut outcome: Result<()> = Ok(());
+        for _ in 0..2 {
+            outcome = runtime.block_on(async {
+                if session.is_none() {
+                    session = Some(Session::open(&connect.config, &connect.tls).await?);
+                }
+                match &session {
+                    Some(s) => insert(&s.client, &rows).await,
+                    None => Ok(()),
+                }
+            });
+            match &outcome {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit table write failed; reconnecting");
+                    session = None;
+                }
+            }
+        }
+        let outcome = outcome.map_err(|e| e.to_string());
+        for p in batch {
+            let _ = p.done.send(outcome.clone());
+        }
+    }
+}
+
+async fn insert(client: &tokio_postgres::Client, rows: &[&Row]) -> Result<()> {
+    let time: Vec<i64> = rows.iter().map(|r| r.time_ms).collect();
+    let event: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    let identity: Vec<&str> = rows.iter().map(|r| r.identity.as_str()).collect();
+    let device: Vec<Option<&str>> = rows.iter().map(|r| r.device.as_deref()).collect();
+    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    let json: Vec<&str> = rows.iter().map(|r| r.json.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO audit_records (time_ms, event, identity, device, outcome, record) \
+             SELECT t, e, i, d, o, j::jsonb \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+               AS u(t, e, i, d, o, j)",
+            &[&time, &event, &identity, &device, &outcome, &json],
+        )
+        .await
+        .map_err(db)?;
+    Ok(())
+}

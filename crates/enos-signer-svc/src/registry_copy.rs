@@ -1,0 +1,153 @@
+//! `enos-signer registry copy --from OLD.toml --to NEW.toml`: every record
+//! of one registry into another (redb → PostgreSQL, and back).
+//!
+//! Secrets stay sealed: records are copied byte for byte and no custody
+//! is built, so both configs must name the same custody (the same key or
+//! token); changing custody is `custody migrate`. The destination is
+//! created (redb file) or migrated (PostgreSQL schema) when needed.
+//!
+//! Idempotent and resumable: each page is one destination transaction
+//! that writes only records missing or older there; a record changed in
+//! the destination since (an admin call on the new registry) is kept. An
+//! interrupted copy is finished by running it again.
+
+use std::sync::{Arc, Mutex};
+
+use crate::{
+    SignerConfig,
+    config::{CustodyConfig, RegistryConfig},
+    error::{Result, SignerError},
+    registry::{self, DeviceId, DeviceRecord, Write},
+};
+
+/// Records read and written per transaction.
+const PAGE: usize = 500;
+
+/// The totals of one copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Records in the source.
+    pub read: u64,
+    /// Records written that the destination lacked.
+    pub created: u64,
+    /// Records written over an older copy in the destination.
+    pub updated: u64,
+    /// Records already identical in the destination (an earlier run).
+    pub unchanged: u64,
+    /// Records left alone because the destination's is newer.
+    pub kept_newer: u64,
+}
+
+/// Copies every record of `from`'s registry into `to`'s. `progress` is
+/// called after each page with the totals so far.
+pub async fn copy(
+    from: &SignerConfig,
+    to: &SignerConfig,
+    mut progress: impl FnMut(&CopyReport),
+) -> Result<CopyReport> {
+    same_custody(&from.custody, &to.custody)?;
+    if from.registry == to.registry {
+        return Err(SignerError::Config(
+            "registry copy: both configs name the same registry".into(),
+        ));
+    }
+    let source = registry::open(&from.registry)?;
+    let missing_file = matches!(&to.registry, RegistryConfig::Redb { path } if !path.exists());
+    if missing_file || matches!(&to.registry, RegistryConfig::Postgres(_)) {
+        registry::create(&to.registry)?;
+    }
+    let destination = registry::open(&to.registry)?;
+
+    let mut report = CopyReport::default();
+    let mut after: Option<DeviceId> = None;
+    loop {
+        let page = source.list(None, after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        report.read += page.len() as u64;
+        let ids: Vec<DeviceId> = page.iter().map(|r| r.id.clone()).collect();
+        // The change runs inside the destination's transaction and may
+        // run on another thread: it reports its counts through a mutex.
+        let counts = Arc::new(Mutex::new(CopyReport::default()));
+        let seen = Arc::clone(&counts);
+        destination
+            .modify(
+                ids,
+                Box::new(move |current| {
+                    let mut counts = seen.lock().map_err(|_| poisoned())?;
+                    Ok(page
+                        .into_iter()
+                        .zip(current)
+                        .filter_map(|(record, existing)| {
+                            decide(record, existing.as_ref(), &mut counts)
+                        })
+                        .collect())
+                }),
+            )
+            .await?;
+        let page_report = counts.lock().map_err(|_| poisoned())?.clone();
+        report.created += page_report.created;
+        report.updated += page_report.updated;
+        report.unchanged += page_report.unchanged;
+        report.kept_newer += page_report.kept_newer;
+        progress(&report);
+    }
+    Ok(report)
+}
+
+fn poisoned() -> SignerError {
+    SignerError::Registry("copy counts lock poisoned".into())
+}
+
+/// What to do with one source record given the destination's.
+fn decide(
+    record: DeviceRecord,
+    existing: Option<&DeviceRecord>,
+    counts: &mut CopyReport,
+) -> Option<Write> {
+    match existing {
+        None => {
+            counts.created += 1;
+            Some(Write::Put(record))
+        }
+        Some(e) if *e == record => {
+            counts.unchanged += 1;
+            None
+        }
+        Some(e)
+            if (e.secret_version, e.updated_at_ms)
+                > (record.secret_version, record.updated_at_ms) =>
+        {
+            counts.kept_newer += 1;
+            None
+        }
+        Some(_) => {
+            counts.updated += 1;
+            Some(Write::Put(record))
+        }
+    }
+}
+
+/// Refuses to copy between custodies: a sealed secret opens only under
+/// the custody that sealed it. Software custodies may name their key by
+/// different paths: then the keys themselves must be equal.
+fn same_custody(from: &CustodyConfig, to: &CustodyConfig) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    if let (
+        CustodyConfig::Software { master_key_file: a },
+        CustodyConfig::Software { master_key_file: b },
+    ) = (from, to)
+    {
+        // Both files are the operator's own: no timing to hide.
+        if *crate::key_file::load(a)? == *crate::key_file::load(b)? {
+            return Ok(());
+        }
+    }
+    Err(SignerError::Config(
+        "registry copy keeps secrets sealed, so both configs must name the same custody \
+         (the same master key or token); to change custody use `enos-signer custody migrate`"
+            .into(),
+    ))
+}

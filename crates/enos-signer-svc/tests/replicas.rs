@@ -1,0 +1,575 @@
+//! Stateless replicas: three real `enos-signer serve` processes with the
+//! same config on one PostgreSQL database. A change made through replica A
+//! (rotate, disable, delete, unbind) is honoured by replicas B and C within
+//! a second, also after their change feed connections were cut. An import
+//! killed mid-transaction leaves no row; an older schema is refused until
+//! `registry migrate`.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enos_postgres_fixture::PgCluster;
+use enos_signer_proto::v1::{
+    self, BindSubDeviceRequest, DeviceRef, IssueMqttCredentialRequest, ListDevicesRequest,
+    PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, SignSubDeviceLoginRequest,
+    UnbindSubDeviceRequest, admin_client::AdminClient, credentials_client::CredentialsClient,
+};
+use enos_signer_svc::{
+    SignerConfig,
+    config::{RegistryConfig, ServerConfig},
+    registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig, migrations},
+    tls,
+};
+use enos_testkit::signer::state_in;
+use enos_testkit::{Identity, Pki};
+use tonic::{Code, transport::Channel};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
+
+/// One `enos-signer serve` child; killed on drop.
+struct Replica {
+    /// The process.
+    child: Child,
+    /// Its gRPC address.
+    addr: SocketAddr,
+}
+
+impl Replica {
+    fn uri(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A fleet of replicas on one throwaway database, sharing keys.
+struct Fleet {
+    /// Issues the replicas' server certificate and every client's.
+    pki: Pki,
+    /// The one database every replica serves.
+    cluster: PgCluster,
+    /// Shared keys (same custody on every replica), configs, logs.
+    dir: tempfile::TempDir,
+    /// The admin certificate of the fleet's operator.
+    admin: Identity,
+}
+
+impl Fleet {
+    fn new(database: &str) -> Fleet {
+        let cluster = PgCluster::start().expect("PostgreSQL cluster");
+        cluster.create_database(database).expect("createdb");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new("replicas-test").expect("pki");
+        let admin = pki.admin("fleet-admin").expect("admin cert");
+        let fleet = Fleet {
+            pki,
+            cluster,
+            dir,
+            admin,
+        };
+        // `init` once: keys in the shared directory, the schema migrated.
+        let config = fleet.write_config("init", free_addr(), database);
+        let out = Command::new(BIN)
+            .args(["init", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run init");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "postgres://enos@127.0.0.1:{}/{database}: schema at version",
+                fleet.cluster.port()
+            )),
+            "{stdout}"
+        );
+        fleet
+    }
+
+    /// The config of replica `name`: the shared keys and database, its own
+    /// listen address and audit file.
+    fn write_config(&self, name: &str, listen: SocketAddr, database: &str) -> PathBuf {
+        let dir = self.dir.path();
+        let server = self.pki.server(&[]).expect("server cert");
+        let files = server.write(dir, "server").expect("write server cert");
+        let ca = self.pki.write_ca(dir).expect("write ca");
+        let mut config: SignerConfig = state_in(
+            dir,
+            ServerConfig {
+                listen,
+                cert: files.cert,
+                key: files.key,
+                client_ca: ca,
+                drain_timeout_secs: 1,
+                worker_threads: std::num::NonZeroUsize::new(2),
+                tls_reload_interval_secs: 5,
+            },
+        );
+        config.registry = RegistryConfig::Postgres(PostgresConfig {
+            url: self.cluster.url(database),
+            password_file: Some(self.cluster.password_file()),
+            pool_size: 8,
+            ca_file: None,
+            cache: true,
+        });
+        config.audit.sink = enos_signer_svc::config::AuditSinkConfig::File {
+            path: dir.join(format!("audit-{name}.jsonl")),
+        };
+        let path = dir.join(format!("signer-{name}.toml"));
+        std::fs::write(&path, config.to_toml().expect("toml")).expect("write config");
+        path
+    }
+
+    /// Starts replica `name` and waits until it answers.
+    async fn start(&self, name: &str, database: &str) -> Replica {
+        let addr = free_addr();
+        let config = self.write_config(name, addr, database);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enos-signer serve");
+        let replica = Replica { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut admin = self.admin_of(&replica).await;
+            if admin
+                .list_devices(ListDevicesRequest::default())
+                .await
+                .is_ok()
+            {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {name} did not start: {}",
+                std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn channel(&self, replica: &Replica, identity: &Identity) -> Channel {
+        tls::mtls_endpoint(
+            &replica.uri(),
+            self.pki.ca_pem(),
+            Some(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            )),
+        )
+        .expect("endpoint")
+        .connect_lazy()
+    }
+
+    async fn admin_of(&self, replica: &Replica) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(replica, &self.admin))
+    }
+
+    fn device_of(&self, replica: &Replica, pk: &str, dk: &str) -> CredentialsClient<Channel> {
+        let identity = self.pki.device(pk, dk).expect("device cert");
+        CredentialsClient::new(self.channel(replica, &identity))
+    }
+
+    /// Connections listening for registry changes (one per replica whose
+    /// feed is up).
+    fn feeds(&self, database: &str) -> usize {
+        self.cluster
+            .psql(
+                database,
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{LISTEN_APPLICATION_NAME}'"
+                ),
+            )
+            .expect("psql")
+            .parse()
+            .expect("count")
+    }
+
+    /// Cuts every change feed connection (as a network blip would).
+    fn cut_feeds(&self, database: &str) -> usize {
+        self.cluster
+            .psql(
+                database,
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = '{LISTEN_APPLICATION_NAME}'"
+                ),
+            )
+            .expect("psql")
+            .parse()
+            .expect("count")
+    }
+}
+
+fn dref(pk: &str, dk: &str) -> Option<DeviceRef> {
+    Some(DeviceRef {
+        product_key: pk.into(),
+        device_key: dk.into(),
+    })
+}
+
+/// Polls `check` until it holds, at most `within`; returns how long it took.
+async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+async fn issue(device: &mut CredentialsClient<Channel>) -> Result<v1::MqttCredential, Code> {
+    device
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| s.code())
+}
+
+/// Waits for `n` change feeds (the replicas have each served a read).
+async fn feeds_up(fleet: &Fleet, database: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.feeds(database) != n {
+        assert!(Instant::now() < deadline, "{n} change feeds not up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // LISTEN is issued right after connecting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_one_replica_are_honoured_by_the_others_within_a_second() {
+    let db = "replicas";
+    let fleet = Fleet::new(db);
+    let a = fleet.start("a", db).await;
+    let b = fleet.start("b", db).await;
+    let c = fleet.start("c", db).await;
+    let mut admin_a = fleet.admin_of(&a).await;
+    for (dk, secret) in [
+        ("dev-1", "SecretOne1"),
+        ("gw", "SecretGw1"),
+        ("sub", "SecretSub1"),
+    ] {
+        admin_a
+            .put_device(PutDeviceRequest {
+                device: dref("Pk1", dk),
+                device_secret: secret.into(),
+                enabled: true,
+            })
+            .await
+            .expect("put through A");
+    }
+    admin_a
+        .bind_sub_device(BindSubDeviceRequest {
+            gateway: dref("Pk1", "gw"),
+            sub_device: dref("Pk1", "sub"),
+        })
+        .await
+        .expect("bind through A");
+
+    // B issues with what A wrote (and caches it once its feed is up).
+    let mut dev_b = fleet.device_of(&b, "Pk1", "dev-1");
+    let credential = issue(&mut dev_b).await.expect("B issues");
+    assert!(common::verify(&credential, "SecretOne1"));
+    let mut gw_b = fleet.device_of(&b, "Pk1", "gw");
+    let sub_login = || SignSubDeviceLoginRequest {
+        product_key: "Pk1".into(),
+        device_key: "sub".into(),
+        ..Default::default()
+    };
+    gw_b.sign_sub_device_login(sub_login())
+        .await
+        .expect("B signs for the bound sub-device");
+    let mut dev_c = fleet.device_of(&c, "Pk1", "dev-1");
+    issue(&mut dev_c).await.expect("C issues");
+    feeds_up(&fleet, db, 3).await;
+    issue(&mut dev_b).await.expect("cached on B");
+    issue(&mut dev_c).await.expect("cached on C");
+
+    // Rotate through A: B signs with the new secret within a second.
+    admin_a
+        .rotate_secret(RotateSecretRequest {
+            device: dref("Pk1", "dev-1"),
+            new_device_secret: "SecretRotated2".into(),
+        })
+        .await
+        .expect("rotate through A");
+    let took = within(Duration::from_secs(1), "rotation on B", async || {
+        issue(&mut dev_b)
+            .await
+            .is_ok_and(|c| common::verify(&c, "SecretRotated2"))
+    })
+    .await;
+    eprintln!("rotation seen by B after {took:?}");
+    within(Duration::from_secs(1), "rotation on C", async || {
+        issue(&mut dev_c)
+            .await
+            .is_ok_and(|c| common::verify(&c, "SecretRotated2"))
+    })
+    .await;
+
+    // Disable through A: B refuses within a second.
+    admin_a
+        .set_enabled(SetEnabledRequest {
+            device: dref("Pk1", "dev-1"),
+            enabled: false,
+        })
+        .await
+        .expect("disable through A");
+    within(Duration::from_secs(1), "disable on B", async || {
+        issue(&mut dev_b).await == Err(Code::FailedPrecondition)
+    })
+    .await;
+
+    // Unbind through A: B no longer signs for the sub-device.
+    admin_a
+        .unbind_sub_device(UnbindSubDeviceRequest {
+            sub_device: dref("Pk1", "sub"),
+        })
+        .await
+        .expect("unbind through A");
+    within(Duration::from_secs(1), "unbind on B", async || {
+        gw_b.sign_sub_device_login(sub_login())
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied)
+    })
+    .await;
+
+    // Cut every change feed (B's included): B falls back to the database
+    // at once and resubscribes; changes keep reaching it within a second.
+    admin_a
+        .set_enabled(SetEnabledRequest {
+            device: dref("Pk1", "dev-1"),
+            enabled: true,
+        })
+        .await
+        .expect("enable through A");
+    within(Duration::from_secs(1), "enable on B", async || {
+        issue(&mut dev_b).await.is_ok()
+    })
+    .await;
+    assert_eq!(fleet.cut_feeds(db), 3, "every feed cut");
+    admin_a
+        .rotate_secret(RotateSecretRequest {
+            device: dref("Pk1", "dev-1"),
+            new_device_secret: "SecretAfterCut3".into(),
+        })
+        .await
+        .expect("rotate through A while feeds are down");
+    within(
+        Duration::from_secs(1),
+        "rotation on B after the cut",
+        async || {
+            issue(&mut dev_b)
+                .await
+                .is_ok_and(|c| common::verify(&c, "SecretAfterCut3"))
+        },
+    )
+    .await;
+    feeds_up(&fleet, db, 3).await;
+    issue(&mut dev_b).await.expect("cached again on B");
+
+    // Delete through A, after the feed came back: B answers NotFound.
+    admin_a
+        .delete_device(DeviceRef {
+            product_key: "Pk1".into(),
+            device_key: "dev-1".into(),
+        })
+        .await
+        .expect("delete through A");
+    within(Duration::from_secs(1), "delete on B", async || {
+        issue(&mut dev_b).await == Err(Code::NotFound)
+    })
+    .await;
+    within(Duration::from_secs(1), "delete on C", async || {
+        issue(&mut dev_c).await == Err(Code::NotFound)
+    })
+    .await;
+}
+
+/// Whether an open transaction holds the bulk (import) lock on `devices`.
+fn import_lock_held(fleet: &Fleet, database: &str) -> bool {
+    fleet
+        .cluster
+        .psql(
+            database,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'devices' AND l.mode = 'ExclusiveLock' AND l.granted",
+        )
+        .expect("psql")
+        != "0"
+}
+
+fn device_rows(fleet: &Fleet, database: &str) -> usize {
+    fleet
+        .cluster
+        .psql(database, "SELECT count(*) FROM devices")
+        .expect("psql")
+        .parse()
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_in_its_transaction_leaves_no_row_and_a_retry_leaves_all() {
+    const ROWS: usize = 50_000;
+    let db = "import_kill";
+    let fleet = Fleet::new(db);
+    let dir = fleet.dir.path();
+    let csv = dir.join("export.csv");
+    let mut text = String::from("productKey,deviceKey,deviceSecret\n");
+    for i in 0..ROWS {
+        text.push_str(&format!("PkImport,dev-{i:06},Secret{i:08}\n"));
+    }
+    std::fs::write(&csv, text).expect("write csv");
+    let admin = fleet.admin.write(dir, "cli-admin").expect("admin files");
+    let import = |replica: &Replica| {
+        Command::new(BIN)
+            .arg("import")
+            .arg(&csv)
+            .args(["--endpoint", &replica.uri(), "--ca"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(&admin.cert)
+            .arg("--key")
+            .arg(&admin.key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn import")
+    };
+
+    let mut a = fleet.start("a", db).await;
+    let mut cli = import(&a);
+    // Wait until the import's transaction holds its lock, then SIGKILL
+    // the replica in the middle of it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !import_lock_held(&fleet, db) {
+        assert!(
+            cli.try_wait().expect("try_wait").is_none(),
+            "the import ended before its transaction was seen"
+        );
+        assert!(Instant::now() < deadline, "import transaction never seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill();
+    let out = cli.wait_with_output().expect("import exits");
+    assert!(!out.status.success(), "the import cannot have succeeded");
+    // The server rolls the orphaned transaction back: no row at all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while import_lock_held(&fleet, db) {
+        assert!(Instant::now() < deadline, "transaction not rolled back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(device_rows(&fleet, db), 0, "none of the rows");
+
+    // The same import through another replica: every row.
+    let b = fleet.start("b", db).await;
+    let out = tokio::task::spawn_blocking({
+        let cli = import(&b);
+        move || cli.wait_with_output()
+    })
+    .await
+    .expect("join")
+    .expect("import exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("imported {ROWS} devices")));
+    assert_eq!(device_rows(&fleet, db), ROWS, "every row");
+    let mut dev = fleet.device_of(&b, "PkImport", "dev-012345");
+    let credential = issue(&mut dev).await.expect("imported device issues");
+    assert!(common::verify(&credential, "Secret00012345"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up() {
+    let db = "upgrade";
+    let fleet = Fleet::new(db);
+    // As a database migrated by the previous release: the latest step
+    // missing.
+    fleet
+        .cluster
+        .psql(
+            db,
+            &format!(
+                "DROP TABLE audit_records; DELETE FROM enos_schema_migrations WHERE version = {}",
+                migrations::latest()
+            ),
+        )
+        .expect("psql");
+    let config = fleet.write_config("old", free_addr(), db);
+    let refused = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "schema is at version {}, this binary serves version {}",
+            migrations::latest() - 1,
+            migrations::latest()
+        )) && stderr.contains("enos-signer registry migrate"),
+        "{stderr}"
+    );
+
+    let migrate = |config: &PathBuf| {
+        let out = Command::new(BIN)
+            .args(["registry", "migrate", "--config"])
+            .arg(config)
+            .output()
+            .expect("run registry migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = migrate(&config);
+    assert!(
+        stdout.contains(&format!("applied [{}]", migrations::latest())),
+        "{stdout}"
+    );
+    // Again: nothing left to apply, and the keys were never touched.
+    assert!(migrate(&config).contains("applied []"));
+    let replica = fleet.start("new", db).await;
+    let mut admin = fleet.admin_of(&replica).await;
+    admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("serves the migrated schema");
+}
