@@ -18,6 +18,7 @@
 //! | [`logs`] | [`ProcessLogs`]: this process's `tracing` output, captured |
 //! | [`leaks`] | [`LeakScan`]: secrets and issued passwords (from the audit trail), searched in logs |
 //! | [`demo`] | the demo's steps, told in plain words |
+//! | [`fleet`] | the reconnect-storm harness behind `enos-fleet`: N agents, scenarios, figures, the raw anchor, the picture |
 //! | `error` | [`E2eError`], the one error type |
 //!
 //! Child processes ([`ChildProcess`]) and where the binaries are
@@ -32,6 +33,7 @@ pub mod agent;
 pub mod demo;
 pub mod devices;
 mod error;
+pub mod fleet;
 pub mod leaks;
 pub mod local_broker;
 pub mod logs;

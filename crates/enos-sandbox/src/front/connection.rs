@@ -239,7 +239,7 @@ async fn connect_upstream(
 
 /// Tells the client its login is fine but the broker behind is not.
 async fn unavailable<W: AsyncWrite + Unpin>(client_tx: &mut PacketWriter<W>, error: &StreamError) {
-    warn!(error = %error, "cannot reach rumqttd's internal listener");
+    warn!(error = %error, "rumqttd's internal listener did not take the session; answered CONNACK 3");
     let _ = client_tx
         .write(&Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::ServiceUnavailable,
@@ -422,11 +422,22 @@ where
     };
     // The device's own namespace, and its sub-devices' if it is a gateway
     // that reconnects: subscribed before the device hears CONNACK.
-    session
-        .subscribe_upstream(std::slice::from_ref(&device))
-        .await?;
-    session.sync_sub_devices().await?;
-    session.await_subacks(&mut up_rx).await?;
+    // If rumqttd is too busy to take the subscriptions (a reconnect storm
+    // of thousands), the client hears "server unavailable" (CONNACK 3),
+    // which it retries as a network failure, not a silent close, which a
+    // device takes for a refused login and backs off far longer.
+    let subscribed = async {
+        session
+            .subscribe_upstream(std::slice::from_ref(&device))
+            .await?;
+        session.sync_sub_devices().await?;
+        session.await_subacks(&mut up_rx).await
+    }
+    .await;
+    if let Err(e) = subscribed {
+        unavailable(session.client_tx, &e).await;
+        return Ok(());
+    }
     context.sessions.record(&device, &session_id);
     info!(
         listener = listener.name(),

@@ -1,0 +1,193 @@
+//! Start → CONNACK of the `enos-agent` binary on loopback: process start,
+//! config, mTLS to the real signer, credential, MQTT CONNECT to the
+//! sandbox, CONNACK (the agent's `connected to EnOS` log line), over
+//! `ENOS_BENCH_STARTS` starts (default 100). Beside it, in the same run, a
+//! raw rumqttc client with a pre-signed password connecting to the same
+//! sandbox: the floor. Goal: p50 ≤ 20 ms, p99 ≤ 50 ms.
+//!
+//! `cargo bench -p enos-agent --bench connect_latency` (release build).
+#![allow(clippy::print_stdout, missing_docs)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enos_sign_core::{
+    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
+    SignMethod, SignedFields, TimestampMs,
+};
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
+use support::{DeviceRow, signer::SignerFixture, write_devices};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");
+const GW: (&str, &str) = ("pkLat", "gwLatency");
+const SECRET: &str = "latencyGatewaySecret";
+
+fn starts() -> usize {
+    std::env::var("ENOS_BENCH_STARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+fn quantile(values: &mut [Duration], p: f64) -> Duration {
+    values.sort_unstable();
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One start of the binary: the time until it logs its CONNACK; then it
+/// is stopped with SIGTERM (clean DISCONNECT) and reaped.
+fn one_start(config: &std::path::Path) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("ENOS_AGENT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let took = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("connected to EnOS") => break started.elapsed(),
+            Some(Ok(_)) => {}
+            _ => panic!("the agent ended before connecting"),
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    // Drain the rest so that the agent never blocks on a full pipe.
+    for _ in lines {}
+    let _ = child.wait();
+    took
+}
+
+fn login() -> MqttCredential {
+    let fields = SignedFields {
+        client_id: ClientId::new(GW.1).expect("id"),
+        device_key: DeviceKey::new(GW.1).expect("dk"),
+        product_key: ProductKey::new(GW.0).expect("pk"),
+        timestamp: TimestampMs::from_millis(enos_agent::now_ms()),
+    };
+    let secret = DeviceSecret::new(SECRET.to_owned()).expect("secret");
+    MqttCredential::sign(
+        fields,
+        SecureMode::DeviceSecret,
+        SignMethod::HmacSha1,
+        &secret,
+    )
+    .expect("sign")
+}
+
+/// One raw rumqttc connect with a pre-signed password: time to CONNACK.
+async fn one_raw(addr: std::net::SocketAddr, credential: &MqttCredential) -> Duration {
+    let mut options = MqttOptions::new(
+        credential.mqtt_client_id.clone(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    options.set_credentials(
+        credential.username.clone(),
+        credential.password.expose_secret().to_owned(),
+    );
+    let started = Instant::now();
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    let took = loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                assert_eq!(ack.code, ConnectReturnCode::Success);
+                break started.elapsed();
+            }
+            Ok(_) => {}
+            Err(e) => panic!("raw connect failed: {e}"),
+        }
+    };
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    took
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    enos_agent::install_crypto_provider();
+    let n = starts();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = dir.path().join("devices.csv");
+    write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, SECRET)]);
+    let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
+        .log_filter("warn")
+        .start()
+        .expect("sandbox");
+    let signer = SignerFixture::start(dir.path(), GW, SECRET, 300).await;
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nproduct_key = \"{}\"\ndevice_key = \"{}\"\n\n{}\n[enos]\nbroker = \"tcp://{}\"\n",
+            GW.0,
+            GW.1,
+            signer.toml(),
+            sandbox.mqtt_addr()
+        ),
+    )
+    .expect("config");
+
+    // One start to warm the page cache and the signer.
+    let config_path = config.clone();
+    tokio::task::spawn_blocking(move || one_start(&config_path))
+        .await
+        .expect("warm-up");
+    let config_path = config.clone();
+    let mut agent = tokio::task::spawn_blocking(move || {
+        (0..n).map(|_| one_start(&config_path)).collect::<Vec<_>>()
+    })
+    .await
+    .expect("starts");
+
+    let credential = login();
+    let _ = one_raw(sandbox.mqtt_addr(), &credential).await;
+    let mut raw = Vec::with_capacity(n);
+    for _ in 0..n {
+        raw.push(one_raw(sandbox.mqtt_addr(), &credential).await);
+    }
+
+    let (a50, a99) = (quantile(&mut agent, 0.5), quantile(&mut agent, 0.99));
+    let (r50, r99) = (quantile(&mut raw, 0.5), quantile(&mut raw, 0.99));
+    println!("enos-agent start -> CONNACK on loopback ({n} starts of the release binary)");
+    println!(
+        "  agent (exec, config, mTLS to the signer, credential, CONNECT): p50 {:.1} ms, p99 {:.1} ms",
+        ms(a50),
+        ms(a99)
+    );
+    println!(
+        "  raw rumqttc, pre-signed password (CONNECT only):              p50 {:.1} ms, p99 {:.1} ms",
+        ms(r50),
+        ms(r99)
+    );
+    println!(
+        "  ratio agent / raw: p50 {:.1}x, p99 {:.1}x",
+        a50.as_secs_f64() / r50.as_secs_f64().max(1e-9),
+        a99.as_secs_f64() / r99.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  goal p50 <= 20 ms: {}; p99 <= 50 ms: {}",
+        if ms(a50) <= 20.0 { "met" } else { "MISSED" },
+        if ms(a99) <= 50.0 { "met" } else { "MISSED" }
+    );
+    drop(signer);
+    drop(sandbox);
+}

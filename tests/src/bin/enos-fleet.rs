@@ -1,0 +1,133 @@
+//! `enos-fleet`: a reconnect storm on this machine. N device identities,
+//! N agents in this process (the real agent library: credential over mTLS,
+//! backoff, MQTT), a scenario, the figures, the raw rumqttc anchor in the
+//! same run, and optionally a picture. Loopback only; see the README,
+//! "Reconnect storms".
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use enos_e2e::fleet::{self, FleetOptions, Scenario, options::MAX_AGENTS};
+use enos_testkit::sandbox::SandboxBinary;
+
+/// Reconnect storms against the signer and the EnOS sandbox on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "enos-fleet", version)]
+struct Cli {
+    /// connect, broker-restart, signer-restart, or all (each restart
+    /// follows the first connect).
+    scenario: String,
+    /// Agents (and raw clients) in the run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_AGENTS as u64))]
+    agents: u64,
+    /// Seconds each phase may take before the run fails.
+    #[arg(long, default_value_t = 120)]
+    phase_timeout: u64,
+    /// The agents' backoff floor, ms.
+    #[arg(long, default_value_t = 1000)]
+    backoff_min_ms: u64,
+    /// The agents' backoff cap, ms.
+    #[arg(long, default_value_t = 10_000)]
+    backoff_max_ms: u64,
+    /// The signer's per-identity rate limit: requests a second.
+    #[arg(long, default_value_t = 2)]
+    rate_per_second: u32,
+    /// The signer's per-identity rate limit: burst.
+    #[arg(long, default_value_t = 6)]
+    rate_burst: u32,
+    /// Skip the raw rumqttc anchor.
+    #[arg(long)]
+    no_raw: bool,
+    /// Draw the run into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The enos-sandbox binary (default: beside this one, or built).
+    #[arg(long, env = "ENOS_SANDBOX_BIN")]
+    sandbox: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(scenario) = Scenario::parse(&cli.scenario) else {
+        eprintln!(
+            "enos-fleet: unknown scenario {:?}: connect, broker-restart, signer-restart or all",
+            cli.scenario
+        );
+        return ExitCode::from(2);
+    };
+    let mut options = FleetOptions::new(usize::try_from(cli.agents).unwrap_or(MAX_AGENTS));
+    options.scenario = scenario;
+    options.phase_timeout = Duration::from_secs(cli.phase_timeout);
+    options.backoff_min = Duration::from_millis(cli.backoff_min_ms);
+    options.backoff_max = Duration::from_millis(cli.backoff_max_ms);
+    options.rate_per_second = cli.rate_per_second;
+    options.rate_burst = cli.rate_burst;
+    options.raw_anchor = !cli.no_raw;
+    options.plot = cli.plot;
+    options.progress = true;
+    if let Err(e) = options.validate() {
+        eprintln!("enos-fleet: {e}");
+        return ExitCode::from(2);
+    }
+    // Warnings only: thousands of agents at info would drown the figures.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENOS_FLEET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    enos_agent::install_crypto_provider();
+    let binary = match cli.sandbox {
+        Some(path) => SandboxBinary::at(path),
+        None => match SandboxBinary::locate() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("enos-fleet: no enos-sandbox binary: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("enos-fleet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = fleet::run(&options, binary) => r,
+            _ = tokio::signal::ctrl_c() => Err(enos_e2e::E2eError::failed("interrupted")),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
+        Ok(report) => {
+            print!("{report}");
+            if let Some(plot) = &options.plot {
+                println!("picture: {}", plot.display());
+            }
+            let ok = report
+                .phases
+                .iter()
+                .all(|p| p.all_connected() && p.broker_refusals == 0 && p.resource_exhausted == 0);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("enos-fleet: not every agent connected cleanly; see the figures");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("enos-fleet: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! [`FleetOptions`]: what one run does, bounded in count and time.
+
+use std::{path::PathBuf, time::Duration};
+
+/// The most agents one run may start: at two sockets per agent (MQTT,
+/// gRPC) and three per session in the sandbox, 10,000 stays within a
+/// 65,536-descriptor limit on both sides.
+pub const MAX_AGENTS: usize = 10_000;
+
+/// What happens once every agent is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every agent starts at once; nothing else.
+    Connect,
+    /// Then the sandbox restarts: every session drops, every agent
+    /// reconnects with a fresh credential.
+    BrokerRestart,
+    /// Then the signer restarts (a deploy: stopped, started on the same
+    /// port), and the sandbox restarts, so that every agent fetches from
+    /// the new signer process over a new channel at once.
+    SignerRestart,
+    /// `connect`, `broker-restart` and `signer-restart` in one run.
+    All,
+}
+
+impl Scenario {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::BrokerRestart => "broker-restart",
+            Scenario::SignerRestart => "signer-restart",
+            Scenario::All => "all",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Scenario::Connect,
+            Scenario::BrokerRestart,
+            Scenario::SignerRestart,
+            Scenario::All,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+
+    /// Whether the run restarts the broker (alone).
+    pub fn restarts_broker(self) -> bool {
+        matches!(self, Scenario::BrokerRestart | Scenario::All)
+    }
+
+    /// Whether the run restarts the signer (then the broker).
+    pub fn restarts_signer(self) -> bool {
+        matches!(self, Scenario::SignerRestart | Scenario::All)
+    }
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// How many agents (and raw clients): at most [`MAX_AGENTS`].
+    pub agents: usize,
+    /// What happens after the first connect.
+    pub scenario: Scenario,
+    /// How long each phase may take before the run fails.
+    pub phase_timeout: Duration,
+    /// The agents' backoff: first ceiling after a failure.
+    pub backoff_min: Duration,
+    /// The agents' backoff cap.
+    pub backoff_max: Duration,
+    /// The agents' `reset_after`; the run waits this long after each phase
+    /// so that every connection counts as stable, as in service.
+    pub reset_after: Duration,
+    /// The signer's per-identity rate limit: sustained requests a second.
+    pub rate_per_second: u32,
+    /// The signer's per-identity rate limit: burst.
+    pub rate_burst: u32,
+    /// Whether to run the raw rumqttc anchor too.
+    pub raw_anchor: bool,
+    /// Where to draw the picture, if anywhere.
+    pub plot: Option<PathBuf>,
+    /// Whether to tell each step on stderr as it happens (a 5,000-agent
+    /// run takes minutes).
+    pub progress: bool,
+}
+
+impl FleetOptions {
+    /// The defaults for `agents` agents: the agent's own backoff floor
+    /// (1 s), a 10 s cap, the e2e suite's rate limit (2/s, burst 6).
+    pub fn new(agents: usize) -> Self {
+        FleetOptions {
+            agents,
+            scenario: Scenario::All,
+            phase_timeout: Duration::from_secs(120),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            reset_after: Duration::from_secs(2),
+            rate_per_second: 2,
+            rate_burst: 6,
+            raw_anchor: true,
+            plot: None,
+            progress: false,
+        }
+    }
+
+    /// Refuses settings the harness cannot run.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.agents == 0 || self.agents > MAX_AGENTS {
+            return Err(format!(
+                "--agents must be 1..={MAX_AGENTS}, not {}",
+                self.agents
+            ));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err("--backoff-min must be > 0 and <= --backoff-max".into());
+        }
+        if self.rate_per_second == 0 || self.rate_burst == 0 {
+            return Err("--rate-per-second and --rate-burst must be > 0".into());
+        }
+        if self.phase_timeout.is_zero() || self.phase_timeout > Duration::from_secs(900) {
+            return Err("--phase-timeout must be 1..=900 seconds".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! [`FleetWorld`]: what a run runs against: a throwaway PKI, the signer
+//! (in process, real mTLS, the devices registered through Admin import),
+//! the EnOS sandbox (a child process) and N device identities.
+
+use std::path::{Path, PathBuf};
+
+use enos_agent::Config;
+use enos_signer_proto::v1;
+use enos_signer_svc::config::RateLimitConfig;
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use enos_testkit::signer::TestSigner;
+
+use crate::{
+    agent::{AgentToml, Backoff},
+    devices::{self, TestDevice as Device},
+    error::{E2eError, Result},
+    fleet::options::FleetOptions,
+    pki::LoopPki,
+};
+
+/// The product key of the fleet's devices.
+pub const PRODUCT_KEY: &str = "PkFleet";
+
+/// Rows per Admin import request: well under gRPC's 4 MiB message limit.
+const IMPORT_CHUNK: usize = 2_000;
+
+/// Everything a run talks to.
+pub struct FleetWorld {
+    /// State of every component; removed when the world is dropped.
+    pub dir: tempfile::TempDir,
+    /// The CA of every certificate.
+    pub pki: LoopPki,
+    /// The signer, with the run's rate limit.
+    pub signer: TestSigner,
+    /// The EnOS sandbox.
+    pub sandbox: Sandbox,
+    /// The devices, registered in both.
+    pub devices: Vec<Device>,
+    /// Each device's agent config, certificate written.
+    pub configs: Vec<Config>,
+    /// The first device's config again, for the rate-limit probe after
+    /// the run (the agents take theirs).
+    pub probe_config: Option<Config>,
+}
+
+impl std::fmt::Debug for FleetWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetWorld")
+            .field("dir", &self.dir.path())
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetWorld {
+    /// Creates `options.agents` identities, starts the signer and imports
+    /// them, starts the sandbox with the same devices.
+    pub async fn start(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Result<Self> {
+        let dir = tempfile::tempdir().map_err(E2eError::io("creating a temporary directory"))?;
+        let pki = LoopPki::new(&dir.path().join("pki"), "fleet-ca")?;
+        let rate = RateLimitConfig {
+            per_second: options.rate_per_second,
+            burst: options.rate_burst,
+        };
+        let signer = TestSigner::start_with(&dir.path().join("signer"), &pki.pki, |c| {
+            c.rate_limit = Some(rate);
+        })
+        .await
+        .map_err(E2eError::Component)?;
+        let devices = (0..options.agents)
+            .map(|i| Device::new(PRODUCT_KEY, &format!("gw-{i:05}")))
+            .collect::<Result<Vec<_>>>()?;
+        import(&signer, &devices).await?;
+        let csv = dir.path().join("enos-devices.csv");
+        let refs: Vec<&Device> = devices.iter().collect();
+        devices::write_csv(&csv, &refs)?;
+        let sandbox = Sandbox::builder(sandbox_binary, &csv)
+            .log_filter("info")
+            .start()?;
+        let backoff = Backoff {
+            min: options.backoff_min,
+            max: options.backoff_max,
+            refusal_factor: 4,
+            reset_after: options.reset_after,
+        };
+        let mut configs = Vec::with_capacity(devices.len());
+        for device in &devices {
+            let (files, _) = pki.device(device)?;
+            let mut toml = AgentToml::new(
+                device,
+                &signer.uri(),
+                &pki.ca,
+                (files.cert, files.key),
+                format!("tcp://{}", sandbox.mqtt_addr()),
+            );
+            toml.backoff = backoff;
+            let mut config = toml.config()?;
+            // The agent's own defaults, not the suite's short test values:
+            // a fleet's first wave queues behind thousands of handshakes.
+            config.signer.connect_timeout = std::time::Duration::from_secs(5);
+            config.signer.request_timeout = std::time::Duration::from_secs(10);
+            config.enos.connect_timeout = std::time::Duration::from_secs(30);
+            configs.push(config);
+        }
+        let probe_config = configs.first().cloned();
+        Ok(FleetWorld {
+            probe_config,
+            dir,
+            pki,
+            signer,
+            sandbox,
+            devices,
+            configs,
+        })
+    }
+
+    /// The signer's audit trail and its key.
+    pub fn audit_files(&self) -> (PathBuf, PathBuf) {
+        let config = self.signer.config();
+        (
+            config
+                .audit_file()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| self.dir.path().join("signer/audit.jsonl")),
+            config.audit.key_file.clone(),
+        )
+    }
+}
+
+/// Registers `devices` in the signer through Admin import.
+async fn import(signer: &TestSigner, devices: &[Device]) -> Result<()> {
+    let mut admin = signer.admin().await;
+    for (c, chunk) in devices.chunks(IMPORT_CHUNK).enumerate() {
+        let rows: Vec<v1::ImportRow> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, d)| v1::ImportRow {
+                line: u32::try_from(c * IMPORT_CHUNK + i + 2).unwrap_or(u32::MAX),
+                product_key: d.product_key.clone(),
+                device_key: d.device_key.clone(),
+                device_secret: d.secret().to_owned(),
+                gateway: None,
+            })
+            .collect();
+        let request = v1::ImportDevicesRequest {
+            rows,
+            dry_run: false,
+        };
+        let response = admin
+            .import_devices(futures::stream::iter([request]))
+            .await
+            .map_err(|s| E2eError::failed(format!("Admin import: {}", s.message())))?
+            .into_inner();
+        if !response.errors.is_empty() || response.imported as usize != chunk.len() {
+            return Err(E2eError::failed(format!(
+                "Admin import took {} of {} rows: {:?}",
+                response.imported,
+                chunk.len(),
+                response.errors
+            )));
+        }
+    }
+    Ok(())
+}
