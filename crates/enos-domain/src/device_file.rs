@@ -144,11 +144,16 @@ impl Columns {
 /// usable header row, a read error); a bad row is returned in place.
 pub fn read(input: &[u8]) -> Result<DeviceFile, DeviceFileError> {
     // The CSV reader skips blank lines without counting them: derive lines
-    // from byte offsets instead.
+    // from byte offsets instead. A line ends where the reader ends a
+    // record: at `\n`, `\r\n`, or a lone `\r` (old Mac files), which is
+    // how an editor numbers them too.
     let newlines: Vec<usize> = input
         .iter()
         .enumerate()
-        .filter_map(|(i, b)| (*b == b'\n').then_some(i))
+        .filter_map(|(i, b)| {
+            let lone_cr = *b == b'\r' && input.get(i + 1) != Some(&b'\n');
+            (*b == b'\n' || lone_cr).then_some(i)
+        })
         .collect();
     let line_at = |byte: u64| {
         // A record's position may be that of the blank lines before it.
@@ -217,6 +222,23 @@ mod tests {
 
     fn rows(text: &str) -> Vec<Result<DeviceRow, UnreadableRow>> {
         read(text.as_bytes()).expect("a valid header").rows
+    }
+
+    #[test]
+    fn lines_are_numbered_whatever_ends_them() {
+        // Found by the device_file fuzz target: with lone CRs every row
+        // was reported on line 1.
+        for text in [
+            "productKey,deviceKey,deviceSecret\rpk,a,s1\rpk,b,s2\r",
+            "productKey,deviceKey,deviceSecret\r\npk,a,s1\r\npk,b,s2\r\n",
+            "productKey,deviceKey,deviceSecret\npk,a,s1\npk,b,s2\n",
+        ] {
+            let lines: Vec<u32> = rows(text)
+                .iter()
+                .map(|r| r.as_ref().expect("row").line)
+                .collect();
+            assert_eq!(lines, [2, 3], "{text:?}");
+        }
     }
 
     #[test]
