@@ -92,7 +92,11 @@ impl Readiness {
                     Err(why) => tracing::warn!(reason = %why, "not ready"),
                 }
             }
-            self.set_ready(now.is_ok()).await;
+            // Only a change is published: health watchers are woken by
+            // every status set, even an unchanged one.
+            if now.is_ok() != last.is_ok() {
+                self.set_ready(now.is_ok()).await;
+            }
             last = now;
         }
     }
