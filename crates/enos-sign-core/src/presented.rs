@@ -207,15 +207,16 @@ pub struct PresentedFields {
 }
 
 impl SignedContent for PresentedFields {
-    fn write_content(&self, mut sink: impl FnMut(&[u8])) {
-        sink(b"clientId");
-        sink(self.client_id.as_str().as_bytes());
-        sink(b"deviceKey");
-        sink(self.device_key.as_str().as_bytes());
-        sink(b"productKey");
-        sink(self.product_key.as_str().as_bytes());
-        sink(b"timestamp");
-        sink(self.timestamp.as_str().as_bytes());
+    fn write_content(&self, sink: impl FnMut(&[u8])) {
+        crate::sign::write_named(
+            sink,
+            [
+                self.client_id.as_str(),
+                self.device_key.as_str(),
+                self.product_key.as_str(),
+                self.timestamp.as_str(),
+            ],
+        );
     }
 }
 

@@ -67,16 +67,29 @@ impl crate::sealed::Sealed for SignedFields {}
 impl crate::sealed::Sealed for crate::presented::PresentedFields {}
 
 impl SignedContent for SignedFields {
-    fn write_content(&self, mut sink: impl FnMut(&[u8])) {
+    fn write_content(&self, sink: impl FnMut(&[u8])) {
         let mut digits = itoa::Buffer::new();
-        sink(b"clientId");
-        sink(self.client_id.as_str().as_bytes());
-        sink(b"deviceKey");
-        sink(self.device_key.as_str().as_bytes());
-        sink(b"productKey");
-        sink(self.product_key.as_str().as_bytes());
-        sink(b"timestamp");
-        sink(digits.format(self.timestamp.as_millis()).as_bytes());
+        write_named(
+            sink,
+            [
+                self.client_id.as_str(),
+                self.device_key.as_str(),
+                self.product_key.as_str(),
+                digits.format(self.timestamp.as_millis()),
+            ],
+        );
+    }
+}
+
+/// The content rule itself: each field's name, then its text, in the
+/// alphabetical order of the names.
+pub(crate) fn write_named(mut sink: impl FnMut(&[u8]), values: [&str; 4]) {
+    for (name, value) in [&b"clientId"[..], b"deviceKey", b"productKey", b"timestamp"]
+        .into_iter()
+        .zip(values)
+    {
+        sink(name);
+        sink(value.as_bytes());
     }
 }
 
