@@ -191,14 +191,42 @@ fn decide(
     Ok(Role::Device(device))
 }
 
-/// Connects to rumqttd's internal listener as `session_id`, with the
-/// process's token and the client's last will if `will_allowed`; returns
-/// the halves and whether rumqttd had a session.
+/// [`connect_once`], tried again a few times: when a device reconnects
+/// at once, rumqttd may still be tearing the old session of the same id
+/// down and close the new connection; a moment later it accepts it.
 async fn connect_upstream(
     context: &FrontContext,
     connect: &Connect,
     session_id: String,
     will_allowed: impl Fn(&str) -> bool,
+) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match connect_once(context, connect, session_id.clone(), &will_allowed).await {
+            Ok(up) => return Ok(up),
+            Err(e) if attempt == UPSTREAM_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "rumqttd refused the session; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// How often the front tries to open a session in rumqttd.
+const UPSTREAM_ATTEMPTS: u32 = 4;
+
+/// Connects to rumqttd's internal listener as `session_id`, with the
+/// process's token and the client's last will if `will_allowed`; returns
+/// the halves and whether rumqttd had a session.
+async fn connect_once(
+    context: &FrontContext,
+    connect: &Connect,
+    session_id: String,
+    will_allowed: &impl Fn(&str) -> bool,
 ) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
     let stream = TcpStream::connect(context.upstream).await?;
     let _ = stream.set_nodelay(true);
@@ -399,8 +427,8 @@ where
     // the same credential with its parameters reordered is still one
     // session.
     let session_id = device_session_id(&device);
-    let (mut up_rx, up_tx, session_present) =
-        match connect_upstream(context, &connect, session_id.clone(), will_allowed).await {
+    let (mut up_rx, up_tx, mut session_present) =
+        match connect_upstream(context, &connect, session_id.clone(), &will_allowed).await {
             Ok(up) => up,
             Err(e) => {
                 unavailable(client_tx, &e).await;
@@ -426,17 +454,44 @@ where
     // of thousands), the client hears "server unavailable" (CONNACK 3),
     // which it retries as a network failure, not a silent close, which a
     // device takes for a refused login and backs off far longer.
-    let subscribed = async {
-        session
-            .subscribe_upstream(std::slice::from_ref(&device))
-            .await?;
-        session.sync_sub_devices().await?;
-        session.await_subacks(&mut up_rx).await
-    }
-    .await;
-    if let Err(e) = subscribed {
-        unavailable(session.client_tx, &e).await;
-        return Ok(());
+    // A session whose subscriptions rumqttd lost (it can, while it still
+    // tears down the device's previous session of the same id) is opened
+    // again, a few times, before the client hears CONNACK 3.
+    let mut attempt = 1;
+    loop {
+        session.placed.clear();
+        session.pending_subacks = 0;
+        session.held.clear();
+        let subscribed = async {
+            session
+                .subscribe_upstream(std::slice::from_ref(&device))
+                .await?;
+            session.sync_sub_devices().await?;
+            session.await_subacks(&mut up_rx).await
+        }
+        .await;
+        let error = match subscribed {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        if attempt == UPSTREAM_ATTEMPTS {
+            unavailable(session.client_tx, &error).await;
+            return Ok(());
+        }
+        tracing::debug!(attempt, error = %error, "rumqttd lost the session's subscriptions; opening it again");
+        tokio::time::sleep(Duration::from_millis(20) * 3u32.pow(attempt - 1)).await;
+        attempt += 1;
+        match connect_upstream(context, &connect, session_id.clone(), &will_allowed).await {
+            Ok((rx, tx, present)) => {
+                up_rx = rx;
+                session.up_tx = tx;
+                session_present = present;
+            }
+            Err(e) => {
+                unavailable(session.client_tx, &e).await;
+                return Ok(());
+            }
+        }
     }
     context.sessions.record(&device, &session_id);
     info!(
