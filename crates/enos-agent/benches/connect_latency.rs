@@ -17,10 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
-    SignMethod, SignedFields, TimestampMs,
-};
+use enos_sign_core::{ExposeSecret, MqttCredential, SignMethod};
 use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 use support::{DeviceRow, signer::SignerFixture, write_devices};
@@ -77,20 +74,13 @@ fn one_start(config: &std::path::Path) -> Duration {
 }
 
 fn login() -> MqttCredential {
-    let fields = SignedFields {
-        client_id: ClientId::new(GW.1).expect("id"),
-        device_key: DeviceKey::new(GW.1).expect("dk"),
-        product_key: ProductKey::new(GW.0).expect("pk"),
-        timestamp: TimestampMs::from_millis(enos_agent::now_ms()),
-    };
-    let secret = DeviceSecret::new(SECRET.to_owned()).expect("secret");
-    MqttCredential::sign(
-        fields,
-        SecureMode::DeviceSecret,
+    enos_testkit::device_login(
+        GW.0,
+        GW.1,
+        SECRET,
         SignMethod::HmacSha1,
-        &secret,
+        enos_agent::now_ms(),
     )
-    .expect("sign")
 }
 
 /// One raw rumqttc connect with a pre-signed password: time to CONNACK.

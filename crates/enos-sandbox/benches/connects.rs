@@ -10,13 +10,10 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
-    SignMethod, SignedFields, TimestampMs,
-};
+use enos_sign_core::{ExposeSecret, MqttCredential, SignMethod};
 use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 
@@ -25,14 +22,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn now_ms() -> u64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    u64::try_from(ms).expect("ms fit")
 }
 
 fn write_devices(dir: &Path, n: usize) -> PathBuf {
@@ -46,21 +35,13 @@ fn write_devices(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn login(i: usize) -> MqttCredential {
-    let dk = format!("dev{i}");
-    let fields = SignedFields {
-        client_id: ClientId::new(&dk).expect("id"),
-        device_key: DeviceKey::new(&dk).expect("dk"),
-        product_key: ProductKey::new("pkBench").expect("pk"),
-        timestamp: TimestampMs::from_millis(now_ms()),
-    };
-    let secret = DeviceSecret::new(format!("secret-of-dev{i}")).expect("secret");
-    MqttCredential::sign(
-        fields,
-        SecureMode::DeviceSecret,
+    enos_testkit::device_login(
+        "pkBench",
+        &format!("dev{i}"),
+        &format!("secret-of-dev{i}"),
         SignMethod::HmacSha1,
-        &secret,
+        enos_domain::now_ms(),
     )
-    .expect("sign")
 }
 
 /// All `n` clients connect at once; returns the time until the last CONNACK.

@@ -21,6 +21,7 @@
 
 pub mod binaries;
 mod error;
+pub mod login;
 pub mod pki;
 pub mod process;
 #[cfg(feature = "sandbox")]
@@ -30,6 +31,7 @@ pub mod signer;
 
 pub use binaries::Binaries;
 pub use error::HarnessError;
+pub use login::device_login;
 pub use pki::{Identity, IdentityFiles, Pki, write_private};
 pub use process::{ChildProcess, OutputLog};
 

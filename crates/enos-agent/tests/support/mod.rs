@@ -12,10 +12,7 @@ use std::{
 };
 
 use enos_agent::{AgentStatus, Config};
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, MqttCredential, ProductKey, SecureMode, SignMethod,
-    SignedFields, TimestampMs,
-};
+use enos_sign_core::{MqttCredential, SignMethod};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -91,20 +88,7 @@ pub fn console_password_file(dir: &Path) -> PathBuf {
 
 /// Signs a login for `pk/dk` with `secret`, as a device SDK would.
 pub fn sign_login(pk: &str, dk: &str, secret: &str) -> MqttCredential {
-    let fields = SignedFields {
-        client_id: ClientId::new(dk).expect("client id"),
-        device_key: DeviceKey::new(dk).expect("dk"),
-        product_key: ProductKey::new(pk).expect("pk"),
-        timestamp: TimestampMs::from_millis(enos_agent::now_ms()),
-    };
-    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
-    MqttCredential::sign(
-        fields,
-        SecureMode::DeviceSecret,
-        SignMethod::HmacSha1,
-        &secret,
-    )
-    .expect("sign")
+    enos_testkit::device_login(pk, dk, secret, SignMethod::HmacSha1, enos_agent::now_ms())
 }
 
 /// An MQTT client for tests: every received publish arrives on `rx`.

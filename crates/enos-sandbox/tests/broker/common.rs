@@ -1,17 +1,9 @@
 //! Shared set-up: a device file, a PKI, a sandbox child, and rumqttc
 //! clients with credentials signed by enos-sign-core.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SecureMode,
-    SignMethod, SignedFields, TimestampMs,
-};
+use enos_sign_core::{ExposeSecret, MqttCredential, SignMethod};
 use enos_testkit::sandbox::{Sandbox, SandboxBinary, SandboxBuilder};
 use enos_testkit::{Identity, Pki};
 use rumqttc::{
@@ -107,12 +99,7 @@ pub(crate) fn binary() -> SandboxBinary {
     SandboxBinary::at(env!("CARGO_BIN_EXE_enos-sandbox"))
 }
 
-pub(crate) fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    u64::try_from(since_epoch.as_millis()).expect("ms fit u64")
-}
+pub(crate) use enos_domain::now_ms;
 
 /// A credential for `pk/dk` with the device key as client id.
 pub(crate) fn credential(
@@ -122,14 +109,7 @@ pub(crate) fn credential(
     method: SignMethod,
     ts: u64,
 ) -> MqttCredential {
-    let fields = SignedFields {
-        client_id: ClientId::new(dk).expect("client id"),
-        device_key: DeviceKey::new(dk).expect("device key"),
-        product_key: ProductKey::new(pk).expect("product key"),
-        timestamp: TimestampMs::from_millis(ts),
-    };
-    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
-    MqttCredential::sign(fields, SecureMode::DeviceSecret, method, &secret).expect("signs")
+    enos_testkit::device_login(pk, dk, secret, method, ts)
 }
 
 /// A fresh credential of `pkA/dev1`, the plain device of [`DEVICES`],
