@@ -33,6 +33,19 @@ async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_
             .await?;
     }
 
+    // The sandbox's own log of those connects may reach the harness after
+    // the agents saw CONNACK: wait for it, so that the mark below comes
+    // after every line of the connects so far.
+    for agent in &agents {
+        world.sandbox.wait_for_log(
+            &format!(
+                "accepted MQTT CONNECT listener=\"enos-mqtt\" device={}",
+                agent.device
+            ),
+            SOON,
+        )?;
+    }
+
     // SIGKILL: no drain, no goodbye; every gRPC connection is cut.
     let pid = signer.pid().expect("running");
     let mark = world.sandbox.log_mark();
