@@ -1,0 +1,372 @@
+//! Dynamic activation end to end: a gateway registered without a secret
+//! connects with an activation credential (`securemode=3`, signed by the
+//! signer with its product's secret), the sandbox pushes the new device
+//! secret, the agent hands it to the signer's custody, answers 200 and
+//! reconnects with `securemode=2`. The secret never reaches a file or a
+//! log; a busy or absent signer only delays the hand-over; an agent that
+//! dies mid-way is recovered by simply starting it again.
+
+use std::path::Path;
+
+use enos_agent::{ActivationState, ConnectionState};
+use enos_custody::{Custody, SecretRef};
+use enos_domain::DeviceId;
+use enos_e2e::{InProcessAgent, TestDevice, mqtt};
+use enos_sign_core::{
+    ClientId, DeviceKey, ExposeSecret, MqttCredential, ProductKey, ProductSecret, SecureMode,
+    SignMethod, SignedFields, TimestampMs,
+};
+use enos_signer_proto::v1;
+use enos_signer_svc::{
+    config::{ProductPolicyConfig, RateLimitConfig, RegistryConfig},
+    custody::SoftwareCustody,
+    registry::{RedbRegistry, Registry},
+};
+use zeroize::Zeroizing;
+
+use crate::support::{SOON, TestResult, World, devices};
+
+/// The product whose devices may activate themselves.
+const PRODUCT: &str = "PkAct";
+/// A product the signer's policy does not let activate (EnOS 770).
+const CLOSED_PRODUCT: &str = "PkClosed";
+
+/// The world of these scenarios: one ordinary gateway (the world needs a
+/// device with a secret) plus `awaiting` devices registered without a
+/// secret, in the signer and in the sandbox, and the product secrets.
+async fn activation_world(
+    awaiting: &[(&str, &str)],
+    adjust: impl FnOnce(&mut enos_signer_svc::SignerConfig),
+) -> (World, Zeroizing<String>, Vec<TestDevice>) {
+    let mut world = World::start(devices("PkPlain", "plain", 1), |c| {
+        for product in [PRODUCT] {
+            c.policy.products.insert(
+                product.into(),
+                ProductPolicyConfig {
+                    dynamic_activation: true,
+                    ..Default::default()
+                },
+            );
+        }
+        adjust(c);
+    })
+    .await;
+    let product_secret = enos_e2e::devices::random_secret().expect("secret");
+    world.scan.other("the product secret", &product_secret);
+    let mut admin = world.signer.admin().await;
+    for product in [PRODUCT, CLOSED_PRODUCT] {
+        admin
+            .put_product_secret(v1::PutProductSecretRequest {
+                product: Some(v1::ProductRef {
+                    product_key: product.into(),
+                }),
+                product_secret: product_secret.to_string(),
+            })
+            .await
+            .expect("product secret");
+    }
+    let mut waiting = Vec::new();
+    for (pk, dk) in awaiting {
+        admin
+            .put_device(v1::PutDeviceRequest {
+                device: Some(v1::DeviceRef::new(*pk, *dk)),
+                device_secret: String::new(),
+                enabled: true,
+                awaiting_activation: true,
+            })
+            .await
+            .expect("registered without a secret");
+        waiting.push(TestDevice::new(pk, dk).expect("device"));
+    }
+    write_sandbox_csv(&world, &waiting, &product_secret);
+    world.sandbox.reload_devices().expect("the sandbox reloads");
+    (world, product_secret, waiting)
+}
+
+/// The sandbox's device file: the world's devices, then the awaiting ones
+/// with an empty `deviceSecret`, every row with its product's secret.
+fn write_sandbox_csv(world: &World, waiting: &[TestDevice], product_secret: &str) {
+    let devices: Vec<&TestDevice> = world.devices.iter().collect();
+    let waiting: Vec<&TestDevice> = waiting.iter().collect();
+    enos_e2e::devices::write_sandbox_csv(
+        &world.sandbox_csv(),
+        &devices,
+        &waiting,
+        &[(PRODUCT, product_secret), (CLOSED_PRODUCT, product_secret)],
+    )
+    .expect("devices.csv");
+}
+
+/// The agent of an awaiting device.
+fn agent_of(world: &World, device: &TestDevice) -> enos_e2e::AgentToml {
+    let (files, _) = world.pki.device(device).expect("device certificate");
+    enos_e2e::AgentToml::new(
+        device,
+        &world.signer.uri(),
+        &world.pki.ca,
+        (files.cert, files.key),
+        format!("tcp://{}", world.sandbox.mqtt_addr()),
+    )
+}
+
+/// The device secrets now in the signer's custody, opened with its master
+/// key (the signer must be stopped: redb has one owner).
+async fn secrets_in_custody(world: &World, ids: &[&TestDevice]) -> Vec<Zeroizing<String>> {
+    let config = world.signer.config();
+    let RegistryConfig::Redb { path } = &config.registry else {
+        panic!("the e2e signer runs on redb");
+    };
+    let registry = RedbRegistry::open(path).expect("registry");
+    let enos_signer_svc::config::CustodyConfig::Software { master_key_file } = &config.custody
+    else {
+        panic!("the e2e signer runs software custody");
+    };
+    let key = enos_signer_svc::key_file::load(master_key_file).expect("master key");
+    let custody = SoftwareCustody::new(&key);
+    let mut secrets = Vec::new();
+    for d in ids {
+        let id = DeviceId::new(
+            ProductKey::new(&d.product_key).expect("pk"),
+            DeviceKey::new(&d.device_key).expect("dk"),
+        );
+        let record = registry.get(&id).await.expect("get").expect("registered");
+        let sealed = record.sealed.as_ref().expect("activated: it has a secret");
+        let secret = custody
+            .open(SecretRef::of(&id, record.secret_version), sealed)
+            .expect("opens");
+        secrets.push(Zeroizing::new(secret.expose_secret().to_owned()));
+    }
+    secrets
+}
+
+/// Fails if `needle` is in any file under `dir`.
+fn assert_in_no_file(dir: &Path, needle: &str, what: &str) {
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{what} found in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// `complete_activation` audit records of `device` with outcome `ok`.
+fn activations_audited(world: &World, device: &TestDevice) -> usize {
+    let (file, _) = world.audit_files();
+    std::fs::read_to_string(file)
+        .expect("audit trail")
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"complete_activation\"")
+                && l.contains(&format!("\"device\":\"{}\"", device.id()))
+                && l.contains("\"outcome\":\"ok\"")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_a_secret_activates_through_custody_and_reconnects_with_its_own()
+-> TestResult {
+    let (mut world, product_secret, waiting) = activation_world(
+        &[(PRODUCT, "gw-new"), (CLOSED_PRODUCT, "gw-closed")],
+        |_| {},
+    )
+    .await;
+    let (fresh, closed) = (&waiting[0], &waiting[1]);
+
+    let mut agent = InProcessAgent::start(agent_of(&world, fresh).config()?)?;
+    let done = agent
+        .wait_for("activation and the securemode=2 reconnect", SOON, |s| {
+            s.activation == Some(ActivationState::Activated)
+                && s.state == ConnectionState::Connected
+                && s.connects >= 2
+        })
+        .await?;
+    assert_eq!(done.refusals, 0, "no login refused: {done:?}");
+    let shown = world
+        .signer
+        .admin()
+        .await
+        .get_device(v1::DeviceRef::new(PRODUCT, "gw-new"))
+        .await?
+        .into_inner();
+    assert!(
+        !shown.awaiting_activation && shown.secret_version == 1,
+        "{shown:?}"
+    );
+    assert_eq!(activations_audited(&world, fresh), 1);
+    let logs = world.sandbox.logs();
+    assert!(logs.contains("activat"), "the sandbox logs the activation");
+
+    // Activated: a securemode=3 login (the product secret) is refused now.
+    let fields = SignedFields {
+        client_id: ClientId::new("gw-new")?,
+        device_key: DeviceKey::new("gw-new")?,
+        product_key: ProductKey::new(PRODUCT)?,
+        timestamp: TimestampMs::from_millis(enos_domain::now_ms()),
+    };
+    let login = MqttCredential::sign(
+        fields,
+        SecureMode::ProductSecret,
+        SignMethod::HmacSha1,
+        &ProductSecret::new(product_secret.to_string())?,
+    )?;
+    let refused = mqtt::try_connect(
+        world.sandbox.mqtt_addr(),
+        &mqtt::Login {
+            client_id: login.mqtt_client_id.clone(),
+            credentials: Some((
+                login.username.clone(),
+                login.password.expose_secret().to_owned(),
+            )),
+            tls: None,
+        },
+        SOON,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "an activated device may not activate again"
+    );
+
+    // A product the signer does not let activate: EnOS's 770, no connect.
+    let mut closed_agent = InProcessAgent::start(agent_of(&world, closed).config()?)?;
+    let status = closed_agent
+        .wait_for("the signer's refusal", SOON, |s| s.refusals >= 1)
+        .await?;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("770")),
+        "{status:?}"
+    );
+    assert_eq!(status.connects, 0);
+    closed_agent.stop().await?;
+
+    let status = agent.stop().await?;
+    assert_eq!(status.activation, Some(ActivationState::Activated));
+    world.signer.stop().await;
+    let secrets = secrets_in_custody(&world, &[fresh]).await;
+    world.scan.other("the pushed device secret", &secrets[0]);
+    assert_in_no_file(world.dir.path(), &secrets[0], "the pushed device secret");
+    world.signer.restart().await?;
+    world.scan_logs();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_waits_out_a_signer_outage_and_an_agent_killed_mid_way_is_recovered()
+-> TestResult {
+    // One request a second per identity: the credential takes the token,
+    // so every hand-over first meets ResourceExhausted and must retry
+    // while holding the secret, which keeps the hand-over pending long
+    // enough to take the signer down or kill the agent in the middle.
+    let (mut world, _product_secret, waiting) =
+        activation_world(&[(PRODUCT, "gw-outage"), (PRODUCT, "gw-killed")], |c| {
+            c.rate_limit = Some(RateLimitConfig {
+                per_second: 1,
+                burst: 1,
+            });
+        })
+        .await;
+    let (outage, killed) = (&waiting[0], &waiting[1]);
+
+    // 1. The signer goes down during the hand-over, and comes back.
+    let mut agent = InProcessAgent::start(agent_of(&world, outage).config()?)?;
+    agent
+        .wait_for("the push", SOON, |s| {
+            s.activation == Some(ActivationState::HandingOver)
+        })
+        .await?;
+    world.signer.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        agent.now().activation,
+        Some(ActivationState::HandingOver),
+        "no hand-over without the signer"
+    );
+    assert_eq!(
+        agent.now().state,
+        ConnectionState::Connected,
+        "the activation session stays up meanwhile"
+    );
+    world.signer.restart().await?;
+    agent
+        .wait_for("the hand-over after the signer is back", SOON, |s| {
+            s.activation == Some(ActivationState::Activated)
+                && s.state == ConnectionState::Connected
+                && s.connects >= 2
+        })
+        .await?;
+    assert_eq!(
+        activations_audited(&world, outage),
+        1,
+        "exactly one activation"
+    );
+    agent.stop().await?;
+
+    // 2. An agent killed while it holds the pushed secret: nothing of it
+    // is kept anywhere; a new start activates (the sandbox pushes the
+    // same pending secret again on the next securemode=3 login).
+    let mut first = InProcessAgent::start(agent_of(&world, killed).config()?)?;
+    first
+        .wait_for("the push", SOON, |s| {
+            s.activation == Some(ActivationState::HandingOver)
+        })
+        .await?;
+    first.kill();
+    let shown = world
+        .signer
+        .admin()
+        .await
+        .get_device(v1::DeviceRef::new(PRODUCT, "gw-killed"))
+        .await?
+        .into_inner();
+    if shown.awaiting_activation {
+        // Killed before its hand-over landed: the documented recovery is
+        // to start it again.
+        assert_eq!(activations_audited(&world, killed), 0);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut second = InProcessAgent::start(agent_of(&world, killed).config()?)?;
+    second
+        .wait_for("the activation after a restart", SOON, |s| {
+            s.state == ConnectionState::Connected
+                && s.connects >= 1
+                && s.activation != Some(ActivationState::AwaitingPush)
+                && s.activation != Some(ActivationState::HandingOver)
+        })
+        .await?;
+    let status = second.stop().await?;
+    assert_eq!(
+        activations_audited(&world, killed),
+        1,
+        "exactly one activation"
+    );
+    assert_eq!(status.refusals, 0, "{status:?}");
+
+    world.signer.stop().await;
+    let secrets = secrets_in_custody(&world, &[outage, killed]).await;
+    for (i, secret) in secrets.iter().enumerate() {
+        world.scan.other(&format!("pushed secret {i}"), secret);
+        assert_in_no_file(world.dir.path(), secret, "a pushed device secret");
+    }
+    world.signer.restart().await?;
+    world.scan_logs();
+    Ok(())
+}
