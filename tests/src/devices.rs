@@ -185,3 +185,17 @@ fn write_device_file(
     enos_testkit::write_private(path, csv.as_bytes())
         .map_err(|e| E2eError::failed(format!("writing {}: {e}", path.display())))
 }
+
+/// Every file under `dir`, recursively (for scans of what a run left).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

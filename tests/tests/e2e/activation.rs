@@ -9,19 +9,13 @@
 use std::path::Path;
 
 use enos_agent::{ActivationState, ConnectionState};
-use enos_custody::{Custody, SecretRef};
-use enos_domain::DeviceId;
 use enos_e2e::{InProcessAgent, TestDevice, mqtt};
 use enos_sign_core::{
     ClientId, DeviceKey, ExposeSecret, MqttCredential, ProductKey, ProductSecret, SecureMode,
     SignMethod, SignedFields, TimestampMs,
 };
 use enos_signer_proto::v1;
-use enos_signer_svc::{
-    config::{ProductPolicyConfig, RateLimitConfig, RegistryConfig},
-    custody::SoftwareCustody,
-    registry::{RedbRegistry, Registry},
-};
+use enos_signer_svc::config::{ProductPolicyConfig, RateLimitConfig};
 use zeroize::Zeroizing;
 
 use crate::support::{SOON, TestResult, World, devices};
@@ -109,59 +103,32 @@ fn agent_of(world: &World, device: &TestDevice) -> enos_e2e::AgentToml {
     )
 }
 
-/// The device secrets now in the signer's custody, opened with its master
-/// key (the signer must be stopped: redb has one owner).
-async fn secrets_in_custody(world: &World, ids: &[&TestDevice]) -> Vec<Zeroizing<String>> {
-    let config = world.signer.config();
-    let RegistryConfig::Redb { path } = &config.registry else {
-        panic!("the e2e signer runs on redb");
-    };
-    let registry = RedbRegistry::open(path).expect("registry");
-    let enos_signer_svc::config::CustodyConfig::Software { master_key_file } = &config.custody
-    else {
-        panic!("the e2e signer runs software custody");
-    };
-    let key = enos_signer_svc::key_file::load(master_key_file).expect("master key");
-    let custody = SoftwareCustody::new(&key);
+/// The device secrets now in the signer's custody (the signer stopped).
+async fn secrets_in_custody(world: &World, devices: &[&TestDevice]) -> Vec<Zeroizing<String>> {
+    let files =
+        enos_e2e::signer::SignerFiles::of(world.signer.config_path(), world.signer.config())
+            .expect("signer files");
     let mut secrets = Vec::new();
-    for d in ids {
-        let id = DeviceId::new(
-            ProductKey::new(&d.product_key).expect("pk"),
-            DeviceKey::new(&d.device_key).expect("dk"),
+    for d in devices {
+        secrets.push(
+            enos_e2e::signer::device_secret_in_custody(&files, d)
+                .await
+                .expect("the secret in custody"),
         );
-        let record = registry.get(&id).await.expect("get").expect("registered");
-        let sealed = record.sealed.as_ref().expect("activated: it has a secret");
-        let secret = custody
-            .open(SecretRef::of(&id, record.secret_version), sealed)
-            .expect("opens");
-        secrets.push(Zeroizing::new(secret.expose_secret().to_owned()));
     }
     secrets
 }
 
 /// Fails if `needle` is in any file under `dir`.
 fn assert_in_no_file(dir: &Path, needle: &str, what: &str) {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap_or_default();
+    for file in enos_e2e::devices::files_under(dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(
             !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
             "{what} found in {}",
-            entry.display()
+            file.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// `complete_activation` audit records of `device` with outcome `ok`.
