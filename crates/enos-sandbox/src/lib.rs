@@ -27,7 +27,8 @@
 //! |---|---|
 //! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
 //! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
-//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
+//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Admitted`]: who may connect; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
+//! | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push |
 //! | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd |
 //! | [`console`] | [`ConsoleLogin`]: the cloud's side |
 //! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway |
@@ -110,6 +111,7 @@
 //! [rumqttd]: https://docs.rs/rumqttd/0.20
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -124,7 +126,8 @@ pub mod sessions;
 mod status;
 pub mod sub_devices;
 
-pub use auth::{Authenticator, Refusal};
+pub use activation::{ActivationPush, Activations};
+pub use auth::{Admitted, Authenticator, Refusal};
 pub use broker::{ReloadOutcome, RunningBroker};
 pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use console::ConsoleLogin;

@@ -196,7 +196,13 @@ impl Responder {
         {
             return Outcome::fail(code::SIGN_CHECK_FAILED, e.to_string());
         }
-        if verify_sign(&params.fields, params.method, &params.sign, &device.secret).is_err() {
+        let Some(secret) = &device.secret else {
+            return Outcome::fail(
+                code::SIGN_CHECK_FAILED,
+                format!("sub-device {sub} has no device secret yet (it awaits activation)"),
+            );
+        };
+        if verify_sign(&params.fields, params.method, &params.sign, secret).is_err() {
             return Outcome::fail(code::SIGN_CHECK_FAILED, "sign check failed");
         }
         if !device.enabled {

@@ -58,6 +58,16 @@ pub(crate) fn is_downstream(topic: &str) -> bool {
         .is_some_and(|push| !push.is_empty() && !matches!(push, "login" | "login/batch" | "logout"))
 }
 
+/// Whether `topic` is `device`'s reply to an activation push.
+pub(crate) fn is_activation_reply(topic: &str, device: &DeviceId) -> bool {
+    split(topic).is_some_and(|(pk, dk, rest)| {
+        topic.starts_with("/ext/session/")
+            && pk == device.product_key.as_str()
+            && dk == device.device_key.as_str()
+            && rest == "thing/activate/info_reply"
+    })
+}
+
 /// The namespace prefixes of `device`, to test subscription filters.
 fn prefixes(device: &DeviceId) -> [String; 2] {
     [
