@@ -36,7 +36,7 @@ use crate::{
     activation::{ActivationPush, Activations},
     auth::{Admitted, Refusal},
     devices::DeviceId,
-    sub_devices::OnlineSubDevices,
+    sub_devices::{OnlineSubDevices, SubDeviceSessions},
 };
 
 /// How long rumqttd may take to answer the front's CONNECT and SUBSCRIBE.
@@ -427,6 +427,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sub_devices = context.sub_devices.watch(&device);
+    // However the session ends, a gateway's sub-devices go offline with
+    // it (unless a later login of the gateway took it over).
+    let _lease = GatewayLease {
+        sessions: &context.sub_devices,
+        session: context.sub_devices.session_opened(&device),
+        gateway: device.clone(),
+    };
     let will_device = device.clone();
     let will_subs = sub_devices.clone();
     let will_allowed = move |topic: &str| {
@@ -794,6 +801,30 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
     fn next_pkid(&mut self) -> u16 {
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         self.next_pkid
+    }
+}
+
+/// A device session's hold on its sub-devices: dropped when the session
+/// ends, it takes them offline, which frees the gateway's slots.
+struct GatewayLease<'a> {
+    /// Where the sub-devices are online.
+    sessions: &'a SubDeviceSessions,
+    /// The gateway (any device: most have no sub-devices).
+    gateway: DeviceId,
+    /// The number of this session, from [`SubDeviceSessions::session_opened`].
+    session: u64,
+}
+
+impl Drop for GatewayLease<'_> {
+    fn drop(&mut self) {
+        let offline = self.sessions.session_ended(&self.gateway, self.session);
+        if offline > 0 {
+            info!(
+                device = %self.gateway,
+                sub_devices = offline,
+                "the gateway's session ended: its sub-devices are offline"
+            );
+        }
     }
 }
 
