@@ -17,9 +17,12 @@
 //!   ([`enos_sign_core::PresentedLogin`]); no freshness check, as EnOS,
 //!   unless `--freshness-window-secs` turns one on;
 //! - devices from a CSV file ([`devices`]), reloadable at run time;
-//! - an in-broker responder ([`responder`]) answering `combine.login` /
-//!   `combine.logout` and `thing.measurepoint.post`, through rumqttd's
-//!   in-process link (`Broker::link`).
+//! - dynamic activation ([`activation`]): securemode 3 with the product
+//!   secret, the new secret pushed on `thing/activate/info`;
+//! - an in-broker responder ([`responder`]) answering `combine.login`,
+//!   `combine.login.batch`, `combine.logout` (at most 200 online
+//!   sub-devices per gateway) and `thing.measurepoint.post`, through
+//!   rumqttd's in-process link (`Broker::link`).
 //!
 //! # Layout
 //!
@@ -81,9 +84,8 @@
 //! - **No topic ACLs.** Any authenticated client may publish or subscribe
 //!   on any topic; the responder answers by topic.
 //!
-//! - **Not implemented** (EnOS has them): `combine.login/batch`, the limit
-//!   of 200 online sub-devices per gateway, securemode 3 and 4 (product
-//!   secrets, dynamic activation), CONNACK return codes.
+//! - **Not implemented** (EnOS has them): securemode 4 (message-integration
+//!   channels), sub-device dynamic activation through a gateway.
 //!
 //! # Log lines
 //!
@@ -95,10 +97,15 @@
 //! | `accepted MQTT CONNECT` | `listener="enos-mqtt"` or `"enos-mqtts"`, `device=pk/dk`, `client_id` |
 //! | `refused MQTT CONNECT` | `listener`, `client_id`, `username`, `reason=` the [`Refusal`] |
 //! | `answered request` | `request="combine.login"` (…), `device=` the topic's device, `code`, `message` |
+//! | `refused a sub-device login` | `request="combine.login.batch"`, `device=` the gateway, `sub_device`, `code`, `message` |
+//! | `the gateway's session ended: its sub-devices are offline` | `device`, `sub_devices` (how many) |
+//! | `activation pending` / `activation pushed` / `activation completed` | `device` |
+//! | `activation reply ignored; still pending` (or `activation reply ignored`) | `device`, `reason` |
 //! | `reloaded the device file` | `devices`, `dropped_sessions` |
 //! | `dropped the session: …` | `device`, `client_id` |
 //!
-//! Passwords, signs, secrets and the take-over token never appear in it.
+//! Passwords, signs, secrets (activation secrets included) and the
+//! take-over token never appear in it.
 //!
 //! # Tests
 //!
