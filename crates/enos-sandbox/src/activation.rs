@@ -6,13 +6,16 @@
 //!
 //! 1. It logs in with `securemode=3`, signed with the product secret
 //!    ([`crate::auth`]). The first such login makes a **pending** secret
-//!    for it: 32 random ASCII letters and digits, with a message id.
+//!    for it: [`SECRET_LEN`] random ASCII letters and digits, with a
+//!    message id.
 //! 2. Right after CONNACK the front pushes, without a SUBSCRIBE, on
 //!    `/ext/session/{pk}/{dk}/thing/activate/info` (QoS 0):
-//!    `{"id":"<n>","version":"1.0","method":"thing.activate.info","params":{"productKey":"…","deviceKey":"…","deviceSecret":"…"}}`.
+//!    `{"id":"<n>","version":"1.0","method":"thing.activate.info","params":{"productKey":"…","deviceKey":"…","deviceSecret":"…"}}`
+//!    (the id a JSON string).
 //!    Every `securemode=3` login before completion pushes the **same**
 //!    secret and id again: a device (or its custody) that died before
-//!    storing the secret just logs in again.
+//!    storing the secret just logs in again. Ids are decimal numbers,
+//!    never reused within a process or by the next one.
 //! 3. Completion, either way:
 //!    - the device publishes `{"id":"<n>","code":200,…}` on
 //!      `…/thing/activate/info_reply` (the id as a string or a number);
@@ -124,12 +127,23 @@ pub enum PendingCheck<E> {
 }
 
 /// Activation state by device, for the life of the process.
-#[derive(Default)]
 pub struct Activations {
     /// Devices that logged in with `securemode=3` at least once.
     by_device: Mutex<HashMap<DeviceId, State>>,
-    /// The last message id handed out; ids are `1`, `2`, … in turn.
+    /// The last message id handed out. Ids count up from the process's
+    /// start time in milliseconds, so that a reply a device resends to a
+    /// restarted sandbox (which forgot its activations) names no push of
+    /// the new process.
     last_id: AtomicU64,
+}
+
+impl Default for Activations {
+    fn default() -> Self {
+        Activations {
+            by_device: Mutex::default(),
+            last_id: AtomicU64::new(enos_domain::now_ms()),
+        }
+    }
 }
 
 impl fmt::Debug for Activations {
