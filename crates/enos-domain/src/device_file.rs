@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | `productKey` | yes | the device's product key |
 //! | `deviceKey` | yes | the device's key within its product |
-//! | `deviceSecret` | yes (the cell may be empty) | the secret its passwords are signed with; empty: none yet (the sandbox reads that as a device awaiting dynamic activation, the signer's import refuses it) |
-//! | `productSecret` | no | the secret of the device's product (dynamic activation, securemode 3); an empty cell or no column: none |
+//! | `deviceSecret` | yes (the cell may be empty) | the secret its passwords are signed with; empty: none yet, a device awaiting dynamic activation |
+//! | `productSecret` | no | the secret of the device's product (dynamic activation, securemode 3); an empty cell or no column: none. The sandbox reads it; the signer's import does not (its product secrets are set through its admin API) |
 //! | `enabled` | no | `true` or `false` (the sandbox reads it; the signer's import enables every device) |
 //! | `gatewayProductKey`, `gatewayDeviceKey` | no, as a pair | the gateway of a sub-device; both empty for a directly connected device |
 //!
