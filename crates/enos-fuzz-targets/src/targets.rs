@@ -77,11 +77,9 @@ pub fn device_file(data: &[u8]) {
             let line = match row {
                 Ok(row) => {
                     // A product secret is absent or not empty, never "".
-                    assert!(
-                        row.product_secret
-                            .as_ref()
-                            .is_none_or(|s| !enos_sign_core::ExposeSecret::expose_secret(s).is_empty())
-                    );
+                    assert!(row.product_secret.as_ref().is_none_or(|s| {
+                        !enos_sign_core::ExposeSecret::expose_secret(s).is_empty()
+                    }));
                     row.line
                 }
                 Err(bad) => bad.line,
