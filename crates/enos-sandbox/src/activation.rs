@@ -22,7 +22,8 @@
 //!      another id or code is logged and changes nothing;
 //!    - or it logs in with `securemode=2` and a password that verifies
 //!      with the pending secret: it evidently holds it (say its reply was
-//!      lost).
+//!      lost). That completes it once the whole CONNECT is admitted (on
+//!      the TLS listener, with the device's certificate).
 //!
 //!    From then on the device logs in with `securemode=2` and that secret
 //!    only; `securemode=3` is refused (CONNACK 5, already activated).
@@ -120,8 +121,9 @@ impl ActivationPush {
 pub enum PendingCheck<E> {
     /// No pending activation.
     NotPending,
-    /// The password verified with the pending secret: now activated.
-    Completed,
+    /// The password verified with the pending secret: once the login is
+    /// admitted, [`Activations::complete`] it.
+    Verified,
     /// It did not verify; the error of the check.
     Failed(E),
 }
@@ -184,31 +186,44 @@ impl Activations {
     }
 
     /// For a `securemode=2` login of a device without a secret: checks
-    /// the password with the pending secret (`verify`), and completes the
-    /// activation when it verifies.
-    pub fn complete_if_verified<E>(
+    /// the password with the pending secret (`verify`). Changes nothing:
+    /// the caller completes the activation once it admits the login (a
+    /// TLS login may still fail its certificate check).
+    pub fn verify_pending<E>(
         &self,
         device: &DeviceId,
         verify: impl FnOnce(&DeviceSecret) -> Result<(), E>,
     ) -> PendingCheck<E> {
-        let mut map = self.lock();
+        let map = self.lock();
         let Some(State::Pending(push)) = map.get(device) else {
             return PendingCheck::NotPending;
         };
-        if let Err(e) = verify(&push.secret) {
-            return PendingCheck::Failed(e);
+        match verify(&push.secret) {
+            Ok(()) => PendingCheck::Verified,
+            Err(e) => PendingCheck::Failed(e),
         }
+    }
+
+    /// Completes `device`'s pending activation: its pending secret is its
+    /// secret from now on. Returns whether one was pending. (The pending
+    /// secret never changes, so a login verified with it may complete it
+    /// a moment later.)
+    pub fn complete(&self, device: &DeviceId) -> bool {
+        let mut map = self.lock();
+        let Some(State::Pending(push)) = map.get(device) else {
+            return false;
+        };
         let secret = push.secret.clone();
         map.insert(device.clone(), State::Activated(secret));
         info!(device = %device, "activation completed");
-        PendingCheck::Completed
+        true
     }
 
     /// The device published `payload` on its `thing/activate/info_reply`:
     /// completes the pending activation if the reply carries its id and
     /// code 200. Returns whether it completed.
     pub fn on_reply(&self, device: &DeviceId, payload: &[u8]) -> bool {
-        let mut map = self.lock();
+        let map = self.lock();
         let push = match map.get(device) {
             Some(State::Pending(push)) => push,
             Some(State::Activated(_)) => {
@@ -234,10 +249,8 @@ impl Activations {
             (false, ..) => "the reply is not JSON",
             (true, false, _) => "the reply's id is not the push's",
             (true, true, Some(200)) => {
-                let secret = push.secret.clone();
-                map.insert(device.clone(), State::Activated(secret));
-                info!(device = %device, "activation completed");
-                return true;
+                drop(map);
+                return self.complete(device);
             }
             (true, true, _) => "the reply's code is not 200",
         };
@@ -333,22 +346,25 @@ mod tests {
         let activations = Activations::default();
         let device = id("a");
         assert_eq!(
-            activations.complete_if_verified(&device, |_| Ok::<(), ()>(())),
+            activations.verify_pending(&device, |_| Ok::<(), ()>(())),
             PendingCheck::NotPending
         );
+        assert!(!activations.complete(&device), "nothing pending");
         let push = activations.pending_or_new(&device).expect("pending");
         assert_eq!(
-            activations.complete_if_verified(&device, |_| Err("wrong")),
+            activations.verify_pending(&device, |_| Err("wrong")),
             PendingCheck::Failed("wrong")
         );
         assert_eq!(
-            activations.complete_if_verified(&device, |s| {
+            activations.verify_pending(&device, |s| {
                 (s.expose_secret() == push.secret.expose_secret())
                     .then_some(())
                     .ok_or(())
             }),
-            PendingCheck::Completed
+            PendingCheck::Verified
         );
+        assert!(activations.activated_secret(&device).is_none(), "not yet");
+        assert!(activations.complete(&device));
         assert!(activations.activated_secret(&device).is_some());
     }
 

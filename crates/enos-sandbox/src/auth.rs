@@ -24,8 +24,19 @@ use crate::{
 pub struct Admitted {
     /// The device it logged in as.
     pub device: DeviceId,
-    /// For a `securemode=3` login: what to push right after CONNACK.
-    pub activation: Option<ActivationPush>,
+    /// What the login means for the device's activation, if anything.
+    pub activation: Option<ActivationStep>,
+}
+
+/// The activation step of an admitted login.
+#[derive(Debug)]
+pub enum ActivationStep {
+    /// A `securemode=3` login: push this right after CONNACK.
+    Push(ActivationPush),
+    /// A `securemode=2` login signed with the pending secret: once the
+    /// session is admitted (the TLS certificate checked too), the
+    /// activation is complete ([`Activations::complete`]).
+    Complete,
 }
 
 /// Why a CONNECT (or a sub-device login) was refused. `Display` is the
@@ -253,7 +264,7 @@ impl Authenticator {
                     .ok_or_else(|| Refusal::ActivationUnavailable(id.clone()))?;
                 return Ok(Admitted {
                     device: id,
-                    activation: Some(push),
+                    activation: Some(ActivationStep::Push(push)),
                 });
             }
             SecureMode::ChannelProductSecret => {
@@ -266,27 +277,29 @@ impl Authenticator {
             .secret
             .clone()
             .or_else(|| self.activations.activated_secret(&id));
-        let verified = match secret {
-            Some(secret) => presented
-                .verify(password, &secret, freshness)
-                .map_err(|e| refused(e, id.clone(), Refusal::WrongPassword)),
+        let activation = match secret {
+            Some(secret) => {
+                presented
+                    .verify(password, &secret, freshness)
+                    .map_err(|e| refused(e, id.clone(), Refusal::WrongPassword))?;
+                None
+            }
             // Awaiting activation: a password signed with the pending
             // secret proves the device holds it, which completes it.
-            None => match self.activations.complete_if_verified(&id, |pending| {
+            None => match self.activations.verify_pending(&id, |pending| {
                 presented.verify(password, pending, freshness)
             }) {
-                PendingCheck::Completed => Ok(()),
-                PendingCheck::NotPending => Err(Refusal::NotActivated(id.clone())),
-                PendingCheck::Failed(e) => Err(refused(e, id.clone(), Refusal::NotActivated)),
+                PendingCheck::Verified => Some(ActivationStep::Complete),
+                PendingCheck::NotPending => return Err(Refusal::NotActivated(id)),
+                PendingCheck::Failed(e) => return Err(refused(e, id, Refusal::NotActivated)),
             },
         };
-        verified?;
         if device.gateway.is_some() {
             return Err(Refusal::SubDeviceDirect(id));
         }
         Ok(Admitted {
             device: id,
-            activation: None,
+            activation,
         })
     }
 }
@@ -403,21 +416,26 @@ mod tests {
             Err(Refusal::WrongProductSign(new1.clone()))
         );
 
-        let first = admit(&dyn_login(
-            "new1",
-            SecureMode::ProductSecret,
-            "product-secret",
-        ))
-        .expect("admitted");
-        let push = first.activation.expect("a push");
-        let again = admit(&dyn_login(
-            "new1",
-            SecureMode::ProductSecret,
-            "product-secret",
-        ))
-        .expect("admitted again")
-        .activation
-        .expect("a push");
+        let push_of = |admitted: Admitted| match admitted.activation {
+            Some(ActivationStep::Push(push)) => push,
+            other => panic!("expected a push, got {other:?}"),
+        };
+        let push = push_of(
+            admit(&dyn_login(
+                "new1",
+                SecureMode::ProductSecret,
+                "product-secret",
+            ))
+            .expect("admitted"),
+        );
+        let again = push_of(
+            admit(&dyn_login(
+                "new1",
+                SecureMode::ProductSecret,
+                "product-secret",
+            ))
+            .expect("admitted again"),
+        );
         assert_eq!(push.secret.expose_secret(), again.secret.expose_secret());
 
         // securemode 2 with the pending secret completes it.
@@ -427,7 +445,14 @@ mod tests {
             push.secret.expose_secret(),
         ))
         .expect("the pending secret");
-        assert!(done.activation.is_none());
+        assert!(matches!(done.activation, Some(ActivationStep::Complete)));
+        let still = admit(&dyn_login(
+            "new1",
+            SecureMode::ProductSecret,
+            "product-secret",
+        ));
+        assert!(still.is_ok(), "pending until the caller completes it");
+        assert!(auth.activations().complete(&new1));
         let after = admit(&dyn_login(
             "new1",
             SecureMode::ProductSecret,

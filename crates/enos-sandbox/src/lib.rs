@@ -134,7 +134,7 @@ mod status;
 pub mod sub_devices;
 
 pub use activation::{ActivationPush, Activations};
-pub use auth::{Admitted, Authenticator, Refusal};
+pub use auth::{ActivationStep, Admitted, Authenticator, Refusal};
 pub use broker::{ReloadOutcome, RunningBroker};
 pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use console::ConsoleLogin;

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     activation::{ActivationPush, Activations},
-    auth::{Admitted, Refusal},
+    auth::{ActivationStep, Admitted, Refusal},
     devices::DeviceId,
     sub_devices::{OnlineSubDevices, SubDeviceSessions},
 };
@@ -196,7 +196,16 @@ fn decide(
                 reason,
             })?;
     }
-    Ok(Role::Device(device, activation))
+    // Only now, the whole CONNECT admitted, may a login change state.
+    let push = match activation {
+        Some(ActivationStep::Push(push)) => Some(push),
+        Some(ActivationStep::Complete) => {
+            context.auth.activations().complete(&device);
+            None
+        }
+        None => None,
+    };
+    Ok(Role::Device(device, push))
 }
 
 /// [`connect_once`], tried again a few times: when a device reconnects
