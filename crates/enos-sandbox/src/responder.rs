@@ -519,7 +519,8 @@ mod tests {
              gwpk,gw1,gw-secret,,,\n\
              gwpk,gw2,gw-secret,,,\n\
              subpk,sub1,sub-secret,,gwpk,gw1\n\
-             subpk,off,off-secret,false,gwpk,gw1\n",
+             subpk,off,off-secret,false,gwpk,gw1\n\
+             subpk,unset,,,gwpk,gw1\n",
         )
         .expect("write");
         let store = Arc::new(DeviceStore::open(&path).expect("valid"));
@@ -599,6 +600,8 @@ mod tests {
                 740,
             ),
             (GW1_LOGIN, login_body("off", "off-secret", NOW), 723),
+            // No secret yet (awaiting activation): nothing to check with.
+            (GW1_LOGIN, login_body("unset", "any-secret", NOW), 742),
             (GW1_LOGIN, b"not json".to_vec(), 460),
             (
                 GW1_LOGIN,

@@ -166,6 +166,23 @@ mod tests {
     }
 
     #[test]
+    fn activation_replies() {
+        let device = id("pk", "dk");
+        assert!(is_activation_reply(
+            "/ext/session/pk/dk/thing/activate/info_reply",
+            &device
+        ));
+        for other in [
+            "/ext/session/pk/dk/thing/activate/info",
+            "/ext/session/pk/dk2/thing/activate/info_reply",
+            "/sys/pk/dk/thing/activate/info_reply",
+            "/ext/session/pk/dk/thing/activate/info_reply/x",
+        ] {
+            assert!(!is_activation_reply(other, &device), "{other}");
+        }
+    }
+
+    #[test]
     fn subscriptions_stay_inside_a_namespace() {
         let own = [id("pk", "dk")];
         for ok in [
