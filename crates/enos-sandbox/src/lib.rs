@@ -34,7 +34,7 @@
 //! | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push |
 //! | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd |
 //! | [`console`] | [`ConsoleLogin`]: the cloud's side |
-//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway |
+//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway, at most 200 each |
 //! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
 //! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
 //! | [`broker`] | [`RunningBroker`]: rumqttd and the front in this process (what the binary runs) |
