@@ -47,34 +47,60 @@ async fn activation_world(
     .await;
     let product_secret = enos_e2e::devices::random_secret().expect("secret");
     world.scan.other("the product secret", &product_secret);
-    let mut admin = world.signer.admin().await;
+    let admin = world.signer.admin().await;
     for product in [PRODUCT, CLOSED_PRODUCT] {
-        admin
-            .put_product_secret(v1::PutProductSecretRequest {
-                product: Some(v1::ProductRef {
-                    product_key: product.into(),
-                }),
-                product_secret: product_secret.to_string(),
-            })
-            .await
-            .expect("product secret");
+        let request = v1::PutProductSecretRequest {
+            product: Some(v1::ProductRef {
+                product_key: product.into(),
+            }),
+            product_secret: product_secret.to_string(),
+        };
+        within_rate_limit(|| {
+            let (mut admin, request) = (admin.clone(), request.clone());
+            async move { admin.put_product_secret(request).await }
+        })
+        .await;
     }
     let mut waiting = Vec::new();
     for (pk, dk) in awaiting {
-        admin
-            .put_device(v1::PutDeviceRequest {
-                device: Some(v1::DeviceRef::new(*pk, *dk)),
-                device_secret: String::new(),
-                enabled: true,
-                awaiting_activation: true,
-            })
-            .await
-            .expect("registered without a secret");
-        waiting.push(TestDevice::new(pk, dk).expect("device"));
+        let request = v1::PutDeviceRequest {
+            device: Some(v1::DeviceRef::new(*pk, *dk)),
+            device_secret: String::new(),
+            enabled: true,
+            awaiting_activation: true,
+        };
+        within_rate_limit(|| {
+            let (mut admin, request) = (admin.clone(), request.clone());
+            async move { admin.put_device(request).await }
+        })
+        .await;
+        let device = TestDevice::new(pk, dk).expect("device");
+        // Its passwords are signed with the product secret until it
+        // activates: the audit check must know that secret too.
+        world.scan.old_secret(&device, &product_secret);
+        waiting.push(device);
     }
     write_sandbox_csv(&world, &waiting, &product_secret);
     world.sandbox.reload_devices().expect("the sandbox reloads");
     (world, product_secret, waiting)
+}
+
+/// Runs an admin call, waiting out the scenario's rate limit (the admin
+/// identity has a budget too).
+async fn within_rate_limit<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Err(s) => panic!("admin call refused: {s:?}"),
+        }
+    }
 }
 
 /// The sandbox's device file: the world's devices, then the awaiting ones
@@ -230,6 +256,7 @@ async fn a_gateway_without_a_secret_activates_through_custody_and_reconnects_wit
     world.signer.stop().await;
     let secrets = secrets_in_custody(&world, &[fresh]).await;
     world.scan.other("the pushed device secret", &secrets[0]);
+    world.scan.old_secret(fresh, &secrets[0]);
     assert_in_no_file(world.dir.path(), &secrets[0], "the pushed device secret");
     world.signer.restart().await?;
     world.scan_logs();
@@ -297,13 +324,16 @@ async fn a_hand_over_waits_out_a_signer_outage_and_an_agent_killed_mid_way_is_re
         })
         .await?;
     first.kill();
-    let shown = world
-        .signer
-        .admin()
-        .await
-        .get_device(v1::DeviceRef::new(PRODUCT, "gw-killed"))
-        .await?
-        .into_inner();
+    let admin = world.signer.admin().await;
+    let shown = within_rate_limit(|| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_device(v1::DeviceRef::new(PRODUCT, "gw-killed"))
+                .await
+        }
+    })
+    .await;
     if shown.awaiting_activation {
         // Killed before its hand-over landed: the documented recovery is
         // to start it again.
@@ -331,6 +361,7 @@ async fn a_hand_over_waits_out_a_signer_outage_and_an_agent_killed_mid_way_is_re
     let secrets = secrets_in_custody(&world, &[outage, killed]).await;
     for (i, secret) in secrets.iter().enumerate() {
         world.scan.other(&format!("pushed secret {i}"), secret);
+        world.scan.old_secret([outage, killed][i], secret);
         assert_in_no_file(world.dir.path(), secret, "a pushed device secret");
     }
     world.signer.restart().await?;
