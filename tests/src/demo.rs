@@ -542,7 +542,6 @@ pub async fn run<W: Write>(
         .run(
             &binaries.signer,
             &[
-                OsStr::new("admin"),
                 OsStr::new("put-product-secret"),
                 OsStr::new(NEW_PRODUCT),
                 OsStr::new("--secret-file"),
@@ -557,7 +556,6 @@ pub async fn run<W: Write>(
         .run(
             &binaries.signer,
             &[
-                OsStr::new("admin"),
                 OsStr::new("await-activation"),
                 OsStr::new(&demo.newcomer.product_key),
                 OsStr::new(&demo.newcomer.device_key),
@@ -632,6 +630,10 @@ pub async fn run<W: Write>(
         .await
         .in_step(AUDIT)?;
     scan.other("the pushed device secret", &pushed);
+    // The newcomer's passwords: first signed with the product secret
+    // (securemode 3), then with the pushed one.
+    scan.old_secret(&demo.newcomer, &demo.product_secret);
+    scan.old_secret(&demo.newcomer, &pushed);
     // No file the run left holds the pushed secret (the device files hold
     // the others: they are EnOS's view and the console export).
     let mut pushed_only = LeakScan::new();
@@ -659,8 +661,8 @@ pub async fn run<W: Write>(
         ("the signer's log", signer.logs()),
         ("enos-signer init", init_output),
         ("enos-signer import", import_output),
-        ("enos-signer admin (product secret)", product_output),
-        ("enos-signer admin (await activation)", await_output),
+        ("enos-signer put-product-secret", product_output),
+        ("enos-signer await-activation", await_output),
         ("the agent's log (activation)", newcomer_log),
         ("the newcomer's status file", newcomer_status),
         ("the agent's log (MQTT)", agent_logs[0].clone()),
