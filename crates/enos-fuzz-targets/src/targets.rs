@@ -177,4 +177,8 @@ pub fn agent_downstream(data: &[u8]) {
         assert_eq!(topics.service_reply(rest), format!("{topic}_reply"));
     }
     let _ = EnosReply::parse(payload);
+    // The activation push: only this device's, never an empty secret.
+    if let Ok(push) = enos_agent::activation::ActivationPush::parse(payload, "pkGw", "gw1") {
+        assert!(!secrecy::ExposeSecret::expose_secret(&push.device_secret).is_empty());
+    }
 }
