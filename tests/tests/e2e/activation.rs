@@ -33,15 +33,13 @@ async fn activation_world(
     adjust: impl FnOnce(&mut enos_signer_svc::SignerConfig),
 ) -> (World, Zeroizing<String>, Vec<TestDevice>) {
     let mut world = World::start(devices("PkPlain", "plain", 1), |c| {
-        for product in [PRODUCT] {
-            c.policy.products.insert(
-                product.into(),
-                ProductPolicyConfig {
-                    dynamic_activation: true,
-                    ..Default::default()
-                },
-            );
-        }
+        c.policy.products.insert(
+            PRODUCT.into(),
+            ProductPolicyConfig {
+                dynamic_activation: true,
+                ..Default::default()
+            },
+        );
         adjust(c);
     })
     .await;
