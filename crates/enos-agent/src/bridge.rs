@@ -167,7 +167,7 @@ fn from_local(p: Publish, bridge: &BridgeConfig, shared: &Shared) {
     let Some(route) = bridge
         .upstream
         .iter()
-        .find(|r| rumqttc::matches(topic, &r.local))
+        .find(|r| crate::topics::filter_matches(topic, &r.local))
     else {
         tracing::debug!(topic, "local message with no route");
         return;

@@ -681,7 +681,7 @@ impl BridgeConfig {
         if self
             .upstream
             .iter()
-            .any(|r| rumqttc::matches(reply, &r.local))
+            .any(|r| crate::topics::filter_matches(reply, &r.local))
         {
             return Err(AgentError::config(
                 field,

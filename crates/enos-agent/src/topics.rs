@@ -4,6 +4,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{DownstreamConfig, UpstreamRoute, UpstreamTarget};
 
+/// Whether `topic` matches the MQTT `filter` (`+` one level, `#` the rest
+/// and its parent; `$`-topics match no wildcard), as rumqttc's `matches`
+/// does — which panics when a topic starts with a multi-byte character (it
+/// slices the first byte), and local topics come from any local client.
+pub fn filter_matches(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') {
+        return false;
+    }
+    let mut topics = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match topics.next() {
+            Some("#") | None => return false,
+            Some(_) if f == "+" => continue,
+            Some(t) if f != t => return false,
+            Some(_) => continue,
+        }
+    }
+    topics.next().is_none()
+}
+
 /// The EnOS topics of one device (gateway).
 #[derive(Debug, Clone)]
 pub struct DeviceTopics {
@@ -197,8 +220,8 @@ mod tests {
             "/sys/pk1/dk1/thing/service/measurepoint/set_reply"
         );
         let f = t.service_filters();
-        assert!(rumqttc::matches("/sys/pk1/dk1/thing/service/reboot", &f[0]));
-        assert!(rumqttc::matches(
+        assert!(filter_matches("/sys/pk1/dk1/thing/service/reboot", &f[0]));
+        assert!(filter_matches(
             "/sys/pk1/dk1/thing/service/measurepoint/set",
             &f[1]
         ));
@@ -212,5 +235,26 @@ mod tests {
         assert_eq!(v["version"], "1.0");
         assert_eq!(v["method"], "thing.measurepoint.post");
         assert_eq!(v["params"]["t"], 1);
+    }
+
+    #[test]
+    fn filters_match_as_rumqttc_and_never_panic_on_unicode() {
+        let topics = ["a/b/c", "a/b", "a", "/a/b", "a//b", "$SYS/x", "", "a/b/c/d"];
+        let filters = [
+            "a/b/c", "a/+/c", "a/#", "#", "+", "+/+", "/+/b", "a/b/c/#", "a/+", "$SYS/#", "",
+        ];
+        for t in topics {
+            for f in filters {
+                assert_eq!(
+                    filter_matches(t, f),
+                    rumqttc::matches(t, f),
+                    "{t:?} ~ {f:?}"
+                );
+            }
+        }
+        // rumqttc::matches panics on these (a multi-byte first character).
+        assert!(filter_matches("\u{e9}t\u{e9}/x", "#"));
+        assert!(filter_matches("\u{e9}t\u{e9}/x", "\u{e9}t\u{e9}/+"));
+        assert!(!filter_matches("\u{1f600}/reply", "gateway/#"));
     }
 }
