@@ -38,6 +38,7 @@ async fn every_admin_rpc(
                         device: Some(d()),
                         device_secret: "s3cret".into(),
                         enabled: true,
+                        awaiting_activation: false,
                     })
                     .await,
             ),
@@ -101,6 +102,7 @@ async fn every_admin_rpc(
                             device_key: "dev-9".into(),
                             device_secret: "s3cret".into(),
                             gateway: None,
+                            awaiting_activation: false,
                         }],
                         dry_run: false,
                     }]))
@@ -250,6 +252,7 @@ async fn registry_operations() {
                 device: dref("PkA", "d|x"),
                 device_secret: "s".into(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -265,6 +268,7 @@ async fn registry_operations() {
                 device: None,
                 device_secret: "s".into(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -275,6 +279,7 @@ async fn registry_operations() {
                 device: dref("PkA", "d9"),
                 device_secret: String::new(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -356,6 +361,7 @@ fn row(line: u32, pk: &str, dk: &str, secret: &str, gw: Option<(&str, &str)>) ->
         device_key: dk.into(),
         device_secret: secret.into(),
         gateway: gw.and_then(|(p, d)| dref(p, d)),
+        awaiting_activation: false,
     }
 }
 
@@ -672,18 +678,33 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
             )
         })
         .collect();
-    // The client gives up almost at once: the change goes on in the
-    // signer, and its outcome is audited (before, dropping the call also
-    // dropped the audit record, whether or not the rows were committed).
-    let gave_up = tokio::time::timeout(
-        std::time::Duration::from_millis(5),
-        admin.import_devices(futures::stream::iter([ImportDevicesRequest {
-            rows,
-            dry_run: false,
-        }])),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the import answered within 5 ms");
+    // The client gives up as soon as the signer has started the change
+    // (its intent record is written): the change goes on in the signer,
+    // and its outcome is audited (before, dropping the call also dropped
+    // the audit record, whether or not the rows were committed). Waiting
+    // for the intent, not a fixed few milliseconds, keeps a loaded machine
+    // from cancelling before the request even arrived.
+    let call = tokio::spawn(async move {
+        admin
+            .import_devices(futures::stream::iter([ImportDevicesRequest {
+                rows,
+                dry_run: false,
+            }]))
+            .await
+    });
+    let started_by = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !audited(&f, "import_devices")
+        .iter()
+        .any(|r| r["outcome"] == "started")
+    {
+        assert!(
+            std::time::Instant::now() < started_by,
+            "the import never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    call.abort();
+    let _ = call.await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let outcome = loop {
         let records = audited(&f, "import_devices");
@@ -750,6 +771,7 @@ async fn admin_changes_fail_closed_when_their_record_cannot_be_written() {
             device: dref("Pk1", "dev-1"),
             device_secret: "s3cret".into(),
             enabled: true,
+            awaiting_activation: false,
         })
         .await
         .expect_err("no audit record, no change");
