@@ -89,7 +89,9 @@ fn init_logging() {
     use tracing_subscriber::{filter::Targets, prelude::*};
     let filter = match std::env::var("ENOS_AGENT_LOG") {
         Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("enos-agent: ENOS_AGENT_LOG={spec:?} is not a log filter ({e}); logging at info");
+            eprintln!(
+                "enos-agent: ENOS_AGENT_LOG={spec:?} is not a log filter ({e}); logging at info"
+            );
             Targets::new().with_default(tracing::Level::INFO)
         }),
         Err(_) => Targets::new().with_default(tracing::Level::INFO),
