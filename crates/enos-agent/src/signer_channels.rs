@@ -9,6 +9,12 @@
 //! certificate; the old connection closes once its in-flight calls are
 //! done. Broken new files are refused with a log line and the channels of
 //! the last good material stay in use.
+//!
+//! The channels are lazy (`connect_lazy`: nothing connects before the
+//! first call) and then stay open. Closing them between calls was measured
+//! (`cargo bench -p enos-agent --bench rss`): 0.02 MiB less RSS, within the
+//! run-to-run noise, while every reconnect (all agents at once after a
+//! broker restart) would pay a new mTLS handshake with the signer.
 
 use std::{
     path::Path,

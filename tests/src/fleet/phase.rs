@@ -31,6 +31,13 @@ pub struct PhaseFigures {
     pub attempts_max: u64,
     /// Connect attempts per agent: 99th percentile.
     pub attempts_p99: u64,
+    /// Connect attempts of all agents together, to set the issuances
+    /// against (one credential per attempt is the design).
+    pub attempts_total: u64,
+    /// Fresh credentials the agents received (their status): an issuance
+    /// the audit has and no agent received was answered after its caller
+    /// gave up (request timeout), so it is issued and never used.
+    pub credentials_received: u64,
     /// Credentials the signer issued in the phase (audit trail).
     pub issued: usize,
     /// Issuances in the busiest second (audit trail, signer's clock).
@@ -84,6 +91,14 @@ impl fmt::Display for PhaseFigures {
             f,
             "  signer issuances:            {} (peak {}/s; one device at most {}/s)",
             self.issued, self.issued_peak, self.issued_peak_per_device
+        )?;
+        writeln!(
+            f,
+            "  per connect attempt:         {:.2} issuances over {} attempts; agents received {} ({} issued after their caller gave up)",
+            self.issued as f64 / self.attempts_total.max(1) as f64,
+            self.attempts_total,
+            self.credentials_received,
+            (self.issued as u64).saturating_sub(self.credentials_received)
         )?;
         writeln!(
             f,
@@ -251,6 +266,8 @@ impl PhaseObservation<'_> {
             latency_p99: quantile(&latencies, 0.99),
             attempts_max: attempts.iter().max().copied().unwrap_or(0),
             attempts_p99: quantile(&attempts, 0.99),
+            attempts_total: attempts.iter().sum(),
+            credentials_received: delta(|s| s.credentials_issued),
             issued,
             issued_peak,
             issued_peak_per_device,
