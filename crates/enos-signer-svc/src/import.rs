@@ -89,14 +89,40 @@ fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
 }
 
 /// Checks gateways against the import itself and the registry (`current`
-/// holds the records of every id the import names).
-fn check_gateways(rows: &[Row], current: &HashMap<DeviceId, DeviceRecord>) -> Vec<(u32, String)> {
+/// holds the records of every id the import names; `has_subs` one
+/// sub-device of each row's device that has any in the registry).
+///
+/// A bound sub-device is not moved to another gateway by an import (as
+/// BindSubDevice, the operator unbinds it first), and a device with
+/// sub-devices does not become one ([`crate::registry::gateway_rules`]).
+fn check_gateways(
+    rows: &[Row],
+    current: &HashMap<DeviceId, DeviceRecord>,
+    has_subs: &HashMap<DeviceId, DeviceId>,
+) -> Vec<(u32, String)> {
     let in_import: HashMap<&DeviceId, &Row> = rows.iter().map(|r| (&r.id, r)).collect();
     let mut errors = Vec::new();
     for row in rows {
         let Some(gateway) = &row.gateway else {
             continue;
         };
+        if let Some(bound) = current.get(&row.id).and_then(|r| r.gateway.as_ref())
+            && bound != gateway
+        {
+            errors.push((
+                row.line,
+                format!(
+                    "{} is bound to gateway {bound}; unbind it first (enos-signer unbind) to \
+                     bind it to {gateway}",
+                    row.id
+                ),
+            ));
+        }
+        if let Some(example) = has_subs.get(&row.id) {
+            let (_, message) =
+                crate::registry::gateway_rules::sub_has_sub_devices(&row.id, gateway, example);
+            errors.push((row.line, message));
+        }
         let gateway_is_sub = match in_import.get(gateway) {
             // A row without a gateway keeps the binding it has.
             Some(g) => {
@@ -148,17 +174,27 @@ pub async fn run(
     let dry_run = dry_run.unwrap_or(false);
     let checked = rows.len() as u32;
     let (good, mut errors) = check_rows(rows);
+    // The rows that bind a sub-device: their lines name a broken gateway
+    // rule, and those of them that have sub-devices are refused.
+    let binding: HashMap<DeviceId, u32> = good
+        .iter()
+        .filter(|r| r.gateway.is_some())
+        .map(|r| (r.id.clone(), r.line))
+        .collect();
+    let binding_ids: Vec<DeviceId> = binding.keys().cloned().collect();
+    let has_subs = state.registry.a_sub_device_of(&binding_ids).await?;
     if !errors.is_empty() {
         // Report gateway problems of the good rows too, so one round trip
         // names every bad row that can be named.
-        let ids = gateway_ids(&good);
+        let mut ids = gateway_ids(&good);
+        ids.extend(binding_ids);
         let mut current = HashMap::new();
         for id in ids {
             if let Some(r) = state.registry.get(&id).await? {
                 current.insert(id, r);
             }
         }
-        errors.extend(check_gateways(&good, &current));
+        errors.extend(check_gateways(&good, &current, &has_subs));
         return Ok(refused(checked, errors));
     }
 
@@ -180,7 +216,7 @@ pub async fn run(
                     .zip(records)
                     .filter_map(|(id, r)| r.map(|r| (id, r)))
                     .collect();
-                let errors = check_gateways(&good, &current);
+                let errors = check_gateways(&good, &current, &has_subs);
                 if !errors.is_empty() {
                     return Err(SignerError::ImportRejected(errors));
                 }
@@ -208,6 +244,15 @@ pub async fn run(
     let writes = match outcome {
         Ok(writes) => writes,
         Err(SignerError::ImportRejected(errors)) => return Ok(refused(checked, errors)),
+        // A rule a concurrent change broke after the checks above: the
+        // registry's own check, reported by line too.
+        Err(SignerError::GatewayRules(broken)) => {
+            let errors = broken
+                .into_iter()
+                .map(|(id, message)| (binding.get(&id).copied().unwrap_or(0), message))
+                .collect();
+            return Ok(refused(checked, errors));
+        }
         Err(e) => return Err(e),
     };
     for write in &writes {

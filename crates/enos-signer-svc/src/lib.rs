@@ -46,6 +46,7 @@
 //! | not allowed (a device for another, an unbound sub-device, a device on Admin, an admin on Credentials) | `PermissionDenied` |
 //! | unknown device | `NotFound` |
 //! | disabled device (or gateway) | `FailedPrecondition` |
+//! | a change against the gateway rules ([`registry::gateway_rules`]) | `FailedPrecondition` |
 //! | bad field (the message names it) | `InvalidArgument` |
 //! | over the rate limit | `ResourceExhausted` |
 //! | audit sink failing while fail-closed | `Unavailable` |

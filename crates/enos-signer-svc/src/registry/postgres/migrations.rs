@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("../../../migrations/0002_audit.sql"),
     },
+    Migration {
+        version: 3,
+        name: "devices_gateway",
+        sql: include_str!("../../../migrations/0003_devices_gateway.sql"),
+    },
 ];
 
 /// The schema version this binary serves.
