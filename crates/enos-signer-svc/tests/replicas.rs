@@ -524,7 +524,7 @@ async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up()
         .psql(
             db,
             &format!(
-                "DROP TABLE audit_records; DELETE FROM enos_schema_migrations WHERE version = {}",
+                "DROP INDEX devices_gateway; DELETE FROM enos_schema_migrations WHERE version = {}",
                 migrations::latest()
             ),
         )
