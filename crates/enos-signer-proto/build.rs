@@ -7,6 +7,9 @@ const SECRET_BEARING: &[&str] = &[
     "PutDeviceRequest",
     "RotateSecretRequest",
     "ImportRow",
+    "SubDeviceBatchEntry",
+    "CompleteActivationRequest",
+    "PutProductSecretRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -55,7 +55,7 @@ fn run(hsm: &SoftHsm) {
     let secret = DeviceSecret::new("hQ3vZ8rK2mN7pX4tW9yB1cF6".to_owned()).expect("valid");
     let id = SecretRef {
         product_key: &fields.product_key,
-        device_key: &fields.device_key,
+        device_key: Some(&fields.device_key),
         version: 1,
     };
     let config = Pkcs11Config {

@@ -24,7 +24,7 @@
 //! let custody = Pkcs11Custody::connect(&config)?;
 //!
 //! let (pk, dk) = (ProductKey::new("123")?, DeviceKey::new("test")?);
-//! let id = SecretRef { product_key: &pk, device_key: &dk, version: 1 };
+//! let id = SecretRef { product_key: &pk, device_key: Some(&dk), version: 1 };
 //! let sealed = custody.seal(id, &DeviceSecret::new("aaabbbcc123".into())?)?;
 //! let fields = SignedFields::with_device_key_as_client_id(pk.clone(), dk.clone(), TimestampMs::from_millis(1524448722000))?;
 //! let password = custody.sign(id, &sealed, &fields, SignMethod::HmacSha1, HexCase::Upper)?;

@@ -20,7 +20,7 @@ fn fields(client_id: &str, device_key: &str, product_key: &str, ts: u64) -> Sign
 fn id(fields: &SignedFields) -> SecretRef<'_> {
     SecretRef {
         product_key: &fields.product_key,
-        device_key: &fields.device_key,
+        device_key: Some(&fields.device_key),
         version: 1,
     }
 }

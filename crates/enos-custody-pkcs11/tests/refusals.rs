@@ -151,7 +151,7 @@ fn a_record_copied_to_another_device_or_version_is_refused() {
             let (_, bob) = keys("prod", "bob");
             let alice_v1 = SecretRef {
                 product_key: &pk,
-                device_key: &alice,
+                device_key: Some(&alice),
                 version: 1,
             };
             let alice_v2 = SecretRef {
@@ -160,7 +160,7 @@ fn a_record_copied_to_another_device_or_version_is_refused() {
             };
             let bob_v1 = SecretRef {
                 product_key: &pk,
-                device_key: &bob,
+                device_key: Some(&bob),
                 version: 1,
             };
             let alice_secret = DeviceSecret::new("alice-secret-0001".into()).expect("valid");
@@ -265,7 +265,7 @@ fn export_only_when_connected_for_migration() {
             let (pk, dk) = keys("prod", "dev");
             let id = SecretRef {
                 product_key: &pk,
-                device_key: &dk,
+                device_key: Some(&dk),
                 version: 3,
             };
             let secret = DeviceSecret::new("exported-secret-99".into()).expect("valid");
@@ -328,7 +328,7 @@ fn uri_and_systemd_credentials_configure_the_same_custody() {
             let (pk, dk) = keys("prod", "dev");
             let id = SecretRef {
                 product_key: &pk,
-                device_key: &dk,
+                device_key: Some(&dk),
                 version: 1,
             };
             let secret = DeviceSecret::new("by-uri-secret".into()).expect("valid");

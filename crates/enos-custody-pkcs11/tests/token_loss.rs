@@ -34,7 +34,7 @@ impl Device {
     fn id(&self) -> SecretRef<'_> {
         SecretRef {
             product_key: &self.fields.product_key,
-            device_key: &self.fields.device_key,
+            device_key: Some(&self.fields.device_key),
             version: 1,
         }
     }

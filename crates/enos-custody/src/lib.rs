@@ -23,15 +23,17 @@ use enos_sign_core::{
     DeviceKey, DeviceSecret, HexCase, Password, ProductKey, SignMethod, SignedFields,
 };
 
-/// Names one version of one device's secret. Every [`Custody`] binds all
-/// three parts into the sealed form (AEAD associated data, or the wrapped
-/// blob's context), so swapping blobs between records is detected.
+/// Names one version of one secret: a device's, or a product's (the
+/// secret of dynamic activation, `securemode=3`). Every [`Custody`] binds
+/// all parts into the sealed form (AEAD associated data, or the wrapped
+/// blob's context), so swapping blobs between records, or passing a
+/// product's sealed secret off as a device's, is detected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecretRef<'a> {
-    /// The device's product key.
+    /// The device's (or the product's) product key.
     pub product_key: &'a ProductKey,
-    /// The device's key.
-    pub device_key: &'a DeviceKey,
+    /// The device's key; `None` for the product's own secret.
+    pub device_key: Option<&'a DeviceKey>,
     /// The secret's version: 1 at creation, +1 per rotation.
     pub version: u32,
 }
@@ -41,24 +43,41 @@ impl<'a> SecretRef<'a> {
     pub fn of(device: &'a DeviceId, version: u32) -> Self {
         SecretRef {
             product_key: &device.product_key,
-            device_key: &device.device_key,
+            device_key: Some(&device.device_key),
+            version,
+        }
+    }
+
+    /// Version `version` of the secret of `product`.
+    pub fn product(product: &'a ProductKey, version: u32) -> Self {
+        SecretRef {
+            product_key: product,
+            device_key: None,
             version,
         }
     }
 
     /// A canonical byte string of the reference, for associated data:
-    /// `enos-secret-v1|{productKey}|{deviceKey}|{version}`. `|` is in
-    /// neither key, so the encoding is unambiguous.
+    /// `enos-secret-v1|{productKey}|{deviceKey}|{version}` for a device,
+    /// `enos-product-secret-v1|{productKey}|{version}` for a product. `|`
+    /// is in neither key, so the encoding is unambiguous, and the two
+    /// prefixes keep the two kinds apart.
     pub fn associated_data(&self) -> Vec<u8> {
-        format!(
-            "enos-secret-v1|{}|{}|{}",
-            self.product_key, self.device_key, self.version
-        )
+        match self.device_key {
+            Some(device_key) => format!(
+                "enos-secret-v1|{}|{}|{}",
+                self.product_key, device_key, self.version
+            ),
+            None => format!(
+                "enos-product-secret-v1|{}|{}",
+                self.product_key, self.version
+            ),
+        }
         .into_bytes()
     }
 }
 
-/// A device secret as the registry stores it.
+/// A device (or product) secret as the registry stores it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedSecret {
     /// Which custody made it (for example `aead-xchacha20poly1305-v1` or

@@ -57,8 +57,10 @@ impl From<&DeviceId> for v1::DeviceRef {
 impl From<DeviceRow> for v1::ImportRow {
     /// A device-file row as an import row; the signer checks it. The
     /// file's `enabled` column is not part of an import: imported devices
-    /// are enabled.
+    /// are enabled. An empty `deviceSecret` is a device awaiting dynamic
+    /// activation, as in the sandbox's device file.
     fn from(mut row: DeviceRow) -> Self {
+        let awaiting_activation = row.device_secret.expose_secret().is_empty();
         v1::ImportRow {
             line: row.line,
             product_key: std::mem::take(&mut row.product_key),
@@ -69,6 +71,7 @@ impl From<DeviceRow> for v1::ImportRow {
                 .gateway
                 .take()
                 .map(|(product_key, device_key)| v1::DeviceRef::new(product_key, device_key)),
+            awaiting_activation,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use core::fmt;
 
-use crate::v1::{ImportRow, MqttCredential, PutDeviceRequest, RotateSecretRequest, SubDeviceLogin};
+use crate::v1::{
+    CompleteActivationRequest, ImportRow, MqttCredential, PutDeviceRequest,
+    PutProductSecretRequest, RotateSecretRequest, SubDeviceBatchEntry, SubDeviceLogin,
+};
 
 /// What a redacted field prints as.
 const REDACTED: &str = "[REDACTED]";
@@ -46,6 +49,7 @@ impl fmt::Debug for PutDeviceRequest {
             .field("device", &self.device)
             .field("device_secret", &REDACTED)
             .field("enabled", &self.enabled)
+            .field("awaiting_activation", &self.awaiting_activation)
             .finish()
     }
 }
@@ -67,6 +71,35 @@ impl fmt::Debug for ImportRow {
             .field("device_key", &self.device_key)
             .field("device_secret", &REDACTED)
             .field("gateway", &self.gateway)
+            .field("awaiting_activation", &self.awaiting_activation)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SubDeviceBatchEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubDeviceBatchEntry")
+            .field("product_key", &self.product_key)
+            .field("device_key", &self.device_key)
+            .field("sign", &REDACTED)
+            .field("secure_mode", &self.secure_mode)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CompleteActivationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompleteActivationRequest")
+            .field("device_secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PutProductSecretRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutProductSecretRequest")
+            .field("product", &self.product)
+            .field("product_secret", &REDACTED)
             .finish()
     }
 }
@@ -115,6 +148,29 @@ mod tests {
                         ..Default::default()
                     }],
                     dry_run: false,
+                }
+            ),
+            format!(
+                "{:?}",
+                SubDeviceLoginBatch {
+                    signed: vec![SubDeviceBatchEntry {
+                        sign: secret.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                CompleteActivationRequest {
+                    device_secret: secret.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                PutProductSecretRequest {
+                    product_secret: secret.into(),
+                    ..Default::default()
                 }
             ),
         ];

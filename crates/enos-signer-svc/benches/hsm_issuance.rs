@@ -209,7 +209,7 @@ fn raw_work(config: &Pkcs11Config) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     let (pk, dk) = (ProductKey::new(PRODUCT_KEY)?, DeviceKey::new("bench-0")?);
     let id = SecretRef {
         product_key: &pk,
-        device_key: &dk,
+        device_key: Some(&dk),
         version: 1,
     };
     let secret = DeviceSecret::new("secret-0-hQ3vZ8rK2mN7".to_owned())?;

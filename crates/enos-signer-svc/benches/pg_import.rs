@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             device_key: format!("dev-{i:07}"),
             device_secret: format!("Secret{i:010}x"),
             gateway: None,
+            awaiting_activation: false,
         })
         .collect();
     let chunks = |dry_run: bool| -> Vec<ImportDevicesRequest> {

@@ -18,6 +18,7 @@ use crate::{
     error::{Result, SignerError},
     import,
     metrics::outcome_name,
+    products,
     registry::{DeviceId, DeviceRecord, Write},
     state::SignerState,
 };
@@ -35,6 +36,11 @@ impl AdminService {
     /// The service over `state`.
     pub fn new(state: Arc<SignerState>) -> Self {
         AdminService { state }
+    }
+
+    /// The shared state (for the RPCs that live in their own modules).
+    pub(crate) fn state(&self) -> &SignerState {
+        &self.state
     }
 
     /// The caller (if the certificate names one) and whether it may call:
@@ -113,6 +119,9 @@ fn put_record(writes: &[Write]) -> Result<v1::Device> {
 impl AdminService {
     async fn put_device(&self, request: v1::PutDeviceRequest) -> Result<v1::Device> {
         let id = dref("device", request.device.as_ref())?;
+        if request.awaiting_activation {
+            return self.put_awaiting_activation(id, request).await;
+        }
         let secret = DeviceSecret::new(request.device_secret)
             .map_err(|e| SignerError::invalid("device_secret", e))?;
         let custody = self.state.custody.clone();
@@ -128,6 +137,37 @@ impl AdminService {
                         DeviceRecord::with_new_secret(id, existing.as_ref(), now_ms(), |id, v| {
                             custody.seal(id, v, secret)
                         })?;
+                    record.enabled = enabled;
+                    Ok(vec![Write::Put(record)])
+                }),
+            )
+            .await?;
+        put_record(&writes)
+    }
+
+    /// Registers `id` without a secret: it awaits dynamic activation (a
+    /// device that had a secret loses it, and activates again).
+    async fn put_awaiting_activation(
+        &self,
+        id: DeviceId,
+        request: v1::PutDeviceRequest,
+    ) -> Result<v1::Device> {
+        if !request.device_secret.is_empty() {
+            return Err(SignerError::invalid(
+                "device_secret",
+                "must be empty for a device awaiting activation",
+            ));
+        }
+        let enabled = request.enabled;
+        let writes = self
+            .state
+            .registry
+            .modify(
+                vec![id.clone()],
+                Box::new(move |current| {
+                    let existing = current.into_iter().next().flatten();
+                    let mut record =
+                        DeviceRecord::awaiting_activation(id, existing.as_ref(), now_ms());
                     record.enabled = enabled;
                     Ok(vec![Write::Put(record)])
                 }),
@@ -525,6 +565,65 @@ impl Admin for AdminService {
             |this, stream, identity| async move {
                 import::run(&this.state, identity.as_ref(), stream).await
             },
+        )
+        .await
+    }
+
+    async fn put_product_secret(
+        &self,
+        request: Request<v1::PutProductSecretRequest>,
+    ) -> Result<Response<v1::Product>, Status> {
+        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
+        self.call(
+            "put_product_secret",
+            request,
+            true,
+            product_of,
+            |this, r, _| async move { this.put_product_secret(r, false).await },
+        )
+        .await
+    }
+
+    async fn rotate_product_secret(
+        &self,
+        request: Request<v1::PutProductSecretRequest>,
+    ) -> Result<Response<v1::Product>, Status> {
+        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
+        self.call(
+            "rotate_product_secret",
+            request,
+            true,
+            product_of,
+            |this, r, _| async move { this.put_product_secret(r, true).await },
+        )
+        .await
+    }
+
+    async fn delete_product_secret(
+        &self,
+        request: Request<v1::ProductRef>,
+    ) -> Result<Response<v1::DeleteProductSecretResponse>, Status> {
+        let product_of = |r: &v1::ProductRef| products::shown(Some(r));
+        self.call(
+            "delete_product_secret",
+            request,
+            true,
+            product_of,
+            |this, r, _| async move { this.delete_product_secret(r).await },
+        )
+        .await
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<v1::ProductRef>,
+    ) -> Result<Response<v1::Product>, Status> {
+        self.call(
+            "get_product",
+            request,
+            false,
+            no_device,
+            |this, r, _| async move { this.get_product(r).await },
         )
         .await
     }

@@ -43,6 +43,10 @@ pub struct AuditRecord {
     /// The sign method of an issuance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sign_method: Option<&'static str>,
+    /// The secure mode of an issuance: 2 (the device's secret) or 3 (its
+    /// product's: an activation credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_mode: Option<u8>,
     /// The signed timestamp of an issuance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp_ms: Option<u64>,
@@ -77,6 +81,7 @@ impl AuditRecord {
             device,
             client_id: None,
             sign_method: None,
+            secure_mode: None,
             timestamp_ms: None,
             expires_at_ms: None,
             outcome: outcome.into(),
@@ -221,6 +226,7 @@ mod tests {
             device: Some("p/d".into()),
             client_id: None,
             sign_method: Some("hmacsha1"),
+            secure_mode: Some(2),
             timestamp_ms: Some(1),
             expires_at_ms: Some(2),
             outcome: "ok".into(),

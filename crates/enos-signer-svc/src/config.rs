@@ -244,6 +244,11 @@ pub struct ProductPolicyConfig {
     /// (`tcp://host:11883`, `ssl://host:18883`).
     #[serde(default)]
     pub broker_urls: Vec<String>,
+    /// Whether the product's devices registered without a secret may
+    /// activate themselves (a `securemode=3` credential signed with the
+    /// product's secret). Off unless a product opts in.
+    #[serde(default)]
+    pub dynamic_activation: bool,
 }
 
 /// The Prometheus listener: mTLS like every listener (same server

@@ -49,5 +49,6 @@ pub fn device_message(record: &DeviceRecord) -> v1::Device {
         gateway: record.gateway.as_ref().map(v1::DeviceRef::from),
         created_at_ms: record.created_at_ms,
         updated_at_ms: record.updated_at_ms,
+        awaiting_activation: record.is_awaiting_activation(),
     }
 }

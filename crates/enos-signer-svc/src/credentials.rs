@@ -19,6 +19,7 @@ use enos_signer_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    activation,
     audit::{AuditRecord, identity_name},
     convert,
     error::{Result, SignerError},
@@ -50,6 +51,9 @@ struct Issued {
     client_id: String,
     /// The method.
     method: SignMethod,
+    /// Whose secret signed: the device's (2) or, for an activation, its
+    /// product's (3).
+    secure_mode: SecureMode,
     /// The signed timestamp.
     timestamp_ms: u64,
     /// When the credential expires.
@@ -115,11 +119,13 @@ impl CredentialsService {
             product_key: device.product_key.clone(),
             timestamp: TimestampMs::from_millis(timestamp_ms),
         };
-        let (fields, password) = self.state.custody.sign(record, fields, method).await?;
+        // Its own secret, or (awaiting activation) its product's.
+        let (fields, password, secure_mode) =
+            activation::sign_login(&self.state, record, fields, method).await?;
         let credential = v1::MqttCredential {
             mqtt_client_id: mqtt_client_id(
                 &fields.client_id,
-                SecureMode::DeviceSecret,
+                secure_mode,
                 method,
                 fields.timestamp,
             ),
@@ -128,7 +134,7 @@ impl CredentialsService {
             timestamp_ms,
             expires_at_ms,
             sign_method: v1::SignMethod::from(method).into(),
-            secure_mode: u32::from(SecureMode::DeviceSecret.as_u8()),
+            secure_mode: u32::from(secure_mode.as_u8()),
             broker_urls: policy.broker_urls.clone(),
             client_id: fields.client_id.to_string(),
         };
@@ -138,6 +144,7 @@ impl CredentialsService {
                 device,
                 client_id: fields.client_id.to_string(),
                 method,
+                secure_mode,
                 timestamp_ms,
                 expires_at_ms,
                 password,
@@ -209,6 +216,7 @@ impl CredentialsService {
                 device: sub,
                 client_id: fields.client_id.to_string(),
                 method,
+                secure_mode: SecureMode::DeviceSecret,
                 timestamp_ms,
                 expires_at_ms,
                 password: sign,
@@ -249,6 +257,7 @@ impl CredentialsService {
                 record.device = Some(issued.device.to_string());
                 record.client_id = Some(issued.client_id);
                 record.sign_method = Some(issued.method.as_str());
+                record.secure_mode = Some(issued.secure_mode.as_u8());
                 record.timestamp_ms = Some(issued.timestamp_ms);
                 record.expires_at_ms = Some(issued.expires_at_ms);
                 record.outcome = "ok".into();
@@ -342,5 +351,19 @@ impl Credentials for CredentialsService {
             async |id, r| self.sign_sub_device(id, r).await,
         )
         .await
+    }
+
+    async fn sign_sub_device_login_batch(
+        &self,
+        request: Request<v1::SignSubDeviceLoginBatchRequest>,
+    ) -> Result<Response<v1::SubDeviceLoginBatch>, Status> {
+        crate::batch_login::sign(Arc::clone(&self.state), request).await
+    }
+
+    async fn complete_activation(
+        &self,
+        request: Request<v1::CompleteActivationRequest>,
+    ) -> Result<Response<v1::CompleteActivationResponse>, Status> {
+        activation::complete(Arc::clone(&self.state), request).await
     }
 }

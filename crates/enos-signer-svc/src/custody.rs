@@ -12,16 +12,17 @@ use chacha20poly1305::{
 };
 use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
 use enos_sign_core::{
-    DeviceSecret, ExposeSecret, Field, HexCase, Password, SignError, SignMethod, SignedFields,
+    DeviceSecret, ExposeSecret, Field, HexCase, Password, ProductKey, ProductSecret, SignError,
+    SignMethod, SignedFields,
 };
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     config::CustodyConfig,
-    error::Result,
+    error::{Result, SignerError},
     key_file,
-    registry::{DeviceId, DeviceRecord},
+    registry::{DeviceId, DeviceRecord, ProductRecord},
     sign_threads::SignThreads,
 };
 
@@ -64,22 +65,95 @@ impl CustodyHandle {
         Ok(threads.run_blocking(move || custody.seal(SecretRef::of(&id, version), &secret))??)
     }
 
+    /// Seals a product's secret as version `version` of `product`'s (the
+    /// same seal as a device secret's, under the product's own reference,
+    /// so that neither can pass for the other). Synchronous, like
+    /// [`CustodyHandle::seal`].
+    pub fn seal_product(
+        &self,
+        product: &ProductKey,
+        version: u32,
+        secret: ProductSecret,
+    ) -> Result<SealedSecret> {
+        // Custody seals secret text; a product secret is checked by the
+        // same rules as a device secret, so this cannot fail on valid input.
+        let secret =
+            DeviceSecret::new(secret.expose_secret().to_owned()).map_err(CustodyError::from)?;
+        let Some(threads) = &self.sign_threads else {
+            return Ok(self
+                .custody
+                .seal(SecretRef::product(product, version), &secret)?);
+        };
+        let custody = Arc::clone(&self.custody);
+        let product = product.clone();
+        Ok(threads
+            .run_blocking(move || custody.seal(SecretRef::product(&product, version), &secret))??)
+    }
+
     /// Signs `fields` with `record`'s sealed secret (the SDKs' hex case
-    /// for `method`); returns the fields with the password.
+    /// for `method`); returns the fields with the password. A device that
+    /// awaits activation has no secret to sign with: FailedPrecondition.
     pub async fn sign(
         &self,
         record: DeviceRecord,
         fields: SignedFields,
         method: SignMethod,
     ) -> Result<(SignedFields, Password)> {
-        let sign = move |custody: &dyn Custody| {
-            let password = custody.sign(
-                SecretRef::of(&record.id, record.secret_version),
-                &record.sealed,
-                &fields,
+        let Some(sealed) = record.sealed else {
+            return Err(SignerError::FailedPrecondition(format!(
+                "device {} awaits activation: it has no device secret yet",
+                record.id
+            )));
+        };
+        let id = record.id;
+        let version = record.secret_version;
+        self.sign_sealed(fields, method, move |custody, fields, method| {
+            custody.sign(
+                SecretRef::of(&id, version),
+                &sealed,
+                fields,
                 method,
                 method.sdk_hex_case(),
-            )?;
+            )
+        })
+        .await
+    }
+
+    /// Signs `fields` with the product's sealed secret (a `securemode=3`
+    /// login of a device awaiting activation).
+    pub async fn sign_with_product(
+        &self,
+        record: ProductRecord,
+        fields: SignedFields,
+        method: SignMethod,
+    ) -> Result<(SignedFields, Password)> {
+        self.sign_sealed(fields, method, move |custody, fields, method| {
+            custody.sign(
+                SecretRef::product(&record.product_key, record.secret_version),
+                &record.sealed,
+                fields,
+                method,
+                method.sdk_hex_case(),
+            )
+        })
+        .await
+    }
+
+    /// Runs `sign` on the sign threads (or inline for software custody).
+    async fn sign_sealed(
+        &self,
+        fields: SignedFields,
+        method: SignMethod,
+        sign: impl FnOnce(
+            &dyn Custody,
+            &SignedFields,
+            SignMethod,
+        ) -> std::result::Result<Password, CustodyError>
+        + Send
+        + 'static,
+    ) -> Result<(SignedFields, Password)> {
+        let sign = move |custody: &dyn Custody| {
+            let password = sign(custody, &fields, method)?;
             Ok((fields, password))
         };
         let Some(threads) = &self.sign_threads else {
@@ -316,7 +390,7 @@ mod tests {
         let (pk, dk, other) = ids();
         let id = SecretRef {
             product_key: &pk,
-            device_key: &dk,
+            device_key: Some(&dk),
             version: 1,
         };
         let secret = DeviceSecret::new("aaabbbcc123".into()).expect("secret");
@@ -344,7 +418,7 @@ mod tests {
         // Copied to another device, or replayed as another version: refused.
         for wrong in [
             SecretRef {
-                device_key: &other,
+                device_key: Some(&other),
                 ..id
             },
             SecretRef { version: 2, ..id },

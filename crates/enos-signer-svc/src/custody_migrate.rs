@@ -23,14 +23,14 @@
 use std::{ops::ControlFlow, sync::Arc};
 
 use enos_custody::{Custody, SealedSecret};
-use enos_sign_core::{ClientId, HexCase, SignMethod, SignedFields, TimestampMs};
+use enos_sign_core::{ClientId, HexCase, ProductKey, SignMethod, SignedFields, TimestampMs};
 
 use crate::{
     SignerConfig,
     config::CustodyConfig,
     custody,
     error::{Result, SignerError},
-    registry::{self, DeviceId, DeviceRecord, Registry, Write},
+    registry::{self, DeviceId, DeviceRecord, ProductWrite, Registry, Write},
 };
 use enos_domain::now_ms;
 
@@ -57,6 +57,9 @@ pub struct MigrationReport {
     pub already_migrated: u64,
     /// Records left unchanged, with the reason.
     pub failed: Vec<(DeviceId, String)>,
+    /// Product secrets left unchanged, with the reason (the counts above
+    /// include product secrets).
+    pub failed_products: Vec<(ProductKey, String)>,
     /// Whether the run was stopped before the end by the progress callback.
     pub interrupted: bool,
 }
@@ -131,6 +134,7 @@ pub async fn migrate(
     loop {
         let page = registry.list(None, after.as_ref(), PAGE).await?;
         let Some(last) = page.last() else {
+            migrate_products(registry, &from, &to, &mut report).await?;
             return Ok(report);
         };
         after = Some(last.id.clone());
@@ -155,13 +159,17 @@ async fn migrate_one(
     to: &Arc<dyn Custody>,
     record: DeviceRecord,
 ) -> Outcome {
-    if record.sealed.scheme == to.scheme() {
+    // A device awaiting activation has nothing sealed: nothing to move.
+    let Some(old) = record.sealed.clone() else {
+        return Outcome::AlreadyMigrated;
+    };
+    if old.scheme == to.scheme() {
         return Outcome::AlreadyMigrated;
     }
-    if record.sealed.scheme != from.scheme() {
+    if old.scheme != from.scheme() {
         return Outcome::Failed(format!(
             "sealed by {}, neither the source ({}) nor the target ({})",
-            record.sealed.scheme,
+            old.scheme,
             from.scheme(),
             to.scheme()
         ));
@@ -169,7 +177,7 @@ async fn migrate_one(
     // Custody calls block (an HSM takes its time): off the async threads.
     let (from, to) = (Arc::clone(from), Arc::clone(to));
     let id = record.id.clone();
-    let old = record.sealed.clone();
+    let expected = record.sealed.clone();
     let version = record.secret_version;
     let resealed =
         tokio::task::spawn_blocking(move || reseal(&*from, &*to, &id, version, &old)).await;
@@ -178,7 +186,6 @@ async fn migrate_one(
         Ok(Err(reason)) => return Outcome::Failed(reason),
         Err(join) => return Outcome::Failed(format!("re-sealing task failed: {join}")),
     };
-    let expected = record.sealed.clone();
     let committed = registry
         .modify(
             vec![record.id.clone()],
@@ -186,7 +193,7 @@ async fn migrate_one(
                 // Compare and swap: only the record we re-sealed is replaced.
                 match current.pop().flatten() {
                     Some(mut now) if now.sealed == expected && now.secret_version == version => {
-                        now.sealed = resealed;
+                        now.sealed = Some(resealed);
                         now.updated_at_ms = now_ms();
                         Ok(vec![Write::Put(now)])
                     }
@@ -206,6 +213,68 @@ async fn migrate_one(
     }
 }
 
+/// Re-seals every product secret (few; after the devices), by the same
+/// rule: opened, sealed, checked to sign alike, swapped only if unchanged.
+async fn migrate_products(
+    registry: &dyn Registry,
+    from: &Arc<dyn Custody>,
+    to: &Arc<dyn Custody>,
+    report: &mut MigrationReport,
+) -> Result<()> {
+    for product in registry.list_products().await? {
+        let key = product.product_key.clone();
+        if product.sealed.scheme == to.scheme() {
+            report.already_migrated += 1;
+            continue;
+        }
+        let (f, t) = (Arc::clone(from), Arc::clone(to));
+        let old = product.clone();
+        let resealed = tokio::task::spawn_blocking(move || {
+            // The probe signs as a device of the product would.
+            let probe_id = DeviceId::new(
+                old.product_key.clone(),
+                enos_sign_core::DeviceKey::new("probe").map_err(|e| e.to_string())?,
+            );
+            let secret_ref = enos_custody::SecretRef::product(&old.product_key, old.secret_version);
+            reseal_ref(&*f, &*t, secret_ref, &probe_id, &old.sealed)
+        })
+        .await;
+        let resealed = match resealed {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(reason)) => {
+                report.failed_products.push((key, reason));
+                continue;
+            }
+            Err(join) => {
+                report
+                    .failed_products
+                    .push((key, format!("re-sealing task failed: {join}")));
+                continue;
+            }
+        };
+        let committed = registry
+            .modify_product(
+                key.clone(),
+                Box::new(move |current| match current {
+                    Some(mut now) if now == product => {
+                        now.sealed = resealed;
+                        now.updated_at_ms = now_ms();
+                        Ok(ProductWrite::Put(now))
+                    }
+                    _ => Err(SignerError::FailedPrecondition(
+                        "the product record changed during migration; run again".into(),
+                    )),
+                }),
+            )
+            .await;
+        match committed {
+            Ok(_) => report.migrated += 1,
+            Err(e) => report.failed_products.push((key, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
 /// Opens under `from`, seals under `to`, and checks that both sign the
 /// same password. The plaintext lives only inside this function, in a
 /// `DeviceSecret` that is wiped when it drops.
@@ -216,7 +285,18 @@ fn reseal(
     version: u32,
     old: &SealedSecret,
 ) -> std::result::Result<SealedSecret, String> {
-    let secret_ref = enos_custody::SecretRef::of(id, version);
+    reseal_ref(from, to, enos_custody::SecretRef::of(id, version), id, old)
+}
+
+/// [`reseal`] for any secret: `secret_ref` names it, `id` the fields of the
+/// probe signature (for a product secret: the product and a probe key).
+fn reseal_ref(
+    from: &dyn Custody,
+    to: &dyn Custody,
+    secret_ref: enos_custody::SecretRef<'_>,
+    id: &DeviceId,
+    old: &SealedSecret,
+) -> std::result::Result<SealedSecret, String> {
     let secret = from
         .open(secret_ref, old)
         .map_err(|e| format!("opening under {}: {e}", from.scheme()))?;

@@ -28,8 +28,9 @@ struct Row {
     line: u32,
     /// The device.
     id: DeviceId,
-    /// Its secret (zeroized on drop).
-    secret: DeviceSecret,
+    /// Its secret (zeroized on drop); `None` for a device awaiting
+    /// activation (an empty `deviceSecret` in the file).
+    secret: Option<DeviceSecret>,
     /// Its gateway, when it is a sub-device.
     gateway: Option<DeviceId>,
 }
@@ -48,9 +49,19 @@ fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
         let dk = enos_sign_core::DeviceKey::new(&row.device_key)
             .map_err(|e| problems.push(e.to_string()))
             .ok();
-        let secret = DeviceSecret::new(row.device_secret)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
+        let secret = if row.awaiting_activation {
+            if row.device_secret.is_empty() {
+                Some(None)
+            } else {
+                problems.push("a device awaiting activation has no deviceSecret".into());
+                None
+            }
+        } else {
+            DeviceSecret::new(row.device_secret)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+                .map(Some)
+        };
         let gateway = match &row.gateway {
             Some(g) if !(g.product_key.is_empty() && g.device_key.is_empty()) => {
                 let gpk = enos_sign_core::ProductKey::new(&g.product_key)
@@ -216,7 +227,26 @@ pub async fn run(
                     .zip(records)
                     .filter_map(|(id, r)| r.map(|r| (id, r)))
                     .collect();
-                let errors = check_gateways(&good, &current, &has_subs);
+                let mut errors = check_gateways(&good, &current, &has_subs);
+                // A blank secret never discards one: re-activating a device
+                // is a deliberate admin call, not a side effect of a file.
+                for row in &good {
+                    if row.secret.is_none()
+                        && current
+                            .get(&row.id)
+                            .is_some_and(|r| !r.is_awaiting_activation())
+                    {
+                        errors.push((
+                            row.line,
+                            format!(
+                                "device {} has a secret; an empty deviceSecret would discard it \
+                                 (`enos-signer admin await-activation` re-activates a device)",
+                                row.id
+                            ),
+                        ));
+                    }
+                }
+                errors.sort_by_key(|(line, _)| *line);
                 if !errors.is_empty() {
                     return Err(SignerError::ImportRejected(errors));
                 }
@@ -227,11 +257,14 @@ pub async fn run(
                 let mut writes = Vec::with_capacity(good.len());
                 for row in good {
                     let existing = current.get(&row.id);
-                    let secret = row.secret;
-                    let mut record =
-                        DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
-                            custody.seal(id, v, secret)
-                        })?;
+                    let mut record = match row.secret {
+                        Some(secret) => {
+                            DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
+                                custody.seal(id, v, secret)
+                            })?
+                        }
+                        None => DeviceRecord::awaiting_activation(row.id, existing, now),
+                    };
                     if let Some(gateway) = row.gateway {
                         record.gateway = Some(gateway);
                     }

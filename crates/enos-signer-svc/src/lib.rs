@@ -23,7 +23,8 @@
 //! | [`rate_limit`] | a budget per identity (governor) |
 //! | [`peer`] | the caller's identity from its client certificate |
 //! | [`credentials`] | the `Credentials` service |
-//! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import |
+//! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import; [`products`] product secrets |
+//! | [`activation`] | dynamic activation: `securemode=3` credentials and `CompleteActivation` |
 //! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
 //! | [`tls`] | [`tls::connect_mtls`] for clients |
 //! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
@@ -52,8 +53,10 @@
 //! | audit sink failing while fail-closed | `Unavailable` |
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod admin;
 pub mod audit;
+pub mod batch_login;
 pub mod config;
 pub mod convert;
 pub mod credentials;
@@ -67,6 +70,7 @@ pub mod key_file;
 pub mod metrics;
 pub mod peer;
 pub mod policy;
+pub mod products;
 pub mod rate_limit;
 pub mod readiness;
 pub mod refusal_log;

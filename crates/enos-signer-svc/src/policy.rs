@@ -31,6 +31,9 @@ pub struct ProductPolicy {
     pub sign_method: SignMethod,
     /// Broker endpoints handed out with credentials; may be empty.
     pub broker_urls: Vec<String>,
+    /// Whether devices awaiting activation get a `securemode=3`
+    /// credential (only products that opt in).
+    pub dynamic_activation: bool,
 }
 
 impl Policy {
@@ -56,6 +59,7 @@ impl Policy {
             ttl: ttl(config.ttl_secs, "policy")?,
             sign_method: method(&config.sign_method, "policy")?,
             broker_urls: Vec::new(),
+            dynamic_activation: false,
         };
         let mut products = HashMap::new();
         for (name, product) in &config.products {
@@ -74,6 +78,7 @@ impl Policy {
                         None => default.sign_method,
                     },
                     broker_urls: product.broker_urls.clone(),
+                    dynamic_activation: product.dynamic_activation,
                 },
             );
         }
@@ -121,6 +126,7 @@ mod tests {
                 ttl_secs: Some(30),
                 sign_method: Some("sha256".into()),
                 broker_urls: vec!["tcp://127.0.0.1:11883".into()],
+                dynamic_activation: true,
             },
         );
         let policy = Policy::from_config(&config).expect("valid");
@@ -128,6 +134,11 @@ mod tests {
         let other = ProductKey::new("PkOther").expect("pk");
         assert_eq!(policy.for_product(&fast).ttl, Duration::from_secs(30));
         assert_eq!(policy.for_product(&other).ttl, Duration::from_secs(300));
+        assert!(policy.for_product(&fast).dynamic_activation);
+        assert!(
+            !policy.for_product(&other).dynamic_activation,
+            "off unless a product opts in"
+        );
         assert_eq!(
             policy.method(&fast, 0).expect("default"),
             SignMethod::HmacSha256

@@ -17,7 +17,7 @@ use crate::{
     SignerConfig,
     config::{CustodyConfig, RegistryConfig},
     error::{Result, SignerError},
-    registry::{self, DeviceId, DeviceRecord, Write},
+    registry::{self, DeviceId, DeviceRecord, ProductWrite, Write},
 };
 
 /// Records read and written per transaction.
@@ -36,6 +36,8 @@ pub struct CopyReport {
     pub unchanged: u64,
     /// Records left alone because the destination's is newer.
     pub kept_newer: u64,
+    /// Product secrets written (created or updated) in the destination.
+    pub products_copied: u64,
 }
 
 /// Copies every record of `from`'s registry into `to`'s. `progress` is
@@ -92,6 +94,34 @@ pub async fn copy(
         report.kept_newer += page_report.kept_newer;
         progress(&report);
     }
+    // Product secrets (few): one transaction each, by the same rule.
+    for product in source.list_products().await? {
+        let key = product.product_key.clone();
+        let copied = Arc::new(Mutex::new(false));
+        let seen = Arc::clone(&copied);
+        destination
+            .modify_product(
+                key,
+                Box::new(move |existing| {
+                    let newer = existing.as_ref().is_some_and(|e| {
+                        (e.secret_version, e.updated_at_ms)
+                            >= (product.secret_version, product.updated_at_ms)
+                    });
+                    match existing {
+                        Some(e) if newer => Ok(ProductWrite::Put(e)),
+                        _ => {
+                            *seen.lock().map_err(|_| poisoned())? = true;
+                            Ok(ProductWrite::Put(product))
+                        }
+                    }
+                }),
+            )
+            .await?;
+        if *copied.lock().map_err(|_| poisoned())? {
+            report.products_copied += 1;
+        }
+    }
+    progress(&report);
     Ok(report)
 }
 

@@ -38,6 +38,7 @@ async fn every_admin_rpc(
                         device: Some(d()),
                         device_secret: "s3cret".into(),
                         enabled: true,
+                        awaiting_activation: false,
                     })
                     .await,
             ),
@@ -101,6 +102,7 @@ async fn every_admin_rpc(
                             device_key: "dev-9".into(),
                             device_secret: "s3cret".into(),
                             gateway: None,
+                            awaiting_activation: false,
                         }],
                         dry_run: false,
                     }]))
@@ -250,6 +252,7 @@ async fn registry_operations() {
                 device: dref("PkA", "d|x"),
                 device_secret: "s".into(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -265,6 +268,7 @@ async fn registry_operations() {
                 device: None,
                 device_secret: "s".into(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -275,6 +279,7 @@ async fn registry_operations() {
                 device: dref("PkA", "d9"),
                 device_secret: String::new(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await,
     );
@@ -356,6 +361,7 @@ fn row(line: u32, pk: &str, dk: &str, secret: &str, gw: Option<(&str, &str)>) ->
         device_key: dk.into(),
         device_secret: secret.into(),
         gateway: gw.and_then(|(p, d)| dref(p, d)),
+        awaiting_activation: false,
     }
 }
 
@@ -750,6 +756,7 @@ async fn admin_changes_fail_closed_when_their_record_cannot_be_written() {
             device: dref("Pk1", "dev-1"),
             device_secret: "s3cret".into(),
             enabled: true,
+            awaiting_activation: false,
         })
         .await
         .expect_err("no audit record, no change");

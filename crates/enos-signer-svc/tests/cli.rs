@@ -294,6 +294,7 @@ async fn init_then_serve_then_sigterm() {
             }),
             device_secret: "BinarySecret7".into(),
             enabled: true,
+            awaiting_activation: false,
         })
         .await
         .expect("put through the binary");

@@ -71,6 +71,7 @@ async fn product_policy_sets_ttl_method_and_brokers() {
                 ttl_secs: Some(30),
                 sign_method: Some("hmacsha256".into()),
                 broker_urls: vec!["tcp://127.0.0.1:11883".into()],
+                dynamic_activation: false,
             },
         );
     })

@@ -27,6 +27,7 @@ fn row(line: u32, pk: &str, dk: &str, gw: Option<(&str, &str)>) -> ImportRow {
         device_key: dk.into(),
         device_secret: format!("s3cret-{dk}"),
         gateway: gw.and_then(|(p, d)| dref(p, d)),
+        awaiting_activation: false,
     }
 }
 

@@ -51,7 +51,8 @@ async fn sealed_schemes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         .await
         .expect("list")
         .into_iter()
-        .map(|r| (r.sealed.scheme, r.sealed.bytes))
+        .filter_map(|r| r.sealed)
+        .map(|s| (s.scheme, s.bytes))
         .collect()
 }
 
@@ -77,6 +78,7 @@ fn issuance_end_to_end_with_hsm_custody() {
                             device_key: format!("bulk-{i}"),
                             device_secret: format!("bulk-secret-{i}-xyz"),
                             gateway: None,
+                            awaiting_activation: false,
                         })
                         .collect(),
                     dry_run: false,
@@ -215,11 +217,12 @@ async fn check_all(
     let mut in_hsm = 0;
     for (record, device) in records.iter().zip(devices) {
         assert_eq!(record.id, device.id);
-        let custody: &dyn Custody = if record.sealed.scheme == HSM_SCHEME {
+        let sealed = record.sealed.as_ref().expect("every device has a secret");
+        let custody: &dyn Custody = if sealed.scheme == HSM_SCHEME {
             in_hsm += 1;
             hsm
         } else {
-            assert_eq!(record.sealed.scheme, SOFTWARE_SCHEME);
+            assert_eq!(sealed.scheme, SOFTWARE_SCHEME);
             software
         };
         let fields = SignedFields::with_device_key_as_client_id(
@@ -232,7 +235,7 @@ async fn check_all(
         let password = custody
             .sign(
                 enos_custody::SecretRef::of(&device.id, record.secret_version),
-                &record.sealed,
+                sealed,
                 &fields,
                 SignMethod::HmacSha1,
                 HexCase::Upper,
@@ -275,7 +278,7 @@ fn migration_both_ways_interrupted_and_resumed_loses_nothing() {
                         id: device.id.clone(),
                         enabled: true,
                         secret_version: 1,
-                        sealed,
+                        sealed: Some(sealed),
                         gateway: None,
                         created_at_ms: 1,
                         updated_at_ms: 1,
@@ -539,7 +542,8 @@ fn cli_init_hsm_and_migrate() {
             let registry = RedbRegistry::open(&registry_path).expect("open");
             let custody = Pkcs11Custody::connect(&hsm.config()).expect("connect");
             for record in registry.list(None, None, 10).await.expect("list") {
-                assert_eq!(record.sealed.scheme, HSM_SCHEME);
+                let sealed = record.sealed.as_ref().expect("sealed");
+                assert_eq!(sealed.scheme, HSM_SCHEME);
                 let i = record
                     .id
                     .device_key
@@ -555,7 +559,7 @@ fn cli_init_hsm_and_migrate() {
                 let password = custody
                     .sign(
                         enos_custody::SecretRef::of(&record.id, record.secret_version),
-                        &record.sealed,
+                        sealed,
                         &fields,
                         SignMethod::HmacSha256,
                         HexCase::Lower,

@@ -80,6 +80,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
         device_key: dk.into(),
         device_secret: secret.into(),
         gateway: None,
+        awaiting_activation: false,
     };
     // A refused import (bad row next to a good one), then a good one.
     let refused = admin
@@ -109,6 +110,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
             }),
             device_secret: invalid.into(),
             enabled: true,
+            awaiting_activation: false,
         })
         .await
         .expect_err("refused");
@@ -121,6 +123,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
             }),
             device_secret: "DeviceTriedAdmin06".into(),
             enabled: true,
+            awaiting_activation: false,
         })
         .await
         .expect_err("refused");

@@ -13,7 +13,7 @@ use enos_signer_svc::{
     SignerError,
     config::RegistryConfig,
     registry::{
-        self, DeviceId, DeviceRecord, Registry, Write,
+        self, DeviceId, DeviceRecord, ProductRecord, ProductWrite, Registry, Write,
         postgres::{PostgresConfig, migrations},
     },
 };
@@ -30,10 +30,10 @@ fn record(pk: &str, dk: &str) -> DeviceRecord {
         id: id(pk, dk),
         enabled: true,
         secret_version: 1,
-        sealed: SealedSecret {
+        sealed: Some(SealedSecret {
             scheme: "test".into(),
             bytes: vec![1, 2, 3, 0, 255],
-        },
+        }),
         gateway: None,
         created_at_ms: 1,
         updated_at_ms: 2,
@@ -456,6 +456,91 @@ async fn gateway_rules_hold_in_every_change(pair: &Pair) {
 }
 
 /// Every case, each on a fresh registry pair from `pair`.
+/// A device without a secret (awaiting activation) reads back as one, on
+/// both replicas; product secrets are created, replaced, read by the other
+/// replica, aborted without a write, and deleted.
+async fn activation_records_round_trip(pair: &Pair) {
+    let r = pair.a.as_ref();
+    let awaiting = DeviceRecord::awaiting_activation(id("act", "new"), None, 5);
+    assert!(awaiting.is_awaiting_activation());
+    assert_eq!(awaiting.secret_version, 0);
+    put_all(r, vec![awaiting.clone()]).await;
+    assert_eq!(
+        pair.b.get(&awaiting.id).await.expect("get"),
+        Some(awaiting.clone())
+    );
+    let listed = pair.b.list(None, None, 10).await.expect("list");
+    assert!(listed.contains(&awaiting), "{listed:?}");
+    // Activated: the same record with a secret.
+    let mut activated = awaiting.clone();
+    activated.secret_version = 1;
+    activated.sealed = record("act", "new").sealed;
+    put_all(r, vec![activated.clone()]).await;
+    assert_eq!(
+        pair.b.get(&awaiting.id).await.expect("get"),
+        Some(activated)
+    );
+
+    let pk = ProductKey::new("act").expect("pk");
+    assert_eq!(pair.b.get_product(&pk).await.expect("get"), None);
+    let product = |version: u32, byte: u8| ProductRecord {
+        product_key: pk.clone(),
+        secret_version: version,
+        sealed: SealedSecret {
+            scheme: "test".into(),
+            bytes: vec![byte, 0, 255],
+        },
+        created_at_ms: 7,
+        updated_at_ms: 8 + u64::from(version),
+    };
+    let v1 = product(1, 1);
+    let put = v1.clone();
+    r.modify_product(
+        pk.clone(),
+        Box::new(move |current| {
+            assert_eq!(current, None);
+            Ok(ProductWrite::Put(put))
+        }),
+    )
+    .await
+    .expect("create");
+    assert_eq!(
+        pair.b.get_product(&pk).await.expect("get"),
+        Some(v1.clone())
+    );
+    // Replaced, seeing the current record (read on the other replica).
+    let v2 = product(2, 2);
+    let (seen, put) = (v1.clone(), v2.clone());
+    pair.b
+        .modify_product(
+            pk.clone(),
+            Box::new(move |current| {
+                assert_eq!(current, Some(seen));
+                Ok(ProductWrite::Put(put))
+            }),
+        )
+        .await
+        .expect("rotate");
+    assert_eq!(r.get_product(&pk).await.expect("get"), Some(v2.clone()));
+    // A failing change writes nothing.
+    let aborted = r
+        .modify_product(
+            pk.clone(),
+            Box::new(|_| Err(SignerError::FailedPrecondition("abort".into()))),
+        )
+        .await;
+    assert!(aborted.is_err());
+    assert_eq!(pair.b.get_product(&pk).await.expect("get"), Some(v2));
+    let gone = pk.clone();
+    r.modify_product(
+        pk.clone(),
+        Box::new(move |_| Ok(ProductWrite::Delete(gone))),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(pair.b.get_product(&pk).await.expect("get"), None);
+}
+
 async fn run_contract<F, Fut>(mut pair: F)
 where
     F: FnMut(&'static str) -> Fut,
@@ -467,6 +552,7 @@ where
     delete_and_changes_reach_the_other_reader(&pair("delete").await).await;
     large_changes_commit_whole(&pair("large").await).await;
     gateway_rules_hold_in_every_change(&pair("gateways").await).await;
+    activation_records_round_trip(&pair("activation").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

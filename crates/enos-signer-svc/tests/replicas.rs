@@ -285,6 +285,7 @@ async fn changes_through_one_replica_are_honoured_by_the_others_within_a_second(
                 device: dref("Pk1", dk),
                 device_secret: secret.into(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await
             .expect("put through A");

@@ -293,6 +293,7 @@ impl TestSigner {
                 device: Some(device_ref(pk, dk)),
                 device_secret: secret.to_owned(),
                 enabled: true,
+                awaiting_activation: false,
             })
             .await?
             .into_inner();

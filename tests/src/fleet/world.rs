@@ -140,6 +140,7 @@ async fn import(signer: &TestSigner, devices: &[Device]) -> Result<()> {
                 device_key: d.device_key.clone(),
                 device_secret: d.secret().to_owned(),
                 gateway: None,
+                awaiting_activation: false,
             })
             .collect();
         let request = v1::ImportDevicesRequest {

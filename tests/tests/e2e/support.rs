@@ -166,6 +166,7 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[TestDevice]) {
                 .gateway
                 .as_ref()
                 .map(|(pk, dk)| v1::DeviceRef::new(pk.clone(), dk.clone())),
+            awaiting_activation: false,
         })
         .collect();
     let request = v1::ImportDevicesRequest {

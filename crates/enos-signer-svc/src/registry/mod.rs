@@ -8,6 +8,11 @@
 //! write, all in one transaction, which also enforces the
 //! [`gateway_rules`] (no gateway is a sub-device, no device with
 //! sub-devices is bound or deleted).
+//!
+//! Beside the devices, the registry keeps the products' own secrets
+//! ([`ProductRecord`], for dynamic activation): few, rarely read (once per
+//! activation credential), so never cached, and changed through
+//! [`Registry::modify_product`], one product per transaction.
 
 pub mod gateway_rules;
 pub mod postgres;
@@ -33,10 +38,14 @@ pub struct DeviceRecord {
     pub id: DeviceId,
     /// A disabled device gets no credentials and no sub-device signatures.
     pub enabled: bool,
-    /// 1 at creation, +1 per rotation; bound into the sealed secret.
+    /// 1 at creation, +1 per rotation; bound into the sealed secret. 0
+    /// while the device awaits activation (it has no secret yet).
     pub secret_version: u32,
     /// The secret, sealed by the custody; never leaves the service.
-    pub sealed: SealedSecret,
+    /// `None` for a device registered without one, awaiting dynamic
+    /// activation: it logs in with its product's secret until it hands
+    /// over the secret EnOS pushes to it.
+    pub sealed: Option<SealedSecret>,
     /// Set when this device is a sub-device of that gateway.
     pub gateway: Option<DeviceId>,
     /// When the record was created (ms since the epoch).
@@ -62,7 +71,7 @@ impl DeviceRecord {
         Ok(DeviceRecord {
             enabled: existing.is_none_or(|r| r.enabled),
             secret_version,
-            sealed,
+            sealed: Some(sealed),
             gateway: existing.and_then(|r| r.gateway.clone()),
             created_at_ms: existing.map_or(now_ms, |r| r.created_at_ms),
             updated_at_ms: now_ms,
@@ -70,6 +79,59 @@ impl DeviceRecord {
         })
     }
 }
+
+impl DeviceRecord {
+    /// A device registered without a secret (`id`, created now): it awaits
+    /// dynamic activation. Put over an existing record it keeps that one's
+    /// `enabled`, gateway and creation time.
+    pub fn awaiting_activation(id: DeviceId, existing: Option<&DeviceRecord>, now_ms: u64) -> Self {
+        DeviceRecord {
+            enabled: existing.is_none_or(|r| r.enabled),
+            secret_version: 0,
+            sealed: None,
+            gateway: existing.and_then(|r| r.gateway.clone()),
+            created_at_ms: existing.map_or(now_ms, |r| r.created_at_ms),
+            updated_at_ms: now_ms,
+            id,
+        }
+    }
+
+    /// True while the device has no secret (it awaits activation).
+    pub fn is_awaiting_activation(&self) -> bool {
+        self.sealed.is_none()
+    }
+}
+
+/// A product's own secret (EnOS's product secret: `securemode=3` logins
+/// of its devices that await activation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductRecord {
+    /// Which product.
+    pub product_key: ProductKey,
+    /// 1 at creation, +1 per rotation; bound into the sealed secret.
+    pub secret_version: u32,
+    /// The secret, sealed by the custody like a device's, under the
+    /// product's own reference; never leaves the service.
+    pub sealed: SealedSecret,
+    /// When the record was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// When the record last changed (ms since the epoch).
+    pub updated_at_ms: u64,
+}
+
+/// The one write of a [`Registry::modify_product`] transaction.
+#[derive(Debug, Clone)]
+pub enum ProductWrite {
+    /// Create or replace the record.
+    Put(ProductRecord),
+    /// Remove the record (no-op if absent).
+    Delete(ProductKey),
+}
+
+/// The decision of a [`Registry::modify_product`]: given the product's
+/// current record, the write to commit, or an error to abort with.
+pub type ProductChange =
+    Box<dyn FnOnce(Option<ProductRecord>) -> Result<ProductWrite> + Send + 'static>;
 
 /// One write of a [`Registry::modify`] transaction.
 #[derive(Debug, Clone)]
@@ -110,6 +172,23 @@ pub trait Registry: Send + Sync + 'static {
     /// reports (an import's dry run names every bad row); a change is
     /// checked against the [`gateway_rules`] in its own transaction.
     async fn a_sub_device_of(&self, gateways: &[DeviceId]) -> Result<HashMap<DeviceId, DeviceId>>;
+
+    /// The secret record of `product`, if it has one. Read through, never
+    /// cached: a rotation on another replica is seen at once.
+    async fn get_product(&self, product: &ProductKey) -> Result<Option<ProductRecord>>;
+
+    /// Every product record, in product-key order (products are few: a
+    /// registry copy and a custody migration read them at once).
+    async fn list_products(&self) -> Result<Vec<ProductRecord>>;
+
+    /// Reads `product`'s record, lets `change` decide, and commits its
+    /// write; if `change` fails nothing is written. Serialised with other
+    /// changes of the same product. Returns the committed write.
+    async fn modify_product(
+        &self,
+        product: ProductKey,
+        change: ProductChange,
+    ) -> Result<ProductWrite>;
 }
 
 /// Opens the registry the config names.

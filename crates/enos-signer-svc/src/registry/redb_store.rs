@@ -2,7 +2,10 @@
 //! safe, copy-on-write B-trees).
 //!
 //! Records are keyed by `(productKey, deviceKey)` and stored as a small
-//! protobuf message, so fields can be added without a migration.
+//! protobuf message, so fields can be added without a migration. A device
+//! awaiting activation is stored with an empty scheme and no sealed bytes
+//! (every custody names its scheme). Product secrets live in their own
+//! table, created on open in files older than it.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::{
@@ -18,7 +21,7 @@ use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    Change, DeviceId, DeviceRecord, Registry, Write,
+    Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
     gateway_rules::{self, GatewayChanges},
     record_cache::RecordCache,
     redb_sub_index::{self, SUB_DEVICES},
@@ -27,6 +30,24 @@ use crate::error::{Result, SignerError};
 
 /// `(productKey, deviceKey)` → encoded [`StoredDevice`].
 const DEVICES: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("devices");
+
+/// `productKey` → encoded [`StoredProduct`].
+const PRODUCTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("products");
+
+/// The stored form of a [`ProductRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredProduct {
+    #[prost(uint32, tag = "1")]
+    secret_version: u32,
+    #[prost(string, tag = "2")]
+    scheme: String,
+    #[prost(bytes = "vec", tag = "3")]
+    sealed: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    created_at_ms: u64,
+    #[prost(uint64, tag = "5")]
+    updated_at_ms: u64,
+}
 
 /// The stored form of a [`DeviceRecord`].
 #[derive(Clone, PartialEq, prost::Message)]
@@ -83,6 +104,7 @@ impl RedbRegistry {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
+        txn.open_table(PRODUCTS)?;
         txn.open_table(SUB_DEVICES)?;
         txn.commit()?;
         Ok(())
@@ -100,7 +122,11 @@ impl RedbRegistry {
         crate::key_file::check_permissions(path)?;
         let db = Database::open(path)
             .map_err(|e| SignerError::Registry(format!("opening {}: {e}", path.display())))?;
+        // A file made before product secrets existed has no such table:
+        // reads would fail, so make it (once, empty). One made before the
+        // sub-device index gets it built from its records.
         let txn = db.begin_write()?;
+        txn.open_table(PRODUCTS)?;
         let built = redb_sub_index::build_if_missing(&txn, || {
             let table = txn.open_table(DEVICES)?;
             let mut bindings = Vec::new();
@@ -134,8 +160,16 @@ fn encode(record: &DeviceRecord) -> Vec<u8> {
     StoredDevice {
         enabled: record.enabled,
         secret_version: record.secret_version,
-        scheme: record.sealed.scheme.clone(),
-        sealed: record.sealed.bytes.clone(),
+        scheme: record
+            .sealed
+            .as_ref()
+            .map(|s| s.scheme.clone())
+            .unwrap_or_default(),
+        sealed: record
+            .sealed
+            .as_ref()
+            .map(|s| s.bytes.clone())
+            .unwrap_or_default(),
         gateway_product_key,
         gateway_device_key,
         created_at_ms: record.created_at_ms,
@@ -165,11 +199,37 @@ fn decode(pk: &str, dk: &str, bytes: &[u8]) -> Result<DeviceRecord> {
         id,
         enabled: stored.enabled,
         secret_version: stored.secret_version,
+        sealed: (!stored.scheme.is_empty()).then_some(SealedSecret {
+            scheme: stored.scheme,
+            bytes: stored.sealed,
+        }),
+        gateway,
+        created_at_ms: stored.created_at_ms,
+        updated_at_ms: stored.updated_at_ms,
+    })
+}
+
+fn encode_product(record: &ProductRecord) -> Vec<u8> {
+    StoredProduct {
+        secret_version: record.secret_version,
+        scheme: record.sealed.scheme.clone(),
+        sealed: record.sealed.bytes.clone(),
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
+    .encode_to_vec()
+}
+
+fn decode_product(pk: &str, bytes: &[u8]) -> Result<ProductRecord> {
+    let corrupt = |what: &str| SignerError::Registry(format!("product record {pk}: {what}"));
+    let stored = StoredProduct::decode(bytes).map_err(|_| corrupt("undecodable"))?;
+    Ok(ProductRecord {
+        product_key: ProductKey::new(pk).map_err(|_| corrupt("bad productKey"))?,
+        secret_version: stored.secret_version,
         sealed: SealedSecret {
             scheme: stored.scheme,
             bytes: stored.sealed,
         },
-        gateway,
         created_at_ms: stored.created_at_ms,
         updated_at_ms: stored.updated_at_ms,
     })
@@ -303,6 +363,62 @@ impl Registry for RedbRegistry {
         .await
         .map_err(|e| SignerError::Registry(format!("{}: write task failed: {e}", path.display())))?
     }
+
+    async fn get_product(&self, product: &ProductKey) -> Result<Option<ProductRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRODUCTS)?;
+        match table.get(product.as_str())? {
+            Some(value) => Ok(Some(decode_product(product.as_str(), value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_products(&self) -> Result<Vec<ProductRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRODUCTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode_product(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn modify_product(
+        &self,
+        product: ProductKey,
+        change: ProductChange,
+    ) -> Result<ProductWrite> {
+        let db = Arc::clone(&self.db);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            let write = {
+                let mut table = txn.open_table(PRODUCTS)?;
+                let current = match table.get(product.as_str())? {
+                    Some(v) => Some(decode_product(product.as_str(), v.value())?),
+                    None => None,
+                };
+                let write = change(current)?;
+                match &write {
+                    ProductWrite::Put(record) => {
+                        table.insert(
+                            record.product_key.as_str(),
+                            encode_product(record).as_slice(),
+                        )?;
+                    }
+                    ProductWrite::Delete(key) => {
+                        table.remove(key.as_str())?;
+                    }
+                }
+                write
+            };
+            txn.commit()?;
+            Ok(write)
+        })
+        .await
+        .map_err(|e| SignerError::Registry(format!("{}: write task failed: {e}", path.display())))?
+    }
 }
 
 fn old_gateway(old: &Option<DeviceRecord>) -> Option<&DeviceId> {
@@ -381,10 +497,10 @@ mod tests {
             ),
             enabled: true,
             secret_version: 1,
-            sealed: SealedSecret {
+            sealed: Some(SealedSecret {
                 scheme: "test".into(),
                 bytes: vec![1, 2, 3],
-            },
+            }),
             gateway: None,
             created_at_ms: 1,
             updated_at_ms: 2,
@@ -419,7 +535,10 @@ mod tests {
         let registry = RedbRegistry::open(&path).expect("open");
         let gw = record("p", "gw").id;
         assert_eq!(
-            registry.a_sub_device_of(&[gw.clone()]).await.expect("subs"),
+            registry
+                .a_sub_device_of(std::slice::from_ref(&gw))
+                .await
+                .expect("subs"),
             HashMap::from([(gw.clone(), sub.id.clone())])
         );
         let refused = registry

@@ -88,6 +88,50 @@ pub(crate) enum AdminCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Register a device without a secret: it activates itself with its
+    /// product's secret (dynamic activation), and its secret goes straight
+    /// into custody. A device that had a secret loses it.
+    AwaitActivation {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Register it disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Create a product's secret (read from --secret-file or stdin).
+    PutProductSecret {
+        /// The product key.
+        product_key: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Replace a product's secret (read from --secret-file or stdin).
+    RotateProductSecret {
+        /// The product key.
+        product_key: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Remove a product's secret: its devices can no longer activate.
+    DeleteProductSecret {
+        /// The product key.
+        product_key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a product's secret version and activation policy (never the secret).
+    GetProduct {
+        /// The product key.
+        product_key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Args)]
@@ -129,7 +173,7 @@ impl SecretArgs {
         }
         let secret = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
         if secret.is_empty() {
-            bail!("the device secret is empty");
+            bail!("the secret is empty");
         }
         Ok(secret)
     }
@@ -141,8 +185,13 @@ fn show(device: &v1::Device) {
         .as_ref()
         .map(|g| format!(" gateway={}/{}", g.product_key, g.device_key))
         .unwrap_or_default();
+    let awaiting = if device.awaiting_activation {
+        " awaiting_activation"
+    } else {
+        ""
+    };
     println!(
-        "{}/{} enabled={} secret_version={}{gateway}",
+        "{}/{} enabled={} secret_version={}{gateway}{awaiting}",
         device.product_key, device.device_key, device.enabled, device.secret_version
     );
 }
@@ -167,6 +216,7 @@ impl AdminCommand {
                         device: Some(device.to_ref()),
                         device_secret: secret.to_string(),
                         enabled: !disabled,
+                        awaiting_activation: false,
                     })
                     .await
                     .map_err(status)?;
@@ -257,9 +307,94 @@ impl AdminCommand {
                     .map_err(status)?;
                 show(d.get_ref());
             }
+            AdminCommand::AwaitActivation {
+                device,
+                disabled,
+                connection,
+            } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let d = client
+                    .put_device(v1::PutDeviceRequest {
+                        device: Some(device.to_ref()),
+                        device_secret: String::new(),
+                        enabled: !disabled,
+                        awaiting_activation: true,
+                    })
+                    .await
+                    .map_err(status)?;
+                show(d.get_ref());
+            }
+            product @ (AdminCommand::PutProductSecret { .. }
+            | AdminCommand::RotateProductSecret { .. }
+            | AdminCommand::DeleteProductSecret { .. }
+            | AdminCommand::GetProduct { .. }) => product.run_product().await?,
         }
         Ok(())
     }
+
+    /// The product-secret commands.
+    async fn run_product(self) -> Result<()> {
+        let rotate = matches!(self, AdminCommand::RotateProductSecret { .. });
+        match self {
+            AdminCommand::PutProductSecret {
+                product_key,
+                secret,
+                connection,
+            }
+            | AdminCommand::RotateProductSecret {
+                product_key,
+                secret,
+                connection,
+            } => {
+                let secret = secret.read()?;
+                let request = v1::PutProductSecretRequest {
+                    product: Some(v1::ProductRef { product_key }),
+                    product_secret: secret.to_string(),
+                };
+                let mut client = AdminClient::new(connection.channel().await?);
+                let p = if rotate {
+                    client.rotate_product_secret(request).await
+                } else {
+                    client.put_product_secret(request).await
+                }
+                .map_err(status)?;
+                show_product(p.get_ref());
+            }
+            AdminCommand::DeleteProductSecret {
+                product_key,
+                connection,
+            } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                client
+                    .delete_product_secret(v1::ProductRef {
+                        product_key: product_key.clone(),
+                    })
+                    .await
+                    .map_err(status)?;
+                println!("deleted the secret of product {product_key}");
+            }
+            AdminCommand::GetProduct {
+                product_key,
+                connection,
+            } => {
+                let mut client = AdminClient::new(connection.channel().await?);
+                let p = client
+                    .get_product(v1::ProductRef { product_key })
+                    .await
+                    .map_err(status)?;
+                show_product(p.get_ref());
+            }
+            _ => unreachable!("only product commands reach run_product"),
+        }
+        Ok(())
+    }
+}
+
+fn show_product(product: &v1::Product) {
+    println!(
+        "product {} secret_version={} dynamic_activation={}",
+        product.product_key, product.secret_version, product.dynamic_activation
+    );
 }
 
 async fn set_enabled(device: &DeviceArgs, connection: &Connection, enabled: bool) -> Result<()> {

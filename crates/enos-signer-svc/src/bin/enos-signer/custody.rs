@@ -57,16 +57,17 @@ impl CustodyCommand {
                     ControlFlow::Continue(())
                 })
                 .await?;
+                for (product, reason) in &report.failed_products {
+                    eprintln!("product {product}: left unchanged: {reason}");
+                }
+                let failed = report.failed.len() + report.failed_products.len();
                 println!(
-                    "migrated {}, already migrated {}, left unchanged {}",
-                    report.migrated,
-                    report.already_migrated,
-                    report.failed.len()
+                    "migrated {}, already migrated {}, left unchanged {failed}",
+                    report.migrated, report.already_migrated,
                 );
-                if !report.failed.is_empty() {
+                if failed > 0 {
                     bail!(
-                        "{} records were left unchanged (nothing lost); fix the cause and run again",
-                        report.failed.len()
+                        "{failed} records were left unchanged (nothing lost); fix the cause and run again"
                     );
                 }
                 Ok(())

@@ -51,12 +51,13 @@ impl RegistryCommand {
                 })
                 .await?;
                 println!(
-                    "read {}, created {}, updated {}, unchanged {}, kept (newer in the destination) {}",
+                    "read {}, created {}, updated {}, unchanged {}, kept (newer in the destination) {}, product secrets copied {}",
                     report.read,
                     report.created,
                     report.updated,
                     report.unchanged,
-                    report.kept_newer
+                    report.kept_newer,
+                    report.products_copied
                 );
                 Ok(())
             }

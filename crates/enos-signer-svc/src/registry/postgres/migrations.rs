@@ -36,8 +36,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        name: "activation",
+        sql: include_str!("../../../migrations/0003_activation.sql"),
+    },
+    Migration {
+        version: 4,
         name: "devices_gateway",
-        sql: include_str!("../../../migrations/0003_devices_gateway.sql"),
+        sql: include_str!("../../../migrations/0004_devices_gateway.sql"),
     },
 ];
 

@@ -43,7 +43,10 @@ pub use config::PostgresConfig;
 pub use listener::LISTEN_APPLICATION_NAME;
 
 pub(crate) use self::config::{Connect, Tls};
-use super::{Change, DeviceId, DeviceRecord, Registry, Write, record_cache::RecordCache};
+use super::{
+    Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
+    record_cache::RecordCache,
+};
 use crate::error::{Result, SignerError};
 
 /// The registry over a PostgreSQL pool.
@@ -266,6 +269,133 @@ impl Registry for PostgresRegistry {
         self.shared.cache.committed(&writes)?;
         Ok(writes)
     }
+
+    async fn get_product(&self, product: &ProductKey) -> Result<Option<ProductRecord>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {PRODUCT_COLUMNS} FROM product_secrets WHERE product_key = $1"
+            ))
+            .await
+            .map_err(db)?;
+        let row = client
+            .query_opt(&statement, &[&product.as_str()])
+            .await
+            .map_err(db)?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    async fn list_products(&self) -> Result<Vec<ProductRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {PRODUCT_COLUMNS} FROM product_secrets ORDER BY product_key"),
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(product_from_row).collect()
+    }
+
+    async fn modify_product(
+        &self,
+        product: ProductKey,
+        change: ProductChange,
+    ) -> Result<ProductWrite> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // A product without a row has nothing to lock FOR UPDATE: an
+        // advisory lock serialises its creation too (another key space
+        // than the devices': the name is hashed with a prefix).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&product_lock_key(&product)],
+        )
+        .await
+        .map_err(db)?;
+        let current = tx
+            .query_opt(
+                &format!(
+                    "SELECT {PRODUCT_COLUMNS} FROM product_secrets WHERE product_key = $1 FOR UPDATE"
+                ),
+                &[&product.as_str()],
+            )
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(product_from_row)
+            .transpose()?;
+        let write = tokio::task::spawn_blocking(move || change(current))
+            .await
+            .map_err(|e| SignerError::Registry(format!("registry change task failed: {e}")))??;
+        match &write {
+            ProductWrite::Put(r) => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO product_secrets ({PRODUCT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (product_key) DO UPDATE SET \
+                           secret_version = EXCLUDED.secret_version, \
+                           sealed_scheme = EXCLUDED.sealed_scheme, sealed = EXCLUDED.sealed, \
+                           created_at_ms = EXCLUDED.created_at_ms, \
+                           updated_at_ms = EXCLUDED.updated_at_ms"
+                    ),
+                    &[
+                        &r.product_key.as_str(),
+                        &i64::from(r.secret_version),
+                        &r.sealed.scheme.as_str(),
+                        &r.sealed.bytes.as_slice(),
+                        &ms(r.created_at_ms),
+                        &ms(r.updated_at_ms),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+            ProductWrite::Delete(key) => {
+                tx.execute(
+                    "DELETE FROM product_secrets WHERE product_key = $1",
+                    &[&key.as_str()],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(write)
+    }
+}
+
+/// The columns of a product read, in [`product_from_row`]'s order.
+const PRODUCT_COLUMNS: &str =
+    "product_key, secret_version, sealed_scheme, sealed, created_at_ms, updated_at_ms";
+
+/// The advisory lock key of a product's record (see [`lock_key`]).
+fn product_lock_key(product: &ProductKey) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(b"product:")
+        .chain_update(product.as_str())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+fn product_from_row(row: &Row) -> Result<ProductRecord> {
+    let pk: &str = row.try_get(0).map_err(db)?;
+    let corrupt = |what: &str| SignerError::Registry(format!("product record {pk}: {what}"));
+    let version: i64 = row.try_get(1).map_err(db)?;
+    let created: i64 = row.try_get(4).map_err(db)?;
+    let updated: i64 = row.try_get(5).map_err(db)?;
+    Ok(ProductRecord {
+        product_key: ProductKey::new(pk).map_err(|_| corrupt("bad productKey"))?,
+        secret_version: u32::try_from(version).map_err(|_| corrupt("bad secret_version"))?,
+        sealed: SealedSecret {
+            scheme: row.try_get(2).map_err(db)?,
+            bytes: row.try_get(3).map_err(db)?,
+        },
+        created_at_ms: u64::try_from(created).unwrap_or(0),
+        updated_at_ms: u64::try_from(updated).unwrap_or(0),
+    })
 }
 
 /// Takes the advisory lock of every id, in key order (no deadlock between
@@ -386,8 +516,14 @@ async fn upsert(tx: &tokio_postgres::Transaction<'_>, batch: &[Write]) -> Result
         .iter()
         .map(|r| i64::from(r.secret_version))
         .collect();
-    let scheme: Vec<&str> = records.iter().map(|r| r.sealed.scheme.as_str()).collect();
-    let sealed: Vec<&[u8]> = records.iter().map(|r| r.sealed.bytes.as_slice()).collect();
+    let scheme: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.sealed.as_ref().map(|s| s.scheme.as_str()))
+        .collect();
+    let sealed: Vec<Option<&[u8]>> = records
+        .iter()
+        .map(|r| r.sealed.as_ref().map(|s| s.bytes.as_slice()))
+        .collect();
     let gw_pk: Vec<Option<&str>> = records
         .iter()
         .map(|r| r.gateway.as_ref().map(|g| g.product_key.as_str()))
@@ -481,9 +617,12 @@ fn record_from_row(row: &Row) -> Result<DeviceRecord> {
     Ok(DeviceRecord {
         enabled: row.try_get(2).map_err(db)?,
         secret_version: u32::try_from(version).map_err(|_| corrupt("bad secret_version"))?,
-        sealed: SealedSecret {
-            scheme: row.try_get(4).map_err(db)?,
-            bytes: row.try_get(5).map_err(db)?,
+        sealed: match (
+            row.try_get::<_, Option<String>>(4).map_err(db)?,
+            row.try_get::<_, Option<Vec<u8>>>(5).map_err(db)?,
+        ) {
+            (Some(scheme), Some(bytes)) => Some(SealedSecret { scheme, bytes }),
+            _ => None,
         },
         gateway,
         created_at_ms: u64::try_from(created).unwrap_or(0),
