@@ -81,6 +81,7 @@ pub fn write_config(
             drain_timeout_secs: 3,
             worker_threads: None,
             tls_reload_interval_secs: 5,
+            limits: Default::default(),
         },
     );
     config.policy = policy;

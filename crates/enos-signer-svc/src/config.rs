@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// on SIGHUP.
     #[serde(default = "default_tls_reload_secs")]
     pub tls_reload_interval_secs: u64,
+    /// Connections, streams, requests in flight and import size
+    /// (`[server.limits]`): what callers can hold before proving anything.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 fn default_drain_secs() -> u64 {
@@ -258,6 +262,41 @@ pub struct ProductPolicyConfig {
 pub struct MetricsConfig {
     /// Address of the `/metrics` endpoint.
     pub listen: SocketAddr,
+    /// Seconds a client may take to send a request's header (a slow
+    /// header holds a connection slot).
+    #[serde(default = "default_metrics_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open, idle keep-alive included (a
+    /// scraper simply reconnects).
+    #[serde(default = "default_metrics_connection_lifetime_secs")]
+    pub connection_lifetime_secs: u64,
+}
+
+fn default_metrics_header_timeout_secs() -> u64 {
+    5
+}
+
+fn default_metrics_connection_lifetime_secs() -> u64 {
+    60
+}
+
+impl MetricsConfig {
+    /// The listener on `listen` with the default timeouts.
+    pub fn on(listen: SocketAddr) -> Self {
+        MetricsConfig {
+            listen,
+            header_timeout_secs: default_metrics_header_timeout_secs(),
+            connection_lifetime_secs: default_metrics_connection_lifetime_secs(),
+        }
+    }
+
+    /// Both timeouts as durations (at least 1 s each).
+    pub fn timeouts(&self) -> crate::limits::HttpTimeouts {
+        crate::limits::HttpTimeouts {
+            header: Duration::from_secs(self.header_timeout_secs.max(1)),
+            lifetime: Duration::from_secs(self.connection_lifetime_secs.max(1)),
+        }
+    }
 }
 
 /// The plain health port: `grpc.health.v1.Health` only, no TLS, so that
@@ -431,6 +470,70 @@ mod tests {
         assert_eq!(config.policy.ttl_secs, 300);
         assert!(config.metrics.is_some());
         assert!(config.rate_limit.is_some());
+        // The example spells out the defaults of the limits and timeouts.
+        assert_eq!(config.server.limits, crate::limits::LimitsConfig::default());
+        let metrics = config.metrics.expect("metrics");
+        assert_eq!(metrics, MetricsConfig::on(metrics.listen));
+    }
+
+    #[test]
+    fn limits_and_metrics_timeouts_parse_with_defaults() {
+        let base = r#"
+            [server]
+            listen = "127.0.0.1:7443"
+            cert = "server.pem"
+            key = "server.key"
+            client_ca = "ca.pem"
+            LIMITS
+            [registry]
+            kind = "redb"
+            path = "registry.redb"
+            [custody]
+            kind = "software"
+            master_key_file = "master.key"
+            [audit]
+            key_file = "audit.key"
+            [metrics]
+            listen = "127.0.0.1:9464"
+            METRICS
+        "#;
+        let parse = |limits: &str, metrics: &str| {
+            SignerConfig::from_toml(&base.replace("LIMITS", limits).replace("METRICS", metrics))
+        };
+        let defaults = parse("", "").expect("defaults");
+        assert_eq!(
+            defaults.server.limits,
+            crate::limits::LimitsConfig {
+                max_connections: 10_000,
+                max_concurrent_streams: 64,
+                max_concurrent_requests: 2_048,
+                import_max_bytes: 256 * 1024 * 1024,
+            }
+        );
+        let metrics = defaults.metrics.expect("metrics");
+        assert_eq!(
+            (
+                metrics.header_timeout_secs,
+                metrics.connection_lifetime_secs
+            ),
+            (5, 60)
+        );
+        let set = parse(
+            "[server.limits]\nmax_connections = 5\nimport_max_bytes = 1000",
+            "header_timeout_secs = 2\nconnection_lifetime_secs = 0",
+        )
+        .expect("overrides");
+        assert_eq!(set.server.limits.max_connections, 5);
+        assert_eq!(set.server.limits.import_max_bytes, 1000);
+        assert_eq!(
+            set.server.limits.max_concurrent_streams, 64,
+            "the rest default"
+        );
+        let timeouts = set.metrics.expect("metrics").timeouts();
+        assert_eq!(timeouts.header, Duration::from_secs(2));
+        assert_eq!(timeouts.lifetime, Duration::from_secs(1), "at least 1 s");
+        let typo = parse("[server.limits]\nmax_conections = 5", "").expect_err("typo refused");
+        assert!(typo.to_string().contains("max_conections"), "{typo}");
     }
 
     #[test]

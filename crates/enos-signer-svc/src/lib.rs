@@ -21,6 +21,7 @@
 //! | [`policy`] | TTL, sign method and broker URLs per product |
 //! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed |
 //! | [`rate_limit`] | a budget per identity (governor) |
+//! | [`limits`] | `[server.limits]`: connections, streams, requests in flight, import bytes; metrics/health listener timeouts |
 //! | [`peer`] | the caller's identity from its client certificate |
 //! | [`credentials`] | the `Credentials` service |
 //! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import; [`products`] product secrets |
@@ -67,6 +68,7 @@ pub mod health_port;
 pub mod import;
 pub mod init;
 pub mod key_file;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod policy;

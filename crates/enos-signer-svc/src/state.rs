@@ -34,6 +34,8 @@ pub struct SignerState {
     pub identities: crate::peer::IdentityCache,
     /// Samples the log lines of refusals a caller can repeat for free.
     pub refusal_log: crate::refusal_log::RefusalLog,
+    /// Bytes one import may stream (`server.limits.import_max_bytes`).
+    pub import_max_bytes: usize,
 }
 
 impl SignerState {
@@ -48,6 +50,7 @@ impl SignerState {
             metrics: Metrics::new(),
             identities: crate::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
             refusal_log: crate::refusal_log::RefusalLog::default(),
+            import_max_bytes: config.server.limits.import_max_bytes,
         })
     }
 

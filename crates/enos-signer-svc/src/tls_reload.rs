@@ -351,6 +351,7 @@ mod tests {
             drain_timeout_secs: 1,
             worker_threads: None,
             tls_reload_interval_secs: 0,
+            limits: Default::default(),
         }
     }
 

@@ -128,6 +128,7 @@ impl Fleet {
                 drain_timeout_secs: 1,
                 worker_threads: std::num::NonZeroUsize::new(2),
                 tls_reload_interval_secs: 5,
+                limits: Default::default(),
             },
         );
         config.registry = RegistryConfig::Postgres(PostgresConfig {
