@@ -82,6 +82,9 @@ pub fn write_config(
             worker_threads: None,
             tls_reload_interval_secs: 5,
             limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
         },
     );
     config.policy = policy;

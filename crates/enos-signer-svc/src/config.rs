@@ -58,8 +58,25 @@ pub struct ServerConfig {
     pub cert: PathBuf,
     /// The server's private key (PEM); must be mode 0600 or stricter.
     pub key: PathBuf,
-    /// The CA (PEM) that issues device and admin client certificates.
+    /// The CA (PEM) that issues device client certificates, and admin
+    /// certificates too unless `admin_ca` is set.
     pub client_ca: PathBuf,
+    /// A CA (PEM) of its own for admin certificates (recommended): when
+    /// set, an admin certificate must chain to it, so a certificate of
+    /// `client_ca` with an admin SAN is refused (whoever can get a device
+    /// certificate cannot become an admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_ca: Option<PathBuf>,
+    /// The admin names (`spiffe://enos/admin/{name}`) allowed on Admin;
+    /// empty: every admin certificate of the admin CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_names: Vec<String>,
+    /// Certificate revocation lists (PEM or DER) of the client and admin
+    /// CAs, re-read with the certificates: a revoked certificate is refused
+    /// in the TLS handshake of every new connection. A CA without a list
+    /// here is not checked for revocation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
     /// How long a graceful shutdown waits for in-flight calls.
     #[serde(default = "default_drain_secs")]
     pub drain_timeout_secs: u64,
@@ -404,6 +421,12 @@ impl SignerConfig {
         file(&mut self.server.cert);
         key(&mut self.server.key);
         file(&mut self.server.client_ca);
+        if let Some(admin_ca) = &mut self.server.admin_ca {
+            file(admin_ca);
+        }
+        for crl in &mut self.server.crls {
+            file(crl);
+        }
         match &mut self.registry {
             RegistryConfig::Redb { path } => file(path),
             RegistryConfig::Postgres(pg) => {
@@ -532,6 +555,26 @@ mod tests {
         let timeouts = set.metrics.expect("metrics").timeouts();
         assert_eq!(timeouts.header, Duration::from_secs(2));
         assert_eq!(timeouts.lifetime, Duration::from_secs(1), "at least 1 s");
+        let mut admins = parse(
+            "admin_ca = \"admins.pem\"\nadmin_names = [\"ops\"]\ncrls = [\"c.crl\", \"/abs/a.crl\"]",
+            "",
+        )
+        .expect("admin CA, names, CRLs");
+        assert_eq!(defaults.server.admin_ca, None);
+        assert!(defaults.server.crls.is_empty() && defaults.server.admin_names.is_empty());
+        admins.resolve_paths(Path::new("/etc/enos"), None);
+        assert_eq!(
+            admins.server.admin_ca.as_deref(),
+            Some(Path::new("/etc/enos/admins.pem"))
+        );
+        assert_eq!(admins.server.admin_names, ["ops"]);
+        assert_eq!(
+            admins.server.crls,
+            [
+                PathBuf::from("/etc/enos/c.crl"),
+                PathBuf::from("/abs/a.crl")
+            ]
+        );
         let typo = parse("[server.limits]\nmax_conections = 5", "").expect_err("typo refused");
         assert!(typo.to_string().contains("max_conections"), "{typo}");
     }

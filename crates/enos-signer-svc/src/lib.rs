@@ -56,6 +56,7 @@
 
 pub mod activation;
 pub mod admin;
+pub mod admin_gate;
 pub mod audit;
 pub mod batch_login;
 pub mod config;

@@ -63,7 +63,7 @@ impl Signer {
     pub fn open(config: &SignerConfig) -> Result<Self> {
         let state = Arc::new(SignerState::open(config)?);
         Ok(Signer {
-            tls: Arc::new(ReloadingTls::load(&config.server, state.metrics.clone())?),
+            tls: Arc::clone(&state.tls),
             tls_reload_interval: config.server.tls_reload_interval(),
             state,
             drain_timeout: config.server.drain_timeout(),

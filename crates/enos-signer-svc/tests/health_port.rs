@@ -62,6 +62,9 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
             worker_threads: None,
             tls_reload_interval_secs: 0,
             limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
         },
     );
     config.health = Some(HealthConfig {

@@ -129,6 +129,9 @@ impl Fleet {
                 worker_threads: std::num::NonZeroUsize::new(2),
                 tls_reload_interval_secs: 5,
                 limits: Default::default(),
+                admin_ca: None,
+                admin_names: Vec::new(),
+                crls: Vec::new(),
             },
         );
         config.registry = RegistryConfig::Postgres(PostgresConfig {

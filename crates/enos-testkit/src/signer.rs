@@ -173,6 +173,9 @@ impl TestSigner {
                 worker_threads: None,
                 tls_reload_interval_secs: 5,
                 limits: Default::default(),
+                admin_ca: None,
+                admin_names: Vec::new(),
+                crls: Vec::new(),
             },
         );
         config.metrics = Some(MetricsConfig::on(SocketAddr::from(([127, 0, 0, 1], 0))));
