@@ -224,6 +224,16 @@ impl InProcessAgent {
     }
 }
 
+impl InProcessAgent {
+    /// Stops the agent abruptly, as if its process died: no DISCONNECT,
+    /// nothing flushed, its memory gone.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for InProcessAgent {
     fn drop(&mut self) {
         self.shutdown.cancel();

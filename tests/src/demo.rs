@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use enos_signer_svc::config::PolicyConfig;
+use enos_signer_svc::config::{PolicyConfig, ProductPolicyConfig};
 use enos_testkit::{
     Binaries, ChildProcess,
     sandbox::{Sandbox, SandboxBinary},
@@ -136,7 +136,15 @@ struct DemoDevices {
     /// The password of the sandbox's console login, which plays the
     /// cloud side (devices may only use their own topics).
     console_password: Zeroizing<String>,
+    /// A new gateway with no device secret anywhere: it activates itself
+    /// (securemode 3) and its pushed secret goes into the signer.
+    newcomer: TestDevice,
+    /// The secret of the newcomer's product (EnOS's product secret).
+    product_secret: Zeroizing<String>,
 }
+
+/// The product whose gateways activate themselves in the demo.
+const NEW_PRODUCT: &str = "DemoNewGw";
 
 /// The console login's user name on the sandbox.
 const CONSOLE_USER: &str = "demo-console";
@@ -162,6 +170,8 @@ pub async fn run<W: Write>(
             .behind(&gateway),
         console_password: devices::random_secret().in_step(PKI)?,
         gateway,
+        newcomer: TestDevice::new(NEW_PRODUCT, "newgw-001").in_step(PKI)?,
+        product_secret: devices::random_secret().in_step(PKI)?,
     };
     let broker_server = pki.server("broker-server").in_step(PKI)?;
     let (gateway_cert, _) = pki.device(&demo.gateway).in_step(PKI)?;
@@ -181,7 +191,13 @@ pub async fn run<W: Write>(
     // console login plays the cloud.
     const SANDBOX: &str = "EnOS sandbox";
     let enos_devices = dir.join("enos-devices.csv");
-    devices::write_csv(&enos_devices, &[&demo.gateway, &demo.sensor]).in_step(SANDBOX)?;
+    devices::write_sandbox_csv(
+        &enos_devices,
+        &[&demo.gateway, &demo.sensor],
+        &[&demo.newcomer],
+        &[(NEW_PRODUCT, demo.product_secret.as_str())],
+    )
+    .in_step(SANDBOX)?;
     let console_password_file = dir.join("console.secret");
     enos_testkit::write_private(&console_password_file, demo.console_password.as_bytes())
         .map_err(|e| E2eError::failed(format!("writing the console password file: {e}")))
@@ -199,8 +215,9 @@ pub async fn run<W: Write>(
         SANDBOX,
         format!(
             "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate of the \
-             device required); it knows 2 devices, checks every signed login, keeps each device \
-             to its own topics, and has a console login for the cloud's side",
+             device required); it knows 3 devices (one awaiting dynamic activation), checks every \
+             signed login, keeps each device to its own topics, and has a console login for the \
+             cloud's side",
             sandbox.mqtt_addr(),
             tls_addr
         ),
@@ -211,13 +228,16 @@ pub async fn run<W: Write>(
     let reservation = enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
         .in_step(SIGNER)?;
     let signer_addr = reservation.addr();
-    let (_, signer_files) = signer::write_config(
-        &dir.join("signer"),
-        &pki,
-        signer_addr,
-        PolicyConfig::default(),
-    )
-    .in_step(SIGNER)?;
+    let mut policy = PolicyConfig::default();
+    policy.products.insert(
+        NEW_PRODUCT.into(),
+        ProductPolicyConfig {
+            dynamic_activation: true,
+            ..Default::default()
+        },
+    );
+    let (_, signer_files) =
+        signer::write_config(&dir.join("signer"), &pki, signer_addr, policy).in_step(SIGNER)?;
     let init_output = signer::init(&binaries.signer, &signer_files.config).in_step(SIGNER)?;
     let mut signer = SignerProcess::new(
         &binaries.signer,
@@ -512,7 +532,76 @@ pub async fn run<W: Write>(
         format!("answered: the console received {reply_topic} with code 200 for id demo-1"),
     );
 
-    // 11. Stop everything.
+    // 11. A new gateway with no device secret anywhere activates itself.
+    const ACTIVATION: &str = "activation";
+    let product_secret_file = dir.join("product.secret");
+    enos_testkit::write_private(&product_secret_file, demo.product_secret.as_bytes())
+        .map_err(|e| E2eError::failed(format!("writing the product secret file: {e}")))
+        .in_step(ACTIVATION)?;
+    let product_output = admin_env
+        .run(
+            &binaries.signer,
+            &[
+                OsStr::new("put-product-secret"),
+                OsStr::new(NEW_PRODUCT),
+                OsStr::new("--secret-file"),
+                product_secret_file.as_os_str(),
+            ],
+        )
+        .in_step(ACTIVATION)?;
+    std::fs::remove_file(&product_secret_file)
+        .map_err(E2eError::io("removing the product secret file"))
+        .in_step(ACTIVATION)?;
+    let await_output = admin_env
+        .run(
+            &binaries.signer,
+            &[
+                OsStr::new("await-activation"),
+                OsStr::new(&demo.newcomer.product_key),
+                OsStr::new(&demo.newcomer.device_key),
+            ],
+        )
+        .in_step(ACTIVATION)?;
+    let (newcomer_cert, _) = pki.device(&demo.newcomer).in_step(ACTIVATION)?;
+    let mut newcomer_toml = AgentToml::new(
+        &demo.newcomer,
+        &signer.uri(),
+        &pki.ca,
+        (newcomer_cert.cert.clone(), newcomer_cert.key.clone()),
+        format!("tcp://{}", sandbox.mqtt_addr()),
+    );
+    newcomer_toml.status_file = Some(dir.join("agent-newcomer-status.json"));
+    let mut newcomer =
+        start_agent(binaries, &dir, "agent-newcomer", &newcomer_toml).in_step(ACTIVATION)?;
+    wait_status(
+        &newcomer_toml,
+        &mut newcomer,
+        "the activation and the securemode=2 reconnect",
+        |s| s["activation"] == "activated" && s["state"] == "connected",
+    )
+    .await
+    .in_step(ACTIVATION)?;
+    let newcomer_status = std::fs::read_to_string(dir.join("agent-newcomer-status.json"))
+        .map_err(E2eError::io("reading the newcomer's status"))
+        .in_step(ACTIVATION)?;
+    let exit = newcomer.terminate(STEP_TIMEOUT).in_step(ACTIVATION)?;
+    let newcomer_log = newcomer.log().text();
+    if !exit.success() {
+        return Err(E2eError::failed(format!("the agent exited with {exit}"))).in_step(ACTIVATION);
+    }
+    narrator.say(
+        ACTIVATION,
+        format!(
+            "{} had no device secret anywhere: the signer issued it a securemode=3 credential \
+             signed with the product secret of {NEW_PRODUCT}; the sandbox pushed a new device \
+             secret on /ext/session/{}/thing/activate/info; the agent handed it to the signer \
+             (sealed, audited), answered 200 and reconnected with securemode=2",
+            demo.newcomer.id(),
+            demo.newcomer.id()
+        ),
+    );
+
+    // 12. Stop everything.
     const STOP: &str = "stop";
     console.disconnect().await;
     app.disconnect().await;
@@ -531,11 +620,33 @@ pub async fn run<W: Write>(
         "agent (exit 0), signer (drained, exit 0) and sandbox stopped; no process left",
     );
 
-    // 12. The audit trail, and every log of the run scanned.
+    // 13. The audit trail, and every log of the run scanned.
     const AUDIT: &str = "audit";
     let mut scan = LeakScan::new();
     scan.devices([&demo.gateway, &demo.sensor]);
     scan.other("the console password", &demo.console_password);
+    scan.other("the product secret", &demo.product_secret);
+    let pushed = signer::device_secret_in_custody(&signer_files, &demo.newcomer)
+        .await
+        .in_step(AUDIT)?;
+    scan.other("the pushed device secret", &pushed);
+    // The newcomer's passwords: first signed with the product secret
+    // (securemode 3), then with the pushed one.
+    scan.old_secret(&demo.newcomer, &demo.product_secret);
+    scan.old_secret(&demo.newcomer, &pushed);
+    // No file the run left holds the pushed secret (the device files hold
+    // the others: they are EnOS's view and the console export).
+    let mut pushed_only = LeakScan::new();
+    pushed_only.other("the pushed device secret", &pushed);
+    for file in devices::files_under(&dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        pushed_only
+            .scan(
+                &file.display().to_string(),
+                &String::from_utf8_lossy(&bytes),
+            )
+            .in_step(AUDIT)?;
+    }
     for key in [&signer_files.master_key, &signer_files.audit_key] {
         let text = std::fs::read_to_string(key)
             .map_err(E2eError::io(format!("reading {}", key.display())))
@@ -550,6 +661,10 @@ pub async fn run<W: Write>(
         ("the signer's log", signer.logs()),
         ("enos-signer init", init_output),
         ("enos-signer import", import_output),
+        ("enos-signer put-product-secret", product_output),
+        ("enos-signer await-activation", await_output),
+        ("the agent's log (activation)", newcomer_log),
+        ("the newcomer's status file", newcomer_status),
         ("the agent's log (MQTT)", agent_logs[0].clone()),
         ("the agent's log (MQTTS)", agent_logs[1].clone()),
         ("this narration", narrator.told().to_owned()),
@@ -563,8 +678,9 @@ pub async fn run<W: Write>(
         AUDIT,
         format!(
             "the signer's audit trail records {} issuances and {refused} refusals; \
-             none of the 2 secrets, the console password, the {} issued passwords (recomputed and matched against \
-             their audit HMACs) or the signer's keys appears in the {lines} log lines of the run",
+             none of the 2 secrets, the product secret, the pushed device secret, the console password, \
+             the {} issued passwords (recomputed and matched against their audit HMACs) or the signer's keys \
+             appears in the {lines} log lines of the run or in any file it left",
             summary.issued,
             scan.password_count()
         ),

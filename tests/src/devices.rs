@@ -124,21 +124,57 @@ pub fn random_secret() -> Result<Zeroizing<String>> {
 
 /// Writes `devices` as CSV (mode 0600: it holds secrets).
 pub fn write_csv(path: &Path, devices: &[&TestDevice]) -> Result<()> {
-    let mut csv = Zeroizing::new(String::from(CSV_HEADER));
-    for d in devices {
+    write_device_file(path, devices, &[], &[])
+}
+
+/// Writes the sandbox's device file for dynamic activation: `devices`,
+/// then `awaiting` with an empty `deviceSecret` (devices that await
+/// activation), and a `productSecret` column holding each product's
+/// secret from `product_secrets` (mode 0600).
+pub fn write_sandbox_csv(
+    path: &Path,
+    devices: &[&TestDevice],
+    awaiting: &[&TestDevice],
+    product_secrets: &[(&str, &str)],
+) -> Result<()> {
+    write_device_file(path, devices, awaiting, product_secrets)
+}
+
+fn write_device_file(
+    path: &Path,
+    devices: &[&TestDevice],
+    awaiting: &[&TestDevice],
+    product_secrets: &[(&str, &str)],
+) -> Result<()> {
+    let with_products = !product_secrets.is_empty();
+    let mut csv = Zeroizing::new(String::from(CSV_HEADER.trim_end()));
+    if with_products {
+        csv.push_str(",productSecret");
+    }
+    csv.push('\n');
+    let rows = devices
+        .iter()
+        .map(|d| (*d, true))
+        .chain(awaiting.iter().map(|d| (*d, false)));
+    for (d, with_secret) in rows {
         let (gpk, gdk) = d.gateway.clone().unwrap_or_default();
-        // Pushed piece by piece: no unwiped temporary holds the secret.
-        for (i, field) in [
+        let product_secret = product_secrets
+            .iter()
+            .find(|(pk, _)| *pk == d.product_key)
+            .map_or("", |(_, secret)| secret);
+        let mut fields = vec![
             d.product_key.as_str(),
             d.device_key.as_str(),
-            d.secret(),
+            if with_secret { d.secret() } else { "" },
             if d.enabled { "true" } else { "false" },
             gpk.as_str(),
             gdk.as_str(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ];
+        if with_products {
+            fields.push(product_secret);
+        }
+        // Pushed piece by piece: no unwiped temporary holds the secret.
+        for (i, field) in fields.into_iter().enumerate() {
             if i > 0 {
                 csv.push(',');
             }
@@ -148,4 +184,18 @@ pub fn write_csv(path: &Path, devices: &[&TestDevice]) -> Result<()> {
     }
     enos_testkit::write_private(path, csv.as_bytes())
         .map_err(|e| E2eError::failed(format!("writing {}: {e}", path.display())))
+}
+
+/// Every file under `dir`, recursively (for scans of what a run left).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

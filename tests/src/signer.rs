@@ -11,15 +11,22 @@ use std::{
     time::Duration,
 };
 
+use enos_custody::{Custody, SecretRef};
+use enos_domain::DeviceId;
 use enos_sandbox::PortReservation;
+use enos_sign_core::{DeviceKey, ExposeSecret, ProductKey};
 use enos_signer_svc::{
     SignerConfig,
-    config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, ServerConfig},
+    config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, RegistryConfig, ServerConfig},
+    custody::SoftwareCustody,
+    registry::{RedbRegistry, Registry},
 };
+use zeroize::Zeroizing;
 
 use enos_testkit::{ChildProcess, OutputLog, process::run_to_end};
 
 use crate::{
+    TestDevice,
     error::{E2eError, Result},
     pki::LoopPki,
 };
@@ -38,6 +45,8 @@ pub struct SignerFiles {
     pub audit_key: PathBuf,
     /// The master key sealing the secrets.
     pub master_key: PathBuf,
+    /// The redb registry file.
+    pub registry: PathBuf,
 }
 
 impl SignerFiles {
@@ -56,8 +65,47 @@ impl SignerFiles {
                 .to_owned(),
             audit_key: config.audit.key_file.clone(),
             master_key: master_key_file.clone(),
+            registry: match &config.registry {
+                RegistryConfig::Redb { path } => path.clone(),
+                RegistryConfig::Postgres(_) => {
+                    return Err(E2eError::failed(
+                        "the end-to-end signer keeps its registry in redb",
+                    ));
+                }
+            },
         })
     }
+}
+
+/// The device secret of `device` as the signer's custody holds it, opened
+/// with the master key: how a scenario learns a secret nobody else saw
+/// (one EnOS pushed at activation) to scan for it. The signer must be
+/// stopped (redb has one owner).
+pub async fn device_secret_in_custody(
+    files: &SignerFiles,
+    device: &TestDevice,
+) -> Result<Zeroizing<String>> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| E2eError::failed(format!("{what}: {e}"));
+    let registry = RedbRegistry::open(&files.registry).map_err(|e| failed("registry", &e))?;
+    let key =
+        enos_signer_svc::key_file::load(&files.master_key).map_err(|e| failed("master key", &e))?;
+    let custody = SoftwareCustody::new(&key);
+    let id = DeviceId::new(
+        ProductKey::new(&device.product_key).map_err(|e| failed("product key", &e))?,
+        DeviceKey::new(&device.device_key).map_err(|e| failed("device key", &e))?,
+    );
+    let record = registry
+        .get(&id)
+        .await
+        .map_err(|e| failed("reading the registry", &e))?
+        .ok_or_else(|| E2eError::failed(format!("{id} is not registered")))?;
+    let sealed = record.sealed.as_ref().ok_or_else(|| {
+        E2eError::failed(format!("{id} has no secret (still awaiting activation)"))
+    })?;
+    let secret = custody
+        .open(SecretRef::of(&id, record.secret_version), sealed)
+        .map_err(|e| failed("opening the sealed secret", &e))?;
+    Ok(Zeroizing::new(secret.expose_secret().to_owned()))
 }
 
 /// Writes a config for a signer whose state lives in `dir`: redb

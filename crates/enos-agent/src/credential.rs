@@ -145,6 +145,20 @@ mod tests {
     }
 
     impl SignerClient for ScriptedSigner {
+        async fn sign_sub_device_login_batch(
+            &self,
+            _: &[SubDeviceConfig],
+        ) -> Result<crate::issued::SignedLoginBatch, SignerClientError> {
+            unreachable!("the credential cache never logs sub-devices in")
+        }
+
+        async fn complete_activation(
+            &self,
+            _: &secrecy::SecretString,
+        ) -> Result<(), SignerClientError> {
+            unreachable!("the credential cache never activates")
+        }
+
         async fn issue_mqtt_credential(&self) -> Result<IssuedCredential, SignerClientError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             let step = self

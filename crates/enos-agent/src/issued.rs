@@ -64,6 +64,14 @@ impl IssuedCredential {
         self.password.expose_secret()
     }
 
+    /// Whether it is an activation credential: `securemode=3`, signed with
+    /// the product's secret, for a device that has no secret yet. Read from
+    /// the client id, which is what the broker goes by.
+    pub fn is_activation(&self) -> bool {
+        let params = self.mqtt_client_id.split('|').nth(1).unwrap_or_default();
+        params.split(',').any(|p| p.trim() == "securemode=3")
+    }
+
     /// Its age at `now`.
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.received_at) + self.age_at_receipt
@@ -167,6 +175,90 @@ impl fmt::Debug for SignedSubDeviceLogin {
             .field("client_id", &self.client_id)
             .field("timestamp_ms", &self.timestamp_ms)
             .field("sign", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The signed params of one `combine.login.batch` (one clientId and
+/// timestamp shared, one sign per sub-device), and the sub-devices the
+/// signer would not sign for. `Debug` redacts the signs.
+pub struct SignedLoginBatch {
+    /// The signed clientId every entry shares.
+    pub client_id: String,
+    /// The signed timestamp every entry shares, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// `signMethod` as sent: hmacsha1, hmacsha256 or hmacmd5.
+    pub sign_method: String,
+    /// The signed entries.
+    pub entries: Vec<SignedBatchEntry>,
+    /// `(productKey, deviceKey, reason)` of each sub-device the signer
+    /// refused to sign for.
+    pub refused: Vec<(String, String, String)>,
+}
+
+/// One signed entry of a [`SignedLoginBatch`].
+pub struct SignedBatchEntry {
+    /// The sub-device's product key.
+    pub product_key: String,
+    /// The sub-device's device key.
+    pub device_key: String,
+    /// The sign; zeroed on drop, never printed.
+    sign: SecretString,
+    /// `secureMode` as sent (2).
+    pub secure_mode: u32,
+}
+
+impl SignedBatchEntry {
+    /// An entry (used by [`crate::GrpcSigner`] and by test signers).
+    pub fn new(product_key: String, device_key: String, sign: String, secure_mode: u32) -> Self {
+        SignedBatchEntry {
+            product_key,
+            device_key,
+            sign: SecretString::from(sign),
+            secure_mode,
+        }
+    }
+}
+
+impl SignedLoginBatch {
+    /// The `params` object of `combine.login.batch`, as the official Java
+    /// SDK sends it. It carries the signs, so it goes to the broker and
+    /// nowhere else.
+    pub fn params_json(&self) -> serde_json::Value {
+        let sub_devices: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "productKey": e.product_key,
+                    "deviceKey": e.device_key,
+                    "secureMode": e.secure_mode.to_string(),
+                    "sign": e.sign.expose_secret(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "clientId": self.client_id,
+            "timestamp": self.timestamp_ms.to_string(),
+            "signMethod": self.sign_method,
+            "subDevices": sub_devices,
+        })
+    }
+}
+
+impl fmt::Debug for SignedLoginBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| format!("{}/{}", e.product_key, e.device_key))
+            .collect();
+        f.debug_struct("SignedLoginBatch")
+            .field("client_id", &self.client_id)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("entries", &entries)
+            .field("signs", &"[REDACTED]")
+            .field("refused", &self.refused)
             .finish()
     }
 }

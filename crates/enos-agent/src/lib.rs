@@ -16,7 +16,8 @@
 //! | [`refusal`] | telling a broker's refusal from a network failure |
 //! | [`session`] | the EnOS connect loop around rumqttc |
 //! | [`bridge`] | the local-broker side of the data path |
-//! | [`sub_device`] | `combine.login` for sub-devices after every connect |
+//! | [`sub_device`] | `combine.login.batch` (then `combine.login` for the rest) for sub-devices after every connect |
+//! | [`activation`] | dynamic activation: the pushed device secret handed straight to the signer |
 //! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
 //! | [`status`] | [`AgentStatus`] and the status file |
@@ -30,6 +31,7 @@
 //! never printed.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod agent;
 pub mod backoff;
 pub mod bridge;
@@ -56,9 +58,9 @@ pub use config::Config;
 pub use credential::CredentialCache;
 pub use enos_domain::now_ms;
 pub use error::{AgentError, SignerClientError};
-pub use issued::{IssuedCredential, SignedSubDeviceLogin};
+pub use issued::{IssuedCredential, SignedBatchEntry, SignedLoginBatch, SignedSubDeviceLogin};
 pub use queue::BoundedQueue;
 pub use shared::{EnosReply, Outbound, Shared};
 pub use signer::{GrpcSigner, SignerClient};
-pub use status::{AgentStatus, ConnectionState, SubDeviceState};
+pub use status::{ActivationState, AgentStatus, ConnectionState, SubDeviceState};
 pub use tls::install_crypto_provider;

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    activation::ActivationPush,
     backoff::{Backoff, FailureKind},
     config::Config,
     credential::{CredentialCache, Provenance},
@@ -27,8 +28,17 @@ use crate::{
     refusal::{Failure, Phase, classify},
     shared::{EnosReply, Outbound, Shared},
     signer::SignerClient,
-    status::ConnectionState,
+    status::{ActivationState, ConnectionState},
 };
+
+/// A running activation hand-over: the push's id and how it ended.
+type HandOver<'s> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (String, Option<Result<(), crate::SignerClientError>>)>
+            + Send
+            + 's,
+    >,
+>;
 
 /// rumqttc's request channel: small, because messages wait in our own
 /// bounded queue, not here.
@@ -75,6 +85,10 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
             shared.topics.combine_login_reply(),
             QoS::AtLeastOnce,
         ));
+        filters.push(SubscribeFilter::new(
+            shared.topics.combine_login_batch_reply(),
+            QoS::AtLeastOnce,
+        ));
     }
     filters.sort_by(|a, b| a.path.cmp(&b.path));
     filters
@@ -107,6 +121,20 @@ pub async fn run<S: SignerClient>(
     shared
         .status
         .send_modify(|s| s.set_state(ConnectionState::Stopped));
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Shutdown: send DISCONNECT and stop.
+    Shutdown,
+    /// The connection failed (or the activation hand-over was refused).
+    Lost(Failure),
+    /// The signer sealed the pushed device secret: answer EnOS and
+    /// reconnect with the device's own secret.
+    Activated {
+        /// The id of the push, echoed in `info_reply`.
+        reply_id: String,
+    },
 }
 
 /// What one step of the connect loop decided.
@@ -163,16 +191,20 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
             }
             // 3. Connected, until the connection ends or shutdown.
             let connected_at = Instant::now();
+            let activation = credential.is_activation();
             self.connected(&credential);
-            let ended = self.serve().await;
+            let ended = self.serve(activation).await;
             self.shared.session.send_replace(None);
             self.shared.refresh_counters();
             match ended {
-                None => {
+                Ended::Shutdown => {
                     disconnect(&self.client, &mut self.eventloop, self.shared).await;
                     return;
                 }
-                Some(failure) => {
+                Ended::Activated { reply_id } => {
+                    self.activated(&reply_id).await;
+                }
+                Ended::Lost(failure) => {
                     tracing::warn!(reason = %failure.reason, "EnOS connection lost");
                     let stable = connected_at.elapsed() >= self.backoff.reset_after();
                     if !self.back_off(&failure, stable).await {
@@ -249,6 +281,32 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         }
     }
 
+    /// Answers `info_reply` 200 (the signer has the secret), leaves with
+    /// DISCONNECT, and forgets the activation credential: the next connect
+    /// fetches a `securemode=2` one, at once.
+    async fn activated(&mut self, reply_id: &str) {
+        tracing::info!(
+            "activation handed over: the device secret is in the signer's custody; reconnecting with it"
+        );
+        if let Err(e) = self.client.try_publish(
+            self.shared.topics.activate_info_reply(),
+            QoS::AtLeastOnce,
+            false,
+            crate::activation::reply_payload(reply_id),
+        ) {
+            tracing::warn!(error = %e, "could not queue the activation reply");
+        }
+        // Requests leave in order: the reply is written before DISCONNECT.
+        disconnect(&self.client, &mut self.eventloop, self.shared).await;
+        // Drop the connection so that the next poll connects anew.
+        self.eventloop.clean();
+        self.cache = CredentialCache::new();
+        self.backoff.reset();
+        self.shared
+            .status
+            .send_modify(|s| s.activation = Some(ActivationState::Activated));
+    }
+
     /// Reports the connection and restores the subscriptions.
     fn connected(&mut self, credential: &IssuedCredential) {
         self.generation += 1;
@@ -258,25 +316,52 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
             s.connects += 1;
             s.last_error = None;
         });
-        if !self.filters.is_empty() {
-            if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
+        let mut filters = self.filters.clone();
+        if credential.is_activation() {
+            // EnOS pushes without it; a broker that wants it gets it.
+            filters.push(SubscribeFilter::new(
+                self.shared.topics.activate_info(),
+                QoS::AtLeastOnce,
+            ));
+            self.shared
+                .status
+                .send_modify(|s| s.activation = Some(ActivationState::AwaitingPush));
+            tracing::info!(
+                "connected with an activation credential (securemode=3); waiting for EnOS to push the device secret"
+            );
+        }
+        if !filters.is_empty() {
+            if let Err(e) = self.client.try_subscribe_many(filters) {
                 tracing::error!(error = %e, "could not queue the subscriptions");
             }
         }
         self.shared.session.send_replace(Some(self.generation));
     }
 
-    /// Carries messages both ways until the connection fails (its
-    /// failure) or shutdown (`None`).
-    async fn serve(&mut self) -> Option<Failure> {
+    /// Carries messages both ways until the connection fails, shutdown, or
+    /// (on an activation connection) the pushed secret is in custody.
+    async fn serve(&mut self, activation: bool) -> Ended {
         let shared = self.shared;
+        let signer = self.signer;
         let mut client_full = false;
+        // The hand-over of a pushed secret, while one runs: it owns the
+        // secret, so the secret is wiped when it ends.
+        let mut hand_over: Option<HandOver<'_>> = None;
         loop {
             client_full |= !shared.feed_upstream(&self.client);
             tokio::select! {
                 polled = self.eventloop.poll() => {
                     client_full = false;
                     match polled {
+                        Ok(Event::Incoming(Incoming::Publish(p)))
+                            if activation && p.topic == shared.topics.activate_info() =>
+                        {
+                            if hand_over.is_none() {
+                                hand_over = self.start_hand_over(&p.payload, signer);
+                            } else {
+                                tracing::info!("activation push repeated while handing over; ignored");
+                            }
+                        }
                         Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
                         Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                             if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
@@ -284,13 +369,52 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => return Some(classify(&e, Phase::Connected)),
+                        Err(e) => return Ended::Lost(classify(&e, Phase::Connected)),
+                    }
+                }
+                (reply_id, result) = async { hand_over.as_mut().expect("guarded").await }, if hand_over.is_some() => {
+                    match result {
+                        None => return Ended::Shutdown,
+                        Some(Ok(())) => return Ended::Activated { reply_id },
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, "the signer refused the activation hand-over; EnOS is not answered, reconnecting");
+                            return Ended::Lost(Failure {
+                                kind: FailureKind::Refused,
+                                reason: format!("activation hand-over refused: {e}"),
+                            });
+                        }
                     }
                 }
                 () = shared.upstream.wait_pushed(), if !client_full => {}
-                () = self.shutdown.cancelled() => return None,
+                () = self.shutdown.cancelled() => return Ended::Shutdown,
             }
         }
+    }
+
+    /// Parses an activation push and starts handing its secret over.
+    fn start_hand_over<'s>(&self, payload: &[u8], signer: &'s S) -> Option<HandOver<'s>> {
+        let device = &self.config.device;
+        let push = match ActivationPush::parse(
+            payload,
+            device.product_key.as_str(),
+            device.device_key.as_str(),
+        ) {
+            Ok(push) => push,
+            Err(e) => {
+                tracing::warn!(reason = %e, "activation push not taken");
+                return None;
+            }
+        };
+        tracing::info!("EnOS pushed the device secret; handing it to the signer");
+        self.shared
+            .status
+            .send_modify(|s| s.activation = Some(ActivationState::HandingOver));
+        let mut backoff = Backoff::new(self.config.backoff.clone());
+        let shutdown = self.shutdown.clone();
+        Some(Box::pin(async move {
+            let result = crate::activation::hand_over(signer, &push, &mut backoff, &shutdown).await;
+            (push.id.clone(), result)
+        }))
     }
 
     /// Backs off after `failure`: [`Step::Retry`], or [`Step::Stop`] if
@@ -349,7 +473,9 @@ async fn pause(
 /// Dispatches a message from EnOS.
 fn route_incoming(p: Publish, shared: &Shared) {
     let topic = p.topic.as_str();
-    if topic == shared.topics.combine_login_reply() {
+    if topic == shared.topics.combine_login_reply()
+        || topic == shared.topics.combine_login_batch_reply()
+    {
         match EnosReply::parse(&p.payload) {
             Some(reply) => shared.deliver_login_reply(reply),
             None => tracing::warn!(topic, "unparsable combine.login reply"),

@@ -38,6 +38,9 @@ pub struct EnosReply {
     pub code: i64,
     /// EnOS's explanation, if any.
     pub message: String,
+    /// The reply's `data` (`Null` when absent): `combine.login.batch`
+    /// lists its logged-in and failed sub-devices there.
+    pub data: serde_json::Value,
 }
 
 impl EnosReply {
@@ -53,6 +56,7 @@ impl EnosReply {
             id,
             code: v["code"].as_i64()?,
             message: v["message"].as_str().unwrap_or_default().to_owned(),
+            data: v["data"].clone(),
         })
     }
 }

@@ -14,15 +14,16 @@ use std::{
 };
 
 use enos_signer_proto::v1::{
-    self, IssueMqttCredentialRequest, SignSubDeviceLoginRequest,
-    credentials_client::CredentialsClient,
+    self, CompleteActivationRequest, IssueMqttCredentialRequest, SignSubDeviceLoginBatchRequest,
+    SignSubDeviceLoginRequest, credentials_client::CredentialsClient,
 };
+use secrecy::{ExposeSecret, SecretString};
 use tonic::{Code, transport::Channel};
 
 use crate::{
     config::{DeviceConfig, SignerClientConfig, SubDeviceConfig},
     error::{AgentError, SignerClientError},
-    issued::{IssuedCredential, SignedSubDeviceLogin},
+    issued::{IssuedCredential, SignedBatchEntry, SignedLoginBatch, SignedSubDeviceLogin},
     signer_channels::SignerChannels,
 };
 
@@ -40,6 +41,19 @@ pub trait SignerClient: Send + Sync + 'static {
         &self,
         sub: &SubDeviceConfig,
     ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerClientError>> + Send;
+
+    /// The signed `combine.login.batch` params for `subs` (at most 200).
+    fn sign_sub_device_login_batch(
+        &self,
+        subs: &[SubDeviceConfig],
+    ) -> impl Future<Output = Result<SignedLoginBatch, SignerClientError>> + Send;
+
+    /// Hands the device secret EnOS pushed after an activation login to
+    /// the signer's custody; `Ok` once the signer has sealed it.
+    fn complete_activation(
+        &self,
+        device_secret: &SecretString,
+    ) -> impl Future<Output = Result<(), SignerClientError>> + Send;
 }
 
 impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
@@ -54,6 +68,20 @@ impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
         sub: &SubDeviceConfig,
     ) -> impl Future<Output = Result<SignedSubDeviceLogin, SignerClientError>> + Send {
         (**self).sign_sub_device_login(sub)
+    }
+
+    fn sign_sub_device_login_batch(
+        &self,
+        subs: &[SubDeviceConfig],
+    ) -> impl Future<Output = Result<SignedLoginBatch, SignerClientError>> + Send {
+        (**self).sign_sub_device_login_batch(subs)
+    }
+
+    fn complete_activation(
+        &self,
+        device_secret: &SecretString,
+    ) -> impl Future<Output = Result<(), SignerClientError>> + Send {
+        (**self).complete_activation(device_secret)
     }
 }
 
@@ -231,6 +259,85 @@ impl SignerClient for GrpcSigner {
                     reply.secure_mode,
                     reply.clean_session,
                 ))
+            }
+        })
+        .await
+    }
+
+    async fn sign_sub_device_login_batch(
+        &self,
+        subs: &[SubDeviceConfig],
+    ) -> Result<SignedLoginBatch, SignerClientError> {
+        let request = SignSubDeviceLoginBatchRequest {
+            sub_devices: subs
+                .iter()
+                .map(|s| v1::DeviceRef::new(s.product_key.as_str(), s.device_key.as_str()))
+                .collect(),
+            client_id: String::new(),
+            sign_method: v1::SignMethod::wire(self.device.sign_method),
+        };
+        self.with_failover(|mut client, endpoint| {
+            let request = request.clone();
+            async move {
+                let reply = client
+                    .sign_sub_device_login_batch(request)
+                    .await
+                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .into_inner();
+                let mut entries = Vec::with_capacity(reply.signed.len());
+                for mut entry in reply.signed {
+                    let sign = std::mem::take(&mut entry.sign);
+                    if sign.is_empty() {
+                        return Err(SignerClientError::BadResponse {
+                            endpoint,
+                            reason: "empty sign in a batch entry".into(),
+                        });
+                    }
+                    entries.push(SignedBatchEntry::new(
+                        entry.product_key,
+                        entry.device_key,
+                        sign,
+                        entry.secure_mode,
+                    ));
+                }
+                Ok(SignedLoginBatch {
+                    client_id: reply.client_id,
+                    timestamp_ms: reply.timestamp_ms,
+                    sign_method: reply.sign_method,
+                    entries,
+                    refused: reply
+                        .refused
+                        .into_iter()
+                        .map(|r| {
+                            (
+                                r.product_key,
+                                r.device_key,
+                                format!("{}: {}", r.code, r.message),
+                            )
+                        })
+                        .collect(),
+                })
+            }
+        })
+        .await
+    }
+
+    async fn complete_activation(
+        &self,
+        device_secret: &SecretString,
+    ) -> Result<(), SignerClientError> {
+        self.with_failover(|mut client, endpoint| {
+            // The request's copy lives only as long as the call (prost
+            // strings are not zeroized: see the crate docs).
+            let request = CompleteActivationRequest {
+                device_secret: device_secret.expose_secret().to_owned(),
+            };
+            async move {
+                client
+                    .complete_activation(request)
+                    .await
+                    .map_err(|s| classify(endpoint.clone(), s))?;
+                Ok(())
             }
         })
         .await

@@ -50,6 +50,21 @@ pub enum SubDeviceState {
     },
 }
 
+/// Where the device is in its dynamic activation (`securemode=3`); absent
+/// for a device that logs in with its own secret. Never carries the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationState {
+    /// Connected with the product's secret, waiting for EnOS's push.
+    AwaitingPush,
+    /// Received the pushed secret; handing it to the signer (retrying
+    /// while the signer is unreachable).
+    HandingOver,
+    /// The signer sealed it; EnOS was told (200); reconnecting with the
+    /// device's own secret.
+    Activated,
+}
+
 /// One sub-device's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubDeviceStatus {
@@ -107,6 +122,9 @@ pub struct AgentStatus {
     pub local_broker_connected: Option<bool>,
     /// The sub-devices, in config order.
     pub sub_devices: Vec<SubDeviceStatus>,
+    /// The dynamic activation, while one is under way (and `activated`
+    /// once it completed); `None` for a device with its own secret.
+    pub activation: Option<ActivationState>,
 }
 
 impl AgentStatus {
@@ -132,6 +150,7 @@ impl AgentStatus {
             downstream_dropped: 0,
             local_broker_connected: None,
             sub_devices: Vec::new(),
+            activation: None,
         }
     }
 

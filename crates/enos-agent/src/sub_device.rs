@@ -1,6 +1,11 @@
-//! Sub-device logins: after every (re)connect, each configured sub-device
-//! is logged in through the gateway with a `combine.login` the signer
-//! signed. The gateway never sees a sub-device secret.
+//! Sub-device logins: after every (re)connect, the configured sub-devices
+//! are logged in through the gateway in one `combine.login.batch` the
+//! signer signed (one RPC, one publish); those the batch did not bring
+//! online are then logged in one by one with `combine.login`, whose reply
+//! gives each its reason. The gateway never sees a sub-device secret.
+//!
+//! A sub-device the signer refuses to sign for in the batch (not bound to
+//! this gateway, unknown, disabled) is refused at once.
 //!
 //! | outcome | what happens |
 //! |---|---|
@@ -99,12 +104,17 @@ pub async fn run<S: SignerClient>(
         last = generation;
         set_all(shared, SubDeviceState::Pending, generation);
         let logins = async {
-            for (index, sub) in config.sub_devices.iter().enumerate() {
-                let state = login(config, signer, &client, shared, sub).await;
+            let set = |index: usize, state: SubDeviceState| {
                 shared.status.send_modify(|s| {
                     s.sub_devices[index].state = state;
                     s.sub_devices[index].connection = generation;
                 });
+            };
+            let rest = login_batch(config, signer, &client, shared, &set).await;
+            for index in rest {
+                let state =
+                    login(config, signer, &client, shared, &config.sub_devices[index]).await;
+                set(index, state);
             }
         };
         tokio::select! {
@@ -123,6 +133,107 @@ fn set_all(shared: &Shared, state: SubDeviceState, connection: u64) {
             d.connection = connection;
         }
     });
+}
+
+/// Logs in every sub-device with one `combine.login.batch`; returns the
+/// indexes of those it did not settle (not online, not refused by the
+/// signer), for single logins.
+async fn login_batch<S: SignerClient>(
+    config: &Config,
+    signer: &S,
+    client: &AsyncClient,
+    shared: &Shared,
+    set: &impl Fn(usize, SubDeviceState),
+) -> Vec<usize> {
+    let all: Vec<usize> = (0..config.sub_devices.len()).collect();
+    let index_of = |pk: &str, dk: &str| {
+        config
+            .sub_devices
+            .iter()
+            .position(|s| s.product_key.as_str() == pk && s.device_key.as_str() == dk)
+    };
+    let batch = match signer
+        .sign_sub_device_login_batch(&config.sub_devices)
+        .await
+    {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::warn!(error = %e, "no batch login from the signer; logging sub-devices in one by one");
+            return all;
+        }
+    };
+    for (pk, dk, reason) in &batch.refused {
+        tracing::error!(sub_device = %format!("{pk}/{dk}"), reason = %reason, "signer refused to sign the sub-device login");
+        if let Some(index) = index_of(pk, dk) {
+            set(
+                index,
+                SubDeviceState::Refused {
+                    reason: format!("signer: {reason}"),
+                },
+            );
+        }
+    }
+    let signed: Vec<usize> = batch
+        .entries
+        .iter()
+        .filter_map(|e| index_of(&e.product_key, &e.device_key))
+        .collect();
+    if signed.is_empty() {
+        return Vec::new();
+    }
+    let id = shared.ids.next();
+    let (tx, rx) = oneshot::channel();
+    shared
+        .pending_logins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), tx);
+    let payload = envelope(&id, "combine.login.batch", batch.params_json());
+    drop(batch);
+    if let Err(e) = client
+        .publish(
+            shared.topics.combine_login_batch(),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not queue the batch login");
+    }
+    let reply = tokio::time::timeout(config.sub_device_login.reply_timeout, rx)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    shared
+        .pending_logins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    let Some(reply) = reply.filter(|r| r.code == 200) else {
+        tracing::warn!("the batch login got no 200 in time; logging sub-devices in one by one");
+        return signed;
+    };
+    let mut online = vec![false; config.sub_devices.len()];
+    if let Some(logged_in) = reply.data["loginedSubDevices"].as_array() {
+        for entry in logged_in {
+            let pk = entry["productKey"].as_str().unwrap_or_default();
+            let dk = entry["deviceKey"].as_str().unwrap_or_default();
+            if let Some(index) = index_of(pk, dk) {
+                online[index] = true;
+                set(index, SubDeviceState::Online);
+            }
+        }
+    }
+    let online_count = online.iter().filter(|o| **o).count();
+    tracing::info!(
+        online = online_count,
+        signed = signed.len(),
+        "sub-devices logged in by batch"
+    );
+    // The rest (failed in the batch, or not mentioned) one by one: each
+    // single reply says why.
+    signed.into_iter().filter(|i| !online[*i]).collect()
 }
 
 /// One sub-device's login on the current connection.

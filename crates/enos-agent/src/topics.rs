@@ -22,6 +22,27 @@ impl DeviceTopics {
         }
     }
 
+    /// `/ext/session/{pk}/{dk}/thing/activate/info`: EnOS pushes the new
+    /// device secret here after an activation login.
+    pub fn activate_info(&self) -> String {
+        format!("{}thing/activate/info", self.session)
+    }
+
+    /// `/ext/session/{pk}/{dk}/thing/activate/info_reply`.
+    pub fn activate_info_reply(&self) -> String {
+        format!("{}thing/activate/info_reply", self.session)
+    }
+
+    /// `/ext/session/{pk}/{dk}/combine/login/batch`.
+    pub fn combine_login_batch(&self) -> String {
+        format!("{}combine/login/batch", self.session)
+    }
+
+    /// `/ext/session/{pk}/{dk}/combine/login/batch_reply`.
+    pub fn combine_login_batch_reply(&self) -> String {
+        format!("{}combine/login/batch_reply", self.session)
+    }
+
     /// `/sys/{pk}/{dk}/thing/measurepoint/post`.
     pub fn measurepoint_post(&self) -> String {
         format!("{}measurepoint/post", self.sys)

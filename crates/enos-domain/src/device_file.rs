@@ -7,14 +7,15 @@
 //! |---|---|---|
 //! | `productKey` | yes | the device's product key |
 //! | `deviceKey` | yes | the device's key within its product |
-//! | `deviceSecret` | yes | the secret its passwords are signed with |
+//! | `deviceSecret` | yes (the cell may be empty) | the secret its passwords are signed with; empty: none yet, a device awaiting dynamic activation |
+//! | `productSecret` | no | the secret of the device's product (dynamic activation, securemode 3); an empty cell or no column: none. The sandbox reads it; the signer's import does not (its product secrets are set through its admin API) |
 //! | `enabled` | no | `true` or `false` (the sandbox reads it; the signer's import enables every device) |
 //! | `gatewayProductKey`, `gatewayDeviceKey` | no, as a pair | the gateway of a sub-device; both empty for a directly connected device |
 //!
 //! Columns are found by name, in any order and any case; a UTF-8 byte
 //! order mark and spaces around a name are ignored, and so are columns
 //! not listed here (a console export works as it is). Fields are trimmed,
-//! except the secret: a stray space in a secret is reported by whoever
+//! except the secrets: a stray space in a secret is reported by whoever
 //! checks it, not silently fixed. Blank rows are skipped; line numbers are
 //! those of the file (blank lines and the header counted).
 //!
@@ -31,6 +32,8 @@ pub const PRODUCT_KEY: &str = "productKey";
 pub const DEVICE_KEY: &str = "deviceKey";
 /// The secret column.
 pub const DEVICE_SECRET: &str = "deviceSecret";
+/// The optional product secret column.
+pub const PRODUCT_SECRET: &str = "productSecret";
 /// The optional enabled column.
 pub const ENABLED: &str = "enabled";
 /// The gateway's product key column (with [`GATEWAY_DEVICE_KEY`]).
@@ -38,7 +41,7 @@ pub const GATEWAY_PRODUCT_KEY: &str = "gatewayProductKey";
 /// The gateway's device key column (with [`GATEWAY_PRODUCT_KEY`]).
 pub const GATEWAY_DEVICE_KEY: &str = "gatewayDeviceKey";
 
-/// One row, split into its known columns. `Debug` redacts the secret.
+/// One row, split into its known columns. `Debug` redacts the secrets.
 #[derive(Debug)]
 pub struct DeviceRow {
     /// The row's line in the file (1-based, the header is line 1): errors
@@ -51,6 +54,10 @@ pub struct DeviceRow {
     /// `deviceSecret`, as written (not trimmed); wiped on drop, redacted
     /// in `Debug`.
     pub device_secret: SecretString,
+    /// `productSecret`, as written (not trimmed), when the file has the
+    /// column and the cell is not empty: a product that has one allows
+    /// dynamic activation. Wiped on drop, redacted in `Debug`.
+    pub product_secret: Option<SecretString>,
     /// `enabled`, trimmed, when the file has the column.
     pub enabled: Option<String>,
     /// `(gatewayProductKey, gatewayDeviceKey)`, trimmed, unless the file
@@ -83,6 +90,8 @@ struct Columns {
     device_key: usize,
     /// `deviceSecret`.
     device_secret: usize,
+    /// `productSecret`, when present.
+    product_secret: Option<usize>,
     /// `enabled`, when present.
     enabled: Option<usize>,
     /// `gatewayProductKey` and `gatewayDeviceKey`, when both present.
@@ -118,6 +127,7 @@ impl Columns {
             product_key: required(PRODUCT_KEY)?,
             device_key: required(DEVICE_KEY)?,
             device_secret: required(DEVICE_SECRET)?,
+            product_secret: index(PRODUCT_SECRET),
             enabled: index(ENABLED),
             gateway,
         })
@@ -134,6 +144,11 @@ impl Columns {
             product_key: field(self.product_key),
             device_key: field(self.device_key),
             device_secret: SecretString::from(record.get(self.device_secret).unwrap_or_default()),
+            product_secret: self
+                .product_secret
+                .and_then(|i| record.get(i))
+                .filter(|cell| !cell.is_empty())
+                .map(SecretString::from),
             enabled: self.enabled.map(field),
             gateway,
         }
@@ -293,9 +308,37 @@ mod tests {
     }
 
     #[test]
-    fn debug_redacts_the_secret() {
-        let rows = rows("productKey,deviceKey,deviceSecret\npk,dk,TopSecret1\n");
+    fn debug_redacts_the_secrets() {
+        let rows =
+            rows("productKey,deviceKey,deviceSecret,productSecret\npk,dk,TopSecret1,ProdSecret2\n");
         let debug = format!("{:?}", rows[0]);
         assert!(!debug.contains("TopSecret1"), "{debug}");
+        assert!(!debug.contains("ProdSecret2"), "{debug}");
+    }
+
+    #[test]
+    fn the_product_secret_is_optional_and_an_empty_cell_is_none() {
+        let read = rows(
+            "productKey,deviceKey,deviceSecret,ProductSecret\n\
+             pk,a,s1,Prod-1 \n\
+             pk,b,,\n",
+        );
+        let (a, b) = (
+            read[0].as_ref().expect("row"),
+            read[1].as_ref().expect("row"),
+        );
+        // As written: its checker reports the space.
+        assert_eq!(
+            a.product_secret.as_ref().map(|s| s.expose_secret()),
+            Some("Prod-1 ")
+        );
+        assert!(b.product_secret.is_none());
+        assert_eq!(
+            b.device_secret.expose_secret(),
+            "",
+            "an empty device secret is kept empty"
+        );
+        let without = rows("productKey,deviceKey,deviceSecret\npk,a,s1\n");
+        assert!(without[0].as_ref().expect("row").product_secret.is_none());
     }
 }

@@ -15,7 +15,7 @@
 //! | `signer_config`, `agent_config`, `sandbox_config`, `pkcs11_config` | each TOML configuration |
 //! | `pkcs11_uri` | an RFC 7512 PKCS#11 URI |
 //! | `sandbox_requests` | a topic and payload to the sandbox's request responder |
-//! | `agent_downstream` | a topic and payload as EnOS sends them to the agent: service routing and reply parsing |
+//! | `agent_downstream` | a topic and payload as EnOS sends them to the agent: service routing, reply parsing, the activation push |
 #![forbid(unsafe_code)]
 
 mod targets;

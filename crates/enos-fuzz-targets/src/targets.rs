@@ -75,7 +75,13 @@ pub fn device_file(data: &[u8]) {
         // Rows are numbered as an editor shows them, the header being 1.
         for row in &file.rows {
             let line = match row {
-                Ok(row) => row.line,
+                Ok(row) => {
+                    // A product secret is absent or not empty, never "".
+                    assert!(row.product_secret.as_ref().is_none_or(|s| {
+                        !enos_sign_core::ExposeSecret::expose_secret(s).is_empty()
+                    }));
+                    row.line
+                }
                 Err(bad) => bad.line,
             };
             assert!(line >= 2, "line {line}");
@@ -171,4 +177,8 @@ pub fn agent_downstream(data: &[u8]) {
         assert_eq!(topics.service_reply(rest), format!("{topic}_reply"));
     }
     let _ = EnosReply::parse(payload);
+    // The activation push: only this device's, never an empty secret.
+    if let Ok(push) = enos_agent::activation::ActivationPush::parse(payload, "pkGw", "gw1") {
+        assert!(!secrecy::ExposeSecret::expose_secret(&push.device_secret).is_empty());
+    }
 }

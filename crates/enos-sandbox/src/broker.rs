@@ -76,7 +76,7 @@ impl RunningBroker {
         let store = Arc::new(DeviceStore::open(&settings.devices)?);
         let auth = Authenticator::new(Arc::clone(&store), settings.freshness, settings.md5);
         let sessions = Arc::new(SessionTracker::new()?);
-        let sub_devices = Arc::new(SubDeviceSessions::default());
+        let sub_devices = Arc::new(SubDeviceSessions::new(settings.max_sub_devices_per_gateway));
         let console = settings
             .console
             .as_ref()

@@ -27,6 +27,7 @@
 //! [limits]
 //! connect_timeout_ms = 5000        # a connection must send CONNECT within this
 //! max_payload_bytes = 262144
+//! max_sub_devices_per_gateway = 200  # EnOS's limit of online sub-devices per gateway
 //! ```
 //!
 //! Unknown keys are errors, so that a typo is not silently ignored.
@@ -133,6 +134,9 @@ pub struct LimitsSection {
     pub connect_timeout_ms: u16,
     /// Larger MQTT payloads are refused.
     pub max_payload_bytes: usize,
+    /// A gateway's login of one more sub-device is refused (429) while it
+    /// has this many online: EnOS's limit by default.
+    pub max_sub_devices_per_gateway: usize,
 }
 
 impl Default for LimitsSection {
@@ -140,6 +144,7 @@ impl Default for LimitsSection {
         LimitsSection {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_sub_devices_per_gateway: crate::sub_devices::DEFAULT_MAX_PER_GATEWAY,
         }
     }
 }
@@ -269,6 +274,8 @@ pub struct Settings {
     pub connect_timeout_ms: u16,
     /// rumqttd refuses larger payloads.
     pub max_payload_bytes: usize,
+    /// Online sub-devices one gateway may hold.
+    pub max_sub_devices_per_gateway: usize,
     /// The console login, when configured.
     pub console: Option<ConsoleSettings>,
 }
@@ -347,6 +354,11 @@ impl Settings {
                 "limits.connect_timeout_ms must be above 0".into(),
             ));
         }
+        if file.limits.max_sub_devices_per_gateway == 0 {
+            return Err(SandboxError::Settings(
+                "limits.max_sub_devices_per_gateway must be above 0".into(),
+            ));
+        }
         Ok(Settings {
             devices,
             mqtt_listen,
@@ -355,6 +367,7 @@ impl Settings {
             md5,
             connect_timeout_ms: file.limits.connect_timeout_ms,
             max_payload_bytes: file.limits.max_payload_bytes,
+            max_sub_devices_per_gateway: file.limits.max_sub_devices_per_gateway,
             console,
         })
     }
@@ -405,6 +418,24 @@ mod tests {
     const FIXTURE: &str = include_str!("../tests/fixtures/sandbox-config.toml");
 
     #[test]
+    fn sub_device_limit_defaults_to_enos_and_is_above_0() {
+        let path = Path::new("/etc/sandbox.toml");
+        let file = ConfigFile::parse(path, "devices = \"d.csv\"").expect("valid");
+        let settings = Settings::resolve(file, Overrides::default()).expect("complete");
+        assert_eq!(settings.max_sub_devices_per_gateway, 200);
+        let file = ConfigFile::parse(
+            path,
+            "devices = \"d.csv\"\n[limits]\nmax_sub_devices_per_gateway = 0",
+        )
+        .expect("parses");
+        let err = Settings::resolve(file, Overrides::default()).expect_err("0 refused");
+        assert!(
+            err.to_string().contains("max_sub_devices_per_gateway"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn fixture_parses_to_the_documented_values() {
         let path = Path::new("/etc/enos-sandbox/sandbox-config.toml");
         let mut file = ConfigFile::parse(path, FIXTURE).expect("the fixture is valid");
@@ -431,6 +462,7 @@ mod tests {
                 limits: LimitsSection {
                     connect_timeout_ms: 2000,
                     max_payload_bytes: 65536,
+                    max_sub_devices_per_gateway: 150,
                 },
                 console: Some(ConsoleSection {
                     user: "console".into(),
@@ -444,6 +476,7 @@ mod tests {
             FreshnessPolicy::Window(Duration::from_secs(300))
         );
         assert_eq!(settings.md5, Md5Policy::Allow);
+        assert_eq!(settings.max_sub_devices_per_gateway, 150);
         assert_eq!(
             settings.tls.map(|t| t.listen.port()),
             Some(DEFAULT_TLS_PORT)

@@ -9,11 +9,15 @@
 //!
 //! | column | meaning here |
 //! |---|---|
-//! | `productKey`, `deviceKey`, `deviceSecret` | the device and the secret its passwords are signed with |
+//! | `productKey`, `deviceKey`, `deviceSecret` | the device and the secret its passwords are signed with; an empty `deviceSecret`: a device *awaiting activation* (see [`crate::activation`]) |
+//! | `productSecret` | the product's secret (securemode 3, dynamic activation): the same on every row of the product, or empty on all of them; a product without one does not allow dynamic activation |
 //! | `enabled` | `true` (default when the column or value is absent) or `false`: a disabled device is refused (CONNECT) or answered 723 (`combine.login`) |
 //! | `gatewayProductKey`, `gatewayDeviceKey` | the gateway a sub-device logs in through (`combine.login`); both empty for a directly connected device |
 //!
 //! Errors name the line and column; a secret never appears in one.
+//! The file only says which devices await activation: the secrets handed
+//! out by activations are kept apart ([`crate::activation`]), so that they
+//! survive a reload.
 
 use std::{
     collections::HashMap,
@@ -24,16 +28,19 @@ use std::{
 pub use enos_domain::DeviceId;
 use enos_domain::device_file::{
     self, DEVICE_SECRET, DeviceRow, ENABLED, GATEWAY_DEVICE_KEY, GATEWAY_PRODUCT_KEY,
+    PRODUCT_SECRET,
 };
-use enos_sign_core::{DeviceKey, DeviceSecret, ExposeSecret, ProductKey};
+use enos_sign_core::{DeviceKey, DeviceSecret, ExposeSecret, ProductKey, ProductSecret};
 
 use crate::error::SandboxError;
 
 /// One device as the sandbox knows it. `Debug` redacts the secret.
 #[derive(Debug, Clone)]
 pub struct Device {
-    /// Checks the device's passwords and sub-device signs.
-    pub secret: DeviceSecret,
+    /// Checks the device's passwords and sub-device signs; `None` for a
+    /// device awaiting activation (an empty `deviceSecret` cell), whose
+    /// secret, once activated, is kept by [`crate::activation`].
+    pub secret: Option<DeviceSecret>,
     /// A disabled device is refused, as EnOS refuses a disabled device.
     pub enabled: bool,
     /// For a sub-device: the only gateway it may log in through.
@@ -45,6 +52,9 @@ pub struct Device {
 pub struct DeviceRegistry {
     /// Keyed by identity: lookups happen on every CONNECT and login.
     devices: HashMap<DeviceId, Device>,
+    /// The products that have a product secret (and so allow dynamic
+    /// activation), with it: securemode 3 logins are signed with it.
+    product_secrets: HashMap<ProductKey, ProductSecret>,
 }
 
 impl DeviceRegistry {
@@ -67,14 +77,43 @@ impl DeviceRegistry {
         };
         let file = device_file::read(csv_text).map_err(|e| error(1, e.to_string()))?;
         let mut devices = HashMap::new();
+        // Each product's secret (or none) and the line that first said so.
+        let mut products: HashMap<ProductKey, (Option<ProductSecret>, u32)> = HashMap::new();
         for row in file.rows {
             let row = row.map_err(|unreadable| error(unreadable.line.into(), unreadable.reason))?;
-            let line = row.line.into();
-            let (id, device) = device(row).map_err(|r| error(line, r))?;
+            let line = row.line;
+            let (id, device, product_secret) = device(row).map_err(|r| error(line.into(), r))?;
+            match products.get(&id.product_key) {
+                None => {
+                    products.insert(id.product_key.clone(), (product_secret, line));
+                }
+                Some((first, first_line)) => {
+                    let same = match (first, &product_secret) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(error(
+                            line.into(),
+                            format!(
+                                "column {PRODUCT_SECRET}: product {} has another product secret \
+                                 (or none) on line {first_line}; every row of a product has the \
+                                 same one, or none has",
+                                id.product_key
+                            ),
+                        ));
+                    }
+                }
+            }
             if devices.insert(id.clone(), device).is_some() {
-                return Err(error(line, format!("device {id} appears twice")));
+                return Err(error(line.into(), format!("device {id} appears twice")));
             }
         }
+        let product_secrets = products
+            .into_iter()
+            .filter_map(|(pk, (secret, _))| secret.map(|s| (pk, s)))
+            .collect();
 
         // Every gateway named must itself be a device of this file, and a
         // directly connected one.
@@ -99,7 +138,16 @@ impl DeviceRegistry {
                 }
             }
         }
-        Ok(DeviceRegistry { devices })
+        Ok(DeviceRegistry {
+            devices,
+            product_secrets,
+        })
+    }
+
+    /// The secret of `product`, when it has one (and so allows dynamic
+    /// activation).
+    pub fn product_secret(&self, product: &ProductKey) -> Option<&ProductSecret> {
+        self.product_secrets.get(product)
     }
 
     /// The device `id`, if known.
@@ -118,13 +166,26 @@ impl DeviceRegistry {
     }
 }
 
-/// Checks one row with the sandbox's rules.
-fn device(row: DeviceRow) -> Result<(DeviceId, Device), String> {
+/// Checks one row with the sandbox's rules; returns the device and its
+/// product's secret, if the row has one.
+fn device(row: DeviceRow) -> Result<(DeviceId, Device, Option<ProductSecret>), String> {
     let product_key = ProductKey::new(&row.product_key).map_err(|e| e.to_string())?;
     let device_key = DeviceKey::new(&row.device_key).map_err(|e| e.to_string())?;
-    // The error names the column and position, never the value.
-    let secret = DeviceSecret::new(row.device_secret.expose_secret().to_owned())
-        .map_err(|e| format!("column {DEVICE_SECRET}: {e}"))?;
+    // The errors name the column and position, never the value. An empty
+    // cell: a device awaiting activation.
+    let secret = match row.device_secret.expose_secret() {
+        "" => None,
+        written => Some(
+            DeviceSecret::new(written.to_owned())
+                .map_err(|e| format!("column {DEVICE_SECRET}: {e}"))?,
+        ),
+    };
+    let product_secret = row
+        .product_secret
+        .as_ref()
+        .map(|s| ProductSecret::new(s.expose_secret().to_owned()))
+        .transpose()
+        .map_err(|e| format!("column {PRODUCT_SECRET}: {e}"))?;
     let enabled = match row.enabled.as_deref() {
         None | Some("") => true,
         Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -154,6 +215,7 @@ fn device(row: DeviceRow) -> Result<(DeviceId, Device), String> {
             enabled,
             gateway,
         },
+        product_secret,
     ))
 }
 
@@ -233,7 +295,10 @@ mod tests {
         .expect("valid file");
         assert_eq!(registry.len(), 2);
         let a = registry.get(&id("pk1", "devA")).expect("devA is known");
-        assert_eq!(a.secret.expose_secret(), "s3cretA");
+        assert_eq!(
+            a.secret.as_ref().map(ExposeSecret::expose_secret),
+            Some("s3cretA")
+        );
         assert!(a.enabled);
         assert!(a.gateway.is_none());
         assert!(registry.get(&id("pk1", "devC")).is_none());
@@ -252,6 +317,50 @@ mod tests {
         assert!(sub1.enabled);
         assert_eq!(sub1.gateway, Some(id("gwpk", "gw1")));
         assert!(!registry.get(&id("subpk", "sub2")).expect("sub2").enabled);
+    }
+
+    #[test]
+    fn product_secrets_and_devices_awaiting_activation() {
+        let registry = parse(
+            "productKey,deviceKey,deviceSecret,productSecret\n\
+             dyn,a,,Prod-Secret-1\n\
+             dyn,b,own-secret,Prod-Secret-1\n\
+             fixed,c,,\n",
+        )
+        .expect("valid file");
+        let pk = |p: &str| ProductKey::new(p).expect("pk");
+        assert_eq!(
+            registry
+                .product_secret(&pk("dyn"))
+                .map(ExposeSecret::expose_secret),
+            Some("Prod-Secret-1")
+        );
+        assert!(registry.product_secret(&pk("fixed")).is_none());
+        assert!(registry.get(&id("dyn", "a")).expect("a").secret.is_none());
+        assert!(registry.get(&id("dyn", "b")).expect("b").secret.is_some());
+        assert!(registry.get(&id("fixed", "c")).expect("c").secret.is_none());
+    }
+
+    #[test]
+    fn a_product_has_one_product_secret_and_errors_never_show_it() {
+        for text in [
+            "productKey,deviceKey,deviceSecret,productSecret\ndyn,a,,Prod-Secret-1\ndyn,b,,Prod-Secret-2\n",
+            "productKey,deviceKey,deviceSecret,productSecret\ndyn,a,,Prod-Secret-1\ndyn,b,,\n",
+            "productKey,deviceKey,deviceSecret,productSecret\ndyn,a,,\ndyn,b,,Prod-Secret-2\n",
+        ] {
+            let message = parse(text).expect_err("two product secrets").to_string();
+            assert!(message.contains("line 3"), "{message}");
+            assert!(message.contains("productSecret"), "{message}");
+            assert!(!message.contains("Prod-Secret"), "{message}");
+        }
+        let message = parse("productKey,deviceKey,deviceSecret,productSecret\ndyn,a,,bad secret\n")
+            .expect_err("a space")
+            .to_string();
+        assert!(
+            message.contains("line 2") && message.contains("productSecret"),
+            "{message}"
+        );
+        assert!(!message.contains("bad secret"), "{message}");
     }
 
     #[test]
@@ -315,7 +424,10 @@ mod tests {
         assert_eq!(store.reload().expect("valid file"), 2);
         let current = store.current();
         let device = current.get(&id("pk", "dk")).expect("still known");
-        assert_eq!(device.secret.expose_secret(), "two");
+        assert_eq!(
+            device.secret.as_ref().map(ExposeSecret::expose_secret),
+            Some("two")
+        );
 
         std::fs::write(&path, "productKey,deviceKey\n").expect("write");
         assert!(store.reload().is_err());

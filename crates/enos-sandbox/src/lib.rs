@@ -17,9 +17,12 @@
 //!   ([`enos_sign_core::PresentedLogin`]); no freshness check, as EnOS,
 //!   unless `--freshness-window-secs` turns one on;
 //! - devices from a CSV file ([`devices`]), reloadable at run time;
-//! - an in-broker responder ([`responder`]) answering `combine.login` /
-//!   `combine.logout` and `thing.measurepoint.post`, through rumqttd's
-//!   in-process link (`Broker::link`).
+//! - dynamic activation ([`activation`]): securemode 3 with the product
+//!   secret, the new secret pushed on `thing/activate/info`;
+//! - an in-broker responder ([`responder`]) answering `combine.login`,
+//!   `combine.login.batch`, `combine.logout` (at most 200 online
+//!   sub-devices per gateway) and `thing.measurepoint.post`, through
+//!   rumqttd's in-process link (`Broker::link`).
 //!
 //! # Layout
 //!
@@ -27,10 +30,11 @@
 //! |---|---|
 //! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
 //! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
-//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
+//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Admitted`]: who may connect; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
+//! | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push |
 //! | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd |
 //! | [`console`] | [`ConsoleLogin`]: the cloud's side |
-//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway |
+//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway, at most 200 each |
 //! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
 //! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
 //! | [`broker`] | [`RunningBroker`]: rumqttd and the front in this process (what the binary runs) |
@@ -80,9 +84,8 @@
 //! - **No topic ACLs.** Any authenticated client may publish or subscribe
 //!   on any topic; the responder answers by topic.
 //!
-//! - **Not implemented** (EnOS has them): `combine.login/batch`, the limit
-//!   of 200 online sub-devices per gateway, securemode 3 and 4 (product
-//!   secrets, dynamic activation), CONNACK return codes.
+//! - **Not implemented** (EnOS has them): securemode 4 (message-integration
+//!   channels), sub-device dynamic activation through a gateway.
 //!
 //! # Log lines
 //!
@@ -94,10 +97,15 @@
 //! | `accepted MQTT CONNECT` | `listener="enos-mqtt"` or `"enos-mqtts"`, `device=pk/dk`, `client_id` |
 //! | `refused MQTT CONNECT` | `listener`, `client_id`, `username`, `reason=` the [`Refusal`] |
 //! | `answered request` | `request="combine.login"` (…), `device=` the topic's device, `code`, `message` |
+//! | `refused a sub-device login` | `request="combine.login.batch"`, `device=` the gateway, `sub_device`, `code`, `message` |
+//! | `the gateway's session ended: its sub-devices are offline` | `device`, `sub_devices` (how many) |
+//! | `activation pending` / `activation pushed` / `activation completed` | `device` |
+//! | `activation reply ignored; still pending` (or `activation reply ignored`) | `device`, `reason` |
 //! | `reloaded the device file` | `devices`, `dropped_sessions` |
 //! | `dropped the session: …` | `device`, `client_id` |
 //!
-//! Passwords, signs, secrets and the take-over token never appear in it.
+//! Passwords, signs, secrets (activation secrets included) and the
+//! take-over token never appear in it.
 //!
 //! # Tests
 //!
@@ -110,6 +118,7 @@
 //! [rumqttd]: https://docs.rs/rumqttd/0.20
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -124,7 +133,8 @@ pub mod sessions;
 mod status;
 pub mod sub_devices;
 
-pub use auth::{Authenticator, Refusal};
+pub use activation::{ActivationPush, Activations};
+pub use auth::{ActivationStep, Admitted, Authenticator, Refusal};
 pub use broker::{ReloadOutcome, RunningBroker};
 pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use console::ConsoleLogin;

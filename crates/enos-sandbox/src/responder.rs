@@ -3,14 +3,25 @@
 //!
 //! | request topic | method | reply codes |
 //! |---|---|---|
-//! | `/ext/session/{gwPk}/{gwDk}/combine/login` | `combine.login` | 200, 460 bad params, 705 unknown sub-device, 740 not a sub-device of this gateway, 742 sign check failed (or stale timestamp), 723 sub-device disabled |
-//! | `/ext/session/{gwPk}/{gwDk}/combine/logout` | `combine.logout` | 200, 460, 705, 740 |
+//! | `/ext/session/{gwPk}/{gwDk}/combine/login` | `combine.login` | 200, 460 bad params, 705 unknown sub-device, 740 not a sub-device of this gateway, 742 sign check failed (or stale timestamp, or no secret yet), 723 sub-device disabled, 429 the gateway holds its limit of online sub-devices |
+//! | `/ext/session/{gwPk}/{gwDk}/combine/login/batch` | `combine.login.batch` | 200 when well-formed (each entry judged as a `combine.login`, the failed ones listed), 460 bad params (nothing logged in) |
+//! | `/ext/session/{gwPk}/{gwDk}/combine/logout` | `combine.logout` | 200, 460, 705, 740, 404 not online through this gateway |
 //! | `/sys/{pk}/{dk}/thing/measurepoint/post` | `thing.measurepoint.post` | 200, 460 bad JSON, 705 unknown device |
 //!
 //! The reply goes to the request topic with `_reply` appended:
 //! `{"id": <request id>, "code": 200, "data": {...}, "message": "..."}`.
 //! The checks of `combine.login` run in the order of the table, so a
 //! disabled sub-device is reported only to a gateway that signed for it.
+//!
+//! `combine.login.batch` params, as the official Java SDK sends them: one
+//! `clientId`, `timestamp` (string or number) and `signMethod` for all,
+//! and `subDevices: [{"productKey", "deviceKey", "secureMode", "sign"}]`,
+//! each `sign` over that entry's keys with the shared clientId and
+//! timestamp, with the sub-device's secret. The reply's `data` is
+//! `{"loginedSubDevices": [{"productKey", "deviceKey", "assetId"}],
+//! "failedSubDevices": [{"productKey", "deviceKey"}]}` in request order;
+//! each failure is logged with its code and reason (`refused a sub-device
+//! login`). The sandbox has no assets: its `assetId` is `{pk}/{dk}`.
 
 use std::sync::Arc;
 
@@ -26,8 +37,9 @@ use crate::sub_devices::SubDeviceSessions;
 use crate::{auth::Authenticator, devices::DeviceId};
 
 /// The topic filters the responder subscribes to.
-pub const REQUEST_FILTERS: [&str; 3] = [
+pub const REQUEST_FILTERS: [&str; 4] = [
     "/ext/session/+/+/combine/login",
+    "/ext/session/+/+/combine/login/batch",
     "/ext/session/+/+/combine/logout",
     "/sys/+/+/thing/measurepoint/post",
 ];
@@ -46,6 +58,14 @@ pub mod code {
     pub const NOT_A_SUB_DEVICE: u16 = 740;
     /// The sub-device's sign does not verify.
     pub const SIGN_CHECK_FAILED: u16 = 742;
+    /// The gateway holds its limit of online sub-devices. EnOS documents
+    /// no code of its own for this; its general "too many requests" is
+    /// the closest: the login may succeed once a slot is free.
+    pub const TOO_MANY_SUB_DEVICES: u16 = 429;
+    /// `combine.logout` of a sub-device not online through this gateway.
+    /// EnOS documents no code for it; "not found" (no such session), as
+    /// its other general codes follow HTTP's.
+    pub const NOT_ONLINE: u16 = 404;
 }
 
 /// A reply to publish.
@@ -61,6 +81,8 @@ pub struct Reply {
 enum Request {
     /// `combine.login` by this gateway.
     Login(DeviceId),
+    /// `combine.login.batch` by this gateway.
+    LoginBatch(DeviceId),
     /// `combine.logout` by this gateway.
     Logout(DeviceId),
     /// `thing.measurepoint.post` for this device.
@@ -136,12 +158,14 @@ impl Responder {
             Err(e) => Outcome::fail(code::BAD_PARAMETER, format!("the payload is not JSON: {e}")),
             Ok(body) => match &request {
                 Request::Login(gateway) => self.login(gateway, &body, now),
+                Request::LoginBatch(gateway) => self.login_batch(gateway, &body, now),
                 Request::Logout(gateway) => self.logout(gateway, &body),
                 Request::MeasurepointPost(device) => self.measurepoint_post(device, &body),
             },
         };
         let (what, device) = match &request {
             Request::Login(d) => ("combine.login", d),
+            Request::LoginBatch(d) => ("combine.login.batch", d),
             Request::Logout(d) => ("combine.logout", d),
             Request::MeasurepointPost(d) => ("thing.measurepoint.post", d),
         };
@@ -172,44 +196,119 @@ impl Responder {
             Ok(p) => p,
             Err(message) => return Outcome::fail(code::BAD_PARAMETER, message),
         };
+        match self.log_in(gateway, &params, now) {
+            Ok(sub) => Outcome::ok(json!({
+                "productKey": sub.product_key.as_str(),
+                "deviceKey": sub.device_key.as_str(),
+            })),
+            Err((code, message)) => Outcome::fail(code, message),
+        }
+    }
+
+    /// Judges one sub-device login (the whole of `combine.login`, one
+    /// entry of a batch) and logs the sub-device in.
+    fn log_in(
+        &self,
+        gateway: &DeviceId,
+        params: &LoginParams,
+        now: TimestampMs,
+    ) -> Result<DeviceId, (u16, String)> {
         let sub = DeviceId::new(
             params.fields.product_key.clone(),
             params.fields.device_key.clone(),
         );
         let registry = self.auth.store().current();
         let Some(device) = registry.get(&sub) else {
-            return Outcome::fail(
+            return Err((
                 code::DEVICE_NOT_FOUND,
                 format!("sub-device {sub} not found"),
-            );
+            ));
         };
         if device.gateway.as_ref() != Some(gateway) {
-            return Outcome::fail(
+            return Err((
                 code::NOT_A_SUB_DEVICE,
                 format!("{sub} is not a sub-device of gateway {gateway}"),
-            );
+            ));
         }
         if let Err(e) = self
             .auth
             .freshness_at(now)
             .check(params.fields.timestamp.millis())
         {
-            return Outcome::fail(code::SIGN_CHECK_FAILED, e.to_string());
+            return Err((code::SIGN_CHECK_FAILED, e.to_string()));
         }
-        if verify_sign(&params.fields, params.method, &params.sign, &device.secret).is_err() {
-            return Outcome::fail(code::SIGN_CHECK_FAILED, "sign check failed");
+        let Some(secret) = &device.secret else {
+            return Err((
+                code::SIGN_CHECK_FAILED,
+                format!("sub-device {sub} has no device secret yet (it awaits activation)"),
+            ));
+        };
+        if verify_sign(&params.fields, params.method, &params.sign, secret).is_err() {
+            return Err((code::SIGN_CHECK_FAILED, "sign check failed".into()));
         }
         if !device.enabled {
-            return Outcome::fail(
+            return Err((
                 code::DEVICE_DISABLED,
                 format!("sub-device {sub} is disabled"),
-            );
+            ));
         }
-        self.online.log_in(gateway, &sub);
-        Outcome::ok(json!({
-            "productKey": sub.product_key.as_str(),
-            "deviceKey": sub.device_key.as_str(),
-        }))
+        self.online
+            .log_in(gateway, &sub)
+            .map_err(|e| (code::TOO_MANY_SUB_DEVICES, format!("{sub}: {e}")))?;
+        Ok(sub)
+    }
+
+    fn login_batch(&mut self, gateway: &DeviceId, body: &Value, now: TimestampMs) -> Outcome {
+        if let Err(message) = expect_method(body, "combine.login.batch") {
+            return Outcome::fail(code::BAD_PARAMETER, message);
+        }
+        // Every entry is read before any is judged: a malformed request
+        // logs nobody in.
+        let entries = match LoginParams::parse_batch(body, self.auth.md5_policy()) {
+            Ok(entries) => entries,
+            Err(message) => return Outcome::fail(code::BAD_PARAMETER, message),
+        };
+        let mut logged_in = Vec::new();
+        let mut failed = Vec::new();
+        for params in &entries {
+            let keys = |pk: &ProductKey, dk: &DeviceKey| json!({"productKey": pk.as_str(), "deviceKey": dk.as_str()});
+            match self.log_in(gateway, params, now) {
+                Ok(sub) => {
+                    let mut entry = keys(&sub.product_key, &sub.device_key);
+                    entry["assetId"] = Value::String(sub.to_string());
+                    logged_in.push(entry);
+                }
+                Err((code, message)) => {
+                    let (pk, dk) = (&params.fields.product_key, &params.fields.device_key);
+                    info!(
+                        request = "combine.login.batch",
+                        device = %gateway,
+                        sub_device = %DeviceId::new(pk.clone(), dk.clone()),
+                        code,
+                        message = %message,
+                        "refused a sub-device login"
+                    );
+                    failed.push(keys(pk, dk));
+                }
+            }
+        }
+        let message = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{} of {} sub-devices failed to log in",
+                failed.len(),
+                entries.len()
+            )
+        };
+        Outcome {
+            code: code::OK,
+            data: json!({
+                "loginedSubDevices": logged_in,
+                "failedSubDevices": failed,
+            }),
+            message,
+        }
     }
 
     fn logout(&mut self, gateway: &DeviceId, body: &Value) -> Outcome {
@@ -238,7 +337,12 @@ impl Responder {
                 format!("{sub} is not a sub-device of gateway {gateway}"),
             );
         }
-        self.online.log_out(gateway, &sub);
+        if !self.online.log_out(gateway, &sub) {
+            return Outcome::fail(
+                code::NOT_ONLINE,
+                format!("sub-device {sub} is not online through gateway {gateway}"),
+            );
+        }
         Outcome::ok(json!({
             "productKey": sub.product_key.as_str(),
             "deviceKey": sub.device_key.as_str(),
@@ -273,15 +377,7 @@ struct LoginParams {
 impl LoginParams {
     fn parse(body: &Value, md5: enos_sign_core::Md5Policy) -> Result<Self, String> {
         let p = params(body)?;
-        // The SDKs send a string; a JSON number is signed as its shortest
-        // decimal text (what Python and JavaScript print for it), and one
-        // written with an exponent is refused by the grammar.
-        let timestamp = match p.get("timestamp") {
-            Some(Value::String(s)) => PresentedTimestamp::new(s),
-            Some(Value::Number(n)) => PresentedTimestamp::new(&n.to_string()),
-            _ => return Err("params.timestamp is missing".into()),
-        }
-        .map_err(|e| e.to_string())?;
+        let timestamp = timestamp(p)?;
         let method = SignMethod::parse(string(p, "signMethod")?, md5).map_err(|e| e.to_string())?;
         Ok(LoginParams {
             fields: PresentedFields {
@@ -295,6 +391,59 @@ impl LoginParams {
             sign: string(p, "sign")?.to_owned(),
         })
     }
+}
+
+impl LoginParams {
+    /// The entries of a `combine.login.batch`, each with the shared
+    /// `clientId`, `timestamp` and `signMethod`; an error names the first
+    /// thing wrong (an entry by its index).
+    fn parse_batch(body: &Value, md5: enos_sign_core::Md5Policy) -> Result<Vec<Self>, String> {
+        let p = params(body)?;
+        let client_id =
+            PresentedClientId::new(string(p, "clientId")?).map_err(|e| e.to_string())?;
+        let timestamp = timestamp(p)?;
+        let method = SignMethod::parse(string(p, "signMethod")?, md5).map_err(|e| e.to_string())?;
+        let entries = p
+            .get("subDevices")
+            .and_then(Value::as_array)
+            .ok_or("params.subDevices must be an array")?;
+        if entries.is_empty() {
+            return Err("params.subDevices is empty".into());
+        }
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let in_entry = |e: String| format!("params.subDevices[{i}]: {e}");
+                let entry = entry
+                    .as_object()
+                    .ok_or_else(|| in_entry("must be an object".into()))?;
+                Ok(LoginParams {
+                    fields: PresentedFields {
+                        client_id: client_id.clone(),
+                        device_key: identity::<DeviceKey>(entry, "deviceKey").map_err(in_entry)?,
+                        product_key: identity::<ProductKey>(entry, "productKey")
+                            .map_err(in_entry)?,
+                        timestamp: timestamp.clone(),
+                    },
+                    method,
+                    sign: string(entry, "sign").map_err(in_entry)?.to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `params.timestamp`: the SDKs send a string; a JSON number is signed as
+/// its shortest decimal text (what Python and JavaScript print for it),
+/// and one written with an exponent is refused by the grammar.
+fn timestamp(p: &serde_json::Map<String, Value>) -> Result<PresentedTimestamp, String> {
+    match p.get("timestamp") {
+        Some(Value::String(s)) => PresentedTimestamp::new(s),
+        Some(Value::Number(n)) => PresentedTimestamp::new(&n.to_string()),
+        _ => return Err("params.timestamp is missing".into()),
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn expect_method(body: &Value, method: &str) -> Result<(), String> {
@@ -336,6 +485,9 @@ fn parse_topic(topic: &str) -> Option<Request> {
     };
     match parts.as_slice() {
         ["", "ext", "session", pk, dk, "combine", "login"] => id(pk, dk).map(Request::Login),
+        ["", "ext", "session", pk, dk, "combine", "login", "batch"] => {
+            id(pk, dk).map(Request::LoginBatch)
+        }
         ["", "ext", "session", pk, dk, "combine", "logout"] => id(pk, dk).map(Request::Logout),
         ["", "sys", pk, dk, "thing", "measurepoint", "post"] => {
             id(pk, dk).map(Request::MeasurepointPost)
@@ -353,6 +505,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::sub_devices::SubDeviceSessions;
     use crate::{config::FreshnessPolicy, devices::DeviceStore};
 
     const NOW: u64 = 1_700_000_000_000;
@@ -366,7 +519,8 @@ mod tests {
              gwpk,gw1,gw-secret,,,\n\
              gwpk,gw2,gw-secret,,,\n\
              subpk,sub1,sub-secret,,gwpk,gw1\n\
-             subpk,off,off-secret,false,gwpk,gw1\n",
+             subpk,off,off-secret,false,gwpk,gw1\n\
+             subpk,unset,,,gwpk,gw1\n",
         )
         .expect("write");
         let store = Arc::new(DeviceStore::open(&path).expect("valid"));
@@ -446,6 +600,8 @@ mod tests {
                 740,
             ),
             (GW1_LOGIN, login_body("off", "off-secret", NOW), 723),
+            // No secret yet (awaiting activation): nothing to check with.
+            (GW1_LOGIN, login_body("unset", "any-secret", NOW), 742),
             (GW1_LOGIN, b"not json".to_vec(), 460),
             (
                 GW1_LOGIN,
@@ -484,6 +640,13 @@ mod tests {
             DeviceKey::new("sub1").expect("dk"),
         );
         assert!(!r.is_online(&gw1, &sub1));
+        let again = reply(&mut r, topic, &body("sub1"));
+        assert_eq!(again["code"], 404, "{again}");
+        assert!(
+            again["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not online"))
+        );
         assert_eq!(reply(&mut r, topic, &body("ghost"))["code"], 705);
         assert_eq!(
             reply(
@@ -493,6 +656,102 @@ mod tests {
             )["code"],
             740
         );
+    }
+
+    fn batch_body(entries: &[(&str, &str)], ts: u64) -> Vec<u8> {
+        let client_id = "gw-client";
+        let sub_devices: Vec<Value> = entries
+            .iter()
+            .map(|(dk, secret)| {
+                let fields = SignedFields {
+                    client_id: ClientId::new(client_id).expect("id"),
+                    device_key: DeviceKey::new(dk).expect("dk"),
+                    product_key: ProductKey::new("subpk").expect("pk"),
+                    timestamp: TimestampMs::from_millis(ts),
+                };
+                let secret = DeviceSecret::new((*secret).to_owned()).expect("secret");
+                let sign = enos_sign_core::sign(&fields, SignMethod::HmacSha256, &secret);
+                json!({"productKey": "subpk", "deviceKey": dk, "secureMode": "2",
+                       "sign": sign.expose_secret()})
+            })
+            .collect();
+        json!({"id": "b1", "version": "1.1", "method": "combine.login.batch", "params": {
+            "clientId": client_id, "timestamp": ts, "signMethod": "sha256",
+            "subDevices": sub_devices}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn batch_login_lists_each_entry() {
+        let (_dir, mut r) = responder();
+        let topic = "/ext/session/gwpk/gw1/combine/login/batch";
+        let got = reply(
+            &mut r,
+            topic,
+            &batch_body(
+                &[
+                    ("sub1", "sub-secret"),
+                    ("ghost", "x"),
+                    ("off", "off-secret"),
+                ],
+                NOW,
+            ),
+        );
+        assert_eq!(got["code"], 200, "{got}");
+        assert_eq!(got["id"], "b1");
+        assert_eq!(
+            got["data"]["loginedSubDevices"],
+            json!([{"productKey": "subpk", "deviceKey": "sub1", "assetId": "subpk/sub1"}])
+        );
+        assert_eq!(
+            got["data"]["failedSubDevices"],
+            json!([{"productKey": "subpk", "deviceKey": "ghost"},
+                   {"productKey": "subpk", "deviceKey": "off"}])
+        );
+        let gw1 = DeviceId::new(
+            ProductKey::new("gwpk").expect("pk"),
+            DeviceKey::new("gw1").expect("dk"),
+        );
+        let sub1 = DeviceId::new(
+            ProductKey::new("subpk").expect("pk"),
+            DeviceKey::new("sub1").expect("dk"),
+        );
+        assert!(r.is_online(&gw1, &sub1));
+
+        for malformed in [
+            br#"{"id":"2","method":"combine.login.batch","params":{"clientId":"c","timestamp":"1","signMethod":"sha256"}}"#.to_vec(),
+            br#"{"id":"2","method":"combine.login.batch","params":{"clientId":"c","timestamp":"1","signMethod":"sha256","subDevices":[]}}"#.to_vec(),
+            br#"{"id":"2","method":"combine.login.batch","params":{"clientId":"c","timestamp":"1","signMethod":"sha256","subDevices":[{"productKey":"subpk","deviceKey":"sub1"}]}}"#.to_vec(),
+            br#"{"id":"2","method":"combine.login","params":{}}"#.to_vec(),
+        ] {
+            let got = reply(&mut r, topic, &malformed);
+            assert_eq!(got["code"], 460, "{got}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_limit_refuses_with_429() {
+        let (dir, _) = responder();
+        let path = dir.path().join("devices.csv");
+        let store = Arc::new(DeviceStore::open(&path).expect("valid"));
+        let auth = Authenticator::new(store, FreshnessPolicy::Any, Md5Policy::Refuse);
+        let online = Arc::new(SubDeviceSessions::new(1));
+        let mut r = Responder::new(auth, Arc::clone(&online));
+        let gw1 = DeviceId::new(
+            ProductKey::new("gwpk").expect("pk"),
+            DeviceKey::new("gw1").expect("dk"),
+        );
+        let other = DeviceId::new(
+            ProductKey::new("subpk").expect("pk"),
+            DeviceKey::new("x").expect("dk"),
+        );
+        online.log_in(&gw1, &other).expect("room");
+        let got = reply(&mut r, GW1_LOGIN, &login_body("sub1", "sub-secret", NOW));
+        assert_eq!(got["code"], 429, "{got}");
+        online.log_out(&gw1, &other);
+        let got = reply(&mut r, GW1_LOGIN, &login_body("sub1", "sub-secret", NOW));
+        assert_eq!(got["code"], 200, "{got}");
     }
 
     #[test]

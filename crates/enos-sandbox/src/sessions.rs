@@ -111,7 +111,8 @@ impl SessionTracker {
                 (_, None) => true,
                 (_, Some(now)) if !now.enabled => true,
                 (Some(before), Some(now)) => {
-                    before.secret.expose_secret() != now.secret.expose_secret()
+                    before.secret.as_ref().map(ExposeSecret::expose_secret)
+                        != now.secret.as_ref().map(ExposeSecret::expose_secret)
                 }
                 (None, Some(_)) => false,
             })

@@ -276,7 +276,7 @@ pub async fn run(
                             row.line,
                             format!(
                                 "device {} has a secret; an empty deviceSecret would discard it \
-                                 (`enos-signer admin await-activation` re-activates a device)",
+                                 (`enos-signer await-activation` re-activates a device)",
                                 row.id
                             ),
                         ));

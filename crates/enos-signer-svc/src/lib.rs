@@ -26,6 +26,7 @@
 //! | [`credentials`] | the `Credentials` service |
 //! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import; [`products`] product secrets |
 //! | [`activation`] | dynamic activation: `securemode=3` credentials and `CompleteActivation` |
+//! | [`batch_login`] | `SignSubDeviceLoginBatch`: one signed `combine.login.batch` for a gateway |
 //! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
 //! | [`tls`] | [`tls::connect_mtls`] for clients |
 //! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |

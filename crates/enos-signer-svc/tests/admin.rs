@@ -678,18 +678,33 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
             )
         })
         .collect();
-    // The client gives up almost at once: the change goes on in the
-    // signer, and its outcome is audited (before, dropping the call also
-    // dropped the audit record, whether or not the rows were committed).
-    let gave_up = tokio::time::timeout(
-        std::time::Duration::from_millis(5),
-        admin.import_devices(futures::stream::iter([ImportDevicesRequest {
-            rows,
-            dry_run: false,
-        }])),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the import answered within 5 ms");
+    // The client gives up as soon as the signer has started the change
+    // (its intent record is written): the change goes on in the signer,
+    // and its outcome is audited (before, dropping the call also dropped
+    // the audit record, whether or not the rows were committed). Waiting
+    // for the intent, not a fixed few milliseconds, keeps a loaded machine
+    // from cancelling before the request even arrived.
+    let call = tokio::spawn(async move {
+        admin
+            .import_devices(futures::stream::iter([ImportDevicesRequest {
+                rows,
+                dry_run: false,
+            }]))
+            .await
+    });
+    let started_by = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !audited(&f, "import_devices")
+        .iter()
+        .any(|r| r["outcome"] == "started")
+    {
+        assert!(
+            std::time::Instant::now() < started_by,
+            "the import never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    call.abort();
+    let _ = call.await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let outcome = loop {
         let records = audited(&f, "import_devices");

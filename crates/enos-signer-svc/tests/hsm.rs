@@ -20,7 +20,10 @@ use enos_sign_core::{
     DeviceKey, DeviceSecret, ExposeSecret, HexCase, ProductKey, SignMethod, SignedFields,
     TimestampMs, sign_with_case,
 };
-use enos_signer_proto::v1::{ImportDevicesRequest, ImportRow, IssueMqttCredentialRequest};
+use enos_signer_proto::v1::{
+    CompleteActivationRequest, DeviceRef, ImportDevicesRequest, ImportRow,
+    IssueMqttCredentialRequest, ProductRef, PutDeviceRequest, PutProductSecretRequest,
+};
 use enos_signer_svc::{
     config::CustodyConfig,
     custody::{SOFTWARE_SCHEME, SoftwareCustody},
@@ -132,6 +135,108 @@ fn issuance_end_to_end_with_hsm_custody() {
             }
         });
     });
+}
+
+#[test]
+fn activation_with_hsm_custody_seals_the_product_and_the_pushed_secret_in_the_token() {
+    isolated(
+        "activation_with_hsm_custody_seals_the_product_and_the_pushed_secret_in_the_token",
+        "activation",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                generate_kek(&hsm.config()).expect("create the token's keys");
+                let config = hsm.config();
+                let mut f = common::fixture_with(move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                    c.policy.products.insert(
+                        "PkAct".into(),
+                        enos_signer_svc::config::ProductPolicyConfig {
+                            dynamic_activation: true,
+                            ..Default::default()
+                        },
+                    );
+                })
+                .await;
+                let mut admin = f.signer.admin().await;
+                admin
+                    .put_product_secret(PutProductSecretRequest {
+                        product: Some(ProductRef {
+                            product_key: "PkAct".into(),
+                        }),
+                        product_secret: "HsmProductSecret1".into(),
+                    })
+                    .await
+                    .expect("product secret sealed in the token");
+                admin
+                    .put_device(PutDeviceRequest {
+                        device: Some(DeviceRef::new("PkAct", "gw")),
+                        device_secret: String::new(),
+                        enabled: true,
+                        awaiting_activation: true,
+                    })
+                    .await
+                    .expect("awaiting activation");
+                let mut device = f.device("PkAct", "gw").await;
+                let credential = device
+                    .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                    .await
+                    .expect("activation credential")
+                    .into_inner();
+                assert_eq!(credential.secure_mode, 3);
+                let presented = enos_sign_core::PresentedLogin::parse(
+                    &credential.mqtt_client_id,
+                    &credential.username,
+                    enos_sign_core::Md5Policy::Refuse,
+                )
+                .expect("shape");
+                presented
+                    .verify(
+                        &credential.password,
+                        &enos_sign_core::ProductSecret::new("HsmProductSecret1".into()).expect("s"),
+                        enos_sign_core::Freshness::Any,
+                    )
+                    .expect("signed in the token with the product secret");
+                device
+                    .complete_activation(CompleteActivationRequest {
+                        device_secret: "HsmPushedSecret22".into(),
+                    })
+                    .await
+                    .expect("hand-over");
+                let credential = device
+                    .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                    .await
+                    .expect("credential")
+                    .into_inner();
+                assert_eq!(credential.secure_mode, 2);
+                assert!(verify(&credential, "HsmPushedSecret22"));
+
+                f.signer.stop().await;
+                let path = f
+                    .dir
+                    .path()
+                    .canonicalize()
+                    .expect("dir")
+                    .join("registry.redb");
+                let registry = RedbRegistry::open(&path).expect("open");
+                let products = registry.list_products().await.expect("products");
+                assert_eq!(products.len(), 1);
+                assert_eq!(products[0].sealed.scheme, HSM_SCHEME);
+                assert!(
+                    !products[0]
+                        .sealed
+                        .bytes
+                        .windows(10)
+                        .any(|w| w == b"HsmProduct")
+                );
+                drop(registry);
+                let records = sealed_schemes(&path).await;
+                assert_eq!(records.len(), 1);
+                assert_eq!(records[0].0, HSM_SCHEME);
+                assert!(!records[0].1.windows(9).any(|w| w == b"HsmPushed"));
+            });
+        },
+    );
 }
 
 #[test]

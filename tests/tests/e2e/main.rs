@@ -9,6 +9,8 @@
 //!
 //! | module | scenario |
 //! |---|---|
+//! | `activation` | a gateway without a secret activates (securemode 3), its pushed secret goes into custody, it reconnects with securemode 2; a signer outage and a killed agent mid hand-over; 770 |
+//! | `batch` | 150 sub-devices re-logged in by one combine.login.batch; the one the signer has unbound is refused |
 //! | `demo` | `enos-demo` runs the whole loop; on failure it names the step; no process is left either way |
 //! | `rotation` | a secret rotated while running: the next connect uses the new one, the sandbox refuses the old |
 //! | `disabled` | a disabled device: the signer refuses, the agent backs off, recovers once enabled |
@@ -18,6 +20,8 @@
 //! | `mosquitto` | Mosquitto: TLS with a required device certificate; CONNACK "not authorised" and backoff |
 //! | `replicas` | 200 agents over two signer replicas on PostgreSQL; one SIGKILLed: all fail over, none refused, all audited |
 
+mod activation;
+mod batch;
 mod demo;
 mod disabled;
 mod fleet;

@@ -32,15 +32,21 @@ use super::{
     packets::{PacketReader, PacketWriter, StreamError},
     topics,
 };
-use crate::{auth::Refusal, devices::DeviceId, sub_devices::OnlineSubDevices};
+use crate::{
+    activation::{ActivationPush, Activations},
+    auth::{ActivationStep, Admitted, Refusal},
+    devices::DeviceId,
+    sub_devices::{OnlineSubDevices, SubDeviceSessions},
+};
 
 /// How long rumqttd may take to answer the front's CONNECT and SUBSCRIBE.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who the client turned out to be.
 enum Role {
-    /// A device with a verified login.
-    Device(DeviceId),
+    /// A device with a verified login, and for a `securemode=3` login
+    /// the activation to push after CONNACK.
+    Device(DeviceId, Option<ActivationPush>),
     /// The console, the cloud's side.
     Console,
 }
@@ -117,6 +123,7 @@ pub(crate) async fn serve<S>(
                 "refused MQTT CONNECT"
             );
             let code = match refusal.connack_code() {
+                3 => ConnectReturnCode::ServiceUnavailable,
                 4 => ConnectReturnCode::BadUserNamePassword,
                 _ => ConnectReturnCode::NotAuthorized,
             };
@@ -128,11 +135,12 @@ pub(crate) async fn serve<S>(
         }
     };
     let result = match role {
-        Role::Device(device) => {
+        Role::Device(device, activation) => {
             device_session(
                 &context,
                 listener,
                 device,
+                activation,
                 connect,
                 client_rx,
                 &mut client_tx,
@@ -172,7 +180,7 @@ fn decide(
             Err(Refusal::ConsolePassword)
         };
     }
-    let device = context.auth.check(client_id, username, password)?;
+    let Admitted { device, activation } = context.auth.check(client_id, username, password)?;
     if listener == Listener::Tls {
         let Some(der) = certificate else {
             return Err(Refusal::CertificateMismatch {
@@ -188,7 +196,16 @@ fn decide(
                 reason,
             })?;
     }
-    Ok(Role::Device(device))
+    // Only now, the whole CONNECT admitted, may a login change state.
+    let push = match activation {
+        Some(ActivationStep::Push(push)) => Some(push),
+        Some(ActivationStep::Complete) => {
+            context.auth.activations().complete(&device);
+            None
+        }
+        None => None,
+    };
+    Ok(Role::Device(device, push))
 }
 
 /// [`connect_once`], tried again a few times: when a device reconnects
@@ -402,12 +419,15 @@ struct DeviceSession<'a, W> {
     next_pkid: u16,
     /// The client's dropped publishes.
     dropped: DroppedPublishes,
+    /// Where the device's reply to an activation push goes.
+    activations: Arc<Activations>,
 }
 
 async fn device_session<S>(
     context: &FrontContext,
     listener: Listener,
     device: DeviceId,
+    activation: Option<ActivationPush>,
     connect: Connect,
     mut client_rx: ClientReader<S>,
     client_tx: &mut ClientWriter<S>,
@@ -416,6 +436,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sub_devices = context.sub_devices.watch(&device);
+    // However the session ends, a gateway's sub-devices go offline with
+    // it (unless a later login of the gateway took it over).
+    let _lease = GatewayLease {
+        sessions: &context.sub_devices,
+        session: context.sub_devices.session_opened(&device),
+        gateway: device.clone(),
+    };
     let will_device = device.clone();
     let will_subs = sub_devices.clone();
     let will_allowed = move |topic: &str| {
@@ -447,6 +474,7 @@ where
         held: VecDeque::new(),
         next_pkid: 0,
         dropped: DroppedPublishes::default(),
+        activations: Arc::clone(context.auth.activations()),
     };
     // The device's own namespace, and its sub-devices' if it is a gateway
     // that reconnects: subscribed before the device hears CONNACK.
@@ -507,11 +535,38 @@ where
             session_present,
         )))
         .await?;
+    if let Some(push) = activation {
+        session.push_activation(&push).await?;
+    }
     session.flush_held().await?;
     session.run(&mut client_rx, &mut up_rx).await
 }
 
 impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
+    /// Pushes the activation secret, as EnOS: unasked, on the device's
+    /// `thing/activate/info`, at QoS 0 (an acknowledgement would reach
+    /// rumqttd, which never sent it; a lost push is recovered by logging
+    /// in again, which pushes the same secret). The encoded copies are
+    /// wiped.
+    async fn push_activation(&mut self, push: &ActivationPush) -> Result<(), StreamError> {
+        let payload = push.payload();
+        let publish = Publish::new(push.topic(), QoS::AtMostOnce, payload.to_vec());
+        let packet = Packet::Publish(publish);
+        let sent = self.client_tx.write(&packet).await;
+        if let Packet::Publish(publish) = packet
+            && let Ok(mut bytes) = publish.payload.try_into_mut()
+        {
+            zeroize::Zeroize::zeroize(bytes.as_mut());
+        }
+        sent?;
+        info!(
+            listener = self.listener.name(),
+            device = %self.device,
+            "activation pushed"
+        );
+        Ok(())
+    }
+
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         client_rx: &mut PacketReader<R>,
@@ -568,6 +623,9 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
     async fn on_client_packet(&mut self, packet: Packet) -> Result<(), StreamError> {
         match packet {
             Packet::Publish(publish) => {
+                if topics::is_activation_reply(&publish.topic, &self.device) {
+                    self.activations.on_reply(&self.device, &publish.payload);
+                }
                 if topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns)) {
                     self.up_tx.write(&Packet::Publish(publish)).await
                 } else {
@@ -752,6 +810,30 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
     fn next_pkid(&mut self) -> u16 {
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         self.next_pkid
+    }
+}
+
+/// A device session's hold on its sub-devices: dropped when the session
+/// ends, it takes them offline, which frees the gateway's slots.
+struct GatewayLease<'a> {
+    /// Where the sub-devices are online.
+    sessions: &'a SubDeviceSessions,
+    /// The gateway (any device: most have no sub-devices).
+    gateway: DeviceId,
+    /// The number of this session, from [`SubDeviceSessions::session_opened`].
+    session: u64,
+}
+
+impl Drop for GatewayLease<'_> {
+    fn drop(&mut self) {
+        let offline = self.sessions.session_ended(&self.gateway, self.session);
+        if offline > 0 {
+            info!(
+                device = %self.gateway,
+                sub_devices = offline,
+                "the gateway's session ended: its sub-devices are offline"
+            );
+        }
     }
 }
 

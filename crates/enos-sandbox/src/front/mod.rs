@@ -10,7 +10,8 @@
 //!    certificate in hand (`certificate`). A refusal is answered with
 //!    CONNACK 4 (bad user name or password: wrong password, unknown
 //!    device, malformed login) or 5 (not authorised: disabled device,
-//!    certificate of another device, a sub-device connecting directly),
+//!    certificate of another device, a sub-device connecting directly,
+//!    an activation that is not allowed),
 //!    then the connection closes; the reason is logged.
 //! 2. **Forwarding.** An accepted device gets a connection to rumqttd's
 //!    internal listener (loopback, a random port, logged in with a token
@@ -19,7 +20,12 @@
 //!    client id parameters reordered, say) takes the first one's session
 //!    over, as on EnOS. Before the device
 //!    sees its CONNACK, the front subscribes that connection to the
-//!    device's whole namespace (`topics::namespace_filters`).
+//!    device's whole namespace (`topics::namespace_filters`). After the
+//!    CONNACK of a `securemode=3` login it pushes the activation secret
+//!    itself ([`crate::activation`]), and it hands the device's
+//!    `thing/activate/info_reply` to the activation state (and on to
+//!    rumqttd). When the session ends, the device's sub-devices (if it is
+//!    a gateway) go offline ([`crate::sub_devices`]).
 //! 3. **Topic rules** (`topics`). A device's PUBLISH outside its
 //!    namespace (and its logged-in sub-devices', for a gateway) is dropped
 //!    (and acknowledged, so the client does not resend it) and logged; a

@@ -58,6 +58,16 @@ pub(crate) fn is_downstream(topic: &str) -> bool {
         .is_some_and(|push| !push.is_empty() && !matches!(push, "login" | "login/batch" | "logout"))
 }
 
+/// Whether `topic` is `device`'s reply to an activation push.
+pub(crate) fn is_activation_reply(topic: &str, device: &DeviceId) -> bool {
+    split(topic).is_some_and(|(pk, dk, rest)| {
+        topic.starts_with("/ext/session/")
+            && pk == device.product_key.as_str()
+            && dk == device.device_key.as_str()
+            && rest == "thing/activate/info_reply"
+    })
+}
+
 /// The namespace prefixes of `device`, to test subscription filters.
 fn prefixes(device: &DeviceId) -> [String; 2] {
     [
@@ -152,6 +162,23 @@ mod tests {
             "/other/thing/service/x",
         ] {
             assert!(!is_downstream(up), "{up}");
+        }
+    }
+
+    #[test]
+    fn activation_replies() {
+        let device = id("pk", "dk");
+        assert!(is_activation_reply(
+            "/ext/session/pk/dk/thing/activate/info_reply",
+            &device
+        ));
+        for other in [
+            "/ext/session/pk/dk/thing/activate/info",
+            "/ext/session/pk/dk2/thing/activate/info_reply",
+            "/sys/pk/dk/thing/activate/info_reply",
+            "/ext/session/pk/dk/thing/activate/info_reply/x",
+        ] {
+            assert!(!is_activation_reply(other, &device), "{other}");
         }
     }
 

@@ -185,6 +185,9 @@ pub(crate) async fn connect(
     let mut options = MqttOptions::new(login.client_id, addr.ip().to_string(), addr.port());
     options.set_credentials(login.username, login.password);
     options.set_keep_alive(Duration::from_secs(5));
+    // A batch login of 200 sub-devices and its reply are larger than
+    // rumqttc's default 10 KiB.
+    options.set_max_packet_size(256 * 1024, 256 * 1024);
     if let Some(config) = tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }

@@ -2,6 +2,7 @@
 //! 127.0.0.1 and credentials signed by enos-sign-core. One test binary so
 //! that rumqttd and rumqttc are linked once.
 
+mod activation;
 mod common;
 mod config_file;
 mod enos_connection;
@@ -10,3 +11,4 @@ mod refusals;
 mod reload;
 mod sdk_logins;
 mod session;
+mod sub_device_limits;

@@ -1,0 +1,432 @@
+//! Dynamic activation and batch sub-device logins against a real signer
+//! over real mTLS: product secrets (Admin), the `securemode=3` credential
+//! of a device awaiting activation, `CompleteActivation` (only the device,
+//! once, audited), and `SignSubDeviceLoginBatch`.
+
+mod common;
+
+use common::{code, fixture_with, status};
+use enos_sign_core::{
+    ClientId, DeviceKey, DeviceSecret, Freshness, Md5Policy, PresentedLogin, ProductKey,
+    ProductSecret, SignMethod, SignedFields, TimestampMs, verify_sign,
+};
+use enos_signer_proto::v1::{
+    CompleteActivationRequest, DeviceRef, IssueMqttCredentialRequest, ProductRef, PutDeviceRequest,
+    PutProductSecretRequest, SignSubDeviceLoginBatchRequest,
+};
+use enos_signer_svc::config::ProductPolicyConfig;
+use tonic::Code;
+
+const ACT: &str = "PkAct";
+const NO_ACT: &str = "PkNoAct";
+const PRODUCT_SECRET: &str = "ProductSecretValue42";
+const PUSHED_SECRET: &str = "PushedDeviceSecretValue77";
+
+async fn activation_fixture() -> common::Fixture {
+    fixture_with(|c| {
+        c.policy.products.insert(
+            ACT.into(),
+            ProductPolicyConfig {
+                dynamic_activation: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await
+}
+
+fn put_awaiting(pk: &str, dk: &str) -> PutDeviceRequest {
+    PutDeviceRequest {
+        device: Some(DeviceRef::new(pk, dk)),
+        device_secret: String::new(),
+        enabled: true,
+        awaiting_activation: true,
+    }
+}
+
+fn product_secret(pk: &str, secret: &str) -> PutProductSecretRequest {
+    PutProductSecretRequest {
+        product: Some(ProductRef {
+            product_key: pk.into(),
+        }),
+        product_secret: secret.into(),
+    }
+}
+
+#[tokio::test]
+async fn product_secrets_are_admin_only_versioned_and_never_shown() {
+    let f = activation_fixture().await;
+    let mut admin = f.signer.admin().await;
+    let created = admin
+        .put_product_secret(product_secret(ACT, PRODUCT_SECRET))
+        .await
+        .expect("put")
+        .into_inner();
+    assert_eq!(created.secret_version, 1);
+    assert!(created.dynamic_activation, "the policy opts PkAct in");
+    assert!(!format!("{created:?}").contains(PRODUCT_SECRET));
+    // Put again is refused (rotate is the explicit replacement).
+    assert_eq!(
+        code(admin.put_product_secret(product_secret(ACT, "Other")).await),
+        Code::FailedPrecondition
+    );
+    let rotated = admin
+        .rotate_product_secret(product_secret(ACT, "RotatedProductSecret"))
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!(rotated.secret_version, 2);
+    assert_eq!(
+        code(
+            admin
+                .rotate_product_secret(product_secret(NO_ACT, "x1"))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(admin.put_product_secret(product_secret(ACT, "")).await),
+        Code::InvalidArgument
+    );
+    let shown = admin
+        .get_product(ProductRef {
+            product_key: ACT.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(shown.secret_version, 2);
+    // A device certificate may not touch product secrets.
+    let mut as_device = f.admin_as_device(ACT, "dev").await;
+    assert_eq!(
+        code(
+            as_device
+                .put_product_secret(product_secret(ACT, "Mine"))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    admin
+        .delete_product_secret(ProductRef {
+            product_key: ACT.into(),
+        })
+        .await
+        .expect("delete");
+    assert_eq!(
+        code(
+            admin
+                .get_product(ProductRef {
+                    product_key: ACT.into()
+                })
+                .await
+        ),
+        Code::NotFound
+    );
+    let trail = std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+        .expect("audit trail");
+    for event in [
+        "put_product_secret",
+        "rotate_product_secret",
+        "delete_product_secret",
+    ] {
+        assert!(trail.contains(event), "{event} audited: {trail}");
+    }
+    assert!(!trail.contains(PRODUCT_SECRET) && !trail.contains("RotatedProductSecret"));
+}
+
+#[tokio::test]
+async fn a_device_awaiting_activation_activates_itself_once_through_custody() {
+    let f = activation_fixture().await;
+    let mut admin = f.signer.admin().await;
+    admin
+        .put_device(put_awaiting(ACT, "gw-new"))
+        .await
+        .expect("register without a secret");
+    admin
+        .put_device(put_awaiting(NO_ACT, "gw-other"))
+        .await
+        .expect("register without a secret");
+    let shown = admin
+        .get_device(DeviceRef::new(ACT, "gw-new"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(shown.awaiting_activation);
+    assert_eq!(shown.secret_version, 0);
+
+    let mut device = f.device(ACT, "gw-new").await;
+    // No product secret yet: refused, and it says why.
+    let refused = status(
+        device
+            .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+            .await,
+    );
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("no product secret"),
+        "{refused:?}"
+    );
+    admin
+        .put_product_secret(product_secret(ACT, PRODUCT_SECRET))
+        .await
+        .expect("put");
+    admin
+        .put_product_secret(product_secret(NO_ACT, PRODUCT_SECRET))
+        .await
+        .expect("put");
+
+    // The activation credential: securemode=3, signed with the product's secret.
+    let credential = device
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .expect("activation credential")
+        .into_inner();
+    assert_eq!(credential.secure_mode, 3);
+    assert!(
+        credential.mqtt_client_id.contains("securemode=3"),
+        "{}",
+        credential.mqtt_client_id
+    );
+    let presented = PresentedLogin::parse(
+        &credential.mqtt_client_id,
+        &credential.username,
+        Md5Policy::Refuse,
+    )
+    .expect("EnOS shape");
+    let product = ProductSecret::new(PRODUCT_SECRET.into()).expect("secret");
+    presented
+        .verify(&credential.password, &product, Freshness::Any)
+        .expect("signed with the product secret");
+
+    // A product that does not opt in: EnOS's 770.
+    let mut other = f.device(NO_ACT, "gw-other").await;
+    let refused = status(
+        other
+            .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+            .await,
+    );
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("770"), "{refused:?}");
+    // And no device may complete another's activation: its own only.
+    assert_eq!(
+        code(admin_complete(&f).await),
+        Code::PermissionDenied,
+        "an admin certificate cannot complete an activation"
+    );
+    assert_eq!(
+        code(
+            device
+                .complete_activation(CompleteActivationRequest {
+                    device_secret: String::new(),
+                })
+                .await
+        ),
+        Code::InvalidArgument
+    );
+
+    // The hand-over.
+    let activated = device
+        .complete_activation(CompleteActivationRequest {
+            device_secret: PUSHED_SECRET.into(),
+        })
+        .await
+        .expect("complete")
+        .into_inner()
+        .device
+        .expect("device");
+    assert!(!activated.awaiting_activation);
+    assert_eq!(activated.secret_version, 1);
+    // From now on securemode=2 with the pushed secret.
+    let credential = device
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .expect("credential")
+        .into_inner();
+    assert_eq!(credential.secure_mode, 2);
+    assert!(common::verify(&credential, PUSHED_SECRET));
+    // Once: a second hand-over is refused, the secret unchanged.
+    let again = status(
+        device
+            .complete_activation(CompleteActivationRequest {
+                device_secret: "AnotherSecretValue".into(),
+            })
+            .await,
+    );
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let credential = device
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .expect("credential")
+        .into_inner();
+    assert!(common::verify(&credential, PUSHED_SECRET));
+
+    // Audited: intent and outcome of both attempts, with no secret.
+    let trail = std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+        .expect("audit trail");
+    let activation_lines: Vec<&str> = trail
+        .lines()
+        .filter(|l| l.contains("\"event\":\"complete_activation\"") && l.contains("gw-new"))
+        .collect();
+    let outcomes: Vec<&str> = activation_lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["outcome"].as_str().unwrap_or_default().to_owned()
+        })
+        .map(|o| match o.as_str() {
+            "started" => "started",
+            "ok" => "ok",
+            _ => "refused",
+        })
+        .collect();
+    assert!(
+        outcomes.windows(2).any(|w| w == ["started", "ok"]),
+        "{activation_lines:?}"
+    );
+    assert!(
+        outcomes.windows(2).any(|w| w == ["started", "refused"]),
+        "{activation_lines:?}"
+    );
+    assert!(
+        trail.contains("\"secure_mode\":3"),
+        "the activation credential is audited as one"
+    );
+    for secret in [PRODUCT_SECRET, PUSHED_SECRET, "AnotherSecretValue"] {
+        assert!(!trail.contains(secret), "a secret in the audit trail");
+    }
+}
+
+async fn admin_complete(
+    f: &common::Fixture,
+) -> Result<tonic::Response<enos_signer_proto::v1::CompleteActivationResponse>, tonic::Status> {
+    let channel = f.channel(Some(f.signer.admin_identity())).await;
+    enos_signer_proto::v1::credentials_client::CredentialsClient::new(channel)
+        .complete_activation(CompleteActivationRequest {
+            device_secret: PUSHED_SECRET.into(),
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_batch_signs_the_bound_sub_devices_and_lists_the_others() {
+    let f = activation_fixture().await;
+    let mut admin = f.signer.admin().await;
+    let put = |pk: &str, dk: &str, secret: &str| PutDeviceRequest {
+        device: Some(DeviceRef::new(pk, dk)),
+        device_secret: secret.into(),
+        enabled: true,
+        awaiting_activation: false,
+    };
+    admin
+        .put_device(put("PkGw", "gw", "GatewaySecret1"))
+        .await
+        .expect("gw");
+    admin
+        .put_device(put("PkGw", "gw2", "GatewaySecret2"))
+        .await
+        .expect("gw2");
+    for i in 0..5 {
+        admin
+            .put_device(put("PkSub", &format!("s{i}"), &format!("SubSecret{i}")))
+            .await
+            .expect("sub");
+        admin
+            .bind_sub_device(enos_signer_proto::v1::BindSubDeviceRequest {
+                gateway: Some(DeviceRef::new("PkGw", "gw")),
+                sub_device: Some(DeviceRef::new("PkSub", format!("s{i}"))),
+            })
+            .await
+            .expect("bind");
+    }
+    admin
+        .put_device(put("PkSub", "elsewhere", "SubSecretX"))
+        .await
+        .expect("sub");
+    admin
+        .bind_sub_device(enos_signer_proto::v1::BindSubDeviceRequest {
+            gateway: Some(DeviceRef::new("PkGw", "gw2")),
+            sub_device: Some(DeviceRef::new("PkSub", "elsewhere")),
+        })
+        .await
+        .expect("bind");
+
+    let mut gateway = f.device("PkGw", "gw").await;
+    let mut asked: Vec<DeviceRef> = (0..5)
+        .map(|i| DeviceRef::new("PkSub", format!("s{i}")))
+        .collect();
+    asked.insert(2, DeviceRef::new("PkSub", "elsewhere"));
+    asked.push(DeviceRef::new("PkSub", "nobody"));
+    let batch = gateway
+        .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+            sub_devices: asked,
+            client_id: String::new(),
+            sign_method: 0,
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.client_id, "login.batch", "the Java SDK's default");
+    assert_eq!(batch.signed.len(), 5);
+    let refused: Vec<(&str, &str)> = batch
+        .refused
+        .iter()
+        .map(|r| (r.device_key.as_str(), r.code.as_str()))
+        .collect();
+    // Bound elsewhere and unknown answer alike.
+    assert_eq!(
+        refused,
+        [
+            ("elsewhere", "PermissionDenied"),
+            ("nobody", "PermissionDenied")
+        ]
+    );
+    assert_eq!(
+        batch.refused[0].message.replace("elsewhere", "nobody"),
+        batch.refused[1].message
+    );
+    let method = SignMethod::parse(&batch.sign_method, Md5Policy::Refuse).expect("method");
+    for (i, entry) in batch.signed.iter().enumerate() {
+        assert_eq!(entry.device_key, format!("s{i}"));
+        assert_eq!(entry.secure_mode, 2);
+        let fields = SignedFields {
+            client_id: ClientId::new(&batch.client_id).expect("client id"),
+            device_key: DeviceKey::new(&entry.device_key).expect("dk"),
+            product_key: ProductKey::new(&entry.product_key).expect("pk"),
+            timestamp: TimestampMs::from_millis(batch.timestamp_ms),
+        };
+        let secret = DeviceSecret::new(format!("SubSecret{i}")).expect("secret");
+        verify_sign(&fields, method, &entry.sign, &secret)
+            .unwrap_or_else(|e| panic!("entry {i} signed with its own secret: {e}"));
+    }
+    assert!(!format!("{batch:?}").contains(&batch.signed[0].sign));
+
+    // Bounds: empty and over the gateway limit are bad requests.
+    for n in [0usize, 201] {
+        let too_many = (0..n)
+            .map(|i| DeviceRef::new("PkSub", format!("s{i}")))
+            .collect();
+        assert_eq!(
+            code(
+                gateway
+                    .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+                        sub_devices: too_many,
+                        ..Default::default()
+                    })
+                    .await
+            ),
+            Code::InvalidArgument,
+            "{n} entries"
+        );
+    }
+    // Each signed entry has its own audit record.
+    let trail = std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+        .expect("audit trail");
+    let signed_records = trail
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"sign_sub_device_login_batch\"")
+                && l.contains("\"outcome\":\"ok\"")
+        })
+        .count();
+    assert_eq!(signed_records, 5, "{trail}");
+}
