@@ -531,6 +531,8 @@ mod tests {
                 max_concurrent_streams: 64,
                 max_concurrent_requests: 2_048,
                 import_max_bytes: 256 * 1024 * 1024,
+                connections_per_ip_per_second: 1_000,
+                connection_burst_per_ip: 10_000,
             }
         );
         let metrics = defaults.metrics.expect("metrics");

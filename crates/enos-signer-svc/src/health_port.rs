@@ -39,7 +39,7 @@ pub async fn serve<H: Health>(
             Ok(tcp) => match limit.try_admit() {
                 Some(permit) => Some(Ok(Limited::new(tcp, permit))),
                 None => {
-                    metrics.connection_refused("health");
+                    metrics.connection_refused("health", "limit");
                     None
                 }
             },

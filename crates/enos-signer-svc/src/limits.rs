@@ -3,8 +3,11 @@
 //! anything.
 //!
 //! - connections: at most `max_connections` at once on the gRPC listener
-//!   ([`ConnectionLimit`]); one more is closed right after `accept`, before
-//!   any TLS work, and counted;
+//!   ([`ConnectionLimit`]), and new ones per peer address at most
+//!   `connections_per_ip_per_second` (burst `connection_burst_per_ip`,
+//!   [`PeerThrottle`]): the TLS handshake is the work a caller gets before
+//!   proving anything. One more is closed right after `accept`, before any
+//!   TLS work, and counted (never logged per connection);
 //! - HTTP/2 streams per connection (`max_concurrent_streams`, advertised in
 //!   SETTINGS: a client queues the rest);
 //! - requests in flight over all connections (`max_concurrent_requests`):
@@ -20,8 +23,10 @@
 
 use std::{
     io,
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,6 +37,8 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tonic::transport::server::Connected;
+
+use crate::metrics::Metrics;
 
 /// `[server.limits]`; every key has a default sized for a fleet of tens
 /// of thousands of devices on a small host.
@@ -53,6 +60,13 @@ pub struct LimitsConfig {
     /// cap, `import::MAX_ROWS`): the import is held in memory until it is
     /// checked whole.
     pub import_max_bytes: usize,
+    /// New connections per second one peer address may open (IPv6: per
+    /// /64); 0: no throttle. Generous, as a whole fleet behind one NAT
+    /// reconnects at once after an outage.
+    pub connections_per_ip_per_second: u32,
+    /// New connections one peer address may open at once after a quiet
+    /// spell.
+    pub connection_burst_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -62,6 +76,8 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 64,
             max_concurrent_requests: 2_048,
             import_max_bytes: 256 * 1024 * 1024,
+            connections_per_ip_per_second: 1_000,
+            connection_burst_per_ip: 10_000,
         }
     }
 }
@@ -82,6 +98,105 @@ pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 pub const HEALTH_MAX_STREAMS: u32 = 4;
 /// A health probe's deadline.
 pub const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// New connections per peer address (GCRA per address, in memory only).
+pub struct PeerThrottle {
+    /// The budget of every address, and the map of addresses seen (`None`:
+    /// no throttle); replaced by an empty one when it holds too many.
+    limiter: Option<(
+        governor::Quota,
+        RwLock<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    )>,
+}
+
+/// Peer addresses tracked at most; beyond, the map starts afresh (a moment
+/// of fresh budgets, rather than memory without bound).
+const MAX_TRACKED_PEERS: usize = 100_000;
+
+impl PeerThrottle {
+    /// `per_second` new connections per address, `burst` at once; either
+    /// 0: none.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter =
+            NonZeroU32::new(per_second)
+                .zip(NonZeroU32::new(burst))
+                .map(|(rate, burst)| {
+                    let quota = governor::Quota::per_second(rate).allow_burst(burst);
+                    (quota, RwLock::new(governor::RateLimiter::keyed(quota)))
+                });
+        PeerThrottle { limiter }
+    }
+
+    /// Spends one connection of `peer`'s budget; false when it has none.
+    pub fn admit(&self, peer: IpAddr) -> bool {
+        let Some((quota, limiter)) = &self.limiter else {
+            return true;
+        };
+        let key = throttle_key(peer);
+        {
+            let current = limiter.read().unwrap_or_else(|p| p.into_inner());
+            if current.len() < MAX_TRACKED_PEERS {
+                return current.check_key(&key).is_ok();
+            }
+        }
+        let mut current = limiter.write().unwrap_or_else(|p| p.into_inner());
+        current.retain_recent();
+        if current.len() >= MAX_TRACKED_PEERS {
+            *current = governor::RateLimiter::keyed(*quota);
+        }
+        current.check_key(&key).is_ok()
+    }
+
+    /// Forgets addresses whose budget is full again; called periodically.
+    pub fn forget_idle(&self) {
+        if let Some((_, limiter)) = &self.limiter {
+            let current = limiter.read().unwrap_or_else(|p| p.into_inner());
+            current.retain_recent();
+            current.shrink_to_fit();
+        }
+    }
+}
+
+/// The key of a peer: its IPv4 address, or the /64 of an IPv6 one (one
+/// host gets a /64 and may pick any address in it).
+fn throttle_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// What a new connection on a listener must get past: the per-address
+/// throttle, then the connection limit. Refusals are counted in metrics.
+#[derive(Clone)]
+pub struct Admission {
+    /// New connections per peer address.
+    pub throttle: Arc<PeerThrottle>,
+    /// Open connections at once.
+    pub limit: ConnectionLimit,
+    /// Counts refusals by listener and reason.
+    pub metrics: Metrics,
+    /// `grpc`, `metrics` or `health`, for the counter.
+    pub listener: &'static str,
+}
+
+impl Admission {
+    /// A permit for the connection from `peer`, or `None` (counted).
+    pub fn admit(&self, peer: IpAddr) -> Option<ConnectionPermit> {
+        if !self.throttle.admit(peer) {
+            self.metrics.connection_refused(self.listener, "throttled");
+            return None;
+        }
+        let permit = self.limit.try_admit();
+        if permit.is_none() {
+            self.metrics.connection_refused(self.listener, "limit");
+        }
+        permit
+    }
+}
 
 /// At most N connections at once: each holds a permit for its life.
 #[derive(Clone)]
@@ -177,5 +292,30 @@ impl<IO: Connected> Connected for Limited<IO> {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_has_its_own_budget_and_ipv6_is_keyed_by_its_64() {
+        let throttle = PeerThrottle::new(1, 2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        assert!(throttle.admit(a) && throttle.admit(a));
+        assert!(!throttle.admit(a), "over its burst");
+        assert!(throttle.admit(b), "b is not charged for a");
+        let v6 = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        assert!(throttle.admit(v6("2001:db8::1")) && throttle.admit(v6("2001:db8::2")));
+        assert!(!throttle.admit(v6("2001:db8::ffff:1")), "same /64");
+        assert!(throttle.admit(v6("2001:db8:0:1::1")), "another /64");
+        assert!(
+            !throttle.admit(v6("::ffff:192.0.2.1")),
+            "mapped IPv4 is that IPv4"
+        );
+        let off = PeerThrottle::new(0, 0);
+        assert!((0..100).all(|_| off.admit(a)), "0: no throttle");
     }
 }

@@ -44,6 +44,9 @@ struct ReloadLabels {
 struct ListenerLabels {
     /// `grpc`, `metrics` or `health`.
     listener: &'static str,
+    /// `limit` (too many open) or `throttled` (too many new from one
+    /// address).
+    reason: &'static str,
 }
 
 /// Labels of a latency observation.
@@ -127,7 +130,8 @@ impl Metrics {
         let connections_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed at accept: the listener was at its connection limit",
+            "Connections closed at accept: the listener was at its limit, or the peer address over its rate",
+
             connections_refused.clone(),
         );
         Metrics {
@@ -163,10 +167,11 @@ impl Metrics {
         self.server_cert_expiry.set(not_after);
     }
 
-    /// Counts one connection refused at `listener`'s connection limit.
-    pub fn connection_refused(&self, listener: &'static str) {
+    /// Counts one connection refused at `listener`, for `reason`
+    /// (`limit` or `throttled`).
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
         self.connections_refused
-            .get_or_create(&ListenerLabels { listener })
+            .get_or_create(&ListenerLabels { listener, reason })
             .inc();
     }
 
@@ -227,7 +232,7 @@ pub async fn serve(
             }
         };
         let Some(permit) = limit.try_admit() else {
-            metrics.connection_refused("metrics");
+            metrics.connection_refused("metrics", "limit");
             continue;
         };
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().metrics));

@@ -24,7 +24,7 @@ use crate::{
     credentials::CredentialsService,
     error::{Result, SignerError},
     health_port,
-    limits::{ConnectionLimit, HttpTimeouts, LimitsConfig},
+    limits::{Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle},
     metrics,
     readiness::Readiness,
     state::SignerState,
@@ -151,16 +151,24 @@ impl Signer {
             None => None,
         };
 
-        // Forget idle identities in the rate limiter now and then.
+        let throttle = Arc::new(PeerThrottle::new(
+            self.limits.connections_per_ip_per_second,
+            self.limits.connection_burst_per_ip,
+        ));
+        // Forget idle identities and addresses in the limiters now and then.
         let housekeeping = {
             let state = Arc::clone(&self.state);
+            let throttle = Arc::clone(&throttle);
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        _ = tick.tick() => state.limiter.forget_idle(),
+                        _ = tick.tick() => {
+                            state.limiter.forget_idle();
+                            throttle.forget_idle();
+                        }
                     }
                 }
             })
@@ -175,8 +183,12 @@ impl Signer {
         let incoming = tls_incoming(
             listener,
             Arc::clone(&self.tls),
-            ConnectionLimit::new(self.limits.max_connections),
-            self.state.metrics.clone(),
+            Admission {
+                throttle: Arc::clone(&throttle),
+                limit: ConnectionLimit::new(self.limits.max_connections),
+                metrics: self.state.metrics.clone(),
+                listener: "grpc",
+            },
             stop.clone(),
         );
         // Calls in flight over every connection: one more is shed with

@@ -15,8 +15,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    limits::{ConnectionLimit, Limited},
-    metrics::Metrics,
+    limits::{Admission, Limited},
     tls_reload::ReloadingTls,
 };
 
@@ -31,18 +30,17 @@ pub type GrpcConnection = Limited<TlsStream<tokio::net::TcpStream>>;
 
 /// Accepts on `listener` until `stop`, yielding TLS streams for
 /// `tonic::transport::Server::serve_with_incoming_shutdown`. The listener
-/// is closed when `stop` is cancelled. At most `limit` connections are
-/// open at once (handshakes included); one more is closed at accept and
-/// counted in `metrics`.
+/// is closed when `stop` is cancelled. A connection `admission` refuses
+/// (its address over its rate, or the listener full; handshakes count) is
+/// closed at accept.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
-    limit: ConnectionLimit,
-    metrics: Metrics,
+    admission: Admission,
     stop: CancellationToken,
 ) -> impl Stream<Item = std::io::Result<GrpcConnection>> + Send + 'static {
     let (sender, receiver) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(listener, tls, limit, metrics, stop, sender));
+    tokio::spawn(accept_loop(listener, tls, admission, stop, sender));
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|tls| (Ok(tls), receiver))
     })
@@ -51,8 +49,7 @@ pub fn tls_incoming(
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
-    limit: ConnectionLimit,
-    metrics: Metrics,
+    admission: Admission,
     stop: CancellationToken,
     sender: mpsc::Sender<GrpcConnection>,
 ) {
@@ -62,8 +59,8 @@ async fn accept_loop(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -72,8 +69,7 @@ async fn accept_loop(
             }
         };
         // At the limit: closed before any TLS work (dropping it).
-        let Some(permit) = limit.try_admit() else {
-            metrics.connection_refused("grpc");
+        let Some(permit) = admission.admit(peer.ip()) else {
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -282,3 +282,47 @@ async fn the_metrics_listener_closes_slow_headers_and_idle_connections() {
     assert_eq!(&first, b"HTTP/1.1 200");
     closed_within(&mut idle, Duration::from_secs(6)).await;
 }
+
+#[tokio::test]
+async fn new_connections_per_peer_address_are_throttled_before_any_tls() {
+    let f = fixture_with(|c| {
+        c.server.limits.connections_per_ip_per_second = 1;
+        c.server.limits.connection_burst_per_ip = 2;
+    })
+    .await;
+    let admin = f.signer.admin_identity().clone();
+    let connect = || async {
+        match enos_signer_svc::tls::connect_mtls(
+            &f.signer.uri(),
+            f.signer.ca_pem(),
+            Some(enos_testkit::signer::client_identity(&admin)),
+        )
+        .await
+        {
+            Ok(channel) => list(channel).await.map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    connect().await.expect("first");
+    connect().await.expect("second: the burst");
+    connect().await.expect_err("third at once: over 1/s");
+    // The budget refills at 1 a second.
+    eventually("a connection a second later", async || {
+        connect().await.is_ok()
+    })
+    .await;
+    // The refusals are counted, not logged one by one.
+    let mut scrape = metrics_connection(&f).await;
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    scrape.read_to_string(&mut text).await.expect("read");
+    assert!(
+        text.contains(
+            r#"enos_signer_connections_refused_total{listener="grpc",reason="throttled"}"#
+        ),
+        "{text}"
+    );
+}
