@@ -181,35 +181,17 @@ async fn login_batch<S: SignerClient>(
     if signed.is_empty() {
         return Vec::new();
     }
-    let id = shared.ids.next();
-    let (tx, rx) = oneshot::channel();
-    shared
-        .pending_logins
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), tx);
-    let payload = envelope(&id, "combine.login.batch", batch.params_json());
+    let params = batch.params_json();
     drop(batch);
-    if let Err(e) = client
-        .publish(
-            shared.topics.combine_login_batch(),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "could not queue the batch login");
-    }
-    let reply = tokio::time::timeout(config.sub_device_login.reply_timeout, rx)
-        .await
-        .ok()
-        .and_then(Result::ok);
-    shared
-        .pending_logins
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    let reply = request(
+        client,
+        shared,
+        shared.topics.combine_login_batch(),
+        "combine.login.batch",
+        params,
+        config.sub_device_login.reply_timeout,
+    )
+    .await;
     let Some(reply) = reply.filter(|r| r.code == 200) else {
         tracing::warn!("the batch login got no 200 in time; logging sub-devices in one by one");
         return signed;
@@ -234,6 +216,43 @@ async fn login_batch<S: SignerClient>(
     // The rest (failed in the batch, or not mentioned) one by one: each
     // single reply says why.
     signed.into_iter().filter(|i| !online[*i]).collect()
+}
+
+/// Publishes one `method` request on `topic` and waits up to `timeout`
+/// for its reply (routed back by id); `None` when none came.
+async fn request(
+    client: &AsyncClient,
+    shared: &Shared,
+    topic: String,
+    method: &str,
+    params: serde_json::Value,
+    timeout: std::time::Duration,
+) -> Option<EnosReply> {
+    let id = shared.ids.next();
+    let (tx, rx) = oneshot::channel();
+    shared
+        .pending_logins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), tx);
+    // The params carry signs: they go to the broker and nowhere else.
+    let payload = envelope(&id, method, params);
+    if let Err(e) = client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+    {
+        tracing::warn!(method, error = %e, "could not queue the request");
+    }
+    let reply = tokio::time::timeout(timeout, rx)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    shared
+        .pending_logins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    reply
 }
 
 /// One sub-device's login on the current connection.
@@ -266,35 +285,17 @@ async fn login<S: SignerClient>(
                 continue;
             }
         };
-        let id = shared.ids.next();
-        let (tx, rx) = oneshot::channel();
-        shared
-            .pending_logins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
-        let payload = envelope(&id, "combine.login", signed.params_json());
+        let params = signed.params_json();
         drop(signed);
-        if let Err(e) = client
-            .publish(
-                shared.topics.combine_login(),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await
-        {
-            tracing::warn!(sub_device = %who, error = %e, "could not queue the login");
-        }
-        let reply: Option<EnosReply> = tokio::time::timeout(settings.reply_timeout, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        shared
-            .pending_logins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let reply = request(
+            client,
+            shared,
+            shared.topics.combine_login(),
+            "combine.login",
+            params,
+            settings.reply_timeout,
+        )
+        .await;
         let Some(reply) = reply else {
             tracing::warn!(sub_device = %who, attempt, "no combine.login reply in time");
             last_failure = format!("no reply within {:?}", settings.reply_timeout);

@@ -21,12 +21,13 @@
 use std::{sync::Arc, time::Instant};
 
 use enos_sign_core::{DeviceSecret, Password, SecureMode, SignMethod, SignedFields};
-use enos_signer_proto::{identity::PeerIdentity, v1};
+use enos_signer_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::{
     audit::AuditRecord,
     convert::device_message,
+    credentials::{caller_device, identified},
     error::{Result, SignerError},
     metrics::outcome_name,
     registry::{DeviceId, DeviceRecord, Write},
@@ -71,39 +72,17 @@ pub(crate) async fn sign_login(
     Ok((fields, password, SecureMode::ProductSecret))
 }
 
-/// The caller as a device, or why not.
-fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
-    match identity {
-        PeerIdentity::Device {
-            product_key,
-            device_key,
-        } => Ok(DeviceId::new(product_key.clone(), device_key.clone())),
-        PeerIdentity::Admin { .. } => Err(SignerError::PermissionDenied(
-            "only a device may complete its own activation".into(),
-        )),
-    }
-}
-
 /// `CompleteActivation`: seals the pushed secret and activates the caller.
 pub(crate) async fn complete(
     state: Arc<SignerState>,
     request: Request<v1::CompleteActivationRequest>,
 ) -> std::result::Result<Response<v1::CompleteActivationResponse>, Status> {
     let started = Instant::now();
-    let identity = match state.identity(&request) {
-        Ok(identity) => identity,
-        Err(e) => {
-            state.refused(RPC, None, &e, None);
-            state
-                .metrics
-                .issuance(RPC, outcome_name(Some(e.code())), started.elapsed());
-            return Err(e.into());
-        }
-    };
+    let identity = identified(&state, RPC, &request, started)?;
     let prepared = state
         .limiter
         .check(&identity)
-        .and_then(|()| caller_device(&identity))
+        .and_then(|()| caller_device(&identity, "only a device may complete its own activation"))
         .and_then(|device| {
             let secret = DeviceSecret::new(request.into_inner().device_secret)
                 .map_err(|e| SignerError::invalid("device_secret", e))?;

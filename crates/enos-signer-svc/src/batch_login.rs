@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     audit::AuditRecord,
     convert,
+    credentials::{caller_device, identified},
     error::{Result, SignerError},
     metrics::outcome_name,
     registry::DeviceId,
@@ -45,16 +46,7 @@ pub(crate) async fn sign(
     request: Request<v1::SignSubDeviceLoginBatchRequest>,
 ) -> std::result::Result<Response<v1::SubDeviceLoginBatch>, Status> {
     let started = Instant::now();
-    let identity = match state.identity(&request) {
-        Ok(identity) => identity,
-        Err(e) => {
-            state.refused(RPC, None, &e, None);
-            state
-                .metrics
-                .issuance(RPC, outcome_name(Some(e.code())), started.elapsed());
-            return Err(e.into());
-        }
-    };
+    let identity = identified(&state, RPC, &request, started)?;
     let result = signed_batch(&state, &identity, request.into_inner()).await;
     let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
     if let Err(e) = &result {
@@ -72,16 +64,10 @@ async fn signed_batch(
 ) -> Result<v1::SubDeviceLoginBatch> {
     // The limit first: every refusal after it is bounded by it.
     state.limiter.check(identity)?;
-    let PeerIdentity::Device {
-        product_key,
-        device_key,
-    } = identity
-    else {
-        return Err(SignerError::PermissionDenied(
-            "only device certificates may request sub-device logins".into(),
-        ));
-    };
-    let gateway = DeviceId::new(product_key.clone(), device_key.clone());
+    let gateway = caller_device(
+        identity,
+        "only device certificates may request sub-device logins",
+    )?;
     if request.sub_devices.is_empty() {
         return Err(SignerError::invalid("sub_devices", "is empty"));
     }

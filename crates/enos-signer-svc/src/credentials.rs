@@ -62,18 +62,36 @@ struct Issued {
     password: Password,
 }
 
-/// The caller as a device, or why not.
-fn caller_device(identity: &PeerIdentity) -> Result<DeviceId> {
+/// The caller as a device; an admin certificate is refused with `why`.
+pub(crate) fn caller_device(identity: &PeerIdentity, why: &str) -> Result<DeviceId> {
     match identity {
         PeerIdentity::Device {
             product_key,
             device_key,
         } => Ok(DeviceId::new(product_key.clone(), device_key.clone())),
-        PeerIdentity::Admin { .. } => Err(SignerError::PermissionDenied(
-            "only device certificates may request credentials".into(),
-        )),
+        PeerIdentity::Admin { .. } => Err(SignerError::PermissionDenied(why.into())),
     }
 }
+
+/// The caller's identity; a caller that proved none is refused (sampled
+/// log, counted, never audited) with the status it gets.
+pub(crate) fn identified<T>(
+    state: &SignerState,
+    rpc: &'static str,
+    request: &Request<T>,
+    started: Instant,
+) -> Result<PeerIdentity, Status> {
+    state.identity(request).map_err(|e| {
+        state.refused(rpc, None, &e, None);
+        state
+            .metrics
+            .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
+        e.into()
+    })
+}
+
+/// Why an admin certificate gets no credential.
+const DEVICES_ONLY: &str = "only device certificates may request credentials";
 
 impl CredentialsService {
     async fn issue(
@@ -83,7 +101,7 @@ impl CredentialsService {
     ) -> Result<(v1::MqttCredential, Issued)> {
         // The limit first: every refusal after it is bounded by it.
         self.state.limiter.check(identity)?;
-        let caller = caller_device(identity)?;
+        let caller = caller_device(identity, DEVICES_ONLY)?;
         let product_key = if request.product_key.is_empty() {
             caller.product_key.clone()
         } else {
@@ -158,7 +176,7 @@ impl CredentialsService {
         request: v1::SignSubDeviceLoginRequest,
     ) -> Result<(v1::SubDeviceLogin, Issued)> {
         self.state.limiter.check(identity)?;
-        let gateway = caller_device(identity)?;
+        let gateway = caller_device(identity, DEVICES_ONLY)?;
         let sub = DeviceId::new(
             convert::product_key("product_key", &request.product_key)?,
             convert::device_key("device_key", &request.device_key)?,

@@ -430,3 +430,78 @@ async fn a_batch_signs_the_bound_sub_devices_and_lists_the_others() {
         .count();
     assert_eq!(signed_records, 5, "{trail}");
 }
+
+#[tokio::test]
+async fn an_import_registers_blank_secrets_as_awaiting_and_never_blanks_a_secret() {
+    use enos_signer_proto::v1::{ImportDevicesRequest, ImportRow};
+    let f = activation_fixture().await;
+    let mut admin = f.signer.admin().await;
+    let importer = admin.clone();
+    let row = |line: u32, dk: &str, secret: &str, awaiting: bool| ImportRow {
+        line,
+        product_key: ACT.into(),
+        device_key: dk.into(),
+        device_secret: secret.into(),
+        gateway: None,
+        awaiting_activation: awaiting,
+    };
+    let import = |rows: Vec<ImportRow>| {
+        let mut admin = importer.clone();
+        async move {
+            admin
+                .import_devices(futures::stream::iter([ImportDevicesRequest {
+                    rows,
+                    dry_run: false,
+                }]))
+                .await
+                .expect("import answered")
+                .into_inner()
+        }
+    };
+    let done = import(vec![
+        row(2, "blank", "", true),
+        row(3, "kept", "KeptSecret1", false),
+    ])
+    .await;
+    assert!(done.committed, "{done:?}");
+    let blank = admin
+        .get_device(DeviceRef::new(ACT, "blank"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(blank.awaiting_activation && blank.secret_version == 0);
+
+    // A blank cell over a device with a secret is an error, and so is a
+    // secret on a row that says it awaits activation: nothing written.
+    let refused = import(vec![
+        row(2, "other", "Secret3", true),
+        row(3, "fine", "FineSecret4", false),
+    ])
+    .await;
+    assert!(!refused.committed);
+    let lines: Vec<u32> = refused.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2], "{:?}", refused.errors);
+    let refused = import(vec![
+        row(2, "kept", "", true),
+        row(3, "fine", "FineSecret4", false),
+    ])
+    .await;
+    assert!(!refused.committed);
+    let lines: Vec<u32> = refused.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2], "{:?}", refused.errors);
+    assert!(
+        refused.errors[0].message.contains("would discard it"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        code(admin.get_device(DeviceRef::new(ACT, "fine")).await),
+        Code::NotFound,
+        "all or nothing"
+    );
+    let kept = admin
+        .get_device(DeviceRef::new(ACT, "kept"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!kept.awaiting_activation && kept.secret_version == 1);
+}

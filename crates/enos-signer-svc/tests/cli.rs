@@ -78,7 +78,7 @@ async fn csv_import_is_all_or_nothing_and_names_each_bad_row() {
          ok,Pk1,dev-1,SecretOne1\n\
          pipe,Pk1,dev|2,SecretTwo2\n\
          \n\
-         empty,Pk1,dev-3,\n\
+         spaced,Pk1,dev-3,Secret Three\n\
          dup,Pk1,dev-1,SecretDup9\n\
          ok,Pk1,dev-4,SecretFour4\n",
     )

@@ -518,6 +518,11 @@ async fn an_import_killed_in_its_transaction_leaves_no_row_and_a_retry_leaves_al
     assert!(common::verify(&credential, "Secret00012345"));
 }
 
+/// Undoes the latest migration's objects (a database of the previous
+/// release).
+/// Undoes the latest migration (4: the gateway index).
+const UNDO_LATEST_MIGRATION: &str = "DROP INDEX devices_gateway";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up() {
     let db = "upgrade";
@@ -529,7 +534,7 @@ async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up()
         .psql(
             db,
             &format!(
-                "DROP INDEX devices_gateway; DELETE FROM enos_schema_migrations WHERE version = {}",
+                "{UNDO_LATEST_MIGRATION}; DELETE FROM enos_schema_migrations WHERE version = {}",
                 migrations::latest()
             ),
         )

@@ -30,9 +30,12 @@ const STEPS: &[&str] = &[
     "command ",
     "delivered it to the local topic",
     "answered: the console received",
+    "activation ",
+    "had no device secret anywhere",
+    "answered 200 and reconnected with securemode=2",
     "stop ",
     "audit ",
-    "none of the 2 secrets, the console password",
+    "none of the 2 secrets, the product secret, the pushed device secret, the console password",
     "enos demo: OK",
 ];
 
