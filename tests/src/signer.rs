@@ -129,6 +129,10 @@ pub fn write_config(
             drain_timeout_secs: 3,
             worker_threads: None,
             tls_reload_interval_secs: 5,
+            limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
         },
     );
     config.policy = policy;

@@ -50,8 +50,11 @@ impl AdminService {
         match self.state.identity(request) {
             Err(e) => (None, Err(e)),
             Ok(identity) => {
-                let allowed = if matches!(identity, PeerIdentity::Admin { .. }) {
-                    self.state.limiter.check(&identity)
+                let allowed = if let PeerIdentity::Admin { name } = &identity {
+                    self.state
+                        .limiter
+                        .check(&identity)
+                        .and_then(|()| self.state.admit_admin(request, name))
                 } else {
                     Err(SignerError::PermissionDenied(
                         "the Admin service needs an admin certificate".into(),

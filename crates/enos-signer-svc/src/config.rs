@@ -58,8 +58,25 @@ pub struct ServerConfig {
     pub cert: PathBuf,
     /// The server's private key (PEM); must be mode 0600 or stricter.
     pub key: PathBuf,
-    /// The CA (PEM) that issues device and admin client certificates.
+    /// The CA (PEM) that issues device client certificates, and admin
+    /// certificates too unless `admin_ca` is set.
     pub client_ca: PathBuf,
+    /// A CA (PEM) of its own for admin certificates (recommended): when
+    /// set, an admin certificate must chain to it, so a certificate of
+    /// `client_ca` with an admin SAN is refused (whoever can get a device
+    /// certificate cannot become an admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_ca: Option<PathBuf>,
+    /// The admin names (`spiffe://enos/admin/{name}`) allowed on Admin;
+    /// empty: every admin certificate of the admin CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_names: Vec<String>,
+    /// Certificate revocation lists (PEM or DER) of the client and admin
+    /// CAs, re-read with the certificates: a revoked certificate is refused
+    /// in the TLS handshake of every new connection. A CA without a list
+    /// here is not checked for revocation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
     /// How long a graceful shutdown waits for in-flight calls.
     #[serde(default = "default_drain_secs")]
     pub drain_timeout_secs: u64,
@@ -78,6 +95,10 @@ pub struct ServerConfig {
     /// on SIGHUP.
     #[serde(default = "default_tls_reload_secs")]
     pub tls_reload_interval_secs: u64,
+    /// Connections, streams, requests in flight and import size
+    /// (`[server.limits]`): what callers can hold before proving anything.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 fn default_drain_secs() -> u64 {
@@ -258,6 +279,41 @@ pub struct ProductPolicyConfig {
 pub struct MetricsConfig {
     /// Address of the `/metrics` endpoint.
     pub listen: SocketAddr,
+    /// Seconds a client may take to send a request's header (a slow
+    /// header holds a connection slot).
+    #[serde(default = "default_metrics_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open, idle keep-alive included (a
+    /// scraper simply reconnects).
+    #[serde(default = "default_metrics_connection_lifetime_secs")]
+    pub connection_lifetime_secs: u64,
+}
+
+fn default_metrics_header_timeout_secs() -> u64 {
+    5
+}
+
+fn default_metrics_connection_lifetime_secs() -> u64 {
+    60
+}
+
+impl MetricsConfig {
+    /// The listener on `listen` with the default timeouts.
+    pub fn on(listen: SocketAddr) -> Self {
+        MetricsConfig {
+            listen,
+            header_timeout_secs: default_metrics_header_timeout_secs(),
+            connection_lifetime_secs: default_metrics_connection_lifetime_secs(),
+        }
+    }
+
+    /// Both timeouts as durations (at least 1 s each).
+    pub fn timeouts(&self) -> crate::limits::HttpTimeouts {
+        crate::limits::HttpTimeouts {
+            header: Duration::from_secs(self.header_timeout_secs.max(1)),
+            lifetime: Duration::from_secs(self.connection_lifetime_secs.max(1)),
+        }
+    }
 }
 
 /// The plain health port: `grpc.health.v1.Health` only, no TLS, so that
@@ -365,6 +421,12 @@ impl SignerConfig {
         file(&mut self.server.cert);
         key(&mut self.server.key);
         file(&mut self.server.client_ca);
+        if let Some(admin_ca) = &mut self.server.admin_ca {
+            file(admin_ca);
+        }
+        for crl in &mut self.server.crls {
+            file(crl);
+        }
         match &mut self.registry {
             RegistryConfig::Redb { path } => file(path),
             RegistryConfig::Postgres(pg) => {
@@ -431,6 +493,92 @@ mod tests {
         assert_eq!(config.policy.ttl_secs, 300);
         assert!(config.metrics.is_some());
         assert!(config.rate_limit.is_some());
+        // The example spells out the defaults of the limits and timeouts.
+        assert_eq!(config.server.limits, crate::limits::LimitsConfig::default());
+        let metrics = config.metrics.expect("metrics");
+        assert_eq!(metrics, MetricsConfig::on(metrics.listen));
+    }
+
+    #[test]
+    fn limits_and_metrics_timeouts_parse_with_defaults() {
+        let base = r#"
+            [server]
+            listen = "127.0.0.1:7443"
+            cert = "server.pem"
+            key = "server.key"
+            client_ca = "ca.pem"
+            LIMITS
+            [registry]
+            kind = "redb"
+            path = "registry.redb"
+            [custody]
+            kind = "software"
+            master_key_file = "master.key"
+            [audit]
+            key_file = "audit.key"
+            [metrics]
+            listen = "127.0.0.1:9464"
+            METRICS
+        "#;
+        let parse = |limits: &str, metrics: &str| {
+            SignerConfig::from_toml(&base.replace("LIMITS", limits).replace("METRICS", metrics))
+        };
+        let defaults = parse("", "").expect("defaults");
+        assert_eq!(
+            defaults.server.limits,
+            crate::limits::LimitsConfig {
+                max_connections: 10_000,
+                max_concurrent_streams: 64,
+                max_concurrent_requests: 2_048,
+                import_max_bytes: 256 * 1024 * 1024,
+                connections_per_ip_per_second: 1_000,
+                connection_burst_per_ip: 10_000,
+            }
+        );
+        let metrics = defaults.metrics.expect("metrics");
+        assert_eq!(
+            (
+                metrics.header_timeout_secs,
+                metrics.connection_lifetime_secs
+            ),
+            (5, 60)
+        );
+        let set = parse(
+            "[server.limits]\nmax_connections = 5\nimport_max_bytes = 1000",
+            "header_timeout_secs = 2\nconnection_lifetime_secs = 0",
+        )
+        .expect("overrides");
+        assert_eq!(set.server.limits.max_connections, 5);
+        assert_eq!(set.server.limits.import_max_bytes, 1000);
+        assert_eq!(
+            set.server.limits.max_concurrent_streams, 64,
+            "the rest default"
+        );
+        let timeouts = set.metrics.expect("metrics").timeouts();
+        assert_eq!(timeouts.header, Duration::from_secs(2));
+        assert_eq!(timeouts.lifetime, Duration::from_secs(1), "at least 1 s");
+        let mut admins = parse(
+            "admin_ca = \"admins.pem\"\nadmin_names = [\"ops\"]\ncrls = [\"c.crl\", \"/abs/a.crl\"]",
+            "",
+        )
+        .expect("admin CA, names, CRLs");
+        assert_eq!(defaults.server.admin_ca, None);
+        assert!(defaults.server.crls.is_empty() && defaults.server.admin_names.is_empty());
+        admins.resolve_paths(Path::new("/etc/enos"), None);
+        assert_eq!(
+            admins.server.admin_ca.as_deref(),
+            Some(Path::new("/etc/enos/admins.pem"))
+        );
+        assert_eq!(admins.server.admin_names, ["ops"]);
+        assert_eq!(
+            admins.server.crls,
+            [
+                PathBuf::from("/etc/enos/c.crl"),
+                PathBuf::from("/abs/a.crl")
+            ]
+        );
+        let typo = parse("[server.limits]\nmax_conections = 5", "").expect_err("typo refused");
+        assert!(typo.to_string().contains("max_conections"), "{typo}");
     }
 
     #[test]

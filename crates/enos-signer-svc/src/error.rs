@@ -85,6 +85,11 @@ pub enum SignerError {
     /// source line and what is wrong on it (never a secret).
     #[error("import refused: {} bad rows, nothing written", .0.len())]
     ImportRejected(Vec<(u32, String)>),
+    /// A change would break the gateway rules
+    /// ([`crate::registry::gateway_rules`]): nothing was written. Each
+    /// entry is the device concerned and the rule, in words.
+    #[error("{}", .0.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "))]
+    GatewayRules(Vec<(enos_domain::DeviceId, String)>),
     /// Over the caller's rate limit.
     #[error("rate limit exceeded; retry later")]
     RateLimited,
@@ -105,7 +110,9 @@ impl SignerError {
             SignerError::Unauthenticated(_) => Code::Unauthenticated,
             SignerError::PermissionDenied(_) => Code::PermissionDenied,
             SignerError::NotFound(_) => Code::NotFound,
-            SignerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SignerError::FailedPrecondition(_) | SignerError::GatewayRules(_) => {
+                Code::FailedPrecondition
+            }
             SignerError::InvalidArgument { .. } | SignerError::ImportRejected(_) => {
                 Code::InvalidArgument
             }

@@ -1,7 +1,9 @@
 //! Bulk import (`Admin.ImportDevices`): all rows or none.
 //!
-//! Rows are collected from the stream, checked (keys, secrets, duplicates,
-//! gateways), and written in one registry transaction. Any bad row aborts
+//! Each message is checked as it arrives (keys, secrets, duplicates; its
+//! secrets leave their prost strings for zeroizing types at once) and
+//! counted against the row and byte caps; then the gateways are checked
+//! and everything is written in one registry transaction. Any bad row aborts
 //! the whole import and every bad row is reported by its source line. A
 //! dry run does the same checks and writes nothing.
 
@@ -10,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use enos_sign_core::DeviceSecret;
 use enos_signer_proto::{identity::PeerIdentity, v1};
 use tonic::Streaming;
+use zeroize::Zeroize;
 
 use crate::{
     audit::AuditRecord,
@@ -35,12 +38,21 @@ struct Row {
     gateway: Option<DeviceId>,
 }
 
-/// Checks each row on its own and against the others.
-fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
-    let mut good = Vec::with_capacity(rows.len());
-    let mut errors = Vec::new();
-    let mut seen: HashMap<DeviceId, u32> = HashMap::new();
-    for row in rows {
+/// The rows checked so far.
+#[derive(Default)]
+struct Checked {
+    /// Rows that passed, in arrival order.
+    good: Vec<Row>,
+    /// `(line, reason)` of each bad row.
+    errors: Vec<(u32, String)>,
+    /// The line of each device seen, for duplicates.
+    seen: HashMap<DeviceId, u32>,
+}
+
+/// Checks each row of one message on its own and against the rows before.
+fn check_rows(checked: &mut Checked, rows: Vec<v1::ImportRow>) {
+    let Checked { good, errors, seen } = checked;
+    for mut row in rows {
         let line = row.line;
         let mut problems = Vec::new();
         let pk = enos_sign_core::ProductKey::new(&row.product_key)
@@ -53,6 +65,7 @@ fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
             if row.device_secret.is_empty() {
                 Some(None)
             } else {
+                row.device_secret.zeroize();
                 problems.push("a device awaiting activation has no deviceSecret".into());
                 None
             }
@@ -96,18 +109,51 @@ fn check_rows(rows: Vec<v1::ImportRow>) -> (Vec<Row>, Vec<(u32, String)>) {
             _ => errors.push((line, problems.join("; "))),
         }
     }
-    (good, errors)
+}
+
+/// Zeroes the secrets of rows about to be dropped unread (prost strings
+/// do not zero themselves).
+fn wipe(rows: &mut [v1::ImportRow]) {
+    for row in rows {
+        row.device_secret.zeroize();
+    }
 }
 
 /// Checks gateways against the import itself and the registry (`current`
-/// holds the records of every id the import names).
-fn check_gateways(rows: &[Row], current: &HashMap<DeviceId, DeviceRecord>) -> Vec<(u32, String)> {
+/// holds the records of every id the import names; `has_subs` one
+/// sub-device of each row's device that has any in the registry).
+///
+/// A bound sub-device is not moved to another gateway by an import (as
+/// BindSubDevice, the operator unbinds it first), and a device with
+/// sub-devices does not become one ([`crate::registry::gateway_rules`]).
+fn check_gateways(
+    rows: &[Row],
+    current: &HashMap<DeviceId, DeviceRecord>,
+    has_subs: &HashMap<DeviceId, DeviceId>,
+) -> Vec<(u32, String)> {
     let in_import: HashMap<&DeviceId, &Row> = rows.iter().map(|r| (&r.id, r)).collect();
     let mut errors = Vec::new();
     for row in rows {
         let Some(gateway) = &row.gateway else {
             continue;
         };
+        if let Some(bound) = current.get(&row.id).and_then(|r| r.gateway.as_ref())
+            && bound != gateway
+        {
+            errors.push((
+                row.line,
+                format!(
+                    "{} is bound to gateway {bound}; unbind it first (enos-signer unbind) to \
+                     bind it to {gateway}",
+                    row.id
+                ),
+            ));
+        }
+        if let Some(example) = has_subs.get(&row.id) {
+            let (_, message) =
+                crate::registry::gateway_rules::sub_has_sub_devices(&row.id, gateway, example);
+            errors.push((row.line, message));
+        }
         let gateway_is_sub = match in_import.get(gateway) {
             // A row without a gateway keeps the binding it has.
             Some(g) => {
@@ -140,36 +186,62 @@ pub async fn run(
     identity: Option<&PeerIdentity>,
     mut stream: Streaming<v1::ImportDevicesRequest>,
 ) -> Result<v1::ImportDevicesResponse> {
-    let mut rows = Vec::new();
+    let mut rows_checked = Checked::default();
+    let (mut rows, mut bytes) = (0usize, 0usize);
     let mut dry_run = None;
-    while let Some(message) = stream
+    while let Some(mut message) = stream
         .message()
         .await
         .map_err(|s| SignerError::invalid("rows", format!("stream failed: {}", s.message())))?
     {
         dry_run.get_or_insert(message.dry_run);
-        rows.extend(message.rows);
-        if rows.len() > MAX_ROWS {
+        rows += message.rows.len();
+        bytes += prost::Message::encoded_len(&message);
+        if rows > MAX_ROWS {
+            wipe(&mut message.rows);
             return Err(SignerError::invalid(
                 "rows",
                 format!("more than {MAX_ROWS} rows; split the file"),
             ));
         }
+        if bytes > state.import_max_bytes {
+            wipe(&mut message.rows);
+            return Err(SignerError::invalid(
+                "rows",
+                format!(
+                    "more than {} bytes (server.limits.import_max_bytes); split the file",
+                    state.import_max_bytes
+                ),
+            ));
+        }
+        check_rows(&mut rows_checked, message.rows);
     }
     let dry_run = dry_run.unwrap_or(false);
-    let checked = rows.len() as u32;
-    let (good, mut errors) = check_rows(rows);
+    let checked = rows as u32;
+    let Checked {
+        good, mut errors, ..
+    } = rows_checked;
+    // The rows that bind a sub-device: their lines name a broken gateway
+    // rule, and those of them that have sub-devices are refused.
+    let binding: HashMap<DeviceId, u32> = good
+        .iter()
+        .filter(|r| r.gateway.is_some())
+        .map(|r| (r.id.clone(), r.line))
+        .collect();
+    let binding_ids: Vec<DeviceId> = binding.keys().cloned().collect();
+    let has_subs = state.registry.a_sub_device_of(&binding_ids).await?;
     if !errors.is_empty() {
         // Report gateway problems of the good rows too, so one round trip
         // names every bad row that can be named.
-        let ids = gateway_ids(&good);
+        let mut ids = gateway_ids(&good);
+        ids.extend(binding_ids);
         let mut current = HashMap::new();
         for id in ids {
             if let Some(r) = state.registry.get(&id).await? {
                 current.insert(id, r);
             }
         }
-        errors.extend(check_gateways(&good, &current));
+        errors.extend(check_gateways(&good, &current, &has_subs));
         return Ok(refused(checked, errors));
     }
 
@@ -191,7 +263,7 @@ pub async fn run(
                     .zip(records)
                     .filter_map(|(id, r)| r.map(|r| (id, r)))
                     .collect();
-                let mut errors = check_gateways(&good, &current);
+                let mut errors = check_gateways(&good, &current, &has_subs);
                 // A blank secret never discards one: re-activating a device
                 // is a deliberate admin call, not a side effect of a file.
                 for row in &good {
@@ -241,6 +313,15 @@ pub async fn run(
     let writes = match outcome {
         Ok(writes) => writes,
         Err(SignerError::ImportRejected(errors)) => return Ok(refused(checked, errors)),
+        // A rule a concurrent change broke after the checks above: the
+        // registry's own check, reported by line too.
+        Err(SignerError::GatewayRules(broken)) => {
+            let errors = broken
+                .into_iter()
+                .map(|(id, message)| (binding.get(&id).copied().unwrap_or(0), message))
+                .collect();
+            return Ok(refused(checked, errors));
+        }
         Err(e) => return Err(e),
     };
     for write in &writes {

@@ -21,6 +21,7 @@
 //! | [`policy`] | TTL, sign method and broker URLs per product |
 //! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed |
 //! | [`rate_limit`] | a budget per identity (governor) |
+//! | [`limits`] | `[server.limits]`: connections, streams, requests in flight, import bytes; metrics/health listener timeouts |
 //! | [`peer`] | the caller's identity from its client certificate |
 //! | [`credentials`] | the `Credentials` service |
 //! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import; [`products`] product secrets |
@@ -48,6 +49,7 @@
 //! | not allowed (a device for another, an unbound sub-device, a device on Admin, an admin on Credentials) | `PermissionDenied` |
 //! | unknown device | `NotFound` |
 //! | disabled device (or gateway) | `FailedPrecondition` |
+//! | a change against the gateway rules ([`registry::gateway_rules`]) | `FailedPrecondition` |
 //! | bad field (the message names it) | `InvalidArgument` |
 //! | over the rate limit | `ResourceExhausted` |
 //! | audit sink failing while fail-closed | `Unavailable` |
@@ -55,6 +57,7 @@
 
 pub mod activation;
 pub mod admin;
+pub mod admin_gate;
 pub mod audit;
 pub mod batch_login;
 pub mod config;
@@ -67,6 +70,7 @@ pub mod health_port;
 pub mod import;
 pub mod init;
 pub mod key_file;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod policy;

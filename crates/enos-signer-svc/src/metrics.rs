@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -18,7 +18,10 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls_reload::ReloadingTls;
+use crate::{
+    limits::{ConnectionLimit, HttpTimeouts, METRICS_MAX_CONNECTIONS},
+    tls_reload::ReloadingTls,
+};
 
 /// Labels of an issuance.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +37,16 @@ struct OutcomeLabels {
 struct ReloadLabels {
     /// `reloaded` or `refused`.
     outcome: &'static str,
+}
+
+/// Labels of a refused connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    /// `grpc`, `metrics` or `health`.
+    listener: &'static str,
+    /// `limit` (too many open) or `throttled` (too many new from one
+    /// address).
+    reason: &'static str,
 }
 
 /// Labels of a latency observation.
@@ -66,6 +79,10 @@ pub struct Metrics {
     server_cert_expiry: Gauge,
     /// TLS reloads, by outcome: a refused one means the files are broken.
     tls_reloads: Family<ReloadLabels, Counter>,
+    /// Connections closed at accept because the listener was at its
+    /// connection limit ([`crate::limits`]): counted, never logged per
+    /// connection (a flood must not fill the log).
+    connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,7 +127,15 @@ impl Metrics {
             "Changes of the TLS files, by outcome (reloaded, refused)",
             tls_reloads.clone(),
         );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: the listener was at its limit, or the peer address over its rate",
+
+            connections_refused.clone(),
+        );
         Metrics {
+            connections_refused,
             registry: Arc::new(registry),
             issuances,
             issue_latency,
@@ -140,6 +165,14 @@ impl Metrics {
     /// Records the served certificate's notAfter.
     pub fn set_server_cert_expiry(&self, not_after: i64) {
         self.server_cert_expiry.set(not_after);
+    }
+
+    /// Counts one connection refused at `listener`, for `reason`
+    /// (`limit` or `throttled`).
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener, reason })
+            .inc();
     }
 
     /// Counts one TLS reload (`reloaded` or `refused`).
@@ -180,9 +213,11 @@ pub async fn serve(
     metrics: Metrics,
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    timeouts: HttpTimeouts,
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    let limit = ConnectionLimit::new(METRICS_MAX_CONNECTIONS);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -196,11 +231,16 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(permit) = limit.try_admit() else {
+            metrics.connection_refused("metrics", "limit");
+            continue;
+        };
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().metrics));
         let metrics = metrics.clone();
         // Reap finished connections so the set stays small.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
+            let _permit = permit;
             let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
             let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
@@ -224,11 +264,18 @@ pub async fn serve(
                     }
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics: connection ended with an error");
+            // A header sent slowly, or a kept-alive connection left idle,
+            // holds a connection slot: both are bounded.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header)
+                .serve_connection(TokioIo::new(tls), service);
+            match tokio::time::timeout(timeouts.lifetime, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics: connection ended with an error")
+                }
+                Err(_) => tracing::debug!("metrics: connection closed at its lifetime"),
             }
         });
     }

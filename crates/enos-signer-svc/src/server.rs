@@ -11,6 +11,7 @@ use enos_signer_proto::v1::{admin_server::AdminServer, credentials_server::Crede
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 /// The server's deadline for any call: long enough for an import of
 /// hundreds of thousands of rows. Reads have their own, shorter one
@@ -19,10 +20,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 use crate::{
     admin::AdminService,
-    config::{HealthConfig, SignerConfig},
+    config::{HealthConfig, MetricsConfig, SignerConfig},
     credentials::CredentialsService,
     error::{Result, SignerError},
-    health_port, metrics,
+    health_port,
+    limits::{Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle},
+    metrics,
     readiness::Readiness,
     state::SignerState,
     tls_incoming::tls_incoming,
@@ -49,6 +52,10 @@ pub struct Signer {
     readiness_interval: Duration,
     /// The plain health port's listener, when one is served.
     health_listener: Option<TcpListener>,
+    /// Connections, streams and requests in flight ([`crate::limits`]).
+    limits: LimitsConfig,
+    /// Header and connection timeouts of the metrics listener.
+    metrics_timeouts: HttpTimeouts,
 }
 
 impl Signer {
@@ -56,7 +63,7 @@ impl Signer {
     pub fn open(config: &SignerConfig) -> Result<Self> {
         let state = Arc::new(SignerState::open(config)?);
         Ok(Signer {
-            tls: Arc::new(ReloadingTls::load(&config.server, state.metrics.clone())?),
+            tls: Arc::clone(&state.tls),
             tls_reload_interval: config.server.tls_reload_interval(),
             state,
             drain_timeout: config.server.drain_timeout(),
@@ -65,6 +72,11 @@ impl Signer {
                 .as_ref()
                 .map_or(DEFAULT_READINESS_INTERVAL, HealthConfig::check_interval),
             health_listener: None,
+            limits: config.server.limits.clone(),
+            metrics_timeouts: config.metrics.as_ref().map_or_else(
+                || MetricsConfig::on(([0, 0, 0, 0], 0).into()).timeouts(),
+                MetricsConfig::timeouts,
+            ),
         })
     }
 
@@ -107,6 +119,7 @@ impl Signer {
             tokio::spawn(health_port::serve(
                 listener,
                 health_service.clone(),
+                self.state.metrics.clone(),
                 health_port_stop.clone().cancelled_owned(),
             ))
         });
@@ -131,22 +144,31 @@ impl Signer {
                     self.state.metrics.clone(),
                     l,
                     Arc::clone(&self.tls),
+                    self.metrics_timeouts,
                     stop.clone(),
                 )))
             }
             None => None,
         };
 
-        // Forget idle identities in the rate limiter now and then.
+        let throttle = Arc::new(PeerThrottle::new(
+            self.limits.connections_per_ip_per_second,
+            self.limits.connection_burst_per_ip,
+        ));
+        // Forget idle identities and addresses in the limiters now and then.
         let housekeeping = {
             let state = Arc::clone(&self.state);
+            let throttle = Arc::clone(&throttle);
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        _ = tick.tick() => state.limiter.forget_idle(),
+                        _ = tick.tick() => {
+                            state.limiter.forget_idle();
+                            throttle.forget_idle();
+                        }
                     }
                 }
             })
@@ -158,9 +180,27 @@ impl Signer {
             stop.clone(),
         ));
 
-        let incoming = tls_incoming(listener, Arc::clone(&self.tls), stop.clone());
+        let incoming = tls_incoming(
+            listener,
+            Arc::clone(&self.tls),
+            Admission {
+                throttle: Arc::clone(&throttle),
+                limit: ConnectionLimit::new(self.limits.max_connections),
+                metrics: self.state.metrics.clone(),
+                listener: "grpc",
+            },
+            stop.clone(),
+        );
+        // Calls in flight over every connection: one more is shed with
+        // ResourceExhausted at once (load_shed turns "not ready" into that
+        // status), never queued.
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(self.limits.max_concurrent_streams)
+            .load_shed(true)
+            .layer(GlobalConcurrencyLimitLayer::new(
+                self.limits.max_concurrent_requests,
+            ))
             .timeout(REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -34,20 +34,34 @@ pub struct SignerState {
     pub identities: crate::peer::IdentityCache,
     /// Samples the log lines of refusals a caller can repeat for free.
     pub refusal_log: crate::refusal_log::RefusalLog,
+    /// Bytes one import may stream (`server.limits.import_max_bytes`).
+    pub import_max_bytes: usize,
+    /// The TLS material, following its files: the listeners take their
+    /// configs from it, Admin its admin-CA verifier.
+    pub tls: Arc<crate::tls_reload::ReloadingTls>,
+    /// `server.admin_names`: who may use Admin (empty: any admin).
+    pub admin_names: crate::admin_gate::AdminNames,
 }
 
 impl SignerState {
     /// Opens the registry, custody and audit sink the config names.
     pub fn open(config: &SignerConfig) -> Result<Self> {
+        let metrics = Metrics::new();
         Ok(SignerState {
+            tls: Arc::new(crate::tls_reload::ReloadingTls::load(
+                &config.server,
+                metrics.clone(),
+            )?),
+            admin_names: crate::admin_gate::AdminNames::new(&config.server.admin_names),
             custody: custody::build(&config.custody)?,
             registry: registry::open(&config.registry)?,
             policy: Policy::from_config(&config.policy)?,
             audit: Audit::open(&config.audit)?,
             limiter: RateLimiter::new(config.rate_limit.as_ref())?,
-            metrics: Metrics::new(),
+            metrics,
             identities: crate::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
             refusal_log: crate::refusal_log::RefusalLog::default(),
+            import_max_bytes: config.server.limits.import_max_bytes,
         })
     }
 

@@ -14,7 +14,10 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::tls_reload::ReloadingTls;
+use crate::{
+    limits::{Admission, Limited},
+    tls_reload::ReloadingTls,
+};
 
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,16 +25,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted TLS connections waiting for the server to take them.
 const BACKLOG: usize = 256;
 
+/// A connection the gRPC server serves: TLS, holding a connection permit.
+pub type GrpcConnection = Limited<TlsStream<tokio::net::TcpStream>>;
+
 /// Accepts on `listener` until `stop`, yielding TLS streams for
 /// `tonic::transport::Server::serve_with_incoming_shutdown`. The listener
-/// is closed when `stop` is cancelled.
+/// is closed when `stop` is cancelled. A connection `admission` refuses
+/// (its address over its rate, or the listener full; handshakes count) is
+/// closed at accept.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    admission: Admission,
     stop: CancellationToken,
-) -> impl Stream<Item = std::io::Result<TlsStream<tokio::net::TcpStream>>> + Send + 'static {
+) -> impl Stream<Item = std::io::Result<GrpcConnection>> + Send + 'static {
     let (sender, receiver) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(listener, tls, stop, sender));
+    tokio::spawn(accept_loop(listener, tls, admission, stop, sender));
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|tls| (Ok(tls), receiver))
     })
@@ -40,8 +49,9 @@ pub fn tls_incoming(
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    admission: Admission,
     stop: CancellationToken,
-    sender: mpsc::Sender<TlsStream<tokio::net::TcpStream>>,
+    sender: mpsc::Sender<GrpcConnection>,
 ) {
     let mut handshakes = JoinSet::new();
     loop {
@@ -49,14 +59,18 @@ async fn accept_loop(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // At the limit: closed before any TLS work (dropping it).
+        let Some(permit) = admission.admit(peer.ip()) else {
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().grpc));
@@ -65,7 +79,7 @@ async fn accept_loop(
         handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = sender.send(stream).await;
+                    let _ = sender.send(Limited::new(stream, permit)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -1,5 +1,6 @@
-//! [`ReloadingTls`]: the server certificate, key and client CA, re-read
-//! when their files change, swapped in for new connections only.
+//! [`ReloadingTls`]: the server certificate, key, client CA, admin CA and
+//! CRLs, re-read when their files change, swapped in for new connections
+//! only.
 //!
 //! Certificates from cert-manager or SPIRE live an hour or less, so the
 //! signer follows its files instead of reading them once. Every
@@ -27,8 +28,8 @@ use std::{
 
 use rustls::{
     RootCertStore,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,10 @@ pub struct TlsGeneration {
     /// The metrics listener's config: a certificate of the client CA is
     /// required.
     pub metrics: Arc<rustls::ServerConfig>,
+    /// With `server.admin_ca`: verifies that an admin's certificate chains
+    /// to the admin CA (the handshake accepted it from either CA), with
+    /// the CRLs; `None`: admins come from the client CA.
+    pub admin: Option<Arc<dyn ClientCertVerifier>>,
     /// The served certificate's serial number (hex, `:`-separated), for
     /// logs.
     pub serial: String,
@@ -106,6 +111,10 @@ struct TlsPaths {
     key: PathBuf,
     /// Client CA bundle (PEM), one or more certificates.
     client_ca: PathBuf,
+    /// Admin CA bundle (PEM), when admins have a CA of their own.
+    admin_ca: Option<PathBuf>,
+    /// CRL files (PEM or DER).
+    crls: Vec<PathBuf>,
 }
 
 /// The files' contents, as read.
@@ -116,6 +125,10 @@ struct Contents {
     key: Zeroizing<Vec<u8>>,
     /// Client CA PEM.
     client_ca: Vec<u8>,
+    /// Admin CA PEM, when configured.
+    admin_ca: Option<Vec<u8>>,
+    /// Each CRL file's bytes.
+    crls: Vec<Vec<u8>>,
 }
 
 impl Contents {
@@ -125,13 +138,30 @@ impl Contents {
             cert: read(&paths.cert, "reading server certificate")?,
             key: Zeroizing::new(read(&paths.key, "reading server key")?),
             client_ca: read(&paths.client_ca, "reading client CA")?,
+            admin_ca: paths
+                .admin_ca
+                .as_deref()
+                .map(|p| read(p, "reading admin CA"))
+                .transpose()?,
+            crls: paths
+                .crls
+                .iter()
+                .map(|p| read(p, "reading CRL"))
+                .collect::<Result<_>>()?,
         })
     }
 
-    /// SHA-256 over the three contents, each length-prefixed.
+    /// SHA-256 over every content, each length-prefixed (an absent admin
+    /// CA and an empty one differ: a marker byte).
     fn digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
-        for part in [&self.cert[..], &self.key[..], &self.client_ca[..]] {
+        let admin_ca = self.admin_ca.as_deref();
+        hasher.update([u8::from(admin_ca.is_some())]);
+        let parts = [&self.cert[..], &self.key[..], &self.client_ca[..]]
+            .into_iter()
+            .chain(admin_ca)
+            .chain(self.crls.iter().map(Vec::as_slice));
+        for part in parts {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part);
         }
@@ -155,6 +185,8 @@ impl ReloadingTls {
             cert: config.cert.clone(),
             key: config.key.clone(),
             client_ca: config.client_ca.clone(),
+            admin_ca: config.admin_ca.clone(),
+            crls: config.crls.clone(),
         };
         let generation = build(&Contents::read(&paths)?)?;
         metrics.set_server_cert_expiry(generation.not_after);
@@ -270,20 +302,77 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> SignerError {
     SignerError::Tls(format!("{what}: {e}"))
 }
 
-/// Both listeners' configs from the files' contents.
+/// The certificates of a CA bundle (PEM), added to `roots`.
+fn add_roots(roots: &mut RootCertStore, pem: &[u8], what: &str) -> Result<()> {
+    let before = roots.len();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| tls_error(what, e))?)
+            .map_err(|e| tls_error(what, e))?;
+    }
+    if roots.len() == before {
+        return Err(tls_error(what, "no CERTIFICATE block found"));
+    }
+    Ok(())
+}
+
+/// The CRLs of one file: its `X509 CRL` PEM blocks, or the file as one DER
+/// list.
+fn parse_crls(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_error("CRL", e))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]);
+    }
+    Err(tls_error("CRL", "neither an X509 CRL PEM block nor DER"))
+}
+
+/// A client verifier over `roots` with `crls`. A CA with no list is not
+/// checked for revocation (`allow_unknown_revocation_status`): the lists
+/// given are enforced, the others are not invented.
+fn verifier(
+    roots: RootCertStore,
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls.iter().cloned())
+            .allow_unknown_revocation_status();
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| tls_error("client verifier", e))
+}
+
+/// Both listeners' configs (and the admin verifier) from the files'
+/// contents.
 fn build(contents: &Contents) -> Result<TlsGeneration> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&contents.client_ca) {
-        roots
-            .add(cert.map_err(|e| tls_error("client CA", e))?)
-            .map_err(|e| tls_error("client CA", e))?;
+    let mut client_roots = RootCertStore::empty();
+    add_roots(&mut client_roots, &contents.client_ca, "client CA")?;
+    let mut crls = Vec::new();
+    for file in &contents.crls {
+        crls.extend(parse_crls(file)?);
     }
-    if roots.is_empty() {
-        return Err(tls_error("client CA", "no CERTIFICATE block found"));
-    }
-    let roots = Arc::new(roots);
+    // The gRPC handshake accepts both CAs; which one an admin comes from is
+    // checked per call ([`TlsGeneration::admin`]).
+    let mut grpc_roots = client_roots.clone();
+    let admin = match &contents.admin_ca {
+        Some(pem) => {
+            let mut admin_roots = RootCertStore::empty();
+            add_roots(&mut admin_roots, pem, "admin CA")?;
+            add_roots(&mut grpc_roots, pem, "admin CA")?;
+            Some(verifier(admin_roots, &crls, &provider, false)?)
+        }
+        None => None,
+    };
 
     let chain = CertificateDer::pem_slice_iter(&contents.cert)
         .collect::<Result<Vec<_>, _>>()
@@ -301,11 +390,7 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
             .map_err(|_| SignerError::Tls("server key: not a PEM private key".into()))
     };
 
-    let grpc_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls_error("client verifier", e))?;
+    let grpc_verifier = verifier(grpc_roots, &crls, &provider, true)?;
     let mut grpc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -314,9 +399,7 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
         .map_err(|e| tls_error("server certificate/key", e))?;
     grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
 
-    let metrics_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| tls_error("client verifier", e))?;
+    let metrics_verifier = verifier(client_roots, &crls, &provider, false)?;
     let metrics = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -327,6 +410,7 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
     Ok(TlsGeneration {
         grpc: Arc::new(grpc),
         metrics: Arc::new(metrics),
+        admin,
         serial,
         not_after,
         digest: contents.digest(),
@@ -351,6 +435,10 @@ mod tests {
             drain_timeout_secs: 1,
             worker_threads: None,
             tls_reload_interval_secs: 0,
+            limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
         }
     }
 

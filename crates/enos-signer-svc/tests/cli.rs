@@ -383,3 +383,56 @@ async fn init_then_serve_then_sigterm() {
     assert!(!logs.contains(&credential.password));
     assert!(!logs.contains(&credential.password.to_lowercase()));
 }
+
+/// #13 finding 7: half a gateway (one of the two columns, or one of the two
+/// cells) is an error, never an unbound import.
+#[tokio::test]
+async fn csv_import_refuses_half_a_gateway() {
+    let f = fixture().await;
+    let flags = admin_flags(&f);
+    let import = |name: &str, csv: &str| {
+        let path = f.dir.path().join(name);
+        std::fs::write(&path, csv).expect("write csv");
+        let mut args = vec!["import".to_owned(), path.display().to_string()];
+        args.extend(flags.clone());
+        run(args, None)
+    };
+    for header in ["gatewayProductKey", "gatewayDeviceKey"] {
+        let out = import(
+            "column.csv",
+            &format!("productKey,deviceKey,deviceSecret,{header}\nPk1,sub,SecretSub1,x\n"),
+        )
+        .await;
+        assert!(!out.status.success(), "{header} alone was accepted");
+        assert!(
+            text(&out.stderr).contains("go together: one is missing"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = import(
+        "cells.csv",
+        "productKey,deviceKey,deviceSecret,gatewayProductKey,gatewayDeviceKey\n\
+         Pk1,gw,SecretGw1,,\n\
+         Pk1,sub1,SecretSub1,Pk1,\n\
+         Pk1,sub2,SecretSub2,,gw\n",
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cells.csv:3: gateway deviceKey")
+            && stderr.contains("cells.csv:4: gateway productKey"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 bad rows of 3"), "{stderr}");
+    let listed = f
+        .signer
+        .admin()
+        .await
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.devices.is_empty(), "nothing imported");
+}

@@ -61,6 +61,10 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
             drain_timeout_secs: 20,
             worker_threads: None,
             tls_reload_interval_secs: 0,
+            limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
         },
     );
     config.health = Some(HealthConfig {

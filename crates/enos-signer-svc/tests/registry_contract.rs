@@ -328,6 +328,133 @@ async fn large_changes_commit_whole(pair: &Pair) {
     assert_eq!(total, 5_000);
 }
 
+/// A change's outcome when it is refused by the gateway rules: the
+/// messages.
+fn broken_rules(result: Result<Vec<Write>, SignerError>) -> String {
+    match result {
+        Err(SignerError::GatewayRules(broken)) => broken
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => panic!("expected a gateway-rules refusal, got {other:?}"),
+    }
+}
+
+fn bound(pk: &str, dk: &str, gateway: (&str, &str)) -> DeviceRecord {
+    let mut r = record(pk, dk);
+    r.gateway = Some(id(gateway.0, gateway.1));
+    r
+}
+
+async fn put(
+    registry: &dyn Registry,
+    records: Vec<DeviceRecord>,
+) -> Result<Vec<Write>, SignerError> {
+    let writes = records.into_iter().map(Write::Put).collect::<Vec<_>>();
+    registry.modify(vec![], Box::new(move |_| Ok(writes))).await
+}
+
+async fn delete(registry: &dyn Registry, ids: Vec<DeviceId>) -> Result<Vec<Write>, SignerError> {
+    let writes = ids.into_iter().map(Write::Delete).collect::<Vec<_>>();
+    registry.modify(vec![], Box::new(move |_| Ok(writes))).await
+}
+
+async fn gateway_rules_hold_in_every_change(pair: &Pair) {
+    let r = pair.a.as_ref();
+    put_all(
+        r,
+        vec![
+            record("gw", "1"),
+            bound("sub", "1", ("gw", "1")),
+            record("other", "1"),
+        ],
+    )
+    .await;
+    // A device with sub-devices is not bound as a sub-device.
+    let refused = broken_rules(put(r, vec![bound("gw", "1", ("other", "1"))]).await);
+    assert!(
+        refused.contains("gw/1 is the gateway of sub-devices (such as sub/1)"),
+        "{refused}"
+    );
+    // A sub-device is not a gateway.
+    let refused = broken_rules(put(r, vec![bound("other", "2", ("sub", "1"))]).await);
+    assert!(
+        refused.contains("gateway sub/1 is itself a sub-device"),
+        "{refused}"
+    );
+    assert_eq!(
+        r.get(&id("other", "2")).await.expect("get"),
+        None,
+        "nothing written"
+    );
+    // A gateway with sub-devices is not deleted, by this replica or another.
+    for registry in [&pair.a, &pair.b] {
+        let refused = broken_rules(delete(registry.as_ref(), vec![id("gw", "1")]).await);
+        assert!(refused.contains("unbind or delete them first"), "{refused}");
+    }
+    assert!(r.get(&id("gw", "1")).await.expect("get").is_some());
+    // The index follows every write: rewriting the sub-device unbound
+    // (or deleting it) frees the gateway.
+    put_all(r, vec![record("sub", "1")]).await;
+    put_all(pair.b.as_ref(), vec![bound("gw", "1", ("other", "1"))]).await;
+    put_all(r, vec![record("gw", "1"), bound("sub", "1", ("gw", "1"))]).await;
+    assert_eq!(
+        pair.b
+            .a_sub_device_of(&[id("gw", "1"), id("other", "1")])
+            .await
+            .expect("subs"),
+        [(id("gw", "1"), id("sub", "1"))].into_iter().collect()
+    );
+    delete(r, vec![id("sub", "1"), id("gw", "1")])
+        .await
+        .expect("subs and gateway at once");
+    assert!(
+        pair.b
+            .a_sub_device_of(&[id("gw", "1")])
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    // A rewrite that keeps a binding checks nothing (records from before
+    // the rules stay writable).
+    put_all(r, vec![record("g2", "1"), bound("s2", "1", ("g2", "1"))]).await;
+    let mut rotated = bound("s2", "1", ("g2", "1"));
+    rotated.secret_version = 2;
+    put_all(r, vec![rotated]).await;
+
+    // Two replicas at once: one binds x under g3, the other g3 under h3.
+    // They cannot both win (that would make g3 a sub-device with subs).
+    for round in 0..5 {
+        let (g, x, h) = (
+            format!("g3-{round}"),
+            format!("x3-{round}"),
+            format!("h3-{round}"),
+        );
+        put_all(r, vec![record("c", &g), record("c", &x), record("c", &h)]).await;
+        let bind = |registry: Arc<dyn Registry>, sub: String, gateway: String| async move {
+            registry
+                .modify(
+                    vec![id("c", &sub), id("c", &gateway)],
+                    Box::new(move |current| {
+                        let mut record = current[0].clone().expect("present");
+                        record.gateway = Some(id("c", &gateway));
+                        Ok(vec![Write::Put(record)])
+                    }),
+                )
+                .await
+        };
+        let (first, second) = tokio::join!(
+            bind(Arc::clone(&pair.a), x.clone(), g.clone()),
+            bind(Arc::clone(&pair.b), g.clone(), h.clone()),
+        );
+        assert!(
+            first.is_ok() != second.is_ok(),
+            "exactly one wins: {first:?} {second:?}"
+        );
+    }
+}
+
 /// Every case, each on a fresh registry pair from `pair`.
 /// A device without a secret (awaiting activation) reads back as one, on
 /// both replicas; product secrets are created, replaced, read by the other
@@ -424,6 +551,7 @@ where
     concurrent_modifies_never_lose_a_version(&pair("concurrent").await).await;
     delete_and_changes_reach_the_other_reader(&pair("delete").await).await;
     large_changes_commit_whole(&pair("large").await).await;
+    gateway_rules_hold_in_every_change(&pair("gateways").await).await;
     activation_records_round_trip(&pair("activation").await).await;
 }
 
@@ -553,10 +681,7 @@ async fn postgres_schema_is_checked_and_migrated_once() {
     // An older database lacks the latest step's objects too; `init`
     // applies that step alone.
     cluster
-        .psql(
-            "schema",
-            "DROP TABLE product_secrets; ALTER TABLE devices DROP CONSTRAINT devices_secret_or_awaiting",
-        )
+        .psql("schema", "DROP INDEX devices_gateway")
         .expect("psql");
     let applied = registry::postgres::PostgresRegistry::create(&config).expect("migrate");
     assert_eq!(applied, [migrations::latest()]);

@@ -13,8 +13,9 @@ use std::{
 use enos_sign_core::{DeviceKey, ProductKey};
 use enos_signer_proto::identity::PeerIdentity;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 
 use crate::Result;
@@ -35,6 +36,9 @@ pub struct Identity {
     /// The leaf's private key (PKCS#8). Test material, but still kept out
     /// of `Debug`.
     pub key_pem: String,
+    /// The certificate's serial number (unique in its CA), to revoke it
+    /// ([`Pki::crl_pem`]).
+    pub serial: Vec<u8>,
 }
 
 impl fmt::Debug for Identity {
@@ -121,12 +125,37 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
+        let serial = next_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Identity {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
+    }
+
+    /// A CRL of this CA (PEM) revoking `revoked`; valid from 2020 to 2099.
+    /// `number` is its CRL number (a newer list has a larger one).
+    pub fn crl_pem(&self, number: u64, revoked: &[&Identity]) -> Result<String> {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|identity| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&identity.serial),
+                    revocation_time: date_time_ymd(2021, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Writes the CA certificate to `dir/ca.pem` and returns its path.
@@ -146,6 +175,20 @@ impl Identity {
         write_private(&key, self.key_pem.as_bytes())?;
         Ok(IdentityFiles { cert, key })
     }
+}
+
+/// A serial number no other certificate of this process has: the start
+/// time and a counter (positive: the top bit is clear).
+fn next_serial() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut serial = Vec::with_capacity(16);
+    serial.extend_from_slice(&(started >> 1).to_be_bytes());
+    serial.extend_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    serial
 }
 
 /// Writes a file readable by its owner only.

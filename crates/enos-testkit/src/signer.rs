@@ -172,11 +172,13 @@ impl TestSigner {
                 drain_timeout_secs: 5,
                 worker_threads: None,
                 tls_reload_interval_secs: 5,
+                limits: Default::default(),
+                admin_ca: None,
+                admin_names: Vec::new(),
+                crls: Vec::new(),
             },
         );
-        config.metrics = Some(MetricsConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        });
+        config.metrics = Some(MetricsConfig::on(SocketAddr::from(([127, 0, 0, 1], 0))));
         adjust(&mut config);
         init(&config, Existing::Keep)?;
 

@@ -5,18 +5,22 @@
 //! The trait is async and object safe so that a shared registry (PostgreSQL,
 //! for several stateless replicas) can be added beside the embedded one.
 //! Every change goes through [`Registry::modify`]: read some records, decide,
-//! write, all in one transaction.
+//! write, all in one transaction, which also enforces the
+//! [`gateway_rules`] (no gateway is a sub-device, no device with
+//! sub-devices is bound or deleted).
 //!
 //! Beside the devices, the registry keeps the products' own secrets
 //! ([`ProductRecord`], for dynamic activation): few, rarely read (once per
 //! activation credential), so never cached, and changed through
 //! [`Registry::modify_product`], one product per transaction.
 
+pub mod gateway_rules;
 pub mod postgres;
 mod record_cache;
 mod redb_store;
+mod redb_sub_index;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use enos_custody::SealedSecret;
 pub use enos_domain::DeviceId;
@@ -163,6 +167,11 @@ pub trait Registry: Send + Sync + 'static {
     /// serialised, so the records `change` sees are current. Returns the
     /// committed writes.
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>>;
+
+    /// For each of `gateways` that has sub-devices, one of them. For
+    /// reports (an import's dry run names every bad row); a change is
+    /// checked against the [`gateway_rules`] in its own transaction.
+    async fn a_sub_device_of(&self, gateways: &[DeviceId]) -> Result<HashMap<DeviceId, DeviceId>>;
 
     /// The secret record of `product`, if it has one. Read through, never
     /// cached: a rotation on another replica is seen at once.

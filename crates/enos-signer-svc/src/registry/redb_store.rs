@@ -9,6 +9,7 @@
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::{
+    collections::HashMap,
     ops::Bound,
     path::{Path, PathBuf},
     sync::Arc,
@@ -21,7 +22,9 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
+    gateway_rules::{self, GatewayChanges},
     record_cache::RecordCache,
+    redb_sub_index::{self, SUB_DEVICES},
 };
 use crate::error::{Result, SignerError};
 
@@ -102,6 +105,7 @@ impl RedbRegistry {
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
         txn.open_table(PRODUCTS)?;
+        txn.open_table(SUB_DEVICES)?;
         txn.commit()?;
         Ok(())
     }
@@ -119,10 +123,27 @@ impl RedbRegistry {
         let db = Database::open(path)
             .map_err(|e| SignerError::Registry(format!("opening {}: {e}", path.display())))?;
         // A file made before product secrets existed has no such table:
-        // reads would fail, so make it (once, empty).
+        // reads would fail, so make it (once, empty). One made before the
+        // sub-device index gets it built from its records.
         let txn = db.begin_write()?;
         txn.open_table(PRODUCTS)?;
+        let built = redb_sub_index::build_if_missing(&txn, || {
+            let table = txn.open_table(DEVICES)?;
+            let mut bindings = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (pk, dk) = key.value();
+                let record = decode(pk, dk, value.value())?;
+                if let Some(gateway) = record.gateway {
+                    bindings.push((record.id, gateway));
+                }
+            }
+            Ok(bindings)
+        })?;
         txn.commit()?;
+        if built {
+            tracing::info!(path = %path.display(), "registry: sub-device index built");
+        }
         Ok(RedbRegistry {
             db: Arc::new(db),
             path: path.to_owned(),
@@ -264,6 +285,18 @@ impl Registry for RedbRegistry {
         Ok(out)
     }
 
+    async fn a_sub_device_of(&self, gateways: &[DeviceId]) -> Result<HashMap<DeviceId, DeviceId>> {
+        let txn = self.db.begin_read()?;
+        let subs = txn.open_table(SUB_DEVICES)?;
+        let mut found = HashMap::new();
+        for gateway in gateways {
+            if let Some(sub) = redb_sub_index::first(&subs, gateway)? {
+                found.insert(gateway.clone(), sub);
+            }
+        }
+        Ok(found)
+    }
+
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
         let db = Arc::clone(&self.db);
         let cache = Arc::clone(&self.cache);
@@ -284,20 +317,43 @@ impl Registry for RedbRegistry {
                 }
                 // On error the transaction is dropped, i.e. aborted.
                 let writes = change(current)?;
+                let mut subs = txn.open_table(SUB_DEVICES)?;
+                let mut changes = GatewayChanges::default();
                 for write in &writes {
-                    match write {
+                    let (id, old, new) = match write {
                         Write::Put(record) => {
-                            let key = (
+                            let (pk, dk) = (
                                 record.id.product_key.as_str(),
                                 record.id.device_key.as_str(),
                             );
-                            table.insert(key, encode(record).as_slice())?;
+                            let old = table
+                                .insert((pk, dk), encode(record).as_slice())?
+                                .map(|v| decode(pk, dk, v.value()))
+                                .transpose()?;
+                            changes.put(&record.id, old_gateway(&old), record.gateway.as_ref());
+                            (&record.id, old, record.gateway.as_ref())
                         }
                         Write::Delete(id) => {
-                            table.remove((id.product_key.as_str(), id.device_key.as_str()))?;
+                            let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+                            let old = table
+                                .remove((pk, dk))?
+                                .map(|v| decode(pk, dk, v.value()))
+                                .transpose()?;
+                            changes.delete(id);
+                            (id, old, None)
+                        }
+                    };
+                    let old = old_gateway(&old);
+                    if old != new {
+                        if let Some(g) = old {
+                            redb_sub_index::set(&mut subs, g, id, false)?;
+                        }
+                        if let Some(g) = new {
+                            redb_sub_index::set(&mut subs, g, id, true)?;
                         }
                     }
                 }
+                check_gateway_rules(&table, &subs, &changes)?;
                 writes
             };
             txn.commit()?;
@@ -365,6 +421,49 @@ impl Registry for RedbRegistry {
     }
 }
 
+fn old_gateway(old: &Option<DeviceRecord>) -> Option<&DeviceId> {
+    old.as_ref().and_then(|r| r.gateway.as_ref())
+}
+
+/// The gateway rules over the records as the change left them.
+fn check_gateway_rules(
+    devices: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    subs: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), ()>,
+    changes: &GatewayChanges,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let gateway_of = |id: &DeviceId| -> Result<Option<Option<DeviceId>>> {
+        let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+        match devices.get((pk, dk))? {
+            Some(v) => Ok(Some(decode(pk, dk, v.value())?.gateway)),
+            None => Ok(None),
+        }
+    };
+    let mut violations = Vec::new();
+    for (sub, gateway) in &changes.bound {
+        // A later write of the same change may have bound it elsewhere.
+        if gateway_of(sub)?.flatten().as_ref() != Some(gateway) {
+            continue;
+        }
+        if gateway_of(gateway)?.flatten().is_some() {
+            violations.push(gateway_rules::gateway_is_sub(sub, gateway));
+        }
+        if let Some(example) = redb_sub_index::first(subs, sub)? {
+            violations.push(gateway_rules::sub_has_sub_devices(sub, gateway, &example));
+        }
+    }
+    for deleted in &changes.deleted {
+        if gateway_of(deleted)?.is_none()
+            && let Some(example) = redb_sub_index::first(subs, deleted)?
+        {
+            violations.push(gateway_rules::gateway_in_use(deleted, &example));
+        }
+    }
+    gateway_rules::verdict(violations)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -406,6 +505,49 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 2,
         }
+    }
+
+    #[tokio::test]
+    async fn a_registry_from_before_the_sub_device_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("file");
+        let mut sub = record("p", "sub");
+        sub.gateway = Some(record("p", "gw").id);
+        {
+            // As an older binary wrote it: the device table alone.
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut table = txn.open_table(DEVICES).expect("table");
+                for r in [record("p", "gw"), sub.clone()] {
+                    let key = (r.id.product_key.as_str(), r.id.device_key.as_str());
+                    table.insert(key, encode(&r).as_slice()).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let registry = RedbRegistry::open(&path).expect("open");
+        let gw = record("p", "gw").id;
+        assert_eq!(
+            registry
+                .a_sub_device_of(std::slice::from_ref(&gw))
+                .await
+                .expect("subs"),
+            HashMap::from([(gw.clone(), sub.id.clone())])
+        );
+        let refused = registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Delete(gw)])))
+            .await;
+        assert!(
+            matches!(refused, Err(SignerError::GatewayRules(_))),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

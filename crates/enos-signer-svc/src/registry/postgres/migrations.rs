@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "activation",
         sql: include_str!("../../../migrations/0003_activation.sql"),
     },
+    Migration {
+        version: 4,
+        name: "devices_gateway",
+        sql: include_str!("../../../migrations/0004_devices_gateway.sql"),
+    },
 ];
 
 /// The schema version this binary serves.

@@ -19,6 +19,7 @@
 //! second sees the first's version and adds one.
 
 pub mod config;
+mod gateway_rules;
 mod listener;
 pub mod migrations;
 
@@ -237,18 +238,33 @@ impl Registry for PostgresRegistry {
         rows.iter().map(record_from_row).collect()
     }
 
+    async fn a_sub_device_of(
+        &self,
+        gateways: &[DeviceId],
+    ) -> Result<std::collections::HashMap<DeviceId, DeviceId>> {
+        let client = self.client().await?;
+        gateway_rules::first_subs(&**client, gateways).await
+    }
+
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
         self.ensure_feed();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         lock_ids(&tx, &ids).await?;
         let current = rows_for_update(&tx, &ids).await?;
+        let read: std::collections::HashMap<DeviceId, Option<DeviceId>> = ids
+            .into_iter()
+            .zip(&current)
+            .map(|(id, r)| (id, r.as_ref().and_then(|r| r.gateway.clone())))
+            .collect();
         // A change seals secrets (CPU, or an HSM round trip): off the
         // async workers. On error the transaction is dropped: rolled back.
         let writes = tokio::task::spawn_blocking(move || change(current))
             .await
             .map_err(|e| SignerError::Registry(format!("registry change task failed: {e}")))??;
+        let changes = gateway_rules::changes(&tx, read, &writes).await?;
         write_all(&tx, &writes).await?;
+        gateway_rules::check(&tx, &changes).await?;
         tx.commit().await.map_err(db)?;
         self.shared.cache.committed(&writes)?;
         Ok(writes)
@@ -562,6 +578,20 @@ async fn delete(tx: &tokio_postgres::Transaction<'_>, batch: &[Write]) -> Result
 /// Milliseconds as PostgreSQL's bigint (times before 2^63 ms).
 fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A device id from two text columns of `row`.
+fn id_from(row: &Row, pk: usize, dk: usize) -> Result<DeviceId> {
+    device_id(row.try_get(pk).map_err(db)?, row.try_get(dk).map_err(db)?)
+}
+
+/// A device id read back from the database.
+fn device_id(pk: &str, dk: &str) -> Result<DeviceId> {
+    let corrupt = || SignerError::Registry(format!("bad device id {pk}/{dk} in the database"));
+    Ok(DeviceId::new(
+        ProductKey::new(pk).map_err(|_| corrupt())?,
+        DeviceKey::new(dk).map_err(|_| corrupt())?,
+    ))
 }
 
 fn record_from_row(row: &Row) -> Result<DeviceRecord> {
