@@ -39,7 +39,6 @@ struct Row {
 }
 
 /// The rows checked so far.
-#[derive(Default)]
 struct Checked {
     /// Rows that passed, in arrival order.
     good: Vec<Row>,
@@ -47,11 +46,42 @@ struct Checked {
     errors: Vec<(u32, String)>,
     /// The line of each device seen, for duplicates.
     seen: HashMap<DeviceId, u32>,
+    /// The line of each secret seen, by a digest keyed with a key made for
+    /// this import alone (the digest outlives no import and matches nothing
+    /// elsewhere): two devices with one secret make signed content
+    /// ambiguous (`clientId a` + `deviceKey bdeviceKeyc` signs like
+    /// `clientId adeviceKeyb` + `deviceKey c`), so an import refuses them.
+    secrets: HashMap<[u8; 32], u32>,
+    /// The key of those digests; wiped on drop.
+    secret_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl Checked {
+    fn new() -> Self {
+        use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
+        let mut secret_key = zeroize::Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut secret_key[..]);
+        Checked {
+            good: Vec::new(),
+            errors: Vec::new(),
+            seen: HashMap::new(),
+            secrets: HashMap::new(),
+            secret_key,
+        }
+    }
+
+    /// The keyed digest of a secret.
+    fn secret_digest(&self, secret: &DeviceSecret) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.secret_key[..])
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(enos_sign_core::ExposeSecret::expose_secret(secret).as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// Checks each row of one message on its own and against the rows before.
 fn check_rows(checked: &mut Checked, rows: Vec<v1::ImportRow>) {
-    let Checked { good, errors, seen } = checked;
     for mut row in rows {
         let line = row.line;
         let mut problems = Vec::new();
@@ -90,23 +120,41 @@ fn check_rows(checked: &mut Checked, rows: Vec<v1::ImportRow>) {
         match (pk, dk, secret, gateway) {
             (Some(pk), Some(dk), Some(secret), Some(gateway)) if problems.is_empty() => {
                 let id = DeviceId::new(pk, dk);
-                if let Some(first) = seen.get(&id) {
-                    errors.push((line, format!("device {id} is also on line {first}")));
+                if let Some(first) = checked.seen.get(&id) {
+                    checked
+                        .errors
+                        .push((line, format!("device {id} is also on line {first}")));
                     continue;
                 }
                 if gateway.as_ref() == Some(&id) {
-                    errors.push((line, format!("device {id} cannot be its own gateway")));
+                    checked
+                        .errors
+                        .push((line, format!("device {id} cannot be its own gateway")));
                     continue;
                 }
-                seen.insert(id.clone(), line);
-                good.push(Row {
+                if let Some(secret) = &secret {
+                    let digest = checked.secret_digest(secret);
+                    if let Some(first) = checked.secrets.get(&digest) {
+                        checked.errors.push((
+                            line,
+                            format!(
+                                "deviceSecret is the same as on line {first}: every device needs \
+                                 its own secret"
+                            ),
+                        ));
+                        continue;
+                    }
+                    checked.secrets.insert(digest, line);
+                }
+                checked.seen.insert(id.clone(), line);
+                checked.good.push(Row {
                     line,
                     id,
                     secret,
                     gateway,
                 });
             }
-            _ => errors.push((line, problems.join("; "))),
+            _ => checked.errors.push((line, problems.join("; "))),
         }
     }
 }
@@ -186,7 +234,7 @@ pub async fn run(
     identity: Option<&PeerIdentity>,
     mut stream: Streaming<v1::ImportDevicesRequest>,
 ) -> Result<v1::ImportDevicesResponse> {
-    let mut rows_checked = Checked::default();
+    let mut rows_checked = Checked::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
     let mut dry_run = None;
     while let Some(mut message) = stream

@@ -40,6 +40,20 @@
 //! | [`init`] | create keys and registry |
 //! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
 //!
+//! # Secrets in memory
+//!
+//! What this crate owns is wiped: secrets live in `DeviceSecret` /
+//! `ProductSecret` (zeroized on drop), the CLI reads secret files and CSV
+//! exports into `Zeroizing` buffers, an import's checked rows hold
+//! `DeviceSecret`s and a refused message's prost strings are zeroed, the
+//! import's duplicate-secret digests are keyed by a per-import key that is
+//! wiped. What it cannot wipe, and leaves to the allocator: the prost
+//! `String`s of a request or response while tonic encodes or decodes them
+//! (an issued password, a pushed device secret in `CompleteActivation`, a
+//! secret in `PutDevice` or an import row on the CLI side), and hyper's
+//! and rustls's buffers of the same bytes on the wire. They live for one
+//! call; a process dump during that call could hold them.
+//!
 //! # Status codes
 //!
 //! | situation | code |

@@ -783,3 +783,44 @@ async fn admin_changes_fail_closed_when_their_record_cannot_be_written() {
         .into_inner();
     assert!(listed.devices.is_empty(), "the change happened unaudited");
 }
+
+#[tokio::test]
+async fn import_refuses_two_devices_with_one_secret() {
+    // #13 finding 12: one secret under two devices makes signed content
+    // ambiguous (the field names are concatenated without separators).
+    let f = fixture().await;
+    let mut admin = f.signer.admin().await;
+    let response = admin
+        .import_devices(futures::stream::iter([
+            ImportDevicesRequest {
+                rows: vec![
+                    row(2, "Pk1", "a", "SharedSecret1", None),
+                    row(3, "Pk1", "b", "OwnSecret2", None),
+                ],
+                dry_run: false,
+            },
+            // The second message repeats the first row's secret.
+            ImportDevicesRequest {
+                rows: vec![row(4, "Pk2", "c", "SharedSecret1", None)],
+                dry_run: false,
+            },
+        ]))
+        .await
+        .expect("import answers")
+        .into_inner();
+    assert!(!response.committed);
+    assert_eq!(response.errors.len(), 1, "{:?}", response.errors);
+    assert_eq!(response.errors[0].line, 4);
+    assert!(
+        response.errors[0].message.contains("same as on line 2"),
+        "{:?}",
+        response.errors
+    );
+    assert!(!response.errors[0].message.contains("SharedSecret1"));
+    let listed = admin
+        .list_devices(ListDevicesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.devices.is_empty(), "all or nothing");
+}
