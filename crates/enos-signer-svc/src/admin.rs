@@ -428,6 +428,27 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Put (`rotate` false) or rotate a product secret, in the frame of
+    /// every change.
+    async fn product_secret_call(
+        &self,
+        rpc: &'static str,
+        request: Request<v1::PutProductSecretRequest>,
+        rotate: bool,
+    ) -> Result<Response<v1::Product>, Status> {
+        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
+        self.call(
+            rpc,
+            request,
+            true,
+            product_of,
+            move |this, r, _| async move { this.put_product_secret(r, rotate).await },
+        )
+        .await
+    }
+}
+
 /// How long a read (get, list) may take.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -576,30 +597,16 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::PutProductSecretRequest>,
     ) -> Result<Response<v1::Product>, Status> {
-        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
-        self.call(
-            "put_product_secret",
-            request,
-            true,
-            product_of,
-            |this, r, _| async move { this.put_product_secret(r, false).await },
-        )
-        .await
+        self.product_secret_call("put_product_secret", request, false)
+            .await
     }
 
     async fn rotate_product_secret(
         &self,
         request: Request<v1::PutProductSecretRequest>,
     ) -> Result<Response<v1::Product>, Status> {
-        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
-        self.call(
-            "rotate_product_secret",
-            request,
-            true,
-            product_of,
-            |this, r, _| async move { this.put_product_secret(r, true).await },
-        )
-        .await
+        self.product_secret_call("rotate_product_secret", request, true)
+            .await
     }
 
     async fn delete_product_secret(
