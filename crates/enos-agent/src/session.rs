@@ -311,21 +311,24 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
     fn connected(&mut self, credential: &IssuedCredential) {
         self.generation += 1;
         tracing::info!(broker = %self.config.enos.broker, client_id = %credential.mqtt_client_id, "connected to EnOS");
+        let activation = credential.is_activation();
+        // One update: a watcher must never see an activation connection
+        // as connected without its activation state.
         self.shared.status.send_modify(|s| {
             s.set_state(ConnectionState::Connected);
             s.connects += 1;
             s.last_error = None;
+            if activation {
+                s.activation = Some(ActivationState::AwaitingPush);
+            }
         });
         let mut filters = self.filters.clone();
-        if credential.is_activation() {
+        if activation {
             // EnOS pushes without it; a broker that wants it gets it.
             filters.push(SubscribeFilter::new(
                 self.shared.topics.activate_info(),
                 QoS::AtLeastOnce,
             ));
-            self.shared
-                .status
-                .send_modify(|s| s.activation = Some(ActivationState::AwaitingPush));
             tracing::info!(
                 "connected with an activation credential (securemode=3); waiting for EnOS to push the device secret"
             );
