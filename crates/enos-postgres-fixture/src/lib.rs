@@ -359,6 +359,29 @@ impl PgCluster {
         format!("postgresql://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Stops the server at once (`immediate`: as a crash or a host going
+    /// away); [`PgCluster::start_again`] brings it back on the same port.
+    pub fn stop(&self) -> Result<()> {
+        let data = self.data_dir();
+        self.run_server_tool(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "-w".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Starts a stopped server again, on the same port and data.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl_start()
+    }
+
     /// The server's log so far (for a failing test's message).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -370,18 +393,8 @@ impl Drop for PgCluster {
         if self.port == 0 {
             return;
         }
-        let data = self.data_dir();
-        let _ = self.run_server_tool(
-            "pg_ctl",
-            &[
-                "stop".as_ref(),
-                "-w".as_ref(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-D".as_ref(),
-                data.as_os_str(),
-            ],
-        );
+        // Already stopped by a test is fine.
+        let _ = self.stop();
     }
 }
 

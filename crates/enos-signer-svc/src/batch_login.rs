@@ -170,7 +170,10 @@ async fn signed_batch(
                 // refused entry is the device's answer, not ours.
                 if matches!(
                     e,
-                    SignerError::Registry(_) | SignerError::Custody(_) | SignerError::Audit(_)
+                    SignerError::Registry(_)
+                        | SignerError::RegistryUnavailable(_)
+                        | SignerError::Custody(_)
+                        | SignerError::Audit(_)
                 ) {
                     return Err(e);
                 }

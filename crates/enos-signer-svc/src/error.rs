@@ -48,6 +48,11 @@ pub enum SignerError {
     /// The registry's store failed.
     #[error("registry: {0}")]
     Registry(String),
+    /// The registry's store cannot be reached right now (database down or
+    /// restarting, connection lost, out of connections, a read-only
+    /// standby): the caller may retry, here or at another replica.
+    #[error("registry unavailable: {0}")]
+    RegistryUnavailable(String),
     /// A custody operation failed.
     #[error("custody: {0}")]
     Custody(#[from] CustodyError),
@@ -117,7 +122,7 @@ impl SignerError {
                 Code::InvalidArgument
             }
             SignerError::RateLimited => Code::ResourceExhausted,
-            SignerError::Audit(_) => Code::Unavailable,
+            SignerError::Audit(_) | SignerError::RegistryUnavailable(_) => Code::Unavailable,
             SignerError::Custody(CustodyError::Unavailable(_)) => Code::Unavailable,
             _ => Code::Internal,
         }

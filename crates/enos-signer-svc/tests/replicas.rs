@@ -3,7 +3,8 @@
 //! (rotate, disable, delete, unbind) is honoured by replicas B and C within
 //! a second, also after their change feed connections were cut. An import
 //! killed mid-transaction leaves no row; an older schema is refused until
-//! `registry migrate`.
+//! `registry migrate`. A database outage answers UNAVAILABLE, and the
+//! replica serves again once the database is back.
 
 mod common;
 
@@ -582,4 +583,70 @@ async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up()
         .list_devices(ListDevicesRequest::default())
         .await
         .expect("serves the migrated schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_unavailable_and_the_replica_serves_again_once_it_is_back() {
+    let database = "outage";
+    let fleet = Fleet::new(database);
+    let replica = fleet.start("a", database).await;
+    let mut admin = fleet.admin_of(&replica).await;
+    admin
+        .put_device(PutDeviceRequest {
+            device: dref("Pk1", "dev"),
+            device_secret: "outage-secret-0123456789abcdef".into(),
+            enabled: true,
+            awaiting_activation: false,
+        })
+        .await
+        .expect("put");
+    let mut device = fleet.device_of(&replica, "Pk1", "dev");
+    issue(&mut device).await.expect("issued before the outage");
+    feeds_up(&fleet, database, 1).await;
+
+    fleet.cluster.stop().expect("stop PostgreSQL");
+    // Agents retry UNAVAILABLE, at this replica or another: the outage must
+    // never read as INTERNAL (a bug of ours), nor serve from a cache that
+    // can no longer be invalidated.
+    let mut seen = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "issuance UNAVAILABLE",
+        async || {
+            let answer = issue(&mut device).await;
+            seen.push(answer.as_ref().map(drop).map_err(|c| *c));
+            answer == Err(Code::Unavailable)
+        },
+    )
+    .await;
+    assert!(
+        seen.iter()
+            .all(|a| matches!(a, Ok(()) | Err(Code::Unavailable))),
+        "{seen:?}"
+    );
+    let listed = admin.list_devices(ListDevicesRequest::default()).await;
+    assert_eq!(
+        listed.map(drop).map_err(|s| s.code()),
+        Err(Code::Unavailable),
+        "admin during the outage"
+    );
+
+    fleet.cluster.start_again().expect("start PostgreSQL again");
+    within(
+        Duration::from_secs(15),
+        "issuance after the outage",
+        async || issue(&mut device).await.is_ok(),
+    )
+    .await;
+    admin
+        .rotate_secret(RotateSecretRequest {
+            device: dref("Pk1", "dev"),
+            new_device_secret: "outage-secret-fedcba9876543210".into(),
+        })
+        .await
+        .expect("a change after the outage");
+    // The change feed is back too, so the cache is in use again.
+    feeds_up(&fleet, database, 1).await;
+    let log = std::fs::read_to_string(fleet.dir.path().join("a.log")).expect("replica log");
+    assert!(!log.contains("internal error"), "{log}");
 }

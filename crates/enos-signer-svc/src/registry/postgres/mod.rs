@@ -158,7 +158,7 @@ impl PostgresRegistry {
         self.pool
             .get()
             .await
-            .map_err(|e| SignerError::Registry(format!("postgres pool: {e}")))
+            .map_err(|e| SignerError::RegistryUnavailable(format!("postgres pool: {e}")))
     }
 }
 
@@ -634,7 +634,44 @@ fn record_from_row(row: &Row) -> Result<DeviceRecord> {
 /// A database error as a registry error (the server's message, never a
 /// parameter value: statements carry sealed secrets only as parameters).
 pub(crate) fn db(e: tokio_postgres::Error) -> SignerError {
-    SignerError::Registry(format!("postgres: {}", db_message(&e)))
+    let message = format!("postgres: {}", db_message(&e));
+    if is_transient(&e) {
+        SignerError::RegistryUnavailable(message)
+    } else {
+        SignerError::Registry(message)
+    }
+}
+
+/// Whether `e` says the database is out of reach for now rather than that
+/// something is wrong: a retry (the pool reconnects) may succeed.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        Some(d) => {
+            let code = d.code().code();
+            // 08: connection exception; 53: insufficient resources (too
+            // many connections); 57P: the server shutting down or not yet
+            // accepting; 40001/40P01: serialization failure or deadlock
+            // left after our retries; 25006: a standby after a failover.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code, "40001" | "40P01" | "25006")
+        }
+        // No answer from the server: an I/O error or a timeout.
+        None => {
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if s.is::<std::io::Error>() {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        }
+    }
 }
 
 /// The most useful line of a driver error.
@@ -653,6 +690,9 @@ fn context(config: &PostgresConfig, e: SignerError) -> SignerError {
     match e {
         SignerError::Registry(m) => {
             SignerError::Registry(format!("{}: {m}", config.display_target()))
+        }
+        SignerError::RegistryUnavailable(m) => {
+            SignerError::RegistryUnavailable(format!("{}: {m}", config.display_target()))
         }
         SignerError::Config(m) => SignerError::Config(format!("{}: {m}", config.display_target())),
         other => other,
