@@ -108,6 +108,6 @@ const IDENTITY_CACHE_CAPACITY: usize = 50_000;
 impl SignerState {
     /// The caller's identity (Unauthenticated if none).
     pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
-        crate::peer::identity_cached(request, Some(&self.identities))
+        self.identities.identity(request, &self.tls.current())
     }
 }

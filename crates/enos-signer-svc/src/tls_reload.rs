@@ -9,7 +9,9 @@
 //! and swaps them in. A TLS handshake takes the configs current when it
 //! starts ([`ReloadingTls::current`]), so connections already established
 //! keep the session they negotiated and their in-flight calls are never
-//! touched. Material that does not build (unparsable PEM, a key that does
+//! touched; their client certificates are verified again against the new
+//! material on their next call ([`crate::peer::IdentityCache`]), so a
+//! revocation reaches them too. Material that does not build (unparsable PEM, a key that does
 //! not fit the certificate, an empty CA bundle, a loose key file) is
 //! refused with one error log line per distinct content, and the previous
 //! material stays in use.
@@ -43,6 +45,10 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Numbers [`TlsGeneration`]s: process-wide, so that two signers in one
+/// process (tests) never share a number for different material.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The gRPC listener's ALPN protocol: HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -60,6 +66,17 @@ pub struct TlsGeneration {
     /// to the admin CA (the handshake accepted it from either CA), with
     /// the CRLs; `None`: admins come from the client CA.
     pub admin: Option<Arc<dyn ClientCertVerifier>>,
+    /// Verifies a certificate against the client CA with the CRLs. The
+    /// handshake's check holds for the material of its day only, and a
+    /// connection outlives it: every call's certificate is checked again
+    /// against the current generation ([`crate::peer::IdentityCache`]),
+    /// so a device revoked or expired since is refused on the connection
+    /// it already has. Devices come from the client CA only, never from
+    /// the admin CA the handshake also accepts.
+    pub clients: Arc<dyn ClientCertVerifier>,
+    /// This generation's number, increasing: what a certificate was last
+    /// checked against.
+    pub number: u64,
     /// The served certificate's serial number (hex, `:`-separated), for
     /// logs.
     pub serial: String,
@@ -399,11 +416,11 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
         .map_err(|e| tls_error("server certificate/key", e))?;
     grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
 
-    let metrics_verifier = verifier(client_roots, &crls, &provider, false)?;
+    let clients = verifier(client_roots, &crls, &provider, false)?;
     let metrics = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
-        .with_client_cert_verifier(metrics_verifier)
+        .with_client_cert_verifier(clients.clone())
         .with_single_cert(chain, key()?)
         .map_err(|e| tls_error("server certificate/key", e))?;
 
@@ -411,6 +428,8 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
         grpc: Arc::new(grpc),
         metrics: Arc::new(metrics),
         admin,
+        clients,
+        number: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         serial,
         not_after,
         digest: contents.digest(),

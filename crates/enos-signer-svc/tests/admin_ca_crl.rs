@@ -2,7 +2,9 @@
 //! a revoked device certificate is refused in the handshake, also when it
 //! is revoked by a CRL that changes while the signer runs (reloaded with
 //! the certificates); with `server.admin_ca` an admin certificate of the
-//! device CA is refused, and `server.admin_names` narrows the admins.
+//! device CA is refused, and `server.admin_names` narrows the admins. A
+//! device revoked while its connection is open is refused on it; a device
+//! certificate of the admin CA names nobody.
 
 mod common;
 
@@ -129,6 +131,82 @@ async fn a_revoked_device_is_refused_in_the_handshake_also_after_a_reload() {
         .expect("and the good device is served");
 }
 
+/// A channel presenting `identity`, kept open across calls (HTTP/2: one
+/// connection, one handshake, as an agent keeps it).
+async fn open_device(
+    f: &Fixture,
+    identity: &Identity,
+) -> CredentialsClient<tonic::transport::Channel> {
+    let channel = tls::connect_mtls(
+        &f.signer.uri(),
+        f.signer.ca_pem(),
+        Some(enos_testkit::signer::client_identity(identity)),
+    )
+    .await
+    .expect("connect");
+    CredentialsClient::new(channel)
+}
+
+async fn issue(
+    client: &mut CredentialsClient<tonic::transport::Channel>,
+) -> Result<(), tonic::Status> {
+    client
+        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn a_device_revoked_while_its_connection_is_open_is_refused_on_it() {
+    let pki = Pki::new("crl-open").expect("pki");
+    let revoked = pki.device("PkCrl", "revoked").expect("cert");
+    let good = pki.device("PkCrl", "good").expect("cert");
+    let first_crl = pki.crl_pem(1, &[]).expect("crl");
+    let f = start(pki, |dir, c| {
+        let path = dir.join("clients.crl");
+        std::fs::write(&path, &first_crl).expect("crl file");
+        c.server.crls = vec![path];
+        c.server.tls_reload_interval_secs = 1;
+    })
+    .await;
+    for dk in ["revoked", "good"] {
+        f.signer
+            .put_device("PkCrl", dk, "s3cret")
+            .await
+            .expect("put");
+    }
+    let mut open_revoked = open_device(&f, &revoked).await;
+    let mut open_good = open_device(&f, &good).await;
+    issue(&mut open_revoked).await.expect("served before");
+    issue(&mut open_good).await.expect("served before");
+
+    publish(
+        &f.dir.path().join("clients.crl"),
+        &f.pki.crl_pem(2, &[&revoked]).expect("crl"),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match issue(&mut open_revoked).await {
+            Ok(()) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still served on its open connection 10 s after its revocation"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    issue(&mut open_good)
+        .await
+        .expect("the others' open connections are served");
+    issue(&mut open_revoked)
+        .await
+        .expect_err("and it stays refused");
+}
+
 #[tokio::test]
 async fn admins_come_from_the_admin_ca_and_the_allow_list() {
     let pki = Pki::new("device-ca").expect("pki");
@@ -175,7 +253,13 @@ async fn admins_come_from_the_admin_ca_and_the_allow_list() {
         Code::PermissionDenied,
         "refused in TLS: {refused:?}"
     );
-    // Devices still come from the client CA.
+    // Devices come from the client CA only: a device name on an admin-CA
+    // certificate names nobody.
+    let impostor = admin_pki.device("PkAdm", "dev").expect("cert");
+    let refused = device_served(&f, &impostor)
+        .await
+        .expect_err("a device certificate of the admin CA");
+    assert!(refused.starts_with("Unauthenticated"), "{refused}");
     let device = f.pki.device("PkAdm", "dev").expect("cert");
     let refused = device_served(&f, &device)
         .await
