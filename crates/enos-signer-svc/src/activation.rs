@@ -101,7 +101,7 @@ pub(crate) async fn complete(
     };
     // The change is audited as part of itself: no intent record, no change.
     let intent = AuditRecord::new(RPC, Some(&identity), Some(device.to_string()), "started");
-    if let Err(e) = state.audit.record(&intent) {
+    if let Err(e) = state.audit.record(&intent).await {
         tracing::error!(rpc = RPC, error = %e, "activation refused: its audit record cannot be written");
         state
             .metrics

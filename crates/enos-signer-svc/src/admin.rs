@@ -400,7 +400,7 @@ impl AdminService {
         }
         if change {
             let intent = AuditRecord::new(rpc, identity.as_ref(), device.clone(), "started");
-            if let Err(e) = self.state.audit.record(&intent) {
+            if let Err(e) = self.state.audit.record(&intent).await {
                 tracing::error!(rpc, error = %e, "admin change refused: its audit record cannot be written");
                 self.state
                     .metrics

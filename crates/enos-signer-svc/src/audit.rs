@@ -147,34 +147,61 @@ impl Audit {
         password_hmac(&self.key, password)
     }
 
-    /// Writes `record`. A failed write is an error only when the trail is
+    /// Writes `record` and returns once it is written (committed, for the
+    /// `postgres` sink: the caller's task waits, the async workers do
+    /// not). A failed write is an error only when the trail is
     /// fail-closed; otherwise it is logged and the caller goes on.
-    pub fn record(&self, record: &AuditRecord) -> Result<()> {
-        let line = serde_json::to_string(record)
-            .map_err(|e| SignerError::Audit(format!("serialising a record: {e}")))?;
+    pub async fn record(&self, record: &AuditRecord) -> Result<()> {
+        let line = serialise(record)?;
         let written = match &self.sink {
-            Sink::Log(writer) => {
-                let mut bytes = format!("{{\"audit\":{line}}}").into_bytes();
-                bytes.push(b'\n');
-                let mut writer = writer
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                writer
-                    .write_all(&bytes)
-                    .and_then(|()| writer.flush())
-                    .map_err(|e| SignerError::Audit(format!("writing the audit line: {e}")))
-            }
-            Sink::File(file) => {
-                let mut bytes = line.into_bytes();
-                bytes.push(b'\n');
-                // One write of the whole line: with O_APPEND records never
-                // interleave.
-                (&*file)
-                    .write_all(&bytes)
-                    .map_err(|e| SignerError::Audit(format!("writing the audit file: {e}")))
-            }
-            Sink::Postgres(sink) => sink.write(record, line),
+            Sink::Log(writer) => write_log(writer, line),
+            Sink::File(file) => write_file(file, line),
+            Sink::Postgres(sink) => sink.write(record, line).await,
         };
+        self.settle(written)
+    }
+
+    /// As [`Audit::record`] for several records at once: the `postgres`
+    /// sink commits them together rather than one round trip each.
+    pub async fn record_all(&self, records: &[AuditRecord]) -> Result<()> {
+        match &self.sink {
+            Sink::Postgres(sink) => {
+                let mut lines = Vec::with_capacity(records.len());
+                for record in records {
+                    lines.push((record, serialise(record)?));
+                }
+                self.settle(sink.write_all(lines).await)
+            }
+            _ => {
+                for record in records {
+                    self.record(record).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `record` for an outcome already decided (a refusal, or a
+    /// change already committed), without waiting for it: the `postgres`
+    /// sink queues it and its writer logs a failure. Nothing can change
+    /// the outcome, so the caller need not wait; the record is not given
+    /// up when the queue is full, it waits in a task of its own.
+    pub fn record_detached(&self, record: &AuditRecord) {
+        let written = serialise(record).and_then(|line| match &self.sink {
+            Sink::Log(writer) => write_log(writer, line),
+            Sink::File(file) => write_file(file, line),
+            Sink::Postgres(sink) => {
+                sink.write_detached(record, line);
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, event = record.event, "audit record lost");
+        }
+    }
+
+    /// A write's outcome under `audit.fail_closed`.
+    fn settle(&self, written: Result<()>) -> Result<()> {
         match written {
             Err(e) if !self.fail_closed => {
                 tracing::error!(error = %e, "audit record lost (audit.fail_closed = false)");
@@ -183,6 +210,35 @@ impl Audit {
             other => other,
         }
     }
+}
+
+fn serialise(record: &AuditRecord) -> Result<String> {
+    serde_json::to_string(record)
+        .map_err(|e| SignerError::Audit(format!("serialising a record: {e}")))
+}
+
+/// Writes one record's `line` to the `log` sink's writer.
+fn write_log(writer: &std::sync::Mutex<Box<dyn Write + Send>>, line: String) -> Result<()> {
+    let mut bytes = format!("{{\"audit\":{line}}}").into_bytes();
+    bytes.push(b'\n');
+    let mut writer = writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    writer
+        .write_all(&bytes)
+        .and_then(|()| writer.flush())
+        .map_err(|e| SignerError::Audit(format!("writing the audit line: {e}")))
+}
+
+/// Appends one record's `line` to the `file` sink: one `write` of a few
+/// hundred bytes, on the caller's thread (as cheap as a log line).
+fn write_file(file: &File, line: String) -> Result<()> {
+    let mut bytes = line.into_bytes();
+    bytes.push(b'\n');
+    // One write of the whole line: with O_APPEND records never interleave.
+    (&*file)
+        .write_all(&bytes)
+        .map_err(|e| SignerError::Audit(format!("writing the audit file: {e}")))
 }
 
 /// HMAC-SHA256 of `password` under `key`, lower-case hex. Public so that an
@@ -216,6 +272,8 @@ fn open_append(path: &Path) -> Result<File> {
 
 #[cfg(test)]
 mod tests {
+    use futures::executor::block_on;
+
     use super::*;
 
     fn record() -> AuditRecord {
@@ -257,22 +315,16 @@ mod tests {
         // record is written all the same.
         let buffer = Buffer::default();
         let audit = Audit::to_writer(Box::new(buffer.clone()), true);
-        audit.record(&record()).expect("written");
+        block_on(audit.record(&record())).expect("written");
         let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
         let line: serde_json::Value = serde_json::from_str(text.trim_end()).expect("one JSON line");
         assert_eq!(line["audit"]["event"], "issue_mqtt_credential");
         // A failing stderr is an error when fail-closed, and not otherwise.
         let failing = Buffer(Default::default(), true);
         assert!(
-            Audit::to_writer(Box::new(failing.clone()), true)
-                .record(&record())
-                .is_err()
+            block_on(Audit::to_writer(Box::new(failing.clone()), true).record(&record())).is_err()
         );
-        assert!(
-            Audit::to_writer(Box::new(failing), false)
-                .record(&record())
-                .is_ok()
-        );
+        assert!(block_on(Audit::to_writer(Box::new(failing), false).record(&record())).is_ok());
     }
 
     #[test]
@@ -287,8 +339,8 @@ mod tests {
             fail_closed: true,
         };
         let audit = Audit::open(&config).expect("open");
-        audit.record(&record()).expect("written");
-        audit.record(&record()).expect("written");
+        block_on(audit.record(&record())).expect("written");
+        block_on(audit.record(&record())).expect("written");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -304,12 +356,12 @@ mod tests {
         };
         let closed = Audit::open(&config).expect("open");
         assert!(matches!(
-            closed.record(&record()),
+            block_on(closed.record(&record())),
             Err(SignerError::Audit(_))
         ));
         config.fail_closed = false;
         let open = Audit::open(&config).expect("open");
-        assert!(open.record(&record()).is_ok());
+        assert!(block_on(open.record(&record())).is_ok());
     }
 
     #[test]
@@ -328,7 +380,7 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..500 {
-                        audit.record(&record()).expect("written");
+                        block_on(audit.record(&record())).expect("written");
                     }
                 });
             }

@@ -205,8 +205,6 @@ async fn signed_batch(
         }
     }
     // Fail-closed: a sign leaves only with its record.
-    for record in &records {
-        state.audit.record(record)?;
-    }
+    state.audit.record_all(&records).await?;
     Ok(batch)
 }

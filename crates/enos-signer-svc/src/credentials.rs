@@ -261,7 +261,7 @@ impl CredentialsService {
     /// Audits and counts a finished call. With a fail-closed trail a
     /// successful issuance whose record cannot be written becomes
     /// Unavailable, and the password is dropped unsent.
-    fn finish<T>(
+    async fn finish<T>(
         &self,
         rpc: &'static str,
         started: Instant,
@@ -284,7 +284,7 @@ impl CredentialsService {
                         .audit
                         .password_hmac(issued.password.expose_secret()),
                 );
-                self.state.audit.record(&record).map(|()| response).inspect_err(|e| {
+                self.state.audit.record(&record).await.map(|()| response).inspect_err(|e| {
                     // Fail-closed: the password is dropped unsent.
                     tracing::info!(rpc, identity = %identity_name(identity), code = ?e.code(), error = %e, "refused");
                 })
@@ -330,10 +330,11 @@ impl CredentialsService {
         let request = request.into_inner();
         let requested = requested_of(&request);
         let result = match identity {
-            Err(e) => self.finish(rpc, started, None, requested, Err(e)),
+            Err(e) => self.finish(rpc, started, None, requested, Err(e)).await,
             Ok(id) => {
                 let result = handler(&id, request).await;
                 self.finish(rpc, started, Some(&id), requested, result)
+                    .await
             }
         };
         Ok(Response::new(result?))

@@ -92,12 +92,10 @@ impl SignerState {
     }
 
     /// Writes an audit record for an outcome already decided (a refusal,
-    /// or an admin change that is committed): a sink failure is logged by
-    /// [`Audit::record`] and cannot change that outcome.
+    /// or an admin change that is committed), without waiting for it: a
+    /// sink failure is logged and cannot change that outcome.
     pub fn audit_best_effort(&self, record: &AuditRecord) {
-        if let Err(e) = self.audit.record(record) {
-            tracing::error!(error = %e, event = record.event, "audit record lost");
-        }
+        self.audit.record_detached(record);
     }
 }
 

@@ -1,10 +1,12 @@
 //! `[audit.sink] kind = "postgres"`: every issuance and refusal is a row
 //! of `audit_records`; the replicas' role may only append to it (the
-//! migration's GRANTs); and the trail still fails closed.
+//! migration's GRANTs); and the trail still fails closed. An issuance
+//! waiting for its record's commit holds no async worker: other calls are
+//! served meanwhile.
 
 mod common;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use enos_postgres_fixture::PgCluster;
 use enos_signer_proto::v1::IssueMqttCredentialRequest;
@@ -28,6 +30,26 @@ fn as_user(
         pool_size: 4,
         ca_file: None,
         cache: true,
+    }
+}
+
+/// Waits (at most 5 s) until `database` holds `n` audit rows.
+async fn rows_within(cluster: &PgCluster, database: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let count: usize = cluster
+            .psql(database, "SELECT count(*) FROM audit_records")
+            .expect("psql")
+            .parse()
+            .expect("count");
+        if count >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} audit rows, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -72,6 +94,8 @@ async fn the_trail_is_an_append_only_table_and_still_fails_closed() {
         .await;
     assert_eq!(common::code(refused), Code::NotFound);
 
+    // The refusal's record is queued without waiting for its commit.
+    rows_within(&cluster, "audited", 6).await;
     let rows = cluster
         .psql(
             "audited",
@@ -137,4 +161,90 @@ async fn the_trail_is_an_append_only_table_and_still_fails_closed() {
         )
         .expect("psql");
     assert_eq!(issued, "4", "every credential that left has its row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuances_waiting_for_their_commit_hold_no_worker() {
+    let cluster = Arc::new(PgCluster::start().expect("PostgreSQL cluster"));
+    cluster.create_database("waiting").expect("createdb");
+    let owner = as_user(&cluster, "enos", cluster.password_file(), "waiting");
+    PostgresRegistry::create(&owner).expect("migrate");
+    let sink = PostgresAuditSinkConfig {
+        url: owner.url.clone(),
+        password_file: owner.password_file.clone(),
+        ca_file: None,
+    };
+    let f = common::fixture_with(move |c| {
+        c.audit.sink = AuditSinkConfig::Postgres(sink);
+    })
+    .await;
+    const WAITING: usize = 4;
+    let mut devices = Vec::new();
+    for i in 0..WAITING {
+        let dk = format!("dev-{i}");
+        f.signer
+            .put_device("PkWait", &dk, "SecretWait1")
+            .await
+            .expect("put");
+        devices.push(f.device("PkWait", &dk).await);
+    }
+    rows_within(&cluster, "waiting", 2 * WAITING).await;
+
+    // A transaction holds the table for 3 s: every commit waits for it
+    // (within the sink's 5 s confirmation timeout).
+    let locker = {
+        let cluster = Arc::clone(&cluster);
+        tokio::task::spawn_blocking(move || {
+            cluster.psql(
+                "waiting",
+                "BEGIN; LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(3); COMMIT;",
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cluster
+        .psql(
+            "waiting",
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'audit_records' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )
+        .expect("psql")
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // More issuances waiting than the runtime has workers.
+    let issuances: Vec<_> = devices
+        .into_iter()
+        .map(|mut device| {
+            tokio::spawn(async move {
+                device
+                    .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admin = f.signer.admin().await;
+    admin
+        .get_device(enos_signer_proto::v1::DeviceRef::new("PkWait", "dev-0"))
+        .await
+        .expect("a call without a record is served meanwhile");
+    assert!(
+        issuances.iter().all(|i| !i.is_finished()),
+        "served while every issuance still waits for its commit"
+    );
+    for issuance in issuances {
+        issuance
+            .await
+            .expect("task")
+            .expect("issued once the table is free");
+    }
+    locker.await.expect("task").expect("the lock transaction");
+    rows_within(&cluster, "waiting", 3 * WAITING).await;
 }

@@ -1,19 +1,23 @@
 //! [`PostgresAuditSink`]: audit records as rows of the append-only
 //! `audit_records` table (`[audit.sink] kind = "postgres"`).
 //!
-//! [`crate::audit::Audit::record`] is synchronous (an issuance must not
-//! answer before its record is written), so the sink is a writer thread
-//! with a connection of its own: a call queues its record and waits for
-//! the commit. Records queued while a commit runs go into the next one
-//! (group commit), so a busy signer pays one round trip per batch, not per
-//! issuance. A failed or unconfirmed write is an error: with
-//! `audit.fail_closed` the issuance is refused.
+//! An issuance must not answer before its record is committed, so the
+//! sink is a writer thread with a connection of its own: a call queues its
+//! record and its task awaits the commit (the async worker is free
+//! meanwhile to serve other calls). Records queued while a commit runs go
+//! into the next one (group commit), so a busy signer pays one round trip
+//! per batch, not per issuance. A failed or unconfirmed write is an error:
+//! with `audit.fail_closed` the issuance is refused. Records of outcomes
+//! already decided are queued without waiting
+//! ([`crate::audit::Audit::record_detached`]); the writer logs their loss.
 
 use std::{
     path::PathBuf,
-    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    sync::mpsc::{SyncSender, sync_channel},
     time::Duration,
 };
+
+use tokio::sync::{mpsc, oneshot};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,8 +66,9 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 struct Pending {
     /// The record's columns and its JSON form.
     row: Row,
-    /// Told the outcome of the commit that held the record.
-    done: SyncSender<std::result::Result<(), String>>,
+    /// Told the outcome of the commit that held the record; `None`: nobody
+    /// waits, the writer logs a failure itself.
+    done: Option<oneshot::Sender<std::result::Result<(), String>>>,
 }
 
 /// The columns of one `audit_records` row.
@@ -85,7 +90,7 @@ struct Row {
 /// The sink: a queue to the writer thread.
 pub(super) struct PostgresAuditSink {
     /// Closed when the sink is dropped, which ends the writer thread.
-    queue: SyncSender<Pending>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl PostgresAuditSink {
@@ -94,7 +99,7 @@ impl PostgresAuditSink {
     pub(super) fn open(config: &PostgresAuditSinkConfig) -> Result<Self> {
         let connect = config.connection().connect()?;
         let target = config.connection().display_target();
-        let (queue, pending) = sync_channel(QUEUE);
+        let (queue, pending) = mpsc::channel(QUEUE);
         let (ready, started) = sync_channel(1);
         std::thread::Builder::new()
             .name("audit-postgres".into())
@@ -108,25 +113,81 @@ impl PostgresAuditSink {
     }
 
     /// Writes `record` (serialised as `json`) and waits for its commit.
-    pub(super) fn write(&self, record: &AuditRecord, json: String) -> Result<()> {
-        let (done, confirmed) = sync_channel(1);
-        let row = Row {
+    pub(super) async fn write(&self, record: &AuditRecord, json: String) -> Result<()> {
+        self.write_all(vec![(record, json)]).await
+    }
+
+    /// Writes `records` and waits for their commit: queued together, they
+    /// share one (or few) commits.
+    pub(super) async fn write_all(&self, records: Vec<(&AuditRecord, String)>) -> Result<()> {
+        let waiting = async {
+            let mut confirmations = Vec::with_capacity(records.len());
+            for (record, json) in records {
+                let (done, confirmed) = oneshot::channel();
+                self.queue
+                    .send(Pending {
+                        row: Row::of(record, json),
+                        done: Some(done),
+                    })
+                    .await
+                    .map_err(|_| SignerError::Audit("the audit writer stopped".into()))?;
+                confirmations.push(confirmed);
+            }
+            for confirmed in confirmations {
+                match confirmed.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(SignerError::Audit(format!("writing the audit table: {e}")));
+                    }
+                    Err(_) => return Err(SignerError::Audit("the audit writer stopped".into())),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, waiting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SignerError::Audit(format!(
+                    "the audit table did not confirm a record within {CONFIRM_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// Queues `record` without waiting. A full queue does not lose it: it
+    /// waits for room in a task of its own (or, outside a runtime, here).
+    pub(super) fn write_detached(&self, record: &AuditRecord, json: String) {
+        let pending = Pending {
+            row: Row::of(record, json),
+            done: None,
+        };
+        match self.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let queue = self.queue.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(async move { queue.send(pending).await })),
+                    Err(_) => drop(queue.blocking_send(pending)),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(pending)) => {
+                tracing::error!(
+                    event = pending.row.event,
+                    "audit record lost: the audit writer stopped"
+                );
+            }
+        }
+    }
+}
+
+impl Row {
+    fn of(record: &AuditRecord, json: String) -> Row {
+        Row {
             time_ms: i64::try_from(record.time_ms).unwrap_or(i64::MAX),
             event: record.event.to_owned(),
             identity: record.identity.clone(),
             device: record.device.clone(),
             outcome: record.outcome.clone(),
             json,
-        };
-        self.queue
-            .send(Pending { row, done })
-            .map_err(|_| SignerError::Audit("the audit writer stopped".into()))?;
-        match confirmed.recv_timeout(CONFIRM_TIMEOUT) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SignerError::Audit(format!("writing the audit table: {e}"))),
-            Err(_) => Err(SignerError::Audit(format!(
-                "the audit table did not confirm a record within {CONFIRM_TIMEOUT:?}"
-            ))),
         }
     }
 }
@@ -134,7 +195,7 @@ impl PostgresAuditSink {
 /// The writer thread: one connection, batches of queued records.
 fn writer(
     connect: Connect,
-    pending: Receiver<Pending>,
+    mut pending: mpsc::Receiver<Pending>,
     ready: SyncSender<std::result::Result<(), String>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -163,7 +224,7 @@ fn writer(
         }
     };
     // Ends when the sink (every sender) is gone.
-    while let Ok(first) = pending.recv() {
+    while let Some(first) = pending.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match pending.try_recv() {
@@ -196,7 +257,14 @@ fn writer(
         }
         let outcome = outcome.map_err(|e| e.to_string());
         for p in batch {
-            let _ = p.done.send(outcome.clone());
+            match p.done {
+                Some(done) => drop(done.send(outcome.clone())),
+                None => {
+                    if let Err(e) = &outcome {
+                        tracing::error!(error = %e, event = p.row.event, "audit record lost");
+                    }
+                }
+            }
         }
     }
 }
