@@ -23,6 +23,8 @@
 //! `cargo bench -p enos-agent --bench rss`.
 #![allow(clippy::print_stdout)]
 
+#[path = "support/shipped.rs"]
+mod shipped;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -101,27 +103,6 @@ fn wait_connected(dir: &Path) {
     }
 }
 
-/// The cargo profile the agent ships with (the workspace's Cargo.toml).
-const SHIPPED_PROFILE: &str = "agent-release";
-
-/// The agent binary to measure: `$ENOS_AGENT_BIN`, else the build that
-/// ships (`cargo build --profile agent-release`), built here if needed:
-/// the bench's own profile is not the shipped one.
-fn agent_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("ENOS_AGENT_BIN") {
-        return path.into();
-    }
-    escargot::CargoBuild::new()
-        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
-        .package("enos-agent")
-        .bin("enos-agent")
-        .profile(SHIPPED_PROFILE)
-        .run()
-        .unwrap_or_else(|e| panic!("cargo build --profile {SHIPPED_PROFILE} -p enos-agent: {e}"))
-        .path()
-        .to_owned()
-}
-
 /// How many times the agent is measured: `$ENOS_BENCH_RUNS`, default 3.
 fn agent_runs() -> usize {
     std::env::var("ENOS_BENCH_RUNS")
@@ -162,7 +143,7 @@ async fn main() {
         .console(CONSOLE.0, console_password_file(dir.path()))
         .start()
         .expect("sandbox");
-    let agent_bin = agent_binary();
+    let agent_bin = shipped::agent_binary();
     // RSS differs by up to 0.3 MiB from one start of the same binary to the
     // next (where the randomised mappings fall decides which neighbouring
     // pages fault-around maps): the median of several runs.

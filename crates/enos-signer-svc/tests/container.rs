@@ -1,8 +1,9 @@
 //! deploy/container/Containerfile names only what exists: the files it
 //! copies from the repository, the packages and binaries its build makes
-//! (as `cargo metadata` knows them, at the path a release build puts
-//! them), the entry points it copies, the commands and flags those
-//! binaries accept, and the user the Kubernetes manifests run as.
+//! (as `cargo metadata` knows them, at the path their profile puts them;
+//! the agent in its shipped `agent-release` profile), the entry points it
+//! copies, the commands and flags those binaries accept, and the user the
+//! Kubernetes manifests run as.
 //! hadolint runs in `deploy_lint.rs`.
 
 use std::{
@@ -186,11 +187,12 @@ fn the_containerfile_names_only_what_the_build_makes() {
         "the signer is the default target"
     );
 
-    // The build stage: sources copied from the repository, then one
-    // locked release build of named packages and binaries.
+    // The build stage: sources copied from the repository, then locked
+    // builds of named packages and binaries, each in a named profile.
     let build = &stages[0];
     let workdir = build.args("WORKDIR").to_owned();
-    let mut built: Vec<(String, String)> = Vec::new();
+    // (package, binary, the directory its profile writes under target/)
+    let mut built: Vec<(String, String, String)> = Vec::new();
     for instruction in &build.body {
         match instruction.keyword.as_str() {
             "COPY" => {
@@ -204,18 +206,30 @@ fn the_containerfile_names_only_what_the_build_makes() {
                 }
             }
             "RUN" => {
-                let words: Vec<&str> = instruction.args.split_whitespace().collect();
-                assert_eq!(&words[..2], ["cargo", "build"], "{:?}", instruction.args);
-                assert!(words.contains(&"--release") && words.contains(&"--locked"));
-                let mut package = None;
-                for pair in words.windows(2) {
-                    match pair[0] {
-                        "--package" => package = Some(pair[1].to_owned()),
-                        "--bin" => built.push((
-                            package.clone().expect("--package before --bin"),
-                            pair[1].to_owned(),
-                        )),
-                        _ => {}
+                for command in instruction.args.split("&&") {
+                    let words: Vec<&str> = command.split_whitespace().collect();
+                    assert_eq!(&words[..2], ["cargo", "build"], "{:?}", instruction.args);
+                    assert!(words.contains(&"--locked"), "{:?}", instruction.args);
+                    let profile = if words.contains(&"--release") {
+                        "release".to_owned()
+                    } else {
+                        let at = words
+                            .iter()
+                            .position(|w| *w == "--profile")
+                            .unwrap_or_else(|| panic!("no profile: {:?}", instruction.args));
+                        words[at + 1].to_owned()
+                    };
+                    let mut package = None;
+                    for pair in words.windows(2) {
+                        match pair[0] {
+                            "--package" => package = Some(pair[1].to_owned()),
+                            "--bin" => built.push((
+                                package.clone().expect("--package before --bin"),
+                                pair[1].to_owned(),
+                                profile.clone(),
+                            )),
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -234,17 +248,28 @@ fn the_containerfile_names_only_what_the_build_makes() {
         );
     }
     let workspace = workspace_binaries();
-    for (package, bin) in &built {
+    for (package, bin, _) in &built {
         let bins = workspace
             .get(package)
             .unwrap_or_else(|| panic!("no package {package}"));
         assert!(bins.contains(bin), "{package} has no binary {bin}");
     }
     assert_eq!(built.len(), 2, "{built:?}");
+    // Each as it ships: the agent in the profile its footprint was
+    // measured with, which the workspace defines.
+    let profile_of = |bin: &str| {
+        built
+            .iter()
+            .find(|(_, b, _)| b == bin)
+            .map(|(_, _, p)| p.as_str())
+    };
+    assert_eq!(profile_of("enos-signer"), Some("release"));
+    assert_eq!(profile_of("enos-agent"), Some("agent-release"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("[profile.agent-release]"));
 
-    // The runtime stages: distroless nonroot, the binary at the path a
-    // release build writes, run as 65532 (the manifests' runAsUser).
-    let release_dir = format!("{workdir}/target/release");
+    // The runtime stages: distroless nonroot, the binary at the path its
+    // profile writes, run as 65532 (the manifests' runAsUser).
     for stage in &stages[1..] {
         assert!(
             stage
@@ -254,16 +279,16 @@ fn the_containerfile_names_only_what_the_build_makes() {
             stage.name,
             stage.base
         );
-        let (package, bin) = built
+        let (package, bin, profile) = built
             .iter()
-            .find(|(_, bin)| *bin == stage.name)
+            .find(|(_, bin, _)| *bin == stage.name)
             .unwrap_or_else(|| panic!("stage {} builds no binary of its name", stage.name));
         let words: Vec<&str> = stage.args("COPY").split_whitespace().collect();
         assert_eq!(
             words,
             [
                 "--from=build",
-                &format!("{release_dir}/{bin}"),
+                &format!("{workdir}/target/{profile}/{bin}"),
                 &format!("/usr/local/bin/{bin}"),
             ],
             "{}",
