@@ -1,12 +1,12 @@
 //! The agent binary as it ships, for the benches that measure it.
 
 /// The cargo profile the agent ships with (the workspace's Cargo.toml).
-pub const SHIPPED_PROFILE: &str = "agent-release";
+pub(crate) const SHIPPED_PROFILE: &str = "agent-release";
 
 /// The agent binary to measure: `$ENOS_AGENT_BIN`, else the build that
 /// ships (`cargo build --profile agent-release`), built here if needed:
 /// the bench's own profile is not the shipped one.
-pub fn agent_binary() -> std::path::PathBuf {
+pub(crate) fn agent_binary() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("ENOS_AGENT_BIN") {
         return path.into();
     }
