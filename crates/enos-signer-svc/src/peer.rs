@@ -231,26 +231,10 @@ mod tests {
         use crate::tls_reload::{ReloadOutcome, ReloadingTls};
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = enos_testkit::Pki::new("t").expect("pki");
-        let server = pki
-            .server(&[])
-            .expect("server cert")
-            .write(dir.path(), "server")
-            .expect("write");
         let crl = dir.path().join("clients.crl");
         std::fs::write(&crl, pki.crl_pem(1, &[]).expect("crl")).expect("crl file");
-        let config = crate::config::ServerConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            cert: server.cert,
-            key: server.key,
-            client_ca: pki.write_ca(dir.path()).expect("ca"),
-            drain_timeout_secs: 1,
-            worker_threads: None,
-            tls_reload_interval_secs: 0,
-            limits: Default::default(),
-            admin_ca: None,
-            admin_names: Vec::new(),
-            crls: vec![crl.clone()],
-        };
+        let mut config = crate::tls_reload::tests::server_config(dir.path(), &pki);
+        config.crls = vec![crl.clone()];
         let tls = ReloadingTls::load(&config, crate::metrics::Metrics::new()).expect("tls");
         let cache = IdentityCache::new(2);
         let devices: Vec<_> = ["a", "b", "c"]

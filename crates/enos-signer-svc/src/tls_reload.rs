@@ -437,10 +437,12 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn server_config(dir: &Path, pki: &enos_testkit::Pki) -> ServerConfig {
+    /// A server config with a fresh server certificate of `pki` and its CA
+    /// as the client CA, files in `dir`.
+    pub(crate) fn server_config(dir: &Path, pki: &enos_testkit::Pki) -> ServerConfig {
         let server = pki
             .server(&[])
             .expect("server cert")

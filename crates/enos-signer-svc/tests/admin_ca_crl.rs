@@ -17,7 +17,7 @@ use enos_signer_proto::v1::{
 };
 use enos_signer_svc::tls;
 use enos_testkit::{Identity, Pki, signer::TestSigner};
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
 async fn start(
     pki: Pki,
@@ -38,36 +38,54 @@ fn publish(path: &Path, contents: &str) {
     std::fs::rename(&next, path).expect("rename");
 }
 
-/// Whether a fresh connection presenting `identity` gets a credential
-/// (TLS 1.3: a refused client certificate may only show on the first call).
-async fn device_served(f: &Fixture, identity: &Identity) -> Result<(), String> {
-    let channel = tls::connect_mtls(
+/// A new mTLS channel to the signer presenting `identity` (HTTP/2: one
+/// connection, one handshake, as an agent keeps it).
+async fn connect(f: &Fixture, identity: &Identity) -> Result<Channel, String> {
+    tls::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
         Some(enos_testkit::signer::client_identity(identity)),
     )
     .await
-    .map_err(|e| format!("connect: {e}"))?;
-    CredentialsClient::new(channel)
+    .map_err(|e| format!("connect: {e}"))
+}
+
+async fn issue(client: &mut CredentialsClient<Channel>) -> Result<(), tonic::Status> {
+    client
         .issue_mqtt_credential(IssueMqttCredentialRequest::default())
         .await
         .map(drop)
+}
+
+/// Whether a fresh connection presenting `identity` gets a credential
+/// (TLS 1.3: a refused client certificate may only show on the first call).
+async fn device_served(f: &Fixture, identity: &Identity) -> Result<(), String> {
+    let mut client = CredentialsClient::new(connect(f, identity).await?);
+    issue(&mut client)
+        .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
 /// As [`device_served`], for Admin.
 async fn admin_served(f: &Fixture, identity: &Identity) -> Result<(), tonic::Status> {
-    let channel = tls::connect_mtls(
-        &f.signer.uri(),
-        f.signer.ca_pem(),
-        Some(enos_testkit::signer::client_identity(identity)),
-    )
-    .await
-    .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+    let channel = connect(f, identity)
+        .await
+        .map_err(tonic::Status::unavailable)?;
     AdminClient::new(channel)
         .list_devices(ListDevicesRequest::default())
         .await
         .map(drop)
+}
+
+/// A signer whose `clients.crl` starts as `crl` and is re-read every second.
+async fn start_with_crl(pki: Pki, crl: String) -> Fixture {
+    start(pki, |dir, c| {
+        let path = dir.join("clients.crl");
+        std::fs::write(&path, &crl).expect("crl file");
+        c.server.crls = vec![path];
+        c.server.tls_reload_interval_secs = 1;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -77,13 +95,7 @@ async fn a_revoked_device_is_refused_in_the_handshake_also_after_a_reload() {
     let later = pki.device("PkCrl", "later").expect("cert");
     let good = pki.device("PkCrl", "good").expect("cert");
     let first_crl = pki.crl_pem(1, &[&revoked]).expect("crl");
-    let f = start(pki, |dir, c| {
-        let path = dir.join("clients.crl");
-        std::fs::write(&path, &first_crl).expect("crl file");
-        c.server.crls = vec![path];
-        c.server.tls_reload_interval_secs = 1;
-    })
-    .await;
+    let f = start_with_crl(pki, first_crl).await;
     for dk in ["revoked", "later", "good"] {
         f.signer
             .put_device("PkCrl", dk, "s3cret")
@@ -131,52 +143,21 @@ async fn a_revoked_device_is_refused_in_the_handshake_also_after_a_reload() {
         .expect("and the good device is served");
 }
 
-/// A channel presenting `identity`, kept open across calls (HTTP/2: one
-/// connection, one handshake, as an agent keeps it).
-async fn open_device(
-    f: &Fixture,
-    identity: &Identity,
-) -> CredentialsClient<tonic::transport::Channel> {
-    let channel = tls::connect_mtls(
-        &f.signer.uri(),
-        f.signer.ca_pem(),
-        Some(enos_testkit::signer::client_identity(identity)),
-    )
-    .await
-    .expect("connect");
-    CredentialsClient::new(channel)
-}
-
-async fn issue(
-    client: &mut CredentialsClient<tonic::transport::Channel>,
-) -> Result<(), tonic::Status> {
-    client
-        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
-        .await
-        .map(drop)
-}
-
 #[tokio::test]
 async fn a_device_revoked_while_its_connection_is_open_is_refused_on_it() {
     let pki = Pki::new("crl-open").expect("pki");
     let revoked = pki.device("PkCrl", "revoked").expect("cert");
     let good = pki.device("PkCrl", "good").expect("cert");
     let first_crl = pki.crl_pem(1, &[]).expect("crl");
-    let f = start(pki, |dir, c| {
-        let path = dir.join("clients.crl");
-        std::fs::write(&path, &first_crl).expect("crl file");
-        c.server.crls = vec![path];
-        c.server.tls_reload_interval_secs = 1;
-    })
-    .await;
+    let f = start_with_crl(pki, first_crl).await;
     for dk in ["revoked", "good"] {
         f.signer
             .put_device("PkCrl", dk, "s3cret")
             .await
             .expect("put");
     }
-    let mut open_revoked = open_device(&f, &revoked).await;
-    let mut open_good = open_device(&f, &good).await;
+    let mut open_revoked = CredentialsClient::new(connect(&f, &revoked).await.expect("connect"));
+    let mut open_good = CredentialsClient::new(connect(&f, &good).await.expect("connect"));
     issue(&mut open_revoked).await.expect("served before");
     issue(&mut open_good).await.expect("served before");
 
