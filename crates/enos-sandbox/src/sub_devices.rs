@@ -82,6 +82,14 @@ impl SubDeviceSessions {
         })
     }
 
+    /// Whether `session` is still `gateway`'s latest: a login that a newer
+    /// login of the same device overtook while it waited for rumqttd must
+    /// not open its session after all, or it would take the newer one's
+    /// over (MQTT's rule for one client id) and drop a live device.
+    pub fn is_latest(&self, gateway: &DeviceId, session: u64) -> bool {
+        self.with_gateway(gateway, |gw| gw.session == session)
+    }
+
     /// The session `session` of `gateway` ended: unless a later session
     /// took over, its sub-devices go offline. Returns how many did.
     pub fn session_ended(&self, gateway: &DeviceId, session: u64) -> usize {
@@ -203,5 +211,21 @@ mod tests {
         assert_eq!(sessions.session_ended(&gw, second), 2);
         assert_eq!(sessions.online_count(&gw), 0);
         sessions.log_in(&gw, &id("s4")).expect("room again");
+    }
+
+    #[test]
+    fn only_a_devices_latest_login_is_latest() {
+        let sessions = SubDeviceSessions::default();
+        let (a, b) = (id("a"), id("b"));
+        let older = sessions.session_opened(&a);
+        assert!(sessions.is_latest(&a, older));
+        let newer = sessions.session_opened(&a);
+        let other = sessions.session_opened(&b);
+        assert!(!sessions.is_latest(&a, older), "overtaken");
+        assert!(sessions.is_latest(&a, newer));
+        assert!(sessions.is_latest(&b, other), "per device");
+        // Its end does not make the older one latest again.
+        sessions.session_ended(&a, newer);
+        assert!(!sessions.is_latest(&a, older));
     }
 }

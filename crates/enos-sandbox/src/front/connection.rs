@@ -211,15 +211,24 @@ fn decide(
 /// [`connect_once`], tried again a few times: when a device reconnects
 /// at once, rumqttd may still be tearing the old session of the same id
 /// down and close the new connection; a moment later it accepts it.
+///
+/// `still_latest` is asked before every attempt: once a newer login of the
+/// same device exists, this one gives up rather than take its session over.
 async fn connect_upstream(
     context: &FrontContext,
     connect: &Connect,
     session_id: String,
     will_allowed: impl Fn(&str) -> bool,
+    still_latest: impl Fn() -> bool,
 ) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
     let mut delay = Duration::from_millis(20);
     let mut attempt = 1;
     loop {
+        if !still_latest() {
+            return Err(StreamError::Io(std::io::Error::other(
+                "a newer login of the device arrived meanwhile",
+            )));
+        }
         match connect_once(context, connect, session_id.clone(), &will_allowed).await {
             Ok(up) => return Ok(up),
             Err(e) if attempt == UPSTREAM_ATTEMPTS => return Err(e),
@@ -310,6 +319,8 @@ where
         &connect,
         format!("console:{}", connect.client_id),
         topics::console_may_publish,
+        // A console client id taken twice is the console's own business.
+        || true,
     )
     .await
     {
@@ -438,11 +449,12 @@ where
     let sub_devices = context.sub_devices.watch(&device);
     // However the session ends, a gateway's sub-devices go offline with
     // it (unless a later login of the gateway took it over).
-    let _lease = GatewayLease {
+    let lease = GatewayLease {
         sessions: &context.sub_devices,
         session: context.sub_devices.session_opened(&device),
         gateway: device.clone(),
     };
+    let still_latest = || context.sub_devices.is_latest(&device, lease.session);
     let will_device = device.clone();
     let will_subs = sub_devices.clone();
     let will_allowed = move |topic: &str| {
@@ -454,14 +466,21 @@ where
     // the same credential with its parameters reordered is still one
     // session.
     let session_id = device_session_id(&device);
-    let (mut up_rx, up_tx, mut session_present) =
-        match connect_upstream(context, &connect, session_id.clone(), &will_allowed).await {
-            Ok(up) => up,
-            Err(e) => {
-                unavailable(client_tx, &e).await;
-                return Ok(());
-            }
-        };
+    let (mut up_rx, up_tx, mut session_present) = match connect_upstream(
+        context,
+        &connect,
+        session_id.clone(),
+        &will_allowed,
+        still_latest,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            unavailable(client_tx, &e).await;
+            return Ok(());
+        }
+    };
     let mut session = DeviceSession {
         device: device.clone(),
         listener,
@@ -509,7 +528,15 @@ where
         tracing::debug!(attempt, error = %error, "rumqttd lost the session's subscriptions; opening it again");
         tokio::time::sleep(Duration::from_millis(20) * 3u32.pow(attempt - 1)).await;
         attempt += 1;
-        match connect_upstream(context, &connect, session_id.clone(), &will_allowed).await {
+        match connect_upstream(
+            context,
+            &connect,
+            session_id.clone(),
+            &will_allowed,
+            still_latest,
+        )
+        .await
+        {
             Ok((rx, tx, present)) => {
                 up_rx = rx;
                 session.up_tx = tx;
