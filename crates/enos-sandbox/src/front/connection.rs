@@ -466,15 +466,16 @@ where
     // the same credential with its parameters reordered is still one
     // session.
     let session_id = device_session_id(&device);
-    let (mut up_rx, up_tx, mut session_present) = match connect_upstream(
-        context,
-        &connect,
-        session_id.clone(),
-        &will_allowed,
-        still_latest,
-    )
-    .await
-    {
+    let open_upstream = || {
+        connect_upstream(
+            context,
+            &connect,
+            session_id.clone(),
+            &will_allowed,
+            still_latest,
+        )
+    };
+    let (mut up_rx, up_tx, mut session_present) = match open_upstream().await {
         Ok(up) => up,
         Err(e) => {
             unavailable(client_tx, &e).await;
@@ -528,15 +529,7 @@ where
         tracing::debug!(attempt, error = %error, "rumqttd lost the session's subscriptions; opening it again");
         tokio::time::sleep(Duration::from_millis(20) * 3u32.pow(attempt - 1)).await;
         attempt += 1;
-        match connect_upstream(
-            context,
-            &connect,
-            session_id.clone(),
-            &will_allowed,
-            still_latest,
-        )
-        .await
-        {
+        match open_upstream().await {
             Ok((rx, tx, present)) => {
                 up_rx = rx;
                 session.up_tx = tx;

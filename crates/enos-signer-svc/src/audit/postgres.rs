@@ -17,9 +17,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot};
-
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::AuditRecord;
 use crate::{
