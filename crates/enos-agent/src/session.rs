@@ -302,9 +302,12 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         self.eventloop.clean();
         self.cache = CredentialCache::new();
         self.backoff.reset();
-        self.shared
-            .status
-            .send_modify(|s| s.activation = Some(ActivationState::Activated));
+        // One update: the activation connection is gone, so a watcher
+        // must not see "connected and activated" before the reconnect.
+        self.shared.status.send_modify(|s| {
+            s.set_state(ConnectionState::Connecting);
+            s.activation = Some(ActivationState::Activated);
+        });
     }
 
     /// Reports the connection and restores the subscriptions.
