@@ -406,12 +406,8 @@ async fn import_is_all_or_nothing_and_names_each_bad_row() {
         !printed.contains("has space") && !printed.contains("dup-secret"),
         "{printed}"
     );
-    let listed = admin
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.devices.is_empty(), "nothing half-written");
+    let listed = f.signer.list_devices().await.expect("list");
+    assert!(listed.is_empty(), "nothing half-written");
 
     // The good rows alone: a dry run writes nothing, then the real import.
     let good = vec![
@@ -723,18 +719,11 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
     };
     assert_eq!(outcome["identity"], "admin test-admin");
     // What was committed is what the trail says.
-    let listed = f
-        .signer
-        .admin()
-        .await
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = f.signer.list_devices().await.expect("list");
     // All or nothing; and a refusal committed nothing. (An "ok" with no
     // rows is an import whose stream ended before the rows were sent.)
     assert!(
-        listed.devices.is_empty() || outcome["outcome"] == "ok",
+        listed.is_empty() || outcome["outcome"] == "ok",
         "refusal audited, rows committed"
     );
     let page = f
@@ -776,12 +765,12 @@ async fn admin_changes_fail_closed_when_their_record_cannot_be_written() {
         .await
         .expect_err("no audit record, no change");
     assert_eq!(refused.code(), Code::Unavailable);
-    let listed = admin
-        .list_devices(ListDevicesRequest::default())
+    let listed = f
+        .signer
+        .list_devices()
         .await
-        .expect("reads need no audit record")
-        .into_inner();
-    assert!(listed.devices.is_empty(), "the change happened unaudited");
+        .expect("reads need no audit record");
+    assert!(listed.is_empty(), "the change happened unaudited");
 }
 
 #[tokio::test]
@@ -817,10 +806,6 @@ async fn import_refuses_two_devices_with_one_secret() {
         response.errors
     );
     assert!(!response.errors[0].message.contains("SharedSecret1"));
-    let listed = admin
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.devices.is_empty(), "all or nothing");
+    let listed = f.signer.list_devices().await.expect("list");
+    assert!(listed.is_empty(), "all or nothing");
 }

@@ -15,7 +15,7 @@ use common::{
     fixture,
     tls_probe::{serial_of, served_serial},
 };
-use enos_signer_proto::v1::{IssueMqttCredentialRequest, ListDevicesRequest};
+use enos_signer_proto::v1::IssueMqttCredentialRequest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-signer");
 
@@ -100,13 +100,8 @@ async fn csv_import_is_all_or_nothing_and_names_each_bad_row() {
         !stderr.contains("SecretDup9") && !stderr.contains("SecretTwo2"),
         "{stderr}"
     );
-    let mut admin = f.signer.admin().await;
-    let listed = admin
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.devices.is_empty(), "nothing half-written");
+    let listed = f.signer.list_devices().await.expect("list");
+    assert!(listed.is_empty(), "nothing half-written");
 
     let good = f.dir.path().join("good.csv");
     std::fs::write(
@@ -134,12 +129,8 @@ async fn csv_import_is_all_or_nothing_and_names_each_bad_row() {
     let out = run(args, None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("imported 2 devices"));
-    let listed = admin
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(listed.devices.len(), 2);
+    let listed = f.signer.list_devices().await.expect("list");
+    assert_eq!(listed.len(), 2);
 }
 
 #[tokio::test]
@@ -426,13 +417,6 @@ async fn csv_import_refuses_half_a_gateway() {
         "{stderr}"
     );
     assert!(stderr.contains("2 bad rows of 3"), "{stderr}");
-    let listed = f
-        .signer
-        .admin()
-        .await
-        .list_devices(ListDevicesRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.devices.is_empty(), "nothing imported");
+    let listed = f.signer.list_devices().await.expect("list");
+    assert!(listed.is_empty(), "nothing imported");
 }

@@ -286,6 +286,18 @@ impl TestSigner {
         AdminClient::new(endpoint.connect_lazy())
     }
 
+    /// The registry's devices (the first page, as Admin's ListDevices
+    /// gives it by default).
+    pub async fn list_devices(&self) -> Result<Vec<v1::Device>> {
+        let page = self
+            .admin()
+            .await
+            .list_devices(v1::ListDevicesRequest::default())
+            .await?
+            .into_inner();
+        Ok(page.devices)
+    }
+
     /// Puts an enabled device with `secret`.
     pub async fn put_device(&self, pk: &str, dk: &str, secret: &str) -> Result<v1::Device> {
         let device = self
