@@ -13,13 +13,13 @@ use std::{
 
 use enos_custody::{Custody, SecretRef};
 use enos_domain::DeviceId;
+use enos_registry::{RedbRegistry, Registry};
 use enos_sandbox::PortReservation;
 use enos_sign_core::{DeviceKey, ExposeSecret, ProductKey};
 use enos_signer_svc::{
     SignerConfig,
     config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, RegistryConfig, ServerConfig},
     custody::SoftwareCustody,
-    registry::{RedbRegistry, Registry},
 };
 use zeroize::Zeroizing;
 

@@ -47,7 +47,7 @@ use enos_custody_pkcs11::{
 };
 use enos_sign_core::{DeviceKey, DeviceSecret, ProductKey, SignedFields, TimestampMs};
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::{config::CustodyConfig, tls};
+use enos_signer_svc::{client, config::CustodyConfig};
 use enos_testkit::Pki;
 use enos_testkit::signer::{TestSigner, client_identity};
 use tonic::transport::Channel;
@@ -269,7 +269,7 @@ async fn connect(signer: &TestSigner, pki: &Pki, clients: usize) -> Result<Vec<C
     for i in 0..clients {
         let identity = pki.device(PRODUCT_KEY, &format!("bench-{i}"))?;
         channels.push(
-            tls::connect_mtls(
+            client::connect_mtls(
                 &signer.uri(),
                 signer.ca_pem(),
                 Some(client_identity(&identity)),

@@ -27,10 +27,9 @@ use std::{
 };
 
 use enos_postgres_fixture::PgCluster;
+use enos_registry::postgres::PostgresConfig;
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::{
-    SignerConfig, config::RegistryConfig, registry::postgres::PostgresConfig, tls,
-};
+use enos_signer_svc::{SignerConfig, client, config::RegistryConfig};
 use enos_testkit::signer::{TestSigner, client_identity};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -188,7 +187,7 @@ async fn target(
             .await?;
         let identity = pki.device("PkBench", &dk)?;
         channels.push(
-            tls::connect_mtls(
+            client::connect_mtls(
                 &signer.uri(),
                 signer.ca_pem(),
                 Some(client_identity(&identity)),

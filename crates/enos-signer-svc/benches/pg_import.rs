@@ -12,8 +12,9 @@
 use std::time::Instant;
 
 use enos_postgres_fixture::PgCluster;
+use enos_registry::postgres::PostgresConfig;
 use enos_signer_proto::v1::{ImportDevicesRequest, ImportRow};
-use enos_signer_svc::{config::RegistryConfig, registry::postgres::PostgresConfig};
+use enos_signer_svc::config::RegistryConfig;
 use enos_testkit::signer::TestSigner;
 
 /// Rows per streamed message, as the CLI sends them.

@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+// `[registry]`: defined by the registry crate, part of this file.
+pub use enos_registry::RegistryConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SignerError};
@@ -98,7 +100,7 @@ pub struct ServerConfig {
     /// Connections, streams, requests in flight and import size
     /// (`[server.limits]`): what callers can hold before proving anything.
     #[serde(default)]
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: crate::listener::limits::LimitsConfig,
 }
 
 fn default_drain_secs() -> u64 {
@@ -131,20 +133,6 @@ impl ServerConfig {
         (self.tls_reload_interval_secs > 0)
             .then(|| Duration::from_secs(self.tls_reload_interval_secs))
     }
-}
-
-/// The registry backend. One variant per store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RegistryConfig {
-    /// The embedded default: one redb file.
-    Redb {
-        /// The database file; `enos-signer init` creates it.
-        path: PathBuf,
-    },
-    /// A PostgreSQL database that any number of replicas share; see
-    /// [`crate::registry::postgres::PostgresConfig`] for the keys.
-    Postgres(crate::registry::postgres::PostgresConfig),
 }
 
 /// The custody backend. One variant per custody; [`crate::custody::build`]
@@ -308,8 +296,8 @@ impl MetricsConfig {
     }
 
     /// Both timeouts as durations (at least 1 s each).
-    pub fn timeouts(&self) -> crate::limits::HttpTimeouts {
-        crate::limits::HttpTimeouts {
+    pub fn timeouts(&self) -> crate::listener::limits::HttpTimeouts {
+        crate::listener::limits::HttpTimeouts {
             header: Duration::from_secs(self.header_timeout_secs.max(1)),
             lifetime: Duration::from_secs(self.connection_lifetime_secs.max(1)),
         }
@@ -494,7 +482,10 @@ mod tests {
         assert!(config.metrics.is_some());
         assert!(config.rate_limit.is_some());
         // The example spells out the defaults of the limits and timeouts.
-        assert_eq!(config.server.limits, crate::limits::LimitsConfig::default());
+        assert_eq!(
+            config.server.limits,
+            crate::listener::limits::LimitsConfig::default()
+        );
         let metrics = config.metrics.expect("metrics");
         assert_eq!(metrics, MetricsConfig::on(metrics.listen));
     }
@@ -526,7 +517,7 @@ mod tests {
         let defaults = parse("", "").expect("defaults");
         assert_eq!(
             defaults.server.limits,
-            crate::limits::LimitsConfig {
+            crate::listener::limits::LimitsConfig {
                 max_connections: 10_000,
                 max_concurrent_streams: 64,
                 max_concurrent_requests: 2_048,

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use enos_custody::CustodyError;
+use enos_domain::private_file::PrivateFileError;
+use enos_registry::RegistryError;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in the signer.
@@ -91,7 +93,7 @@ pub enum SignerError {
     #[error("import refused: {} bad rows, nothing written", .0.len())]
     ImportRejected(Vec<(u32, String)>),
     /// A change would break the gateway rules
-    /// ([`crate::registry::gateway_rules`]): nothing was written. Each
+    /// ([`enos_registry::gateway_rules`]): nothing was written. Each
     /// entry is the device concerned and the rule, in words.
     #[error("{}", .0.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "))]
     GatewayRules(Vec<(enos_domain::DeviceId, String)>),
@@ -149,28 +151,54 @@ impl From<SignerError> for Status {
     }
 }
 
-impl From<redb::Error> for SignerError {
-    fn from(e: redb::Error) -> Self {
-        SignerError::Registry(e.to_string())
+impl From<RegistryError> for SignerError {
+    /// A registry error keeps its meaning: a configuration or file error
+    /// stays one, an outage stays UNAVAILABLE, a broken gateway rule stays
+    /// FailedPrecondition, and a change the signer itself refused (its own
+    /// error, carried through the transaction) comes back as it was.
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::Config(m) => SignerError::Config(m),
+            RegistryError::Io {
+                action,
+                path,
+                source,
+            } => SignerError::Io {
+                action,
+                path,
+                source,
+            },
+            RegistryError::PrivateFile(PrivateFileError::Loose { path, mode }) => {
+                SignerError::LoosePermissions { path, mode }
+            }
+            RegistryError::PrivateFile(PrivateFileError::Unreadable { path, source }) => {
+                SignerError::Io {
+                    action: "reading",
+                    path,
+                    source,
+                }
+            }
+            RegistryError::BadPassword { path, reason } => SignerError::BadKey { path, reason },
+            RegistryError::Tls(m) => SignerError::Tls(m),
+            RegistryError::Unavailable(m) => SignerError::RegistryUnavailable(m),
+            RegistryError::GatewayRules(broken) => SignerError::GatewayRules(broken),
+            RegistryError::Refused(refusal) => match refusal.downcast::<SignerError>() {
+                Ok(own) => *own,
+                Err(other) => SignerError::Registry(other.to_string()),
+            },
+            other => SignerError::Registry(other.to_string()),
+        }
     }
 }
 
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for SignerError {
-            fn from(e: $t) -> Self {
-                SignerError::Registry(e.to_string())
-            }
-        }
-    )*};
+impl From<SignerError> for RegistryError {
+    /// The signer's decision inside a registry transaction
+    /// ([`enos_registry::Change`]) aborts it; [`SignerError::from`] gives
+    /// the error back unchanged.
+    fn from(error: SignerError) -> Self {
+        RegistryError::refused(error)
+    }
 }
-redb_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Shorthand for this crate's results.
 pub type Result<T, E = SignerError> = std::result::Result<T, E>;

@@ -9,36 +9,24 @@
 //!
 //! # Layout
 //!
+//! The tree reads bottom-up; imports run one way, from a group to the
+//! groups above it in this table, never back:
+//!
 //! | module | what it holds |
 //! |---|---|
-//! | [`config`] | [`SignerConfig`]: the TOML config as serde structs |
-//! | [`key_file`] | 256-bit key files: mode 0600 or `$CREDENTIALS_DIRECTORY`, never argv |
-//! | [`custody`] | [`custody::build`] (config → `Custody`), [`custody::SoftwareCustody`] (XChaCha20-Poly1305) |
-//! | [`sign_threads`] | dedicated threads for blocking (HSM) signs, one per token session |
-//! | [`custody_migrate`] | `custody migrate`: re-seal every record software ↔ HSM, atomic per record, resumable |
-//! | [`registry`] | the [`registry::Registry`] trait, [`registry::RedbRegistry`], [`registry::PostgresRegistry`] |
-//! | [`registry_copy`] | `registry copy`: every record from one registry to another, sealed as it is, resumable |
-//! | [`policy`] | TTL, sign method and broker URLs per product |
-//! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed |
-//! | [`rate_limit`] | a budget per identity (governor) |
-//! | [`limits`] | `[server.limits]`: connections, streams, requests in flight, import bytes; metrics/health listener timeouts |
-//! | [`peer`] | the caller's identity from its client certificate |
-//! | [`credentials`] | the `Credentials` service |
-//! | [`admin`] | the `Admin` service; [`import`] its all-or-nothing bulk import; [`products`] product secrets |
-//! | [`activation`] | dynamic activation: `securemode=3` credentials and `CompleteActivation` |
-//! | [`batch_login`] | `SignSubDeviceLoginBatch`: one signed `combine.login.batch` for a gateway |
-//! | [`metrics`] | Prometheus metrics and their mTLS `/metrics` endpoint |
-//! | [`tls`] | [`tls::connect_mtls`] for clients |
-//! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
-//! | [`tls_incoming`] | the gRPC listener's TLS handshakes, each with the current material |
-//! | [`server`] | [`Signer`], [`run`]: serve until shutdown, then drain |
-//! | [`state`] | [`state::SignerState`]: what every call needs, built once from the config |
-//! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
-//! | [`readiness`] | what the health service answers: registry, custody, draining; liveness |
-//! | [`health_port`] | the plain (no TLS) health port for kubelet probes |
-//! | [`refusal_log`] | [`refusal_log::RefusalLog`]: refusals a caller can repeat for free, sampled |
-//! | [`init`] | create keys and registry |
-//! | [`error`] | [`SignerError`], and how it becomes a gRPC status |
+//! | [`error`], [`config`], [`key_file`] | [`SignerError`] and its gRPC status; [`SignerConfig`], the TOML config as serde structs; 256-bit key files |
+//! | [`custody`] | config → `Custody` (software XChaCha20-Poly1305, or PKCS#11), and the threads that run blocking HSM signs |
+//! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed; sinks: file, log, PostgreSQL |
+//! | [`listener`] | what runs before a call is admitted: TLS material and reload, the accept loop, peer identity, connection limits and throttle, metrics, readiness, the plain health port. Never imports a service |
+//! | [`state`] | [`state::SignerState`], what every call needs, and its parts: policy per product, rate limit per identity, sampled refusal logs, the admin allow-list |
+//! | [`services`] | the gRPC services: `Credentials` (with activation and batch login), `Admin` (with import and product secrets) |
+//! | [`server`] | [`Signer`], [`run`]: the listener and the services together; serve until shutdown, then drain |
+//! | [`ops`] | what the binary does with the service stopped: `init`, `custody migrate`, `registry copy` |
+//! | [`client`] | [`client::connect_mtls`]: how the admin CLI and tests reach a signer |
+//!
+//! The device registry (trait, records, redb, PostgreSQL, its cache and
+//! change feed) is its own crate, [`enos_registry`]: it knows nothing of
+//! gRPC, and secrets reach it and leave it sealed.
 //!
 //! # Secrets in memory
 //!
@@ -63,43 +51,23 @@
 //! | not allowed (a device for another, an unbound sub-device, a device on Admin, an admin on Credentials) | `PermissionDenied` |
 //! | unknown device | `NotFound` |
 //! | disabled device (or gateway) | `FailedPrecondition` |
-//! | a change against the gateway rules ([`registry::gateway_rules`]) | `FailedPrecondition` |
+//! | a change against the gateway rules ([`enos_registry::gateway_rules`]) | `FailedPrecondition` |
 //! | bad field (the message names it) | `InvalidArgument` |
 //! | over the rate limit | `ResourceExhausted` |
 //! | audit sink failing while fail-closed | `Unavailable` |
 #![forbid(unsafe_code)]
 
-pub mod activation;
-pub mod admin;
-pub mod admin_gate;
 pub mod audit;
-pub mod batch_login;
+pub mod client;
 pub mod config;
-pub mod convert;
-pub mod credentials;
 pub mod custody;
-pub mod custody_migrate;
 pub mod error;
-pub mod health_port;
-pub mod import;
-pub mod init;
 pub mod key_file;
-pub mod limits;
-pub mod metrics;
-pub mod peer;
-pub mod policy;
-pub mod products;
-pub mod rate_limit;
-pub mod readiness;
-pub mod refusal_log;
-pub mod registry;
-pub mod registry_copy;
+pub mod listener;
+pub mod ops;
 pub mod server;
-pub mod sign_threads;
+pub mod services;
 pub mod state;
-pub mod tls;
-pub mod tls_incoming;
-pub mod tls_reload;
 
 pub use config::SignerConfig;
 pub use error::SignerError;

@@ -19,17 +19,17 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 use crate::{
-    admin::AdminService,
     config::{HealthConfig, MetricsConfig, SignerConfig},
-    credentials::CredentialsService,
     error::{Result, SignerError},
-    health_port,
-    limits::{Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle},
-    metrics,
-    readiness::Readiness,
+    listener::health_port,
+    listener::limits::{Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle},
+    listener::metrics,
+    listener::readiness::Readiness,
+    listener::tls_incoming::tls_incoming,
+    listener::tls_reload::{self, ReloadingTls},
+    services::admin::AdminService,
+    services::credentials::CredentialsService,
     state::SignerState,
-    tls_incoming::tls_incoming,
-    tls_reload::{self, ReloadingTls},
 };
 
 /// The fully-qualified names of the API's services, for health checks.
@@ -52,7 +52,7 @@ pub struct Signer {
     readiness_interval: Duration,
     /// The plain health port's listener, when one is served.
     health_listener: Option<TcpListener>,
-    /// Connections, streams and requests in flight ([`crate::limits`]).
+    /// Connections, streams and requests in flight ([`crate::listener::limits`]).
     limits: LimitsConfig,
     /// Header and connection timeouts of the metrics listener.
     metrics_timeouts: HttpTimeouts,
@@ -81,7 +81,7 @@ impl Signer {
     }
 
     /// Also serves the plain health port on `listener` (see
-    /// [`crate::health_port`]).
+    /// [`crate::listener::health_port`]).
     pub fn with_health_listener(mut self, listener: TcpListener) -> Self {
         self.health_listener = Some(listener);
         self
@@ -106,9 +106,10 @@ impl Signer {
         let stop = CancellationToken::new();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let readiness = Readiness::new(health).await;
+        let readiness = Readiness::new(health, &SERVICE_NAMES).await;
         let readiness_task = tokio::spawn(readiness.clone().watch(
-            Arc::clone(&self.state),
+            Arc::clone(&self.state.registry),
+            self.state.custody.clone(),
             self.readiness_interval,
             stop.clone(),
         ));

@@ -15,7 +15,7 @@ use enos_signer_proto::v1::{
     IssueMqttCredentialRequest, ListDevicesRequest, admin_client::AdminClient,
     credentials_client::CredentialsClient,
 };
-use enos_signer_svc::tls;
+use enos_signer_svc::client;
 use enos_testkit::{Identity, Pki, signer::TestSigner};
 use tonic::{Code, transport::Channel};
 
@@ -41,7 +41,7 @@ fn publish(path: &Path, contents: &str) {
 /// A new mTLS channel to the signer presenting `identity` (HTTP/2: one
 /// connection, one handshake, as an agent keeps it).
 async fn connect(f: &Fixture, identity: &Identity) -> Result<Channel, String> {
-    tls::connect_mtls(
+    client::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
         Some(enos_testkit::signer::client_identity(identity)),

@@ -9,11 +9,11 @@ mod common;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use enos_postgres_fixture::PgCluster;
+use enos_registry::{PostgresRegistry, postgres::PostgresConfig};
 use enos_signer_proto::v1::IssueMqttCredentialRequest;
 use enos_signer_svc::{
     audit::postgres::PostgresAuditSinkConfig,
     config::{AuditSinkConfig, RegistryConfig},
-    registry::{PostgresRegistry, postgres::PostgresConfig},
 };
 use tonic::Code;
 

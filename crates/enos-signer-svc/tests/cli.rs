@@ -262,7 +262,7 @@ async fn init_then_serve_then_sigterm() {
     let started = Instant::now();
     let admin_identity = enos_testkit::signer::client_identity(f.signer.admin_identity());
     let channel = loop {
-        match enos_signer_svc::tls::connect_mtls(
+        match enos_signer_svc::client::connect_mtls(
             &uri,
             f.signer.ca_pem(),
             Some(admin_identity.clone()),
@@ -291,7 +291,7 @@ async fn init_then_serve_then_sigterm() {
         .expect("put through the binary");
     let device = f.pki.device("Pk1", "dev-1").expect("cert");
     let credential = enos_signer_proto::v1::credentials_client::CredentialsClient::new(
-        enos_signer_svc::tls::connect_mtls(
+        enos_signer_svc::client::connect_mtls(
             &uri,
             f.signer.ca_pem(),
             Some(enos_testkit::signer::client_identity(&device)),

@@ -13,8 +13,8 @@ use enos_signer_proto::v1::{
     credentials_client::CredentialsClient,
 };
 use enos_signer_svc::{
+    client,
     config::{AuditSinkConfig, ProductPolicyConfig, RateLimitConfig},
-    tls,
 };
 use tonic::Code;
 
@@ -137,7 +137,7 @@ async fn authentication_failures() {
     // A device certificate from another CA never completes the handshake.
     let other = enos_testkit::Pki::new("other").expect("pki");
     let forged = other.device("Pk1", "dev-1").expect("cert");
-    let refused = match tls::connect_mtls(
+    let refused = match client::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
         Some(enos_testkit::signer::client_identity(&forged)),

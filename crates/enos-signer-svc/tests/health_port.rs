@@ -9,11 +9,11 @@ use enos_signer_proto::v1::{
     credentials_client::CredentialsClient,
 };
 use enos_signer_svc::{
+    client,
     config::{HealthConfig, ServerConfig},
-    init::{Existing, init},
-    readiness::LIVENESS_SERVICE,
+    listener::readiness::LIVENESS_SERVICE,
+    ops::init::{Existing, init},
     server::Signer,
-    tls,
 };
 use enos_testkit::{Pki, signer::state_in};
 use tokio::net::TcpListener;
@@ -138,7 +138,7 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
 
     // An import that stays open keeps the drain going.
     let admin = pki.admin("health-admin").expect("admin cert");
-    let channel = tls::connect_mtls(
+    let channel = client::connect_mtls(
         &format!("https://{grpc_addr}"),
         pki.ca_pem(),
         Some(enos_testkit::signer::client_identity(&admin)),

@@ -16,6 +16,7 @@ use enos_custody_pkcs11::{
     ExportPolicy, Pkcs11Custody, SCHEME as HSM_SCHEME, generate_kek,
     softhsm::{SoftHsm, isolated},
 };
+use enos_registry::{DeviceId, DeviceRecord, RedbRegistry, Registry, Write};
 use enos_sign_core::{
     DeviceKey, DeviceSecret, ExposeSecret, HexCase, ProductKey, SignMethod, SignedFields,
     TimestampMs, sign_with_case,
@@ -27,8 +28,7 @@ use enos_signer_proto::v1::{
 use enos_signer_svc::{
     config::CustodyConfig,
     custody::{SOFTWARE_SCHEME, SoftwareCustody},
-    custody_migrate::{Outcome, migrate},
-    registry::{DeviceId, DeviceRecord, RedbRegistry, Registry, Write},
+    ops::custody_migrate::{Outcome, migrate},
 };
 use tonic::Code;
 
@@ -529,16 +529,17 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
                     custody: CustodyConfig::Pkcs11(hsm.config()),
                     ..source.clone()
                 };
-                enos_signer_svc::custody_migrate::init_hsm(&target).expect("init-hsm");
-                let again =
-                    enos_signer_svc::custody_migrate::init_hsm(&target).expect_err("keys exist");
+                enos_signer_svc::ops::custody_migrate::init_hsm(&target).expect("init-hsm");
+                let again = enos_signer_svc::ops::custody_migrate::init_hsm(&target)
+                    .expect_err("keys exist");
                 assert!(again.to_string().contains("already exists"), "{again}");
-                let report =
-                    enos_signer_svc::custody_migrate::migrate_configs(&target, &source, |_, _| {
-                        ControlFlow::Continue(())
-                    })
-                    .await
-                    .expect("migrate");
+                let report = enos_signer_svc::ops::custody_migrate::migrate_configs(
+                    &target,
+                    &source,
+                    |_, _| ControlFlow::Continue(()),
+                )
+                .await
+                .expect("migrate");
                 assert_eq!(report.migrated, 4);
                 assert!(report.failed.is_empty());
 
@@ -551,7 +552,7 @@ fn operator_flow_a_software_signer_moves_to_hsm_custody() {
                 .expect("HSM signer");
                 for (dk, secret) in &secrets {
                     let identity = pki.device("Pk1", dk).expect("device cert");
-                    let channel = enos_signer_svc::tls::connect_mtls(
+                    let channel = enos_signer_svc::client::connect_mtls(
                         &f.uri(),
                         f.ca_pem(),
                         Some(enos_testkit::signer::client_identity(&identity)),
@@ -728,7 +729,7 @@ fn readiness_follows_the_token_and_liveness_does_not() {
                 .await;
                 // Health needs no client certificate.
                 let channel = f.channel(None).await;
-                let liveness = enos_signer_svc::readiness::LIVENESS_SERVICE;
+                let liveness = enos_signer_svc::listener::readiness::LIVENESS_SERVICE;
                 wait_health(&channel, "", ServingStatus::Serving).await;
 
                 hsm.park_token();

@@ -280,7 +280,7 @@ fn the_manifests_carry_what_a_fleet_signer_needs() {
     // Liveness never asks for readiness (which depends on the database).
     assert_eq!(
         container["livenessProbe"]["grpc"]["service"].as_str(),
-        Some(enos_signer_svc::readiness::LIVENESS_SERVICE)
+        Some(enos_signer_svc::listener::readiness::LIVENESS_SERVICE)
     );
     assert!(container["readinessProbe"]["grpc"]["service"].is_badvalue());
     // No environment variable carries a secret: files only.

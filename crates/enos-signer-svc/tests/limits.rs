@@ -138,7 +138,7 @@ async fn connections_are_capped_at_accept() {
     list(second.clone()).await.expect("second");
     // A third connection is closed at accept: the call fails, the two
     // open ones are still served.
-    let third = enos_signer_svc::tls::connect_mtls(
+    let third = enos_signer_svc::client::connect_mtls(
         &f.signer.uri(),
         f.signer.ca_pem(),
         Some(enos_testkit::signer::client_identity(&admin)),
@@ -156,7 +156,7 @@ async fn connections_are_capped_at_accept() {
     list(first.clone()).await.expect("first still served");
     drop(second);
     eventually("a slot frees when a connection closes", async || {
-        match enos_signer_svc::tls::connect_mtls(
+        match enos_signer_svc::client::connect_mtls(
             &f.signer.uri(),
             f.signer.ca_pem(),
             Some(enos_testkit::signer::client_identity(&admin)),
@@ -285,7 +285,7 @@ async fn new_connections_per_peer_address_are_throttled_before_any_tls() {
     .await;
     let admin = f.signer.admin_identity().clone();
     let connect = || async {
-        match enos_signer_svc::tls::connect_mtls(
+        match enos_signer_svc::client::connect_mtls(
             &f.signer.uri(),
             f.signer.ca_pem(),
             Some(enos_testkit::signer::client_identity(&admin)),

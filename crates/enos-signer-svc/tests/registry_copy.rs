@@ -7,11 +7,11 @@ mod common;
 use std::{path::Path, process::Command, sync::Arc};
 
 use enos_postgres_fixture::PgCluster;
+use enos_registry::{self as registry, DeviceRecord, Registry, postgres::PostgresConfig};
 use enos_signer_proto::v1::IssueMqttCredentialRequest;
 use enos_signer_svc::{
     SignerConfig,
     config::{CustodyConfig, RegistryConfig},
-    registry::{self, DeviceRecord, Registry, postgres::PostgresConfig},
 };
 use enos_testkit::signer::TestSigner;
 
@@ -115,7 +115,7 @@ async fn copy_moves_every_sealed_record_both_ways_idempotently() {
     .await
     .expect("signer on the copy");
     let identity = f.pki.device("Pk1", "gw").expect("cert");
-    let channel = enos_signer_svc::tls::connect_mtls(
+    let channel = enos_signer_svc::client::connect_mtls(
         &on_postgres.uri(),
         on_postgres.ca_pem(),
         Some(tonic::transport::Identity::from_pem(

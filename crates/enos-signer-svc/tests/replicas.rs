@@ -16,16 +16,15 @@ use std::{
 };
 
 use enos_postgres_fixture::PgCluster;
+use enos_registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig, migrations};
 use enos_signer_proto::v1::{
     self, BindSubDeviceRequest, DeviceRef, IssueMqttCredentialRequest, ListDevicesRequest,
     PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, SignSubDeviceLoginRequest,
     UnbindSubDeviceRequest, admin_client::AdminClient, credentials_client::CredentialsClient,
 };
 use enos_signer_svc::{
-    SignerConfig,
+    SignerConfig, client,
     config::{RegistryConfig, ServerConfig},
-    registry::postgres::{LISTEN_APPLICATION_NAME, PostgresConfig, migrations},
-    tls,
 };
 use enos_testkit::signer::state_in;
 use enos_testkit::{Identity, Pki};
@@ -184,7 +183,7 @@ impl Fleet {
     }
 
     fn channel(&self, replica: &Replica, identity: &Identity) -> Channel {
-        tls::mtls_endpoint(
+        client::mtls_endpoint(
             &replica.uri(),
             self.pki.ca_pem(),
             Some(tonic::transport::Identity::from_pem(

@@ -22,7 +22,7 @@ use common::{
     tls_probe::{serial_of, served_serial},
 };
 use enos_signer_proto::v1::{IssueMqttCredentialRequest, credentials_client::CredentialsClient};
-use enos_signer_svc::tls;
+use enos_signer_svc::client;
 use enos_testkit::signer::TestSigner;
 use enos_testkit::{Identity, Pki};
 use tonic::transport::Channel;
@@ -60,7 +60,7 @@ impl TlsFiles {
 }
 
 async fn channel(uri: &str, ca_pem: &str, identity: &Identity) -> Channel {
-    tls::connect_mtls(
+    client::connect_mtls(
         uri,
         ca_pem,
         Some(enos_testkit::signer::client_identity(identity)),
@@ -147,7 +147,7 @@ async fn certificates_reload_under_load_without_a_failed_rpc() {
 
     // A client of the new CA is refused before the bundle names it.
     let newcomer = new_ca.device(PRODUCT, "dev-0").expect("new-CA cert");
-    let refused = tls::connect_mtls(
+    let refused = client::connect_mtls(
         &uri,
         &ca_pem,
         Some(enos_testkit::signer::client_identity(&newcomer)),

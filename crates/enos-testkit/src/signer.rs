@@ -15,7 +15,7 @@
 //! let signer = TestSigner::start(dir.path(), &pki).await?;
 //! signer.put_device("Pk1", "dev-1", "secret-1").await?;
 //! // A device connects with pki.device("Pk1", "dev-1") and
-//! // enos_signer_svc::tls::connect_mtls(&signer.uri(), signer.ca_pem(),
+//! // enos_signer_svc::client::connect_mtls(&signer.uri(), signer.ca_pem(),
 //! // Some(enos_testkit::signer::client_identity(&identity))).
 //! # Ok(()) }
 //! ```
@@ -29,13 +29,13 @@ use std::{
 
 use enos_signer_proto::v1::{self, admin_client::AdminClient};
 use enos_signer_svc::{
+    client,
     config::{
         AuditConfig, AuditSinkConfig, CustodyConfig, LoggingConfig, MetricsConfig, PolicyConfig,
         RegistryConfig, ServerConfig, SignerConfig,
     },
-    init::{Existing, init},
+    ops::init::{Existing, init},
     server::Signer,
-    tls,
 };
 use tokio::{net::TcpSocket, runtime::Runtime, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,7 @@ use tonic::transport::Channel;
 
 use crate::{Identity, Pki, Result};
 
-/// A tonic client identity (for [`tls::connect_mtls`]) from a test
+/// A tonic client identity (for [`client::connect_mtls`]) from a test
 /// [`Identity`].
 pub fn client_identity(identity: &Identity) -> tonic::transport::Identity {
     tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem)
@@ -276,7 +276,7 @@ impl TestSigner {
     /// certificate. The connection is made on first use, so this never
     /// fails; a call to a stopped signer fails with Unavailable.
     pub async fn admin(&self) -> AdminClient<Channel> {
-        let endpoint = tls::mtls_endpoint(
+        let endpoint = client::mtls_endpoint(
             &self.uri(),
             &self.ca_pem,
             Some(client_identity(&self.admin_identity)),

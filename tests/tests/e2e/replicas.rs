@@ -11,7 +11,8 @@ use std::{
 
 use enos_e2e::{Binaries, InProcessAgent, SignerProcess, agent::Backoff};
 use enos_postgres_fixture::PgCluster;
-use enos_signer_svc::{config::RegistryConfig, registry::postgres::PostgresConfig};
+use enos_registry::postgres::PostgresConfig;
+use enos_signer_svc::config::RegistryConfig;
 
 use crate::support::{TestResult, World, devices};
 

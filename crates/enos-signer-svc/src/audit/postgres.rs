@@ -21,10 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AuditRecord;
-use crate::{
-    error::{Result, SignerError},
-    registry::postgres::{Connect, PostgresConfig, Session, db, migrations},
-};
+use crate::error::{Result, SignerError};
+use enos_registry::postgres::{Connect, PostgresConfig, Session, db, migrations};
 
 /// Where the audit table is: the registry's database or another one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ pub mod tls_probe;
 
 use enos_sign_core::{DeviceSecret, Freshness, Md5Policy, PresentedLogin};
 use enos_signer_proto::v1::{admin_client::AdminClient, credentials_client::CredentialsClient};
-use enos_signer_svc::tls;
+use enos_signer_svc::client;
 use enos_testkit::signer::{TestSigner, client_identity};
 use enos_testkit::{Identity, Pki};
 use tonic::{Code, transport::Channel};
@@ -33,7 +33,7 @@ pub async fn fixture_with(adjust: impl FnOnce(&mut enos_signer_svc::SignerConfig
 
 impl Fixture {
     pub async fn channel(&self, identity: Option<&Identity>) -> Channel {
-        tls::connect_mtls(
+        client::connect_mtls(
             &self.signer.uri(),
             self.signer.ca_pem(),
             identity.map(client_identity),

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use enos_signer_svc::{
     SignerConfig,
-    custody_migrate::{self, Outcome},
+    ops::custody_migrate::{self, Outcome},
 };
 
 /// Custody administration.

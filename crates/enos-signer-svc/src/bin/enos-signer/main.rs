@@ -24,11 +24,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use enos_registry::postgres::migrations;
 use enos_signer_svc::{
     SignerConfig,
     config::RegistryConfig,
-    init::{Existing, init},
-    registry::postgres::migrations,
+    ops::init::{Existing, init},
 };
 
 /// The enos signer: central custody of EnOS device secrets.
@@ -101,7 +101,7 @@ impl Connection {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
         let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
-        enos_signer_svc::tls::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
+        enos_signer_svc::client::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
             .await
             .with_context(|| format!("connecting to {}", self.endpoint))
     }

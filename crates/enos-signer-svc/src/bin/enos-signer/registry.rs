@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use anyhow::bail;
 use clap::Subcommand;
+use enos_registry::PostgresRegistry;
 use enos_signer_svc::{
     SignerConfig,
     config::{AuditSinkConfig, RegistryConfig},
-    registry::PostgresRegistry,
-    registry_copy,
+    ops::registry_copy,
 };
 
 /// Registry administration.
@@ -80,7 +80,7 @@ impl RegistryCommand {
                     println!(
                         "{}: applied {applied:?}; schema at version {}",
                         db.display_target(),
-                        enos_signer_svc::registry::postgres::migrations::latest()
+                        enos_registry::postgres::migrations::latest()
                     );
                 }
                 Ok(())

@@ -1,0 +1,145 @@
+//! The device registry: a trait ([`Registry`]), its embedded default
+//! ([`RedbRegistry`]) and the shared one of stateless replicas
+//! ([`PostgresRegistry`]).
+//!
+//! The trait is async and object safe so that a shared registry (PostgreSQL,
+//! for several stateless replicas) stands beside the embedded one.
+//! Every change goes through [`Registry::modify`]: read some records, decide,
+//! write, all in one transaction, which also enforces the
+//! [`gateway_rules`] (no gateway is a sub-device, no device with
+//! sub-devices is bound or deleted).
+//!
+//! Beside the devices, the registry keeps the products' own secrets
+//! ([`ProductRecord`], for dynamic activation): few, rarely read (once per
+//! activation credential), so never cached, and changed through
+//! [`Registry::modify_product`], one product per transaction.
+//!
+//! Secrets reach this crate sealed ([`enos_custody::SealedSecret`]) and
+//! leave it sealed: it never sees a key, opens nothing, and knows nothing
+//! of gRPC. The signer is its one user; `tests/contract.rs` is the one
+//! contract suite that both backends pass.
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `lib.rs` | the [`Registry`] trait, [`Write`] / [`Change`] (one transaction's decision), [`open`] / [`create`] |
+//! | [`record`] | [`DeviceRecord`], [`ProductRecord`] |
+//! | [`config`] | [`RegistryConfig`]: `[registry]` of the signer's config |
+//! | [`gateway_rules`] | the gateway/sub-device rules every change is checked against |
+//! | `redb_store` | [`RedbRegistry`]: one embedded file, a single process |
+//! | `redb_sub_index` | redb's gateway → sub-devices index |
+//! | `record_cache` | decoded records in memory, invalidated by commits (and the change feed) |
+//! | [`postgres`] | [`PostgresRegistry`]: migrations, the pool, the change feed (LISTEN/NOTIFY), TLS |
+//! | [`copy`] | `registry copy`: every record from one registry into another, sealed as it is |
+//! | [`error`] | [`RegistryError`], the one error type |
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod copy;
+pub mod error;
+pub mod gateway_rules;
+pub mod postgres;
+pub mod record;
+mod record_cache;
+mod redb_store;
+mod redb_sub_index;
+
+use std::{collections::HashMap, sync::Arc};
+
+pub use config::RegistryConfig;
+pub use enos_domain::DeviceId;
+use enos_sign_core::ProductKey;
+pub use error::{RegistryError, Result};
+pub use postgres::PostgresRegistry;
+pub use record::{DeviceRecord, ProductRecord};
+pub use redb_store::RedbRegistry;
+
+/// The one write of a [`Registry::modify_product`] transaction.
+#[derive(Debug, Clone)]
+pub enum ProductWrite {
+    /// Create or replace the record.
+    Put(ProductRecord),
+    /// Remove the record (no-op if absent).
+    Delete(ProductKey),
+}
+
+/// The decision of a [`Registry::modify_product`]: given the product's
+/// current record, the write to commit, or an error to abort with.
+pub type ProductChange =
+    Box<dyn FnOnce(Option<ProductRecord>) -> Result<ProductWrite> + Send + 'static>;
+
+/// One write of a [`Registry::modify`] transaction.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Create or replace the record.
+    Put(DeviceRecord),
+    /// Remove the record (no-op if absent).
+    Delete(DeviceId),
+}
+
+/// The decision of a [`Registry::modify`]: given the current records of
+/// the requested ids (in request order), the writes to commit, or an error
+/// to abort with (then nothing is written).
+pub type Change = Box<dyn FnOnce(Vec<Option<DeviceRecord>>) -> Result<Vec<Write>> + Send + 'static>;
+
+/// Where device records live.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// The record of `id`, if any.
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
+
+    /// Up to `limit` records in `(productKey, deviceKey)` order, strictly
+    /// after `after`, optionally of one product only.
+    async fn list(
+        &self,
+        product: Option<&ProductKey>,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>>;
+
+    /// Reads the records of `ids`, lets `change` decide, and commits its
+    /// writes atomically; if `change` fails nothing is written. Changes are
+    /// serialised, so the records `change` sees are current. Returns the
+    /// committed writes.
+    async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>>;
+
+    /// For each of `gateways` that has sub-devices, one of them. For
+    /// reports (an import's dry run names every bad row); a change is
+    /// checked against the [`gateway_rules`] in its own transaction.
+    async fn a_sub_device_of(&self, gateways: &[DeviceId]) -> Result<HashMap<DeviceId, DeviceId>>;
+
+    /// The secret record of `product`, if it has one. Read through, never
+    /// cached: a rotation on another replica is seen at once.
+    async fn get_product(&self, product: &ProductKey) -> Result<Option<ProductRecord>>;
+
+    /// Every product record, in product-key order (products are few: a
+    /// registry copy and a custody migration read them at once).
+    async fn list_products(&self) -> Result<Vec<ProductRecord>>;
+
+    /// Reads `product`'s record, lets `change` decide, and commits its
+    /// write; if `change` fails nothing is written. Serialised with other
+    /// changes of the same product. Returns the committed write.
+    async fn modify_product(
+        &self,
+        product: ProductKey,
+        change: ProductChange,
+    ) -> Result<ProductWrite>;
+}
+
+/// Opens the registry the config names.
+pub fn open(config: &RegistryConfig) -> Result<Arc<dyn Registry>> {
+    match config {
+        RegistryConfig::Redb { path } => Ok(Arc::new(RedbRegistry::open(path)?)),
+        RegistryConfig::Postgres(pg) => Ok(Arc::new(PostgresRegistry::open(pg)?)),
+    }
+}
+
+/// Creates the registry the config names (for `enos-signer init`): a new
+/// redb file, or the PostgreSQL schema (migrations this binary carries).
+pub fn create(config: &RegistryConfig) -> Result<()> {
+    match config {
+        RegistryConfig::Redb { path } => RedbRegistry::create(path),
+        RegistryConfig::Postgres(pg) => PostgresRegistry::create(pg).map(drop),
+    }
+}

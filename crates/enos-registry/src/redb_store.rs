@@ -1,0 +1,634 @@
+//! [`RedbRegistry`]: the embedded registry, one redb file (ACID, crash
+//! safe, copy-on-write B-trees).
+//!
+//! Records are keyed by `(productKey, deviceKey)` and stored as a small
+//! protobuf message, so fields can be added without a migration. A device
+//! awaiting activation is stored with an empty scheme and no sealed bytes
+//! (every custody names its scheme). Product secrets live in their own
+//! table, created on open in files older than it.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::{
+    collections::HashMap,
+    ops::Bound,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use enos_custody::SealedSecret;
+use enos_sign_core::{DeviceKey, ProductKey};
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{
+    Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
+    gateway_rules::{self, GatewayChanges},
+    record_cache::RecordCache,
+    redb_sub_index::{self, SUB_DEVICES},
+};
+use crate::error::{RegistryError, Result};
+
+/// `(productKey, deviceKey)` → encoded [`StoredDevice`].
+const DEVICES: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("devices");
+
+/// `productKey` → encoded [`StoredProduct`].
+const PRODUCTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("products");
+
+/// The stored form of a [`ProductRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredProduct {
+    #[prost(uint32, tag = "1")]
+    secret_version: u32,
+    #[prost(string, tag = "2")]
+    scheme: String,
+    #[prost(bytes = "vec", tag = "3")]
+    sealed: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    created_at_ms: u64,
+    #[prost(uint64, tag = "5")]
+    updated_at_ms: u64,
+}
+
+/// The stored form of a [`DeviceRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDevice {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+    #[prost(uint32, tag = "2")]
+    secret_version: u32,
+    #[prost(string, tag = "3")]
+    scheme: String,
+    #[prost(bytes = "vec", tag = "4")]
+    sealed: Vec<u8>,
+    #[prost(string, tag = "5")]
+    gateway_product_key: String,
+    #[prost(string, tag = "6")]
+    gateway_device_key: String,
+    #[prost(uint64, tag = "7")]
+    created_at_ms: u64,
+    #[prost(uint64, tag = "8")]
+    updated_at_ms: u64,
+}
+
+/// The embedded registry.
+pub struct RedbRegistry {
+    /// Shared with the blocking tasks that run write transactions.
+    db: Arc<Database>,
+    /// The file, for error messages.
+    path: PathBuf,
+    /// Decoded records, so that an issuance reads no page and decodes
+    /// nothing. Correct because only this process writes the file (redb
+    /// locks it) and every write goes through `modify`, which updates the
+    /// cache after its commit: a call that starts after `modify` returned
+    /// sees the change (a rotated secret is used by the next issuance).
+    cache: Arc<RecordCache>,
+}
+
+impl RedbRegistry {
+    /// Creates a new, empty registry file; refuses an existing one.
+    pub fn create(path: &Path) -> Result<()> {
+        if path.exists() {
+            return Err(RegistryError::Config(format!(
+                "{} already exists; refusing to overwrite a registry",
+                path.display()
+            )));
+        }
+        // Created owner-only before redb writes a byte: it holds the
+        // sealed secrets (redb alone would use the umask, often 0644).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| RegistryError::Store(format!("creating {}: {e}", path.display())))?;
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(DEVICES)?;
+        txn.open_table(PRODUCTS)?;
+        txn.open_table(SUB_DEVICES)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Opens an existing registry file (made by [`RedbRegistry::create`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(RegistryError::Config(format!(
+                "registry {} does not exist; run `enos-signer init` first",
+                path.display()
+            )));
+        }
+        // Loose like a key file: refused, as the key files are.
+        enos_domain::private_file::check(path)?;
+        let db = Database::open(path)
+            .map_err(|e| RegistryError::Store(format!("opening {}: {e}", path.display())))?;
+        // A file made before product secrets existed has no such table:
+        // reads would fail, so make it (once, empty). One made before the
+        // sub-device index gets it built from its records.
+        let txn = db.begin_write()?;
+        txn.open_table(PRODUCTS)?;
+        let built = redb_sub_index::build_if_missing(&txn, || {
+            let table = txn.open_table(DEVICES)?;
+            let mut bindings = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (pk, dk) = key.value();
+                let record = decode(pk, dk, value.value())?;
+                if let Some(gateway) = record.gateway {
+                    bindings.push((record.id, gateway));
+                }
+            }
+            Ok(bindings)
+        })?;
+        txn.commit()?;
+        if built {
+            tracing::info!(path = %path.display(), "registry: sub-device index built");
+        }
+        Ok(RedbRegistry {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            cache: Arc::new(RecordCache::new()),
+        })
+    }
+}
+
+fn encode(record: &DeviceRecord) -> Vec<u8> {
+    let (gateway_product_key, gateway_device_key) = match &record.gateway {
+        Some(g) => (g.product_key.to_string(), g.device_key.to_string()),
+        None => (String::new(), String::new()),
+    };
+    StoredDevice {
+        enabled: record.enabled,
+        secret_version: record.secret_version,
+        scheme: record
+            .sealed
+            .as_ref()
+            .map(|s| s.scheme.clone())
+            .unwrap_or_default(),
+        sealed: record
+            .sealed
+            .as_ref()
+            .map(|s| s.bytes.clone())
+            .unwrap_or_default(),
+        gateway_product_key,
+        gateway_device_key,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
+    .encode_to_vec()
+}
+
+fn decode(pk: &str, dk: &str, bytes: &[u8]) -> Result<DeviceRecord> {
+    let corrupt = |what: &str| RegistryError::Store(format!("record {pk}/{dk}: {what}"));
+    let stored = StoredDevice::decode(bytes).map_err(|_| corrupt("undecodable"))?;
+    let id = DeviceId::new(
+        ProductKey::new(pk).map_err(|_| corrupt("bad productKey"))?,
+        DeviceKey::new(dk).map_err(|_| corrupt("bad deviceKey"))?,
+    );
+    let gateway = if stored.gateway_product_key.is_empty() {
+        None
+    } else {
+        Some(DeviceId::new(
+            ProductKey::new(&stored.gateway_product_key)
+                .map_err(|_| corrupt("bad gateway productKey"))?,
+            DeviceKey::new(&stored.gateway_device_key)
+                .map_err(|_| corrupt("bad gateway deviceKey"))?,
+        ))
+    };
+    Ok(DeviceRecord {
+        id,
+        enabled: stored.enabled,
+        secret_version: stored.secret_version,
+        sealed: (!stored.scheme.is_empty()).then_some(SealedSecret {
+            scheme: stored.scheme,
+            bytes: stored.sealed,
+        }),
+        gateway,
+        created_at_ms: stored.created_at_ms,
+        updated_at_ms: stored.updated_at_ms,
+    })
+}
+
+fn encode_product(record: &ProductRecord) -> Vec<u8> {
+    StoredProduct {
+        secret_version: record.secret_version,
+        scheme: record.sealed.scheme.clone(),
+        sealed: record.sealed.bytes.clone(),
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
+    .encode_to_vec()
+}
+
+fn decode_product(pk: &str, bytes: &[u8]) -> Result<ProductRecord> {
+    let corrupt = |what: &str| RegistryError::Store(format!("product record {pk}: {what}"));
+    let stored = StoredProduct::decode(bytes).map_err(|_| corrupt("undecodable"))?;
+    Ok(ProductRecord {
+        product_key: ProductKey::new(pk).map_err(|_| corrupt("bad productKey"))?,
+        secret_version: stored.secret_version,
+        sealed: SealedSecret {
+            scheme: stored.scheme,
+            bytes: stored.sealed,
+        },
+        created_at_ms: stored.created_at_ms,
+        updated_at_ms: stored.updated_at_ms,
+    })
+}
+
+#[async_trait::async_trait]
+impl Registry for RedbRegistry {
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let generation = match self.cache.lookup(id)? {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
+        // A read transaction is a snapshot and cheap (microseconds): run
+        // it inline rather than pay for a hop to the blocking pool.
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+        match table.get((pk, dk))? {
+            Some(value) => {
+                let record = decode(pk, dk, value.value())?;
+                self.cache.fill(generation, &record)?;
+                Ok(Some(record))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        product: Option<&ProductKey>,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let start = match (after, product) {
+            (Some(a), _) => Bound::Excluded((a.product_key.as_str(), a.device_key.as_str())),
+            (None, Some(p)) => Bound::Included((p.as_str(), "")),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<(&str, &str)>((start, Bound::Unbounded))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let (pk, dk) = key.value();
+            if product.is_some_and(|p| p.as_str() != pk) {
+                break;
+            }
+            out.push(decode(pk, dk, value.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn a_sub_device_of(&self, gateways: &[DeviceId]) -> Result<HashMap<DeviceId, DeviceId>> {
+        let txn = self.db.begin_read()?;
+        let subs = txn.open_table(SUB_DEVICES)?;
+        let mut found = HashMap::new();
+        for gateway in gateways {
+            if let Some(sub) = redb_sub_index::first(&subs, gateway)? {
+                found.insert(gateway.clone(), sub);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
+        let db = Arc::clone(&self.db);
+        let cache = Arc::clone(&self.cache);
+        let path = self.path.clone();
+        // Write transactions fsync on commit and wait for each other: keep
+        // them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            let writes = {
+                let mut table = txn.open_table(DEVICES)?;
+                let mut current = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+                    current.push(match table.get((pk, dk))? {
+                        Some(v) => Some(decode(pk, dk, v.value())?),
+                        None => None,
+                    });
+                }
+                // On error the transaction is dropped, i.e. aborted.
+                let writes = change(current)?;
+                let mut subs = txn.open_table(SUB_DEVICES)?;
+                let mut changes = GatewayChanges::default();
+                for write in &writes {
+                    let (id, old, new) = match write {
+                        Write::Put(record) => {
+                            let (pk, dk) = (
+                                record.id.product_key.as_str(),
+                                record.id.device_key.as_str(),
+                            );
+                            let old = table
+                                .insert((pk, dk), encode(record).as_slice())?
+                                .map(|v| decode(pk, dk, v.value()))
+                                .transpose()?;
+                            changes.put(&record.id, old_gateway(&old), record.gateway.as_ref());
+                            (&record.id, old, record.gateway.as_ref())
+                        }
+                        Write::Delete(id) => {
+                            let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+                            let old = table
+                                .remove((pk, dk))?
+                                .map(|v| decode(pk, dk, v.value()))
+                                .transpose()?;
+                            changes.delete(id);
+                            (id, old, None)
+                        }
+                    };
+                    let old = old_gateway(&old);
+                    if old != new {
+                        if let Some(g) = old {
+                            redb_sub_index::set(&mut subs, g, id, false)?;
+                        }
+                        if let Some(g) = new {
+                            redb_sub_index::set(&mut subs, g, id, true)?;
+                        }
+                    }
+                }
+                check_gateway_rules(&table, &subs, &changes)?;
+                writes
+            };
+            txn.commit()?;
+            cache.committed(&writes)?;
+            Ok(writes)
+        })
+        .await
+        .map_err(|e| RegistryError::Store(format!("{}: write task failed: {e}", path.display())))?
+    }
+
+    async fn get_product(&self, product: &ProductKey) -> Result<Option<ProductRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRODUCTS)?;
+        match table.get(product.as_str())? {
+            Some(value) => Ok(Some(decode_product(product.as_str(), value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_products(&self) -> Result<Vec<ProductRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRODUCTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode_product(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn modify_product(
+        &self,
+        product: ProductKey,
+        change: ProductChange,
+    ) -> Result<ProductWrite> {
+        let db = Arc::clone(&self.db);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            let write = {
+                let mut table = txn.open_table(PRODUCTS)?;
+                let current = match table.get(product.as_str())? {
+                    Some(v) => Some(decode_product(product.as_str(), v.value())?),
+                    None => None,
+                };
+                let write = change(current)?;
+                match &write {
+                    ProductWrite::Put(record) => {
+                        table.insert(
+                            record.product_key.as_str(),
+                            encode_product(record).as_slice(),
+                        )?;
+                    }
+                    ProductWrite::Delete(key) => {
+                        table.remove(key.as_str())?;
+                    }
+                }
+                write
+            };
+            txn.commit()?;
+            Ok(write)
+        })
+        .await
+        .map_err(|e| RegistryError::Store(format!("{}: write task failed: {e}", path.display())))?
+    }
+}
+
+fn old_gateway(old: &Option<DeviceRecord>) -> Option<&DeviceId> {
+    old.as_ref().and_then(|r| r.gateway.as_ref())
+}
+
+/// The gateway rules over the records as the change left them.
+fn check_gateway_rules(
+    devices: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    subs: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), ()>,
+    changes: &GatewayChanges,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let gateway_of = |id: &DeviceId| -> Result<Option<Option<DeviceId>>> {
+        let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+        match devices.get((pk, dk))? {
+            Some(v) => Ok(Some(decode(pk, dk, v.value())?.gateway)),
+            None => Ok(None),
+        }
+    };
+    let mut violations = Vec::new();
+    for (sub, gateway) in &changes.bound {
+        // A later write of the same change may have bound it elsewhere.
+        if gateway_of(sub)?.flatten().as_ref() != Some(gateway) {
+            continue;
+        }
+        if gateway_of(gateway)?.flatten().is_some() {
+            violations.push(gateway_rules::gateway_is_sub(sub, gateway));
+        }
+        if let Some(example) = redb_sub_index::first(subs, sub)? {
+            violations.push(gateway_rules::sub_has_sub_devices(sub, gateway, &example));
+        }
+    }
+    for deleted in &changes.deleted {
+        if gateway_of(deleted)?.is_none()
+            && let Some(example) = redb_sub_index::first(subs, deleted)?
+        {
+            violations.push(gateway_rules::gateway_in_use(deleted, &example));
+        }
+    }
+    gateway_rules::verdict(violations)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_registry_file_is_owner_only_and_a_loose_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.redb");
+        RedbRegistry::create(&path).expect("create");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "created {mode:o}");
+        RedbRegistry::open(&path).expect("opens");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            RedbRegistry::open(&path),
+            Err(RegistryError::PrivateFile(
+                enos_domain::private_file::PrivateFileError::Loose { mode: 0o644, .. }
+            ))
+        ));
+    }
+
+    fn record(pk: &str, dk: &str) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::new(
+                ProductKey::new(pk).expect("pk"),
+                DeviceKey::new(dk).expect("dk"),
+            ),
+            enabled: true,
+            secret_version: 1,
+            sealed: Some(SealedSecret {
+                scheme: "test".into(),
+                bytes: vec![1, 2, 3],
+            }),
+            gateway: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_from_before_the_sub_device_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("file");
+        let mut sub = record("p", "sub");
+        sub.gateway = Some(record("p", "gw").id);
+        {
+            // As an older binary wrote it: the device table alone.
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut table = txn.open_table(DEVICES).expect("table");
+                for r in [record("p", "gw"), sub.clone()] {
+                    let key = (r.id.product_key.as_str(), r.id.device_key.as_str());
+                    table.insert(key, encode(&r).as_slice()).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let registry = RedbRegistry::open(&path).expect("open");
+        let gw = record("p", "gw").id;
+        assert_eq!(
+            registry
+                .a_sub_device_of(std::slice::from_ref(&gw))
+                .await
+                .expect("subs"),
+            HashMap::from([(gw.clone(), sub.id.clone())])
+        );
+        let refused = registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Delete(gw)])))
+            .await;
+        assert!(
+            matches!(refused, Err(RegistryError::GatewayRules(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn modify_is_all_or_nothing_and_list_pages_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.redb");
+        RedbRegistry::create(&path).expect("create");
+        assert!(RedbRegistry::create(&path).is_err(), "never overwritten");
+        let registry: Arc<dyn Registry> = Arc::new(RedbRegistry::open(&path).expect("open"));
+
+        let mut sub = record("a-b", "x");
+        sub.gateway = Some(record("a", "gw").id);
+        let all = [
+            record("a", "gw"),
+            record("a", "z"),
+            sub.clone(),
+            record("b", "1"),
+        ];
+        let writes = all.iter().cloned().map(Write::Put).collect::<Vec<_>>();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(writes)))
+            .await
+            .expect("import");
+
+        // A failing change writes nothing, not even its first writes.
+        let r = registry
+            .modify(
+                vec![record("a", "gw").id],
+                Box::new(|current| {
+                    assert!(current[0].is_some());
+                    Err(RegistryError::refused("abort"))
+                }),
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(registry.get(&sub.id).await.expect("get"), Some(sub.clone()));
+
+        let page1 = registry.list(None, None, 2).await.expect("list");
+        let keys: Vec<String> = page1.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(keys, ["a/gw", "a/z"]);
+        let page2 = registry
+            .list(None, Some(&page1[1].id), 10)
+            .await
+            .expect("list");
+        let keys: Vec<String> = page2.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(keys, ["a-b/x", "b/1"]);
+        let only_a = registry
+            .list(Some(&ProductKey::new("a").expect("pk")), None, 10)
+            .await
+            .expect("list");
+        assert_eq!(only_a.len(), 2);
+
+        // Cached reads follow every commit.
+        let mut changed = sub.clone();
+        changed.enabled = false;
+        changed.secret_version = 9;
+        let put = changed.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(put)])))
+            .await
+            .expect("change");
+        assert_eq!(
+            registry.get(&sub.id).await.expect("get"),
+            Some(changed.clone())
+        );
+        let gone = sub.id.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Delete(gone)])))
+            .await
+            .expect("delete");
+        assert_eq!(registry.get(&sub.id).await.expect("get"), None);
+        let back = sub.clone();
+        registry
+            .modify(vec![], Box::new(move |_| Ok(vec![Write::Put(back)])))
+            .await
+            .expect("put back");
+
+        drop(registry);
+        let reopened = RedbRegistry::open(&path).expect("reopen");
+        assert_eq!(reopened.get(&sub.id).await.expect("get"), Some(sub));
+    }
+}

@@ -1,0 +1,283 @@
+//! [`Metrics`]: Prometheus counters and histograms, and the `/metrics`
+//! endpoint on its own port (mTLS like every listener).
+//!
+//! Labels are bounded: the RPC and the outcome (a gRPC code name). No
+//! label names a device, so the series count does not grow with a fleet.
+
+use std::{sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    listener::limits::{ConnectionLimit, HttpTimeouts, METRICS_MAX_CONNECTIONS},
+    listener::tls_reload::ReloadingTls,
+};
+
+/// Labels of an issuance.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `issue_mqtt_credential` or `sign_sub_device_login`, or the admin RPC.
+    rpc: &'static str,
+    /// `ok` or the gRPC code name.
+    outcome: &'static str,
+}
+
+/// Labels of a TLS reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    /// `reloaded` or `refused`.
+    outcome: &'static str,
+}
+
+/// Labels of a refused connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    /// `grpc`, `metrics` or `health`.
+    listener: &'static str,
+    /// `limit` (too many open) or `throttled` (too many new from one
+    /// address).
+    reason: &'static str,
+}
+
+/// Labels of a latency observation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    /// The RPC.
+    rpc: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_05, 2.0, 16,
+    ))
+}
+
+/// The signer's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Encodes everything below.
+    registry: Arc<Registry>,
+    /// Credentials issued (and refused), by RPC and outcome.
+    issuances: Family<OutcomeLabels, Counter>,
+    /// Issuance latency, by RPC.
+    issue_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// Admin calls, by RPC and outcome.
+    admin_calls: Family<OutcomeLabels, Counter>,
+    /// notAfter of the served server certificate (seconds since the
+    /// epoch): short-lived certificates must be seen to renew.
+    server_cert_expiry: Gauge,
+    /// TLS reloads, by outcome: a refused one means the files are broken.
+    tls_reloads: Family<ReloadLabels, Counter>,
+    /// Connections closed at accept because the listener was at its
+    /// connection limit ([`crate::listener::limits`]): counted, never logged per
+    /// connection (a flood must not fill the log).
+    connections_refused: Family<ListenerLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("enos_signer");
+        let issuances = Family::<OutcomeLabels, Counter>::default();
+        let issue_latency = Family::<RpcLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let admin_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "issuances",
+            "Credential issuances by RPC and outcome",
+            issuances.clone(),
+        );
+        registry.register(
+            "issue_duration_seconds",
+            "Time to serve an issuance RPC",
+            issue_latency.clone(),
+        );
+        registry.register(
+            "admin_calls",
+            "Admin RPCs by RPC and outcome",
+            admin_calls.clone(),
+        );
+        let server_cert_expiry = Gauge::default();
+        registry.register(
+            "tls_server_cert_expiry_timestamp_seconds",
+            "notAfter of the server certificate served to new connections",
+            server_cert_expiry.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Changes of the TLS files, by outcome (reloaded, refused)",
+            tls_reloads.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: the listener was at its limit, or the peer address over its rate",
+
+            connections_refused.clone(),
+        );
+        Metrics {
+            connections_refused,
+            registry: Arc::new(registry),
+            issuances,
+            issue_latency,
+            admin_calls,
+            server_cert_expiry,
+            tls_reloads,
+        }
+    }
+
+    /// Counts one issuance RPC and observes its latency.
+    pub fn issuance(&self, rpc: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.issuances
+            .get_or_create(&OutcomeLabels { rpc, outcome })
+            .inc();
+        self.issue_latency
+            .get_or_create(&RpcLabels { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one admin RPC.
+    pub fn admin_call(&self, rpc: &'static str, outcome: &'static str) {
+        self.admin_calls
+            .get_or_create(&OutcomeLabels { rpc, outcome })
+            .inc();
+    }
+
+    /// Records the served certificate's notAfter.
+    pub fn set_server_cert_expiry(&self, not_after: i64) {
+        self.server_cert_expiry.set(not_after);
+    }
+
+    /// Counts one connection refused at `listener`, for `reason`
+    /// (`limit` or `throttled`).
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener, reason })
+            .inc();
+    }
+
+    /// Counts one TLS reload (`reloaded` or `refused`).
+    pub fn tls_reload(&self, outcome: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The name of a result's outcome: `ok` or the gRPC code.
+pub fn outcome_name(code: Option<tonic::Code>) -> &'static str {
+    use tonic::Code;
+    match code {
+        None => "ok",
+        Some(Code::Unauthenticated) => "unauthenticated",
+        Some(Code::PermissionDenied) => "permission_denied",
+        Some(Code::NotFound) => "not_found",
+        Some(Code::FailedPrecondition) => "failed_precondition",
+        Some(Code::InvalidArgument) => "invalid_argument",
+        Some(Code::ResourceExhausted) => "resource_exhausted",
+        Some(Code::Unavailable) => "unavailable",
+        Some(_) => "internal",
+    }
+}
+
+/// Serves `GET /metrics` over mTLS on `listener` until `shutdown`; each
+/// handshake uses the TLS material current when it starts.
+pub async fn serve(
+    metrics: Metrics,
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    timeouts: HttpTimeouts,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let limit = ConnectionLimit::new(METRICS_MAX_CONNECTIONS);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, _) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limit.try_admit() else {
+            metrics.connection_refused("metrics", "limit");
+            continue;
+        };
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().metrics));
+        let metrics = metrics.clone();
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics: TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    if request.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.encode())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
+                    }
+                }
+            });
+            // A header sent slowly, or a kept-alive connection left idle,
+            // holds a connection slot: both are bounded.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header)
+                .serve_connection(TokioIo::new(tls), service);
+            match tokio::time::timeout(timeouts.lifetime, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics: connection ended with an error")
+                }
+                Err(_) => tracing::debug!("metrics: connection closed at its lifetime"),
+            }
+        });
+    }
+    connections.shutdown().await;
+}

@@ -1,0 +1,91 @@
+//! [`tls_incoming`]: the gRPC listener's connections, TLS-accepted with
+//! the material current at each handshake ([`ReloadingTls::current`]).
+//!
+//! tonic's own TLS fixes one config for the server's life; this stream
+//! lets a certificate or client CA change between two handshakes while
+//! established connections keep theirs. Handshakes run concurrently, each
+//! bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client holds up
+//! no one.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::Stream;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    listener::limits::{Admission, Limited},
+    listener::tls_reload::ReloadingTls,
+};
+
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted TLS connections waiting for the server to take them.
+const BACKLOG: usize = 256;
+
+/// A connection the gRPC server serves: TLS, holding a connection permit.
+pub type GrpcConnection = Limited<TlsStream<tokio::net::TcpStream>>;
+
+/// Accepts on `listener` until `stop`, yielding TLS streams for
+/// `tonic::transport::Server::serve_with_incoming_shutdown`. The listener
+/// is closed when `stop` is cancelled. A connection `admission` refuses
+/// (its address over its rate, or the listener full; handshakes count) is
+/// closed at accept.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    admission: Admission,
+    stop: CancellationToken,
+) -> impl Stream<Item = std::io::Result<GrpcConnection>> + Send + 'static {
+    let (sender, receiver) = mpsc::channel(BACKLOG);
+    tokio::spawn(accept_loop(listener, tls, admission, stop, sender));
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|tls| (Ok(tls), receiver))
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    admission: Admission,
+    stop: CancellationToken,
+    sender: mpsc::Sender<GrpcConnection>,
+) {
+    let mut handshakes = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // At the limit: closed before any TLS work (dropping it).
+        let Some(permit) = admission.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().grpc));
+        let sender = sender.clone();
+        while handshakes.try_join_next().is_some() {}
+        handshakes.spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = sender.send(Limited::new(stream, permit)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        });
+    }
+    // The listener closes here; handshakes under way are dropped.
+    handshakes.shutdown().await;
+}

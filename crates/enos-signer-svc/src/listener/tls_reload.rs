@@ -1,0 +1,527 @@
+//! [`ReloadingTls`]: the server certificate, key, client CA, admin CA and
+//! CRLs, re-read when their files change, swapped in for new connections
+//! only.
+//!
+//! Certificates from cert-manager or SPIRE live an hour or less, so the
+//! signer follows its files instead of reading them once. Every
+//! [`ReloadingTls::reload`] reads the three files; when their contents
+//! differ from what is served, it builds complete rustls configs from them
+//! and swaps them in. A TLS handshake takes the configs current when it
+//! starts ([`ReloadingTls::current`]), so connections already established
+//! keep the session they negotiated and their in-flight calls are never
+//! touched; their client certificates are verified again against the new
+//! material on their next call ([`crate::listener::peer::IdentityCache`]), so a
+//! revocation reaches them too. Material that does not build (unparsable PEM, a key that does
+//! not fit the certificate, an empty CA bundle, a loose key file) is
+//! refused with one error log line per distinct content, and the previous
+//! material stays in use.
+//!
+//! Files are polled ([`watch`]) rather than watched with inotify: a
+//! Kubernetes Secret volume replaces its files by swapping a symlink to a
+//! new directory, which a watch on the file misses; three small reads every
+//! few seconds notice every kind of update (rename, symlink swap, in-place
+//! write). The binary also reloads on SIGHUP.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use x509_parser::{certificate::X509Certificate, prelude::FromDer};
+use zeroize::Zeroizing;
+
+use crate::{
+    config::ServerConfig,
+    error::{Result, SignerError},
+    key_file,
+    listener::metrics::Metrics,
+};
+
+/// Numbers [`TlsGeneration`]s: process-wide, so that two signers in one
+/// process (tests) never share a number for different material.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The gRPC listener's ALPN protocol: HTTP/2 only.
+const ALPN_H2: &[u8] = b"h2";
+
+/// One complete generation of server TLS material.
+pub struct TlsGeneration {
+    /// The gRPC listener's config: a client certificate is optional in the
+    /// handshake (a call without one reaches the service and gets
+    /// Unauthenticated; health needs none), but one that is presented must
+    /// chain to the client CA.
+    pub grpc: Arc<rustls::ServerConfig>,
+    /// The metrics listener's config: a certificate of the client CA is
+    /// required.
+    pub metrics: Arc<rustls::ServerConfig>,
+    /// With `server.admin_ca`: verifies that an admin's certificate chains
+    /// to the admin CA (the handshake accepted it from either CA), with
+    /// the CRLs; `None`: admins come from the client CA.
+    pub admin: Option<Arc<dyn ClientCertVerifier>>,
+    /// Verifies a certificate against the client CA with the CRLs. The
+    /// handshake's check holds for the material of its day only, and a
+    /// connection outlives it: every call's certificate is checked again
+    /// against the current generation ([`crate::listener::peer::IdentityCache`]),
+    /// so a device revoked or expired since is refused on the connection
+    /// it already has. Devices come from the client CA only, never from
+    /// the admin CA the handshake also accepts.
+    pub clients: Arc<dyn ClientCertVerifier>,
+    /// This generation's number, increasing: what a certificate was last
+    /// checked against.
+    pub number: u64,
+    /// The served certificate's serial number (hex, `:`-separated), for
+    /// logs.
+    pub serial: String,
+    /// The served certificate's notAfter, seconds since the epoch (the
+    /// expiry metric).
+    pub not_after: i64,
+    /// SHA-256 over the three files' contents: what was loaded, to tell
+    /// whether the files changed since.
+    digest: [u8; 32],
+}
+
+/// What a [`ReloadingTls::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The files hold what is served already.
+    Unchanged,
+    /// New material is served to new connections.
+    Reloaded {
+        /// The new certificate's serial number.
+        serial: String,
+    },
+    /// The files changed but do not build; the previous material stays.
+    /// `reason` says why (never a key's bytes).
+    Refused {
+        /// Why the material was refused.
+        reason: String,
+    },
+}
+
+/// The server TLS material, following its files.
+pub struct ReloadingTls {
+    /// Where the certificate chain, key and client CA are read from.
+    paths: TlsPaths,
+    /// What new handshakes use.
+    current: RwLock<Arc<TlsGeneration>>,
+    /// What was refused last (the contents' digest, or a read error's): a
+    /// broken or missing file is logged once, not on every poll.
+    last_refused: Mutex<Option<[u8; 32]>>,
+    /// The served certificate's expiry and the reload outcomes.
+    metrics: Metrics,
+}
+
+/// The three files of [`ReloadingTls`].
+#[derive(Debug, Clone)]
+struct TlsPaths {
+    /// Server certificate chain (PEM).
+    cert: PathBuf,
+    /// Server private key (PEM), mode 0600 (or root-owned 0640).
+    key: PathBuf,
+    /// Client CA bundle (PEM), one or more certificates.
+    client_ca: PathBuf,
+    /// Admin CA bundle (PEM), when admins have a CA of their own.
+    admin_ca: Option<PathBuf>,
+    /// CRL files (PEM or DER).
+    crls: Vec<PathBuf>,
+}
+
+/// The files' contents, as read.
+struct Contents {
+    /// Certificate chain PEM.
+    cert: Vec<u8>,
+    /// Private key PEM; wiped on drop.
+    key: Zeroizing<Vec<u8>>,
+    /// Client CA PEM.
+    client_ca: Vec<u8>,
+    /// Admin CA PEM, when configured.
+    admin_ca: Option<Vec<u8>>,
+    /// Each CRL file's bytes.
+    crls: Vec<Vec<u8>>,
+}
+
+impl Contents {
+    fn read(paths: &TlsPaths) -> Result<Self> {
+        key_file::check_permissions(&paths.key)?;
+        Ok(Contents {
+            cert: read(&paths.cert, "reading server certificate")?,
+            key: Zeroizing::new(read(&paths.key, "reading server key")?),
+            client_ca: read(&paths.client_ca, "reading client CA")?,
+            admin_ca: paths
+                .admin_ca
+                .as_deref()
+                .map(|p| read(p, "reading admin CA"))
+                .transpose()?,
+            crls: paths
+                .crls
+                .iter()
+                .map(|p| read(p, "reading CRL"))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// SHA-256 over every content, each length-prefixed (an absent admin
+    /// CA and an empty one differ: a marker byte).
+    fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        let admin_ca = self.admin_ca.as_deref();
+        hasher.update([u8::from(admin_ca.is_some())]);
+        let parts = [&self.cert[..], &self.key[..], &self.client_ca[..]]
+            .into_iter()
+            .chain(admin_ca)
+            .chain(self.crls.iter().map(Vec::as_slice));
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize().into()
+    }
+}
+
+fn read(path: &Path, action: &'static str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| SignerError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl ReloadingTls {
+    /// Reads and builds the material the config names; fails when it does
+    /// not build (the signer does not start without TLS).
+    pub fn load(config: &ServerConfig, metrics: Metrics) -> Result<Self> {
+        let paths = TlsPaths {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            client_ca: config.client_ca.clone(),
+            admin_ca: config.admin_ca.clone(),
+            crls: config.crls.clone(),
+        };
+        let generation = build(&Contents::read(&paths)?)?;
+        metrics.set_server_cert_expiry(generation.not_after);
+        Ok(ReloadingTls {
+            paths,
+            current: RwLock::new(Arc::new(generation)),
+            last_refused: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// The material a new handshake uses.
+    pub fn current(&self) -> Arc<TlsGeneration> {
+        // A poisoned lock still holds a complete generation.
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads the files and swaps new material in when they changed and
+    /// build; logs what it did.
+    pub fn reload(&self) -> ReloadOutcome {
+        let contents = match Contents::read(&self.paths) {
+            Ok(c) => c,
+            // A missing or unreadable file: logged once per distinct error.
+            Err(e) => {
+                let key = Sha256::digest(e.to_string().as_bytes()).into();
+                return self.refuse(key, &e);
+            }
+        };
+        let digest = contents.digest();
+        if digest == self.current().digest {
+            return ReloadOutcome::Unchanged;
+        }
+        match build(&contents) {
+            Ok(generation) => {
+                let serial = generation.serial.clone();
+                tracing::info!(
+                    serial = %serial,
+                    not_after = generation.not_after,
+                    "TLS material reloaded; new connections use the new certificate and client CA"
+                );
+                self.metrics.set_server_cert_expiry(generation.not_after);
+                self.metrics.tls_reload("reloaded");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
+                *self.last_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                ReloadOutcome::Reloaded { serial }
+            }
+            Err(e) => self.refuse(digest, &e),
+        }
+    }
+
+    /// Logs a refusal once per distinct cause (`key`: the contents'
+    /// digest, or the read error's), not on every poll while it lasts.
+    fn refuse(&self, key: [u8; 32], error: &SignerError) -> ReloadOutcome {
+        let reason = error.to_string();
+        let mut last = self.last_refused.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != Some(key) {
+            tracing::error!(
+                error = %reason,
+                serving = %self.current().serial,
+                "TLS reload refused; still serving the previous certificate and client CA"
+            );
+            self.metrics.tls_reload("refused");
+        }
+        *last = Some(key);
+        ReloadOutcome::Refused { reason }
+    }
+}
+
+/// Polls the files every `interval` (none: never) and reloads on change,
+/// until `stop`.
+pub async fn watch(tls: Arc<ReloadingTls>, interval: Option<Duration>, stop: CancellationToken) {
+    let Some(interval) = interval else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {
+                let tls = Arc::clone(&tls);
+                // File reads and key parsing: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+            }
+        }
+    }
+}
+
+/// Reloads on every SIGHUP (the binary's operators and `systemctl reload`
+/// send it), forever.
+pub async fn reload_on_sighup(tls: Arc<ReloadingTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are still polled");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the TLS material");
+        let tls = Arc::clone(&tls);
+        if let Ok(ReloadOutcome::Unchanged) =
+            tokio::task::spawn_blocking(move || tls.reload()).await
+        {
+            tracing::info!("TLS files unchanged");
+        }
+    }
+}
+
+fn tls_error(what: &str, e: impl std::fmt::Display) -> SignerError {
+    SignerError::Tls(format!("{what}: {e}"))
+}
+
+/// The certificates of a CA bundle (PEM), added to `roots`.
+fn add_roots(roots: &mut RootCertStore, pem: &[u8], what: &str) -> Result<()> {
+    let before = roots.len();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| tls_error(what, e))?)
+            .map_err(|e| tls_error(what, e))?;
+    }
+    if roots.len() == before {
+        return Err(tls_error(what, "no CERTIFICATE block found"));
+    }
+    Ok(())
+}
+
+/// The CRLs of one file: its `X509 CRL` PEM blocks, or the file as one DER
+/// list.
+fn parse_crls(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_error("CRL", e))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]);
+    }
+    Err(tls_error("CRL", "neither an X509 CRL PEM block nor DER"))
+}
+
+/// A client verifier over `roots` with `crls`. A CA with no list is not
+/// checked for revocation (`allow_unknown_revocation_status`): the lists
+/// given are enforced, the others are not invented.
+fn verifier(
+    roots: RootCertStore,
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls.iter().cloned())
+            .allow_unknown_revocation_status();
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| tls_error("client verifier", e))
+}
+
+/// Both listeners' configs (and the admin verifier) from the files'
+/// contents.
+fn build(contents: &Contents) -> Result<TlsGeneration> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let mut client_roots = RootCertStore::empty();
+    add_roots(&mut client_roots, &contents.client_ca, "client CA")?;
+    let mut crls = Vec::new();
+    for file in &contents.crls {
+        crls.extend(parse_crls(file)?);
+    }
+    // The gRPC handshake accepts both CAs; which one an admin comes from is
+    // checked per call ([`TlsGeneration::admin`]).
+    let mut grpc_roots = client_roots.clone();
+    let admin = match &contents.admin_ca {
+        Some(pem) => {
+            let mut admin_roots = RootCertStore::empty();
+            add_roots(&mut admin_roots, pem, "admin CA")?;
+            add_roots(&mut grpc_roots, pem, "admin CA")?;
+            Some(verifier(admin_roots, &crls, &provider, false)?)
+        }
+        None => None,
+    };
+
+    let chain = CertificateDer::pem_slice_iter(&contents.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error("server certificate", e))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| tls_error("server certificate", "no CERTIFICATE block found"))?;
+    let (_, parsed) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|e| tls_error("server certificate", e))?;
+    let serial = parsed.tbs_certificate.raw_serial_as_string();
+    let not_after = parsed.validity().not_after.timestamp();
+    // The parser's message could quote the PEM: never say more than this.
+    let key = || {
+        PrivateKeyDer::from_pem_slice(&contents.key)
+            .map_err(|_| SignerError::Tls("server key: not a PEM private key".into()))
+    };
+
+    let grpc_verifier = verifier(grpc_roots, &crls, &provider, true)?;
+    let mut grpc = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("protocol versions", e))?
+        .with_client_cert_verifier(grpc_verifier)
+        .with_single_cert(chain.clone(), key()?)
+        .map_err(|e| tls_error("server certificate/key", e))?;
+    grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
+
+    let clients = verifier(client_roots, &crls, &provider, false)?;
+    let metrics = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("protocol versions", e))?
+        .with_client_cert_verifier(clients.clone())
+        .with_single_cert(chain, key()?)
+        .map_err(|e| tls_error("server certificate/key", e))?;
+
+    Ok(TlsGeneration {
+        grpc: Arc::new(grpc),
+        metrics: Arc::new(metrics),
+        admin,
+        clients,
+        number: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        serial,
+        not_after,
+        digest: contents.digest(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A server config with a fresh server certificate of `pki` and its CA
+    /// as the client CA, files in `dir`.
+    pub(crate) fn server_config(dir: &Path, pki: &enos_testkit::Pki) -> ServerConfig {
+        let server = pki
+            .server(&[])
+            .expect("server cert")
+            .write(dir, "server")
+            .expect("write");
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cert: server.cert,
+            key: server.key,
+            client_ca: pki.write_ca(dir).expect("ca"),
+            drain_timeout_secs: 1,
+            worker_threads: None,
+            tls_reload_interval_secs: 0,
+            limits: Default::default(),
+            admin_ca: None,
+            admin_names: Vec::new(),
+            crls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changed_files_reload_broken_ones_are_refused_and_the_old_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("reload-unit").expect("pki");
+        let config = server_config(dir.path(), &pki);
+        let metrics = Metrics::new();
+        let tls = ReloadingTls::load(&config, metrics.clone()).expect("loads");
+        let first = tls.current().serial.clone();
+        assert_eq!(tls.reload(), ReloadOutcome::Unchanged);
+        assert!(metrics.encode().contains(&format!(
+            "enos_signer_tls_server_cert_expiry_timestamp_seconds {}",
+            tls.current().not_after
+        )));
+
+        // A new certificate (new serial) with its key.
+        let next = pki.server(&[]).expect("cert");
+        std::fs::write(&config.cert, &next.cert_pem).expect("write");
+        enos_testkit::write_private(&config.key, next.key_pem.as_bytes()).expect("write");
+        let ReloadOutcome::Reloaded { serial } = tls.reload() else {
+            panic!("not reloaded");
+        };
+        assert_ne!(serial, first);
+        assert_eq!(tls.current().serial, serial);
+
+        // A certificate without its key: refused, the new one stays.
+        let other = pki.server(&[]).expect("cert");
+        std::fs::write(&config.cert, &other.cert_pem).expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("a mismatched key is refused");
+        };
+        assert!(reason.contains("server certificate/key"), "{reason}");
+        assert_eq!(tls.current().serial, serial);
+        // Garbage: refused without quoting it.
+        std::fs::write(&config.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("w");
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        enos_testkit::write_private(&config.key, b"SECRET-KEY-BYTES").expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("refused");
+        };
+        assert!(!reason.contains("SECRET-KEY-BYTES"), "{reason}");
+        // An empty client CA bundle: refused.
+        std::fs::write(&config.cert, &next.cert_pem).expect("write");
+        enos_testkit::write_private(&config.key, next.key_pem.as_bytes()).expect("write");
+        std::fs::write(&config.client_ca, "").expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("refused");
+        };
+        assert!(reason.contains("client CA"), "{reason}");
+        assert_eq!(tls.current().serial, serial);
+        // The same broken file again: refused, not counted (or logged) again.
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        // A missing file: refused once too.
+        std::fs::remove_file(&config.client_ca).expect("remove");
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        assert!(matches!(tls.reload(), ReloadOutcome::Refused { .. }));
+        let refused = metrics.encode();
+        assert!(
+            refused.contains("enos_signer_tls_reloads_total{outcome=\"refused\"} 5"),
+            "{refused}"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! The gRPC services, one file per RPC family. Each call asks the
+//! [listener](crate::listener)'s identity who the caller is, then reads
+//! the registry, signs through custody and writes the audit record; the
+//! listener never names a service.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`credentials`] | the `Credentials` service: `IssueMqttCredential`, `SignSubDeviceLogin` |
+//! | [`activation`] | dynamic activation: `securemode=3` credentials and `CompleteActivation` |
+//! | [`batch_login`] | `SignSubDeviceLoginBatch`: one signed `combine.login.batch` for a gateway |
+//! | [`admin`] | the `Admin` service: the device registry, for admin certificates |
+//! | [`admin_gate`] | who may use Admin beyond holding an admin certificate |
+//! | [`import`] | `ImportDevices`: all-or-nothing bulk import |
+//! | [`products`] | product secrets (`PutProductSecret`, `RotateProductSecret`) |
+//! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
+
+pub mod activation;
+pub mod admin;
+pub mod admin_gate;
+pub mod batch_login;
+pub mod convert;
+pub mod credentials;
+pub mod import;
+pub mod products;

@@ -1,0 +1,123 @@
+//! [`SignerState`]: everything a call needs, built once from the config and
+//! shared by both services, and the parts that exist only for it.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`policy`] | TTL, sign method and broker URLs per product |
+//! | [`rate_limit`] | a budget per identity (governor) |
+//! | [`refusal_log`] | [`refusal_log::RefusalLog`]: refusals a caller can repeat for free, sampled |
+//! | [`admin_names`] | `server.admin_names`: the admin allow-list |
+
+pub mod admin_names;
+pub mod policy;
+pub mod rate_limit;
+pub mod refusal_log;
+
+use std::sync::Arc;
+
+use enos_signer_proto::identity::PeerIdentity;
+
+use crate::{
+    audit::{Audit, AuditRecord},
+    config::SignerConfig,
+    custody,
+    error::Result,
+    listener::metrics::Metrics,
+    state::policy::Policy,
+    state::rate_limit::RateLimiter,
+};
+use enos_registry::{self as registry, Registry};
+
+/// Shared by every call.
+pub struct SignerState {
+    /// Device records.
+    pub registry: Arc<dyn Registry>,
+    /// Seals secrets and signs with them.
+    pub custody: custody::CustodyHandle,
+    /// TTL, methods, broker URLs.
+    pub policy: Policy,
+    /// The audit trail.
+    pub audit: Audit,
+    /// Per-identity budget.
+    pub limiter: RateLimiter,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// Identities of client certificates already seen.
+    pub identities: crate::listener::peer::IdentityCache,
+    /// Samples the log lines of refusals a caller can repeat for free.
+    pub refusal_log: crate::state::refusal_log::RefusalLog,
+    /// Bytes one import may stream (`server.limits.import_max_bytes`).
+    pub import_max_bytes: usize,
+    /// The TLS material, following its files: the listeners take their
+    /// configs from it, Admin its admin-CA verifier.
+    pub tls: Arc<crate::listener::tls_reload::ReloadingTls>,
+    /// `server.admin_names`: who may use Admin (empty: any admin).
+    pub admin_names: admin_names::AdminNames,
+}
+
+impl SignerState {
+    /// Opens the registry, custody and audit sink the config names.
+    pub fn open(config: &SignerConfig) -> Result<Self> {
+        let metrics = Metrics::new();
+        Ok(SignerState {
+            tls: Arc::new(crate::listener::tls_reload::ReloadingTls::load(
+                &config.server,
+                metrics.clone(),
+            )?),
+            admin_names: admin_names::AdminNames::new(&config.server.admin_names),
+            custody: custody::build(&config.custody)?,
+            registry: registry::open(&config.registry)?,
+            policy: Policy::from_config(&config.policy)?,
+            audit: Audit::open(&config.audit)?,
+            limiter: RateLimiter::new(config.rate_limit.as_ref())?,
+            metrics,
+            identities: crate::listener::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
+            refusal_log: crate::state::refusal_log::RefusalLog::default(),
+            import_max_bytes: config.server.limits.import_max_bytes,
+        })
+    }
+
+    /// Logs and audits a refused call, unless the caller can repeat it for
+    /// free: with no identity (nothing proved) it is never audited, and
+    /// it, like a caller over its rate limit, is logged at most once a
+    /// second per caller. Metrics count every call elsewhere.
+    pub fn refused(
+        &self,
+        rpc: &'static str,
+        identity: Option<&PeerIdentity>,
+        error: &crate::SignerError,
+        record: Option<&AuditRecord>,
+    ) {
+        let name = crate::audit::identity_name(identity);
+        let cheap = identity.is_none() || error.code() == tonic::Code::ResourceExhausted;
+        if cheap {
+            let Some(left_out) = self.refusal_log.sample(&name) else {
+                return;
+            };
+            tracing::info!(rpc, identity = %name, code = ?error.code(), error = %error, left_out, "refused (sampled: at most one line a second per caller)");
+        } else {
+            tracing::info!(rpc, identity = %name, code = ?error.code(), error = %error, "refused");
+        }
+        if let (Some(record), Some(_)) = (record, identity) {
+            self.audit_best_effort(record);
+        }
+    }
+
+    /// Writes an audit record for an outcome already decided (a refusal,
+    /// or an admin change that is committed), without waiting for it: a
+    /// sink failure is logged and cannot change that outcome.
+    pub fn audit_best_effort(&self, record: &AuditRecord) {
+        self.audit.record_detached(record);
+    }
+}
+
+/// Client certificates whose identity is remembered (a few hundred bytes
+/// each): more than the connections one signer serves at once.
+const IDENTITY_CACHE_CAPACITY: usize = 50_000;
+
+impl SignerState {
+    /// The caller's identity (Unauthenticated if none).
+    pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
+        self.identities.identity(request, &self.tls.current())
+    }
+}
