@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::{
-    FrontContext, Listener,
+    context::{FrontContext, Listener},
     packets::{PacketReader, PacketWriter, StreamError},
     topics,
 };
