@@ -36,10 +36,6 @@ use crate::{
     sub_devices::SubDeviceSessions,
 };
 
-/// The front's plain listener, in log lines.
-pub const MQTT_LISTENER: &str = "enos-mqtt";
-/// The front's TLS listener, in log lines.
-pub const TLS_LISTENER: &str = "enos-mqtts";
 /// rumqttd's name (and thread name) for its internal listener.
 const INTERNAL_LISTENER: &str = "enos-internal";
 /// The in-process client id of the responder. A device's client id always

@@ -41,7 +41,7 @@ use std::{
 use enos_sign_core::Md5Policy;
 use serde::Deserialize;
 
-use crate::{error::SandboxError, front::CertificateRule};
+use crate::{certificate::CertificateRule, error::SandboxError};
 
 /// The plain MQTT port of EnOS.
 pub const DEFAULT_MQTT_PORT: u16 = 11883;

@@ -26,22 +26,34 @@
 //!
 //! # Layout
 //!
-//! | module | what it holds |
-//! |---|---|
-//! | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] |
-//! | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads |
-//! | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Admitted`]: who may connect; [`Refusal`]: why a CONNECT was refused, and its CONNACK code |
-//! | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push |
-//! | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd |
-//! | [`console`] | [`ConsoleLogin`]: the cloud's side |
-//! | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway, at most 200 each |
-//! | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes |
-//! | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes |
-//! | [`broker`] | [`RunningBroker`]: rumqttd and the front in this process (what the binary runs) |
-//! | `ports` | [`PortReservation`]: free ports that rumqttd can still bind |
-//! | `readiness` | [`ListenWatch`]: when rumqttd actually listens |
-//! | `status` | [`StatusLine`]: what the binary prints on stdout for programs that drive it |
-//! | `error` | [`SandboxError`], the one error type |
+//! The modules in layers, lowest first. A module imports only from lower
+//! layers (a smaller number), so the imports form no circle: a type that
+//! two layers share lives in the lower one (as [`CertificateRule`], which
+//! the settings hold and the front applies), and a lower module is handed
+//! values rather than reaching up. Doc links may point anywhere.
+//!
+//! | layer | module | what it holds | imports |
+//! |---|---|---|---|
+//! | 0 | `error` | [`SandboxError`], the one error type | — |
+//! | 0 | `readiness` | [`ListenWatch`]: when rumqttd actually listens | — |
+//! | 0 | `status` | [`StatusLine`]: what the binary prints on stdout for programs that drive it | — |
+//! | 1 | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads | `error` |
+//! | 1 | [`console`] | [`ConsoleLogin`]: the cloud's side | `error` |
+//! | 1 | `ports` | [`PortReservation`]: free ports that rumqttd can still bind | `error` |
+//! | 2 | `certificate` | [`CertificateRule`]: which device a TLS client certificate belongs to | `devices` |
+//! | 2 | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push | `devices` |
+//! | 2 | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway, at most 200 each | `devices` |
+//! | 2 | [`sessions`] | [`SessionTracker`]: drops the open sessions a reload revokes | `devices`, `error` |
+//! | 3 | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] | `certificate`, `sub_devices`, `error` |
+//! | 4 | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Admitted`]: who may connect; [`Refusal`]: why a CONNECT was refused, and its CONNACK code | `config`, `activation`, `devices` |
+//! | 5 | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd | `auth`, `config` and layers 0–2 |
+//! | 5 | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes | `auth`, `sub_devices`, `devices` |
+//! | 6 | [`broker`] | [`RunningBroker`]: rumqttd, the responder and the front in this process (what the binary runs) | all of the above |
+//!
+//! So the spine reads one way, config → auth → front and responder →
+//! broker: `front` and `responder` know neither each other nor `broker`,
+//! which wires them together. Inside `front`, `context` (what every
+//! connection is handed) sits below both `front` itself and `connection`.
 //!
 //! # Designing around rumqttd
 //!
@@ -121,6 +133,7 @@
 pub mod activation;
 pub mod auth;
 pub mod broker;
+mod certificate;
 pub mod config;
 pub mod console;
 pub mod devices;
@@ -136,11 +149,11 @@ pub mod sub_devices;
 pub use activation::{ActivationPush, Activations};
 pub use auth::{ActivationStep, Admitted, Authenticator, Refusal};
 pub use broker::{ReloadOutcome, RunningBroker};
+pub use certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use console::ConsoleLogin;
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
 pub use error::SandboxError;
-pub use front::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};
 pub use responder::{Reply, Responder};

@@ -510,6 +510,10 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
+    fn id(pk: &str, dk: &str) -> DeviceId {
+        DeviceId::new(pk.parse().expect("pk"), dk.parse().expect("dk"))
+    }
+
     fn responder() -> (tempfile::TempDir, Responder) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("devices.csv");
@@ -576,15 +580,7 @@ mod tests {
         assert_eq!(ok["code"], 200);
         assert_eq!(ok["id"], "42");
         assert_eq!(ok["data"]["deviceKey"], "sub1");
-        let gw1 = DeviceId::new(
-            ProductKey::new("gwpk").expect("pk"),
-            DeviceKey::new("gw1").expect("dk"),
-        );
-        let sub1 = DeviceId::new(
-            ProductKey::new("subpk").expect("pk"),
-            DeviceKey::new("sub1").expect("dk"),
-        );
-        assert!(r.is_online(&gw1, &sub1));
+        assert!(r.is_online(&id("gwpk", "gw1"), &id("subpk", "sub1")));
 
         let cases = [
             (GW1_LOGIN, login_body("sub1", "wrong", NOW), 742),
@@ -631,15 +627,7 @@ mod tests {
             (ok["code"].clone(), ok["id"].clone()),
             (json!(200), json!(7))
         );
-        let gw1 = DeviceId::new(
-            ProductKey::new("gwpk").expect("pk"),
-            DeviceKey::new("gw1").expect("dk"),
-        );
-        let sub1 = DeviceId::new(
-            ProductKey::new("subpk").expect("pk"),
-            DeviceKey::new("sub1").expect("dk"),
-        );
-        assert!(!r.is_online(&gw1, &sub1));
+        assert!(!r.is_online(&id("gwpk", "gw1"), &id("subpk", "sub1")));
         let again = reply(&mut r, topic, &body("sub1"));
         assert_eq!(again["code"], 404, "{again}");
         assert!(
@@ -709,15 +697,7 @@ mod tests {
             json!([{"productKey": "subpk", "deviceKey": "ghost"},
                    {"productKey": "subpk", "deviceKey": "off"}])
         );
-        let gw1 = DeviceId::new(
-            ProductKey::new("gwpk").expect("pk"),
-            DeviceKey::new("gw1").expect("dk"),
-        );
-        let sub1 = DeviceId::new(
-            ProductKey::new("subpk").expect("pk"),
-            DeviceKey::new("sub1").expect("dk"),
-        );
-        assert!(r.is_online(&gw1, &sub1));
+        assert!(r.is_online(&id("gwpk", "gw1"), &id("subpk", "sub1")));
 
         for malformed in [
             br#"{"id":"2","method":"combine.login.batch","params":{"clientId":"c","timestamp":"1","signMethod":"sha256"}}"#.to_vec(),
@@ -738,14 +718,8 @@ mod tests {
         let auth = Authenticator::new(store, FreshnessPolicy::Any, Md5Policy::Refuse);
         let online = Arc::new(SubDeviceSessions::new(1));
         let mut r = Responder::new(auth, Arc::clone(&online));
-        let gw1 = DeviceId::new(
-            ProductKey::new("gwpk").expect("pk"),
-            DeviceKey::new("gw1").expect("dk"),
-        );
-        let other = DeviceId::new(
-            ProductKey::new("subpk").expect("pk"),
-            DeviceKey::new("x").expect("dk"),
-        );
+        let gw1 = id("gwpk", "gw1");
+        let other = id("subpk", "x");
         online.log_in(&gw1, &other).expect("room");
         let got = reply(&mut r, GW1_LOGIN, &login_body("sub1", "sub-secret", NOW));
         assert_eq!(got["code"], 429, "{got}");

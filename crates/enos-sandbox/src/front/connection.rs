@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::{
-    FrontContext, Listener,
+    context::{FrontContext, Listener},
     packets::{PacketReader, PacketWriter, StreamError},
     topics,
 };
@@ -127,9 +127,7 @@ pub(crate) async fn serve<S>(
                 4 => ConnectReturnCode::BadUserNamePassword,
                 _ => ConnectReturnCode::NotAuthorized,
             };
-            let _ = client_tx
-                .write(&Packet::ConnAck(ConnAck::new(code, false)))
-                .await;
+            let _ = connack(&mut client_tx, code, false).await;
             client_tx.shutdown().await;
             return;
         }
@@ -291,15 +289,22 @@ async fn connect_once(
     }
 }
 
+/// Answers the CONNECT: `code`, and for an accepted one whether rumqttd
+/// kept a session.
+async fn connack<W: AsyncWrite + Unpin>(
+    client_tx: &mut PacketWriter<W>,
+    code: ConnectReturnCode,
+    session_present: bool,
+) -> Result<(), StreamError> {
+    client_tx
+        .write(&Packet::ConnAck(ConnAck::new(code, session_present)))
+        .await
+}
+
 /// Tells the client its login is fine but the broker behind is not.
 async fn unavailable<W: AsyncWrite + Unpin>(client_tx: &mut PacketWriter<W>, error: &StreamError) {
     warn!(error = %error, "rumqttd's internal listener did not take the session; answered CONNACK 3");
-    let _ = client_tx
-        .write(&Packet::ConnAck(ConnAck::new(
-            ConnectReturnCode::ServiceUnavailable,
-            false,
-        )))
-        .await;
+    let _ = connack(client_tx, ConnectReturnCode::ServiceUnavailable, false).await;
 }
 
 /// The console's session: packets pass through, but it only publishes
@@ -335,12 +340,7 @@ where
         client_id = ?shorten(&connect.client_id),
         "accepted console login"
     );
-    client_tx
-        .write(&Packet::ConnAck(ConnAck::new(
-            ConnectReturnCode::Success,
-            session_present,
-        )))
-        .await?;
+    connack(client_tx, ConnectReturnCode::Success, session_present).await?;
     let mut dropped = DroppedPublishes::default();
     loop {
         tokio::select! {
@@ -548,13 +548,12 @@ where
         client_id = ?shorten(&connect.client_id),
         "accepted MQTT CONNECT"
     );
-    session
-        .client_tx
-        .write(&Packet::ConnAck(ConnAck::new(
-            ConnectReturnCode::Success,
-            session_present,
-        )))
-        .await?;
+    connack(
+        session.client_tx,
+        ConnectReturnCode::Success,
+        session_present,
+    )
+    .await?;
     if let Some(push) = activation {
         session.push_activation(&push).await?;
     }

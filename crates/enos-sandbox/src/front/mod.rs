@@ -7,12 +7,12 @@
 //! terminates the connection (and TLS), reads CONNECT and decides:
 //!
 //! 1. **Login.** The CONNECT is checked ([`crate::auth`]) with the client
-//!    certificate in hand (`certificate`). A refusal is answered with
-//!    CONNACK 4 (bad user name or password: wrong password, unknown
-//!    device, malformed login) or 5 (not authorised: disabled device,
-//!    certificate of another device, a sub-device connecting directly,
-//!    an activation that is not allowed),
-//!    then the connection closes; the reason is logged.
+//!    certificate in hand ([`crate::CertificateRule`]). A refusal is
+//!    answered with CONNACK 4 (bad user name or password: wrong password,
+//!    unknown device, malformed login) or 5 (not authorised: disabled
+//!    device, certificate of another device, a sub-device connecting
+//!    directly, an activation that is not allowed), then the connection
+//!    closes; the reason is logged.
 //! 2. **Forwarding.** An accepted device gets a connection to rumqttd's
 //!    internal listener (loopback, a random port, logged in with a token
 //!    only this process knows) as the session `device|{pk}|{dk}`: one
@@ -48,14 +48,13 @@
 //! device's own SUBSCRIBE, so a retained non-downstream message is not
 //! replayed on it).
 
-mod certificate;
 mod connection;
+mod context;
 mod packets;
 pub(crate) mod topics;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-pub use certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -66,50 +65,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use crate::{
-    auth::Authenticator, config::TlsSettings, console::ConsoleLogin, error::SandboxError,
-    sessions::SessionTracker, sub_devices::SubDeviceSessions,
-};
+pub(crate) use context::FrontContext;
+use context::Listener;
+pub use context::{MQTT_LISTENER, TLS_LISTENER};
 
-/// What every front connection needs; shared by all of them.
-pub(crate) struct FrontContext {
-    /// Checks device logins against the device file.
-    pub(crate) auth: Authenticator,
-    /// Records which client ids logged in as which device (for reloads),
-    /// and holds the token of the internal listener.
-    pub(crate) sessions: Arc<SessionTracker>,
-    /// Which sub-devices are online through which gateway.
-    pub(crate) sub_devices: Arc<SubDeviceSessions>,
-    /// The console login, when configured.
-    pub(crate) console: Option<ConsoleLogin>,
-    /// rumqttd's internal listener.
-    pub(crate) upstream: SocketAddr,
-    /// The largest packet accepted from a client.
-    pub(crate) max_packet: usize,
-    /// A client must send CONNECT within this.
-    pub(crate) connect_timeout: Duration,
-    /// Which device a TLS client certificate belongs to.
-    pub(crate) certificate_rule: CertificateRule,
-}
-
-/// Which public listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listener {
-    /// EnOS's 11883.
-    Plain,
-    /// EnOS's 18883, two-way TLS.
-    Tls,
-}
-
-impl Listener {
-    /// The name in log lines.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Listener::Plain => crate::broker::MQTT_LISTENER,
-            Listener::Tls => crate::broker::TLS_LISTENER,
-        }
-    }
-}
+pub use crate::certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
+use crate::{config::TlsSettings, error::SandboxError};
 
 /// Binds a listening socket on `addr`, whose port a
 /// [`crate::ports::PortReservation`] may hold (hence `SO_REUSEADDR`).

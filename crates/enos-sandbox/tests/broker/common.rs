@@ -1,9 +1,13 @@
-//! Shared set-up: a device file, a PKI, a sandbox child, and rumqttc
-//! clients with credentials signed by enos-sign-core.
+//! Shared set-up: a device file, a PKI, a sandbox child, rumqttc clients
+//! with credentials signed by enos-sign-core, and a gateway's signed
+//! sub-device logins.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use enos_sign_core::{ExposeSecret, MqttCredential, SignMethod};
+use enos_sign_core::{
+    ClientId, DeviceKey, DeviceSecret, ExposeSecret, MqttCredential, ProductKey, SignMethod,
+    SignedFields, TimestampMs,
+};
 use enos_testkit::sandbox::{Sandbox, SandboxBinary, SandboxBuilder};
 use enos_testkit::{Identity, Pki};
 use rumqttc::{
@@ -14,7 +18,7 @@ use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Every wait in these tests; the expected path takes milliseconds.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
@@ -112,16 +116,16 @@ pub(crate) fn credential(
     enos_testkit::device_login(pk, dk, secret, method, ts)
 }
 
-/// A fresh credential of `pkA/dev1`, the plain device of [`DEVICES`],
-/// signed with SHA-1 now: what most tests connect with.
+/// A credential of `pkA/dev1`, the plain device of [`DEVICES`], signed
+/// with `method` at `ts`.
+pub(crate) fn dev1_signed(method: SignMethod, ts: u64) -> MqttCredential {
+    credential("pkA", "dev1", "secret-dev1-7f3a9", method, ts)
+}
+
+/// A fresh credential of `pkA/dev1` signed with SHA-1 now: what most
+/// tests connect with.
 pub(crate) fn dev1_now() -> MqttCredential {
-    credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms(),
-    )
+    dev1_signed(SignMethod::HmacSha1, now_ms())
 }
 
 /// The raw CONNECT fields, for cases a valid credential cannot express.
@@ -224,6 +228,20 @@ pub(crate) async fn assert_refused(
         .expect("the refusal reason is logged");
 }
 
+/// [`assert_refused`] on the plain listener with CONNACK 4 (bad user name
+/// or password): how most logins are refused.
+pub(crate) async fn assert_bad_login(sandbox: &Sandbox, login: impl Into<Login>, reason: &str) {
+    assert_refused(
+        sandbox,
+        sandbox.mqtt_addr(),
+        login,
+        None,
+        ConnectReturnCode::BadUserNamePassword,
+        reason,
+    )
+    .await;
+}
+
 impl Connected {
     /// Publishes `payload` on `topic` and returns the JSON published on
     /// `{topic}_reply`.
@@ -262,4 +280,29 @@ pub(crate) fn assert_no_secrets_logged(sandbox: &Sandbox, passwords: &[&str]) {
         let lower = secret.to_ascii_lowercase();
         assert!(!logs.contains(&lower), "{secret:?} leaked into the log");
     }
+}
+
+/// The sign of sub-device `subpk/{dk}` with its `secret` over `client_id`
+/// and `ts` (HMAC-SHA256).
+pub(crate) fn sub_device_sign(client_id: &str, ts: u64, dk: &str, secret: &str) -> String {
+    let fields = SignedFields {
+        client_id: ClientId::new(client_id).expect("client id"),
+        device_key: DeviceKey::new(dk).expect("device key"),
+        product_key: ProductKey::new("subpk").expect("product key"),
+        timestamp: TimestampMs::from_millis(ts),
+    };
+    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
+    enos_sign_core::sign(&fields, SignMethod::HmacSha256, &secret)
+        .expose_secret()
+        .to_owned()
+}
+
+/// A `combine.login` of sub-device `subpk/{dk}` signed with `secret` now,
+/// its device key as client id, as the Java SDK sends it.
+pub(crate) fn combine_login(id: &str, dk: &str, secret: &str) -> Value {
+    let ts = now_ms();
+    json!({"id": id, "version": "1.0", "method": "combine.login", "params": {
+        "productKey": "subpk", "deviceKey": dk, "clientId": dk, "timestamp": ts.to_string(),
+        "signMethod": "sha256", "sign": sub_device_sign(dk, ts, dk, secret), "secureMode": "2",
+        "cleanSession": "true"}})
 }

@@ -10,7 +10,7 @@ use std::{
 use enos_sandbox::StatusLine;
 use enos_sign_core::SignMethod;
 
-use crate::common::{Fixture, connect, credential, dev1_now, now_ms};
+use crate::common::{Fixture, connect, dev1_now, dev1_signed, now_ms};
 
 /// Kills the child even when an assertion fails.
 struct KillOnDrop(std::process::Child);
@@ -63,13 +63,7 @@ async fn runs_from_a_config_file_on_port_zero() {
     let addr: SocketAddr = mqtt;
     let dev1 = dev1_now();
     connect(addr, &dev1, None).await.expect("connects");
-    let stale = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms() - 180_000,
-    );
+    let stale = dev1_signed(SignMethod::HmacSha1, now_ms() - 180_000);
     assert!(
         connect(addr, &stale, None).await.is_err(),
         "the config's 120 s window applies"

@@ -4,8 +4,8 @@
 use enos_sign_core::{ExposeSecret, SignMethod};
 
 use crate::common::{
-    Fixture, Login, WAIT, assert_no_secrets_logged, connect, credential, dev1_now, now_ms,
-    tls_client,
+    Fixture, Login, WAIT, assert_no_secrets_logged, connect, credential, dev1_now, dev1_signed,
+    now_ms, tls_client,
 };
 
 #[tokio::test]
@@ -51,13 +51,7 @@ async fn connects_on_the_tls_listener_with_a_client_certificate() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
     let identity = fixture.pki.device("pkA", "dev1").expect("device cert");
-    let credential = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha256,
-        now_ms(),
-    );
+    let credential = dev1_signed(SignMethod::HmacSha256, now_ms());
     let tls_addr = sandbox.tls_addr().expect("tls listener");
     assert_ne!(tls_addr, sandbox.mqtt_addr());
     connect(
@@ -80,13 +74,7 @@ async fn any_timestamp_accepts_what_the_sdks_send() {
     let fixture = Fixture::new();
     let sandbox = fixture.sandbox().any_timestamp().start().expect("starts");
     // The Java SDK's timestamp, years old.
-    let old = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        1_524_448_722_000,
-    );
+    let old = dev1_signed(SignMethod::HmacSha1, 1_524_448_722_000);
     connect(sandbox.mqtt_addr(), &old, None)
         .await
         .expect("any timestamp");
@@ -100,13 +88,7 @@ async fn a_narrow_freshness_window_is_honoured() {
         .freshness_window(std::time::Duration::from_secs(60))
         .start()
         .expect("starts");
-    let two_minutes_old = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms() - 120_000,
-    );
+    let two_minutes_old = dev1_signed(SignMethod::HmacSha1, now_ms() - 120_000);
     assert!(
         connect(sandbox.mqtt_addr(), &two_minutes_old, None)
             .await

@@ -5,8 +5,8 @@ use enos_sign_core::{ExposeSecret, SignMethod};
 use rumqttc::ConnectReturnCode;
 
 use crate::common::{
-    Fixture, Login, assert_no_secrets_logged, assert_refused, connect, credential, dev1_now,
-    now_ms, tls_client,
+    Fixture, Login, assert_bad_login, assert_no_secrets_logged, assert_refused, connect,
+    credential, dev1_now, dev1_signed, now_ms, tls_client,
 };
 
 #[tokio::test]
@@ -20,12 +20,9 @@ async fn wrong_password() {
         SignMethod::HmacSha1,
         now_ms(),
     );
-    assert_refused(
+    assert_bad_login(
         &sandbox,
-        sandbox.mqtt_addr(),
         &wrong,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match for device pkA/dev1",
     )
     .await;
@@ -43,15 +40,7 @@ async fn unknown_device() {
         SignMethod::HmacSha1,
         now_ms(),
     );
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        &ghost,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "reason=unknown device pkA/ghost",
-    )
-    .await;
+    assert_bad_login(&sandbox, &ghost, "reason=unknown device pkA/ghost").await;
 }
 
 #[tokio::test]
@@ -85,27 +74,16 @@ async fn client_id_and_username_of_different_devices() {
     let dev1 = dev1_now();
     let mut login = Login::from(&dev1);
     login.username = "dev2&pkA".into();
-    assert_refused(
+    assert_bad_login(
         &sandbox,
-        sandbox.mqtt_addr(),
         login,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
         "reason=password does not match for device pkA/dev2",
     )
     .await;
     // And a username without the deviceKey&productKey shape.
     let mut login = Login::from(&dev1);
     login.username = "dev1".into();
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        login,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "expected deviceKey&productKey",
-    )
-    .await;
+    assert_bad_login(&sandbox, login, "expected deviceKey&productKey").await;
 }
 
 #[tokio::test]
@@ -119,29 +97,9 @@ async fn stale_timestamp_when_a_freshness_window_is_set() {
         .start()
         .expect("starts");
     let eleven_minutes = 11 * 60 * 1000;
-    let old = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms() - eleven_minutes,
-    );
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        &old,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "reason=stale timestamp for device pkA/dev1",
-    )
-    .await;
-    let future = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms() + eleven_minutes,
-    );
+    let old = dev1_signed(SignMethod::HmacSha1, now_ms() - eleven_minutes);
+    assert_bad_login(&sandbox, &old, "reason=stale timestamp for device pkA/dev1").await;
+    let future = dev1_signed(SignMethod::HmacSha1, now_ms() + eleven_minutes);
     let outcome = connect(sandbox.mqtt_addr(), &future, None).await;
     assert!(
         outcome.is_err(),
@@ -156,48 +114,18 @@ async fn malformed_client_id() {
     let dev1 = dev1_now();
     let mut login = Login::from(&dev1);
     login.client_id = "dev1".into(); // no |securemode=…,timestamp=…| section
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        login,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "reason=malformed login",
-    )
-    .await;
+    assert_bad_login(&sandbox, login, "reason=malformed login").await;
     let mut login = Login::from(&dev1);
     login.client_id = login.client_id.replace("timestamp=", "ts=");
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        login,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "unknown parameter",
-    )
-    .await;
+    assert_bad_login(&sandbox, login, "unknown parameter").await;
 }
 
 #[tokio::test]
 async fn md5_unless_enabled() {
     let fixture = Fixture::new();
     let sandbox = fixture.start();
-    let md5 = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacMd5,
-        now_ms(),
-    );
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        &md5,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "hmacmd5 is refused",
-    )
-    .await;
+    let md5 = dev1_signed(SignMethod::HmacMd5, now_ms());
+    assert_bad_login(&sandbox, &md5, "hmacmd5 is refused").await;
 
     let lax = fixture.sandbox().allow_md5().start().expect("starts");
     connect(lax.mqtt_addr(), &md5, None)

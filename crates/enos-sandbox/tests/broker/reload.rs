@@ -8,7 +8,8 @@ use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
 use crate::common::{
-    Connected, DEVICES, Fixture, WAIT, assert_refused, connect, credential, dev1_now, now_ms,
+    Connected, DEVICES, Fixture, WAIT, assert_bad_login, assert_refused, connect, credential,
+    dev1_now, dev1_signed, now_ms,
 };
 
 /// Whether the connection closes within the wait.
@@ -96,15 +97,7 @@ async fn reload_picks_up_a_changed_secret_and_a_disabled_device() {
         .await;
     assert_eq!(reply["code"], 200, "gw1 is untouched");
 
-    assert_refused(
-        &sandbox,
-        sandbox.mqtt_addr(),
-        &old,
-        None,
-        ConnectReturnCode::BadUserNamePassword,
-        "reason=password does not match",
-    )
-    .await;
+    assert_bad_login(&sandbox, &old, "reason=password does not match").await;
     let new = credential(
         "pkA",
         "dev1",
@@ -151,13 +144,7 @@ async fn an_invalid_file_keeps_the_devices_in_force() {
     assert_eq!(reply["code"], 200, "the session survived the failed reload");
     // A new login is checked against the devices in force. (It takes the
     // first session over: one session per device, as on EnOS.)
-    let again = credential(
-        "pkA",
-        "dev1",
-        "secret-dev1-7f3a9",
-        SignMethod::HmacSha1,
-        now_ms() - 1000,
-    );
+    let again = dev1_signed(SignMethod::HmacSha1, now_ms() - 1000);
     let mut session = connect(sandbox.mqtt_addr(), &again, None)
         .await
         .expect("old devices still in force");

@@ -4,10 +4,9 @@
 //! hashlib over the content written beside each), the same ones
 //! `enos-sign-core`'s `sdk_logins` test checks.
 
-use rumqttc::ConnectReturnCode;
 use serde_json::json;
 
-use crate::common::{Fixture, Login, WAIT, assert_refused, connect, credential, now_ms};
+use crate::common::{Fixture, Login, WAIT, assert_bad_login, connect, credential, now_ms};
 
 const DEVICES: &str = "\
 productKey,deviceKey,deviceSecret,enabled,gatewayProductKey,gatewayDeviceKey
@@ -99,12 +98,9 @@ async fn an_sdk_connect_with_a_wrong_secret_is_refused() {
     let sandbox = fixture.start();
     for (sdk, client_id, password) in SDK_CONNECTS {
         let mark = sandbox.log_mark();
-        assert_refused(
+        assert_bad_login(
             &sandbox,
-            sandbox.mqtt_addr(),
             login(client_id, password),
-            None,
-            ConnectReturnCode::BadUserNamePassword,
             "password does not match for device PkSdk8Zx/dkR",
         )
         .await;
@@ -126,12 +122,9 @@ async fn sdk_connects_are_judged_by_the_freshness_window_when_one_is_set() {
         .start()
         .expect("starts");
     let (_, client_id, password) = SDK_CONNECTS[0];
-    assert_refused(
+    assert_bad_login(
         &sandbox,
-        sandbox.mqtt_addr(),
         login(client_id, password),
-        None,
-        ConnectReturnCode::BadUserNamePassword,
         "reason=stale timestamp for device PkSdk8Zx/dkR",
     )
     .await;

@@ -1,39 +1,10 @@
 //! Request/reply through the broker: a gateway logs sub-devices in and
 //! out, a device posts measurepoints.
 
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, ProductKey, SignMethod, SignedFields,
-    SubDeviceLogin, TimestampMs,
-};
-use serde_json::{Value, json};
+use enos_sign_core::SignMethod;
+use serde_json::json;
 
-use crate::common::{Fixture, connect, credential, dev1_now, now_ms};
-
-fn login(id: &str, dk: &str, secret: &str) -> Value {
-    let fields = SignedFields {
-        client_id: ClientId::new(dk).expect("client id"),
-        device_key: DeviceKey::new(dk).expect("device key"),
-        product_key: ProductKey::new("subpk").expect("product key"),
-        timestamp: TimestampMs::from_millis(now_ms()),
-    };
-    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
-    let login = SubDeviceLogin::sign(fields, SignMethod::HmacSha256, &secret, true);
-    json!({
-        "id": id,
-        "version": "1.0",
-        "method": "combine.login",
-        "params": {
-            "productKey": login.product_key.as_str(),
-            "deviceKey": login.device_key.as_str(),
-            "clientId": login.client_id.as_str(),
-            "timestamp": login.timestamp.to_string(),
-            "signMethod": login.sign_method.as_str(),
-            "sign": login.sign.expose_secret(),
-            "secureMode": "2",
-            "cleanSession": "true",
-        }
-    })
-}
+use crate::common::{Fixture, combine_login, connect, credential, dev1_now, now_ms};
 
 #[tokio::test]
 async fn sub_device_login_and_logout_replies() {
@@ -52,7 +23,7 @@ async fn sub_device_login_and_logout_replies() {
     let topic = "/ext/session/gwpk/gw1/combine/login";
 
     let ok = gateway
-        .request(topic, &login("1", "sub1", "secret-sub1-c4e88"))
+        .request(topic, &combine_login("1", "sub1", "secret-sub1-c4e88"))
         .await;
     assert_eq!(ok["id"], "1");
     assert_eq!(ok["code"], 200, "{ok}");
@@ -68,7 +39,7 @@ async fn sub_device_login_and_logout_replies() {
         ("5", "suboff", "secret-suboff-3a7b2", 723),
     ];
     for (id, dk, secret, code) in cases {
-        let reply = gateway.request(topic, &login(id, dk, secret)).await;
+        let reply = gateway.request(topic, &combine_login(id, dk, secret)).await;
         assert_eq!(
             (reply["id"].clone(), reply["code"].clone()),
             (json!(id), json!(code)),

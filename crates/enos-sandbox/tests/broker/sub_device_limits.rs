@@ -3,13 +3,12 @@
 
 use std::fmt::Write as _;
 
-use enos_sign_core::{
-    ClientId, DeviceKey, DeviceSecret, ExposeSecret, ProductKey, SignMethod, SignedFields,
-    TimestampMs,
-};
+use enos_sign_core::SignMethod;
 use serde_json::{Value, json};
 
-use crate::common::{Connected, Fixture, connect, credential, now_ms};
+use crate::common::{
+    Connected, Fixture, combine_login, connect, credential, now_ms, sub_device_sign,
+};
 
 const GATEWAY_SECRET: &str = "secret-gw1-a83f1";
 
@@ -36,20 +35,6 @@ fn secret(i: usize) -> String {
     format!("secret-{i:03}-b7c2")
 }
 
-/// The sign of one sub-device over the shared clientId and timestamp.
-fn sign(client_id: &str, ts: u64, dk: &str, secret: &str) -> String {
-    let fields = SignedFields {
-        client_id: ClientId::new(client_id).expect("client id"),
-        device_key: DeviceKey::new(dk).expect("device key"),
-        product_key: ProductKey::new("subpk").expect("product key"),
-        timestamp: TimestampMs::from_millis(ts),
-    };
-    let secret = DeviceSecret::new(secret.to_owned()).expect("secret");
-    enos_sign_core::sign(&fields, SignMethod::HmacSha256, &secret)
-        .expose_secret()
-        .to_owned()
-}
-
 /// A `combine.login.batch` as the Java SDK sends it, for `(dk, secret)`.
 fn batch(id: &str, entries: &[(String, String)]) -> Value {
     let (client_id, ts) = ("gw1", now_ms());
@@ -57,20 +42,12 @@ fn batch(id: &str, entries: &[(String, String)]) -> Value {
         .iter()
         .map(|(dk, secret)| {
             json!({"productKey": "subpk", "deviceKey": dk, "secureMode": "2",
-                   "sign": sign(client_id, ts, dk, secret)})
+                   "sign": sub_device_sign(client_id, ts, dk, secret)})
         })
         .collect();
     json!({"id": id, "version": "1.1", "method": "combine.login.batch", "params": {
         "clientId": client_id, "timestamp": ts.to_string(), "signMethod": "sha256",
         "subDevices": sub_devices}})
-}
-
-fn login(id: &str, dk: &str, secret: &str) -> Value {
-    let ts = now_ms();
-    json!({"id": id, "version": "1.0", "method": "combine.login", "params": {
-        "productKey": "subpk", "deviceKey": dk, "clientId": dk, "timestamp": ts.to_string(),
-        "signMethod": "sha256", "sign": sign(dk, ts, dk, secret), "secureMode": "2",
-        "cleanSession": "true"}})
 }
 
 fn logout(id: &str, dk: &str) -> Value {
@@ -171,7 +148,7 @@ async fn a_gateway_holds_at_most_200_sub_devices_until_one_logs_out_or_it_discon
     assert_eq!(reply["data"]["failedSubDevices"], json!([]), "{reply}");
 
     let refused = gw
-        .request(LOGIN, &login("l1", &dk(200), &secret(200)))
+        .request(LOGIN, &combine_login("l1", &dk(200), &secret(200)))
         .await;
     assert_eq!(refused["code"], 429, "{refused}");
     assert!(
@@ -190,7 +167,9 @@ async fn a_gateway_holds_at_most_200_sub_devices_until_one_logs_out_or_it_discon
     );
     assert!(sandbox.logs().contains("sub_device=subpk/s201 code=429"));
     // Logging in one already online takes no new slot.
-    let again = gw.request(LOGIN, &login("l2", &dk(7), &secret(7))).await;
+    let again = gw
+        .request(LOGIN, &combine_login("l2", &dk(7), &secret(7)))
+        .await;
     assert_eq!(again["code"], 200, "{again}");
 
     // A logout frees a slot; the sub-device's topics are no longer the
@@ -212,7 +191,7 @@ async fn a_gateway_holds_at_most_200_sub_devices_until_one_logs_out_or_it_discon
         .await
         .expect("publish");
     let ok = gw
-        .request(LOGIN, &login("l3", &dk(200), &secret(200)))
+        .request(LOGIN, &combine_login("l3", &dk(200), &secret(200)))
         .await;
     assert_eq!(ok["code"], 200, "{ok}");
     sandbox
@@ -234,7 +213,7 @@ async fn a_gateway_holds_at_most_200_sub_devices_until_one_logs_out_or_it_discon
         .expect("the sub-devices went offline");
     let mut gw = gateway(sandbox.mqtt_addr()).await;
     let reply = gw
-        .request(LOGIN, &login("l4", &dk(201), &secret(201)))
+        .request(LOGIN, &combine_login("l4", &dk(201), &secret(201)))
         .await;
     assert_eq!(reply["code"], 200, "{reply}");
     let gone = gw.request(LOGOUT, &logout("o2", &dk(0))).await;
@@ -259,7 +238,9 @@ async fn logging_out_a_sub_device_that_is_not_online() {
         reply["message"],
         "sub-device subpk/s000 is not online through gateway gwpk/gw1"
     );
-    let reply = gw.request(LOGIN, &login("l1", &dk(0), &secret(0))).await;
+    let reply = gw
+        .request(LOGIN, &combine_login("l1", &dk(0), &secret(0)))
+        .await;
     assert_eq!(reply["code"], 200, "{reply}");
     let reply = gw.request(LOGOUT, &logout("o2", &dk(0))).await;
     assert_eq!(reply["code"], 200, "{reply}");
