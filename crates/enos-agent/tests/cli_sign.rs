@@ -9,8 +9,11 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");
 
+/// A flag with its value.
+type Flag<'a> = (&'a str, &'a str);
+
 /// The fields of the published reference vector (its secret is `aaabbbcc123`).
-const REFERENCE: [(&str, &str); 4] = [
+const REFERENCE: [Flag<'static>; 4] = [
     ("--product-key", "123"),
     ("--device-key", "test"),
     ("--client-id", "123"),
@@ -19,7 +22,7 @@ const REFERENCE: [(&str, &str); 4] = [
 
 /// Runs `enos-agent sign` with `options` (each flag with its value) and
 /// `stdin`.
-fn sign(options: &[(&str, &str)], stdin: &[u8]) -> Output {
+fn sign(options: &[Flag<'_>], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)
         .arg("sign")
         .args(options.iter().flat_map(|(flag, value)| [flag, value]))
@@ -38,7 +41,7 @@ fn sign(options: &[(&str, &str)], stdin: &[u8]) -> Output {
 }
 
 /// As [`sign`], which must succeed; its one JSON object.
-fn signed(options: &[(&str, &str)], stdin: &[u8]) -> serde_json::Value {
+fn signed(options: &[Flag<'_>], stdin: &[u8]) -> serde_json::Value {
     let out = sign(options, stdin);
     assert!(
         out.status.success(),
@@ -111,7 +114,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     let secret = b"TopSecret42";
     let device = [("--product-key", "pk"), ("--device-key", "dk")];
     let from_stdin = ("--secret-file", "-");
-    let cases: [(Vec<(&str, &str)>, &[u8], &str); 5] = [
+    let cases: [(Vec<Flag<'_>>, &[u8], &str); 5] = [
         (
             vec![("--product-key", "p|k"), ("--device-key", "dk"), from_stdin],
             secret,
