@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use enos_agent::{Agent, AgentStatus, Config, GrpcSigner};
@@ -205,6 +205,18 @@ impl InProcessAgent {
                 self.device,
                 *self.status.borrow()
             ))),
+        }
+    }
+
+    /// Calls `each` with every status change until `until` passes.
+    pub async fn watch_until(&self, until: Instant, mut each: impl FnMut(&AgentStatus)) {
+        let mut status = self.status.clone();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if tokio::time::timeout(left, status.changed()).await.is_err() {
+                break;
+            }
+            let now = status.borrow_and_update().clone();
+            each(&now);
         }
     }
 

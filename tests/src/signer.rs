@@ -18,12 +18,16 @@ use enos_sandbox::PortReservation;
 use enos_sign_core::{DeviceKey, ExposeSecret, ProductKey};
 use enos_signer_svc::{
     SignerConfig,
-    config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, RegistryConfig, ServerConfig},
+    config::{CustodyConfig, LogFormat, LoggingConfig, PolicyConfig, RegistryConfig},
     custody::SoftwareCustody,
 };
 use zeroize::Zeroizing;
 
-use enos_testkit::{ChildProcess, OutputLog, process::run_to_end};
+use enos_testkit::{
+    ChildProcess, OutputLog,
+    process::run_to_end,
+    signer::{server_config, state_in},
+};
 
 use crate::{
     TestDevice,
@@ -118,23 +122,10 @@ pub fn write_config(
     policy: PolicyConfig,
 ) -> Result<(SignerConfig, SignerFiles)> {
     std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
-    let server = pki.server("signer-server")?;
-    let mut config = enos_testkit::signer::state_in(
-        dir,
-        ServerConfig {
-            listen,
-            cert: server.cert,
-            key: server.key,
-            client_ca: pki.ca.clone(),
-            drain_timeout_secs: 3,
-            worker_threads: None,
-            tls_reload_interval_secs: 5,
-            limits: Default::default(),
-            admin_ca: None,
-            admin_names: Vec::new(),
-            crls: Vec::new(),
-        },
-    );
+    let tls = pki.server("signer-server")?;
+    let mut server = server_config(listen, tls.cert, tls.key, pki.ca.clone());
+    server.drain_timeout_secs = 3;
+    let mut config = state_in(dir, server);
     config.policy = policy;
     config.logging = LoggingConfig {
         format: LogFormat::Json,

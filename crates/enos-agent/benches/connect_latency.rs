@@ -132,9 +132,7 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "[device]\nproduct_key = \"{}\"\ndevice_key = \"{}\"\n\n{}\n[enos]\nbroker = \"tcp://{}\"\n",
-            GW.0,
-            GW.1,
+            "{}\n[enos]\nbroker = \"tcp://{}\"\n",
             signer.toml(),
             sandbox.mqtt_addr()
         ),

@@ -220,11 +220,7 @@ async fn agent_rss(bin: &Path, sandbox: &Sandbox, dir: &Path) -> Footprint {
         &config,
         format!(
             r#"
-[device]
-product_key = "{pk}"
-device_key = "{dk}"
-
-{signer}
+{head}
 [enos]
 broker = "tcp://{broker}"
 
@@ -238,9 +234,7 @@ local_broker = "tcp://{local}"
 local = "gw/mp"
 target = "measurepoint-post"
 "#,
-            pk = GW.0,
-            dk = GW.1,
-            signer = signer.toml(),
+            head = signer.toml(),
             broker = sandbox.mqtt_addr(),
             status = dir.join("status.json").display(),
             local = local.addr,

@@ -21,31 +21,11 @@ const GW_SECRET: &str = "binarySecret01";
 
 fn write_config(dir: &Path, signer: &SignerFixture, broker: &str) -> std::path::PathBuf {
     let path = dir.join("agent.toml");
-    let text = format!(
-        r#"
-[device]
-product_key = "{}"
-device_key = "{}"
-
-{}
-[enos]
-broker = "{broker}"
-keepalive = "5s"
-connect_timeout = "2s"
-
-[backoff]
-min = "50ms"
-max = "500ms"
-
-[status]
-file = "{}"
-"#,
-        GW.0,
-        GW.1,
-        signer.toml(),
+    let status = format!(
+        "\n[status]\nfile = \"{}\"\n",
         dir.join("status.json").display()
     );
-    std::fs::write(&path, text).expect("write config");
+    std::fs::write(&path, signer.agent_toml(broker, &status)).expect("write config");
     path
 }
 

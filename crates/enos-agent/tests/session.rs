@@ -47,39 +47,6 @@ impl World {
     }
 }
 
-/// The agent config with short test timings; `extra` is appended.
-fn agent_toml(signer: &SignerFixture, broker: &str, extra: &str) -> String {
-    format!(
-        r#"
-[device]
-product_key = "{pk}"
-device_key = "{dk}"
-
-{signer}
-
-[enos]
-broker = "{broker}"
-keepalive = "5s"
-connect_timeout = "2s"
-
-[backoff]
-min = "50ms"
-max = "500ms"
-jitter = 1.0
-refusal_factor = 4
-reset_after = "1s"
-
-[sub_device_login]
-reply_timeout = "2s"
-max_attempts = 3
-{extra}
-"#,
-        pk = GW.0,
-        dk = GW.1,
-        signer = signer.toml(),
-    )
-}
-
 struct RunningAgent {
     status: watch::Receiver<AgentStatus>,
     shutdown: CancellationToken,
@@ -185,8 +152,7 @@ async fn broker_restart_reconnects_with_a_fresh_credential_and_restores_subscrip
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
     let signer = signer(&world, 600).await;
-    let mut agent =
-        RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "first connect", connected(1)).await;
 
     let mut app = TestClient::connect(local.addr, "app", None).await;
@@ -222,7 +188,7 @@ async fn signer_down_keeps_the_session_and_a_later_reconnect_waits_for_the_signe
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     // Short-lived credentials: the cached one is expired by the restart.
     let mut signer = signer(&world, 1).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), ""));
     wait_status(&mut agent.status, "connect", connected(1)).await;
 
     signer.signer.stop().await;
@@ -272,7 +238,7 @@ async fn a_still_valid_credential_is_reused_while_the_signer_is_down() {
     init();
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let mut signer = signer(&world, 600).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), ""));
     wait_status(&mut agent.status, "connect", connected(1)).await;
     signer.signer.stop().await;
     world.sandbox.restart().expect("sandbox restarts");
@@ -295,7 +261,7 @@ async fn refusals_back_off_further_each_time_and_are_not_network_failures() {
     // The broker knows another secret than the signer: every login is refused.
     let world = World::start(&[DeviceRow::new(GW.0, GW.1, "theBrokerKnowsThis")]);
     let signer = signer(&world, 600).await;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), ""));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), ""));
     let mut ceilings = Vec::new();
     let mut seen = 0;
     while ceilings.len() < 3 {
@@ -334,8 +300,7 @@ async fn an_unreachable_broker_is_a_network_failure() {
         .port();
     let dir = tempfile::tempdir().expect("tempdir");
     let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
-    let mut agent =
-        RunningAgent::start(&agent_toml(&signer, &format!("tcp://127.0.0.1:{port}"), ""));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&format!("tcp://127.0.0.1:{port}"), ""));
     let s = wait_status(&mut agent.status, "network failures", |s| {
         s.network_failures >= 3
     })
@@ -350,8 +315,7 @@ async fn the_bridge_carries_messages_both_ways() {
     let world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
     let signer = signer(&world, 600).await;
-    let mut agent =
-        RunningAgent::start(&agent_toml(&signer, &world.broker(), &bridge_toml(&local)));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), &bridge_toml(&local)));
     wait_status(&mut agent.status, "connect", connected(1)).await;
     wait_status(&mut agent.status, "local broker", |s| {
         s.local_broker_connected == Some(true)
@@ -440,8 +404,7 @@ async fn offline_messages_wait_in_a_bounded_queue_dropping_the_oldest() {
     let mut world = World::start(&[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
     let local = Mosquitto::start();
     let mut signer = signer(&world, 1).await;
-    let toml = agent_toml(
-        &signer,
+    let toml = signer.agent_toml(
         &world.broker(),
         &format!("{}\n[queue]\nupstream_capacity = 5\n", bridge_toml(&local)),
     );
@@ -534,7 +497,7 @@ device_key = "meter2"
 product_key = "pkSub"
 device_key = "meter3"
 "#;
-    let mut agent = RunningAgent::start(&agent_toml(&signer, &world.broker(), subs));
+    let mut agent = RunningAgent::start(&signer.agent_toml(&world.broker(), subs));
     let s = wait_status(&mut agent.status, "sub-device logins", subs_settled(1)).await;
     assert_eq!(s.sub_devices[0].state, SubDeviceState::Online, "{s:#?}");
     match &s.sub_devices[1].state {
@@ -587,7 +550,7 @@ async fn connects_over_mqtts_with_a_device_certificate() {
         signer.cert.display(),
         signer.key.display()
     );
-    let toml = agent_toml(&signer, &format!("ssl://{tls_addr}"), "").replace(
+    let toml = signer.agent_toml(&format!("ssl://{tls_addr}"), "").replace(
         "connect_timeout = \"2s\"\n",
         &format!("connect_timeout = \"2s\"\n\n{tls}"),
     );
@@ -608,7 +571,7 @@ async fn a_dead_signer_endpoint_fails_over_to_the_next() {
         .local_addr()
         .expect("addr")
         .port();
-    let toml = agent_toml(&signer, &world.broker(), "").replace(
+    let toml = signer.agent_toml(&world.broker(), "").replace(
         &format!("endpoints = [\"{}\"]", signer.signer.uri()),
         &format!(
             "endpoints = [\"https://127.0.0.1:{dead}\", \"{}\"]",

@@ -117,6 +117,23 @@ pub(crate) fn seal(
     Ok(bytes)
 }
 
+/// How a record's key is unwrapped for one sign: an AES session object
+/// (never on the token), sensitive and not extractable, good for deriving
+/// the secret and for nothing else.
+pub(crate) fn record_key_template() -> [Attribute; 9] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Derive(true),
+        Attribute::Decrypt(false),
+        Attribute::Encrypt(false),
+    ]
+}
+
 /// Checks the record's tag and re-creates the secret inside the token as
 /// a session key of exactly its length. `exportable` makes it readable,
 /// for migration only.
@@ -141,17 +158,7 @@ fn materialise<'s>(
             &Mechanism::AesKeyWrapPad,
             keys.kek,
             record.wrapped_key,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Derive(true),
-                Attribute::Decrypt(false),
-                Attribute::Encrypt(false),
-            ],
+            &record_key_template(),
         )?,
     );
     let secret_len = u64::try_from(record.secret_len).map_err(|_| OpError::Malformed)?;

@@ -25,19 +25,21 @@ fn id(fields: &SignedFields) -> SecretRef<'_> {
     }
 }
 
-fn connect(hsm: &enos_custody_pkcs11::softhsm::SoftHsm) -> Pkcs11Custody {
-    generate_kek(&hsm.config()).expect("create the KEK and MAC key");
-    Pkcs11Custody::connect(&hsm.config()).expect("connect")
+/// Runs `body` in its own SoftHSM2 child process (see [`isolated`]), with
+/// a custody connected to a fresh token labelled `label`.
+fn with_custody(test: &str, label: &str, body: impl FnOnce(&Pkcs11Custody)) {
+    isolated(test, label, "", |hsm| {
+        generate_kek(&hsm.config()).expect("create the KEK and MAC key");
+        body(&Pkcs11Custody::connect(&hsm.config()).expect("connect"));
+    });
 }
 
 #[test]
 fn reference_vectors_for_every_method_and_case() {
-    isolated(
+    with_custody(
         "reference_vectors_for_every_method_and_case",
         "kat",
-        "",
-        |hsm| {
-            let custody = connect(hsm);
+        |custody| {
             // (fields, secret, method, password as published)
             let first = fields("123", "test", "123", 1524448722000);
             let second = fields("123456", "test", "654321", 1548753362502);
@@ -91,12 +93,10 @@ fn reference_vectors_for_every_method_and_case() {
 
 #[test]
 fn md5_is_refused_with_the_mechanism_named() {
-    isolated(
+    with_custody(
         "md5_is_refused_with_the_mechanism_named",
         "md5",
-        "",
-        |hsm| {
-            let custody = connect(hsm);
+        |custody| {
             let fields = fields("123", "test", "123", 1524448722000);
             let secret = DeviceSecret::new("aaabbbcc123".into()).expect("valid secret");
             let sealed = custody.seal(id(&fields), &secret).expect("seal");
@@ -121,12 +121,10 @@ fn md5_is_refused_with_the_mechanism_named() {
 
 #[test]
 fn every_secret_length_signs_like_software() {
-    isolated(
+    with_custody(
         "every_secret_length_signs_like_software",
         "lengths",
-        "",
-        |hsm| {
-            let custody = connect(hsm);
+        |custody| {
             let fields = fields("dev-1", "dev-1", "prod", 1764000000000);
             // Printable, not repeating with the AES block or KWP granularity.
             let alphabet: Vec<char> = ('!'..='~').collect();
@@ -155,12 +153,10 @@ fn every_secret_length_signs_like_software() {
 
 #[test]
 fn concurrent_signs_share_the_session_pool() {
-    isolated(
+    with_custody(
         "concurrent_signs_share_the_session_pool",
         "pool",
-        "",
-        |hsm| {
-            let custody = connect(hsm);
+        |custody| {
             let fields = fields("123", "test", "123", 1524448722000);
             let secret = DeviceSecret::new("aaabbbcc123".into()).expect("valid secret");
             let sealed = custody.seal(id(&fields), &secret).expect("seal");

@@ -97,6 +97,30 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
     }
 }
 
+/// A server on `listen` with these TLS files (`client_ca` verifies the
+/// devices' certificates): drains for 5 s, reloads TLS files every 5 s,
+/// default limits, no admin CA or names, no CRL. Tests adjust the rest.
+pub fn server_config(
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+) -> ServerConfig {
+    ServerConfig {
+        listen,
+        cert,
+        key,
+        client_ca,
+        drain_timeout_secs: 5,
+        worker_threads: None,
+        tls_reload_interval_secs: 5,
+        limits: Default::default(),
+        admin_ca: None,
+        admin_names: Vec::new(),
+        crls: Vec::new(),
+    }
+}
+
 /// A runtime that may be dropped anywhere: dropping a Tokio runtime
 /// inside async code panics, so this one shuts down in the background.
 struct ServerRuntime(Option<Runtime>);
@@ -162,22 +186,8 @@ impl TestSigner {
         let dir = dir.canonicalize()?;
         let server = pki.server(&[])?.write(&dir, "server")?;
         let ca = pki.write_ca(&dir)?;
-        let mut config = state_in(
-            &dir,
-            ServerConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                cert: server.cert,
-                key: server.key,
-                client_ca: ca,
-                drain_timeout_secs: 5,
-                worker_threads: None,
-                tls_reload_interval_secs: 5,
-                limits: Default::default(),
-                admin_ca: None,
-                admin_names: Vec::new(),
-                crls: Vec::new(),
-            },
-        );
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = state_in(&dir, server_config(listen, server.cert, server.key, ca));
         config.metrics = Some(MetricsConfig::on(SocketAddr::from(([127, 0, 0, 1], 0))));
         adjust(&mut config);
         init(&config, Existing::Keep)?;

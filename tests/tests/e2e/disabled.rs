@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use enos_agent::ConnectionState;
-use enos_e2e::{InProcessAgent, agent::Backoff};
+use enos_e2e::InProcessAgent;
 
-use crate::support::{SOON, TestResult, World, devices};
+use crate::support::{REFUSAL_BACKOFF, SOON, TestResult, World, devices};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_device_is_refused_by_the_signer_and_its_agent_backs_off_until_enabled()
@@ -15,12 +15,7 @@ async fn a_disabled_device_is_refused_by_the_signer_and_its_agent_backs_off_unti
         world.devices[0].product_key.clone(),
         world.devices[0].device_key.clone(),
     );
-    let backoff = Backoff {
-        min: Duration::from_millis(100),
-        max: Duration::from_millis(400),
-        refusal_factor: 4,
-        reset_after: Duration::from_secs(1),
-    };
+    let backoff = REFUSAL_BACKOFF;
     let mut toml = world.agent_toml(0);
     toml.backoff = backoff;
     let mut agent = InProcessAgent::start(toml.config()?)?;
@@ -46,22 +41,15 @@ async fn a_disabled_device_is_refused_by_the_signer_and_its_agent_backs_off_unti
 
     // Watch it for 3 s: a few spaced attempts, no connect, no reuse.
     let window = Duration::from_secs(3);
-    let started = Instant::now();
-    let mut status = agent.status.clone();
-    while started.elapsed() < window {
-        if tokio::time::timeout(window - started.elapsed(), status.changed())
-            .await
-            .is_err()
-        {
-            break;
-        }
-        let now = status.borrow_and_update().clone();
-        assert_eq!(now.connects, 1, "no connect while disabled: {now:?}");
-        assert_eq!(
-            now.credentials_reused, 0,
-            "no reuse after a refusal: {now:?}"
-        );
-    }
+    agent
+        .watch_until(Instant::now() + window, |now| {
+            assert_eq!(now.connects, 1, "no connect while disabled: {now:?}");
+            assert_eq!(
+                now.credentials_reused, 0,
+                "no reuse after a refusal: {now:?}"
+            );
+        })
+        .await;
     let during = agent.now();
     let attempts = during.refusals - first.refusals;
     assert!(

@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use enos_e2e::{InProcessAgent, agent::Backoff};
 use enos_signer_svc::config::RateLimitConfig;
 
-use crate::support::{TestResult, World, devices};
+use crate::support::{TestResult, World, devices, stop_all, wait_all};
 
 const AGENTS: usize = 200;
 /// The signer's per-device budget: 2 requests a second, 6 at once.
@@ -23,35 +22,22 @@ async fn two_hundred_agents_reconnect_after_a_broker_restart_with_fresh_credenti
         c.rate_limit = Some(RATE);
     })
     .await;
-    let backoff = Backoff {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-        refusal_factor: 4,
-        reset_after: Duration::from_secs(1),
-    };
-    let mut agents = Vec::with_capacity(AGENTS);
     let started = Instant::now();
-    for i in 0..AGENTS {
-        let mut toml = world.agent_toml(i);
-        toml.backoff = backoff;
-        agents.push(InProcessAgent::start(toml.config()?)?);
-    }
-    for agent in &mut agents {
-        agent
-            .wait_for("the first connect", FLEET_TIMEOUT, |s| s.connects == 1)
-            .await?;
-    }
+    let mut agents = world.start_fleet(|_, _| {})?;
+    wait_all(&mut agents, "the first connect", FLEET_TIMEOUT, |s| {
+        s.connects == 1
+    })
+    .await?;
     let connected_in = started.elapsed();
     // Let every connection pass `reset_after`, as a fleet in service would.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let restarted = Instant::now();
     world.sandbox.restart()?;
-    for agent in &mut agents {
-        agent
-            .wait_for("the reconnect", FLEET_TIMEOUT, |s| s.connects == 2)
-            .await?;
-    }
+    wait_all(&mut agents, "the reconnect", FLEET_TIMEOUT, |s| {
+        s.connects == 2
+    })
+    .await?;
     let reconnected_in = restarted.elapsed();
     // The broker saw every one of them, twice.
     let accepted = world
@@ -123,13 +109,7 @@ async fn two_hundred_agents_reconnect_after_a_broker_restart_with_fresh_credenti
     );
 
     let stopping = Instant::now();
-    let mut stops = Vec::new();
-    for agent in agents {
-        stops.push(tokio::spawn(agent.stop()));
-    }
-    for stop in stops {
-        stop.await??;
-    }
+    stop_all(agents).await?;
     eprintln!(
         "fleet: {AGENTS} agents stopped in {:.1} s",
         stopping.elapsed().as_secs_f64()

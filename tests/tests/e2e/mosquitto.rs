@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use enos_e2e::{
     InProcessAgent,
-    agent::Backoff,
     mosquitto::{Mosquitto, MosquittoAuth, MosquittoTls},
     mqtt::{self, Login},
 };
 
-use crate::support::{SOON, TestResult, World, devices};
+use crate::support::{REFUSAL_BACKOFF, SOON, TestResult, World, devices};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_connects_to_mosquitto_over_tls_presenting_its_device_certificate() -> TestResult
@@ -78,34 +77,23 @@ async fn mosquitto_answers_not_authorised_and_the_agent_backs_off() -> TestResul
         None,
         MosquittoAuth::PasswordFileWithout,
     )?;
-    let backoff = Backoff {
-        min: Duration::from_millis(100),
-        max: Duration::from_millis(400),
-        refusal_factor: 4,
-        reset_after: Duration::from_secs(1),
-    };
+    let backoff = REFUSAL_BACKOFF;
     let mut toml = world.agent_toml(0);
     toml.broker = format!("tcp://{}", mosquitto.addr());
     toml.backoff = backoff;
     let started = Instant::now();
     let agent = InProcessAgent::start(toml.config()?)?;
-    let mut status = agent.status.clone();
     let mut attempts = vec![];
     let window = Duration::from_secs(4);
     let mut seen = 0;
-    while started.elapsed() < window {
-        if tokio::time::timeout(window - started.elapsed(), status.changed())
-            .await
-            .is_err()
-        {
-            break;
-        }
-        let now = status.borrow_and_update().clone();
-        if now.refusals > seen {
-            attempts.push(started.elapsed());
-            seen = now.refusals;
-        }
-    }
+    agent
+        .watch_until(started + window, |now| {
+            if now.refusals > seen {
+                attempts.push(started.elapsed());
+                seen = now.refusals;
+            }
+        })
+        .await;
     let s = agent.now();
     assert!(
         s.last_error

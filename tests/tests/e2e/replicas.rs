@@ -9,12 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enos_e2e::{Binaries, InProcessAgent, SignerProcess, agent::Backoff};
+use enos_e2e::{Binaries, SignerProcess};
 use enos_postgres_fixture::PgCluster;
 use enos_registry::postgres::PostgresConfig;
 use enos_signer_svc::config::RegistryConfig;
 
-use crate::support::{TestResult, World, devices};
+use crate::support::{TestResult, World, devices, stop_all, wait_all};
 
 const AGENTS: usize = 200;
 /// Waiting for 200 connects on a loaded 2-core machine.
@@ -59,30 +59,19 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
     }
     let (uri_a, uri_b) = (replicas[0].uri(), replicas[1].uri());
 
-    let backoff = Backoff {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-        refusal_factor: 4,
-        reset_after: Duration::from_secs(1),
-    };
-    let mut agents = Vec::with_capacity(AGENTS);
     let started = Instant::now();
-    for i in 0..AGENTS {
-        let mut toml = world.agent_toml(i);
+    let mut agents = world.start_fleet(|i, toml| {
         // Half the fleet prefers each replica: both serve.
         toml.signer_endpoints = if i % 2 == 0 {
             vec![uri_a.clone(), uri_b.clone()]
         } else {
             vec![uri_b.clone(), uri_a.clone()]
         };
-        toml.backoff = backoff;
-        agents.push(InProcessAgent::start(toml.config()?)?);
-    }
-    for agent in &mut agents {
-        agent
-            .wait_for("the first connect", FLEET_TIMEOUT, |s| s.connects == 1)
-            .await?;
-    }
+    })?;
+    wait_all(&mut agents, "the first connect", FLEET_TIMEOUT, |s| {
+        s.connects == 1
+    })
+    .await?;
     let connected_in = started.elapsed();
     let audit = world.audit();
     assert_eq!(audit.issued_per_device.len(), AGENTS);
@@ -92,11 +81,10 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
     replicas[0].kill();
     let killed = Instant::now();
     world.sandbox.restart()?;
-    for agent in &mut agents {
-        agent
-            .wait_for("the reconnect", FLEET_TIMEOUT, |s| s.connects == 2)
-            .await?;
-    }
+    wait_all(&mut agents, "the reconnect", FLEET_TIMEOUT, |s| {
+        s.connects == 2
+    })
+    .await?;
     let reconnected_in = killed.elapsed();
     let audit = world.audit();
     let mut issued_to_agents: u64 = 0;
@@ -139,13 +127,7 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
         audit.issued
     );
 
-    let mut stops = Vec::new();
-    for agent in agents {
-        stops.push(tokio::spawn(agent.stop()));
-    }
-    for stop in stops {
-        stop.await??;
-    }
+    stop_all(agents).await?;
     assert!(replicas[1].stop()?.success(), "B drains and exits 0");
     for (name, replica) in ["a", "b"].iter().zip(&replicas) {
         world

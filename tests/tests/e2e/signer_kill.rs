@@ -5,7 +5,7 @@ use std::time::Duration;
 use enos_agent::ConnectionState;
 use enos_e2e::{Binaries, InProcessAgent, SignerProcess};
 
-use crate::support::{SOON, TestResult, World, devices};
+use crate::support::{SOON, TestResult, World, devices, wait_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_restart()
@@ -27,11 +27,7 @@ async fn sessions_survive_a_sigkilled_signer_and_new_connects_succeed_after_its_
     for i in 0..3 {
         agents.push(InProcessAgent::start(world.agent_toml(i).config()?)?);
     }
-    for agent in &mut agents {
-        agent
-            .wait_for("the first connect", SOON, |s| s.connects == 1)
-            .await?;
-    }
+    wait_all(&mut agents, "the first connect", SOON, |s| s.connects == 1).await?;
 
     // The sandbox's own log of those connects may reach the harness after
     // the agents saw CONNACK: wait for it, so that the mark below comes

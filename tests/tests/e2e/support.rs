@@ -4,7 +4,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use enos_e2e::{AgentToml, LeakScan, LoopPki, ProcessLogs, TestDevice};
+use enos_agent::AgentStatus;
+use enos_e2e::{
+    AgentToml, InProcessAgent, LeakScan, LoopPki, ProcessLogs, TestDevice, agent::Backoff,
+};
 use enos_signer_proto::v1;
 use enos_signer_svc::SignerConfig;
 use enos_testkit::sandbox::{Sandbox, SandboxBinary};
@@ -14,6 +17,25 @@ pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>
 
 /// Generous bound for what should happen "soon" on a loaded 2-core box.
 pub(crate) const SOON: Duration = Duration::from_secs(20);
+
+/// The refusal scenarios' pacing: network failures back off to 400 ms at
+/// most, so that refusals (4 times further) are seen spaced out within
+/// seconds.
+pub(crate) const REFUSAL_BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_millis(400),
+    refusal_factor: 4,
+    reset_after: Duration::from_secs(1),
+};
+
+/// The 200-agent scenarios' pacing: spread enough that a broker restart
+/// does not bring the whole fleet back in one burst.
+pub(crate) const FLEET_BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(200),
+    max: Duration::from_secs(2),
+    refusal_factor: 4,
+    reset_after: Duration::from_secs(1),
+};
 
 /// Installs the crypto provider and the log capture, once per process.
 pub(crate) fn init() -> &'static ProcessLogs {
@@ -109,6 +131,22 @@ impl World {
         )
     }
 
+    /// Starts an agent in this process for every device, paced by
+    /// [`FLEET_BACKOFF`], its config adjusted by `adjust(i, …)` first.
+    pub(crate) fn start_fleet(
+        &self,
+        mut adjust: impl FnMut(usize, &mut AgentToml),
+    ) -> enos_e2e::Result<Vec<InProcessAgent>> {
+        let mut agents = Vec::with_capacity(self.devices.len());
+        for i in 0..self.devices.len() {
+            let mut toml = self.agent_toml(i);
+            toml.backoff = FLEET_BACKOFF;
+            adjust(i, &mut toml);
+            agents.push(InProcessAgent::start(toml.config()?)?);
+        }
+        Ok(agents)
+    }
+
     /// The signer's audit trail and key.
     pub(crate) fn audit_files(&self) -> (PathBuf, PathBuf) {
         let config = self.signer.config();
@@ -150,6 +188,31 @@ impl World {
             }
         }
     }
+}
+
+/// Waits until every agent's status satisfies `pred`, each within `timeout`.
+pub(crate) async fn wait_all(
+    agents: &mut [InProcessAgent],
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&AgentStatus) -> bool,
+) -> enos_e2e::Result<()> {
+    for agent in agents {
+        agent.wait_for(what, timeout, &pred).await?;
+    }
+    Ok(())
+}
+
+/// Stops every agent (DISCONNECT), all at once.
+pub(crate) async fn stop_all(agents: Vec<InProcessAgent>) -> TestResult {
+    let stops: Vec<_> = agents
+        .into_iter()
+        .map(|agent| tokio::spawn(agent.stop()))
+        .collect();
+    for stop in stops {
+        stop.await??;
+    }
+    Ok(())
 }
 
 /// Registers `devices` in the signer in one all-or-nothing import.

@@ -15,6 +15,8 @@ pub struct SignerFixture {
     /// The gateway's client certificate and key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The gateway registered in it: the agent's `[device]`.
+    pub gw: (String, String),
 }
 
 impl SignerFixture {
@@ -42,17 +44,47 @@ impl SignerFixture {
             ca,
             cert: files.cert,
             key: files.key,
+            gw: (gw.0.to_owned(), gw.1.to_owned()),
         }
     }
 
-    /// The agent's `[signer]` section.
+    /// The agent's `[device]` (the gateway) and `[signer]` sections.
     pub fn toml(&self) -> String {
         format!(
-            "[signer]\nendpoints = [\"{}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nconnect_timeout = \"1s\"\nrequest_timeout = \"2s\"\n",
+            "[device]\nproduct_key = \"{}\"\ndevice_key = \"{}\"\n\n\
+             [signer]\nendpoints = [\"{}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nconnect_timeout = \"1s\"\nrequest_timeout = \"2s\"\n",
+            self.gw.0,
+            self.gw.1,
             self.signer.uri(),
             self.ca.display(),
             self.cert.display(),
             self.key.display()
+        )
+    }
+
+    /// A whole agent config against `broker`, with short test timings;
+    /// `extra` is appended.
+    pub fn agent_toml(&self, broker: &str, extra: &str) -> String {
+        format!(
+            r#"{head}
+[enos]
+broker = "{broker}"
+keepalive = "5s"
+connect_timeout = "2s"
+
+[backoff]
+min = "50ms"
+max = "500ms"
+jitter = 1.0
+refusal_factor = 4
+reset_after = "1s"
+
+[sub_device_login]
+reply_timeout = "2s"
+max_attempts = 3
+{extra}
+"#,
+            head = self.toml(),
         )
     }
 }

@@ -2,11 +2,12 @@
 //! directly: the yardstick the benchmarks hold custody and issuance to.
 //!
 //! It follows the record layout of the `record` module by hand (not
-//! through this crate's code) and does what a sign does on the token:
-//! check the record's MAC, unwrap the record key, derive the secret at
-//! its length, digest `content ‖ secret`, destroy both session keys. No
-//! pool, no error sorting, no reconnection: what custody adds on top is
-//! what the benchmarks measure.
+//! through this crate's code, but for the record key's attribute template,
+//! `ops`'s own, so that both unwrap the same key) and does what a sign does
+//! on the token: check the record's MAC, unwrap the record key, derive the
+//! secret at its length, digest `content ‖ secret`, destroy both session
+//! keys. No pool, no error sorting, no reconnection: what custody adds on
+//! top is what the benchmarks measure.
 //!
 //! Shared by `enos-custody-pkcs11`'s `hsm` benchmark and
 //! `enos-signer-svc`'s `hsm_issuance` benchmark. Panics on any error
@@ -23,7 +24,7 @@ use cryptoki::{
 };
 
 use super::{SoftHsm, USER_PIN};
-use crate::DEFAULT_KEK_LABEL;
+use crate::{DEFAULT_KEK_LABEL, ops::record_key_template};
 
 /// The fixture's module, initialised, with its token found.
 ///
@@ -154,17 +155,7 @@ impl RawSession {
                 &Mechanism::AesKeyWrapPad,
                 self.kek,
                 &self.wrapped,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Derive(true),
-                    Attribute::Decrypt(false),
-                    Attribute::Encrypt(false),
-                ],
+                &record_key_template(),
             )
             .expect("unwrap");
         let key = session
