@@ -381,7 +381,11 @@ pub fn parse_failure(command: clap::Command, line: &CommandLine) -> Option<Strin
     match with_doc_env(command, &line.env).try_get_matches_from(&line.args) {
         Ok(_) => None,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => None,
-        Err(e) => Some(format!("{line}\n  args: {:?}\n  {}", line.args, e.to_string().trim())),
+        Err(e) => Some(format!(
+            "{line}\n  args: {:?}\n  {}",
+            line.args,
+            e.to_string().trim()
+        )),
     }
 }
 

@@ -75,7 +75,15 @@ pub(crate) fn parse(text: &str) -> Document {
                 .next()
                 .unwrap_or_default()
                 .to_lowercase();
-            fence = Some((ch, len, indent, Fence { lang, lines: vec![] }));
+            fence = Some((
+                ch,
+                len,
+                indent,
+                Fence {
+                    lang,
+                    lines: vec![],
+                },
+            ));
             continue;
         }
         let (blanked, still_in_comment) = blank_comments(line, in_comment);
@@ -566,7 +574,8 @@ mod tests {
 
     #[test]
     fn fences_are_split_from_prose_even_indented() {
-        let doc = parse("a\n```sh\nx\n```\n- item\n\n  ```bash title\n  y\n  ```\n~~~~\n```\n~~~~\nb\n");
+        let doc =
+            parse("a\n```sh\nx\n```\n- item\n\n  ```bash title\n  y\n  ```\n~~~~\n```\n~~~~\nb\n");
         assert_eq!(doc.fences.len(), 3);
         assert_eq!(doc.fences[0].lang, "sh");
         assert_eq!(doc.fences[0].lines, vec![(3, "x".to_owned())]);
@@ -622,13 +631,13 @@ mod tests {
             slug("Reconnect storms: `enos-fleet`"),
             "reconnect-storms-enos-fleet"
         );
-        assert_eq!(
-            slug("Certificates: who is who"),
-            "certificates-who-is-who"
-        );
+        assert_eq!(slug("Certificates: who is who"), "certificates-who-is-who");
         assert_eq!(slug("A & B"), "a--b");
         assert_eq!(slug("What's `secret_version`?"), "whats-secret_version");
-        assert_eq!(slug("*Emphasis* and _this_ snake_case"), "emphasis-and-this-snake_case");
+        assert_eq!(
+            slug("*Emphasis* and _this_ snake_case"),
+            "emphasis-and-this-snake_case"
+        );
         assert_eq!(slug("[Linked](other.md) heading"), "linked-heading");
         assert_eq!(slug("start -> CONNACK (p99)"), "start---connack-p99");
         assert_eq!(slug("Ünïcode Über"), "ünïcode-über");
@@ -645,7 +654,13 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "custom", "other", "set-up", "set-up-1", "set-up-1-1", "set-up-2", "setext",
+                "custom",
+                "other",
+                "set-up",
+                "set-up-1",
+                "set-up-1-1",
+                "set-up-2",
+                "setext",
                 "title"
             ]
         );

@@ -60,13 +60,14 @@ pub(crate) fn lex(line: &str) -> Vec<Token> {
     let mut word = String::new();
     let mut in_word = false;
     let mut quoted = false;
-    let flush = |tokens: &mut Vec<Token>, word: &mut String, in_word: &mut bool, quoted: &mut bool| {
-        if *in_word {
-            tokens.push(Token::Word(std::mem::take(word)));
-        }
-        *in_word = false;
-        *quoted = false;
-    };
+    let flush =
+        |tokens: &mut Vec<Token>, word: &mut String, in_word: &mut bool, quoted: &mut bool| {
+            if *in_word {
+                tokens.push(Token::Word(std::mem::take(word)));
+            }
+            *in_word = false;
+            *quoted = false;
+        };
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
@@ -285,7 +286,10 @@ pub(crate) fn logical_lines(fence: &Fence, console: bool) -> Vec<Logical> {
     let mut lines = fence.lines.iter();
     while let Some((number, first)) = lines.next() {
         let trimmed = first.trim_start();
-        let text = match trimmed.strip_prefix("$ ").or_else(|| trimmed.strip_prefix('$').filter(|r| r.is_empty())) {
+        let text = match trimmed
+            .strip_prefix("$ ")
+            .or_else(|| trimmed.strip_prefix('$').filter(|r| r.is_empty()))
+        {
             Some(command) => command,
             None if console => continue,
             None => first.as_str(),
@@ -432,7 +436,11 @@ fn cargo(words: &[String], env: Vec<(String, String)>) -> Invocation {
         let value = |flag: &str, short: Option<&str>| {
             word.strip_prefix(flag)
                 .and_then(|v| v.strip_prefix('='))
-                .or_else(|| short.and_then(|s| word.strip_prefix(s)).filter(|v| !v.is_empty()))
+                .or_else(|| {
+                    short
+                        .and_then(|s| word.strip_prefix(s))
+                        .filter(|v| !v.is_empty())
+                })
                 .map(str::to_owned)
         };
         match word.as_str() {
@@ -506,10 +514,21 @@ mod tests {
         );
         assert_eq!(
             words("X=$(enos-signer list --product-key P) || (cd d && run >>log)"),
-            vec![strings(&["X="]), strings(&["enos-signer", "list", "--product-key", "P"]), strings(&["cd", "d"]), strings(&["run"])]
+            vec![
+                strings(&["X="]),
+                strings(&["enos-signer", "list", "--product-key", "P"]),
+                strings(&["cd", "d"]),
+                strings(&["run"])
+            ]
         );
-        assert_eq!(words("a '|' \"&&\" b>c"), vec![strings(&["a", "|", "&&", "b"])]);
-        assert_eq!(words("sign --product-key <PK> <dev.csv>"), vec![strings(&["sign", "--product-key", "<PK>", "<dev.csv>"])]);
+        assert_eq!(
+            words("a '|' \"&&\" b>c"),
+            vec![strings(&["a", "|", "&&", "b"])]
+        );
+        assert_eq!(
+            words("sign --product-key <PK> <dev.csv>"),
+            vec![strings(&["sign", "--product-key", "<PK>", "<dev.csv>"])]
+        );
         assert_eq!(
             simple_commands("cat <<'EOF' > f"),
             vec![Simple {
@@ -527,7 +546,10 @@ mod tests {
             Invocation::Run {
                 program: "enos-agent".into(),
                 args: strings(&["run", "--config", "c"]),
-                env: vec![("RUST_LOG".into(), "debug".into()), ("A".into(), "1".into())],
+                env: vec![
+                    ("RUST_LOG".into(), "debug".into()),
+                    ("A".into(), "1".into())
+                ],
             }
         );
         assert_eq!(
@@ -567,12 +589,19 @@ mod tests {
     fn logical_lines_join_continuations_and_skip_output() {
         let fence = |lang: &str, text: &str| Fence {
             lang: lang.into(),
-            lines: text.lines().enumerate().map(|(i, l)| (i + 10, l.to_owned())).collect(),
+            lines: text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (i + 10, l.to_owned()))
+                .collect(),
         };
         let texts = |lines: Vec<Logical>| -> Vec<(usize, String)> {
             lines.into_iter().map(|l| (l.line, l.text)).collect()
         };
-        let sh = fence("sh", "$ a --x \\\n    --y \\\\\nb\ncat <<EOF\nenos-agent bogus\nEOF\nc");
+        let sh = fence(
+            "sh",
+            "$ a --x \\\n    --y \\\\\nb\ncat <<EOF\nenos-agent bogus\nEOF\nc",
+        );
         assert_eq!(
             texts(logical_lines(&sh, false)),
             vec![
@@ -582,7 +611,10 @@ mod tests {
                 (16, "c".to_owned()),
             ]
         );
-        let console = fence("console", "$ enos-agent check \\\n  --config c\nok: connected\n$ next");
+        let console = fence(
+            "console",
+            "$ enos-agent check \\\n  --config c\nok: connected\n$ next",
+        );
         assert_eq!(
             texts(logical_lines(&console, true)),
             vec![
@@ -590,10 +622,16 @@ mod tests {
                 (13, "next".to_owned())
             ]
         );
-        let synopsis = fence("sh", "x sign [--client-id ID] [--m a|b|c] --secret-file PATH|-");
+        let synopsis = fence(
+            "sh",
+            "x sign [--client-id ID] [--m a|b|c] --secret-file PATH|-",
+        );
         assert_eq!(
             texts(logical_lines(&synopsis, false)),
-            vec![(10, "x sign --client-id ID --m a --secret-file PATH".to_owned())]
+            vec![(
+                10,
+                "x sign --client-id ID --m a --secret-file PATH".to_owned()
+            )]
         );
     }
 }
