@@ -3,6 +3,9 @@
 // `check` and `sign` answer on stdout.
 #![allow(clippy::print_stdout)]
 
+#[cfg(test)]
+mod docs_commands;
+
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

@@ -8,6 +8,9 @@
 // Status lines on stdout are this program's interface.
 #![allow(clippy::print_stdout)]
 
+#[cfg(test)]
+mod docs_commands;
+
 use std::{
     io::{IsTerminal, Write},
     net::SocketAddr,

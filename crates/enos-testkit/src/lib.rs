@@ -9,6 +9,7 @@
 //! | [`pki`] | [`Pki`]: a throwaway CA; [`Identity`]: a certificate and its key as PEM |
 //! | [`process`] | [`ChildProcess`]: a child with captured output, SIGTERM/SIGHUP/SIGKILL, killed on drop |
 //! | [`binaries`] | [`Binaries`]: where `enos-sandbox`, `enos-signer`, `enos-agent` are (or are built) |
+//! | [`docs`] | the docs' links resolve, their command lines parse with the programs' clap definitions |
 //! | `sandbox` | (feature `sandbox`) `Sandbox`: the `enos-sandbox` binary as a child process |
 //! | `signer` | (feature `signer`) `TestSigner`: a real signer in this process, real mTLS |
 //! | `error` | [`HarnessError`]: why a child process or binary failed a test |
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod docs;
 mod error;
 pub mod login;
 pub mod pki;

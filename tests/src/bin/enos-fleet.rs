@@ -6,6 +6,10 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout
 
+#[cfg(test)]
+#[path = "enos-fleet/docs_commands.rs"]
+mod docs_commands;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;

@@ -16,6 +16,8 @@
 
 mod admin;
 mod custody;
+#[cfg(test)]
+mod docs_commands;
 mod import;
 mod logging;
 mod registry;
