@@ -1,8 +1,7 @@
 //! `enos-fleet`: a reconnect storm on this machine. N device identities,
 //! N agents in this process (the real agent library: credential over mTLS,
 //! backoff, MQTT), a scenario, the figures, the raw rumqttc anchor in the
-//! same run, and optionally a picture. Loopback only; see the README,
-//! "Reconnect storms".
+//! same run, and optionally a picture. Loopback only; see docs/storms.md.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout
 
