@@ -15,12 +15,13 @@ pub enum RegistryError {
     /// The configuration is wrong; the message says what and where.
     #[error("configuration: {0}")]
     Config(String),
-    /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done (`reading`, `creating`, …).
-        action: &'static str,
-        /// Which file.
+    /// A file the configuration names (a password file, a CA) cannot be
+    /// read: this crate reads such files and writes none.
+    #[error("reading {what} {path}: {source}")]
+    Unreadable {
+        /// Which of the configured files (`the registry CA`, …).
+        what: &'static str,
+        /// Its path.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,

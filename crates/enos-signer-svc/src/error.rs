@@ -159,15 +159,9 @@ impl From<RegistryError> for SignerError {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::Config(m) => SignerError::Config(m),
-            RegistryError::Io {
-                action,
-                path,
-                source,
-            } => SignerError::Io {
-                action,
-                path,
-                source,
-            },
+            unreadable @ RegistryError::Unreadable { .. } => {
+                SignerError::Config(unreadable.to_string())
+            }
             RegistryError::PrivateFile(PrivateFileError::Loose { path, mode }) => {
                 SignerError::LoosePermissions { path, mode }
             }

@@ -162,14 +162,13 @@ pub(super) fn target(c: &tokio_postgres::Config) -> String {
 /// The first line of a password file that passes the key file rules.
 fn read_password(file: &std::path::Path) -> Result<Zeroizing<String>> {
     enos_domain::private_file::check(file)?;
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(file).map_err(|source| RegistryError::Io {
-                action: "reading the registry password file",
-                path: file.to_owned(),
-                source,
-            })?,
-        );
+    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
+        RegistryError::Unreadable {
+            what: "the registry password file",
+            path: file.to_owned(),
+            source,
+        }
+    })?);
     let line = text.lines().next().unwrap_or("");
     if line.is_empty() {
         return Err(RegistryError::BadPassword {
@@ -181,8 +180,8 @@ fn read_password(file: &std::path::Path) -> Result<Zeroizing<String>> {
 }
 
 fn rustls_connector(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let pem = std::fs::read(ca).map_err(|source| RegistryError::Io {
-        action: "reading the registry CA",
+    let pem = std::fs::read(ca).map_err(|source| RegistryError::Unreadable {
+        what: "the registry CA",
         path: ca.to_owned(),
         source,
     })?;
