@@ -40,7 +40,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_postgres::{AsyncMessage, Client, Row, Socket, tls::MakeTlsConnect};
 
 pub use config::PostgresConfig;
-pub use listener::LISTEN_APPLICATION_NAME;
+pub use listener::{FEED_PING_EVERY, FEED_PING_TIMEOUT, LISTEN_APPLICATION_NAME};
 
 pub use self::config::{Connect, Tls};
 use super::{
