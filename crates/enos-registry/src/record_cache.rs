@@ -63,23 +63,25 @@ impl RecordCache {
         Ok(())
     }
 
-    /// Applies committed writes.
+    /// After a commit of this process: forgets every written id and
+    /// advances the generation, so the next read of each refills from the
+    /// store (one miss per change) and no read that started before the
+    /// commit fills the cache.
+    ///
+    /// Never writes the committed copy back: between the commit and this
+    /// call another writer (another replica, or on redb the next write
+    /// transaction) may have committed a newer record, and a read may have
+    /// cached it; our older copy would replace it, and no notification
+    /// would ever remove it (issue 23, finding 4).
     pub(super) fn committed(&self, writes: &[Write]) -> Result<()> {
         let mut inner = self.inner.write().map_err(|_| Self::poisoned())?;
         inner.generation += 1;
         for write in writes {
-            match write {
-                Write::Put(record) => {
-                    // Replace only what is cached; new records come in on
-                    // their first read.
-                    if let Some(cached) = inner.records.get_mut(&record.id) {
-                        *cached = record.clone();
-                    }
-                }
-                Write::Delete(id) => {
-                    inner.records.remove(id);
-                }
-            }
+            let id = match write {
+                Write::Put(record) => &record.id,
+                Write::Delete(id) => id,
+            };
+            inner.records.remove(id);
         }
         Ok(())
     }
@@ -98,5 +100,47 @@ impl RecordCache {
         inner.generation += 1;
         inner.records.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enos_sign_core::{DeviceKey, ProductKey};
+
+    use super::*;
+
+    fn record(version: u32, enabled: bool) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::new(
+                ProductKey::new("p").expect("pk"),
+                DeviceKey::new("d").expect("dk"),
+            ),
+            enabled,
+            secret_version: version,
+            sealed: None,
+            gateway: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    /// Issue 23, finding 4, in the cache alone: a newer record cached
+    /// between our commit and its write-back is not replaced by our older
+    /// copy; the id is dropped and the next read refills.
+    #[test]
+    fn a_commit_never_writes_its_older_copy_over_a_newer_cached_record() {
+        let cache = RecordCache::new();
+        let ours = record(2, true);
+        let theirs = record(2, false);
+        let generation = cache.lookup(&ours.id).expect("lookup").expect_err("miss");
+        cache.fill(generation, &theirs).expect("fill");
+        cache
+            .committed(&[Write::Put(ours.clone())])
+            .expect("committed");
+        let after = cache.lookup(&ours.id).expect("lookup");
+        assert!(after.is_err(), "dropped, not written back: {after:?}");
+        // A read that started before the commit does not fill.
+        cache.fill(generation, &ours).expect("fill");
+        assert!(cache.lookup(&ours.id).expect("lookup").is_err());
     }
 }

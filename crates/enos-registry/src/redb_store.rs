@@ -78,9 +78,10 @@ pub struct RedbRegistry {
     path: PathBuf,
     /// Decoded records, so that an issuance reads no page and decodes
     /// nothing. Correct because only this process writes the file (redb
-    /// locks it) and every write goes through `modify`, which updates the
-    /// cache after its commit: a call that starts after `modify` returned
-    /// sees the change (a rotated secret is used by the next issuance).
+    /// locks it) and every write goes through `modify`, which drops the
+    /// written ids from the cache after its commit: a call that starts
+    /// after `modify` returned reads the change from the file (a rotated
+    /// secret is used by the next issuance, after one miss).
     cache: Arc<RecordCache>,
 }
 
@@ -357,6 +358,12 @@ impl Registry for RedbRegistry {
                 writes
             };
             txn.commit()?;
+            // Drop, never write back: even in one process this is racy.
+            // Once `commit` returned, the next write transaction may begin,
+            // commit and reach the cache (or a read may refill it with the
+            // newer record) before this thread gets here; writing our
+            // copy back would then put an older record over a newer one
+            // for good. One rule with PostgreSQL (issue 23, finding 4).
             cache.committed(&writes)?;
             Ok(writes)
         })

@@ -579,6 +579,7 @@ fn pg_config(cluster: &PgCluster, database: &str) -> PostgresConfig {
         pool_size: 4,
         ca_file: None,
         cache: true,
+        allow_plaintext_password: false,
     }
 }
 

@@ -237,6 +237,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 pool_size: 16,
                 ca_file: None,
                 cache,
+                allow_plaintext_password: false,
             });
             let adjust = move |c: &mut SignerConfig| {
                 audit(c);

@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         pool_size: 4,
         ca_file: None,
         cache: true,
+        allow_plaintext_password: false,
     });
     let signer = TestSigner::start_with(dir.path(), &pki, move |c| {
         c.registry = registry;

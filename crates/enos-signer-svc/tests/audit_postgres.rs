@@ -30,6 +30,7 @@ fn as_user(
         pool_size: 4,
         ca_file: None,
         cache: true,
+        allow_plaintext_password: false,
     }
 }
 
@@ -69,6 +70,7 @@ async fn the_trail_is_an_append_only_table_and_still_fails_closed() {
         url: replica.url.clone(),
         password_file: replica.password_file.clone(),
         ca_file: None,
+        allow_plaintext_password: false,
     };
     let f = common::fixture_with(move |c| {
         c.registry = RegistryConfig::Postgres(replica);
@@ -173,6 +175,7 @@ async fn issuances_waiting_for_their_commit_hold_no_worker() {
         url: owner.url.clone(),
         password_file: owner.password_file.clone(),
         ca_file: None,
+        allow_plaintext_password: false,
     };
     let f = common::fixture_with(move |c| {
         c.audit.sink = AuditSinkConfig::Postgres(sink);

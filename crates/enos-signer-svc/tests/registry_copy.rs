@@ -73,6 +73,7 @@ async fn copy_moves_every_sealed_record_both_ways_idempotently() {
         pool_size: 2,
         ca_file: None,
         cache: true,
+        allow_plaintext_password: false,
     });
     let new_path = dir.join("signer-postgres.toml");
     write_config(&new_config, &new_path);

@@ -140,6 +140,7 @@ impl Fleet {
             pool_size: 8,
             ca_file: None,
             cache: true,
+            allow_plaintext_password: false,
         });
         config.audit.sink = enos_signer_svc::config::AuditSinkConfig::File {
             path: dir.join(format!("audit-{name}.jsonl")),

@@ -35,6 +35,7 @@ async fn two_hundred_agents_fail_over_when_a_replica_is_sigkilled() -> TestResul
         pool_size: 8,
         ca_file: None,
         cache: true,
+        allow_plaintext_password: false,
     });
     // The in-process signer migrates the schema and imports the fleet.
     let mut world = World::start(devices("PkReplica", "rep", AGENTS), |c| {

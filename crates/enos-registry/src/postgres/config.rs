@@ -38,6 +38,12 @@ pub struct PostgresConfig {
     /// LISTEN/NOTIFY); off reads every record from the database.
     #[serde(default = "yes")]
     pub cache: bool,
+    /// Without `ca_file`, a password is sent only to a Unix socket or a
+    /// loopback host (127.0.0.0/8, ::1, `localhost`): anywhere else it
+    /// would cross the network in clear text. `true` is the operator's
+    /// explicit opt-out (a network they trust end to end); default false.
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
 }
 
 fn default_pool_size() -> usize {
@@ -127,6 +133,16 @@ impl PostgresConfig {
                             .into(),
                     ));
                 }
+                if config.get_password().is_some() && !self.allow_plaintext_password {
+                    if let Some(remote) = remote_tcp_target(&config) {
+                        return Err(RegistryError::Config(format!(
+                            "registry.url names {remote}, which is not a loopback address, \
+                             and without TLS the password would cross the network in clear \
+                             text: set ca_file (the server's CA; TLS with verify-full), or, \
+                             on a network you trust, allow_plaintext_password = true"
+                        )));
+                    }
+                }
                 config.ssl_mode(SslMode::Disable);
                 Tls::None
             }
@@ -137,6 +153,38 @@ impl PostgresConfig {
             ));
         }
         Ok(Connect { config, tls })
+    }
+}
+
+/// The first TCP target of `c` that is not on this machine, if any: where
+/// a password would leave it. A Unix socket, `localhost`, 127.0.0.0/8 and
+/// ::1 stay; a host name other than `localhost` may resolve anywhere. As
+/// the driver does, the i-th `hostaddr` (when given) is where the i-th
+/// host is reached.
+fn remote_tcp_target(c: &tokio_postgres::Config) -> Option<String> {
+    let (hosts, addrs) = (c.get_hosts(), c.get_hostaddrs());
+    (0..hosts.len().max(addrs.len())).find_map(|i| match (addrs.get(i), hosts.get(i)) {
+        (Some(addr), _) => (!is_loopback(*addr)).then(|| addr.to_string()),
+        (None, Some(Host::Tcp(name))) => {
+            let local = name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(is_loopback);
+            (!local).then(|| name.clone())
+        }
+        (None, _) => None,
+    })
+}
+
+/// 127.0.0.0/8, ::1, and IPv4 loopback mapped into IPv6.
+fn is_loopback(addr: std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -218,6 +266,7 @@ mod tests {
             pool_size: 4,
             ca_file: None,
             cache: true,
+            allow_plaintext_password: false,
         }
     }
 
@@ -260,7 +309,7 @@ mod tests {
         std::fs::write(&file, "s3cret\n").expect("write");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let mut with_file = config("postgresql://signer@db.example/enos");
+        let mut with_file = config("postgresql://signer@127.0.0.1/enos");
         with_file.password_file = Some(file.clone());
         let loose = with_file.connect().err().expect("refused");
         assert!(
@@ -279,5 +328,62 @@ mod tests {
             connect.config.get_application_name(),
             Some(APPLICATION_NAME)
         );
+    }
+
+    /// Issue 23, finding 10: no password over non-loopback TCP without
+    /// TLS, unless the operator opts out explicitly; the error names both
+    /// fixes and never the password.
+    #[test]
+    fn a_password_crosses_the_network_only_over_tls_or_by_explicit_opt_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let with_password = |url: &str| {
+            let mut c = config(url);
+            c.password_file = Some(file.clone());
+            c
+        };
+        for url in [
+            "postgresql://signer@db.example/enos",
+            "postgresql://signer@10.0.0.5:5432/enos",
+            "postgresql://signer@[2001:db8::1]:5432/enos",
+            "postgresql://signer@localhost,db.example/enos",
+            // The host name is loopback, but the driver connects to hostaddr.
+            "postgresql://signer@localhost/enos?hostaddr=192.0.2.7",
+            "postgresql://signer@/enos?hostaddr=192.0.2.7",
+        ] {
+            let refused = with_password(url).connect().err().expect(url);
+            let message = refused.to_string();
+            assert!(
+                matches!(refused, RegistryError::Config(_)),
+                "{url}: {message}"
+            );
+            assert!(message.contains("ca_file"), "{url}: {message}");
+            assert!(
+                message.contains("allow_plaintext_password = true"),
+                "{url}: {message}"
+            );
+            assert!(!message.contains("s3cret"), "{url}: {message}");
+
+            let mut opted_out = with_password(url);
+            opted_out.allow_plaintext_password = true;
+            let connect = opted_out.connect().expect("explicit opt-out");
+            assert!(matches!(connect.tls, Tls::None), "{url}");
+            // Without a password nothing secret is sent: no refusal.
+            config(url).connect().expect("no password");
+        }
+        for url in [
+            "postgresql://signer@127.0.0.1:5432/enos",
+            "postgresql://signer@127.8.9.10/enos",
+            "postgresql://signer@[::1]:5432/enos",
+            "postgresql://signer@LocalHost/enos",
+            "postgresql://signer@/enos?host=/run/postgresql",
+            "postgresql://signer@db.example/enos?hostaddr=127.0.0.1",
+        ] {
+            let connect = with_password(url).connect().expect(url);
+            assert_eq!(connect.config.get_password(), Some(&b"s3cret"[..]), "{url}");
+        }
     }
 }

@@ -36,6 +36,11 @@ pub struct PostgresAuditSinkConfig {
     /// As `registry.ca_file` (TLS with verify-full when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// As `registry.allow_plaintext_password`: without `ca_file`, a
+    /// password goes only to a socket or a loopback host unless this is
+    /// true (the operator's explicit opt-out).
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
 }
 
 impl PostgresAuditSinkConfig {
@@ -48,6 +53,7 @@ impl PostgresAuditSinkConfig {
             pool_size: 1,
             ca_file: self.ca_file.clone(),
             cache: false,
+            allow_plaintext_password: self.allow_plaintext_password,
         }
     }
 }
