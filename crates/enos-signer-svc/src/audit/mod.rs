@@ -219,24 +219,28 @@ impl Loss {
     }
 
     /// Logs the losses not logged yet, unless a line went out less than
-    /// [`LOSS_LOG_INTERVAL`] ago (then the next line reports them).
-    pub(crate) fn log(&self, reason: &str) {
+    /// [`LOSS_LOG_INTERVAL`] ago (then a later call reports them); whether
+    /// it wrote a line.
+    pub(crate) fn log(&self, reason: &str) -> bool {
+        self.log_at(reason, Instant::now())
+    }
+
+    fn log_at(&self, reason: &str, now: Instant) -> bool {
         let mut logged = self
             .logged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
         let (dropped, failed) = (
             self.dropped.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         );
         let (since_dropped, since_failed) = match *logged {
-            Some((at, _, _)) if now.duration_since(at) < LOSS_LOG_INTERVAL => return,
+            Some((at, _, _)) if now.duration_since(at) < LOSS_LOG_INTERVAL => return false,
             Some((_, d, f)) => (dropped - d, failed - f),
             None => (dropped, failed),
         };
         if since_dropped == 0 && since_failed == 0 {
-            return;
+            return false;
         }
         tracing::error!(
             dropped = since_dropped,
@@ -248,6 +252,7 @@ impl Loss {
             LOSS_LOG_INTERVAL.as_secs()
         );
         *logged = Some((now, dropped, failed));
+        true
     }
 }
 
@@ -541,6 +546,40 @@ mod tests {
         for line in text.lines() {
             serde_json::from_str::<serde_json::Value>(line).expect("whole JSON line");
         }
+    }
+
+    #[test]
+    fn losses_are_counted_and_logged_at_most_once_an_interval() {
+        // Issue 23, finding 7: an outage loses records by the thousand;
+        // the log gets one line per interval, with the count since.
+        let loss = Loss::default();
+        let t0 = Instant::now();
+        loss.dropped.fetch_add(5, Ordering::Relaxed);
+        assert!(loss.log_at("outage", t0), "the first loss is logged");
+        loss.failed.fetch_add(3, Ordering::Relaxed);
+        loss.dropped.fetch_add(1000, Ordering::Relaxed);
+        assert!(!loss.log_at("outage", t0 + Duration::from_secs(1)));
+        assert!(!loss.log_at("outage", t0 + LOSS_LOG_INTERVAL / 2));
+        assert!(loss.log_at("outage", t0 + LOSS_LOG_INTERVAL));
+        assert_eq!(
+            *loss.logged.lock().expect("lock"),
+            Some((t0 + LOSS_LOG_INTERVAL, 1005, 3))
+        );
+        // Nothing new: nothing logged, however long after.
+        assert!(!loss.log_at("outage", t0 + 10 * LOSS_LOG_INTERVAL));
+        assert_eq!(
+            loss.snapshot(),
+            AuditLosses {
+                dropped: 1005,
+                failed: 3,
+                waiting: 0
+            }
+        );
+        // The waiting places are capped.
+        assert!(loss.wait_start(2) && loss.wait_start(2));
+        assert!(!loss.wait_start(2), "a third waiter is refused");
+        loss.wait_end();
+        assert!(loss.wait_start(2));
     }
 
     #[test]

@@ -295,7 +295,9 @@ fn writer(
             Err(e) if detached > 0 => loss.failed(detached, e),
             // Losses left out of the last line are reported once the
             // interval has passed, even if none follow.
-            _ => loss.log("reported late"),
+            _ => {
+                loss.log("losses left out of the last line");
+            }
         }
     }
 }
