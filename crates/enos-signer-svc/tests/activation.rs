@@ -662,7 +662,11 @@ async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() 
             .collect()
     };
     let records = batch_records(&trail(&f));
-    assert_eq!(records.len(), 1, "one record for the call: {records:?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "one record for the call, not one an entry"
+    );
     let record = &records[0];
     assert_eq!(record["outcome"], "refused_entries");
     assert_eq!(record["identity"], "device PkGw/gw");
@@ -708,7 +712,7 @@ async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() 
         .iter()
         .filter(|r| r["outcome"] == "refused_entries")
         .collect();
-    assert_eq!(with_entries.len(), served as usize, "{records:?}");
+    assert_eq!(with_entries.len(), served as usize, "one a served call");
     assert!(
         with_entries
             .iter()
