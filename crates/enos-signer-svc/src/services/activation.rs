@@ -53,7 +53,7 @@ pub(crate) async fn sign_login(
         let (fields, password) = state.custody.sign(record, fields, method).await?;
         return Ok((fields, password, SecureMode::DeviceSecret));
     }
-    let product_record = activation_product(state, &record.id, "awaits activation").await?;
+    let product_record = activation_product(state, &record.id, "awaits activation, and").await?;
     let (fields, password) = state
         .custody
         .sign_with_product(product_record, fields, method)
@@ -63,7 +63,8 @@ pub(crate) async fn sign_login(
 
 /// The product record of `device` if its product allows dynamic activation
 /// (it opts in, and has a product secret); otherwise FailedPrecondition,
-/// whose message says of the device `what` and why.
+/// whose message says of the device `what` (ending in a conjunction or a
+/// colon) and why.
 async fn activation_product(
     state: &SignerState,
     device: &DeviceId,
@@ -72,13 +73,13 @@ async fn activation_product(
     let product = &device.product_key;
     if !state.policy.for_product(product).dynamic_activation {
         return Err(SignerError::FailedPrecondition(format!(
-            "device {device} {what}, and product {product} does not allow dynamic \
+            "device {device} {what} product {product} does not allow dynamic \
              activation (EnOS 770)"
         )));
     }
     state.registry.get_product(product).await?.ok_or_else(|| {
         SignerError::FailedPrecondition(format!(
-            "device {device} {what}, and product {product} has no product secret"
+            "device {device} {what} product {product} has no product secret"
         ))
     })
 }
@@ -104,7 +105,7 @@ pub(crate) async fn complete(
     // own secret.
     let prepared = match prepared {
         Ok((device, secret)) => {
-            activation_product(&state, &device, "may not complete an activation")
+            activation_product(&state, &device, "may not complete an activation:")
                 .await
                 .map(|_| (device, secret))
         }
