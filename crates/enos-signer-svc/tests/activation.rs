@@ -11,10 +11,11 @@ use enos_sign_core::{
     ProductSecret, SignMethod, SignedFields, TimestampMs, verify_sign,
 };
 use enos_signer_proto::v1::{
-    CompleteActivationRequest, DeviceRef, IssueMqttCredentialRequest, ProductRef, PutDeviceRequest,
-    PutProductSecretRequest, SignSubDeviceLoginBatchRequest,
+    BindSubDeviceRequest, CompleteActivationRequest, DeviceRef, IssueMqttCredentialRequest,
+    ProductRef, PutDeviceRequest, PutProductSecretRequest, SignSubDeviceLoginBatchRequest,
+    SignSubDeviceLoginRequest,
 };
-use enos_signer_svc::config::ProductPolicyConfig;
+use enos_signer_svc::config::{ProductPolicyConfig, RateLimitConfig};
 use tonic::Code;
 
 const ACT: &str = "PkAct";
@@ -504,4 +505,372 @@ async fn an_import_registers_blank_secrets_as_awaiting_and_never_blanks_a_secret
         .expect("get")
         .into_inner();
     assert!(!kept.awaiting_activation && kept.secret_version == 1);
+}
+
+/// The audit trail's records (the file sink's JSON lines).
+fn trail(f: &common::Fixture) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
+        .expect("audit trail")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// A device with a secret, enabled.
+fn put_with_secret(pk: &str, dk: &str, secret: &str) -> PutDeviceRequest {
+    PutDeviceRequest {
+        device: Some(DeviceRef::new(pk, dk)),
+        device_secret: secret.into(),
+        enabled: true,
+        awaiting_activation: false,
+    }
+}
+
+fn bind(gateway: (&str, &str), sub: (&str, &str)) -> BindSubDeviceRequest {
+    BindSubDeviceRequest {
+        gateway: Some(DeviceRef::new(gateway.0, gateway.1)),
+        sub_device: Some(DeviceRef::new(sub.0, sub.1)),
+    }
+}
+
+/// Issue 23, finding 8: `CompleteActivation` is refused unless the device's
+/// product opted in to dynamic activation and has a product secret (the
+/// conditions of the securemode=3 login); the refusal is audited and the
+/// record is unchanged.
+#[tokio::test]
+async fn finding_8_complete_activation_needs_the_opt_in_and_a_product_secret() {
+    let f = activation_fixture().await;
+    let mut admin = f.signer.admin().await;
+    admin
+        .put_device(put_awaiting(NO_ACT, "no-opt-in"))
+        .await
+        .expect("register without a secret");
+    admin
+        .put_device(put_awaiting(ACT, "no-product-secret"))
+        .await
+        .expect("register without a secret");
+    // NO_ACT has a product secret, but no opt-in.
+    admin
+        .put_product_secret(product_secret(NO_ACT, PRODUCT_SECRET))
+        .await
+        .expect("put");
+
+    let mut device = f.device(NO_ACT, "no-opt-in").await;
+    let refused = status(
+        device
+            .complete_activation(CompleteActivationRequest {
+                device_secret: PUSHED_SECRET.into(),
+            })
+            .await,
+    );
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("does not allow dynamic activation"),
+        "{refused:?}"
+    );
+    // ACT opts in, but has no product secret yet.
+    let mut other = f.device(ACT, "no-product-secret").await;
+    let refused = status(
+        other
+            .complete_activation(CompleteActivationRequest {
+                device_secret: PUSHED_SECRET.into(),
+            })
+            .await,
+    );
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("no product secret"),
+        "{refused:?}"
+    );
+
+    // Both records unchanged: still awaiting, no secret.
+    for (pk, dk) in [(NO_ACT, "no-opt-in"), (ACT, "no-product-secret")] {
+        let shown = admin
+            .get_device(DeviceRef::new(pk, dk))
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(shown.awaiting_activation, "{pk}/{dk} still awaits");
+        assert_eq!(shown.secret_version, 0, "{pk}/{dk} has no secret");
+    }
+    // No device of NO_ACT can log in with the secret it tried to set.
+    assert_eq!(
+        code(
+            device
+                .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                .await
+        ),
+        Code::FailedPrecondition
+    );
+
+    // Audited, with the device, and no intent (nothing was attempted).
+    let records = trail(&f);
+    for device in ["PkNoAct/no-opt-in", "PkAct/no-product-secret"] {
+        let outcomes: Vec<&str> = records
+            .iter()
+            .filter(|r| r["event"] == "complete_activation" && r["device"] == device)
+            .map(|r| r["outcome"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(outcomes, ["failed_precondition"], "{device}");
+    }
+    let text = format!("{records:?}");
+    assert!(!text.contains(PUSHED_SECRET) && !text.contains(PRODUCT_SECRET));
+}
+
+/// Issue 23, finding 6: a batch of 200 unknown sub-devices costs one
+/// rate-limit token and writes one audit record, listing every refused
+/// entry (id and reason), not 200 records.
+#[tokio::test]
+async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() {
+    const BURST: u32 = 2;
+    let f = fixture_with(|c| {
+        c.rate_limit = Some(RateLimitConfig {
+            per_second: 1,
+            burst: BURST,
+        });
+    })
+    .await;
+    let mut admin = f.signer.admin().await;
+    admin
+        .put_device(put_with_secret("PkGw", "gw", "GatewaySecret1"))
+        .await
+        .expect("gw");
+    let mut gateway = f.device("PkGw", "gw").await;
+    let ghosts = || -> Vec<DeviceRef> {
+        (0..200)
+            .map(|i| DeviceRef::new("PkSub", format!("ghost-{i}")))
+            .collect()
+    };
+    let batch = gateway
+        .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+            sub_devices: ghosts(),
+            ..Default::default()
+        })
+        .await
+        .expect("a batch of 200 entries costs one token of a burst of 2")
+        .into_inner();
+    assert!(batch.signed.is_empty());
+    assert_eq!(batch.refused.len(), 200);
+
+    let batch_records = |records: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["event"] == "sign_sub_device_login_batch")
+            .cloned()
+            .collect()
+    };
+    let records = batch_records(&trail(&f));
+    assert_eq!(
+        records.len(),
+        1,
+        "one record for the call, not one an entry"
+    );
+    let record = &records[0];
+    assert_eq!(record["outcome"], "refused_entries");
+    assert_eq!(record["identity"], "device PkGw/gw");
+    let listed = record["refused"].as_array().expect("refused entries");
+    assert_eq!(listed.len(), 200);
+    assert_eq!(listed[7]["device"], "PkSub/ghost-7");
+    assert_eq!(listed[7]["outcome"], "permission_denied");
+    assert!(
+        listed[7]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("not a sub-device of the calling gateway"),
+        "{}",
+        listed[7]
+    );
+
+    // The limit counts calls, whatever their size (docs/admin.md): the
+    // burst's second token still serves a whole batch, and the limit
+    // then refuses calls (within a few, at one token a second).
+    let mut served = 1;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let answer = gateway
+            .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+                sub_devices: ghosts(),
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(_) => served += 1,
+            Err(status) => codes.push(status.code()),
+        }
+    }
+    assert!(served >= BURST, "the burst serves {BURST} calls: {served}");
+    assert!(
+        codes.contains(&Code::ResourceExhausted),
+        "the limit refuses: {codes:?}"
+    );
+    // Still one record per served call, each listing its 200 entries;
+    // the refusals by the limit are sampled (one a second at most).
+    let records = batch_records(&trail(&f));
+    let with_entries: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "refused_entries")
+        .collect();
+    assert_eq!(with_entries.len(), served as usize, "one a served call");
+    assert!(
+        with_entries
+            .iter()
+            .all(|r| r["refused"].as_array().map(Vec::len) == Some(200))
+    );
+    assert!(
+        records.len() <= served as usize + codes.len(),
+        "no record per entry: {} records",
+        records.len()
+    );
+}
+
+/// Issue 23, finding 9: a batch signs each sub-device under its own
+/// product's policy (method and TTL), as the single call does, not under
+/// the gateway's product's.
+#[tokio::test]
+async fn finding_9_a_batch_signs_under_each_sub_devices_own_product_policy() {
+    let f = fixture_with(|c| {
+        let policy = |ttl: u64, method: &str| ProductPolicyConfig {
+            ttl_secs: Some(ttl),
+            sign_method: Some(method.into()),
+            ..Default::default()
+        };
+        c.policy
+            .products
+            .insert("PkGwPolicy".into(), policy(1000, "hmacsha256"));
+        c.policy
+            .products
+            .insert("PkSubShort".into(), policy(30, "hmacsha1"));
+        c.policy
+            .products
+            .insert("PkSubLong".into(), policy(60, "hmacsha256"));
+    })
+    .await;
+    let mut admin = f.signer.admin().await;
+    admin
+        .put_device(put_with_secret("PkGwPolicy", "gw", "GatewaySecret1"))
+        .await
+        .expect("gw");
+    for (pk, dk, secret) in [
+        ("PkSubShort", "s1", "ShortSecret1"),
+        ("PkSubLong", "l1", "LongSecret1"),
+    ] {
+        admin
+            .put_device(put_with_secret(pk, dk, secret))
+            .await
+            .expect("sub");
+        admin
+            .bind_sub_device(bind(("PkGwPolicy", "gw"), (pk, dk)))
+            .await
+            .expect("bind");
+    }
+    let mut gateway = f.device("PkGwPolicy", "gw").await;
+    let verify = |batch: &enos_signer_proto::v1::SubDeviceLoginBatch, i: usize, secret: &str| {
+        let entry = &batch.signed[i];
+        let method = SignMethod::parse(&batch.sign_method, Md5Policy::Refuse).expect("method");
+        let fields = SignedFields {
+            client_id: ClientId::new(&batch.client_id).expect("client id"),
+            device_key: DeviceKey::new(&entry.device_key).expect("dk"),
+            product_key: ProductKey::new(&entry.product_key).expect("pk"),
+            timestamp: TimestampMs::from_millis(batch.timestamp_ms),
+        };
+        let secret = DeviceSecret::new(secret.into()).expect("secret");
+        verify_sign(&fields, method, &entry.sign, &secret).expect("signed with its secret");
+    };
+
+    // The single call: the sub-device's product's method and TTL.
+    let single = gateway
+        .sign_sub_device_login(SignSubDeviceLoginRequest {
+            product_key: "PkSubShort".into(),
+            device_key: "s1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("single")
+        .into_inner();
+    assert_eq!(single.sign_method, "hmacsha1");
+    assert_eq!(single.expires_at_ms - single.timestamp_ms, 30_000);
+
+    // The batch for the same sub-device: the same, not the gateway's
+    // product's hmacsha256 and 1000 s.
+    let batch = gateway
+        .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+            sub_devices: vec![DeviceRef::new("PkSubShort", "s1")],
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.signed.len(), 1, "{:?}", batch.refused);
+    assert_eq!(batch.sign_method, single.sign_method);
+    assert_eq!(batch.expires_at_ms - batch.timestamp_ms, 30_000);
+    verify(&batch, 0, "ShortSecret1");
+
+    // Two products with different default methods cannot share the
+    // batch's one signMethod: the other product's entry is refused, never
+    // signed with a method its policy does not name.
+    let mixed = gateway
+        .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+            sub_devices: vec![
+                DeviceRef::new("PkSubShort", "s1"),
+                DeviceRef::new("PkSubLong", "l1"),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(mixed.sign_method, "hmacsha1");
+    assert_eq!(mixed.signed.len(), 1);
+    assert_eq!(mixed.refused.len(), 1);
+    assert_eq!(mixed.refused[0].device_key, "l1");
+    assert_eq!(mixed.refused[0].code, "FailedPrecondition");
+    assert!(
+        mixed.refused[0].message.contains("sign_method"),
+        "{:?}",
+        mixed.refused[0]
+    );
+    // A requested method is every product's (as for the single call);
+    // each entry keeps its own TTL, the batch expires with the earliest.
+    let asked = gateway
+        .sign_sub_device_login_batch(SignSubDeviceLoginBatchRequest {
+            sub_devices: vec![
+                DeviceRef::new("PkSubLong", "l1"),
+                DeviceRef::new("PkSubShort", "s1"),
+            ],
+            sign_method: enos_signer_proto::v1::SignMethod::Hmacsha256.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(asked.signed.len(), 2, "{:?}", asked.refused);
+    assert_eq!(asked.sign_method, "hmacsha256");
+    assert_eq!(asked.expires_at_ms - asked.timestamp_ms, 30_000);
+    verify(&asked, 0, "LongSecret1");
+    verify(&asked, 1, "ShortSecret1");
+    let expiries: Vec<(String, u64)> = trail(&f)
+        .iter()
+        .filter(|r| {
+            r["event"] == "sign_sub_device_login_batch"
+                && r["outcome"] == "ok"
+                && r["sign_method"] == "hmacsha256"
+                && r["timestamp_ms"] == asked.timestamp_ms
+        })
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap_or_default().to_owned(),
+                r["expires_at_ms"].as_u64().unwrap_or_default() - asked.timestamp_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        expiries,
+        [
+            ("PkSubLong/l1".to_owned(), 60_000),
+            ("PkSubShort/s1".to_owned(), 30_000)
+        ],
+        "each entry's record has its own product's TTL"
+    );
 }

@@ -12,8 +12,11 @@ use enos_postgres_fixture::PgCluster;
 use enos_registry::{PostgresRegistry, postgres::PostgresConfig};
 use enos_signer_proto::v1::IssueMqttCredentialRequest;
 use enos_signer_svc::{
-    audit::postgres::PostgresAuditSinkConfig,
-    config::{AuditSinkConfig, RegistryConfig},
+    audit::{
+        Audit, AuditRecord,
+        postgres::{BATCH, OVERFLOW, PostgresAuditSinkConfig, QUEUE},
+    },
+    config::{AuditConfig, AuditSinkConfig, RegistryConfig},
 };
 use tonic::Code;
 
@@ -250,4 +253,137 @@ async fn issuances_waiting_for_their_commit_hold_no_worker() {
     }
     locker.await.expect("task").expect("the lock transaction");
     rows_within(&cluster, "waiting", 3 * WAITING).await;
+}
+
+/// Holds `audit_records` locked for `secs` in a transaction of its own;
+/// returns once the lock is held.
+async fn lock_table(
+    cluster: &Arc<PgCluster>,
+    database: &'static str,
+    secs: u32,
+) -> tokio::task::JoinHandle<enos_postgres_fixture::Result<String>> {
+    let locker = {
+        let cluster = Arc::clone(cluster);
+        tokio::task::spawn_blocking(move || {
+            cluster.psql(
+                database,
+                &format!(
+                    "BEGIN; LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE; \
+                     SELECT pg_sleep({secs}); COMMIT;"
+                ),
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cluster
+        .psql(
+            database,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'audit_records' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )
+        .expect("psql")
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    locker
+}
+
+/// Issue 23, finding 7: while the audit table cannot be written (locked,
+/// then its database stopped), refusal records beyond the queue wait in
+/// at most OVERFLOW tasks; the rest are dropped, and every loss is
+/// counted. Once the table is free, every record not dropped is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_7_refusal_records_in_an_audit_outage_are_bounded_and_their_loss_counted() {
+    let cluster = Arc::new(PgCluster::start().expect("PostgreSQL cluster"));
+    cluster.create_database("outage").expect("createdb");
+    let owner = as_user(&cluster, "enos", cluster.password_file(), "outage");
+    PostgresRegistry::create(&owner).expect("migrate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("audit.key");
+    enos_signer_svc::key_file::create(&key_file).expect("audit key");
+    let config = AuditConfig {
+        key_file,
+        sink: AuditSinkConfig::Postgres(PostgresAuditSinkConfig {
+            url: owner.url.clone(),
+            password_file: owner.password_file.clone(),
+            ca_file: None,
+        }),
+        fail_closed: true,
+    };
+    let audit = tokio::task::spawn_blocking(move || Audit::open(&config))
+        .await
+        .expect("task")
+        .expect("audit sink");
+    let refusal = |i: usize| {
+        AuditRecord::new(
+            "issue_mqtt_credential",
+            None,
+            Some(format!("PkOutage/dev-{i}")),
+            "not_found",
+        )
+    };
+
+    // The table is locked: the writer's INSERT waits, the queue fills.
+    let locker = lock_table(&cluster, "outage", 4).await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
+    const REFUSALS: usize = QUEUE + OVERFLOW + BATCH + 3000;
+    for i in 0..REFUSALS {
+        audit.record_detached(&refusal(i));
+    }
+    let waiting_tasks = runtime.num_alive_tasks().saturating_sub(tasks_before);
+    let losses = audit.losses();
+    assert!(
+        waiting_tasks <= OVERFLOW,
+        "{waiting_tasks} tasks wait for the queue, at most {OVERFLOW}"
+    );
+    assert!(losses.waiting <= OVERFLOW, "{losses:?}");
+    let at_least = (REFUSALS - QUEUE - OVERFLOW - BATCH) as u64;
+    assert!(
+        losses.dropped >= at_least,
+        "{losses:?}: at least {at_least} dropped"
+    );
+    assert_eq!(losses.failed, 0, "nothing failed yet: {losses:?}");
+
+    // The lock goes: every record not dropped reaches the table.
+    locker.await.expect("task").expect("the lock transaction");
+    let written = REFUSALS - losses.dropped as usize;
+    rows_within(&cluster, "outage", written).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while audit.losses().waiting > 0 {
+        assert!(std::time::Instant::now() < deadline, "waiters left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows: usize = cluster
+        .psql("outage", "SELECT count(*) FROM audit_records")
+        .expect("psql")
+        .parse()
+        .expect("count");
+    assert_eq!(rows, written, "written + dropped = refusals");
+    assert_eq!(audit.losses().dropped, losses.dropped);
+
+    // The database stops: the writer's writes fail, and are counted.
+    cluster.stop().expect("stop PostgreSQL");
+    const DURING_STOP: usize = 200;
+    for i in 0..DURING_STOP {
+        audit.record_detached(&refusal(REFUSALS + i));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = audit.losses();
+        if now.failed + (now.dropped - losses.dropped) == DURING_STOP as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "losses not counted: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audit.losses().waiting <= OVERFLOW);
 }

@@ -7,7 +7,17 @@
 
 pub mod postgres;
 
-use std::{fs::File, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    fs::File,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use enos_signer_proto::identity::PeerIdentity;
 use hmac::{Hmac, KeyInit, Mac};
@@ -53,11 +63,30 @@ pub struct AuditRecord {
     /// When the issued credential expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
-    /// `ok`, or the gRPC code of the refusal.
+    /// `ok`, or the gRPC code of the refusal (`refused_entries`: the one
+    /// record of a batch call's refused entries, listed in `refused`).
     pub outcome: String,
     /// HMAC-SHA256 (hex) of the issued password under the audit key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_hmac: Option<String>,
+    /// The entries of a batch call that were refused, all in this one
+    /// record: a batch costs one rate-limit token, so it must cost one
+    /// record, not one per entry (ids and reasons only, never a secret).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedEntry>,
+}
+
+/// One refused entry of a batch call, in its call's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedEntry {
+    /// The entry as asked (`pk/dk`, cleaned: printable ASCII, 64
+    /// characters a key at most), so that an investigator sees what was
+    /// tried.
+    pub device: String,
+    /// The refusal's gRPC code, as in `outcome`.
+    pub outcome: &'static str,
+    /// Why, as the caller was told (never a secret).
+    pub reason: String,
 }
 
 /// How an identity is written in audit records.
@@ -86,6 +115,7 @@ impl AuditRecord {
             expires_at_ms: None,
             outcome: outcome.into(),
             password_hmac: None,
+            refused: Vec::new(),
         }
     }
 }
@@ -113,6 +143,117 @@ pub struct Audit {
     sink: Sink,
     /// Whether a failed write makes issuance fail.
     fail_closed: bool,
+    /// Records of decided outcomes that were lost: counted for
+    /// [`Audit::losses`], logged at most once every
+    /// [`LOSS_LOG_INTERVAL`] (an outage must not flood the log).
+    loss: Arc<Loss>,
+}
+
+/// How often the loss of audit records reaches the log at most.
+pub const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Records of outcomes already decided ([`Audit::record_detached`]) that
+/// did not reach the trail, as counted since the signer started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditLosses {
+    /// Given up without a write: the `postgres` sink's queue and its
+    /// overflow were full (an outage of the audit database).
+    pub dropped: u64,
+    /// Written, and the write failed (the database refused or was gone,
+    /// the file or stderr refused).
+    pub failed: u64,
+    /// Records waiting now, beyond the queue, each in a task of its own
+    /// for room in it: at most [`postgres::OVERFLOW`].
+    pub waiting: usize,
+}
+
+/// The counters behind [`AuditLosses`], shared with the `postgres` writer.
+#[derive(Debug, Default)]
+pub(crate) struct Loss {
+    /// See [`AuditLosses::dropped`].
+    dropped: AtomicU64,
+    /// See [`AuditLosses::failed`].
+    failed: AtomicU64,
+    /// See [`AuditLosses::waiting`]; also what caps the waiting tasks.
+    waiting: AtomicUsize,
+    /// When the loss was last logged and the totals it reported, so that
+    /// the next line gives the count since.
+    logged: Mutex<Option<(Instant, u64, u64)>>,
+}
+
+impl Loss {
+    /// Counts `n` records given up without a write.
+    pub(crate) fn dropped(&self, n: u64, why: &str) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.log(why);
+    }
+
+    /// Counts `n` records whose write failed with `error`.
+    pub(crate) fn failed(&self, n: u64, error: &str) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+        self.log(error);
+    }
+
+    /// Takes one of the [`postgres::OVERFLOW`] places for a record waiting
+    /// for room in the queue; false when all are taken.
+    pub(crate) fn wait_start(&self, cap: usize) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place taken by [`Loss::wait_start`] back.
+    pub(crate) fn wait_end(&self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The counts now.
+    fn snapshot(&self) -> AuditLosses {
+        AuditLosses {
+            dropped: self.dropped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Logs the losses not logged yet, unless a line went out less than
+    /// [`LOSS_LOG_INTERVAL`] ago (then a later call reports them); whether
+    /// it wrote a line.
+    pub(crate) fn log(&self, reason: &str) -> bool {
+        self.log_at(reason, Instant::now())
+    }
+
+    fn log_at(&self, reason: &str, now: Instant) -> bool {
+        let mut logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (dropped, failed) = (
+            self.dropped.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        let (since_dropped, since_failed) = match *logged {
+            Some((at, _, _)) if now.duration_since(at) < LOSS_LOG_INTERVAL => return false,
+            Some((_, d, f)) => (dropped - d, failed - f),
+            None => (dropped, failed),
+        };
+        if since_dropped == 0 && since_failed == 0 {
+            return false;
+        }
+        tracing::error!(
+            dropped = since_dropped,
+            failed = since_failed,
+            dropped_total = dropped,
+            failed_total = failed,
+            reason,
+            "audit records lost (logged at most once every {}s)",
+            LOSS_LOG_INTERVAL.as_secs()
+        );
+        *logged = Some((now, dropped, failed));
+        true
+    }
 }
 
 impl Audit {
@@ -124,22 +265,33 @@ impl Audit {
             key: Key256::default(),
             sink: Sink::Log(std::sync::Mutex::new(writer)),
             fail_closed,
+            loss: Arc::default(),
         }
     }
 
     /// Opens the sink and loads the audit key.
     pub fn open(config: &AuditConfig) -> Result<Self> {
         let key = key_file::load(&config.key_file)?;
+        let loss = Arc::<Loss>::default();
         let sink = match &config.sink {
             AuditSinkConfig::Log => Sink::Log(std::sync::Mutex::new(Box::new(std::io::stderr()))),
             AuditSinkConfig::File { path } => Sink::File(open_append(path)?),
-            AuditSinkConfig::Postgres(pg) => Sink::Postgres(postgres::PostgresAuditSink::open(pg)?),
+            AuditSinkConfig::Postgres(pg) => {
+                Sink::Postgres(postgres::PostgresAuditSink::open(pg, Arc::clone(&loss))?)
+            }
         };
         Ok(Audit {
             key,
             sink,
             fail_closed: config.fail_closed,
+            loss,
         })
+    }
+
+    /// Records of decided outcomes lost so far (the metrics exporter reads
+    /// these: a trail with holes must be visible without reading logs).
+    pub fn losses(&self) -> AuditLosses {
+        self.loss.snapshot()
     }
 
     /// HMAC-SHA256 of `password` under the audit key, lower-case hex.
@@ -183,9 +335,12 @@ impl Audit {
 
     /// Writes `record` for an outcome already decided (a refusal, or a
     /// change already committed), without waiting for it: the `postgres`
-    /// sink queues it and its writer logs a failure. Nothing can change
-    /// the outcome, so the caller need not wait; the record is not given
-    /// up when the queue is full, it waits in a task of its own.
+    /// sink queues it and its writer counts a failure. Nothing can change
+    /// the outcome, so the caller need not wait. When the queue is full
+    /// the record waits for room in a task of its own, up to
+    /// [`postgres::OVERFLOW`] of them; beyond that it is dropped. Losses are
+    /// counted ([`Audit::losses`]) and logged at most once every
+    /// [`LOSS_LOG_INTERVAL`].
     pub fn record_detached(&self, record: &AuditRecord) {
         let written = serialise(record).and_then(|line| match &self.sink {
             Sink::Log(writer) => write_log(writer, line),
@@ -196,7 +351,7 @@ impl Audit {
             }
         });
         if let Err(e) = written {
-            tracing::error!(error = %e, event = record.event, "audit record lost");
+            self.loss.failed(1, &e.to_string());
         }
     }
 
@@ -289,6 +444,7 @@ mod tests {
             expires_at_ms: Some(2),
             outcome: "ok".into(),
             password_hmac: Some("00".into()),
+            refused: Vec::new(),
         }
     }
 
@@ -390,6 +546,40 @@ mod tests {
         for line in text.lines() {
             serde_json::from_str::<serde_json::Value>(line).expect("whole JSON line");
         }
+    }
+
+    #[test]
+    fn losses_are_counted_and_logged_at_most_once_an_interval() {
+        // Issue 23, finding 7: an outage loses records by the thousand;
+        // the log gets one line per interval, with the count since.
+        let loss = Loss::default();
+        let t0 = Instant::now();
+        loss.dropped.fetch_add(5, Ordering::Relaxed);
+        assert!(loss.log_at("outage", t0), "the first loss is logged");
+        loss.failed.fetch_add(3, Ordering::Relaxed);
+        loss.dropped.fetch_add(1000, Ordering::Relaxed);
+        assert!(!loss.log_at("outage", t0 + Duration::from_secs(1)));
+        assert!(!loss.log_at("outage", t0 + LOSS_LOG_INTERVAL / 2));
+        assert!(loss.log_at("outage", t0 + LOSS_LOG_INTERVAL));
+        assert_eq!(
+            *loss.logged.lock().expect("lock"),
+            Some((t0 + LOSS_LOG_INTERVAL, 1005, 3))
+        );
+        // Nothing new: nothing logged, however long after.
+        assert!(!loss.log_at("outage", t0 + 10 * LOSS_LOG_INTERVAL));
+        assert_eq!(
+            loss.snapshot(),
+            AuditLosses {
+                dropped: 1005,
+                failed: 3,
+                waiting: 0
+            }
+        );
+        // The waiting places are capped.
+        assert!(loss.wait_start(2) && loss.wait_start(2));
+        assert!(!loss.wait_start(2), "a third waiter is refused");
+        loss.wait_end();
+        assert!(loss.wait_start(2));
     }
 
     #[test]

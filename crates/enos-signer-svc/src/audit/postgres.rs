@@ -9,18 +9,24 @@
 //! per batch, not per issuance. A failed or unconfirmed write is an error:
 //! with `audit.fail_closed` the issuance is refused. Records of outcomes
 //! already decided are queued without waiting
-//! ([`crate::audit::Audit::record_detached`]); the writer logs their loss.
+//! ([`crate::audit::Audit::record_detached`]); beyond the queue at most
+//! [`OVERFLOW`] of them wait for room, the rest are dropped, and every loss
+//! is counted and logged at most once every
+//! [`crate::audit::LOSS_LOG_INTERVAL`].
 
 use std::{
     path::PathBuf,
-    sync::mpsc::{SyncSender, sync_channel},
+    sync::{
+        Arc,
+        mpsc::{SyncSender, sync_channel},
+    },
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::AuditRecord;
+use super::{AuditRecord, Loss};
 use crate::error::{Result, SignerError};
 use enos_registry::postgres::{Connect, PostgresConfig, Session, db, migrations};
 
@@ -59,9 +65,14 @@ impl PostgresAuditSinkConfig {
 }
 
 /// Records waiting for the writer at most (then callers wait to queue).
-const QUEUE: usize = 4096;
+pub const QUEUE: usize = 4096;
+/// Records of decided outcomes that wait, beyond a full queue, for room in
+/// it at most, each in a task of its own; more are dropped and counted.
+/// Bounds the memory and tasks an outage of the audit database (or a
+/// locked table) can pile up, whatever the rate of refusals.
+pub const OVERFLOW: usize = 1024;
 /// Records per INSERT at most.
-const BATCH: usize = 512;
+pub const BATCH: usize = 512;
 /// How long a caller waits for its record's commit.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,25 +105,29 @@ struct Row {
 pub(super) struct PostgresAuditSink {
     /// Closed when the sink is dropped, which ends the writer thread.
     queue: mpsc::Sender<Pending>,
+    /// Counts (and logs) records of decided outcomes that were lost, and
+    /// caps those waiting for room in the queue.
+    loss: Arc<Loss>,
 }
 
 impl PostgresAuditSink {
     /// Starts the writer; fails if the database cannot be reached or lacks
     /// this binary's schema.
-    pub(super) fn open(config: &PostgresAuditSinkConfig) -> Result<Self> {
+    pub(super) fn open(config: &PostgresAuditSinkConfig, loss: Arc<Loss>) -> Result<Self> {
         let connect = config.connection().connect()?;
         let target = config.connection().display_target();
         let (queue, pending) = mpsc::channel(QUEUE);
         let (ready, started) = sync_channel(1);
+        let writer_loss = Arc::clone(&loss);
         std::thread::Builder::new()
             .name("audit-postgres".into())
-            .spawn(move || writer(connect, pending, ready))
+            .spawn(move || writer(connect, pending, ready, writer_loss))
             .map_err(|e| SignerError::Audit(format!("starting the audit writer: {e}")))?;
         started
             .recv()
             .map_err(|_| SignerError::Audit("the audit writer stopped".into()))?
             .map_err(|e| SignerError::Audit(format!("{target}: {e}")))?;
-        Ok(PostgresAuditSink { queue })
+        Ok(PostgresAuditSink { queue, loss })
     }
 
     /// Writes `record` (serialised as `json`) and waits for its commit.
@@ -156,8 +171,10 @@ impl PostgresAuditSink {
             })
     }
 
-    /// Queues `record` without waiting. A full queue does not lose it: it
-    /// waits for room in a task of its own (or, outside a runtime, here).
+    /// Queues `record` without waiting. A full queue does not lose it at
+    /// once: it waits for room in a task of its own (or, outside a
+    /// runtime, here), up to [`OVERFLOW`] such tasks; beyond them it is
+    /// dropped and counted.
     pub(super) fn write_detached(&self, record: &AuditRecord, json: String) {
         let pending = Pending {
             row: Row::of(record, json),
@@ -166,17 +183,29 @@ impl PostgresAuditSink {
         match self.queue.try_send(pending) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(pending)) => {
+                if !self.loss.wait_start(OVERFLOW) {
+                    self.loss.dropped(
+                        1,
+                        "the audit queue and its overflow are full (the audit database is slow or down)",
+                    );
+                    return;
+                }
                 let queue = self.queue.clone();
+                let loss = Arc::clone(&self.loss);
+                let wait = async move {
+                    let sent = queue.send(pending).await;
+                    loss.wait_end();
+                    if sent.is_err() {
+                        loss.dropped(1, "the audit writer stopped");
+                    }
+                };
                 match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => drop(runtime.spawn(async move { queue.send(pending).await })),
-                    Err(_) => drop(queue.blocking_send(pending)),
+                    Ok(runtime) => drop(runtime.spawn(wait)),
+                    Err(_) => futures::executor::block_on(wait),
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(pending)) => {
-                tracing::error!(
-                    event = pending.row.event,
-                    "audit record lost: the audit writer stopped"
-                );
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.loss.dropped(1, "the audit writer stopped");
             }
         }
     }
@@ -200,6 +229,7 @@ fn writer(
     connect: Connect,
     mut pending: mpsc::Receiver<Pending>,
     ready: SyncSender<std::result::Result<(), String>>,
+    loss: Arc<Loss>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -259,14 +289,20 @@ fn writer(
             }
         }
         let outcome = outcome.map_err(|e| e.to_string());
+        let mut detached = 0;
         for p in batch {
             match p.done {
                 Some(done) => drop(done.send(outcome.clone())),
-                None => {
-                    if let Err(e) = &outcome {
-                        tracing::error!(error = %e, event = p.row.event, "audit record lost");
-                    }
-                }
+                None => detached += 1,
+            }
+        }
+        match &outcome {
+            // Nobody waits for these: counted, logged at most every 10 s.
+            Err(e) if detached > 0 => loss.failed(detached, e),
+            // Losses left out of the last line are reported once the
+            // interval has passed, even if none follow.
+            _ => {
+                loss.log("losses left out of the last line");
             }
         }
     }

@@ -10,8 +10,10 @@
 //! 2. EnOS (or the sandbox) pushes the new device secret to the device on
 //!    `/ext/session/{pk}/{dk}/thing/activate/info`.
 //! 3. The agent hands it over with `CompleteActivation` ([`complete`]):
-//!    only the device itself (its certificate), only while it awaits
-//!    activation, once. The secret is sealed as version 1 and the device
+//!    only the device itself (its certificate), only while its product
+//!    opts in and has a product secret (the same conditions as step 1:
+//!    otherwise FailedPrecondition, audited, nothing written), only while
+//!    it awaits activation, once. The secret is sealed as version 1 and the device
 //!    is activated in one registry transaction; an intent record is
 //!    written first and the outcome after, by a task a cancelled call
 //!    cannot stop (as for admin changes). A second attempt is refused
@@ -51,25 +53,35 @@ pub(crate) async fn sign_login(
         let (fields, password) = state.custody.sign(record, fields, method).await?;
         return Ok((fields, password, SecureMode::DeviceSecret));
     }
-    let product = &record.id.product_key;
-    if !state.policy.for_product(product).dynamic_activation {
-        return Err(SignerError::FailedPrecondition(format!(
-            "device {} awaits activation, and product {product} does not allow dynamic \
-             activation (EnOS 770)",
-            record.id
-        )));
-    }
-    let Some(product_record) = state.registry.get_product(product).await? else {
-        return Err(SignerError::FailedPrecondition(format!(
-            "device {} awaits activation, and product {product} has no product secret",
-            record.id
-        )));
-    };
+    let product_record = activation_product(state, &record.id, "awaits activation, and").await?;
     let (fields, password) = state
         .custody
         .sign_with_product(product_record, fields, method)
         .await?;
     Ok((fields, password, SecureMode::ProductSecret))
+}
+
+/// The product record of `device` if its product allows dynamic activation
+/// (it opts in, and has a product secret); otherwise FailedPrecondition,
+/// whose message says of the device `what` (ending in a conjunction or a
+/// colon) and why.
+async fn activation_product(
+    state: &SignerState,
+    device: &DeviceId,
+    what: &str,
+) -> Result<enos_registry::ProductRecord> {
+    let product = &device.product_key;
+    if !state.policy.for_product(product).dynamic_activation {
+        return Err(SignerError::FailedPrecondition(format!(
+            "device {device} {what} product {product} does not allow dynamic \
+             activation (EnOS 770)"
+        )));
+    }
+    state.registry.get_product(product).await?.ok_or_else(|| {
+        SignerError::FailedPrecondition(format!(
+            "device {device} {what} product {product} has no product secret"
+        ))
+    })
 }
 
 /// `CompleteActivation`: seals the pushed secret and activates the caller.
@@ -88,10 +100,23 @@ pub(crate) async fn complete(
                 .map_err(|e| SignerError::invalid("device_secret", e))?;
             Ok((device, secret))
         });
+    // Only a device its product's policy lets activate (as for the
+    // securemode=3 login): without the opt-in no device may choose its
+    // own secret.
+    let prepared = match prepared {
+        Ok((device, secret)) => {
+            activation_product(&state, &device, "may not complete an activation:")
+                .await
+                .map(|_| (device, secret))
+        }
+        Err(e) => Err(e),
+    };
     let (device, secret) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            let record = AuditRecord::new(RPC, Some(&identity), None, outcome_name(Some(e.code())));
+            let device = caller_device(&identity, "").ok().map(|d| d.to_string());
+            let record =
+                AuditRecord::new(RPC, Some(&identity), device, outcome_name(Some(e.code())));
             state.refused(RPC, Some(&identity), &e, Some(&record));
             state
                 .metrics

@@ -10,7 +10,17 @@
 //! gateway learns nothing about devices that are not its own). Every
 //! signed entry gets its own audit record (with the sign's HMAC), so a
 //! leaked sign is traced as after a single login; with a fail-closed
-//! trail one lost record drops the whole batch unsent.
+//! trail one lost record drops the whole batch unsent. The refused
+//! entries share one record per call (ids and reasons): a batch costs one
+//! rate-limit token, and 200 unknown names must not buy 200 records.
+//!
+//! Each entry is signed under its own product's policy, as the single
+//! call does: its TTL (its record's expiry) and its default method. The
+//! batch carries one `signMethod` (EnOS's params do): the requested one,
+//! or else the default of the first entry's product; an entry whose
+//! product's default differs is refused (FailedPrecondition), never signed
+//! with another product's method. The batch's `expires_at_ms` is the
+//! earliest expiry of its signed entries.
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
 
@@ -19,7 +29,7 @@ use enos_signer_proto::{identity::PeerIdentity, v1};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditRecord, RefusedEntry},
     error::{Result, SignerError},
     listener::metrics::outcome_name,
     services::convert,
@@ -88,9 +98,14 @@ async fn signed_batch(
             &request.client_id
         },
     )?;
-    let method = state
-        .policy
-        .method(&gateway.product_key, request.sign_method)?;
+    // The batch's one method: the requested one (the same for every
+    // product), or the default of the first entry's product.
+    let first_product = request
+        .sub_devices
+        .iter()
+        .find_map(|e| enos_sign_core::ProductKey::new(&e.product_key).ok())
+        .unwrap_or_else(|| gateway.product_key.clone());
+    let method = state.policy.method(&first_product, request.sign_method)?;
     // The gateway itself must be known and enabled to sign for others.
     match state.registry.get(&gateway).await? {
         Some(record) if record.enabled => {}
@@ -102,16 +117,15 @@ async fn signed_batch(
         None => return Err(SignerError::NotFound(format!("device {gateway}"))),
     }
     let timestamp_ms = now_ms();
-    let ttl = state.policy.for_product(&gateway.product_key).ttl;
-    let expires_at_ms = timestamp_ms + ttl.as_millis() as u64;
     let mut batch = v1::SubDeviceLoginBatch {
         client_id: client_id.to_string(),
         timestamp_ms,
         sign_method: method.as_str().to_owned(),
-        expires_at_ms,
+        expires_at_ms: timestamp_ms,
         ..Default::default()
     };
     let mut records = Vec::new();
+    let mut refused = Vec::new();
     let mut seen = HashSet::new();
     for entry in request.sub_devices {
         let signed = async {
@@ -138,6 +152,21 @@ async fn signed_batch(
                     "device {sub} is disabled"
                 )));
             }
+            // Its own product's policy, as for a single login.
+            let own = state.policy.method(&sub.product_key, request.sign_method)?;
+            if own != method {
+                return Err(SignerError::FailedPrecondition(format!(
+                    "{sub}: product {} signs with {} by default and this batch with {} (its \
+                     first entry's product's); ask for a sign_method, or send {}'s \
+                     sub-devices in a batch of their own",
+                    sub.product_key,
+                    own.as_str(),
+                    method.as_str(),
+                    sub.product_key
+                )));
+            }
+            let ttl = state.policy.for_product(&sub.product_key).ttl;
+            let expires_at_ms = timestamp_ms + ttl.as_millis() as u64;
             let fields = SignedFields {
                 client_id: client_id.clone(),
                 device_key: sub.device_key.clone(),
@@ -145,11 +174,11 @@ async fn signed_batch(
                 timestamp: TimestampMs::from_millis(timestamp_ms),
             };
             let (_, sign) = state.custody.sign(record, fields, method).await?;
-            Ok((sub, sign))
+            Ok((sub, sign, expires_at_ms))
         }
         .await;
         match signed {
-            Ok((sub, sign)) => {
+            Ok((sub, sign, expires_at_ms)) => {
                 let mut record = AuditRecord::new(RPC, Some(identity), Some(sub.to_string()), "ok");
                 record.client_id = Some(client_id.to_string());
                 record.sign_method = Some(method.as_str());
@@ -158,6 +187,13 @@ async fn signed_batch(
                 record.expires_at_ms = Some(expires_at_ms);
                 record.password_hmac = Some(state.audit.password_hmac(sign.expose_secret()));
                 records.push(record);
+                // The earliest expiry: the gateway renews before any
+                // entry lapses.
+                batch.expires_at_ms = if batch.signed.is_empty() {
+                    expires_at_ms
+                } else {
+                    batch.expires_at_ms.min(expires_at_ms)
+                };
                 batch.signed.push(v1::SubDeviceBatchEntry {
                     product_key: sub.product_key.to_string(),
                     device_key: sub.device_key.to_string(),
@@ -183,26 +219,29 @@ async fn signed_batch(
                         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
                         .collect()
                 };
-                let mut record = AuditRecord::new(
-                    RPC,
-                    Some(identity),
-                    Some(format!(
-                        "{}/{}",
-                        shown(&entry.product_key),
-                        shown(&entry.device_key)
-                    )),
-                    outcome_name(Some(e.code())),
-                );
-                record.client_id = Some(client_id.to_string());
-                state.audit_best_effort(&record);
+                let (product_key, device_key) =
+                    (shown(&entry.product_key), shown(&entry.device_key));
+                refused.push(RefusedEntry {
+                    device: format!("{product_key}/{device_key}"),
+                    outcome: outcome_name(Some(e.code())),
+                    reason: e.to_string(),
+                });
                 batch.refused.push(v1::RefusedSubDevice {
-                    product_key: shown(&entry.product_key),
-                    device_key: shown(&entry.device_key),
+                    product_key,
+                    device_key,
                     code: format!("{:?}", e.code()),
                     message: e.to_string(),
                 });
             }
         }
+    }
+    // One record for every refused entry of the call: its cost is that of
+    // the one rate-limit token the call spent.
+    if !refused.is_empty() {
+        let mut record = AuditRecord::new(RPC, Some(identity), None, "refused_entries");
+        record.client_id = Some(client_id.to_string());
+        record.refused = refused;
+        state.audit_best_effort(&record);
     }
     // Fail-closed: a sign leaves only with its record.
     state.audit.record_all(&records).await?;
