@@ -312,6 +312,7 @@ async fn finding_7_refusal_records_in_an_audit_outage_are_bounded_and_their_loss
             url: owner.url.clone(),
             password_file: owner.password_file.clone(),
             ca_file: None,
+            allow_plaintext_password: false,
         }),
         fail_closed: true,
     };
