@@ -15,6 +15,7 @@ use std::{
 
 // `[registry]`: defined by the registry crate, part of this file.
 pub use enos_registry::RegistryConfig;
+use enos_registry::postgres::PostgresConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SignerError};
@@ -188,8 +189,42 @@ pub enum AuditSinkConfig {
     Log,
     /// Rows of the append-only `audit_records` table (migrated by `init`
     /// with the registry's schema); see
-    /// [`crate::audit::postgres::PostgresAuditSinkConfig`] for the keys.
-    Postgres(crate::audit::postgres::PostgresAuditSinkConfig),
+    /// [`PostgresAuditSinkConfig`] for the keys.
+    Postgres(PostgresAuditSinkConfig),
+}
+
+/// Where the audit table is: the registry's database or another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresAuditSinkConfig {
+    /// As `registry.url`: no password in it.
+    pub url: String,
+    /// As `registry.password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// As `registry.ca_file` (TLS with verify-full when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// As `registry.allow_plaintext_password`: without `ca_file`, a
+    /// password goes only to a socket or a loopback host unless this is
+    /// true (the operator's explicit opt-out).
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
+}
+
+impl PostgresAuditSinkConfig {
+    /// The same connection as a registry config (one connection, no cache),
+    /// to share the URL, password and TLS rules.
+    pub fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            url: self.url.clone(),
+            password_file: self.password_file.clone(),
+            pool_size: 1,
+            ca_file: self.ca_file.clone(),
+            cache: false,
+            allow_plaintext_password: self.allow_plaintext_password,
+        }
+    }
 }
 
 /// Per-identity rate limit (GCRA).

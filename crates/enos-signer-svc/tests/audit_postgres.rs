@@ -14,9 +14,9 @@ use enos_signer_proto::v1::IssueMqttCredentialRequest;
 use enos_signer_svc::{
     audit::{
         Audit, AuditRecord,
-        postgres::{BATCH, OVERFLOW, PostgresAuditSinkConfig, QUEUE},
+        postgres::{BATCH, OVERFLOW, QUEUE},
     },
-    config::{AuditConfig, AuditSinkConfig, RegistryConfig},
+    config::{AuditConfig, AuditSinkConfig, PostgresAuditSinkConfig, RegistryConfig},
 };
 use tonic::Code;
 

@@ -15,7 +15,6 @@
 //! [`crate::audit::LOSS_LOG_INTERVAL`].
 
 use std::{
-    path::PathBuf,
     sync::{
         Arc,
         mpsc::{SyncSender, sync_channel},
@@ -23,46 +22,14 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AuditRecord, Loss};
-use crate::error::{Result, SignerError};
-use enos_registry::postgres::{Connect, PostgresConfig, Session, db, migrations};
-
-/// Where the audit table is: the registry's database or another one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresAuditSinkConfig {
-    /// As `registry.url`: no password in it.
-    pub url: String,
-    /// As `registry.password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    /// As `registry.ca_file` (TLS with verify-full when set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// As `registry.allow_plaintext_password`: without `ca_file`, a
-    /// password goes only to a socket or a loopback host unless this is
-    /// true (the operator's explicit opt-out).
-    #[serde(default)]
-    pub allow_plaintext_password: bool,
-}
-
-impl PostgresAuditSinkConfig {
-    /// The same connection as a registry config (one connection, no cache),
-    /// to share the URL, password and TLS rules.
-    pub fn connection(&self) -> PostgresConfig {
-        PostgresConfig {
-            url: self.url.clone(),
-            password_file: self.password_file.clone(),
-            pool_size: 1,
-            ca_file: self.ca_file.clone(),
-            cache: false,
-            allow_plaintext_password: self.allow_plaintext_password,
-        }
-    }
-}
+use crate::{
+    config::PostgresAuditSinkConfig,
+    error::{Result, SignerError},
+};
+use enos_registry::postgres::{Connect, Session, db, migrations};
 
 /// Records waiting for the writer at most (then callers wait to queue).
 pub const QUEUE: usize = 4096;

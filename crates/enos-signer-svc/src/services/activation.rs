@@ -30,8 +30,8 @@ use crate::{
     audit::AuditRecord,
     error::{Result, SignerError},
     listener::metrics::outcome_name,
+    services::caller::{caller_device, identified},
     services::convert::device_message,
-    services::credentials::{caller_device, identified},
     state::SignerState,
 };
 use enos_domain::now_ms;

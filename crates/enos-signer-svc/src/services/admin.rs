@@ -18,7 +18,6 @@ use crate::{
     listener::metrics::outcome_name,
     services::convert::{self, device_message},
     services::import,
-    services::products,
     state::SignerState,
 };
 use enos_domain::now_ms;
@@ -439,7 +438,8 @@ impl AdminService {
         request: Request<v1::PutProductSecretRequest>,
         rotate: bool,
     ) -> Result<Response<v1::Product>, Status> {
-        let product_of = |r: &v1::PutProductSecretRequest| products::shown(r.product.as_ref());
+        let product_of =
+            |r: &v1::PutProductSecretRequest| convert::shown_product(r.product.as_ref());
         self.call(
             rpc,
             request,
@@ -615,7 +615,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ProductRef>,
     ) -> Result<Response<v1::DeleteProductSecretResponse>, Status> {
-        let product_of = |r: &v1::ProductRef| products::shown(Some(r));
+        let product_of = |r: &v1::ProductRef| convert::shown_product(Some(r));
         self.call(
             "delete_product_secret",
             request,

@@ -32,8 +32,8 @@ use crate::{
     audit::{AuditRecord, RefusedEntry},
     error::{Result, SignerError},
     listener::metrics::outcome_name,
+    services::caller::{caller_device, identified},
     services::convert,
-    services::credentials::{caller_device, identified},
     state::SignerState,
 };
 use enos_domain::now_ms;

@@ -50,3 +50,14 @@ pub fn device_message(record: &DeviceRecord) -> v1::Device {
         awaiting_activation: record.is_awaiting_activation(),
     }
 }
+
+/// `pk` of a possibly invalid ref, for the audit trail of a refusal.
+pub(crate) fn shown_product(value: Option<&v1::ProductRef>) -> Option<String> {
+    value.map(|p| {
+        p.product_key
+            .chars()
+            .take(64)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    })
+}

@@ -23,6 +23,7 @@ use crate::{
     error::{Result, SignerError},
     listener::metrics::outcome_name,
     services::activation,
+    services::caller::caller_device,
     services::convert,
     state::SignerState,
 };
@@ -60,34 +61,6 @@ struct Issued {
     expires_at_ms: u64,
     /// The password (or sign), to HMAC for the audit trail.
     password: Password,
-}
-
-/// The caller as a device; an admin certificate is refused with `why`.
-pub(crate) fn caller_device(identity: &PeerIdentity, why: &str) -> Result<DeviceId> {
-    match identity {
-        PeerIdentity::Device {
-            product_key,
-            device_key,
-        } => Ok(DeviceId::new(product_key.clone(), device_key.clone())),
-        PeerIdentity::Admin { .. } => Err(SignerError::PermissionDenied(why.into())),
-    }
-}
-
-/// The caller's identity; a caller that proved none is refused (sampled
-/// log, counted, never audited) with the status it gets.
-pub(crate) fn identified<T>(
-    state: &SignerState,
-    rpc: &'static str,
-    request: &Request<T>,
-    started: Instant,
-) -> Result<PeerIdentity, Status> {
-    state.identity(request).map_err(|e| {
-        state.refused(rpc, None, &e, None);
-        state
-            .metrics
-            .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
-        e.into()
-    })
 }
 
 /// Why an admin certificate gets no credential.

@@ -12,12 +12,14 @@
 //! | [`admin_gate`] | who may use Admin beyond holding an admin certificate |
 //! | [`import`] | `ImportDevices`: all-or-nothing bulk import |
 //! | [`products`] | product secrets (`PutProductSecret`, `RotateProductSecret`) |
+//! | [`caller`] | who calls a Credentials RPC: the identity, a device |
 //! | [`convert`] | request fields → validated ids (errors name the field); records → messages |
 
 pub mod activation;
 pub mod admin;
 pub mod admin_gate;
 pub mod batch_login;
+pub mod caller;
 pub mod convert;
 pub mod credentials;
 pub mod import;

@@ -24,17 +24,6 @@ fn product_ref(value: Option<&v1::ProductRef>) -> Result<ProductKey> {
     convert::product_key("product.product_key", &value.product_key)
 }
 
-/// `pk` of a possibly invalid ref, for the audit trail of a refusal.
-pub(crate) fn shown(value: Option<&v1::ProductRef>) -> Option<String> {
-    value.map(|p| {
-        p.product_key
-            .chars()
-            .take(64)
-            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-            .collect()
-    })
-}
-
 fn not_found(product: &ProductKey) -> SignerError {
     SignerError::NotFound(format!("no secret for product {product}"))
 }
