@@ -28,6 +28,7 @@ fn row(line: u32, pk: &str, dk: &str, gw: Option<(&str, &str)>) -> ImportRow {
         device_secret: format!("s3cret-{dk}"),
         gateway: gw.and_then(|(p, d)| dref(p, d)),
         awaiting_activation: false,
+        ..Default::default()
     }
 }
 
@@ -98,7 +99,11 @@ async fn import_does_not_move_a_bound_sub_device_nor_bind_a_gateway() {
         .await
         .expect("bind");
     let mut admin = f.signer.admin().await;
-    let import = |rows: Vec<ImportRow>, dry_run: bool| ImportDevicesRequest { rows, dry_run };
+    let import = |rows: Vec<ImportRow>, dry_run: bool| ImportDevicesRequest {
+        rows,
+        dry_run,
+        ..Default::default()
+    };
 
     // Both refusals in one report, by line, on a dry run and a real one.
     for dry_run in [true, false] {

@@ -58,6 +58,10 @@ pub struct AuditRecord {
     /// HMAC-SHA256 (hex) of the issued password under the audit key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_hmac: Option<String>,
+    /// What an import changed (its `import_summary` record): the trail
+    /// says how many secrets, bindings and flags a file changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import: Option<crate::services::import::ImportCounts>,
 }
 
 /// How an identity is written in audit records.
@@ -86,6 +90,7 @@ impl AuditRecord {
             expires_at_ms: None,
             outcome: outcome.into(),
             password_hmac: None,
+            import: None,
         }
     }
 }
@@ -289,6 +294,7 @@ mod tests {
             expires_at_ms: Some(2),
             outcome: "ok".into(),
             password_hmac: Some("00".into()),
+            import: None,
         }
     }
 
