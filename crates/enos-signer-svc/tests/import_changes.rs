@@ -275,3 +275,43 @@ async fn a_device_awaiting_activation_gets_a_secret_from_a_file_only_when_asked(
     assert_eq!(counts(&given), (0, 0, 1, 0, 0));
     assert!(!device(&mut admin, "meter-001").await.awaiting_activation);
 }
+
+#[test]
+fn with_hsm_custody_an_import_compares_secrets_without_opening_them() {
+    // The comparison signs a challenge in custody: an HSM, which never
+    // opens a sealed secret, answers it too.
+    use enos_custody_pkcs11::{generate_kek, softhsm::isolated};
+    isolated(
+        "with_hsm_custody_an_import_compares_secrets_without_opening_them",
+        "import",
+        "",
+        |hsm| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                generate_kek(&hsm.config()).expect("create the token's keys");
+                let config = hsm.config();
+                let f = common::fixture_with(move |c| {
+                    c.custody = enos_signer_svc::config::CustodyConfig::Pkcs11(config);
+                })
+                .await;
+                let mut admin = f.signer.admin().await;
+                let export = || vec![row(2, "meter-001", "OldSecret001")];
+                assert!(import(&mut admin, export(), false, false).await.committed);
+                let same = import(&mut admin, export(), false, false).await;
+                assert_eq!(counts(&same), (0, 1, 0, 0, 0), "{same:?}");
+                f.signer
+                    .rotate_secret("MeterPk", "meter-001", "NewSecret001")
+                    .await
+                    .expect("rotate");
+                let stale = import(&mut admin, export(), false, false).await;
+                assert_eq!(stale.errors.len(), 1, "{stale:?}");
+                assert_eq!(device(&mut admin, "meter-001").await.secret_version, 2);
+                assert!(signs_with(&f, "meter-001", "NewSecret001").await);
+            });
+        },
+    );
+}
