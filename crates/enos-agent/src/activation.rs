@@ -77,27 +77,44 @@ pub enum PushError {
     /// Not the JSON shape of `thing.activate.info`.
     #[error("not a thing.activate.info message")]
     Malformed,
-    /// It names another device.
+    /// Its `productKey` or `deviceKey` is not a valid key. The value is
+    /// not shown: it is not known to be a key (it could be anything a
+    /// broker put there, a secret or control characters included).
+    #[error("its {0} is not a valid key")]
+    InvalidKey(&'static str),
+    /// It names another device (valid keys, so shown).
     #[error("it names device {0}, not this one")]
     OtherDevice(String),
     /// The secret is empty.
     #[error("its deviceSecret is empty")]
     EmptySecret,
+    /// The secret breaks the rules of a device secret (the reason names
+    /// the position, never the value).
+    #[error("its deviceSecret is not valid: {0}")]
+    InvalidSecret(String),
 }
 
 impl ActivationPush {
     /// Parses a push for `product_key`/`device_key`.
     pub fn parse(payload: &[u8], product_key: &str, device_key: &str) -> Result<Self, PushError> {
         let push: Push = serde_json::from_slice(payload).map_err(|_| PushError::Malformed)?;
-        if push.params.product_key != product_key || push.params.device_key != device_key {
-            return Err(PushError::OtherDevice(format!(
-                "{}/{}",
-                push.params.product_key, push.params.device_key
-            )));
+        // The keys are validated before anything about them is said: a
+        // value that is no key never reaches an error, hence a log.
+        let pushed_pk = enos_sign_core::ProductKey::new(&push.params.product_key)
+            .map_err(|_| PushError::InvalidKey("productKey"))?;
+        let pushed_dk = enos_sign_core::DeviceKey::new(&push.params.device_key)
+            .map_err(|_| PushError::InvalidKey("deviceKey"))?;
+        if pushed_pk.as_str() != product_key || pushed_dk.as_str() != device_key {
+            return Err(PushError::OtherDevice(format!("{pushed_pk}/{pushed_dk}")));
         }
-        if secrecy::ExposeSecret::expose_secret(&push.params.device_secret).is_empty() {
+        let secret = secrecy::ExposeSecret::expose_secret(&push.params.device_secret);
+        if secret.is_empty() {
             return Err(PushError::EmptySecret);
         }
+        // The signer would refuse it too; refused here, the reason is in
+        // the agent's log. DeviceSecret's errors never hold the value.
+        enos_sign_core::DeviceSecret::new(secret.to_owned())
+            .map_err(|e| PushError::InvalidSecret(e.to_string()))?;
         Ok(ActivationPush {
             id: match push.id {
                 PushId::Text(id) => id,
@@ -193,5 +210,43 @@ mod tests {
         let reply: serde_json::Value = serde_json::from_slice(&reply_payload("7")).expect("json");
         assert_eq!(reply["id"], "7");
         assert_eq!(reply["code"], 200);
+    }
+
+    #[test]
+    fn pushed_keys_are_validated_before_they_are_shown() {
+        // #23 finding 14: the keys of a push went into the error (and so
+        // the log) as received, before anything had checked them.
+        let push = |pk: &str, dk: &str, secret: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": "1",
+                "params": {"productKey": pk, "deviceKey": dk, "deviceSecret": secret},
+            }))
+            .expect("json")
+        };
+        for (pk, dk, field) in [
+            ("pk", "Leaked Secret\n\u{1b}[2J", "deviceKey"),
+            ("pk|securemode=2", "dk", "productKey"),
+            ("LeakedSecret/with/slashes", "dk", "productKey"),
+        ] {
+            let err = ActivationPush::parse(&push(pk, dk, "s3cret"), "pk", "dk")
+                .map(|_| ())
+                .expect_err("refused");
+            assert_eq!(err, PushError::InvalidKey(field));
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("Leaked") && !shown.contains('\n'),
+                "{shown}"
+            );
+        }
+        let err = ActivationPush::parse(&push("pk", "dk", "has space Pushed"), "pk", "dk")
+            .map(|_| ())
+            .expect_err("an invalid secret is refused");
+        assert!(matches!(err, PushError::InvalidSecret(_)), "{err:?}");
+        assert!(!err.to_string().contains("Pushed"), "{err}");
+        // Valid keys of another device are named: they are keys.
+        assert_eq!(
+            ActivationPush::parse(&push("pk2", "dk2", "s3cret"), "pk", "dk").map(|_| ()),
+            Err(PushError::OtherDevice("pk2/dk2".into()))
+        );
     }
 }

@@ -35,6 +35,20 @@ fn local_backoff(config: &BackoffConfig) -> BackoffConfig {
     }
 }
 
+/// Reads the local broker's password file: a private file (the
+/// workspace's one rule, [`enos_domain::private_file::read`]), read into
+/// a buffer wiped on drop; one trailing line end is not part of it. The
+/// returned copy is the one rumqttc keeps in its options for reconnects
+/// (it takes a `String` and cannot wipe it).
+fn local_password(path: &std::path::Path) -> Result<String, AgentError> {
+    let field = "bridge.password_file";
+    let bytes = enos_domain::private_file::read(path)
+        .map_err(|e| AgentError::config(field, e.to_string()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| AgentError::config(field, format!("{} is not UTF-8 text", path.display())))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 /// Builds the rumqttc client for the local broker.
 pub fn local_client(bridge: &BridgeConfig) -> Result<(AsyncClient, EventLoop), AgentError> {
     let url = &bridge.local_broker;
@@ -45,14 +59,7 @@ pub fn local_client(bridge: &BridgeConfig) -> Result<(AsyncClient, EventLoop), A
         .set_max_packet_size(256 * 1024, 256 * 1024);
     if let Some(username) = &bridge.username {
         let password = match &bridge.password_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                text.trim_end_matches(['\n', '\r']).to_owned()
-            }
+            Some(path) => local_password(path)?,
             None => String::new(),
         };
         options.set_credentials(username.clone(), password);
@@ -213,4 +220,46 @@ fn enqueue(shared: &Shared, m: Outbound) {
         );
     }
     shared.refresh_counters();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::config::BrokerUrl;
+
+    fn bridge(password_file: &std::path::Path) -> BridgeConfig {
+        BridgeConfig {
+            local_broker: BrokerUrl::try_from("tcp://127.0.0.1:1883".to_owned()).expect("url"),
+            client_id: "bridge".into(),
+            username: Some("local".into()),
+            password_file: Some(password_file.to_owned()),
+            upstream: Vec::new(),
+            downstream: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_password_file_must_be_private() {
+        // #23 finding 14: the bridge read its password file whatever its
+        // mode (and into a plain String).
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("local-password");
+        std::fs::write(&path, "LocalBrokerPw9\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = local_client(&bridge(&path))
+            .map(|_| ())
+            .expect_err("a world-readable password file is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("bridge.password_file") && text.contains("chmod 600"),
+            "{text}"
+        );
+        assert!(!text.contains("LocalBrokerPw9"), "{text}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(local_password(&path).expect("private"), "LocalBrokerPw9");
+        local_client(&bridge(&path)).expect("a private password file is read");
+    }
 }

@@ -30,10 +30,10 @@ fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
 }
 
 /// Reads a private key file, refusing one that group or others may read
-/// (the workspace's one rule, [`enos_domain::private_file::check`]).
+/// (the workspace's one rule, [`enos_domain::private_file::read`]: one
+/// open, the mode checked on that handle, read from it).
 pub(crate) fn read_private_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, AgentError> {
-    enos_domain::private_file::check(path).map_err(|e| tls_error(path, e.to_string()))?;
-    Ok(zeroize::Zeroizing::new(read(path)?))
+    enos_domain::private_file::read(path).map_err(|e| tls_error(path, e.to_string()))
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AgentError> {

@@ -9,7 +9,7 @@
 //! | `deviceKey` | yes | the device's key within its product |
 //! | `deviceSecret` | yes (the cell may be empty) | the secret its passwords are signed with; empty: none yet, a device awaiting dynamic activation |
 //! | `productSecret` | no | the secret of the device's product (dynamic activation, securemode 3); an empty cell or no column: none. The sandbox reads it; the signer's import does not (its product secrets are set through its admin API) |
-//! | `enabled` | no | `true` or `false` (the sandbox reads it; the signer's import enables every device) |
+//! | `enabled` | no | `true` or `false`, in any case ([`enabled`]); an empty cell or no column: not stated (the sandbox enables the device; the signer's import enables a new device and leaves an existing one as it is). Anything else is an error of the row |
 //! | `gatewayProductKey`, `gatewayDeviceKey` | no, as a pair | the gateway of a sub-device; both empty for a directly connected device |
 //!
 //! Columns are found by name, in any order and any case; a UTF-8 byte
@@ -41,6 +41,20 @@ pub const GATEWAY_PRODUCT_KEY: &str = "gatewayProductKey";
 /// The gateway's device key column (with [`GATEWAY_PRODUCT_KEY`]).
 pub const GATEWAY_DEVICE_KEY: &str = "gatewayDeviceKey";
 
+/// The one reading of an `enabled` cell, shared by the sandbox and the
+/// signer's import: `Ok(None)` when the file does not say (no column, or
+/// an empty cell), `true` or `false` in any case, anything else an error
+/// naming the column (never the value, which is at most a typo, but the
+/// rule for every field of the file is the same).
+pub fn enabled(cell: Option<&str>) -> Result<Option<bool>, String> {
+    match cell.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(_) => Err(format!("column {ENABLED} must be true or false")),
+    }
+}
+
 /// One row, split into its known columns. `Debug` redacts the secrets.
 #[derive(Debug)]
 pub struct DeviceRow {
@@ -58,7 +72,8 @@ pub struct DeviceRow {
     /// column and the cell is not empty: a product that has one allows
     /// dynamic activation. Wiped on drop, redacted in `Debug`.
     pub product_secret: Option<SecretString>,
-    /// `enabled`, trimmed, when the file has the column.
+    /// `enabled`, trimmed, when the file has the column; read it with
+    /// [`enabled`].
     pub enabled: Option<String>,
     /// `(gatewayProductKey, gatewayDeviceKey)`, trimmed, unless the file
     /// has no such columns or both are empty (one may be empty: the
@@ -305,6 +320,19 @@ mod tests {
         let err =
             read(b"productKey,deviceKey,deviceSecret,gatewayProductKey\n").expect_err("refused");
         assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn enabled_is_true_false_or_not_stated() {
+        // #23 finding 15: one rule for the sandbox and the signer.
+        assert_eq!(enabled(None), Ok(None));
+        assert_eq!(enabled(Some("")), Ok(None));
+        assert_eq!(enabled(Some("true")), Ok(Some(true)));
+        assert_eq!(enabled(Some("FALSE")), Ok(Some(false)));
+        for bad in ["yes", "no", "1", "0", "enabled"] {
+            let err = enabled(Some(bad)).expect_err(bad);
+            assert!(err.contains("enabled must be true or false"), "{err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! [`check`]: the one rule for files that hold secrets (the signer's
-//! keys and redb registry, an HSM PIN file, the agent's device key).
+//! keys and redb registry, an HSM PIN file, the agent's device key and
+//! local-broker password); [`open`] and [`read`] apply it to the file
+//! they read.
+//!
+//! [`open`] opens the file once and checks the mode of the open handle
+//! (`fstat`), so that what is checked is what is read: checking the path
+//! and then opening it again would let the file be swapped in between.
 //!
 //! Group or others may not access them, as ssh refuses a loose private
 //! key; systemd credentials (`$CREDENTIALS_DIRECTORY`) pass. One
@@ -8,7 +14,14 @@
 //! Kubernetes Secret volume with an `fsGroup` mounts it (root-owned, 0440);
 //! no non-root process could have made it so.
 
-use std::{os::unix::fs::MetadataExt, path::Path};
+use std::{
+    fs::{File, Metadata},
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use zeroize::Zeroizing;
 
 /// Bits a private file must not have: any access by group or others.
 const LOOSE: u32 = 0o077;
@@ -40,12 +53,48 @@ pub enum PrivateFileError {
     },
 }
 
-/// Refuses `path` if group or others may access it (see the module docs).
+/// Refuses `path` if group or others may access it (see the module docs),
+/// for callers that only check (a store that opens the file itself).
+/// Callers that read the file use [`open`] or [`read`].
 pub fn check(path: &Path) -> Result<(), PrivateFileError> {
-    let metadata = std::fs::metadata(path).map_err(|source| PrivateFileError::Unreadable {
+    let metadata = std::fs::metadata(path).map_err(|source| unreadable(path, source))?;
+    check_metadata(path, &metadata)
+}
+
+/// Opens `path` for reading and refuses it if group or others may access
+/// it, judged by the open handle's own metadata (`fstat`): the file read
+/// from the returned handle is the file that was checked.
+pub fn open(path: &Path) -> Result<File, PrivateFileError> {
+    let file = File::open(path).map_err(|source| unreadable(path, source))?;
+    let metadata = file.metadata().map_err(|source| unreadable(path, source))?;
+    check_metadata(path, &metadata)?;
+    Ok(file)
+}
+
+/// Reads a whole private file ([`open`]: one open, checked by `fstat`)
+/// into a buffer that is wiped when dropped.
+pub fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
+    let mut file = open(path)?;
+    // Sized up front from the handle, so that the buffer is not
+    // reallocated (a reallocation would leave an unwiped copy behind).
+    let len = file
+        .metadata()
+        .map_or(0, |m| usize::try_from(m.len()).unwrap_or(0));
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len.saturating_add(1)));
+    file.read_to_end(&mut bytes)
+        .map_err(|source| unreadable(path, source))?;
+    Ok(bytes)
+}
+
+fn unreadable(path: &Path, source: std::io::Error) -> PrivateFileError {
+    PrivateFileError::Unreadable {
         path: path.to_owned(),
         source,
-    })?;
+    }
+}
+
+/// The rule itself, on metadata already read.
+fn check_metadata(path: &Path, metadata: &Metadata) -> Result<(), PrivateFileError> {
     let mode = metadata.mode() & 0o777;
     let loose = if metadata.uid() == 0 {
         LOOSE_ROOT_OWNED
@@ -78,5 +127,48 @@ mod tests {
         }
         let err = check(&dir.path().join("missing")).expect_err("missing");
         assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn read_checks_the_file_it_reads() {
+        // #23 finding 14: the check opens once and judges the handle.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o644, false), (0o606, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(read(&path).is_ok(), ok, "{mode:o}");
+            assert_eq!(open(&path).is_ok(), ok, "{mode:o}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(&read(&path).expect("read")[..], b"s3cret\n");
+        let err = read(&dir.path().join("missing")).expect_err("missing");
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn open_judges_the_handle_not_the_path() {
+        // #23 finding 14: the file is opened once and its handle checked
+        // (fstat). A handle opened on a private file and a path that then
+        // names a loose file must not mix: after `open` the path is
+        // swapped for a world-readable file, and what is read is still
+        // the private file that was checked.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "checked").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut file = open(&path).expect("private");
+        let loose = dir.path().join("loose");
+        std::fs::write(&loose, "swapped").expect("write");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::rename(&loose, &path).expect("swap");
+        let mut read_back = String::new();
+        file.read_to_string(&mut read_back).expect("read");
+        assert_eq!(read_back, "checked");
+        // And the swapped-in file is refused on its own.
+        assert!(matches!(
+            read(&path),
+            Err(PrivateFileError::Loose { mode: 0o644, .. })
+        ));
     }
 }

@@ -27,8 +27,7 @@ use std::{
 
 pub use enos_domain::DeviceId;
 use enos_domain::device_file::{
-    self, DEVICE_SECRET, DeviceRow, ENABLED, GATEWAY_DEVICE_KEY, GATEWAY_PRODUCT_KEY,
-    PRODUCT_SECRET,
+    self, DEVICE_SECRET, DeviceRow, GATEWAY_DEVICE_KEY, GATEWAY_PRODUCT_KEY, PRODUCT_SECRET,
 };
 use enos_sign_core::{DeviceKey, DeviceSecret, ExposeSecret, ProductKey, ProductSecret};
 
@@ -186,12 +185,7 @@ fn device(row: DeviceRow) -> Result<(DeviceId, Device, Option<ProductSecret>), S
         .map(|s| ProductSecret::new(s.expose_secret().to_owned()))
         .transpose()
         .map_err(|e| format!("column {PRODUCT_SECRET}: {e}"))?;
-    let enabled = match row.enabled.as_deref() {
-        None | Some("") => true,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(format!("column {ENABLED} must be true or false")),
-    };
+    let enabled = device_file::enabled(row.enabled.as_deref())?.unwrap_or(true);
     let gateway = match &row.gateway {
         None => None,
         Some((pk, dk)) if !pk.is_empty() && !dk.is_empty() => Some(DeviceId::new(

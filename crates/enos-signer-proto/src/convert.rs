@@ -5,7 +5,7 @@
 //! validated type (a `DeviceRef` into a `DeviceId`) is the receiver's job:
 //! its error names the field in the receiver's own terms.
 
-use enos_domain::{DeviceId, DeviceRow};
+use enos_domain::{DeviceId, DeviceRow, UnreadableRow};
 use enos_sign_core::{ExposeSecret, SignMethod};
 
 use crate::v1;
@@ -54,14 +54,25 @@ impl From<&DeviceId> for v1::DeviceRef {
     }
 }
 
-impl From<DeviceRow> for v1::ImportRow {
-    /// A device-file row as an import row; the signer checks it. The
-    /// file's `enabled` column is not part of an import: imported devices
-    /// are enabled. An empty `deviceSecret` is a device awaiting dynamic
-    /// activation, as in the sandbox's device file.
-    fn from(mut row: DeviceRow) -> Self {
+impl TryFrom<DeviceRow> for v1::ImportRow {
+    type Error = UnreadableRow;
+
+    /// A device-file row as an import row; the signer checks the rest.
+    /// The `enabled` cell is read here with the rule the sandbox uses
+    /// ([`enos_domain::device_file::enabled`]): `true`, `false`, or not
+    /// stated; anything else is an error of the row (its line and
+    /// column, never a value). An empty `deviceSecret` is a device
+    /// awaiting dynamic activation, as in the sandbox's device file.
+    fn try_from(mut row: DeviceRow) -> Result<Self, UnreadableRow> {
+        let enabled =
+            enos_domain::device_file::enabled(row.enabled.as_deref()).map_err(|reason| {
+                UnreadableRow {
+                    line: row.line,
+                    reason,
+                }
+            })?;
         let awaiting_activation = row.device_secret.expose_secret().is_empty();
-        v1::ImportRow {
+        Ok(v1::ImportRow {
             line: row.line,
             product_key: std::mem::take(&mut row.product_key),
             device_key: std::mem::take(&mut row.device_key),
@@ -72,7 +83,8 @@ impl From<DeviceRow> for v1::ImportRow {
                 .take()
                 .map(|(product_key, device_key)| v1::DeviceRef::new(product_key, device_key)),
             awaiting_activation,
-        }
+            enabled,
+        })
     }
 }
 

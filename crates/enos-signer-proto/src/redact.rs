@@ -72,6 +72,7 @@ impl fmt::Debug for ImportRow {
             .field("device_secret", &REDACTED)
             .field("gateway", &self.gateway)
             .field("awaiting_activation", &self.awaiting_activation)
+            .field("enabled", &self.enabled)
             .finish()
     }
 }
@@ -147,7 +148,7 @@ mod tests {
                         device_secret: secret.into(),
                         ..Default::default()
                     }],
-                    dry_run: false,
+                    ..Default::default()
                 }
             ),
             format!(

@@ -52,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             device_secret: format!("Secret{i:010}x"),
             gateway: None,
             awaiting_activation: false,
+            ..Default::default()
         })
         .collect();
     let chunks = |dry_run: bool| -> Vec<ImportDevicesRequest> {
@@ -60,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .map(|(i, c)| ImportDevicesRequest {
                 rows: c.to_vec(),
                 dry_run: dry_run && i == 0,
+                ..Default::default()
             })
             .collect()
     };

@@ -445,6 +445,7 @@ async fn an_import_registers_blank_secrets_as_awaiting_and_never_blanks_a_secret
         device_secret: secret.into(),
         gateway: None,
         awaiting_activation: awaiting,
+        ..Default::default()
     };
     let import = |rows: Vec<ImportRow>| {
         let mut admin = importer.clone();
@@ -453,6 +454,7 @@ async fn an_import_registers_blank_secrets_as_awaiting_and_never_blanks_a_secret
                 .import_devices(futures::stream::iter([ImportDevicesRequest {
                     rows,
                     dry_run: false,
+                    ..Default::default()
                 }]))
                 .await
                 .expect("import answered")

@@ -103,8 +103,10 @@ async fn every_admin_rpc(
                             device_secret: "s3cret".into(),
                             gateway: None,
                             awaiting_activation: false,
+                            ..Default::default()
                         }],
                         dry_run: false,
+                        ..Default::default()
                     }]))
                     .await,
             ),
@@ -362,6 +364,7 @@ fn row(line: u32, pk: &str, dk: &str, secret: &str, gw: Option<(&str, &str)>) ->
         device_secret: secret.into(),
         gateway: gw.and_then(|(p, d)| dref(p, d)),
         awaiting_activation: false,
+        ..Default::default()
     }
 }
 
@@ -384,10 +387,12 @@ async fn import_is_all_or_nothing_and_names_each_bad_row() {
             ImportDevicesRequest {
                 rows: rows[..3].to_vec(),
                 dry_run: false,
+                ..Default::default()
             },
             ImportDevicesRequest {
                 rows: rows[3..].to_vec(),
                 dry_run: false,
+                ..Default::default()
             },
         ]))
         .await
@@ -418,6 +423,7 @@ async fn import_is_all_or_nothing_and_names_each_bad_row() {
         .import_devices(futures::stream::iter([ImportDevicesRequest {
             rows: good.clone(),
             dry_run: true,
+            ..Default::default()
         }]))
         .await
         .expect("dry run")
@@ -439,6 +445,7 @@ async fn import_is_all_or_nothing_and_names_each_bad_row() {
         .import_devices(futures::stream::iter([ImportDevicesRequest {
             rows: good,
             dry_run: false,
+            ..Default::default()
         }]))
         .await
         .expect("import")
@@ -685,6 +692,7 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
             .import_devices(futures::stream::iter([ImportDevicesRequest {
                 rows,
                 dry_run: false,
+                ..Default::default()
             }]))
             .await
     });
@@ -787,11 +795,13 @@ async fn import_refuses_two_devices_with_one_secret() {
                     row(3, "Pk1", "b", "OwnSecret2", None),
                 ],
                 dry_run: false,
+                ..Default::default()
             },
             // The second message repeats the first row's secret.
             ImportDevicesRequest {
                 rows: vec![row(4, "Pk2", "c", "SharedSecret1", None)],
                 dry_run: false,
+                ..Default::default()
             },
         ]))
         .await

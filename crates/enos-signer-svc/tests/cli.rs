@@ -420,3 +420,117 @@ async fn csv_import_refuses_half_a_gateway() {
     let listed = f.signer.list_devices().await.expect("list");
     assert!(listed.is_empty(), "nothing imported");
 }
+
+#[tokio::test]
+async fn csv_import_does_not_undo_a_rotation_and_prints_what_it_changes() {
+    // #23 finding 15, as an operator meets it: rotate, then re-import the
+    // console export taken before.
+    let f = fixture().await;
+    let flags = admin_flags(&f);
+    let cli = |args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        v.extend(flags.clone());
+        run(v, None)
+    };
+    let export = f.dir.path().join("export.csv");
+    std::fs::write(
+        &export,
+        "productKey,deviceKey,deviceSecret,enabled\n\
+         MeterPk,meter-001,OldSecret001,true\n\
+         MeterPk,meter-002,Secret002,false\n\
+         MeterPk,meter-003,Secret003,\n",
+    )
+    .expect("write csv");
+    let file = export.display().to_string();
+    let out = cli(&["import", &file]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("imported 3 devices: 3 new, 0 unchanged"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&["get", "MeterPk", "meter-002"]).await;
+    assert!(
+        text(&out.stdout).contains("enabled=false"),
+        "enabled=false came in enabled: {}",
+        text(&out.stdout)
+    );
+
+    let secret_file = f.dir.path().join("rotated");
+    std::fs::write(&secret_file, "NewSecret001\n").expect("write");
+    let secret_path = secret_file.display().to_string();
+    let out = cli(&[
+        "rotate-secret",
+        "MeterPk",
+        "meter-001",
+        "--secret-file",
+        &secret_path,
+    ])
+    .await;
+    assert!(text(&out.stdout).contains("secret_version=2"));
+
+    // The stale export: refused by line, in a dry run and for real.
+    for dry in [true, false] {
+        let mut args = vec!["import", file.as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = cli(&args).await;
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("export.csv:2: device MeterPk/meter-001 has another secret")
+                && stderr.contains("--replace-secrets"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("export.csv:3:") && !stderr.contains("export.csv:4:"));
+        assert!(
+            !stderr.contains("OldSecret001") && !stderr.contains("NewSecret001"),
+            "{stderr}"
+        );
+    }
+    let out = cli(&["get", "MeterPk", "meter-001"]).await;
+    assert!(
+        text(&out.stdout).contains("secret_version=2"),
+        "the stale file undid the rotation: {}",
+        text(&out.stdout)
+    );
+
+    // The dry run tells what --replace-secrets would change.
+    let out = cli(&["import", &file, "--dry-run", "--replace-secrets"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "3 rows checked, all valid; the import would make 0 new, 2 unchanged, \
+             1 changed secrets, 0 changed bindings, 0 changed enabled flags; nothing written"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&["import", &file, "--replace-secrets"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("imported 1 devices: 0 new, 2 unchanged, 1 changed secrets"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&["get", "MeterPk", "meter-001"]).await;
+    assert!(text(&out.stdout).contains("secret_version=3"));
+
+    // enabled follows the sandbox's rule: true or false, else the line.
+    let bad = f.dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "productKey,deviceKey,deviceSecret,enabled\nMeterPk,meter-009,Secret009,yes\n",
+    )
+    .expect("write csv");
+    let out = cli(&["import", &bad.display().to_string()]).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "enabled=yes was accepted");
+    assert!(
+        stderr.contains("bad.csv:2: column enabled must be true or false"),
+        "{stderr}"
+    );
+    let out = cli(&["get", "MeterPk", "meter-009"]).await;
+    assert!(!out.status.success(), "nothing imported");
+}

@@ -156,6 +156,7 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
     rows.send(ImportDevicesRequest {
         rows: Vec::new(),
         dry_run: true,
+        ..Default::default()
     })
     .await
     .expect("first message");

@@ -82,9 +82,11 @@ fn issuance_end_to_end_with_hsm_custody() {
                             device_secret: format!("bulk-secret-{i}-xyz"),
                             gateway: None,
                             awaiting_activation: false,
+                            ..Default::default()
                         })
                         .collect(),
                     dry_run: false,
+                    ..Default::default()
                 }]))
                 .await
                 .expect("import")

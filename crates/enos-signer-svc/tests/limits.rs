@@ -22,6 +22,7 @@ fn row(line: u32, dk: &str) -> ImportRow {
         device_secret: format!("s3cret-{dk}"),
         gateway: None,
         awaiting_activation: false,
+        ..Default::default()
     }
 }
 
@@ -40,6 +41,7 @@ async fn held_import(
         .send(ImportDevicesRequest {
             rows: vec![row(2, "held")],
             dry_run: true,
+            ..Default::default()
         })
         .await
         .expect("first message");
@@ -186,6 +188,7 @@ async fn an_import_over_its_byte_cap_is_refused_as_its_messages_arrive() {
                 .map(|i| row(i + 2, &format!("dev-{i:04}")))
                 .collect(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect("send");

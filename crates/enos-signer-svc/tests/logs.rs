@@ -81,12 +81,14 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
         device_secret: secret.into(),
         gateway: None,
         awaiting_activation: false,
+        ..Default::default()
     };
     // A refused import (bad row next to a good one), then a good one.
     let refused = admin
         .import_devices(futures::stream::iter([ImportDevicesRequest {
             rows: vec![row(2, "ok", &secrets[3]), row(3, "bad|key", &secrets[4])],
             dry_run: false,
+            ..Default::default()
         }]))
         .await
         .expect("answered")
@@ -96,6 +98,7 @@ async fn logs_of_a_whole_run_contain_no_secret_and_no_password() {
         .import_devices(futures::stream::iter([ImportDevicesRequest {
             rows: vec![row(2, "ok", &secrets[3])],
             dry_run: false,
+            ..Default::default()
         }]))
         .await
         .expect("imported");

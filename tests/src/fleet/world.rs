@@ -141,11 +141,13 @@ async fn import(signer: &TestSigner, devices: &[Device]) -> Result<()> {
                 device_secret: d.secret().to_owned(),
                 gateway: None,
                 awaiting_activation: false,
+                ..Default::default()
             })
             .collect();
         let request = v1::ImportDevicesRequest {
             rows,
             dry_run: false,
+            ..Default::default()
         };
         let response = admin
             .import_devices(futures::stream::iter([request]))

@@ -230,11 +230,13 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[TestDevice]) {
                 .as_ref()
                 .map(|(pk, dk)| v1::DeviceRef::new(pk.clone(), dk.clone())),
             awaiting_activation: false,
+            ..Default::default()
         })
         .collect();
     let request = v1::ImportDevicesRequest {
         rows,
         dry_run: false,
+        ..Default::default()
     };
     let response = signer
         .admin()

@@ -74,6 +74,10 @@ pub struct AuditRecord {
     /// record, not one per entry (ids and reasons only, never a secret).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<RefusedEntry>,
+    /// What an import changed (its `import_summary` record): the trail
+    /// says how many secrets, bindings and flags a file changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportCounts>,
 }
 
 /// One refused entry of a batch call, in its call's record.
@@ -87,6 +91,24 @@ pub struct RefusedEntry {
     pub outcome: &'static str,
     /// Why, as the caller was told (never a secret).
     pub reason: String,
+}
+
+/// What an import does to the registry, row by row: the response and the
+/// import's audit record carry it. A device new to the registry counts
+/// only as new; an existing one as unchanged, or under each change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCounts {
+    /// Devices not in the registry before.
+    pub new_devices: u32,
+    /// Existing devices the import leaves as they are (not written).
+    pub unchanged_devices: u32,
+    /// Existing devices given another secret (`replace_secrets`), or a
+    /// secret where they awaited activation.
+    pub changed_secrets: u32,
+    /// Existing devices bound to a gateway they were not bound to.
+    pub changed_bindings: u32,
+    /// Existing devices whose enabled flag the file changes.
+    pub changed_enabled: u32,
 }
 
 /// How an identity is written in audit records.
@@ -116,6 +138,7 @@ impl AuditRecord {
             outcome: outcome.into(),
             password_hmac: None,
             refused: Vec::new(),
+            import: None,
         }
     }
 }
@@ -445,6 +468,7 @@ mod tests {
             outcome: "ok".into(),
             password_hmac: Some("00".into()),
             refused: Vec::new(),
+            import: None,
         }
     }
 

@@ -166,6 +166,39 @@ impl CustodyHandle {
         threads.run(move || sign(custody.as_ref())).await?
     }
 
+    /// Whether `record`'s sealed secret is `secret` (an import's row
+    /// against the registry). Every custody can sign, not every one can
+    /// open (an HSM may refuse): the custody signs a challenge with the
+    /// sealed secret, the plaintext signs the same challenge here, and
+    /// the two passwords are compared in constant time. The challenge is
+    /// the record's own fields at the current time with HMAC-SHA256, so
+    /// two secrets give one password only by a SHA-256 collision.
+    /// Synchronous, like [`CustodyHandle::seal`] (it runs inside a
+    /// registry transaction). A record without a secret holds none.
+    pub fn holds(&self, record: &DeviceRecord, secret: &DeviceSecret) -> Result<bool> {
+        let Some(sealed) = record.sealed.clone() else {
+            return Ok(false);
+        };
+        let id = record.id.clone();
+        let version = record.secret_version;
+        let fields = SignedFields {
+            client_id: enos_sign_core::ClientId::from(&id.product_key),
+            device_key: id.device_key.clone(),
+            product_key: id.product_key.clone(),
+            timestamp: enos_sign_core::TimestampMs::from_millis(enos_domain::now_ms()),
+        };
+        let (method, case) = (SignMethod::HmacSha256, HexCase::Lower);
+        let expected = enos_sign_core::sign_with_case(&fields, method, secret, case);
+        let custody = Arc::clone(&self.custody);
+        let sign =
+            move || custody.sign(SecretRef::of(&id, version), &sealed, &fields, method, case);
+        let held = match &self.sign_threads {
+            None => sign()?,
+            Some(threads) => threads.run_blocking(sign)??,
+        };
+        Ok(held.matches_ignore_case(expected.expose_secret()))
+    }
+
     /// The custody itself, for the migration, which drives its own calls
     /// (one record at a time, off the request path).
     pub fn into_custody(self) -> Arc<dyn Custody> {

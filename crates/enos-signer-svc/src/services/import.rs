@@ -6,8 +6,22 @@
 //! and everything is written in one registry transaction. Any bad row aborts
 //! the whole import and every bad row is reported by its source line. A
 //! dry run does the same checks and writes nothing.
+//!
+//! An import never undoes a rotation by accident: a row whose secret
+//! differs from the one in custody (or gives a secret to a device that
+//! awaits activation) is refused unless the request says
+//! `replace_secrets`; a row whose secret is the one in custody leaves the
+//! record as it is (no new version). Custody is asked by signing, not
+//! opening ([`crate::custody::CustodyHandle::holds`]), so this works with
+//! every custody. The `enabled` column, when the file has it, sets the
+//! flag. The response (and the `import_summary` audit record of a
+//! committed import) counts new, unchanged and changed devices
+//! ([`ImportCounts`](crate::audit::ImportCounts)).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use enos_sign_core::DeviceSecret;
 use enos_signer_proto::{identity::PeerIdentity, v1};
@@ -16,6 +30,7 @@ use zeroize::Zeroize;
 
 use crate::{
     audit::AuditRecord,
+    audit::ImportCounts,
     error::{Result, SignerError},
     state::SignerState,
 };
@@ -36,6 +51,9 @@ struct Row {
     secret: Option<DeviceSecret>,
     /// Its gateway, when it is a sub-device.
     gateway: Option<DeviceId>,
+    /// The file's `enabled` cell; `None` when the file does not say, and
+    /// then an existing device keeps its flag (a new one is enabled).
+    enabled: Option<bool>,
 }
 
 /// The rows checked so far.
@@ -152,6 +170,7 @@ fn check_rows(checked: &mut Checked, rows: Vec<v1::ImportRow>) {
                     id,
                     secret,
                     gateway,
+                    enabled: row.enabled,
                 });
             }
             _ => checked.errors.push((line, problems.join("; "))),
@@ -237,12 +256,14 @@ pub async fn run(
     let mut rows_checked = Checked::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
     let mut dry_run = None;
+    let mut replace_secrets = None;
     while let Some(mut message) = stream
         .message()
         .await
         .map_err(|s| SignerError::invalid("rows", format!("stream failed: {}", s.message())))?
     {
         dry_run.get_or_insert(message.dry_run);
+        replace_secrets.get_or_insert(message.replace_secrets);
         rows += message.rows.len();
         bytes += prost::Message::encoded_len(&message);
         if rows > MAX_ROWS {
@@ -265,6 +286,7 @@ pub async fn run(
         check_rows(&mut rows_checked, message.rows);
     }
     let dry_run = dry_run.unwrap_or(false);
+    let replace_secrets = replace_secrets.unwrap_or(false);
     let checked = rows as u32;
     let Checked {
         good, mut errors, ..
@@ -301,6 +323,10 @@ pub async fn run(
             .filter(|g| !named.contains(g)),
     );
     let custody = state.custody.clone();
+    // The counts leave the registry's change through here (its result is
+    // the writes alone).
+    let counted: Arc<Mutex<ImportCounts>> = Arc::default();
+    let counts_out = Arc::clone(&counted);
     let outcome = state
         .registry
         .modify(
@@ -330,27 +356,83 @@ pub async fn run(
                         ));
                     }
                 }
+                // What each row changes; a secret other than the one in
+                // custody only when the operator said so.
+                let mut counts = ImportCounts::default();
+                let mut plans = Vec::with_capacity(good.len());
+                for row in good {
+                    let existing = current.get(&row.id);
+                    let plan = match existing {
+                        None => {
+                            counts.new_devices += 1;
+                            Plan {
+                                row,
+                                new_secret: true,
+                            }
+                        }
+                        Some(existing) => {
+                            let new_secret = match &row.secret {
+                                // An existing device that has a secret was
+                                // refused above: it awaits activation, and
+                                // so does the row.
+                                None => false,
+                                Some(secret) => !custody.holds(existing, secret)?,
+                            };
+                            if new_secret && !replace_secrets {
+                                errors.push((row.line, other_secret(existing)));
+                                continue;
+                            }
+                            let binding = row.gateway.is_some() && row.gateway != existing.gateway;
+                            let enabled = row.enabled.is_some_and(|e| e != existing.enabled);
+                            counts.changed_secrets += u32::from(new_secret);
+                            counts.changed_bindings += u32::from(binding);
+                            counts.changed_enabled += u32::from(enabled);
+                            if !(new_secret || binding || enabled) {
+                                counts.unchanged_devices += 1;
+                                continue;
+                            }
+                            Plan { row, new_secret }
+                        }
+                    };
+                    plans.push(plan);
+                }
                 errors.sort_by_key(|(line, _)| *line);
                 if !errors.is_empty() {
                     return Err(SignerError::ImportRejected(errors).into());
                 }
+                *counts_out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
                 if dry_run {
                     return Ok(Vec::new());
                 }
                 let now = now_ms();
-                let mut writes = Vec::with_capacity(good.len());
-                for row in good {
+                let mut writes = Vec::with_capacity(plans.len());
+                for Plan { row, new_secret } in plans {
                     let existing = current.get(&row.id);
-                    let mut record = match row.secret {
-                        Some(secret) => {
-                            DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
-                                custody.seal(id, v, secret)
-                            })?
+                    let mut record = match existing {
+                        // Only the binding or the flag changes.
+                        Some(existing) if !new_secret => {
+                            let mut record = existing.clone();
+                            record.updated_at_ms = now;
+                            record
                         }
-                        None => DeviceRecord::awaiting_activation(row.id, existing, now),
+                        _ => match row.secret {
+                            Some(secret) => {
+                                DeviceRecord::with_new_secret(row.id, existing, now, |id, v| {
+                                    custody.seal(id, v, secret)
+                                })?
+                            }
+                            None => DeviceRecord::awaiting_activation(row.id, existing, now),
+                        },
                     };
                     if let Some(gateway) = row.gateway {
                         record.gateway = Some(gateway);
+                    }
+                    match (row.enabled, existing) {
+                        (Some(enabled), _) => record.enabled = enabled,
+                        (None, None) => record.enabled = true,
+                        (None, Some(_)) => {}
                     }
                     writes.push(Write::Put(record));
                 }
@@ -373,6 +455,9 @@ pub async fn run(
         }
         Err(e) => return Err(e),
     };
+    let counts = *counted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for write in &writes {
         if let Write::Put(record) = write {
             state.audit_best_effort(&AuditRecord::new(
@@ -383,12 +468,51 @@ pub async fn run(
             ));
         }
     }
+    if !dry_run {
+        // One record of the import as a whole, with what it changed.
+        let mut summary = AuditRecord::new("import_summary", identity, None, "ok");
+        summary.import = Some(counts);
+        state.audit_best_effort(&summary);
+    }
     Ok(v1::ImportDevicesResponse {
         imported: writes.len() as u32,
         checked,
         errors: Vec::new(),
         committed: !dry_run,
+        new_devices: counts.new_devices,
+        unchanged_devices: counts.unchanged_devices,
+        changed_secrets: counts.changed_secrets,
+        changed_bindings: counts.changed_bindings,
+        changed_enabled: counts.changed_enabled,
     })
+}
+
+/// One row to write, and whether it brings a new secret.
+struct Plan {
+    /// The row.
+    row: Row,
+    /// Whether its secret is sealed as a new version (a new device, or a
+    /// replaced secret); otherwise the record's secret stays.
+    new_secret: bool,
+}
+
+/// Why a row with another secret than the registry's is refused; names
+/// the device and version, never a secret.
+fn other_secret(existing: &DeviceRecord) -> String {
+    if existing.is_awaiting_activation() {
+        format!(
+            "device {} awaits activation; this row would give it a secret (pass \
+             --replace-secrets to do so)",
+            existing.id
+        )
+    } else {
+        format!(
+            "device {} has another secret in the registry (version {}): importing this row \
+             would replace it, and undo a rotation if the file is older; pass \
+             --replace-secrets to replace it",
+            existing.id, existing.secret_version
+        )
+    }
 }
 
 fn gateway_ids(rows: &[Row]) -> Vec<DeviceId> {
@@ -406,5 +530,6 @@ fn refused(checked: u32, mut errors: Vec<(u32, String)>) -> v1::ImportDevicesRes
             .map(|(line, message)| v1::RowError { line, message })
             .collect(),
         committed: false,
+        ..Default::default()
     }
 }

@@ -1,5 +1,8 @@
 //! `enos-signer import FILE.csv`: streams the rows to the running signer,
-//! which checks them all and writes all or none.
+//! which checks them all and writes all or none. A row whose secret
+//! differs from the registry's is refused unless `--replace-secrets`; a
+//! row whose secret is the registry's changes nothing. Both runs print
+//! what the import changes (or would change).
 
 use std::path::Path;
 
@@ -14,7 +17,21 @@ use crate::Connection;
 /// Rows per streamed message.
 const CHUNK: usize = 500;
 
-pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> Result<()> {
+/// How an import is run (the command line's flags).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Check every row, write nothing.
+    pub(crate) dry_run: bool,
+    /// Give existing devices the file's secret when it differs from the
+    /// registry's (otherwise such rows are refused).
+    pub(crate) replace_secrets: bool,
+}
+
+pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) -> Result<()> {
+    let Options {
+        dry_run,
+        replace_secrets,
+    } = options;
     let bytes = zeroize::Zeroizing::new(
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
     );
@@ -25,7 +42,10 @@ pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> 
     let mut unreadable: Vec<(u32, String)> = Vec::new();
     for row in parsed.rows {
         match row {
-            Ok(row) => rows.push(row.into()),
+            Ok(row) => match v1::ImportRow::try_from(row) {
+                Ok(row) => rows.push(row),
+                Err(e) => unreadable.push((e.line, e.reason)),
+            },
             Err(e) => unreadable.push((e.line, e.reason)),
         }
     }
@@ -52,6 +72,7 @@ pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> 
         v1::ImportDevicesRequest {
             rows,
             dry_run: i == 0 && dry_run,
+            replace_secrets: i == 0 && replace_secrets,
         }
     }))
     .boxed();
@@ -75,11 +96,19 @@ pub(crate) async fn run(file: &Path, dry_run: bool, connection: &Connection) -> 
             errors.len()
         );
     }
+    let counts = format!(
+        "{} new, {} unchanged, {} changed secrets, {} changed bindings, {} changed enabled flags",
+        response.new_devices,
+        response.unchanged_devices,
+        response.changed_secrets,
+        response.changed_bindings,
+        response.changed_enabled
+    );
     if response.committed {
-        println!("imported {} devices", response.imported);
+        println!("imported {} devices: {counts}", response.imported);
     } else {
         println!(
-            "dry run: {} rows checked, all valid; nothing written",
+            "dry run: {} rows checked, all valid; the import would make {counts}; nothing written",
             response.checked
         );
     }

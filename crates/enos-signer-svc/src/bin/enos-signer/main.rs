@@ -59,9 +59,14 @@ enum Command {
     Import {
         /// The CSV file (header with productKey,deviceKey,deviceSecret).
         file: PathBuf,
-        /// Check every row, write nothing.
+        /// Check every row, write nothing; print what the import would change.
         #[arg(long)]
         dry_run: bool,
+        /// Give existing devices the file's secret where it differs from
+        /// the registry's (a new secret version). Without it such rows are
+        /// refused: an older file would undo a rotation.
+        #[arg(long)]
+        replace_secrets: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -145,8 +150,15 @@ fn main() -> Result<()> {
             Command::Import {
                 file,
                 dry_run,
+                replace_secrets,
                 connection,
-            } => import::run(&file, dry_run, &connection).await,
+            } => {
+                let options = import::Options {
+                    dry_run,
+                    replace_secrets,
+                };
+                import::run(&file, options, &connection).await
+            }
             Command::Custody(command) => command.run().await,
             Command::Registry(command) => command.run().await,
             Command::Admin(command) => command.run().await,
