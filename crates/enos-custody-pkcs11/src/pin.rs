@@ -23,8 +23,8 @@ pub(crate) fn read_pin(
         reason,
     };
     // A PIN opens every key of the token: as private as a key file.
-    enos_domain::private_file::check(&path).map_err(|e| fail(e.to_string()))?;
-    let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| fail(e.to_string()))?);
+    // One open: the file read is the file whose mode was checked.
+    let bytes = enos_domain::private_file::read(&path).map_err(|e| fail(e.to_string()))?;
     let mut text: &[u8] = &bytes;
     // One trailing newline is how editors and `echo` leave a file.
     if let Some(stripped) = text.strip_suffix(b"\n") {

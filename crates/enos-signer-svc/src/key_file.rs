@@ -20,13 +20,8 @@ pub type Key256 = Zeroizing<[u8; 32]>;
 
 /// Reads a key file, refusing loose permissions and malformed contents.
 pub fn load(path: &Path) -> Result<Key256> {
-    let io = |source| SignerError::Io {
-        action: "reading key file",
-        path: path.to_owned(),
-        source,
-    };
-    check_permissions(path)?;
-    let text = Zeroizing::new(std::fs::read(path).map_err(io)?);
+    // One open: the file read is the file whose mode was checked.
+    let text = enos_domain::private_file::read(path).map_err(private_file_error)?;
     let hex = text.trim_ascii();
     let bad = |reason| SignerError::BadKey {
         path: path.to_owned(),
@@ -49,7 +44,12 @@ pub fn load(path: &Path) -> Result<Key256> {
 /// Refuses a private file (key, registry) that group or others may access
 /// ([`enos_domain::private_file::check`], the workspace's one rule).
 pub fn check_permissions(path: &Path) -> Result<()> {
-    enos_domain::private_file::check(path).map_err(|e| match e {
+    enos_domain::private_file::check(path).map_err(private_file_error)
+}
+
+/// The workspace rule's refusal in this crate's terms.
+fn private_file_error(e: enos_domain::private_file::PrivateFileError) -> SignerError {
+    match e {
         enos_domain::private_file::PrivateFileError::Loose { path, mode } => {
             SignerError::LoosePermissions { path, mode }
         }
@@ -60,7 +60,7 @@ pub fn check_permissions(path: &Path) -> Result<()> {
                 source,
             }
         }
-    })
+    }
 }
 
 /// Creates a new random key file (mode 0600). Refuses to overwrite one:

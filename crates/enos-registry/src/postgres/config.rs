@@ -209,14 +209,12 @@ pub(super) fn target(c: &tokio_postgres::Config) -> String {
 
 /// The first line of a password file that passes the key file rules.
 fn read_password(file: &std::path::Path) -> Result<Zeroizing<String>> {
-    enos_domain::private_file::check(file)?;
-    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
-        RegistryError::Unreadable {
-            what: "the registry password file",
-            path: file.to_owned(),
-            source,
-        }
-    })?);
+    // One open: the file read is the file whose mode was checked.
+    let bytes = enos_domain::private_file::read(file)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| RegistryError::BadPassword {
+        path: file.to_owned(),
+        reason: "the password file is not UTF-8",
+    })?;
     let line = text.lines().next().unwrap_or("");
     if line.is_empty() {
         return Err(RegistryError::BadPassword {
