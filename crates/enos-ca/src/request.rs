@@ -102,12 +102,7 @@ impl RequestedKey {
 fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CaError> {
     let algorithm = &spki.algorithm.algorithm;
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok());
-        return match curve {
+        return match curve(spki) {
             Some(c) if c == OID_EC_P256 => Ok(KeyKind::EcP256),
             Some(c) if c == OID_NIST_EC_P384 => Ok(KeyKind::EcP384),
             _ => Err(CaError::UnsupportedKey(describe(spki))),
@@ -127,18 +122,21 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
     Err(CaError::UnsupportedKey(describe(spki)))
 }
 
+/// The named curve of an EC key.
+fn curve<'a>(spki: &'a x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<Oid<'a>> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+}
+
 /// A key's algorithm in words, for a refusal: its OID, its curve, its
 /// size; never key material.
 fn describe(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
     let oid = |o: &Oid<'_>| o.to_id_string();
     let algorithm = &spki.algorithm.algorithm;
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map_or_else(|| "?".to_owned(), |c| oid(&c));
+        let curve = curve(spki).map_or_else(|| "?".to_owned(), |c| oid(&c));
         return format!("EC on curve {curve}");
     }
     if *algorithm == OID_PKCS1_RSAENCRYPTION {

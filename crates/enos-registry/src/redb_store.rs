@@ -498,22 +498,19 @@ mod tests {
         ));
     }
 
+    /// A new device's record, made as the signer makes one.
     fn record(pk: &str, dk: &str) -> DeviceRecord {
-        DeviceRecord {
-            id: DeviceId::new(
-                ProductKey::new(pk).expect("pk"),
-                DeviceKey::new(dk).expect("dk"),
-            ),
-            enabled: true,
-            secret_version: 1,
-            sealed: Some(SealedSecret {
+        let id = DeviceId::new(
+            ProductKey::new(pk).expect("pk"),
+            DeviceKey::new(dk).expect("dk"),
+        );
+        DeviceRecord::with_new_secret(id, None, 2, |_, version| {
+            Ok::<_, RegistryError>(SealedSecret {
                 scheme: "test".into(),
-                bytes: vec![1, 2, 3],
-            }),
-            gateway: None,
-            created_at_ms: 1,
-            updated_at_ms: 2,
-        }
+                bytes: vec![1, 2, 3, version as u8],
+            })
+        })
+        .expect("record")
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@
 //! with two registries on one database (two replicas), and its schema is
 //! checked (missing, older, newer) and migrated once under concurrency.
 
+mod support;
+
 use std::{sync::Arc, time::Duration};
+use support::{id, record};
 
 use enos_custody::SealedSecret;
 use enos_postgres_fixture::PgCluster;
@@ -13,29 +16,7 @@ use enos_registry::{
     RegistryConfig, RegistryError, Write,
     postgres::{PostgresConfig, migrations},
 };
-use enos_sign_core::{DeviceKey, ProductKey};
-
-fn id(pk: &str, dk: &str) -> DeviceId {
-    DeviceId::new(
-        ProductKey::new(pk).expect("pk"),
-        DeviceKey::new(dk).expect("dk"),
-    )
-}
-
-fn record(pk: &str, dk: &str) -> DeviceRecord {
-    DeviceRecord {
-        id: id(pk, dk),
-        enabled: true,
-        secret_version: 1,
-        sealed: Some(SealedSecret {
-            scheme: "test".into(),
-            bytes: vec![1, 2, 3, 0, 255],
-        }),
-        gateway: None,
-        created_at_ms: 1,
-        updated_at_ms: 2,
-    }
-}
+use enos_sign_core::ProductKey;
 
 async fn put_all(registry: &dyn Registry, records: Vec<DeviceRecord>) {
     let writes = records.into_iter().map(Write::Put).collect::<Vec<_>>();

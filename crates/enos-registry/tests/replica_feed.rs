@@ -4,6 +4,8 @@
 //! server sends: the races and silent failures of issue 23, findings 4
 //! and 5, made on purpose.
 
+mod support;
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -11,41 +13,19 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use support::{id, record};
 
 use enos_custody::SealedSecret;
 use enos_postgres_fixture::PgCluster;
 use enos_registry::{
-    DeviceId, DeviceRecord, Registry, Write,
+    Registry, Write,
     postgres::{FEED_PING_EVERY, FEED_PING_TIMEOUT, PostgresConfig, PostgresRegistry},
 };
-use enos_sign_core::{DeviceKey, ProductKey};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
     sync::Notify,
 };
-
-fn id(pk: &str, dk: &str) -> DeviceId {
-    DeviceId::new(
-        ProductKey::new(pk).expect("pk"),
-        DeviceKey::new(dk).expect("dk"),
-    )
-}
-
-fn record(pk: &str, dk: &str) -> DeviceRecord {
-    DeviceRecord {
-        id: id(pk, dk),
-        enabled: true,
-        secret_version: 1,
-        sealed: Some(SealedSecret {
-            scheme: "test".into(),
-            bytes: vec![1, 2, 3],
-        }),
-        gateway: None,
-        created_at_ms: 1,
-        updated_at_ms: 1,
-    }
-}
 
 fn pg_config(url: String, cluster: &PgCluster) -> PostgresConfig {
     PostgresConfig {
