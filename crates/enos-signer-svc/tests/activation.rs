@@ -509,15 +509,6 @@ async fn an_import_registers_blank_secrets_as_awaiting_and_never_blanks_a_secret
     assert!(!kept.awaiting_activation && kept.secret_version == 1);
 }
 
-/// The audit trail's records (the file sink's JSON lines).
-fn trail(f: &common::Fixture) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
-        .expect("audit trail")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 /// A device with a secret, enabled.
 fn put_with_secret(pk: &str, dk: &str, secret: &str) -> PutDeviceRequest {
     PutDeviceRequest {
@@ -608,7 +599,7 @@ async fn finding_8_complete_activation_needs_the_opt_in_and_a_product_secret() {
     );
 
     // Audited, with the device, and no intent (nothing was attempted).
-    let records = trail(&f);
+    let records = f.audit_trail();
     for device in ["PkNoAct/no-opt-in", "PkAct/no-product-secret"] {
         let outcomes: Vec<&str> = records
             .iter()
@@ -663,7 +654,7 @@ async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() 
             .cloned()
             .collect()
     };
-    let records = batch_records(&trail(&f));
+    let records = batch_records(&f.audit_trail());
     assert_eq!(
         records.len(),
         1,
@@ -709,7 +700,7 @@ async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() 
     );
     // Still one record per served call, each listing its 200 entries;
     // the refusals by the limit are sampled (one a second at most).
-    let records = batch_records(&trail(&f));
+    let records = batch_records(&f.audit_trail());
     let with_entries: Vec<&serde_json::Value> = records
         .iter()
         .filter(|r| r["outcome"] == "refused_entries")
@@ -852,7 +843,8 @@ async fn finding_9_a_batch_signs_under_each_sub_devices_own_product_policy() {
     assert_eq!(asked.expires_at_ms - asked.timestamp_ms, 30_000);
     verify(&asked, 0, "LongSecret1");
     verify(&asked, 1, "ShortSecret1");
-    let expiries: Vec<(String, u64)> = trail(&f)
+    let expiries: Vec<(String, u64)> = f
+        .audit_trail()
         .iter()
         .filter(|r| {
             r["event"] == "sign_sub_device_login_batch"

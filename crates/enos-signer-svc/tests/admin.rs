@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Fixture, code, fixture, fixture_with, status};
+use common::{code, fixture, fixture_with, status};
 use enos_signer_proto::v1::{
     BindSubDeviceRequest, DeviceRef, ImportDevicesRequest, ImportRow, ListDevicesRequest,
     PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, UnbindSubDeviceRequest,
@@ -656,16 +656,6 @@ async fn shutdown_turns_health_not_serving_and_drains_open_calls() {
     );
 }
 
-/// The audit records of `event` in the fixture's trail.
-fn audited(f: &Fixture, event: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
-        .expect("audit trail")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|r| r["event"] == event)
-        .collect()
-}
-
 #[tokio::test]
 async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
     let f = fixture().await;
@@ -697,7 +687,8 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
             .await
     });
     let started_by = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !audited(&f, "import_devices")
+    while !f
+        .audited("import_devices")
         .iter()
         .any(|r| r["outcome"] == "started")
     {
@@ -711,7 +702,7 @@ async fn an_admin_change_whose_call_is_cancelled_is_still_audited() {
     let _ = call.await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let outcome = loop {
-        let records = audited(&f, "import_devices");
+        let records = f.audited("import_devices");
         if let Some(done) = records.iter().find(|r| r["outcome"] != "started") {
             assert!(
                 records.iter().any(|r| r["outcome"] == "started"),

@@ -76,15 +76,6 @@ fn counts(r: &ImportDevicesResponse) -> (u32, u32, u32, u32, u32) {
     )
 }
 
-fn audited(f: &Fixture, event: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(f.signer.config().audit_file().expect("file sink"))
-        .expect("audit trail")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|r| r["event"] == event)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_stale_import_does_not_undo_a_rotation() {
     let f = fixture().await;
@@ -146,7 +137,7 @@ async fn a_stale_import_does_not_undo_a_rotation() {
     assert!(signs_with(&f, "meter-001", "OldSecret001").await);
 
     // The trail holds what each committed import changed.
-    let summaries = audited(&f, "import_summary");
+    let summaries = f.audited("import_summary");
     assert_eq!(summaries.len(), 2, "{summaries:?}");
     assert_eq!(summaries[0]["import"]["new_devices"], 2);
     assert_eq!(summaries[1]["import"]["changed_secrets"], 1);

@@ -77,3 +77,22 @@ pub fn verify(credential: &enos_signer_proto::v1::MqttCredential, secret: &str) 
         .verify(&credential.password, &secret, Freshness::Any)
         .is_ok()
 }
+
+impl Fixture {
+    /// The audit trail's records (the file sink's JSON lines).
+    pub fn audit_trail(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.signer.config().audit_file().expect("file sink"))
+            .expect("audit trail")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    /// The audit trail's records of `event`.
+    pub fn audited(&self, event: &str) -> Vec<serde_json::Value> {
+        self.audit_trail()
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+}
