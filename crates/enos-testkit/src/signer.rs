@@ -308,6 +308,21 @@ impl TestSigner {
         Ok(page.devices)
     }
 
+    /// Imports `rows` in one all-or-nothing Admin import (one request,
+    /// not a dry run); the response says what was taken.
+    pub async fn import(&self, rows: Vec<v1::ImportRow>) -> Result<v1::ImportDevicesResponse> {
+        let request = v1::ImportDevicesRequest {
+            rows,
+            ..Default::default()
+        };
+        Ok(self
+            .admin()
+            .await
+            .import_devices(futures::stream::iter([request]))
+            .await?
+            .into_inner())
+    }
+
     /// Puts an enabled device with `secret`.
     pub async fn put_device(&self, pk: &str, dk: &str, secret: &str) -> Result<v1::Device> {
         let device = self

@@ -129,7 +129,6 @@ impl FleetWorld {
 
 /// Registers `devices` in the signer through Admin import.
 async fn import(signer: &TestSigner, devices: &[Device]) -> Result<()> {
-    let mut admin = signer.admin().await;
     for (c, chunk) in devices.chunks(IMPORT_CHUNK).enumerate() {
         let rows: Vec<v1::ImportRow> = chunk
             .iter()
@@ -144,16 +143,10 @@ async fn import(signer: &TestSigner, devices: &[Device]) -> Result<()> {
                 ..Default::default()
             })
             .collect();
-        let request = v1::ImportDevicesRequest {
-            rows,
-            dry_run: false,
-            ..Default::default()
-        };
-        let response = admin
-            .import_devices(futures::stream::iter([request]))
+        let response = signer
+            .import(rows)
             .await
-            .map_err(|s| E2eError::failed(format!("Admin import: {}", s.message())))?
-            .into_inner();
+            .map_err(|e| E2eError::failed(format!("Admin import: {e}")))?;
         if !response.errors.is_empty() || response.imported as usize != chunk.len() {
             return Err(E2eError::failed(format!(
                 "Admin import took {} of {} rows: {:?}",

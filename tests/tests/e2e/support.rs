@@ -233,18 +233,7 @@ pub(crate) async fn import(signer: &TestSigner, devices: &[TestDevice]) {
             ..Default::default()
         })
         .collect();
-    let request = v1::ImportDevicesRequest {
-        rows,
-        dry_run: false,
-        ..Default::default()
-    };
-    let response = signer
-        .admin()
-        .await
-        .import_devices(futures::stream::iter([request]))
-        .await
-        .expect("import")
-        .into_inner();
+    let response = signer.import(rows).await.expect("import");
     assert!(
         response.errors.is_empty(),
         "import errors: {:?}",
