@@ -198,32 +198,7 @@ async fn issuances_waiting_for_their_commit_hold_no_worker() {
 
     // A transaction holds the table for 3 s: every commit waits for it
     // (within the sink's 5 s confirmation timeout).
-    let locker = {
-        let cluster = Arc::clone(&cluster);
-        tokio::task::spawn_blocking(move || {
-            cluster.psql(
-                "waiting",
-                "BEGIN; LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE; \
-                 SELECT pg_sleep(3); COMMIT;",
-            )
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while cluster
-        .psql(
-            "waiting",
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-             WHERE c.relname = 'audit_records' AND l.mode = 'AccessExclusiveLock' AND l.granted",
-        )
-        .expect("psql")
-        != "1"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lock was not taken"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let locker = lock_table(&cluster, "waiting", 3).await;
     // More issuances waiting than the runtime has workers.
     let issuances: Vec<_> = devices
         .into_iter()
