@@ -51,6 +51,7 @@
 mod connection;
 mod context;
 mod packets;
+mod session_state;
 pub(crate) mod topics;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -68,6 +69,7 @@ use tracing::{debug, info};
 pub(crate) use context::FrontContext;
 use context::Listener;
 pub use context::{MQTT_LISTENER, TLS_LISTENER};
+pub(crate) use session_state::SessionStore;
 
 pub use crate::certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 use crate::{config::TlsSettings, error::SandboxError};
