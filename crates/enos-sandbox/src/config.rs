@@ -440,6 +440,7 @@ mod tests {
         let file = ConfigFile::parse(path, "devices = \"d.csv\"").expect("valid");
         let settings = Settings::resolve(file, Overrides::default()).expect("complete");
         assert_eq!(settings.max_sub_devices_per_gateway, 200);
+        assert_eq!(settings.max_filters_per_session, 1000);
         let file = ConfigFile::parse(
             path,
             "devices = \"d.csv\"\n[limits]\nmax_sub_devices_per_gateway = 0",
@@ -480,6 +481,7 @@ mod tests {
                     connect_timeout_ms: 2000,
                     max_payload_bytes: 65536,
                     max_sub_devices_per_gateway: 150,
+                    max_filters_per_session: 500,
                 },
                 console: Some(ConsoleSection {
                     user: "console".into(),
