@@ -132,7 +132,7 @@ async fn persistent_dev1(
 
 /// Issue 27 defect 1: a will is published when the device's connection
 /// closes without DISCONNECT (socket closed, a second login taking the
-/// session over), and not after a DISCONNECT.
+/// session over, keepalive expired), and not after a DISCONNECT.
 #[tokio::test]
 async fn issue27_defect1_will_published_on_every_close_but_disconnect() {
     let fixture = Fixture::new();
@@ -175,8 +175,22 @@ async fn issue27_defect1_will_published_on_every_close_but_disconnect() {
     assert_eq!(&will.payload[..], b"taken over");
     drop(_new);
 
+    // The keepalive expires: the client, never polled again, sends no
+    // PINGREQ within one and a half keepalives (1 s).
+    let silent = connect_with(sandbox.mqtt_addr(), &dev1_now(), None, |o| {
+        with_will("silent")(o);
+        o.set_keep_alive(Duration::from_secs(1));
+    })
+    .await
+    .expect("dev1 connects");
+    let will = next_publish(&mut console, WAIT)
+        .await
+        .expect("the will after the keepalive expired");
+    assert_eq!(&will.payload[..], b"silent");
+    drop(silent);
+
     // DISCONNECT: no will.
-    let mut device = connect_with(
+    let device = connect_with(
         sandbox.mqtt_addr(),
         &dev1_now(),
         None,
@@ -266,7 +280,7 @@ async fn issue27_defect4_connack_comes_first_on_resume() {
     let sandbox = start(&fixture);
     let mut console = console(&sandbox).await;
     for round in 0..5 {
-        let mut device = persistent_dev1(&sandbox, false).await.expect("dev1");
+        let device = persistent_dev1(&sandbox, false).await.expect("dev1");
         disconnect(device).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         for i in 0..3 {
