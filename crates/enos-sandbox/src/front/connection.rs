@@ -570,6 +570,12 @@ struct DeviceSession<'a, W> {
     max_filters: usize,
     /// Whether the client has its CONNACK: no delivery goes before it.
     connacked: bool,
+    /// rumqttd's QoS 1 deliveries not yet acknowledged to it, in the
+    /// order it sent them, and whether each may be (the client acked
+    /// it, or the front dropped it): rumqttd takes PUBACKs only in
+    /// order (as MQTT 3.1.1 §4.6 asks) and closes the session on an
+    /// acknowledgement out of order.
+    upstream_acks: VecDeque<(u16, bool)>,
     /// The logged-in sub-devices, for a gateway: their namespaces are
     /// the session's too.
     sub_devices: watch::Receiver<OnlineSubDevices>,
@@ -639,6 +645,7 @@ where
         persistent,
         max_filters: context.max_filters,
         connacked: false,
+        upstream_acks: VecDeque::new(),
         sub_devices,
         placed: BTreeSet::new(),
         pending_subacks: 0,
@@ -866,7 +873,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                 if self.persistent {
                     lock(&self.state).acknowledged(ack.pkid);
                 }
-                self.up_tx.write(&Packet::PubAck(ack)).await
+                self.ack_in_order(ack.pkid).await
             }
             // The client's other acknowledgements of deliveries.
             other => self.up_tx.write(&other).await,
@@ -976,6 +983,9 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                 self.client_tx.write(&Packet::Publish(publish)).await
             }
             Some(_) => {
+                if publish.qos == QoS::AtLeastOnce {
+                    self.upstream_acks.push_back((publish.pkid, false));
+                }
                 if self.persistent && publish.qos == QoS::AtLeastOnce {
                     // rumqttd sends the previous connection's
                     // unacknowledged deliveries again without DUP.
@@ -988,13 +998,14 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
         }
     }
 
+    /// Acknowledges a delivery the client will not get (or gets at a
+    /// lower QoS) to rumqttd, after those before it.
     async fn acknowledge_upstream(&mut self, publish: &Publish) -> Result<(), StreamError> {
         match publish.qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => {
-                self.up_tx
-                    .write(&Packet::PubAck(PubAck::new(publish.pkid)))
-                    .await
+                self.upstream_acks.push_back((publish.pkid, false));
+                self.ack_in_order(publish.pkid).await
             }
             // The namespace subscription is QoS 1, so rumqttd never
             // sends QoS 2 here; acknowledge it as rumqttd expects anyway.
@@ -1004,6 +1015,27 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                     .await
             }
         }
+    }
+
+    /// Marks rumqttd's delivery `pkid` acknowledged and sends the PUBACKs
+    /// now due, in rumqttd's order. A `pkid` the front did not see go out
+    /// is passed on as it is.
+    async fn ack_in_order(&mut self, pkid: u16) -> Result<(), StreamError> {
+        match self
+            .upstream_acks
+            .iter_mut()
+            .find(|(p, done)| *p == pkid && !*done)
+        {
+            Some(entry) => entry.1 = true,
+            None => {
+                return self.up_tx.write(&Packet::PubAck(PubAck::new(pkid))).await;
+            }
+        }
+        while let Some(&(pkid, true)) = self.upstream_acks.front() {
+            self.upstream_acks.pop_front();
+            self.up_tx.write(&Packet::PubAck(PubAck::new(pkid))).await?;
+        }
+        Ok(())
     }
 
     /// Subscribes to the namespaces of sub-devices that logged in, and

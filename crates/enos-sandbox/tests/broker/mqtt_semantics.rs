@@ -444,3 +444,51 @@ async fn issue23_finding12_an_ambiguous_common_name_names_no_device() {
     .await
     .expect("an unambiguous common name");
 }
+
+/// Issue 27 items 6 and 7, as decided in docs/sandbox.md: a SUBSCRIBE at
+/// QoS 2 is granted QoS 1; a retained downstream message reaches the
+/// device at login, a retained `_reply` is not replayed on SUBSCRIBE.
+#[tokio::test]
+async fn issue27_items6_7_qos2_granted_as_qos1_and_retained_as_documented() {
+    let fixture = Fixture::new();
+    let sandbox = start(&fixture);
+    let mut console = console(&sandbox).await;
+    for (topic, payload) in [
+        ("/sys/pkA/dev1/thing/service/restart", "retained call"),
+        (REPLY_TOPIC, "retained reply"),
+    ] {
+        console
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+    // The console's own subscription sees both; wait for their PUBACKs.
+    let mut acks = 0;
+    while acks < 2 {
+        if let Packet::PubAck(_) = next_packet(&mut console, WAIT).await.expect("PUBACK") {
+            acks += 1;
+        }
+    }
+    let mut device = connect(sandbox.mqtt_addr(), &dev1_now(), None)
+        .await
+        .expect("dev1");
+    let call = next_publish(&mut device, WAIT)
+        .await
+        .expect("the retained downstream message at login");
+    assert_eq!(
+        (call.topic.as_str(), &call.payload[..]),
+        ("/sys/pkA/dev1/thing/service/restart", &b"retained call"[..])
+    );
+    // rumqttd sent the retained `_reply` too (the namespace subscription
+    // matches it); the front drops it and acknowledges it to rumqttd only
+    // after the client's PUBACK of the earlier call: rumqttd closes a
+    // session that acknowledges out of order.
+    assert_eq!(
+        subscribe(&mut device, REPLY_TOPIC, QoS::ExactlyOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        "QoS 2 is granted as QoS 1"
+    );
+    let nothing = next_publish(&mut device, Duration::from_secs(1)).await;
+    assert!(nothing.is_none(), "no replay on SUBSCRIBE: {nothing:?}");
+}
