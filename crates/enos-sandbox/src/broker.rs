@@ -151,6 +151,8 @@ impl RunningBroker {
                 .as_ref()
                 .map(|t| t.device_identity.clone())
                 .unwrap_or_default(),
+            session_store: front::SessionStore::default(),
+            max_filters: settings.max_filters_per_session,
         });
         let tokio_listener = |addr: SocketAddr, listener: std::net::TcpListener| {
             tokio::net::TcpListener::from_std(listener).map_err(|e| SandboxError::Listen {

@@ -10,11 +10,16 @@
 //! | `uri:spiffe://enos/device/{productKey}/{deviceKey}` (default) | a URI subject alternative name; what the signer's device certificates carry |
 //! | `cn:{productKey}.{deviceKey}` | the subject's common name |
 //!
-//! A certificate matches when one of its values of that field equals the
-//! template with the login's keys put in.
+//! A certificate matches when one of its values of that field reads, by
+//! the template, as the login's device and as no other. The keys may hold
+//! `.` `-` `_` `:` `@`, so with `cn:{productKey}.{deviceKey}` the common
+//! name `Pk.dev.x` reads both as `Pk.dev/x` and as `Pk/dev.x`: such a
+//! value names no device (issue 23, finding 12). Each reading takes keys
+//! that are valid product and device keys.
 
 use std::fmt;
 
+use enos_sign_core::{DeviceKey, ProductKey};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 use crate::devices::DeviceId;
@@ -71,6 +76,14 @@ impl CertificateRule {
             .replace("{deviceKey}", device.device_key.as_str())
     }
 
+    /// The devices `value` reads as by the template: at most two (more
+    /// do not matter: two already make it ambiguous).
+    fn readings(&self, value: &str) -> Vec<DeviceId> {
+        let mut found = Vec::new();
+        read_template(&self.template, value, None, None, &mut found);
+        found
+    }
+
     /// Whether the DER certificate `der` belongs to `device`; `Err` says why not.
     pub fn check(&self, der: &[u8], device: &DeviceId) -> Result<(), String> {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
@@ -98,7 +111,19 @@ impl CertificateRule {
                 .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
                 .collect(),
         };
-        if found.contains(&expected) {
+        if let Some(value) = found.iter().find(|v| **v == expected) {
+            let readings = self.readings(value);
+            if readings.len() > 1 {
+                return Err(format!(
+                    "the client certificate's {} {value:?} reads as more than one device ({} and {}); choose keys or a rule without that ambiguity",
+                    match self.field {
+                        CertificateField::UriSan => "URI SAN",
+                        CertificateField::CommonName => "common name",
+                    },
+                    readings[0],
+                    readings[1],
+                ));
+            }
             Ok(())
         } else {
             Err(format!(
@@ -109,6 +134,61 @@ impl CertificateRule {
                 }
             ))
         }
+    }
+}
+
+/// Every way `value` fits `template` with valid keys for its
+/// `{productKey}` and `{deviceKey}` (each the same wherever it appears);
+/// stops at two.
+fn read_template(
+    template: &str,
+    value: &str,
+    pk: Option<&str>,
+    dk: Option<&str>,
+    found: &mut Vec<DeviceId>,
+) {
+    if found.len() > 1 {
+        return;
+    }
+    const PK: &str = "{productKey}";
+    const DK: &str = "{deviceKey}";
+    let next = [template.find(PK), template.find(DK)]
+        .into_iter()
+        .flatten()
+        .min();
+    let Some(at) = next else {
+        if template == value
+            && let (Some(pk), Some(dk)) = (pk, dk)
+            && let (Ok(pk), Ok(dk)) = (ProductKey::new(pk), DeviceKey::new(dk))
+        {
+            let device = DeviceId::new(pk, dk);
+            if !found.contains(&device) {
+                found.push(device);
+            }
+        }
+        return;
+    };
+    let (literal, rest) = template.split_at(at);
+    let Some(value) = value.strip_prefix(literal) else {
+        return;
+    };
+    let is_pk = rest.starts_with(PK);
+    let rest = &rest[if is_pk { PK.len() } else { DK.len() }..];
+    let bound = if is_pk { pk } else { dk };
+    if let Some(bound) = bound {
+        if let Some(value) = value.strip_prefix(bound) {
+            read_template(rest, value, pk, dk, found);
+        }
+        return;
+    }
+    for end in (1..=value.len()).filter(|end| value.is_char_boundary(*end)) {
+        let (key, value) = value.split_at(end);
+        let (pk, dk) = if is_pk {
+            (Some(key), dk)
+        } else {
+            (pk, Some(key))
+        };
+        read_template(rest, value, pk, dk, found);
     }
 }
 
@@ -139,6 +219,18 @@ mod tests {
             "CertificateRule(uri:spiffe://enos/device/{productKey}/{deviceKey})"
         );
         CertificateRule::parse("cn:{productKey}.{deviceKey}").expect("cn rule");
+        let cn = CertificateRule::parse("cn:{productKey}.{deviceKey}").expect("cn rule");
+        assert_eq!(cn.readings("pkA.dev1").len(), 1);
+        assert_eq!(cn.readings("Pk.dev.x").len(), 2, "Pk.dev/x and Pk/dev.x");
+        assert_eq!(cn.readings("nodot").len(), 0);
+        let uri = CertificateRule::default();
+        assert_eq!(
+            uri.readings("spiffe://enos/device/Pk.dev/x.y")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["Pk.dev/x.y"]
+        );
         for bad in [
             "spiffe://x/{productKey}/{deviceKey}",
             "uri:x/{deviceKey}",

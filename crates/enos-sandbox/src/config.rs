@@ -28,6 +28,7 @@
 //! connect_timeout_ms = 5000        # a connection must send CONNECT within this
 //! max_payload_bytes = 262144
 //! max_sub_devices_per_gateway = 200  # EnOS's limit of online sub-devices per gateway
+//! max_filters_per_session = 1000   # a device's own subscription filters; more get SUBACK 0x80
 //! ```
 //!
 //! Unknown keys are errors, so that a typo is not silently ignored.
@@ -51,6 +52,10 @@ pub const DEFAULT_TLS_PORT: u16 = 18883;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u16 = 5_000;
 /// The largest accepted MQTT payload.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// The default of `[limits] max_filters_per_session`: enough for a
+/// gateway at EnOS's 200 online sub-devices subscribing a few `_reply`
+/// topics for each (EnOS documents no limit of its own).
+pub const DEFAULT_MAX_FILTERS_PER_SESSION: usize = 1_000;
 
 /// The config file as written. Every field is optional: the command line
 /// may supply or override it.
@@ -137,6 +142,9 @@ pub struct LimitsSection {
     /// A gateway's login of one more sub-device is refused (429) while it
     /// has this many online: EnOS's limit by default.
     pub max_sub_devices_per_gateway: usize,
+    /// A SUBSCRIBE beyond this many filters held by one session is
+    /// refused (SUBACK 0x80), so that no session grows without bound.
+    pub max_filters_per_session: usize,
 }
 
 impl Default for LimitsSection {
@@ -145,6 +153,7 @@ impl Default for LimitsSection {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_sub_devices_per_gateway: crate::sub_devices::DEFAULT_MAX_PER_GATEWAY,
+            max_filters_per_session: DEFAULT_MAX_FILTERS_PER_SESSION,
         }
     }
 }
@@ -276,6 +285,8 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     /// Online sub-devices one gateway may hold.
     pub max_sub_devices_per_gateway: usize,
+    /// Subscription filters one session may hold.
+    pub max_filters_per_session: usize,
     /// The console login, when configured.
     pub console: Option<ConsoleSettings>,
 }
@@ -359,6 +370,11 @@ impl Settings {
                 "limits.max_sub_devices_per_gateway must be above 0".into(),
             ));
         }
+        if file.limits.max_filters_per_session == 0 {
+            return Err(SandboxError::Settings(
+                "limits.max_filters_per_session must be above 0".into(),
+            ));
+        }
         Ok(Settings {
             devices,
             mqtt_listen,
@@ -368,6 +384,7 @@ impl Settings {
             connect_timeout_ms: file.limits.connect_timeout_ms,
             max_payload_bytes: file.limits.max_payload_bytes,
             max_sub_devices_per_gateway: file.limits.max_sub_devices_per_gateway,
+            max_filters_per_session: file.limits.max_filters_per_session,
             console,
         })
     }
@@ -423,6 +440,7 @@ mod tests {
         let file = ConfigFile::parse(path, "devices = \"d.csv\"").expect("valid");
         let settings = Settings::resolve(file, Overrides::default()).expect("complete");
         assert_eq!(settings.max_sub_devices_per_gateway, 200);
+        assert_eq!(settings.max_filters_per_session, 1000);
         let file = ConfigFile::parse(
             path,
             "devices = \"d.csv\"\n[limits]\nmax_sub_devices_per_gateway = 0",
@@ -463,6 +481,7 @@ mod tests {
                     connect_timeout_ms: 2000,
                     max_payload_bytes: 65536,
                     max_sub_devices_per_gateway: 150,
+                    max_filters_per_session: 500,
                 },
                 console: Some(ConsoleSection {
                     user: "console".into(),

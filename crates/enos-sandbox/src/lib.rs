@@ -53,7 +53,8 @@
 //! So the spine reads one way, config → auth → front and responder →
 //! broker: `front` and `responder` know neither each other nor `broker`,
 //! which wires them together. Inside `front`, `context` (what every
-//! connection is handed) sits below both `front` itself and `connection`.
+//! connection is handed) and `session_state` (what a session keeps across
+//! connections) sit below both `front` itself and `connection`.
 //!
 //! # Designing around rumqttd
 //!

@@ -5,15 +5,18 @@
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use rumqttc::mqttbytes::{
     QoS,
     v4::{
-        ConnAck, Connect, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, Publish,
-        SubAck, Subscribe, SubscribeFilter, SubscribeReasonCode, UnsubAck, Unsubscribe,
+        ConnAck, Connect, ConnectReturnCode, LastWill, Login, Packet, PubAck, PubComp, PubRec,
+        Publish, SubAck, Subscribe, SubscribeFilter, SubscribeReasonCode, UnsubAck, Unsubscribe,
     },
 };
 use tokio::{
@@ -23,6 +26,7 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
     sync::watch,
+    time::Instant,
 };
 use tracing::{info, warn};
 use zeroize::Zeroizing;
@@ -30,6 +34,7 @@ use zeroize::Zeroizing;
 use super::{
     context::{FrontContext, Listener},
     packets::{PacketReader, PacketWriter, StreamError},
+    session_state::{AtCap, SessionState, lock},
     topics,
 };
 use crate::{
@@ -41,6 +46,130 @@ use crate::{
 
 /// How long rumqttd may take to answer the front's CONNECT and SUBSCRIBE.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The keepalive of the front's own sessions in rumqttd, whatever the
+/// client asked for: rumqttd refuses keepalive 0, which MQTT 3.1.1 and
+/// EnOS allow, so the front keeps the client's keepalive itself and
+/// pings rumqttd on its own.
+const UPSTREAM_KEEPALIVE_SECS: u16 = 60;
+
+/// How often the front pings rumqttd: well within its keepalive.
+const UPSTREAM_PING: Duration = Duration::from_secs(20);
+
+/// Numbers the short internal sessions that publish wills.
+static NEXT_WILL_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// How a session's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client sent DISCONNECT: its will is discarded.
+    Disconnect,
+    /// Anything else (socket closed, keepalive expired, taken over,
+    /// closed by rumqttd, a protocol error): its will is published.
+    Closed,
+}
+
+/// The client's keepalive as the front keeps it (MQTT 3.1.1 §3.1.2.10):
+/// nothing from the client for one and a half times the keepalive ends
+/// the connection; keepalive 0 turns the check off.
+struct Keepalive {
+    /// One and a half keepalives; `None` for keepalive 0.
+    limit: Option<Duration>,
+    /// When the connection ends unless a packet arrives first.
+    deadline: Instant,
+}
+
+impl Keepalive {
+    fn new(keep_alive_secs: u16) -> Self {
+        let limit =
+            (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
+        Keepalive {
+            limit,
+            deadline: Instant::now() + limit.unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// A packet arrived from the client.
+    fn heard(&mut self) {
+        if let Some(limit) = self.limit {
+            self.deadline = Instant::now() + limit;
+        }
+    }
+
+    /// Resolves once the client has been silent too long; never for
+    /// keepalive 0.
+    async fn expired(&self) {
+        match self.limit {
+            Some(_) => tokio::time::sleep_until(self.deadline).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// An interval for pinging rumqttd, its first tick one period away.
+fn upstream_pings() -> tokio::time::Interval {
+    let mut pings = tokio::time::interval_at(Instant::now() + UPSTREAM_PING, UPSTREAM_PING);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pings
+}
+
+/// Takes the client's will out of `connect` (the front publishes it
+/// itself, see [`publish_will`]); a will outside the client's topics is
+/// dropped and logged.
+fn take_will(connect: &mut Connect, allowed: impl Fn(&str) -> bool) -> Option<LastWill> {
+    let will = connect.last_will.take()?;
+    if allowed(&will.topic) {
+        Some(will)
+    } else {
+        info!(client_id = ?shorten(&connect.client_id), topic = ?shorten(&will.topic), "dropped a last will outside the client's topics");
+        None
+    }
+}
+
+/// Publishes `will` through a short internal session of its own, as
+/// the broker does when a connection ends other than by DISCONNECT. The
+/// front keeps wills rather than rumqttd: rumqttd loses or mixes them up
+/// when a session is taken over, and the front's own end of the
+/// connection (keepalive, a protocol error) is not rumqttd's to see.
+async fn publish_will(context: &FrontContext, who: &str, will: LastWill) {
+    let session_id = format!("will|{}", NEXT_WILL_SESSION.fetch_add(1, Ordering::Relaxed));
+    let connect = Connect::new(session_id.clone());
+    let published = async {
+        let (mut rx, mut tx, _) = connect_once(context, &connect, session_id).await?;
+        let qos = match will.qos {
+            QoS::AtMostOnce => QoS::AtMostOnce,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => QoS::AtLeastOnce,
+        };
+        let mut publish = Publish::new(will.topic.clone(), qos, will.message.to_vec());
+        publish.retain = will.retain;
+        publish.pkid = u16::from(qos == QoS::AtLeastOnce);
+        tx.write(&Packet::Publish(publish)).await?;
+        if qos == QoS::AtLeastOnce {
+            let acked = async {
+                loop {
+                    match rx.read().await? {
+                        Some(Packet::PubAck(_)) => return Ok(()),
+                        Some(_) => {}
+                        None => {
+                            return Err(StreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                        }
+                    }
+                }
+            };
+            tokio::time::timeout(UPSTREAM_TIMEOUT, acked)
+                .await
+                .map_err(|_| StreamError::Io(std::io::Error::other("no PUBACK for the will")))??;
+        }
+        tx.write(&Packet::Disconnect).await
+    }
+    .await;
+    match published {
+        Ok(()) => info!(client = who, topic = ?shorten(&will.topic), "published the last will"),
+        Err(e) => {
+            warn!(client = who, topic = ?shorten(&will.topic), error = %e, "could not publish the last will")
+        }
+    }
+}
 
 /// Who the client turned out to be.
 enum Role {
@@ -216,7 +345,6 @@ async fn connect_upstream(
     context: &FrontContext,
     connect: &Connect,
     session_id: String,
-    will_allowed: impl Fn(&str) -> bool,
     still_latest: impl Fn() -> bool,
 ) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
     let mut delay = Duration::from_millis(20);
@@ -227,7 +355,7 @@ async fn connect_upstream(
                 "a newer login of the device arrived meanwhile",
             )));
         }
-        match connect_once(context, connect, session_id.clone(), &will_allowed).await {
+        match connect_once(context, connect, session_id.clone()).await {
             Ok(up) => return Ok(up),
             Err(e) if attempt == UPSTREAM_ATTEMPTS => return Err(e),
             Err(e) => {
@@ -244,13 +372,12 @@ async fn connect_upstream(
 const UPSTREAM_ATTEMPTS: u32 = 4;
 
 /// Connects to rumqttd's internal listener as `session_id`, with the
-/// process's token and the client's last will if `will_allowed`; returns
-/// the halves and whether rumqttd had a session.
+/// process's token, the front's keepalive and no will (the front keeps
+/// it); returns the halves and whether rumqttd had a session.
 async fn connect_once(
     context: &FrontContext,
     connect: &Connect,
     session_id: String,
-    will_allowed: &impl Fn(&str) -> bool,
 ) -> Result<(UpstreamReader, UpstreamWriter, bool), StreamError> {
     let stream = TcpStream::connect(context.upstream).await?;
     let _ = stream.set_nodelay(true);
@@ -259,12 +386,8 @@ async fn connect_once(
     let mut tx = PacketWriter::new(write);
     let mut upstream_connect = connect.clone();
     upstream_connect.client_id = session_id;
-    if let Some(will) = &connect.last_will
-        && !will_allowed(&will.topic)
-    {
-        info!(client_id = ?shorten(&connect.client_id), topic = ?shorten(&will.topic), "dropped a last will outside the client's topics");
-        upstream_connect.last_will = None;
-    }
+    upstream_connect.keep_alive = UPSTREAM_KEEPALIVE_SECS;
+    upstream_connect.last_will = None;
     let (username, password) = context.sessions.internal_login();
     upstream_connect.login = Some(Login {
         username: username.to_owned(),
@@ -312,18 +435,18 @@ async fn unavailable<W: AsyncWrite + Unpin>(client_tx: &mut PacketWriter<W>, err
 async fn console_session<S>(
     context: &FrontContext,
     listener: Listener,
-    connect: Connect,
+    mut connect: Connect,
     mut client_rx: ClientReader<S>,
     client_tx: &mut ClientWriter<S>,
 ) -> Result<(), StreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let will = take_will(&mut connect, topics::console_may_publish);
     let (mut up_rx, mut up_tx, session_present) = match connect_upstream(
         context,
         &connect,
         format!("console:{}", connect.client_id),
-        topics::console_may_publish,
         // A console client id taken twice is the console's own business.
         || true,
     )
@@ -342,29 +465,52 @@ where
     );
     connack(client_tx, ConnectReturnCode::Success, session_present).await?;
     let mut dropped = DroppedPublishes::default();
-    loop {
-        tokio::select! {
-            packet = client_rx.read() => match packet? {
-                None | Some(Packet::Disconnect) => {
-                    let _ = up_tx.write(&Packet::Disconnect).await;
-                    return Ok(());
+    let mut keepalive = Keepalive::new(connect.keep_alive);
+    let mut pings = upstream_pings();
+    let ended: Result<Ending, StreamError> = async {
+        loop {
+            tokio::select! {
+                packet = client_rx.read() => {
+                    keepalive.heard();
+                    match packet? {
+                        None => return Ok(Ending::Closed),
+                        Some(Packet::Disconnect) => {
+                            let _ = up_tx.write(&Packet::Disconnect).await;
+                            return Ok(Ending::Disconnect);
+                        }
+                        Some(Packet::Publish(publish)) if !topics::console_may_publish(&publish.topic) => {
+                            info!(topic = ?shorten(&publish.topic), "dropped a console PUBLISH: not a topic the cloud sends");
+                            dropped.acknowledge(&publish, client_tx).await?;
+                        }
+                        Some(Packet::PubRel(rel)) if dropped.release(rel.pkid) => {
+                            client_tx.write(&Packet::PubComp(PubComp::new(rel.pkid))).await?;
+                        }
+                        Some(Packet::PingReq) => client_tx.write(&Packet::PingResp).await?,
+                        Some(Packet::Connect(_)) => return Ok(Ending::Closed),
+                        Some(other) => up_tx.write(&other).await?,
+                    }
+                },
+                packet = up_rx.read() => match packet? {
+                    None | Some(Packet::Disconnect) => return Ok(Ending::Closed),
+                    Some(Packet::PingResp) => {}
+                    Some(packet) => client_tx.write(&packet).await?,
+                },
+                _ = pings.tick() => up_tx.write(&Packet::PingReq).await?,
+                () = keepalive.expired() => {
+                    info!(listener = listener.name(), client_id = ?shorten(&connect.client_id), "the console's keepalive expired");
+                    return Ok(Ending::Closed);
                 }
-                Some(Packet::Publish(publish)) if !topics::console_may_publish(&publish.topic) => {
-                    info!(topic = ?shorten(&publish.topic), "dropped a console PUBLISH: not a topic the cloud sends");
-                    dropped.acknowledge(&publish, client_tx).await?;
-                }
-                Some(Packet::PubRel(rel)) if dropped.release(rel.pkid) => {
-                    client_tx.write(&Packet::PubComp(PubComp::new(rel.pkid))).await?;
-                }
-                Some(Packet::Connect(_)) => return Ok(()),
-                Some(other) => up_tx.write(&other).await?,
-            },
-            packet = up_rx.read() => match packet? {
-                None | Some(Packet::Disconnect) => return Ok(()),
-                Some(packet) => client_tx.write(&packet).await?,
-            },
+            }
         }
     }
+    .await;
+    if ended.as_ref().ok() != Some(&Ending::Disconnect)
+        && let Some(will) = will
+    {
+        drop((up_rx, up_tx));
+        publish_will(context, "console", will).await;
+    }
+    ended.map(|_| ())
 }
 
 /// Publishes the front dropped, acknowledged so that the client does not
@@ -414,8 +560,22 @@ struct DeviceSession<'a, W> {
     client_tx: &'a mut PacketWriter<W>,
     /// To rumqttd.
     up_tx: UpstreamWriter,
-    /// The client's own subscriptions, kept here (never sent upstream).
-    filters: Vec<(String, QoS)>,
+    /// The session's state: the client's own subscriptions (kept here,
+    /// never sent upstream) and its unacknowledged deliveries.
+    state: Arc<Mutex<SessionState>>,
+    /// Whether the session outlives the connection (`clean_session = 0`):
+    /// only then are unacknowledged deliveries tracked.
+    persistent: bool,
+    /// Filters the session may hold.
+    max_filters: usize,
+    /// Whether the client has its CONNACK: no delivery goes before it.
+    connacked: bool,
+    /// rumqttd's QoS 1 deliveries not yet acknowledged to it, in the
+    /// order it sent them, and whether each may be (the client acked
+    /// it, or the front dropped it): rumqttd takes PUBACKs only in
+    /// order (as MQTT 3.1.1 §4.6 asks) and closes the session on an
+    /// acknowledgement out of order.
+    upstream_acks: VecDeque<(u16, bool)>,
     /// The logged-in sub-devices, for a gateway: their namespaces are
     /// the session's too.
     sub_devices: watch::Receiver<OnlineSubDevices>,
@@ -439,7 +599,7 @@ async fn device_session<S>(
     listener: Listener,
     device: DeviceId,
     activation: Option<ActivationPush>,
-    connect: Connect,
+    mut connect: Connect,
     mut client_rx: ClientReader<S>,
     client_tx: &mut ClientWriter<S>,
 ) -> Result<(), StreamError>
@@ -457,24 +617,16 @@ where
     let still_latest = || context.sub_devices.is_latest(&device, lease.session);
     let will_device = device.clone();
     let will_subs = sub_devices.clone();
-    let will_allowed = move |topic: &str| {
+    let will = take_will(&mut connect, move |topic: &str| {
         topics::namespace_of(topic)
             .is_some_and(|ns| ns == will_device || will_subs.borrow().contains(&ns))
-    };
+    });
     // One session per device, whatever client id it presents: a second
     // login of the same device takes the first one's session over, and
     // the same credential with its parameters reordered is still one
     // session.
     let session_id = device_session_id(&device);
-    let open_upstream = || {
-        connect_upstream(
-            context,
-            &connect,
-            session_id.clone(),
-            &will_allowed,
-            still_latest,
-        )
-    };
+    let open_upstream = || connect_upstream(context, &connect, session_id.clone(), still_latest);
     let (mut up_rx, up_tx, mut session_present) = match open_upstream().await {
         Ok(up) => up,
         Err(e) => {
@@ -482,12 +634,18 @@ where
             return Ok(());
         }
     };
+    let persistent = !connect.clean_session;
     let mut session = DeviceSession {
         device: device.clone(),
         listener,
         client_tx,
         up_tx,
-        filters: Vec::new(),
+        // Replaced below once rumqttd said whether it kept the session.
+        state: Arc::default(),
+        persistent,
+        max_filters: context.max_filters,
+        connacked: false,
+        upstream_acks: VecDeque::new(),
         sub_devices,
         placed: BTreeSet::new(),
         pending_subacks: 0,
@@ -542,23 +700,46 @@ where
         }
     }
     context.sessions.record(&device, &session_id);
+    // The front's half of the session: the device's filters, kept with
+    // rumqttd's session (held deliveries are matched against them below).
+    session.state = context
+        .session_store
+        .open(&device, connect.clean_session, session_present);
     info!(
         listener = listener.name(),
         device = %device,
         client_id = ?shorten(&connect.client_id),
         "accepted MQTT CONNECT"
     );
-    connack(
-        session.client_tx,
-        ConnectReturnCode::Success,
-        session_present,
-    )
-    .await?;
-    if let Some(push) = activation {
-        session.push_activation(&push).await?;
+    let ended = async {
+        connack(
+            session.client_tx,
+            ConnectReturnCode::Success,
+            session_present,
+        )
+        .await?;
+        session.connacked = true;
+        if let Some(push) = activation {
+            session.push_activation(&push).await?;
+        }
+        session.flush_held().await?;
+        session
+            .run(&mut client_rx, &mut up_rx, connect.keep_alive)
+            .await
     }
-    session.flush_held().await?;
-    session.run(&mut client_rx, &mut up_rx).await
+    .await;
+    let state = Arc::clone(&session.state);
+    drop(session);
+    if ended.as_ref().ok() != Some(&Ending::Disconnect)
+        && let Some(will) = will
+    {
+        drop(up_rx);
+        publish_will(context, &device.to_string(), will).await;
+    }
+    context
+        .session_store
+        .close(&device, &state, connect.clean_session);
+    ended.map(|_| ())
 }
 
 impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
@@ -590,25 +771,37 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
         &mut self,
         client_rx: &mut PacketReader<R>,
         up_rx: &mut UpstreamReader,
-    ) -> Result<(), StreamError> {
+        keep_alive_secs: u16,
+    ) -> Result<Ending, StreamError> {
+        let mut keepalive = Keepalive::new(keep_alive_secs);
+        let mut pings = upstream_pings();
         loop {
             tokio::select! {
-                packet = client_rx.read() => match packet? {
-                    None | Some(Packet::Disconnect) => {
-                        let _ = self.up_tx.write(&Packet::Disconnect).await;
-                        return Ok(());
+                packet = client_rx.read() => {
+                    keepalive.heard();
+                    match packet? {
+                        None => return Ok(Ending::Closed),
+                        Some(Packet::Disconnect) => {
+                            let _ = self.up_tx.write(&Packet::Disconnect).await;
+                            return Ok(Ending::Disconnect);
+                        }
+                        Some(Packet::Connect(_)) => return Ok(Ending::Closed),
+                        Some(packet) => self.on_client_packet(packet).await?,
                     }
-                    Some(Packet::Connect(_)) => return Ok(()),
-                    Some(packet) => self.on_client_packet(packet).await?,
                 },
                 packet = up_rx.read() => match packet? {
-                    None | Some(Packet::Disconnect) => return Ok(()),
+                    None | Some(Packet::Disconnect) => return Ok(Ending::Closed),
                     Some(packet) => self.on_upstream_packet(packet).await?,
                 },
                 changed = self.sub_devices.changed() => {
                     if changed.is_ok() {
                         self.sync_sub_devices().await?;
                     }
+                }
+                _ = pings.tick() => self.up_tx.write(&Packet::PingReq).await?,
+                () = keepalive.expired() => {
+                    info!(listener = self.listener.name(), device = %self.device, "the device's keepalive expired");
+                    return Ok(Ending::Closed);
                 }
             }
         }
@@ -664,32 +857,59 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
             }
             Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
-                self.filters
-                    .retain(|(f, _)| !unsubscribe.topics.iter().any(|t| t == f));
+                {
+                    let mut state = lock(&self.state);
+                    for topic in &unsubscribe.topics {
+                        state.filters.remove(topic);
+                    }
+                }
                 self.client_tx
                     .write(&Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
                     .await
             }
-            // PINGREQ, and the client's acknowledgements of deliveries.
+            // The front keeps the client's keepalive (see `Keepalive`).
+            Packet::PingReq => self.client_tx.write(&Packet::PingResp).await,
+            Packet::PubAck(ack) => {
+                if self.persistent {
+                    lock(&self.state).acknowledged(ack.pkid);
+                }
+                self.ack_in_order(ack.pkid).await
+            }
+            // The client's other acknowledgements of deliveries.
             other => self.up_tx.write(&other).await,
         }
     }
 
     /// Keeps the allowed filters (QoS at most 1, what the namespace
-    /// subscription carries) and answers with a SUBACK.
+    /// subscription carries; at most `max_filters` of them) and answers
+    /// with a SUBACK.
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), StreamError> {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut owned = vec![self.device.clone()];
+        owned.extend(self.sub_devices.borrow().iter().cloned());
         for filter in subscribe.filters {
-            let mut owned = vec![self.device.clone()];
-            owned.extend(self.sub_devices.borrow().iter().cloned());
             if topics::filter_allowed(&filter.path, &owned) {
                 let qos = match filter.qos {
                     QoS::AtMostOnce => QoS::AtMostOnce,
                     QoS::AtLeastOnce | QoS::ExactlyOnce => QoS::AtLeastOnce,
                 };
-                self.filters.retain(|(f, _)| *f != filter.path);
-                self.filters.push((filter.path, qos));
-                codes.push(SubscribeReasonCode::Success(qos));
+                let added =
+                    lock(&self.state)
+                        .filters
+                        .insert(filter.path.clone(), qos, self.max_filters);
+                match added {
+                    Ok(()) => codes.push(SubscribeReasonCode::Success(qos)),
+                    Err(AtCap(cap)) => {
+                        info!(
+                            listener = self.listener.name(),
+                            device = %self.device,
+                            filter = ?shorten(&filter.path),
+                            cap,
+                            "refused a SUBSCRIBE: the session holds the most filters allowed"
+                        );
+                        codes.push(SubscribeReasonCode::Failure);
+                    }
+                }
             } else {
                 info!(
                     listener = self.listener.name(),
@@ -713,7 +933,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                 if self.sub_devices.has_changed().unwrap_or(false) {
                     self.sync_sub_devices().await?;
                 }
-                if self.pending_subacks > 0 {
+                if self.pending_subacks > 0 || !self.connacked {
                     self.held.push_back(publish);
                     Ok(())
                 } else {
@@ -722,12 +942,13 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
             }
             Packet::SubAck(_) => {
                 self.pending_subacks = self.pending_subacks.saturating_sub(1);
-                if self.pending_subacks == 0 {
+                if self.pending_subacks == 0 && self.connacked {
                     self.flush_held().await?;
                 }
                 Ok(())
             }
-            Packet::UnsubAck(_) | Packet::ConnAck(_) => Ok(()),
+            // The front's own pings.
+            Packet::UnsubAck(_) | Packet::ConnAck(_) | Packet::PingResp => Ok(()),
             // PINGRESP, and rumqttd's acknowledgements of the client's publishes.
             other => self.client_tx.write(&other).await,
         }
@@ -735,6 +956,7 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
 
     async fn flush_held(&mut self) -> Result<(), StreamError> {
         while self.pending_subacks == 0
+            && self.connacked
             && let Some(publish) = self.held.pop_front()
         {
             self.deliver(publish).await?;
@@ -747,19 +969,10 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
     /// the subscription; otherwise acknowledges it to rumqttd itself.
     async fn deliver(&mut self, mut publish: Publish) -> Result<(), StreamError> {
         let owned = topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns));
-        let subscribed = self
-            .filters
-            .iter()
-            .filter(|(filter, _)| topics::matches(&publish.topic, filter))
-            .map(|(_, qos)| *qos)
-            .fold(None, |best, qos| match best {
-                Some(best) if best >= qos => Some(best),
-                _ => Some(qos),
-            });
         let granted = if topics::is_downstream(&publish.topic) {
             Some(QoS::AtLeastOnce)
         } else {
-            subscribed
+            lock(&self.state).filters.best_match(&publish.topic)
         };
         match granted.filter(|_| owned) {
             None => self.acknowledge_upstream(&publish).await,
@@ -769,17 +982,30 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                 publish.pkid = 0;
                 self.client_tx.write(&Packet::Publish(publish)).await
             }
-            Some(_) => self.client_tx.write(&Packet::Publish(publish)).await,
+            Some(_) => {
+                if publish.qos == QoS::AtLeastOnce {
+                    self.upstream_acks.push_back((publish.pkid, false));
+                }
+                if self.persistent && publish.qos == QoS::AtLeastOnce {
+                    // rumqttd sends the previous connection's
+                    // unacknowledged deliveries again without DUP.
+                    let resent =
+                        lock(&self.state).delivered(publish.pkid, &publish.topic, &publish.payload);
+                    publish.dup |= resent;
+                }
+                self.client_tx.write(&Packet::Publish(publish)).await
+            }
         }
     }
 
+    /// Acknowledges a delivery the client will not get (or gets at a
+    /// lower QoS) to rumqttd, after those before it.
     async fn acknowledge_upstream(&mut self, publish: &Publish) -> Result<(), StreamError> {
         match publish.qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => {
-                self.up_tx
-                    .write(&Packet::PubAck(PubAck::new(publish.pkid)))
-                    .await
+                self.upstream_acks.push_back((publish.pkid, false));
+                self.ack_in_order(publish.pkid).await
             }
             // The namespace subscription is QoS 1, so rumqttd never
             // sends QoS 2 here; acknowledge it as rumqttd expects anyway.
@@ -789,6 +1015,27 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                     .await
             }
         }
+    }
+
+    /// Marks rumqttd's delivery `pkid` acknowledged and sends the PUBACKs
+    /// now due, in rumqttd's order. A `pkid` the front did not see go out
+    /// is passed on as it is.
+    async fn ack_in_order(&mut self, pkid: u16) -> Result<(), StreamError> {
+        match self
+            .upstream_acks
+            .iter_mut()
+            .find(|(p, done)| *p == pkid && !*done)
+        {
+            Some(entry) => entry.1 = true,
+            None => {
+                return self.up_tx.write(&Packet::PubAck(PubAck::new(pkid))).await;
+            }
+        }
+        while let Some(&(pkid, true)) = self.upstream_acks.front() {
+            self.upstream_acks.pop_front();
+            self.up_tx.write(&Packet::PubAck(PubAck::new(pkid))).await?;
+        }
+        Ok(())
     }
 
     /// Subscribes to the namespaces of sub-devices that logged in, and

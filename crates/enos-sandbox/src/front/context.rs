@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use super::session_state::SessionStore;
 use crate::{
     auth::Authenticator, certificate::CertificateRule, console::ConsoleLogin,
     sessions::SessionTracker, sub_devices::SubDeviceSessions,
@@ -34,6 +35,10 @@ pub(crate) struct FrontContext {
     pub(crate) connect_timeout: Duration,
     /// Which device a TLS client certificate belongs to.
     pub(crate) certificate_rule: CertificateRule,
+    /// The devices' sessions: their own filters, kept across reconnects.
+    pub(crate) session_store: SessionStore,
+    /// Filters one session may hold.
+    pub(crate) max_filters: usize,
 }
 
 /// Which public listener a connection came in on.

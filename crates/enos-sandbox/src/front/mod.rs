@@ -35,8 +35,20 @@
 //!    subscription is passed on if it is downstream
 //!    (`topics::is_downstream`, delivered unasked as EnOS does) or
 //!    matches one of the device's filters. So each message arrives once,
-//!    subscribed or not, and never another device's.
-//! 5. **The console** (`--console-user`, from loopback on the plain
+//!    subscribed or not, and never another device's. The filters belong
+//!    to the session, not the connection (`session_state`): kept by
+//!    device across `clean_session = 0` reconnects, at most
+//!    `max_filters_per_session` of them, exact ones indexed by topic. No
+//!    delivery goes out before the client's CONNACK.
+//! 5. **Keepalive and will.** The front keeps both itself: it answers
+//!    PINGREQ, closes a client silent for 1.5 × its keepalive (0: never),
+//!    and pings rumqttd on its own (its sessions there have a fixed
+//!    keepalive, so rumqttd's refusal of keepalive 0 never reaches a
+//!    client). The will is taken out of the CONNECT and published through
+//!    a short internal session when the connection ends other than by
+//!    DISCONNECT, including a take-over, which rumqttd's own will
+//!    handling gets wrong.
+//! 6. **The console** (`--console-user`, from loopback on the plain
 //!    listener only) plays the cloud: it may publish any device's
 //!    downstream topics and the `_reply` to a device's request, and
 //!    subscribe to anything; its packets otherwise pass through.
@@ -51,6 +63,7 @@
 mod connection;
 mod context;
 mod packets;
+mod session_state;
 pub(crate) mod topics;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -68,6 +81,7 @@ use tracing::{debug, info};
 pub(crate) use context::FrontContext;
 use context::Listener;
 pub use context::{MQTT_LISTENER, TLS_LISTENER};
+pub(crate) use session_state::SessionStore;
 
 pub use crate::certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 use crate::{config::TlsSettings, error::SandboxError};

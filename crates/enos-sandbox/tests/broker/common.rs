@@ -185,6 +185,17 @@ pub(crate) async fn connect(
     login: impl Into<Login>,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<Connected, String> {
+    connect_with(addr, login, tls, |_| {}).await
+}
+
+/// [`connect`], with the options changed by `configure` (clean session,
+/// will, keepalive, manual acknowledgements) before connecting.
+pub(crate) async fn connect_with(
+    addr: SocketAddr,
+    login: impl Into<Login>,
+    tls: Option<Arc<ClientConfig>>,
+    configure: impl FnOnce(&mut MqttOptions),
+) -> Result<Connected, String> {
     let login = login.into();
     let mut options = MqttOptions::new(login.client_id, addr.ip().to_string(), addr.port());
     options.set_credentials(login.username, login.password);
@@ -195,6 +206,7 @@ pub(crate) async fn connect(
     if let Some(config) = tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
+    configure(&mut options);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     match tokio::time::timeout(WAIT, eventloop.poll()).await {
         Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {

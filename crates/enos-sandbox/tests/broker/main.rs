@@ -7,6 +7,7 @@ mod common;
 mod config_file;
 mod enos_connection;
 mod listeners;
+mod mqtt_semantics;
 mod refusals;
 mod reload;
 mod sdk_logins;
