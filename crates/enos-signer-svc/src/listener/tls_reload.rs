@@ -651,6 +651,95 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn finding_11_admin_and_client_ca_bundles_that_share_a_ca_are_refused_at_load_and_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("overlap-clients").expect("pki");
+        let admins = enos_testkit::Pki::new("overlap-admins").expect("pki");
+        let mut config = server_config(dir.path(), &pki);
+        let admin_ca = dir.path().join("admins.pem");
+        config.admin_ca = Some(admin_ca.clone());
+
+        // The client CA file copied over the admin CA (a swapped file), or
+        // a bundle holding both: refused at start, naming the fingerprint.
+        let fingerprint_of = |pem: &str| {
+            fingerprint(CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").as_ref())
+        };
+        let shared = fingerprint_of(pki.ca_pem());
+        for bundle in [
+            pki.ca_pem().to_owned(),
+            format!("{}{}", admins.ca_pem(), pki.ca_pem()),
+        ] {
+            std::fs::write(&admin_ca, &bundle).expect("write");
+            let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+                panic!("overlapping bundles loaded");
+            };
+            let refused = refused.to_string();
+            assert!(
+                refused.contains("shares a CA with the client CA") && refused.contains(&shared),
+                "{refused}"
+            );
+        }
+
+        // Distinct CAs load, and every CA is listed with its fingerprint.
+        std::fs::write(&admin_ca, admins.ca_pem()).expect("write");
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("distinct CAs load");
+        let cas = &tls.current().cas;
+        assert_eq!(
+            cas.iter().map(|ca| (ca.bundle, ca.sha256.clone())).collect::<Vec<_>>(),
+            [
+                ("client_ca", shared.clone()),
+                ("admin_ca", fingerprint_of(admins.ca_pem())),
+            ]
+        );
+        let serving = tls.current().number;
+
+        // A reload that would overlap is refused; the old material stays.
+        std::fs::write(&admin_ca, pki.ca_pem()).expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("an overlapping reload was accepted");
+        };
+        assert!(reason.contains("shares a CA"), "{reason}");
+        assert_eq!(tls.current().number, serving, "the old material stays");
+    }
+
+    #[test]
+    fn finding_11_a_crl_past_its_next_update_warns_by_default_and_refuses_when_configured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("stale-crl").expect("pki");
+        let mut config = server_config(dir.path(), &pki);
+        let crl = dir.path().join("clients.crl");
+        config.crls = vec![crl.clone()];
+        std::fs::write(&crl, pki.crl_pem_until(1, &[], 2021).expect("crl")).expect("write");
+
+        // warn (the default): loads, and says which list is stale.
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("loads with a warning");
+        let generation = tls.current();
+        assert_eq!(generation.stale_crls.len(), 1, "{:?}", generation.stale_crls);
+        assert!(tls.check_crl_expiry(), "the served list is past its nextUpdate");
+
+        // refuse: no start.
+        config.crl_expired = CrlExpired::Refuse;
+        let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+            panic!("a stale CRL loaded under refuse");
+        };
+        assert!(refused.to_string().contains("nextUpdate"), "{refused}");
+
+        // refuse: a fresh list loads; a stale one on reload is refused and
+        // the fresh one stays.
+        std::fs::write(&crl, pki.crl_pem(2, &[]).expect("crl")).expect("write");
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("a fresh CRL loads");
+        assert!(tls.current().stale_crls.is_empty());
+        assert!(!tls.check_crl_expiry());
+        let serving = tls.current().number;
+        std::fs::write(&crl, pki.crl_pem_until(3, &[], 2021).expect("crl")).expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("a stale CRL was reloaded under refuse");
+        };
+        assert!(reason.contains("crl_expired"), "{reason}");
+        assert_eq!(tls.current().number, serving);
+    }
+
+    #[test]
     fn changed_files_reload_broken_ones_are_refused_and_the_old_stays() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = enos_testkit::Pki::new("reload-unit").expect("pki");
