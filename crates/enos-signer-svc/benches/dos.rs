@@ -284,7 +284,8 @@ async fn tls_caller(target: Arc<(String, String)>, attack: Arc<Attack>, end: Ins
             .expect("endpoint")
             .local_address(Some(ATTACKER_FROM));
         let since = attack.opened();
-        let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(5), endpoint.connect()).await
+        let Ok(Ok(channel)) =
+            tokio::time::timeout(Duration::from_secs(5), endpoint.connect()).await
         else {
             attack.closed(since);
             tokio::time::sleep(Duration::from_millis(10)).await;

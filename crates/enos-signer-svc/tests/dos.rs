@@ -55,7 +55,8 @@ async fn hold_anonymous_calls(f: &Fixture, calls: usize, into: &mut JoinSet<Opti
                 return None;
             }
             let path = PathAndQuery::from_static("/enos.signer.v1.Credentials/IssueMqttCredential");
-            let codec = tonic_prost::ProstCodec::<IssueMqttCredentialRequest, MqttCredential>::default();
+            let codec =
+                tonic_prost::ProstCodec::<IssueMqttCredentialRequest, MqttCredential>::default();
             let body = futures::stream::pending::<IssueMqttCredentialRequest>();
             grpc.client_streaming(tonic::Request::new(body), path, codec)
                 .await
@@ -92,7 +93,9 @@ async fn finding_1_anonymous_connections_holding_unfinished_calls_do_not_stop_is
     for round in 0..5 {
         issue(f.channel(Some(&device)).await)
             .await
-            .unwrap_or_else(|s| panic!("round {round}: the device was refused under attack: {s:?}"));
+            .unwrap_or_else(|s| {
+                panic!("round {round}: the device was refused under attack: {s:?}")
+            });
     }
     // Not one anonymous call reached a service: each ended without an
     // answer from one (the handshake refused its connection).
@@ -236,7 +239,11 @@ async fn finding_2_one_address_holds_at_most_its_cap_while_another_still_connect
     // closed at accept.
     let mut held = Vec::new();
     for _ in 0..12 {
-        held.push(tcp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr).await.expect("tcp"));
+        held.push(
+            tcp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr)
+                .await
+                .expect("tcp"),
+        );
     }
     let mut closed = 0;
     for stream in &mut held {
@@ -263,7 +270,10 @@ async fn finding_2_one_address_holds_at_most_its_cap_while_another_still_connect
         Err(_) => true,
         Ok(channel) => issue(channel).await.is_err(),
     };
-    assert!(refused, "a fifth connection from the full address was served");
+    assert!(
+        refused,
+        "a fifth connection from the full address was served"
+    );
     // Another address is not charged for 127.0.0.1's connections.
     let other = client::mtls_endpoint(
         &f.signer.uri(),
@@ -348,7 +358,11 @@ async fn finding_3_idle_tcp_connections_do_not_take_the_health_port_down() {
     // slots.
     let mut idle = Vec::new();
     for _ in 0..80 {
-        idle.push(tcp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr).await.expect("tcp"));
+        idle.push(
+            tcp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr)
+                .await
+                .expect("tcp"),
+        );
     }
     // A probe from another address is answered at once.
     assert_eq!(

@@ -57,11 +57,10 @@ pub async fn serve<H: Health>(
         let admitted = match accepted {
             Ok(tcp) => {
                 let peer = tcp.peer_addr().map(|a| a.ip());
-                match peer.ok().and_then(|peer| admission.admit(peer)) {
-                    Some(permit) => Some(Ok(Limited::with_deadlines(tcp, permit, deadlines))),
-                    // Refused (counted), or already gone: closed.
-                    None => None,
-                }
+                // Refused (counted), or already gone: closed (dropped).
+                peer.ok()
+                    .and_then(|peer| admission.admit(peer))
+                    .map(|permit| Ok(Limited::with_deadlines(tcp, permit, deadlines)))
             }
             Err(e) => Some(Err(e)),
         };

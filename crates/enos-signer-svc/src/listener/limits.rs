@@ -314,7 +314,8 @@ impl Admission {
             return None;
         }
         let Some(address) = self.per_address.try_hold(peer) else {
-            self.metrics.connection_refused(self.listener, "per_address");
+            self.metrics
+                .connection_refused(self.listener, "per_address");
             return None;
         };
         let Some(mut permit) = self.limit.try_admit() else {

@@ -415,7 +415,11 @@ fn bundle(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// `certs`, added to `roots`.
-fn add_roots(roots: &mut RootCertStore, certs: &[CertificateDer<'static>], what: &str) -> Result<()> {
+fn add_roots(
+    roots: &mut RootCertStore,
+    certs: &[CertificateDer<'static>],
+    what: &str,
+) -> Result<()> {
     for cert in certs {
         roots.add(cert.clone()).map_err(|e| tls_error(what, e))?;
     }
@@ -478,7 +482,9 @@ fn refuse_overlap(
 }
 
 /// The nextUpdate of each CRL (seconds since the epoch), with its issuer.
-fn crl_next_updates(crls: &[CertificateRevocationListDer<'static>]) -> Result<Vec<(String, Option<i64>)>> {
+fn crl_next_updates(
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Vec<(String, Option<i64>)>> {
     use x509_parser::revocation_list::CertificateRevocationList;
     crls.iter()
         .map(|der| {
@@ -662,7 +668,11 @@ pub(crate) mod tests {
         // The client CA file copied over the admin CA (a swapped file), or
         // a bundle holding both: refused at start, naming the fingerprint.
         let fingerprint_of = |pem: &str| {
-            fingerprint(CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").as_ref())
+            fingerprint(
+                CertificateDer::from_pem_slice(pem.as_bytes())
+                    .expect("pem")
+                    .as_ref(),
+            )
         };
         let shared = fingerprint_of(pki.ca_pem());
         for bundle in [
@@ -685,7 +695,9 @@ pub(crate) mod tests {
         let tls = ReloadingTls::load(&config, Metrics::new()).expect("distinct CAs load");
         let cas = &tls.current().cas;
         assert_eq!(
-            cas.iter().map(|ca| (ca.bundle, ca.sha256.clone())).collect::<Vec<_>>(),
+            cas.iter()
+                .map(|ca| (ca.bundle, ca.sha256.clone()))
+                .collect::<Vec<_>>(),
             [
                 ("client_ca", shared.clone()),
                 ("admin_ca", fingerprint_of(admins.ca_pem())),
@@ -714,8 +726,16 @@ pub(crate) mod tests {
         // warn (the default): loads, and says which list is stale.
         let tls = ReloadingTls::load(&config, Metrics::new()).expect("loads with a warning");
         let generation = tls.current();
-        assert_eq!(generation.stale_crls.len(), 1, "{:?}", generation.stale_crls);
-        assert!(tls.check_crl_expiry(), "the served list is past its nextUpdate");
+        assert_eq!(
+            generation.stale_crls.len(),
+            1,
+            "{:?}",
+            generation.stale_crls
+        );
+        assert!(
+            tls.check_crl_expiry(),
+            "the served list is past its nextUpdate"
+        );
 
         // refuse: no start.
         config.crl_expired = CrlExpired::Refuse;
