@@ -6,9 +6,7 @@
 //! [`crate::listener::readiness::Readiness`]); every other service gets
 //! UNIMPLEMENTED. Nothing on it reveals more than SERVING / NOT_SERVING.
 
-use std::future::Future;
-
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -29,9 +27,10 @@ use crate::{
 /// of them from one address (one more is closed at accept and counted in
 /// `metrics`), [`HEALTH_MAX_STREAMS`] streams each, and a deadline per
 /// probe. A connection that sends no HTTP/2 preface within
-/// [`HEALTH_START_TIMEOUT`] is closed, and every connection is closed after
-/// [`HEALTH_CONNECTION_LIFETIME`]: idle TCP connections cannot keep the
-/// probes out for longer than that.
+/// [`HEALTH_START_TIMEOUT`] is closed, and every connection is told to go
+/// (GOAWAY) after [`HEALTH_CONNECTION_LIFETIME`] and closed at most as long
+/// again later: idle TCP connections cannot keep the probes out for longer
+/// than that.
 pub async fn serve<H: Health>(
     listener: TcpListener,
     health: HealthServer<H>,
