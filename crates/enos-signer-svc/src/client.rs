@@ -10,8 +10,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::error::{Result, SignerError};
 
 /// An mTLS endpoint for the signer at `uri` (`https://host:port`),
-/// trusting `ca_pem` and presenting `identity` (none: only health and
-/// reflection will answer). Call `.connect()` or `.connect_lazy()` on it.
+/// trusting `ca_pem` and presenting `identity` (none: the signer refuses
+/// the handshake, so nothing answers). Call `.connect()` or
+/// `.connect_lazy()` on it.
 pub fn mtls_endpoint(uri: &str, ca_pem: &str, identity: Option<Identity>) -> Result<Endpoint> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some(identity) = identity {

@@ -80,6 +80,12 @@ pub struct ServerConfig {
     /// here is not checked for revocation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<PathBuf>,
+    /// What a CRL past its nextUpdate does to the material that holds it,
+    /// at start and at each reload: `warn` (the default: it is still the
+    /// newest list there is) or `refuse` (the material is refused: no start,
+    /// or the reload keeps the previous material).
+    #[serde(default)]
+    pub crl_expired: CrlExpired,
     /// How long a graceful shutdown waits for in-flight calls.
     #[serde(default = "default_drain_secs")]
     pub drain_timeout_secs: u64,
@@ -102,6 +108,17 @@ pub struct ServerConfig {
     /// (`[server.limits]`): what callers can hold before proving anything.
     #[serde(default)]
     pub limits: crate::listener::limits::LimitsConfig,
+}
+
+/// `server.crl_expired`: what a CRL past its nextUpdate does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Logged as a warning; the CRL is used.
+    #[default]
+    Warn,
+    /// The material is refused.
+    Refuse,
 }
 
 fn default_drain_secs() -> u64 {
@@ -559,6 +576,9 @@ mod tests {
                 import_max_bytes: 256 * 1024 * 1024,
                 connections_per_ip_per_second: 1_000,
                 connection_burst_per_ip: 10_000,
+                max_connections_per_ip: 1_000,
+                handshake_timeout_secs: 5,
+                http2_start_timeout_secs: 5,
             }
         );
         let metrics = defaults.metrics.expect("metrics");

@@ -46,8 +46,8 @@
 //!
 //! | situation | code |
 //! |---|---|
-//! | no client certificate, or one naming no identity | `Unauthenticated` |
-//! | a certificate from another CA | refused in the TLS handshake |
+//! | no client certificate, or one from another CA, revoked or expired | refused in the TLS handshake (no call reaches a service) |
+//! | a valid certificate naming no identity | `Unauthenticated` |
 //! | not allowed (a device for another, an unbound sub-device, a device on Admin, an admin on Credentials) | `PermissionDenied` |
 //! | unknown device | `NotFound` |
 //! | disabled device (or gateway) | `FailedPrecondition` |

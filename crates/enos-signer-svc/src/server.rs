@@ -22,10 +22,12 @@ use crate::{
     config::{HealthConfig, MetricsConfig, SignerConfig},
     error::{Result, SignerError},
     listener::health_port,
-    listener::limits::{Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle},
+    listener::limits::{
+        AddressLimit, Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle,
+    },
     listener::metrics,
     listener::readiness::Readiness,
-    listener::tls_incoming::tls_incoming,
+    listener::tls_incoming::{ConnectionTimeouts, tls_incoming},
     listener::tls_reload::{self, ReloadingTls},
     services::admin::AdminService,
     services::credentials::CredentialsService,
@@ -186,15 +188,22 @@ impl Signer {
             Arc::clone(&self.tls),
             Admission {
                 throttle: Arc::clone(&throttle),
+                per_address: AddressLimit::new(self.limits.max_connections_per_ip),
                 limit: ConnectionLimit::new(self.limits.max_connections),
                 metrics: self.state.metrics.clone(),
                 listener: "grpc",
+            },
+            ConnectionTimeouts {
+                handshake: self.limits.handshake_timeout(),
+                http2_start: self.limits.http2_start_timeout(),
             },
             stop.clone(),
         );
         // Calls in flight over every connection: one more is shed with
         // ResourceExhausted at once (load_shed turns "not ready" into that
-        // status), never queued.
+        // status), never queued. Only peers with a valid client certificate
+        // get this far (the handshake requires one), so no anonymous peer
+        // can take these slots.
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(self.limits.max_concurrent_streams)

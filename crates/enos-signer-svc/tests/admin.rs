@@ -127,9 +127,16 @@ async fn admin_needs_an_admin_certificate() {
     for (rpc, c) in every_admin_rpc(&mut as_device).await {
         assert_eq!(c, Code::PermissionDenied, "{rpc} with a device certificate");
     }
-    let mut anonymous = AdminClient::new(f.channel(None).await);
-    for (rpc, c) in every_admin_rpc(&mut anonymous).await {
-        assert_eq!(c, Code::Unauthenticated, "{rpc} without a certificate");
+    // Without a certificate the handshake refuses the connection (#23):
+    // no call reaches Admin.
+    if let Some(channel) = f.anonymous_channel().await {
+        let mut anonymous = AdminClient::new(channel);
+        for (rpc, c) in every_admin_rpc(&mut anonymous).await {
+            assert!(
+                common::refused_by_handshake(c),
+                "{rpc} without a certificate: {c:?}"
+            );
+        }
     }
     let nobody = f.pki.client_with_uri("x", None).expect("cert");
     let mut nobody = AdminClient::new(f.channel(Some(&nobody)).await);
@@ -466,7 +473,10 @@ async fn health_and_reflection_answer() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let f = fixture().await;
-    let mut health = HealthClient::new(f.channel(None).await);
+    // Any client certificate will do (the handshake requires one, #23);
+    // probes without one use the plain health port.
+    let device = f.pki.device("Pk1", "probe").expect("cert");
+    let mut health = HealthClient::new(f.channel(Some(&device)).await);
     for service in ["", "enos.signer.v1.Credentials", "enos.signer.v1.Admin"] {
         let response = health
             .check(HealthCheckRequest {
@@ -486,7 +496,7 @@ async fn health_and_reflection_answer() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mut reflection = ServerReflectionClient::new(f.channel(None).await);
+    let mut reflection = ServerReflectionClient::new(f.channel(Some(&device)).await);
     let mut responses = reflection
         .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
             host: String::new(),
@@ -627,7 +637,8 @@ async fn shutdown_turns_health_not_serving_and_drains_open_calls() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let mut f = fixture().await;
-    let mut health = HealthClient::new(f.channel(None).await);
+    let device = f.pki.device("Pk1", "probe").expect("cert");
+    let mut health = HealthClient::new(f.channel(Some(&device)).await);
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "enos.signer.v1.Credentials".into(),

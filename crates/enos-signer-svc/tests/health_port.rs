@@ -65,6 +65,7 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
             admin_ca: None,
             admin_names: Vec::new(),
             crls: Vec::new(),
+            crl_expired: Default::default(),
         },
     );
     config.health = Some(HealthConfig {

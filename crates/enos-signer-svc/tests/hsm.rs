@@ -729,8 +729,10 @@ fn readiness_follows_the_token_and_liveness_does_not() {
                     });
                 })
                 .await;
-                // Health needs no client certificate.
-                let channel = f.channel(None).await;
+                // Health over mTLS needs a client certificate (#23); any
+                // will do.
+                let probe = f.pki.device("PkHsm", "probe").expect("cert");
+                let channel = f.channel(Some(&probe)).await;
                 let liveness = enos_signer_svc::listener::readiness::LIVENESS_SERVICE;
                 wait_health(&channel, "", ServingStatus::Serving).await;
 

@@ -132,6 +132,7 @@ impl Fleet {
                 admin_ca: None,
                 admin_names: Vec::new(),
                 crls: Vec::new(),
+                crl_expired: Default::default(),
             },
         );
         config.registry = RegistryConfig::Postgres(PostgresConfig {

@@ -139,9 +139,21 @@ impl Pki {
     /// A CRL of this CA (PEM) revoking `revoked`; valid from 2020 to 2099.
     /// `number` is its CRL number (a newer list has a larger one).
     pub fn crl_pem(&self, number: u64, revoked: &[&Identity]) -> Result<String> {
+        self.crl_pem_until(number, revoked, 2099)
+    }
+
+    /// As [`Pki::crl_pem`], with its nextUpdate on 1 January of
+    /// `next_update_year` (a past year: a CRL that should have been
+    /// replaced).
+    pub fn crl_pem_until(
+        &self,
+        number: u64,
+        revoked: &[&Identity],
+        next_update_year: i32,
+    ) -> Result<String> {
         let params = CertificateRevocationListParams {
             this_update: date_time_ymd(2020, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
+            next_update: date_time_ymd(next_update_year, 1, 1),
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked

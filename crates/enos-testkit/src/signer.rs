@@ -118,6 +118,7 @@ pub fn server_config(
         admin_ca: None,
         admin_names: Vec::new(),
         crls: Vec::new(),
+        crl_expired: Default::default(),
     }
 }
 

@@ -64,6 +64,9 @@ impl FleetWorld {
         };
         let signer = TestSigner::start_with(&dir.path().join("signer"), &pki.pki, |c| {
             c.rate_limit = Some(rate);
+            // Every agent of the simulated fleet connects from 127.0.0.1,
+            // as a fleet behind one NAT address: no per-address cap.
+            c.server.limits.max_connections_per_ip = 0;
         })
         .await
         .map_err(E2eError::Component)?;

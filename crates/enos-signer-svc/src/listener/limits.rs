@@ -3,11 +3,18 @@
 //! anything.
 //!
 //! - connections: at most `max_connections` at once on the gRPC listener
-//!   ([`ConnectionLimit`]), and new ones per peer address at most
-//!   `connections_per_ip_per_second` (burst `connection_burst_per_ip`,
-//!   [`PeerThrottle`]): the TLS handshake is the work a caller gets before
-//!   proving anything. One more is closed right after `accept`, before any
-//!   TLS work, and counted (never logged per connection);
+//!   ([`ConnectionLimit`]), at most `max_connections_per_ip` of them from
+//!   one peer address ([`AddressLimit`], counted while held), and new ones
+//!   per peer address at most `connections_per_ip_per_second` (burst
+//!   `connection_burst_per_ip`, [`PeerThrottle`]): the TLS handshake is the
+//!   work a caller gets before proving anything. One more is closed right
+//!   after `accept`, before any TLS work, and counted (never logged per
+//!   connection);
+//! - time: the TLS handshake (which requires a client certificate) must
+//!   end within `handshake_timeout_secs`, and the client's HTTP/2
+//!   connection preface must arrive within `http2_start_timeout_secs`
+//!   after it ([`Limited::with_deadlines`]); else the connection is closed
+//!   and its slots are free again;
 //! - HTTP/2 streams per connection (`max_concurrent_streams`, advertised in
 //!   SETTINGS: a client queues the rest);
 //! - requests in flight over all connections (`max_concurrent_requests`):
@@ -18,15 +25,20 @@
 //!   `[metrics] header_timeout_secs`, a connection lives at most
 //!   `connection_lifetime_secs` (idle keep-alive connections go), and at
 //!   most [`METRICS_MAX_CONNECTIONS`] at once; the plain health port: at
-//!   most [`HEALTH_MAX_CONNECTIONS`], [`HEALTH_MAX_STREAMS`] streams each,
-//!   [`HEALTH_REQUEST_TIMEOUT`] per probe.
+//!   most [`HEALTH_MAX_CONNECTIONS`], [`HEALTH_MAX_CONNECTIONS_PER_IP`] of
+//!   them from one address, [`HEALTH_MAX_STREAMS`] streams each,
+//!   [`HEALTH_REQUEST_TIMEOUT`] per probe, the HTTP/2 preface within
+//!   [`HEALTH_START_TIMEOUT`] and a connection closed after
+//!   [`HEALTH_CONNECTION_LIFETIME`].
 
 use std::{
+    collections::HashMap,
+    future::Future,
     io,
     net::{IpAddr, Ipv6Addr},
     num::NonZeroU32,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -35,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
 };
 use tonic::transport::server::Connected;
 
@@ -67,6 +80,19 @@ pub struct LimitsConfig {
     /// New connections one peer address may open at once after a quiet
     /// spell.
     pub connection_burst_per_ip: u32,
+    /// Connections one peer address (IPv6: its /64) may hold open at once,
+    /// handshakes included; 0: no cap. Well below `max_connections`, so
+    /// that one address cannot take every slot (a peer that never finishes
+    /// its handshake holds one for `handshake_timeout_secs`); raise it for
+    /// a large fleet behind one NAT address.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client has to complete its TLS handshake (client
+    /// certificate included); then the connection is closed. At least 1.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client has, after its handshake, to send the HTTP/2
+    /// connection preface; a connection that finished TLS and then says
+    /// nothing is closed. At least 1.
+    pub http2_start_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -78,7 +104,22 @@ impl Default for LimitsConfig {
             import_max_bytes: 256 * 1024 * 1024,
             connections_per_ip_per_second: 1_000,
             connection_burst_per_ip: 10_000,
+            max_connections_per_ip: 1_000,
+            handshake_timeout_secs: 5,
+            http2_start_timeout_secs: 5,
         }
+    }
+}
+
+impl LimitsConfig {
+    /// [`LimitsConfig::handshake_timeout_secs`], at least 1 s.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.max(1))
+    }
+
+    /// [`LimitsConfig::http2_start_timeout_secs`], at least 1 s.
+    pub fn http2_start_timeout(&self) -> Duration {
+        Duration::from_secs(self.http2_start_timeout_secs.max(1))
     }
 }
 
@@ -94,6 +135,19 @@ pub struct HttpTimeouts {
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
 /// Health-port connections open at once (a kubelet opens one per probe).
 pub const HEALTH_MAX_CONNECTIONS: usize = 64;
+/// Health-port connections one address may hold (a kubelet runs at most
+/// its startup, liveness and readiness probes at once): one address never
+/// holds the port's every slot.
+pub const HEALTH_MAX_CONNECTIONS_PER_IP: usize = 8;
+/// A health-port client must send its HTTP/2 preface within this after
+/// connecting (a probe sends it at once).
+pub const HEALTH_START_TIMEOUT: Duration = Duration::from_secs(2);
+/// A health-port connection is told to go (HTTP/2 GOAWAY) after this, and
+/// closed at most as long again later, busy or idle (a probe takes
+/// milliseconds and the kubelet opens a new connection per probe).
+pub const HEALTH_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+/// The HTTP/2 client connection preface: what a client must send first.
+pub const HTTP2_PREFACE_LEN: usize = 24;
 /// Streams per health-port connection.
 pub const HEALTH_MAX_STREAMS: u32 = 4;
 /// A health probe's deadline.
@@ -169,12 +223,81 @@ fn throttle_key(peer: IpAddr) -> IpAddr {
     }
 }
 
+/// Connections held at once per peer address (keyed as [`PeerThrottle`]
+/// keys: IPv4 address, IPv6 /64), counted while they are open.
+#[derive(Clone)]
+pub struct AddressLimit {
+    /// Open connections per address; an address with none is removed, so
+    /// the map holds only addresses with a connection open.
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The cap per address; 0: none.
+    max: usize,
+}
+
+impl AddressLimit {
+    /// At most `max` connections per address; 0: no cap.
+    pub fn new(max: usize) -> Self {
+        AddressLimit {
+            held: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    /// A hold on one more connection of `peer`, or `None` when it has
+    /// `max` open already (`Some(None)`: no cap).
+    fn try_hold(&self, peer: IpAddr) -> Option<Option<AddressHold>> {
+        if self.max == 0 {
+            return Some(None);
+        }
+        let key = throttle_key(peer);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(AddressHold {
+            held: Arc::clone(&self.held),
+            key,
+        }))
+    }
+
+    /// Connections `peer` holds now.
+    pub fn held_by(&self, peer: IpAddr) -> usize {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(&throttle_key(peer)).copied().unwrap_or(0)
+    }
+}
+
+/// One connection counted against its address; uncounted on drop.
+struct AddressHold {
+    /// The counts it is part of.
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Its address's key.
+    key: IpAddr,
+}
+
+impl Drop for AddressHold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// What a new connection on a listener must get past: the per-address
-/// throttle, then the connection limit. Refusals are counted in metrics.
+/// throttle, the per-address cap, then the connection limit. Refusals are
+/// counted in metrics.
 #[derive(Clone)]
 pub struct Admission {
     /// New connections per peer address.
     pub throttle: Arc<PeerThrottle>,
+    /// Open connections per peer address.
+    pub per_address: AddressLimit,
     /// Open connections at once.
     pub limit: ConnectionLimit,
     /// Counts refusals by listener and reason.
@@ -190,11 +313,17 @@ impl Admission {
             self.metrics.connection_refused(self.listener, "throttled");
             return None;
         }
-        let permit = self.limit.try_admit();
-        if permit.is_none() {
+        let Some(address) = self.per_address.try_hold(peer) else {
+            self.metrics
+                .connection_refused(self.listener, "per_address");
+            return None;
+        };
+        let Some(mut permit) = self.limit.try_admit() else {
             self.metrics.connection_refused(self.listener, "limit");
-        }
-        permit
+            return None;
+        };
+        permit._address = address;
+        Some(permit)
     }
 }
 
@@ -218,7 +347,10 @@ impl ConnectionLimit {
         Arc::clone(&self.permits)
             .try_acquire_owned()
             .ok()
-            .map(|permit| ConnectionPermit { _permit: permit })
+            .map(|permit| ConnectionPermit {
+                _permit: permit,
+                _address: None,
+            })
     }
 }
 
@@ -226,6 +358,29 @@ impl ConnectionLimit {
 pub struct ConnectionPermit {
     /// Dropped with the connection.
     _permit: OwnedSemaphorePermit,
+    /// Its count against its address, when addresses are capped.
+    _address: Option<AddressHold>,
+}
+
+/// When a connection must have said something, and when it ends: a peer
+/// that holds a connection without using it gives its slot back.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// The first `preface` bytes must arrive within this.
+    pub start: Duration,
+    /// How many bytes must arrive by `start` (the HTTP/2 preface).
+    pub preface: usize,
+    /// The connection is closed after this, busy or not (`None`: never).
+    pub lifetime: Option<Duration>,
+}
+
+/// The running state of a connection's [`Deadlines`].
+struct Timers {
+    /// Until the preface has arrived: bytes still missing, and when they
+    /// are due.
+    start: Option<(usize, Pin<Box<Sleep>>)>,
+    /// When the connection ends.
+    lifetime: Option<Pin<Box<Sleep>>>,
 }
 
 /// A connection and the permit it holds: as `IO` to tonic and hyper, with
@@ -235,6 +390,9 @@ pub struct Limited<IO> {
     inner: IO,
     /// Released when the connection is dropped.
     _permit: ConnectionPermit,
+    /// Its deadlines, if it has any: past one, reads fail with `TimedOut`
+    /// and the server closes the connection.
+    timers: Option<Timers>,
 }
 
 impl<IO> Limited<IO> {
@@ -243,8 +401,33 @@ impl<IO> Limited<IO> {
         Limited {
             inner,
             _permit: permit,
+            timers: None,
         }
     }
+
+    /// `inner` as with [`Limited::new`], closed when it misses `deadlines`
+    /// (counted from now).
+    pub fn with_deadlines(inner: IO, permit: ConnectionPermit, deadlines: Deadlines) -> Self {
+        Limited {
+            inner,
+            _permit: permit,
+            timers: Some(Timers {
+                start: (deadlines.preface > 0).then(|| {
+                    (
+                        deadlines.preface,
+                        Box::pin(tokio::time::sleep(deadlines.start)),
+                    )
+                }),
+                lifetime: deadlines
+                    .lifetime
+                    .map(|lifetime| Box::pin(tokio::time::sleep(lifetime))),
+            }),
+        }
+    }
+}
+
+fn timed_out(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what)
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
@@ -253,7 +436,37 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(timers) = &mut this.timers else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        let ended = timers
+            .lifetime
+            .as_mut()
+            .is_some_and(|lifetime| lifetime.as_mut().poll(cx).is_ready());
+        if ended {
+            return Poll::Ready(Err(timed_out("connection lifetime reached")));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some((missing, due)) = &mut timers.start {
+            match &read {
+                Poll::Ready(Ok(())) => {
+                    *missing = missing.saturating_sub(buf.filled().len() - before);
+                    if *missing == 0 {
+                        timers.start = None;
+                    }
+                }
+                Poll::Ready(Err(_)) => {}
+                // Waiting for the preface: the deadline wakes this read.
+                Poll::Pending => {
+                    if due.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(timed_out("no HTTP/2 preface in time")));
+                    }
+                }
+            }
+        }
+        read
     }
 }
 
@@ -298,6 +511,26 @@ impl<IO: Connected> Connected for Limited<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_and_gets_it_back_on_close() {
+        let limit = AddressLimit::new(2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let first = limit.try_hold(a).expect("first");
+        let second = limit.try_hold(a).expect("second");
+        assert!(limit.try_hold(a).is_none(), "over the cap");
+        assert!(limit.try_hold(b).is_some(), "b is not charged for a");
+        drop(first);
+        assert_eq!(limit.held_by(a), 1);
+        let third = limit.try_hold(a).expect("a slot came back");
+        drop((second, third));
+        assert_eq!(limit.held_by(a), 0);
+        assert!(limit.held.lock().expect("lock").is_empty(), "forgotten");
+        let off = AddressLimit::new(0);
+        let holds: Vec<_> = (0..100).map(|_| off.try_hold(a)).collect();
+        assert!(holds.iter().all(Option::is_some), "0: no cap");
+    }
 
     #[test]
     fn each_address_has_its_own_budget_and_ipv6_is_keyed_by_its_64() {

@@ -4,8 +4,11 @@
 //! tonic's own TLS fixes one config for the server's life; this stream
 //! lets a certificate or client CA change between two handshakes while
 //! established connections keep theirs. Handshakes run concurrently, each
-//! bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client holds up
-//! no one.
+//! bounded by `[server.limits] handshake_timeout_secs`, so a slow or silent
+//! client holds up no one; a handshake without a valid client certificate
+//! fails. After it, the client's HTTP/2 preface must arrive within
+//! `http2_start_timeout_secs`, or the connection is closed: a peer cannot
+//! hold a slot by saying nothing.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,12 +18,18 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    listener::limits::{Admission, Limited},
+    listener::limits::{Admission, Deadlines, HTTP2_PREFACE_LEN, Limited},
     listener::tls_reload::ReloadingTls,
 };
 
-/// How long a client may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take before it is of use.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimeouts {
+    /// The TLS handshake must end within this.
+    pub handshake: Duration,
+    /// The HTTP/2 preface must arrive within this after the handshake.
+    pub http2_start: Duration,
+}
 
 /// Accepted TLS connections waiting for the server to take them.
 const BACKLOG: usize = 256;
@@ -37,10 +46,13 @@ pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     admission: Admission,
+    timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> impl Stream<Item = std::io::Result<GrpcConnection>> + Send + 'static {
     let (sender, receiver) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(listener, tls, admission, stop, sender));
+    tokio::spawn(accept_loop(
+        listener, tls, admission, timeouts, stop, sender,
+    ));
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|tls| (Ok(tls), receiver))
     })
@@ -50,6 +62,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     admission: Admission,
+    timeouts: ConnectionTimeouts,
     stop: CancellationToken,
     sender: mpsc::Sender<GrpcConnection>,
 ) {
@@ -77,9 +90,15 @@ async fn accept_loop(
         let sender = sender.clone();
         while handshakes.try_join_next().is_some() {}
         handshakes.spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = sender.send(Limited::new(stream, permit)).await;
+                    let deadlines = Deadlines {
+                        start: timeouts.http2_start,
+                        preface: HTTP2_PREFACE_LEN,
+                        lifetime: None,
+                    };
+                    let connection = Limited::with_deadlines(stream, permit, deadlines);
+                    let _ = sender.send(connection).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -12,9 +12,17 @@
 //! touched; their client certificates are verified again against the new
 //! material on their next call ([`crate::listener::peer::IdentityCache`]), so a
 //! revocation reaches them too. Material that does not build (unparsable PEM, a key that does
-//! not fit the certificate, an empty CA bundle, a loose key file) is
-//! refused with one error log line per distinct content, and the previous
-//! material stays in use.
+//! not fit the certificate, an empty CA bundle, a loose key file, an admin
+//! CA bundle sharing a certificate with the client CA bundle, a CRL past
+//! its nextUpdate under `server.crl_expired = "refuse"`) is refused with
+//! one error log line per distinct content, and the previous material
+//! stays in use. Each CA certificate's SHA-256 fingerprint is logged when
+//! material is loaded, so an operator sees which CAs are trusted.
+//!
+//! The gRPC listener requires a client certificate in the handshake: a
+//! peer without one (or with one of neither CA, or revoked) is refused
+//! before it can open a single HTTP/2 stream, so it holds nothing a device
+//! needs beyond its handshake's few seconds.
 //!
 //! Files are polled ([`watch`]) rather than watched with inotify: a
 //! Kubernetes Secret volume replaces its files by swapping a symlink to a
@@ -39,7 +47,7 @@ use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 use zeroize::Zeroizing;
 
 use crate::{
-    config::ServerConfig,
+    config::{CrlExpired, ServerConfig},
     error::{Result, SignerError},
     key_file,
     listener::metrics::Metrics,
@@ -54,10 +62,11 @@ const ALPN_H2: &[u8] = b"h2";
 
 /// One complete generation of server TLS material.
 pub struct TlsGeneration {
-    /// The gRPC listener's config: a client certificate is optional in the
-    /// handshake (a call without one reaches the service and gets
-    /// Unauthenticated; health needs none), but one that is presented must
-    /// chain to the client CA.
+    /// The gRPC listener's config: a client certificate is required in the
+    /// handshake, chaining to the client CA or the admin CA and not
+    /// revoked; a peer without one is refused before any HTTP/2 (health
+    /// and reflection without a certificate are on the plain health port
+    /// only, which serves health alone).
     pub grpc: Arc<rustls::ServerConfig>,
     /// The metrics listener's config: a certificate of the client CA is
     /// required.
@@ -83,9 +92,52 @@ pub struct TlsGeneration {
     /// The served certificate's notAfter, seconds since the epoch (the
     /// expiry metric).
     pub not_after: i64,
+    /// Every trusted CA certificate (client CA, admin CA), logged with its
+    /// SHA-256 fingerprint when this material is loaded: which CAs a
+    /// signer trusts is visible in its log.
+    pub cas: Vec<CaCertificate>,
+    /// The earliest nextUpdate of the CRLs, seconds since the epoch (none:
+    /// no CRL, or none says): past it, the watcher warns once.
+    pub crl_next_update: Option<i64>,
+    /// CRLs past their nextUpdate when this material was built (under
+    /// `crl_expired = "warn"`; `refuse` does not build): logged by whoever
+    /// installs it.
+    pub stale_crls: Vec<String>,
     /// SHA-256 over the three files' contents: what was loaded, to tell
     /// whether the files changed since.
     digest: [u8; 32],
+}
+
+/// One trusted CA certificate, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertificate {
+    /// `client_ca` or `admin_ca`: which bundle it is in.
+    pub bundle: &'static str,
+    /// SHA-256 of its DER, hex with `:`.
+    pub sha256: String,
+    /// Its subject, as the certificate says it.
+    pub subject: String,
+}
+
+impl TlsGeneration {
+    /// Logs the CAs and any stale CRL of this material (at load and at
+    /// each reload).
+    fn log_material(&self) {
+        for ca in &self.cas {
+            tracing::info!(
+                bundle = ca.bundle,
+                sha256 = %ca.sha256,
+                subject = %ca.subject,
+                "trusted CA certificate"
+            );
+        }
+        for stale in &self.stale_crls {
+            tracing::warn!(
+                crl = %stale,
+                "a CRL is past its nextUpdate; still used (server.crl_expired = \"warn\")"
+            );
+        }
+    }
 }
 
 /// What a [`ReloadingTls::reload`] did.
@@ -117,6 +169,11 @@ pub struct ReloadingTls {
     last_refused: Mutex<Option<[u8; 32]>>,
     /// The served certificate's expiry and the reload outcomes.
     metrics: Metrics,
+    /// What a CRL past its nextUpdate does to the material.
+    crl_expired: CrlExpired,
+    /// The generation whose CRLs were last reported past their nextUpdate
+    /// by [`ReloadingTls::check_crl_expiry`]: warned once, not per poll.
+    crl_warned: std::sync::atomic::AtomicU64,
 }
 
 /// The three files of [`ReloadingTls`].
@@ -205,14 +262,36 @@ impl ReloadingTls {
             admin_ca: config.admin_ca.clone(),
             crls: config.crls.clone(),
         };
-        let generation = build(&Contents::read(&paths)?)?;
+        let generation = build(&Contents::read(&paths)?, config.crl_expired)?;
+        generation.log_material();
         metrics.set_server_cert_expiry(generation.not_after);
         Ok(ReloadingTls {
             paths,
             current: RwLock::new(Arc::new(generation)),
             last_refused: Mutex::new(None),
             metrics,
+            crl_expired: config.crl_expired,
+            crl_warned: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Warns once per generation when a CRL of the served material has
+    /// passed its nextUpdate since it was loaded (the files did not
+    /// change, so no reload looked at it); true when it has.
+    pub fn check_crl_expiry(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let current = self.current();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let stale = current.crl_next_update.is_some_and(|next| next < now);
+        if stale && self.crl_warned.swap(current.number, Ordering::Relaxed) != current.number {
+            tracing::warn!(
+                next_update = current.crl_next_update,
+                "a served CRL is past its nextUpdate: publish a new one (it is still used)"
+            );
+        }
+        stale
     }
 
     /// The material a new handshake uses.
@@ -236,7 +315,7 @@ impl ReloadingTls {
         if digest == self.current().digest {
             return ReloadOutcome::Unchanged;
         }
-        match build(&contents) {
+        match build(&contents, self.crl_expired) {
             Ok(generation) => {
                 let serial = generation.serial.clone();
                 tracing::info!(
@@ -244,6 +323,7 @@ impl ReloadingTls {
                     not_after = generation.not_after,
                     "TLS material reloaded; new connections use the new certificate and client CA"
                 );
+                generation.log_material();
                 self.metrics.set_server_cert_expiry(generation.not_after);
                 self.metrics.tls_reload("reloaded");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
@@ -287,7 +367,11 @@ pub async fn watch(tls: Arc<ReloadingTls>, interval: Option<Duration>, stop: Can
             _ = tick.tick() => {
                 let tls = Arc::clone(&tls);
                 // File reads and key parsing: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    tls.reload();
+                    tls.check_crl_expiry();
+                })
+                .await;
             }
         }
     }
@@ -319,18 +403,99 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> SignerError {
     SignerError::Tls(format!("{what}: {e}"))
 }
 
-/// The certificates of a CA bundle (PEM), added to `roots`.
-fn add_roots(roots: &mut RootCertStore, pem: &[u8], what: &str) -> Result<()> {
-    let before = roots.len();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        roots
-            .add(cert.map_err(|e| tls_error(what, e))?)
-            .map_err(|e| tls_error(what, e))?;
-    }
-    if roots.len() == before {
+/// The certificates of a CA bundle (PEM); at least one.
+fn bundle(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(what, e))?;
+    if certs.is_empty() {
         return Err(tls_error(what, "no CERTIFICATE block found"));
     }
+    Ok(certs)
+}
+
+/// `certs`, added to `roots`.
+fn add_roots(
+    roots: &mut RootCertStore,
+    certs: &[CertificateDer<'static>],
+    what: &str,
+) -> Result<()> {
+    for cert in certs {
+        roots.add(cert.clone()).map_err(|e| tls_error(what, e))?;
+    }
     Ok(())
+}
+
+/// SHA-256 of `der`, hex bytes joined by `:` (as `openssl x509
+/// -fingerprint -sha256` prints it).
+fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// Each certificate of `certs` (bundle `bundle`) for the log, with its
+/// public key (what makes two certificates the same CA).
+fn describe(
+    certs: &[CertificateDer<'static>],
+    bundle: &'static str,
+) -> Result<Vec<(CaCertificate, Vec<u8>)>> {
+    certs
+        .iter()
+        .map(|der| {
+            let (_, cert) =
+                X509Certificate::from_der(der.as_ref()).map_err(|e| tls_error(bundle, e))?;
+            Ok((
+                CaCertificate {
+                    bundle,
+                    sha256: fingerprint(der.as_ref()),
+                    subject: cert.subject().to_string(),
+                },
+                cert.public_key().raw.to_vec(),
+            ))
+        })
+        .collect()
+}
+
+/// Refuses an admin CA bundle that shares a certificate (or a CA key) with
+/// the client CA bundle: a certificate of that CA would then be both a
+/// device's and an admin's, and the admin separation would be gone.
+fn refuse_overlap(
+    clients: &[(CaCertificate, Vec<u8>)],
+    admins: &[(CaCertificate, Vec<u8>)],
+) -> Result<()> {
+    for (admin, admin_key) in admins {
+        for (client, client_key) in clients {
+            if admin.sha256 == client.sha256 || admin_key == client_key {
+                return Err(tls_error(
+                    "admin CA",
+                    format!(
+                        "shares a CA with the client CA bundle (admin_ca SHA-256 {}, client_ca SHA-256 {}): \
+                         admins would not be separated from devices; the two bundles must hold distinct CAs",
+                        admin.sha256, client.sha256
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The nextUpdate of each CRL (seconds since the epoch), with its issuer.
+fn crl_next_updates(
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Vec<(String, Option<i64>)>> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    crls.iter()
+        .map(|der| {
+            let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
+                .map_err(|e| tls_error("CRL", e))?;
+            Ok((
+                crl.issuer().to_string(),
+                crl.next_update().map(|t| t.timestamp()),
+            ))
+        })
+        .collect()
 }
 
 /// The CRLs of one file: its `X509 CRL` PEM blocks, or the file as one DER
@@ -355,38 +520,62 @@ fn verifier(
     roots: RootCertStore,
     crls: &[CertificateRevocationListDer<'static>],
     provider: &Arc<rustls::crypto::CryptoProvider>,
-    optional: bool,
 ) -> Result<Arc<dyn ClientCertVerifier>> {
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(crls.iter().cloned())
-            .allow_unknown_revocation_status();
-    if optional {
-        builder = builder.allow_unauthenticated();
-    }
-    builder.build().map_err(|e| tls_error("client verifier", e))
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls.iter().cloned())
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| tls_error("client verifier", e))
 }
 
 /// Both listeners' configs (and the admin verifier) from the files'
-/// contents.
-fn build(contents: &Contents) -> Result<TlsGeneration> {
+/// contents; `crl_expired` says whether a CRL past its nextUpdate refuses
+/// them.
+fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
+    let client_certs = bundle(&contents.client_ca, "client CA")?;
     let mut client_roots = RootCertStore::empty();
-    add_roots(&mut client_roots, &contents.client_ca, "client CA")?;
+    add_roots(&mut client_roots, &client_certs, "client CA")?;
+    let client_cas = describe(&client_certs, "client_ca")?;
     let mut crls = Vec::new();
     for file in &contents.crls {
         crls.extend(parse_crls(file)?);
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let next_updates = crl_next_updates(&crls)?;
+    let stale_crls: Vec<String> = next_updates
+        .iter()
+        .filter_map(|(issuer, next)| match next {
+            Some(next) if *next < now => Some(format!("issuer {issuer}, nextUpdate {next}")),
+            _ => None,
+        })
+        .collect();
+    if let (Some(stale), CrlExpired::Refuse) = (stale_crls.first(), crl_expired) {
+        return Err(tls_error(
+            "CRL",
+            format!(
+                "past its nextUpdate ({stale}; server.crl_expired = \"refuse\"): publish a fresh CRL"
+            ),
+        ));
+    }
+    let crl_next_update = next_updates.iter().filter_map(|(_, next)| *next).min();
     // The gRPC handshake accepts both CAs; which one an admin comes from is
     // checked per call ([`TlsGeneration::admin`]).
     let mut grpc_roots = client_roots.clone();
+    let mut cas: Vec<CaCertificate> = client_cas.iter().map(|(ca, _)| ca.clone()).collect();
     let admin = match &contents.admin_ca {
         Some(pem) => {
+            let admin_certs = bundle(pem, "admin CA")?;
+            let admin_cas = describe(&admin_certs, "admin_ca")?;
+            refuse_overlap(&client_cas, &admin_cas)?;
+            cas.extend(admin_cas.into_iter().map(|(ca, _)| ca));
             let mut admin_roots = RootCertStore::empty();
-            add_roots(&mut admin_roots, pem, "admin CA")?;
-            add_roots(&mut grpc_roots, pem, "admin CA")?;
-            Some(verifier(admin_roots, &crls, &provider, false)?)
+            add_roots(&mut admin_roots, &admin_certs, "admin CA")?;
+            add_roots(&mut grpc_roots, &admin_certs, "admin CA")?;
+            Some(verifier(admin_roots, &crls, &provider)?)
         }
         None => None,
     };
@@ -407,7 +596,7 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
             .map_err(|_| SignerError::Tls("server key: not a PEM private key".into()))
     };
 
-    let grpc_verifier = verifier(grpc_roots, &crls, &provider, true)?;
+    let grpc_verifier = verifier(grpc_roots, &crls, &provider)?;
     let mut grpc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -416,7 +605,7 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
         .map_err(|e| tls_error("server certificate/key", e))?;
     grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
 
-    let clients = verifier(client_roots, &crls, &provider, false)?;
+    let clients = verifier(client_roots, &crls, &provider)?;
     let metrics = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -432,6 +621,9 @@ fn build(contents: &Contents) -> Result<TlsGeneration> {
         number: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         serial,
         not_after,
+        cas,
+        crl_next_update,
+        stale_crls,
         digest: contents.digest(),
     })
 }
@@ -460,7 +652,111 @@ pub(crate) mod tests {
             admin_ca: None,
             admin_names: Vec::new(),
             crls: Vec::new(),
+            crl_expired: Default::default(),
         }
+    }
+
+    #[test]
+    fn finding_11_admin_and_client_ca_bundles_that_share_a_ca_are_refused_at_load_and_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("overlap-clients").expect("pki");
+        let admins = enos_testkit::Pki::new("overlap-admins").expect("pki");
+        let mut config = server_config(dir.path(), &pki);
+        let admin_ca = dir.path().join("admins.pem");
+        config.admin_ca = Some(admin_ca.clone());
+
+        // The client CA file copied over the admin CA (a swapped file), or
+        // a bundle holding both: refused at start, naming the fingerprint.
+        let fingerprint_of = |pem: &str| {
+            fingerprint(
+                CertificateDer::from_pem_slice(pem.as_bytes())
+                    .expect("pem")
+                    .as_ref(),
+            )
+        };
+        let shared = fingerprint_of(pki.ca_pem());
+        for bundle in [
+            pki.ca_pem().to_owned(),
+            format!("{}{}", admins.ca_pem(), pki.ca_pem()),
+        ] {
+            std::fs::write(&admin_ca, &bundle).expect("write");
+            let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+                panic!("overlapping bundles loaded");
+            };
+            let refused = refused.to_string();
+            assert!(
+                refused.contains("shares a CA with the client CA") && refused.contains(&shared),
+                "{refused}"
+            );
+        }
+
+        // Distinct CAs load, and every CA is listed with its fingerprint.
+        std::fs::write(&admin_ca, admins.ca_pem()).expect("write");
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("distinct CAs load");
+        let cas = &tls.current().cas;
+        assert_eq!(
+            cas.iter()
+                .map(|ca| (ca.bundle, ca.sha256.clone()))
+                .collect::<Vec<_>>(),
+            [
+                ("client_ca", shared.clone()),
+                ("admin_ca", fingerprint_of(admins.ca_pem())),
+            ]
+        );
+        let serving = tls.current().number;
+
+        // A reload that would overlap is refused; the old material stays.
+        std::fs::write(&admin_ca, pki.ca_pem()).expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("an overlapping reload was accepted");
+        };
+        assert!(reason.contains("shares a CA"), "{reason}");
+        assert_eq!(tls.current().number, serving, "the old material stays");
+    }
+
+    #[test]
+    fn finding_11_a_crl_past_its_next_update_warns_by_default_and_refuses_when_configured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("stale-crl").expect("pki");
+        let mut config = server_config(dir.path(), &pki);
+        let crl = dir.path().join("clients.crl");
+        config.crls = vec![crl.clone()];
+        std::fs::write(&crl, pki.crl_pem_until(1, &[], 2021).expect("crl")).expect("write");
+
+        // warn (the default): loads, and says which list is stale.
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("loads with a warning");
+        let generation = tls.current();
+        assert_eq!(
+            generation.stale_crls.len(),
+            1,
+            "{:?}",
+            generation.stale_crls
+        );
+        assert!(
+            tls.check_crl_expiry(),
+            "the served list is past its nextUpdate"
+        );
+
+        // refuse: no start.
+        config.crl_expired = CrlExpired::Refuse;
+        let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+            panic!("a stale CRL loaded under refuse");
+        };
+        assert!(refused.to_string().contains("nextUpdate"), "{refused}");
+
+        // refuse: a fresh list loads; a stale one on reload is refused and
+        // the fresh one stays.
+        std::fs::write(&crl, pki.crl_pem(2, &[]).expect("crl")).expect("write");
+        let tls = ReloadingTls::load(&config, Metrics::new()).expect("a fresh CRL loads");
+        assert!(tls.current().stale_crls.is_empty());
+        assert!(!tls.check_crl_expiry());
+        let serving = tls.current().number;
+        std::fs::write(&crl, pki.crl_pem_until(3, &[], 2021).expect("crl")).expect("write");
+        let ReloadOutcome::Refused { reason } = tls.reload() else {
+            panic!("a stale CRL was reloaded under refuse");
+        };
+        assert!(reason.contains("crl_expired"), "{reason}");
+        assert_eq!(tls.current().number, serving);
     }
 
     #[test]

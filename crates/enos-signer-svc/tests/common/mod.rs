@@ -42,6 +42,15 @@ impl Fixture {
         .expect("mTLS channel")
     }
 
+    /// A channel without a client certificate, if the connection comes up
+    /// at all: the handshake refuses it (#23), which a TLS 1.3 client may
+    /// only learn on its first call.
+    pub async fn anonymous_channel(&self) -> Option<Channel> {
+        client::connect_mtls(&self.signer.uri(), self.signer.ca_pem(), None)
+            .await
+            .ok()
+    }
+
     pub async fn device(&self, pk: &str, dk: &str) -> CredentialsClient<Channel> {
         let identity = self.pki.device(pk, dk).expect("device cert");
         CredentialsClient::new(self.channel(Some(&identity)).await)
@@ -51,6 +60,12 @@ impl Fixture {
         let identity = self.pki.device(pk, dk).expect("device cert");
         AdminClient::new(self.channel(Some(&identity)).await)
     }
+}
+
+/// Whether `code` is the transport's refusal of a connection (the
+/// handshake refused it), never a service's answer.
+pub fn refused_by_handshake(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Cancelled | Code::Unknown)
 }
 
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
