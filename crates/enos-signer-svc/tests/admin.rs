@@ -596,6 +596,15 @@ async fn metrics_count_issuances_without_device_labels() {
         !text.contains("device-with-a-name") && !text.contains("PkMetrics"),
         "{text}"
     );
+    // The audit trail's losses (#23 finding 7), read from the sink on
+    // each scrape: none here.
+    for line in [
+        r#"enos_signer_audit_records_lost_total{reason="dropped"} 0"#,
+        r#"enos_signer_audit_records_lost_total{reason="failed"} 0"#,
+        "enos_signer_audit_records_waiting 0",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     // No client certificate: no metrics.
     let refused = scrape(&f, None).await;
     assert!(

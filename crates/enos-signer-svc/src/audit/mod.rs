@@ -317,6 +317,13 @@ impl Audit {
         self.loss.snapshot()
     }
 
+    /// Reads [`Audit::losses`] from anywhere, for as long as it is kept
+    /// (the metrics read it on each scrape).
+    pub fn losses_reader(&self) -> impl Fn() -> AuditLosses + Send + Sync + 'static {
+        let loss = Arc::clone(&self.loss);
+        move || loss.snapshot()
+    }
+
     /// HMAC-SHA256 of `password` under the audit key, lower-case hex.
     pub fn password_hmac(&self, password: &str) -> String {
         password_hmac(&self.key, password)

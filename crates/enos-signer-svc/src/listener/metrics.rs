@@ -4,14 +4,24 @@
 //! Labels are bounded: the RPC and the outcome (a gRPC code name). No
 //! label names a device, so the series count does not grow with a fleet.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use tokio::{net::TcpListener, task::JoinSet};
@@ -19,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    audit::AuditLosses,
     listener::limits::{ConnectionLimit, HttpTimeouts, METRICS_MAX_CONNECTIONS},
     listener::tls_reload::ReloadingTls,
 };
@@ -83,6 +94,48 @@ pub struct Metrics {
     /// connection limit ([`crate::listener::limits`]): counted, never logged per
     /// connection (a flood must not fill the log).
     connections_refused: Family<ListenerLabels, Counter>,
+    /// Where the audit trail's losses are read on each scrape: set once
+    /// the audit sink is open ([`Metrics::watch_audit`]).
+    audit_losses: Arc<OnceLock<AuditLossReader>>,
+}
+
+/// Reads the audit trail's loss counters.
+type AuditLossReader = Box<dyn Fn() -> AuditLosses + Send + Sync>;
+
+/// Encodes the audit trail's losses on each scrape: records of decided
+/// outcomes dropped or failed (an outage of the audit sink), and those
+/// waiting for room.
+struct AuditLossCollector(Arc<OnceLock<AuditLossReader>>);
+
+impl std::fmt::Debug for AuditLossCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLossCollector")
+    }
+}
+
+impl Collector for AuditLossCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(read) = self.0.get() else {
+            return Ok(());
+        };
+        let losses = read();
+        let mut lost = encoder.encode_descriptor(
+            "audit_records_lost",
+            "Audit records of decided outcomes that were lost, by reason (dropped: the sink's queue and overflow were full; failed: the write failed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in [("dropped", losses.dropped), ("failed", losses.failed)] {
+            ConstCounter::new(count).encode(lost.encode_family(&[("reason", reason)])?)?;
+        }
+        let waiting = ConstGauge::new(i64::try_from(losses.waiting).unwrap_or(i64::MAX));
+        waiting.encode(encoder.encode_descriptor(
+            "audit_records_waiting",
+            "Audit records waiting, beyond the sink's queue, for room in it",
+            None,
+            waiting.metric_type(),
+        )?)
+    }
 }
 
 impl Default for Metrics {
@@ -134,7 +187,10 @@ impl Metrics {
 
             connections_refused.clone(),
         );
+        let audit_losses = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(AuditLossCollector(Arc::clone(&audit_losses))));
         Metrics {
+            audit_losses,
             connections_refused,
             registry: Arc::new(registry),
             issuances,
@@ -180,6 +236,12 @@ impl Metrics {
         self.tls_reloads
             .get_or_create(&ReloadLabels { outcome })
             .inc();
+    }
+
+    /// Exposes the audit trail's losses, read by `read` on each scrape
+    /// (set once; a second call changes nothing).
+    pub fn watch_audit(&self, read: impl Fn() -> AuditLosses + Send + Sync + 'static) {
+        let _ = self.audit_losses.set(Box::new(read));
     }
 
     /// The Prometheus text exposition.

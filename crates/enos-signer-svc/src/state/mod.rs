@@ -68,7 +68,11 @@ impl SignerState {
             custody: custody::build(&config.custody)?,
             registry: registry::open(&config.registry)?,
             policy: Policy::from_config(&config.policy)?,
-            audit: Audit::open(&config.audit)?,
+            audit: {
+                let audit = Audit::open(&config.audit)?;
+                metrics.watch_audit(audit.losses_reader());
+                audit
+            },
             limiter: RateLimiter::new(config.rate_limit.as_ref())?,
             metrics,
             identities: crate::listener::peer::IdentityCache::new(IDENTITY_CACHE_CAPACITY),
