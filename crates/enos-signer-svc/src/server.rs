@@ -19,12 +19,10 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 use crate::{
-    config::{HealthConfig, MetricsConfig, SignerConfig},
+    config::{HealthConfig, HttpTimeouts, LimitsConfig, MetricsConfig, SignerConfig},
     error::{Result, SignerError},
     listener::health_port,
-    listener::limits::{
-        AddressLimit, Admission, ConnectionLimit, HttpTimeouts, LimitsConfig, PeerThrottle,
-    },
+    listener::limits::{AddressLimit, Admission, ConnectionLimit, PeerThrottle},
     listener::metrics,
     listener::readiness::Readiness,
     listener::tls_incoming::{ConnectionTimeouts, tls_incoming},

@@ -1,4 +1,5 @@
-//! Resource limits of the listeners ([`LimitsConfig`], `[server.limits]`):
+//! Resource limits of the listeners
+//! ([`LimitsConfig`](crate::config::LimitsConfig), `[server.limits]`):
 //! what one client, or many, can hold of the signer before proving
 //! anything.
 //!
@@ -43,7 +44,6 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -53,84 +53,6 @@ use tonic::transport::server::Connected;
 
 use crate::listener::metrics::Metrics;
 
-/// `[server.limits]`; every key has a default sized for a fleet of tens
-/// of thousands of devices on a small host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// TLS connections open at once on the gRPC listener (devices keep one
-    /// each while they refresh credentials; a flood of idle ones must not
-    /// exhaust file descriptors).
-    pub max_connections: usize,
-    /// HTTP/2 streams one connection may have open at once (a gateway
-    /// signing for many sub-devices needs a few; one client must not hold
-    /// the server's whole request budget).
-    pub max_concurrent_streams: u32,
-    /// Calls in flight over all connections; above it a call is refused
-    /// with `ResourceExhausted` at once, so overload costs almost nothing.
-    pub max_concurrent_requests: usize,
-    /// Bytes one import may stream in total (the row count has its own
-    /// cap, `import::MAX_ROWS`): the import is held in memory until it is
-    /// checked whole.
-    pub import_max_bytes: usize,
-    /// New connections per second one peer address may open (IPv6: per
-    /// /64); 0: no throttle. Generous, as a whole fleet behind one NAT
-    /// reconnects at once after an outage.
-    pub connections_per_ip_per_second: u32,
-    /// New connections one peer address may open at once after a quiet
-    /// spell.
-    pub connection_burst_per_ip: u32,
-    /// Connections one peer address (IPv6: its /64) may hold open at once,
-    /// handshakes included; 0: no cap. Well below `max_connections`, so
-    /// that one address cannot take every slot (a peer that never finishes
-    /// its handshake holds one for `handshake_timeout_secs`); raise it for
-    /// a large fleet behind one NAT address.
-    pub max_connections_per_ip: usize,
-    /// Seconds a client has to complete its TLS handshake (client
-    /// certificate included); then the connection is closed. At least 1.
-    pub handshake_timeout_secs: u64,
-    /// Seconds a client has, after its handshake, to send the HTTP/2
-    /// connection preface; a connection that finished TLS and then says
-    /// nothing is closed. At least 1.
-    pub http2_start_timeout_secs: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_connections: 10_000,
-            max_concurrent_streams: 64,
-            max_concurrent_requests: 2_048,
-            import_max_bytes: 256 * 1024 * 1024,
-            connections_per_ip_per_second: 1_000,
-            connection_burst_per_ip: 10_000,
-            max_connections_per_ip: 1_000,
-            handshake_timeout_secs: 5,
-            http2_start_timeout_secs: 5,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// [`LimitsConfig::handshake_timeout_secs`], at least 1 s.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs.max(1))
-    }
-
-    /// [`LimitsConfig::http2_start_timeout_secs`], at least 1 s.
-    pub fn http2_start_timeout(&self) -> Duration {
-        Duration::from_secs(self.http2_start_timeout_secs.max(1))
-    }
-}
-
-/// The timeouts of an HTTP/1 listener (metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpTimeouts {
-    /// A request's header must arrive within this.
-    pub header: Duration,
-    /// A connection is closed after this, idle or not.
-    pub lifetime: Duration,
-}
 /// Metrics connections open at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
 /// Health-port connections open at once (a kubelet opens one per probe).

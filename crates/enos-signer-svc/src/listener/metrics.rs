@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLosses,
-    listener::limits::{ConnectionLimit, HttpTimeouts, METRICS_MAX_CONNECTIONS},
+    config::HttpTimeouts,
+    listener::limits::{ConnectionLimit, METRICS_MAX_CONNECTIONS},
     listener::tls_reload::ReloadingTls,
 };
 
