@@ -1,5 +1,6 @@
 //! The CA's rules with real keys and requests (rcgen for EC and Ed25519,
-//! OpenSSL-made RSA and odd-curve requests in `fixtures/`), and the chain
+//! OpenSSL-made RSA and odd-curve requests in `fixtures/`: public requests
+//! only, their private keys were never kept), and the chain
 //! checked by the verifier the signer's own TLS uses (rustls webpki).
 
 use std::{
@@ -41,7 +42,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// A request for `key` that asks for what it should not get: other names,
 /// server and code-signing usages (rcgen writes no CA bit into a request;
-/// `fixtures/rsa2048-foreign.csr.pem`, made by OpenSSL, asks for it too).
+/// `fixtures/rsa2048-foreign.test-fixture.csr`, made by OpenSSL, asks for it too).
 fn greedy_csr(key: &KeyPair) -> Vec<u8> {
     let mut params = CertificateParams::new(vec![
         "evil.example".to_owned(),
@@ -181,13 +182,14 @@ fn accepted_keys_are_p256_p384_and_rsa_of_2048_bits_or_more() {
             .kind(),
         KeyKind::EcP384
     );
-    let rsa = RequestedKey::from_csr(&fixture("rsa2048.csr.pem"), LIMIT).expect("rsa 2048");
+    let rsa =
+        RequestedKey::from_csr(&fixture("rsa2048.test-fixture.csr"), LIMIT).expect("rsa 2048");
     assert_eq!(rsa.kind(), KeyKind::Rsa(2048));
     // An RSA request asking for foreign names and the CA bit is accepted,
     // and what it asked for is ignored as for EC.
     let root = Root::new();
-    let foreign =
-        RequestedKey::from_csr(&fixture("rsa2048-foreign.csr.pem"), LIMIT).expect("accepted");
+    let foreign = RequestedKey::from_csr(&fixture("rsa2048-foreign.test-fixture.csr"), LIMIT)
+        .expect("accepted");
     let validity = Validity::starting(SystemTime::now(), DAY).expect("validity");
     let issuer = authority::issuer(&root.der, &root.key).expect("issuer");
     let issued = device_certificate(&foreign, &names(), validity, &issuer).expect("issued");
@@ -197,9 +199,9 @@ fn accepted_keys_are_p256_p384_and_rsa_of_2048_bits_or_more() {
     verify(&root.der, &[issued.der()]).expect("chains");
 
     for (name, what) in [
-        ("rsa1024.csr.pem", "RSA of 1024 bits"),
-        ("p521.csr.pem", "EC on curve 1.3.132.0.35"),
-        ("secp256k1.csr.pem", "EC on curve 1.3.132.0.10"),
+        ("rsa1024.test-fixture.csr", "RSA of 1024 bits"),
+        ("p521.test-fixture.csr", "EC on curve 1.3.132.0.35"),
+        ("secp256k1.test-fixture.csr", "EC on curve 1.3.132.0.10"),
     ] {
         let refused = RequestedKey::from_csr(&fixture(name), LIMIT).expect_err(name);
         assert_eq!(refused, CaError::UnsupportedKey(what.to_owned()), "{name}");
