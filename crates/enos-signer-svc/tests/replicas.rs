@@ -22,11 +22,8 @@ use enos_signer_proto::v1::{
     PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, SignSubDeviceLoginRequest,
     UnbindSubDeviceRequest, admin_client::AdminClient, credentials_client::CredentialsClient,
 };
-use enos_signer_svc::{
-    SignerConfig, client,
-    config::{RegistryConfig, ServerConfig},
-};
-use enos_testkit::signer::state_in;
+use enos_signer_svc::{SignerConfig, client, config::RegistryConfig};
+use enos_testkit::signer::{server_config, state_in};
 use enos_testkit::{Identity, Pki};
 use tonic::{Code, transport::Channel};
 
@@ -118,23 +115,10 @@ impl Fleet {
         let server = self.pki.server(&[]).expect("server cert");
         let files = server.write(dir, "server").expect("write server cert");
         let ca = self.pki.write_ca(dir).expect("write ca");
-        let mut config: SignerConfig = state_in(
-            dir,
-            ServerConfig {
-                listen,
-                cert: files.cert,
-                key: files.key,
-                client_ca: ca,
-                drain_timeout_secs: 1,
-                worker_threads: std::num::NonZeroUsize::new(2),
-                tls_reload_interval_secs: 5,
-                limits: Default::default(),
-                admin_ca: None,
-                admin_names: Vec::new(),
-                crls: Vec::new(),
-                crl_expired: Default::default(),
-            },
-        );
+        let mut server = server_config(listen, files.cert, files.key, ca);
+        server.drain_timeout_secs = 1;
+        server.worker_threads = std::num::NonZeroUsize::new(2);
+        let mut config: SignerConfig = state_in(dir, server);
         config.registry = RegistryConfig::Postgres(PostgresConfig {
             url: self.cluster.url(database),
             password_file: Some(self.cluster.password_file()),
