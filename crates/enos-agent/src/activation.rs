@@ -212,6 +212,7 @@ mod tests {
         assert_eq!(reply["code"], 200);
     }
 
+    /// #23 finding 14: keys taken from an activation push are validated before anything shows them.
     #[test]
     fn pushed_keys_are_validated_before_they_are_shown() {
         // #23 finding 14: the keys of a push went into the error (and so

@@ -240,6 +240,7 @@ mod tests {
         }
     }
 
+    /// #23 finding 14: the bridge's local-broker password file is a private file, read once and wiped.
     #[tokio::test]
     async fn the_local_password_file_must_be_private() {
         // #23 finding 14: the bridge read its password file whatever its

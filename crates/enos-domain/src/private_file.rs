@@ -129,6 +129,7 @@ mod tests {
         assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
+    /// #23 finding 14: the bytes read are those of the file whose mode was checked.
     #[test]
     fn read_checks_the_file_it_reads() {
         // #23 finding 14: the check opens once and judges the handle.
@@ -146,6 +147,7 @@ mod tests {
         assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
+    /// #23 finding 14: one open, the mode judged on the open handle (fstat), not on the path.
     #[test]
     fn open_judges_the_handle_not_the_path() {
         // #23 finding 14: the file is opened once and its handle checked

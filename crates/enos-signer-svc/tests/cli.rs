@@ -421,6 +421,7 @@ async fn csv_import_refuses_half_a_gateway() {
     assert!(listed.is_empty(), "nothing imported");
 }
 
+/// #23 finding 15, through the real binary.
 #[tokio::test]
 async fn csv_import_does_not_undo_a_rotation_and_prints_what_it_changes() {
     // #23 finding 15, as an operator meets it: rotate, then re-import the

@@ -76,6 +76,7 @@ fn counts(r: &ImportDevicesResponse) -> (u32, u32, u32, u32, u32) {
     )
 }
 
+/// #23 finding 15: a re-import of an old export does not undo a rotation.
 #[tokio::test]
 async fn a_stale_import_does_not_undo_a_rotation() {
     let f = fixture().await;
@@ -147,6 +148,7 @@ async fn a_stale_import_does_not_undo_a_rotation() {
     assert!(!trail.contains("OldSecret001") && !trail.contains("NewSecret001"));
 }
 
+/// #23 finding 15: identical secrets leave records and versions as they are.
 #[tokio::test]
 async fn an_identical_import_changes_nothing() {
     let f = fixture().await;
@@ -170,6 +172,7 @@ async fn an_identical_import_changes_nothing() {
     assert!(signs_with(&f, "meter-001", "Secret001").await);
 }
 
+/// #23 finding 15: `enabled` is honoured with the sandbox's rule; changes are counted.
 #[tokio::test]
 async fn the_enabled_column_is_honoured_and_bindings_are_counted() {
     let f = fixture().await;
@@ -225,6 +228,7 @@ async fn the_enabled_column_is_honoured_and_bindings_are_counted() {
     assert_eq!(sub.secret_version, 1);
 }
 
+/// #23 finding 15: a file does not undo `await-activation` unless asked to.
 #[tokio::test]
 async fn a_device_awaiting_activation_gets_a_secret_from_a_file_only_when_asked() {
     let f = fixture().await;
@@ -267,6 +271,7 @@ async fn a_device_awaiting_activation_gets_a_secret_from_a_file_only_when_asked(
     assert!(!device(&mut admin, "meter-001").await.awaiting_activation);
 }
 
+/// #23 finding 15: the secret comparison works with HSM custody, opening nothing.
 #[test]
 fn with_hsm_custody_an_import_compares_secrets_without_opening_them() {
     // The comparison signs a challenge in custody: an HSM, which never
