@@ -10,6 +10,8 @@ const SECRET_BEARING: &[&str] = &[
     "SubDeviceBatchEntry",
     "CompleteActivationRequest",
     "PutProductSecretRequest",
+    "EnrollRequest",
+    "EnrollToken",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

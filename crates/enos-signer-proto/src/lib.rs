@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`v1`]: messages, the `Credentials` and `Admin` clients and servers,
+//! - [`v1`]: messages, the `Credentials`, `Enrollment`, `Certificates` and `Admin` clients and servers,
 //!   generated from `proto/enos/signer/v1/signer.proto`.
 //! - [`identity`]: the rule that maps a client certificate's URI SAN to a
 //!   device or an admin.

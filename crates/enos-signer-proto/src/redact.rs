@@ -4,8 +4,9 @@
 use core::fmt;
 
 use crate::v1::{
-    CompleteActivationRequest, ImportRow, MqttCredential, PutDeviceRequest,
-    PutProductSecretRequest, RotateSecretRequest, SubDeviceBatchEntry, SubDeviceLogin,
+    CompleteActivationRequest, EnrollRequest, EnrollToken, ImportRow, MqttCredential,
+    PutDeviceRequest, PutProductSecretRequest, RotateSecretRequest, SubDeviceBatchEntry,
+    SubDeviceLogin,
 };
 
 /// What a redacted field prints as.
@@ -105,6 +106,26 @@ impl fmt::Debug for PutProductSecretRequest {
     }
 }
 
+impl fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("device", &self.device)
+            .field("token", &REDACTED)
+            .field("csr_der_len", &self.csr_der.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollToken")
+            .field("device", &self.device)
+            .field("token", &REDACTED)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::v1::*;
@@ -171,6 +192,20 @@ mod tests {
                 "{:?}",
                 PutProductSecretRequest {
                     product_secret: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                EnrollToken {
+                    token: secret.into(),
                     ..Default::default()
                 }
             ),
