@@ -199,6 +199,21 @@ impl CustodyHandle {
         Ok(held.matches_ignore_case(expected.expose_secret()))
     }
 
+    /// Runs `call` where this custody's calls belong: on the sign threads
+    /// for an HSM (a token round trip blocks), inline for software. The
+    /// CA signs certificates and CRLs through here.
+    pub async fn run<T, F>(&self, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Custody) -> T + Send + 'static,
+    {
+        let Some(threads) = &self.sign_threads else {
+            return Ok(call(self.custody.as_ref()));
+        };
+        let custody = Arc::clone(&self.custody);
+        threads.run(move || call(custody.as_ref())).await
+    }
+
     /// The custody itself, for the migration, which drives its own calls
     /// (one record at a time, off the request path).
     pub fn into_custody(self) -> Arc<dyn Custody> {
