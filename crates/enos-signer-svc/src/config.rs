@@ -91,6 +91,20 @@ pub struct CaConfig {
     pub crl_validity: Duration,
 }
 
+impl Default for CaConfig {
+    /// Every default, and no enrollment listener.
+    fn default() -> Self {
+        CaConfig {
+            enroll_listen: None,
+            lifetime: default_certificate_lifetime(),
+            products: BTreeMap::new(),
+            token_ttl: default_token_ttl(),
+            crl_file: None,
+            crl_validity: default_crl_validity(),
+        }
+    }
+}
+
 /// `[ca.products.<productKey>]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -38,9 +38,10 @@ use crate::{
 };
 
 /// The fully-qualified names of the API's services, for health checks.
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "enos.signer.v1.Credentials",
     "enos.signer.v1.Certificates",
+    "enos.signer.v1.Enrollment",
     "enos.signer.v1.Admin",
 ];
 
@@ -277,6 +278,12 @@ impl Signer {
             .add_service(CertificatesServer::new(CertificatesService::new(
                 Arc::clone(&self.state),
             )))
+            // Enrollment is served here too, for a device that already has a
+            // certificate (say, of the operator's PKI) and a token; without
+            // `[ca]` it answers "this signer is not a CA".
+            .add_service(EnrollmentServer::new(EnrollmentService::new(Arc::clone(
+                &self.state,
+            ))))
             .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         tokio::pin!(server);

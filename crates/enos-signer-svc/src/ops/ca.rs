@@ -69,6 +69,11 @@ fn open(config: &SignerConfig) -> Result<(CustodyHandle, std::sync::Arc<dyn enos
     ))
 }
 
+/// Whether the registry of `config` holds a CA (made by `ca init`).
+pub async fn exists(config: &SignerConfig) -> Result<bool> {
+    Ok(enos_registry::open(&config.registry)?.get_ca().await?.is_some())
+}
+
 /// Makes the CA: refused if the registry has one, unless `replace` (then
 /// every certificate the old CA issued stops being trusted by this
 /// signer: devices must enroll again).
