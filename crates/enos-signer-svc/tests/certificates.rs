@@ -97,29 +97,10 @@ async fn enroll(
 
 /// The identity an issued certificate and its key make (leaf + chain).
 fn identity(issued: &v1::IssuedCertificate, key: &rcgen::KeyPair) -> Identity {
-    let mut cert_pem = pem_rfc7468_encode(&issued.certificate_der);
-    for der in &issued.chain_der {
-        cert_pem.push_str(&pem_rfc7468_encode(der));
-    }
-    Identity {
-        cert_pem,
-        key_pem: key.serialize_pem(),
-        serial: Vec::new(),
-    }
-}
-
-/// DER as one PEM CERTIFICATE block.
-fn pem_rfc7468_encode(der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
+    Identity::from_issued(
+        std::iter::once(issued.certificate_der.as_slice())
+            .chain(issued.chain_der.iter().map(Vec::as_slice)),
+        key.serialize_pem(),
     )
 }
 
