@@ -181,6 +181,37 @@ async fn admin_subcommands_take_secrets_from_files_or_stdin_only() {
     // There is no way to pass a secret on the command line.
     let out = run(with(vec!["put-device", "Pk1", "d", "--secret", "x"]), None).await;
     assert!(!out.status.success());
+
+    // #29 item 7: two lines are refused from stdin (it used to take the
+    // first) and from a file (it used to blame a trailing newline), and
+    // nothing is written.
+    let out = run(
+        with(vec!["rotate-secret", "Pk1", "dev-1"]),
+        Some("StdinSecret3\nStdinSecret4\n"),
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("stdin holds more than one line"), "{error}");
+    assert!(!error.contains("StdinSecret"), "{error}");
+    std::fs::write(&secret_file, "FileSecret5\nFileSecret6\n").expect("write");
+    let out = run(
+        with(vec![
+            "rotate-secret",
+            "Pk1",
+            "dev-1",
+            "--secret-file",
+            &secret_path,
+        ]),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("holds more than one line"), "{error}");
+    assert!(!error.contains("trailing newline read"), "{error}");
+    let out = run(with(vec!["get", "Pk1", "dev-1"]), None).await;
+    assert!(text(&out.stdout).contains("secret_version=2"), "no rotation happened");
 }
 
 fn write_config(dir: &Path, listen: &str, ca_dir: &Path) -> PathBuf {
