@@ -60,6 +60,11 @@ pub enum RegistryError {
     /// (by downcasting) with its meaning intact.
     #[error("{0}")]
     Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// An enrollment or a renewal was refused by the registry's rules
+    /// (token, certificate or device): nothing was written. The message
+    /// names no token, hash or key.
+    #[error("{0}")]
+    Refusal(#[from] crate::certificates::CertificateRefusal),
 }
 
 impl RegistryError {

@@ -16,7 +16,17 @@
 //!
 //! Secrets reach this crate sealed ([`enos_custody::SealedSecret`]) and
 //! leave it sealed: it never sees a key, opens nothing, and knows nothing
-//! of gRPC. The signer is its one user; `tests/contract.rs` is the one
+//! of gRPC.
+//!
+//! As the devices' CA (issue 25) the signer keeps here its CA key (as
+//! custody stores it) and chain ([`CaRecord`]), every certificate it
+//! issued ([`CertificateRecord`]) and the one-time enrollment tokens
+//! ([`EnrollTokenRecord`], hashes only). Enrollment and renewal are one
+//! transaction each (a token enrolls once, even through two replicas at
+//! the same moment), and disabling or deleting a device revokes its
+//! certificates and tokens in the transaction that does it. Whether a
+//! serial is revoked is answered from memory in steady state
+//! ([`Registry::is_revoked`]). The signer is its one user; `tests/contract.rs` is the one
 //! contract suite that both backends pass.
 //!
 //! # Layout
@@ -25,16 +35,19 @@
 //! |---|---|
 //! | `lib.rs` | the [`Registry`] trait, [`Write`] / [`Change`] (one transaction's decision), [`open`] / [`create`] |
 //! | [`record`] | [`DeviceRecord`], [`ProductRecord`] |
+//! | [`certificates`] | [`CertificateRecord`], [`EnrollTokenRecord`], [`CaRecord`], [`CertificateRefusal`]; the enrollment and renewal rules; the in-memory revoked set |
 //! | [`config`] | [`RegistryConfig`]: `[registry]` of the signer's config |
 //! | [`gateway_rules`] | the gateway/sub-device rules every change is checked against |
 //! | `redb_store` | [`RedbRegistry`]: one embedded file, a single process |
 //! | `redb_sub_index` | redb's gateway → sub-devices index |
+//! | `redb_certificates` | redb's tables of certificates, tokens and the CA row |
 //! | `record_cache` | decoded records in memory, invalidated by commits (and the change feed) |
 //! | [`postgres`] | [`PostgresRegistry`]: migrations, the pool, the change feed (LISTEN/NOTIFY), TLS |
 //! | [`copy`] | `registry copy`: every record from one registry into another, sealed as it is |
 //! | [`error`] | [`RegistryError`], the one error type |
 #![forbid(unsafe_code)]
 
+pub mod certificates;
 pub mod config;
 pub mod copy;
 pub mod error;
@@ -42,11 +55,16 @@ pub mod gateway_rules;
 pub mod postgres;
 pub mod record;
 mod record_cache;
+mod redb_certificates;
 mod redb_store;
 mod redb_sub_index;
 
 use std::{collections::HashMap, sync::Arc};
 
+pub use certificates::{
+    CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord, Revocation,
+    RevokeTarget,
+};
 pub use config::RegistryConfig;
 pub use enos_domain::DeviceId;
 use enos_sign_core::ProductKey;
@@ -125,6 +143,93 @@ pub trait Registry: Send + Sync + 'static {
         product: ProductKey,
         change: ProductChange,
     ) -> Result<ProductWrite>;
+
+    /// Stores a new enrollment token; its device must exist
+    /// ([`CertificateRefusal::DeviceUnknown`] otherwise).
+    async fn put_enroll_token(&self, token: EnrollTokenRecord) -> Result<()>;
+
+    /// The token of `hash`, if any: a read-only pre-check, so that a bad
+    /// token is refused before anything is signed ([`Registry::enroll`]
+    /// decides).
+    async fn enroll_token(&self, hash: &[u8; 32]) -> Result<Option<EnrollTokenRecord>>;
+
+    /// Enrolls `device` with the token of `hash`, in one transaction: the
+    /// token must exist, be `device`'s, unused, unrevoked and unexpired at
+    /// `now_ms`; the device must exist and be enabled; the token is
+    /// marked used and `cert` recorded. Of two calls with one token (on
+    /// any replicas) exactly one succeeds. A refusal is
+    /// [`RegistryError::Refusal`] and writes nothing.
+    async fn enroll(
+        &self,
+        hash: &[u8; 32],
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()>;
+
+    /// Revokes `device`'s unused, unrevoked tokens; returns how many.
+    async fn revoke_enroll_tokens(&self, device: &DeviceId, now_ms: u64) -> Result<u32>;
+
+    /// Renews the certificate `old_serial` of `device` by `cert`, in one
+    /// transaction: the old one must exist, be `device`'s, unrevoked and
+    /// unexpired at `now_ms`; the device must exist and be enabled; the
+    /// old one is marked renewed by the new one, which is recorded.
+    async fn renew(
+        &self,
+        old_serial: &str,
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()>;
+
+    /// Revokes the certificate of a serial (even an expired one;
+    /// [`CertificateRefusal::CertificateUnknown`] if there is none) or
+    /// every unexpired one of a device. Returns the newly revoked; those
+    /// revoked already are neither returned nor changed.
+    async fn revoke_certificates(
+        &self,
+        target: RevokeTarget,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<CertificateRecord>>;
+
+    /// The certificate of `serial`, if any.
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;
+
+    /// Every certificate of `device`, newest first.
+    async fn certificates_of(&self, device: &DeviceId) -> Result<Vec<CertificateRecord>>;
+
+    /// The revoked certificates that have not expired at `now_ms`: the
+    /// CRL's entries, in serial order.
+    async fn revoked_certificates(&self, now_ms: u64) -> Result<Vec<CertificateRecord>>;
+
+    /// How many certificates, neither revoked nor renewed, expire in
+    /// `(now_ms, now_ms + within_ms]`.
+    async fn count_expiring(&self, now_ms: u64, within_ms: u64) -> Result<u64>;
+
+    /// Whether `serial` is revoked: the per-call check. A memory lookup
+    /// in steady state; reads the store while the in-memory set cannot be
+    /// trusted (PostgreSQL: the change feed down or a revocation just
+    /// reported).
+    async fn is_revoked(&self, serial: &str) -> Result<bool>;
+
+    /// Whether `serial` is revoked, from memory only, for the TLS
+    /// handshake verifier: `None` when the in-memory set cannot be trusted
+    /// right now (the caller then uses [`Registry::is_revoked`]).
+    fn revoked_cached(&self, serial: &str) -> Option<bool>;
+
+    /// Goes up whenever the revoked set may have changed (a revocation
+    /// committed here, one reported by the change feed, a feed
+    /// reconnect), so that verdicts kept per connection are dropped.
+    fn revocation_generation(&self) -> u64;
+
+    /// The CA row, if the signer is a CA.
+    async fn get_ca(&self) -> Result<Option<CaRecord>>;
+
+    /// Reads the CA row, lets `change` decide, and stores its result;
+    /// serialised with every other change of the row. If `change` fails
+    /// nothing is written.
+    async fn modify_ca(&self, change: CaChange) -> Result<CaRecord>;
 }
 
 /// Opens the registry the config names.

@@ -5,7 +5,13 @@
 //! protobuf message, so fields can be added without a migration. A device
 //! awaiting activation is stored with an empty scheme and no sealed bytes
 //! (every custody names its scheme). Product secrets live in their own
-//! table, created on open in files older than it.
+//! table, created on open in files older than it; so do the CA's tables
+//! (`redb_certificates`).
+//!
+//! Every write transaction is exclusive: an enrollment reads and marks
+//! its token in one, so a token enrolls once. The revoked serials are
+//! kept in memory (loaded at open, extended after each commit that
+//! revokes): only this process writes the file.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::{
@@ -22,8 +28,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
+    certificates::{
+        self, CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord,
+        REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget, RevokedSet,
+    },
     gateway_rules::{self, GatewayChanges},
     record_cache::RecordCache,
+    redb_certificates::{self as certs, CA, CERTIFICATES, CERTIFICATES_BY_DEVICE, ENROLL_TOKENS},
     redb_sub_index::{self, SUB_DEVICES},
 };
 use crate::error::{RegistryError, Result};
@@ -83,6 +94,10 @@ pub struct RedbRegistry {
     /// after `modify` returned reads the change from the file (a rotated
     /// secret is used by the next issuance, after one miss).
     cache: Arc<RecordCache>,
+    /// Every revoked serial, so that the per-call and per-handshake
+    /// checks read no page. Loaded at open; a commit that revokes adds
+    /// its serials before the call returns (only this process writes).
+    revoked: Arc<RevokedSet>,
 }
 
 impl RedbRegistry {
@@ -107,6 +122,7 @@ impl RedbRegistry {
         txn.open_table(DEVICES)?;
         txn.open_table(PRODUCTS)?;
         txn.open_table(SUB_DEVICES)?;
+        certs::create_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -128,6 +144,7 @@ impl RedbRegistry {
         // sub-device index gets it built from its records.
         let txn = db.begin_write()?;
         txn.open_table(PRODUCTS)?;
+        certs::create_tables(&txn)?;
         let built = redb_sub_index::build_if_missing(&txn, || {
             let table = txn.open_table(DEVICES)?;
             let mut bindings = Vec::new();
@@ -145,12 +162,52 @@ impl RedbRegistry {
         if built {
             tracing::info!(path = %path.display(), "registry: sub-device index built");
         }
+        let revoked = certs::revoked_serials(&db)?;
         Ok(RedbRegistry {
             db: Arc::new(db),
             path: path.to_owned(),
             cache: Arc::new(RecordCache::new()),
+            revoked: Arc::new(RevokedSet::new(revoked, true)),
         })
     }
+
+    /// Runs `work` in one write transaction off the async workers (a
+    /// commit fsyncs and write transactions wait for each other) and
+    /// commits it unless it fails (then nothing is written).
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = Arc::clone(&self.db);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            // On error the transaction is dropped, i.e. aborted.
+            let out = work(&txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| RegistryError::Store(format!("{}: write task failed: {e}", path.display())))?
+    }
+}
+
+/// Now, in unix milliseconds (for the revocations a device change makes,
+/// which carries no time of its own).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether the device is registered (`None`) and enabled, in `txn`.
+fn device_enabled(txn: &redb::WriteTransaction, device: &DeviceId) -> Result<Option<bool>> {
+    let table = txn.open_table(DEVICES)?;
+    let (pk, dk) = (device.product_key.as_str(), device.device_key.as_str());
+    table
+        .get((pk, dk))?
+        .map(|v| decode(pk, dk, v.value()).map(|r| r.enabled))
+        .transpose()
 }
 
 fn encode(record: &DeviceRecord) -> Vec<u8> {
@@ -301,11 +358,15 @@ impl Registry for RedbRegistry {
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>> {
         let db = Arc::clone(&self.db);
         let cache = Arc::clone(&self.cache);
+        let revoked = Arc::clone(&self.revoked);
         let path = self.path.clone();
         // Write transactions fsync on commit and wait for each other: keep
         // them off the async workers.
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write()?;
+            // Devices this change deletes or disables: their certificates
+            // and tokens are revoked in this same transaction.
+            let mut ended: Vec<(DeviceId, &'static str)> = Vec::new();
             let writes = {
                 let mut table = txn.open_table(DEVICES)?;
                 let mut current = Vec::with_capacity(ids.len());
@@ -332,6 +393,9 @@ impl Registry for RedbRegistry {
                                 .map(|v| decode(pk, dk, v.value()))
                                 .transpose()?;
                             changes.put(&record.id, old_gateway(&old), record.gateway.as_ref());
+                            if old.as_ref().is_some_and(|o| o.enabled) && !record.enabled {
+                                ended.push((record.id.clone(), REASON_DEVICE_DISABLED));
+                            }
                             (&record.id, old, record.gateway.as_ref())
                         }
                         Write::Delete(id) => {
@@ -341,6 +405,9 @@ impl Registry for RedbRegistry {
                                 .map(|v| decode(pk, dk, v.value()))
                                 .transpose()?;
                             changes.delete(id);
+                            if old.is_some() {
+                                ended.push((id.clone(), REASON_DEVICE_DELETED));
+                            }
                             (id, old, None)
                         }
                     };
@@ -357,7 +424,18 @@ impl Registry for RedbRegistry {
                 check_gateway_rules(&table, &subs, &changes)?;
                 writes
             };
+            let now = now_ms();
+            let mut newly_revoked = Vec::new();
+            for (device, reason) in &ended {
+                newly_revoked.extend(
+                    certs::revoke_device_certificates(&txn, device, reason, now)?
+                        .into_iter()
+                        .map(|c| c.serial),
+                );
+                certs::revoke_device_tokens(&txn, device, now)?;
+            }
             txn.commit()?;
+            revoked.add(newly_revoked);
             // Drop, never write back: even in one process this is racy.
             // Once `commit` returned, the next write transaction may begin,
             // commit and reach the cache (or a read may refill it with the
@@ -425,6 +503,181 @@ impl Registry for RedbRegistry {
         })
         .await
         .map_err(|e| RegistryError::Store(format!("{}: write task failed: {e}", path.display())))?
+    }
+
+    async fn put_enroll_token(&self, token: EnrollTokenRecord) -> Result<()> {
+        self.write(move |txn| {
+            if device_enabled(txn, &token.device)?.is_none() {
+                return Err(CertificateRefusal::DeviceUnknown.into());
+            }
+            certs::put_token(txn, &token)
+        })
+        .await
+    }
+
+    async fn enroll_token(&self, hash: &[u8; 32]) -> Result<Option<EnrollTokenRecord>> {
+        let txn = self.db.begin_read()?;
+        certs::token(&txn.open_table(ENROLL_TOKENS)?, hash)
+    }
+
+    async fn enroll(
+        &self,
+        hash: &[u8; 32],
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()> {
+        let (hash, device) = (*hash, device.clone());
+        self.write(move |txn| {
+            let mut token = certs::token(&txn.open_table(ENROLL_TOKENS)?, &hash)?
+                .ok_or(CertificateRefusal::TokenUnknown)?;
+            certificates::check_token(&token, &device, now_ms)?;
+            certificates::check_device(device_enabled(txn, &device)?)?;
+            token.used_at_ms = Some(now_ms);
+            certs::put_token(txn, &token)?;
+            certs::insert_certificate(txn, &cert)
+        })
+        .await
+    }
+
+    async fn revoke_enroll_tokens(&self, device: &DeviceId, now_ms: u64) -> Result<u32> {
+        let device = device.clone();
+        self.write(move |txn| certs::revoke_device_tokens(txn, &device, now_ms))
+            .await
+    }
+
+    async fn renew(
+        &self,
+        old_serial: &str,
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()> {
+        let (old_serial, device) = (old_serial.to_owned(), device.clone());
+        self.write(move |txn| {
+            let mut old = certs::certificate(&txn.open_table(CERTIFICATES)?, &old_serial)?
+                .ok_or(CertificateRefusal::CertificateUnknown)?;
+            certificates::check_renewal(&old, &device, now_ms)?;
+            certificates::check_device(device_enabled(txn, &device)?)?;
+            old.renewed_by = Some(cert.serial.clone());
+            certs::update_certificate(txn, &old)?;
+            certs::insert_certificate(txn, &cert)
+        })
+        .await
+    }
+
+    async fn revoke_certificates(
+        &self,
+        target: RevokeTarget,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<CertificateRecord>> {
+        let reason = reason.to_owned();
+        let revoked = self
+            .write(move |txn| match target {
+                RevokeTarget::Device(device) => {
+                    certs::revoke_device_certificates(txn, &device, &reason, now_ms)
+                }
+                RevokeTarget::Serial(serial) => {
+                    let mut cert = certs::certificate(&txn.open_table(CERTIFICATES)?, &serial)?
+                        .ok_or(CertificateRefusal::CertificateUnknown)?;
+                    if cert.revoked.is_some() {
+                        return Ok(Vec::new());
+                    }
+                    cert.revoked = Some(Revocation {
+                        at_ms: now_ms,
+                        reason,
+                    });
+                    certs::update_certificate(txn, &cert)?;
+                    Ok(vec![cert])
+                }
+            })
+            .await?;
+        self.revoked.add(revoked.iter().map(|c| c.serial.clone()));
+        Ok(revoked)
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
+        let txn = self.db.begin_read()?;
+        certs::certificate(&txn.open_table(CERTIFICATES)?, serial)
+    }
+
+    async fn certificates_of(&self, device: &DeviceId) -> Result<Vec<CertificateRecord>> {
+        let txn = self.db.begin_read()?;
+        let serials = certs::serials_of(&txn.open_table(CERTIFICATES_BY_DEVICE)?, device)?;
+        let table = txn.open_table(CERTIFICATES)?;
+        let mut out = Vec::with_capacity(serials.len());
+        for serial in serials {
+            out.extend(certs::certificate(&table, &serial)?);
+        }
+        out.sort_by(|a, b| (b.issued_at_ms, &b.serial).cmp(&(a.issued_at_ms, &a.serial)));
+        Ok(out)
+    }
+
+    async fn revoked_certificates(&self, now_ms: u64) -> Result<Vec<CertificateRecord>> {
+        // Revoked serials are in memory; read only theirs.
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTIFICATES)?;
+        let mut out = Vec::new();
+        for serial in self.revoked.serials() {
+            if let Some(cert) = certs::certificate(&table, &serial)?
+                && cert.revoked.is_some()
+                && cert.not_after_ms > now_ms
+            {
+                out.push(cert);
+            }
+        }
+        out.sort_by(|a, b| a.serial.cmp(&b.serial));
+        Ok(out)
+    }
+
+    async fn count_expiring(&self, now_ms: u64, within_ms: u64) -> Result<u64> {
+        // A full scan: a metric read every scrape of a small table (one
+        // row per live certificate, a few hundred bytes each).
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTIFICATES)?;
+        let until = now_ms.saturating_add(within_ms);
+        let mut count = 0;
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let cert = certs::decode_cert(key.value(), value.value())?;
+            if cert.revoked.is_none()
+                && cert.renewed_by.is_none()
+                && now_ms < cert.not_after_ms
+                && cert.not_after_ms <= until
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    async fn is_revoked(&self, serial: &str) -> Result<bool> {
+        // Always trusted on redb (see the field).
+        Ok(self.revoked.lookup(serial).unwrap_or(false))
+    }
+
+    fn revoked_cached(&self, serial: &str) -> Option<bool> {
+        self.revoked.lookup(serial)
+    }
+
+    fn revocation_generation(&self) -> u64 {
+        self.revoked.generation()
+    }
+
+    async fn get_ca(&self) -> Result<Option<CaRecord>> {
+        let txn = self.db.begin_read()?;
+        certs::ca(&txn.open_table(CA)?)
+    }
+
+    async fn modify_ca(&self, change: CaChange) -> Result<CaRecord> {
+        self.write(move |txn| {
+            let current = certs::ca(&txn.open_table(CA)?)?;
+            let record = change(current)?;
+            certs::put_ca(txn, &record)?;
+            Ok(record)
+        })
+        .await
     }
 }
 

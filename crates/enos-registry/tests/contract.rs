@@ -10,10 +10,12 @@ use std::{sync::Arc, time::Duration};
 use support::{id, record};
 
 use enos_custody::SealedSecret;
+use enos_custody::StoredCaKey;
 use enos_postgres_fixture::PgCluster;
 use enos_registry::{
-    self as registry, DeviceId, DeviceRecord, ProductRecord, ProductWrite, Registry,
-    RegistryConfig, RegistryError, Write,
+    self as registry, CaRecord, CertificateRecord, CertificateRefusal, DeviceId, DeviceRecord,
+    EnrollTokenRecord, ProductRecord, ProductWrite, Registry, RegistryConfig, RegistryError,
+    RevokeTarget, Write,
     postgres::{PostgresConfig, migrations},
 };
 use enos_sign_core::ProductKey;
@@ -519,6 +521,553 @@ async fn activation_records_round_trip(pair: &Pair) {
     assert_eq!(pair.b.get_product(&pk).await.expect("get"), None);
 }
 
+/// A certificate of `device` issued at `issued`, valid until `not_after`.
+fn cert(serial: &str, device: &DeviceId, issued: u64, not_after: u64) -> CertificateRecord {
+    CertificateRecord {
+        serial: serial.into(),
+        device: device.clone(),
+        not_before_ms: issued.saturating_sub(1),
+        not_after_ms: not_after,
+        issued_at_ms: issued,
+        revoked: None,
+        renewed_by: None,
+    }
+}
+
+/// A token (its hash: `byte` repeated) for `device`, valid until
+/// `expires`.
+fn token(byte: u8, device: &DeviceId, expires: u64) -> EnrollTokenRecord {
+    EnrollTokenRecord {
+        hash: [byte; 32],
+        device: device.clone(),
+        created_at_ms: 1,
+        expires_at_ms: expires,
+        used_at_ms: None,
+        revoked_at_ms: None,
+    }
+}
+
+/// The refusal of a refused call.
+fn refusal<T: std::fmt::Debug>(result: Result<T, RegistryError>) -> CertificateRefusal {
+    match result {
+        Err(RegistryError::Refusal(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Records `cert` for its device as an enrollment does (a token made and
+/// used at `cert.issued_at_ms`); `byte` names the token.
+async fn issue(registry: &dyn Registry, byte: u8, cert: CertificateRecord) {
+    let t = token(byte, &cert.device, cert.issued_at_ms + 1_000_000);
+    registry.put_enroll_token(t).await.expect("token");
+    let device = cert.device.clone();
+    let now = cert.issued_at_ms;
+    registry
+        .enroll(&[byte; 32], &device, now, cert)
+        .await
+        .expect("enroll");
+}
+
+/// Waits until `replica` may have seen a revocation (its generation went
+/// past `before`): from then on its `is_revoked` must answer true at
+/// once. On redb (one registry) the generation moved before the call
+/// returned.
+async fn revocation_reached(replica: &dyn Registry, before: u64) {
+    eventually(
+        Duration::from_secs(5),
+        "revocation generation bumped",
+        async || replica.revocation_generation() > before,
+    )
+    .await;
+}
+
+async fn enrollment_tokens_are_single_use_and_each_refusal_is_named(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    let mut off = record("e", "off");
+    off.enabled = false;
+    put_all(a, vec![record("e", "dev"), record("e", "other"), off]).await;
+    let (dev, other) = (id("e", "dev"), id("e", "other"));
+
+    let refused = a.put_enroll_token(token(9, &id("e", "nobody"), 1000)).await;
+    assert_eq!(refusal(refused), CertificateRefusal::DeviceUnknown);
+    a.put_enroll_token(token(1, &dev, 1000))
+        .await
+        .expect("token");
+    assert_eq!(
+        b.enroll_token(&[1; 32]).await.expect("pre-check"),
+        Some(token(1, &dev, 1000)),
+        "the other replica reads it"
+    );
+    assert_eq!(b.enroll_token(&[2; 32]).await.expect("pre-check"), None);
+
+    let enroll = |hash: u8, device: &DeviceId, now: u64, serial: &str| {
+        let c = cert(serial, device, now, now + 500);
+        let device = device.clone();
+        async move { b.enroll(&[hash; 32], &device, now, c).await }
+    };
+    assert_eq!(
+        refusal(enroll(2, &dev, 10, "aa").await),
+        CertificateRefusal::TokenUnknown
+    );
+    assert_eq!(
+        refusal(enroll(1, &other, 10, "aa").await),
+        CertificateRefusal::TokenForAnotherDevice
+    );
+    assert_eq!(
+        refusal(enroll(1, &dev, 1000, "aa").await),
+        CertificateRefusal::TokenExpired
+    );
+    assert_eq!(
+        a.certificate("aa").await.expect("get"),
+        None,
+        "nothing written"
+    );
+    enroll(1, &dev, 10, "aa").await.expect("enrolls");
+    assert_eq!(
+        a.certificate("aa").await.expect("get"),
+        Some(cert("aa", &dev, 10, 510))
+    );
+    assert_eq!(
+        a.enroll_token(&[1; 32])
+            .await
+            .expect("get")
+            .and_then(|t| t.used_at_ms),
+        Some(10),
+        "marked used"
+    );
+    assert_eq!(
+        refusal(enroll(1, &dev, 11, "bb").await),
+        CertificateRefusal::TokenUsed
+    );
+    assert_eq!(a.certificate("bb").await.expect("get"), None);
+
+    // Revoked before use: unused ones only are counted.
+    a.put_enroll_token(token(3, &dev, 1000))
+        .await
+        .expect("token");
+    assert_eq!(a.revoke_enroll_tokens(&dev, 20).await.expect("revoke"), 1);
+    assert_eq!(b.revoke_enroll_tokens(&dev, 21).await.expect("revoke"), 0);
+    assert_eq!(
+        refusal(enroll(3, &dev, 22, "cc").await),
+        CertificateRefusal::TokenRevoked
+    );
+
+    // A disabled or unknown device: refused, and the token stays usable.
+    a.put_enroll_token(token(4, &id("e", "off"), 1000))
+        .await
+        .expect("token");
+    assert_eq!(
+        refusal(enroll(4, &id("e", "off"), 30, "dd").await),
+        CertificateRefusal::DeviceDisabled
+    );
+    let t4 = a
+        .enroll_token(&[4; 32])
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        (t4.used_at_ms, t4.revoked_at_ms),
+        (None, None),
+        "not consumed"
+    );
+    assert_eq!(a.certificate("dd").await.expect("get"), None);
+    let refused = CertificateRefusal::TokenUsed;
+    assert!(
+        !format!("{}", RegistryError::Refusal(refused)).contains("0101"),
+        "no hash in a message"
+    );
+}
+
+async fn one_token_raced_through_two_replicas_enrolls_once(pair: &Pair) {
+    put_all(pair.a.as_ref(), vec![record("race", "dev")]).await;
+    let dev = id("race", "dev");
+    for round in 0..10_u8 {
+        pair.a
+            .put_enroll_token(token(round, &dev, u64::MAX))
+            .await
+            .expect("token");
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = [&pair.a, &pair.b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, registry)| {
+                let (registry, barrier, dev) =
+                    (Arc::clone(registry), Arc::clone(&barrier), dev.clone());
+                tokio::spawn(async move {
+                    let c = cert(&format!("{round:02x}{i}"), &dev, 5, 500);
+                    barrier.wait().await;
+                    registry.enroll(&[round; 32], &dev, 5, c).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("join"));
+        }
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {outcomes:?}");
+        let lost = outcomes.into_iter().find(Result::is_err).expect("a loser");
+        assert_eq!(refusal(lost), CertificateRefusal::TokenUsed);
+    }
+    assert_eq!(
+        pair.b.certificates_of(&dev).await.expect("list").len(),
+        10,
+        "one certificate per token"
+    );
+}
+
+async fn renewal_is_refused_for_another_device_a_revoked_or_an_expired_certificate(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    put_all(a, vec![record("r", "dev"), record("r", "other")]).await;
+    let (dev, other) = (id("r", "dev"), id("r", "other"));
+    issue(a, 1, cert("01", &dev, 10, 1000)).await;
+    let renew = |old: &str, device: &DeviceId, now: u64, serial: &str| {
+        let (old, device) = (old.to_owned(), device.clone());
+        let c = cert(serial, &device, now, now + 1000);
+        async move { b.renew(&old, &device, now, c).await }
+    };
+    assert_eq!(
+        refusal(renew("ff", &dev, 100, "02").await),
+        CertificateRefusal::CertificateUnknown
+    );
+    assert_eq!(
+        refusal(renew("01", &other, 100, "02").await),
+        CertificateRefusal::CertificateOfAnotherDevice
+    );
+    assert_eq!(
+        refusal(renew("01", &dev, 1000, "02").await),
+        CertificateRefusal::CertificateExpired
+    );
+    assert_eq!(
+        a.certificate("02").await.expect("get"),
+        None,
+        "nothing written"
+    );
+    renew("01", &dev, 100, "02").await.expect("renews");
+    let mut renewed = cert("01", &dev, 10, 1000);
+    renewed.renewed_by = Some("02".into());
+    assert_eq!(
+        a.certificates_of(&dev).await.expect("list"),
+        [cert("02", &dev, 100, 1100), renewed],
+        "newest first; the old one names its successor"
+    );
+    // A certificate revoked a moment earlier cannot renew.
+    let revoked = a
+        .revoke_certificates(RevokeTarget::Serial("02".into()), "key compromise", 150)
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(
+        refusal(renew("02", &dev, 151, "03").await),
+        CertificateRefusal::CertificateRevoked
+    );
+    // Renewing again from a certificate renewed already is allowed (an
+    // answer lost on the way back): the latest successor is named.
+    renew("01", &dev, 160, "04").await.expect("renews again");
+    assert_eq!(
+        a.certificate("01")
+            .await
+            .expect("get")
+            .and_then(|c| c.renewed_by),
+        Some("04".into())
+    );
+    // The device deleted: a certificate of it that was not revoked (here
+    // "04", expired by the wall clock the deletion revokes at) still
+    // cannot renew.
+    delete(a, vec![dev.clone()]).await.expect("delete");
+    assert_eq!(
+        refusal(renew("04", &dev, 170, "05").await),
+        CertificateRefusal::DeviceUnknown
+    );
+}
+
+async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    put_all(a, vec![record("v", "dev"), record("v", "keep")]).await;
+    let dev = id("v", "dev");
+    issue(a, 1, cert("c1", &dev, 10, 1000)).await;
+    issue(a, 2, cert("c2", &dev, 11, 1000)).await;
+    issue(a, 3, cert("c3", &dev, 12, 50)).await;
+    issue(a, 4, cert("k1", &id("v", "keep"), 13, 1000)).await;
+    for r in [a, b] {
+        assert!(!r.is_revoked("c1").await.expect("check"));
+        assert!(!r.is_revoked("unknown").await.expect("check"));
+    }
+    let before = b.revocation_generation();
+    let revoked = a
+        .revoke_certificates(RevokeTarget::Serial("c1".into()), "key compromise", 100)
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].serial, "c1");
+    let revocation = revoked[0].revoked.clone().expect("revoked");
+    assert_eq!(
+        (revocation.at_ms, revocation.reason.as_str()),
+        (100, "key compromise")
+    );
+    assert!(a.is_revoked("c1").await.expect("check"), "at once, here");
+    revocation_reached(b, before).await;
+    assert!(b.is_revoked("c1").await.expect("check"), "at once, there");
+    assert_eq!(
+        a.revoked_cached("c2")
+            .and(b.revoked_cached("c2"))
+            .unwrap_or(false),
+        false
+    );
+    // Already revoked: neither returned nor changed.
+    let again = b
+        .revoke_certificates(RevokeTarget::Serial("c1".into()), "again", 200)
+        .await
+        .expect("revoke");
+    assert!(again.is_empty());
+    assert_eq!(
+        a.certificate("c1")
+            .await
+            .expect("get")
+            .and_then(|c| c.revoked)
+            .map(|r| r.at_ms),
+        Some(100)
+    );
+    assert_eq!(
+        refusal(
+            a.revoke_certificates(RevokeTarget::Serial("nope".into()), "x", 1)
+                .await
+        ),
+        CertificateRefusal::CertificateUnknown
+    );
+    // By device: the unexpired ones not revoked yet.
+    let before = a.revocation_generation();
+    let revoked = b
+        .revoke_certificates(RevokeTarget::Device(dev.clone()), "stolen", 100)
+        .await
+        .expect("revoke");
+    let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
+    assert_eq!(serials, ["c2"]);
+    revocation_reached(a, before).await;
+    assert!(a.is_revoked("c2").await.expect("check"));
+    assert!(
+        !a.is_revoked("c3").await.expect("check"),
+        "expired, untouched"
+    );
+    assert!(!a.is_revoked("k1").await.expect("check"), "another device");
+    // The CRL: revoked and not yet expired.
+    let crl: Vec<String> = b
+        .revoked_certificates(100)
+        .await
+        .expect("crl")
+        .into_iter()
+        .map(|c| c.serial)
+        .collect();
+    assert_eq!(crl, ["c1", "c2"]);
+    assert!(b.revoked_certificates(1000).await.expect("crl").is_empty());
+    // In steady state the answer comes from memory.
+    eventually(
+        Duration::from_secs(5),
+        "in-memory set trusted",
+        async || a.revoked_cached("c1") == Some(true) && b.revoked_cached("c2") == Some(true),
+    )
+    .await;
+    assert_eq!(b.revoked_cached("k1"), Some(false));
+}
+
+async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    put_all(
+        a,
+        vec![record("l", "dis"), record("l", "del"), record("l", "rot")],
+    )
+    .await;
+    let (dis, del, rot) = (id("l", "dis"), id("l", "del"), id("l", "rot"));
+    let now = registry_now();
+    let far = now + 3_600_000;
+    issue(a, 1, cert("d1", &dis, now, far)).await;
+    issue(a, 2, cert("e1", &del, now, far)).await;
+    issue(a, 3, cert("r1", &rot, now, far)).await;
+    for (byte, device) in [(11, &dis), (12, &del), (13, &rot)] {
+        a.put_enroll_token(token(byte, device, u64::MAX))
+            .await
+            .expect("token");
+    }
+
+    // A change that fails revokes nothing.
+    let mut disabled = record("l", "dis");
+    disabled.enabled = false;
+    let failed = a
+        .modify(vec![], Box::new(|_| Err(RegistryError::refused("abort"))))
+        .await;
+    assert!(failed.is_err());
+    assert!(!a.is_revoked("d1").await.expect("check"));
+
+    let before = b.revocation_generation();
+    put_all(a, vec![disabled]).await;
+    let d1 = a.certificate("d1").await.expect("get").expect("present");
+    assert_eq!(
+        d1.revoked.map(|r| r.reason),
+        Some("device disabled".to_owned()),
+        "revoked in the disabling transaction"
+    );
+    assert!(a.is_revoked("d1").await.expect("check"));
+    revocation_reached(b, before).await;
+    assert!(b.is_revoked("d1").await.expect("check"));
+    let t11 = b
+        .enroll_token(&[11; 32])
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(t11.revoked_at_ms.is_some(), "its unused token too");
+    // Enabled again: nothing is un-revoked.
+    put_all(a, vec![record("l", "dis")]).await;
+    assert!(b.is_revoked("d1").await.expect("check"));
+
+    let before = b.revocation_generation();
+    delete(b, vec![del.clone()]).await.expect("delete");
+    let e1 = a.certificate("e1").await.expect("get").expect("kept");
+    assert_eq!(
+        e1.revoked.map(|r| r.reason),
+        Some("device deleted".to_owned())
+    );
+    revocation_reached(b, before).await;
+    assert!(b.is_revoked("e1").await.expect("check"));
+    assert!(
+        a.enroll_token(&[12; 32])
+            .await
+            .expect("get")
+            .expect("present")
+            .revoked_at_ms
+            .is_some()
+    );
+
+    // A rewrite that keeps the device enabled (a rotation) revokes nothing.
+    let mut rotated = record("l", "rot");
+    rotated.secret_version = 2;
+    put_all(b, vec![rotated]).await;
+    assert!(!a.is_revoked("r1").await.expect("check"));
+    assert!(
+        a.enroll_token(&[13; 32])
+            .await
+            .expect("get")
+            .expect("present")
+            .revoked_at_ms
+            .is_none()
+    );
+}
+
+/// Now in unix ms (device changes revoke at the wall clock's time).
+fn registry_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+async fn expiring_counts_live_certificates_neither_revoked_nor_renewed(pair: &Pair) {
+    let a = pair.a.as_ref();
+    put_all(a, vec![record("x", "dev")]).await;
+    let dev = id("x", "dev");
+    issue(a, 1, cert("a", &dev, 10, 150)).await; // counted
+    issue(a, 2, cert("b", &dev, 10, 300)).await; // beyond the window
+    issue(a, 3, cert("c", &dev, 10, 120)).await; // revoked
+    issue(a, 4, cert("d", &dev, 10, 130)).await; // renewed by e
+    issue(a, 5, cert("f", &dev, 10, 100)).await; // expires now: expired
+    issue(a, 6, cert("g", &dev, 10, 200)).await; // the window's end: counted
+    a.revoke_certificates(RevokeTarget::Serial("c".into()), "x", 50)
+        .await
+        .expect("revoke");
+    a.renew("d", &dev, 60, cert("e", &dev, 60, 1000))
+        .await
+        .expect("renew");
+    assert_eq!(pair.b.count_expiring(100, 100).await.expect("count"), 2);
+    assert_eq!(pair.b.count_expiring(100, 0).await.expect("count"), 0);
+    assert_eq!(pair.b.count_expiring(0, u64::MAX).await.expect("count"), 5);
+}
+
+fn ca_record(scheme: &str, created: u64) -> CaRecord {
+    CaRecord {
+        key: StoredCaKey {
+            scheme: scheme.into(),
+            bytes: vec![0, 1, 255],
+            public_key_der: vec![0x30, 0x59, 0],
+        },
+        chain_der: Vec::new(),
+        pending_csr_der: Some(vec![0x30, 1, 2]),
+        created_at_ms: created,
+    }
+}
+
+async fn the_ca_row_is_changed_by_one_writer_at_a_time(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    assert_eq!(a.get_ca().await.expect("get"), None);
+    let pending = ca_record("test-ca", 0);
+    let put = pending.clone();
+    a.modify_ca(Box::new(move |current| {
+        assert_eq!(current, None);
+        Ok(put)
+    }))
+    .await
+    .expect("create");
+    assert_eq!(b.get_ca().await.expect("get"), Some(pending.clone()));
+    // The certificate imported (on the other replica): the chain in full.
+    let mut installed = pending.clone();
+    installed.chain_der = vec![vec![0x30, 0, 1], vec![0x30, 0, 2, 0]];
+    installed.pending_csr_der = None;
+    let (seen, put) = (pending.clone(), installed.clone());
+    let stored = b
+        .modify_ca(Box::new(move |current| {
+            assert_eq!(current, Some(seen));
+            Ok(put)
+        }))
+        .await
+        .expect("import");
+    assert_eq!(stored, installed);
+    assert_eq!(a.get_ca().await.expect("get"), Some(installed.clone()));
+    let failed = a
+        .modify_ca(Box::new(|_| Err(RegistryError::refused("abort"))))
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(b.get_ca().await.expect("get"), Some(installed));
+    // Serialised: every change sees the one before.
+    let mut tasks = Vec::new();
+    for registry in [&pair.a, &pair.b, &pair.a, &pair.b] {
+        let registry = Arc::clone(registry);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                registry
+                    .modify_ca(Box::new(|current| {
+                        let mut r = current.expect("present");
+                        r.created_at_ms += 1;
+                        Ok(r)
+                    }))
+                    .await
+                    .expect("bump");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join");
+    }
+    assert_eq!(
+        a.get_ca().await.expect("get").map(|r| r.created_at_ms),
+        Some(20)
+    );
+}
+
+/// The CA's cases (issue 25), each on a fresh registry pair from `pair`.
+async fn run_certificate_contract<F, Fut>(mut pair: F)
+where
+    F: FnMut(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Pair>,
+{
+    enrollment_tokens_are_single_use_and_each_refusal_is_named(&pair("tokens").await).await;
+    one_token_raced_through_two_replicas_enrolls_once(&pair("token_race").await).await;
+    renewal_is_refused_for_another_device_a_revoked_or_an_expired_certificate(&pair("renew").await)
+        .await;
+    revocation_by_serial_and_by_device_is_seen_by_every_replica(&pair("revoke").await).await;
+    disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(&pair("lifecycle").await)
+        .await;
+    expiring_counts_live_certificates_neither_revoked_nor_renewed(&pair("expiring").await).await;
+    the_ca_row_is_changed_by_one_writer_at_a_time(&pair("ca").await).await;
+}
+
 async fn run_contract<F, Fut>(mut pair: F)
 where
     F: FnMut(&'static str) -> Fut,
@@ -551,6 +1100,49 @@ async fn redb_keeps_the_registry_contract() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_keeps_the_certificate_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path().to_owned();
+    run_certificate_contract(|name| {
+        let config = RegistryConfig::Redb {
+            path: dir.join(format!("{name}.redb")),
+        };
+        async move {
+            registry::create(&config).expect("create");
+            let registry = registry::open(&config).expect("open");
+            Pair {
+                a: Arc::clone(&registry),
+                b: registry,
+            }
+        }
+    })
+    .await;
+}
+
+/// redb keeps the revoked set across a reopen (loaded at open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_revocations_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RegistryConfig::Redb {
+        path: dir.path().join("reopen.redb"),
+    };
+    registry::create(&config).expect("create");
+    {
+        let r = registry::open(&config).expect("open");
+        put_all(r.as_ref(), vec![record("o", "dev")]).await;
+        issue(r.as_ref(), 1, cert("0a", &id("o", "dev"), 10, 1000)).await;
+        issue(r.as_ref(), 2, cert("0b", &id("o", "dev"), 10, 1000)).await;
+        r.revoke_certificates(RevokeTarget::Serial("0a".into()), "gone", 20)
+            .await
+            .expect("revoke");
+    }
+    let r = registry::open(&config).expect("reopen");
+    assert_eq!(r.revoked_cached("0a"), Some(true));
+    assert_eq!(r.revoked_cached("0b"), Some(false));
+    assert!(r.is_revoked("0a").await.expect("check"));
 }
 
 fn pg_config(cluster: &PgCluster, database: &str) -> PostgresConfig {

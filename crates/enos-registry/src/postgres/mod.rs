@@ -18,6 +18,7 @@
 //! commits. Two replicas rotating one device at once are serialised: the
 //! second sees the first's version and adds one.
 
+mod certificates;
 pub mod config;
 mod gateway_rules;
 mod listener;
@@ -45,6 +46,9 @@ pub use listener::{FEED_PING_EVERY, FEED_PING_TIMEOUT, LISTEN_APPLICATION_NAME};
 pub use self::config::{Connect, Tls};
 use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
+    certificates::{
+        CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, RevokeTarget, RevokedSet,
+    },
     record_cache::RecordCache,
 };
 use crate::error::{RegistryError, Result};
@@ -71,6 +75,9 @@ struct Shared {
     /// True while the change feed is listening; the cache is used only
     /// then.
     feed_live: AtomicBool,
+    /// The revoked serials, trusted only from a reload made while the
+    /// feed listens until the feed reports a revocation or goes down.
+    revoked: RevokedSet,
 }
 
 /// Rows written per statement (arrays through `unnest`).
@@ -127,6 +134,7 @@ impl PostgresRegistry {
             shared: Arc::new(Shared {
                 cache: RecordCache::new(),
                 feed_live: AtomicBool::new(false),
+                revoked: RevokedSet::new(std::collections::HashSet::new(), false),
             }),
             cache_enabled: config.cache,
             connect,
@@ -366,6 +374,83 @@ impl Registry for PostgresRegistry {
         }
         tx.commit().await.map_err(db)?;
         Ok(write)
+    }
+
+    async fn put_enroll_token(&self, token: EnrollTokenRecord) -> Result<()> {
+        self.put_enroll_token_pg(token).await
+    }
+
+    async fn enroll_token(&self, hash: &[u8; 32]) -> Result<Option<EnrollTokenRecord>> {
+        self.enroll_token_pg(hash).await
+    }
+
+    async fn enroll(
+        &self,
+        hash: &[u8; 32],
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()> {
+        self.enroll_pg(hash, device, now_ms, cert).await
+    }
+
+    async fn revoke_enroll_tokens(&self, device: &DeviceId, now_ms: u64) -> Result<u32> {
+        self.revoke_enroll_tokens_pg(device, now_ms).await
+    }
+
+    async fn renew(
+        &self,
+        old_serial: &str,
+        device: &DeviceId,
+        now_ms: u64,
+        cert: CertificateRecord,
+    ) -> Result<()> {
+        self.renew_pg(old_serial, device, now_ms, cert).await
+    }
+
+    async fn revoke_certificates(
+        &self,
+        target: RevokeTarget,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<CertificateRecord>> {
+        self.revoke_certificates_pg(target, reason, now_ms).await
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
+        self.certificate_pg(serial).await
+    }
+
+    async fn certificates_of(&self, device: &DeviceId) -> Result<Vec<CertificateRecord>> {
+        self.certificates_of_pg(device).await
+    }
+
+    async fn revoked_certificates(&self, now_ms: u64) -> Result<Vec<CertificateRecord>> {
+        self.revoked_certificates_pg(now_ms).await
+    }
+
+    async fn count_expiring(&self, now_ms: u64, within_ms: u64) -> Result<u64> {
+        self.count_expiring_pg(now_ms, within_ms).await
+    }
+
+    async fn is_revoked(&self, serial: &str) -> Result<bool> {
+        self.is_revoked_pg(serial).await
+    }
+
+    fn revoked_cached(&self, serial: &str) -> Option<bool> {
+        self.revoked_cached_pg(serial)
+    }
+
+    fn revocation_generation(&self) -> u64 {
+        self.shared.revoked.generation()
+    }
+
+    async fn get_ca(&self) -> Result<Option<CaRecord>> {
+        self.get_ca_pg().await
+    }
+
+    async fn modify_ca(&self, change: CaChange) -> Result<CaRecord> {
+        self.modify_ca_pg(change).await
     }
 }
 
