@@ -149,8 +149,9 @@ pub async fn init(config: &SignerConfig, kind: CaKind, replace: bool) -> Result<
 /// certificate valid now for the CA's own key.
 pub async fn import_cert(config: &SignerConfig, chain_pem: &[u8]) -> Result<usize> {
     let (_, registry, audit) = open(config)?;
-    let chain: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem)
-        .map(|c| c.map(|c| c.to_vec()))
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(chain_pem)
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| SignerError::Config(format!("the chain file is not PEM certificates: {e}")))?;
     let Some(issuing) = chain.first().cloned() else {
@@ -164,11 +165,26 @@ pub async fn import_cert(config: &SignerConfig, chain_pem: &[u8]) -> Result<usiz
     })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&issuing)
         .map_err(|_| SignerError::Config("the certificate cannot be parsed".into()))?;
-    let (_, own_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der_checked(&ca.key.public_key_der)?;
-    if parsed.public_key().raw != own_key.raw {
+    if parsed.public_key().raw != ca.key.public_key_der.as_slice() {
         return Err(SignerError::Config(
             "the certificate is for another key than the CA's own (was it issued for this signer's request?)".into(),
         ));
+    }
+    // Each certificate is signed by the next (the last one by itself or by
+    // a root the operator's brokers trust): a chain out of order or with a
+    // stranger in it is refused here, not by the first device.
+    for pair in chain.windows(2) {
+        let (_, child) = x509_parser::parse_x509_certificate(&pair[0])
+            .map_err(|_| SignerError::Config("a certificate of the chain cannot be parsed".into()))?;
+        let (_, parent) = x509_parser::parse_x509_certificate(&pair[1])
+            .map_err(|_| SignerError::Config("a certificate of the chain cannot be parsed".into()))?;
+        child.verify_signature(Some(parent.public_key())).map_err(|_| {
+            SignerError::Config(format!(
+                "the chain is broken: {} is not signed by {} (the file holds the CA's certificate first, then each issuer up to the root)",
+                child.subject(),
+                parent.subject()
+            ))
+        })?;
     }
     let mut intent = AuditRecord::new("ca_import_cert", None, None, "started");
     intent.identity = "operator (enos-signer ca import-cert)".into();

@@ -4,7 +4,6 @@
 
 use enos_registry::{EnrollTokenRecord, RevokeTarget};
 use enos_signer_proto::v1;
-use zeroize::Zeroizing;
 
 use crate::{
     ca::token,
@@ -59,7 +58,7 @@ impl AdminService {
             .await?;
         Ok(v1::EnrollToken {
             device: Some(v1::DeviceRef::from(&device)),
-            token: Zeroizing::into_inner(text),
+            token: text.as_str().to_owned(),
             expires_at_ms,
         })
     }
