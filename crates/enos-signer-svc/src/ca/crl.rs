@@ -82,8 +82,9 @@ impl CrlPublisher {
             .filter_map(|record| {
                 let revocation = record.revoked?;
                 Some(enos_ca::crl::RevokedEntry {
-                    serial_hex: record.serial,
-                    revoked_at: SystemTime::UNIX_EPOCH + Duration::from_millis(revocation.at_ms),
+                    serial: record.serial,
+                    revoked_at_ms: revocation.at_ms,
+                    reason: revocation.reason,
                 })
             })
             .collect();
