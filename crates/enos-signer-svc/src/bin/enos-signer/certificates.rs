@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use enos_signer_proto::v1::{self, admin_client::AdminClient};
 use enos_signer_svc::{
     SignerConfig,
