@@ -15,8 +15,8 @@ use enos_signer_proto::v1::{
 };
 use enos_signer_svc::client;
 use enos_testkit::{Identity, signer::client_identity};
-use tonic::{Code, transport::Channel};
 use rcgen::PublicKeyData;
+use tonic::{Code, transport::Channel};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 /// A signer with `[ca]` and an enrollment listener; `adjust` changes the
@@ -106,9 +106,13 @@ fn identity(issued: &v1::IssuedCertificate, key: &rcgen::KeyPair) -> Identity {
 }
 
 async fn mtls(f: &Fixture, identity: &Identity) -> Result<Channel, String> {
-    client::connect_mtls(&f.signer.uri(), f.signer.ca_pem(), Some(client_identity(identity)))
-        .await
-        .map_err(|e| e.to_string())
+    client::connect_mtls(
+        &f.signer.uri(),
+        f.signer.ca_pem(),
+        Some(client_identity(identity)),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn issue(channel: Channel) -> Result<v1::MqttCredential, tonic::Status> {
@@ -121,11 +125,16 @@ async fn issue(channel: Channel) -> Result<v1::MqttCredential, tonic::Status> {
 #[tokio::test]
 async fn a_device_enrolls_with_a_token_and_gets_only_the_signers_names() {
     let f = ca_signer(|_| {}).await;
-    f.signer.put_device("Pk1", "gw-1", "secret-1").await.expect("device");
+    f.signer
+        .put_device("Pk1", "gw-1", "secret-1")
+        .await
+        .expect("device");
     let token = token(&f, "Pk1", "gw-1", 0).await;
     assert!(token.starts_with("enr1_"), "token form");
     let (key, csr) = key_and_csr();
-    let issued = enroll(&f, "Pk1", "gw-1", &token, csr).await.expect("enrolled");
+    let issued = enroll(&f, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("enrolled");
 
     // Only the public key came from the CSR: one URI SAN, the signer's;
     // clientAuth; not a CA; the CA's chain sent along.
@@ -151,11 +160,18 @@ async fn a_device_enrolls_with_a_token_and_gets_only_the_signers_names() {
         .expect("has eku")
         .value;
     assert!(eku.client_auth && !eku.server_auth, "clientAuth only");
-    assert_eq!(cert.public_key().raw, key.subject_public_key_info().as_slice());
-    assert!(!cert.subject().to_string().contains("admin"), "{}", cert.subject());
+    assert_eq!(
+        cert.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
+    assert!(
+        !cert.subject().to_string().contains("admin"),
+        "{}",
+        cert.subject()
+    );
     assert_eq!(issued.chain_der.len(), 1, "a root CA: its certificate");
-    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[0])
-        .expect("ca");
+    let (_, ca) =
+        x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[0]).expect("ca");
     cert.verify_signature(Some(ca.public_key()))
         .expect("signed by the CA in the chain");
     let lifetime = issued.not_after_ms - issued.not_before_ms;
@@ -166,7 +182,9 @@ async fn a_device_enrolls_with_a_token_and_gets_only_the_signers_names() {
 
     // The new certificate works over mTLS at once: the signer trusts its CA.
     let identity = identity(&issued, &key);
-    let channel = mtls(&f, &identity).await.expect("mTLS with the new certificate");
+    let channel = mtls(&f, &identity)
+        .await
+        .expect("mTLS with the new certificate");
     let credential = issue(channel).await.expect("a credential");
     assert!(common::verify(&credential, "secret-1"));
 
@@ -176,8 +194,8 @@ async fn a_device_enrolls_with_a_token_and_gets_only_the_signers_names() {
     assert_eq!(enrolled[0]["outcome"], "ok");
     assert_eq!(enrolled[0]["serial"], issued.serial.as_str());
     assert_eq!(f.audited("enroll_intent").len(), 1);
-    let trail = std::fs::read_to_string(f.signer.config().audit_file().expect("file"))
-        .expect("trail");
+    let trail =
+        std::fs::read_to_string(f.signer.config().audit_file().expect("file")).expect("trail");
     assert!(!trail.contains(&token), "the token is never audited");
 
     // Listed, active.
@@ -196,8 +214,14 @@ async fn a_device_enrolls_with_a_token_and_gets_only_the_signers_names() {
 #[tokio::test]
 async fn every_bad_enrollment_is_refused_with_its_own_status_and_nothing_is_spent() {
     let f = ca_signer(|_| {}).await;
-    f.signer.put_device("Pk1", "gw-1", "secret-1").await.expect("device");
-    f.signer.put_device("Pk1", "gw-2", "secret-2").await.expect("device");
+    f.signer
+        .put_device("Pk1", "gw-1", "secret-1")
+        .await
+        .expect("device");
+    f.signer
+        .put_device("Pk1", "gw-2", "secret-2")
+        .await
+        .expect("device");
     let token = token(&f, "Pk1", "gw-1", 0).await;
 
     let refused = |r: Result<v1::IssuedCertificate, tonic::Status>| {
@@ -213,7 +237,10 @@ async fn every_bad_enrollment_is_refused_with_its_own_status_and_nothing_is_spen
     let (code, message) = refused(enroll(&f, "Pk1", "gw-1", &unknown, key_and_csr().1).await);
     assert_eq!(code, Code::Unauthenticated);
     assert!(message.contains("not valid"), "{message}");
-    assert!(f.audited("enroll").is_empty(), "a caller that proved nothing is not audited");
+    assert!(
+        f.audited("enroll").is_empty(),
+        "a caller that proved nothing is not audited"
+    );
 
     // The real token for another device.
     let (code, message) = refused(enroll(&f, "Pk1", "gw-2", &token, key_and_csr().1).await);
@@ -241,7 +268,9 @@ async fn every_bad_enrollment_is_refused_with_its_own_status_and_nothing_is_spen
 
     // None of them spent the token: it still enrolls, once.
     let (key, csr) = key_and_csr();
-    enroll(&f, "Pk1", "gw-1", &token, csr).await.expect("the token still works");
+    enroll(&f, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("the token still works");
     drop(key);
     let (code, message) = refused(enroll(&f, "Pk1", "gw-1", &token, key_and_csr().1).await);
     assert_eq!(code, Code::Unauthenticated);
@@ -274,10 +303,15 @@ async fn renewal_revocation_and_the_crl() {
         ca.crl_file = Some(config.server.cert.with_file_name("devices.crl"));
     })
     .await;
-    f.signer.put_device("Pk1", "gw-1", "secret-1").await.expect("device");
+    f.signer
+        .put_device("Pk1", "gw-1", "secret-1")
+        .await
+        .expect("device");
     let token = token(&f, "Pk1", "gw-1", 0).await;
     let (key, csr) = key_and_csr();
-    let first = enroll(&f, "Pk1", "gw-1", &token, csr).await.expect("enrolled");
+    let first = enroll(&f, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("enrolled");
     let first_identity = identity(&first, &key);
 
     // Renewal over mTLS with the current certificate, for a new key.
@@ -291,10 +325,17 @@ async fn renewal_revocation_and_the_crl() {
     assert_ne!(second.serial, first.serial);
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&second.certificate_der)
         .expect("certificate");
-    assert_eq!(cert.public_key().raw, new_key.subject_public_key_info().as_slice());
+    assert_eq!(
+        cert.public_key().raw,
+        new_key.subject_public_key_info().as_slice()
+    );
     let second_identity = identity(&second, &new_key);
-    let second_channel = mtls(&f, &second_identity).await.expect("mTLS with the renewed pair");
-    issue(second_channel.clone()).await.expect("the renewed certificate is served");
+    let second_channel = mtls(&f, &second_identity)
+        .await
+        .expect("mTLS with the renewed pair");
+    issue(second_channel.clone())
+        .await
+        .expect("the renewed certificate is served");
     let listed = admin(&f)
         .await
         .list_certificates(v1::DeviceRef::new("Pk1", "gw-1"))
@@ -303,7 +344,10 @@ async fn renewal_revocation_and_the_crl() {
         .into_inner()
         .certificates;
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[1].renewed_by, second.serial, "the old one names its successor");
+    assert_eq!(
+        listed[1].renewed_by, second.serial,
+        "the old one names its successor"
+    );
     assert_eq!(f.audited("renew_certificate").len(), 1);
 
     // Revoking the renewed certificate: refused on its open connection at
@@ -320,8 +364,10 @@ async fn renewal_revocation_and_the_crl() {
         .expect("revoke")
         .into_inner()
         .serials;
-    assert_eq!(revoked, [second.serial.clone()]);
-    let status = issue(second_channel.clone()).await.expect_err("refused on the open connection");
+    assert_eq!(revoked, std::slice::from_ref(&second.serial));
+    let status = issue(second_channel.clone())
+        .await
+        .expect_err("refused on the open connection");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     let renewal = CertificatesClient::new(second_channel)
         .renew_certificate(v1::RenewCertificateRequest {
@@ -334,11 +380,16 @@ async fn renewal_revocation_and_the_crl() {
         Err(_) => {}
         Ok(channel) => {
             let code = issue(channel).await.expect_err("refused").code();
-            assert!(common::refused_by_handshake(code), "a new handshake is refused: {code:?}");
+            assert!(
+                common::refused_by_handshake(code),
+                "a new handshake is refused: {code:?}"
+            );
         }
     }
     // The first (renewed, not revoked) certificate still works.
-    issue(channel).await.expect("the older certificate is still valid");
+    issue(channel)
+        .await
+        .expect("the older certificate is still valid");
 
     // The CRL (file and /crl) lists the revoked serial, signed by the CA.
     let crl_file = f
@@ -363,13 +414,16 @@ async fn renewal_revocation_and_the_crl() {
         if let Some(der) = listed {
             break der;
         }
-        assert!(std::time::Instant::now() < deadline, "the CRL file lists the revocation");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL file lists the revocation"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let (_, parsed) =
         x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).expect("crl");
-    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&first.chain_der[0])
-        .expect("ca");
+    let (_, ca) =
+        x509_parser::certificate::X509Certificate::from_der(&first.chain_der[0]).expect("ca");
     parsed
         .verify_signature(ca.public_key())
         .expect("the CRL is signed by the CA");
@@ -388,15 +442,22 @@ async fn renewal_revocation_and_the_crl() {
         .expect("revoke device")
         .into_inner()
         .serials;
-    assert_eq!(rest, [first.serial.clone()]);
-    assert_eq!(f.audited("revoke_certificate").len(), 4, "intent and outcome, twice");
+    assert_eq!(rest, std::slice::from_ref(&first.serial));
+    assert_eq!(
+        f.audited("revoke_certificate").len(),
+        4,
+        "intent and outcome, twice"
+    );
 }
 
 #[tokio::test]
 async fn deleting_or_disabling_a_device_revokes_its_certificates() {
     let f = ca_signer(|_| {}).await;
     for dk in ["gw-1", "gw-2"] {
-        f.signer.put_device("Pk1", dk, "secret").await.expect("device");
+        f.signer
+            .put_device("Pk1", dk, "secret")
+            .await
+            .expect("device");
     }
     let mut identities = Vec::new();
     for dk in ["gw-1", "gw-2"] {
@@ -405,8 +466,14 @@ async fn deleting_or_disabling_a_device_revokes_its_certificates() {
         let issued = enroll(&f, "Pk1", dk, &token, csr).await.expect("enrolled");
         identities.push(identity(&issued, &key));
     }
-    f.signer.set_enabled("Pk1", "gw-1", false).await.expect("disable");
-    f.signer.set_enabled("Pk1", "gw-1", true).await.expect("enable again");
+    f.signer
+        .set_enabled("Pk1", "gw-1", false)
+        .await
+        .expect("disable");
+    f.signer
+        .set_enabled("Pk1", "gw-1", true)
+        .await
+        .expect("enable again");
     admin(&f)
         .await
         .delete_device(v1::DeviceRef::new("Pk1", "gw-2"))
@@ -418,7 +485,8 @@ async fn deleting_or_disabling_a_device_revokes_its_certificates() {
             Ok(channel) => {
                 let status = issue(channel).await.expect_err("revoked");
                 assert!(
-                    status.code() == Code::Unauthenticated || common::refused_by_handshake(status.code()),
+                    status.code() == Code::Unauthenticated
+                        || common::refused_by_handshake(status.code()),
                     "{status:?}"
                 );
             }
@@ -438,7 +506,10 @@ async fn a_signer_without_ca_says_it_is_not_a_ca() {
         .await
         .expect_err("not a CA");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("this signer is not a CA"), "{status:?}");
+    assert!(
+        status.message().contains("this signer is not a CA"),
+        "{status:?}"
+    );
     let status = EnrollmentClient::new(channel)
         .enroll(v1::EnrollRequest {
             device: Some(v1::DeviceRef::new("Pk1", "gw-1")),
@@ -448,7 +519,10 @@ async fn a_signer_without_ca_says_it_is_not_a_ca() {
         .await
         .expect_err("not a CA");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("this signer is not a CA"), "{status:?}");
+    assert!(
+        status.message().contains("this signer is not a CA"),
+        "{status:?}"
+    );
     let status = admin(&f)
         .await
         .create_enroll_token(v1::CreateEnrollTokenRequest {

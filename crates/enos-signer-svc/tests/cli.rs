@@ -211,7 +211,10 @@ async fn admin_subcommands_take_secrets_from_files_or_stdin_only() {
     assert!(error.contains("holds more than one line"), "{error}");
     assert!(!error.contains("trailing newline read"), "{error}");
     let out = run(with(vec!["get", "Pk1", "dev-1"]), None).await;
-    assert!(text(&out.stdout).contains("secret_version=2"), "no rotation happened");
+    assert!(
+        text(&out.stdout).contains("secret_version=2"),
+        "no rotation happened"
+    );
 }
 
 #[tokio::test]
@@ -220,12 +223,17 @@ async fn init_is_all_or_nothing_and_names_the_missing_directory() {
     // leave master.key and audit.key behind, and the second run refused.
     let state = tempfile::tempdir().expect("state dir");
     let config = write_config(state.path(), "127.0.0.1:0", state.path());
-    let text_config = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("path = \"registry.redb\"", "path = \"missing/registry.redb\"");
+    let text_config = std::fs::read_to_string(&config).expect("config").replace(
+        "path = \"registry.redb\"",
+        "path = \"missing/registry.redb\"",
+    );
     std::fs::write(&config, text_config).expect("config");
     let config_arg = config.display().to_string();
-    let out = run(vec!["init".into(), "--config".into(), config_arg.clone()], None).await;
+    let out = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
     assert!(!out.status.success());
     let error = text(&out.stderr);
     assert!(
@@ -233,7 +241,10 @@ async fn init_is_all_or_nothing_and_names_the_missing_directory() {
         "{error}"
     );
     for key in ["master.key", "audit.key"] {
-        assert!(!state.path().join(key).exists(), "{key} written by a failed init");
+        assert!(
+            !state.path().join(key).exists(),
+            "{key} written by a failed init"
+        );
     }
     std::fs::create_dir(state.path().join("missing")).expect("mkdir");
     let out = run(vec!["init".into(), "--config".into(), config_arg], None).await;

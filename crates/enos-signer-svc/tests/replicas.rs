@@ -572,7 +572,7 @@ async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up()
             ),
         )
         .expect("psql");
-    let config = fleet.write_config("old", free_addr(), db);
+    let (config, _) = fleet.write_config("old", free_addr(), db);
     let refused = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -758,7 +758,10 @@ async fn one_token_on_two_replicas_enrolls_once_and_a_revocation_reaches_every_r
             enroll(&fleet, &b, "Pk1", "gw-1", &token, key_and_csr().1),
         );
         let won = [&first, &second].iter().filter(|r| r.is_ok()).count();
-        assert_eq!(won, 1, "round {round}: exactly one replica enrolls: {first:?} / {second:?}");
+        assert_eq!(
+            won, 1,
+            "round {round}: exactly one replica enrolls: {first:?} / {second:?}"
+        );
         let lost = first.err().or(second.err()).expect("one refused");
         assert_eq!(lost.code(), Code::Unauthenticated, "{lost:?}");
         assert!(lost.message().contains("used"), "{lost:?}");
@@ -788,7 +791,9 @@ async fn one_token_on_two_replicas_enrolls_once_and_a_revocation_reaches_every_r
         .expect("enrolled");
     let identity = enrolled_identity(&issued, &key);
     let mut on_b = CredentialsClient::new(fleet.channel(&b, &identity));
-    issue(&mut on_b).await.expect("B serves the certificate A issued");
+    issue(&mut on_b)
+        .await
+        .expect("B serves the certificate A issued");
     admin
         .revoke_certificate(v1::RevokeCertificateRequest {
             target: Some(v1::revoke_certificate_request::Target::Serial(
@@ -798,11 +803,16 @@ async fn one_token_on_two_replicas_enrolls_once_and_a_revocation_reaches_every_r
         })
         .await
         .expect("revoke through A");
-    within(Duration::from_secs(2), "B refuses the revoked certificate on its open connection", async || {
-        issue(&mut on_b).await == Err(Code::Unauthenticated)
-    })
+    within(
+        Duration::from_secs(2),
+        "B refuses the revoked certificate on its open connection",
+        async || issue(&mut on_b).await == Err(Code::Unauthenticated),
+    )
     .await;
     let mut fresh = CredentialsClient::new(fleet.channel(&b, &identity));
     let code = issue(&mut fresh).await.expect_err("refused");
-    assert!(common::refused_by_handshake(code), "a new handshake to B is refused: {code:?}");
+    assert!(
+        common::refused_by_handshake(code),
+        "a new handshake to B is refused: {code:?}"
+    );
 }

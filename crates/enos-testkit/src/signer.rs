@@ -198,18 +198,16 @@ impl TestSigner {
         init(&config, Existing::Keep)?;
         // With `[ca]`, the signer is its devices' CA from the start: a
         // self-signed root made by the same code as `ca init`.
-        if config.ca.is_some() {
-            if !enos_signer_svc::ops::ca::exists(&config).await? {
-                enos_signer_svc::ops::ca::init(
-                    &config,
-                    enos_signer_svc::ops::ca::CaKind::Root {
-                        common_name: "test device CA".into(),
-                        validity: Duration::from_secs(86_400),
-                    },
-                    false,
-                )
-                .await?;
-            }
+        if config.ca.is_some() && !enos_signer_svc::ops::ca::exists(&config).await? {
+            enos_signer_svc::ops::ca::init(
+                &config,
+                enos_signer_svc::ops::ca::CaKind::Root {
+                    common_name: "test device CA".into(),
+                    validity: Duration::from_secs(86_400),
+                },
+                false,
+            )
+            .await?;
         }
 
         let runtime = ServerRuntime::new(&config.server)?;

@@ -73,9 +73,7 @@ impl CrlPublisher {
             return Ok((Arc::clone(&current.der), false));
         }
         let now = SystemTime::now();
-        let revoked = registry
-            .revoked_certificates(super::millis(now))
-            .await?;
+        let revoked = registry.revoked_certificates(super::millis(now)).await?;
         let authority = self.ca.authority().await?;
         let entries: Vec<enos_ca::crl::RevokedEntry> = revoked
             .into_iter()
@@ -94,7 +92,13 @@ impl CrlPublisher {
             .ca
             .custody()
             .run(move |_| {
-                enos_ca::crl::revocation_list(&entries, authority.issuer(), now, next_update, crl_number)
+                enos_ca::crl::revocation_list(
+                    &entries,
+                    authority.issuer(),
+                    now,
+                    next_update,
+                    crl_number,
+                )
             })
             .await?
             .map_err(|e| SignerError::Ca(e.to_string()))?;
@@ -111,7 +115,11 @@ impl CrlPublisher {
     /// every change of the revocations, and at half the list's validity.
     /// A failure is logged and retried at the next poll; the file keeps
     /// the last list written.
-    pub async fn publish(self: Arc<Self>, file: Option<std::path::PathBuf>, stop: CancellationToken) {
+    pub async fn publish(
+        self: Arc<Self>,
+        file: Option<std::path::PathBuf>,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut written = false;
@@ -132,7 +140,9 @@ impl CrlPublisher {
                     {
                         match write_atomically(path, &der) {
                             Ok(()) => written = true,
-                            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot write the CRL file; readers keep the previous list"),
+                            Err(e) => {
+                                tracing::error!(path = %path.display(), error = %e, "cannot write the CRL file; readers keep the previous list")
+                            }
                         }
                     }
                 }

@@ -31,7 +31,10 @@ pub async fn watch(
             _ = tick.tick() => {}
         }
         let now = enos_domain::now_ms();
-        match registry.count_expiring(now, WITHIN.as_millis() as u64).await {
+        match registry
+            .count_expiring(now, WITHIN.as_millis() as u64)
+            .await
+        {
             Ok(count) => set(count),
             Err(e) => tracing::debug!(error = %e, "counting expiring certificates failed"),
         }

@@ -147,8 +147,8 @@ impl CertificateAuthority {
                 .run(move |custody| custody.ca_signer(&key))
                 .await??;
             let ca_key = CaKey::new(signer).map_err(ca_internal)?;
-            let issuer = enos_ca::authority::issuer(&record.chain_der[0], ca_key)
-                .map_err(ca_internal)?;
+            let issuer =
+                enos_ca::authority::issuer(&record.chain_der[0], ca_key).map_err(ca_internal)?;
             let authority = Arc::new(Authority {
                 chain_der: record.chain_der.clone(),
                 issuer,
@@ -169,7 +169,8 @@ impl CertificateAuthority {
     /// Reads `csr_der` (its signature verified, its key of an accepted
     /// kind), before anything costs more: InvalidArgument otherwise.
     pub fn requested_key(csr_der: &[u8]) -> Result<RequestedKey> {
-        RequestedKey::from_csr(csr_der, MAX_CSR_BYTES).map_err(|e| SignerError::invalid("csr_der", e))
+        RequestedKey::from_csr(csr_der, MAX_CSR_BYTES)
+            .map_err(|e| SignerError::invalid("csr_der", e))
     }
 
     /// A certificate for `device` and `key`, with the signer's names only

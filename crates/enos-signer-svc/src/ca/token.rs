@@ -63,7 +63,13 @@ mod tests {
         assert_ne!(*a, *b);
         check_form(&a).expect("a new token is well formed");
         assert_eq!(hash(&a), hash_a);
-        for bad in ["", "enr1_", "enr2_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &a[..a.len() - 1], &format!("{}=", &a[..a.len() - 1])] {
+        for bad in [
+            "",
+            "enr1_",
+            "enr2_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &a[..a.len() - 1],
+            &format!("{}=", &a[..a.len() - 1]),
+        ] {
             assert!(check_form(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -115,9 +115,8 @@ pub struct Metrics {
 }
 
 /// Reads the CA's current CRL (DER); `None` while it cannot be signed.
-pub type CrlSource = Arc<
-    dyn Fn() -> futures::future::BoxFuture<'static, Option<Arc<Vec<u8>>>> + Send + Sync,
->;
+pub type CrlSource =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<Arc<Vec<u8>>>> + Send + Sync>;
 
 /// Reads the audit trail's loss counters.
 type AuditLossReader = Box<dyn Fn() -> AuditLosses + Send + Sync>;

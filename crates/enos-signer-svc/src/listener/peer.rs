@@ -270,8 +270,8 @@ mod tests {
         std::fs::write(&crl, pki.crl_pem(1, &[]).expect("crl")).expect("crl file");
         let mut config = crate::listener::tls_reload::tests::server_config(dir.path(), &pki);
         config.crls = vec![crl.clone()];
-        let tls =
-            ReloadingTls::load(&config, crate::listener::metrics::Metrics::new(), None).expect("tls");
+        let tls = ReloadingTls::load(&config, crate::listener::metrics::Metrics::new(), None)
+            .expect("tls");
         let cache = IdentityCache::new(2);
         let devices: Vec<_> = ["a", "b", "c"]
             .iter()

@@ -339,7 +339,11 @@ impl ReloadingTls {
                 return self.refuse(key, &e);
             }
         };
-        let own_ca = self.own_ca.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let own_ca = self
+            .own_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let digest = digest_with(contents.digest(), &own_ca);
         if digest == self.current().digest {
             return ReloadOutcome::Unchanged;
@@ -778,7 +782,9 @@ impl ClientCertVerifier for RevocationAware {
         intermediates: &[CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let serial = X509Certificate::from_der(end_entity.as_ref())
             .map(|(_, cert)| serial_hex(cert.tbs_certificate.raw_serial()));
         if let Ok(serial) = serial

@@ -56,10 +56,17 @@ pub enum CaInitOutcome {
 }
 
 /// The custody and registry of `config`, and its `[ca]` present.
-fn open(config: &SignerConfig) -> Result<(CustodyHandle, std::sync::Arc<dyn enos_registry::Registry>, Audit)> {
+fn open(
+    config: &SignerConfig,
+) -> Result<(
+    CustodyHandle,
+    std::sync::Arc<dyn enos_registry::Registry>,
+    Audit,
+)> {
     if config.ca.is_none() {
         return Err(SignerError::Config(
-            "the config has no [ca] section: add one (see docs/certificates.md) before `ca init`".into(),
+            "the config has no [ca] section: add one (see docs/certificates.md) before `ca init`"
+                .into(),
         ));
     }
     Ok((
@@ -71,7 +78,10 @@ fn open(config: &SignerConfig) -> Result<(CustodyHandle, std::sync::Arc<dyn enos
 
 /// Whether the registry of `config` holds a CA (made by `ca init`).
 pub async fn exists(config: &SignerConfig) -> Result<bool> {
-    Ok(enos_registry::open(&config.registry)?.get_ca().await?.is_some())
+    Ok(enos_registry::open(&config.registry)?
+        .get_ca()
+        .await?
+        .is_some())
 }
 
 /// Makes the CA: refused if the registry has one, unless `replace` (then
@@ -82,7 +92,9 @@ pub async fn init(config: &SignerConfig, kind: CaKind, replace: bool) -> Result<
     if !replace && let Some(existing) = registry.get_ca().await? {
         return Err(SignerError::FailedPrecondition(format!(
             "this signer already has a CA (made {}); `ca init --replace` makes a new one, after which every device certificate of the old one stops being trusted",
-            humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(existing.created_at_ms))
+            humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(existing.created_at_ms)
+            )
         )));
     }
     let key = custody.run(|c| c.create_ca_key(KEY_LABEL)).await??;
@@ -102,7 +114,13 @@ pub async fn init(config: &SignerConfig, kind: CaKind, replace: bool) -> Result<
                 .await?
                 .map_err(ca)?;
             let pem = root.pem();
-            (vec![root.der().to_vec()], None, CaInitOutcome::Root { certificate_pem: pem })
+            (
+                vec![root.der().to_vec()],
+                None,
+                CaInitOutcome::Root {
+                    certificate_pem: pem,
+                },
+            )
         }
         CaKind::Intermediate { common_name } => {
             let request = custody
@@ -159,9 +177,13 @@ pub async fn import_cert(config: &SignerConfig, chain_pem: &[u8]) -> Result<usiz
             "the chain file holds no CERTIFICATE block".into(),
         ));
     };
-    authority::is_usable_ca(&issuing, SystemTime::now()).map_err(|e| SignerError::Config(format!("the certificate cannot be the signer's CA: {e}")))?;
+    authority::is_usable_ca(&issuing, SystemTime::now()).map_err(|e| {
+        SignerError::Config(format!("the certificate cannot be the signer's CA: {e}"))
+    })?;
     let ca = registry.get_ca().await?.ok_or_else(|| {
-        SignerError::FailedPrecondition("no CA yet: run `enos-signer ca init --intermediate` first".into())
+        SignerError::FailedPrecondition(
+            "no CA yet: run `enos-signer ca init --intermediate` first".into(),
+        )
     })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&issuing)
         .map_err(|_| SignerError::Config("the certificate cannot be parsed".into()))?;
@@ -174,10 +196,12 @@ pub async fn import_cert(config: &SignerConfig, chain_pem: &[u8]) -> Result<usiz
     // a root the operator's brokers trust): a chain out of order or with a
     // stranger in it is refused here, not by the first device.
     for pair in chain.windows(2) {
-        let (_, child) = x509_parser::parse_x509_certificate(&pair[0])
-            .map_err(|_| SignerError::Config("a certificate of the chain cannot be parsed".into()))?;
-        let (_, parent) = x509_parser::parse_x509_certificate(&pair[1])
-            .map_err(|_| SignerError::Config("a certificate of the chain cannot be parsed".into()))?;
+        let (_, child) = x509_parser::parse_x509_certificate(&pair[0]).map_err(|_| {
+            SignerError::Config("a certificate of the chain cannot be parsed".into())
+        })?;
+        let (_, parent) = x509_parser::parse_x509_certificate(&pair[1]).map_err(|_| {
+            SignerError::Config("a certificate of the chain cannot be parsed".into())
+        })?;
         child.verify_signature(Some(parent.public_key())).map_err(|_| {
             SignerError::Config(format!(
                 "the chain is broken: {} is not signed by {} (the file holds the CA's certificate first, then each issuer up to the root)",

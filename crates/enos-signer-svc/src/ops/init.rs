@@ -80,8 +80,12 @@ impl Drop for Created {
     fn drop(&mut self) {
         for path in self.0.drain(..) {
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "init failed: removed what it had created"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "init failed and could not remove what it had created"),
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "init failed: removed what it had created")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "init failed and could not remove what it had created")
+                }
             }
         }
     }

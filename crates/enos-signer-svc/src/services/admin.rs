@@ -677,9 +677,13 @@ impl Admin for AdminService {
         // The trail names what was revoked: the device, or the serial.
         let target_of = |r: &v1::RevokeCertificateRequest| match &r.target {
             Some(v1::revoke_certificate_request::Target::Device(d)) => shown(Some(d)),
-            Some(v1::revoke_certificate_request::Target::Serial(s)) => {
-                Some(format!("serial {}", s.chars().take(64).filter(char::is_ascii_hexdigit).collect::<String>()))
-            }
+            Some(v1::revoke_certificate_request::Target::Serial(s)) => Some(format!(
+                "serial {}",
+                s.chars()
+                    .take(64)
+                    .filter(char::is_ascii_hexdigit)
+                    .collect::<String>()
+            )),
             None => None,
         };
         self.call(

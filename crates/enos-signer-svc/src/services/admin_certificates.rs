@@ -146,11 +146,7 @@ impl AdminService {
 
 /// A device reference field, validated.
 fn device(value: Option<&v1::DeviceRef>) -> Result<enos_registry::DeviceId> {
-    convert::device_ref(
-        "device",
-        ("device.product_key", "device.device_key"),
-        value,
-    )
+    convert::device_ref("device", ("device.product_key", "device.device_key"), value)
 }
 
 /// A serial as given: hex (case and `:` separators forgiven, as `openssl`

@@ -36,11 +36,15 @@ pub(crate) async fn identified<T>(
     request: &Request<T>,
     started: Instant,
 ) -> Result<PeerIdentity, Status> {
-    state.identify(request).await.map(|(identity, _)| identity).map_err(|e| {
-        state.refused(rpc, None, &e, None);
-        state
-            .metrics
-            .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
-        e.into()
-    })
+    state
+        .identify(request)
+        .await
+        .map(|(identity, _)| identity)
+        .map_err(|e| {
+            state.refused(rpc, None, &e, None);
+            state
+                .metrics
+                .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
+            e.into()
+        })
 }

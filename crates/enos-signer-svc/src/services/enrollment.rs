@@ -63,7 +63,11 @@ struct Trail {
 }
 
 impl EnrollmentService {
-    async fn enroll(&self, request: v1::EnrollRequest, trail: &mut Trail) -> Result<v1::IssuedCertificate> {
+    async fn enroll(
+        &self,
+        request: v1::EnrollRequest,
+        trail: &mut Trail,
+    ) -> Result<v1::IssuedCertificate> {
         let ca = self
             .state
             .ca
@@ -76,14 +80,14 @@ impl EnrollmentService {
             request.device.as_ref(),
         )?;
         let hash = token::hash(&request.token);
-        let known = self
-            .state
-            .registry
-            .enroll_token(&hash)
-            .await?
-            .ok_or(SignerError::Unauthenticated(
-                "the enrollment token is not valid",
-            ))?;
+        let known =
+            self.state
+                .registry
+                .enroll_token(&hash)
+                .await?
+                .ok_or(SignerError::Unauthenticated(
+                    "the enrollment token is not valid",
+                ))?;
         trail.device = Some(device.clone());
         let now = enos_domain::now_ms();
         refuse_spent(&known, &device, now)?;
@@ -93,12 +97,8 @@ impl EnrollmentService {
         trail.not_after_ms = Some(issued.record.not_after_ms);
         // The intent first, fail-closed: a certificate that could not be
         // audited is never recorded nor sent.
-        let mut intent = AuditRecord::new(
-            "enroll_intent",
-            None,
-            Some(device.to_string()),
-            "pending",
-        );
+        let mut intent =
+            AuditRecord::new("enroll_intent", None, Some(device.to_string()), "pending");
         intent.serial = trail.serial.clone();
         intent.expires_at_ms = trail.not_after_ms;
         self.state.audit.record(&intent).await?;
@@ -125,7 +125,8 @@ impl EnrollmentService {
                 product_key: device.product_key.clone(),
                 device_key: device.device_key.clone(),
             };
-            let mut record = AuditRecord::new(RPC, Some(&identity), Some(device.to_string()), outcome);
+            let mut record =
+                AuditRecord::new(RPC, Some(&identity), Some(device.to_string()), outcome);
             record.serial = trail.serial;
             record.expires_at_ms = trail.not_after_ms;
             match &result {
@@ -144,7 +145,11 @@ impl EnrollmentService {
 
 /// Refuses a token that cannot enroll `device` at `now`, before anything
 /// is signed (the transaction checks again: this only spares the work).
-pub(crate) fn refuse_spent(token: &EnrollTokenRecord, device: &DeviceId, now_ms: u64) -> Result<()> {
+pub(crate) fn refuse_spent(
+    token: &EnrollTokenRecord,
+    device: &DeviceId,
+    now_ms: u64,
+) -> Result<()> {
     let refusal = if token.device != *device {
         Some(CertificateRefusal::TokenForAnotherDevice)
     } else if token.revoked_at_ms.is_some() {

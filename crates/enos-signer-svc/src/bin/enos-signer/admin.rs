@@ -205,22 +205,6 @@ fn one_line(text: &str, source: &str) -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(secret.to_owned()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn one_line_with_trailing_line_ends_only() {
-        for ok in ["Secret1", "Secret1\n", "Secret1\r\n", "Secret1\n\n"] {
-            assert_eq!(one_line(ok, "f").expect(ok).as_str(), "Secret1");
-        }
-        let two = one_line("Secret1\nSecret2\n", "stdin").expect_err("two lines");
-        assert!(two.to_string().contains("stdin holds more than one line"), "{two}");
-        assert!(!two.to_string().contains("Secret"), "{two}");
-        assert!(one_line("\n", "f").is_err());
-    }
-}
-
 fn show(device: &v1::Device) {
     let gateway = device
         .gateway
@@ -450,4 +434,23 @@ async fn set_enabled(device: &DeviceArgs, connection: &Connection, enabled: bool
         .map_err(status)?;
     show(d.get_ref());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_with_trailing_line_ends_only() {
+        for ok in ["Secret1", "Secret1\n", "Secret1\r\n", "Secret1\n\n"] {
+            assert_eq!(one_line(ok, "f").expect(ok).as_str(), "Secret1");
+        }
+        let two = one_line("Secret1\nSecret2\n", "stdin").expect_err("two lines");
+        assert!(
+            two.to_string().contains("stdin holds more than one line"),
+            "{two}"
+        );
+        assert!(!two.to_string().contains("Secret"), "{two}");
+        assert!(one_line("\n", "f").is_err());
+    }
 }

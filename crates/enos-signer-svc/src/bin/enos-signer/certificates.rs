@@ -73,8 +73,12 @@ impl CaCommand {
                         validity,
                     }
                 };
-                let (pem, what) = match enos_signer_svc::ops::ca::init(&config, kind, replace).await? {
-                    CaInitOutcome::Root { certificate_pem } => (certificate_pem, "root certificate"),
+                let (pem, what) = match enos_signer_svc::ops::ca::init(&config, kind, replace)
+                    .await?
+                {
+                    CaInitOutcome::Root { certificate_pem } => {
+                        (certificate_pem, "root certificate")
+                    }
                     CaInitOutcome::Intermediate { request_pem } => (
                         request_pem,
                         "request: have your root sign it (CA:TRUE, pathlen:0), then run `enos-signer ca import-cert`",
@@ -97,7 +101,9 @@ impl CaCommand {
                 let pem = std::fs::read(&chain)
                     .with_context(|| format!("reading {}", chain.display()))?;
                 let count = enos_signer_svc::ops::ca::import_cert(&config, &pem).await?;
-                println!("CA certificate installed ({count} certificates in its chain); every replica serves it within 30 s");
+                println!(
+                    "CA certificate installed ({count} certificates in its chain); every replica serves it within 30 s"
+                );
             }
         }
         Ok(())
@@ -204,7 +210,10 @@ impl CertificateCommand {
                             time(token.expires_at_ms)
                         );
                     } else {
-                        eprintln!("one-time token for {shown}, valid until {}:", time(token.expires_at_ms));
+                        eprintln!(
+                            "one-time token for {shown}, valid until {}:",
+                            time(token.expires_at_ms)
+                        );
                         println!("{}", token.token);
                     }
                 }
@@ -216,7 +225,10 @@ impl CertificateCommand {
             } => {
                 let mut client = AdminClient::new(connection.channel().await?);
                 let revoked = client
-                    .revoke_enroll_tokens(v1::DeviceRef::new(product_key.clone(), device_key.clone()))
+                    .revoke_enroll_tokens(v1::DeviceRef::new(
+                        product_key.clone(),
+                        device_key.clone(),
+                    ))
                     .await
                     .map_err(status)?
                     .into_inner()
@@ -265,8 +277,8 @@ impl CertificateCommand {
                     .map_err(status)?
                     .into_inner();
                 for c in list.certificates {
-                    let status = v1::CertificateStatus::try_from(c.status)
-                        .map_or("unknown", |s| match s {
+                    let status =
+                        v1::CertificateStatus::try_from(c.status).map_or("unknown", |s| match s {
                             v1::CertificateStatus::Active => "active",
                             v1::CertificateStatus::Revoked => "revoked",
                             v1::CertificateStatus::Expired => "expired",
@@ -293,12 +305,19 @@ impl CertificateCommand {
 /// The devices of an EnOS console CSV export (its productKey and
 /// deviceKey columns; the secret column, if any, is not read).
 fn devices_of_csv(path: &PathBuf) -> Result<Vec<v1::DeviceRef>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         bail!("{}: empty file", path.display());
     };
-    let columns: Vec<&str> = header.split(',').map(|c| c.trim().trim_matches('"')).collect();
+    let columns: Vec<&str> = header
+        .split(',')
+        .map(|c| c.trim().trim_matches('"'))
+        .collect();
     let column = |name: &str| {
         columns
             .iter()
@@ -308,12 +327,19 @@ fn devices_of_csv(path: &PathBuf) -> Result<Vec<v1::DeviceRef>> {
     let (pk, dk) = (column("productKey")?, column("deviceKey")?);
     lines
         .map(|(number, line)| {
-            let fields: Vec<&str> = line.split(',').map(|f| f.trim().trim_matches('"')).collect();
+            let fields: Vec<&str> = line
+                .split(',')
+                .map(|f| f.trim().trim_matches('"'))
+                .collect();
             match (fields.get(pk), fields.get(dk)) {
                 (Some(p), Some(d)) if !p.is_empty() && !d.is_empty() => {
                     Ok(v1::DeviceRef::new(*p, *d))
                 }
-                _ => bail!("{}:{}: no productKey or deviceKey", path.display(), number + 1),
+                _ => bail!(
+                    "{}:{}: no productKey or deviceKey",
+                    path.display(),
+                    number + 1
+                ),
             }
         })
         .collect()
