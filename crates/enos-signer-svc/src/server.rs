@@ -367,6 +367,7 @@ impl Signer {
             let metrics = self.state.metrics.clone();
             tokio::spawn(crate::ca::expiry::watch(
                 Arc::clone(&self.state.registry),
+                ca.changes(),
                 move |count| metrics.set_certificates_expiring_7d(count),
                 stop.clone(),
             ))

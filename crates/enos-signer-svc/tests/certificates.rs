@@ -533,3 +533,60 @@ async fn a_signer_without_ca_says_it_is_not_a_ca() {
         .expect_err("not a CA");
     assert_eq!(status.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn certificates_near_expiry_are_counted_and_the_crl_is_served_over_http() {
+    let f = ca_signer(|config| {
+        config.ca.as_mut().expect("[ca]").lifetime = Duration::from_secs(2 * 86_400);
+    })
+    .await;
+    f.signer
+        .put_device("Pk1", "gw-1", "secret-1")
+        .await
+        .expect("device");
+    let token = token(&f, "Pk1", "gw-1", 0).await;
+    let (key, csr) = key_and_csr();
+    let issued = enroll(&f, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("enrolled");
+    let admin = f.signer.admin_identity().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = common::metrics_get(&f, Some(&admin), "/metrics")
+            .await
+            .expect("scrape");
+        let metrics = String::from_utf8_lossy(&metrics);
+        if metrics.contains("enos_signer_certificates_expiring{within=\"7d\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 2-day certificate is counted as expiring within 7 days: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Renewed, it is no longer counted (its successor is, until renewed).
+    let channel = mtls(&f, &identity(&issued, &key)).await.expect("mTLS");
+    CertificatesClient::new(channel)
+        .renew_certificate(v1::RenewCertificateRequest {
+            csr_der: key_and_csr().1,
+        })
+        .await
+        .expect("renewed");
+    // The CRL over HTTP: DER, signed by the CA, empty so far.
+    let response = common::metrics_get(&f, Some(&admin), "/crl")
+        .await
+        .expect("GET /crl");
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/pkix-crl"), "{head}");
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(
+        &response[head_end + 4..],
+    )
+    .expect("a DER CRL");
+    assert_eq!(crl.iter_revoked_certificates().count(), 0);
+}

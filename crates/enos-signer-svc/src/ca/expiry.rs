@@ -13,14 +13,16 @@ use tokio_util::sync::CancellationToken;
 pub const WITHIN: Duration = Duration::from_secs(7 * 86_400);
 
 /// How often the registry is counted: the gauge moves in days, a
-/// PostgreSQL count every minute costs nothing.
+/// PostgreSQL count every minute costs nothing. A certificate change on
+/// this replica counts again at once (`changed`).
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Sets the gauge through `set` every minute until `stop`; a failed count
-/// leaves the last value (the registry's own health is on the readiness
-/// probe).
+/// Sets the gauge through `set` every minute, and whenever `changed` is
+/// notified, until `stop`; a failed count leaves the last value (the
+/// registry's own health is on the readiness probe).
 pub async fn watch(
     registry: Arc<dyn Registry>,
+    changed: Arc<tokio::sync::Notify>,
     set: impl Fn(u64) + Send + 'static,
     stop: CancellationToken,
 ) {
@@ -29,6 +31,7 @@ pub async fn watch(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+            () = changed.notified() => {}
         }
         let now = enos_domain::now_ms();
         match registry

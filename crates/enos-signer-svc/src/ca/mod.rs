@@ -81,6 +81,9 @@ pub struct CertificateAuthority {
     custody: CustodyHandle,
     /// The authority last read, and when: re-read after [`REFRESH`].
     loaded: Mutex<Option<(Arc<Authority>, Instant)>>,
+    /// Notified when this replica issued or revoked a certificate: the
+    /// expiring-certificates gauge counts again at once.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// A certificate just issued, and its registry record (not yet written).
@@ -99,6 +102,7 @@ impl CertificateAuthority {
             registry,
             custody,
             loaded: Mutex::new(None),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -110,6 +114,17 @@ impl CertificateAuthority {
     /// The custody holding the CA key.
     pub fn custody(&self) -> &CustodyHandle {
         &self.custody
+    }
+
+    /// Tells the gauges that certificates changed (issued, renewed,
+    /// revoked on this replica).
+    pub fn certificates_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// What [`CertificateAuthority::certificates_changed`] notifies.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
     }
 
     /// The registry holding the CA, its certificates and tokens.

@@ -104,6 +104,9 @@ impl AdminService {
             .registry
             .revoke_certificates(target, &reason, enos_domain::now_ms())
             .await?;
+        if let Some(ca) = &self.state().ca {
+            ca.certificates_changed();
+        }
         let serials: Vec<String> = revoked.into_iter().map(|r| r.serial).collect();
         tracing::info!(serials = %serials.join(","), reason = %reason, "certificates revoked");
         Ok(v1::RevokeCertificateResponse { serials })

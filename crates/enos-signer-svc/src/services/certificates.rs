@@ -80,6 +80,7 @@ impl CertificatesService {
             .registry
             .renew(old_serial, &device, enos_domain::now_ms(), issued.record)
             .await?;
+        ca.certificates_changed();
         Ok(issued.message)
     }
 }

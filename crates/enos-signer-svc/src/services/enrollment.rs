@@ -106,6 +106,7 @@ impl EnrollmentService {
             .registry
             .enroll(&hash, &device, now, issued.record)
             .await?;
+        ca.certificates_changed();
         Ok(issued.message)
     }
 
