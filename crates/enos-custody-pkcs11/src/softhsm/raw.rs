@@ -12,6 +12,10 @@
 //! Shared by `enos-custody-pkcs11`'s `hsm` benchmark and
 //! `enos-signer-svc`'s `hsm_issuance` benchmark. Panics on any error
 //! (benchmark support).
+//!
+//! [`RawCaSession`] is the yardstick of the CA key in the token (#25): a
+//! raw `C_Sign` with CKM_ECDSA on the custody's CA key, and the key's
+//! attributes as the token reports them.
 
 use cryptoki::{
     context::{CInitializeArgs, Pkcs11},
@@ -101,6 +105,120 @@ impl RawToken {
             tag: tag.to_vec(),
             content: content.to_vec(),
         }
+    }
+}
+
+impl RawToken {
+    /// A logged-in session on the CA key pair whose CKA_ID is `id` (a
+    /// [`StoredCaKey::bytes`](enos_custody::StoredCaKey::bytes) of this
+    /// crate's custody).
+    pub fn ca_session(&self, id: &[u8]) -> RawCaSession {
+        let session = self.ctx.open_ro_session(self.slot).expect("session");
+        match session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => panic!("login: {e}"),
+        }
+        let key = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .expect("find")
+            .into_iter()
+            .next()
+            .expect("the CA key");
+        RawCaSession { session, key }
+    }
+}
+
+/// The token's attributes of a CA private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CaKeyAttributes {
+    /// CKA_TOKEN: kept on the token.
+    pub token: bool,
+    /// CKA_PRIVATE: only after login.
+    pub private: bool,
+    /// CKA_SENSITIVE: its value is never revealed.
+    pub sensitive: bool,
+    /// CKA_EXTRACTABLE: could be wrapped out.
+    pub extractable: bool,
+    /// CKA_NEVER_EXTRACTABLE: never was extractable.
+    pub never_extractable: bool,
+    /// CKA_ALWAYS_SENSITIVE: always was sensitive.
+    pub always_sensitive: bool,
+    /// CKA_SIGN: may sign.
+    pub sign: bool,
+    /// CKA_DERIVE: may derive (it should not).
+    pub derive: bool,
+}
+
+/// One session on the CA key, signing again and again.
+pub struct RawCaSession {
+    /// The logged-in session.
+    session: Session,
+    /// The CA private key.
+    key: ObjectHandle,
+}
+
+impl std::fmt::Debug for RawCaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCaSession").finish_non_exhaustive()
+    }
+}
+
+impl RawCaSession {
+    /// One raw `C_Sign` with CKM_ECDSA of a 32-byte digest: `r ‖ s`.
+    pub fn sign_digest(&self, digest: &[u8]) -> Vec<u8> {
+        self.session
+            .sign(&Mechanism::Ecdsa, self.key, digest)
+            .expect("C_Sign")
+    }
+
+    /// The key's attributes.
+    pub fn attributes(&self) -> CaKeyAttributes {
+        use cryptoki::object::AttributeType as T;
+        let mut seen = CaKeyAttributes::default();
+        let read = self
+            .session
+            .get_attributes(
+                self.key,
+                &[
+                    T::Token,
+                    T::Private,
+                    T::Sensitive,
+                    T::Extractable,
+                    T::NeverExtractable,
+                    T::AlwaysSensitive,
+                    T::Sign,
+                    T::Derive,
+                ],
+            )
+            .expect("attributes");
+        for attribute in read {
+            match attribute {
+                Attribute::Token(v) => seen.token = v,
+                Attribute::Private(v) => seen.private = v,
+                Attribute::Sensitive(v) => seen.sensitive = v,
+                Attribute::Extractable(v) => seen.extractable = v,
+                Attribute::NeverExtractable(v) => seen.never_extractable = v,
+                Attribute::AlwaysSensitive(v) => seen.always_sensitive = v,
+                Attribute::Sign(v) => seen.sign = v,
+                Attribute::Derive(v) => seen.derive = v,
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    /// Whether the token refuses to reveal the key's value (CKA_VALUE
+    /// reported as sensitive), as it must for this key.
+    pub fn value_withheld(&self) -> bool {
+        use cryptoki::object::{AttributeInfo, AttributeType};
+        self.session
+            .get_attribute_info_map(self.key, &[AttributeType::Value])
+            .expect("attribute info")
+            .get(&AttributeType::Value)
+            .is_some_and(|info| matches!(info, AttributeInfo::Sensitive))
     }
 }
 
