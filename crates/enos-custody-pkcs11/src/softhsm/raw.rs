@@ -17,6 +17,8 @@
 //! raw `C_Sign` with CKM_ECDSA on the custody's CA key, and the key's
 //! attributes as the token reports them.
 
+use std::time::{Duration, Instant};
+
 use cryptoki::{
     context::{CInitializeArgs, Pkcs11},
     error::{Error as CkError, RvError},
@@ -129,6 +131,50 @@ impl RawToken {
             .expect("the CA key");
         RawCaSession { session, key }
     }
+}
+
+impl RawToken {
+    /// The raw C_Sign loop of #25: `threads` threads, each with its own
+    /// session on the CA key `id`, signing a fixed SHA-256 digest with
+    /// CKM_ECDSA for `duration`; signs per second, summed. No custody may
+    /// be connected to the module meanwhile (see [`RawToken`]).
+    pub fn c_sign_rate(&self, id: &[u8], threads: usize, duration: Duration) -> f64 {
+        let sessions: Vec<RawCaSession> =
+            (0..threads.max(1)).map(|_| self.ca_session(id)).collect();
+        std::thread::scope(|scope| {
+            // A session is `Send`, not `Sync`: each moves to its thread.
+            let workers: Vec<_> = sessions
+                .into_iter()
+                .map(|session| {
+                    scope.spawn(move || {
+                        rate(duration, || {
+                            std::hint::black_box(session.sign_digest(&[0x5a; 32]));
+                        })
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().expect("a C_Sign worker"))
+                .sum()
+        })
+    }
+}
+
+/// Calls `f` for `duration` after a short warm-up; calls per second.
+pub fn rate(duration: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..16 {
+            f();
+        }
+        count += 16;
+    }
+    count as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The token's attributes of a CA private key.
