@@ -279,3 +279,61 @@ fn an_intermediate_request_signed_through_custody_comes_back_as_the_custody_keys
     leaf.verify_signature(Some(ca.public_key()))
         .expect("the leaf verifies against the intermediate");
 }
+
+/// The CRL is one rustls's webpki verifier (the signer's own TLS, and the
+/// sandbox's) loads and enforces: the revoked certificate is refused, the
+/// other one accepted.
+#[test]
+fn the_crl_is_enforced_by_the_verifier_the_signers_tls_uses() {
+    use rustls::{
+        RootCertStore,
+        pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime},
+        server::WebPkiClientVerifier,
+    };
+    let signer = RingSigner::new(&PKCS_ECDSA_P256_SHA256);
+    let key = authority::CustodyKey::new(signer.clone()).expect("key");
+    let now = SystemTime::now();
+    let root = authority::self_signed_root(
+        "enos device CA",
+        Validity::starting(now, DAY).expect("validity"),
+        &key,
+    )
+    .expect("root");
+    let issuer = authority::custody_issuer(root.der(), signer).expect("issuer");
+    let issue = || {
+        device_certificate(
+            &device_key(),
+            &names(),
+            Validity::starting(now, DAY).expect("validity"),
+            &issuer,
+        )
+        .expect("issued")
+    };
+    let (revoked, kept) = (issue(), issue());
+    let entry = RevokedEntry {
+        serial: revoked.serial.to_hex(),
+        revoked_at_ms: 1_765_000_000_000,
+        reason: "device disabled".into(),
+    };
+    let crl = revocation_list(&[entry], &issuer, now, now + DAY, 9).expect("crl");
+
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.der().to_vec()))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls([CertificateRevocationListDer::from(crl)])
+        .build()
+        .expect("a verifier with the CRL");
+    let verify = |der: &[u8]| {
+        verifier
+            .verify_client_cert(&CertificateDer::from(der.to_vec()), &[], UnixTime::now())
+            .map(drop)
+    };
+    verify(kept.der()).expect("not revoked: accepted");
+    assert_eq!(
+        verify(revoked.der()).expect_err("revoked: refused"),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+    );
+}
