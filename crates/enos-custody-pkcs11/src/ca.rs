@@ -216,7 +216,9 @@ fn check_unexportable(session: &Session, key: ObjectHandle) -> Result<(), OpErro
 
 /// A CA key in the token, found once; every sign is one C_Sign on a
 /// pooled session, reconnecting like every custody call if the token
-/// was lost.
+/// was lost. It shares the custody's connection: the module stays
+/// claimed (and logged in) while a signer lives, even after the
+/// `Pkcs11Custody` it came from is dropped.
 struct Pkcs11CaSigner {
     /// The custody's connection and session pool.
     shared: Arc<Shared>,
