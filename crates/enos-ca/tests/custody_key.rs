@@ -240,3 +240,100 @@ fn a_ca_certificate_of_another_key_and_a_non_p256_key_are_refused() {
         Err(CaError::UnsupportedKey(_))
     ));
 }
+
+/// `ca init --intermediate` with the key in custody: the request is signed
+/// through custody, the operator's root signs it, and the certificate it
+/// returns is accepted as the custody key's (its public key is the same
+/// DER), then issues certificates that chain.
+#[test]
+fn an_intermediate_request_signed_through_custody_comes_back_as_the_custody_keys() {
+    let signer = RingSigner::new(&PKCS_ECDSA_P256_SHA256);
+    let key = authority::CustodyKey::new(signer.clone()).expect("key");
+    let request = authority::intermediate_request("enos device CA", &key).expect("request");
+    let operator_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).expect("key");
+    let mut operator_params = rcgen::CertificateParams::default();
+    operator_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let operator_root = operator_params.self_signed(&operator_key).expect("root");
+    let operator = rcgen::Issuer::new(operator_params, &operator_key);
+    let mut view = rcgen::CertificateSigningRequestParams::from_der(request.der())
+        .expect("the request verifies");
+    view.params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    view.params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let intermediate = view.signed_by(&operator).expect("signed");
+    let issuer = authority::custody_issuer(intermediate.der(), signer).expect("the custody key's");
+    let issued = device_certificate(
+        &device_key(),
+        &names(),
+        Validity::starting(SystemTime::now(), DAY).expect("validity"),
+        &issuer,
+    )
+    .expect("issued");
+    let (_, ca) = x509_parser::parse_x509_certificate(intermediate.der()).expect("ca");
+    let (_, root) = x509_parser::parse_x509_certificate(operator_root.der()).expect("root");
+    ca.verify_signature(Some(root.public_key()))
+        .expect("the intermediate chains to the operator's root");
+    let (_, leaf) = x509_parser::parse_x509_certificate(issued.der()).expect("leaf");
+    leaf.verify_signature(Some(ca.public_key()))
+        .expect("the leaf verifies against the intermediate");
+}
+
+/// The CRL is one rustls's webpki verifier (the signer's own TLS, and the
+/// sandbox's) loads and enforces: the revoked certificate is refused, the
+/// other one accepted.
+#[test]
+fn the_crl_is_enforced_by_the_verifier_the_signers_tls_uses() {
+    use rustls::{
+        RootCertStore,
+        pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime},
+        server::WebPkiClientVerifier,
+    };
+    let signer = RingSigner::new(&PKCS_ECDSA_P256_SHA256);
+    let key = authority::CustodyKey::new(signer.clone()).expect("key");
+    let now = SystemTime::now();
+    let root = authority::self_signed_root(
+        "enos device CA",
+        Validity::starting(now, DAY).expect("validity"),
+        &key,
+    )
+    .expect("root");
+    let issuer = authority::custody_issuer(root.der(), signer).expect("issuer");
+    let issue = || {
+        device_certificate(
+            &device_key(),
+            &names(),
+            Validity::starting(now, DAY).expect("validity"),
+            &issuer,
+        )
+        .expect("issued")
+    };
+    let (revoked, kept) = (issue(), issue());
+    let entry = RevokedEntry {
+        serial: revoked.serial.to_hex(),
+        revoked_at_ms: 1_765_000_000_000,
+        reason: "device disabled".into(),
+    };
+    let crl = revocation_list(&[entry], &issuer, now, now + DAY, 9).expect("crl");
+
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.der().to_vec()))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls([CertificateRevocationListDer::from(crl)])
+        .build()
+        .expect("a verifier with the CRL");
+    let verify = |der: &[u8]| {
+        verifier
+            .verify_client_cert(&CertificateDer::from(der.to_vec()), &[], UnixTime::now())
+            .map(drop)
+    };
+    verify(kept.der()).expect("not revoked: accepted");
+    assert_eq!(
+        verify(revoked.der()).expect_err("revoked: refused"),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+    );
+}
