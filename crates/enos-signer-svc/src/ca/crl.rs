@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ca::CertificateAuthority,
-    error::{Result, SignerError},
+    error::Result,
 };
 
 /// How often the registry's revocation generation is looked at: a
@@ -101,7 +101,7 @@ impl CrlPublisher {
                 )
             })
             .await?
-            .map_err(|e| SignerError::Ca(e.to_string()))?;
+            .map_err(super::ca_internal)?;
         let der = Arc::new(der);
         *signed = Some(Signed {
             der: Arc::clone(&der),

@@ -243,8 +243,14 @@ pub fn millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A CA failure that is ours, not the caller's: logged, answered Internal
-/// (or Unavailable when the custody says so).
-fn ca_internal(error: CaError) -> SignerError {
-    SignerError::Ca(error.to_string())
+/// A CA failure that is ours, not the caller's: logged, answered Internal,
+/// or Unavailable when the custody cannot sign now (an HSM session lost:
+/// retrying, here or at another replica, may succeed).
+pub fn ca_internal(error: CaError) -> SignerError {
+    match error {
+        CaError::KeyUnavailable(reason) => {
+            SignerError::Custody(enos_custody::CustodyError::Unavailable(reason))
+        }
+        other => SignerError::Ca(other.to_string()),
+    }
 }
