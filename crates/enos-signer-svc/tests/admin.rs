@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::{code, fixture, fixture_with, status};
 use enos_signer_proto::v1::{
     BindSubDeviceRequest, DeviceRef, ImportDevicesRequest, ImportRow, ListDevicesRequest,

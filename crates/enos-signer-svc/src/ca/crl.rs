@@ -18,10 +18,7 @@ use std::{
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    ca::CertificateAuthority,
-    error::Result,
-};
+use crate::{ca::CertificateAuthority, error::Result};
 
 /// How often the registry's revocation generation is looked at: a
 /// revocation is in the published list within this (plus signing).
