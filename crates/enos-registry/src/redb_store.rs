@@ -510,6 +510,12 @@ impl Registry for RedbRegistry {
             if device_enabled(txn, &token.device)?.is_none() {
                 return Err(CertificateRefusal::DeviceUnknown.into());
             }
+            if certs::token(&txn.open_table(ENROLL_TOKENS)?, &token.hash)?.is_some() {
+                return Err(RegistryError::Store(format!(
+                    "an enrollment token for {} with this hash exists already",
+                    token.device
+                )));
+            }
             certs::put_token(txn, &token)
         })
         .await

@@ -33,6 +33,10 @@ async fn put_all(registry: &dyn Registry, records: Vec<DeviceRecord>) {
 struct Pair {
     a: Arc<dyn Registry>,
     b: Arc<dyn Registry>,
+    /// Whether the revoked set ends up answered from memory (redb, and
+    /// PostgreSQL with its change feed; not PostgreSQL without a cache,
+    /// which reads every check through).
+    revoked_in_memory: bool,
 }
 
 async fn get_and_list_page_in_key_order(pair: &Pair) {
@@ -568,15 +572,16 @@ async fn issue(registry: &dyn Registry, byte: u8, cert: CertificateRecord) {
         .expect("enroll");
 }
 
-/// Waits until `replica` may have seen a revocation (its generation went
-/// past `before`): from then on its `is_revoked` must answer true at
+/// Waits until `replica` may have seen a revocation: its generation went
+/// past `before`, or it does not answer from memory now (it reads every
+/// check through). From then on its `is_revoked` must answer true at
 /// once. On redb (one registry) the generation moved before the call
 /// returned.
 async fn revocation_reached(replica: &dyn Registry, before: u64) {
     eventually(
         Duration::from_secs(5),
         "revocation generation bumped",
-        async || replica.revocation_generation() > before,
+        async || replica.revocation_generation() > before || replica.revoked_cached("").is_none(),
     )
     .await;
 }
@@ -861,6 +866,10 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
     assert_eq!(crl, ["c1", "c2"]);
     assert!(b.revoked_certificates(1000).await.expect("crl").is_empty());
     // In steady state the answer comes from memory.
+    if !pair.revoked_in_memory {
+        assert_eq!(a.revoked_cached("c1"), None, "no feed: never from memory");
+        return;
+    }
     eventually(
         Duration::from_secs(5),
         "in-memory set trusted",
@@ -1096,6 +1105,7 @@ async fn redb_keeps_the_registry_contract() {
             Pair {
                 a: Arc::clone(&registry),
                 b: registry,
+                revoked_in_memory: true,
             }
         }
     })
@@ -1116,6 +1126,7 @@ async fn redb_keeps_the_certificate_contract() {
             Pair {
                 a: Arc::clone(&registry),
                 b: registry,
+                revoked_in_memory: true,
             }
         }
     })
@@ -1160,18 +1171,20 @@ fn pg_config(cluster: &PgCluster, database: &str) -> PostgresConfig {
 async fn postgres_keeps_the_registry_contract_across_two_replicas() {
     let cluster = PgCluster::start().expect("PostgreSQL cluster");
     let cluster = &cluster;
-    run_contract(|name| async move {
+    let replicas = |name: &'static str| async move {
         cluster.create_database(name).expect("createdb");
         let config = RegistryConfig::Postgres(pg_config(cluster, name));
         registry::create(&config).expect("migrate");
         Pair {
             a: registry::open(&config).expect("open a"),
             b: registry::open(&config).expect("open b"),
+            revoked_in_memory: true,
         }
-    })
-    .await;
+    };
+    run_contract(replicas).await;
+    run_certificate_contract(replicas).await;
     // The same cases without the cache, one of them over the Unix socket.
-    run_contract(|name| async move {
+    let uncached = |name: &'static str| async move {
         let database = format!("{name}_nocache");
         cluster.create_database(&database).expect("createdb");
         let mut config = pg_config(cluster, &database);
@@ -1180,9 +1193,14 @@ async fn postgres_keeps_the_registry_contract_across_two_replicas() {
         let a = registry::open(&RegistryConfig::Postgres(config.clone())).expect("open a");
         config.url = cluster.socket_url(&database);
         let b = registry::open(&RegistryConfig::Postgres(config)).expect("open b");
-        Pair { a, b }
-    })
-    .await;
+        Pair {
+            a,
+            b,
+            revoked_in_memory: false,
+        }
+    };
+    run_contract(uncached).await;
+    run_certificate_contract(uncached).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1252,7 +1270,7 @@ async fn postgres_schema_is_checked_and_migrated_once() {
     // An older database lacks the latest step's objects too; `init`
     // applies that step alone.
     cluster
-        .psql("schema", "DROP INDEX devices_gateway")
+        .psql("schema", migrations::UNDO_LATEST)
         .expect("psql");
     let applied = registry::postgres::PostgresRegistry::create(&config).expect("migrate");
     assert_eq!(applied, [migrations::latest()]);
@@ -1446,4 +1464,146 @@ async fn postgres_over_tls_checks_the_server_certificate_against_the_ca() {
         wrong_name.to_string().contains("certificate"),
         "{wrong_name}"
     );
+}
+
+/// Issue 25: a revocation through replica A is seen by replica B's
+/// per-call check at once: B's generation bumps when its feed reports it,
+/// and from then on B answers true (from a reload, or by reading the row
+/// while the reload is due). While B's feed is down B never answers from
+/// memory: a revocation made then is seen by reading through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_revocation_on_one_replica_reaches_the_other_at_once() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("revoke").expect("createdb");
+    let config = pg_config(&cluster, "revoke");
+    registry::postgres::PostgresRegistry::create(&config).expect("migrate");
+    let a = registry::postgres::PostgresRegistry::open(&config).expect("open a");
+    let b = registry::postgres::PostgresRegistry::open(&config).expect("open b");
+    put_all(&a, vec![record("rv", "dev")]).await;
+    let dev = id("rv", "dev");
+    let far = registry_now() + 3_600_000;
+    for (byte, serial) in [(1, "r1"), (2, "r2"), (3, "r3"), (4, "r4")] {
+        issue(&a, byte, cert(serial, &dev, 10, far)).await;
+    }
+    // Both feeds up, both sets loaded: answers from memory.
+    assert!(!b.is_revoked("r1").await.expect("check"));
+    assert!(!a.is_revoked("r1").await.expect("check"));
+    eventually(Duration::from_secs(5), "sets trusted", async || {
+        a.revoked_cached("r1") == Some(false) && b.revoked_cached("r1") == Some(false)
+    })
+    .await;
+
+    let before = b.revocation_generation();
+    a.revoke_certificates(RevokeTarget::Serial("r1".into()), "key compromise", 100)
+        .await
+        .expect("revoke");
+    assert!(
+        a.is_revoked("r1").await.expect("check"),
+        "the revoking replica"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "B's generation bumped",
+        async || b.revocation_generation() > before,
+    )
+    .await;
+    assert!(b.is_revoked("r1").await.expect("check"), "B, at once");
+    eventually(Duration::from_secs(5), "B reloaded", async || {
+        b.revoked_cached("r1") == Some(true)
+    })
+    .await;
+
+    // A device disabled through B: A's generation bumps, r2.. revoked.
+    let before = a.revocation_generation();
+    let mut disabled = record("rv", "dev");
+    disabled.enabled = false;
+    put_all(&b, vec![disabled]).await;
+    eventually(
+        Duration::from_secs(5),
+        "A's generation bumped",
+        async || a.revocation_generation() > before,
+    )
+    .await;
+    assert!(a.is_revoked("r2").await.expect("check"));
+    put_all(&b, vec![record("rv", "dev")]).await;
+    issue(&a, 5, cert("r5", &dev, 10, far)).await;
+
+    // B's feed cut: B stops answering from memory at once (read through),
+    // so a revocation made while it is down is seen; then it comes back.
+    eventually(Duration::from_secs(5), "B trusted again", async || {
+        b.revoked_cached("r5") == Some(false)
+    })
+    .await;
+    let cut = cluster
+        .psql(
+            "revoke",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{}'",
+                registry::postgres::LISTEN_APPLICATION_NAME
+            ),
+        )
+        .expect("psql");
+    assert_eq!(cut, "2", "both feeds cut");
+    eventually(
+        Duration::from_secs(5),
+        "B's feed noticed down",
+        async || b.revoked_cached("r5").is_none(),
+    )
+    .await;
+    cluster
+        .psql(
+            "revoke",
+            "UPDATE certificates SET revoked_at_ms = 1, revoked_reason = 'psql' WHERE serial = 'r5'",
+        )
+        .expect("psql");
+    assert!(b.is_revoked("r5").await.expect("check"), "read through");
+    eventually(
+        Duration::from_secs(10),
+        "B's feed back, set reloaded",
+        async || b.revoked_cached("r5") == Some(true),
+    )
+    .await;
+}
+
+/// Issue 25: the replicas' role may do what the CA's records need: a
+/// login that is only a member of `enos_signer` enrolls, renews, revokes
+/// and writes the CA row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_signer_role_may_enroll_renew_revoke_and_keep_the_ca() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("grants").expect("createdb");
+    registry::postgres::PostgresRegistry::create(&pg_config(&cluster, "grants")).expect("migrate");
+    let password_file = cluster
+        .create_login("replica", "IN ROLE enos_signer")
+        .expect("login");
+    let config = PostgresConfig {
+        url: cluster.url_as("replica", "grants"),
+        password_file: Some(password_file),
+        pool_size: 2,
+        ca_file: None,
+        cache: true,
+        allow_plaintext_password: false,
+    };
+    let r = registry::postgres::PostgresRegistry::open(&config).expect("open as the replica");
+    put_all(&r, vec![record("g", "dev")]).await;
+    let dev = id("g", "dev");
+    let far = registry_now() + 3_600_000;
+    issue(&r, 1, cert("g1", &dev, 10, far)).await;
+    r.renew("g1", &dev, 20, cert("g2", &dev, 20, far))
+        .await
+        .expect("renew");
+    r.revoke_certificates(RevokeTarget::Serial("g1".into()), "x", 30)
+        .await
+        .expect("revoke");
+    r.put_enroll_token(token(2, &dev, u64::MAX))
+        .await
+        .expect("token");
+    assert_eq!(r.revoke_enroll_tokens(&dev, 40).await.expect("revoke"), 1);
+    delete(&r, vec![dev.clone()]).await.expect("delete revokes");
+    r.modify_ca(Box::new(|_| Ok(ca_record("test", 1))))
+        .await
+        .expect("CA row");
+    assert!(r.is_revoked("g2").await.expect("check"));
+    assert_eq!(r.count_expiring(0, u64::MAX).await.expect("count"), 0);
 }

@@ -162,6 +162,15 @@ impl PostgresRegistry {
         });
     }
 
+    /// [`Self::ensure_feed`] from a synchronous caller (the TLS verifier)
+    /// that may run outside a runtime: then the feed waits for the next
+    /// async call.
+    fn ensure_feed_if_in_runtime(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.ensure_feed();
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool
             .get()
@@ -271,9 +280,17 @@ impl Registry for PostgresRegistry {
             .await
             .map_err(|e| RegistryError::Store(format!("registry change task failed: {e}")))??;
         let changes = gateway_rules::changes(&tx, read, &writes).await?;
+        // Devices deleted or disabled: their certificates and tokens are
+        // revoked in this transaction (rows locked before the writes).
+        let ended = certificates::ending_devices(&tx, &writes).await?;
         write_all(&tx, &writes).await?;
         gateway_rules::check(&tx, &changes).await?;
+        let revoked = certificates::revoke_ended(&tx, &ended, now_ms()).await?;
         tx.commit().await.map_err(db)?;
+        if revoked > 0 {
+            // Read through until the feed's reload has them.
+            self.shared.revoked.stale();
+        }
         // Drop the written ids, never write our copy back: while the
         // COMMIT reply travelled, another replica may have committed a
         // newer record and a read here refilled the cache with it (issue
@@ -442,6 +459,7 @@ impl Registry for PostgresRegistry {
     }
 
     fn revocation_generation(&self) -> u64 {
+        self.ensure_feed_if_in_runtime();
         self.shared.revoked.generation()
     }
 
@@ -662,6 +680,14 @@ async fn delete(tx: &tokio_postgres::Transaction<'_>, batch: &[Write]) -> Result
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Now, in unix milliseconds (for the revocations a device change makes,
+/// which carries no time of its own).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds as PostgreSQL's bigint (times before 2^63 ms).
