@@ -586,6 +586,19 @@ async fn revocation_reached(replica: &dyn Registry, before: u64) {
     .await;
 }
 
+/// `replica`'s revocation generation once its revoked set is trusted (if
+/// it ever is: `in_memory`), so that a later bump comes from what
+/// follows, not from a reload of something before.
+async fn steady_generation(replica: &dyn Registry, in_memory: bool) -> u64 {
+    if in_memory {
+        eventually(Duration::from_secs(5), "revoked set trusted", async || {
+            replica.revoked_cached("").is_some()
+        })
+        .await;
+    }
+    replica.revocation_generation()
+}
+
 async fn enrollment_tokens_are_single_use_and_each_refusal_is_named(pair: &Pair) {
     let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
     let mut off = record("e", "off");
@@ -798,7 +811,7 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
         assert!(!r.is_revoked("c1").await.expect("check"));
         assert!(!r.is_revoked("unknown").await.expect("check"));
     }
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     let revoked = a
         .revoke_certificates(RevokeTarget::Serial("c1".into()), "key compromise", 100)
         .await
@@ -813,12 +826,9 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
     assert!(a.is_revoked("c1").await.expect("check"), "at once, here");
     revocation_reached(b, before).await;
     assert!(b.is_revoked("c1").await.expect("check"), "at once, there");
-    assert_eq!(
-        a.revoked_cached("c2")
-            .and(b.revoked_cached("c2"))
-            .unwrap_or(false),
-        false
-    );
+    for r in [a, b] {
+        assert_ne!(r.revoked_cached("c2"), Some(true), "c2 is not revoked");
+    }
     // Already revoked: neither returned nor changed.
     let again = b
         .revoke_certificates(RevokeTarget::Serial("c1".into()), "again", 200)
@@ -841,7 +851,7 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
         CertificateRefusal::CertificateUnknown
     );
     // By device: the unexpired ones not revoked yet.
-    let before = a.revocation_generation();
+    let before = steady_generation(a, pair.revoked_in_memory).await;
     let revoked = b
         .revoke_certificates(RevokeTarget::Device(dev.clone()), "stolen", 100)
         .await
@@ -907,7 +917,7 @@ async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair
     assert!(failed.is_err());
     assert!(!a.is_revoked("d1").await.expect("check"));
 
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     put_all(a, vec![disabled]).await;
     let d1 = a.certificate("d1").await.expect("get").expect("present");
     assert_eq!(
@@ -928,7 +938,7 @@ async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair
     put_all(a, vec![record("l", "dis")]).await;
     assert!(b.is_revoked("d1").await.expect("check"));
 
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     delete(b, vec![del.clone()]).await.expect("delete");
     let e1 = a.certificate("e1").await.expect("get").expect("kept");
     assert_eq!(
@@ -1493,7 +1503,7 @@ async fn postgres_a_revocation_on_one_replica_reaches_the_other_at_once() {
     })
     .await;
 
-    let before = b.revocation_generation();
+    let before = steady_generation(&b, true).await;
     a.revoke_certificates(RevokeTarget::Serial("r1".into()), "key compromise", 100)
         .await
         .expect("revoke");
@@ -1514,7 +1524,7 @@ async fn postgres_a_revocation_on_one_replica_reaches_the_other_at_once() {
     .await;
 
     // A device disabled through B: A's generation bumps, r2.. revoked.
-    let before = a.revocation_generation();
+    let before = steady_generation(&a, true).await;
     let mut disabled = record("rv", "dev");
     disabled.enabled = false;
     put_all(&b, vec![disabled]).await;
@@ -1606,4 +1616,149 @@ async fn postgres_the_signer_role_may_enroll_renew_revoke_and_keep_the_ca() {
         .expect("CA row");
     assert!(r.is_revoked("g2").await.expect("check"));
     assert_eq!(r.count_expiring(0, u64::MAX).await.expect("count"), 0);
+}
+
+/// Issue 25: `registry copy` carries the CA row, every certificate and
+/// every token (redb → PostgreSQL); run again it changes nothing; a
+/// revocation made on either side stands after another run; a
+/// destination with another CA is refused before any certificate lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_copy_carries_the_ca_certificates_and_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("copy").expect("createdb");
+    let from = RegistryConfig::Redb {
+        path: dir.path().join("from.redb"),
+    };
+    let to = RegistryConfig::Postgres(pg_config(&cluster, "copy"));
+    registry::create(&from).expect("create");
+    let source = registry::open(&from).expect("open");
+    let src = source.as_ref();
+    put_all(src, vec![record("cp", "dev"), record("cp", "gone")]).await;
+    let dev = id("cp", "dev");
+    let far = registry_now() + 3_600_000;
+    let ca = {
+        let mut ca = ca_record("test-ca", 5);
+        ca.chain_der = vec![vec![0x30, 9]];
+        ca.pending_csr_der = None;
+        ca
+    };
+    let put = ca.clone();
+    src.modify_ca(Box::new(move |_| Ok(put))).await.expect("ca");
+    issue(src, 1, cert("01", &dev, 10, far)).await;
+    src.renew("01", &dev, 20, cert("02", &dev, 20, far))
+        .await
+        .expect("renew");
+    issue(src, 2, cert("03", &id("cp", "gone"), 30, far)).await;
+    delete(src, vec![id("cp", "gone")])
+        .await
+        .expect("delete revokes 03");
+    src.put_enroll_token(token(3, &dev, far))
+        .await
+        .expect("token");
+    src.put_enroll_token(token(4, &dev, far))
+        .await
+        .expect("token");
+    src.revoke_enroll_tokens(&dev, 40).await.expect("revoke");
+    src.put_enroll_token(token(5, &dev, far))
+        .await
+        .expect("token");
+
+    registry::create(&to).expect("migrate");
+    let destination = registry::open(&to).expect("open");
+    let report = registry::copy::copy(src, destination.as_ref(), |_| {})
+        .await
+        .expect("copy");
+    assert!(report.ca_copied);
+    assert_eq!(report.certificates.created, 3);
+    assert_eq!(report.enroll_tokens.created, 5);
+    let dst = destination.as_ref();
+    assert_eq!(dst.get_ca().await.expect("ca"), Some(ca.clone()));
+    assert_eq!(
+        dst.list_certificates(None, 100).await.expect("list"),
+        src.list_certificates(None, 100).await.expect("list")
+    );
+    assert_eq!(
+        dst.list_enroll_tokens(None, 100).await.expect("list"),
+        src.list_enroll_tokens(None, 100).await.expect("list")
+    );
+    let paged = dst.list_certificates(Some("01"), 1).await.expect("page");
+    assert_eq!(paged.len(), 1);
+    assert_eq!(paged[0].serial, "02");
+    assert!(
+        dst.is_revoked("03").await.expect("check"),
+        "revoked there too"
+    );
+    assert!(!dst.is_revoked("01").await.expect("check"));
+
+    // Again: nothing to do.
+    let again = registry::copy::copy(src, dst, |_| {}).await.expect("copy");
+    assert!(!again.ca_copied);
+    assert_eq!(
+        (again.certificates.created, again.certificates.updated),
+        (0, 0)
+    );
+    assert_eq!(again.certificates.unchanged, 3);
+    assert_eq!(again.enroll_tokens.unchanged, 5);
+
+    // Revoked on each side since: both stand after another run.
+    dst.revoke_certificates(RevokeTarget::Serial("01".into()), "dst", 50)
+        .await
+        .expect("revoke");
+    src.revoke_certificates(RevokeTarget::Serial("02".into()), "src", 60)
+        .await
+        .expect("revoke");
+    let mut used = token(5, &dev, far);
+    used.used_at_ms = Some(70);
+    src.merge_enroll_tokens(vec![used])
+        .await
+        .expect("use on the source");
+    let merged = registry::copy::copy(src, dst, |_| {}).await.expect("copy");
+    assert_eq!(merged.certificates.updated, 1, "02 gains its revocation");
+    assert_eq!(merged.enroll_tokens.updated, 1);
+    let reasons: Vec<(String, Option<String>)> = dst
+        .list_certificates(None, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| (c.serial, c.revoked.map(|r| r.reason)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("01".to_owned(), Some("dst".to_owned())),
+            ("02".to_owned(), Some("src".to_owned())),
+            ("03".to_owned(), Some("device deleted".to_owned())),
+        ]
+    );
+    assert!(dst.is_revoked("02").await.expect("check"));
+    assert_eq!(
+        dst.enroll_token(&[5; 32])
+            .await
+            .expect("get")
+            .and_then(|t| t.used_at_ms),
+        Some(70)
+    );
+
+    // A destination with its own CA: refused, none of ours lands there.
+    let other = RegistryConfig::Redb {
+        path: dir.path().join("other.redb"),
+    };
+    registry::create(&other).expect("create");
+    let other = registry::open(&other).expect("open");
+    other
+        .modify_ca(Box::new(|_| Ok(ca_record("another-ca", 1))))
+        .await
+        .expect("ca");
+    let refused = registry::copy::copy(src, other.as_ref(), |_| {})
+        .await
+        .expect_err("another CA refused");
+    assert!(refused.to_string().contains("another key"), "{refused}");
+    assert!(
+        other
+            .list_certificates(None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }

@@ -23,7 +23,8 @@ use crate::{
     DeviceId, Write,
     certificates::{
         self, CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord,
-        REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget, RevokedSet,
+        MergeCounts, REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget,
+        RevokedSet,
     },
     error::{RegistryError, Result},
 };
@@ -473,7 +474,7 @@ impl PostgresRegistry {
         if !revoked.is_empty() {
             // Committed: stop answering from memory here until the feed's
             // reload (never add the serials ourselves).
-            self.shared.revoked.stale();
+            self.shared.revoked_here();
         }
         revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
         Ok(revoked)
@@ -566,6 +567,147 @@ impl PostgresRegistry {
     pub(super) fn revoked_cached_pg(&self, serial: &str) -> Option<bool> {
         self.ensure_feed_if_in_runtime();
         self.shared.revoked.lookup(serial)
+    }
+
+    pub(super) async fn list_certificates_pg(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates \
+                     WHERE ($1::text IS NULL OR serial > $1::text) ORDER BY serial LIMIT $2"
+                ),
+                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    pub(super) async fn list_enroll_tokens_pg(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<EnrollTokenRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM enroll_tokens \
+                     WHERE ($1::bytea IS NULL OR hash > $1::bytea) ORDER BY hash LIMIT $2"
+                ),
+                &[
+                    &after.map(|a| a.as_slice()),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub(super) async fn merge_certificates_pg(
+        &self,
+        incoming: Vec<CertificateRecord>,
+    ) -> Result<MergeCounts> {
+        self.ensure_feed();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let serials: Vec<&str> = incoming.iter().map(|c| c.serial.as_str()).collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ANY($1) FOR UPDATE"
+                ),
+                &[&serials],
+            )
+            .await
+            .map_err(db)?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let cert = cert_from_row(row)?;
+            existing.insert(cert.serial.clone(), cert);
+        }
+        let mut counts = MergeCounts::default();
+        let mut revoked = false;
+        for cert in incoming {
+            let current = existing.get(&cert.serial);
+            let Some(write) = certificates::merge_certificate(current, cert, &mut counts)? else {
+                continue;
+            };
+            revoked |= write.revoked.is_some() && current.is_none_or(|c| c.revoked.is_none());
+            if current.is_none() {
+                insert_certificate(&tx, &write).await?;
+            } else {
+                tx.execute(
+                    "UPDATE certificates SET revoked_at_ms = $2, revoked_reason = $3, \
+                     renewed_by = $4 WHERE serial = $1",
+                    &[
+                        &write.serial,
+                        &write.revoked.as_ref().map(|r| ms(r.at_ms)),
+                        &write.revoked.as_ref().map(|r| r.reason.as_str()),
+                        &write.renewed_by,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        if revoked {
+            self.shared.revoked_here();
+        }
+        Ok(counts)
+    }
+
+    pub(super) async fn merge_enroll_tokens_pg(
+        &self,
+        incoming: Vec<EnrollTokenRecord>,
+    ) -> Result<MergeCounts> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let hashes: Vec<&[u8]> = incoming.iter().map(|t| t.hash.as_slice()).collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM enroll_tokens WHERE hash = ANY($1) FOR UPDATE"
+                ),
+                &[&hashes],
+            )
+            .await
+            .map_err(db)?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let token = token_from_row(row)?;
+            existing.insert(token.hash, token);
+        }
+        let mut counts = MergeCounts::default();
+        for token in incoming {
+            let current = existing.get(&token.hash);
+            let Some(write) = certificates::merge_token(current, token, &mut counts)? else {
+                continue;
+            };
+            if current.is_none() {
+                insert_token(&tx, &write).await?;
+            } else {
+                tx.execute(
+                    "UPDATE enroll_tokens SET used_at_ms = $2, revoked_at_ms = $3 WHERE hash = $1",
+                    &[
+                        &write.hash.as_slice(),
+                        &write.used_at_ms.map(ms),
+                        &write.revoked_at_ms.map(ms),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(counts)
     }
 
     pub(super) async fn get_ca_pg(&self) -> Result<Option<CaRecord>> {

@@ -112,10 +112,19 @@ async fn session(
             reload_due = false;
             if super::certificates::reload_revoked(&session.client, &shared.revoked).await? {
                 tracing::debug!("registry: revoked set reloaded");
+            } else {
+                // A revocation came meanwhile (reported, or committed
+                // here with its notification maybe already handled):
+                // read again, or the set would stay untrusted for good.
+                reload_due = true;
             }
         }
         let wake = awaited.as_ref().map_or(next_ping, |(_, due)| *due);
         tokio::select! {
+            () = shared.reload_revoked.notified() => {
+                // Before the feed is up its own first reload comes.
+                reload_due |= live;
+            }
             message = session.messages.recv() => match message {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REVOCATIONS_CHANNEL => {
                     if live {

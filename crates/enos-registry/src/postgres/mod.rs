@@ -47,7 +47,8 @@ pub use self::config::{Connect, Tls};
 use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
     certificates::{
-        CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, RevokeTarget, RevokedSet,
+        CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, MergeCounts, RevokeTarget,
+        RevokedSet,
     },
     record_cache::RecordCache,
 };
@@ -78,6 +79,20 @@ struct Shared {
     /// The revoked serials, trusted only from a reload made while the
     /// feed listens until the feed reports a revocation or goes down.
     revoked: RevokedSet,
+    /// Asks the feed for a reload of `revoked` after a revocation
+    /// committed here: its notification may have been handled (and the
+    /// set reloaded) before this replica marked the set stale.
+    reload_revoked: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// A revocation was committed through this replica: answer from the
+    /// database until the feed has reloaded the set (never add the
+    /// serials ourselves).
+    fn revoked_here(&self) {
+        self.revoked.stale();
+        self.reload_revoked.notify_one();
+    }
 }
 
 /// Rows written per statement (arrays through `unnest`).
@@ -135,6 +150,7 @@ impl PostgresRegistry {
                 cache: RecordCache::new(),
                 feed_live: AtomicBool::new(false),
                 revoked: RevokedSet::new(std::collections::HashSet::new(), false),
+                reload_revoked: tokio::sync::Notify::new(),
             }),
             cache_enabled: config.cache,
             connect,
@@ -289,7 +305,7 @@ impl Registry for PostgresRegistry {
         tx.commit().await.map_err(db)?;
         if revoked > 0 {
             // Read through until the feed's reload has them.
-            self.shared.revoked.stale();
+            self.shared.revoked_here();
         }
         // Drop the written ids, never write our copy back: while the
         // COMMIT reply travelled, another replica may have committed a
@@ -469,6 +485,30 @@ impl Registry for PostgresRegistry {
 
     async fn modify_ca(&self, change: CaChange) -> Result<CaRecord> {
         self.modify_ca_pg(change).await
+    }
+
+    async fn list_certificates(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>> {
+        self.list_certificates_pg(after, limit).await
+    }
+
+    async fn list_enroll_tokens(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<EnrollTokenRecord>> {
+        self.list_enroll_tokens_pg(after, limit).await
+    }
+
+    async fn merge_certificates(&self, certs: Vec<CertificateRecord>) -> Result<MergeCounts> {
+        self.merge_certificates_pg(certs).await
+    }
+
+    async fn merge_enroll_tokens(&self, tokens: Vec<EnrollTokenRecord>) -> Result<MergeCounts> {
+        self.merge_enroll_tokens_pg(tokens).await
     }
 }
 
