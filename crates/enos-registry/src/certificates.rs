@@ -157,6 +157,80 @@ pub struct CaRecord {
 /// CA row, the row to store, or an error to abort with (nothing written).
 pub type CaChange = Box<dyn FnOnce(Option<CaRecord>) -> Result<CaRecord> + Send + 'static>;
 
+/// What a merge of copied records did ([`crate::Registry::merge_certificates`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    /// Records the destination lacked, written as they are.
+    pub created: u64,
+    /// Existing records that gained a revocation, a use or a successor.
+    pub updated: u64,
+    /// Existing records that had everything already (an earlier run).
+    pub unchanged: u64,
+}
+
+/// What to write for a copied certificate given the destination's: the
+/// record, or `None` when nothing changes. Revocations and successors
+/// are only ever added.
+pub(crate) fn merge_certificate(
+    existing: Option<&CertificateRecord>,
+    incoming: CertificateRecord,
+    counts: &mut MergeCounts,
+) -> Result<Option<CertificateRecord>> {
+    let Some(existing) = existing else {
+        counts.created += 1;
+        return Ok(Some(incoming));
+    };
+    if existing.device != incoming.device {
+        return Err(crate::RegistryError::Store(format!(
+            "certificate {} belongs to {} in the destination, to {} in the source",
+            incoming.serial, existing.device, incoming.device
+        )));
+    }
+    let mut merged = existing.clone();
+    if merged.revoked.is_none() {
+        merged.revoked = incoming.revoked;
+    }
+    if merged.renewed_by.is_none() {
+        merged.renewed_by = incoming.renewed_by;
+    }
+    Ok(if merged == *existing {
+        counts.unchanged += 1;
+        None
+    } else {
+        counts.updated += 1;
+        Some(merged)
+    })
+}
+
+/// What to write for a copied token given the destination's, by the
+/// same rule: uses and revocations are only ever added.
+pub(crate) fn merge_token(
+    existing: Option<&EnrollTokenRecord>,
+    incoming: EnrollTokenRecord,
+    counts: &mut MergeCounts,
+) -> Result<Option<EnrollTokenRecord>> {
+    let Some(existing) = existing else {
+        counts.created += 1;
+        return Ok(Some(incoming));
+    };
+    if existing.device != incoming.device {
+        return Err(crate::RegistryError::Store(format!(
+            "an enrollment token of {} in the source is {}'s in the destination",
+            incoming.device, existing.device
+        )));
+    }
+    let mut merged = existing.clone();
+    merged.used_at_ms = merged.used_at_ms.or(incoming.used_at_ms);
+    merged.revoked_at_ms = merged.revoked_at_ms.or(incoming.revoked_at_ms);
+    Ok(if merged == *existing {
+        counts.unchanged += 1;
+        None
+    } else {
+        counts.updated += 1;
+        Some(merged)
+    })
+}
+
 /// The reason recorded when a deleted device's certificates are revoked.
 pub const REASON_DEVICE_DELETED: &str = "device deleted";
 /// The reason recorded when a disabled device's certificates are revoked.

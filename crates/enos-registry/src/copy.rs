@@ -1,6 +1,9 @@
 //! `enos-signer registry copy --from OLD.toml --to NEW.toml`: every record
 //! of one registry into another (redb → PostgreSQL, and back).
 //!
+//! The CA goes too (issue 25): its row (the key as custody stores it, the
+//! chain), every certificate it issued and every enrollment token.
+//!
 //! Secrets stay sealed: records are copied byte for byte and no custody
 //! is built, so both must be sealed under the same custody (the same key
 //! or token; the signer checks that before it calls [`copy`]); changing
@@ -10,12 +13,17 @@
 //! Idempotent and resumable: each page is one destination transaction
 //! that writes only records missing or older there; a record changed in
 //! the destination since (an admin call on the new registry) is kept. An
-//! interrupted copy is finished by running it again.
+//! interrupted copy is finished by running it again. Certificates and
+//! tokens are merged: the destination gains what it lacks (a record, a
+//! revocation, a use, a successor) and never loses one, so a revocation
+//! made on either side stands. The CA row is written when the
+//! destination has none (or has the same key still awaiting its
+//! certificate); a destination with another CA key is refused.
 
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    DeviceId, DeviceRecord, ProductWrite, Registry, RegistryConfig, Write,
+    CaRecord, DeviceId, DeviceRecord, MergeCounts, ProductWrite, Registry, RegistryConfig, Write,
     error::{RegistryError, Result},
 };
 
@@ -37,6 +45,15 @@ pub struct CopyReport {
     pub kept_newer: u64,
     /// Product secrets written (created or updated) in the destination.
     pub products_copied: u64,
+    /// Whether the CA row was written in the destination (the signer is a
+    /// CA and the destination lacked it, or lacked its chain).
+    pub ca_copied: bool,
+    /// The certificates, as merged into the destination: which were new
+    /// there, which gained a revocation or a successor, which were there.
+    pub certificates: MergeCounts,
+    /// The enrollment tokens, as merged into the destination (by the
+    /// same rule: a use or a revocation is never undone).
+    pub enroll_tokens: MergeCounts,
 }
 
 /// Opens the source and the destination of a copy: refuses one registry
@@ -128,7 +145,69 @@ pub async fn copy(
         }
     }
     progress(&report);
+    // The CA: its row first, so that a destination that refuses it (it
+    // has another CA) gets none of its certificates.
+    if let Some(ca) = source.get_ca().await? {
+        let copied = Arc::new(Mutex::new(false));
+        let seen = Arc::clone(&copied);
+        destination
+            .modify_ca(Box::new(move |existing| {
+                let (record, written) = decide_ca(ca, existing)?;
+                *seen.lock().map_err(|_| poisoned())? = written;
+                Ok(record)
+            }))
+            .await?;
+        report.ca_copied = *copied.lock().map_err(|_| poisoned())?;
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = source.list_certificates(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.serial.clone());
+        let counts = destination.merge_certificates(page).await?;
+        add(&mut report.certificates, counts);
+        progress(&report);
+    }
+    let mut after: Option<[u8; 32]> = None;
+    loop {
+        let page = source.list_enroll_tokens(after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.hash);
+        let counts = destination.merge_enroll_tokens(page).await?;
+        add(&mut report.enroll_tokens, counts);
+        progress(&report);
+    }
     Ok(report)
+}
+
+fn add(total: &mut MergeCounts, page: MergeCounts) {
+    total.created += page.created;
+    total.updated += page.updated;
+    total.unchanged += page.unchanged;
+}
+
+/// The CA row to keep in the destination given the source's, and
+/// whether it is the source's (written). The destination's own CA, with
+/// another key, is never replaced.
+fn decide_ca(source: CaRecord, existing: Option<CaRecord>) -> Result<(CaRecord, bool)> {
+    match existing {
+        None => Ok((source, true)),
+        Some(e) if e == source => Ok((e, false)),
+        Some(e) if e.key == source.key => {
+            // The same key: the side that has its certificate wins (an
+            // intermediate imported on one side only).
+            if e.chain_der.is_empty() && !source.chain_der.is_empty() {
+                Ok((source, true))
+            } else {
+                Ok((e, false))
+            }
+        }
+        Some(_) => Err(RegistryError::Config(
+            "registry copy: the destination has a CA with another key; refusing to replace it \
+             (the certificates it issued would no longer verify)"
+                .into(),
+        )),
+    }
 }
 
 fn poisoned() -> RegistryError {

@@ -62,8 +62,8 @@ mod redb_sub_index;
 use std::{collections::HashMap, sync::Arc};
 
 pub use certificates::{
-    CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord, Revocation,
-    RevokeTarget,
+    CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord, MergeCounts,
+    Revocation, RevokeTarget,
 };
 pub use config::RegistryConfig;
 pub use enos_domain::DeviceId;
@@ -230,6 +230,32 @@ pub trait Registry: Send + Sync + 'static {
     /// serialised with every other change of the row. If `change` fails
     /// nothing is written.
     async fn modify_ca(&self, change: CaChange) -> Result<CaRecord>;
+
+    /// Up to `limit` certificates in serial order, strictly after
+    /// `after` (for `registry copy`).
+    async fn list_certificates(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>>;
+
+    /// Up to `limit` enrollment tokens in hash order, strictly after
+    /// `after` (for `registry copy`).
+    async fn list_enroll_tokens(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<EnrollTokenRecord>>;
+
+    /// Writes copied certificates in one transaction: a missing one as it
+    /// is; over an existing one only what it lacks (a revocation, a
+    /// successor), so that nothing is un-revoked. A serial of another
+    /// device is refused (nothing written).
+    async fn merge_certificates(&self, certs: Vec<CertificateRecord>) -> Result<MergeCounts>;
+
+    /// Writes copied tokens in one transaction, by the same rule: a use
+    /// or a revocation is never undone.
+    async fn merge_enroll_tokens(&self, tokens: Vec<EnrollTokenRecord>) -> Result<MergeCounts>;
 }
 
 /// Opens the registry the config names.

@@ -30,7 +30,8 @@ use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
     certificates::{
         self, CaChange, CaRecord, CertificateRecord, CertificateRefusal, EnrollTokenRecord,
-        REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget, RevokedSet,
+        MergeCounts, REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget,
+        RevokedSet,
     },
     gateway_rules::{self, GatewayChanges},
     record_cache::RecordCache,
@@ -510,6 +511,12 @@ impl Registry for RedbRegistry {
             if device_enabled(txn, &token.device)?.is_none() {
                 return Err(CertificateRefusal::DeviceUnknown.into());
             }
+            if certs::token(&txn.open_table(ENROLL_TOKENS)?, &token.hash)?.is_some() {
+                return Err(RegistryError::Store(format!(
+                    "an enrollment token for {} with this hash exists already",
+                    token.device
+                )));
+            }
             certs::put_token(txn, &token)
         })
         .await
@@ -676,6 +683,70 @@ impl Registry for RedbRegistry {
             let record = change(current)?;
             certs::put_ca(txn, &record)?;
             Ok(record)
+        })
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>> {
+        let txn = self.db.begin_read()?;
+        certs::all_certificates(&txn.open_table(CERTIFICATES)?, after, limit)
+    }
+
+    async fn list_enroll_tokens(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<EnrollTokenRecord>> {
+        let txn = self.db.begin_read()?;
+        certs::all_tokens(&txn.open_table(ENROLL_TOKENS)?, after, limit)
+    }
+
+    async fn merge_certificates(&self, incoming: Vec<CertificateRecord>) -> Result<MergeCounts> {
+        let (counts, revoked) = self
+            .write(move |txn| {
+                let mut counts = MergeCounts::default();
+                let mut revoked = Vec::new();
+                for cert in incoming {
+                    let existing =
+                        certs::certificate(&txn.open_table(CERTIFICATES)?, &cert.serial)?;
+                    let was_revoked = existing.as_ref().is_some_and(|e| e.revoked.is_some());
+                    let is_new = existing.is_none();
+                    if let Some(write) =
+                        certificates::merge_certificate(existing.as_ref(), cert, &mut counts)?
+                    {
+                        if write.revoked.is_some() && !was_revoked {
+                            revoked.push(write.serial.clone());
+                        }
+                        if is_new {
+                            certs::insert_certificate(txn, &write)?;
+                        } else {
+                            certs::update_certificate(txn, &write)?;
+                        }
+                    }
+                }
+                Ok((counts, revoked))
+            })
+            .await?;
+        self.revoked.add(revoked);
+        Ok(counts)
+    }
+
+    async fn merge_enroll_tokens(&self, incoming: Vec<EnrollTokenRecord>) -> Result<MergeCounts> {
+        self.write(move |txn| {
+            let mut counts = MergeCounts::default();
+            for token in incoming {
+                let existing = certs::token(&txn.open_table(ENROLL_TOKENS)?, &token.hash)?;
+                if let Some(write) =
+                    certificates::merge_token(existing.as_ref(), token, &mut counts)?
+                {
+                    certs::put_token(txn, &write)?;
+                }
+            }
+            Ok(counts)
         })
         .await
     }

@@ -33,6 +33,10 @@ async fn put_all(registry: &dyn Registry, records: Vec<DeviceRecord>) {
 struct Pair {
     a: Arc<dyn Registry>,
     b: Arc<dyn Registry>,
+    /// Whether the revoked set ends up answered from memory (redb, and
+    /// PostgreSQL with its change feed; not PostgreSQL without a cache,
+    /// which reads every check through).
+    revoked_in_memory: bool,
 }
 
 async fn get_and_list_page_in_key_order(pair: &Pair) {
@@ -568,17 +572,31 @@ async fn issue(registry: &dyn Registry, byte: u8, cert: CertificateRecord) {
         .expect("enroll");
 }
 
-/// Waits until `replica` may have seen a revocation (its generation went
-/// past `before`): from then on its `is_revoked` must answer true at
+/// Waits until `replica` may have seen a revocation: its generation went
+/// past `before`, or it does not answer from memory now (it reads every
+/// check through). From then on its `is_revoked` must answer true at
 /// once. On redb (one registry) the generation moved before the call
 /// returned.
 async fn revocation_reached(replica: &dyn Registry, before: u64) {
     eventually(
         Duration::from_secs(5),
         "revocation generation bumped",
-        async || replica.revocation_generation() > before,
+        async || replica.revocation_generation() > before || replica.revoked_cached("").is_none(),
     )
     .await;
+}
+
+/// `replica`'s revocation generation once its revoked set is trusted (if
+/// it ever is: `in_memory`), so that a later bump comes from what
+/// follows, not from a reload of something before.
+async fn steady_generation(replica: &dyn Registry, in_memory: bool) -> u64 {
+    if in_memory {
+        eventually(Duration::from_secs(5), "revoked set trusted", async || {
+            replica.revoked_cached("").is_some()
+        })
+        .await;
+    }
+    replica.revocation_generation()
 }
 
 async fn enrollment_tokens_are_single_use_and_each_refusal_is_named(pair: &Pair) {
@@ -793,7 +811,7 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
         assert!(!r.is_revoked("c1").await.expect("check"));
         assert!(!r.is_revoked("unknown").await.expect("check"));
     }
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     let revoked = a
         .revoke_certificates(RevokeTarget::Serial("c1".into()), "key compromise", 100)
         .await
@@ -808,12 +826,9 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
     assert!(a.is_revoked("c1").await.expect("check"), "at once, here");
     revocation_reached(b, before).await;
     assert!(b.is_revoked("c1").await.expect("check"), "at once, there");
-    assert_eq!(
-        a.revoked_cached("c2")
-            .and(b.revoked_cached("c2"))
-            .unwrap_or(false),
-        false
-    );
+    for r in [a, b] {
+        assert_ne!(r.revoked_cached("c2"), Some(true), "c2 is not revoked");
+    }
     // Already revoked: neither returned nor changed.
     let again = b
         .revoke_certificates(RevokeTarget::Serial("c1".into()), "again", 200)
@@ -836,7 +851,7 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
         CertificateRefusal::CertificateUnknown
     );
     // By device: the unexpired ones not revoked yet.
-    let before = a.revocation_generation();
+    let before = steady_generation(a, pair.revoked_in_memory).await;
     let revoked = b
         .revoke_certificates(RevokeTarget::Device(dev.clone()), "stolen", 100)
         .await
@@ -861,6 +876,10 @@ async fn revocation_by_serial_and_by_device_is_seen_by_every_replica(pair: &Pair
     assert_eq!(crl, ["c1", "c2"]);
     assert!(b.revoked_certificates(1000).await.expect("crl").is_empty());
     // In steady state the answer comes from memory.
+    if !pair.revoked_in_memory {
+        assert_eq!(a.revoked_cached("c1"), None, "no feed: never from memory");
+        return;
+    }
     eventually(
         Duration::from_secs(5),
         "in-memory set trusted",
@@ -898,7 +917,7 @@ async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair
     assert!(failed.is_err());
     assert!(!a.is_revoked("d1").await.expect("check"));
 
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     put_all(a, vec![disabled]).await;
     let d1 = a.certificate("d1").await.expect("get").expect("present");
     assert_eq!(
@@ -919,7 +938,7 @@ async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair
     put_all(a, vec![record("l", "dis")]).await;
     assert!(b.is_revoked("d1").await.expect("check"));
 
-    let before = b.revocation_generation();
+    let before = steady_generation(b, pair.revoked_in_memory).await;
     delete(b, vec![del.clone()]).await.expect("delete");
     let e1 = a.certificate("e1").await.expect("get").expect("kept");
     assert_eq!(
@@ -1096,6 +1115,7 @@ async fn redb_keeps_the_registry_contract() {
             Pair {
                 a: Arc::clone(&registry),
                 b: registry,
+                revoked_in_memory: true,
             }
         }
     })
@@ -1116,6 +1136,7 @@ async fn redb_keeps_the_certificate_contract() {
             Pair {
                 a: Arc::clone(&registry),
                 b: registry,
+                revoked_in_memory: true,
             }
         }
     })
@@ -1160,18 +1181,20 @@ fn pg_config(cluster: &PgCluster, database: &str) -> PostgresConfig {
 async fn postgres_keeps_the_registry_contract_across_two_replicas() {
     let cluster = PgCluster::start().expect("PostgreSQL cluster");
     let cluster = &cluster;
-    run_contract(|name| async move {
+    let replicas = |name: &'static str| async move {
         cluster.create_database(name).expect("createdb");
         let config = RegistryConfig::Postgres(pg_config(cluster, name));
         registry::create(&config).expect("migrate");
         Pair {
             a: registry::open(&config).expect("open a"),
             b: registry::open(&config).expect("open b"),
+            revoked_in_memory: true,
         }
-    })
-    .await;
+    };
+    run_contract(replicas).await;
+    run_certificate_contract(replicas).await;
     // The same cases without the cache, one of them over the Unix socket.
-    run_contract(|name| async move {
+    let uncached = |name: &'static str| async move {
         let database = format!("{name}_nocache");
         cluster.create_database(&database).expect("createdb");
         let mut config = pg_config(cluster, &database);
@@ -1180,9 +1203,14 @@ async fn postgres_keeps_the_registry_contract_across_two_replicas() {
         let a = registry::open(&RegistryConfig::Postgres(config.clone())).expect("open a");
         config.url = cluster.socket_url(&database);
         let b = registry::open(&RegistryConfig::Postgres(config)).expect("open b");
-        Pair { a, b }
-    })
-    .await;
+        Pair {
+            a,
+            b,
+            revoked_in_memory: false,
+        }
+    };
+    run_contract(uncached).await;
+    run_certificate_contract(uncached).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1252,7 +1280,7 @@ async fn postgres_schema_is_checked_and_migrated_once() {
     // An older database lacks the latest step's objects too; `init`
     // applies that step alone.
     cluster
-        .psql("schema", "DROP INDEX devices_gateway")
+        .psql("schema", migrations::UNDO_LATEST)
         .expect("psql");
     let applied = registry::postgres::PostgresRegistry::create(&config).expect("migrate");
     assert_eq!(applied, [migrations::latest()]);
@@ -1445,5 +1473,292 @@ async fn postgres_over_tls_checks_the_server_certificate_against_the_ca() {
     assert!(
         wrong_name.to_string().contains("certificate"),
         "{wrong_name}"
+    );
+}
+
+/// Issue 25: a revocation through replica A is seen by replica B's
+/// per-call check at once: B's generation bumps when its feed reports it,
+/// and from then on B answers true (from a reload, or by reading the row
+/// while the reload is due). While B's feed is down B never answers from
+/// memory: a revocation made then is seen by reading through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_revocation_on_one_replica_reaches_the_other_at_once() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("revoke").expect("createdb");
+    let config = pg_config(&cluster, "revoke");
+    registry::postgres::PostgresRegistry::create(&config).expect("migrate");
+    let a = registry::postgres::PostgresRegistry::open(&config).expect("open a");
+    let b = registry::postgres::PostgresRegistry::open(&config).expect("open b");
+    put_all(&a, vec![record("rv", "dev")]).await;
+    let dev = id("rv", "dev");
+    let far = registry_now() + 3_600_000;
+    for (byte, serial) in [(1, "r1"), (2, "r2"), (3, "r3"), (4, "r4")] {
+        issue(&a, byte, cert(serial, &dev, 10, far)).await;
+    }
+    // Both feeds up, both sets loaded: answers from memory.
+    assert!(!b.is_revoked("r1").await.expect("check"));
+    assert!(!a.is_revoked("r1").await.expect("check"));
+    eventually(Duration::from_secs(5), "sets trusted", async || {
+        a.revoked_cached("r1") == Some(false) && b.revoked_cached("r1") == Some(false)
+    })
+    .await;
+
+    let before = steady_generation(&b, true).await;
+    a.revoke_certificates(RevokeTarget::Serial("r1".into()), "key compromise", 100)
+        .await
+        .expect("revoke");
+    assert!(
+        a.is_revoked("r1").await.expect("check"),
+        "the revoking replica"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "B's generation bumped",
+        async || b.revocation_generation() > before,
+    )
+    .await;
+    assert!(b.is_revoked("r1").await.expect("check"), "B, at once");
+    eventually(Duration::from_secs(5), "B reloaded", async || {
+        b.revoked_cached("r1") == Some(true)
+    })
+    .await;
+
+    // A device disabled through B: A's generation bumps, r2.. revoked.
+    let before = steady_generation(&a, true).await;
+    let mut disabled = record("rv", "dev");
+    disabled.enabled = false;
+    put_all(&b, vec![disabled]).await;
+    eventually(
+        Duration::from_secs(5),
+        "A's generation bumped",
+        async || a.revocation_generation() > before,
+    )
+    .await;
+    assert!(a.is_revoked("r2").await.expect("check"));
+    put_all(&b, vec![record("rv", "dev")]).await;
+    issue(&a, 5, cert("r5", &dev, 10, far)).await;
+
+    // B's feed cut: B stops answering from memory at once (read through),
+    // so a revocation made while it is down is seen; then it comes back.
+    eventually(Duration::from_secs(5), "B trusted again", async || {
+        b.revoked_cached("r5") == Some(false)
+    })
+    .await;
+    let cut = cluster
+        .psql(
+            "revoke",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{}'",
+                registry::postgres::LISTEN_APPLICATION_NAME
+            ),
+        )
+        .expect("psql");
+    assert_eq!(cut, "2", "both feeds cut");
+    eventually(
+        Duration::from_secs(5),
+        "B's feed noticed down",
+        async || b.revoked_cached("r5").is_none(),
+    )
+    .await;
+    cluster
+        .psql(
+            "revoke",
+            "UPDATE certificates SET revoked_at_ms = 1, revoked_reason = 'psql' WHERE serial = 'r5'",
+        )
+        .expect("psql");
+    assert!(b.is_revoked("r5").await.expect("check"), "read through");
+    eventually(
+        Duration::from_secs(10),
+        "B's feed back, set reloaded",
+        async || b.revoked_cached("r5") == Some(true),
+    )
+    .await;
+}
+
+/// Issue 25: the replicas' role may do what the CA's records need: a
+/// login that is only a member of `enos_signer` enrolls, renews, revokes
+/// and writes the CA row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_signer_role_may_enroll_renew_revoke_and_keep_the_ca() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("grants").expect("createdb");
+    registry::postgres::PostgresRegistry::create(&pg_config(&cluster, "grants")).expect("migrate");
+    let password_file = cluster
+        .create_login("replica", "IN ROLE enos_signer")
+        .expect("login");
+    let config = PostgresConfig {
+        url: cluster.url_as("replica", "grants"),
+        password_file: Some(password_file),
+        pool_size: 2,
+        ca_file: None,
+        cache: true,
+        allow_plaintext_password: false,
+    };
+    let r = registry::postgres::PostgresRegistry::open(&config).expect("open as the replica");
+    put_all(&r, vec![record("g", "dev")]).await;
+    let dev = id("g", "dev");
+    let far = registry_now() + 3_600_000;
+    issue(&r, 1, cert("g1", &dev, 10, far)).await;
+    r.renew("g1", &dev, 20, cert("g2", &dev, 20, far))
+        .await
+        .expect("renew");
+    r.revoke_certificates(RevokeTarget::Serial("g1".into()), "x", 30)
+        .await
+        .expect("revoke");
+    r.put_enroll_token(token(2, &dev, u64::MAX))
+        .await
+        .expect("token");
+    assert_eq!(r.revoke_enroll_tokens(&dev, 40).await.expect("revoke"), 1);
+    delete(&r, vec![dev.clone()]).await.expect("delete revokes");
+    r.modify_ca(Box::new(|_| Ok(ca_record("test", 1))))
+        .await
+        .expect("CA row");
+    assert!(r.is_revoked("g2").await.expect("check"));
+    assert_eq!(r.count_expiring(0, u64::MAX).await.expect("count"), 0);
+}
+
+/// Issue 25: `registry copy` carries the CA row, every certificate and
+/// every token (redb → PostgreSQL); run again it changes nothing; a
+/// revocation made on either side stands after another run; a
+/// destination with another CA is refused before any certificate lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_copy_carries_the_ca_certificates_and_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("copy").expect("createdb");
+    let from = RegistryConfig::Redb {
+        path: dir.path().join("from.redb"),
+    };
+    let to = RegistryConfig::Postgres(pg_config(&cluster, "copy"));
+    registry::create(&from).expect("create");
+    let source = registry::open(&from).expect("open");
+    let src = source.as_ref();
+    put_all(src, vec![record("cp", "dev"), record("cp", "gone")]).await;
+    let dev = id("cp", "dev");
+    let far = registry_now() + 3_600_000;
+    let ca = {
+        let mut ca = ca_record("test-ca", 5);
+        ca.chain_der = vec![vec![0x30, 9]];
+        ca.pending_csr_der = None;
+        ca
+    };
+    let put = ca.clone();
+    src.modify_ca(Box::new(move |_| Ok(put))).await.expect("ca");
+    issue(src, 1, cert("01", &dev, 10, far)).await;
+    src.renew("01", &dev, 20, cert("02", &dev, 20, far))
+        .await
+        .expect("renew");
+    issue(src, 2, cert("03", &id("cp", "gone"), 30, far)).await;
+    delete(src, vec![id("cp", "gone")])
+        .await
+        .expect("delete revokes 03");
+    src.put_enroll_token(token(3, &dev, far))
+        .await
+        .expect("token");
+    src.put_enroll_token(token(4, &dev, far))
+        .await
+        .expect("token");
+    src.revoke_enroll_tokens(&dev, 40).await.expect("revoke");
+    src.put_enroll_token(token(5, &dev, far))
+        .await
+        .expect("token");
+
+    registry::create(&to).expect("migrate");
+    let destination = registry::open(&to).expect("open");
+    let report = registry::copy::copy(src, destination.as_ref(), |_| {})
+        .await
+        .expect("copy");
+    assert!(report.ca_copied);
+    assert_eq!(report.certificates.created, 3);
+    assert_eq!(report.enroll_tokens.created, 5);
+    let dst = destination.as_ref();
+    assert_eq!(dst.get_ca().await.expect("ca"), Some(ca.clone()));
+    assert_eq!(
+        dst.list_certificates(None, 100).await.expect("list"),
+        src.list_certificates(None, 100).await.expect("list")
+    );
+    assert_eq!(
+        dst.list_enroll_tokens(None, 100).await.expect("list"),
+        src.list_enroll_tokens(None, 100).await.expect("list")
+    );
+    let paged = dst.list_certificates(Some("01"), 1).await.expect("page");
+    assert_eq!(paged.len(), 1);
+    assert_eq!(paged[0].serial, "02");
+    assert!(
+        dst.is_revoked("03").await.expect("check"),
+        "revoked there too"
+    );
+    assert!(!dst.is_revoked("01").await.expect("check"));
+
+    // Again: nothing to do.
+    let again = registry::copy::copy(src, dst, |_| {}).await.expect("copy");
+    assert!(!again.ca_copied);
+    assert_eq!(
+        (again.certificates.created, again.certificates.updated),
+        (0, 0)
+    );
+    assert_eq!(again.certificates.unchanged, 3);
+    assert_eq!(again.enroll_tokens.unchanged, 5);
+
+    // Revoked on each side since: both stand after another run.
+    dst.revoke_certificates(RevokeTarget::Serial("01".into()), "dst", 50)
+        .await
+        .expect("revoke");
+    src.revoke_certificates(RevokeTarget::Serial("02".into()), "src", 60)
+        .await
+        .expect("revoke");
+    let mut used = token(5, &dev, far);
+    used.used_at_ms = Some(70);
+    src.merge_enroll_tokens(vec![used])
+        .await
+        .expect("use on the source");
+    let merged = registry::copy::copy(src, dst, |_| {}).await.expect("copy");
+    assert_eq!(merged.certificates.updated, 1, "02 gains its revocation");
+    assert_eq!(merged.enroll_tokens.updated, 1);
+    let reasons: Vec<(String, Option<String>)> = dst
+        .list_certificates(None, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| (c.serial, c.revoked.map(|r| r.reason)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("01".to_owned(), Some("dst".to_owned())),
+            ("02".to_owned(), Some("src".to_owned())),
+            ("03".to_owned(), Some("device deleted".to_owned())),
+        ]
+    );
+    assert!(dst.is_revoked("02").await.expect("check"));
+    assert_eq!(
+        dst.enroll_token(&[5; 32])
+            .await
+            .expect("get")
+            .and_then(|t| t.used_at_ms),
+        Some(70)
+    );
+
+    // A destination with its own CA: refused, none of ours lands there.
+    let other = RegistryConfig::Redb {
+        path: dir.path().join("other.redb"),
+    };
+    registry::create(&other).expect("create");
+    let other = registry::open(&other).expect("open");
+    other
+        .modify_ca(Box::new(|_| Ok(ca_record("another-ca", 1))))
+        .await
+        .expect("ca");
+    let refused = registry::copy::copy(src, other.as_ref(), |_| {})
+        .await
+        .expect_err("another CA refused");
+    assert!(refused.to_string().contains("another key"), "{refused}");
+    assert!(
+        other
+            .list_certificates(None, 10)
+            .await
+            .expect("list")
+            .is_empty()
     );
 }

@@ -25,6 +25,9 @@ use crate::{
 
 /// The channel the `devices` triggers notify.
 pub(super) const CHANNEL: &str = "enos_devices";
+/// The channel the `certificates` triggers notify when a revocation
+/// changes (migration 0005): the replica reloads its revoked set.
+pub(super) const REVOCATIONS_CHANNEL: &str = "enos_certificates";
 
 /// The `application_name` of the LISTEN connection (what an operator, or
 /// a test cutting it, finds in `pg_stat_activity`).
@@ -94,17 +97,41 @@ async fn session(
     let mut session = Session::open(config, tls).await?;
     session
         .client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {REVOCATIONS_CHANNEL}"))
         .await
         .map_err(db)?;
     let mut live = false;
+    // A revocation was reported (or the feed just came up): reload the
+    // revoked set once the messages already here are handled.
+    let mut reload_due = false;
     // The ping awaited and when it is due back; the next ping's time.
     let mut awaited: Option<(String, Instant)> = None;
     let mut next_ping = Instant::now();
     loop {
+        if reload_due && session.messages.is_empty() {
+            reload_due = false;
+            if super::certificates::reload_revoked(&session.client, &shared.revoked).await? {
+                tracing::debug!("registry: revoked set reloaded");
+            } else {
+                // A revocation came meanwhile (reported, or committed
+                // here with its notification maybe already handled):
+                // read again, or the set would stay untrusted for good.
+                reload_due = true;
+            }
+        }
         let wake = awaited.as_ref().map_or(next_ping, |(_, due)| *due);
         tokio::select! {
+            () = shared.reload_revoked.notified() => {
+                // Before the feed is up its own first reload comes.
+                reload_due |= live;
+            }
             message = session.messages.recv() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REVOCATIONS_CHANNEL => {
+                    if live {
+                        shared.revoked.stale();
+                        reload_due = true;
+                    }
+                }
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     let payload = n.payload();
                     if !payload.starts_with(PING_PREFIX) {
@@ -117,6 +144,7 @@ async fn session(
                             // empty.
                             shared.feed_up()?;
                             live = true;
+                            reload_due = true;
                             tracing::info!("registry change feed up");
                         }
                     }
@@ -152,6 +180,8 @@ impl Shared {
     /// it.
     fn feed_up(&self) -> Result<()> {
         self.cache.clear()?;
+        // Revocations may have been missed: untrusted until reloaded.
+        self.revoked.stale();
         self.feed_live.store(true, Ordering::Release);
         Ok(())
     }
@@ -160,6 +190,7 @@ impl Shared {
     /// started before cannot fill it: clearing advances the generation).
     fn feed_down(&self) {
         self.feed_live.store(false, Ordering::Release);
+        self.revoked.stale();
         if let Err(e) = self.cache.clear() {
             tracing::error!(error = %e, "clearing the record cache");
         }

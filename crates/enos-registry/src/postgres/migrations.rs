@@ -44,7 +44,19 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "devices_gateway",
         sql: include_str!("../../migrations/0004_devices_gateway.sql"),
     },
+    Migration {
+        version: 5,
+        name: "certificates",
+        sql: include_str!("../../migrations/0005_certificates.sql"),
+    },
 ];
+
+/// SQL that undoes the latest migration's objects (5: the CA's tables
+/// and their trigger functions), for tests that make a database of the
+/// previous release; the version row is removed apart.
+pub const UNDO_LATEST: &str = "DROP TABLE certificates, enroll_tokens, ca; \
+    DROP FUNCTION enos_certificates_notify_update(), enos_certificates_notify_rows(), \
+    enos_certificates_notify_all()";
 
 /// The schema version this binary serves.
 pub fn latest() -> i32 {

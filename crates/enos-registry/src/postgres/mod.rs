@@ -47,7 +47,8 @@ pub use self::config::{Connect, Tls};
 use super::{
     Change, DeviceId, DeviceRecord, ProductChange, ProductRecord, ProductWrite, Registry, Write,
     certificates::{
-        CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, RevokeTarget, RevokedSet,
+        CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, MergeCounts, RevokeTarget,
+        RevokedSet,
     },
     record_cache::RecordCache,
 };
@@ -78,6 +79,20 @@ struct Shared {
     /// The revoked serials, trusted only from a reload made while the
     /// feed listens until the feed reports a revocation or goes down.
     revoked: RevokedSet,
+    /// Asks the feed for a reload of `revoked` after a revocation
+    /// committed here: its notification may have been handled (and the
+    /// set reloaded) before this replica marked the set stale.
+    reload_revoked: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// A revocation was committed through this replica: answer from the
+    /// database until the feed has reloaded the set (never add the
+    /// serials ourselves).
+    fn revoked_here(&self) {
+        self.revoked.stale();
+        self.reload_revoked.notify_one();
+    }
 }
 
 /// Rows written per statement (arrays through `unnest`).
@@ -135,6 +150,7 @@ impl PostgresRegistry {
                 cache: RecordCache::new(),
                 feed_live: AtomicBool::new(false),
                 revoked: RevokedSet::new(std::collections::HashSet::new(), false),
+                reload_revoked: tokio::sync::Notify::new(),
             }),
             cache_enabled: config.cache,
             connect,
@@ -160,6 +176,15 @@ impl PostgresRegistry {
                 Arc::clone(&self.shared),
             ))
         });
+    }
+
+    /// [`Self::ensure_feed`] from a synchronous caller (the TLS verifier)
+    /// that may run outside a runtime: then the feed waits for the next
+    /// async call.
+    fn ensure_feed_if_in_runtime(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.ensure_feed();
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -271,9 +296,17 @@ impl Registry for PostgresRegistry {
             .await
             .map_err(|e| RegistryError::Store(format!("registry change task failed: {e}")))??;
         let changes = gateway_rules::changes(&tx, read, &writes).await?;
+        // Devices deleted or disabled: their certificates and tokens are
+        // revoked in this transaction (rows locked before the writes).
+        let ended = certificates::ending_devices(&tx, &writes).await?;
         write_all(&tx, &writes).await?;
         gateway_rules::check(&tx, &changes).await?;
+        let revoked = certificates::revoke_ended(&tx, &ended, now_ms()).await?;
         tx.commit().await.map_err(db)?;
+        if revoked > 0 {
+            // Read through until the feed's reload has them.
+            self.shared.revoked_here();
+        }
         // Drop the written ids, never write our copy back: while the
         // COMMIT reply travelled, another replica may have committed a
         // newer record and a read here refilled the cache with it (issue
@@ -442,6 +475,7 @@ impl Registry for PostgresRegistry {
     }
 
     fn revocation_generation(&self) -> u64 {
+        self.ensure_feed_if_in_runtime();
         self.shared.revoked.generation()
     }
 
@@ -451,6 +485,30 @@ impl Registry for PostgresRegistry {
 
     async fn modify_ca(&self, change: CaChange) -> Result<CaRecord> {
         self.modify_ca_pg(change).await
+    }
+
+    async fn list_certificates(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>> {
+        self.list_certificates_pg(after, limit).await
+    }
+
+    async fn list_enroll_tokens(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<EnrollTokenRecord>> {
+        self.list_enroll_tokens_pg(after, limit).await
+    }
+
+    async fn merge_certificates(&self, certs: Vec<CertificateRecord>) -> Result<MergeCounts> {
+        self.merge_certificates_pg(certs).await
+    }
+
+    async fn merge_enroll_tokens(&self, tokens: Vec<EnrollTokenRecord>) -> Result<MergeCounts> {
+        self.merge_enroll_tokens_pg(tokens).await
     }
 }
 
@@ -662,6 +720,14 @@ async fn delete(tx: &tokio_postgres::Transaction<'_>, batch: &[Write]) -> Result
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Now, in unix milliseconds (for the revocations a device change makes,
+/// which carries no time of its own).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds as PostgreSQL's bigint (times before 2^63 ms).
