@@ -134,7 +134,7 @@ impl RunningBroker {
                 let reservation = PortReservation::reserve(tls.listen)?;
                 let addr = reservation.addr();
                 reservations.push(reservation);
-                Some((addr, front::bind(addr)?, config))
+                Some((addr, front::bind(addr)?, tls.clone(), config))
             }
             _ => None,
         };
@@ -165,9 +165,10 @@ impl RunningBroker {
             Arc::clone(&context),
         ));
         let tls_addr = match tls {
-            Some((addr, listener, config)) => {
+            Some((addr, listener, tls, config)) => {
                 tokio::spawn(front::serve_tls(
                     tokio_listener(addr, listener)?,
+                    tls,
                     config,
                     context,
                 ));

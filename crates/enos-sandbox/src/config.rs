@@ -14,6 +14,7 @@
 //! cert = "server.pem"
 //! key = "server.key"
 //! # device_identity = "uri:spiffe://enos/device/{productKey}/{deviceKey}"  # or "cn:…"
+//! # crls = ["devices.crl"]         # the client CA's CRLs (the signer's [ca] crl_file), followed
 //!
 //! [checks]
 //! # freshness_window_secs = 600    # absent (the default): no freshness check, as EnOS;
@@ -112,6 +113,11 @@ pub struct TlsSection {
     /// [`crate::CertificateRule`]); default
     /// `uri:spiffe://enos/device/{productKey}/{deviceKey}`.
     pub device_identity: Option<String>,
+    /// CRL files (PEM or DER) of the client CA, e.g. the signer's
+    /// `[ca] crl_file`: a revoked certificate fails the handshake. They
+    /// are read again when they change.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// `[checks]`.
@@ -195,6 +201,7 @@ impl ConfigFile {
             resolve(&mut tls.ca);
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
+            tls.crls.iter_mut().for_each(resolve);
         }
         if let Some(console) = &mut self.console {
             resolve(&mut console.password_file);
@@ -226,6 +233,8 @@ pub struct Overrides {
     pub allow_md5: bool,
     /// `--tls-device-identity`.
     pub tls_device_identity: Option<String>,
+    /// `--crl` (replaces the file's list when given).
+    pub crls: Vec<PathBuf>,
     /// `--console-user`.
     pub console_user: Option<String>,
     /// `--console-password-file`.
@@ -254,6 +263,8 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// Which device a client certificate belongs to.
     pub device_identity: CertificateRule,
+    /// CRL files of the client CA (followed: re-read when they change).
+    pub crls: Vec<PathBuf>,
 }
 
 /// The console login, complete.
@@ -321,6 +332,11 @@ impl Settings {
                 cert: cert.unwrap_or(section.cert),
                 key: key.unwrap_or(section.key),
                 device_identity,
+                crls: if cli.crls.is_empty() {
+                    section.crls
+                } else {
+                    cli.crls.clone()
+                },
             }),
             (None, Some(ca), Some(cert), Some(key)) => Some(TlsSettings {
                 listen: cli.tls_addr.unwrap_or(default_tls_addr()),
@@ -328,6 +344,7 @@ impl Settings {
                 cert,
                 key,
                 device_identity,
+                crls: cli.crls.clone(),
             }),
             (None, None, None, None) if cli.tls_addr.is_none() => None,
             (None, ..) => {
@@ -471,6 +488,7 @@ mod tests {
                     cert: "/etc/enos-sandbox/server.pem".into(),
                     key: "/var/lib/enos-sandbox/server.key".into(),
                     device_identity: Some("cn:{productKey}.{deviceKey}".into()),
+                    crls: vec!["/etc/enos-sandbox/devices.crl".into()],
                 }),
                 checks: ChecksSection {
                     any_timestamp: false,

@@ -71,6 +71,10 @@ struct Cli {
     /// `uri:spiffe://enos/device/{productKey}/{deviceKey}`).
     #[arg(long, value_name = "RULE")]
     tls_device_identity: Option<String>,
+    /// A CRL file (PEM or DER) of the client CA, e.g. the signer's
+    /// `[ca] crl_file`; repeat for several. Re-read when it changes.
+    #[arg(long = "crl", value_name = "FILE")]
+    crls: Vec<PathBuf>,
     /// The console login's user name: the cloud's side (service calls to
     /// devices, anything they send), from loopback on the plain listener.
     #[arg(long, value_name = "NAME", requires = "console_password_file")]
@@ -96,6 +100,7 @@ impl Cli {
             freshness_window_secs: self.freshness_window_secs,
             allow_md5: self.allow_md5,
             tls_device_identity: self.tls_device_identity.clone(),
+            crls: self.crls.clone(),
             console_user: self.console_user.clone(),
             console_password_file: self.console_password_file.clone(),
         }

@@ -113,6 +113,8 @@ pub struct SandboxBuilder {
     console: Option<(String, PathBuf)>,
     /// `--tls-device-identity`.
     tls_device_identity: Option<String>,
+    /// `--crl`, each.
+    crls: Vec<PathBuf>,
     /// `RUST_LOG` of the child; "info" so that refusals are logged.
     log_filter: String,
     /// How long a start may take before it counts as failed.
@@ -132,6 +134,13 @@ impl SandboxBuilder {
             cert: cert.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// Checks TLS client certificates against the CRL in `file`
+    /// (`--crl`), re-read when it changes.
+    pub fn tls_crl(mut self, file: impl Into<PathBuf>) -> Self {
+        self.crls.push(file.into());
         self
     }
 
@@ -219,6 +228,9 @@ impl SandboxBuilder {
                 files.key.clone().into(),
             ]);
         }
+        for crl in &self.crls {
+            args.extend(["--crl".into(), crl.clone().into()]);
+        }
         if self.any_timestamp {
             args.push("--any-timestamp".into());
         }
@@ -284,6 +296,7 @@ impl Sandbox {
             allow_md5: false,
             console: None,
             tls_device_identity: None,
+            crls: Vec::new(),
             log_filter: "info".into(),
             ready_timeout: Duration::from_secs(20),
         }

@@ -70,13 +70,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use rustls::{
     RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub(crate) use context::FrontContext;
 use context::Listener;
@@ -133,8 +133,26 @@ pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Sandbox
     let chain = certs("certificate", &tls.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
         .map_err(|e| bad("key", &tls.key, e.to_string()))?;
+    let mut crls = Vec::new();
+    for path in &tls.crls {
+        let bytes = read(path)?;
+        let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("CRL", path, e.to_string()))?;
+        if !pem.is_empty() {
+            crls.extend(pem);
+        } else if bytes.first() == Some(&0x30) {
+            crls.push(CertificateRevocationListDer::from(bytes));
+        } else {
+            return Err(bad("CRL", path, "neither PEM nor DER".into()));
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        // A CA without a list is not checked for revocation: the lists
+        // given are enforced, none is invented.
+        .allow_unknown_revocation_status()
         .build()
         .map_err(|e| bad("CA", &tls.ca, e.to_string()))?;
     let config = ServerConfig::builder_with_provider(provider)
@@ -162,18 +180,46 @@ pub(crate) async fn serve_plain(listener: TcpListener, context: Arc<FrontContext
     }
 }
 
+/// The modification times of the CRL files (`None`: unreadable), to tell
+/// when they changed.
+fn crl_stamps(tls: &TlsSettings) -> Vec<Option<std::time::SystemTime>> {
+    tls.crls
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 /// Accepts TLS connections on `listener` for ever; the handshake runs in
-/// the connection's own task.
+/// the connection's own task. When a CRL file changes (the signer writes
+/// a new list on each revocation), the next handshake uses it; a list that
+/// does not load is logged and the previous one stays.
 pub(crate) async fn serve_tls(
     listener: TcpListener,
+    tls: TlsSettings,
     config: Arc<ServerConfig>,
     context: Arc<FrontContext>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
+    let mut acceptor = TlsAcceptor::from(config);
+    let mut stamps = crl_stamps(&tls);
     loop {
         let Some((stream, peer)) = accept(&listener).await else {
             continue;
         };
+        if !tls.crls.is_empty() {
+            let now = crl_stamps(&tls);
+            if now != stamps {
+                stamps = now;
+                match tls_config(&tls) {
+                    Ok(config) => {
+                        info!("CRL files changed: new TLS handshakes use them");
+                        acceptor = TlsAcceptor::from(config);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "CRL files changed but do not load; the previous lists stay")
+                    }
+                }
+            }
+        }
         let acceptor = acceptor.clone();
         let context = Arc::clone(&context);
         tokio::spawn(async move {

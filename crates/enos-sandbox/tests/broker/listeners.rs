@@ -147,3 +147,58 @@ fn other_crates_find_the_binary_next_to_their_test_executable() {
             .expect("exists")
     );
 }
+
+#[tokio::test]
+async fn a_certificate_revoked_in_a_followed_crl_fails_the_tls_handshake() {
+    // #25: the sandbox's MQTTS listener loads the client CA's CRL (the
+    // signer writes one on each revocation) and follows the file.
+    let fixture = Fixture::new();
+    let identity = fixture.pki.device("pkA", "dev1").expect("device cert");
+    let crl = fixture.dir.path().join("devices.crl");
+    std::fs::write(&crl, fixture.pki.crl_pem(1, &[]).expect("crl")).expect("write crl");
+    let sandbox = fixture
+        .sandbox()
+        .tls_crl(&crl)
+        .start()
+        .expect("sandbox starts");
+    let tls_addr = sandbox.tls_addr().expect("tls listener");
+    let login = || dev1_signed(SignMethod::HmacSha256, now_ms());
+    connect(
+        tls_addr,
+        &login(),
+        Some(tls_client(&fixture.pki, Some(&identity))),
+    )
+    .await
+    .expect("not revoked yet");
+    // The file is replaced (as the signer does, by rename), with a later
+    // modification time than the first.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let next = fixture.dir.path().join("devices.crl.next");
+    std::fs::write(&next, fixture.pki.crl_pem(2, &[&identity]).expect("crl")).expect("write crl");
+    std::fs::rename(&next, &crl).expect("rename");
+    let refused = connect(
+        tls_addr,
+        &login(),
+        Some(tls_client(&fixture.pki, Some(&identity))),
+    )
+    .await;
+    assert!(refused.is_err(), "a revoked certificate is refused");
+    sandbox
+        .wait_for_log("TLS handshake refused", WAIT)
+        .expect("the refusal is logged");
+    let other = fixture.pki.device("pkA", "dev2").expect("device cert");
+    let dev2 = credential(
+        "pkA",
+        "dev2",
+        "secret-dev2-51c2e",
+        SignMethod::HmacSha256,
+        now_ms(),
+    );
+    connect(
+        tls_addr,
+        &dev2,
+        Some(tls_client(&fixture.pki, Some(&other))),
+    )
+    .await
+    .expect("another device is still served");
+}
