@@ -49,6 +49,7 @@ use enos_signer_svc::{
 };
 use enos_testkit::{Identity, Pki, signer::TestSigner};
 use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -139,15 +140,27 @@ fn run(hsm: &SoftHsm) -> Result<()> {
         let c_sign_two = token.c_sign_rate(&hsm_key_id, 2, secs);
         drop(token);
 
-        let software = runtime.block_on(renewals(&software_signer, &software_clients, secs))?;
+        let floor = runtime.block_on(calls(
+            &software_signer,
+            &software_clients,
+            secs,
+            Call::Health,
+        ))?;
+        let software = runtime.block_on(calls(
+            &software_signer,
+            &software_clients,
+            secs,
+            Call::Renew,
+        ))?;
         runtime.block_on(hsm_signer.restart())?;
-        let hsm_rate = runtime.block_on(renewals(&hsm_signer, &hsm_clients, secs))?;
+        let hsm_rate = runtime.block_on(calls(&hsm_signer, &hsm_clients, secs, Call::Renew))?;
         runtime.block_on(hsm_signer.stop());
         println!(
             "  round {round}: raw sign+encode {raw_sign:.0}/s, raw CSR check+sign+encode {raw_csr:.0}/s, \
              raw C_Sign 1/2 sessions {c_sign_one:.0}/{c_sign_two:.0}/s, \
-             gRPC software {software:.0}/s, gRPC HSM {hsm_rate:.0}/s"
+             empty mTLS RPC {floor:.0}/s, gRPC software {software:.0}/s, gRPC HSM {hsm_rate:.0}/s"
         );
+        best.floor = best.floor.max(floor);
         best.raw_sign = best.raw_sign.max(raw_sign);
         best.raw_csr = best.raw_csr.max(raw_csr);
         best.c_sign = best.c_sign.max(c_sign_one.max(c_sign_two));
@@ -168,6 +181,10 @@ fn run(hsm: &SoftHsm) -> Result<()> {
         best.c_sign
     );
     println!(
+        "  Health/Check (an empty mTLS RPC, the floor): {:>8.0} RPS",
+        best.floor
+    );
+    println!(
         "  RenewCertificate, software CA:                {:>8.0} RPS",
         best.software
     );
@@ -184,6 +201,11 @@ fn run(hsm: &SoftHsm) -> Result<()> {
         "  HSM CA / raw C_Sign: {:.2}  (goal >= 0.70)",
         best.hsm / best.c_sign
     );
+    println!(
+        "  software CA / empty RPC: {:.2}; HSM CA / empty RPC: {:.2}",
+        best.software / best.floor,
+        best.hsm / best.floor
+    );
     Ok(())
 }
 
@@ -195,6 +217,7 @@ struct Best {
     c_sign: f64,
     software: f64,
     hsm: f64,
+    floor: f64,
 }
 
 /// [`rate`] of `f` on `threads` threads at once, summed.
@@ -263,9 +286,23 @@ async fn enrolled(signer: &TestSigner, clients: usize) -> Result<Vec<Client>> {
     Ok(out)
 }
 
-/// Renewals per second from every client, after a short warm-up; an error
+/// What the clients call.
+#[derive(Clone, Copy)]
+enum Call {
+    /// `RenewCertificate` with the client's CSR.
+    Renew,
+    /// `grpc.health.v1.Health/Check`: the floor of any call.
+    Health,
+}
+
+/// Calls per second from every client, after a short warm-up; an error
 /// fails the run.
-async fn renewals(signer: &TestSigner, clients: &[Client], duration: Duration) -> Result<f64> {
+async fn calls(
+    signer: &TestSigner,
+    clients: &[Client],
+    duration: Duration,
+    call: Call,
+) -> Result<f64> {
     let mut channels = Vec::with_capacity(clients.len());
     for c in clients {
         channels.push(
@@ -277,30 +314,40 @@ async fn renewals(signer: &TestSigner, clients: &[Client], duration: Duration) -
             .await?,
         );
     }
-    flat_out(&channels, clients, Duration::from_millis(300)).await?;
+    flat_out(&channels, clients, Duration::from_millis(300), call).await?;
     let started = Instant::now();
-    let done = flat_out(&channels, clients, duration).await?;
+    let done = flat_out(&channels, clients, duration, call).await?;
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Renewals completed by every client until `duration` has passed.
-async fn flat_out(channels: &[Channel], clients: &[Client], duration: Duration) -> Result<u64> {
+async fn flat_out(
+    channels: &[Channel],
+    clients: &[Client],
+    duration: Duration,
+    call: Call,
+) -> Result<u64> {
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = channels
         .iter()
         .zip(clients)
         .map(|(channel, c)| {
             let mut client = CertificatesClient::new(channel.clone());
+            let mut health = HealthClient::new(channel.clone());
             let csr = c.csr.clone();
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    client
-                        .renew_certificate(RenewCertificateRequest {
-                            csr_der: csr.clone(),
-                        })
-                        .await
-                        .map_err(|s| format!("renewal failed: {s:?}"))?;
+                    match call {
+                        Call::Renew => client
+                            .renew_certificate(RenewCertificateRequest {
+                                csr_der: csr.clone(),
+                            })
+                            .await
+                            .map(drop),
+                        Call::Health => health.check(HealthCheckRequest::default()).await.map(drop),
+                    }
+                    .map_err(|s| format!("call failed: {s:?}"))?;
                     done += 1;
                 }
                 Result::Ok(done)
