@@ -102,18 +102,20 @@ impl fmt::Debug for SealedSecret {
 pub struct StoredCaKey {
     /// Which custody made it (for example `aead-xchacha20poly1305-ca-v1`
     /// or `pkcs11-ec-p256-v1`), so that a key is never handed to a custody
-    /// that cannot use it.
+    /// that would misread it.
     pub scheme: String,
-    /// The sealed PKCS#8 (software) or the token object's CKA_ID/label
-    /// (HSM); opaque outside the custody that made it.
+    /// Sealed PKCS#8 (software) or the token object's CKA_ID/label (HSM);
+    /// opaque outside the custody that made it.
     pub bytes: Vec<u8>,
-    /// The key's SubjectPublicKeyInfo (DER), so that the CA certificate
-    /// and a chain can be checked against the key without opening it.
+    /// The key's SubjectPublicKeyInfo, DER: what the CA certificate (or the
+    /// intermediate's request) carries, readable without the custody.
     pub public_key_der: Vec<u8>,
 }
 
 impl fmt::Debug for StoredCaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bytes are sealed or a token reference, but a Debug print
+        // has no use for them: scheme and size only.
         f.debug_struct("StoredCaKey")
             .field("scheme", &self.scheme)
             .field("len", &self.bytes.len())
