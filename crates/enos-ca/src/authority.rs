@@ -3,13 +3,17 @@
 //! root signs ([`intermediate_request`]), after which the signer serves
 //! the whole chain. [`issuer`] turns the installed certificate and the
 //! custody's key into what [`crate::issue::device_certificate`] signs
-//! with.
+//! with; [`CustodyKey`] is that key when custody holds it
+//! ([`custody_issuer`]).
 
-use std::time::SystemTime;
+use std::{cell::RefCell, sync::Arc, time::SystemTime};
+
+use enos_custody::{CaSigner, CustodyError};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequest, DistinguishedName, DnType,
-    IsCa, Issuer, KeyUsagePurpose, SigningKey,
+    IsCa, Issuer, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SignatureAlgorithm,
+    SigningKey,
 };
 
 use crate::{error::CaError, issue::Validity, serial::Serial};
@@ -87,4 +91,95 @@ pub fn is_usable_ca(der: &[u8], now: SystemTime) -> Result<(), CaError> {
         ));
     }
     Ok(())
+}
+
+/// A CA key held by custody, as rcgen signs with it: every signature is
+/// [`CaSigner::sign`] (in software, or C_Sign in a token). ECDSA P-256
+/// with SHA-256 only, as custody makes CA keys.
+#[derive(Clone)]
+pub struct CustodyKey {
+    /// Signs; shared with whoever else holds the custody's signer.
+    signer: Arc<dyn CaSigner>,
+    /// The signer's public key, parsed once: rcgen asks for the raw point
+    /// ([`PublicKeyData::der_bytes`]) and the algorithm on every
+    /// certificate.
+    public_key: rcgen::SubjectPublicKeyInfo,
+}
+
+impl std::fmt::Debug for CustodyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustodyKey")
+            .field("algorithm", &"ECDSA P-256 SHA-256")
+            .finish_non_exhaustive()
+    }
+}
+
+impl CustodyKey {
+    /// Wraps `signer`; refuses a public key that is not EC P-256.
+    pub fn new(signer: Arc<dyn CaSigner>) -> Result<Self, CaError> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(signer.public_key_der())
+            .map_err(|_| CaError::UnsupportedKey("of the CA: unreadable".into()))?;
+        if public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::UnsupportedKey(
+                "of the CA: custody CA keys are EC P-256".into(),
+            ));
+        }
+        Ok(CustodyKey { signer, public_key })
+    }
+
+    /// The custody's signer.
+    pub fn signer(&self) -> &Arc<dyn CaSigner> {
+        &self.signer
+    }
+}
+
+thread_local! {
+    /// Why the last [`CustodyKey::sign`] on this thread failed, until the
+    /// `rcgen::Error` it became is turned into a [`CaError`].
+    static KEY_ERROR: RefCell<Option<CustodyError>> = const { RefCell::new(None) };
+}
+
+/// The reason kept by the last failed [`CustodyKey::sign`] on this thread.
+pub(crate) fn take_key_error() -> Option<CustodyError> {
+    KEY_ERROR.with(|cell| cell.borrow_mut().take())
+}
+
+impl PublicKeyData for CustodyKey {
+    fn der_bytes(&self) -> &[u8] {
+        // For EC keys the raw point, not the SubjectPublicKeyInfo: rcgen
+        // wraps it itself.
+        self.public_key.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for CustodyKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.signer.sign(msg).map_err(|error| {
+            KEY_ERROR.with(|cell| *cell.borrow_mut() = Some(error));
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}
+
+/// The issuer of device certificates (and CRLs) when custody holds the
+/// key: the installed CA certificate `der` and the custody's `signer`.
+/// Refuses a certificate that is not for the signer's key, so that a
+/// wrong `ca import-cert` or a mixed-up registry is found before anything
+/// is signed.
+pub fn custody_issuer(
+    der: &[u8],
+    signer: Arc<dyn CaSigner>,
+) -> Result<Issuer<'static, CustodyKey>, CaError> {
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| CaError::Unreadable)?;
+    if certificate.public_key().raw != signer.public_key_der() {
+        return Err(CaError::Validity(
+            "the CA certificate is not for the CA key in custody",
+        ));
+    }
+    issuer(der, CustodyKey::new(signer)?)
 }

@@ -29,6 +29,13 @@ pub enum CaError {
     /// No randomness for a serial number.
     #[error("no randomness for a serial number")]
     Random,
+    /// A CRL entry's serial is not one: hex of 1 to 20 bytes.
+    #[error("not a certificate serial (hex, 1 to 20 bytes): {0:?}")]
+    Serial(String),
+    /// The CA key's custody cannot sign now (an HSM is away); retrying
+    /// later may succeed. The message is the custody's.
+    #[error("the CA key is unavailable: {0}")]
+    KeyUnavailable(String),
     /// Building or signing the certificate failed (the CA key refused to
     /// sign, an HSM session was lost): the message is the encoder's.
     #[error("signing the certificate: {0}")]
@@ -37,6 +44,20 @@ pub enum CaError {
 
 impl From<rcgen::Error> for CaError {
     fn from(e: rcgen::Error) -> Self {
+        // rcgen reduces a remote key's failure to `RemoteKeyError`; the
+        // custody's own reason was kept aside by `CustodyKey::sign` on
+        // this thread (rcgen signs synchronously, on the caller's thread).
+        if matches!(e, rcgen::Error::RemoteKeyError) {
+            match crate::authority::take_key_error() {
+                Some(enos_custody::CustodyError::Unavailable(reason)) => {
+                    return CaError::KeyUnavailable(reason);
+                }
+                Some(other) => {
+                    return CaError::Signing(format!("the CA key did not sign: {other}"));
+                }
+                None => {}
+            }
+        }
         CaError::Signing(e.to_string())
     }
 }

@@ -17,12 +17,17 @@
 //! |---|---|
 //! | [`request`] | [`RequestedKey`]: a CSR read, its signature checked, reduced to its public key |
 //! | [`issue`] | [`issue::device_certificate`]: the certificate a device gets, [`IssuedCertificate`] |
-//! | [`authority`] | the CA's own certificate: a self-signed root, or a CSR for an intermediate |
+//! | [`authority`] | the CA's own certificate: a self-signed root, or a CSR for an intermediate; [`authority::CustodyKey`], the CA key in custody as rcgen signs with it |
+//! | `bench_support` | (feature `bench`) the raw issuance loops the benchmarks compare against |
+//! | [`crl`] | [`crl::revocation_list`]: the CRL, signed like the certificates |
 //! | [`serial`] | [`Serial`]: random, positive, 128 bits |
 //! | [`error`] | [`CaError`], the one error type |
 #![forbid(unsafe_code)]
 
 pub mod authority;
+#[cfg(feature = "bench")]
+pub mod bench_support;
+pub mod crl;
 pub mod error;
 pub mod issue;
 pub mod request;

@@ -12,14 +12,14 @@
 
 use std::{
     sync::{
-        PoisonError, RwLock,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use cryptoki::{mechanism::Mechanism, session::Session};
-use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
+use enos_custody::{CaSigner, Custody, CustodyError, SealedSecret, SecretRef, StoredCaKey};
 use enos_sign_core::{DeviceSecret, ExposeSecret, HexCase, Password, SignMethod, SignedFields};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -62,10 +62,18 @@ pub struct CustodyStatus {
 ///
 /// See the crate documentation for the record format and the reasons.
 pub struct Pkcs11Custody {
+    /// Everything, shared with the CA signers made from this custody
+    /// ([`Custody::ca_signer`]), which use the same connection, session
+    /// pool and reconnection.
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The connection and what it needs to recover, behind [`Pkcs11Custody`].
+pub(crate) struct Shared {
     /// The connection, or `None` while the token is away.
     state: RwLock<State>,
     /// The resolved configuration, kept to reconnect.
-    settings: Pkcs11Settings,
+    pub(crate) settings: Pkcs11Settings,
     /// Whether `open` may export.
     export: ExportPolicy,
     /// Successful reconnects, for [`Pkcs11Custody::status`].
@@ -91,10 +99,10 @@ struct State {
 impl std::fmt::Debug for Pkcs11Custody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pkcs11Custody")
-            .field("module", &self.settings.module)
-            .field("token", &self.settings.token)
-            .field("kek_label", &self.settings.kek_label)
-            .field("export", &self.export)
+            .field("module", &self.shared.settings.module)
+            .field("token", &self.shared.settings.token)
+            .field("kek_label", &self.shared.settings.kek_label)
+            .field("export", &self.shared.export)
             .finish_non_exhaustive()
     }
 }
@@ -115,38 +123,55 @@ impl Pkcs11Custody {
         let claim = ModuleClaim::take(&settings.module)?;
         let connection = Connection::open(&settings)?;
         Ok(Pkcs11Custody {
-            state: RwLock::new(State {
-                connection: Some(connection),
-                generation: 1,
-                last_failure: None,
-                pin_rejected: false,
+            shared: Arc::new(Shared {
+                state: RwLock::new(State {
+                    connection: Some(connection),
+                    generation: 1,
+                    last_failure: None,
+                    pin_rejected: false,
+                }),
+                settings,
+                export,
+                reconnects: AtomicU64::new(0),
+                _claim: claim,
             }),
-            settings,
-            export,
-            reconnects: AtomicU64::new(0),
-            _claim: claim,
         })
     }
 
     /// The size of the session pool: how many signs can run in the token
     /// at once, so how many threads should call [`Custody::sign`].
     pub fn sessions(&self) -> usize {
-        self.settings.sessions
+        self.shared.settings.sessions
     }
 
     /// Whether the token is reachable now, and why not.
     pub fn status(&self) -> CustodyStatus {
-        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let state = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         CustodyStatus {
             connected: state.connection.is_some(),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
             last_error: state.last_failure.as_ref().map(|(_, e)| e.to_string()),
         }
     }
 
-    /// Runs `op` with a pooled session, reconnecting and retrying once if
-    /// the token was lost.
+    /// Runs `op` with a pooled session (see [`Shared::run_on`]).
     fn run<T>(&self, op: impl Fn(&Session, Keys) -> Result<T, OpError>) -> Result<T, CustodyError> {
+        self.shared
+            .run_on(|session, connection| op(session, connection.keys))
+    }
+}
+
+impl Shared {
+    /// Runs `op` with a pooled session of the current connection,
+    /// reconnecting and retrying once if the token was lost.
+    pub(crate) fn run_on<T>(
+        &self,
+        op: impl Fn(&Session, &Connection) -> Result<T, OpError>,
+    ) -> Result<T, CustodyError> {
         let mut retried = false;
         loop {
             let (generation, lost) = {
@@ -174,12 +199,12 @@ impl Pkcs11Custody {
     fn attempt<T>(
         &self,
         connection: &Connection,
-        op: &impl Fn(&Session, Keys) -> Result<T, OpError>,
+        op: &impl Fn(&Session, &Connection) -> Result<T, OpError>,
     ) -> Result<T, Attempt> {
         let session = connection
             .checkout()
             .map_err(|e| Attempt::Lost(describe(&e)))?;
-        match op(&session, connection.keys) {
+        match op(&session, connection) {
             Ok(value) => {
                 connection.give_back(session);
                 Ok(value)
@@ -194,6 +219,7 @@ impl Pkcs11Custody {
     fn sort(&self, error: OpError, token: &str) -> Attempt {
         let error = match error {
             OpError::Malformed => return Attempt::Failed(CustodyError::Integrity),
+            OpError::Refused(error) => return Attempt::Failed(error),
             OpError::Ck(error) => error,
         };
         match classify(&error) {
@@ -346,8 +372,16 @@ impl Custody for Pkcs11Custody {
         })
     }
 
+    fn create_ca_key(&self, label: &str) -> Result<StoredCaKey, CustodyError> {
+        crate::ca::create(&self.shared, label)
+    }
+
+    fn ca_signer(&self, key: &StoredCaKey) -> Result<Arc<dyn CaSigner>, CustodyError> {
+        crate::ca::signer(&self.shared, key)
+    }
+
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {
-        if self.export == ExportPolicy::Refuse {
+        if self.shared.export == ExportPolicy::Refuse {
             return Err(CustodyError::Unsupported(
                 "this HSM custody was connected for signing; only `custody migrate` may export secrets",
             ));

@@ -62,10 +62,12 @@
 //! | `ops` | seal, sign and export inside one session |
 //! | `record` | the sealed record's bytes and what its MAC covers |
 //! | `custody` | [`Pkcs11Custody`]: the `Custody` impl and reconnection |
+//! | `ca` | the signer's CA key: an EC P-256 pair generated in the token, C_Sign with CKM_ECDSA |
 //! | `error` | [`Pkcs11Error`] and how PKCS#11 return values are sorted |
 //! | `softhsm` | (feature `softhsm-fixture`) a throwaway SoftHSM2 token per test process |
 #![forbid(unsafe_code)]
 
+mod ca;
 mod config;
 mod custody;
 mod error;
@@ -78,6 +80,7 @@ pub mod softhsm;
 mod token;
 mod uri;
 
+pub use ca::CA_SCHEME;
 pub use config::{DEFAULT_KEK_LABEL, PinSource, Pkcs11Config, Pkcs11Settings, TokenSelector};
 pub use custody::{CustodyStatus, ExportPolicy, Pkcs11Custody};
 pub use error::Pkcs11Error;

@@ -21,6 +21,9 @@ pub(crate) enum OpError {
     Ck(CkError),
     /// The record does not parse: tampered with or not ours.
     Malformed,
+    /// Refused for a reason of its own, final (a CA key that is missing
+    /// or unfit).
+    Refused(enos_custody::CustodyError),
 }
 
 impl From<CkError> for OpError {

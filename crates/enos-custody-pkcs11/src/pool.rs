@@ -5,9 +5,14 @@
 //! time. The pool hands each sign its own session and caps how many are
 //! open (the token's own limit, and the parallelism it can really give).
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::{
+    collections::HashMap,
+    sync::{Condvar, Mutex, MutexGuard, PoisonError},
+};
 
-use cryptoki::{context::Pkcs11, error::Error as CkError, session::Session, slot::Slot};
+use cryptoki::{
+    context::Pkcs11, error::Error as CkError, object::ObjectHandle, session::Session, slot::Slot,
+};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -28,6 +33,10 @@ pub(crate) struct Connection {
     returned: Condvar,
     /// Upper bound on open sessions.
     max_sessions: usize,
+    /// CA private keys found so far, by CKA_ID: a CA sign is then one
+    /// C_Sign, not a search first. Handles are valid for this
+    /// initialisation only, so the cache dies with the connection.
+    ca_keys: Mutex<HashMap<Vec<u8>, ObjectHandle>>,
     /// The session the login was made in. Never used for work: it stays
     /// open so that the login state (which ends when a token's last
     /// session closes) survives the pool discarding sessions. In a mutex
@@ -64,6 +73,7 @@ impl Connection {
             }),
             returned: Condvar::new(),
             max_sessions: settings.sessions,
+            ca_keys: Mutex::new(HashMap::new()),
             _anchor: Mutex::new(login.session),
             pin: login.pin,
             slot: login.slot,
@@ -106,6 +116,37 @@ impl Connection {
                 cryptoki::context::Function::Login,
             )),
         }
+    }
+
+    /// A read-write session outside the pool, logged in, for creating
+    /// token objects (a CA key pair); closed when dropped.
+    pub(crate) fn rw_session(&self) -> Result<Session, CkError> {
+        let session = open_session(&self.ctx, self.slot, true)?;
+        match log_in(&session, &self.pin, &self.token) {
+            Ok(()) => Ok(session),
+            Err(_) => Err(CkError::Pkcs11(
+                cryptoki::error::RvError::UserNotLoggedIn,
+                cryptoki::context::Function::Login,
+            )),
+        }
+    }
+
+    /// The cached handle of the CA key `id`, if it was found before on
+    /// this connection.
+    pub(crate) fn cached_ca_key(&self, id: &[u8]) -> Option<ObjectHandle> {
+        self.ca_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    }
+
+    /// Remembers the handle of the CA key `id` for this connection.
+    pub(crate) fn cache_ca_key(&self, id: &[u8], handle: ObjectHandle) {
+        self.ca_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_vec(), handle);
     }
 
     /// Returns a healthy session to the pool.

@@ -13,10 +13,17 @@
 //! - [`SecretRef`]: which secret, bound into every seal so that a sealed
 //!   secret copied to another record fails to open.
 //! - [`SealedSecret`]: the stored form, tagged with the scheme that made it.
+//! - [`StoredCaKey`], [`CaSigner`]: the signer's CA key, made and used by
+//!   the same custody as the secrets ([`Custody::create_ca_key`],
+//!   [`Custody::ca_signer`]); [`p256`] holds the encodings both custodies
+//!   share.
 //! - [`CustodyError`]: the one error type; it never contains secret material.
 #![forbid(unsafe_code)]
 
+pub mod p256;
+
 use core::fmt;
+use std::sync::Arc;
 
 use enos_domain::DeviceId;
 use enos_sign_core::{
@@ -123,6 +130,19 @@ impl fmt::Debug for StoredCaKey {
     }
 }
 
+/// Signs with a CA key: ECDSA P-256, SHA-256, DER-encoded (X9.62)
+/// signature.
+///
+/// Blocking like [`Custody`]: an HSM signs in the token.
+pub trait CaSigner: Send + Sync + 'static {
+    /// The key's SubjectPublicKeyInfo, DER.
+    fn public_key_der(&self) -> &[u8];
+
+    /// ECDSA P-256 over SHA-256 of `message`; the signature DER-encoded
+    /// (`Ecdsa-Sig-Value`), as a certificate or CRL carries it.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CustodyError>;
+}
+
 /// Keeps device secrets and signs with them.
 ///
 /// Implementations are cheap to share (`Send + Sync`) and blocking: an HSM
@@ -158,6 +178,23 @@ pub trait Custody: Send + Sync + 'static {
     fn check(&self) -> Result<(), CustodyError> {
         Ok(())
     }
+
+    /// Makes a new CA key (ECDSA P-256) named `label`, held by this
+    /// custody: sealed under the master key (software), or a
+    /// non-extractable key pair generated in the token (HSM). The
+    /// returned form is what the registry stores.
+    fn create_ca_key(&self, label: &str) -> Result<StoredCaKey, CustodyError> {
+        let _ = label;
+        Err(CustodyError::Unsupported("this custody holds no CA key"))
+    }
+
+    /// A signer for `key`, as [`Custody::create_ca_key`] made it. Opens or
+    /// finds the key once (and checks that it signs for its public key);
+    /// every [`CaSigner::sign`] then uses it.
+    fn ca_signer(&self, key: &StoredCaKey) -> Result<Arc<dyn CaSigner>, CustodyError> {
+        let _ = key;
+        Err(CustodyError::Unsupported("this custody holds no CA key"))
+    }
 }
 
 /// What can go wrong in a custody. Messages never contain a secret.
@@ -190,6 +227,11 @@ pub enum CustodyError {
     /// The operation is not supported by this custody.
     #[error("not supported by this custody: {0}")]
     Unsupported(&'static str),
+    /// A CA key (or what the custody returned for one) is malformed or
+    /// of another kind than ECDSA P-256, or does not sign for the public
+    /// key stored with it.
+    #[error("invalid CA key: {0}")]
+    InvalidCaKey(String),
     /// A secret read back from custody is not a valid secret.
     #[error("invalid secret in custody: {0}")]
     InvalidSecret(#[from] enos_sign_core::SignError),

@@ -41,7 +41,7 @@ fn validate_secret(field: Field, value: &str) -> Result<(), SignError> {
         return Err(SignError::InvalidSecret {
             field,
             position,
-            reason: "a secret is printable ASCII without whitespace (trim a trailing newline read from a file)",
+            reason: "a secret is printable ASCII without whitespace",
         });
     }
     Ok(())

@@ -49,6 +49,123 @@ pub struct SignerConfig {
     /// still checked for the mTLS listener's health service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthConfig>,
+    /// The signer as the certificate authority of its devices' client
+    /// certificates (enrollment, renewal, revocation); absent: the
+    /// operator keeps their own PKI and everything works as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaConfig>,
+}
+
+/// `[ca]`: the signer issues its devices' client certificates. Its key is
+/// held by the custody (sealed under the master key, or in the HSM) and
+/// made by `enos-signer ca init`; its chain is kept in the registry, so
+/// every replica serves the same CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Where `Enrollment` is served: server-authenticated TLS with the
+    /// signer's certificate and no client certificate (a device being
+    /// enrolled has none; its one-time token is its proof). Absent: no
+    /// enrollment listener (renewal still works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_listen: Option<SocketAddr>,
+    /// Lifetime of an issued device certificate (default 30 days).
+    #[serde(default = "default_certificate_lifetime", with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Lifetime per product key, where it differs from `lifetime`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub products: BTreeMap<String, CaProductConfig>,
+    /// Lifetime of an enrollment token when `enroll-token` gives none
+    /// (default 24 h).
+    #[serde(default = "default_token_ttl", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Where the CRL is written (DER), refreshed on every revocation and
+    /// well before its nextUpdate; absent: served over HTTP only
+    /// (`/crl` on the metrics listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
+    /// How long a published CRL is valid (its nextUpdate; default 24 h).
+    /// It is re-signed at half of it, so a reader that fetches it at
+    /// least that often never holds a stale list.
+    #[serde(default = "default_crl_validity", with = "humantime_serde")]
+    pub crl_validity: Duration,
+}
+
+impl Default for CaConfig {
+    /// Every default, and no enrollment listener.
+    fn default() -> Self {
+        CaConfig {
+            enroll_listen: None,
+            lifetime: default_certificate_lifetime(),
+            products: BTreeMap::new(),
+            token_ttl: default_token_ttl(),
+            crl_file: None,
+            crl_validity: default_crl_validity(),
+        }
+    }
+}
+
+/// `[ca.products.<productKey>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaProductConfig {
+    /// Lifetime of this product's device certificates.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+}
+
+/// The longest certificate lifetime `[ca]` accepts: a device certificate
+/// is renewed, not kept for years.
+pub const MAX_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(398 * 86_400);
+/// The longest enrollment token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+fn default_certificate_lifetime() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn default_crl_validity() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+impl CaConfig {
+    /// The certificate lifetime for `product_key`.
+    pub fn lifetime_of(&self, product_key: &str) -> Duration {
+        self.products
+            .get(product_key)
+            .map_or(self.lifetime, |p| p.lifetime)
+    }
+
+    /// Refuses lifetimes that are zero or longer than the maxima.
+    pub fn validate(&self) -> Result<()> {
+        let lifetimes = std::iter::once(("ca.lifetime".to_owned(), self.lifetime)).chain(
+            self.products
+                .iter()
+                .map(|(pk, p)| (format!("ca.products.{pk}.lifetime"), p.lifetime)),
+        );
+        for (key, lifetime) in lifetimes {
+            if lifetime.is_zero() || lifetime > MAX_CERTIFICATE_LIFETIME {
+                return Err(SignerError::Config(format!(
+                    "{key} must be more than 0 and at most 398 days"
+                )));
+            }
+        }
+        if self.token_ttl.is_zero() || self.token_ttl > MAX_TOKEN_TTL {
+            return Err(SignerError::Config(
+                "ca.token_ttl must be more than 0 and at most 30 days".into(),
+            ));
+        }
+        if self.crl_validity < Duration::from_secs(60) {
+            return Err(SignerError::Config(
+                "ca.crl_validity must be at least 1 minute".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The gRPC listener.
@@ -500,7 +617,12 @@ impl SignerConfig {
     pub fn from_toml(text: &str) -> Result<Self> {
         // enos-toml: the error never quotes the file (a secret pasted
         // into the wrong key stays out of the log).
-        enos_toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))
+        let config: Self =
+            enos_toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))?;
+        if let Some(ca) = &config.ca {
+            ca.validate()?;
+        }
+        Ok(config)
     }
 
     /// Reads `path` and resolves relative paths against its directory
@@ -555,6 +677,9 @@ impl SignerConfig {
                     file(ca);
                 }
             }
+        }
+        if let Some(crl) = self.ca.as_mut().and_then(|ca| ca.crl_file.as_mut()) {
+            file(crl);
         }
         match &mut self.custody {
             CustodyConfig::Software { master_key_file } => key(master_key_file),

@@ -61,6 +61,10 @@ pub enum SignerError {
     /// The audit sink could not be written.
     #[error("audit sink: {0}")]
     Audit(String),
+    /// The CA could not build or sign a certificate or CRL (the request
+    /// was fine; the message is for the log).
+    #[error("certificate authority: {0}")]
+    Ca(String),
     /// TLS material or setup is wrong.
     #[error("tls: {0}")]
     Tls(String),
@@ -176,6 +180,7 @@ impl From<RegistryError> for SignerError {
             RegistryError::Tls(m) => SignerError::Tls(m),
             RegistryError::Unavailable(m) => SignerError::RegistryUnavailable(m),
             RegistryError::GatewayRules(broken) => SignerError::GatewayRules(broken),
+            RegistryError::Refusal(refusal) => certificate_refusal(refusal),
             RegistryError::Refused(refusal) => match refusal.downcast::<SignerError>() {
                 Ok(own) => *own,
                 Err(other) => SignerError::Registry(other.to_string()),
@@ -191,6 +196,44 @@ impl From<SignerError> for RegistryError {
     /// the error back unchanged.
     fn from(error: SignerError) -> Self {
         RegistryError::refused(error)
+    }
+}
+
+/// The status of a refused enrollment or renewal: a token that is not
+/// (or no longer) a proof is Unauthenticated, one for another device
+/// PermissionDenied; a device that cannot have a certificate is NotFound
+/// or FailedPrecondition. Each message says what to do next.
+pub fn certificate_refusal(refusal: enos_registry::CertificateRefusal) -> SignerError {
+    use enos_registry::CertificateRefusal as R;
+    const NEW_TOKEN: &str = "ask the operator for a new one (enos-signer enroll-token PK DK)";
+    match refusal {
+        R::TokenUnknown => SignerError::Unauthenticated("the enrollment token is not valid"),
+        R::TokenExpired => SignerError::Unauthenticated(
+            "the enrollment token has expired; ask the operator for a new one (enos-signer enroll-token PK DK)",
+        ),
+        R::TokenUsed => SignerError::Unauthenticated(
+            "the enrollment token has been used already; ask the operator for a new one (enos-signer enroll-token PK DK)",
+        ),
+        R::TokenRevoked => SignerError::Unauthenticated(
+            "the enrollment token was revoked; ask the operator for a new one (enos-signer enroll-token PK DK)",
+        ),
+        R::TokenForAnotherDevice => SignerError::PermissionDenied(
+            "the enrollment token was made for another device".into(),
+        ),
+        R::CertificateUnknown => SignerError::FailedPrecondition(
+            "the calling certificate was not issued by this signer's CA: enroll with a token instead (enos-agent enroll)".into(),
+        ),
+        R::CertificateRevoked => SignerError::Unauthenticated("the client certificate is revoked"),
+        R::CertificateExpired => SignerError::Unauthenticated(
+            "the client certificate has expired: it cannot renew; enroll again with a new token (enos-agent enroll)",
+        ),
+        R::CertificateOfAnotherDevice => SignerError::PermissionDenied(
+            "the certificate renewed belongs to another device".into(),
+        ),
+        R::DeviceUnknown => SignerError::NotFound("the device".into()),
+        R::DeviceDisabled => SignerError::FailedPrecondition(format!(
+            "the device is disabled; enable it, then {NEW_TOKEN}"
+        )),
     }
 }
 

@@ -16,12 +16,13 @@
 //! |---|---|
 //! | [`error`], [`config`], [`key_file`] | [`SignerError`] and its gRPC status; [`SignerConfig`], the TOML config as serde structs; 256-bit key files |
 //! | [`custody`] | config → `Custody` (software XChaCha20-Poly1305, or PKCS#11), and the threads that run blocking HSM signs |
+//! | [`ca`] | with `[ca]`: the CA of the devices' client certificates (key in custody, chain in the registry), enrollment tokens, the CRL, the expiring-certificates gauge |
 //! | [`audit`] | one JSON record per issuance and admin change; password HMAC; fail-closed; sinks: file, log, PostgreSQL |
 //! | [`listener`] | what runs before a call is admitted: TLS material and reload, the accept loop, peer identity, connection limits and throttle, metrics, readiness, the plain health port. Never imports a service |
 //! | [`state`] | [`state::SignerState`], what every call needs, and its parts: policy per product, rate limit per identity, sampled refusal logs, the admin allow-list |
 //! | [`services`] | the gRPC services: `Credentials` (with activation and batch login), `Admin` (with import and product secrets) |
 //! | [`server`] | [`Signer`], [`run`]: the listener and the services together; serve until shutdown, then drain |
-//! | [`ops`] | what the binary does with the service stopped: `init`, `custody migrate`, `registry copy` |
+//! | [`ops`] | what the binary does with the service stopped: `init`, `ca init` / `ca import-cert`, `custody migrate`, `registry copy` |
 //! | [`client`] | [`client::connect_mtls`]: how the admin CLI and tests reach a signer |
 //!
 //! The device registry (trait, records, redb, PostgreSQL, its cache and
@@ -58,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod custody;

@@ -7,7 +7,10 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use enos_signer_proto::v1::{admin_server::AdminServer, credentials_server::CredentialsServer};
+use enos_signer_proto::v1::{
+    admin_server::AdminServer, certificates_server::CertificatesServer,
+    credentials_server::CredentialsServer, enrollment_server::EnrollmentServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -25,15 +28,27 @@ use crate::{
     listener::limits::{AddressLimit, Admission, ConnectionLimit, PeerThrottle},
     listener::metrics,
     listener::readiness::Readiness,
-    listener::tls_incoming::{ConnectionTimeouts, tls_incoming},
+    listener::tls_incoming::{ConnectionTimeouts, enroll_config, grpc_config, tls_incoming},
     listener::tls_reload::{self, ReloadingTls},
     services::admin::AdminService,
+    services::certificates::CertificatesService,
     services::credentials::CredentialsService,
+    services::enrollment::EnrollmentService,
     state::SignerState,
 };
 
 /// The fully-qualified names of the API's services, for health checks.
-pub const SERVICE_NAMES: [&str; 2] = ["enos.signer.v1.Credentials", "enos.signer.v1.Admin"];
+pub const SERVICE_NAMES: [&str; 4] = [
+    "enos.signer.v1.Credentials",
+    "enos.signer.v1.Certificates",
+    "enos.signer.v1.Enrollment",
+    "enos.signer.v1.Admin",
+];
+
+/// Calls in flight on the enrollment listener: enrollment is rare (once
+/// per gateway), and its callers have proved nothing yet, so they get a
+/// small share of the machine; more are shed at once.
+const ENROLL_MAX_CONCURRENT: usize = 32;
 
 /// How often readiness is checked without a `[health]` section.
 const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,6 +67,8 @@ pub struct Signer {
     readiness_interval: Duration,
     /// The plain health port's listener, when one is served.
     health_listener: Option<TcpListener>,
+    /// The enrollment listener (`[ca] enroll_listen`), when one is served.
+    enroll_listener: Option<TcpListener>,
     /// Connections, streams and requests in flight ([`crate::listener::limits`]).
     limits: LimitsConfig,
     /// Header and connection timeouts of the metrics listener.
@@ -72,6 +89,7 @@ impl Signer {
                 .as_ref()
                 .map_or(DEFAULT_READINESS_INTERVAL, HealthConfig::check_interval),
             health_listener: None,
+            enroll_listener: None,
             limits: config.server.limits.clone(),
             metrics_timeouts: config.metrics.as_ref().map_or_else(
                 || MetricsConfig::on(([0, 0, 0, 0], 0).into()).timeouts(),
@@ -84,6 +102,13 @@ impl Signer {
     /// [`crate::listener::health_port`]).
     pub fn with_health_listener(mut self, listener: TcpListener) -> Self {
         self.health_listener = Some(listener);
+        self
+    }
+
+    /// Also serves `Enrollment` on `listener` (server-authenticated TLS,
+    /// no client certificate; see [`crate::services::enrollment`]).
+    pub fn with_enroll_listener(mut self, listener: TcpListener) -> Self {
+        self.enroll_listener = Some(listener);
         self
     }
 
@@ -180,10 +205,44 @@ impl Signer {
             self.tls_reload_interval,
             stop.clone(),
         ));
+        let ca_tasks = self.start_ca(&stop).await;
+        let enrollment = self.enroll_listener.take().map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "enrollment listening (TLS, one-time tokens)");
+            let incoming = tls_incoming(
+                listener,
+                Arc::clone(&self.tls),
+                enroll_config,
+                Admission {
+                    throttle: Arc::clone(&throttle),
+                    per_address: AddressLimit::new(self.limits.max_connections_per_ip),
+                    limit: ConnectionLimit::new(self.limits.max_connections),
+                    metrics: self.state.metrics.clone(),
+                    listener: "enroll",
+                },
+                ConnectionTimeouts {
+                    handshake: self.limits.handshake_timeout(),
+                    http2_start: self.limits.http2_start_timeout(),
+                },
+                stop.clone(),
+            );
+            tokio::spawn(
+                Server::builder()
+                    .max_concurrent_streams(8)
+                    .load_shed(true)
+                    .layer(GlobalConcurrencyLimitLayer::new(ENROLL_MAX_CONCURRENT))
+                    .timeout(Duration::from_secs(30))
+                    .add_service(EnrollmentServer::new(EnrollmentService::new(Arc::clone(
+                        &self.state,
+                    ))))
+                    .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+            )
+        });
 
         let incoming = tls_incoming(
             listener,
             Arc::clone(&self.tls),
+            grpc_config,
             Admission {
                 throttle: Arc::clone(&throttle),
                 per_address: AddressLimit::new(self.limits.max_connections_per_ip),
@@ -216,6 +275,15 @@ impl Signer {
             .add_service(CredentialsServer::new(CredentialsService::new(Arc::clone(
                 &self.state,
             ))))
+            .add_service(CertificatesServer::new(CertificatesService::new(
+                Arc::clone(&self.state),
+            )))
+            // Enrollment is served here too, for a device that already has a
+            // certificate (say, of the operator's PKI) and a token; without
+            // `[ca]` it answers "this signer is not a CA".
+            .add_service(EnrollmentServer::new(EnrollmentService::new(Arc::clone(
+                &self.state,
+            ))))
             .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         tokio::pin!(server);
@@ -237,6 +305,12 @@ impl Signer {
             }
         };
         stop.cancel();
+        if let Some(task) = enrollment {
+            let _ = tokio::time::timeout(self.drain_timeout, task).await;
+        }
+        for task in ca_tasks {
+            task.abort();
+        }
         housekeeping.abort();
         tls_watch.abort();
         readiness_task.abort();
@@ -249,6 +323,78 @@ impl Signer {
         }
         tracing::info!("signer stopped");
         Ok(served?)
+    }
+}
+
+impl Signer {
+    /// With `[ca]`: trusts the CA's chain for device certificates (read now
+    /// and every [`crate::ca::REFRESH`]), publishes its CRL, serves it at
+    /// `/crl` and keeps the expiring-certificates gauge. Returns the
+    /// tasks, stopped with `stop`.
+    async fn start_ca(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(ca) = self.state.ca.clone() else {
+            return Vec::new();
+        };
+        let trust = {
+            let ca = Arc::clone(&ca);
+            let tls = Arc::clone(&self.tls);
+            let stop = stop.clone();
+            let first = trust_own_ca(&ca, &tls, true).await;
+            tokio::spawn(async move {
+                let mut warned = !first;
+                let mut tick = tokio::time::interval(crate::ca::REFRESH);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let ok = trust_own_ca(&ca, &tls, !warned).await;
+                    warned = !ok;
+                }
+            })
+        };
+        let publisher = Arc::new(crate::ca::crl::CrlPublisher::new(Arc::clone(&ca)));
+        {
+            let publisher = Arc::clone(&publisher);
+            self.state.metrics.serve_crl(Arc::new(move || {
+                let publisher = Arc::clone(&publisher);
+                Box::pin(async move { publisher.current().await.ok() })
+            }));
+        }
+        let crl = tokio::spawn(publisher.publish(ca.config().crl_file.clone(), stop.clone()));
+        let expiry = {
+            let metrics = self.state.metrics.clone();
+            tokio::spawn(crate::ca::expiry::watch(
+                Arc::clone(&self.state.registry),
+                ca.changes(),
+                move |count| metrics.set_certificates_expiring_7d(count),
+                stop.clone(),
+            ))
+        };
+        vec![trust, crl, expiry]
+    }
+}
+
+/// Installs the CA's current chain as a trust anchor of device
+/// certificates; false (warned when `warn`) while the CA is not ready.
+async fn trust_own_ca(
+    ca: &crate::ca::CertificateAuthority,
+    tls: &Arc<ReloadingTls>,
+    warn: bool,
+) -> bool {
+    match ca.chain().await {
+        Ok(chain) => {
+            let tls = Arc::clone(tls);
+            let _ = tokio::task::spawn_blocking(move || tls.set_own_ca(chain)).await;
+            true
+        }
+        Err(e) => {
+            if warn {
+                tracing::warn!(error = %e, "[ca] is configured but the CA is not ready; enrollment and renewal are refused until it is");
+            }
+            false
+        }
     }
 }
 
@@ -265,6 +411,9 @@ pub async fn run(
     let mut signer = Signer::open(&config)?;
     if let Some(health) = &config.health {
         signer = signer.with_health_listener(bind(health.listen).await?);
+    }
+    if let Some(addr) = config.ca.as_ref().and_then(|ca| ca.enroll_listen) {
+        signer = signer.with_enroll_listener(bind(addr).await?);
     }
     let sighup = tokio::spawn(tls_reload::reload_on_sighup(signer.tls()));
     let metrics_listener = match &config.metrics {

@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{code, fixture, fixture_with, status};
 use enos_signer_proto::v1::{
     BindSubDeviceRequest, DeviceRef, ImportDevicesRequest, ImportRow, ListDevicesRequest,
     PutDeviceRequest, RotateSecretRequest, SetEnabledRequest, UnbindSubDeviceRequest,
     admin_client::AdminClient,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 fn dref(pk: &str, dk: &str) -> Option<DeviceRef> {
@@ -523,40 +520,14 @@ async fn health_and_reflection_answer() {
     }
 }
 
-/// GET /metrics over mTLS with `identity` (a raw HTTP/1.1 request).
+/// GET /metrics over mTLS with `identity`.
 async fn scrape(
     f: &common::Fixture,
     identity: Option<&enos_testkit::Identity>,
 ) -> std::io::Result<String> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(f.signer.ca_pem().as_bytes()).expect("ca"))
-        .expect("root");
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).expect("cert")],
-                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("key"),
-            )
-            .expect("client auth"),
-        None => builder.with_no_client_auth(),
-    };
-    let addr = f.signer.metrics_addr().expect("metrics configured");
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name = ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = connector.connect(server_name, tcp).await?;
-    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    tls.read_to_string(&mut body).await?;
-    Ok(body)
+    common::metrics_get(f, identity, "/metrics")
+        .await
+        .map(|body| String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

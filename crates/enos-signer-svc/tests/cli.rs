@@ -181,6 +181,75 @@ async fn admin_subcommands_take_secrets_from_files_or_stdin_only() {
     // There is no way to pass a secret on the command line.
     let out = run(with(vec!["put-device", "Pk1", "d", "--secret", "x"]), None).await;
     assert!(!out.status.success());
+
+    // #29 item 7: two lines are refused from stdin (it used to take the
+    // first) and from a file (it used to blame a trailing newline), and
+    // nothing is written.
+    let out = run(
+        with(vec!["rotate-secret", "Pk1", "dev-1"]),
+        Some("StdinSecret3\nStdinSecret4\n"),
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("stdin holds more than one line"), "{error}");
+    assert!(!error.contains("StdinSecret"), "{error}");
+    std::fs::write(&secret_file, "FileSecret5\nFileSecret6\n").expect("write");
+    let out = run(
+        with(vec![
+            "rotate-secret",
+            "Pk1",
+            "dev-1",
+            "--secret-file",
+            &secret_path,
+        ]),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("holds more than one line"), "{error}");
+    assert!(!error.contains("trailing newline read"), "{error}");
+    let out = run(with(vec!["get", "Pk1", "dev-1"]), None).await;
+    assert!(
+        text(&out.stdout).contains("secret_version=2"),
+        "no rotation happened"
+    );
+}
+
+#[tokio::test]
+async fn init_is_all_or_nothing_and_names_the_missing_directory() {
+    // #29 item 2: a registry in a directory that does not exist used to
+    // leave master.key and audit.key behind, and the second run refused.
+    let state = tempfile::tempdir().expect("state dir");
+    let config = write_config(state.path(), "127.0.0.1:0", state.path());
+    let text_config = std::fs::read_to_string(&config).expect("config").replace(
+        "path = \"registry.redb\"",
+        "path = \"missing/registry.redb\"",
+    );
+    std::fs::write(&config, text_config).expect("config");
+    let config_arg = config.display().to_string();
+    let out = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("missing does not exist") && error.contains("install -d"),
+        "{error}"
+    );
+    for key in ["master.key", "audit.key"] {
+        assert!(
+            !state.path().join(key).exists(),
+            "{key} written by a failed init"
+        );
+    }
+    std::fs::create_dir(state.path().join("missing")).expect("mkdir");
+    let out = run(vec!["init".into(), "--config".into(), config_arg], None).await;
+    assert!(out.status.success(), "after the fix: {}", text(&out.stderr));
+    assert!(state.path().join("missing/registry.redb").exists());
 }
 
 fn write_config(dir: &Path, listen: &str, ca_dir: &Path) -> PathBuf {

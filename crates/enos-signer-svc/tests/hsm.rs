@@ -754,3 +754,111 @@ fn readiness_follows_the_token_and_liveness_does_not() {
         },
     );
 }
+
+#[test]
+fn the_ca_key_lives_in_the_token_and_certificates_are_signed_there() {
+    // #25: with HSM custody, `ca init` (run by the fixture) makes the CA
+    // key in the token; enrollment and renewal sign there, the chain is
+    // served, and the stored form of the key holds no key material.
+    isolated(
+        "the_ca_key_lives_in_the_token_and_certificates_are_signed_there",
+        "ca",
+        "",
+        |hsm| {
+            runtime().block_on(async {
+                generate_kek(&hsm.config()).expect("create the token's keys");
+                let config = hsm.config();
+                let f = common::fixture_with(move |c| {
+                    c.custody = CustodyConfig::Pkcs11(config);
+                    c.ca = Some(enos_signer_svc::config::CaConfig {
+                        enroll_listen: Some(([127, 0, 0, 1], 0).into()),
+                        ..Default::default()
+                    });
+                })
+                .await;
+                f.signer
+                    .put_device("Pk1", "gw-1", "aaabbbcc123")
+                    .await
+                    .expect("put");
+                let token = f
+                    .signer
+                    .admin()
+                    .await
+                    .create_enroll_token(enos_signer_proto::v1::CreateEnrollTokenRequest {
+                        device: Some(DeviceRef::new("Pk1", "gw-1")),
+                        ttl_secs: 0,
+                    })
+                    .await
+                    .expect("token")
+                    .into_inner()
+                    .token;
+                let key =
+                    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+                let csr = rcgen::CertificateParams::default()
+                    .serialize_request(&key)
+                    .expect("csr");
+                let channel = enos_signer_svc::client::connect_mtls(
+                    &f.signer.enroll_uri().expect("enrollment listener"),
+                    f.signer.ca_pem(),
+                    None,
+                )
+                .await
+                .expect("TLS");
+                let issued =
+                    enos_signer_proto::v1::enrollment_client::EnrollmentClient::new(channel)
+                        .enroll(enos_signer_proto::v1::EnrollRequest {
+                            device: Some(DeviceRef::new("Pk1", "gw-1")),
+                            token,
+                            csr_der: csr.der().to_vec(),
+                        })
+                        .await
+                        .expect("enrolled with the CA key in the token")
+                        .into_inner();
+                let (_, cert) = x509_parser::parse_x509_certificate(&issued.certificate_der)
+                    .expect("certificate");
+                let (_, ca) =
+                    x509_parser::parse_x509_certificate(&issued.chain_der[0]).expect("ca");
+                cert.verify_signature(Some(ca.public_key()))
+                    .expect("signed by the token's key");
+                // The new certificate gets a credential from the same signer.
+                let identity = enos_testkit::Identity::from_issued(
+                    std::iter::once(issued.certificate_der.as_slice())
+                        .chain(issued.chain_der.iter().map(Vec::as_slice)),
+                    key.serialize_pem(),
+                );
+                let channel = enos_signer_svc::client::connect_mtls(
+                    &f.signer.uri(),
+                    f.signer.ca_pem(),
+                    Some(enos_testkit::signer::client_identity(&identity)),
+                )
+                .await
+                .expect("mTLS");
+                let credential =
+                    enos_signer_proto::v1::credentials_client::CredentialsClient::new(channel)
+                        .issue_mqtt_credential(IssueMqttCredentialRequest::default())
+                        .await
+                        .expect("issued")
+                        .into_inner();
+                assert!(verify(&credential, "aaabbbcc123"));
+                // The registry keeps the token's reference and the public key only.
+                let mut f = f;
+                f.signer.stop().await;
+                let registry = RedbRegistry::open(
+                    &f.dir
+                        .path()
+                        .canonicalize()
+                        .expect("dir")
+                        .join("registry.redb"),
+                )
+                .expect("registry");
+                let stored = registry.get_ca().await.expect("read").expect("a CA");
+                assert_eq!(stored.key.scheme, enos_custody_pkcs11::CA_SCHEME);
+                assert!(
+                    stored.key.bytes.len() <= 64,
+                    "a reference, not a key: {} bytes",
+                    stored.key.bytes.len()
+                );
+            });
+        },
+    );
+}

@@ -4,7 +4,10 @@
 //! a second, also after their change feed connections were cut. An import
 //! killed mid-transaction leaves no row; an older schema is refused until
 //! `registry migrate`. A database outage answers UNAVAILABLE, and the
-//! replica serves again once the database is back.
+//! replica serves again once the database is back. With `[ca]` (#25): one
+//! enrollment token given to two replicas at once enrolls exactly once,
+//! and a certificate revoked through one replica is refused by another at
+//! once, on its open connection and on a new one.
 
 mod common;
 
@@ -35,6 +38,8 @@ struct Replica {
     child: Child,
     /// Its gRPC address.
     addr: SocketAddr,
+    /// Its enrollment address, with `[ca]`.
+    enroll: Option<SocketAddr>,
 }
 
 impl Replica {
@@ -70,10 +75,35 @@ struct Fleet {
     dir: tempfile::TempDir,
     /// The admin certificate of the fleet's operator.
     admin: Identity,
+    /// Whether the replicas are the devices' CA (`[ca]`).
+    ca: bool,
 }
 
 impl Fleet {
     fn new(database: &str) -> Fleet {
+        Self::create(database, false)
+    }
+
+    /// A fleet whose replicas are their devices' CA, made by `ca init`.
+    fn with_ca(database: &str) -> Fleet {
+        let fleet = Self::create(database, true);
+        let (config, _) = fleet.write_config("ca-init", free_addr(), database);
+        let out = Command::new(BIN)
+            .args(["ca", "init", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(fleet.dir.path().join("device-ca.pem"))
+            .output()
+            .expect("run ca init");
+        assert!(
+            out.status.success(),
+            "ca init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fleet
+    }
+
+    fn create(database: &str, ca: bool) -> Fleet {
         let cluster = PgCluster::start().expect("PostgreSQL cluster");
         cluster.create_database(database).expect("createdb");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -84,9 +114,10 @@ impl Fleet {
             cluster,
             dir,
             admin,
+            ca,
         };
         // `init` once: keys in the shared directory, the schema migrated.
-        let config = fleet.write_config("init", free_addr(), database);
+        let (config, _) = fleet.write_config("init", free_addr(), database);
         let out = Command::new(BIN)
             .args(["init", "--config"])
             .arg(&config)
@@ -110,7 +141,12 @@ impl Fleet {
 
     /// The config of replica `name`: the shared keys and database, its own
     /// listen address and audit file.
-    fn write_config(&self, name: &str, listen: SocketAddr, database: &str) -> PathBuf {
+    fn write_config(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        database: &str,
+    ) -> (PathBuf, Option<SocketAddr>) {
         let dir = self.dir.path();
         let server = self.pki.server(&[]).expect("server cert");
         let files = server.write(dir, "server").expect("write server cert");
@@ -130,15 +166,22 @@ impl Fleet {
         config.audit.sink = enos_signer_svc::config::AuditSinkConfig::File {
             path: dir.join(format!("audit-{name}.jsonl")),
         };
+        let enroll = self.ca.then(free_addr);
+        if self.ca {
+            config.ca = Some(enos_signer_svc::config::CaConfig {
+                enroll_listen: enroll,
+                ..Default::default()
+            });
+        }
         let path = dir.join(format!("signer-{name}.toml"));
         std::fs::write(&path, config.to_toml().expect("toml")).expect("write config");
-        path
+        (path, enroll)
     }
 
     /// Starts replica `name` and waits until it answers.
     async fn start(&self, name: &str, database: &str) -> Replica {
         let addr = free_addr();
-        let config = self.write_config(name, addr, database);
+        let (config, enroll) = self.write_config(name, addr, database);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
         let child = Command::new(BIN)
             .args(["serve", "--config"])
@@ -147,7 +190,11 @@ impl Fleet {
             .stderr(log)
             .spawn()
             .expect("spawn enos-signer serve");
-        let replica = Replica { child, addr };
+        let replica = Replica {
+            child,
+            addr,
+            enroll,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut admin = self.admin_of(&replica).await;
@@ -524,7 +571,7 @@ async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up()
             ),
         )
         .expect("psql");
-    let config = fleet.write_config("old", free_addr(), db);
+    let (config, _) = fleet.write_config("old", free_addr(), db);
     let refused = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -633,4 +680,138 @@ async fn a_database_outage_answers_unavailable_and_the_replica_serves_again_once
     feeds_up(&fleet, database, 1).await;
     let log = std::fs::read_to_string(fleet.dir.path().join("a.log")).expect("replica log");
     assert!(!log.contains("internal error"), "{log}");
+}
+
+/// A P-256 key and a CSR for it.
+fn key_and_csr() -> (rcgen::KeyPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("csr");
+    (key, csr.der().to_vec())
+}
+
+/// Enrolls `pk/dk` with `token` through `replica`'s enrollment listener.
+async fn enroll(
+    fleet: &Fleet,
+    replica: &Replica,
+    pk: &str,
+    dk: &str,
+    token: &str,
+    csr: Vec<u8>,
+) -> Result<v1::IssuedCertificate, tonic::Status> {
+    let uri = format!("https://{}", replica.enroll.expect("enrollment listener"));
+    let channel = client::mtls_endpoint(&uri, fleet.pki.ca_pem(), None)
+        .expect("endpoint")
+        .connect_lazy();
+    v1::enrollment_client::EnrollmentClient::new(channel)
+        .enroll(v1::EnrollRequest {
+            device: dref(pk, dk),
+            token: token.to_owned(),
+            csr_der: csr,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The identity an issued certificate (with its chain) and `key` make.
+fn enrolled_identity(issued: &v1::IssuedCertificate, key: &rcgen::KeyPair) -> Identity {
+    Identity::from_issued(
+        std::iter::once(issued.certificate_der.as_slice())
+            .chain(issued.chain_der.iter().map(Vec::as_slice)),
+        key.serialize_pem(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_on_two_replicas_enrolls_once_and_a_revocation_reaches_every_replica() {
+    let database = "ca_replicas";
+    let fleet = Fleet::with_ca(database);
+    let a = fleet.start("a", database).await;
+    let b = fleet.start("b", database).await;
+    let mut admin = fleet.admin_of(&a).await;
+    admin
+        .put_device(PutDeviceRequest {
+            device: dref("Pk1", "gw-1"),
+            device_secret: "secret-1".into(),
+            enabled: true,
+            awaiting_activation: false,
+        })
+        .await
+        .expect("put device");
+
+    // The same token to both replicas at once, many times: exactly one
+    // enrollment each time.
+    for round in 0..5 {
+        let token = admin
+            .create_enroll_token(v1::CreateEnrollTokenRequest {
+                device: dref("Pk1", "gw-1"),
+                ttl_secs: 0,
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .token;
+        let (first, second) = tokio::join!(
+            enroll(&fleet, &a, "Pk1", "gw-1", &token, key_and_csr().1),
+            enroll(&fleet, &b, "Pk1", "gw-1", &token, key_and_csr().1),
+        );
+        let won = [&first, &second].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(
+            won, 1,
+            "round {round}: exactly one replica enrolls: {first:?} / {second:?}"
+        );
+        let lost = first.err().or(second.err()).expect("one refused");
+        assert_eq!(lost.code(), Code::Unauthenticated, "{lost:?}");
+        assert!(lost.message().contains("used"), "{lost:?}");
+    }
+    let listed = admin
+        .list_certificates(DeviceRef::new("Pk1", "gw-1"))
+        .await
+        .expect("list")
+        .into_inner()
+        .certificates;
+    assert_eq!(listed.len(), 5, "one certificate per token");
+
+    // A certificate enrolled through A is served by B; revoked through A,
+    // it is refused by B on the open connection and on a new one.
+    let token = admin
+        .create_enroll_token(v1::CreateEnrollTokenRequest {
+            device: dref("Pk1", "gw-1"),
+            ttl_secs: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .token;
+    let (key, csr) = key_and_csr();
+    let issued = enroll(&fleet, &a, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("enrolled");
+    let identity = enrolled_identity(&issued, &key);
+    let mut on_b = CredentialsClient::new(fleet.channel(&b, &identity));
+    issue(&mut on_b)
+        .await
+        .expect("B serves the certificate A issued");
+    admin
+        .revoke_certificate(v1::RevokeCertificateRequest {
+            target: Some(v1::revoke_certificate_request::Target::Serial(
+                issued.serial.clone(),
+            )),
+            reason: "test".into(),
+        })
+        .await
+        .expect("revoke through A");
+    within(
+        Duration::from_secs(2),
+        "B refuses the revoked certificate on its open connection",
+        async || issue(&mut on_b).await == Err(Code::Unauthenticated),
+    )
+    .await;
+    let mut fresh = CredentialsClient::new(fleet.channel(&b, &identity));
+    let code = issue(&mut fresh).await.expect_err("refused");
+    assert!(
+        common::refused_by_handshake(code),
+        "a new handshake to B is refused: {code:?}"
+    );
 }

@@ -179,6 +179,32 @@ impl Pki {
 }
 
 impl Identity {
+    /// The identity a CA issued: its certificate and the chain that came
+    /// with it (DER, leaf first) as one PEM, with `key_pem`.
+    pub fn from_issued<'a>(chain: impl IntoIterator<Item = &'a [u8]>, key_pem: String) -> Self {
+        use base64::Engine;
+        let cert_pem = chain
+            .into_iter()
+            .map(|der| {
+                let body = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> = body
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect();
+        Identity {
+            cert_pem,
+            key_pem,
+            serial: Vec::new(),
+        }
+    }
+
     /// Writes `dir/{stem}.pem` and `dir/{stem}.key` (the key mode 0600).
     pub fn write(&self, dir: &Path, stem: &str) -> Result<IdentityFiles> {
         let cert = dir.join(format!("{stem}.pem"));

@@ -55,6 +55,9 @@ pub struct TestSigner {
     addr: SocketAddr,
     /// The metrics address of the current run.
     metrics_addr: Option<SocketAddr>,
+    /// The enrollment address (with `[ca] enroll_listen`); kept across
+    /// stop/restart.
+    enroll_addr: Option<SocketAddr>,
     /// The CA that signed the server certificate (and clients).
     ca_pem: String,
     /// The config the server runs with (absolute paths).
@@ -94,6 +97,7 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
         metrics: None,
         logging: LoggingConfig::default(),
         health: None,
+        ca: None,
     }
 }
 
@@ -192,6 +196,19 @@ impl TestSigner {
         config.metrics = Some(MetricsConfig::on(SocketAddr::from(([127, 0, 0, 1], 0))));
         adjust(&mut config);
         init(&config, Existing::Keep)?;
+        // With `[ca]`, the signer is its devices' CA from the start: a
+        // self-signed root made by the same code as `ca init`.
+        if config.ca.is_some() && !enos_signer_svc::ops::ca::exists(&config).await? {
+            enos_signer_svc::ops::ca::init(
+                &config,
+                enos_signer_svc::ops::ca::CaKind::Root {
+                    common_name: "test device CA".into(),
+                    validity: Duration::from_secs(86_400),
+                },
+                false,
+            )
+            .await?;
+        }
 
         let runtime = ServerRuntime::new(&config.server)?;
         let listener = {
@@ -201,12 +218,24 @@ impl TestSigner {
         };
         let addr = listener.local_addr()?;
         config.server.listen = addr;
+        let enroll_addr = match config.ca.as_mut().and_then(|ca| ca.enroll_listen.as_mut()) {
+            Some(enroll) => {
+                // Bound once here to learn the port; `launch` binds it again
+                // (SO_REUSEADDR) for each run.
+                let _enter = runtime.get()?.enter();
+                let socket = reusable_socket(*enroll)?;
+                *enroll = socket.local_addr()?;
+                Some(*enroll)
+            }
+            None => None,
+        };
         let config_path = dir.join("signer.toml");
         std::fs::write(&config_path, config.to_toml()?)?;
 
         let mut signer = TestSigner {
             addr,
             metrics_addr: None,
+            enroll_addr,
             ca_pem: pki.ca_pem().to_owned(),
             config,
             config_path,
@@ -220,7 +249,11 @@ impl TestSigner {
 
     /// Opens the state and spawns the server on `runtime`.
     fn launch(&mut self, runtime: ServerRuntime, listener: tokio::net::TcpListener) -> Result<()> {
-        let signer = Signer::open(&self.config)?;
+        let mut signer = Signer::open(&self.config)?;
+        if let Some(enroll) = self.enroll_addr {
+            let _enter = runtime.get()?.enter();
+            signer = signer.with_enroll_listener(reusable_socket(enroll)?.listen(128)?);
+        }
         let metrics_listener = match &self.config.metrics {
             Some(m) => {
                 let _enter = runtime.get()?.enter();
@@ -249,6 +282,11 @@ impl TestSigner {
     /// The gRPC endpoint.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The enrollment endpoint as a URI (with `[ca] enroll_listen`).
+    pub fn enroll_uri(&self) -> Option<String> {
+        self.enroll_addr.map(|addr| format!("https://{addr}"))
     }
 
     /// The endpoint as a URI, `https://127.0.0.1:PORT`.

@@ -12,6 +12,12 @@
 //! Shared by `enos-custody-pkcs11`'s `hsm` benchmark and
 //! `enos-signer-svc`'s `hsm_issuance` benchmark. Panics on any error
 //! (benchmark support).
+//!
+//! [`RawCaSession`] is the yardstick of the CA key in the token (#25): a
+//! raw `C_Sign` with CKM_ECDSA on the custody's CA key, and the key's
+//! attributes as the token reports them.
+
+use std::time::{Duration, Instant};
 
 use cryptoki::{
     context::{CInitializeArgs, Pkcs11},
@@ -101,6 +107,164 @@ impl RawToken {
             tag: tag.to_vec(),
             content: content.to_vec(),
         }
+    }
+}
+
+impl RawToken {
+    /// A logged-in session on the CA key pair whose CKA_ID is `id` (a
+    /// [`StoredCaKey::bytes`](enos_custody::StoredCaKey::bytes) of this
+    /// crate's custody).
+    pub fn ca_session(&self, id: &[u8]) -> RawCaSession {
+        let session = self.ctx.open_ro_session(self.slot).expect("session");
+        match session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => panic!("login: {e}"),
+        }
+        let key = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .expect("find")
+            .into_iter()
+            .next()
+            .expect("the CA key");
+        RawCaSession { session, key }
+    }
+}
+
+impl RawToken {
+    /// The raw C_Sign loop of #25: `threads` threads, each with its own
+    /// session on the CA key `id`, signing a fixed SHA-256 digest with
+    /// CKM_ECDSA for `duration`; signs per second, summed. No custody may
+    /// be connected to the module meanwhile (see [`RawToken`]).
+    pub fn c_sign_rate(&self, id: &[u8], threads: usize, duration: Duration) -> f64 {
+        let sessions: Vec<RawCaSession> =
+            (0..threads.max(1)).map(|_| self.ca_session(id)).collect();
+        std::thread::scope(|scope| {
+            // A session is `Send`, not `Sync`: each moves to its thread.
+            let workers: Vec<_> = sessions
+                .into_iter()
+                .map(|session| {
+                    scope.spawn(move || {
+                        rate(duration, || {
+                            std::hint::black_box(session.sign_digest(&[0x5a; 32]));
+                        })
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().expect("a C_Sign worker"))
+                .sum()
+        })
+    }
+}
+
+/// Calls `f` for `duration` after a short warm-up; calls per second.
+pub fn rate(duration: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..16 {
+            f();
+        }
+        count += 16;
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The token's attributes of a CA private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CaKeyAttributes {
+    /// CKA_TOKEN: kept on the token.
+    pub token: bool,
+    /// CKA_PRIVATE: only after login.
+    pub private: bool,
+    /// CKA_SENSITIVE: its value is never revealed.
+    pub sensitive: bool,
+    /// CKA_EXTRACTABLE: could be wrapped out.
+    pub extractable: bool,
+    /// CKA_NEVER_EXTRACTABLE: never was extractable.
+    pub never_extractable: bool,
+    /// CKA_ALWAYS_SENSITIVE: always was sensitive.
+    pub always_sensitive: bool,
+    /// CKA_SIGN: may sign.
+    pub sign: bool,
+    /// CKA_DERIVE: may derive (it should not).
+    pub derive: bool,
+}
+
+/// One session on the CA key, signing again and again.
+pub struct RawCaSession {
+    /// The logged-in session.
+    session: Session,
+    /// The CA private key.
+    key: ObjectHandle,
+}
+
+impl std::fmt::Debug for RawCaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCaSession").finish_non_exhaustive()
+    }
+}
+
+impl RawCaSession {
+    /// One raw `C_Sign` with CKM_ECDSA of a 32-byte digest: `r ‖ s`.
+    pub fn sign_digest(&self, digest: &[u8]) -> Vec<u8> {
+        self.session
+            .sign(&Mechanism::Ecdsa, self.key, digest)
+            .expect("C_Sign")
+    }
+
+    /// The key's attributes.
+    pub fn attributes(&self) -> CaKeyAttributes {
+        use cryptoki::object::AttributeType as T;
+        let mut seen = CaKeyAttributes::default();
+        let read = self
+            .session
+            .get_attributes(
+                self.key,
+                &[
+                    T::Token,
+                    T::Private,
+                    T::Sensitive,
+                    T::Extractable,
+                    T::NeverExtractable,
+                    T::AlwaysSensitive,
+                    T::Sign,
+                    T::Derive,
+                ],
+            )
+            .expect("attributes");
+        for attribute in read {
+            match attribute {
+                Attribute::Token(v) => seen.token = v,
+                Attribute::Private(v) => seen.private = v,
+                Attribute::Sensitive(v) => seen.sensitive = v,
+                Attribute::Extractable(v) => seen.extractable = v,
+                Attribute::NeverExtractable(v) => seen.never_extractable = v,
+                Attribute::AlwaysSensitive(v) => seen.always_sensitive = v,
+                Attribute::Sign(v) => seen.sign = v,
+                Attribute::Derive(v) => seen.derive = v,
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    /// Whether the token refuses to reveal the key's value (CKA_VALUE
+    /// reported as sensitive), as it must for this key.
+    pub fn value_withheld(&self) -> bool {
+        use cryptoki::object::{AttributeInfo, AttributeType};
+        self.session
+            .get_attribute_info_map(self.key, &[AttributeType::Value])
+            .expect("attribute info")
+            .get(&AttributeType::Value)
+            .is_some_and(|info| matches!(info, AttributeInfo::Sensitive))
     }
 }
 

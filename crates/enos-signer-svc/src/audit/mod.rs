@@ -78,6 +78,15 @@ pub struct AuditRecord {
     /// says how many secrets, bindings and flags a file changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportCounts>,
+    /// The certificate concerned (lower-case hex serial): issued by an
+    /// enrollment or a renewal (with `expires_at_ms` its notAfter), the
+    /// one renewed, or one revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Free text the change carried: a revocation's reason, the serial a
+    /// renewal replaces, the serials a device's revocation covered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One refused entry of a batch call, in its call's record.
@@ -139,6 +148,8 @@ impl AuditRecord {
             password_hmac: None,
             refused: Vec::new(),
             import: None,
+            serial: None,
+            detail: None,
         }
     }
 }
@@ -476,6 +487,8 @@ mod tests {
             password_hmac: Some("00".into()),
             refused: Vec::new(),
             import: None,
+            serial: None,
+            detail: None,
         }
     }
 

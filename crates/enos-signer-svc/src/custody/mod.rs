@@ -5,6 +5,7 @@
 //! match arm in [`build`]; nothing else in the service changes. Blocking
 //! (HSM) signs run on [`sign_threads`], one thread per token session.
 
+mod ca_key;
 pub mod sign_threads;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use chacha20poly1305::{
     XChaCha20Poly1305,
     aead::{Aead, AeadCore, KeyInit, OsRng, Payload},
 };
-use enos_custody::{Custody, CustodyError, SealedSecret, SecretRef};
+use enos_custody::{CaSigner, Custody, CustodyError, SealedSecret, SecretRef, StoredCaKey};
 use enos_sign_core::{
     DeviceSecret, ExposeSecret, Field, HexCase, Password, ProductKey, ProductSecret, SignError,
     SignMethod, SignedFields,
@@ -199,6 +200,53 @@ impl CustodyHandle {
         Ok(held.matches_ignore_case(expected.expose_secret()))
     }
 
+    /// Runs `call` where this custody's calls belong: on the sign threads
+    /// for an HSM (a token round trip blocks), inline for software. The
+    /// CA signs certificates and CRLs through here.
+    pub async fn run<T, F>(&self, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Custody) -> T + Send + 'static,
+    {
+        let Some(threads) = &self.sign_threads else {
+            return Ok(call(self.custody.as_ref()));
+        };
+        let custody = Arc::clone(&self.custody);
+        threads.run(move || call(custody.as_ref())).await
+    }
+
+    /// Makes a new CA key named `label` in this custody
+    /// ([`Custody::create_ca_key`]). Synchronous and rare (`ca init`): on
+    /// the sign threads for an HSM, like [`CustodyHandle::seal`].
+    pub fn create_ca_key(&self, label: &str) -> Result<StoredCaKey> {
+        let Some(threads) = &self.sign_threads else {
+            return Ok(self.custody.create_ca_key(label)?);
+        };
+        let custody = Arc::clone(&self.custody);
+        let label = label.to_owned();
+        Ok(threads.run_blocking(move || custody.create_ca_key(&label))??)
+    }
+
+    /// A signer for the stored CA key ([`Custody::ca_signer`]): opened
+    /// (software) or found and checked (HSM) once. Its
+    /// [`CaSigner::sign`] blocks on an HSM: run it where
+    /// [`CustodyHandle::sign_threads`] says.
+    pub fn ca_signer(&self, key: &StoredCaKey) -> Result<Arc<dyn CaSigner>> {
+        let Some(threads) = &self.sign_threads else {
+            return Ok(self.custody.ca_signer(key)?);
+        };
+        let custody = Arc::clone(&self.custody);
+        let key = key.clone();
+        Ok(threads.run_blocking(move || custody.ca_signer(&key))??)
+    }
+
+    /// The threads blocking custody calls run on (an HSM's), `None` when
+    /// calls are cheap enough to run inline (software): where CA signs
+    /// belong too.
+    pub fn sign_threads(&self) -> Option<&Arc<SignThreads>> {
+        self.sign_threads.as_ref()
+    }
+
     /// The custody itself, for the migration, which drives its own calls
     /// (one record at a time, off the request path).
     pub fn into_custody(self) -> Arc<dyn Custody> {
@@ -260,6 +308,8 @@ pub struct SoftwareCustody {
     /// drop.
     master_key: Zeroizing<[u8; 32]>,
 }
+
+pub use ca_key::SOFTWARE_CA_SCHEME;
 
 /// The scheme tag of [`SoftwareCustody`].
 pub const SOFTWARE_SCHEME: &str = "aead-xchacha20poly1305-v1";
@@ -403,6 +453,14 @@ impl Custody for SoftwareCustody {
 
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {
         self.decrypt(id, sealed)
+    }
+
+    fn create_ca_key(&self, label: &str) -> Result<StoredCaKey, CustodyError> {
+        ca_key::create(self, label)
+    }
+
+    fn ca_signer(&self, key: &StoredCaKey) -> Result<Arc<dyn CaSigner>, CustodyError> {
+        ca_key::signer(self, key)
     }
 }
 

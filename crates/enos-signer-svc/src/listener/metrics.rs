@@ -1,5 +1,6 @@
 //! [`Metrics`]: Prometheus counters and histograms, and the `/metrics`
-//! endpoint on its own port (mTLS like every listener).
+//! endpoint on its own port (mTLS like every listener); with `[ca]`, the
+//! CA's revocation list at `/crl` on the same port.
 //!
 //! Labels are bounded: the RPC and the outcome (a gRPC code name). No
 //! label names a device, so the series count does not grow with a fleet.
@@ -61,6 +62,13 @@ struct ListenerLabels {
     reason: &'static str,
 }
 
+/// Labels of the certificates-expiring gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithinLabels {
+    /// The window: `7d`.
+    within: &'static str,
+}
+
 /// Labels of a latency observation.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -98,7 +106,17 @@ pub struct Metrics {
     /// Where the audit trail's losses are read on each scrape: set once
     /// the audit sink is open ([`Metrics::watch_audit`]).
     audit_losses: Arc<OnceLock<AuditLossReader>>,
+    /// Device certificates that expire within the window and were not
+    /// renewed (with `[ca]`): a fleet going dark is seen a week ahead.
+    certificates_expiring: Family<WithinLabels, Gauge>,
+    /// Where `/crl` reads the CA's current list: set once the CA is up
+    /// ([`Metrics::serve_crl`]); without it `/crl` is 404.
+    crl: Arc<OnceLock<CrlSource>>,
 }
+
+/// Reads the CA's current CRL (DER); `None` while it cannot be signed.
+pub type CrlSource =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<Arc<Vec<u8>>>> + Send + Sync>;
 
 /// Reads the audit trail's loss counters.
 type AuditLossReader = Box<dyn Fn() -> AuditLosses + Send + Sync>;
@@ -188,9 +206,17 @@ impl Metrics {
 
             connections_refused.clone(),
         );
+        let certificates_expiring = Family::<WithinLabels, Gauge>::default();
+        registry.register(
+            "certificates_expiring",
+            "Device certificates issued by this CA that expire within the window and were neither renewed nor revoked",
+            certificates_expiring.clone(),
+        );
         let audit_losses = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(AuditLossCollector(Arc::clone(&audit_losses))));
         Metrics {
+            certificates_expiring,
+            crl: Arc::new(OnceLock::new()),
             audit_losses,
             connections_refused,
             registry: Arc::new(registry),
@@ -243,6 +269,26 @@ impl Metrics {
     /// (set once; a second call changes nothing).
     pub fn watch_audit(&self, read: impl Fn() -> AuditLosses + Send + Sync + 'static) {
         let _ = self.audit_losses.set(Box::new(read));
+    }
+
+    /// Sets the count of device certificates expiring within 7 days,
+    /// unrenewed.
+    pub fn set_certificates_expiring_7d(&self, count: u64) {
+        self.certificates_expiring
+            .get_or_create(&WithinLabels { within: "7d" })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Serves the CA's CRL at `/crl`, read from `source` on each request
+    /// (set once).
+    pub fn serve_crl(&self, source: CrlSource) {
+        let _ = self.crl.set(source);
+    }
+
+    /// The CA's current CRL, if a CA is served and its list can be signed.
+    async fn crl(&self) -> Option<Option<Arc<Vec<u8>>>> {
+        let source = self.crl.get()?.clone();
+        Some(source().await)
     }
 
     /// The Prometheus text exposition.
@@ -320,6 +366,19 @@ pub async fn serve(
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(Full::new(Bytes::from(metrics.encode())))
+                    } else if request.uri().path() == "/crl"
+                        && let Some(crl) = metrics.crl().await
+                    {
+                        match crl {
+                            Some(der) => Response::builder()
+                                .header("content-type", "application/pkix-crl")
+                                .body(Full::new(Bytes::from(der.as_ref().clone()))),
+                            None => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(Full::new(Bytes::from_static(
+                                    b"the CRL cannot be signed now; retry later\n",
+                                ))),
+                        }
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

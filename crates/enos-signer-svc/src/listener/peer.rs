@@ -9,7 +9,10 @@
 //! whenever the material changed (new CRLs, a new CA) and when it expires:
 //! a device revoked while its connection is open is refused on it.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use enos_signer_proto::identity::{PeerIdentity, URI_PREFIX};
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -50,6 +53,10 @@ struct Checked {
     /// Its notAfter, seconds since the epoch: an accepted certificate is
     /// checked again (and refused) once it expires.
     not_after: u64,
+    /// Its serial (lower-case hex, as the registry keys it): a device's
+    /// revocation is looked up by it on each call, and a renewal names
+    /// the certificate it renews by it.
+    serial: Arc<str>,
 }
 
 impl Checked {
@@ -71,10 +78,20 @@ impl IdentityCache {
     /// The caller's identity (Unauthenticated if none, or if its
     /// certificate is not valid under `tls` now).
     pub fn identity<T>(&self, request: &Request<T>, tls: &TlsGeneration) -> Result<PeerIdentity> {
+        Ok(self.identify(request, tls)?.0)
+    }
+
+    /// The caller's identity and its certificate's serial (lower-case
+    /// hex), checked like [`IdentityCache::identity`].
+    pub fn identify<T>(
+        &self,
+        request: &Request<T>,
+        tls: &TlsGeneration,
+    ) -> Result<(PeerIdentity, Arc<str>)> {
         let certs = request.peer_certs().ok_or(SignerError::Unauthenticated(
             "a client certificate is required",
         ))?;
-        self.identity_of_chain(&certs, tls)
+        self.identify_chain(&certs, tls)
     }
 
     /// The identity `chain` (leaf first) names, checked against `tls`.
@@ -83,6 +100,15 @@ impl IdentityCache {
         chain: &[CertificateDer<'_>],
         tls: &TlsGeneration,
     ) -> Result<PeerIdentity> {
+        Ok(self.identify_chain(chain, tls)?.0)
+    }
+
+    /// The identity `chain` (leaf first) names and the leaf's serial.
+    fn identify_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+        tls: &TlsGeneration,
+    ) -> Result<(PeerIdentity, Arc<str>)> {
         let (leaf, intermediates) = chain.split_first().ok_or(SignerError::Unauthenticated(
             "a client certificate is required",
         ))?;
@@ -93,9 +119,12 @@ impl IdentityCache {
             .ok()
             .and_then(|m| m.get(leaf.as_ref()).cloned());
         if let Some(checked) = known.filter(|c| c.holds(tls.number, now)) {
-            return checked.verdict.map_err(SignerError::Unauthenticated);
+            return checked
+                .verdict
+                .map(|identity| (identity, checked.serial))
+                .map_err(SignerError::Unauthenticated);
         }
-        let (identity, not_after) = parse(leaf.as_ref())?;
+        let (identity, not_after, serial) = parse(leaf.as_ref())?;
         let verdict = verify(identity, leaf, intermediates, tls, now);
         if let Ok(mut map) = self.map.write() {
             if map.len() >= self.capacity {
@@ -107,10 +136,13 @@ impl IdentityCache {
                     verdict: verdict.clone(),
                     generation: tls.number,
                     not_after,
+                    serial: Arc::clone(&serial),
                 },
             );
         }
-        verdict.map_err(SignerError::Unauthenticated)
+        verdict
+            .map(|identity| (identity, serial))
+            .map_err(SignerError::Unauthenticated)
     }
 }
 
@@ -134,11 +166,14 @@ fn verify(
         .map_err(|_| NOT_VALID_NOW)
 }
 
-/// A leaf's identity and notAfter (seconds since the epoch; 0 if before).
-fn parse(der: &[u8]) -> Result<(PeerIdentity, u64)> {
+/// A leaf's identity, notAfter (seconds since the epoch; 0 if before) and
+/// serial (lower-case hex without leading zero bytes, as the registry keys
+/// it).
+fn parse(der: &[u8]) -> Result<(PeerIdentity, u64, Arc<str>)> {
     let cert = parsed(der)?;
     let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-    Ok((identity_in(&cert)?, not_after))
+    let serial = crate::listener::tls_reload::serial_hex(cert.tbs_certificate.raw_serial());
+    Ok((identity_in(&cert)?, not_after, serial.into()))
 }
 
 fn parsed(der: &[u8]) -> Result<X509Certificate<'_>> {
@@ -235,8 +270,8 @@ mod tests {
         std::fs::write(&crl, pki.crl_pem(1, &[]).expect("crl")).expect("crl file");
         let mut config = crate::listener::tls_reload::tests::server_config(dir.path(), &pki);
         config.crls = vec![crl.clone()];
-        let tls =
-            ReloadingTls::load(&config, crate::listener::metrics::Metrics::new()).expect("tls");
+        let tls = ReloadingTls::load(&config, crate::listener::metrics::Metrics::new(), None)
+            .expect("tls");
         let cache = IdentityCache::new(2);
         let devices: Vec<_> = ["a", "b", "c"]
             .iter()

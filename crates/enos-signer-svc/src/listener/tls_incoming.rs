@@ -19,8 +19,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     listener::limits::{Admission, Deadlines, HTTP2_PREFACE_LEN, Limited},
-    listener::tls_reload::ReloadingTls,
+    listener::tls_reload::{ReloadingTls, TlsGeneration},
 };
+
+/// Which of a generation's configs a listener's handshakes use.
+pub type ConfigOf = fn(&TlsGeneration) -> Arc<rustls::ServerConfig>;
+
+/// The gRPC listener's config: a client certificate required.
+pub fn grpc_config(generation: &TlsGeneration) -> Arc<rustls::ServerConfig> {
+    Arc::clone(&generation.grpc)
+}
+
+/// The enrollment listener's config: no client certificate.
+pub fn enroll_config(generation: &TlsGeneration) -> Arc<rustls::ServerConfig> {
+    Arc::clone(&generation.enroll)
+}
 
 /// How long a connection may take before it is of use.
 #[derive(Debug, Clone, Copy)]
@@ -45,13 +58,14 @@ pub type GrpcConnection = Limited<TlsStream<tokio::net::TcpStream>>;
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    config_of: ConfigOf,
     admission: Admission,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> impl Stream<Item = std::io::Result<GrpcConnection>> + Send + 'static {
     let (sender, receiver) = mpsc::channel(BACKLOG);
     tokio::spawn(accept_loop(
-        listener, tls, admission, timeouts, stop, sender,
+        listener, tls, config_of, admission, timeouts, stop, sender,
     ));
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|tls| (Ok(tls), receiver))
@@ -61,6 +75,7 @@ pub fn tls_incoming(
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    config_of: ConfigOf,
     admission: Admission,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
@@ -86,7 +101,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().grpc));
+        let acceptor = TlsAcceptor::from(config_of(&tls.current()));
         let sender = sender.clone();
         while handshakes.try_join_next().is_some() {}
         handshakes.spawn(async move {

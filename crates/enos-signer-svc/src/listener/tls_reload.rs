@@ -24,6 +24,13 @@
 //! before it can open a single HTTP/2 stream, so it holds nothing a device
 //! needs beyond its handshake's few seconds.
 //!
+//! With `[ca]`, the signer's own CA (kept in the registry, not in a file)
+//! is trusted for device certificates beside the client CA bundle
+//! ([`ReloadingTls::set_own_ca`]), and every client certificate is looked
+//! up in the registry's revocations at the handshake ([`RevocationAware`]):
+//! a certificate revoked on any replica is refused on new connections at
+//! once, and on open ones at their next call.
+//!
 //! Files are polled ([`watch`]) rather than watched with inotify: a
 //! Kubernetes Secret volume replaces its files by swapping a symlink to a
 //! new directory, which a watch on the file misses; three small reads every
@@ -71,6 +78,10 @@ pub struct TlsGeneration {
     /// The metrics listener's config: a certificate of the client CA is
     /// required.
     pub metrics: Arc<rustls::ServerConfig>,
+    /// The enrollment listener's config (`[ca] enroll_listen`): the
+    /// server's certificate, no client certificate (a device being
+    /// enrolled has none; its token is checked per call).
+    pub enroll: Arc<rustls::ServerConfig>,
     /// With `server.admin_ca`: verifies that an admin's certificate chains
     /// to the admin CA (the handshake accepted it from either CA), with
     /// the CRLs; `None`: admins come from the client CA.
@@ -174,6 +185,12 @@ pub struct ReloadingTls {
     /// The generation whose CRLs were last reported past their nextUpdate
     /// by [`ReloadingTls::check_crl_expiry`]: warned once, not per poll.
     crl_warned: std::sync::atomic::AtomicU64,
+    /// The signer's own CA chain (DER, CA first) with `[ca]`, trusted for
+    /// device certificates: it lives in the registry, not in a file.
+    own_ca: Mutex<Vec<Vec<u8>>>,
+    /// Where a handshake looks up whether a client certificate is revoked
+    /// (with `[ca]`); `None`: only the CRL files count.
+    revocations: Option<Arc<dyn enos_registry::Registry>>,
 }
 
 /// The three files of [`ReloadingTls`].
@@ -254,7 +271,11 @@ fn read(path: &Path, action: &'static str) -> Result<Vec<u8>> {
 impl ReloadingTls {
     /// Reads and builds the material the config names; fails when it does
     /// not build (the signer does not start without TLS).
-    pub fn load(config: &ServerConfig, metrics: Metrics) -> Result<Self> {
+    pub fn load(
+        config: &ServerConfig,
+        metrics: Metrics,
+        revocations: Option<Arc<dyn enos_registry::Registry>>,
+    ) -> Result<Self> {
         let paths = TlsPaths {
             cert: config.cert.clone(),
             key: config.key.clone(),
@@ -262,7 +283,12 @@ impl ReloadingTls {
             admin_ca: config.admin_ca.clone(),
             crls: config.crls.clone(),
         };
-        let generation = build(&Contents::read(&paths)?, config.crl_expired)?;
+        let generation = build(
+            &Contents::read(&paths)?,
+            &[],
+            revocations.as_ref(),
+            config.crl_expired,
+        )?;
         generation.log_material();
         metrics.set_server_cert_expiry(generation.not_after);
         Ok(ReloadingTls {
@@ -272,6 +298,8 @@ impl ReloadingTls {
             metrics,
             crl_expired: config.crl_expired,
             crl_warned: std::sync::atomic::AtomicU64::new(0),
+            own_ca: Mutex::new(Vec::new()),
+            revocations,
         })
     }
 
@@ -311,11 +339,21 @@ impl ReloadingTls {
                 return self.refuse(key, &e);
             }
         };
-        let digest = contents.digest();
+        let own_ca = self
+            .own_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let digest = digest_with(contents.digest(), &own_ca);
         if digest == self.current().digest {
             return ReloadOutcome::Unchanged;
         }
-        match build(&contents, self.crl_expired) {
+        match build(
+            &contents,
+            &own_ca,
+            self.revocations.as_ref(),
+            self.crl_expired,
+        ) {
             Ok(generation) => {
                 let serial = generation.serial.clone();
                 tracing::info!(
@@ -332,6 +370,20 @@ impl ReloadingTls {
             }
             Err(e) => self.refuse(digest, &e),
         }
+    }
+
+    /// Trusts `chain` (the signer's own CA, CA first) for device
+    /// certificates from now on, rebuilding the material if it changed.
+    pub fn set_own_ca(&self, chain: Vec<Vec<u8>>) -> ReloadOutcome {
+        {
+            let mut own = self.own_ca.lock().unwrap_or_else(|p| p.into_inner());
+            if *own == chain {
+                return ReloadOutcome::Unchanged;
+            }
+            *own = chain;
+        }
+        tracing::info!("the signer's CA changed: rebuilding the TLS material to trust it");
+        self.reload()
     }
 
     /// Logs a refusal once per distinct cause (`key`: the contents'
@@ -531,13 +583,25 @@ fn verifier(
 /// Both listeners' configs (and the admin verifier) from the files'
 /// contents; `crl_expired` says whether a CRL past its nextUpdate refuses
 /// them.
-fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> {
+fn build(
+    contents: &Contents,
+    own_ca: &[Vec<u8>],
+    revocations: Option<&Arc<dyn enos_registry::Registry>>,
+    crl_expired: CrlExpired,
+) -> Result<TlsGeneration> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let client_certs = bundle(&contents.client_ca, "client CA")?;
     let mut client_roots = RootCertStore::empty();
     add_roots(&mut client_roots, &client_certs, "client CA")?;
-    let client_cas = describe(&client_certs, "client_ca")?;
+    let mut client_cas = describe(&client_certs, "client_ca")?;
+    // The signer's own CA issues device certificates: its issuing
+    // certificate is a trust anchor beside the bundle.
+    if let Some(issuing) = own_ca.first() {
+        let issuing = vec![CertificateDer::from(issuing.clone())];
+        add_roots(&mut client_roots, &issuing, "the signer's CA")?;
+        client_cas.extend(describe(&issuing, "signer_ca")?);
+    }
     let mut crls = Vec::new();
     for file in &contents.crls {
         crls.extend(parse_crls(file)?);
@@ -596,7 +660,7 @@ fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> 
             .map_err(|_| SignerError::Tls("server key: not a PEM private key".into()))
     };
 
-    let grpc_verifier = verifier(grpc_roots, &crls, &provider)?;
+    let grpc_verifier = RevocationAware::wrap(verifier(grpc_roots, &crls, &provider)?, revocations);
     let mut grpc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -605,7 +669,14 @@ fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> 
         .map_err(|e| tls_error("server certificate/key", e))?;
     grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
 
-    let clients = verifier(client_roots, &crls, &provider)?;
+    let clients = RevocationAware::wrap(verifier(client_roots, &crls, &provider)?, revocations);
+    let mut enroll = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("protocol versions", e))?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key()?)
+        .map_err(|e| tls_error("server certificate/key", e))?;
+    enroll.alpn_protocols = vec![ALPN_H2.to_vec()];
     let metrics = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("protocol versions", e))?
@@ -616,6 +687,7 @@ fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> 
     Ok(TlsGeneration {
         grpc: Arc::new(grpc),
         metrics: Arc::new(metrics),
+        enroll: Arc::new(enroll),
         admin,
         clients,
         number: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -624,8 +696,128 @@ fn build(contents: &Contents, crl_expired: CrlExpired) -> Result<TlsGeneration> 
         cas,
         crl_next_update,
         stale_crls,
-        digest: contents.digest(),
+        digest: digest_with(contents.digest(), own_ca),
     })
+}
+
+/// The digest of the files' contents and the signer's own CA together:
+/// what a generation was built from.
+fn digest_with(files: [u8; 32], own_ca: &[Vec<u8>]) -> [u8; 32] {
+    if own_ca.is_empty() {
+        return files;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(files);
+    for der in own_ca {
+        hasher.update((der.len() as u64).to_be_bytes());
+        hasher.update(der);
+    }
+    hasher.finalize().into()
+}
+
+/// A client verifier that also refuses a certificate the registry lists
+/// as revoked (the signer's own CA's revocations, from any replica). The
+/// handshake cannot wait for a database: it asks the registry's in-memory
+/// revocations ([`enos_registry::Registry::revoked_cached`]); when those
+/// cannot be trusted (the change feed is down) the handshake lets the
+/// certificate through and its first call checks the database.
+struct RevocationAware {
+    /// The chain, validity and CRL checks.
+    inner: Arc<dyn ClientCertVerifier>,
+    /// The revocations.
+    registry: Arc<dyn enos_registry::Registry>,
+}
+
+impl std::fmt::Debug for RevocationAware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationAware").finish_non_exhaustive()
+    }
+}
+
+impl RevocationAware {
+    /// `inner`, with the registry's revocations when there is one.
+    fn wrap(
+        inner: Arc<dyn ClientCertVerifier>,
+        registry: Option<&Arc<dyn enos_registry::Registry>>,
+    ) -> Arc<dyn ClientCertVerifier> {
+        match registry {
+            Some(registry) => Arc::new(RevocationAware {
+                inner,
+                registry: Arc::clone(registry),
+            }),
+            None => inner,
+        }
+    }
+}
+
+/// A certificate's serial (its raw DER integer bytes) as the registry
+/// keys it: lower-case hex, no leading zero bytes.
+pub fn serial_hex(raw_serial: &[u8]) -> String {
+    let start = raw_serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw_serial.len().saturating_sub(1));
+    raw_serial[start..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl ClientCertVerifier for RevocationAware {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let serial = X509Certificate::from_der(end_entity.as_ref())
+            .map(|(_, cert)| serial_hex(cert.tbs_certificate.raw_serial()));
+        if let Ok(serial) = serial
+            && self.registry.revoked_cached(&serial) == Some(true)
+        {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -680,7 +872,7 @@ pub(crate) mod tests {
             format!("{}{}", admins.ca_pem(), pki.ca_pem()),
         ] {
             std::fs::write(&admin_ca, &bundle).expect("write");
-            let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+            let Err(refused) = ReloadingTls::load(&config, Metrics::new(), None) else {
                 panic!("overlapping bundles loaded");
             };
             let refused = refused.to_string();
@@ -692,7 +884,7 @@ pub(crate) mod tests {
 
         // Distinct CAs load, and every CA is listed with its fingerprint.
         std::fs::write(&admin_ca, admins.ca_pem()).expect("write");
-        let tls = ReloadingTls::load(&config, Metrics::new()).expect("distinct CAs load");
+        let tls = ReloadingTls::load(&config, Metrics::new(), None).expect("distinct CAs load");
         let cas = &tls.current().cas;
         assert_eq!(
             cas.iter()
@@ -724,7 +916,7 @@ pub(crate) mod tests {
         std::fs::write(&crl, pki.crl_pem_until(1, &[], 2021).expect("crl")).expect("write");
 
         // warn (the default): loads, and says which list is stale.
-        let tls = ReloadingTls::load(&config, Metrics::new()).expect("loads with a warning");
+        let tls = ReloadingTls::load(&config, Metrics::new(), None).expect("loads with a warning");
         let generation = tls.current();
         assert_eq!(
             generation.stale_crls.len(),
@@ -739,7 +931,7 @@ pub(crate) mod tests {
 
         // refuse: no start.
         config.crl_expired = CrlExpired::Refuse;
-        let Err(refused) = ReloadingTls::load(&config, Metrics::new()) else {
+        let Err(refused) = ReloadingTls::load(&config, Metrics::new(), None) else {
             panic!("a stale CRL loaded under refuse");
         };
         assert!(refused.to_string().contains("nextUpdate"), "{refused}");
@@ -747,7 +939,7 @@ pub(crate) mod tests {
         // refuse: a fresh list loads; a stale one on reload is refused and
         // the fresh one stays.
         std::fs::write(&crl, pki.crl_pem(2, &[]).expect("crl")).expect("write");
-        let tls = ReloadingTls::load(&config, Metrics::new()).expect("a fresh CRL loads");
+        let tls = ReloadingTls::load(&config, Metrics::new(), None).expect("a fresh CRL loads");
         assert!(tls.current().stale_crls.is_empty());
         assert!(!tls.check_crl_expiry());
         let serving = tls.current().number;
@@ -765,7 +957,7 @@ pub(crate) mod tests {
         let pki = enos_testkit::Pki::new("reload-unit").expect("pki");
         let config = server_config(dir.path(), &pki);
         let metrics = Metrics::new();
-        let tls = ReloadingTls::load(&config, metrics.clone()).expect("loads");
+        let tls = ReloadingTls::load(&config, metrics.clone(), None).expect("loads");
         let first = tls.current().serial.clone();
         assert_eq!(tls.reload(), ReloadOutcome::Unchanged);
         assert!(metrics.encode().contains(&format!(

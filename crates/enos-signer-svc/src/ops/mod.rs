@@ -9,6 +9,7 @@
 //! | [`custody_migrate`] | `custody migrate`: re-seal every record software ↔ HSM, atomic per record, resumable |
 //! | [`registry_copy`] | `registry copy`: the custody check, then [`enos_registry::copy`] |
 
+pub mod ca;
 pub mod custody_migrate;
 pub mod init;
 pub mod registry_copy;

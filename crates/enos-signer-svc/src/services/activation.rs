@@ -90,7 +90,7 @@ pub(crate) async fn complete(
     request: Request<v1::CompleteActivationRequest>,
 ) -> std::result::Result<Response<v1::CompleteActivationResponse>, Status> {
     let started = Instant::now();
-    let identity = identified(&state, RPC, &request, started)?;
+    let identity = identified(&state, RPC, &request, started).await?;
     let prepared = state
         .limiter
         .check(&identity)

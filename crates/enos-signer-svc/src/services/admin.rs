@@ -639,4 +639,74 @@ impl Admin for AdminService {
         )
         .await
     }
+
+    async fn create_enroll_token(
+        &self,
+        request: Request<v1::CreateEnrollTokenRequest>,
+    ) -> Result<Response<v1::EnrollToken>, Status> {
+        let device_of = |r: &v1::CreateEnrollTokenRequest| shown(r.device.as_ref());
+        self.call(
+            "create_enroll_token",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.create_enroll_token(r).await },
+        )
+        .await
+    }
+
+    async fn revoke_enroll_tokens(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::RevokeEnrollTokensResponse>, Status> {
+        let device_of = |r: &v1::DeviceRef| shown(Some(r));
+        self.call(
+            "revoke_enroll_tokens",
+            request,
+            true,
+            device_of,
+            |this, r, _| async move { this.revoke_enroll_tokens(r).await },
+        )
+        .await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<v1::RevokeCertificateRequest>,
+    ) -> Result<Response<v1::RevokeCertificateResponse>, Status> {
+        // The trail names what was revoked: the device, or the serial.
+        let target_of = |r: &v1::RevokeCertificateRequest| match &r.target {
+            Some(v1::revoke_certificate_request::Target::Device(d)) => shown(Some(d)),
+            Some(v1::revoke_certificate_request::Target::Serial(s)) => Some(format!(
+                "serial {}",
+                s.chars()
+                    .take(64)
+                    .filter(char::is_ascii_hexdigit)
+                    .collect::<String>()
+            )),
+            None => None,
+        };
+        self.call(
+            "revoke_certificate",
+            request,
+            true,
+            target_of,
+            |this, r, _| async move { this.revoke_certificate(r).await },
+        )
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::ListCertificatesResponse>, Status> {
+        self.call(
+            "list_certificates",
+            request,
+            false,
+            no_device,
+            |this, r, _| async move { this.list_certificates(r).await },
+        )
+        .await
+    }
 }

@@ -56,7 +56,7 @@ pub(crate) async fn sign(
     request: Request<v1::SignSubDeviceLoginBatchRequest>,
 ) -> std::result::Result<Response<v1::SubDeviceLoginBatch>, Status> {
     let started = Instant::now();
-    let identity = identified(&state, RPC, &request, started)?;
+    let identity = identified(&state, RPC, &request, started).await?;
     let result = signed_batch(&state, &identity, request.into_inner()).await;
     let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
     if let Err(e) = &result {

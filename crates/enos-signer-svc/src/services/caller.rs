@@ -1,6 +1,7 @@
 //! Who is calling a Credentials RPC: [`identified`] asks the listener's
 //! identity (and refuses, cheaply, a caller that proved none), and
-//! [`caller_device`] requires a device. Shared by every Credentials RPC
+//! [`caller_device`] requires a device. With `[ca]`, a device whose
+//! certificate is revoked is refused here, on every connection. Shared by every Credentials RPC
 //! (issuance, activation, batch login), so that they depend on it and
 //! not on each other.
 
@@ -29,17 +30,21 @@ pub(crate) fn caller_device(identity: &PeerIdentity, why: &str) -> Result<Device
 
 /// The caller's identity; a caller that proved none is refused (sampled
 /// log, counted, never audited) with the status it gets.
-pub(crate) fn identified<T>(
+pub(crate) async fn identified<T>(
     state: &SignerState,
     rpc: &'static str,
     request: &Request<T>,
     started: Instant,
 ) -> Result<PeerIdentity, Status> {
-    state.identity(request).map_err(|e| {
-        state.refused(rpc, None, &e, None);
-        state
-            .metrics
-            .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
-        e.into()
-    })
+    state
+        .identify(request)
+        .await
+        .map(|(identity, _)| identity)
+        .map_err(|e| {
+            state.refused(rpc, None, &e, None);
+            state
+                .metrics
+                .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
+            e.into()
+        })
 }

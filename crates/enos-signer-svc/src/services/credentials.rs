@@ -299,7 +299,11 @@ impl CredentialsService {
         handler: impl AsyncFnOnce(&PeerIdentity, Req) -> Result<(T, Issued)>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let identity = self.state.identity(&request);
+        let identity = self
+            .state
+            .identify(&request)
+            .await
+            .map(|(identity, _)| identity);
         let request = request.into_inner();
         let requested = requested_of(&request);
         let result = match identity {

@@ -8,7 +8,10 @@
 //! | [`credentials`] | the `Credentials` service: `IssueMqttCredential`, `SignSubDeviceLogin` |
 //! | [`activation`] | dynamic activation: `securemode=3` credentials and `CompleteActivation` |
 //! | [`batch_login`] | `SignSubDeviceLoginBatch`: one signed `combine.login.batch` for a gateway |
+//! | [`enrollment`] | the `Enrollment` service: a device's first certificate for a one-time token |
+//! | [`certificates`] | the `Certificates` service: a device renews its own certificate |
 //! | [`admin`] | the `Admin` service: the device registry, for admin certificates |
+//! | [`admin_certificates`] | Admin's CA RPCs: enrollment tokens, revocation, a device's certificates |
 //! | [`admin_gate`] | who may use Admin beyond holding an admin certificate |
 //! | [`import`] | `ImportDevices`: all-or-nothing bulk import |
 //! | [`products`] | product secrets (`PutProductSecret`, `RotateProductSecret`) |
@@ -17,10 +20,13 @@
 
 pub mod activation;
 pub mod admin;
+pub mod admin_certificates;
 pub mod admin_gate;
 pub mod batch_login;
 pub mod caller;
+pub mod certificates;
 pub mod convert;
 pub mod credentials;
+pub mod enrollment;
 pub mod import;
 pub mod products;

@@ -53,20 +53,34 @@ pub struct SignerState {
     pub tls: Arc<crate::listener::tls_reload::ReloadingTls>,
     /// `server.admin_names`: who may use Admin (empty: any admin).
     pub admin_names: admin_names::AdminNames,
+    /// With `[ca]`: the CA of the devices' client certificates
+    /// (enrollment, renewal, revocation); `None`: the operator's own PKI.
+    pub ca: Option<Arc<crate::ca::CertificateAuthority>>,
 }
 
 impl SignerState {
     /// Opens the registry, custody and audit sink the config names.
     pub fn open(config: &SignerConfig) -> Result<Self> {
         let metrics = Metrics::new();
+        let registry = registry::open(&config.registry)?;
+        let custody = custody::build(&config.custody)?;
+        let ca = config.ca.as_ref().map(|ca| {
+            Arc::new(crate::ca::CertificateAuthority::new(
+                ca.clone(),
+                Arc::clone(&registry),
+                custody.clone(),
+            ))
+        });
         Ok(SignerState {
             tls: Arc::new(crate::listener::tls_reload::ReloadingTls::load(
                 &config.server,
                 metrics.clone(),
+                ca.is_some().then(|| Arc::clone(&registry)),
             )?),
             admin_names: admin_names::AdminNames::new(&config.server.admin_names),
-            custody: custody::build(&config.custody)?,
-            registry: registry::open(&config.registry)?,
+            custody,
+            registry,
+            ca,
             policy: Policy::from_config(&config.policy)?,
             audit: {
                 let audit = Audit::open(&config.audit)?;
@@ -123,5 +137,26 @@ impl SignerState {
     /// The caller's identity (Unauthenticated if none).
     pub fn identity<T>(&self, request: &tonic::Request<T>) -> Result<PeerIdentity> {
         self.identities.identity(request, &self.tls.current())
+    }
+
+    /// The caller's identity and its certificate's serial, refused
+    /// (Unauthenticated) when the registry lists that certificate as
+    /// revoked: with `[ca]`, a revocation on any replica reaches the
+    /// connections already open at their next call. The lookup is in
+    /// memory while the registry's change feed is up, a read otherwise.
+    pub async fn identify<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<(PeerIdentity, Arc<str>)> {
+        let (identity, serial) = self.identities.identify(request, &self.tls.current())?;
+        if self.ca.is_some()
+            && matches!(identity, PeerIdentity::Device { .. })
+            && self.registry.is_revoked(&serial).await?
+        {
+            return Err(crate::SignerError::Unauthenticated(
+                "the client certificate is revoked",
+            ));
+        }
+        Ok((identity, serial))
     }
 }

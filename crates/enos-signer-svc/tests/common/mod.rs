@@ -111,3 +111,47 @@ impl Fixture {
             .collect()
     }
 }
+
+/// GET `path` on the metrics listener over mTLS with `identity` (a raw
+/// HTTP/1.1 request): the whole response, head and body.
+pub async fn metrics_get(
+    f: &Fixture,
+    identity: Option<&Identity>,
+    path: &str,
+) -> std::io::Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(f.signer.ca_pem().as_bytes()).expect("ca"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("cert"),
+                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let addr = f.signer.metrics_addr().expect("metrics configured");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(server_name, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut body = Vec::new();
+    tls.read_to_end(&mut body).await?;
+    Ok(body)
+}

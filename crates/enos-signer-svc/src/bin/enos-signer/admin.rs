@@ -1,6 +1,6 @@
 //! Admin subcommands: one RPC each, over mTLS with an admin certificate.
 
-use std::{io::BufRead, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -151,32 +151,58 @@ impl DeviceArgs {
 /// Where a device secret comes from: never argv.
 #[derive(Args)]
 pub(crate) struct SecretArgs {
-    /// A file holding the secret (one line); without it, stdin is read.
+    /// A file holding the secret on one line; without it, stdin is read
+    /// (on a terminal: a prompt that does not echo).
     #[arg(long)]
     secret_file: Option<PathBuf>,
 }
 
 impl SecretArgs {
     fn read(&self) -> Result<Zeroizing<String>> {
-        let mut text = Zeroizing::new(String::new());
-        match &self.secret_file {
-            Some(path) => {
-                *text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-            }
+        use std::io::{IsTerminal, Read};
+        let (text, source) = match &self.secret_file {
+            Some(path) => (
+                Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                path.display().to_string(),
+            ),
+            None if std::io::stdin().is_terminal() => (
+                Zeroizing::new(
+                    rpassword::prompt_password("secret (not echoed): ")
+                        .context("reading the secret from the terminal")?,
+                ),
+                "the terminal".to_owned(),
+            ),
             None => {
+                let mut text = Zeroizing::new(String::new());
                 std::io::stdin()
                     .lock()
-                    .read_line(&mut text)
+                    .read_to_string(&mut text)
                     .context("reading the secret from stdin")?;
+                (text, "stdin".to_owned())
             }
-        }
-        let secret = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
-        if secret.is_empty() {
-            bail!("the secret is empty");
-        }
-        Ok(secret)
+        };
+        one_line(&text, &source)
     }
+}
+
+/// The secret `text` holds: one line, trailing line ends dropped. More
+/// than one line is refused (a secret never spans lines: a second line is
+/// a mistake, like a file with two secrets), naming the source, never the
+/// text.
+fn one_line(text: &str, source: &str) -> Result<Zeroizing<String>> {
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.contains(['\r', '\n']) {
+        bail!(
+            "{source} holds more than one line: give the secret alone on one line (a trailing newline is fine)"
+        );
+    }
+    if secret.is_empty() {
+        bail!("the secret from {source} is empty");
+    }
+    Ok(Zeroizing::new(secret.to_owned()))
 }
 
 fn show(device: &v1::Device) {
@@ -408,4 +434,23 @@ async fn set_enabled(device: &DeviceArgs, connection: &Connection, enabled: bool
         .map_err(status)?;
     show(d.get_ref());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_with_trailing_line_ends_only() {
+        for ok in ["Secret1", "Secret1\n", "Secret1\r\n", "Secret1\n\n"] {
+            assert_eq!(one_line(ok, "f").expect(ok).as_str(), "Secret1");
+        }
+        let two = one_line("Secret1\nSecret2\n", "stdin").expect_err("two lines");
+        assert!(
+            two.to_string().contains("stdin holds more than one line"),
+            "{two}"
+        );
+        assert!(!two.to_string().contains("Secret"), "{two}");
+        assert!(one_line("\n", "f").is_err());
+    }
 }

@@ -5,6 +5,8 @@
 //! - `main.rs`: arguments (clap) and dispatch; `serve` and `init`.
 //! - `custody.rs`: `custody init-hsm` and `custody migrate` (software ↔ HSM).
 //! - `admin.rs`: admin subcommands, over mTLS with an admin certificate.
+//! - `certificates.rs`: the CA (`[ca]`): `ca init`, `ca import-cert`, and
+//!   over mTLS `enroll-token`, `revoke-tokens`, `revoke-cert`, `certs`.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
 //! - `registry.rs`: `registry copy` (redb ↔ PostgreSQL).
 //! - `logging.rs`: tracing, JSON or pretty.
@@ -15,6 +17,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool talks on stdout
 
 mod admin;
+mod certificates;
 mod custody;
 #[cfg(test)]
 mod docs_commands;
@@ -76,9 +79,15 @@ enum Command {
     /// Registry stores: copy every record between them.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// The CA of the devices' client certificates (`[ca]`).
+    #[command(subcommand)]
+    Ca(certificates::CaCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
+    /// Enrollment tokens and certificates over mTLS.
+    #[command(flatten)]
+    Certificates(certificates::CertificateCommand),
 }
 
 /// How admin commands reach the running signer.
@@ -161,7 +170,9 @@ fn main() -> Result<()> {
             }
             Command::Custody(command) => command.run().await,
             Command::Registry(command) => command.run().await,
+            Command::Ca(command) => command.run().await,
             Command::Admin(command) => command.run().await,
+            Command::Certificates(command) => command.run().await,
         }
     })
 }

@@ -1,0 +1,45 @@
+//! `enos_signer_certificates_expiring{within="7d"}`: device certificates of
+//! this CA that expire within a week and were neither renewed nor revoked.
+//! A fleet renews at two thirds of its certificates' lifetime, so a count
+//! above zero means gateways that stopped renewing (offline, broken,
+//! decommissioned without a revocation), seen a week before they go dark.
+
+use std::{sync::Arc, time::Duration};
+
+use enos_registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// The window of the gauge.
+pub const WITHIN: Duration = Duration::from_secs(7 * 86_400);
+
+/// How often the registry is counted: the gauge moves in days, a
+/// PostgreSQL count every minute costs nothing. A certificate change on
+/// this replica counts again at once (`changed`).
+const EVERY: Duration = Duration::from_secs(60);
+
+/// Sets the gauge through `set` every minute, and whenever `changed` is
+/// notified, until `stop`; a failed count leaves the last value (the
+/// registry's own health is on the readiness probe).
+pub async fn watch(
+    registry: Arc<dyn Registry>,
+    changed: Arc<tokio::sync::Notify>,
+    set: impl Fn(u64) + Send + 'static,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
+        let now = enos_domain::now_ms();
+        match registry
+            .count_expiring(now, WITHIN.as_millis() as u64)
+            .await
+        {
+            Ok(count) => set(count),
+            Err(e) => tracing::debug!(error = %e, "counting expiring certificates failed"),
+        }
+    }
+}
