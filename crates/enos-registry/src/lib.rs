@@ -120,6 +120,11 @@ pub trait Registry: Send + Sync + 'static {
     /// writes atomically; if `change` fails nothing is written. Changes are
     /// serialised, so the records `change` sees are current. Returns the
     /// committed writes.
+    ///
+    /// A write that deletes a device, or turns an enabled one disabled,
+    /// revokes in the same transaction its certificates that have not
+    /// expired (reason `device deleted` / `device disabled`) and its
+    /// unused enrollment tokens. Enabling it again un-revokes nothing.
     async fn modify(&self, ids: Vec<DeviceId>, change: Change) -> Result<Vec<Write>>;
 
     /// For each of `gateways` that has sub-devices, one of them. For

@@ -971,6 +971,63 @@ async fn disabling_or_deleting_a_device_revokes_its_certificates_and_tokens(pair
     );
 }
 
+/// A device disabled through one replica while another enrolls it: the
+/// enrollment is ordered before the disable (then the disable revokes
+/// its certificate) or after it (then it is refused); never a live
+/// certificate of a disabled device.
+async fn an_enrollment_racing_a_disable_never_leaves_a_live_certificate(pair: &Pair) {
+    let far = registry_now() + 3_600_000;
+    for round in 0..20_u8 {
+        let dk = format!("dev{round}");
+        put_all(pair.a.as_ref(), vec![record("rc", &dk)]).await;
+        let dev = id("rc", &dk);
+        pair.a
+            .put_enroll_token(token(round, &dev, u64::MAX))
+            .await
+            .expect("token");
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let enroll = {
+            let (registry, barrier, dev) = (Arc::clone(&pair.b), Arc::clone(&barrier), dev.clone());
+            tokio::spawn(async move {
+                let c = cert(&format!("{round:02x}"), &dev, 5, far);
+                barrier.wait().await;
+                registry.enroll(&[round; 32], &dev, 5, c).await
+            })
+        };
+        let disable = {
+            let (registry, barrier, dk) = (Arc::clone(&pair.a), Arc::clone(&barrier), dk.clone());
+            tokio::spawn(async move {
+                let mut disabled = record("rc", &dk);
+                disabled.enabled = false;
+                barrier.wait().await;
+                put_all(registry.as_ref(), vec![disabled]).await;
+            })
+        };
+        let enrolled = enroll.await.expect("join");
+        disable.await.expect("join");
+        if let Err(e) = &enrolled {
+            // Disabled first: the token was revoked with it (or the
+            // device is found disabled).
+            assert!(
+                matches!(
+                    e,
+                    RegistryError::Refusal(
+                        CertificateRefusal::TokenRevoked | CertificateRefusal::DeviceDisabled
+                    )
+                ),
+                "{e:?}"
+            );
+        }
+        for c in pair.b.certificates_of(&dev).await.expect("list") {
+            assert!(
+                c.revoked.is_some(),
+                "round {round}: live certificate {} of a disabled device",
+                c.serial
+            );
+        }
+    }
+}
+
 /// Now in unix ms (device changes revoke at the wall clock's time).
 fn registry_now() -> u64 {
     std::time::SystemTime::now()
@@ -1078,6 +1135,8 @@ where
 {
     enrollment_tokens_are_single_use_and_each_refusal_is_named(&pair("tokens").await).await;
     one_token_raced_through_two_replicas_enrolls_once(&pair("token_race").await).await;
+    an_enrollment_racing_a_disable_never_leaves_a_live_certificate(&pair("disable_race").await)
+        .await;
     renewal_is_refused_for_another_device_a_revoked_or_an_expired_certificate(&pair("renew").await)
         .await;
     revocation_by_serial_and_by_device_is_seen_by_every_replica(&pair("revoke").await).await;

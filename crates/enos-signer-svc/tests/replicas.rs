@@ -552,9 +552,8 @@ async fn an_import_killed_in_its_transaction_leaves_no_row_and_a_retry_leaves_al
 }
 
 /// Undoes the latest migration's objects (a database of the previous
-/// release).
-/// Undoes the latest migration (4: the gateway index).
-const UNDO_LATEST_MIGRATION: &str = "DROP INDEX devices_gateway";
+/// release); the registry crate says which they are.
+const UNDO_LATEST_MIGRATION: &str = migrations::UNDO_LATEST;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_an_older_schema_until_registry_migrate_brings_it_up() {

@@ -8,6 +8,13 @@
 //! feed proves itself by a round trip of its own `NOTIFY` every
 //! [`FEED_PING_EVERY`] (back within [`FEED_PING_TIMEOUT`]), which also
 //! notices a connection that died silently or stopped delivering.
+//!
+//! It also `LISTEN`s on `enos_certificates` (issue 25): a reported
+//! revocation makes the revoked set untrusted (checks read the row) and
+//! the feed reloads it once the messages already received are handled;
+//! so does a revocation committed through this replica, and the feed
+//! coming up. A reload that a newer revocation overtook is not installed
+//! and is read again.
 
 use std::{
     sync::{Arc, atomic::Ordering},

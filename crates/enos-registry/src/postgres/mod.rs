@@ -7,7 +7,9 @@
 //! - [`config`]: `[registry] kind = "postgres"`, password file, TLS.
 //! - [`migrations`]: the embedded, versioned schema.
 //! - `listener`: the LISTEN/NOTIFY change feed that keeps each replica's
-//!   record cache correct.
+//!   record cache and revoked set correct.
+//! - `certificates`: the CA's records (migration 0005): single-use
+//!   tokens, renewal, revocation, the CA row, the revoked set's reload.
 //!
 //! # Semantics (the same as redb's)
 //!
