@@ -39,6 +39,7 @@
 //! | [`config`] | [`RegistryConfig`]: `[registry]` of the signer's config |
 //! | [`gateway_rules`] | the gateway/sub-device rules every change is checked against |
 //! | `redb_store` | [`RedbRegistry`]: one embedded file, a single process |
+//! | `redb_commit` | redb's write transactions on one thread, made durable in groups (one fsync for every write waiting) |
 //! | `redb_sub_index` | redb's gateway → sub-devices index |
 //! | `redb_certificates` | redb's tables of certificates, tokens and the CA row |
 //! | `record_cache` | decoded records in memory, invalidated by commits (and the change feed) |
@@ -56,6 +57,7 @@ pub mod postgres;
 pub mod record;
 mod record_cache;
 mod redb_certificates;
+mod redb_commit;
 mod redb_store;
 mod redb_sub_index;
 

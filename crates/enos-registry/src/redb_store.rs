@@ -84,8 +84,11 @@ struct StoredDevice {
 
 /// The embedded registry.
 pub struct RedbRegistry {
-    /// Shared with the blocking tasks that run write transactions.
+    /// Read transactions; writes go through `committer`.
     db: Arc<Database>,
+    /// The one thread that runs write transactions and makes them durable
+    /// in groups ([`crate::redb_commit`]).
+    committer: crate::redb_commit::Committer,
     /// The file, for error messages.
     path: PathBuf,
     /// Decoded records, so that an issuance reads no page and decodes
@@ -164,32 +167,24 @@ impl RedbRegistry {
             tracing::info!(path = %path.display(), "registry: sub-device index built");
         }
         let revoked = certs::revoked_serials(&db)?;
+        let db = Arc::new(db);
         Ok(RedbRegistry {
-            db: Arc::new(db),
+            committer: crate::redb_commit::Committer::spawn(Arc::clone(&db), path)?,
+            db,
             path: path.to_owned(),
             cache: Arc::new(RecordCache::new()),
             revoked: Arc::new(RevokedSet::new(revoked, true)),
         })
     }
 
-    /// Runs `work` in one write transaction off the async workers (a
-    /// commit fsyncs and write transactions wait for each other) and
-    /// commits it unless it fails (then nothing is written).
+    /// Runs `work` in one write transaction on the committer thread and
+    /// commits it unless it fails (then nothing is written); returns once
+    /// the commit is on disk (see [`crate::redb_commit`]).
     async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = Arc::clone(&self.db);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write()?;
-            // On error the transaction is dropped, i.e. aborted.
-            let out = work(&txn)?;
-            txn.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| RegistryError::Store(format!("{}: write task failed: {e}", path.display())))?
+        self.committer.write(work).await
     }
 }
 
