@@ -42,11 +42,8 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::new("renewal-server-ca").expect("pki");
         let ca = TestCa::new("renewal-device-ca");
-        let client_ca = support::ca::bundle(
-            dir.path(),
-            "client-ca.pem",
-            &[pki.ca_pem(), &ca.ca_pem()],
-        );
+        let client_ca =
+            support::ca::bundle(dir.path(), "client-ca.pem", &[pki.ca_pem(), &ca.ca_pem()]);
         let signer = TestSigner::start_with(&dir.path().join("signer"), &pki, |c| {
             c.server.client_ca = client_ca;
         })
@@ -274,7 +271,11 @@ async fn mqtts_takes_a_replaced_pair_at_its_next_connect_and_keeps_the_live_sess
 
     // A pair from a CA the broker does not trust: the live session stays.
     let stranger = Pki::new("not-the-broker-ca").expect("pki");
-    replace(&mqtt.cert, &mqtt.key, &stranger.device(PK, DK).expect("cert"));
+    replace(
+        &mqtt.cert,
+        &mqtt.key,
+        &stranger.device(PK, DK).expect("cert"),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     {
         let s = agent.status.borrow();
@@ -292,7 +293,11 @@ async fn mqtts_takes_a_replaced_pair_at_its_next_connect_and_keeps_the_live_sess
     assert_eq!(s.connects, 1, "the untrusted pair never connected: {s:#?}");
 
     // A good pair again, still without a restart of the agent: connected.
-    replace(&mqtt.cert, &mqtt.key, &signer.pki.device(PK, DK).expect("cert"));
+    replace(
+        &mqtt.cert,
+        &mqtt.key,
+        &signer.pki.device(PK, DK).expect("cert"),
+    );
     wait_status(&mut agent.status, "reconnected with the new pair", |s| {
         s.connects == 2 && s.state == ConnectionState::Connected
     })

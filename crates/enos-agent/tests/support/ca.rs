@@ -19,8 +19,8 @@ pub struct TestCa {
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let key = rcgen::KeyPair::generate().expect("CA key");
-        let validity = Validity::starting(SystemTime::now(), Duration::from_secs(86_400))
-            .expect("validity");
+        let validity =
+            Validity::starting(SystemTime::now(), Duration::from_secs(86_400)).expect("validity");
         let cert = enos_ca::authority::self_signed_root(name, validity, &key).expect("root");
         TestCa { key, cert }
     }
@@ -52,8 +52,8 @@ impl TestCa {
             not_before: at(from),
             not_after: at(until),
         };
-        let issued =
-            enos_ca::issue::device_certificate(&requested, &names, validity, &issuer).expect("issued");
+        let issued = enos_ca::issue::device_certificate(&requested, &names, validity, &issuer)
+            .expect("issued");
         (
             pair::chain_pem(issued.der(), &[self.cert.der().to_vec()]),
             key.pkcs8_pem().to_string(),
