@@ -261,3 +261,55 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn enroll_takes_its_token_from_a_file_never_from_argv() {
+        let cli = Cli::try_parse_from([
+            "enos-agent",
+            "enroll",
+            "--config",
+            "agent.toml",
+            "--signer",
+            "https://signer:7444",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+        ])
+        .expect("parses");
+        let Command::Enroll {
+            signer,
+            token_file,
+            force,
+            ..
+        } = cli.command
+        else {
+            panic!("not enroll");
+        };
+        assert_eq!(signer, "https://signer:7444");
+        assert_eq!(token_file, std::path::PathBuf::from("t"));
+        assert!(!force);
+        // No way to pass the token itself; every file is required.
+        for args in [
+            &["--token", "enr1_x"][..],
+            &[
+                "--config",
+                "a.toml",
+                "--signer",
+                "https://s",
+                "--ca",
+                "c.pem",
+            ][..],
+            &["--config", "a.toml", "--ca", "c.pem", "--token-file", "t"][..],
+        ] {
+            let argv = ["enos-agent", "enroll"].iter().chain(args.iter());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+}
