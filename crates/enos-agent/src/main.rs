@@ -211,7 +211,8 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let renewal = if config.renewal.enabled {
         format!(
             "renewed from {}",
-            rfc3339(enos_agent::renewal::scheduled_renewal_ms(
+            rfc3339(enos_agent::renewal::renewal_of_file(
+                &config.signer.cert,
                 &info,
                 &config.renewal
             ))

@@ -65,6 +65,55 @@ pub fn scheduled_renewal_ms(info: &CertificateInfo, config: &RenewalConfig) -> u
     renewal_time_ms(info, config, jitter_draw(info))
 }
 
+/// The renewal time of a certificate obtained at `obtained_ms` (its
+/// file's mtime): the same fraction (and draw) as
+/// [`scheduled_renewal_ms`], of the lifetime left when it arrived (never
+/// earlier than the plain schedule, always before `notAfter`).
+///
+/// A CA backdates `notBefore` against clock skew (the signer's by one
+/// minute): with a lifetime of minutes, 2/3 from `notBefore` can be past
+/// already when the certificate arrives, and every renewal would be
+/// followed by another at once. For a lifetime of days the difference is
+/// that minute. A certificate long past its point is due at once either
+/// way.
+pub fn renewal_after_obtaining_ms(
+    info: &CertificateInfo,
+    config: &RenewalConfig,
+    obtained_ms: u64,
+) -> u64 {
+    let planned = scheduled_renewal_ms(info, config);
+    if obtained_ms <= info.not_before_ms || obtained_ms >= info.not_after_ms {
+        return planned;
+    }
+    let rest = CertificateInfo {
+        not_before_ms: obtained_ms,
+        ..info.clone()
+    };
+    planned.max(renewal_time_ms(&rest, config, jitter_draw(info)))
+}
+
+/// When the certificate file was written (its mtime; `enroll` and a
+/// promotion write it as the certificate arrives), capped at now.
+fn written_ms(path: &std::path::Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let ms = u64::try_from(modified.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(ms.min(crate::now_ms()))
+}
+
+/// When to renew the certificate `info` read from `path`: from when the
+/// file was written ([`renewal_after_obtaining_ms`]), or, when its mtime
+/// is unknown, [`scheduled_renewal_ms`].
+pub fn renewal_of_file(
+    path: &std::path::Path,
+    info: &CertificateInfo,
+    config: &RenewalConfig,
+) -> u64 {
+    match written_ms(path) {
+        Some(written) => renewal_after_obtaining_ms(info, config, written),
+        None => scheduled_renewal_ms(info, config),
+    }
+}
+
 /// Why one renewal attempt failed.
 enum Failed {
     /// The signer does not renew (not a CA, or no such service).
@@ -103,6 +152,8 @@ async fn renew_once<S: SignerClient>(
     signer: &S,
     pair: &PairPaths,
 ) -> Result<SignedCertificate, Failed> {
+    // A candidate left by a failed attempt goes first.
+    pair::recover(pair)?;
     let key = NewKey::generate()?;
     let signed = signer.renew_certificate(key.csr_der()?).await?;
     let cert_pem = pair::chain_pem(&signed.certificate_der, &signed.chain_der);
@@ -134,7 +185,14 @@ async fn renew_once<S: SignerClient>(
             format!("the signer did not accept the new certificate: {e}"),
         ));
     }
-    pair::promote(pair)?;
+    if let Err(e) = pair::promote(pair) {
+        // Between the two renames: finish (or undo) now rather than run
+        // on a key that does not fit the certificate until a restart.
+        if let Err(again) = pair::recover(pair) {
+            tracing::error!(error = %again, "cannot recover the interrupted promotion");
+        }
+        return Err(e.into());
+    }
     Ok(signed)
 }
 
@@ -156,6 +214,7 @@ struct Renewer<'a, S> {
     not_offered: bool,
     /// The expired certificate already logged (its fingerprint).
     expired_logged: Option<u64>,
+
     /// Renewals promoted since start.
     renewals: u64,
     /// The last failure, for the status.
@@ -234,7 +293,7 @@ impl<S: SignerClient> Renewer<'_, S> {
         }
         let due = match self.retry {
             Some((fingerprint, at)) if fingerprint == info.fingerprint => at,
-            _ => scheduled_renewal_ms(&info, &self.config.renewal),
+            _ => renewal_of_file(&self.pair.cert, &info, &self.config.renewal),
         };
         let state = if self.not_offered {
             RenewalState::NotOffered
@@ -379,6 +438,39 @@ mod tests {
         // 10 minutes at 2/3: 6 min 40 s.
         let short = info(start, 600_000, 1);
         assert_eq!(renewal_time_ms(&short, &defaults, 0.0), start + 400_000);
+    }
+
+    #[test]
+    fn a_backdated_certificate_just_obtained_is_not_renewed_at_once() {
+        // 10 minutes, notBefore backdated by 1 minute: at 2/3 ± 0.1 of
+        // the 10 minutes from its arrival, a little later than from
+        // notBefore.
+        let issued = 1_796_083_200_000;
+        let cert = info(issued - 60_000, 660_000, 42);
+        let defaults = RenewalConfig::default();
+        let planned = scheduled_renewal_ms(&cert, &defaults);
+        let due = renewal_after_obtaining_ms(&cert, &defaults, issued);
+        assert!(due >= planned);
+        assert!(
+            (issued + 340_000..=issued + 460_000).contains(&due),
+            "{}",
+            due - issued
+        );
+        // 12 s, backdated by 60 s: 2/3 from notBefore is 12 s before it
+        // arrived; from its arrival, 2/3 of the 12 s left (± 10 %).
+        let short = info(issued - 60_000, 72_000, 42);
+        assert!(scheduled_renewal_ms(&short, &defaults) < issued);
+        let due = renewal_after_obtaining_ms(&short, &defaults, issued);
+        assert!(
+            (issued + 6_800..=issued + 9_200).contains(&due),
+            "{}",
+            due as i64 - issued as i64
+        );
+        // Obtained outside its validity: the plain schedule.
+        assert_eq!(
+            renewal_after_obtaining_ms(&short, &defaults, issued + 100_000),
+            scheduled_renewal_ms(&short, &defaults)
+        );
     }
 
     #[test]

@@ -60,11 +60,23 @@ impl TestCa {
         )
     }
 
-    /// Installs a pair for `pk/dk` at `paths`, as `enroll` would.
+    /// Installs a pair for `pk/dk` at `paths`, as `enroll` would have
+    /// when the certificate was issued (the file's mtime is its
+    /// notBefore, as the renewal schedule reads it).
     pub fn install(&self, paths: &PairPaths, pk: &str, dk: &str, from: i64, until: i64) {
         let (cert, key) = self.issue(pk, dk, from, until);
         pair::write_candidate(paths, key.as_bytes(), cert.as_bytes()).expect("candidate");
         pair::promote(paths).expect("promote");
+        let issued = if from >= 0 {
+            SystemTime::now()
+        } else {
+            SystemTime::now() - Duration::from_secs(from.unsigned_abs())
+        };
+        std::fs::File::options()
+            .write(true)
+            .open(&paths.cert)
+            .and_then(|f| f.set_modified(issued))
+            .expect("mtime");
     }
 }
 
