@@ -45,8 +45,10 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
-    /// The signer could not be reached or refused to issue.
-    #[error("signer: {0}")]
+    /// The signer could not be reached or refused to issue. Transparent:
+    /// its message names the signer already, and a prefixed copy would
+    /// print it twice where causes are listed (`{:#}`).
+    #[error(transparent)]
     SignerClient(#[from] SignerClientError),
     /// The status file could not be written.
     #[error("cannot write status file {path}: {source}")]

@@ -128,6 +128,12 @@ fn enroll_refuses_to_replace_a_valid_pair_without_force() {
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    // Said once (the error's cause is not repeated after it).
+    assert_eq!(
+        stderr.matches("no signer endpoint answered").count(),
+        1,
+        "{stderr}"
+    );
     assert_eq!(files(&pair), before, "a failed enrollment writes nothing");
     assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
     for output in [stdout, stderr] {
@@ -347,9 +353,9 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
         .console(CONSOLE.0, console_password_file(dir.path()))
         .start()
         .expect("sandbox");
-    let broker_ca = broker_pki
-        .write_ca(&dir.path().join("broker-ca"))
-        .expect("ca");
+    let broker_ca_dir = dir.path().join("broker-ca");
+    std::fs::create_dir_all(&broker_ca_dir).expect("dir");
+    let broker_ca = broker_pki.write_ca(&broker_ca_dir).expect("ca");
     let toml = std::fs::read_to_string(&config_file)
         .expect("config")
         .replace(
