@@ -42,10 +42,18 @@ const PRIVATE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 
 /// A P-256 key made on the gateway, and its CSR. Its `Debug` shows
-/// neither.
+/// neither; its PKCS#8 copy is wiped on drop.
 pub struct NewKey {
     /// The key pair (ring); never leaves the gateway.
     key: rcgen::KeyPair,
+}
+
+impl Drop for NewKey {
+    /// Wipes rcgen's PKCS#8 copy of the key (ring's own key schedule is
+    /// freed, not wiped).
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 impl fmt::Debug for NewKey {
