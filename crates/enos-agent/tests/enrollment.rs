@@ -477,3 +477,78 @@ async fn a_revoked_certificate_does_not_renew_and_the_current_pair_stays() {
         .expect("task")
         .expect("run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
+async fn a_renewal_while_the_signer_is_down_keeps_the_pair_and_retries_until_it_is_back() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ca = ca_signer(&dir.path().join("signer"), Duration::from_secs(30)).await;
+    // Due 6 s after enrollment (20 % of 30 s).
+    let (config_file, pair) = write_config(
+        dir.path(),
+        &ca.signer.uri(),
+        &ca.server_ca,
+        "[renewal]\nat = 0.2\njitter = 0.0\n",
+    );
+    let token = ca.token(PK, DK).await;
+    let out = enroll(
+        &config_file,
+        &ca.enroll_uri,
+        &ca.server_ca,
+        &token_file(dir.path(), &token, 0o600),
+        false,
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let before = files(&pair);
+    ca.signer.stop().await;
+
+    let config = enos_agent::Config::load(&config_file).expect("config");
+    let signer = GrpcSigner::new(&config.signer, &config.device).expect("client");
+    let agent = Agent::new(config, signer);
+    let mut status = agent.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    let failed = |s: &AgentStatus| {
+        s.certificate
+            .as_ref()
+            .is_some_and(|c| c.last_renewal_error.is_some())
+    };
+    let s = tokio::time::timeout(Duration::from_secs(20), status.wait_for(failed))
+        .await
+        .expect("a renewal was tried in time")
+        .expect("status")
+        .clone();
+    let c = s.certificate.expect("certificate");
+    assert_eq!(c.renewals, 0, "{c:#?}");
+    assert_eq!(c.renewal, enos_agent::RenewalState::Scheduled, "{c:#?}");
+    assert!(
+        c.next_renewal_ms.expect("a retry") <= enos_agent::now_ms() + 2_000,
+        "retried with the [backoff] schedule: {c:#?}"
+    );
+    assert_eq!(files(&pair), before, "the current pair stays");
+    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+
+    ca.signer.restart().await.expect("signer back");
+    let renewed = |s: &AgentStatus| {
+        s.certificate
+            .as_ref()
+            .is_some_and(|c| c.renewals >= 1 && c.last_renewal_error.is_none())
+    };
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(renewed))
+        .await
+        .expect("renewed once the signer is back")
+        .expect("status");
+    assert_ne!(files(&pair), before);
+    pair_fits(&pair);
+    shutdown.cancel();
+    tokio::time::timeout(SOON, task)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("run");
+}
+
+fn pair_fits(pair: &PairPaths) {
+    enos_agent::pair::check_pair(pair).expect("the key fits the certificate");
+}
