@@ -156,10 +156,43 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
     crate::tls::check_pem_certs(&request.ca, &ca)?;
 
     let key = NewKey::generate()?;
+    let key_pem = key.pkcs8_pem();
+    // The key is written first: a directory that cannot take it fails
+    // before the token is spent.
+    pair::write_candidate_key(&pair, key_pem.as_bytes())?;
+    let obtained = match obtain(config, request, &ca, &key, token).await {
+        Ok(certificate) => finish(&pair, certificate, key_pem.as_bytes()),
+        Err(e) => Err(e),
+    };
+    let (certificate, info) = match obtained {
+        Ok(done) => done,
+        Err(e) => {
+            pair::discard_candidate(&pair)?;
+            return Err(e);
+        }
+    };
+    pair::promote(&pair)?;
+    Ok(Enrolled {
+        device: config.device.id(),
+        pair,
+        certificate,
+        info,
+    })
+}
+
+/// Sends the CSR of `key` with `token` to the enrollment listener,
+/// verified against the CA bundle `ca`.
+async fn obtain(
+    config: &Config,
+    request: &EnrollRequest,
+    ca: &[u8],
+    key: &NewKey,
+    token: Zeroizing<String>,
+) -> Result<SignedCertificate, AgentError> {
     let device = config.device.id();
     let endpoint = request.signer.clone();
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca))
+        .ca_certificate(Certificate::from_pem(ca))
         .timeout(config.signer.connect_timeout);
     if let Some(name) = &config.signer.tls_server_name {
         tls = tls.domain_name(name.clone());
@@ -190,7 +223,16 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
         .map_err(|s| classify(endpoint.clone(), s))?
         .into_inner();
     drop(token);
-    let certificate = signed_certificate(reply, endpoint)?;
+    Ok(signed_certificate(reply, endpoint)?)
+}
+
+/// Checks the issued certificate against the key and writes it as the
+/// candidate's second half.
+fn finish(
+    pair: &PairPaths,
+    certificate: SignedCertificate,
+    key_pem: &[u8],
+) -> Result<(SignedCertificate, CertificateInfo), AgentError> {
     let info = CertificateInfo::from_der(&certificate.certificate_der).map_err(|reason| {
         SignerClientError::BadResponse {
             endpoint: certificate.endpoint.clone(),
@@ -198,21 +240,14 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
         }
     })?;
     let cert_pem = pair::chain_pem(&certificate.certificate_der, &certificate.chain_der);
-    let key_pem = key.pkcs8_pem();
     crate::tls::check_key_fits(
         &pair.candidate_cert(),
         cert_pem.as_bytes(),
         &pair.candidate_key(),
-        key_pem.as_bytes(),
+        key_pem,
     )?;
-    pair::write_candidate(&pair, key_pem.as_bytes(), cert_pem.as_bytes())?;
-    pair::promote(&pair)?;
-    Ok(Enrolled {
-        device,
-        pair,
-        certificate,
-        info,
-    })
+    pair::write_candidate_cert(pair, cert_pem.as_bytes())?;
+    Ok((certificate, info))
 }
 
 #[cfg(test)]

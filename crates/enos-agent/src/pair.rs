@@ -223,7 +223,19 @@ pub fn write_candidate(
     key_pem: &[u8],
     cert_pem: &[u8],
 ) -> Result<(), AgentError> {
-    write_atomically(&pair.candidate_key(), key_pem, PRIVATE_MODE)?;
+    write_candidate_key(pair, key_pem)?;
+    write_candidate_cert(pair, cert_pem)
+}
+
+/// The first half of [`write_candidate`]: the key (0600). Written before
+/// the signer is asked, so that a directory that cannot take it fails
+/// before a token is spent or a certificate issued.
+pub fn write_candidate_key(pair: &PairPaths, key_pem: &[u8]) -> Result<(), AgentError> {
+    write_atomically(&pair.candidate_key(), key_pem, PRIVATE_MODE)
+}
+
+/// The second half of [`write_candidate`]: the certificate chain.
+pub fn write_candidate_cert(pair: &PairPaths, cert_pem: &[u8]) -> Result<(), AgentError> {
     write_atomically(&pair.candidate_cert(), cert_pem, PUBLIC_MODE)
 }
 

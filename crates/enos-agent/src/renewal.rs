@@ -155,23 +155,19 @@ async fn renew_once<S: SignerClient>(
     // A candidate left by a failed attempt goes first.
     pair::recover(pair)?;
     let key = NewKey::generate()?;
-    let signed = signer.renew_certificate(key.csr_der()?).await?;
-    let cert_pem = pair::chain_pem(&signed.certificate_der, &signed.chain_der);
     let key_pem = key.pkcs8_pem();
+    // The key first: a directory that cannot take it fails before the
+    // signer issues anything.
+    pair::write_candidate_key(pair, key_pem.as_bytes())?;
+    let written = write_certificate(signer, pair, &key, key_pem.as_bytes()).await;
+    let signed = match written {
+        Ok(signed) => signed,
+        Err(e) => {
+            pair::discard_candidate(pair)?;
+            return Err(e);
+        }
+    };
     let candidate = pair.candidate();
-    CertificateInfo::from_der(&signed.certificate_der).map_err(|reason| {
-        Failed::Retry(
-            FailureKind::Refused,
-            format!("the signer's certificate is unreadable: {reason}"),
-        )
-    })?;
-    crate::tls::check_key_fits(
-        &candidate.cert,
-        cert_pem.as_bytes(),
-        &candidate.key,
-        key_pem.as_bytes(),
-    )?;
-    pair::write_candidate(pair, key_pem.as_bytes(), cert_pem.as_bytes())?;
     if let Err(e) = signer.prove_candidate(&candidate).await {
         pair::discard_candidate(pair)?;
         // Even a "not offered" answer here is a failure of this candidate.
@@ -193,6 +189,32 @@ async fn renew_once<S: SignerClient>(
         }
         return Err(e.into());
     }
+    Ok(signed)
+}
+
+/// Asks the signer for `key`'s certificate and writes it as the
+/// candidate's second half (the key is written already).
+async fn write_certificate<S: SignerClient>(
+    signer: &S,
+    pair: &PairPaths,
+    key: &NewKey,
+    key_pem: &[u8],
+) -> Result<SignedCertificate, Failed> {
+    let signed = signer.renew_certificate(key.csr_der()?).await?;
+    let cert_pem = pair::chain_pem(&signed.certificate_der, &signed.chain_der);
+    CertificateInfo::from_der(&signed.certificate_der).map_err(|reason| {
+        Failed::Retry(
+            FailureKind::Refused,
+            format!("the signer's certificate is unreadable: {reason}"),
+        )
+    })?;
+    crate::tls::check_key_fits(
+        &pair.candidate_cert(),
+        cert_pem.as_bytes(),
+        &pair.candidate_key(),
+        key_pem,
+    )?;
+    pair::write_candidate_cert(pair, cert_pem.as_bytes())?;
     Ok(signed)
 }
 
@@ -244,7 +266,12 @@ pub async fn run<S: SignerClient>(
         last_error: None,
     };
     while !shutdown.is_cancelled() {
-        let wait = renewer.step().await;
+        // Cancelled only at an await: before anything is written, or
+        // with a candidate not promoted yet (discarded at the next start).
+        let wait = tokio::select! {
+            wait = renewer.step() => wait,
+            () = shutdown.cancelled() => return,
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,

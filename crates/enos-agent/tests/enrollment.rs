@@ -181,6 +181,37 @@ fn enroll_takes_the_token_from_a_private_file_only_and_never_shows_it() {
     assert!(!out.status.success());
 }
 
+#[test]
+fn enroll_fails_before_reaching_the_signer_when_the_key_cannot_be_written() {
+    // The key is written before the token is sent: a directory that
+    // cannot take it must not cost the token.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new("enroll-unwritable").expect("pki");
+    let ca = pki.write_ca(dir.path()).expect("ca");
+    let signer = "https://127.0.0.1:1";
+    let (config, pair) = write_config(dir.path(), signer, &ca, "");
+    let text_of = std::fs::read_to_string(&config).expect("config");
+    let missing = dir.path().join("missing");
+    std::fs::write(
+        &config,
+        text_of.replace(
+            &pair.key.display().to_string(),
+            &missing.join("device.key").display().to_string(),
+        ),
+    )
+    .expect("config");
+    let token = token_file(dir.path(), FAKE_TOKEN, 0o600);
+    let out = enroll(&config, signer, &ca, &token, false);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("missing/device.key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no signer endpoint answered"), "{stderr}");
+    assert!(!pair.cert.exists() && !pair.candidate_cert().exists());
+}
+
 // ---- Against the signer's CA (#25 piece S) ----
 
 /// A signer that is a CA: its mTLS endpoint, its enrollment listener,
