@@ -210,7 +210,7 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let info = enos_agent::certificate::CertificateInfo::read(&config.signer.cert)?;
     let renewal = if config.renewal.enabled {
         format!(
-            "renewed from {}",
+            "`run` renews it at about {}",
             rfc3339(enos_agent::renewal::renewal_of_file(
                 &config.signer.cert,
                 &info,
