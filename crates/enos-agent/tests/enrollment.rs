@@ -2,9 +2,9 @@
 //! an operator runs it.
 //!
 //! The first tests need no CA: `enroll` refuses before it reaches any
-//! signer. The others need the signer's `Enrollment` and `Certificates`
-//! services (#25 piece S): they start a signer with `[ca]` through
-//! [`ca_signer`].
+//! signer. The others run against the signer's `Enrollment` and
+//! `Certificates` services: a signer with `[ca]` and its enrollment
+//! listener ([`ca_signer`]).
 
 mod support;
 
@@ -227,8 +227,23 @@ struct CaSigner {
 /// Starts a signer with `[ca]` (a self-signed root made by `ca init`)
 /// issuing certificates valid `lifetime`, with the device registered.
 async fn ca_signer(dir: &Path, lifetime: Duration) -> CaSigner {
-    let _ = (dir, lifetime);
-    panic!("needs the signer's Enrollment service (#25 piece S)")
+    let pki = Pki::new("enroll-server-ca").expect("pki");
+    let signer = TestSigner::start_with(dir, &pki, |c| {
+        let mut ca = c.ca.take().unwrap_or_default();
+        ca.enroll_listen = Some(([127, 0, 0, 1], 0).into());
+        ca.lifetime = lifetime;
+        c.ca = Some(ca);
+    })
+    .await
+    .expect("signer with [ca] starts");
+    signer.put_device(PK, DK, SECRET).await.expect("device");
+    let server_ca = pki.write_ca(dir).expect("ca");
+    let enroll_uri = signer.enroll_uri().expect("enrollment listener");
+    CaSigner {
+        signer,
+        server_ca,
+        enroll_uri,
+    }
 }
 
 impl CaSigner {
@@ -255,7 +270,6 @@ fn serial_of(pair: &PairPaths) -> (u64, Vec<u8>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
 async fn enroll_writes_a_private_key_and_the_chain_and_the_signer_accepts_them() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -314,7 +328,6 @@ fn config_path(dir: &Path) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
 async fn a_token_for_another_device_is_refused_and_nothing_is_written() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -336,7 +349,6 @@ async fn a_token_for_another_device_is_refused_and_nothing_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
 async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -447,7 +459,6 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
 async fn a_revoked_certificate_does_not_renew_and_the_current_pair_stays() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -510,7 +521,6 @@ async fn a_revoked_certificate_does_not_renew_and_the_current_pair_stays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the signer's Enrollment service (#25 piece S)"]
 async fn a_renewal_while_the_signer_is_down_keeps_the_pair_and_retries_until_it_is_back() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
