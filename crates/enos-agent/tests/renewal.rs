@@ -151,10 +151,9 @@ async fn a_signer_that_does_not_renew_keeps_the_pair_and_the_status_says_so() {
     .await;
     let c = s.certificate.expect("certificate status");
     let error = c.last_renewal_error.expect("the reason");
-    // A signer without the service (Unimplemented) or without [ca]
-    // (FailedPrecondition, "not a CA").
+    // A signer without [ca]: FailedPrecondition, "this signer is not a CA".
     assert!(
-        error.contains("Unimplemented") || error.contains("FailedPrecondition"),
+        error.contains("FailedPrecondition") && error.contains("not a CA"),
         "{error}"
     );
     assert_eq!(c.renewals, 0);
