@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     error::AgentError,
     queue::BoundedQueue,
-    session,
+    renewal, session,
     shared::Shared,
     signer::SignerClient,
     status::{self, AgentStatus},
@@ -143,7 +143,8 @@ impl<S: SignerClient> Agent<S> {
                     .await;
                 }
             };
-            tokio::join!(session, logins, bridge);
+            let renewal = renewal::run(config, signer, shared, shutdown.clone());
+            tokio::join!(session, logins, bridge, renewal);
             status_stop.cancel();
         };
         let (status_result, ()) = tokio::join!(status_file, work);

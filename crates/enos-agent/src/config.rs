@@ -47,6 +47,9 @@ pub struct Config {
     /// Where the operator sees the connection state.
     #[serde(default)]
     pub status: StatusConfig,
+    /// When `run` renews the device certificate (`[signer]` `cert`/`key`).
+    #[serde(default)]
+    pub renewal: RenewalConfig,
 }
 
 /// The device identity, as registered in EnOS.
@@ -285,6 +288,73 @@ pub struct StatusConfig {
     pub file: Option<PathBuf>,
 }
 
+/// Renewal of the device certificate inside `enos-agent run`: at `at` of
+/// its lifetime, plus or minus `jitter` of its lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalConfig {
+    /// Off: the certificate is only reported (a certificate from an
+    /// operator's own PKI, renewed by other means).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The renewal point, a fraction of the lifetime after `notBefore`
+    /// (2/3, as step-ca's `renew --daemon`): a third of the lifetime is
+    /// left to retry through a signer outage.
+    #[serde(default = "default_renewal_at")]
+    pub at: f64,
+    /// The spread around `at`, a fraction of the lifetime: a fleet
+    /// enrolled in one week does not renew in one minute. Drawn once per
+    /// certificate (seeded by it), so a restart keeps the same time.
+    #[serde(default = "default_renewal_jitter")]
+    pub jitter: f64,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        RenewalConfig {
+            enabled: true,
+            at: default_renewal_at(),
+            jitter: default_renewal_jitter(),
+        }
+    }
+}
+
+fn default_renewal_at() -> f64 {
+    2.0 / 3.0
+}
+fn default_renewal_jitter() -> f64 {
+    0.1
+}
+
+impl RenewalConfig {
+    /// `0 < at - jitter` and `at + jitter < 1`: the renewal point always
+    /// falls inside the lifetime.
+    fn validate(&self) -> Result<(), AgentError> {
+        if !(self.at > 0.0 && self.at < 1.0) {
+            return Err(AgentError::config(
+                "renewal.at",
+                "must be a fraction of the lifetime between 0 and 1 (e.g. 0.667)",
+            ));
+        }
+        if !(self.jitter >= 0.0 && self.jitter < 0.5) {
+            return Err(AgentError::config(
+                "renewal.jitter",
+                "must be a fraction of the lifetime, at least 0 and below 0.5 (e.g. 0.1)",
+            ));
+        }
+        if self.at - self.jitter <= 0.0 || self.at + self.jitter >= 1.0 {
+            return Err(AgentError::config(
+                "renewal.jitter",
+                format!(
+                    "at ± jitter ({} ± {}) must stay inside the lifetime (0, 1)",
+                    self.at, self.jitter
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An MQTT broker URL: `tcp://host:port` or `ssl://host:port`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -503,7 +573,8 @@ impl Config {
             bridge.validate()?;
         }
         self.validate_sub_devices()?;
-        self.sub_device_login.validate()
+        self.sub_device_login.validate()?;
+        self.renewal.validate()
     }
 
     /// No sub-device twice, not the gateway itself, at most EnOS's 200.

@@ -45,8 +45,10 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
-    /// The signer could not be reached or refused to issue.
-    #[error("signer: {0}")]
+    /// The signer could not be reached or refused to issue. Transparent:
+    /// its message names the signer already, and a prefixed copy would
+    /// print it twice where causes are listed (`{:#}`).
+    #[error(transparent)]
     SignerClient(#[from] SignerClientError),
     /// The status file could not be written.
     #[error("cannot write status file {path}: {source}")]
@@ -56,6 +58,21 @@ pub enum AgentError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file of the device's pair (or its candidate) could not be written.
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A new key or its CSR could not be made.
+    #[error("cannot make a new key: {0}")]
+    KeyGeneration(String),
+    /// `enroll` would not, or could not, enroll; the message says what to
+    /// do. Never contains the token.
+    #[error("enroll: {0}")]
+    Enroll(String),
     /// An input to the offline `sign` command is invalid.
     #[error("{0}")]
     Sign(#[from] enos_sign_core::SignError),

@@ -262,3 +262,20 @@ impl fmt::Debug for SignedLoginBatch {
             .finish()
     }
 }
+
+/// A certificate the signer's CA issued (enrollment or renewal). Public
+/// material only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCertificate {
+    /// The device certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// The issuing CA's certificate first, up to the root, DER: written
+    /// after the leaf so the whole chain is presented.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Its serial (lower-case hex), for logs and `revoke-cert`.
+    pub serial: String,
+    /// The signer's `notAfter`, ms since the epoch, for the output.
+    pub not_after_ms: u64,
+    /// The endpoint that issued it, for logs.
+    pub endpoint: String,
+}

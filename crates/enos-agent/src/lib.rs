@@ -18,6 +18,10 @@
 //! | [`bridge`] | the local-broker side of the data path |
 //! | [`sub_device`] | `combine.login.batch` (then `combine.login` for the rest) for sub-devices after every connect |
 //! | [`activation`] | dynamic activation: the pushed device secret handed straight to the signer |
+//! | [`enroll`] | the `enroll` command: a key made here, a certificate for a one-time token |
+//! | [`renewal`] | the certificate renewed at 2/3 of its lifetime ± jitter, inside `run` |
+//! | [`pair`] | the key and certificate files: atomic writes, crash-safe promotion of a candidate |
+//! | [`certificate`] | a certificate's validity, for the renewal schedule |
 //! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
 //! | [`status`] | [`AgentStatus`] and the status file |
@@ -60,14 +64,18 @@ pub mod activation;
 pub mod agent;
 pub mod backoff;
 pub mod bridge;
+pub mod certificate;
 pub mod config;
 pub mod credential;
+pub mod enroll;
 mod error;
 pub mod issued;
 pub mod notify;
 pub mod offline_sign;
+pub mod pair;
 pub mod queue;
 pub mod refusal;
+pub mod renewal;
 pub mod session;
 mod shared;
 pub mod signer;
@@ -83,9 +91,13 @@ pub use config::Config;
 pub use credential::CredentialCache;
 pub use enos_domain::now_ms;
 pub use error::{AgentError, SignerClientError};
-pub use issued::{IssuedCredential, SignedBatchEntry, SignedLoginBatch, SignedSubDeviceLogin};
+pub use issued::{
+    IssuedCredential, SignedBatchEntry, SignedCertificate, SignedLoginBatch, SignedSubDeviceLogin,
+};
 pub use queue::BoundedQueue;
 pub use shared::{EnosReply, Outbound, Shared};
 pub use signer::{GrpcSigner, SignerClient};
-pub use status::{ActivationState, AgentStatus, ConnectionState, SubDeviceState};
+pub use status::{
+    ActivationState, AgentStatus, CertificateStatus, ConnectionState, RenewalState, SubDeviceState,
+};
 pub use tls::install_crypto_provider;

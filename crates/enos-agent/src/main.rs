@@ -1,4 +1,5 @@
-//! `enos-agent`: run the agent, check a config, or sign a login by hand.
+//! `enos-agent`: run the agent, check a config, enroll the gateway, or
+//! sign a login by hand.
 #![forbid(unsafe_code)]
 // `check` and `sign` answer on stdout.
 #![allow(clippy::print_stdout)]
@@ -11,8 +12,11 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use enos_agent::{
-    Agent, Config, GrpcSigner, SignerClient, install_crypto_provider, notify,
+    Agent, Config, GrpcSigner, SignerClient,
+    enroll::{self, EnrollRequest},
+    install_crypto_provider, notify,
     offline_sign::{self, SignRequest},
+    pair::{self, PairPaths},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +46,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Enrolls this gateway with a one-time token: makes its key here and
+    /// writes the certificate the signer issues where `[signer]` `cert`
+    /// and `key` point.
+    Enroll {
+        /// The agent config (TOML): the device, and where the pair goes.
+        #[arg(long)]
+        config: PathBuf,
+        /// The signer's enrollment listener, `https://host:port`.
+        #[arg(long)]
+        signer: String,
+        /// The CA bundle that signs the signer's server certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// File holding the token from `enos-signer enroll-token` (mode
+        /// 0600). Never argv.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Replace a certificate that is still valid.
+        #[arg(long)]
+        force: bool,
+    },
     /// Signs a device login offline and prints it as JSON, for debugging a
     /// device by hand.
     Sign {
@@ -62,6 +87,21 @@ fn main() -> ExitCode {
             secret_file,
         } => sign(request, secret_file),
         Command::Check { config } => with_runtime(check(config)),
+        Command::Enroll {
+            config,
+            signer,
+            ca,
+            token_file,
+            force,
+        } => with_runtime(enroll(
+            config,
+            EnrollRequest {
+                signer,
+                ca,
+                token_file,
+                force,
+            },
+        )),
         Command::Run { config } => with_runtime(run(config)),
     };
     match result {
@@ -122,9 +162,32 @@ fn sign(request: SignRequest, secret_file: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn rfc3339(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Finishes or undoes a certificate promotion a crash interrupted,
+/// before the pair is read.
+fn recover_pair(config: &Config) -> anyhow::Result<()> {
+    pair::recover(&PairPaths {
+        cert: config.signer.cert.clone(),
+        key: config.signer.key.clone(),
+    })?;
+    Ok(())
+}
+
+async fn enroll(path: PathBuf, request: EnrollRequest) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let enrolled = enroll::enroll(&config, &request).await?;
+    println!("{}", enrolled.report());
+    Ok(())
+}
+
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("config {} is valid", path.display());
+    recover_pair(&config)?;
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let credential = signer.issue_mqtt_credential().await?;
     println!(
@@ -144,11 +207,30 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         }
         None => println!("it does not expire; the password is not shown"),
     }
+    let info = enos_agent::certificate::CertificateInfo::read(&config.signer.cert)?;
+    let renewal = if config.renewal.enabled {
+        format!(
+            "`run` renews it at about {}",
+            rfc3339(enos_agent::renewal::renewal_of_file(
+                &config.signer.cert,
+                &info,
+                &config.renewal
+            ))
+        )
+    } else {
+        "not renewed by the agent ([renewal] enabled = false)".to_owned()
+    };
+    println!(
+        "the device certificate {} is valid until {}; {renewal}",
+        config.signer.cert.display(),
+        rfc3339(info.not_after_ms),
+    );
     Ok(())
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    recover_pair(&config)?;
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let agent = Agent::new(config, signer);
     let shutdown = CancellationToken::new();
@@ -179,4 +261,56 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn enroll_takes_its_token_from_a_file_never_from_argv() {
+        let cli = Cli::try_parse_from([
+            "enos-agent",
+            "enroll",
+            "--config",
+            "agent.toml",
+            "--signer",
+            "https://signer:7444",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+        ])
+        .expect("parses");
+        let Command::Enroll {
+            signer,
+            token_file,
+            force,
+            ..
+        } = cli.command
+        else {
+            panic!("not enroll");
+        };
+        assert_eq!(signer, "https://signer:7444");
+        assert_eq!(token_file, std::path::PathBuf::from("t"));
+        assert!(!force);
+        // No way to pass the token itself; every file is required.
+        for args in [
+            &["--token", "enr1_x"][..],
+            &[
+                "--config",
+                "a.toml",
+                "--signer",
+                "https://s",
+                "--ca",
+                "c.pem",
+            ][..],
+            &["--config", "a.toml", "--ca", "c.pem", "--token-file", "t"][..],
+        ] {
+            let argv = ["enos-agent", "enroll"].iter().chain(args.iter());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
 }

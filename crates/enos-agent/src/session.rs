@@ -57,6 +57,8 @@ pub fn enos_client(config: &Config) -> Result<(AsyncClient, EventLoop), AgentErr
         .set_clean_session(true)
         .set_max_packet_size(config.enos.max_packet_size, config.enos.max_packet_size);
     if let Some(tls) = &config.enos.tls {
+        // Refuses unusable files at start; the connect loop re-reads them
+        // before every connect (`reload_tls`).
         let client_config = crate::tls::mqtt_client_config(tls)?;
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             client_config,
@@ -114,6 +116,7 @@ pub async fn run<S: SignerClient>(
         backoff: Backoff::new(config.backoff.clone()),
         cache: CredentialCache::new(),
         generation: 0,
+        tls_material: None,
     };
     session.run().await;
     shared.session.send_replace(None);
@@ -169,6 +172,10 @@ struct ConnectLoop<'a, S> {
     cache: CredentialCache,
     /// Numbers the connections, so sub-device logins restart on each.
     generation: u64,
+    /// The `[enos.tls]` files the transport was last built from (`None`
+    /// before the first connect): a renewed pair is used from the next
+    /// connect, the live session is never dropped for it.
+    tls_material: Option<crate::tls::MqttTlsMaterial>,
 }
 
 impl<S: SignerClient> ConnectLoop<'_, S> {
@@ -251,6 +258,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
     /// CONNECT with `credential` until CONNACK; on failure, backs off (a
     /// refusal also retires the credential).
     async fn connect(&mut self, credential: &Arc<IssuedCredential>) -> Step<()> {
+        self.reload_tls();
         self.eventloop
             .mqtt_options
             .set_client_id(credential.mqtt_client_id.clone())
@@ -277,6 +285,44 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                 }
                 tracing::warn!(broker = %self.config.enos.broker, reason = %failure.reason, "connect failed");
                 self.retry_after(&failure, false).await
+            }
+        }
+    }
+
+    /// Before a connect: re-reads the `[enos.tls]` files and, when they
+    /// changed and form a usable identity, builds the TLS transport from
+    /// them. Broken files are refused with a log line; the last good
+    /// transport stays (as for the signer channel).
+    fn reload_tls(&mut self) {
+        let Some(tls) = &self.config.enos.tls else {
+            return;
+        };
+        let material = match crate::tls::MqttTlsMaterial::read(tls) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "EnOS TLS files unusable; keeping the previous certificate");
+                return;
+            }
+        };
+        if self.tls_material.as_ref() == Some(&material) {
+            return;
+        }
+        match crate::tls::mqtt_client_config_from(tls, &material) {
+            Ok(client_config) => {
+                if self.tls_material.is_some() {
+                    tracing::info!(
+                        "EnOS TLS files changed; this connection uses the new certificate"
+                    );
+                }
+                self.eventloop
+                    .mqtt_options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        client_config,
+                    )));
+                self.tls_material = Some(material);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "EnOS TLS files unusable; keeping the previous certificate");
             }
         }
     }

@@ -14,8 +14,9 @@ use std::{
 };
 
 use enos_signer_proto::v1::{
-    self, CompleteActivationRequest, IssueMqttCredentialRequest, SignSubDeviceLoginBatchRequest,
-    SignSubDeviceLoginRequest, credentials_client::CredentialsClient,
+    self, CompleteActivationRequest, IssueMqttCredentialRequest, RenewCertificateRequest,
+    SignSubDeviceLoginBatchRequest, SignSubDeviceLoginRequest,
+    certificates_client::CertificatesClient, credentials_client::CredentialsClient,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{Code, transport::Channel};
@@ -23,7 +24,11 @@ use tonic::{Code, transport::Channel};
 use crate::{
     config::{DeviceConfig, SignerClientConfig, SubDeviceConfig},
     error::{AgentError, SignerClientError},
-    issued::{IssuedCredential, SignedBatchEntry, SignedLoginBatch, SignedSubDeviceLogin},
+    issued::{
+        IssuedCredential, SignedBatchEntry, SignedCertificate, SignedLoginBatch,
+        SignedSubDeviceLogin,
+    },
+    pair::PairPaths,
     signer_channels::SignerChannels,
 };
 
@@ -54,6 +59,39 @@ pub trait SignerClient: Send + Sync + 'static {
         &self,
         device_secret: &SecretString,
     ) -> impl Future<Output = Result<(), SignerClientError>> + Send;
+
+    /// A new certificate for this device, for the key of `csr_der`, asked
+    /// with the current certificate. A client that cannot renew answers
+    /// `Unimplemented` (renewal is then reported as not offered).
+    fn renew_certificate(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> impl Future<Output = Result<SignedCertificate, SignerClientError>> + Send {
+        let _ = csr_der;
+        async {
+            Err(SignerClientError::Refused {
+                endpoint: String::new(),
+                code: Code::Unimplemented,
+                message: "this signer client does not renew certificates".into(),
+            })
+        }
+    }
+
+    /// Proves that the signer accepts `candidate` (a pair written beside
+    /// the current one): a handshake with it and one call.
+    fn prove_candidate(
+        &self,
+        candidate: &PairPaths,
+    ) -> impl Future<Output = Result<(), SignerClientError>> + Send {
+        let _ = candidate;
+        async {
+            Err(SignerClientError::Refused {
+                endpoint: String::new(),
+                code: Code::Unimplemented,
+                message: "this signer client cannot prove a candidate".into(),
+            })
+        }
+    }
 }
 
 impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
@@ -83,6 +121,20 @@ impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<(), SignerClientError>> + Send {
         (**self).complete_activation(device_secret)
     }
+
+    fn renew_certificate(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> impl Future<Output = Result<SignedCertificate, SignerClientError>> + Send {
+        (**self).renew_certificate(csr_der)
+    }
+
+    fn prove_candidate(
+        &self,
+        candidate: &PairPaths,
+    ) -> impl Future<Output = Result<(), SignerClientError>> + Send {
+        (**self).prove_candidate(candidate)
+    }
 }
 
 /// The gRPC signer client: mTLS with the device certificate, endpoints
@@ -91,6 +143,9 @@ pub struct GrpcSigner {
     /// One lazily connected channel per endpoint, with its URL for logs;
     /// rebuilt when the certificate files change.
     channels: SignerChannels,
+    /// The config the channels follow: a candidate pair is proven with a
+    /// copy of it pointing at the candidate files.
+    config: SignerClientConfig,
     /// Index of the endpoint that answered last; tried first.
     preferred: AtomicUsize,
     /// Repeated in requests (the signer checks it against the certificate).
@@ -113,6 +168,7 @@ impl GrpcSigner {
     pub fn new(config: &SignerClientConfig, device: &DeviceConfig) -> Result<Self, AgentError> {
         Ok(GrpcSigner {
             channels: SignerChannels::new(config)?,
+            config: config.clone(),
             preferred: AtomicUsize::new(0),
             device: device.clone(),
         })
@@ -122,6 +178,16 @@ impl GrpcSigner {
     async fn with_failover<T, F, Fut>(&self, call: F) -> Result<T, SignerClientError>
     where
         F: Fn(CredentialsClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<T, SignerClientError>>,
+    {
+        self.with_failover_on(|channel, url| call(CredentialsClient::new(channel), url))
+            .await
+    }
+
+    /// Runs `call` with each endpoint's channel in turn until one answers.
+    async fn with_failover_on<T, F, Fut>(&self, call: F) -> Result<T, SignerClientError>
+    where
+        F: Fn(Channel, String) -> Fut,
         Fut: Future<Output = Result<T, SignerClientError>>,
     {
         let built = self.channels.current();
@@ -134,7 +200,7 @@ impl GrpcSigner {
         for k in 0..n {
             let i = (first + k) % n;
             let (url, channel) = &built.endpoints[i];
-            match call(CredentialsClient::new(channel.clone()), url.clone()).await {
+            match call(channel.clone(), url.clone()).await {
                 Ok(v) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(v);
@@ -154,9 +220,31 @@ impl GrpcSigner {
     }
 }
 
+/// Checks an [`v1::IssuedCertificate`] as far as the agent can: a leaf is
+/// there. That it fits the key and reads as a certificate is checked
+/// when the pair is written.
+pub(crate) fn signed_certificate(
+    reply: v1::IssuedCertificate,
+    endpoint: String,
+) -> Result<SignedCertificate, SignerClientError> {
+    if reply.certificate_der.is_empty() {
+        return Err(SignerClientError::BadResponse {
+            endpoint,
+            reason: "no certificate in the response".into(),
+        });
+    }
+    Ok(SignedCertificate {
+        certificate_der: reply.certificate_der,
+        chain_der: reply.chain_der,
+        serial: reply.serial,
+        not_after_ms: reply.not_after_ms,
+        endpoint,
+    })
+}
+
 /// Maps a gRPC status to a [`SignerClientError`]: codes that mean "ask again
 /// later" are unavailability, the rest are the signer's refusal.
-fn classify(endpoint: String, status: tonic::Status) -> SignerClientError {
+pub(crate) fn classify(endpoint: String, status: tonic::Status) -> SignerClientError {
     let message: String = status.message().chars().take(300).collect();
     match status.code() {
         Code::Unavailable
@@ -322,6 +410,41 @@ impl SignerClient for GrpcSigner {
         .await
     }
 
+    async fn renew_certificate(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> Result<SignedCertificate, SignerClientError> {
+        let request = RenewCertificateRequest { csr_der };
+        self.with_failover_on(|channel, endpoint| {
+            let request = request.clone();
+            async move {
+                let reply = CertificatesClient::new(channel)
+                    .renew_certificate(request)
+                    .await
+                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .into_inner();
+                signed_certificate(reply, endpoint)
+            }
+        })
+        .await
+    }
+
+    async fn prove_candidate(&self, candidate: &PairPaths) -> Result<(), SignerClientError> {
+        let mut config = self.config.clone();
+        config.cert = candidate.cert.clone();
+        config.key = candidate.key.clone();
+        // Its own channels: a new handshake, with the candidate.
+        let prover =
+            GrpcSigner::new(&config, &self.device).map_err(|e| SignerClientError::BadResponse {
+                endpoint: String::new(),
+                reason: format!("the candidate pair is unusable: {e}"),
+            })?;
+        let first = self.preferred.load(Ordering::Relaxed);
+        prover.preferred.store(first, Ordering::Relaxed);
+        // The credential proves the call went through; it is not used.
+        prover.issue_mqtt_credential().await.map(drop)
+    }
+
     async fn complete_activation(
         &self,
         device_secret: &SecretString,
@@ -342,4 +465,21 @@ impl SignerClient for GrpcSigner {
         })
         .await
     }
+}
+
+/// An error and its sources on one line (tonic's transport errors say
+/// what failed only in their sources, e.g. the TLS alert).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        // Some errors print their cause in their own message already.
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }

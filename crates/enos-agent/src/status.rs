@@ -65,6 +65,40 @@ pub enum ActivationState {
     Activated,
 }
 
+/// Where the renewal of the device certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenewalState {
+    /// Waiting for `next_renewal_ms` (after a failure: the retry).
+    Scheduled,
+    /// Asking the signer, proving or promoting the new pair.
+    Renewing,
+    /// `[renewal] enabled = false`: the certificate is only reported.
+    Disabled,
+    /// The signer is not a CA (or too old to renew): retried rarely.
+    NotOffered,
+    /// The certificate expired: it cannot renew, only `enos-agent enroll`
+    /// with a new token helps (`last_renewal_error` gives the command).
+    Expired,
+}
+
+/// The device certificate (`[signer]` `cert`) and its renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateStatus {
+    /// Its `notAfter`, ms since the epoch.
+    pub not_after_ms: u64,
+    /// When it will be renewed (or the renewal retried), ms since the
+    /// epoch; `None` when disabled or expired.
+    pub next_renewal_ms: Option<u64>,
+    /// Where the renewal stands.
+    pub renewal: RenewalState,
+    /// Renewals promoted since start.
+    pub renewals: u64,
+    /// Why the last renewal attempt failed (cleared by a success);
+    /// secret-free.
+    pub last_renewal_error: Option<String>,
+}
+
 /// One sub-device's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubDeviceStatus {
@@ -125,6 +159,8 @@ pub struct AgentStatus {
     /// The dynamic activation, while one is under way (and `activated`
     /// once it completed); `None` for a device with its own secret.
     pub activation: Option<ActivationState>,
+    /// The device certificate and its renewal; `None` until it was read.
+    pub certificate: Option<CertificateStatus>,
 }
 
 impl AgentStatus {
@@ -151,6 +187,7 @@ impl AgentStatus {
             local_broker_connected: None,
             sub_devices: Vec::new(),
             activation: None,
+            certificate: None,
         }
     }
 

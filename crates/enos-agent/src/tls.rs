@@ -77,19 +77,50 @@ pub(crate) fn check_key_fits(
         .map_err(|e| tls_error(key_path, format!("key does not fit the certificate: {e}")))
 }
 
+/// The `[enos.tls]` files' contents, as read: compared before each
+/// connect, so that a renewed pair is used from the next connection.
+#[derive(PartialEq, Eq)]
+pub(crate) struct MqttTlsMaterial {
+    /// The CA bundle of the broker's certificate.
+    ca: Vec<u8>,
+    /// The device certificate chain.
+    cert: Vec<u8>,
+    /// Its key; wiped on drop.
+    key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl MqttTlsMaterial {
+    /// Reads the three files (the key as a private file).
+    pub(crate) fn read(tls: &MqttTlsConfig) -> Result<Self, AgentError> {
+        Ok(MqttTlsMaterial {
+            ca: read(&tls.ca)?,
+            cert: read(&tls.cert)?,
+            key: read_private_key(&tls.key)?,
+        })
+    }
+}
+
 /// The rustls config for `ssl://` EnOS brokers: the configured CA only, and
 /// the device certificate for client authentication.
 pub(crate) fn mqtt_client_config(tls: &MqttTlsConfig) -> Result<Arc<ClientConfig>, AgentError> {
-    let ca = read(&tls.ca)?;
+    mqtt_client_config_from(tls, &MqttTlsMaterial::read(tls)?)
+}
+
+/// [`mqtt_client_config`] from material already read; refuses a key
+/// that does not fit the certificate.
+pub(crate) fn mqtt_client_config_from(
+    tls: &MqttTlsConfig,
+    material: &MqttTlsMaterial,
+) -> Result<Arc<ClientConfig>, AgentError> {
     let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&tls.ca, &ca)? {
+    for cert in parse_certs(&tls.ca, &material.ca)? {
         roots
             .add(cert)
             .map_err(|e| tls_error(&tls.ca, format!("unusable CA certificate: {e}")))?;
     }
-    let chain = parse_certs(&tls.cert, &read(&tls.cert)?)?;
-    let key_pem = read_private_key(&tls.key)?;
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+    check_key_fits(&tls.cert, &material.cert, &tls.key, &material.key)?;
+    let chain = parse_certs(&tls.cert, &material.cert)?;
+    let key = rustls_pemfile::private_key(&mut &material.key[..])
         .map_err(|_| tls_error(&tls.key, "the private key PEM is malformed"))?
         .ok_or_else(|| tls_error(&tls.key, "no PRIVATE KEY block found"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -94,6 +94,22 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
     .await
     .expect("join");
     assert_eq!(connected["connects"], 1);
+    // The device certificate and its renewal, once the renewal loop read
+    // it (the test PKI's certificates are valid for ages: scheduled).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let certificate = loop {
+        let s = read_status(dir.path()).expect("status");
+        if s["certificate"].is_object() {
+            break s["certificate"].clone();
+        }
+        assert!(Instant::now() < deadline, "no certificate in {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(certificate["not_after_ms"].is_u64(), "{certificate}");
+    assert!(certificate["next_renewal_ms"].is_u64(), "{certificate}");
+    assert_eq!(certificate["renewal"], "scheduled", "{certificate}");
+    assert_eq!(certificate["renewals"], 0, "{certificate}");
+    assert!(certificate["last_renewal_error"].is_null(), "{certificate}");
 
     // READY, WATCHDOG (every 100 ms) and the connection state arrived.
     let mut messages = Vec::new();
@@ -215,6 +231,10 @@ async fn check_reports_the_expiry_without_the_password() {
         "{stdout}"
     );
     assert!(stdout.contains("the password is not shown"), "{stdout}");
+    assert!(
+        stdout.contains("the device certificate") && stdout.contains("is valid until"),
+        "{stdout}"
+    );
     // 40 upper-case hex digits would be a SHA-1 password.
     assert!(
         !stdout

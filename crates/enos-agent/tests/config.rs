@@ -109,3 +109,39 @@ fn value_checks_name_the_field() {
         .to_string();
     assert!(e.contains("signer.endpoints[0]"), "{e}");
 }
+
+#[test]
+fn renewal_defaults_to_two_thirds_with_a_tenth_of_jitter_and_is_configurable() {
+    let config = Config::load(&fixture("minimal.toml")).expect("minimal parses");
+    assert!(config.renewal.enabled);
+    assert!((config.renewal.at - 2.0 / 3.0).abs() < 1e-12);
+    assert!((config.renewal.jitter - 0.1).abs() < 1e-12);
+
+    let config = Config::load(&fixture("renewal.toml")).expect("renewal parses");
+    assert!(config.renewal.enabled);
+    assert!((config.renewal.at - 0.75).abs() < 1e-12);
+    assert!((config.renewal.jitter - 0.05).abs() < 1e-12);
+
+    let e = refused("renewal_unknown_field.toml");
+    assert!(e.contains("before"), "{e}");
+
+    let base = std::fs::read_to_string(fixture("minimal.toml")).expect("fixture");
+    for (extra, field) in [
+        ("[renewal]\nat = 1.0\n", "renewal.at"),
+        ("[renewal]\nat = 0.0\n", "renewal.at"),
+        ("[renewal]\nat = nan\n", "renewal.at"),
+        ("[renewal]\njitter = -0.1\n", "renewal.jitter"),
+        ("[renewal]\nat = 0.95\njitter = 0.1\n", "renewal.jitter"),
+        ("[renewal]\nat = 0.05\njitter = 0.1\n", "renewal.jitter"),
+        ("[renewal]\nenabled = false\n", ""),
+        ("[renewal]\nat = 0.5\njitter = 0.0\n", ""),
+    ] {
+        let result = Config::parse(&format!("{base}\n{extra}"), Path::new("inline.toml"));
+        if field.is_empty() {
+            result.expect(extra);
+        } else {
+            let e = result.expect_err(extra).to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
+}

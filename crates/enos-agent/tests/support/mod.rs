@@ -2,6 +2,7 @@
 //! gateway's local broker), MQTT test clients, and status waits.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod ca;
 pub mod signer;
 
 use std::{
