@@ -20,7 +20,8 @@ use enos_testkit::sandbox::SandboxBinary;
 #[command(name = "enos-fleet", version)]
 struct Cli {
     /// connect, broker-restart, signer-restart, or all (each restart
-    /// follows the first connect).
+    /// follows the first connect); or renew (the signer is the devices'
+    /// CA: enrollment with tokens, one certificate lifetime of renewals).
     scenario: String,
     /// Agents (and raw clients) in the run.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_AGENTS as u64))]
@@ -46,6 +47,15 @@ struct Cli {
     /// Draw the run into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// renew: the certificates' lifetime (`10m`, `30s`, …).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// renew: when agents renew, as a fraction of the lifetime.
+    #[arg(long, default_value_t = 2.0 / 3.0)]
+    renew_at: f64,
+    /// renew: ± this fraction of the lifetime, per certificate.
+    #[arg(long, default_value_t = 0.1)]
+    renew_jitter: f64,
     /// The enos-sandbox binary (default: beside this one, or built).
     #[arg(long, env = "ENOS_SANDBOX_BIN")]
     sandbox: Option<PathBuf>,
@@ -55,7 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(scenario) = Scenario::parse(&cli.scenario) else {
         eprintln!(
-            "enos-fleet: unknown scenario {:?}: connect, broker-restart, signer-restart or all",
+            "enos-fleet: unknown scenario {:?}: connect, broker-restart, signer-restart, all or renew",
             cli.scenario
         );
         return ExitCode::from(2);
@@ -70,6 +80,9 @@ fn main() -> ExitCode {
     options.raw_anchor = !cli.no_raw;
     options.plot = cli.plot;
     options.progress = true;
+    options.lifetime = cli.lifetime;
+    options.renew_at = cli.renew_at;
+    options.renew_jitter = cli.renew_jitter;
     if let Err(e) = options.validate() {
         eprintln!("enos-fleet: {e}");
         return ExitCode::from(2);
@@ -117,10 +130,10 @@ fn main() -> ExitCode {
             if let Some(plot) = &options.plot {
                 println!("picture: {}", plot.display());
             }
-            let ok = report
-                .phases
-                .iter()
-                .all(|p| p.all_connected() && p.broker_refusals == 0 && p.resource_exhausted == 0);
+            let ok =
+                report.phases.iter().all(|p| {
+                    p.all_connected() && p.broker_refusals == 0 && p.resource_exhausted == 0
+                }) && report.renew.as_ref().is_none_or(|r| r.clean());
             if ok {
                 ExitCode::SUCCESS
             } else {

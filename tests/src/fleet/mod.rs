@@ -8,11 +8,12 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`options`] | [`FleetOptions`], [`Scenario`]: what to run, bounded in count and time |
-//! | [`world`] | [`FleetWorld`]: PKI, signer (Admin import), sandbox, device identities |
+//! | [`world`] | [`FleetWorld`]: PKI, signer (Admin import), sandbox, device identities (enrolled with tokens for `renew`) |
 //! | [`limits`] | the file-descriptor limit the harness raises for itself |
 //! | [`timeline`] | [`Timeline`]: samples of connected agents, connects and issuances over time, and the events |
 //! | [`phase`] | [`PhaseFigures`]: what one event (start, broker restart, signer restart) cost |
 //! | [`raw`] | the anchor: N raw rumqttc clients with pre-signed passwords |
+//! | [`renew`] | `renew`: one certificate lifetime, every agent renewing by itself; [`renew::RenewFigures`] |
 //! | [`run`] | [`run`]: the whole run, its [`FleetReport`] |
 //! | [`plot`] | the SVG picture (`--plot`) |
 //!
@@ -24,6 +25,7 @@ pub mod options;
 pub mod phase;
 pub mod plot;
 pub mod raw;
+pub mod renew;
 pub mod run;
 pub mod timeline;
 pub mod world;

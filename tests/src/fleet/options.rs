@@ -21,6 +21,11 @@ pub enum Scenario {
     SignerRestart,
     /// `connect`, `broker-restart` and `signer-restart` in one run.
     All,
+    /// The signer is the devices' CA (#25): every device enrolls with a
+    /// one-time token, the agents connect, and the run lasts one
+    /// certificate lifetime and a margin, while every agent renews its
+    /// certificate by itself (at `renew_at` ± `renew_jitter`).
+    Renew,
 }
 
 impl Scenario {
@@ -31,6 +36,7 @@ impl Scenario {
             Scenario::BrokerRestart => "broker-restart",
             Scenario::SignerRestart => "signer-restart",
             Scenario::All => "all",
+            Scenario::Renew => "renew",
         }
     }
 
@@ -41,6 +47,7 @@ impl Scenario {
             Scenario::BrokerRestart,
             Scenario::SignerRestart,
             Scenario::All,
+            Scenario::Renew,
         ]
         .into_iter()
         .find(|s| s.name() == name)
@@ -84,6 +91,12 @@ pub struct FleetOptions {
     /// Whether to tell each step on stderr as it happens (a 5,000-agent
     /// run takes minutes).
     pub progress: bool,
+    /// `renew`: the lifetime of the devices' certificates.
+    pub lifetime: Duration,
+    /// `renew`: when agents renew, as a fraction of the lifetime.
+    pub renew_at: f64,
+    /// `renew`: ± this fraction of the lifetime, per certificate.
+    pub renew_jitter: f64,
 }
 
 impl FleetOptions {
@@ -102,6 +115,9 @@ impl FleetOptions {
             raw_anchor: true,
             plot: None,
             progress: false,
+            lifetime: Duration::from_secs(600),
+            renew_at: 2.0 / 3.0,
+            renew_jitter: 0.1,
         }
     }
 
@@ -121,6 +137,18 @@ impl FleetOptions {
         }
         if self.phase_timeout.is_zero() || self.phase_timeout > Duration::from_secs(900) {
             return Err("--phase-timeout must be 1..=900 seconds".into());
+        }
+        if self.scenario == Scenario::Renew {
+            if self.lifetime < Duration::from_secs(2) || self.lifetime > Duration::from_secs(86_400)
+            {
+                return Err("--lifetime must be 2 s..=24 h".into());
+            }
+            if self.renew_jitter < 0.0
+                || self.renew_at - self.renew_jitter <= 0.0
+                || self.renew_at + self.renew_jitter >= 1.0
+            {
+                return Err("--renew-at ± --renew-jitter must stay within (0, 1)".into());
+            }
         }
         Ok(())
     }

@@ -12,10 +12,11 @@ use crate::{
     error::{E2eError, Result},
     fleet::{
         limits,
-        options::FleetOptions,
+        options::{FleetOptions, Scenario},
         phase::{self, PhaseFigures, PhaseObservation},
         plot,
         raw::{self, RawFigures},
+        renew::{self, RenewFigures},
         timeline::{Sampler, Timeline},
         world::FleetWorld,
     },
@@ -53,6 +54,8 @@ pub struct FleetReport {
     pub limit_probe: (usize, usize),
     /// The samples and events, for the picture.
     pub timeline: Timeline,
+    /// The `renew` scenario's figures.
+    pub renew: Option<RenewFigures>,
 }
 
 impl FleetReport {
@@ -95,6 +98,9 @@ impl fmt::Display for FleetReport {
             "rate limit live: {} of {} back-to-back requests of one device refused ResourceExhausted after the run",
             self.limit_probe.0, self.limit_probe.1
         )?;
+        if let Some(renew) = &self.renew {
+            write!(f, "{renew}")?;
+        }
         if let Some(raw) = &self.raw {
             writeln!(
                 f,
@@ -179,7 +185,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     ));
     let mut world = FleetWorld::start(options, sandbox_binary).await?;
 
-    let raw = if options.raw_anchor {
+    let raw = if options.raw_anchor && options.scenario != Scenario::Renew {
         say(format!(
             "raw anchor: {agents} rumqttc clients connect, broker restart, reconnect"
         ));
@@ -245,6 +251,23 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         tokio::task::block_in_place(|| world.sandbox.restart())?;
         ended.push(finish(start, &fleet, &world, options.phase_timeout).await);
     }
+    let renew = if all && options.scenario == Scenario::Renew {
+        let lifetime = options.lifetime;
+        say(format!(
+            "one certificate lifetime ({:.0} s) and a tenth: every agent renews by itself",
+            lifetime.as_secs_f64()
+        ));
+        sampler.mark("renewals");
+        let statuses: Vec<_> = fleet.iter().map(|a| a.status.clone()).collect();
+        let (audit_file, _) = world.audit_files();
+        // The certificates were issued before the agents started: the
+        // last renewal is due at (at + jitter) of the lifetime from then.
+        let timeout = lifetime.mul_f64(options.renew_at + options.renew_jitter) + lifetime / 5;
+        let until = origin + lifetime + lifetime / 10;
+        Some(renew::observe(&statuses, lifetime, timeout, until, &audit_file).await?)
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let timeline = sampler.finish().await;
 
@@ -291,6 +314,7 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         fd_limit,
         limit_probe,
         timeline,
+        renew,
     };
     if let Some(path) = &options.plot {
         plot::draw(&report, path)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use enos_agent::Config;
 use enos_signer_proto::v1;
-use enos_signer_svc::config::RateLimitConfig;
+use enos_signer_svc::config::{CaConfig, RateLimitConfig};
 use enos_testkit::sandbox::{Sandbox, SandboxBinary};
 use enos_testkit::signer::TestSigner;
 
@@ -14,7 +14,7 @@ use crate::{
     agent::{AgentToml, Backoff},
     devices::{self, TestDevice as Device},
     error::{E2eError, Result},
-    fleet::options::FleetOptions,
+    fleet::options::{FleetOptions, Scenario},
     pki::LoopPki,
 };
 
@@ -62,11 +62,20 @@ impl FleetWorld {
             per_second: options.rate_per_second,
             burst: options.rate_burst,
         };
+        // `renew`: the signer is the devices' CA, and each device enrolls
+        // with a one-time token instead of a certificate of the test PKI.
+        let renew = options.scenario == Scenario::Renew;
+        let ca = renew.then(|| CaConfig {
+            enroll_listen: Some(([127, 0, 0, 1], 0).into()),
+            lifetime: options.lifetime,
+            ..CaConfig::default()
+        });
         let signer = TestSigner::start_with(&dir.path().join("signer"), &pki.pki, |c| {
             c.rate_limit = Some(rate);
             // Every agent of the simulated fleet connects from 127.0.0.1,
             // as a fleet behind one NAT address: no per-address cap.
             c.server.limits.max_connections_per_ip = 0;
+            c.ca = ca;
         })
         .await
         .map_err(E2eError::Component)?;
@@ -88,12 +97,20 @@ impl FleetWorld {
         };
         let mut configs = Vec::with_capacity(devices.len());
         for device in &devices {
-            let (files, _) = pki.device(device)?;
+            let pair = if renew {
+                let own = dir.path().join("agents").join(&device.device_key);
+                std::fs::create_dir_all(&own)
+                    .map_err(E2eError::io("creating an agent's directory"))?;
+                (own.join("device.pem"), own.join("device.key"))
+            } else {
+                let (files, _) = pki.device(device)?;
+                (files.cert, files.key)
+            };
             let mut toml = AgentToml::new(
                 device,
                 &signer.uri(),
                 &pki.ca,
-                (files.cert, files.key),
+                pair,
                 format!("tcp://{}", sandbox.mqtt_addr()),
             );
             toml.backoff = backoff;
@@ -103,7 +120,15 @@ impl FleetWorld {
             config.signer.connect_timeout = std::time::Duration::from_secs(5);
             config.signer.request_timeout = std::time::Duration::from_secs(10);
             config.enos.connect_timeout = std::time::Duration::from_secs(30);
+            if renew {
+                config.renewal.enabled = true;
+                config.renewal.at = options.renew_at;
+                config.renewal.jitter = options.renew_jitter;
+            }
             configs.push(config);
+        }
+        if renew {
+            enroll_all(&signer, &configs, &pki.ca, dir.path()).await?;
         }
         let probe_config = configs.first().cloned();
         Ok(FleetWorld {
@@ -128,6 +153,58 @@ impl FleetWorld {
             config.audit.key_file.clone(),
         )
     }
+}
+
+/// Enrolls every device of `configs` as `enos-agent enroll` does: a
+/// one-time token from Admin, a key made for the device, the certificate
+/// from the signer's enrollment listener; sixteen at a time.
+async fn enroll_all(
+    signer: &TestSigner,
+    configs: &[Config],
+    signer_ca: &Path,
+    dir: &Path,
+) -> Result<()> {
+    use futures::StreamExt;
+    let uri = signer
+        .enroll_uri()
+        .ok_or_else(|| E2eError::failed("the signer has no enrollment listener"))?;
+    let admin = signer.admin().await;
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(E2eError::io("creating the tokens' directory"))?;
+    let results: Vec<Result<()>> = futures::stream::iter(configs.iter().enumerate())
+        .map(|(i, config)| {
+            let (mut admin, uri, tokens) = (admin.clone(), uri.clone(), tokens.clone());
+            async move {
+                let device = v1::DeviceRef::new(
+                    config.device.product_key.as_str(),
+                    config.device.device_key.as_str(),
+                );
+                let token = admin
+                    .create_enroll_token(v1::CreateEnrollTokenRequest {
+                        device: Some(device),
+                        ttl_secs: 0,
+                    })
+                    .await
+                    .map_err(|e| E2eError::failed(format!("enrollment token: {e}")))?
+                    .into_inner()
+                    .token;
+                let token_file = tokens.join(format!("{i}.token"));
+                enos_testkit::pki::write_private(&token_file, token.as_bytes())
+                    .map_err(E2eError::Component)?;
+                let request = enos_agent::enroll::EnrollRequest {
+                    signer: uri,
+                    ca: signer_ca.to_owned(),
+                    token_file,
+                    force: false,
+                };
+                enos_agent::enroll::enroll(config, &request).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Registers `devices` in the signer through Admin import.

@@ -60,3 +60,27 @@ async fn three_hundred_agents_through_every_scenario_all_connect_none_refused_wi
     }
     Ok(())
 }
+
+/// #25: 200 gateways enrolled with one-time tokens, certificates of 12 s,
+/// renewed at 2/3 ± 10 %: every one renews by itself within the lifetime,
+/// no MQTT session drops for it, the signer refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_gateways_renew_their_certificates_without_dropping_a_session() -> TestResult {
+    support::init();
+    let mut options = FleetOptions::new(200);
+    options.scenario = Scenario::Renew;
+    options.lifetime = Duration::from_secs(12);
+    options.phase_timeout = Duration::from_secs(60);
+    let report = fleet::run(&options, support::sandbox_binary()).await?;
+    eprintln!("{report}");
+    let connect = report.phase("connect").expect("the connect phase");
+    assert!(connect.all_connected(), "{connect}");
+    let renew = report.renew.as_ref().expect("the renew phase ran");
+    assert_eq!(renew.renewed, 200, "every gateway renewed: {renew}");
+    assert!(renew.time_to_all.is_some(), "{renew}");
+    assert_eq!(renew.sessions_dropped, 0, "no session dropped: {renew}");
+    assert_eq!(renew.refused, 0, "{renew}");
+    assert_eq!(renew.agent_errors, 0, "{renew}");
+    assert!(renew.peak_per_second >= 1, "{renew}");
+    Ok(())
+}
