@@ -14,8 +14,13 @@ pub const WITHIN: Duration = Duration::from_secs(7 * 86_400);
 
 /// How often the registry is counted: the gauge moves in days, a
 /// PostgreSQL count every minute costs nothing. A certificate change on
-/// this replica counts again at once (`changed`).
+/// this replica counts again soon (`changed`), but never more often than
+/// every [`MIN_GAP`]: a count reads every live certificate, and a renewal
+/// storm must not pay one per renewal.
 const EVERY: Duration = Duration::from_secs(60);
+
+/// The least time between two counts.
+const MIN_GAP: Duration = Duration::from_secs(2);
 
 /// Sets the gauge through `set` every minute, and whenever `changed` is
 /// notified, until `stop`; a failed count leaves the last value (the
@@ -40,6 +45,11 @@ pub async fn watch(
         {
             Ok(count) => set(count),
             Err(e) => tracing::debug!(error = %e, "counting expiring certificates failed"),
+        }
+        // Changes meanwhile are remembered (one permit) and counted after.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(MIN_GAP) => {}
         }
     }
 }
