@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use enos_signer_svc::config::{PolicyConfig, ProductPolicyConfig};
+use enos_signer_svc::config::{CaConfig, PolicyConfig, ProductPolicyConfig};
 use enos_testkit::{
     Binaries, ChildProcess,
     sandbox::{Sandbox, SandboxBinary},
@@ -37,6 +37,14 @@ use crate::{
     pki::LoopPki,
     signer::{self, AdminEnv, SignerProcess},
 };
+
+/// The lifetime of the gateway's certificates: short, so that the demo
+/// shows a renewal (the default is 30 days).
+const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(20);
+
+/// The agents' `[renewal]`: at a quarter of the lifetime, so that the
+/// renewal comes within the demo (the default is 2/3 ± 0.1).
+const RENEWAL: &str = "[renewal]\nat = 0.25\njitter = 0.05\n\n";
 
 /// How long any one step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -174,21 +182,87 @@ pub async fn run<W: Write>(
         product_secret: devices::random_secret().in_step(PKI)?,
     };
     let broker_server = pki.server("broker-server").in_step(PKI)?;
-    let (gateway_cert, _) = pki.device(&demo.gateway).in_step(PKI)?;
     let admin = pki.admin("demo-admin").in_step(PKI)?;
     narrator.say(
         PKI,
         format!(
-            "a throwaway CA in {} issued server certificates (signer, broker) for 127.0.0.1, \
-             the device certificate of {} (spiffe://enos/device/{}) and an admin certificate",
+            "a throwaway CA in {} issued server certificates (signer, broker) for 127.0.0.1 \
+             and an admin certificate; the gateway {} has no certificate yet (it enrolls)",
             dir.display(),
-            demo.gateway.id(),
             demo.gateway.id()
         ),
     );
 
-    // 2. The EnOS sandbox: EnOS knows the gateway and the sensor; the
-    // console login plays the cloud.
+    // 2. The signer, the CA of its devices' certificates.
+    const SIGNER: &str = "signer";
+    let reservation = enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .in_step(SIGNER)?;
+    let signer_addr = reservation.addr();
+    let mut policy = PolicyConfig::default();
+    policy.products.insert(
+        NEW_PRODUCT.into(),
+        ProductPolicyConfig {
+            dynamic_activation: true,
+            ..Default::default()
+        },
+    );
+    let (mut signer_config, signer_files) =
+        signer::write_config(&dir.join("signer"), &pki, signer_addr, policy).in_step(SIGNER)?;
+    // The enrollment listener's port, held for the signer as its own.
+    let enroll_reservation =
+        enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .in_step(SIGNER)?;
+    let enroll_uri = format!("https://{}", enroll_reservation.addr());
+    let crl_file = dir.join("signer").join("devices.crl");
+    signer_config.ca = Some(CaConfig {
+        enroll_listen: Some(enroll_reservation.addr()),
+        lifetime: CERTIFICATE_LIFETIME,
+        crl_file: Some(crl_file.clone()),
+        ..CaConfig::default()
+    });
+    std::fs::write(
+        &signer_files.config,
+        signer_config.to_toml().in_step(SIGNER)?,
+    )
+    .map_err(E2eError::io("writing the signer's config"))
+    .in_step(SIGNER)?;
+    let init_output = signer::init(&binaries.signer, &signer_files.config).in_step(SIGNER)?;
+    let device_ca = dir.join("signer").join("device-ca.pem");
+    let ca_init_output = run_to_end(
+        "enos-signer ca init",
+        &binaries.signer,
+        &[
+            OsStr::new("ca"),
+            OsStr::new("init"),
+            OsStr::new("--config"),
+            signer_files.config.as_os_str(),
+            OsStr::new("--out"),
+            device_ca.as_os_str(),
+        ],
+    )
+    .in_step(SIGNER)?;
+    let mut signer = SignerProcess::new(
+        &binaries.signer,
+        &signer_files.config,
+        signer_addr,
+        Some(reservation),
+    );
+    signer.start().in_step(SIGNER)?;
+    narrator.say(
+        SIGNER,
+        format!(
+            "`enos-signer init` created the master key, the audit key and an empty registry; \
+             `enos-signer ca init` made the devices' CA, its key sealed by the custody; \
+             `enos-signer serve` listens on {} (mTLS only) and enrolls on {enroll_uri} \
+             (TLS, one-time tokens); device certificates live {} s here (30 days by default)",
+            signer.uri(),
+            CERTIFICATE_LIFETIME.as_secs()
+        ),
+    );
+
+    // 3. The EnOS sandbox: EnOS knows the gateway and the sensor; the
+    // console login plays the cloud. Its MQTTS listener trusts the
+    // signer's device CA and follows the signer's CRL.
     const SANDBOX: &str = "EnOS sandbox";
     let enos_devices = dir.join("enos-devices.csv");
     devices::write_sandbox_csv(
@@ -202,8 +276,23 @@ pub async fn run<W: Write>(
     enos_testkit::write_private(&console_password_file, demo.console_password.as_bytes())
         .map_err(|e| E2eError::failed(format!("writing the console password file: {e}")))
         .in_step(SANDBOX)?;
+    let trusted = dir.join("enos-trusted-cas.pem");
+    let bundle = [&pki.ca, &device_ca]
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(E2eError::io(format!("reading {}", p.display())))
+        })
+        .collect::<Result<Vec<_>>>()
+        .in_step(SANDBOX)?
+        .concat();
+    std::fs::write(&trusted, bundle)
+        .map_err(E2eError::io("writing the sandbox's CA bundle"))
+        .in_step(SANDBOX)?;
+    // The signer writes its CRL as it starts.
+    wait_for_file(&crl_file).await.in_step(SANDBOX)?;
     let mut sandbox = Sandbox::builder(SandboxBinary::at(&binaries.sandbox), &enos_devices)
-        .tls(&pki.ca, &broker_server.cert, &broker_server.key)
+        .tls(&trusted, &broker_server.cert, &broker_server.key)
+        .tls_crl(&crl_file)
         .console(CONSOLE_USER, &console_password_file)
         .start()
         .in_step(SANDBOX)?;
@@ -215,43 +304,11 @@ pub async fn run<W: Write>(
         SANDBOX,
         format!(
             "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate of the \
-             device required); it knows 3 devices (one awaiting dynamic activation), checks every \
+             device required, from the signer's CA, checked against the signer's CRL); it knows 3 devices (one awaiting dynamic activation), checks every \
              signed login, keeps each device to its own topics, and has a console login for the \
              cloud's side",
             sandbox.mqtt_addr(),
             tls_addr
-        ),
-    );
-
-    // 3. The signer.
-    const SIGNER: &str = "signer";
-    let reservation = enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .in_step(SIGNER)?;
-    let signer_addr = reservation.addr();
-    let mut policy = PolicyConfig::default();
-    policy.products.insert(
-        NEW_PRODUCT.into(),
-        ProductPolicyConfig {
-            dynamic_activation: true,
-            ..Default::default()
-        },
-    );
-    let (_, signer_files) =
-        signer::write_config(&dir.join("signer"), &pki, signer_addr, policy).in_step(SIGNER)?;
-    let init_output = signer::init(&binaries.signer, &signer_files.config).in_step(SIGNER)?;
-    let mut signer = SignerProcess::new(
-        &binaries.signer,
-        &signer_files.config,
-        signer_addr,
-        Some(reservation),
-    );
-    signer.start().in_step(SIGNER)?;
-    narrator.say(
-        SIGNER,
-        format!(
-            "`enos-signer init` created the master key, the audit key and an empty registry; \
-             `enos-signer serve` listens on {} (mTLS only)",
-            signer.uri()
         ),
     );
 
@@ -291,7 +348,80 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 5. The gateway's local broker, the local application and the console.
+    // 5. Enrollment: the gateway gets its first certificate for a
+    // one-time token; its key never leaves it.
+    const ENROLL: &str = "enrollment";
+    let token_output = admin_env
+        .run(
+            &binaries.signer,
+            &[
+                OsStr::new("enroll-token"),
+                OsStr::new(&demo.gateway.product_key),
+                OsStr::new(&demo.gateway.device_key),
+            ],
+        )
+        .in_step(ENROLL)?;
+    let token = token_output
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("enr1_"))
+        .map(|l| Zeroizing::new(l.to_owned()))
+        .ok_or_else(|| E2eError::failed("`enos-signer enroll-token` printed no token"))
+        .in_step(ENROLL)?;
+    let token_file = dir.join("gateway-001.token");
+    enos_testkit::write_private(&token_file, token.as_bytes())
+        .map_err(|e| E2eError::failed(format!("writing the token file: {e}")))
+        .in_step(ENROLL)?;
+    let gateway_dir = dir.join("gateway");
+    std::fs::create_dir_all(&gateway_dir)
+        .map_err(E2eError::io("creating the gateway's directory"))
+        .in_step(ENROLL)?;
+    let gateway_files = (
+        gateway_dir.join("device.pem"),
+        gateway_dir.join("device.key"),
+    );
+    let mut enroll_toml = AgentToml::new(
+        &demo.gateway,
+        &signer.uri(),
+        &pki.ca,
+        gateway_files.clone(),
+        format!("tcp://{}", sandbox.mqtt_addr()),
+    );
+    enroll_toml.extra = RENEWAL.into();
+    let enroll_config = dir.join("agent-enroll.toml");
+    enroll_toml.write(&enroll_config).in_step(ENROLL)?;
+    let enroll_output = run_to_end(
+        "enos-agent enroll",
+        &binaries.agent,
+        &[
+            OsStr::new("enroll"),
+            OsStr::new("--config"),
+            enroll_config.as_os_str(),
+            OsStr::new("--signer"),
+            OsStr::new(&enroll_uri),
+            OsStr::new("--ca"),
+            pki.ca.as_os_str(),
+            OsStr::new("--token-file"),
+            token_file.as_os_str(),
+        ],
+    )
+    .in_step(ENROLL)?;
+    let enrolled = enroll_output
+        .lines()
+        .find(|l| l.starts_with("enrolled "))
+        .unwrap_or("enrolled")
+        .to_owned();
+    narrator.say(
+        ENROLL,
+        format!(
+            "`enos-signer enroll-token` made a one-time token for {} (the signer keeps only its \
+             hash); `enos-agent enroll` made a P-256 key on the gateway, sent a certificate \
+             request over TLS with the token and wrote what the signer's CA issued: {enrolled}",
+            demo.gateway.id()
+        ),
+    );
+
+    // 6. The gateway's local broker, the local application and the console.
     const LOCAL: &str = "local broker";
     let local = LocalBroker::start().in_step(LOCAL)?;
     let mut app = MqttClient::connect(
@@ -318,9 +448,8 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 6. The agent over plain MQTT.
+    // 7. The agent over plain MQTT.
     const MQTT: &str = "agent MQTT";
-    let gateway_files = (gateway_cert.cert.clone(), gateway_cert.key.clone());
     let mut mqtt_toml = AgentToml::new(
         &demo.gateway,
         &signer.uri(),
@@ -329,6 +458,7 @@ pub async fn run<W: Write>(
         format!("tcp://{}", sandbox.mqtt_addr()),
     );
     mqtt_toml.status_file = Some(dir.join("agent-mqtt-status.json"));
+    mqtt_toml.extra = RENEWAL.into();
     let mut agent_logs = Vec::new();
     let mark = sandbox.logs().len();
     let mut agent = start_agent(binaries, &dir, "agent-mqtt", &mqtt_toml).in_step(MQTT)?;
@@ -367,7 +497,7 @@ pub async fn run<W: Write>(
         "agent stopped on SIGTERM: MQTT DISCONNECT sent, exit 0",
     );
 
-    // 7. The agent over MQTTS, with the bridge and the sub-device.
+    // 8. The agent over MQTTS, with the bridge and the sub-device.
     const MQTTS: &str = "agent MQTTS";
     let mut toml = AgentToml::new(
         &demo.gateway,
@@ -383,7 +513,7 @@ pub async fn run<W: Write>(
         demo.sensor.device_key.clone(),
     )];
     toml.extra = format!(
-        "[bridge]\nlocal_broker = \"tcp://{}\"\nclient_id = \"demo-agent-bridge\"\n\n\
+        "{RENEWAL}[bridge]\nlocal_broker = \"tcp://{}\"\nclient_id = \"demo-agent-bridge\"\n\n\
          [[bridge.upstream]]\nlocal = \"{LOCAL_MEASUREPOINTS}\"\ntarget = \"measurepoint-post\"\n\
          reply_to = \"{LOCAL_MEASUREPOINT_REPLY}\"\nqos = 1\n\n\
          [bridge.downstream]\nlocal_prefix = \"{LOCAL_COMMANDS}\"\n\
@@ -414,12 +544,36 @@ pub async fn run<W: Write>(
         MQTTS,
         format!(
             "MQTTS connected to ssl://{tls_addr} with the device certificate of {}: \
-             the TLS listener verified it against the demo CA, then the signed login",
+             the TLS listener verified it against the signer's device CA and CRL, then the signed login",
             demo.gateway.id()
         ),
     );
 
-    // 8. The sub-device.
+    // The certificate renews itself, under the live session.
+    const RENEW: &str = "renewal";
+    let renewed = wait_status(&toml, &mut agent, "a certificate renewal", |s| {
+        s["certificate"]["renewals"].as_u64() >= Some(1)
+    })
+    .await
+    .in_step(RENEW)?;
+    let not_after = renewed["certificate"]["not_after_ms"]
+        .as_u64()
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        })
+        .unwrap_or_default();
+    narrator.say(
+        RENEW,
+        format!(
+            "the agent renewed its certificate by itself at a quarter of its {} s lifetime (2/3 by \
+             default): a new key made on the gateway, a certificate valid until {not_after}, proven \
+             with a handshake before it replaced the old pair; the MQTTS session stayed up ({} connect)",
+            CERTIFICATE_LIFETIME.as_secs(),
+            renewed["connects"]
+        ),
+    );
+
+    // 9. The sub-device.
     const SUB: &str = "sub-device";
     wait_status(&toml, &mut agent, "the sub-device login", |s| {
         s["sub_devices"][0]["state"] == "online"
@@ -448,7 +602,7 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 9. A measurepoint up, its reply down.
+    // 10. A measurepoint up, its reply down.
     const MEASUREPOINT: &str = "measurepoint";
     let reply = post_measurepoint(&mut app).await.in_step(MEASUREPOINT)?;
     narrator.say(
@@ -460,7 +614,7 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 10. A command down, its answer up.
+    // 11. A command down, its answer up.
     const COMMAND: &str = "command";
     let mut console = MqttClient::connect(
         sandbox.mqtt_addr(),
@@ -532,7 +686,7 @@ pub async fn run<W: Write>(
         format!("answered: the console received {reply_topic} with code 200 for id demo-1"),
     );
 
-    // 11. A new gateway with no device secret anywhere activates itself.
+    // 12. A new gateway with no device secret anywhere activates itself.
     const ACTIVATION: &str = "activation";
     let product_secret_file = dir.join("product.secret");
     enos_testkit::write_private(&product_secret_file, demo.product_secret.as_bytes())
@@ -601,7 +755,7 @@ pub async fn run<W: Write>(
         ),
     );
 
-    // 12. Stop everything.
+    // 13. Stop everything.
     const STOP: &str = "stop";
     console.disconnect().await;
     app.disconnect().await;
@@ -620,12 +774,13 @@ pub async fn run<W: Write>(
         "agent (exit 0), signer (drained, exit 0) and sandbox stopped; no process left",
     );
 
-    // 13. The audit trail, and every log of the run scanned.
+    // 14. The audit trail, and every log of the run scanned.
     const AUDIT: &str = "audit";
     let mut scan = LeakScan::new();
     scan.devices([&demo.gateway, &demo.sensor]);
     scan.other("the console password", &demo.console_password);
     scan.other("the product secret", &demo.product_secret);
+    scan.other("the enrollment token", &token);
     let pushed = signer::device_secret_in_custody(&signer_files, &demo.newcomer)
         .await
         .in_step(AUDIT)?;
@@ -660,6 +815,8 @@ pub async fn run<W: Write>(
         ("the sandbox's log", sandbox.logs()),
         ("the signer's log", signer.logs()),
         ("enos-signer init", init_output),
+        ("enos-signer ca init", ca_init_output),
+        ("enos-agent enroll", enroll_output),
         ("enos-signer import", import_output),
         ("enos-signer put-product-secret", product_output),
         ("enos-signer await-activation", await_output),
@@ -686,6 +843,34 @@ pub async fn run<W: Write>(
         ),
     );
     drop(state);
+    Ok(())
+}
+
+/// Runs `binary` with `args` to its end; its output, or why it failed.
+fn run_to_end(name: &str, binary: &Path, args: &[&OsStr]) -> Result<String> {
+    let (status, output) =
+        enos_testkit::process::run_to_end(name, binary, args, &[], STEP_TIMEOUT)?;
+    if status.success() {
+        Ok(output)
+    } else {
+        Err(E2eError::failed(format!(
+            "`{name}` failed ({status}):\n{output}"
+        )))
+    }
+}
+
+/// Waits until `path` exists (at most [`STEP_TIMEOUT`]).
+async fn wait_for_file(path: &Path) -> Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return Err(E2eError::failed(format!(
+                "{} did not appear within {STEP_TIMEOUT:?}",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 
