@@ -590,3 +590,57 @@ async fn certificates_near_expiry_are_counted_and_the_crl_is_served_over_http() 
     .expect("a DER CRL");
     assert_eq!(crl.iter_revoked_certificates().count(), 0);
 }
+
+#[tokio::test]
+async fn tokens_for_a_provisioning_line_come_in_one_call_all_or_none() {
+    // A rate limit of one call a second would make a thousand single
+    // calls take a quarter of an hour: the batch costs one.
+    let f = ca_signer(|config| {
+        config.rate_limit = Some(enos_signer_svc::config::RateLimitConfig {
+            per_second: 1,
+            // Three puts and the refused batch; then one a second.
+            burst: 4,
+        });
+    })
+    .await;
+    for dk in ["gw-1", "gw-2", "gw-3"] {
+        f.signer
+            .put_device("Pk1", dk, "secret")
+            .await
+            .expect("device");
+    }
+    let mut admin = admin(&f).await;
+    let refused = admin
+        .create_enroll_tokens(v1::CreateEnrollTokensRequest {
+            devices: vec![
+                v1::DeviceRef::new("Pk1", "gw-1"),
+                v1::DeviceRef::new("Pk1", "ghost"),
+            ],
+            ttl_secs: 0,
+        })
+        .await
+        .expect_err("an unknown device refuses the batch");
+    assert_eq!(refused.code(), Code::NotFound);
+    assert!(refused.message().contains("Pk1/ghost"), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let tokens = admin
+        .create_enroll_tokens(v1::CreateEnrollTokensRequest {
+            devices: ["gw-1", "gw-2", "gw-3"]
+                .iter()
+                .map(|dk| v1::DeviceRef::new("Pk1", *dk))
+                .collect(),
+            ttl_secs: 0,
+        })
+        .await
+        .expect("one call for three")
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.len(), 3);
+    for (token, dk) in tokens.iter().zip(["gw-1", "gw-2", "gw-3"]) {
+        let device = token.device.clone().expect("device");
+        assert_eq!(device.device_key, dk, "in the request's order");
+        enroll(&f, "Pk1", dk, &token.token, key_and_csr().1)
+            .await
+            .expect("each token enrolls its device");
+    }
+}

@@ -168,29 +168,41 @@ async fn enroll_all(
     let uri = signer
         .enroll_uri()
         .ok_or_else(|| E2eError::failed("the signer has no enrollment listener"))?;
-    let admin = signer.admin().await;
+    let mut admin = signer.admin().await;
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).map_err(E2eError::io("creating the tokens' directory"))?;
-    let results: Vec<Result<()>> = futures::stream::iter(configs.iter().enumerate())
-        .map(|(i, config)| {
-            let (mut admin, uri, tokens) = (admin.clone(), uri.clone(), tokens.clone());
-            async move {
-                let device = v1::DeviceRef::new(
-                    config.device.product_key.as_str(),
-                    config.device.device_key.as_str(),
-                );
-                let token = admin
-                    .create_enroll_token(v1::CreateEnrollTokenRequest {
-                        device: Some(device),
-                        ttl_secs: 0,
+    // The tokens a thousand a call (one rate-limit token each), as
+    // `enos-signer enroll-token --csv` makes them.
+    let mut token_files = Vec::with_capacity(configs.len());
+    for chunk in configs.chunks(1000) {
+        let made = admin
+            .create_enroll_tokens(v1::CreateEnrollTokensRequest {
+                devices: chunk
+                    .iter()
+                    .map(|c| {
+                        v1::DeviceRef::new(
+                            c.device.product_key.as_str(),
+                            c.device.device_key.as_str(),
+                        )
                     })
-                    .await
-                    .map_err(|e| E2eError::failed(format!("enrollment token: {e}")))?
-                    .into_inner()
-                    .token;
-                let token_file = tokens.join(format!("{i}.token"));
-                enos_testkit::pki::write_private(&token_file, token.as_bytes())
-                    .map_err(E2eError::Component)?;
+                    .collect(),
+                ttl_secs: 0,
+            })
+            .await
+            .map_err(|e| E2eError::failed(format!("enrollment tokens: {e}")))?
+            .into_inner()
+            .tokens;
+        for token in made {
+            let file = tokens.join(format!("{}.token", token_files.len()));
+            enos_testkit::pki::write_private(&file, token.token.as_bytes())
+                .map_err(E2eError::Component)?;
+            token_files.push(file);
+        }
+    }
+    let results: Vec<Result<()>> = futures::stream::iter(configs.iter().zip(token_files))
+        .map(|(config, token_file)| {
+            let uri = uri.clone();
+            async move {
                 let request = enos_agent::enroll::EnrollRequest {
                     signer: uri,
                     ca: signer_ca.to_owned(),

@@ -12,9 +12,12 @@ use crate::support::TestResult;
 /// The demo's step lines a user must see, in order.
 const STEPS: &[&str] = &[
     "PKI ",
-    "EnOS sandbox ",
     "signer ",
+    "`enos-signer ca init` made the devices' CA",
+    "EnOS sandbox ",
     "registry ",
+    "enrollment ",
+    "`enos-agent enroll` made a P-256 key on the gateway",
     "local broker ",
     "agent MQTT ",
     "valid until",
@@ -23,6 +26,9 @@ const STEPS: &[&str] = &[
     "agent MQTTS ",
     "MQTTS connected to ssl://",
     "with the device certificate",
+    "renewal ",
+    "renewed its certificate by itself",
+    "the MQTTS session stayed up (1 connect)",
     "sub-device ",
     "answered 200",
     "measurepoint ",
@@ -123,14 +129,16 @@ fn the_demo_runs_the_whole_loop_and_leaves_no_process_behind() -> TestResult {
 #[test]
 fn a_failing_demo_names_the_step_and_the_reason_and_leaves_no_process_behind() -> TestResult {
     let mut private = private_binaries();
-    // An agent that exits at once, as a broken build would.
+    // An agent that exits at once, as a broken build would: its first
+    // use, the gateway's enrollment, fails.
     private.binaries.agent = PathBuf::from("/bin/false");
     let output = run_demo(&private.binaries);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("step \"agent MQTT\" failed") && stderr.contains("the agent exited"),
+        stderr.contains("step \"enrollment\" failed")
+            && stderr.contains("`enos-agent enroll` failed (exit status: 1)"),
         "the failure names the step and the reason:\n{stderr}"
     );
     assert!(

@@ -655,6 +655,22 @@ impl Admin for AdminService {
         .await
     }
 
+    async fn create_enroll_tokens(
+        &self,
+        request: Request<v1::CreateEnrollTokensRequest>,
+    ) -> Result<Response<v1::EnrollTokens>, Status> {
+        let count_of =
+            |r: &v1::CreateEnrollTokensRequest| Some(format!("{} devices", r.devices.len()));
+        self.call(
+            "create_enroll_tokens",
+            request,
+            true,
+            count_of,
+            |this, r, _| async move { this.create_enroll_tokens(r).await },
+        )
+        .await
+    }
+
     async fn revoke_enroll_tokens(
         &self,
         request: Request<v1::DeviceRef>,

@@ -12,6 +12,9 @@ use crate::{
     services::{admin::AdminService, convert, enrollment::NOT_A_CA},
 };
 
+/// The most tokens one `CreateEnrollTokens` makes.
+const MAX_TOKENS_PER_CALL: usize = 1000;
+
 /// The most reason text a revocation keeps.
 const MAX_REASON: usize = 200;
 
@@ -30,18 +33,63 @@ impl AdminService {
         &self,
         request: v1::CreateEnrollTokenRequest,
     ) -> Result<v1::EnrollToken> {
-        let config = self.ca_config()?;
+        let ttl = self.token_ttl(request.ttl_secs)?;
         let device = device(request.device.as_ref())?;
-        let ttl = match request.ttl_secs {
-            0 => config.token_ttl,
-            secs if secs > MAX_TOKEN_TTL.as_secs() => {
-                return Err(SignerError::invalid("ttl_secs", "at most 30 days"));
-            }
-            secs => std::time::Duration::from_secs(secs),
-        };
         if self.state().registry.get(&device).await?.is_none() {
             return Err(SignerError::NotFound(format!("device {device}")));
         }
+        self.make_token(device, ttl).await
+    }
+
+    /// Tokens for many existing devices, all or none.
+    pub(crate) async fn create_enroll_tokens(
+        &self,
+        request: v1::CreateEnrollTokensRequest,
+    ) -> Result<v1::EnrollTokens> {
+        let ttl = self.token_ttl(request.ttl_secs)?;
+        if request.devices.is_empty() || request.devices.len() > MAX_TOKENS_PER_CALL {
+            return Err(SignerError::invalid(
+                "devices",
+                format!("give 1 to {MAX_TOKENS_PER_CALL} devices"),
+            ));
+        }
+        let devices = request
+            .devices
+            .iter()
+            .map(|d| device(Some(d)))
+            .collect::<Result<Vec<_>>>()?;
+        // Every device first: an unknown one refuses the whole call.
+        for id in &devices {
+            if self.state().registry.get(id).await?.is_none() {
+                return Err(SignerError::NotFound(format!("device {id}")));
+            }
+        }
+        let mut tokens = Vec::with_capacity(devices.len());
+        for id in devices {
+            tokens.push(self.make_token(id, ttl).await?);
+        }
+        Ok(v1::EnrollTokens { tokens })
+    }
+
+    /// The lifetime a request asks for: 0 is `[ca] token_ttl`; at most 30
+    /// days. FailedPrecondition without `[ca]`.
+    fn token_ttl(&self, secs: u64) -> Result<std::time::Duration> {
+        let config = self.ca_config()?;
+        match secs {
+            0 => Ok(config.token_ttl),
+            secs if secs > MAX_TOKEN_TTL.as_secs() => {
+                Err(SignerError::invalid("ttl_secs", "at most 30 days"))
+            }
+            secs => Ok(std::time::Duration::from_secs(secs)),
+        }
+    }
+
+    /// A new token for `device`, stored as its hash.
+    async fn make_token(
+        &self,
+        device: enos_registry::DeviceId,
+        ttl: std::time::Duration,
+    ) -> Result<v1::EnrollToken> {
         let (text, hash) = token::new_token()?;
         let now = enos_domain::now_ms();
         let expires_at_ms = now + ttl.as_millis() as u64;

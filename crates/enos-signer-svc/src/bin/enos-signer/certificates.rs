@@ -188,33 +188,46 @@ impl CertificateCommand {
                     (None, Some(pk), Some(dk)) => vec![v1::DeviceRef::new(pk, dk)],
                     _ => bail!("give PRODUCT_KEY DEVICE_KEY, or --csv FILE"),
                 };
-                let several = devices.len() > 1;
                 let mut client = AdminClient::new(connection.channel().await?);
-                for device in devices {
+                if devices.len() == 1 {
+                    let device = devices.into_iter().next().expect("one device");
                     let shown = format!("{}/{}", device.product_key, device.device_key);
                     let token = client
                         .create_enroll_token(v1::CreateEnrollTokenRequest {
-                            device: Some(device.clone()),
+                            device: Some(device),
                             ttl_secs,
                         })
                         .await
                         .map_err(status)
                         .with_context(|| format!("token for {shown}"))?
                         .into_inner();
-                    if several {
-                        println!(
-                            "{},{},{},{}",
-                            device.product_key,
-                            device.device_key,
-                            token.token,
-                            time(token.expires_at_ms)
-                        );
-                    } else {
-                        eprintln!(
-                            "one-time token for {shown}, valid until {}:",
-                            time(token.expires_at_ms)
-                        );
-                        println!("{}", token.token);
+                    eprintln!(
+                        "one-time token for {shown}, valid until {}:",
+                        time(token.expires_at_ms)
+                    );
+                    println!("{}", token.token);
+                } else {
+                    // A thousand a call: one call, one rate-limit token.
+                    for chunk in devices.chunks(1000) {
+                        let tokens = client
+                            .create_enroll_tokens(v1::CreateEnrollTokensRequest {
+                                devices: chunk.to_vec(),
+                                ttl_secs,
+                            })
+                            .await
+                            .map_err(status)?
+                            .into_inner()
+                            .tokens;
+                        for token in tokens {
+                            let device = token.device.unwrap_or_default();
+                            println!(
+                                "{},{},{},{}",
+                                device.product_key,
+                                device.device_key,
+                                token.token,
+                                time(token.expires_at_ms)
+                            );
+                        }
                     }
                 }
             }
