@@ -251,7 +251,10 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
         tokio::task::block_in_place(|| world.sandbox.restart())?;
         ended.push(finish(start, &fleet, &world, options.phase_timeout).await);
     }
+    // The renewals' own proof calls are not the connect phase's issuances.
+    let mut renew_started_ms = None;
     let renew = if all && options.scenario == Scenario::Renew {
+        renew_started_ms = Some(enos_agent::now_ms());
         let lifetime = options.lifetime;
         say(format!(
             "one certificate lifetime ({:.0} s) and a tenth: every agent renews by itself",
@@ -289,7 +292,9 @@ pub async fn run(options: &FleetOptions, sandbox_binary: SandboxBinary) -> Resul
     let audit = phase::read_audit(&audit_file)?;
     let mut phases = Vec::new();
     for (i, e) in ended.iter().enumerate() {
-        let until = ended.get(i + 1).map_or(end_ms, |next| next.start.at_ms);
+        let until = ended
+            .get(i + 1)
+            .map_or(renew_started_ms.unwrap_or(end_ms), |next| next.start.at_ms);
         let observation = PhaseObservation {
             name: e.start.name,
             before: &e.start.before,
