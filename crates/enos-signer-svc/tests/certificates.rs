@@ -644,3 +644,95 @@ async fn tokens_for_a_provisioning_line_come_in_one_call_all_or_none() {
             .expect("each token enrolls its device");
     }
 }
+
+#[tokio::test]
+async fn an_intermediate_signed_by_the_operators_root_serves_the_whole_chain() {
+    // `ca init --intermediate`, the operator's root signs the request,
+    // `ca import-cert` installs it: the chain is served in full and a
+    // device certificate of the intermediate works over mTLS.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = enos_testkit::Pki::new("intermediate-test").expect("pki");
+    let signer = enos_testkit::signer::TestSigner::start_with(dir.path(), &pki, |c| {
+        c.ca = Some(enos_signer_svc::config::CaConfig {
+            enroll_listen: Some(([127, 0, 0, 1], 0).into()),
+            ..Default::default()
+        });
+    })
+    .await
+    .expect("signer");
+    // The fixture made a root; an operator replaces it with an
+    // intermediate of their own root (the signer stopped: redb is one
+    // process's file).
+    let mut f = common::Fixture { pki, signer, dir };
+    f.signer.stop().await;
+    let config = f.signer.config().clone();
+    let request = match enos_signer_svc::ops::ca::init(
+        &config,
+        enos_signer_svc::ops::ca::CaKind::Intermediate {
+            common_name: "signer intermediate".into(),
+        },
+        true,
+    )
+    .await
+    .expect("ca init --intermediate")
+    {
+        enos_signer_svc::ops::ca::CaInitOutcome::Intermediate { request_pem } => request_pem,
+        other => panic!("expected a request, got {other:?}"),
+    };
+    // The operator's root, and the intermediate it signs.
+    let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut root_params = rcgen::CertificateParams::default();
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "operator root");
+    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    root_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let root = root_params.self_signed(&root_key).expect("root");
+    let root_issuer = rcgen::Issuer::from_params(&root_params, &root_key);
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&request).expect("the request");
+    let mut intermediate_params = csr.params;
+    intermediate_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    intermediate_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let intermediate = intermediate_params
+        .signed_by(&csr.public_key, &root_issuer)
+        .expect("signed by the root");
+    // A chain out of order is refused; in order it is installed.
+    let wrong = format!("{}{}", root.pem(), intermediate.pem());
+    let refused = enos_signer_svc::ops::ca::import_cert(&config, wrong.as_bytes())
+        .await
+        .expect_err("the root first is not the CA's certificate");
+    assert!(refused.to_string().contains("another key"), "{refused}");
+    let chain = format!("{}{}", intermediate.pem(), root.pem());
+    let count = enos_signer_svc::ops::ca::import_cert(&config, chain.as_bytes())
+        .await
+        .expect("import-cert");
+    assert_eq!(count, 2);
+    f.signer.restart().await.expect("restart");
+
+    f.signer
+        .put_device("Pk1", "gw-1", "secret-1")
+        .await
+        .expect("device");
+    let token = token(&f, "Pk1", "gw-1", 0).await;
+    let (key, csr) = key_and_csr();
+    let issued = enroll(&f, "Pk1", "gw-1", &token, csr)
+        .await
+        .expect("enrolled");
+    assert_eq!(issued.chain_der.len(), 2, "the intermediate and the root");
+    assert_eq!(issued.chain_der[1], root.der().to_vec());
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.certificate_der)
+        .expect("certificate");
+    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[0])
+        .expect("intermediate");
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("signed by the intermediate");
+    let channel = mtls(&f, &identity(&issued, &key)).await.expect("mTLS");
+    issue(channel).await.expect("served");
+}
