@@ -238,8 +238,10 @@ pub const REASON_DEVICE_DISABLED: &str = "device disabled";
 
 /// Whether `token` may enroll `device` at `now_ms` (the device itself is
 /// checked apart). The order decides which refusal a token with several
-/// faults gets: the most useful to the operator first.
-pub(crate) fn check_token(
+/// faults gets: the most useful to the operator first. The signer asks it
+/// before it signs anything (a spent token costs no signature); the
+/// enrollment's transaction asks it again.
+pub fn check_token(
     token: &EnrollTokenRecord,
     device: &DeviceId,
     now_ms: u64,

@@ -17,7 +17,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use enos_registry::{CertificateRefusal, DeviceId, EnrollTokenRecord};
+use enos_registry::DeviceId;
 use enos_signer_proto::{
     identity::PeerIdentity,
     v1::{self, enrollment_server::Enrollment},
@@ -90,7 +90,9 @@ impl EnrollmentService {
                 ))?;
         trail.device = Some(device.clone());
         let now = enos_domain::now_ms();
-        refuse_spent(&known, &device, now)?;
+        // A spent token costs no signature (the transaction checks again).
+        enos_registry::certificates::check_token(&known, &device, now)
+            .map_err(crate::error::certificate_refusal)?;
         let key = CertificateAuthority::requested_key(&request.csr_der)?;
         let issued = ca.issue(&device, key).await?;
         trail.serial = Some(issued.record.serial.clone());
@@ -141,30 +143,6 @@ impl EnrollmentService {
             self.state.refused(RPC, None, e, None);
         }
         Ok(Response::new(result?))
-    }
-}
-
-/// Refuses a token that cannot enroll `device` at `now`, before anything
-/// is signed (the transaction checks again: this only spares the work).
-pub(crate) fn refuse_spent(
-    token: &EnrollTokenRecord,
-    device: &DeviceId,
-    now_ms: u64,
-) -> Result<()> {
-    let refusal = if token.device != *device {
-        Some(CertificateRefusal::TokenForAnotherDevice)
-    } else if token.revoked_at_ms.is_some() {
-        Some(CertificateRefusal::TokenRevoked)
-    } else if token.used_at_ms.is_some() {
-        Some(CertificateRefusal::TokenUsed)
-    } else if token.expires_at_ms <= now_ms {
-        Some(CertificateRefusal::TokenExpired)
-    } else {
-        None
-    };
-    match refusal {
-        Some(refusal) => Err(crate::error::certificate_refusal(refusal)),
-        None => Ok(()),
     }
 }
 
