@@ -740,6 +740,45 @@ mod tests {
         assert_eq!(config.server.limits, LimitsConfig::default());
         let metrics = config.metrics.expect("metrics");
         assert_eq!(metrics, MetricsConfig::on(metrics.listen));
+        // The CA section spells out its defaults too.
+        let ca = config.ca.expect("[ca]");
+        assert_eq!(
+            ca,
+            CaConfig {
+                enroll_listen: Some(([0, 0, 0, 0], 7444).into()),
+                crl_file: Some("/var/lib/enos-signer/devices.crl".into()),
+                ..CaConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn ca_lifetimes_per_product_and_out_of_range_values_are_refused_by_name() {
+        let base = include_str!("../../../deploy/signer.example.toml");
+        let base = &base[..base.find("[ca]").expect("[ca]")];
+        let with = |ca: &str| SignerConfig::from_toml(&format!("{base}[ca]\n{ca}"));
+        let config = with("lifetime = \"7d\"\n[ca.products.PkMeters]\nlifetime = \"12h\"\n")
+            .expect("per-product lifetime");
+        let ca = config.ca.expect("[ca]");
+        assert_eq!(ca.lifetime_of("PkMeters"), Duration::from_secs(12 * 3600));
+        assert_eq!(ca.lifetime_of("PkOther"), Duration::from_secs(7 * 86_400));
+        for (bad, named) in [
+            ("lifetime = \"0s\"", "ca.lifetime"),
+            ("lifetime = \"400d\"", "ca.lifetime"),
+            (
+                "[ca.products.Pk]\nlifetime = \"0s\"",
+                "ca.products.Pk.lifetime",
+            ),
+            ("token_ttl = \"31d\"", "ca.token_ttl"),
+            ("crl_validity = \"10s\"", "ca.crl_validity"),
+        ] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains(named), "{bad}: {error}");
+        }
+        assert!(
+            with("lifetime = 30").is_err(),
+            "a bare number is not a duration"
+        );
     }
 
     #[test]
