@@ -28,11 +28,15 @@ impl ConsoleLogin {
                 "the console user must be non-empty and must not contain &".into(),
             ));
         }
-        let text = Zeroizing::new(std::fs::read_to_string(password_file).map_err(|source| {
-            SandboxError::Read {
-                path: password_file.to_owned(),
-                source,
-            }
+        // A secret: refused unless only its owner can read it, as every
+        // binary of the project reads a secret.
+        let bytes = enos_domain::private_file::read(password_file)
+            .map_err(|e| SandboxError::Settings(e.to_string()))?;
+        let text = Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
+            SandboxError::Settings(format!(
+                "the console password file {} is not UTF-8",
+                password_file.display()
+            ))
         })?);
         let password = text.strip_suffix('\n').unwrap_or(&text);
         let password = password.strip_suffix('\r').unwrap_or(password);
@@ -76,7 +80,7 @@ mod tests {
     fn loads_and_checks_without_showing_the_password() {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("console.secret");
-        std::fs::write(&file, "s3cret-console\n").expect("write");
+        enos_testkit::write_private(&file, b"s3cret-console\n").expect("write");
         let console = ConsoleLogin::load("console", &file).expect("loads");
         assert!(console.is_console_user("console"));
         assert!(console.password_matches("s3cret-console"));
@@ -85,5 +89,11 @@ mod tests {
         assert!(ConsoleLogin::load("a&b", &file).is_err());
         std::fs::write(&file, "\n").expect("write");
         assert!(ConsoleLogin::load("console", &file).is_err());
+        // Readable by others: refused, whatever it holds.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&file, "s3cret-console\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let loose = ConsoleLogin::load("console", &file).expect_err("mode 0644");
+        assert!(loose.to_string().contains("mode 0644"), "{loose}");
     }
 }

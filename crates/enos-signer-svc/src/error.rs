@@ -31,7 +31,7 @@ pub enum SignerError {
     },
     /// A key file is readable by others than its owner.
     #[error(
-        "{path} has mode {mode:o}: a key file must not be accessible by group or others (chmod 600; a file owned by root may be 0640)"
+        "{path} has mode {mode:04o}: a key file must not be accessible by group or others (chmod 600; a file owned by root may be 0640)"
     )]
     LoosePermissions {
         /// The key file.

@@ -604,3 +604,27 @@ async fn csv_import_does_not_undo_a_rotation_and_prints_what_it_changes() {
     let out = cli(&["get", "MeterPk", "meter-009"]).await;
     assert!(!out.status.success(), "nothing imported");
 }
+
+#[tokio::test]
+async fn the_binary_names_itself_and_refuses_a_plain_http_endpoint() {
+    // #29 item 10: `-V` printed the crate's name (enos-signer-svc); an
+    // http:// endpoint failed later with "h2 protocol error".
+    let out = run(vec!["-V".into()], None).await;
+    assert!(
+        text(&out.stdout).starts_with("enos-signer "),
+        "{}",
+        text(&out.stdout)
+    );
+    let f = fixture().await;
+    let mut args: Vec<String> = vec!["list".into()];
+    args.extend(admin_flags(&f));
+    let endpoint = args
+        .iter()
+        .position(|a| a == "--endpoint")
+        .expect("the admin flags name the endpoint");
+    args[endpoint + 1] = f.signer.uri().replace("https://", "http://");
+    let out = run(args, None).await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("must be an https:// URL"), "{error}");
+}

@@ -131,8 +131,11 @@ pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Sandbox
             .map_err(|e| bad("CA", &tls.ca, e.to_string()))?;
     }
     let chain = certs("certificate", &tls.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
-        .map_err(|e| bad("key", &tls.key, e.to_string()))?;
+    // The key is a secret: refused unless only its owner can read it.
+    let key_pem = enos_domain::private_file::read(&tls.key)
+        .map_err(|e| SandboxError::Settings(format!("the TLS key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| bad("key", &tls.key, "not a PEM private key".into()))?;
     let mut crls = Vec::new();
     for path in &tls.crls {
         let bytes = read(path)?;

@@ -111,3 +111,49 @@ fn a_port_in_use_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_secret_readable_by_others_is_refused_at_start() {
+    // #29 item 10: the TLS key and the console password used to be read
+    // whatever their mode; like every secret of the project, now only
+    // when their owner alone can read them, the error naming the file
+    // and its mode as the signer and the agent write it (0644).
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    let password = fixture.dir.path().join("console.secret");
+    std::fs::write(&password, "console-password\n").expect("write");
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--devices")
+        .arg(&fixture.devices)
+        .args(["--mqtt-addr", "127.0.0.1:0", "--console-user", "console"])
+        .arg("--console-password-file")
+        .arg(&password)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("console.secret has mode 0644") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("console-password"), "{stderr}");
+
+    std::fs::set_permissions(&fixture.server.key, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--devices")
+        .arg(&fixture.devices)
+        .args(["--mqtt-addr", "127.0.0.1:0", "--tls-addr", "127.0.0.1:0"])
+        .arg("--ca")
+        .arg(&fixture.ca)
+        .arg("--cert")
+        .arg(&fixture.server.cert)
+        .arg("--key")
+        .arg(&fixture.server.key)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has mode 0644"), "{stderr}");
+}

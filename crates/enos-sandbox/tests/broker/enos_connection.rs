@@ -18,7 +18,8 @@ const CONSOLE_PASSWORD: &str = "console-password-5d1e8a";
 /// A fixture whose sandbox has the console login.
 fn with_console(fixture: &Fixture) -> enos_testkit::sandbox::SandboxBuilder {
     let file = fixture.dir.path().join("console.secret");
-    std::fs::write(&file, format!("{CONSOLE_PASSWORD}\n")).expect("write console password");
+    enos_testkit::write_private(&file, format!("{CONSOLE_PASSWORD}\n").as_bytes())
+        .expect("write console password");
     fixture.sandbox().console(CONSOLE_USER, file)
 }
 

@@ -23,7 +23,8 @@ const WILL_TOPIC: &str = "/sys/pkA/dev1/thing/event/offline/post";
 
 fn start(fixture: &Fixture) -> enos_testkit::sandbox::Sandbox {
     let file = fixture.dir.path().join("console.secret");
-    std::fs::write(&file, format!("{CONSOLE_PASSWORD}\n")).expect("write console password");
+    enos_testkit::write_private(&file, format!("{CONSOLE_PASSWORD}\n").as_bytes())
+        .expect("write console password");
     fixture
         .sandbox()
         .console(CONSOLE_USER, file)

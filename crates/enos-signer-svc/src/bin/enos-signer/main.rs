@@ -38,7 +38,7 @@ use enos_signer_svc::{
 
 /// The enos signer: central custody of EnOS device secrets.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "enos-signer", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,6 +113,12 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) async fn channel(&self) -> Result<tonic::transport::Channel> {
+        if !self.endpoint.starts_with("https://") {
+            anyhow::bail!(
+                "--endpoint {:?} must be an https:// URL: the signer serves mTLS only (ENOS_SIGNER_ENDPOINT sets it too)",
+                self.endpoint
+            );
+        }
         let read = |p: &PathBuf| {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
