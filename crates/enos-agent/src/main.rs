@@ -4,6 +4,24 @@
 // `check` and `sign` answer on stdout.
 #![allow(clippy::print_stdout)]
 
+/// `println!` that a closed stdout cannot turn into a panic: a reader
+/// that quit early (`| head -1`) has what it wanted, and the rest is
+/// unread anyway.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that a closed stderr cannot turn into a panic.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[cfg(test)]
 mod docs_commands;
 
@@ -107,7 +125,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("enos-agent: {e:#}");
+            say_err!("enos-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -132,7 +150,7 @@ fn init_logging() {
     use tracing_subscriber::{filter::Targets, prelude::*};
     let filter = match std::env::var("ENOS_AGENT_LOG") {
         Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!(
+            say_err!(
                 "enos-agent: ENOS_AGENT_LOG={spec:?} is not a log filter ({e}); logging at info"
             );
             Targets::new().with_default(tracing::Level::INFO)
@@ -180,17 +198,17 @@ fn recover_pair(config: &Config) -> anyhow::Result<()> {
 async fn enroll(path: PathBuf, request: EnrollRequest) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let enrolled = enroll::enroll(&config, &request).await?;
-    println!("{}", enrolled.report());
+    say!("{}", enrolled.report());
     Ok(())
 }
 
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    println!("config {} is valid", path.display());
+    say!("config {} is valid", path.display());
     recover_pair(&config)?;
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let credential = signer.issue_mqtt_credential().await?;
-    println!(
+    say!(
         "signer {} issued a credential for {}: client id {}",
         credential.endpoint,
         config.device.id(),
@@ -200,12 +218,12 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         Some(ms) => {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
             let left = ms.saturating_sub(enos_agent::now_ms()) / 1000;
-            println!(
+            say!(
                 "it expires at {} (in {left} s); the password is not shown",
                 humantime::format_rfc3339_seconds(at)
             );
         }
-        None => println!("it does not expire; the password is not shown"),
+        None => say!("it does not expire; the password is not shown"),
     }
     let info = enos_agent::certificate::CertificateInfo::read(&config.signer.cert)?;
     let renewal = if config.renewal.enabled {
@@ -220,7 +238,7 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     } else {
         "not renewed by the agent ([renewal] enabled = false)".to_owned()
     };
-    println!(
+    say!(
         "the device certificate {} is valid until {}; {renewal}",
         config.signer.cert.display(),
         rfc3339(info.not_after_ms),

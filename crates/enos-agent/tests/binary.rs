@@ -255,3 +255,25 @@ async fn check_reports_the_expiry_without_the_password() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config"));
 }
+
+/// #29 item 6: output to a reader that quit (`enos-agent … 2>&1 | head -1`)
+/// used to panic the agent (exit 101); what it could not write is lost,
+/// and the exit code is its own.
+#[test]
+fn a_closed_output_stream_is_not_a_panic() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/agent.example.toml");
+    let mut child = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&example)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enos-agent check");
+    // The reader quits before the agent writes a line.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_ne!(status.code(), Some(101), "a panic: {status}");
+    // The example's files do not exist here: check fails, by its own code.
+    assert_eq!(status.code(), Some(1), "{status}");
+}

@@ -628,3 +628,22 @@ async fn the_binary_names_itself_and_refuses_a_plain_http_endpoint() {
     let error = text(&out.stderr);
     assert!(error.contains("must be an https:// URL"), "{error}");
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    // #29 item 6: `enos-signer init … | head -0` used to exit 101.
+    let state = tempfile::tempdir().expect("state dir");
+    let config = write_config(state.path(), "127.0.0.1:0", state.path());
+    let mut child = Command::new(BIN)
+        .args(["init", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "init succeeds, unread: {status}");
+    assert!(state.path().join("master.key").exists());
+}

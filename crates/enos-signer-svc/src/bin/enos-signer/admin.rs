@@ -216,9 +216,12 @@ fn show(device: &v1::Device) {
     } else {
         ""
     };
-    println!(
+    say!(
         "{}/{} enabled={} secret_version={}{gateway}{awaiting}",
-        device.product_key, device.device_key, device.enabled, device.secret_version
+        device.product_key,
+        device.device_key,
+        device.enabled,
+        device.secret_version
     );
 }
 
@@ -276,7 +279,7 @@ impl AdminCommand {
                     .delete_device(device.to_ref())
                     .await
                     .map_err(status)?;
-                println!("deleted {}/{}", device.product_key, device.device_key);
+                say!("deleted {}/{}", device.product_key, device.device_key);
             }
             AdminCommand::Get { device, connection } => {
                 let mut client = AdminClient::new(connection.channel().await?);
@@ -397,7 +400,7 @@ impl AdminCommand {
                     })
                     .await
                     .map_err(status)?;
-                println!("deleted the secret of product {product_key}");
+                say!("deleted the secret of product {product_key}");
             }
             AdminCommand::GetProduct {
                 product_key,
@@ -417,9 +420,11 @@ impl AdminCommand {
 }
 
 fn show_product(product: &v1::Product) {
-    println!(
+    say!(
         "product {} secret_version={} dynamic_activation={}",
-        product.product_key, product.secret_version, product.dynamic_activation
+        product.product_key,
+        product.secret_version,
+        product.dynamic_activation
     );
 }
 

@@ -88,11 +88,14 @@ impl CaCommand {
                     Some(path) => {
                         std::fs::write(&path, pem)
                             .with_context(|| format!("writing {}", path.display()))?;
-                        println!("CA made; {what} written to {}", path.display());
+                        say!("CA made; {what} written to {}", path.display());
                     }
                     None => {
-                        eprintln!("CA made; {what}:");
-                        print!("{pem}");
+                        say_err!("CA made; {what}:");
+                        {
+                            use std::io::Write as _;
+                            let _ = write!(std::io::stdout(), "{pem}");
+                        }
                     }
                 }
             }
@@ -101,7 +104,7 @@ impl CaCommand {
                 let pem = std::fs::read(&chain)
                     .with_context(|| format!("reading {}", chain.display()))?;
                 let count = enos_signer_svc::ops::ca::import_cert(&config, &pem).await?;
-                println!(
+                say!(
                     "CA certificate installed ({count} certificates in its chain); every replica serves it within 30 s"
                 );
             }
@@ -201,11 +204,11 @@ impl CertificateCommand {
                         .map_err(status)
                         .with_context(|| format!("token for {shown}"))?
                         .into_inner();
-                    eprintln!(
+                    say_err!(
                         "one-time token for {shown}, valid until {}:",
                         time(token.expires_at_ms)
                     );
-                    println!("{}", token.token);
+                    say!("{}", token.token);
                 } else {
                     // A thousand a call: one call, one rate-limit token.
                     for chunk in devices.chunks(1000) {
@@ -220,7 +223,7 @@ impl CertificateCommand {
                             .tokens;
                         for token in tokens {
                             let device = token.device.unwrap_or_default();
-                            println!(
+                            say!(
                                 "{},{},{},{}",
                                 device.product_key,
                                 device.device_key,
@@ -246,7 +249,7 @@ impl CertificateCommand {
                     .map_err(status)?
                     .into_inner()
                     .revoked;
-                println!("{revoked} unused tokens of {product_key}/{device_key} revoked");
+                say!("{revoked} unused tokens of {product_key}/{device_key} revoked");
             }
             CertificateCommand::RevokeCert {
                 target,
@@ -272,10 +275,10 @@ impl CertificateCommand {
                     .into_inner()
                     .serials;
                 if serials.is_empty() {
-                    println!("nothing to revoke (already revoked, or none issued)");
+                    say!("nothing to revoke (already revoked, or none issued)");
                 }
                 for serial in serials {
-                    println!("revoked {serial}");
+                    say!("revoked {serial}");
                 }
             }
             CertificateCommand::Certs {
@@ -302,7 +305,7 @@ impl CertificateCommand {
                     } else {
                         format!(" renewed_by={}", c.renewed_by)
                     };
-                    println!(
+                    say!(
                         "{} {status} not_before={} not_after={}{renewed}",
                         c.serial,
                         time(c.not_before_ms),

@@ -41,7 +41,7 @@ impl CustodyCommand {
             CustodyCommand::InitHsm { config } => {
                 let config = SignerConfig::load(&config)?;
                 custody_migrate::init_hsm(&config)?;
-                println!("created the key-encryption key and the record MAC key on the token");
+                say!("created the key-encryption key and the record MAC key on the token");
                 Ok(())
             }
             CustodyCommand::Migrate {
@@ -52,18 +52,19 @@ impl CustodyCommand {
                 let source = SignerConfig::load(&from_config)?;
                 let report = custody_migrate::migrate_configs(&target, &source, |id, outcome| {
                     if let Outcome::Failed(reason) = outcome {
-                        eprintln!("{id}: left unchanged: {reason}");
+                        say_err!("{id}: left unchanged: {reason}");
                     }
                     ControlFlow::Continue(())
                 })
                 .await?;
                 for (product, reason) in &report.failed_products {
-                    eprintln!("product {product}: left unchanged: {reason}");
+                    say_err!("product {product}: left unchanged: {reason}");
                 }
                 let failed = report.failed.len() + report.failed_products.len();
-                println!(
+                say!(
                     "migrated {}, already migrated {}, left unchanged {failed}",
-                    report.migrated, report.already_migrated,
+                    report.migrated,
+                    report.already_migrated,
                 );
                 if failed > 0 {
                     bail!(

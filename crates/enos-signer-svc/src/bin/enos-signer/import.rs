@@ -88,7 +88,7 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
     errors.extend(response.errors.into_iter().map(|e| (e.line, e.message)));
     errors.sort_by_key(|(line, _)| *line);
     for (line, message) in &errors {
-        eprintln!("{}:{line}: {message}", file.display());
+        say_err!("{}:{line}: {message}", file.display());
     }
     if !errors.is_empty() {
         bail!(
@@ -105,9 +105,9 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
         response.changed_enabled
     );
     if response.committed {
-        println!("imported {} devices: {counts}", response.imported);
+        say!("imported {} devices: {counts}", response.imported);
     } else {
-        println!(
+        say!(
             "dry run: {} rows checked, all valid; the import would make {counts}; nothing written",
             response.checked
         );

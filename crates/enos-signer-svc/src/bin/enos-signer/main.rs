@@ -16,6 +16,24 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)] // a command-line tool talks on stdout
 
+/// `println!` that a closed stdout cannot turn into a panic: a reader
+/// that quit early (`| head -1`) has what it wanted, and the rest is
+/// unread anyway.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that a closed stderr cannot turn into a panic.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod certificates;
 mod custody;
@@ -150,10 +168,10 @@ fn main() -> Result<()> {
                 let config = SignerConfig::load(&config)?;
                 let created = init(&config, Existing::Refuse)?;
                 for path in created {
-                    println!("created {}", path.display());
+                    say!("created {}", path.display());
                 }
                 if let RegistryConfig::Postgres(pg) = &config.registry {
-                    println!(
+                    say!(
                         "registry {}: schema at version {}",
                         pg.display_target(),
                         migrations::latest()

@@ -46,11 +46,11 @@ impl RegistryCommand {
                 let to = SignerConfig::load(&to)?;
                 let report = registry_copy::copy(&from, &to, |so_far| {
                     if so_far.read % 10_000 == 0 {
-                        eprintln!("{} records read", so_far.read);
+                        say_err!("{} records read", so_far.read);
                     }
                 })
                 .await?;
-                println!(
+                say!(
                     "read {}, created {}, updated {}, unchanged {}, kept (newer in the destination) {}, product secrets copied {}",
                     report.read,
                     report.created,
@@ -77,7 +77,7 @@ impl RegistryCommand {
                 }
                 for db in databases {
                     let applied = PostgresRegistry::create(&db)?;
-                    println!(
+                    say!(
                         "{}: applied {applied:?}; schema at version {}",
                         db.display_target(),
                         enos_registry::postgres::migrations::latest()
