@@ -32,7 +32,7 @@ impl CertificateInfo {
     pub fn read(path: &Path) -> Result<CertificateInfo, AgentError> {
         let pem = std::fs::read(path).map_err(|source| AgentError::ReadFile {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         CertificateInfo::from_pem(&pem).map_err(|reason| AgentError::Tls {
             path: path.to_owned(),

@@ -547,7 +547,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, AgentError> {
         let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Config::parse(&text, path)
     }

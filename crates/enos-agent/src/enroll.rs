@@ -151,7 +151,7 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
     let token = read_token(&request.token_file)?;
     let ca = std::fs::read(&request.ca).map_err(|source| AgentError::ReadFile {
         path: request.ca.clone(),
-        source,
+        cause: source,
     })?;
     crate::tls::check_pem_certs(&request.ca, &ca)?;
 

@@ -14,12 +14,13 @@ use tonic::Code;
 #[non_exhaustive]
 pub enum AgentError {
     /// A file named in the config or on the command line could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// The config file is not valid TOML or does not fit the schema.
     #[error("invalid config {path}: {message}")]
@@ -51,20 +52,22 @@ pub enum AgentError {
     #[error(transparent)]
     SignerClient(#[from] SignerClientError),
     /// The status file could not be written.
-    #[error("cannot write status file {path}: {source}")]
+    #[error("cannot write status file {path}: {cause}")]
     StatusFile {
         /// The status file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// A file of the device's pair (or its candidate) could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     WriteFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// A new key or its CSR could not be made.
     #[error("cannot make a new key: {0}")]

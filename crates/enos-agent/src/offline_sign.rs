@@ -46,7 +46,7 @@ pub fn read_secret(mut reader: impl Read, origin: &str) -> Result<DeviceSecret, 
         .read_to_end(&mut bytes)
         .map_err(|source| AgentError::ReadFile {
             path: origin.into(),
-            source,
+            cause: source,
         })?;
     if bytes.len() as u64 > MAX_SECRET_FILE {
         return Err(AgentError::config(

@@ -125,7 +125,7 @@ impl PairPaths {
 fn write_error(path: &Path, source: std::io::Error) -> AgentError {
     AgentError::WriteFile {
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 
@@ -210,7 +210,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 pub fn check_pair(pair: &PairPaths) -> Result<(), AgentError> {
     let cert = std::fs::read(&pair.cert).map_err(|source| AgentError::ReadFile {
         path: pair.cert.clone(),
-        source,
+        cause: source,
     })?;
     let key = crate::tls::read_private_key(&pair.key)?;
     crate::tls::check_key_fits(&pair.cert, &cert, &pair.key, &key)

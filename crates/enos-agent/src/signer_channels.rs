@@ -56,7 +56,7 @@ pub(crate) struct SignerChannels {
 fn read_pem(path: &Path) -> Result<Vec<u8>, AgentError> {
     std::fs::read(path).map_err(|source| AgentError::ReadFile {
         path: path.to_owned(),
-        source,
+        cause: source,
     })
 }
 

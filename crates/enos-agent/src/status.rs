@@ -227,7 +227,7 @@ pub async fn write_status_file(
 async fn write_atomically(path: &std::path::Path, status: &AgentStatus) -> Result<(), AgentError> {
     let err = |source| AgentError::StatusFile {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let mut json = serde_json::to_vec_pretty(status).map_err(|e| err(e.into()))?;
     json.push(b'\n');

@@ -25,7 +25,7 @@ fn tls_error(path: &Path, reason: impl Into<String>) -> AgentError {
 fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
     std::fs::read(path).map_err(|source| AgentError::ReadFile {
         path: path.to_owned(),
-        source,
+        cause: source,
     })
 }
 

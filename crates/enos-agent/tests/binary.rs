@@ -277,3 +277,22 @@ fn a_closed_output_stream_is_not_a_panic() {
     // The example's files do not exist here: check fails, by its own code.
     assert_eq!(status.code(), Some(1), "{status}");
 }
+
+/// #29 item 5: a missing file's cause used to be printed twice
+/// (`No such file or directory (os error 2): No such file or directory (os error 2)`).
+#[test]
+fn a_missing_file_is_named_with_its_cause_once() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/agent.example.toml");
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .expect("run enos-agent check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

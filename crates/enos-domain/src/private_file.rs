@@ -33,12 +33,13 @@ const LOOSE_ROOT_OWNED: u32 = 0o037;
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFileError {
     /// It cannot be inspected.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Unreadable {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// Group or others may access it.
     #[error(
@@ -89,7 +90,7 @@ pub fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
 fn unreadable(path: &Path, source: std::io::Error) -> PrivateFileError {
     PrivateFileError::Unreadable {
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 

@@ -17,14 +17,15 @@ pub enum RegistryError {
     Config(String),
     /// A file the configuration names (a password file, a CA) cannot be
     /// read: this crate reads such files and writes none.
-    #[error("reading {what} {path}: {source}")]
+    #[error("reading {what} {path}: {cause}")]
     Unreadable {
         /// Which of the configured files (`the registry CA`, …).
         what: &'static str,
         /// Its path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// A file holding secrets (the redb file, a password file) may be
     /// read by others than its owner, or cannot be inspected.

@@ -170,7 +170,7 @@ impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, SandboxError> {
         let text = std::fs::read_to_string(path).map_err(|source| SandboxError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         let mut file = Self::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));

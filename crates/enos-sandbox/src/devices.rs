@@ -62,7 +62,7 @@ impl DeviceRegistry {
     pub fn load(path: &Path) -> Result<Self, SandboxError> {
         let text = std::fs::read(path).map_err(|source| SandboxError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Self::parse(path, &text)
     }

@@ -11,12 +11,13 @@ use std::{net::SocketAddr, path::PathBuf};
 #[non_exhaustive]
 pub enum SandboxError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// The config file is not valid TOML for [`crate::ConfigFile`].
     #[error("invalid config file {path}: {message}")]

@@ -631,7 +631,7 @@ impl SignerConfig {
         let text = std::fs::read_to_string(path).map_err(|source| SignerError::Io {
             action: "reading config",
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         let mut config = Self::from_toml(&text)
             .map_err(|e| SignerError::Config(format!("{}: {e}", path.display())))?;

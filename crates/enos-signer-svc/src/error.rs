@@ -20,14 +20,15 @@ pub enum SignerError {
     #[error("configuration: {0}")]
     Config(String),
     /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done (`reading`, `creating`, …).
         action: &'static str,
         /// Which file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
     },
     /// A key file is readable by others than its owner.
     #[error(
@@ -169,13 +170,14 @@ impl From<RegistryError> for SignerError {
             RegistryError::PrivateFile(PrivateFileError::Loose { path, mode }) => {
                 SignerError::LoosePermissions { path, mode }
             }
-            RegistryError::PrivateFile(PrivateFileError::Unreadable { path, source }) => {
-                SignerError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                }
-            }
+            RegistryError::PrivateFile(PrivateFileError::Unreadable {
+                path,
+                cause: source,
+            }) => SignerError::Io {
+                action: "reading",
+                path,
+                cause: source,
+            },
             RegistryError::BadPassword { path, reason } => SignerError::BadKey { path, reason },
             RegistryError::Tls(m) => SignerError::Tls(m),
             RegistryError::Unavailable(m) => SignerError::RegistryUnavailable(m),

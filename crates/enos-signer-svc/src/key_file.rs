@@ -53,13 +53,14 @@ fn private_file_error(e: enos_domain::private_file::PrivateFileError) -> SignerE
         enos_domain::private_file::PrivateFileError::Loose { path, mode } => {
             SignerError::LoosePermissions { path, mode }
         }
-        enos_domain::private_file::PrivateFileError::Unreadable { path, source } => {
-            SignerError::Io {
-                action: "reading key file",
-                path,
-                source,
-            }
-        }
+        enos_domain::private_file::PrivateFileError::Unreadable {
+            path,
+            cause: source,
+        } => SignerError::Io {
+            action: "reading key file",
+            path,
+            cause: source,
+        },
     }
 }
 
@@ -77,7 +78,7 @@ pub fn create(path: &Path) -> Result<()> {
     let io = |source| SignerError::Io {
         action: "creating key file",
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -647,3 +647,25 @@ fn a_closed_stdout_is_not_a_panic() {
     assert_eq!(status.code(), Some(0), "init succeeds, unread: {status}");
     assert!(state.path().join("master.key").exists());
 }
+
+#[tokio::test]
+async fn a_missing_file_is_named_with_its_cause_once() {
+    // #29 item 5: each cause printed once.
+    let out = run(
+        vec![
+            "init".into(),
+            "--config".into(),
+            "/nonexistent/signer.toml".into(),
+        ],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(error.contains("/nonexistent/signer.toml"), "{error}");
+    assert_eq!(
+        error.matches("No such file or directory").count(),
+        1,
+        "{error}"
+    );
+}

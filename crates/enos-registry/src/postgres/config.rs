@@ -229,7 +229,7 @@ fn rustls_connector(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeR
     let pem = std::fs::read(ca).map_err(|source| RegistryError::Unreadable {
         what: "the registry CA",
         path: ca.to_owned(),
-        source,
+        cause: source,
     })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {

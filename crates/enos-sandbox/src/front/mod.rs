@@ -108,7 +108,7 @@ pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Sandbox
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|source| SandboxError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })
     };
     let bad = |what: &str, path: &std::path::Path, detail: String| {

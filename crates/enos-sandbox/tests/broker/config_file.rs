@@ -157,3 +157,25 @@ fn a_secret_readable_by_others_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has mode 0644"), "{stderr}");
 }
+
+#[test]
+fn a_missing_file_is_named_with_its_cause_once() {
+    // #29 item 5: each cause printed once.
+    let output = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .args([
+            "--devices",
+            "/nonexistent/devices.csv",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/devices.csv"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -462,7 +462,7 @@ fn open_append(path: &Path) -> Result<File> {
         .map_err(|source| SignerError::Io {
             action: "opening audit file",
             path: path.to_owned(),
-            source,
+            cause: source,
         })
 }
 

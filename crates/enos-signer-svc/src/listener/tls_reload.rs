@@ -264,7 +264,7 @@ fn read(path: &Path, action: &'static str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| SignerError::Io {
         action,
         path: path.to_owned(),
-        source,
+        cause: source,
     })
 }
 
