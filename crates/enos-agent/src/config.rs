@@ -543,13 +543,45 @@ impl Default for SubDeviceLoginConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates `path`.
+    /// Reads, parses and validates `path`, and makes every relative path
+    /// in it absolute against the config file's directory, as the signer
+    /// and the sandbox do: under systemd the working directory is `/`.
     pub fn load(path: &Path) -> Result<Config, AgentError> {
         let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadFile {
             path: path.to_owned(),
             cause: source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Every file path of the config made absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.signer.ca);
+        resolve(&mut self.signer.cert);
+        resolve(&mut self.signer.key);
+        if let Some(tls) = &mut self.enos.tls {
+            resolve(&mut tls.ca);
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        if let Some(file) = self.bridge.as_mut().and_then(|b| b.password_file.as_mut()) {
+            resolve(file);
+        }
+        if let Some(file) = &mut self.status.file {
+            resolve(file);
+        }
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.

@@ -22,6 +22,19 @@ pub enum AgentError {
         /// printer of causes (`{:#}`, anyhow) would print a second time.
         cause: std::io::Error,
     },
+    /// A file a config key names could not be read: the key, the path
+    /// (absolute: relative paths are the config file's directory's) and
+    /// why.
+    #[error("{key} = {path}: cannot read it: {cause}")]
+    ConfigFile {
+        /// The config key, e.g. `signer.ca`.
+        key: &'static str,
+        /// The file, as resolved.
+        path: PathBuf,
+        /// The I/O error, in the message: not also a `source()`, which a
+        /// printer of causes (`{:#}`, anyhow) would print a second time.
+        cause: std::io::Error,
+    },
     /// The config file is not valid TOML or does not fit the schema.
     #[error("invalid config {path}: {message}")]
     ConfigSyntax {

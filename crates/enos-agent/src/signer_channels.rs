@@ -53,18 +53,21 @@ pub(crate) struct SignerChannels {
     current: RwLock<Arc<Built>>,
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, AgentError> {
-    std::fs::read(path).map_err(|source| AgentError::ReadFile {
+/// Reads the file of config key `key` (`signer.ca`, …); the error names
+/// the key and the path.
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, AgentError> {
+    std::fs::read(path).map_err(|cause| AgentError::ConfigFile {
+        key,
         path: path.to_owned(),
-        cause: source,
+        cause,
     })
 }
 
 impl Material {
     fn read(config: &SignerClientConfig) -> Result<Self, AgentError> {
         let material = Material {
-            ca: read_pem(&config.ca)?,
-            cert: read_pem(&config.cert)?,
+            ca: read_pem("signer.ca", &config.ca)?,
+            cert: read_pem("signer.cert", &config.cert)?,
             key: crate::tls::read_private_key(&config.key)?,
         };
         crate::tls::check_pem_certs(&config.ca, &material.ca)?;

@@ -296,3 +296,39 @@ fn a_missing_file_is_named_with_its_cause_once() {
         "{stderr}"
     );
 }
+
+/// #29 item 3: relative paths are the config file's directory's, as for
+/// the signer and the sandbox (under systemd the working directory is
+/// `/`), and an unreadable file is named by its key and resolved path.
+#[test]
+fn relative_paths_are_the_config_directorys_and_errors_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/agent.example.toml"),
+    )
+    .expect("example");
+    let config = example.replace("/etc/enos-agent/signer-ca.pem", "signer-ca.pem");
+    assert_ne!(config, example, "the example names the signer's CA");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = Command::new(BIN)
+        .current_dir("/")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run enos-agent check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let resolved = dir
+        .path()
+        .canonicalize()
+        .unwrap_or_else(|_| dir.path().to_owned())
+        .join("signer-ca.pem");
+    assert!(
+        stderr.contains(&format!("signer.ca = {}", resolved.display()))
+            || stderr.contains(&format!(
+                "signer.ca = {}",
+                dir.path().join("signer-ca.pem").display()
+            )),
+        "{stderr}"
+    );
+}

@@ -83,7 +83,9 @@ pub const CONSOLE: (&str, &str) = ("console", "console-password-8c2f1");
 /// Writes the console's password file in `dir` and returns its path.
 pub fn console_password_file(dir: &Path) -> PathBuf {
     let path = dir.join("console.secret");
-    std::fs::write(&path, CONSOLE.1).expect("write the console password file");
+    // A secret: owner-only, or the sandbox refuses it.
+    enos_testkit::write_private(&path, CONSOLE.1.as_bytes())
+        .expect("write the console password file");
     path
 }
 
