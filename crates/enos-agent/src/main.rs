@@ -54,14 +54,14 @@ enum Command {
     /// Connects to EnOS and stays connected until SIGTERM.
     Run {
         /// The agent config (TOML).
-        #[arg(long)]
+        #[arg(long, env = "ENOS_AGENT_CONFIG")]
         config: PathBuf,
     },
     /// Validates the config, reaches the signer and fetches one credential
     /// (its password is not printed).
     Check {
         /// The agent config (TOML).
-        #[arg(long)]
+        #[arg(long, env = "ENOS_AGENT_CONFIG")]
         config: PathBuf,
     },
     /// Enrolls this gateway with a one-time token: makes its key here and
@@ -69,7 +69,7 @@ enum Command {
     /// and `key` point.
     Enroll {
         /// The agent config (TOML): the device, and where the pair goes.
-        #[arg(long)]
+        #[arg(long, env = "ENOS_AGENT_CONFIG")]
         config: PathBuf,
         /// The signer's enrollment listener, `https://host:port`.
         #[arg(long)]

@@ -35,7 +35,7 @@ use tracing_subscriber::{
 #[command(name = "enos-sandbox", version)]
 struct Cli {
     /// TOML config file; the flags below override it.
-    #[arg(long, value_name = "FILE.toml")]
+    #[arg(long, value_name = "FILE.toml", env = "ENOS_SANDBOX_CONFIG")]
     config: Option<PathBuf>,
     /// Device CSV file (header: productKey,deviceKey,deviceSecret[,enabled][,gatewayProductKey,gatewayDeviceKey]).
     #[arg(long, value_name = "FILE.csv")]

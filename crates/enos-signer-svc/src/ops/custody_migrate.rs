@@ -14,7 +14,7 @@
 //! replaced only by one that was just shown to sign identically.
 //!
 //! Run it with the service stopped (the embedded registry is one writer):
-//! `enos-signer custody migrate --config NEW.toml --from-config OLD.toml`
+//! `enos-signer custody migrate --from OLD.toml --to NEW.toml`
 //! moves the registry both configs name from OLD's custody to NEW's
 //! ([`migrate_configs`]); then serve with NEW. `enos-signer custody
 //! init-hsm --config NEW.toml` creates the token's keys first

@@ -21,16 +21,17 @@ pub(crate) enum CustodyCommand {
         #[arg(long, env = "ENOS_SIGNER_CONFIG")]
         config: PathBuf,
     },
-    /// Re-seal every device secret from the custody of `--from-config` to
-    /// the custody of `--config` (software ↔ HSM). Atomic per record and
+    /// Re-seal every device secret from the custody of `--from` to the
+    /// custody of `--to` (software ↔ HSM). Atomic per record and
     /// resumable: run it again after an interruption. Stop the service
-    /// first; serve with `--config` afterwards.
+    /// first; serve with the `--to` config afterwards. The flags are
+    /// `registry copy`'s (`--config` and `--from-config` still work).
     Migrate {
         /// The config to migrate to (its custody is the target).
-        #[arg(long, env = "ENOS_SIGNER_CONFIG")]
+        #[arg(long = "to", alias = "config", env = "ENOS_SIGNER_CONFIG")]
         config: PathBuf,
         /// The config the records were sealed under (same registry).
-        #[arg(long)]
+        #[arg(long = "from", alias = "from-config")]
         from_config: PathBuf,
     },
 }
@@ -73,6 +74,40 @@ impl CustodyCommand {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::CustodyCommand;
+    use crate::{Cli, Command};
+
+    /// #29 item 10: `custody migrate` takes `registry copy`'s `--from` and
+    /// `--to`; the old `--from-config` and `--config` still work.
+    #[test]
+    fn migrate_takes_from_and_to_and_the_old_names() {
+        for args in [
+            ["--from", "old.toml", "--to", "new.toml"],
+            ["--from-config", "old.toml", "--config", "new.toml"],
+        ] {
+            let cli = Cli::try_parse_from(
+                ["enos-signer", "custody", "migrate"]
+                    .into_iter()
+                    .chain(args),
+            )
+            .expect("parses");
+            let Command::Custody(CustodyCommand::Migrate {
+                config,
+                from_config,
+            }) = cli.command
+            else {
+                panic!("not custody migrate");
+            };
+            assert_eq!(config, std::path::Path::new("new.toml"), "{args:?}");
+            assert_eq!(from_config, std::path::Path::new("old.toml"), "{args:?}");
         }
     }
 }
