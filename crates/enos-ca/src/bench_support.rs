@@ -9,7 +9,9 @@
 //! (rcgen's `KeyPair`) as the CA. [`SoftwareIssuance::issue_from_csr`]
 //! adds what an enrollment or renewal also does per request before
 //! signing, reading the CSR and checking its signature, to show where the
-//! rest of the time goes. Panics on any error (benchmark support).
+//! rest of the time goes. [`sign_and_verify`] is the check every custody's
+//! tests run on a CA key it holds. Panics on any error (benchmark and test
+//! support).
 
 use std::{
     hint::black_box,
@@ -145,4 +147,59 @@ pub fn parallel_issue_rate(issuance: &SoftwareIssuance, threads: usize, duration
             .map(|worker| worker.join().expect("a worker"))
             .sum()
     })
+}
+
+/// Signs a root, a device certificate and a CRL revoking it (for `reason`)
+/// with `signer`, and verifies all three with x509-parser against the
+/// root: what a custody's CA key must do, in software or in a token.
+/// Returns the root's SubjectPublicKeyInfo, to hold against the stored key.
+pub fn sign_and_verify(
+    signer: std::sync::Arc<dyn enos_custody::CaSigner>,
+    reason: &str,
+) -> Vec<u8> {
+    use x509_parser::{prelude::FromDer, revocation_list::CertificateRevocationList};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let key = authority::CustodyKey::new(std::sync::Arc::clone(&signer)).expect("a P-256 key");
+    let root = authority::self_signed_root(
+        "enos device CA",
+        Validity::starting(now, 365 * DAY).expect("validity"),
+        &key,
+    )
+    .expect("a root signed by the custody's key");
+    let issuer = authority::custody_issuer(root.der(), signer).expect("issuer");
+    let requested = RequestedKey::from_csr(&device_csr(), CSR_LIMIT).expect("csr");
+    let names = DeviceNames {
+        uri: "spiffe://enos/device/Pk1/gw-001".into(),
+        common_name: "Pk1/gw-001".into(),
+    };
+    let issued = device_certificate(
+        &requested,
+        &names,
+        Validity::starting(now, 30 * DAY).expect("validity"),
+        &issuer,
+    )
+    .expect("a device certificate signed by the custody's key");
+    let entry = crate::crl::RevokedEntry {
+        serial: issued.serial.to_hex(),
+        revoked_at_ms: 1_765_000_000_000,
+        reason: reason.into(),
+    };
+    let crl_der = crate::crl::revocation_list(&[entry], &issuer, now, now + DAY, 3).expect("a CRL");
+
+    let (_, ca) = x509_parser::parse_x509_certificate(root.der()).expect("root");
+    ca.verify_signature(None).expect("the root verifies");
+    let (_, leaf) = x509_parser::parse_x509_certificate(issued.der()).expect("leaf");
+    leaf.verify_signature(Some(ca.public_key()))
+        .expect("the device certificate verifies against the CA certificate");
+    let (_, crl) = CertificateRevocationList::from_der(&crl_der).expect("crl");
+    crl.verify_signature(ca.public_key())
+        .expect("the CRL verifies against the CA certificate");
+    let serials: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|entry| entry.raw_serial_as_string().replace(':', ""))
+        .collect();
+    assert_eq!(serials, vec![issued.serial.to_hex()]);
+    ca.public_key().raw.to_vec()
 }

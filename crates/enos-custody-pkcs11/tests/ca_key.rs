@@ -4,73 +4,21 @@
 //! certificate; a stored key that is not this token's, or not this key's,
 //! is refused; a lost token is recovered like every custody call.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use enos_ca::{
-    DeviceNames, RequestedKey, Validity, authority,
-    crl::{RevokedEntry, revocation_list},
-    issue::device_certificate,
-};
 use enos_custody::{CaSigner, Custody, CustodyError, StoredCaKey};
 use enos_custody_pkcs11::{
     CA_SCHEME, DEFAULT_KEK_LABEL, Pkcs11Custody, generate_kek,
     softhsm::{isolated, raw::RawToken},
 };
-use x509_parser::{prelude::FromDer, revocation_list::CertificateRevocationList};
-
-const DAY: Duration = Duration::from_secs(86_400);
 
 /// Longer than the fixture's 50 ms reconnect interval.
 const PAST_RETRY_INTERVAL: Duration = Duration::from_millis(120);
 
 /// Signs a root, a device certificate and a CRL with `signer`; verifies
-/// all three with x509-parser against the root.
+/// all three against the root ([`enos_ca::bench_support::sign_and_verify`]).
 fn sign_and_verify(signer: Arc<dyn CaSigner>) {
-    let now = SystemTime::now();
-    let key = authority::CustodyKey::new(Arc::clone(&signer)).expect("a P-256 key");
-    let root = authority::self_signed_root(
-        "enos device CA",
-        Validity::starting(now, 365 * DAY).expect("validity"),
-        &key,
-    )
-    .expect("a root signed in the token");
-    let issuer = authority::custody_issuer(root.der(), signer).expect("issuer");
-    let csr = enos_ca::bench_support::device_csr();
-    let requested = RequestedKey::from_csr(&csr, 16 * 1024).expect("csr");
-    let names = DeviceNames {
-        uri: "spiffe://enos/device/Pk1/gw-001".into(),
-        common_name: "Pk1/gw-001".into(),
-    };
-    let issued = device_certificate(
-        &requested,
-        &names,
-        Validity::starting(now, 30 * DAY).expect("validity"),
-        &issuer,
-    )
-    .expect("a device certificate signed in the token");
-    let entry = RevokedEntry {
-        serial: issued.serial.to_hex(),
-        revoked_at_ms: 1_765_000_000_000,
-        reason: "key compromise".into(),
-    };
-    let crl_der = revocation_list(&[entry], &issuer, now, now + DAY, 3).expect("a CRL");
-
-    let (_, ca) = x509_parser::parse_x509_certificate(root.der()).expect("root");
-    ca.verify_signature(None).expect("the root verifies");
-    let (_, leaf) = x509_parser::parse_x509_certificate(issued.der()).expect("leaf");
-    leaf.verify_signature(Some(ca.public_key()))
-        .expect("the device certificate verifies against the CA certificate");
-    let (_, crl) = CertificateRevocationList::from_der(&crl_der).expect("crl");
-    crl.verify_signature(ca.public_key())
-        .expect("the CRL verifies against the CA certificate");
-    let serials: Vec<String> = crl
-        .iter_revoked_certificates()
-        .map(|entry| entry.raw_serial_as_string().replace(':', ""))
-        .collect();
-    assert_eq!(serials, vec![issued.serial.to_hex()]);
+    enos_ca::bench_support::sign_and_verify(signer, "key compromise");
 }
 
 #[test]

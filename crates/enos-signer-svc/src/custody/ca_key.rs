@@ -303,62 +303,10 @@ mod tests {
     /// the CA certificate.
     #[test]
     fn a_software_ca_key_signs_a_root_a_device_certificate_and_a_crl_that_verify() {
-        use std::time::{Duration, SystemTime};
-
-        use enos_ca::{
-            DeviceNames, RequestedKey, Validity, authority,
-            crl::{RevokedEntry, revocation_list},
-            issue::device_certificate,
-        };
-        use x509_parser::{prelude::FromDer, revocation_list::CertificateRevocationList};
-
-        const DAY: Duration = Duration::from_secs(86_400);
         let custody = SoftwareCustody::new(&[9u8; 32]);
         let stored = custody.create_ca_key("enos device CA").expect("create");
         let signer = custody.ca_signer(&stored).expect("open");
-        let now = SystemTime::now();
-        let key = authority::CustodyKey::new(Arc::clone(&signer)).expect("P-256");
-        let root = authority::self_signed_root(
-            "enos device CA",
-            Validity::starting(now, 365 * DAY).expect("validity"),
-            &key,
-        )
-        .expect("root");
-        let issuer = authority::custody_issuer(root.der(), signer).expect("issuer");
-        let csr = enos_ca::bench_support::device_csr();
-        let requested = RequestedKey::from_csr(&csr, 16 * 1024).expect("csr");
-        let names = DeviceNames {
-            uri: "spiffe://enos/device/Pk1/gw-001".into(),
-            common_name: "Pk1/gw-001".into(),
-        };
-        let issued = device_certificate(
-            &requested,
-            &names,
-            Validity::starting(now, 30 * DAY).expect("validity"),
-            &issuer,
-        )
-        .expect("issued");
-        let entry = RevokedEntry {
-            serial: issued.serial.to_hex(),
-            revoked_at_ms: 1_765_000_000_000,
-            reason: "device disabled".into(),
-        };
-        let crl_der = revocation_list(&[entry], &issuer, now, now + DAY, 7).expect("crl");
-
-        let (_, ca) = x509_parser::parse_x509_certificate(root.der()).expect("root");
-        assert_eq!(ca.public_key().raw, &stored.public_key_der[..]);
-        ca.verify_signature(None)
-            .expect("self-signed by the sealed key");
-        let (_, leaf) = x509_parser::parse_x509_certificate(issued.der()).expect("leaf");
-        leaf.verify_signature(Some(ca.public_key()))
-            .expect("the device certificate verifies");
-        let (_, crl) = CertificateRevocationList::from_der(&crl_der).expect("crl");
-        crl.verify_signature(ca.public_key())
-            .expect("the CRL verifies");
-        let serials: Vec<String> = crl
-            .iter_revoked_certificates()
-            .map(|entry| entry.raw_serial_as_string().replace(':', ""))
-            .collect();
-        assert_eq!(serials, vec![issued.serial.to_hex()]);
+        let root_key = enos_ca::bench_support::sign_and_verify(signer, "device disabled");
+        assert_eq!(root_key, stored.public_key_der);
     }
 }
