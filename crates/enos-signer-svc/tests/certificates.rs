@@ -96,6 +96,15 @@ async fn enroll(
         .map(tonic::Response::into_inner)
 }
 
+/// `pk/dk` enrolled with a fresh token and a new key: the key and what the
+/// signer issued.
+async fn enrolled(f: &Fixture, pk: &str, dk: &str) -> (rcgen::KeyPair, v1::IssuedCertificate) {
+    let token = token(f, pk, dk, 0).await;
+    let (key, csr) = key_and_csr();
+    let issued = enroll(f, pk, dk, &token, csr).await.expect("enrolled");
+    (key, issued)
+}
+
 /// The identity an issued certificate and its key make (leaf + chain).
 fn identity(issued: &v1::IssuedCertificate, key: &rcgen::KeyPair) -> Identity {
     Identity::from_issued(
@@ -307,11 +316,7 @@ async fn renewal_revocation_and_the_crl() {
         .put_device("Pk1", "gw-1", "secret-1")
         .await
         .expect("device");
-    let token = token(&f, "Pk1", "gw-1", 0).await;
-    let (key, csr) = key_and_csr();
-    let first = enroll(&f, "Pk1", "gw-1", &token, csr)
-        .await
-        .expect("enrolled");
+    let (key, first) = enrolled(&f, "Pk1", "gw-1").await;
     let first_identity = identity(&first, &key);
 
     // Renewal over mTLS with the current certificate, for a new key.
@@ -461,9 +466,7 @@ async fn deleting_or_disabling_a_device_revokes_its_certificates() {
     }
     let mut identities = Vec::new();
     for dk in ["gw-1", "gw-2"] {
-        let token = token(&f, "Pk1", dk, 0).await;
-        let (key, csr) = key_and_csr();
-        let issued = enroll(&f, "Pk1", dk, &token, csr).await.expect("enrolled");
+        let (key, issued) = enrolled(&f, "Pk1", dk).await;
         identities.push(identity(&issued, &key));
     }
     f.signer
@@ -544,11 +547,7 @@ async fn certificates_near_expiry_are_counted_and_the_crl_is_served_over_http() 
         .put_device("Pk1", "gw-1", "secret-1")
         .await
         .expect("device");
-    let token = token(&f, "Pk1", "gw-1", 0).await;
-    let (key, csr) = key_and_csr();
-    let issued = enroll(&f, "Pk1", "gw-1", &token, csr)
-        .await
-        .expect("enrolled");
+    let (key, issued) = enrolled(&f, "Pk1", "gw-1").await;
     let admin = f.signer.admin_identity().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -720,11 +719,7 @@ async fn an_intermediate_signed_by_the_operators_root_serves_the_whole_chain() {
         .put_device("Pk1", "gw-1", "secret-1")
         .await
         .expect("device");
-    let token = token(&f, "Pk1", "gw-1", 0).await;
-    let (key, csr) = key_and_csr();
-    let issued = enroll(&f, "Pk1", "gw-1", &token, csr)
-        .await
-        .expect("enrolled");
+    let (key, issued) = enrolled(&f, "Pk1", "gw-1").await;
     assert_eq!(issued.chain_der.len(), 2, "the intermediate and the root");
     assert_eq!(issued.chain_der[1], root.der().to_vec());
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.certificate_der)
