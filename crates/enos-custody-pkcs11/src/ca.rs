@@ -28,7 +28,8 @@ use crate::{custody::Shared, ops::OpError, pool::Connection};
 pub const CA_SCHEME: &str = "pkcs11-ec-p256-v1";
 
 /// The DER OID of prime256v1 (secp256r1), the CKA_EC_PARAMS of P-256.
-const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const P256_PARAMS: [u8; 10] =
+    [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// The length of a CA key's CKA_ID.
 const ID_LEN: usize = 16;
@@ -112,16 +113,21 @@ fn ec_point(session: &Session, public: ObjectHandle) -> Result<Vec<u8>, OpError>
             _ => None,
         })
         .unwrap_or_default();
-    let point = match value.as_slice() {
-        [0x04, 0x41, rest @ ..] if rest.len() == p256::POINT_LEN => rest.to_vec(),
-        raw if raw.len() == p256::POINT_LEN && raw[0] == 0x04 => raw.to_vec(),
-        _ => {
-            return Err(OpError::Refused(CustodyError::InvalidCaKey(
-                "the token's CA public key is not an uncompressed P-256 point".into(),
-            )));
-        }
-    };
-    Ok(point)
+    decode_ec_point(&value).ok_or_else(|| {
+        OpError::Refused(CustodyError::InvalidCaKey(
+            "the token's CA public key is not an uncompressed P-256 point".into(),
+        ))
+    })
+}
+
+/// The uncompressed P-256 point in a CKA_EC_POINT value: a DER OCTET
+/// STRING (PKCS#11 v2.40) or, as some tokens give it, the raw point.
+pub(crate) fn decode_ec_point(value: &[u8]) -> Option<Vec<u8>> {
+    match value {
+        [0x04, 0x41, rest @ ..] if rest.len() == p256::POINT_LEN => Some(rest.to_vec()),
+        raw if raw.len() == p256::POINT_LEN && raw[0] == 0x04 => Some(raw.to_vec()),
+        _ => None,
+    }
 }
 
 /// A signer for `stored`: finds the key, checks that it is unexportable

@@ -83,6 +83,17 @@ pub enum Pkcs11Error {
         /// The token's label.
         token: String,
     },
+    /// No key pair of the device (its label) is the key its certificate
+    /// certifies: the token was reset, or the certificate is another's.
+    #[error(
+        "token {token}: no key pair labelled {label:?} is the key the device certificate certifies; enroll again (enos-agent enroll --force)"
+    )]
+    DeviceKeyMissing {
+        /// The URI's `object`.
+        label: String,
+        /// The token's label.
+        token: String,
+    },
     /// More than one key carries the label, so custody cannot tell which.
     #[error("token {token}: {count} keys are labelled {label:?} ({role}); labels must be unique")]
     KeyAmbiguous {

@@ -63,6 +63,7 @@
 //! | `record` | the sealed record's bytes and what its MAC covers |
 //! | `custody` | [`Pkcs11Custody`]: the `Custody` impl and reconnection |
 //! | `ca` | the signer's CA key: an EC P-256 pair generated in the token, C_Sign with CKM_ECDSA |
+//! | `device_key` | a device's own key (the agent's `pkcs11:` key): pairs found by the public key their certificate certifies |
 //! | `error` | [`Pkcs11Error`] and how PKCS#11 return values are sorted |
 //! | `softhsm` | (feature `softhsm-fixture`) a throwaway SoftHSM2 token per test process |
 #![forbid(unsafe_code)]
@@ -70,6 +71,7 @@
 mod ca;
 mod config;
 mod custody;
+mod device_key;
 mod error;
 mod ops;
 mod pin;
@@ -83,6 +85,7 @@ mod uri;
 pub use ca::CA_SCHEME;
 pub use config::{DEFAULT_KEK_LABEL, PinSource, Pkcs11Config, Pkcs11Settings, TokenSelector};
 pub use custody::{CustodyStatus, ExportPolicy, Pkcs11Custody};
+pub use device_key::{DeviceKeyToken, DeviceKeyUri, TokenKey};
 pub use error::Pkcs11Error;
 pub use record::SCHEME;
 pub use token::generate_kek;

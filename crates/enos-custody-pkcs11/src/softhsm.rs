@@ -188,6 +188,17 @@ impl SoftHsm {
         }
     }
 
+    /// A device key's `pkcs11:` URI on this token (the agent's
+    /// `[signer] key`), for keys labelled `object`.
+    pub fn device_key_uri(&self, object: &str) -> String {
+        format!(
+            "pkcs11:token={};object={object};type=private?module-path={}&pin-source=file:{}",
+            self.label,
+            self.module().display(),
+            self.pin_file().display()
+        )
+    }
+
     /// Takes the token away, as when an HSM drops off the network: its
     /// directory is moved out of the token directory. SoftHSM2 then fails
     /// every call on it (the key handles become invalid, token info is a

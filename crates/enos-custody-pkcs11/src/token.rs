@@ -152,7 +152,7 @@ pub(crate) fn login(settings: &Pkcs11Settings, read_write: bool) -> Result<Login
     })
 }
 
-fn load(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
+pub(crate) fn load(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
     let fail = |reason: String| Pkcs11Error::Module {
         path: module.to_owned(),
         reason,
@@ -161,14 +161,14 @@ fn load(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
     match ctx.initialize(CInitializeArgs::OsThreads) {
         Ok(()) => Ok(ctx),
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Err(fail(
-            "already initialised by another part of this process; HSM custody must own the module"
+            "already initialised by another part of this process; one part of a process owns a module"
                 .into(),
         )),
         Err(e) => Err(fail(describe(&e))),
     }
 }
 
-fn find_slot(
+pub(crate) fn find_slot(
     ctx: &Pkcs11,
     selector: &TokenSelector,
     module: &Path,
@@ -270,7 +270,7 @@ pub(crate) fn log_in(session: &Session, pin: &str, token: &str) -> Result<(), Pk
     }
 }
 
-fn lost(token: &str, error: &CkError) -> Pkcs11Error {
+pub(crate) fn lost(token: &str, error: &CkError) -> Pkcs11Error {
     Pkcs11Error::Unavailable(format!("token {token:?}: {}", describe(error)))
 }
 

@@ -31,8 +31,19 @@ fn invalid(reason: impl Into<String>) -> Pkcs11Error {
 }
 
 impl Pkcs11Uri {
-    /// Parses `text`; every attribute must be known and given once.
+    /// Parses `text` naming custody's KEK (`type=secret-key` if given);
+    /// every attribute must be known and given once.
     pub(crate) fn parse(text: &str) -> Result<Self, Pkcs11Error> {
+        Self::parse_for(text, "secret-key", "the KEK")
+    }
+
+    /// Parses `text` naming an object of `object_type` (RFC 7512's
+    /// `type`, checked when given); `what` names it in the error.
+    pub(crate) fn parse_for(
+        text: &str,
+        object_type: &'static str,
+        what: &'static str,
+    ) -> Result<Self, Pkcs11Error> {
         let rest = text
             .strip_prefix("pkcs11:")
             .ok_or_else(|| invalid("must start with `pkcs11:`"))?;
@@ -47,12 +58,18 @@ impl Pkcs11Uri {
                 .split_once('=')
                 .ok_or_else(|| invalid(format!("attribute `{attribute}` has no `=`")))?;
             let value = percent_decode(raw)?;
-            uri.set(name, value)?;
+            uri.set(name, value, object_type, what)?;
         }
         Ok(uri)
     }
 
-    fn set(&mut self, name: &str, value: String) -> Result<(), Pkcs11Error> {
+    fn set(
+        &mut self,
+        name: &str,
+        value: String,
+        object_type: &str,
+        what: &str,
+    ) -> Result<(), Pkcs11Error> {
         fn put<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), Pkcs11Error> {
             if slot.replace(value).is_some() {
                 return Err(invalid(format!("`{name}` is given more than once")));
@@ -82,10 +99,10 @@ impl Pkcs11Uri {
                 )
             }
             "object" => put(&mut self.object, name, value),
-            // The KEK is a secret key; any other type is a mistake.
-            "type" if value == "secret-key" => Ok(()),
+            // The object's type is fixed by its role; another is a mistake.
+            "type" if value == object_type => Ok(()),
             "type" => Err(invalid(format!(
-                "`type={value}`: the KEK is a `secret-key`"
+                "`type={value}`: {what} is a `{object_type}`"
             ))),
             "pin-source" => put(&mut self.pin_source, name, pin_source(&value)?),
             "pin-value" => Err(invalid(
