@@ -103,8 +103,9 @@ const VERSION: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
-/// `(notBefore, notAfter)` in ms since the epoch.
-fn validity(der: &[u8]) -> Option<(u64, u64)> {
+/// The `validity` contents of a DER certificate, and what follows it
+/// in the `tbsCertificate` (`subject subjectPublicKeyInfo …`).
+fn validity_and_rest(der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (tag, certificate, _) = element(der)?;
     (tag == SEQUENCE).then_some(())?;
     let (tag, tbs, _) = element(certificate)?;
@@ -118,8 +119,25 @@ fn validity(der: &[u8]) -> Option<(u64, u64)> {
     (tag == SEQUENCE).then_some(())?;
     let (tag, _, rest) = element(rest)?; // issuer
     (tag == SEQUENCE).then_some(())?;
-    let (tag, validity, _) = element(rest)?;
+    let (tag, validity, rest) = element(rest)?;
     (tag == SEQUENCE).then_some(())?;
+    Some((validity, rest))
+}
+
+/// The `subjectPublicKeyInfo` of a DER certificate, whole (tag and
+/// length included): what a token key is found by.
+pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = validity_and_rest(der)?;
+    let (tag, _, rest) = element(rest)?; // subject
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, _, after) = element(rest)?;
+    (tag == SEQUENCE).then_some(())?;
+    Some(&rest[..rest.len() - after.len()])
+}
+
+/// `(notBefore, notAfter)` in ms since the epoch.
+fn validity(der: &[u8]) -> Option<(u64, u64)> {
+    let (validity, _) = validity_and_rest(der)?;
     let (tag, not_before, rest) = element(validity)?;
     let not_before = time(tag, not_before)?;
     let (tag, not_after, _) = element(rest)?;
@@ -196,6 +214,22 @@ mod tests {
                 .as_millis(),
         )
         .expect("fits")
+    }
+
+    #[test]
+    fn the_subject_public_key_info_is_the_keys() {
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let key = KeyPair::generate_for(alg).expect("key");
+            let cert = CertificateParams::new(vec!["device".into()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("certificate");
+            assert_eq!(
+                subject_public_key_info(cert.der()),
+                Some(rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
+            );
+        }
+        assert_eq!(subject_public_key_info(b"\x30\x03\x02\x01\x01"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use enos_domain::DeviceId;
 use enos_sign_core::{ClientId, DeviceKey, ProductKey, SignMethod};
 use serde::{Deserialize, Serialize};
 
-use crate::error::AgentError;
+use crate::{device_key::KeyLocation, error::AgentError};
 
 /// The whole agent config.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,8 +88,9 @@ pub struct SignerClientConfig {
     pub ca: PathBuf,
     /// The device certificate (its URI SAN is the identity the signer trusts).
     pub cert: PathBuf,
-    /// The device certificate's private key.
-    pub key: PathBuf,
+    /// The device certificate's private key: a file (0600), or a
+    /// `pkcs11:` URI naming key pairs in a token (a TPM, a secure element).
+    pub key: KeyLocation,
     /// Overrides the TLS server name checked against the signer's
     /// certificate, for endpoints given as IP addresses.
     #[serde(default)]
@@ -130,8 +131,8 @@ pub struct MqttTlsConfig {
     pub ca: PathBuf,
     /// The device certificate EnOS issued for two-way TLS.
     pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
+    /// Its private key: a file (0600) or a `pkcs11:` URI.
+    pub key: KeyLocation,
 }
 
 /// Exponential backoff with jitter, between connect attempts.
@@ -570,11 +571,11 @@ impl Config {
         };
         resolve(&mut self.signer.ca);
         resolve(&mut self.signer.cert);
-        resolve(&mut self.signer.key);
+        self.signer.key.resolve(base);
         if let Some(tls) = &mut self.enos.tls {
             resolve(&mut tls.ca);
             resolve(&mut tls.cert);
-            resolve(&mut tls.key);
+            tls.key.resolve(base);
         }
         if let Some(file) = self.bridge.as_mut().and_then(|b| b.password_file.as_mut()) {
             resolve(file);

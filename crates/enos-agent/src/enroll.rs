@@ -54,6 +54,9 @@ pub struct Enrolled {
     pub device: DeviceId,
     /// Where the key and the certificate chain were written.
     pub pair: PairPaths,
+    /// What was done with the key ("wrote FILE (…)" or "made … in token
+    /// …"), for the report.
+    pub key: String,
     /// The certificate as the signer issued it.
     pub certificate: SignedCertificate,
     /// Its validity, as read from the certificate itself.
@@ -66,14 +69,14 @@ impl Enrolled {
         let n = self.certificate.chain_der.len();
         format!(
             "enrolled {device} with signer {endpoint}: certificate {serial}, valid until {until}\n\
-             wrote {key} (a new P-256 key made on this gateway, mode 0600)\n\
+             {key}\n\
              wrote {cert} (the certificate and {n} CA certificate{s})\n\
              `enos-agent run` uses them from its next connection and renews the certificate at about 2/3 of its lifetime",
             device = self.device,
             endpoint = self.certificate.endpoint,
             serial = self.certificate.serial,
             until = rfc3339(self.info.not_after_ms),
-            key = self.pair.key.display(),
+            key = self.key,
             cert = self.pair.cert.display(),
             s = if n == 1 { "" } else { "s" },
         )
@@ -114,7 +117,8 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, AgentError> {
 /// certificate, which has not expired) unless `force`: a second
 /// `enroll` by mistake would throw away a working identity.
 pub fn check_existing(pair: &PairPaths, force: bool, now_ms: u64) -> Result<(), AgentError> {
-    if force || !(pair.cert.exists() || pair.key.exists()) {
+    let key_file_exists = pair.key.file().is_some_and(Path::exists);
+    if force || !(pair.cert.exists() || key_file_exists) {
         return Ok(());
     }
     let Ok(info) = CertificateInfo::read(&pair.cert) else {
@@ -127,7 +131,7 @@ pub fn check_existing(pair: &PairPaths, force: bool, now_ms: u64) -> Result<(), 
         "{} and {} already hold a valid certificate (until {}); `enos-agent run` renews it. \
          To replace it anyway, add --force",
         pair.cert.display(),
-        pair.key.display(),
+        pair.key,
         rfc3339(info.not_after_ms),
     )))
 }
@@ -155,13 +159,12 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
     })?;
     crate::tls::check_pem_certs(&request.ca, &ca)?;
 
-    let key = NewKey::generate()?;
-    let key_pem = key.pkcs8_pem();
+    let key = NewKey::generate(&pair.key)?;
     // The key is written first: a directory that cannot take it fails
     // before the token is spent.
-    pair::write_candidate_key(&pair, key_pem.as_bytes())?;
+    pair::write_candidate_key(&pair, &key)?;
     let obtained = match obtain(config, request, &ca, &key, token).await {
-        Ok(certificate) => finish(&pair, certificate, key_pem.as_bytes()),
+        Ok(certificate) => finish(&pair, certificate, &key),
         Err(e) => Err(e),
     };
     let (certificate, info) = match obtained {
@@ -174,6 +177,7 @@ pub async fn enroll(config: &Config, request: &EnrollRequest) -> Result<Enrolled
     pair::promote(&pair)?;
     Ok(Enrolled {
         device: config.device.id(),
+        key: key.describe(&pair.key),
         pair,
         certificate,
         info,
@@ -231,7 +235,7 @@ async fn obtain(
 fn finish(
     pair: &PairPaths,
     certificate: SignedCertificate,
-    key_pem: &[u8],
+    key: &NewKey,
 ) -> Result<(SignedCertificate, CertificateInfo), AgentError> {
     let info = CertificateInfo::from_der(&certificate.certificate_der).map_err(|reason| {
         SignerClientError::BadResponse {
@@ -240,12 +244,7 @@ fn finish(
         }
     })?;
     let cert_pem = pair::chain_pem(&certificate.certificate_der, &certificate.chain_der);
-    crate::tls::check_key_fits(
-        &pair.candidate_cert(),
-        cert_pem.as_bytes(),
-        &pair.candidate_key(),
-        key_pem,
-    )?;
+    pair::check_fits(key, &pair.candidate_cert(), cert_pem.as_bytes())?;
     pair::write_candidate_cert(pair, cert_pem.as_bytes())?;
     Ok((certificate, info))
 }

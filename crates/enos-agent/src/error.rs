@@ -82,6 +82,15 @@ pub enum AgentError {
         /// printer of causes (`{:#}`, anyhow) would print a second time.
         cause: std::io::Error,
     },
+    /// The device key in a PKCS#11 token cannot be used (module, token,
+    /// PIN, or no pair for the certificate).
+    #[error("device key {location}: {reason}")]
+    DeviceKey {
+        /// The `pkcs11:` URI (it holds no secret).
+        location: String,
+        /// What the token said.
+        reason: String,
+    },
     /// A new key or its CSR could not be made.
     #[error("cannot make a new key: {0}")]
     KeyGeneration(String),

@@ -21,6 +21,7 @@
 //! | [`enroll`] | the `enroll` command: a key made here, a certificate for a one-time token |
 //! | [`renewal`] | the certificate renewed at 2/3 of its lifetime ± jitter, inside `run` |
 //! | [`pair`] | the key and certificate files: atomic writes, crash-safe promotion of a candidate |
+//! | [`device_key`] | where the key is: a 0600 file, or a PKCS#11 token (`pkcs11:` URI) that signs handshakes and CSRs |
 //! | [`certificate`] | a certificate's validity, for the renewal schedule |
 //! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
@@ -67,6 +68,7 @@ pub mod bridge;
 pub mod certificate;
 pub mod config;
 pub mod credential;
+pub mod device_key;
 pub mod enroll;
 mod error;
 pub mod issued;

@@ -34,55 +34,128 @@ use std::{
 
 use zeroize::Zeroizing;
 
-use crate::error::AgentError;
+use crate::{
+    device_key::{self, KeyLocation, TokenSigningKey},
+    error::AgentError,
+};
 
 /// A private key file's mode: owner read and write only.
 const PRIVATE_MODE: u32 = 0o600;
 /// A certificate file's mode: public.
 const PUBLIC_MODE: u32 = 0o644;
 
-/// A P-256 key made on the gateway, and its CSR. Its `Debug` shows
-/// neither; its PKCS#8 copy is wiped on drop.
-pub struct NewKey {
-    /// The key pair (ring); never leaves the gateway.
-    key: rcgen::KeyPair,
+/// A P-256 key made on the gateway (in a file's memory or in the token),
+/// and its CSR. Its `Debug` shows no key; a file key's PKCS#8 copy is
+/// wiped on drop.
+pub enum NewKey {
+    /// Made here (ring); written to the key file. Boxed: rcgen's pair is
+    /// large beside a token handle.
+    File(Box<rcgen::KeyPair>),
+    /// Made in the token; it never leaves it.
+    Token(TokenSigningKey),
 }
 
 impl Drop for NewKey {
-    /// Wipes rcgen's PKCS#8 copy of the key (ring's own key schedule is
-    /// freed, not wiped).
+    /// Wipes rcgen's PKCS#8 copy of a file key (ring's own key schedule
+    /// is freed, not wiped).
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.key);
+        if let NewKey::File(key) = self {
+            zeroize::Zeroize::zeroize(&mut **key);
+        }
     }
 }
 
 impl fmt::Debug for NewKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NewKey(ECDSA P-256, redacted)")
+        match self {
+            NewKey::File(_) => f.write_str("NewKey(ECDSA P-256, redacted)"),
+            NewKey::Token(key) => write!(
+                f,
+                "NewKey(ECDSA P-256 in token {:?})",
+                key.token().token_label()
+            ),
+        }
+    }
+}
+
+/// rcgen's view of a token key: the CSR is signed in the token.
+struct TokenCsrKey<'a>(&'a TokenSigningKey);
+
+impl rcgen::PublicKeyData for TokenCsrKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        // For EC keys rcgen wants the raw point; it wraps it itself.
+        self.0.key().public_point()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for TokenCsrKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign_der(msg).map_err(|reason| {
+            tracing::error!(%reason, "the token did not sign the CSR");
+            rcgen::Error::RemoteKeyError
+        })
     }
 }
 
 impl NewKey {
-    /// A fresh ECDSA P-256 key from the system's random source.
-    pub fn generate() -> Result<NewKey, AgentError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| AgentError::KeyGeneration(e.to_string()))?;
-        Ok(NewKey { key })
+    /// A fresh ECDSA P-256 key where `location` says: from the system's
+    /// random source for a file, generated inside the token for `pkcs11:`.
+    pub fn generate(location: &KeyLocation) -> Result<NewKey, AgentError> {
+        match location {
+            KeyLocation::File(_) => {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(|e| AgentError::KeyGeneration(e.to_string()))?;
+                Ok(NewKey::File(Box::new(key)))
+            }
+            KeyLocation::Token(uri) => {
+                let token = device_key::token(uri)?;
+                let key = token
+                    .generate()
+                    .map_err(|e| device_key::token_error(uri, e.to_string()))?;
+                Ok(NewKey::Token(TokenSigningKey::new(token, key)))
+            }
+        }
     }
 
     /// A PKCS#10 request for this key, DER. Its subject is irrelevant (the
     /// signer keeps only the public key and sets its own names), so it
     /// carries none.
     pub fn csr_der(&self) -> Result<Vec<u8>, AgentError> {
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&self.key)
-            .map_err(|e| AgentError::KeyGeneration(format!("cannot make the CSR: {e}")))?;
+        let params = rcgen::CertificateParams::default();
+        let csr = match self {
+            NewKey::File(key) => params.serialize_request(&**key),
+            NewKey::Token(key) => params.serialize_request(&TokenCsrKey(key)),
+        }
+        .map_err(|e| AgentError::KeyGeneration(format!("cannot make the CSR: {e}")))?;
         Ok(csr.der().to_vec())
     }
 
-    /// The key as PKCS#8 PEM, in a buffer wiped on drop.
-    pub fn pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(self.key.serialize_pem())
+    /// A file key as PKCS#8 PEM, in a buffer wiped on drop; `None` for a
+    /// token key, which has no copy outside the token.
+    pub fn pkcs8_pem(&self) -> Option<Zeroizing<String>> {
+        match self {
+            NewKey::File(key) => Some(Zeroizing::new(key.serialize_pem())),
+            NewKey::Token(_) => None,
+        }
+    }
+
+    /// Where the key went, for the operator: the file and its mode, or the
+    /// token.
+    pub fn describe(&self, location: &KeyLocation) -> String {
+        match self {
+            NewKey::File(_) => {
+                format!("wrote {location} (a new P-256 key made on this gateway, mode 0600)")
+            }
+            NewKey::Token(key) => format!(
+                "made a new P-256 key in token {:?} (label {:?}; never extractable)",
+                key.token().token_label(),
+                key.token().uri().label()
+            ),
+        }
     }
 }
 
@@ -91,8 +164,8 @@ impl NewKey {
 pub struct PairPaths {
     /// The certificate chain (PEM, leaf first).
     pub cert: PathBuf,
-    /// Its private key (PEM, mode 0600).
-    pub key: PathBuf,
+    /// Its private key: a PEM file (mode 0600) or a token.
+    pub key: KeyLocation,
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -108,16 +181,21 @@ impl PairPaths {
         suffixed(&self.cert, ".candidate")
     }
 
-    /// The candidate key, beside the current one.
-    pub fn candidate_key(&self) -> PathBuf {
-        suffixed(&self.key, ".candidate")
+    /// The candidate key file, beside the current one; `None` for a token
+    /// key (the candidate's pair is in the token, named by the candidate
+    /// certificate).
+    pub fn candidate_key_file(&self) -> Option<PathBuf> {
+        self.key.file().map(|key| suffixed(key, ".candidate"))
     }
 
     /// The candidate pair as a pair.
     pub fn candidate(&self) -> PairPaths {
         PairPaths {
             cert: self.candidate_cert(),
-            key: self.candidate_key(),
+            key: match &self.key {
+                KeyLocation::File(key) => KeyLocation::File(suffixed(key, ".candidate")),
+                KeyLocation::Token(uri) => KeyLocation::Token(uri.clone()),
+            },
         }
     }
 }
@@ -206,32 +284,74 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 /// Fails unless the key at `key` is the one the leaf of `cert` certifies
-/// (and the key file is private). Errors never show the key.
+/// (a key file that is private; a token pair for the leaf's public key).
+/// Errors never show the key.
 pub fn check_pair(pair: &PairPaths) -> Result<(), AgentError> {
     let cert = std::fs::read(&pair.cert).map_err(|source| AgentError::ReadFile {
         path: pair.cert.clone(),
         cause: source,
     })?;
-    let key = crate::tls::read_private_key(&pair.key)?;
-    crate::tls::check_key_fits(&pair.cert, &cert, &pair.key, &key)
+    match &pair.key {
+        KeyLocation::File(path) => {
+            let key = crate::tls::read_private_key(path)?;
+            crate::tls::check_key_fits(&pair.cert, &cert, path, &key)
+        }
+        KeyLocation::Token(uri) => {
+            let chain = crate::tls::parse_certs(&pair.cert, &cert)?;
+            device_key::token_key_for(uri, &chain[0]).map(|_| ())
+        }
+    }
 }
 
-/// Writes the candidate pair beside `pair`: the key first (0600), then
-/// the certificate chain, each whole. See the module docs for the order.
-pub fn write_candidate(
-    pair: &PairPaths,
-    key_pem: &[u8],
-    cert_pem: &[u8],
-) -> Result<(), AgentError> {
-    write_candidate_key(pair, key_pem)?;
+/// Fails unless `key` is the key the leaf of `cert_pem` (the chain the
+/// signer returned, to be written at `cert_path`) certifies.
+pub fn check_fits(key: &NewKey, cert_path: &Path, cert_pem: &[u8]) -> Result<(), AgentError> {
+    match key {
+        NewKey::File(_) => {
+            let pem = key.pkcs8_pem().unwrap_or_default();
+            crate::tls::check_key_fits(
+                cert_path,
+                cert_pem,
+                Path::new("(the new key)"),
+                pem.as_bytes(),
+            )
+        }
+        NewKey::Token(token_key) => {
+            let chain = crate::tls::parse_certs(cert_path, cert_pem)?;
+            let certified = crate::certificate::subject_public_key_info(&chain[0]);
+            if certified == Some(token_key.public_key_der()) {
+                Ok(())
+            } else {
+                Err(AgentError::Tls {
+                    path: cert_path.to_owned(),
+                    reason: "the certificate is not for the new key made in the token".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Writes the candidate pair of a file key beside `pair`: the key first
+/// (0600), then the certificate chain, each whole. See the module docs
+/// for the order.
+pub fn write_candidate(pair: &PairPaths, key: &NewKey, cert_pem: &[u8]) -> Result<(), AgentError> {
+    write_candidate_key(pair, key)?;
     write_candidate_cert(pair, cert_pem)
 }
 
-/// The first half of [`write_candidate`]: the key (0600). Written before
-/// the signer is asked, so that a directory that cannot take it fails
-/// before a token is spent or a certificate issued.
-pub fn write_candidate_key(pair: &PairPaths, key_pem: &[u8]) -> Result<(), AgentError> {
-    write_atomically(&pair.candidate_key(), key_pem, PRIVATE_MODE)
+/// The first half of [`write_candidate`]: a file key (0600). Written
+/// before the signer is asked, so that a directory that cannot take it
+/// fails before a token is spent or a certificate issued. A token key is
+/// already in the token: nothing to write.
+pub fn write_candidate_key(pair: &PairPaths, key: &NewKey) -> Result<(), AgentError> {
+    match (pair.candidate_key_file(), key.pkcs8_pem()) {
+        (Some(path), Some(pem)) => write_atomically(&path, pem.as_bytes(), PRIVATE_MODE),
+        (None, None) => Ok(()),
+        _ => Err(AgentError::KeyGeneration(format!(
+            "the new key is not of the kind `key` names ({})",
+            pair.key
+        ))),
+    }
 }
 
 /// The second half of [`write_candidate`]: the certificate chain.
@@ -239,12 +359,53 @@ pub fn write_candidate_cert(pair: &PairPaths, cert_pem: &[u8]) -> Result<(), Age
     write_atomically(&pair.candidate_cert(), cert_pem, PUBLIC_MODE)
 }
 
-/// Promotes the candidate over `pair`: the key, then the certificate.
-/// No `await` between the renames: nothing else in the agent runs between
-/// them on its one thread.
+/// Promotes the candidate over `pair`: the key file, then the
+/// certificate. No `await` between the renames: nothing else in the
+/// agent runs between them on its one thread. For a token key the
+/// certificate's rename alone switches keys; the token's pairs no
+/// certificate names any more are removed after it.
 pub fn promote(pair: &PairPaths) -> Result<(), AgentError> {
-    rename(&pair.candidate_key(), &pair.key)?;
-    rename(&pair.candidate_cert(), &pair.cert)
+    if let (Some(candidate), KeyLocation::File(key)) = (pair.candidate_key_file(), &pair.key) {
+        rename(&candidate, key)?;
+    }
+    rename(&pair.candidate_cert(), &pair.cert)?;
+    prune_token(pair);
+    Ok(())
+}
+
+/// Removes the token's pairs that neither the certificate nor the
+/// candidate certificate names (left by a renewal that failed or a
+/// crash). A failure is logged: the pair in use is never touched, and
+/// the next start tries again.
+fn prune_token(pair: &PairPaths) {
+    let KeyLocation::Token(uri) = &pair.key else {
+        return;
+    };
+    let leaf = |path: &Path| -> Option<Vec<u8>> {
+        let pem = std::fs::read(path).ok()?;
+        let der = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
+        crate::certificate::subject_public_key_info(&der).map(<[u8]>::to_vec)
+    };
+    let keep: Vec<Vec<u8>> = [leaf(&pair.cert), leaf(&pair.candidate_cert())]
+        .into_iter()
+        .flatten()
+        .collect();
+    let keep: Vec<&[u8]> = keep.iter().map(Vec::as_slice).collect();
+    let pruned = device_key::token(uri).and_then(|token| {
+        token
+            .destroy_others(&keep)
+            .map_err(|e| device_key::token_error(uri, e.to_string()))
+    });
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed device key pairs no certificate names from the token"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot remove unused device key pairs from the token")
+        }
+    }
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), AgentError> {
@@ -252,11 +413,14 @@ fn rename(from: &Path, to: &Path) -> Result<(), AgentError> {
     sync_dir(to)
 }
 
-/// Removes the candidate files (a candidate that failed its proof).
+/// Removes the candidate files (a candidate that failed its proof), and
+/// for a token key the candidate's pair.
 pub fn discard_candidate(pair: &PairPaths) -> Result<(), AgentError> {
-    for path in [pair.candidate_cert(), pair.candidate_key()] {
-        remove_if_present(&path)?;
+    remove_if_present(&pair.candidate_cert())?;
+    if let Some(key) = pair.candidate_key_file() {
+        remove_if_present(&key)?;
     }
+    prune_token(pair);
     Ok(())
 }
 
@@ -285,36 +449,19 @@ pub enum Recovery {
 pub fn recover(pair: &PairPaths) -> Result<Recovery, AgentError> {
     let candidate = pair.candidate();
     let mut discarded = false;
-    for path in [
-        suffixed(&candidate.key, ".tmp"),
-        suffixed(&candidate.cert, ".tmp"),
-    ] {
-        discarded |= remove_if_present(&path)?;
+    for path in std::iter::once(candidate.cert.clone()).chain(pair.candidate_key_file()) {
+        discarded |= remove_if_present(&suffixed(&path, ".tmp"))?;
     }
-    let key_left = candidate.key.exists();
-    let cert_left = candidate.cert.exists();
-    let recovery = match (key_left, cert_left) {
-        (false, false) if discarded => Recovery::Discarded,
-        (false, false) => Recovery::Clean,
-        (true, _) => {
-            discard_candidate(pair)?;
-            Recovery::Discarded
-        }
-        (false, true) => {
-            let fits = check_pair(&PairPaths {
-                cert: candidate.cert.clone(),
-                key: pair.key.clone(),
-            });
-            match fits {
-                Ok(()) => {
-                    rename(&candidate.cert, &pair.cert)?;
-                    Recovery::Completed
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "a left-over certificate candidate does not fit the key; discarded");
-                    remove_if_present(&candidate.cert)?;
-                    Recovery::Discarded
-                }
+    let recovery = match &pair.key {
+        KeyLocation::File(key) => recover_file_pair(pair, key, discarded)?,
+        KeyLocation::Token(_) => {
+            // One rename promotes a token pair's certificate: a candidate
+            // left over was never promoted.
+            if remove_if_present(&candidate.cert)? || discarded {
+                prune_token(pair);
+                Recovery::Discarded
+            } else {
+                Recovery::Clean
             }
         }
     };
@@ -330,6 +477,42 @@ pub fn recover(pair: &PairPaths) -> Result<Recovery, AgentError> {
         ),
     }
     Ok(recovery)
+}
+
+/// [`recover`] for a key file: the table in the module docs.
+fn recover_file_pair(
+    pair: &PairPaths,
+    key: &Path,
+    discarded: bool,
+) -> Result<Recovery, AgentError> {
+    let candidate_cert = pair.candidate_cert();
+    let key_left = pair.candidate_key_file().is_some_and(|k| k.exists());
+    let cert_left = candidate_cert.exists();
+    Ok(match (key_left, cert_left) {
+        (false, false) if discarded => Recovery::Discarded,
+        (false, false) => Recovery::Clean,
+        (true, _) => {
+            discard_candidate(pair)?;
+            Recovery::Discarded
+        }
+        (false, true) => {
+            let fits = check_pair(&PairPaths {
+                cert: candidate_cert.clone(),
+                key: KeyLocation::File(key.to_owned()),
+            });
+            match fits {
+                Ok(()) => {
+                    rename(&candidate_cert, &pair.cert)?;
+                    Recovery::Completed
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a left-over certificate candidate does not fit the key; discarded");
+                    remove_if_present(&candidate_cert)?;
+                    Recovery::Discarded
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -377,19 +560,23 @@ mod tests {
 
         /// A whole pair, written as `enroll` writes one.
         fn install(&self, pair: &PairPaths) -> (String, Zeroizing<String>) {
-            let key = NewKey::generate().expect("key");
+            let key = file_key();
             let cert = self.issue(&key);
-            let key_pem = key.pkcs8_pem();
-            write_candidate(pair, key_pem.as_bytes(), cert.as_bytes()).expect("candidate");
+            let key_pem = key.pkcs8_pem().expect("a file key");
+            write_candidate(pair, &key, cert.as_bytes()).expect("candidate");
             promote(pair).expect("promote");
             (cert, key_pem)
         }
     }
 
+    fn file_key() -> NewKey {
+        NewKey::generate(&KeyLocation::File("unused".into())).expect("key")
+    }
+
     fn paths(dir: &Path) -> PairPaths {
         PairPaths {
             cert: dir.join("device.pem"),
-            key: dir.join("device.key"),
+            key: KeyLocation::File(dir.join("device.key")),
         }
     }
 
@@ -400,23 +587,23 @@ mod tests {
     fn current(pair: &PairPaths) -> (String, String) {
         (
             std::fs::read_to_string(&pair.cert).expect("cert"),
-            std::fs::read_to_string(&pair.key).expect("key"),
+            std::fs::read_to_string(pair.key.file().expect("a key file")).expect("key"),
         )
     }
 
     #[test]
     fn the_csr_is_one_the_signer_accepts_and_the_debug_shows_no_key() {
-        let key = NewKey::generate().expect("key");
+        let key = file_key();
         let csr = key.csr_der().expect("csr");
         let requested = RequestedKey::from_csr(&csr, 64 * 1024).expect("the signer accepts it");
         assert_eq!(requested.kind(), enos_ca::KeyKind::EcP256);
         let debug = format!("{key:?}");
-        let pem = key.pkcs8_pem();
+        let pem = key.pkcs8_pem().expect("a file key");
         assert!(!debug.contains("PRIVATE"), "{debug}");
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         // A new key each time.
-        let other = NewKey::generate().expect("key");
-        assert_ne!(*other.pkcs8_pem(), *pem);
+        let other = file_key();
+        assert_ne!(*other.pkcs8_pem().expect("a file key"), *pem);
     }
 
     #[test]
@@ -444,7 +631,7 @@ mod tests {
     #[test]
     fn the_chain_pem_reads_back_as_the_same_certificates() {
         let ca = Ca::new();
-        let key = NewKey::generate().expect("key");
+        let key = file_key();
         let pem = ca.issue(&key);
         let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -455,7 +642,7 @@ mod tests {
             Path::new("c"),
             pem.as_bytes(),
             Path::new("k"),
-            key.pkcs8_pem().as_bytes(),
+            key.pkcs8_pem().expect("a file key").as_bytes(),
         )
         .expect("the key fits its certificate");
         for n in 0..5 {
@@ -491,28 +678,32 @@ mod tests {
     }
 
     fn renew_until(pair: &PairPaths, key_pem: &[u8], cert_pem: &[u8], crash: Crash) {
-        let candidate = pair.candidate();
+        let candidate_cert = pair.candidate_cert();
+        let candidate_key = pair.candidate_key_file().expect("a key file");
+        let key = pair.key.file().expect("a key file");
         let half = |path: &Path, bytes: &[u8]| {
             std::fs::write(suffixed(path, ".tmp"), &bytes[..bytes.len() / 2]).expect("half");
         };
+        let both = || {
+            write_atomically(&candidate_key, key_pem, PRIVATE_MODE).expect("key");
+            write_candidate_cert(pair, cert_pem).expect("candidate");
+        };
         match crash {
-            Crash::WritingKeyCandidate => half(&candidate.key, key_pem),
+            Crash::WritingKeyCandidate => half(&candidate_key, key_pem),
             Crash::AfterKeyCandidate => {
-                write_atomically(&candidate.key, key_pem, PRIVATE_MODE).expect("key");
+                write_atomically(&candidate_key, key_pem, PRIVATE_MODE).expect("key");
             }
             Crash::WritingCertCandidate => {
-                write_atomically(&candidate.key, key_pem, PRIVATE_MODE).expect("key");
-                half(&candidate.cert, cert_pem);
+                write_atomically(&candidate_key, key_pem, PRIVATE_MODE).expect("key");
+                half(&candidate_cert, cert_pem);
             }
-            Crash::AfterBothCandidates => {
-                write_candidate(pair, key_pem, cert_pem).expect("candidate");
-            }
+            Crash::AfterBothCandidates => both(),
             Crash::AfterKeyPromoted => {
-                write_candidate(pair, key_pem, cert_pem).expect("candidate");
-                rename(&candidate.key, &pair.key).expect("key promoted");
+                both();
+                rename(&candidate_key, key).expect("key promoted");
             }
             Crash::AfterAll => {
-                write_candidate(pair, key_pem, cert_pem).expect("candidate");
+                both();
                 promote(pair).expect("promoted");
             }
         }
@@ -532,14 +723,18 @@ mod tests {
             let dir = tempfile::tempdir().expect("dir");
             let pair = paths(dir.path());
             let (old_cert, old_key) = ca.install(&pair);
-            let new = NewKey::generate().expect("key");
+            let new = file_key();
             let new_cert = ca.issue(&new);
-            let new_key = new.pkcs8_pem();
+            let new_key = new.pkcs8_pem().expect("a file key");
             renew_until(&pair, new_key.as_bytes(), new_cert.as_bytes(), crash);
 
             let recovery = recover(&pair).expect("recovers");
             check_pair(&pair).unwrap_or_else(|e| panic!("{crash:?}: not a pair: {e}"));
-            assert_eq!(mode(&pair.key), 0o600, "{crash:?}");
+            assert_eq!(
+                mode(pair.key.file().expect("a key file")),
+                0o600,
+                "{crash:?}"
+            );
             let expected = match crash {
                 Crash::AfterKeyPromoted => (Recovery::Completed, &new_cert, &new_key),
                 Crash::AfterAll => (Recovery::Clean, &new_cert, &new_key),
@@ -565,11 +760,11 @@ mod tests {
         let ca = Ca::new();
         let dir = tempfile::tempdir().expect("dir");
         let pair = paths(dir.path());
-        let key = NewKey::generate().expect("key");
+        let key = file_key();
         let cert = ca.issue(&key);
         renew_until(
             &pair,
-            key.pkcs8_pem().as_bytes(),
+            key.pkcs8_pem().expect("a file key").as_bytes(),
             cert.as_bytes(),
             Crash::AfterKeyPromoted,
         );
@@ -584,7 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let pair = paths(dir.path());
         let (old_cert, _) = ca.install(&pair);
-        let stranger = ca.issue(&NewKey::generate().expect("key"));
+        let stranger = ca.issue(&file_key());
         std::fs::write(pair.candidate_cert(), stranger).expect("write");
         assert_eq!(recover(&pair).expect("recovers"), Recovery::Discarded);
         assert_eq!(current(&pair).0, old_cert);

@@ -154,12 +154,11 @@ async fn renew_once<S: SignerClient>(
 ) -> Result<SignedCertificate, Failed> {
     // A candidate left by a failed attempt goes first.
     pair::recover(pair)?;
-    let key = NewKey::generate()?;
-    let key_pem = key.pkcs8_pem();
+    let key = NewKey::generate(&pair.key)?;
     // The key first: a directory that cannot take it fails before the
     // signer issues anything.
-    pair::write_candidate_key(pair, key_pem.as_bytes())?;
-    let written = write_certificate(signer, pair, &key, key_pem.as_bytes()).await;
+    pair::write_candidate_key(pair, &key)?;
+    let written = write_certificate(signer, pair, &key).await;
     let signed = match written {
         Ok(signed) => signed,
         Err(e) => {
@@ -198,7 +197,6 @@ async fn write_certificate<S: SignerClient>(
     signer: &S,
     pair: &PairPaths,
     key: &NewKey,
-    key_pem: &[u8],
 ) -> Result<SignedCertificate, Failed> {
     let signed = signer.renew_certificate(key.csr_der()?).await?;
     let cert_pem = pair::chain_pem(&signed.certificate_der, &signed.chain_der);
@@ -208,12 +206,7 @@ async fn write_certificate<S: SignerClient>(
             format!("the signer's certificate is unreadable: {reason}"),
         )
     })?;
-    crate::tls::check_key_fits(
-        &pair.candidate_cert(),
-        cert_pem.as_bytes(),
-        &pair.candidate_key(),
-        key_pem,
-    )?;
+    pair::check_fits(key, &pair.candidate_cert(), cert_pem.as_bytes())?;
     pair::write_candidate_cert(pair, cert_pem.as_bytes())?;
     Ok(signed)
 }

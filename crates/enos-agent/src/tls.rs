@@ -5,7 +5,11 @@ use std::{path::Path, sync::Arc};
 
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
 
-use crate::{config::MqttTlsConfig, error::AgentError};
+use crate::{
+    config::MqttTlsConfig,
+    device_key::{ClientCertificate, KeyLocation, certified_key},
+    error::AgentError,
+};
 
 /// Installs ring as the process-wide rustls provider. Idempotent; call it
 /// before any TLS is set up (rustls panics when it has to choose between
@@ -36,7 +40,10 @@ pub(crate) fn read_private_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>
     enos_domain::private_file::read(path).map_err(|e| tls_error(path, e.to_string()))
 }
 
-fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+pub(crate) fn parse_certs(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls_error(path, format!("not PEM certificates: {e}")))?;
@@ -85,8 +92,9 @@ pub(crate) struct MqttTlsMaterial {
     ca: Vec<u8>,
     /// The device certificate chain.
     cert: Vec<u8>,
-    /// Its key; wiped on drop.
-    key: zeroize::Zeroizing<Vec<u8>>,
+    /// Its key file; wiped on drop. `None` for a token key, which the
+    /// certificate names.
+    key: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 impl MqttTlsMaterial {
@@ -95,9 +103,37 @@ impl MqttTlsMaterial {
         Ok(MqttTlsMaterial {
             ca: read(&tls.ca)?,
             cert: read(&tls.cert)?,
-            key: read_private_key(&tls.key)?,
+            key: match &tls.key {
+                KeyLocation::File(path) => Some(read_private_key(path)?),
+                KeyLocation::Token(_) => None,
+            },
         })
     }
+}
+
+/// The trust anchors in the CA bundle at `path` (already read as `pem`).
+pub(crate) fn root_store(path: &Path, pem: &[u8]) -> Result<RootCertStore, AgentError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(path, pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| tls_error(path, format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A ring-only client config trusting `roots` and presenting `certified`.
+pub(crate) fn client_config_with(
+    roots: RootCertStore,
+    certified: Arc<rustls::sign::CertifiedKey>,
+    ca_path: &Path,
+) -> Result<ClientConfig, AgentError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(ca_path, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(ClientCertificate(certified))))
 }
 
 /// The rustls config for `ssl://` EnOS brokers: the configured CA only, and
@@ -112,23 +148,13 @@ pub(crate) fn mqtt_client_config_from(
     tls: &MqttTlsConfig,
     material: &MqttTlsMaterial,
 ) -> Result<Arc<ClientConfig>, AgentError> {
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&tls.ca, &material.ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| tls_error(&tls.ca, format!("unusable CA certificate: {e}")))?;
-    }
-    check_key_fits(&tls.cert, &material.cert, &tls.key, &material.key)?;
+    let roots = root_store(&tls.ca, &material.ca)?;
     let chain = parse_certs(&tls.cert, &material.cert)?;
-    let key = rustls_pemfile::private_key(&mut &material.key[..])
-        .map_err(|_| tls_error(&tls.key, "the private key PEM is malformed"))?
-        .ok_or_else(|| tls_error(&tls.key, "no PRIVATE KEY block found"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(&tls.ca, e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| tls_error(&tls.key, format!("key does not fit the certificate: {e}")))?;
-    Ok(Arc::new(config))
+    let certified = certified_key(
+        &tls.key,
+        &tls.cert,
+        chain,
+        material.key.as_deref().map(Vec::as_slice),
+    )?;
+    Ok(Arc::new(client_config_with(roots, certified, &tls.ca)?))
 }

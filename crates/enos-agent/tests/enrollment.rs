@@ -41,7 +41,7 @@ const FAKE_TOKEN: &str = "enr1_Zm9yZ2VkLXRva2VuLW5ldmVyLXNlbnQtYW55d2hlcmU";
 fn write_config(dir: &Path, endpoint: &str, ca: &Path, extra: &str) -> (PathBuf, PairPaths) {
     let pair = PairPaths {
         cert: dir.join("device.pem"),
-        key: dir.join("device.key"),
+        key: enos_agent::device_key::KeyLocation::File(dir.join("device.key")),
     };
     let path = dir.join("agent.toml");
     std::fs::write(
@@ -54,7 +54,7 @@ fn write_config(dir: &Path, endpoint: &str, ca: &Path, extra: &str) -> (PathBuf,
              [backoff]\nmin = \"50ms\"\nmax = \"500ms\"\n\n{extra}",
             ca.display(),
             pair.cert.display(),
-            pair.key.display(),
+            pair.key,
         ),
     )
     .expect("write config");
@@ -97,7 +97,7 @@ fn text(output: &Output) -> (String, String) {
 fn files(pair: &PairPaths) -> (Vec<u8>, Vec<u8>) {
     (
         std::fs::read(&pair.cert).expect("cert"),
-        std::fs::read(&pair.key).expect("key"),
+        std::fs::read(pair.key.file().expect("a key file")).expect("key"),
     )
 }
 
@@ -135,7 +135,9 @@ fn enroll_refuses_to_replace_a_valid_pair_without_force() {
         "{stderr}"
     );
     assert_eq!(files(&pair), before, "a failed enrollment writes nothing");
-    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+    assert!(
+        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
+    );
     for output in [stdout, stderr] {
         assert!(
             !output.contains(&FAKE_TOKEN[5..]),
@@ -157,7 +159,7 @@ fn enroll_takes_the_token_from_a_private_file_only_and_never_shows_it() {
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(&FAKE_TOKEN[5..]), "{stderr}");
-    assert!(!pair.key.exists() && !pair.cert.exists());
+    assert!(!pair.key.file().expect("a key file").exists() && !pair.cert.exists());
 
     // Not a token at all: said so, its content not echoed.
     let token = token_file(dir.path(), "enr1_not-quite-a-token", 0o600);
@@ -195,7 +197,7 @@ fn enroll_fails_before_reaching_the_signer_when_the_key_cannot_be_written() {
     std::fs::write(
         &config,
         text_of.replace(
-            &pair.key.display().to_string(),
+            &pair.key.to_string(),
             &missing.join("device.key").display().to_string(),
         ),
     )
@@ -266,7 +268,10 @@ impl CaSigner {
 
 fn serial_of(pair: &PairPaths) -> (u64, Vec<u8>) {
     let info = CertificateInfo::read(&pair.cert).expect("certificate");
-    (info.fingerprint, std::fs::read(&pair.key).expect("key"))
+    (
+        info.fingerprint,
+        std::fs::read(pair.key.file().expect("a key file")).expect("key"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +295,7 @@ async fn enroll_writes_a_private_key_and_the_chain_and_the_signer_accepts_them()
     for output in [&stdout, &stderr] {
         assert!(!output.contains(&token), "the token leaked: {output}");
     }
-    let mode = std::fs::metadata(&pair.key)
+    let mode = std::fs::metadata(pair.key.file().expect("a key file"))
         .expect("key")
         .permissions()
         .mode()
@@ -344,8 +349,10 @@ async fn a_token_for_another_device_is_refused_and_nothing_is_written() {
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
     assert!(!stderr.contains(&token));
-    assert!(!pair.key.exists() && !pair.cert.exists());
-    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+    assert!(!pair.key.file().expect("a key file").exists() && !pair.cert.exists());
+    assert!(
+        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +415,7 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
                 sandbox.tls_addr().expect("tls"),
                 broker_ca.display(),
                 pair.cert.display(),
-                pair.key.display()
+                pair.key
             ),
         );
     let config = config(&toml);
@@ -430,7 +437,9 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
     let second = serial_of(&pair);
     assert_ne!(second.0, first.0, "a new certificate");
     assert_ne!(second.1, first.1, "for a new key");
-    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+    assert!(
+        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
+    );
     // The live MQTT session was not dropped for it.
     assert_eq!(s.connects, 1, "{s:#?}");
     assert_eq!(s.network_failures + s.refusals, 0, "{s:#?}");
@@ -511,7 +520,9 @@ async fn a_revoked_certificate_does_not_renew_and_the_current_pair_stays() {
     let c = s.certificate.expect("certificate");
     assert_eq!(c.renewals, 0, "{c:#?}");
     assert_eq!(files(&pair), before, "the current pair stays");
-    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+    assert!(
+        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
+    );
     shutdown.cancel();
     tokio::time::timeout(SOON, task)
         .await
@@ -568,7 +579,9 @@ async fn a_renewal_while_the_signer_is_down_keeps_the_pair_and_retries_until_it_
         "retried with the [backoff] schedule: {c:#?}"
     );
     assert_eq!(files(&pair), before, "the current pair stays");
-    assert!(!pair.candidate_key().exists() && !pair.candidate_cert().exists());
+    assert!(
+        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
+    );
 
     ca.signer.restart().await.expect("signer back");
     let renewed = |s: &AgentStatus| {

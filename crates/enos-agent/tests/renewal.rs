@@ -53,7 +53,7 @@ impl World {
         let server_ca = pki.write_ca(dir.path()).expect("ca");
         let pair = PairPaths {
             cert: dir.path().join("device.pem"),
-            key: dir.path().join("device.key"),
+            key: enos_agent::device_key::KeyLocation::File(dir.path().join("device.key")),
         };
         World {
             dir,
@@ -81,19 +81,22 @@ impl World {
             self.signer.uri(),
             self.server_ca.display(),
             self.pair.cert.display(),
-            self.pair.key.display(),
+            self.pair.key,
         )
     }
 
     fn files(&self) -> (Vec<u8>, Vec<u8>) {
         (
             std::fs::read(&self.pair.cert).expect("cert"),
-            std::fs::read(&self.pair.key).expect("key"),
+            std::fs::read(self.pair.key.file().expect("a key file")).expect("key"),
         )
     }
 
     fn only_the_pair_is_left(&self) {
-        for path in [self.pair.candidate_cert(), self.pair.candidate_key()] {
+        for path in [
+            self.pair.candidate_cert(),
+            self.pair.candidate_key_file().expect("a key file"),
+        ] {
             assert!(!path.exists(), "{} was left behind", path.display());
         }
     }

@@ -50,7 +50,7 @@ async fn a_renewed_certificate_is_used_at_the_next_call_and_broken_files_are_ref
         endpoints: vec![signer.uri()],
         ca,
         cert: cert.clone(),
-        key: key.clone(),
+        key: enos_agent::device_key::KeyLocation::File(key.clone()),
         tls_server_name: None,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(2),

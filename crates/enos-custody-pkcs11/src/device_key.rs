@@ -37,6 +37,9 @@ use crate::{
     uri::Pkcs11Uri,
 };
 
+/// A pair's CKA_ID and its uncompressed public point.
+type IdAndPoint = (Vec<u8>, Vec<u8>);
+
 /// The length of a device key's CKA_ID (random).
 const ID_LEN: usize = 16;
 
@@ -294,7 +297,7 @@ impl DeviceKeyToken {
     }
 
     /// Every pair under the label: `(id, public point)`.
-    fn pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Pkcs11Error> {
+    fn pairs(&self) -> Result<Vec<IdAndPoint>, Pkcs11Error> {
         let label = self.uri.label.as_bytes().to_vec();
         self.with_session(|session| {
             let publics = session.find_objects(&[

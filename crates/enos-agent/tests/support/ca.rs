@@ -8,7 +8,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use enos_agent::pair::{self, NewKey, PairPaths};
+use enos_agent::{
+    device_key::KeyLocation,
+    pair::{self, NewKey, PairPaths},
+};
 use enos_ca::{DeviceNames, RequestedKey, Validity};
 
 pub struct TestCa {
@@ -33,7 +36,7 @@ impl TestCa {
     /// `now + until` (seconds, negative for the past), as the agent writes
     /// it: the chain PEM and the key PEM.
     pub fn issue(&self, pk: &str, dk: &str, from: i64, until: i64) -> (String, String) {
-        let key = NewKey::generate().expect("key");
+        let key = NewKey::generate(&KeyLocation::File("unused".into())).expect("key");
         let requested =
             RequestedKey::from_csr(&key.csr_der().expect("csr"), 64 * 1024).expect("accepted");
         let issuer = enos_ca::authority::issuer(self.cert.der(), &self.key).expect("issuer");
@@ -56,7 +59,7 @@ impl TestCa {
             .expect("issued");
         (
             pair::chain_pem(issued.der(), &[self.cert.der().to_vec()]),
-            key.pkcs8_pem().to_string(),
+            key.pkcs8_pem().expect("a file key").to_string(),
         )
     }
 
@@ -65,7 +68,9 @@ impl TestCa {
     /// notBefore, as the renewal schedule reads it).
     pub fn install(&self, paths: &PairPaths, pk: &str, dk: &str, from: i64, until: i64) {
         let (cert, key) = self.issue(pk, dk, from, until);
-        pair::write_candidate(paths, key.as_bytes(), cert.as_bytes()).expect("candidate");
+        let key_file = paths.candidate_key_file().expect("a key file");
+        pair::write_atomically(&key_file, key.as_bytes(), 0o600).expect("key candidate");
+        pair::write_candidate_cert(paths, cert.as_bytes()).expect("candidate");
         pair::promote(paths).expect("promote");
         let issued = if from >= 0 {
             SystemTime::now()
