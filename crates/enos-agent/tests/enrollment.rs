@@ -606,3 +606,161 @@ async fn a_renewal_while_the_signer_is_down_keeps_the_pair_and_retries_until_it_
 fn pair_fits(pair: &PairPaths) {
     enos_agent::pair::check_pair(pair).expect("the key fits the certificate");
 }
+
+/// #25: the gateway's key in a PKCS#11 token (SoftHSM2 here; a TPM
+/// through tpm2-pkcs11 in the field). `enroll` makes the pair in the
+/// token and writes no key file; the signer channel and EnOS's MQTTS
+/// handshake are signed in the token; a renewal makes a second pair,
+/// proves it, switches by the certificate's rename and removes the old
+/// pair; a restarted MQTTS connection presents the renewed certificate.
+#[test]
+fn a_gateway_key_in_a_pkcs11_token_enrolls_renews_and_signs_both_connections() {
+    enos_custody_pkcs11::softhsm::isolated(
+        "a_gateway_key_in_a_pkcs11_token_enrolls_renews_and_signs_both_connections",
+        "gateway",
+        "",
+        |hsm| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(token_key_loop(hsm.device_key_uri("enos-device")));
+        },
+    );
+}
+
+async fn token_key_loop(key_uri: String) {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca_signer(&dir.path().join("signer"), Duration::from_secs(12)).await;
+    let cert = dir.path().join("device.pem");
+    let broker_pki = Pki::new("broker").expect("pki");
+    let broker = broker_pki
+        .server(&[])
+        .expect("broker cert")
+        .write(dir.path(), "broker")
+        .expect("write");
+    let broker_ca_dir = dir.path().join("broker-ca");
+    std::fs::create_dir_all(&broker_ca_dir).expect("dir");
+    let broker_ca = broker_pki.write_ca(&broker_ca_dir).expect("ca");
+    let config_file = dir.path().join("agent.toml");
+    let write = |broker_line: &str| {
+        std::fs::write(
+            &config_file,
+            format!(
+                "[device]\nproduct_key = \"{PK}\"\ndevice_key = \"{DK}\"\n\n\
+                 [signer]\nendpoints = [\"{}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key_uri}\"\n\
+                 connect_timeout = \"1s\"\nrequest_timeout = \"3s\"\n\n\
+                 [enos]\n{broker_line}\n\n\
+                 [backoff]\nmin = \"50ms\"\nmax = \"500ms\"\n\n[renewal]\nat = 0.5\njitter = 0.1\n",
+                ca.signer.uri(),
+                ca.server_ca.display(),
+                cert.display(),
+            ),
+        )
+        .expect("write config");
+    };
+    write("broker = \"tcp://127.0.0.1:1\"");
+    let token = ca.token(PK, DK).await;
+    let out = enroll(
+        &config_file,
+        &ca.enroll_uri,
+        &ca.server_ca,
+        &token_file(dir.path(), &token, 0o600),
+        false,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("made a new P-256 key in token \"gateway\""),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("key") && !name.contains("broker"))
+        .collect();
+    assert!(left.is_empty(), "no key file is written: {left:?}");
+    let pair = PairPaths {
+        cert: cert.clone(),
+        key: enos_agent::device_key::KeyLocation::parse(&key_uri).expect("uri"),
+    };
+    let first = serial_of(&pair);
+
+    // EnOS over MQTTS, its handshake signed in the token too.
+    let chain = std::fs::read_to_string(&cert).expect("chain");
+    let device_ca = chain
+        .rfind("-----BEGIN CERTIFICATE-----")
+        .map(|i| chain[i..].to_owned())
+        .expect("the CA in the chain");
+    let server_ca_pem = std::fs::read_to_string(&ca.server_ca).expect("server ca");
+    let broker_clients = support::ca::bundle(
+        dir.path(),
+        "broker-clients.pem",
+        &[&server_ca_pem, &device_ca],
+    );
+    let devices = dir.path().join("devices.csv");
+    write_devices(&devices, &[DeviceRow::new(PK, DK, SECRET)]);
+    let mut sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
+        .tls(&broker_clients, &broker.cert, &broker.key)
+        .console(CONSOLE.0, console_password_file(dir.path()))
+        .start()
+        .expect("sandbox");
+    write(&format!(
+        "broker = \"ssl://{}\"\nconnect_timeout = \"2s\"\n\n[enos.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key_uri}\"",
+        sandbox.tls_addr().expect("tls"),
+        broker_ca.display(),
+        cert.display(),
+    ));
+    let config = enos_agent::Config::load(&config_file).expect("config");
+    let signer = GrpcSigner::new(&config.signer, &config.device).expect("client");
+    signer
+        .issue_mqtt_credential()
+        .await
+        .expect("the signer accepts the token-signed handshake");
+    let agent = Agent::new(config.clone(), signer);
+    let mut status = agent.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    wait_status(&mut status, "connected", |s| s.connects == 1).await;
+
+    let renewed = |s: &AgentStatus| s.certificate.as_ref().is_some_and(|c| c.renewals >= 1);
+    let s = tokio::time::timeout(Duration::from_secs(20), status.wait_for(renewed))
+        .await
+        .expect("renewed in time")
+        .expect("status")
+        .clone();
+    let c = s.certificate.clone().expect("certificate");
+    assert_eq!(c.last_renewal_error, None, "{c:#?}");
+    let second = serial_of(&pair);
+    assert_ne!(second.0, first.0, "a new certificate");
+    assert_ne!(second.1, first.1, "for a new key");
+    assert!(!pair.candidate_cert().exists());
+    assert_eq!(s.connects, 1, "{s:#?}");
+    let enos_agent::device_key::KeyLocation::Token(uri) = &pair.key else {
+        panic!("a token key")
+    };
+    let token = enos_agent::device_key::token(uri).expect("the agent's token");
+    assert_eq!(
+        token.pair_count().expect("count"),
+        1,
+        "the old pair is removed once the new certificate is promoted"
+    );
+    enos_agent::pair::check_pair(&pair).expect("the certificate's key is in the token");
+
+    // Past the first certificate's expiry, a new MQTTS connection presents
+    // the renewed certificate, signed in the token.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    sandbox.restart().expect("restart");
+    wait_status(&mut status, "reconnected with the renewed pair", |s| {
+        s.connects == 2
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(SOON, task)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("run");
+}

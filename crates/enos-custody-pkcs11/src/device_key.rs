@@ -326,6 +326,12 @@ impl DeviceKeyToken {
         })
     }
 
+    /// How many pairs carry the label (after a renewal and its pruning,
+    /// one: the certificate's).
+    pub fn pair_count(&self) -> Result<usize, Pkcs11Error> {
+        Ok(self.pairs()?.len())
+    }
+
     /// The private key with CKA_ID `id` under the label.
     fn private_key(&self, id: &[u8]) -> Result<Option<ObjectHandle>, Pkcs11Error> {
         let label = self.uri.label.as_bytes().to_vec();
