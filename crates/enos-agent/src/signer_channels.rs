@@ -84,15 +84,13 @@ fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, AgentError> {
 
 impl Material {
     fn read(config: &SignerClientConfig) -> Result<Self, AgentError> {
+        let ca = read_pem("signer.ca", &config.ca)?;
+        let cert = read_pem("signer.cert", &config.cert)?;
         let key = match &config.key {
             KeyLocation::File(path) => Some(crate::tls::read_private_key(path)?),
             KeyLocation::Token(_) => None,
         };
-        let material = Material {
-            ca: read_pem("signer.ca", &config.ca)?,
-            cert: read_pem("signer.cert", &config.cert)?,
-            key,
-        };
+        let material = Material { ca, cert, key };
         crate::tls::check_pem_certs(&config.ca, &material.ca)?;
         crate::tls::check_pem_certs(&config.cert, &material.cert)?;
         if let (KeyLocation::File(path), Some(key)) = (&config.key, &material.key) {

@@ -266,12 +266,17 @@ impl CaSigner {
     }
 }
 
+/// The leaf's fingerprint and the public key it certifies (the key's
+/// identity for file and token keys alike).
 fn serial_of(pair: &PairPaths) -> (u64, Vec<u8>) {
     let info = CertificateInfo::read(&pair.cert).expect("certificate");
-    (
-        info.fingerprint,
-        std::fs::read(pair.key.file().expect("a key file")).expect("key"),
-    )
+    let pem = std::fs::read(&pair.cert).expect("cert");
+    let leaf = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let spki = enos_agent::certificate::subject_public_key_info(&leaf).expect("a public key");
+    (info.fingerprint, spki.to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
