@@ -230,6 +230,14 @@ pub trait Registry: Send + Sync + 'static {
     /// reconnect), so that verdicts kept per connection are dropped.
     fn revocation_generation(&self) -> u64;
 
+    /// Whether the change feed is up right now (reads served from the
+    /// cache), for the signer's `enos_signer_registry_change_feed_up`
+    /// gauge; `None` when this registry has no feed (redb, or PostgreSQL
+    /// with `cache = false`: every read goes to the store).
+    fn change_feed_up(&self) -> Option<bool> {
+        None
+    }
+
     /// The CA row, if the signer is a CA.
     async fn get_ca(&self) -> Result<Option<CaRecord>>;
 

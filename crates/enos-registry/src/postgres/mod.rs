@@ -481,6 +481,10 @@ impl Registry for PostgresRegistry {
         self.shared.revoked.generation()
     }
 
+    fn change_feed_up(&self) -> Option<bool> {
+        self.cache_enabled.then(|| self.cache_live())
+    }
+
     async fn get_ca(&self) -> Result<Option<CaRecord>> {
         self.get_ca_pg().await
     }
