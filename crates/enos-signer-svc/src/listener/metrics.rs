@@ -139,6 +139,11 @@ pub struct Metrics {
     /// notAfter of the served server certificate (seconds since the
     /// epoch): short-lived certificates must be seen to renew.
     server_cert_expiry: Gauge,
+    /// notBefore of the served server certificate (seconds since the
+    /// epoch): with the expiry, the certificate's lifetime, so the expiry
+    /// alert can ask for "a fifth of its lifetime left" and suit a
+    /// one-hour certificate as well as a one-year one.
+    server_cert_not_before: Gauge,
     /// TLS reloads, by outcome: a refused one means the files are broken.
     tls_reloads: Family<ReloadLabels, Counter>,
     /// Connections closed at accept because the listener was at its
@@ -292,6 +297,12 @@ impl Metrics {
             "notAfter of the server certificate served to new connections",
             server_cert_expiry.clone(),
         );
+        let server_cert_not_before = Gauge::default();
+        registry.register(
+            "tls_server_cert_not_before_timestamp_seconds",
+            "notBefore of the server certificate served to new connections",
+            server_cert_not_before.clone(),
+        );
         let tls_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "tls_reloads",
@@ -373,6 +384,7 @@ impl Metrics {
             issue_latency,
             admin_calls,
             server_cert_expiry,
+            server_cert_not_before,
             tls_reloads,
         }
     }
@@ -397,6 +409,11 @@ impl Metrics {
     /// Records the served certificate's notAfter.
     pub fn set_server_cert_expiry(&self, not_after: i64) {
         self.server_cert_expiry.set(not_after);
+    }
+
+    /// Records the served certificate's notBefore.
+    pub fn set_server_cert_not_before(&self, not_before: i64) {
+        self.server_cert_not_before.set(not_before);
     }
 
     /// Counts one connection refused at `listener`, for `reason`
