@@ -361,16 +361,9 @@ fn the_rules_name_the_alerts_the_issue_asks_for() {
     }
 }
 
-#[tokio::test]
-async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
-    let mut referenced = BTreeSet::new();
-    for expr in rule_expressions().iter().chain(&dashboard_expressions()) {
-        referenced.extend(metric_names(expr));
-    }
-    // The parser found the files' names at all.
-    assert!(referenced.len() >= 12, "{referenced:?}");
-
-    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+/// A signer on a PostgreSQL registry of `cluster` (with its cache, so its
+/// change feed) and a CA.
+async fn postgres_signer(cluster: &PgCluster) -> common::Fixture {
     cluster.create_database("observability").expect("createdb");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new("observability-test").expect("pki");
@@ -387,7 +380,114 @@ async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
     })
     .await
     .expect("signer starts");
-    let f = common::Fixture { pki, signer, dir };
+    common::Fixture { pki, signer, dir }
+}
+
+/// Scrapes until `check` holds on the scrape (at most 30 s: readiness is
+/// checked every 5 s); the last scrape.
+async fn scrape_until(f: &common::Fixture, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = common::scrape_metrics(f).await;
+        if check(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 30 s\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_signer_exports_the_series_dashboards_read_at_zero() {
+    // redb, no [ca], no call yet: the counters and histograms a rate() or
+    // a panel reads are there at zero, so a first event is seen.
+    let f = common::fixture().await;
+    let text = common::scrape_metrics(&f).await;
+    for line in [
+        r#"enos_signer_issuances_total{rpc="issue_mqtt_credential",outcome="ok"} 0"#,
+        r#"enos_signer_issuances_total{rpc="sign_sub_device_login",outcome="ok"} 0"#,
+        r#"enos_signer_issue_duration_seconds_count{rpc="issue_mqtt_credential"} 0"#,
+        r#"enos_signer_tls_reloads_total{outcome="reloaded"} 0"#,
+        r#"enos_signer_tls_reloads_total{outcome="refused"} 0"#,
+        r#"enos_signer_connections_refused_total{listener="grpc",reason="throttled"} 0"#,
+        r#"enos_signer_connections_refused_total{listener="grpc",reason="limit"} 0"#,
+        r#"enos_signer_requests_shed_total{listener="grpc"} 0"#,
+        r#"enos_signer_connections_open{listener="grpc"} 0"#,
+        r#"enos_signer_readiness_check_failures_total{check="registry"} 0"#,
+        r#"enos_signer_readiness_check_failures_total{check="custody"} 0"#,
+        "enos_signer_ready 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    // The served certificate's lifetime, for the expiry alerts.
+    let not_before = common::sample(
+        &text,
+        "enos_signer_tls_server_cert_not_before_timestamp_seconds",
+    )
+    .expect("notBefore");
+    let not_after = common::sample(
+        &text,
+        "enos_signer_tls_server_cert_expiry_timestamp_seconds",
+    )
+    .expect("notAfter");
+    assert!(0.0 < not_before && not_before < not_after, "{text}");
+    // redb has no change feed: no series, rather than a 0 that would
+    // page as "feed down".
+    assert!(
+        !text.contains("enos_signer_registry_change_feed_up"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_and_the_change_feed_follow_a_database_outage() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    let f = postgres_signer(&cluster).await;
+    const READY: &str = "enos_signer_ready";
+    const FEED: &str = "enos_signer_registry_change_feed_up";
+    const REGISTRY_FAILURES: &str =
+        r#"enos_signer_readiness_check_failures_total{check="registry"}"#;
+    scrape_until(&f, "the feed comes up", |t| {
+        common::sample(t, FEED) == Some(1.0) && common::sample(t, READY) == Some(1.0)
+    })
+    .await;
+
+    cluster.stop().expect("stop PostgreSQL");
+    let down = scrape_until(&f, "not ready, feed down", |t| {
+        common::sample(t, READY) == Some(0.0) && common::sample(t, FEED) == Some(0.0)
+    })
+    .await;
+    assert!(
+        common::sample(&down, REGISTRY_FAILURES).is_some_and(|n| n >= 1.0),
+        "{down}"
+    );
+    assert_eq!(
+        common::sample(
+            &down,
+            r#"enos_signer_readiness_check_failures_total{check="custody"}"#
+        ),
+        Some(0.0),
+        "{down}"
+    );
+
+    cluster.start_again().expect("start PostgreSQL again");
+    scrape_until(&f, "ready again, feed up", |t| {
+        common::sample(t, READY) == Some(1.0) && common::sample(t, FEED) == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
+    let mut referenced = BTreeSet::new();
+    for expr in rule_expressions().iter().chain(&dashboard_expressions()) {
+        referenced.extend(metric_names(expr));
+    }
+    // The parser found the files' names at all.
+    assert!(referenced.len() >= 12, "{referenced:?}");
+
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    let f = postgres_signer(&cluster).await;
 
     // One issuance and one refusal.
     f.signer
@@ -408,13 +508,9 @@ async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
 
     // The change feed and the CA's expiry count come up in the
     // background: scrape until every name is there, or report the missing.
-    let scraper = f.pki.device("Pk0", "prometheus").expect("cert");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let body = common::metrics_get(&f, Some(&scraper), "/metrics")
-            .await
-            .expect("scrape");
-        let text = String::from_utf8_lossy(&body);
+        let text = common::scrape_metrics(&f).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         let exposed = exposed_names(&text);
         let missing: Vec<&String> = referenced.difference(&exposed).collect();
