@@ -362,8 +362,8 @@ fn the_rules_name_the_alerts_the_issue_asks_for() {
 }
 
 /// A signer on a PostgreSQL registry of `cluster` (with its cache, so its
-/// change feed) and a CA.
-async fn postgres_signer(cluster: &PgCluster) -> common::Fixture {
+/// change feed), and a CA when `ca`.
+async fn postgres_signer(cluster: &PgCluster, ca: bool) -> common::Fixture {
     cluster.create_database("observability").expect("createdb");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new("observability-test").expect("pki");
@@ -376,7 +376,9 @@ async fn postgres_signer(cluster: &PgCluster) -> common::Fixture {
             cache: true,
             allow_plaintext_password: false,
         });
-        config.ca = Some(CaConfig::default());
+        if ca {
+            config.ca = Some(CaConfig::default());
+        }
     })
     .await
     .expect("signer starts");
@@ -440,9 +442,35 @@ async fn a_fresh_signer_exports_the_series_dashboards_read_at_zero() {
 }
 
 #[tokio::test]
+async fn an_idle_replica_shows_no_change_feed_until_its_first_read() {
+    // The feed starts with the registry's first cached read: before, there
+    // is no feed to be down, and no 0 that would page "change feed down".
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    let f = postgres_signer(&cluster, false).await;
+    let idle = common::scrape_metrics(&f).await;
+    assert!(
+        !idle.contains("enos_signer_registry_change_feed_up"),
+        "{idle}"
+    );
+    assert_eq!(
+        common::sample(&idle, "enos_signer_ready"),
+        Some(1.0),
+        "{idle}"
+    );
+    f.signer
+        .put_device("PkObs", "dev-1", "s3cret")
+        .await
+        .expect("put");
+    scrape_until(&f, "the feed comes up with the first write", |t| {
+        common::sample(t, "enos_signer_registry_change_feed_up") == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn readiness_and_the_change_feed_follow_a_database_outage() {
     let cluster = PgCluster::start().expect("PostgreSQL cluster");
-    let f = postgres_signer(&cluster).await;
+    let f = postgres_signer(&cluster, true).await;
     const READY: &str = "enos_signer_ready";
     const FEED: &str = "enos_signer_registry_change_feed_up";
     const REGISTRY_FAILURES: &str =
@@ -487,7 +515,7 @@ async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
     assert!(referenced.len() >= 12, "{referenced:?}");
 
     let cluster = PgCluster::start().expect("PostgreSQL cluster");
-    let f = postgres_signer(&cluster).await;
+    let f = postgres_signer(&cluster, true).await;
 
     // One issuance and one refusal.
     f.signer

@@ -482,7 +482,10 @@ impl Registry for PostgresRegistry {
     }
 
     fn change_feed_up(&self) -> Option<bool> {
-        self.cache_enabled.then(|| self.cache_live())
+        // The feed starts with the first read that needs it: until then
+        // there is no feed to be down (an idle replica must not look like
+        // one whose feed broke).
+        self.feed.get().map(|_| self.cache_live())
     }
 
     async fn get_ca(&self) -> Result<Option<CaRecord>> {

@@ -191,7 +191,8 @@ type ChangeFeedReader = Box<dyn Fn() -> Option<bool> + Send + Sync>;
 /// Encodes `enos_signer_registry_change_feed_up` on each scrape: 1 while
 /// the PostgreSQL registry's change feed listens (reads served from the
 /// cache), 0 while it is down (every read goes to the database). Absent
-/// without a feed (redb, or `cache = false`).
+/// without a feed (redb, or `cache = false`), and until the feed starts
+/// with the registry's first cached read.
 struct ChangeFeedCollector(Arc<OnceLock<ChangeFeedReader>>);
 
 impl std::fmt::Debug for ChangeFeedCollector {
