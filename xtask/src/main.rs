@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! - `test`: what CI runs: installs missing system packages the tests need,
-//!   then `cargo fmt --check`, `cargo clippy --all-targets -D warnings` and
-//!   every test in the workspace.
+//!   then `cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
+//!   `promtool check rules` and `promtool test rules` on
+//!   deploy/observability, and every test in the workspace.
 //! - `demo`: the main job, the whole loop on one machine.
 //! - `fuzz`: every fuzz target with cargo-fuzz (nightly), N seconds each.
 #![forbid(unsafe_code)]
@@ -19,7 +20,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <test|demo|fuzz>
-  test   fmt check, clippy -D warnings, every test (installs missing system packages)
+  test   fmt check, clippy -D warnings, promtool on the alerting rules, every test
+         (installs missing system packages)
   demo   run the whole loop on this machine
   fuzz [--secs N] [--minimize] [TARGET...]
          every fuzz target (or those named) N seconds each (default 60), nightly + cargo-fuzz";
@@ -50,8 +52,30 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    promtool()?;
     cargo(&["test", "--workspace", "--locked"])?;
     println!("xtask test: all checks passed");
+    Ok(())
+}
+
+/// The alerting rules and their unit tests (issue 29 item 12).
+const RULES: &str = "deploy/observability/enos-signer.rules.yml";
+const RULE_TESTS: &str = "deploy/observability/tests/enos-signer.rules.test.yml";
+
+/// `promtool check rules` on the alerting rules, then `promtool test
+/// rules` on their unit tests.
+fn promtool() -> Result<()> {
+    for args in [["check", "rules", RULES], ["test", "rules", RULE_TESTS]] {
+        println!("$ promtool {}", args.join(" "));
+        let status = Command::new("promtool")
+            .args(args)
+            .current_dir(workspace_root())
+            .status()
+            .context("cannot start promtool (Debian package `prometheus`)")?;
+        if !status.success() {
+            bail!("`promtool {}` failed with {status}", args.join(" "));
+        }
+    }
     Ok(())
 }
 

@@ -39,6 +39,12 @@ pub(crate) const NEEDED_BY_TESTS: &[SystemPackage] = &[
         program: "initdb",
         package: "postgresql",
     },
+    // deploy/observability: `promtool check rules` and `promtool test rules`
+    // on the alerting rules (Debian ships promtool in `prometheus`).
+    SystemPackage {
+        program: "promtool",
+        package: "prometheus",
+    },
 ];
 
 /// Where Debian installs versioned server binaries (`VERSION/bin/PROGRAM`).

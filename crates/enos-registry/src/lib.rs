@@ -230,6 +230,15 @@ pub trait Registry: Send + Sync + 'static {
     /// reconnect), so that verdicts kept per connection are dropped.
     fn revocation_generation(&self) -> u64;
 
+    /// Whether the change feed is up right now (reads served from the
+    /// cache), for the signer's `enos_signer_registry_change_feed_up`
+    /// gauge; `None` when this registry has no feed (redb, or PostgreSQL
+    /// with `cache = false`: every read goes to the store) or has not
+    /// started it yet (it starts with the first read that uses the cache).
+    fn change_feed_up(&self) -> Option<bool> {
+        None
+    }
+
     /// The CA row, if the signer is a CA.
     async fn get_ca(&self) -> Result<Option<CaRecord>>;
 

@@ -25,7 +25,7 @@ use crate::{
     config::{HealthConfig, HttpTimeouts, LimitsConfig, MetricsConfig, SignerConfig},
     error::{Result, SignerError},
     listener::health_port,
-    listener::limits::{AddressLimit, Admission, ConnectionLimit, PeerThrottle},
+    listener::limits::{AddressLimit, Admission, ConnectionLimit, CountShedLayer, PeerThrottle},
     listener::metrics,
     listener::readiness::Readiness,
     listener::tls_incoming::{ConnectionTimeouts, enroll_config, grpc_config, tls_incoming},
@@ -131,7 +131,7 @@ impl Signer {
         let stop = CancellationToken::new();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let readiness = Readiness::new(health, &SERVICE_NAMES).await;
+        let readiness = Readiness::new(health, &SERVICE_NAMES, self.state.metrics.clone()).await;
         let readiness_task = tokio::spawn(readiness.clone().watch(
             Arc::clone(&self.state.registry),
             self.state.custody.clone(),
@@ -230,6 +230,10 @@ impl Signer {
                 Server::builder()
                     .max_concurrent_streams(8)
                     .load_shed(true)
+                    .layer(CountShedLayer {
+                        metrics: self.state.metrics.clone(),
+                        listener: "enroll",
+                    })
                     .layer(GlobalConcurrencyLimitLayer::new(ENROLL_MAX_CONCURRENT))
                     .timeout(Duration::from_secs(30))
                     .add_service(EnrollmentServer::new(EnrollmentService::new(Arc::clone(
@@ -265,6 +269,10 @@ impl Signer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(self.limits.max_concurrent_streams)
             .load_shed(true)
+            .layer(CountShedLayer {
+                metrics: self.state.metrics.clone(),
+                listener: "grpc",
+            })
             .layer(GlobalConcurrencyLimitLayer::new(
                 self.limits.max_concurrent_requests,
             ))

@@ -3,7 +3,9 @@
 //! manifests carry what the issue asks (3 replicas, anti-affinity, PDB,
 //! NetworkPolicy, no token, restricted security context, probes on the
 //! plain health port, Secrets for keys, TLS and the database password).
-//! Schema validation is in `deploy_lint.rs`.
+//! The observability component loads deploy/observability's dashboard and
+//! alerting rules unchanged (issue 29 item 12). Schema validation is in
+//! `deploy_lint.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -315,7 +317,7 @@ fn the_manifests_carry_what_a_fleet_signer_needs() {
 
 #[test]
 fn every_kustomization_lists_existing_files_and_the_base_lists_all_of_its_own() {
-    for dir in ["base", "overlays/example"] {
+    for dir in ["base", "overlays/example", "components/observability"] {
         let root = kubernetes_dir().join(dir);
         let kustomization = document(dir, "kustomization.yaml");
         let resources = strings(&kustomization["resources"]);
@@ -325,6 +327,15 @@ fn every_kustomization_lists_existing_files_and_the_base_lists_all_of_its_own() 
             if path.is_dir() {
                 assert!(path.join("kustomization.yaml").is_file(), "{resource}");
             }
+        }
+        for component in strings(&kustomization["components"]) {
+            let path = root.join(component).join("kustomization.yaml");
+            assert!(path.is_file(), "{dir}: component {component}");
+            assert_eq!(
+                yaml(&path)[0]["kind"].as_str(),
+                Some("Component"),
+                "{component}"
+            );
         }
         for generator in kustomization["configMapGenerator"]
             .as_vec()
@@ -347,4 +358,63 @@ fn every_kustomization_lists_existing_files_and_the_base_lists_all_of_its_own() 
             }
         }
     }
+}
+
+#[test]
+fn the_observability_component_loads_the_dashboard_and_rules_of_deploy_observability() {
+    let observability = kubernetes_dir().join("../observability");
+    let dir = "components/observability";
+    let component = kubernetes_dir().join(dir);
+    let kustomization = document(dir, "kustomization.yaml");
+    assert_eq!(kustomization["kind"].as_str(), Some("Component"));
+
+    // The dashboard: a copy of deploy/observability's (kustomize reads no
+    // file outside the component), in a ConfigMap Grafana's sidecar loads.
+    let copy = read(&component.join("enos-signer.dashboard.json"));
+    assert!(
+        copy == read(&observability.join("enos-signer.dashboard.json")),
+        "the component's dashboard differs from deploy/observability's: \
+         cp deploy/observability/enos-signer.dashboard.json deploy/kubernetes/{dir}/"
+    );
+    let generators = kustomization["configMapGenerator"]
+        .as_vec()
+        .expect("generator");
+    let dashboard = generators
+        .iter()
+        .find(|g| g["name"].as_str() == Some("enos-signer-dashboard"))
+        .expect("the dashboard's ConfigMap");
+    assert_eq!(strings(&dashboard["files"]), ["enos-signer.dashboard.json"]);
+    assert_eq!(
+        dashboard["options"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    assert_eq!(
+        dashboard["options"]["disableNameSuffixHash"].as_bool(),
+        Some(true)
+    );
+
+    // The rules: a PrometheusRule whose spec is the rules file.
+    assert_eq!(
+        strings(&kustomization["resources"]),
+        ["prometheusrule.yaml"]
+    );
+    let rule = document(dir, "prometheusrule.yaml");
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    assert_eq!(
+        rule["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    let rules = yaml(&observability.join("enos-signer.rules.yml"));
+    assert!(
+        rule["spec"]["groups"] == rules[0]["groups"],
+        "the PrometheusRule's spec.groups differ from deploy/observability/enos-signer.rules.yml"
+    );
+    assert!(!rule["spec"]["groups"].is_badvalue());
+
+    // The example overlay shows how to load both.
+    let overlay = document("overlays/example", "kustomization.yaml");
+    assert_eq!(
+        strings(&overlay["components"]),
+        ["../../components/observability"]
+    );
 }

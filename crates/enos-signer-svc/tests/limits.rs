@@ -93,6 +93,19 @@ async fn calls_in_flight_over_all_connections_are_capped_and_shed_at_once() {
         shed.message().contains("Too many active requests"),
         "{shed:?}"
     );
+    // Each shed call counts once in enos_signer_requests_shed_total (issue
+    // 29 item 12): it never reaches a service, so no other counter sees it.
+    const SHED: &str = r#"enos_signer_requests_shed_total{listener="grpc"}"#;
+    let before = common::sample(&common::scrape_metrics(&f).await, SHED).expect(SHED);
+    assert!(before >= 2.0, "the sheds so far are counted: {before}");
+    let again = list(third.clone()).await;
+    assert_eq!(
+        again.map_err(|s| s.code()),
+        Err(Code::ResourceExhausted),
+        "shed again"
+    );
+    let after = common::sample(&common::scrape_metrics(&f).await, SHED).expect(SHED);
+    assert_eq!(after, before + 1.0, "one more shed, counted once");
     drop((first, second));
     first_call
         .await
@@ -156,6 +169,30 @@ async fn connections_are_capped_at_accept() {
         }
     }
     list(first.clone()).await.expect("first still served");
+    // The two open connections, and the scrape's own on the metrics
+    // listener, in enos_signer_connections_open (issue 29 item 12).
+    let scrape = common::scrape_metrics(&f).await;
+    assert_eq!(
+        common::sample(&scrape, r#"enos_signer_connections_open{listener="grpc"}"#),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        common::sample(
+            &scrape,
+            r#"enos_signer_connections_open{listener="metrics"}"#
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert!(
+        common::sample(
+            &scrape,
+            r#"enos_signer_connections_refused_total{listener="grpc",reason="limit"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{scrape}"
+    );
     drop(second);
     eventually("a slot frees when a connection closes", async || {
         match enos_signer_svc::client::connect_mtls(
@@ -168,6 +205,13 @@ async fn connections_are_capped_at_accept() {
             Ok(channel) => list(channel).await.is_ok(),
             Err(_) => false,
         }
+    })
+    .await;
+    drop(first);
+    // Closed connections leave the gauge: only the scrape's own remains.
+    eventually("the gauge follows closed connections", async || {
+        let scrape = common::scrape_metrics(&f).await;
+        common::sample(&scrape, r#"enos_signer_connections_open{listener="grpc"}"#) == Some(0.0)
     })
     .await;
 }

@@ -481,6 +481,13 @@ impl Registry for PostgresRegistry {
         self.shared.revoked.generation()
     }
 
+    fn change_feed_up(&self) -> Option<bool> {
+        // The feed starts with the first read that needs it: until then
+        // there is no feed to be down (an idle replica must not look like
+        // one whose feed broke).
+        self.feed.get().map(|_| self.cache_live())
+    }
+
     async fn get_ca(&self) -> Result<Option<CaRecord>> {
         self.get_ca_pg().await
     }

@@ -51,7 +51,7 @@ use tokio::{
 };
 use tonic::transport::server::Connected;
 
-use crate::listener::metrics::Metrics;
+use crate::listener::metrics::{Metrics, OpenConnection};
 
 /// Metrics connections open at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -245,6 +245,7 @@ impl Admission {
             return None;
         };
         permit._address = address;
+        permit.count_open(self.metrics.connection_open(self.listener));
         Some(permit)
     }
 }
@@ -272,6 +273,7 @@ impl ConnectionLimit {
             .map(|permit| ConnectionPermit {
                 _permit: permit,
                 _address: None,
+                _open: None,
             })
     }
 }
@@ -282,6 +284,66 @@ pub struct ConnectionPermit {
     _permit: OwnedSemaphorePermit,
     /// Its count against its address, when addresses are capped.
     _address: Option<AddressHold>,
+    /// Its count in `enos_signer_connections_open`, when counted.
+    _open: Option<OpenConnection>,
+}
+
+impl ConnectionPermit {
+    /// Counts the connection as open until the permit is dropped.
+    pub fn count_open(&mut self, open: OpenConnection) {
+        self._open = Some(open);
+    }
+}
+
+/// Counts the calls load shedding refuses on a listener
+/// (`enos_signer_requests_shed_total`): put right inside tonic's
+/// `load_shed`, around the concurrency limit. A call arrives when the
+/// limit is not ready exactly when `load_shed` answers it
+/// `ResourceExhausted` at once, so a not-ready poll is one shed call.
+#[derive(Clone)]
+pub struct CountShedLayer {
+    /// Where the count goes.
+    pub metrics: Metrics,
+    /// `grpc` or `enroll`.
+    pub listener: &'static str,
+}
+
+impl<S> tower::Layer<S> for CountShedLayer {
+    type Service = CountShed<S>;
+
+    fn layer(&self, inner: S) -> CountShed<S> {
+        CountShed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`CountShedLayer`].
+#[derive(Clone)]
+pub struct CountShed<S> {
+    /// The concurrency limit (and the services behind it).
+    inner: S,
+    /// The metrics and the listener's name.
+    layer: CountShedLayer,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for CountShed<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let ready = self.inner.poll_ready(cx);
+        if ready.is_pending() {
+            self.layer.metrics.request_shed(self.layer.listener);
+        }
+        ready
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.inner.call(request)
+    }
 }
 
 /// When a connection must have said something, and when it ends: a peer

@@ -4,6 +4,15 @@
 //!
 //! Labels are bounded: the RPC and the outcome (a gRPC code name). No
 //! label names a device, so the series count does not grow with a fleet.
+//!
+//! Series a dashboard or an alert reads are there from the start, at zero
+//! (issue 29 item 12): every issuance RPC's `ok` counter and latency
+//! histogram, each listener's refusal reasons, shed requests and open
+//! connections, both TLS reload outcomes, both readiness checks. A rule
+//! like `rate(x[5m])` over a series that appears only with its first event
+//! misses that event; `deploy/observability/` holds the dashboard and the
+//! alerting rules, and a test scrapes a running signer for every name they
+//! use.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -76,6 +85,39 @@ struct RpcLabels {
     rpc: &'static str,
 }
 
+/// Labels of a per-listener series (open connections, shed requests).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerOnly {
+    /// `grpc`, `enroll`, `metrics` or `health`.
+    listener: &'static str,
+}
+
+/// Labels of a failed readiness check.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    /// `registry` or `custody`.
+    check: &'static str,
+}
+
+/// The RPCs whose calls [`Metrics::issuance`] counts: each has its `ok`
+/// counter and its latency histogram from the start.
+pub const ISSUANCE_RPCS: [&str; 6] = [
+    "issue_mqtt_credential",
+    "sign_sub_device_login",
+    "sign_sub_device_login_batch",
+    "complete_activation",
+    "enroll",
+    "renew_certificate",
+];
+
+/// The listeners every signer has (`enroll` only with `[ca]
+/// enroll_listen`): their refusal, open-connection and shed series start at
+/// zero.
+const LISTENERS: [&str; 3] = ["grpc", "metrics", "health"];
+
+/// Why a connection is closed at accept ([`crate::listener::limits`]).
+const REFUSAL_REASONS: [&str; 3] = ["throttled", "per_address", "limit"];
+
 fn latency_histogram() -> Histogram {
     // 50 µs to ~1.6 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -97,6 +139,11 @@ pub struct Metrics {
     /// notAfter of the served server certificate (seconds since the
     /// epoch): short-lived certificates must be seen to renew.
     server_cert_expiry: Gauge,
+    /// notBefore of the served server certificate (seconds since the
+    /// epoch): with the expiry, the certificate's lifetime, so the expiry
+    /// alert can ask for "a fifth of its lifetime left" and suit a
+    /// one-hour certificate as well as a one-year one.
+    server_cert_not_before: Gauge,
     /// TLS reloads, by outcome: a refused one means the files are broken.
     tls_reloads: Family<ReloadLabels, Counter>,
     /// Connections closed at accept because the listener was at its
@@ -109,6 +156,23 @@ pub struct Metrics {
     /// Device certificates that expire within the window and were not
     /// renewed (with `[ca]`): a fleet going dark is seen a week ahead.
     certificates_expiring: Family<WithinLabels, Gauge>,
+    /// 1 while this replica reports ready (registry and custody answer,
+    /// not draining), else 0: per-replica readiness on a dashboard, and
+    /// the "replica not ready" alert, without scraping the health port.
+    ready: Gauge,
+    /// Readiness checks that failed, by check (`registry`, `custody`):
+    /// which dependency made a replica not ready.
+    readiness_failures: Family<CheckLabels, Counter>,
+    /// Connections open now, by listener: how close a listener is to its
+    /// `max_connections` before it refuses.
+    connections_open: Family<ListenerOnly, Gauge>,
+    /// Calls answered `ResourceExhausted` at once because the listener had
+    /// `max_concurrent_requests` in flight (load shedding), by listener;
+    /// they never reach a service, so no issuance counter sees them.
+    requests_shed: Family<ListenerOnly, Counter>,
+    /// Where the registry's change-feed state is read on each scrape: set
+    /// once the registry is open ([`Metrics::watch_registry`]).
+    change_feed: Arc<OnceLock<ChangeFeedReader>>,
     /// Where `/crl` reads the CA's current list: set once the CA is up
     /// ([`Metrics::serve_crl`]); without it `/crl` is 404.
     crl: Arc<OnceLock<CrlSource>>,
@@ -120,6 +184,47 @@ pub type CrlSource =
 
 /// Reads the audit trail's loss counters.
 type AuditLossReader = Box<dyn Fn() -> AuditLosses + Send + Sync>;
+
+/// Reads whether the registry's change feed is up (`None`: no feed).
+type ChangeFeedReader = Box<dyn Fn() -> Option<bool> + Send + Sync>;
+
+/// Encodes `enos_signer_registry_change_feed_up` on each scrape: 1 while
+/// the PostgreSQL registry's change feed listens (reads served from the
+/// cache), 0 while it is down (every read goes to the database). Absent
+/// without a feed (redb, or `cache = false`), and until the feed starts
+/// with the registry's first cached read.
+struct ChangeFeedCollector(Arc<OnceLock<ChangeFeedReader>>);
+
+impl std::fmt::Debug for ChangeFeedCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeFeedCollector")
+    }
+}
+
+impl Collector for ChangeFeedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(up) = self.0.get().and_then(|read| read()) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(i64::from(up));
+        gauge.encode(encoder.encode_descriptor(
+            "registry_change_feed_up",
+            "1 while the registry's change feed listens and reads are served from the cache; 0 while it is down and every read goes to the database",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
+/// Held by an open connection: counts it in `connections_open` until it
+/// is dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// Encodes the audit trail's losses on each scrape: records of decided
 /// outcomes dropped or failed (an outage of the audit sink), and those
@@ -193,6 +298,12 @@ impl Metrics {
             "notAfter of the server certificate served to new connections",
             server_cert_expiry.clone(),
         );
+        let server_cert_not_before = Gauge::default();
+        registry.register(
+            "tls_server_cert_not_before_timestamp_seconds",
+            "notBefore of the server certificate served to new connections",
+            server_cert_not_before.clone(),
+        );
         let tls_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "tls_reloads",
@@ -214,7 +325,57 @@ impl Metrics {
         );
         let audit_losses = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(AuditLossCollector(Arc::clone(&audit_losses))));
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while this replica is ready (registry and custody answer, not draining), else 0",
+            ready.clone(),
+        );
+        let readiness_failures = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "readiness_check_failures",
+            "Readiness checks that failed, by check (registry, custody)",
+            readiness_failures.clone(),
+        );
+        let connections_open = Family::<ListenerOnly, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener",
+            connections_open.clone(),
+        );
+        let requests_shed = Family::<ListenerOnly, Counter>::default();
+        registry.register(
+            "requests_shed",
+            "Calls refused with ResourceExhausted at once because the listener had max_concurrent_requests in flight",
+            requests_shed.clone(),
+        );
+        let change_feed = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(ChangeFeedCollector(Arc::clone(&change_feed))));
+
+        // Zero-valued series from the start (see the module docs).
+        for rpc in ISSUANCE_RPCS {
+            drop(issuances.get_or_create(&OutcomeLabels { rpc, outcome: "ok" }));
+            drop(issue_latency.get_or_create(&RpcLabels { rpc }));
+        }
+        for outcome in ["reloaded", "refused"] {
+            drop(tls_reloads.get_or_create(&ReloadLabels { outcome }));
+        }
+        for listener in LISTENERS {
+            for reason in REFUSAL_REASONS {
+                drop(connections_refused.get_or_create(&ListenerLabels { listener, reason }));
+            }
+            drop(connections_open.get_or_create(&ListenerOnly { listener }));
+        }
+        drop(requests_shed.get_or_create(&ListenerOnly { listener: "grpc" }));
+        for check in ["registry", "custody"] {
+            drop(readiness_failures.get_or_create(&CheckLabels { check }));
+        }
         Metrics {
+            ready,
+            readiness_failures,
+            connections_open,
+            requests_shed,
+            change_feed,
             certificates_expiring,
             crl: Arc::new(OnceLock::new()),
             audit_losses,
@@ -224,6 +385,7 @@ impl Metrics {
             issue_latency,
             admin_calls,
             server_cert_expiry,
+            server_cert_not_before,
             tls_reloads,
         }
     }
@@ -250,6 +412,11 @@ impl Metrics {
         self.server_cert_expiry.set(not_after);
     }
 
+    /// Records the served certificate's notBefore.
+    pub fn set_server_cert_not_before(&self, not_before: i64) {
+        self.server_cert_not_before.set(not_before);
+    }
+
     /// Counts one connection refused at `listener`, for `reason`
     /// (`limit` or `throttled`).
     pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
@@ -269,6 +436,41 @@ impl Metrics {
     /// (set once; a second call changes nothing).
     pub fn watch_audit(&self, read: impl Fn() -> AuditLosses + Send + Sync + 'static) {
         let _ = self.audit_losses.set(Box::new(read));
+    }
+
+    /// Exposes whether the registry's change feed is up, read by `read`
+    /// on each scrape (set once).
+    pub fn watch_registry(&self, read: impl Fn() -> Option<bool> + Send + Sync + 'static) {
+        let _ = self.change_feed.set(Box::new(read));
+    }
+
+    /// Sets this replica's readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Counts one failed readiness check (`registry` or `custody`).
+    pub fn readiness_check_failed(&self, check: &'static str) {
+        self.readiness_failures
+            .get_or_create(&CheckLabels { check })
+            .inc();
+    }
+
+    /// Counts a connection open on `listener` until the guard is dropped.
+    pub fn connection_open(&self, listener: &'static str) -> OpenConnection {
+        let gauge = self
+            .connections_open
+            .get_or_create(&ListenerOnly { listener })
+            .clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// Counts one call shed on `listener`.
+    pub fn request_shed(&self, listener: &'static str) {
+        self.requests_shed
+            .get_or_create(&ListenerOnly { listener })
+            .inc();
     }
 
     /// Sets the count of device certificates expiring within 7 days,
@@ -340,10 +542,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(permit) = limit.try_admit() else {
+        let Some(mut permit) = limit.try_admit() else {
             metrics.connection_refused("metrics", "limit");
             continue;
         };
+        permit.count_open(metrics.connection_open("metrics"));
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.current().metrics));
         let metrics = metrics.clone();
         // Reap finished connections so the set stays small.

@@ -9,6 +9,11 @@
 //! The checks run every `health.check_interval_secs`, off the async
 //! workers, each bounded by [`CHECK_TIMEOUT`]; a probe reads the last
 //! result and costs nothing. A change is logged once.
+//!
+//! The same verdict is `enos_signer_ready` (1 or 0) in the metrics, and
+//! each failed check counts in
+//! `enos_signer_readiness_check_failures_total{check}`: a dashboard shows
+//! every replica's readiness from the scrape it already does.
 
 use std::{
     sync::{
@@ -23,7 +28,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use enos_registry::Registry;
 
-use crate::custody::CustodyHandle;
+use crate::{custody::CustodyHandle, listener::metrics::Metrics};
 
 /// The health service name of liveness (a kubelet `grpc` probe's
 /// `service`).
@@ -44,21 +49,29 @@ pub struct Readiness {
     /// The gRPC services whose readiness this sets (the server names
     /// them; the listener knows no service).
     services: &'static [&'static str],
+    /// Where readiness and failed checks are also published.
+    metrics: Metrics,
 }
 
 impl Readiness {
     /// A reporter whose `services` all start SERVING (the state just
     /// opened, which proved the registry and custody).
-    pub async fn new(reporter: HealthReporter, services: &'static [&'static str]) -> Self {
+    pub async fn new(
+        reporter: HealthReporter,
+        services: &'static [&'static str],
+        metrics: Metrics,
+    ) -> Self {
         for &name in services.iter().chain(&["", LIVENESS_SERVICE]) {
             reporter
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
         }
+        metrics.set_ready(true);
         Readiness {
             reporter,
             draining: Arc::new(AtomicBool::new(false)),
             services,
+            metrics,
         }
     }
 
@@ -70,7 +83,9 @@ impl Readiness {
     }
 
     async fn set_ready(&self, ready: bool) {
-        let status = if ready && !self.draining.load(Ordering::SeqCst) {
+        let ready = ready && !self.draining.load(Ordering::SeqCst);
+        self.metrics.set_ready(ready);
+        let status = if ready {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -97,7 +112,12 @@ impl Readiness {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let now = check(registry.as_ref(), &custody).await;
+            let now = check(registry.as_ref(), &custody)
+                .await
+                .map_err(|(what, why)| {
+                    self.metrics.readiness_check_failed(what);
+                    why
+                });
             if now != last {
                 match &now {
                     Ok(()) => tracing::info!("ready again: registry and custody answer"),
@@ -114,18 +134,30 @@ impl Readiness {
     }
 }
 
-/// Whether the registry answers and the custody could sign; the reason
-/// when not (logged, never sent to a client).
-async fn check(registry: &dyn Registry, custody: &CustodyHandle) -> Result<(), String> {
+/// Whether the registry answers and the custody could sign; when not,
+/// the check that failed (`registry` or `custody`, the metric's label) and
+/// the reason (logged, never sent to a client).
+async fn check(
+    registry: &dyn Registry,
+    custody: &CustodyHandle,
+) -> Result<(), (&'static str, String)> {
     let registry = tokio::time::timeout(CHECK_TIMEOUT, registry.list(None, None, 1));
     match registry.await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("registry: {e}")),
-        Err(_) => return Err(format!("registry: no answer within {CHECK_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(("registry", format!("registry: {e}"))),
+        Err(_) => {
+            return Err((
+                "registry",
+                format!("registry: no answer within {CHECK_TIMEOUT:?}"),
+            ));
+        }
     }
     match tokio::time::timeout(CHECK_TIMEOUT, custody.check()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("custody: {e}")),
-        Err(_) => Err(format!("custody: no answer within {CHECK_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(("custody", format!("custody: {e}"))),
+        Err(_) => Err((
+            "custody",
+            format!("custody: no answer within {CHECK_TIMEOUT:?}"),
+        )),
     }
 }

@@ -103,6 +103,10 @@ pub struct TlsGeneration {
     /// The served certificate's notAfter, seconds since the epoch (the
     /// expiry metric).
     pub not_after: i64,
+    /// The served certificate's notBefore, seconds since the epoch: with
+    /// `not_after`, its lifetime, so an alert can tell a short-lived
+    /// certificate renewing on time from a long one left to expire.
+    pub not_before: i64,
     /// Every trusted CA certificate (client CA, admin CA), logged with its
     /// SHA-256 fingerprint when this material is loaded: which CAs a
     /// signer trusts is visible in its log.
@@ -291,6 +295,7 @@ impl ReloadingTls {
         )?;
         generation.log_material();
         metrics.set_server_cert_expiry(generation.not_after);
+        metrics.set_server_cert_not_before(generation.not_before);
         Ok(ReloadingTls {
             paths,
             current: RwLock::new(Arc::new(generation)),
@@ -363,6 +368,8 @@ impl ReloadingTls {
                 );
                 generation.log_material();
                 self.metrics.set_server_cert_expiry(generation.not_after);
+                self.metrics
+                    .set_server_cert_not_before(generation.not_before);
                 self.metrics.tls_reload("reloaded");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
                 *self.last_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -654,6 +661,7 @@ fn build(
         X509Certificate::from_der(leaf.as_ref()).map_err(|e| tls_error("server certificate", e))?;
     let serial = parsed.tbs_certificate.raw_serial_as_string();
     let not_after = parsed.validity().not_after.timestamp();
+    let not_before = parsed.validity().not_before.timestamp();
     // The parser's message could quote the PEM: never say more than this.
     let key = || {
         PrivateKeyDer::from_pem_slice(&contents.key)
@@ -693,6 +701,7 @@ fn build(
         number: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         serial,
         not_after,
+        not_before,
         cas,
         crl_next_update,
         stale_crls,

@@ -63,6 +63,10 @@ impl SignerState {
     pub fn open(config: &SignerConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let registry = registry::open(&config.registry)?;
+        {
+            let registry = Arc::downgrade(&registry);
+            metrics.watch_registry(move || registry.upgrade().and_then(|r| r.change_feed_up()));
+        }
         let custody = custody::build(&config.custody)?;
         let ca = config.ca.as_ref().map(|ca| {
             Arc::new(crate::ca::CertificateAuthority::new(

@@ -155,3 +155,25 @@ pub async fn metrics_get(
     tls.read_to_end(&mut body).await?;
     Ok(body)
 }
+
+/// The signer's `/metrics` text (head and body), scraped over mTLS with a
+/// device certificate of the test PKI.
+pub async fn scrape_metrics(f: &Fixture) -> String {
+    let scraper = f.pki.device("Pk0", "prometheus").expect("cert");
+    let body = metrics_get(f, Some(&scraper), "/metrics")
+        .await
+        .expect("scrape");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed,
+/// e.g. `enos_signer_ready` or `x_total{listener="grpc"}`) in a scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
