@@ -81,7 +81,7 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
     let response = client.import_devices(stream).await;
     progress.finish_and_clear();
     let response = response
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(crate::handshake::status)?
         .into_inner();
 
     let mut errors: Vec<(u32, String)> = unreadable;

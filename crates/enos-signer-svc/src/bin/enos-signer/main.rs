@@ -9,6 +9,7 @@
 //!   over mTLS `enroll-token`, `revoke-tokens`, `revoke-cert`, `certs`.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
 //! - `registry.rs`: `registry copy` (redb ↔ PostgreSQL).
+//! - `handshake.rs`: a failed TLS handshake said with `--ca`/`--cert`.
 //! - `logging.rs`: tracing, JSON or pretty.
 //!
 //! No secret is ever taken from argv: device secrets come from a file or
@@ -39,6 +40,7 @@ mod certificates;
 mod custody;
 #[cfg(test)]
 mod docs_commands;
+mod handshake;
 mod import;
 mod logging;
 mod registry;
@@ -141,9 +143,13 @@ impl Connection {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
         let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        handshake::remember(&self.ca, &self.cert);
         enos_signer_svc::client::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
             .await
-            .with_context(|| format!("connecting to {}", self.endpoint))
+            .map_err(|e| match handshake::explain(&e) {
+                Some(message) => anyhow::anyhow!("connecting to {}: {message}", self.endpoint),
+                None => anyhow::Error::from(e).context(format!("connecting to {}", self.endpoint)),
+            })
     }
 }
 
