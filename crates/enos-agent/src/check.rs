@@ -52,8 +52,8 @@ pub async fn enos_broker(config: &Config) -> Result<String, String> {
     let Some(tls) = &config.enos.tls else {
         return Err(format!("EnOS broker {broker}: ssl:// needs [enos.tls]"));
     };
-    let client_config = crate::tls::mqtt_client_config(tls)
-        .map_err(|e| format!("EnOS broker {broker}: {e}"))?;
+    let client_config =
+        crate::tls::mqtt_client_config(tls).map_err(|e| format!("EnOS broker {broker}: {e}"))?;
     let name = rustls::pki_types::ServerName::try_from(broker.host.clone())
         .map_err(|e| format!("EnOS broker {broker}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&client_config));

@@ -95,8 +95,7 @@ pub fn classify_for(error: &ConnectionError, phase: Phase, config: &Config) -> F
             match TlsFailure::find(e) {
                 Some(f) if f.reason == Reason::Protocol => network(plain_port(broker)),
                 Some(_) => network(
-                    crate::handshake::broker_failure(e, tls)
-                        .unwrap_or_else(|| format!("TLS: {e}")),
+                    crate::handshake::broker_failure(e, tls).unwrap_or_else(|| format!("TLS: {e}")),
                 ),
                 None if closed_during_handshake(e) => network(plain_port(broker)),
                 None => network(format!("TLS: {e}")),
@@ -205,5 +204,98 @@ mod tests {
         for (error, phase, kind) in cases {
             assert_eq!(classify(&error, phase).kind, kind, "{error:?} in {phase:?}");
         }
+    }
+
+    fn config(broker: &str) -> Config {
+        let tls = if broker.starts_with("ssl://") {
+            "\n[enos.tls]\nca = \"ca.pem\"\ncert = \"d.pem\"\nkey = \"d.key\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[device]\nproduct_key = \"pk1\"\ndevice_key = \"dk1\"\n\n[signer]\nendpoints = [\"https://127.0.0.1:7443\"]\nca = \"ca.pem\"\ncert = \"d.pem\"\nkey = \"d.key\"\n\n[enos]\nbroker = \"{broker}\"\n{tls}"
+        );
+        Config::parse(&text, std::path::Path::new("/etc/enos-agent/agent.toml")).expect("config")
+    }
+
+    /// #29 item 4: `tcp://` on a TLS port (the TLS alert read as MQTT:
+    /// `Promised boundary crossed: 768`).
+    #[test]
+    fn tcp_on_a_tls_port_says_use_ssl() {
+        let error = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::BoundaryCrossed(768),
+        ));
+        let failure = classify_for(&error, Phase::Connecting, &config("tcp://h:18883"));
+        assert!(
+            failure
+                .reason
+                .starts_with("the broker speaks TLS on h:18883")
+                && failure.reason.contains("use ssl://"),
+            "{}",
+            failure.reason
+        );
+        // With ssl:// configured the same error is not a TLS mismatch.
+        let failure = classify_for(&error, Phase::Connecting, &config("ssl://h:18883"));
+        assert!(!failure.reason.contains("use ssl://"), "{}", failure.reason);
+    }
+
+    /// #29 item 4: `ssl://` on a plain port: the handshake ends with the
+    /// connection closed, or a reply that is not TLS.
+    #[test]
+    fn ssl_on_a_plain_port_says_use_tcp() {
+        let config = config("ssl://h:11883");
+        for error in [
+            rumqttc::TlsError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            rumqttc::TlsError::TLS(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            )),
+        ] {
+            let failure = classify_for(&ConnectionError::Tls(error), Phase::Connecting, &config);
+            assert!(
+                failure
+                    .reason
+                    .starts_with("the broker does not speak TLS on h:11883")
+                    && failure.reason.contains("use tcp://"),
+                "{}",
+                failure.reason
+            );
+        }
+        // A certificate the broker refused is said as such.
+        let refused = rumqttc::TlsError::TLS(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRevoked,
+        ));
+        let failure = classify_for(&ConnectionError::Tls(refused), Phase::Connecting, &config);
+        assert!(
+            failure
+                .reason
+                .starts_with("the EnOS broker refused our client certificate (enos.tls.cert = "),
+            "{}",
+            failure.reason
+        );
+    }
+
+    /// #29 item 4: a session EnOS closed after accepting it: another
+    /// client of the device took it over.
+    #[test]
+    fn a_session_closed_after_connack_names_the_take_over() {
+        let failure = classify_for(
+            &ConnectionError::MqttState(StateError::ConnectionAborted),
+            Phase::Connected,
+            &config("tcp://h:11883"),
+        );
+        assert_eq!(failure.kind, FailureKind::Network);
+        assert!(
+            failure.reason.contains("it keeps one session per device")
+                && failure.reason.contains("pk1/dk1"),
+            "{}",
+            failure.reason
+        );
+        // Before CONNACK the same close is still a probable refusal.
+        let failure = classify_for(
+            &ConnectionError::MqttState(StateError::ConnectionAborted),
+            Phase::Connecting,
+            &config("tcp://h:11883"),
+        );
+        assert_eq!(failure.kind, FailureKind::Refused);
     }
 }

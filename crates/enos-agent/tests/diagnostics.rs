@@ -98,7 +98,10 @@ async fn finding_29_1_check_says_why_the_handshake_with_the_signer_failed() {
     let cases: Vec<(&str, enos_testkit::Identity, Vec<String>)> = vec![
         (
             "expired",
-            signer.pki.device_valid(GW.0, GW.1, 2020, 2021).expect("cert"),
+            signer
+                .pki
+                .device_valid(GW.0, GW.1, 2020, 2021)
+                .expect("cert"),
             vec![
                 "the signer refused our client certificate (signer.cert = ".into(),
                 "(certificate expired at 2021-01-01T00:00:00Z)".into(),
@@ -106,7 +109,10 @@ async fn finding_29_1_check_says_why_the_handshake_with_the_signer_failed() {
         ),
         (
             "future",
-            signer.pki.device_valid(GW.0, GW.1, 2090, 2099).expect("cert"),
+            signer
+                .pki
+                .device_valid(GW.0, GW.1, 2090, 2099)
+                .expect("cert"),
             vec![
                 "the signer refused our client certificate (signer.cert = ".into(),
                 "our certificate is not yet valid (valid from 2090-01-01T00:00:00Z)".into(),
@@ -115,14 +121,23 @@ async fn finding_29_1_check_says_why_the_handshake_with_the_signer_failed() {
         (
             "other-ca",
             other.device(GW.0, GW.1).expect("cert"),
-            vec!["the signer refused our client certificate (signer.cert = ".into(), "(unknown issuer)".into()],
+            vec![
+                "the signer refused our client certificate (signer.cert = ".into(),
+                "(unknown issuer)".into(),
+            ],
         ),
     ];
     for (name, identity, wanted) in cases {
         let files = identity.write(dir.path(), name).expect("write pair");
         let config = write_config(dir.path(), &signer, "tcp://127.0.0.1:1", "", |toml| {
-            toml.replace(&signer.cert.display().to_string(), &files.cert.display().to_string())
-                .replace(&signer.key.display().to_string(), &files.key.display().to_string())
+            toml.replace(
+                &signer.cert.display().to_string(),
+                &files.cert.display().to_string(),
+            )
+            .replace(
+                &signer.key.display().to_string(),
+                &files.key.display().to_string(),
+            )
         });
         let out = check(&config).await;
         let all = text(&out);
@@ -196,17 +211,27 @@ async fn finding_29_4_check_reaches_every_endpoint_and_names_what_failed() {
     for wanted in [
         "ok: signer ",
         &format!("ok: EnOS broker {plain}: TCP connection accepted"),
-        &format!("ok: EnOS broker {plain}: CONNACK accepted the login of {}/{}", GW.0, GW.1),
+        &format!(
+            "ok: EnOS broker {plain}: CONNACK accepted the login of {}/{}",
+            GW.0, GW.1
+        ),
         "EnOS keeps one session per device",
-        &format!("ok: local broker tcp://{}: CONNACK accepted client id diag-bridge-check", local.addr),
+        &format!(
+            "ok: local broker tcp://{}: CONNACK accepted client id diag-bridge-check",
+            local.addr
+        ),
     ] {
         assert!(all.contains(wanted), "wanted {wanted:?} in\n{all}");
     }
 
     // Over TLS with the device's certificate: the handshake and the login.
-    let config = write_config(dir.path(), &signer, &format!("ssl://{tls_addr}"), &local_ok, |t| {
-        with_enos_tls(t, &enos_tls(&signer))
-    });
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("ssl://{tls_addr}"),
+        &local_ok,
+        |t| with_enos_tls(t, &enos_tls(&signer)),
+    );
     let out = check(&config).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
@@ -214,35 +239,65 @@ async fn finding_29_4_check_reaches_every_endpoint_and_names_what_failed() {
 
     // A wrong EnOS port: the broker and the login fail, named.
     let dead = closed_port();
-    let config = write_config(dir.path(), &signer, &format!("tcp://127.0.0.1:{dead}"), &local_ok, |t| t);
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://127.0.0.1:{dead}"),
+        &local_ok,
+        |t| t,
+    );
     let out = check(&config).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains(&format!("FAILED: EnOS broker tcp://127.0.0.1:{dead}: TCP connection failed")),
+        all.contains(&format!(
+            "FAILED: EnOS broker tcp://127.0.0.1:{dead}: TCP connection failed"
+        )),
         "{all}"
     );
-    assert!(all.contains("check failed: EnOS broker, EnOS login"), "{all}");
+    assert!(
+        all.contains("check failed: EnOS broker, EnOS login"),
+        "{all}"
+    );
 
     // A wrong local-broker port.
-    let config = write_config(dir.path(), &signer, &plain, &bridge(&format!("127.0.0.1:{dead}")), |t| t);
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &plain,
+        &bridge(&format!("127.0.0.1:{dead}")),
+        |t| t,
+    );
     let out = check(&config).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains(&format!("FAILED: local broker tcp://127.0.0.1:{dead}")), "{all}");
+    assert!(
+        all.contains(&format!("FAILED: local broker tcp://127.0.0.1:{dead}")),
+        "{all}"
+    );
     assert!(all.contains("check failed: local broker"), "{all}");
 
     // tcp:// on the TLS port, and ssl:// on the plain one.
-    let config = write_config(dir.path(), &signer, &format!("tcp://{tls_addr}"), &local_ok, |t| t);
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://{tls_addr}"),
+        &local_ok,
+        |t| t,
+    );
     let out = check(&config).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("the broker speaks TLS on"), "{all}");
     assert!(all.contains("use ssl://"), "{all}");
     assert!(!all.contains("Promised boundary crossed"), "{all}");
-    let config = write_config(dir.path(), &signer, &format!("ssl://{}", sandbox.mqtt_addr()), &local_ok, |t| {
-        with_enos_tls(t, &enos_tls(&signer))
-    });
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("ssl://{}", sandbox.mqtt_addr()),
+        &local_ok,
+        |t| with_enos_tls(t, &enos_tls(&signer)),
+    );
     let out = check(&config).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
@@ -308,16 +363,26 @@ async fn finding_29_4_run_says_tls_mismatches_and_session_take_overs() {
     let _ = agent.child.terminate(Duration::from_secs(5));
 
     // ssl:// on the plain port.
-    let config = write_config(dir.path(), &signer, &format!("ssl://{}", sandbox.mqtt_addr()), "", |t| {
-        with_enos_tls(t, &enos_tls(&signer))
-    });
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("ssl://{}", sandbox.mqtt_addr()),
+        "",
+        |t| with_enos_tls(t, &enos_tls(&signer)),
+    );
     let mut agent = Running::start(&config);
     let line = agent.wait_for("the broker does not speak TLS on");
     assert!(line.contains("use tcp://"), "{line}");
     let _ = agent.child.terminate(Duration::from_secs(5));
 
     // A running agent, then another client of the same device (check).
-    let config = write_config(dir.path(), &signer, &format!("tcp://{}", sandbox.mqtt_addr()), "", |t| t);
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://{}", sandbox.mqtt_addr()),
+        "",
+        |t| t,
+    );
     let mut agent = Running::start(&config);
     agent.wait_for("connected to EnOS");
     let out = check(&config).await;
@@ -328,7 +393,10 @@ async fn finding_29_4_run_says_tls_mismatches_and_session_take_overs() {
             && line.contains(&format!("{}/{}", GW.0, GW.1)),
         "{line}"
     );
-    assert!(!line.contains("Connection closed by peer abruptly"), "{line}");
+    assert!(
+        !line.contains("Connection closed by peer abruptly"),
+        "{line}"
+    );
     // It reconnects by itself.
     let log = agent.child.log().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -369,15 +369,18 @@ impl TlsFailure {
                 format!("{peer} requires a client certificate and none was sent")
             }
             (Whose::Ours, Reason::BadCertificate) => {
-                format!("{peer} refused our client certificate{ours} ({})", self.detail)
+                format!(
+                    "{peer} refused our client certificate{ours} ({})",
+                    self.detail
+                )
             }
             (Whose::Ours, _) => format!(
                 "the TLS handshake with {peer} failed: it said {}",
                 self.detail
             ),
-            (Whose::Peers, Reason::UnknownIssuer) => format!(
-                "unknown issuer: {peer}'s certificate is not signed by the CA{ca}"
-            ),
+            (Whose::Peers, Reason::UnknownIssuer) => {
+                format!("unknown issuer: {peer}'s certificate is not signed by the CA{ca}")
+            }
             (Whose::Peers, Reason::Expired) => {
                 format!("{peer}'s certificate has expired ({})", self.detail)
             }
@@ -389,9 +392,9 @@ impl TlsFailure {
                 format!("{peer}'s certificate is revoked")
             }
             (Whose::Peers, Reason::WrongName) => {
-                let hint = context
-                    .server_name
-                    .map_or(String::new(), |key| format!("; set {key} to a name it holds"));
+                let hint = context.server_name.map_or(String::new(), |key| {
+                    format!("; set {key} to a name it holds")
+                });
                 format!(
                     "{peer}'s certificate does not name the host we connected to ({}){hint}",
                     self.detail
@@ -444,7 +447,6 @@ pub fn worth_probing(message: &str) -> bool {
         "connection closed",
         "connection reset",
         "broken pipe",
-        "transport error",
     ]
     .iter()
     .any(|words| message.contains(words))
@@ -732,7 +734,9 @@ mod tests {
         let mut context = ClientContext::new("the signer");
         context.ca = Some(("signer.ca", Path::new("/etc/ca.pem")));
         assert_eq!(
-            TlsFailure::find(&e).expect("found").client_message(&context),
+            TlsFailure::find(&e)
+                .expect("found")
+                .client_message(&context),
             "unknown issuer: the signer's certificate is not signed by the CA in signer.ca (/etc/ca.pem)"
         );
         // Text only.
@@ -797,7 +801,10 @@ mod tests {
     fn no_tls_failure_in_an_unrelated_chain() {
         let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(TlsFailure::find(&e), None);
-        assert_eq!(TlsFailure::find(&TextOnly("tcp connect error".into())), None);
+        assert_eq!(
+            TlsFailure::find(&TextOnly("tcp connect error".into())),
+            None
+        );
     }
 
     #[test]

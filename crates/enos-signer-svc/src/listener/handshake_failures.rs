@@ -102,7 +102,10 @@ impl HandshakeFailures {
                 }
                 Some(logged) => {
                     let suppressed = logged.suppressed + std::mem::take(overflow);
-                    *logged = Logged { at: now, suppressed: 0 };
+                    *logged = Logged {
+                        at: now,
+                        suppressed: 0,
+                    };
                     suppressed
                 }
                 None if full => {
@@ -110,7 +113,13 @@ impl HandshakeFailures {
                     return Recorded::Suppressed;
                 }
                 None => {
-                    addresses.insert(peer.ip(), Logged { at: now, suppressed: 0 });
+                    addresses.insert(
+                        peer.ip(),
+                        Logged {
+                            at: now,
+                            suppressed: 0,
+                        },
+                    );
                     std::mem::take(overflow)
                 }
             }
@@ -199,7 +208,10 @@ mod tests {
             failures.record_at(SocketAddr::from((ip, 1)), &expired(), t0);
         }
         let new: SocketAddr = "192.168.0.1:1".parse().expect("addr");
-        assert_eq!(failures.record_at(new, &expired(), t0), Recorded::Suppressed);
+        assert_eq!(
+            failures.record_at(new, &expired(), t0),
+            Recorded::Suppressed
+        );
         // Once the old entries are a minute old, room again; the line
         // carries what was suppressed meanwhile.
         assert_eq!(

@@ -329,10 +329,8 @@ impl ReloadingTls {
         let not_after = u64::try_from(current.not_after).map_or_else(
             |_| current.not_after.to_string(),
             |secs| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_secs(secs),
-                )
-                .to_string()
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                    .to_string()
             },
         );
         if state == "expired" {

@@ -14,26 +14,32 @@ use std::{
     sync::OnceLock,
 };
 
-use enos_signer_proto::tls_failure::{ClientContext, TlsFailure, Validity};
+use enos_signer_proto::tls_failure::{self as probe, ClientContext, TlsFailure, Validity};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
-/// The connection's `--ca` and `--cert`, once a channel was made.
+/// The connection's endpoint and files, once a channel was made.
 struct Files {
+    /// `--endpoint`, for a probe.
+    endpoint: String,
     /// The CA bundle trusted for the signer's certificate.
     ca: PathBuf,
     /// Our client certificate.
     cert: PathBuf,
+    /// Its key, for a probe (read then, never shown).
+    key: PathBuf,
 }
 
 /// Set by [`remember`]: a command makes one connection.
 static FILES: OnceLock<Files> = OnceLock::new();
 
-/// Remembers the connection's files, to name them in an explanation.
-pub(crate) fn remember(ca: &Path, cert: &Path) {
+/// Remembers the connection, to name its files in an explanation.
+pub(crate) fn remember(endpoint: &str, ca: &Path, cert: &Path, key: &Path) {
     let _ = FILES.set(Files {
+        endpoint: endpoint.to_owned(),
         ca: ca.to_owned(),
         cert: cert.to_owned(),
+        key: key.to_owned(),
     });
 }
 
@@ -49,14 +55,57 @@ fn validity(path: &Path) -> Option<Validity> {
 
 /// What a TLS failure in `error`'s chain means, or `None`.
 pub(crate) fn explain(error: &(dyn Error + 'static)) -> Option<String> {
-    let failure = TlsFailure::find(error)?;
+    TlsFailure::find(error).map(|failure| said(&failure))
+}
+
+/// `failure` said with the connection's files.
+fn said(failure: &TlsFailure) -> String {
     let mut context = ClientContext::new("the signer");
     if let Some(files) = FILES.get() {
         context.ca = Some(("--ca", &files.ca));
         context.cert = Some(("--cert", &files.cert));
         context.validity = validity(&files.cert);
     }
-    Some(failure.client_message(&context))
+    failure.client_message(&context)
+}
+
+/// A command's error, explained when it is a call cancelled under it
+/// (under TLS 1.3 the signer refuses our certificate after our side of
+/// the handshake is done; the alert saying why never reaches the call):
+/// one bare handshake with the same files hears the alert
+/// ([`probe::probe`]). Anything else is returned as it is.
+pub(crate) async fn explain_error(error: anyhow::Error) -> anyhow::Error {
+    let Some(files) = FILES.get() else {
+        return error;
+    };
+    if !probe::worth_probing(&format!("{error:#}")) {
+        return error;
+    }
+    let material = (|| {
+        Some((
+            std::fs::read(&files.ca).ok()?,
+            std::fs::read(&files.cert).ok()?,
+            zeroize::Zeroizing::new(std::fs::read(&files.key).ok()?),
+        ))
+    })();
+    let Some((ca, cert, key)) = material else {
+        return error;
+    };
+    let found = probe::probe(
+        &files.endpoint,
+        None,
+        probe::ProbeMaterial {
+            ca_pem: &ca,
+            cert_pem: &cert,
+            key_pem: &key,
+        },
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    match found {
+        Some(failure) => anyhow::anyhow!(said(&failure)),
+        None => error,
+    }
 }
 
 /// A call's failure: the handshake's words when it was one, else the

@@ -143,7 +143,7 @@ impl Connection {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
         let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
-        handshake::remember(&self.ca, &self.cert);
+        handshake::remember(&self.endpoint, &self.ca, &self.cert, &self.key);
         enos_signer_svc::client::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
             .await
             .map_err(|e| match handshake::explain(&e) {
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        let result = match cli.command {
             Command::Init { config } => {
                 let config = SignerConfig::load(&config)?;
                 let created = init(&config, Existing::Refuse)?;
@@ -203,6 +203,10 @@ fn main() -> Result<()> {
             Command::Ca(command) => command.run().await,
             Command::Admin(command) => command.run().await,
             Command::Certificates(command) => command.run().await,
+        };
+        match result {
+            Err(e) => Err(handshake::explain_error(e).await),
+            ok => ok,
         }
     })
 }
