@@ -262,22 +262,25 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
             } else {
                 "not renewed by the agent ([renewal] enabled = false)".to_owned()
             };
-            let state = if info.not_after_ms <= enos_agent::now_ms() {
-                "expired at"
-            } else {
-                "is valid until"
-            };
-            let line = format!(
-                "the device certificate {} {state} {}; {renewal}",
-                config.signer.cert.display(),
-                rfc3339(info.not_after_ms),
-            );
+            let now = enos_agent::now_ms();
+            let cert = config.signer.cert.display();
             report(
                 "device certificate",
-                if info.not_after_ms <= enos_agent::now_ms() {
-                    Err(line)
+                if info.not_after_ms <= now {
+                    Err(format!(
+                        "the device certificate {cert} expired at {}; `enos-agent enroll` gives a new one",
+                        rfc3339(info.not_after_ms)
+                    ))
+                } else if now < info.not_before_ms {
+                    Err(format!(
+                        "the device certificate {cert} is not valid before {}; check this machine's clock",
+                        rfc3339(info.not_before_ms)
+                    ))
                 } else {
-                    Ok(line)
+                    Ok(format!(
+                        "the device certificate {cert} is valid until {}; {renewal}",
+                        rfc3339(info.not_after_ms)
+                    ))
                 },
             );
         }
