@@ -75,9 +75,11 @@ fn count(metrics: &str, reason: &str) -> u64 {
 async fn finding_29_1_refused_handshakes_are_logged_rate_limited_and_counted_by_reason() {
     let capture = capture();
     let f = fixture().await;
-    let expired = f
+    // Not yet valid: no other test of this binary (they share the log
+    // capture) makes a signer refuse one.
+    let future = f
         .pki
-        .device_valid("Pk1", "dev-old", 2020, 2021)
+        .device_valid("Pk1", "dev-new", 2090, 2099)
         .expect("cert");
     let other = Pki::new("not-trusted")
         .expect("pki")
@@ -86,31 +88,31 @@ async fn finding_29_1_refused_handshakes_are_logged_rate_limited_and_counted_by_
 
     // Every reason is a series from the start.
     let before = metrics_when(&f, |_| true).await;
-    assert_eq!(count(&before, "expired"), 0, "{before}");
+    assert_eq!(count(&before, "not_yet_valid"), 0, "{before}");
     assert!(
         before.contains("enos_signer_tls_handshake_failures_total{reason=\"unknown_issuer\"} 0"),
         "{before}"
     );
 
-    // Five refusals of one expired certificate from one address: each
-    // counted, one line.
+    // Five refusals of one certificate from one address: each counted,
+    // one line.
     for _ in 0..5 {
-        let status = refused_call(&f, &expired).await;
+        let status = refused_call(&f, &future).await;
         assert!(common::refused_by_handshake(status.code()), "{status:?}");
     }
     // (A refused call may have cost tonic more than one handshake.)
-    let metrics = metrics_when(&f, |m| count(m, "expired") >= 5).await;
-    assert!(count(&metrics, "expired") >= 5, "{metrics}");
+    let metrics = metrics_when(&f, |m| count(m, "not_yet_valid") >= 5).await;
+    assert!(count(&metrics, "not_yet_valid") >= 5, "{metrics}");
     let log = capture.text();
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("TLS handshake failed: client certificate expired"))
+        .filter(|l| l.contains("TLS handshake failed: client certificate not yet valid"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
         lines[0].contains("WARN")
             && lines[0].contains("peer=127.0.0.1:")
-            && lines[0].contains("reason=\"expired\"")
+            && lines[0].contains("reason=\"not_yet_valid\"")
             && lines[0].contains("listener=\"grpc\""),
         "{}",
         lines[0]
