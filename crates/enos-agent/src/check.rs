@@ -131,8 +131,8 @@ pub async fn enos_login(config: &Config, credential: &IssuedCredential) -> Resul
                 config.device.id()
             ))
         }
-        Ok(Ok(other)) => Err(format!(
-            "EnOS broker {broker}: CONNECT answered with {other:?}, not CONNACK"
+        Ok(Ok(_)) => Err(format!(
+            "EnOS broker {broker}: CONNECT answered with another packet than CONNACK: is this an MQTT broker?"
         )),
         Ok(Err(e)) => Err(format!(
             "EnOS broker {broker}: {}",
@@ -164,8 +164,8 @@ pub async fn local_broker(bridge: &BridgeConfig) -> Result<String, String> {
                     .map_or(String::new(), |u| format!(" as user {u}"))
             ))
         }
-        Ok(Ok(other)) => Err(format!(
-            "local broker {url}: CONNECT answered with {other:?}, not CONNACK"
+        Ok(Ok(_)) => Err(format!(
+            "local broker {url}: CONNECT answered with another packet than CONNACK: is this an MQTT broker?"
         )),
         Ok(Err(e)) => Err(format!(
             "local broker {url}: {}",
