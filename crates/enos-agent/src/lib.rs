@@ -22,6 +22,7 @@
 //! | [`renewal`] | the certificate renewed at 2/3 of its lifetime ± jitter, inside `run` |
 //! | [`pair`] | the key and certificate files: atomic writes, crash-safe promotion of a candidate |
 //! | [`device_key`] | where the key is: a 0600 file, or a PKCS#11 token (`pkcs11:` URI) that signs handshakes and CSRs |
+//! | [`check`] | `enos-agent check`'s steps: the EnOS broker, a real login there, the local broker |
 //! | [`certificate`] | a certificate's validity, for the renewal schedule |
 //! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
@@ -29,6 +30,7 @@
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
 //! | [`offline_sign`] | the `sign` command |
 //! | [`agent`] | [`Agent`]: runs all of the above until shutdown |
+//! | `handshake` | a failed TLS handshake (signer, broker) explained with the config's keys and files |
 //! | `shared`, `tls`, `error` | plumbing; [`AgentError`] (with [`SignerClientError`], one of its causes) |
 //!
 //! Passwords and signs are held in zeroizing, redacting types and never
@@ -66,11 +68,13 @@ pub mod agent;
 pub mod backoff;
 pub mod bridge;
 pub mod certificate;
+pub mod check;
 pub mod config;
 pub mod credential;
 pub mod device_key;
 pub mod enroll;
 mod error;
+mod handshake;
 pub mod issued;
 pub mod notify;
 pub mod offline_sign;

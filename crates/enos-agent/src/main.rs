@@ -57,8 +57,11 @@ enum Command {
         #[arg(long, env = "ENOS_AGENT_CONFIG")]
         config: PathBuf,
     },
-    /// Validates the config, reaches the signer and fetches one credential
-    /// (its password is not printed).
+    /// Validates the config and reaches every endpoint it names: the
+    /// signer (one credential, its password not printed), the EnOS broker
+    /// (TCP/TLS, then a login up to CONNACK and DISCONNECT; EnOS keeps one
+    /// session per device, so a running agent of this device reconnects
+    /// once), and the local broker. Exits non-zero naming what failed.
     Check {
         /// The agent config (TOML).
         #[arg(long, env = "ENOS_AGENT_CONFIG")]
@@ -206,44 +209,114 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     say!("config {} is valid", path.display());
     recover_pair(&config)?;
+    // Every endpoint is tried, each failure named; the exit code says
+    // whether all of them answered.
+    let mut failed: Vec<String> = Vec::new();
+    let mut report = |step: &str, outcome: Result<String, String>| match outcome {
+        Ok(line) => say!("ok: {line}"),
+        Err(line) => {
+            say!("FAILED: {line}");
+            failed.push(step.to_owned());
+        }
+    };
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
-    let credential = signer.issue_mqtt_credential().await?;
-    say!(
-        "signer {} issued a credential for {}: client id {}",
-        credential.endpoint,
-        config.device.id(),
-        credential.mqtt_client_id
-    );
-    match credential.expires_at_ms {
-        Some(ms) => {
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-            let left = ms.saturating_sub(enos_agent::now_ms()) / 1000;
-            say!(
-                "it expires at {} (in {left} s); the password is not shown",
-                humantime::format_rfc3339_seconds(at)
+    let credential = match signer.issue_mqtt_credential().await {
+        Ok(credential) => {
+            let expiry = match credential.expires_at_ms {
+                Some(ms) => {
+                    let left = ms.saturating_sub(enos_agent::now_ms()) / 1000;
+                    format!(
+                        "it expires at {} (in {left} s); the password is not shown",
+                        rfc3339(ms)
+                    )
+                }
+                None => "it does not expire; the password is not shown".to_owned(),
+            };
+            report(
+                "signer",
+                Ok(format!(
+                    "signer {} issued a credential for {}: client id {}; {expiry}",
+                    credential.endpoint,
+                    config.device.id(),
+                    credential.mqtt_client_id
+                )),
+            );
+            Some(credential)
+        }
+        Err(e) => {
+            report("signer", Err(e.to_string()));
+            None
+        }
+    };
+    match enos_agent::certificate::CertificateInfo::read(&config.signer.cert) {
+        Ok(info) => {
+            let renewal = if config.renewal.enabled {
+                format!(
+                    "`run` renews it at about {}",
+                    rfc3339(enos_agent::renewal::renewal_of_file(
+                        &config.signer.cert,
+                        &info,
+                        &config.renewal
+                    ))
+                )
+            } else {
+                "not renewed by the agent ([renewal] enabled = false)".to_owned()
+            };
+            let now = enos_agent::now_ms();
+            let cert = config.signer.cert.display();
+            report(
+                "device certificate",
+                if info.not_after_ms <= now {
+                    Err(format!(
+                        "the device certificate {cert} expired at {}; `enos-agent enroll` gives a new one",
+                        rfc3339(info.not_after_ms)
+                    ))
+                } else if now < info.not_before_ms {
+                    Err(format!(
+                        "the device certificate {cert} is not valid before {}; check this machine's clock",
+                        rfc3339(info.not_before_ms)
+                    ))
+                } else {
+                    Ok(format!(
+                        "the device certificate {cert} is valid until {}; {renewal}",
+                        rfc3339(info.not_after_ms)
+                    ))
+                },
             );
         }
-        None => say!("it does not expire; the password is not shown"),
+        Err(e) => report("device certificate", Err(e.to_string())),
     }
-    let info = enos_agent::certificate::CertificateInfo::read(&config.signer.cert)?;
-    let renewal = if config.renewal.enabled {
-        format!(
-            "`run` renews it at about {}",
-            rfc3339(enos_agent::renewal::renewal_of_file(
-                &config.signer.cert,
-                &info,
-                &config.renewal
-            ))
-        )
+    let reachable = enos_agent::check::enos_broker(&config).await;
+    let reached = reachable.is_ok();
+    report("EnOS broker", reachable);
+    match (&credential, reached) {
+        (Some(credential), true) => {
+            report(
+                "EnOS login",
+                enos_agent::check::enos_login(&config, credential).await,
+            );
+        }
+        (None, _) => report(
+            "EnOS login",
+            Err("EnOS login: not tried, the signer issued no credential".to_owned()),
+        ),
+        (_, false) => report(
+            "EnOS login",
+            Err("EnOS login: not tried, the EnOS broker is not reachable".to_owned()),
+        ),
+    }
+    match &config.bridge {
+        Some(bridge) => report(
+            "local broker",
+            enos_agent::check::local_broker(bridge).await,
+        ),
+        None => say!("local broker: none configured ([bridge])"),
+    }
+    if failed.is_empty() {
+        Ok(())
     } else {
-        "not renewed by the agent ([renewal] enabled = false)".to_owned()
-    };
-    say!(
-        "the device certificate {} is valid until {}; {renewal}",
-        config.signer.cert.display(),
-        rfc3339(info.not_after_ms),
-    );
-    Ok(())
+        anyhow::bail!("check failed: {}", failed.join(", "))
+    }
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {

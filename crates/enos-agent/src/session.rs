@@ -25,7 +25,7 @@ use crate::{
     credential::{CredentialCache, Provenance},
     error::AgentError,
     issued::IssuedCredential,
-    refusal::{Failure, Phase, classify},
+    refusal::{Failure, Phase, classify_for},
     shared::{EnosReply, Outbound, Shared},
     signer::SignerClient,
     status::{ActivationState, ConnectionState},
@@ -279,7 +279,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                 Step::Retry
             }
             Err(e) => {
-                let failure = classify(&e, Phase::Connecting);
+                let failure = classify_for(&e, Phase::Connecting, self.config);
                 if failure.kind == FailureKind::Refused {
                     self.cache.refused(credential);
                 }
@@ -421,7 +421,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => return Ended::Lost(classify(&e, Phase::Connected)),
+                        Err(e) => return Ended::Lost(classify_for(&e, Phase::Connected, self.config)),
                     }
                 }
                 (reply_id, result) = async { hand_over.as_mut().expect("guarded").await }, if hand_over.is_some() => {

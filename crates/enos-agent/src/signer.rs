@@ -206,6 +206,7 @@ impl GrpcSigner {
                     return Ok(v);
                 }
                 Err(e) if e.is_unavailable() => {
+                    let e = crate::handshake::explain_unavailable(e, url, &self.config).await;
                     tracing::warn!(endpoint = %url, error = %e, "signer endpoint unavailable; trying the next");
                     last = e;
                 }
@@ -245,7 +246,19 @@ pub(crate) fn signed_certificate(
 /// Maps a gRPC status to a [`SignerClientError`]: codes that mean "ask again
 /// later" are unavailability, the rest are the signer's refusal.
 pub(crate) fn classify(endpoint: String, status: tonic::Status) -> SignerClientError {
-    let message: String = status.message().chars().take(300).collect();
+    classify_with(endpoint, status, None)
+}
+
+/// [`classify`], saying what a failed TLS handshake meant (the signer
+/// refused our certificate, and why; or we refused its) with `config`'s
+/// files instead of tonic's `operation was canceled`.
+pub(crate) fn classify_with(
+    endpoint: String,
+    status: tonic::Status,
+    config: Option<&SignerClientConfig>,
+) -> SignerClientError {
+    let message: String = crate::handshake::signer_failure(&status, config)
+        .unwrap_or_else(|| status.message().chars().take(300).collect());
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
@@ -275,13 +288,14 @@ impl SignerClient for GrpcSigner {
                 .unwrap_or_default(),
             sign_method: v1::SignMethod::wire(self.device.sign_method),
         };
+        let config = &self.config;
         self.with_failover(|mut client, endpoint| {
             let request = request.clone();
             async move {
                 let mut reply = client
                     .issue_mqtt_credential(request)
                     .await
-                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
                     .into_inner();
                 // Move the password out so that only the zeroizing copy remains.
                 let password = std::mem::take(&mut reply.password);
@@ -322,13 +336,14 @@ impl SignerClient for GrpcSigner {
             sign_method: v1::SignMethod::wire(self.device.sign_method),
             clean_session: sub.clean_session,
         };
+        let config = &self.config;
         self.with_failover(|mut client, endpoint| {
             let request = request.clone();
             async move {
                 let mut reply = client
                     .sign_sub_device_login(request)
                     .await
-                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
                     .into_inner();
                 let sign = std::mem::take(&mut reply.sign);
                 if sign.is_empty() {
@@ -364,13 +379,14 @@ impl SignerClient for GrpcSigner {
             client_id: String::new(),
             sign_method: v1::SignMethod::wire(self.device.sign_method),
         };
+        let config = &self.config;
         self.with_failover(|mut client, endpoint| {
             let request = request.clone();
             async move {
                 let reply = client
                     .sign_sub_device_login_batch(request)
                     .await
-                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
                     .into_inner();
                 let mut entries = Vec::with_capacity(reply.signed.len());
                 for mut entry in reply.signed {
@@ -415,13 +431,14 @@ impl SignerClient for GrpcSigner {
         csr_der: Vec<u8>,
     ) -> Result<SignedCertificate, SignerClientError> {
         let request = RenewCertificateRequest { csr_der };
+        let config = &self.config;
         self.with_failover_on(|channel, endpoint| {
             let request = request.clone();
             async move {
                 let reply = CertificatesClient::new(channel)
                     .renew_certificate(request)
                     .await
-                    .map_err(|s| classify(endpoint.clone(), s))?
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
                     .into_inner();
                 signed_certificate(reply, endpoint)
             }
@@ -449,6 +466,7 @@ impl SignerClient for GrpcSigner {
         &self,
         device_secret: &SecretString,
     ) -> Result<(), SignerClientError> {
+        let config = &self.config;
         self.with_failover(|mut client, endpoint| {
             // The request's copy lives only as long as the call (prost
             // strings are not zeroized: see the crate docs).
@@ -459,7 +477,7 @@ impl SignerClient for GrpcSigner {
                 client
                     .complete_activation(request)
                     .await
-                    .map_err(|s| classify(endpoint.clone(), s))?;
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?;
                 Ok(())
             }
         })

@@ -209,7 +209,17 @@ async fn check_reports_the_expiry_without_the_password() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
-    let config = write_config(dir.path(), &signer, "tcp://127.0.0.1:11883");
+    // `check` logs in to the broker too (#29 item 4).
+    let devices = dir.path().join("devices.csv");
+    write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
+    let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
+        .start()
+        .expect("sandbox");
+    let config = write_config(
+        dir.path(),
+        &signer,
+        &format!("tcp://{}", sandbox.mqtt_addr()),
+    );
     let run = |config: std::path::PathBuf| {
         tokio::task::spawn_blocking(move || {
             Command::new(BIN)
@@ -254,6 +264,7 @@ async fn check_reports_the_expiry_without_the_password() {
     let out = run(bad).await.expect("join");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config"));
+    drop(sandbox);
 }
 
 /// #29 item 6: output to a reader that quit (`enos-agent … 2>&1 | head -1`)

@@ -10,6 +10,8 @@
 //! - `convert`: the conversions between messages and domain types
 //!   (`SignMethod`, `DeviceRef` ⇄ `DeviceId`, device-file row → `ImportRow`),
 //!   as `From` impls and methods on the messages.
+//! - [`tls_failure`]: why a TLS handshake failed, found in an error's
+//!   source chain: the clients' message, the signer's log line and label.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //!
 //! Messages that carry a password or a secret (`MqttCredential`,
@@ -21,6 +23,7 @@
 mod convert;
 pub mod identity;
 mod redact;
+pub mod tls_failure;
 
 /// `enos.signer.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -93,6 +93,21 @@ impl Pki {
         self.sign(params)
     }
 
+    /// As [`Pki::server`] (no extra names), valid from 2020 until
+    /// `not_after` (a past one: an expired server certificate).
+    pub fn server_valid_until(&self, not_after: std::time::SystemTime) -> Result<Identity> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.distinguished_name = dn("localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        let secs = not_after.duration_since(std::time::UNIX_EPOCH)?;
+        params.not_after = date_time_ymd(1970, 1, 1) + secs;
+        self.sign(params)
+    }
+
     /// A client certificate for a device: URI SAN
     /// `spiffe://enos/device/{pk}/{dk}`, CN = deviceKey.
     pub fn device(&self, product_key: &str, device_key: &str) -> Result<Identity> {
@@ -111,12 +126,36 @@ impl Pki {
 
     /// A client certificate with any URI SAN (or none), for negative tests.
     pub fn client_with_uri(&self, common_name: &str, uri: Option<&str>) -> Result<Identity> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(common_name);
-        if let Some(uri) = uri {
-            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(client_params(common_name, uri)?)
+    }
+
+    /// As [`Pki::device`], valid from 1 January `from_year` to 1 January
+    /// `until_year`: a past `until_year` is an expired certificate, a
+    /// future `from_year` one not yet valid.
+    pub fn device_valid(
+        &self,
+        product_key: &str,
+        device_key: &str,
+        from_year: i32,
+        until_year: i32,
+    ) -> Result<Identity> {
+        let identity = PeerIdentity::Device {
+            product_key: ProductKey::new(product_key)?,
+            device_key: DeviceKey::new(device_key)?,
+        };
+        let mut params = client_params(device_key, Some(&identity.to_uri()))?;
+        params.not_before = date_time_ymd(from_year, 1, 1);
+        params.not_after = date_time_ymd(until_year, 1, 1);
+        self.sign(params)
+    }
+
+    /// As [`Pki::admin`], valid from 1 January `from_year` to 1 January
+    /// `until_year`.
+    pub fn admin_valid(&self, name: &str, from_year: i32, until_year: i32) -> Result<Identity> {
+        let uri = PeerIdentity::Admin { name: name.into() }.to_uri();
+        let mut params = client_params(name, Some(&uri))?;
+        params.not_before = date_time_ymd(from_year, 1, 1);
+        params.not_after = date_time_ymd(until_year, 1, 1);
         self.sign(params)
     }
 
@@ -213,6 +252,17 @@ impl Identity {
         write_private(&key, self.key_pem.as_bytes())?;
         Ok(IdentityFiles { cert, key })
     }
+}
+
+/// A client certificate's parameters: CN, URI SAN (if any), clientAuth.
+fn client_params(common_name: &str, uri: Option<&str>) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(common_name);
+    if let Some(uri) = uri {
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 /// A serial number no other certificate of this process has: the start

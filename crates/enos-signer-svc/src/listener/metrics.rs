@@ -15,9 +15,14 @@
 //! use.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
+
+use enos_signer_proto::tls_failure::TlsFailure;
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
@@ -68,6 +73,13 @@ struct ListenerLabels {
     listener: &'static str,
     /// `limit` (too many open) or `throttled` (too many new from one
     /// address).
+    reason: &'static str,
+}
+
+/// Labels of a failed TLS handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    /// One of [`TlsFailure::LABELS`]: bounded.
     reason: &'static str,
 }
 
@@ -137,13 +149,18 @@ pub struct Metrics {
     /// Admin calls, by RPC and outcome.
     admin_calls: Family<OutcomeLabels, Counter>,
     /// notAfter of the served server certificate (seconds since the
-    /// epoch): short-lived certificates must be seen to renew.
-    server_cert_expiry: Gauge,
+    /// epoch; 0: none yet): short-lived certificates must be seen to
+    /// renew. Encoded with its `state` at each scrape
+    /// ([`ServerCertExpiryCollector`]).
+    server_cert_expiry: Arc<AtomicI64>,
     /// notBefore of the served server certificate (seconds since the
     /// epoch): with the expiry, the certificate's lifetime, so the expiry
     /// alert can ask for "a fifth of its lifetime left" and suit a
     /// one-hour certificate as well as a one-year one.
     server_cert_not_before: Gauge,
+    /// Failed TLS handshakes on the gRPC and enrollment listeners, by
+    /// reason: an expired fleet or a wrong CA shows here first.
+    tls_handshake_failures: Family<HandshakeLabels, Counter>,
     /// TLS reloads, by outcome: a refused one means the files are broken.
     tls_reloads: Family<ReloadLabels, Counter>,
     /// Connections closed at accept because the listener was at its
@@ -262,6 +279,56 @@ impl Collector for AuditLossCollector {
     }
 }
 
+/// How near its end a server certificate is, at `now` (seconds since
+/// the epoch): `expired`, `expiring` (within 7 days), or `ok`. The
+/// expiry metric's `state` label and the signer's warning.
+pub fn server_cert_state(not_after: i64, now: i64) -> &'static str {
+    const WEEK: i64 = 7 * 86_400;
+    if now >= not_after {
+        "expired"
+    } else if not_after - now < WEEK {
+        "expiring"
+    } else {
+        "ok"
+    }
+}
+
+/// Seconds since the epoch, now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Encodes the served certificate's notAfter with its `state` at the
+/// time of the scrape (`ok`, `expiring` within 7 days, `expired`): one
+/// series, whose label an alert can match without arithmetic.
+struct ServerCertExpiryCollector(Arc<AtomicI64>);
+
+impl std::fmt::Debug for ServerCertExpiryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCertExpiryCollector")
+    }
+}
+
+impl Collector for ServerCertExpiryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let not_after = self.0.load(Ordering::Relaxed);
+        if not_after == 0 {
+            return Ok(());
+        }
+        let gauge = ConstGauge::new(not_after);
+        let mut family = encoder.encode_descriptor(
+            "tls_server_cert_expiry_timestamp_seconds",
+            "notAfter of the server certificate served to new connections; state: ok, expiring (within 7 days) or expired",
+            None,
+            gauge.metric_type(),
+        )?;
+        let state = server_cert_state(not_after, unix_now());
+        gauge.encode(family.encode_family(&[("state", state)])?)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -292,11 +359,15 @@ impl Metrics {
             "Admin RPCs by RPC and outcome",
             admin_calls.clone(),
         );
-        let server_cert_expiry = Gauge::default();
+        let server_cert_expiry = Arc::new(AtomicI64::new(0));
+        registry.register_collector(Box::new(ServerCertExpiryCollector(Arc::clone(
+            &server_cert_expiry,
+        ))));
+        let tls_handshake_failures = Family::<HandshakeLabels, Counter>::default();
         registry.register(
-            "tls_server_cert_expiry_timestamp_seconds",
-            "notAfter of the server certificate served to new connections",
-            server_cert_expiry.clone(),
+            "tls_handshake_failures",
+            "Failed TLS handshakes on the gRPC and enrollment listeners, by reason (expired, not_yet_valid, unknown_issuer, revoked, no_certificate, bad_certificate, protocol, timeout, closed, server_certificate_refused, other)",
+            tls_handshake_failures.clone(),
         );
         let server_cert_not_before = Gauge::default();
         registry.register(
@@ -304,6 +375,11 @@ impl Metrics {
             "notBefore of the server certificate served to new connections",
             server_cert_not_before.clone(),
         );
+        // Every reason from the start: a rate over a series that appears
+        // with its first failure misses that failure.
+        for reason in TlsFailure::LABELS {
+            let _ = tls_handshake_failures.get_or_create(&HandshakeLabels { reason });
+        }
         let tls_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "tls_reloads",
@@ -386,6 +462,7 @@ impl Metrics {
             admin_calls,
             server_cert_expiry,
             server_cert_not_before,
+            tls_handshake_failures,
             tls_reloads,
         }
     }
@@ -409,7 +486,15 @@ impl Metrics {
 
     /// Records the served certificate's notAfter.
     pub fn set_server_cert_expiry(&self, not_after: i64) {
-        self.server_cert_expiry.set(not_after);
+        self.server_cert_expiry.store(not_after, Ordering::Relaxed);
+    }
+
+    /// Counts one failed TLS handshake, for `reason` (one of
+    /// [`TlsFailure::LABELS`]).
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&HandshakeLabels { reason })
+            .inc();
     }
 
     /// Records the served certificate's notBefore.

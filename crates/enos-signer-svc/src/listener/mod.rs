@@ -8,6 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`tls_incoming`] | the gRPC listener's accept loop: each handshake with the current material |
+//! | [`handshake_failures`] | failed handshakes: counted by reason, logged with the peer's address, rate-limited |
 //! | [`tls_reload`] | server TLS material, re-read when its files change (and on SIGHUP) |
 //! | [`peer`] | the caller's identity from its client certificate, re-verified per material generation |
 //! | [`limits`] | `[server.limits]`: connections, streams, requests in flight, the per-address throttle, listener timeouts |
@@ -15,6 +16,7 @@
 //! | [`readiness`] | what the health service answers: registry, custody, draining; liveness |
 //! | [`health_port`] | the plain (no TLS) health port for kubelet probes |
 
+pub mod handshake_failures;
 pub mod health_port;
 pub mod limits;
 pub mod metrics;

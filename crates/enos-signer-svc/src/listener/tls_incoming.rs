@@ -6,7 +6,8 @@
 //! established connections keep theirs. Handshakes run concurrently, each
 //! bounded by `[server.limits] handshake_timeout_secs`, so a slow or silent
 //! client holds up no one; a handshake without a valid client certificate
-//! fails. After it, the client's HTTP/2 preface must arrive within
+//! fails, and is counted and logged with its reason
+//! ([`crate::listener::handshake_failures`]). After it, the client's HTTP/2 preface must arrive within
 //! `http2_start_timeout_secs`, or the connection is closed: a peer cannot
 //! hold a slot by saying nothing.
 
@@ -17,7 +18,10 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 
+use enos_signer_proto::tls_failure::TlsFailure;
+
 use crate::{
+    listener::handshake_failures::HandshakeFailures,
     listener::limits::{Admission, Deadlines, HTTP2_PREFACE_LEN, Limited},
     listener::tls_reload::{ReloadingTls, TlsGeneration},
 };
@@ -82,6 +86,10 @@ async fn accept_loop(
     sender: mpsc::Sender<GrpcConnection>,
 ) {
     let mut handshakes = JoinSet::new();
+    let failures = Arc::new(HandshakeFailures::new(
+        admission.listener,
+        admission.metrics.clone(),
+    ));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -103,6 +111,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(config_of(&tls.current()));
         let sender = sender.clone();
+        let failures = Arc::clone(&failures);
         while handshakes.try_join_next().is_some() {}
         handshakes.spawn(async move {
             match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
@@ -115,8 +124,12 @@ async fn accept_loop(
                     let connection = Limited::with_deadlines(stream, permit, deadlines);
                     let _ = sender.send(connection).await;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    failures.record(peer, &TlsFailure::from_io(&e));
+                }
+                Err(_) => {
+                    failures.record(peer, &TlsFailure::timeout());
+                }
             }
         });
     }

@@ -189,6 +189,10 @@ pub struct ReloadingTls {
     /// The generation whose CRLs were last reported past their nextUpdate
     /// by [`ReloadingTls::check_crl_expiry`]: warned once, not per poll.
     crl_warned: std::sync::atomic::AtomicU64,
+    /// The generation and state (`expiring`, `expired`) of the served
+    /// certificate last warned about by [`ReloadingTls::check_cert_expiry`]:
+    /// once per change, not per poll.
+    expiry_warned: Mutex<Option<(u64, &'static str)>>,
     /// The signer's own CA chain (DER, CA first) with `[ca]`, trusted for
     /// device certificates: it lives in the registry, not in a file.
     own_ca: Mutex<Vec<Vec<u8>>>,
@@ -296,16 +300,61 @@ impl ReloadingTls {
         generation.log_material();
         metrics.set_server_cert_expiry(generation.not_after);
         metrics.set_server_cert_not_before(generation.not_before);
-        Ok(ReloadingTls {
+        let tls = ReloadingTls {
             paths,
             current: RwLock::new(Arc::new(generation)),
             last_refused: Mutex::new(None),
             metrics,
             crl_expired: config.crl_expired,
             crl_warned: std::sync::atomic::AtomicU64::new(0),
+            expiry_warned: Mutex::new(None),
             own_ca: Mutex::new(Vec::new()),
             revocations,
-        })
+        };
+        tls.check_cert_expiry();
+        Ok(tls)
+    }
+
+    /// Warns when the served certificate has expired or expires within
+    /// 7 days (once per certificate and state: at start, at a reload, and
+    /// when the watcher's poll sees it cross); returns its state (`ok`,
+    /// `expiring`, `expired`), which the expiry metric also carries.
+    pub fn check_cert_expiry(&self) -> &'static str {
+        let current = self.current();
+        let now = crate::listener::metrics::unix_now();
+        let state = crate::listener::metrics::server_cert_state(current.not_after, now);
+        if state == "ok" {
+            return state;
+        }
+        let mut warned = self.expiry_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if *warned == Some((current.number, state)) {
+            return state;
+        }
+        *warned = Some((current.number, state));
+        let not_after = u64::try_from(current.not_after).map_or_else(
+            |_| current.not_after.to_string(),
+            |secs| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                    .to_string()
+            },
+        );
+        if state == "expired" {
+            tracing::warn!(
+                cert = %self.paths.cert.display(),
+                serial = %current.serial,
+                not_after = %not_after,
+                "the server certificate has expired: clients refuse the handshake; replace server.cert and server.key (they are reloaded)"
+            );
+        } else {
+            let days = (current.not_after - now) / 86_400;
+            tracing::warn!(
+                cert = %self.paths.cert.display(),
+                serial = %current.serial,
+                not_after = %not_after,
+                "the server certificate expires in {days} days: renew server.cert and server.key (they are reloaded)"
+            );
+        }
+        state
     }
 
     /// Warns once per generation when a CRL of the served material has
@@ -373,6 +422,7 @@ impl ReloadingTls {
                 self.metrics.tls_reload("reloaded");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
                 *self.last_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.check_cert_expiry();
                 ReloadOutcome::Reloaded { serial }
             }
             Err(e) => self.refuse(digest, &e),
@@ -429,6 +479,7 @@ pub async fn watch(tls: Arc<ReloadingTls>, interval: Option<Duration>, stop: Can
                 let _ = tokio::task::spawn_blocking(move || {
                     tls.reload();
                     tls.check_crl_expiry();
+                    tls.check_cert_expiry();
                 })
                 .await;
             }
@@ -960,6 +1011,42 @@ pub(crate) mod tests {
         assert_eq!(tls.current().number, serving);
     }
 
+    /// #29 item 1: a server certificate that expires within 7 days, or
+    /// has expired, is warned about and marked in the expiry metric.
+    #[test]
+    fn a_server_certificate_near_or_past_its_end_is_warned_about_and_marked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = enos_testkit::Pki::new("expiring-server").expect("pki");
+        let config = server_config(dir.path(), &pki);
+        let metrics = Metrics::new();
+        let tls = ReloadingTls::load(&config, metrics.clone(), None).expect("loads");
+        assert_eq!(tls.check_cert_expiry(), "ok");
+        let now = std::time::SystemTime::now();
+        for (not_after, state) in [
+            (now + Duration::from_secs(3 * 86_400), "expiring"),
+            (now - Duration::from_secs(86_400), "expired"),
+        ] {
+            let server = pki.server_valid_until(not_after).expect("cert");
+            std::fs::write(&config.cert, &server.cert_pem).expect("write");
+            enos_testkit::write_private(&config.key, server.key_pem.as_bytes()).expect("write");
+            assert!(matches!(tls.reload(), ReloadOutcome::Reloaded { .. }));
+            assert_eq!(tls.check_cert_expiry(), state);
+            let text = metrics.encode();
+            assert!(
+                text.contains(&format!(
+                    "enos_signer_tls_server_cert_expiry_timestamp_seconds{{state=\"{state}\"}} {}",
+                    tls.current().not_after
+                )),
+                "{text}"
+            );
+            // At start too: a signer loading it warns and marks it.
+            let fresh = Metrics::new();
+            let loaded = ReloadingTls::load(&config, fresh.clone(), None).expect("loads");
+            assert_eq!(loaded.check_cert_expiry(), state);
+            assert!(fresh.encode().contains(&format!("state=\"{state}\"")));
+        }
+    }
+
     #[test]
     fn changed_files_reload_broken_ones_are_refused_and_the_old_stays() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -970,7 +1057,7 @@ pub(crate) mod tests {
         let first = tls.current().serial.clone();
         assert_eq!(tls.reload(), ReloadOutcome::Unchanged);
         assert!(metrics.encode().contains(&format!(
-            "enos_signer_tls_server_cert_expiry_timestamp_seconds {}",
+            "enos_signer_tls_server_cert_expiry_timestamp_seconds{{state=\"ok\"}} {}",
             tls.current().not_after
         )));
 

@@ -226,7 +226,7 @@ fn show(device: &v1::Device) {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+    crate::handshake::status(e)
 }
 
 impl AdminCommand {

@@ -167,7 +167,7 @@ pub(crate) enum CertificateCommand {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+    crate::handshake::status(e)
 }
 
 /// `ms` since the epoch as RFC 3339.

@@ -80,9 +80,7 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
     let mut client = AdminClient::new(connection.channel().await?);
     let response = client.import_devices(stream).await;
     progress.finish_and_clear();
-    let response = response
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let response = response.map_err(crate::handshake::status)?.into_inner();
 
     let mut errors: Vec<(u32, String)> = unreadable;
     errors.extend(response.errors.into_iter().map(|e| (e.line, e.message)));

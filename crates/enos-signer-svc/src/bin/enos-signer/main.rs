@@ -9,6 +9,7 @@
 //!   over mTLS `enroll-token`, `revoke-tokens`, `revoke-cert`, `certs`.
 //! - `import.rs`: `import FILE.csv`: progress bar, `--dry-run`, per-row report.
 //! - `registry.rs`: `registry copy` (redb ↔ PostgreSQL).
+//! - `handshake.rs`: a failed TLS handshake said with `--ca`/`--cert`.
 //! - `logging.rs`: tracing, JSON or pretty.
 //!
 //! No secret is ever taken from argv: device secrets come from a file or
@@ -39,6 +40,7 @@ mod certificates;
 mod custody;
 #[cfg(test)]
 mod docs_commands;
+mod handshake;
 mod import;
 mod logging;
 mod registry;
@@ -141,9 +143,13 @@ impl Connection {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
         let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        handshake::remember(&self.endpoint, &self.ca, &self.cert, &self.key);
         enos_signer_svc::client::connect_mtls(&self.endpoint, &read(&self.ca)?, Some(identity))
             .await
-            .with_context(|| format!("connecting to {}", self.endpoint))
+            .map_err(|e| match handshake::explain(&e) {
+                Some(message) => anyhow::anyhow!("connecting to {}: {message}", self.endpoint),
+                None => anyhow::Error::from(e).context(format!("connecting to {}", self.endpoint)),
+            })
     }
 }
 
@@ -163,7 +169,7 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        let result = match cli.command {
             Command::Init { config } => {
                 let config = SignerConfig::load(&config)?;
                 let created = init(&config, Existing::Refuse)?;
@@ -197,6 +203,10 @@ fn main() -> Result<()> {
             Command::Ca(command) => command.run().await,
             Command::Admin(command) => command.run().await,
             Command::Certificates(command) => command.run().await,
+        };
+        match result {
+            Err(e) => Err(handshake::explain_error(e).await),
+            ok => ok,
         }
     })
 }
