@@ -84,25 +84,25 @@ pub(crate) async fn explain_unavailable(
     if !probe::worth_probing(&message) {
         return SignerClientError::Unavailable { endpoint, message };
     }
-    // The files as they are now (a key that is not a file: no probe).
-    let material = (|| {
-        Some((
-            std::fs::read(&config.ca).ok()?,
-            std::fs::read(&config.cert).ok()?,
-            crate::tls::read_private_key(&config.key).ok()?,
-        ))
+    // The files as they are now, in the signer channel's own TLS config
+    // (a key file or a token key alike).
+    let tls = (|| {
+        let ca = std::fs::read(&config.ca).ok()?;
+        let cert = std::fs::read(&config.cert).ok()?;
+        let key = match config.key.file() {
+            Some(path) => Some(crate::tls::read_private_key(path).ok()?),
+            None => None,
+        };
+        crate::signer_channels::client_tls(config, &ca, &cert, key.as_deref().map(Vec::as_slice))
+            .ok()
     })();
-    let Some((ca, cert, key)) = material else {
+    let Some(tls) = tls else {
         return SignerClientError::Unavailable { endpoint, message };
     };
-    let found = probe::probe(
+    let found = probe::probe_with(
         url,
         config.tls_server_name.as_deref(),
-        probe::ProbeMaterial {
-            ca_pem: &ca,
-            cert_pem: &cert,
-            key_pem: &key,
-        },
+        tls,
         config.connect_timeout,
     )
     .await;

@@ -492,6 +492,17 @@ pub async fn probe(
     material: ProbeMaterial<'_>,
     wait: std::time::Duration,
 ) -> Option<TlsFailure> {
+    probe_with(url, server_name, probe_config(material)?, wait).await
+}
+
+/// [`probe`] with a client config built by the caller (e.g. one whose key
+/// signs in a PKCS#11 token and has no PEM). It must offer ALPN `h2`.
+pub async fn probe_with(
+    url: &str,
+    server_name: Option<&str>,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    wait: std::time::Duration,
+) -> Option<TlsFailure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: tonic::codegen::http::Uri = url.parse().ok()?;
     let host = uri
@@ -502,7 +513,7 @@ pub async fn probe(
     let port = uri.port_u16().unwrap_or(443);
     let name =
         rustls::pki_types::ServerName::try_from(server_name.unwrap_or(&host).to_owned()).ok()?;
-    let connector = tokio_rustls::TlsConnector::from(probe_config(material)?);
+    let connector = tokio_rustls::TlsConnector::from(config);
     let run = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
