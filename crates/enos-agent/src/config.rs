@@ -95,10 +95,16 @@ pub struct SignerClientConfig {
     #[serde(default)]
     pub tls_server_name: Option<String>,
     /// Bounds TCP + TLS set-up per endpoint, so failover is quick.
-    #[serde(default = "default_signer_connect_timeout", with = "enos_toml::duration")]
+    #[serde(
+        default = "default_signer_connect_timeout",
+        with = "enos_toml::duration"
+    )]
     pub connect_timeout: Duration,
     /// Bounds one RPC per endpoint.
-    #[serde(default = "default_signer_request_timeout", with = "enos_toml::duration")]
+    #[serde(
+        default = "default_signer_request_timeout",
+        with = "enos_toml::duration"
+    )]
     pub request_timeout: Duration,
 }
 
@@ -606,7 +612,10 @@ impl Config {
     pub fn default_status_file(&self, runtime_directory: Option<&std::ffi::OsStr>) -> PathBuf {
         // systemd separates several runtime directories with ':'.
         let runtime = runtime_directory
-            .and_then(|dirs| dirs.to_str().map(|d| d.split(':').next().unwrap_or(d).to_owned()))
+            .and_then(|dirs| {
+                dirs.to_str()
+                    .map(|d| d.split(':').next().unwrap_or(d).to_owned())
+            })
             .filter(|d| !d.is_empty());
         match runtime {
             Some(dir) => Path::new(&dir).join(STATUS_FILE_NAME),

@@ -275,7 +275,10 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         match connected {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => Step::Go(()),
             Ok(other) => {
-                tracing::warn!(event = first_event_name(&other), "unexpected first event; reconnecting");
+                tracing::warn!(
+                    event = first_event_name(&other),
+                    "unexpected first event; reconnecting"
+                );
                 Step::Retry
             }
             Err(e) => {
@@ -515,7 +518,12 @@ async fn pause(
         s.last_backoff_ceiling_ms =
             Some(u64::try_from(delay.ceiling.as_millis()).unwrap_or(u64::MAX));
     });
-    tracing::info!(delay_ms = delay.delay.as_millis() as u64, ceiling_ms = delay.ceiling.as_millis() as u64, kind = failure.kind.name(), "backing off");
+    tracing::info!(
+        delay_ms = delay.delay.as_millis() as u64,
+        ceiling_ms = delay.ceiling.as_millis() as u64,
+        kind = failure.kind.name(),
+        "backing off"
+    );
     tokio::select! {
         () = tokio::time::sleep(delay.delay) => true,
         () = shutdown.cancelled() => false,

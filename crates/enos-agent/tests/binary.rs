@@ -365,7 +365,11 @@ async fn without_a_status_section_the_status_is_in_the_runtime_directory() {
     let status_file = runtime.join("status.json");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !status_file.exists() {
-        assert!(Instant::now() < deadline, "no status file in {}", runtime.display());
+        assert!(
+            Instant::now() < deadline,
+            "no status file in {}",
+            runtime.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = |json: bool| {
@@ -381,7 +385,11 @@ async fn without_a_status_section_the_status_is_in_the_runtime_directory() {
     };
     let out = status(false);
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(shown.contains("state: "), "{shown}");
     assert!(shown.contains(&format!("broker: {broker}")), "{shown}");
     assert!(
@@ -414,8 +422,14 @@ async fn without_a_status_section_the_status_is_in_the_runtime_directory() {
         log.contains("ENOS_AGENT_LOG is no longer read: set RUST_LOG instead"),
         "{log}"
     );
-    assert!(log.contains(&format!("file={}", status_file.display())), "{log}");
-    assert!(!log.contains('\u{1b}'), "an escape code in a redirected log:\n{log}");
+    assert!(
+        log.contains(&format!("file={}", status_file.display())),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape code in a redirected log:\n{log}"
+    );
     assert!(!log.contains("Some("), "a Rust Option in the log:\n{log}");
 
     // No status file anywhere: named, with what to run.

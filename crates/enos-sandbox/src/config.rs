@@ -682,7 +682,9 @@ mod tests {
         );
         let old = parse("[checks]\nfreshness_window_secs = 300\n");
         assert!(
-            old.contains("`freshness_window_secs` was renamed: write `freshness_window = \"300s\"`"),
+            old.contains(
+                "`freshness_window_secs` was renamed: write `freshness_window = \"300s\"`"
+            ),
             "{old}"
         );
         let bare = parse("[limits]\nconnect_timeout = 5000\n");
@@ -700,6 +702,9 @@ mod tests {
             },
         )
         .expect_err("above u16 ms");
-        assert!(long.to_string().contains("limits.connect_timeout"), "{long}");
+        assert!(
+            long.to_string().contains("limits.connect_timeout"),
+            "{long}"
+        );
     }
 }

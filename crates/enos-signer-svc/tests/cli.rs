@@ -718,7 +718,11 @@ async fn a_redirected_log_has_no_colour_and_no_rust_debug_values() {
     assert!(text_of.contains("pretty"), "{text_of}");
     std::fs::write(&config, text_of).expect("write config");
     let config_arg = config.display().to_string();
-    let out = run(vec!["init".into(), "--config".into(), config_arg.clone()], None).await;
+    let out = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let log_path = state.path().join("serve.log");
@@ -751,7 +755,10 @@ async fn a_redirected_log_has_no_colour_and_no_rust_debug_values() {
         .status;
     assert!(status.success(), "{status:?}");
     let log = format!("{log}{}", std::fs::read_to_string(&log_path).expect("log"));
-    assert!(!log.contains('\u{1b}'), "an escape code in a redirected log:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape code in a redirected log:\n{log}"
+    );
     assert!(!log.contains("Some("), "a Rust Option in the log:\n{log}");
     assert!(log.contains("addr: 127.0.0.1:"), "{log}");
 }
@@ -773,8 +780,17 @@ async fn an_import_reports_progress_in_lines_when_stderr_is_not_a_terminal() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // The first chunk and the last (one in between only every 2 s).
-    assert!(stderr.contains("import: sent 500/1200 rows (41%)"), "{stderr}");
-    assert!(stderr.contains("import: sent 1200/1200 rows (100%)"), "{stderr}");
-    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(
+        stderr.contains("import: sent 500/1200 rows (41%)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("import: sent 1200/1200 rows (100%)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
     assert!(text(&out.stdout).contains("imported 1200 devices"));
 }

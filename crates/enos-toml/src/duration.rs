@@ -36,8 +36,12 @@ impl de::Visitor<'_> for Visitor {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
         // humantime's reason (unknown unit, number expected) without the
         // text itself, which enos-toml never echoes.
-        humantime::parse_duration(text)
-            .map_err(|e| E::custom(format_args!("not a duration ({}): write it like `10s`, `500ms`, `5m`", reason(&e))))
+        humantime::parse_duration(text).map_err(|e| {
+            E::custom(format_args!(
+                "not a duration ({}): write it like `10s`, `500ms`, `5m`",
+                reason(&e)
+            ))
+        })
     }
 }
 
@@ -59,7 +63,10 @@ pub mod option {
     use serde::{Deserializer, Serializer};
 
     /// Writes `Some(d)` as a humantime string.
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => super::serialize(d, serializer),
             None => serializer.serialize_none(),

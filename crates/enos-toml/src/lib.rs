@@ -135,7 +135,13 @@ fn rename_message(raw: &str, line_text: &str, renamed: &[Renamed]) -> Option<Str
     // is a plain number (never a string, which could be anything pasted).
     let number = line_text
         .split_once('=')
-        .map(|(_, v)| v.split('#').next().unwrap_or_default().trim().replace('_', ""))
+        .map(|(_, v)| {
+            v.split('#')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .replace('_', "")
+        })
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
     let value = match number {
         Some(n) => format!("{n}{}", entry.unit),
@@ -270,10 +276,7 @@ mod tests {
             RENAMED,
         )
         .expect_err("old key");
-        assert!(
-            err.message.contains("write `window = \"1500ms\"`"),
-            "{err}"
-        );
+        assert!(err.message.contains("write `window = \"1500ms\"`"), "{err}");
         // A string where the number was is not echoed.
         let err = from_str_renamed::<Timeouts>(&format!("window_ms = \"{SECRET}\"\n"), RENAMED)
             .expect_err("old key");

@@ -28,8 +28,8 @@ impl SignerFixture {
         let signer = TestSigner::start_with(&signer_dir, &pki, |c| {
             c.policy.ttl = std::time::Duration::from_secs(ttl_secs)
         })
-            .await
-            .expect("signer starts");
+        .await
+        .expect("signer starts");
         signer
             .put_device(gw.0, gw.1, secret)
             .await

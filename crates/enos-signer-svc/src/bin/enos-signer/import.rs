@@ -61,7 +61,9 @@ impl Progress {
             Progress::Lines { total, state } => {
                 let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
                 state.0 += rows;
-                let due = state.1.is_none_or(|at| at.elapsed() >= PROGRESS_LINE_INTERVAL);
+                let due = state
+                    .1
+                    .is_none_or(|at| at.elapsed() >= PROGRESS_LINE_INTERVAL);
                 if due || state.0 == *total {
                     state.1 = Some(Instant::now());
                     let percent = (state.0 * 100).checked_div(*total).unwrap_or(100);
