@@ -661,8 +661,13 @@ impl SignerConfig {
             path: path.to_owned(),
             cause: source,
         })?;
-        let mut config = Self::from_toml(&text)
-            .map_err(|e| SignerError::Config(format!("{}: {e}", path.display())))?;
+        // The file's name before the reason, and "configuration:" once.
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            SignerError::Config(reason) => {
+                SignerError::Config(format!("{}: {reason}", path.display()))
+            }
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         config.resolve_paths(base, credentials.as_deref());
@@ -1022,6 +1027,21 @@ mod tests {
             panic!("pkcs11")
         };
         assert_eq!(hsm.retry_interval, Some(Duration::from_millis(250)));
+        // Loaded from a file: the file named, "configuration:" once (#29
+        // item 5 printed `configuration: FILE: configuration: line …`).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.toml");
+        std::fs::write(
+            &path,
+            example.replacen("drain_timeout = \"10s\"", "drain_timeout_secs = 10", 1),
+        )
+        .expect("write");
+        let error = SignerConfig::load(&path).expect_err("old key").to_string();
+        assert!(
+            error.starts_with(&format!("configuration: {}: line ", path.display())),
+            "{error}"
+        );
+        assert_eq!(error.matches("configuration").count(), 1, "{error}");
         // What `to_toml` writes reads back the same.
         let config = SignerConfig::from_toml(example).expect("example");
         let again = SignerConfig::from_toml(&config.to_toml().expect("toml")).expect("again");
