@@ -887,7 +887,7 @@ fn start_agent(
         name,
         &binaries.agent,
         [OsStr::new("run"), OsStr::new("--config"), path.as_os_str()],
-        &[("ENOS_AGENT_LOG", OsStr::new("debug"))],
+        &[("RUST_LOG", OsStr::new("debug"))],
     )?)
 }
 

@@ -124,7 +124,7 @@ pub fn write_config(
     std::fs::create_dir_all(dir).map_err(E2eError::io(format!("creating {}", dir.display())))?;
     let tls = pki.server("signer-server")?;
     let mut server = server_config(listen, tls.cert, tls.key, pki.ca.clone());
-    server.drain_timeout_secs = 3;
+    server.drain_timeout = std::time::Duration::from_secs(3);
     let mut config = state_in(dir, server);
     config.policy = policy;
     config.logging = LoggingConfig {

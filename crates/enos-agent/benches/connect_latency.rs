@@ -55,7 +55,7 @@ fn one_start(bin: &std::path::Path, config: &std::path::Path) -> Duration {
     let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
-        .env("ENOS_AGENT_LOG", "info")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -250,7 +250,7 @@ target = "measurepoint-post"
     let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(&config)
-        .env("ENOS_AGENT_LOG", "warn")
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -107,17 +107,25 @@ impl<S: SignerClient> Agent<S> {
 
         let status_stop = CancellationToken::new();
         let status_file = async {
-            match &config.status.file {
-                Some(path) => {
-                    status::write_status_file(
-                        path.clone(),
-                        shared.status.subscribe(),
-                        STATUS_FILE_INTERVAL,
-                        status_stop.clone(),
-                    )
-                    .await
+            let Some(path) = &config.status.file else {
+                return Ok(());
+            };
+            let written = status::write_status_file(
+                path.clone(),
+                shared.status.subscribe(),
+                STATUS_FILE_INTERVAL,
+                status_stop.clone(),
+            )
+            .await;
+            match written {
+                // The default place may not be writable (a read-only
+                // certificate directory): that costs the file, not the
+                // connection.
+                Err(e) if config.status.best_effort => {
+                    tracing::warn!(error = %e, "no status file; set [status] file to a writable path");
+                    Ok(())
                 }
-                None => Ok(()),
+                other => other,
             }
         };
         let work = async {

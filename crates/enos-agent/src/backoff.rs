@@ -22,6 +22,16 @@ pub enum FailureKind {
     Refused,
 }
 
+impl FailureKind {
+    /// Its name in logs (`network`, `refused`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Network => "network",
+            FailureKind::Refused => "refused",
+        }
+    }
+}
+
 /// One delay decision, kept for the status and the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delay {

@@ -96,10 +96,16 @@ pub struct SignerClientConfig {
     #[serde(default)]
     pub tls_server_name: Option<String>,
     /// Bounds TCP + TLS set-up per endpoint, so failover is quick.
-    #[serde(default = "default_signer_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_signer_connect_timeout",
+        with = "enos_toml::duration"
+    )]
     pub connect_timeout: Duration,
     /// Bounds one RPC per endpoint.
-    #[serde(default = "default_signer_request_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_signer_request_timeout",
+        with = "enos_toml::duration"
+    )]
     pub request_timeout: Duration,
 }
 
@@ -113,10 +119,10 @@ pub struct EnosConfig {
     #[serde(default)]
     pub tls: Option<MqttTlsConfig>,
     /// MQTT keepalive; whole seconds, at least 1 s (the SDKs use 60 s).
-    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    #[serde(default = "default_keepalive", with = "enos_toml::duration")]
     pub keepalive: Duration,
     /// Bounds TCP + TLS + CONNECT/CONNACK; whole seconds, at least 1 s.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "enos_toml::duration")]
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted or sent, in bytes.
     #[serde(default = "default_max_packet_size")]
@@ -140,10 +146,10 @@ pub struct MqttTlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// The first ceiling after a network failure.
-    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    #[serde(default = "default_backoff_min", with = "enos_toml::duration")]
     pub min: Duration,
     /// The largest ceiling after network failures.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[serde(default = "default_backoff_max", with = "enos_toml::duration")]
     pub max: Duration,
     /// 1.0 = full jitter (uniform in `[0, ceiling]`), 0.0 = none.
     #[serde(default = "default_jitter")]
@@ -153,7 +159,7 @@ pub struct BackoffConfig {
     #[serde(default = "default_refusal_factor")]
     pub refusal_factor: u32,
     /// A connection that stayed up this long resets the backoff.
-    #[serde(default = "default_reset_after", with = "humantime_serde")]
+    #[serde(default = "default_reset_after", with = "enos_toml::duration")]
     pub reset_after: Duration,
 }
 
@@ -273,7 +279,7 @@ impl SubDeviceConfig {
 #[serde(deny_unknown_fields)]
 pub struct SubDeviceLoginConfig {
     /// How long to wait for a `combine/login_reply`.
-    #[serde(default = "default_reply_timeout", with = "humantime_serde")]
+    #[serde(default = "default_reply_timeout", with = "enos_toml::duration")]
     pub reply_timeout: Duration,
     /// Attempts per sub-device per connection for retryable failures.
     #[serde(default = "default_login_attempts")]
@@ -284,10 +290,24 @@ pub struct SubDeviceLoginConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusConfig {
-    /// A JSON file rewritten (atomically) on every state change.
+    /// A JSON file rewritten (atomically) on every state change. Absent:
+    /// `enos-agent run` writes [`Config::default_status_file`]; a library
+    /// user (the tests, the fleet) writes none.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// Whether a failed write only costs the file (a warning) rather than
+    /// being the agent's error: set for the default place, which nobody
+    /// chose and which may not be writable.
+    #[serde(skip)]
+    pub best_effort: bool,
 }
+
+/// The name of the status file where `[status] file` does not say.
+pub const STATUS_FILE_NAME: &str = "status.json";
+
+/// The shipped unit's `RuntimeDirectory=enos-agent`: where `enos-agent
+/// status` looks when run from a shell, which has no `$RUNTIME_DIRECTORY`.
+pub const SYSTEMD_RUNTIME_DIRECTORY: &str = "/run/enos-agent";
 
 /// Renewal of the device certificate inside `enos-agent run`: at `at` of
 /// its lifetime, plus or minus `jitter` of its lifetime.
@@ -583,6 +603,42 @@ impl Config {
         if let Some(file) = &mut self.status.file {
             resolve(file);
         }
+    }
+
+    /// Where the status file goes without `[status] file`: `status.json`
+    /// in `runtime_directory` (systemd's `$RUNTIME_DIRECTORY`, set by
+    /// `RuntimeDirectory=`: `/run/enos-agent`), else beside the device
+    /// certificate (`[signer] cert`), the directory the agent already
+    /// writes (renewal).
+    pub fn default_status_file(&self, runtime_directory: Option<&std::ffi::OsStr>) -> PathBuf {
+        // systemd separates several runtime directories with ':'.
+        let runtime = runtime_directory
+            .and_then(|dirs| {
+                dirs.to_str()
+                    .map(|d| d.split(':').next().unwrap_or(d).to_owned())
+            })
+            .filter(|d| !d.is_empty());
+        match runtime {
+            Some(dir) => Path::new(&dir).join(STATUS_FILE_NAME),
+            None => self
+                .signer
+                .cert
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(STATUS_FILE_NAME),
+        }
+    }
+
+    /// Gives the config its default status file (see
+    /// [`Config::default_status_file`]) when `[status] file` names none;
+    /// `enos-agent run` does, so that every running agent has one.
+    pub fn with_default_status_file(mut self) -> Self {
+        if self.status.file.is_none() {
+            let runtime = std::env::var_os("RUNTIME_DIRECTORY");
+            self.status.file = Some(self.default_status_file(runtime.as_deref()));
+            self.status.best_effort = true;
+        }
+        self
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.

@@ -67,6 +67,16 @@ enum Command {
         #[arg(long, env = "ENOS_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Shows the running agent's status (its status file), readably or as
+    /// JSON.
+    Status {
+        /// The agent config (TOML) the agent runs with.
+        #[arg(long, env = "ENOS_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Print the status file's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enrolls this gateway with a one-time token: makes its key here and
     /// writes the certificate the signer issues where `[signer]` `cert`
     /// and `key` point.
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
             secret_file,
         } => sign(request, secret_file),
         Command::Check { config } => with_runtime(check(config)),
+        Command::Status { config, json } => status(config, json),
         Command::Enroll {
             config,
             signer,
@@ -145,27 +156,45 @@ fn with_runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> any
         .block_on(f)
 }
 
-/// Logs to stderr at `$ENOS_AGENT_LOG` (`info` when unset): a level, or
-/// `target=level` pairs, comma-separated. A [`Targets`] filter rather than an
-/// `EnvFilter`: the same syntax without span and field filters, and without
-/// the regex engine those pull into the binary (0.2 MiB of its RSS).
+/// The log filter variable of all three binaries.
+const LOG_VARIABLE: &str = "RUST_LOG";
+/// What the agent read before #29: a warning names its successor.
+const OLD_LOG_VARIABLE: &str = "ENOS_AGENT_LOG";
+
+/// Logs to stderr at `$RUST_LOG` (`info` when unset), as the signer and
+/// the sandbox: a level, or `target=level` pairs, comma-separated
+/// (`RUST_LOG=info,enos_agent=debug`). A [`Targets`] filter rather than an
+/// `EnvFilter`: the same syntax without span and field filters, and
+/// without the regex engine those pull into the binary (0.2 MiB of its
+/// RSS). Colour only when stderr is a terminal.
 fn init_logging() {
+    use std::io::IsTerminal as _;
+
     use tracing_subscriber::{filter::Targets, prelude::*};
-    let filter = match std::env::var("ENOS_AGENT_LOG") {
-        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            say_err!(
-                "enos-agent: ENOS_AGENT_LOG={spec:?} is not a log filter ({e}); logging at info"
-            );
+    let mut bad_filter = None;
+    let filter = match std::env::var(LOG_VARIABLE) {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|e| {
+            bad_filter = Some(e.to_string());
             Targets::new().with_default(tracing::Level::INFO)
         }),
-        Err(_) => Targets::new().with_default(tracing::Level::INFO),
+        _ => Targets::new().with_default(tracing::Level::INFO),
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .finish()
         .with(filter)
         .init();
+    if let Some(e) = bad_filter {
+        tracing::warn!(
+            "{LOG_VARIABLE} is not a log filter ({e}): write a level or target=level pairs, such as {LOG_VARIABLE}=info,enos_agent=debug; logging at info"
+        );
+    }
+    if std::env::var_os(OLD_LOG_VARIABLE).is_some() {
+        tracing::warn!(
+            "{OLD_LOG_VARIABLE} is no longer read: set {LOG_VARIABLE} instead (the same syntax, the variable of all three binaries)"
+        );
+    }
 }
 
 fn sign(request: SignRequest, secret_file: PathBuf) -> anyhow::Result<()> {
@@ -181,6 +210,134 @@ fn sign(request: SignRequest, secret_file: PathBuf) -> anyhow::Result<()> {
     serde_json::to_writer(&mut stdout, &out)?;
     writeln!(stdout)?;
     Ok(())
+}
+
+/// Reads the status file of the agent that runs with the config at
+/// `path`: `[status] file`, or the default of `run` (systemd's runtime
+/// directory, then beside the device certificate).
+fn status(path: PathBuf, json: bool) -> anyhow::Result<()> {
+    use enos_agent::config::{STATUS_FILE_NAME, SYSTEMD_RUNTIME_DIRECTORY};
+    let config = Config::load(&path)?;
+    let candidates = match &config.status.file {
+        Some(file) => vec![file.clone()],
+        None => {
+            let mut candidates = Vec::new();
+            if let Some(runtime) = std::env::var_os("RUNTIME_DIRECTORY") {
+                candidates.push(config.default_status_file(Some(&runtime)));
+            }
+            candidates.push(PathBuf::from(SYSTEMD_RUNTIME_DIRECTORY).join(STATUS_FILE_NAME));
+            candidates.push(config.default_status_file(None));
+            candidates
+        }
+    };
+    let Some(file) = candidates.iter().find(|p| p.exists()) else {
+        let places: Vec<_> = candidates.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!(
+            "no status file at {}: is `enos-agent run --config {}` running?",
+            places.join(" or "),
+            path.display()
+        );
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the status file {}", file.display()))?;
+    if json {
+        say!("{}", text.trim_end());
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", file.display()))?;
+    for line in status_lines(&value) {
+        say!("{line}");
+    }
+    say!("(from {}; --json prints all of it)", file.display());
+    Ok(())
+}
+
+/// The status file, readably: one line per topic, times as RFC 3339.
+fn status_lines(s: &serde_json::Value) -> Vec<String> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let count = |key: &str| s[key].as_u64().unwrap_or(0);
+    let time = |v: &serde_json::Value| v.as_u64().map(rfc3339);
+    let mut lines = vec![
+        format!(
+            "state: {} since {}",
+            text(&s["state"]),
+            time(&s["since_ms"]).unwrap_or_else(|| "?".into())
+        ),
+        format!("broker: {}", text(&s["broker"])),
+        format!(
+            "connects {}, refusals {}, network failures {}",
+            count("connects"),
+            count("refusals"),
+            count("network_failures")
+        ),
+        format!(
+            "credentials: {} issued, {} reused{}",
+            count("credentials_issued"),
+            count("credentials_reused"),
+            time(&s["credential_expires_at_ms"])
+                .map(|t| format!("; the one in use expires at {t}"))
+                .unwrap_or_default()
+        ),
+    ];
+    if let Some(error) = s["last_error"].as_str() {
+        lines.push(format!("last error: {error}"));
+    }
+    if let Some(ms) = s["last_backoff_ms"].as_u64() {
+        lines.push(format!(
+            "last backoff: {ms} ms (ceiling {} ms)",
+            s["last_backoff_ceiling_ms"].as_u64().unwrap_or(0)
+        ));
+    }
+    lines.push(format!(
+        "upstream: {} sent, {} queued, {} dropped; downstream: {} delivered, {} dropped",
+        count("upstream_sent"),
+        count("upstream_queued"),
+        count("upstream_dropped"),
+        count("downstream_delivered"),
+        count("downstream_dropped")
+    ));
+    if let Some(up) = s["local_broker_connected"].as_bool() {
+        lines.push(format!(
+            "local broker: {}",
+            if up { "connected" } else { "not connected" }
+        ));
+    }
+    if let Some(activation) = s["activation"].as_str() {
+        lines.push(format!("activation: {activation}"));
+    }
+    let certificate = &s["certificate"];
+    if certificate.is_object() {
+        let mut line = format!(
+            "device certificate: valid until {}; renewal {}",
+            time(&certificate["not_after_ms"]).unwrap_or_else(|| "?".into()),
+            text(&certificate["renewal"])
+        );
+        if let Some(next) = time(&certificate["next_renewal_ms"]) {
+            line.push_str(&format!(" at {next}"));
+        }
+        line.push_str(&format!(
+            ", {} renewed since start",
+            certificate["renewals"].as_u64().unwrap_or(0)
+        ));
+        lines.push(line);
+        if let Some(error) = certificate["last_renewal_error"].as_str() {
+            lines.push(format!("last renewal error: {error}"));
+        }
+    }
+    for sub in s["sub_devices"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "sub-device {}/{}: {}",
+            text(&sub["product_key"]),
+            text(&sub["device_key"]),
+            text(&sub["state"])
+        );
+        if let Some(reason) = sub["reason"].as_str() {
+            line.push_str(&format!(" ({reason})"));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -321,6 +478,14 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    let default_status = config.status.file.is_none();
+    let config = config.with_default_status_file();
+    if let (true, Some(file)) = (default_status, &config.status.file) {
+        tracing::info!(
+            file = %file.display(),
+            "status file (the default; [status] file sets another); `enos-agent status` reads it"
+        );
+    }
     recover_pair(&config)?;
     let signer = GrpcSigner::new(&config.signer, &config.device)?;
     let agent = Agent::new(config, signer);

@@ -275,7 +275,10 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         match connected {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => Step::Go(()),
             Ok(other) => {
-                tracing::warn!(event = ?other, "unexpected first event; reconnecting");
+                tracing::warn!(
+                    event = first_event_name(&other),
+                    "unexpected first event; reconnecting"
+                );
                 Step::Retry
             }
             Err(e) => {
@@ -515,7 +518,12 @@ async fn pause(
         s.last_backoff_ceiling_ms =
             Some(u64::try_from(delay.ceiling.as_millis()).unwrap_or(u64::MAX));
     });
-    tracing::info!(delay_ms = delay.delay.as_millis() as u64, ceiling_ms = delay.ceiling.as_millis() as u64, kind = ?failure.kind, "backing off");
+    tracing::info!(
+        delay_ms = delay.delay.as_millis() as u64,
+        ceiling_ms = delay.ceiling.as_millis() as u64,
+        kind = failure.kind.name(),
+        "backing off"
+    );
     tokio::select! {
         () = tokio::time::sleep(delay.delay) => true,
         () = shutdown.cancelled() => false,
@@ -587,5 +595,18 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Sh
         tracing::warn!("DISCONNECT did not complete in time");
     } else {
         tracing::info!("sent DISCONNECT to EnOS");
+    }
+}
+
+/// What an event is, for a log line (not its Rust `Debug`, which prints
+/// whole packets).
+fn first_event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Incoming(Incoming::ConnAck(_)) => "CONNACK",
+        Event::Incoming(Incoming::Publish(_)) => "PUBLISH",
+        Event::Incoming(Incoming::Disconnect) => "DISCONNECT",
+        Event::Incoming(Incoming::PingResp) => "PINGRESP",
+        Event::Incoming(_) => "another incoming packet",
+        Event::Outgoing(_) => "an outgoing packet",
     }
 }

@@ -81,7 +81,7 @@ async fn runs_under_systemd_and_disconnects_on_sigterm() {
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "200000")
-        .env("ENOS_AGENT_LOG", "debug")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -341,5 +341,116 @@ fn relative_paths_are_the_config_directorys_and_errors_name_the_key() {
                 dir.path().join("signer-ca.pem").display()
             )),
         "{stderr}"
+    );
+}
+
+/// #29 items 9 and 11: without `[status]` the agent wrote no status file
+/// (the docs said `cat /run/enos-agent/status.json`); `enos-agent status`
+/// shows it. And one log variable: `ENOS_AGENT_LOG` is named as replaced
+/// by `RUST_LOG` instead of being ignored; a redirected log has no colour
+/// and no Rust `Some(…)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_status_section_the_status_is_in_the_runtime_directory() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+    // Nobody listens there: the agent keeps trying, and says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let broker = format!("tcp://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, signer.agent_toml(&broker, "")).expect("write config");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let log = dir.path().join("agent.log");
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUNTIME_DIRECTORY", &runtime)
+        .env("RUST_LOG", "info")
+        .env("ENOS_AGENT_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn agent");
+    let status_file = runtime.join("status.json");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !status_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no status file in {}",
+            runtime.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = |json: bool| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["status", "--config"])
+            .arg(&config)
+            .env("RUNTIME_DIRECTORY", &runtime);
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("run enos-agent status")
+    };
+    let out = status(false);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("state: "), "{shown}");
+    assert!(shown.contains(&format!("broker: {broker}")), "{shown}");
+    assert!(
+        shown.contains(&format!("(from {}", status_file.display())),
+        "{shown}"
+    );
+    let out = status(true);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(json["broker"], broker.as_str());
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.status.success(), "{:?}", exit.status);
+    let out = status(false);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("state: stopped"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        log.contains("ENOS_AGENT_LOG is no longer read: set RUST_LOG instead"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("file={}", status_file.display())),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape code in a redirected log:\n{log}"
+    );
+    assert!(!log.contains("Some("), "a Rust Option in the log:\n{log}");
+
+    // No status file anywhere: named, with what to run.
+    std::fs::remove_file(&status_file).expect("remove");
+    let out = status(false);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        error.contains(&format!("no status file at {}", status_file.display()))
+            && error.contains("enos-agent run --config"),
+        "{error}"
     );
 }

@@ -72,6 +72,21 @@ fn bad_configs_are_refused_naming_the_field() {
     assert!(e.contains("bridge.upstream[0].event_id"), "{e}");
 }
 
+/// #29 item 8: every duration of the three binaries is a humantime
+/// string; a bare number (`1`, which a signer or sandbox file of an older
+/// release would have) is refused with the key and the form to write.
+#[test]
+fn a_duration_without_its_unit_names_the_form() {
+    let e = refused("bare_duration.toml");
+    assert!(
+        e.contains(
+            "line 11, column 19 (`connect_timeout`): `connect_timeout` is a duration with its unit, \
+             written as a string: for example `connect_timeout = \"10s\"`"
+        ),
+        "{e}"
+    );
+}
+
 #[test]
 fn value_checks_name_the_field() {
     let base = std::fs::read_to_string(fixture("minimal.toml")).expect("fixture");

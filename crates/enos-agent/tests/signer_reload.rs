@@ -33,7 +33,7 @@ async fn a_renewed_certificate_is_used_at_the_next_call_and_broken_files_are_ref
     let old_ca = Pki::new("agent-reload-old").expect("pki");
     let new_ca = Pki::new("agent-reload-new").expect("pki");
     let signer = TestSigner::start_with(&dir.path().join("signer"), &old_ca, |c| {
-        c.server.tls_reload_interval_secs = 1;
+        c.server.tls_reload_interval = std::time::Duration::from_secs(1);
     })
     .await
     .expect("signer starts");

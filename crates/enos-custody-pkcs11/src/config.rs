@@ -22,7 +22,7 @@ pub const DEFAULT_KEK_LABEL: &str = "enos-custody-kek";
 /// pin = { file = "/etc/enos-signer/hsm.pin" }   # or { credential = "hsm-pin" }
 /// kek_label = "enos-custody-kek"
 /// sessions = 8
-/// retry_interval_ms = 1000
+/// retry_interval = "1s"
 /// ```
 ///
 /// ```toml
@@ -62,9 +62,13 @@ pub struct Pkcs11Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<usize>,
     /// After the token is lost, how long to wait between reconnect
-    /// attempts; calls in between fail fast. Defaults to 1000 ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_interval_ms: Option<u64>,
+    /// attempts (`"1s"`); calls in between fail fast. Defaults to 1 s.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "enos_toml::duration::option"
+    )]
+    pub retry_interval: Option<Duration>,
 }
 
 /// Which token: by label (usual), slot number, or serial number.
@@ -180,7 +184,7 @@ impl Pkcs11Config {
             kek_label,
             mac_key_label,
             sessions,
-            retry_interval: Duration::from_millis(self.retry_interval_ms.unwrap_or(1000)),
+            retry_interval: self.retry_interval.unwrap_or(Duration::from_secs(1)),
         })
     }
 }

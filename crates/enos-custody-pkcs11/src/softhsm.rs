@@ -183,7 +183,7 @@ impl SoftHsm {
             token: Some(TokenSelector::Label(self.label.clone())),
             pin: Some(PinSource::File(self.pin_file())),
             sessions: Some(4),
-            retry_interval_ms: Some(50),
+            retry_interval: Some(std::time::Duration::from_millis(50)),
             ..Pkcs11Config::default()
         }
     }

@@ -145,7 +145,7 @@ impl RunningBroker {
             console,
             upstream: internal_addr,
             max_packet: settings.max_payload_bytes.saturating_add(1024),
-            connect_timeout: Duration::from_millis(u64::from(settings.connect_timeout_ms)),
+            connect_timeout: settings.connect_timeout,
             certificate_rule: settings
                 .tls
                 .as_ref()
@@ -243,7 +243,9 @@ fn internal_server(
         tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
-            connection_timeout_ms: settings.connect_timeout_ms,
+            // Checked by `Settings::resolve`: at most u16::MAX ms.
+            connection_timeout_ms: u16::try_from(settings.connect_timeout.as_millis())
+                .unwrap_or(u16::MAX),
             max_payload_size: settings.max_payload_bytes,
             max_inflight_count: 100,
             auth: None,

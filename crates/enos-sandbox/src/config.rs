@@ -17,7 +17,7 @@
 //! # crls = ["devices.crl"]         # the client CA's CRLs (the signer's [ca] crl_file), followed
 //!
 //! [checks]
-//! # freshness_window_secs = 600    # absent (the default): no freshness check, as EnOS;
+//! # freshness_window = "10m"       # absent (the default): no freshness check, as EnOS;
 //!                                  # set: |timestamp - now| <= this, for testing short-lived credentials
 //! allow_md5 = false                # accept signmethod=hmacmd5
 //!
@@ -26,13 +26,14 @@
 //! password_file = "console.secret"
 //!
 //! [limits]
-//! connect_timeout_ms = 5000        # a connection must send CONNECT within this
+//! connect_timeout = "5s"           # a connection must send CONNECT within this
 //! max_payload_bytes = 262144
 //! max_sub_devices_per_gateway = 200  # EnOS's limit of online sub-devices per gateway
 //! max_filters_per_session = 1000   # a device's own subscription filters; more get SUBACK 0x80
 //! ```
 //!
-//! Unknown keys are errors, so that a typo is not silently ignored.
+//! Unknown keys are errors, so that a typo is not silently ignored; a key
+//! of an older release ([`RENAMED`]) is refused with its new name.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -50,7 +51,24 @@ pub const DEFAULT_MQTT_PORT: u16 = 11883;
 /// The MQTT-over-TLS port of EnOS.
 pub const DEFAULT_TLS_PORT: u16 = 18883;
 /// How long a new connection may take to send CONNECT.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u16 = 5_000;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `[limits] connect_timeout` (rumqttd counts it in `u16`
+/// milliseconds).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_millis(u16::MAX as u64);
+
+/// Keys of older releases, refused with their new name and form.
+pub const RENAMED: &[enos_toml::Renamed] = &[
+    enos_toml::Renamed {
+        old: "freshness_window_secs",
+        new: "freshness_window",
+        unit: "s",
+    },
+    enos_toml::Renamed {
+        old: "connect_timeout_ms",
+        new: "connect_timeout",
+        unit: "ms",
+    },
+];
 /// The largest accepted MQTT payload.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// The default of `[limits] max_filters_per_session`: enough for a
@@ -127,12 +145,13 @@ pub struct ChecksSection {
     /// Accept any signed timestamp. This is the default, as EnOS checks
     /// no freshness (its SDKs reuse one timestamp for months, the C SDK
     /// always sends 2050); kept so that a file saying so stays valid.
-    /// Contradicts `freshness_window_secs`.
+    /// Contradicts `freshness_window`.
     pub any_timestamp: bool,
-    /// Turns the freshness check on: `|timestamp - now| <= this`, in
-    /// seconds, judged on whole milliseconds. For testing short-lived
+    /// Turns the freshness check on: `|timestamp - now| <= this`
+    /// (`"5m"`), judged on whole milliseconds. For testing short-lived
     /// credentials; real EnOS does not do this.
-    pub freshness_window_secs: Option<u64>,
+    #[serde(with = "enos_toml::duration::option")]
+    pub freshness_window: Option<Duration>,
     /// Accept the weak `hmacmd5` sign method.
     pub allow_md5: bool,
 }
@@ -141,8 +160,10 @@ pub struct ChecksSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
-    /// A connection that sends no CONNECT within this is dropped.
-    pub connect_timeout_ms: u16,
+    /// A connection that sends no CONNECT within this is dropped (`"5s"`;
+    /// at most 65.535 s).
+    #[serde(with = "enos_toml::duration")]
+    pub connect_timeout: Duration,
     /// Larger MQTT payloads are refused.
     pub max_payload_bytes: usize,
     /// A gateway's login of one more sub-device is refused (429) while it
@@ -156,7 +177,7 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
-            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_sub_devices_per_gateway: crate::sub_devices::DEFAULT_MAX_PER_GATEWAY,
             max_filters_per_session: DEFAULT_MAX_FILTERS_PER_SESSION,
@@ -182,7 +203,7 @@ impl ConfigFile {
     pub fn parse(path: &Path, text: &str) -> Result<Self, SandboxError> {
         // enos-toml: the error never quotes the file (a secret pasted
         // into the wrong key stays out of the log).
-        enos_toml::from_str(text).map_err(|e| SandboxError::Config {
+        enos_toml::from_str_renamed(text, RENAMED).map_err(|e| SandboxError::Config {
             path: path.to_owned(),
             message: e.to_string(),
         })
@@ -227,8 +248,8 @@ pub struct Overrides {
     pub key: Option<PathBuf>,
     /// `--any-timestamp`.
     pub any_timestamp: bool,
-    /// `--freshness-window-secs`.
-    pub freshness_window_secs: Option<u64>,
+    /// `--freshness-window`.
+    pub freshness_window: Option<Duration>,
     /// `--allow-md5`.
     pub allow_md5: bool,
     /// `--tls-device-identity`.
@@ -290,8 +311,9 @@ pub struct Settings {
     pub freshness: FreshnessPolicy,
     /// Whether `hmacmd5` is accepted.
     pub md5: Md5Policy,
-    /// rumqttd drops a connection that sends no CONNECT within this.
-    pub connect_timeout_ms: u16,
+    /// rumqttd drops a connection that sends no CONNECT within this (at
+    /// most [`MAX_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
     /// rumqttd refuses larger payloads.
     pub max_payload_bytes: usize,
     /// Online sub-devices one gateway may hold.
@@ -316,7 +338,7 @@ impl Settings {
             .or(file.mqtt.map(|m| m.listen))
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT)));
 
-        let freshness = freshness(cli.any_timestamp, cli.freshness_window_secs, &file.checks)?;
+        let freshness = freshness(cli.any_timestamp, cli.freshness_window, &file.checks)?;
         let file_rule = file.tls.as_ref().and_then(|t| t.device_identity.clone());
         let device_identity = match cli.tls_device_identity.or(file_rule) {
             Some(rule) => CertificateRule::parse(&rule).map_err(SandboxError::Settings)?,
@@ -377,9 +399,10 @@ impl Settings {
                 ));
             }
         };
-        if file.limits.connect_timeout_ms == 0 {
+        let connect_timeout = file.limits.connect_timeout;
+        if connect_timeout < Duration::from_millis(1) || connect_timeout > MAX_CONNECT_TIMEOUT {
             return Err(SandboxError::Settings(
-                "limits.connect_timeout_ms must be above 0".into(),
+                "limits.connect_timeout must be above 0 and at most 65s".into(),
             ));
         }
         if file.limits.max_sub_devices_per_gateway == 0 {
@@ -398,7 +421,7 @@ impl Settings {
             tls,
             freshness,
             md5,
-            connect_timeout_ms: file.limits.connect_timeout_ms,
+            connect_timeout,
             max_payload_bytes: file.limits.max_payload_bytes,
             max_sub_devices_per_gateway: file.limits.max_sub_devices_per_gateway,
             max_filters_per_session: file.limits.max_filters_per_session,
@@ -411,10 +434,10 @@ impl Settings {
 /// `any_timestamp` and a window contradict each other.
 fn freshness(
     cli_any_timestamp: bool,
-    cli_window_secs: Option<u64>,
+    cli_window: Option<Duration>,
     file: &ChecksSection,
 ) -> Result<FreshnessPolicy, SandboxError> {
-    let chosen = |any_timestamp: bool, window: Option<u64>, any_name, window_name| match (
+    let chosen = |any_timestamp: bool, window: Option<Duration>, any_name, window_name| match (
         any_timestamp,
         window,
     ) {
@@ -422,20 +445,20 @@ fn freshness(
             "{any_name} and {window_name} contradict each other: choose one"
         ))),
         (true, None) => Ok(Some(FreshnessPolicy::Any)),
-        (false, Some(secs)) => Ok(Some(FreshnessPolicy::Window(Duration::from_secs(secs)))),
+        (false, Some(window)) => Ok(Some(FreshnessPolicy::Window(window))),
         (false, None) => Ok(None),
     };
     let from_cli = chosen(
         cli_any_timestamp,
-        cli_window_secs,
+        cli_window,
         "--any-timestamp",
-        "--freshness-window-secs",
+        "--freshness-window",
     )?;
     let from_file = chosen(
         file.any_timestamp,
-        file.freshness_window_secs,
+        file.freshness_window,
         "checks.any_timestamp",
-        "checks.freshness_window_secs",
+        "checks.freshness_window",
     )?;
     Ok(from_cli.or(from_file).unwrap_or(FreshnessPolicy::Any))
 }
@@ -492,11 +515,11 @@ mod tests {
                 }),
                 checks: ChecksSection {
                     any_timestamp: false,
-                    freshness_window_secs: Some(300),
+                    freshness_window: Some(Duration::from_secs(300)),
                     allow_md5: true,
                 },
                 limits: LimitsSection {
-                    connect_timeout_ms: 2000,
+                    connect_timeout: Duration::from_secs(2),
                     max_payload_bytes: 65536,
                     max_sub_devices_per_gateway: 150,
                     max_filters_per_session: 500,
@@ -568,7 +591,7 @@ mod tests {
         let window = Settings::resolve(
             ConfigFile::default(),
             Overrides {
-                freshness_window_secs: Some(60),
+                freshness_window: Some(Duration::from_secs(60)),
                 ..devices()
             },
         )
@@ -581,7 +604,7 @@ mod tests {
             ConfigFile::default(),
             Overrides {
                 any_timestamp: true,
-                freshness_window_secs: Some(60),
+                freshness_window: Some(Duration::from_secs(60)),
                 ..devices()
             },
         )
@@ -589,7 +612,7 @@ mod tests {
         assert!(both.to_string().contains("contradict"), "{both}");
         let file = ConfigFile::parse(
             Path::new("c.toml"),
-            "[checks]\nany_timestamp = true\nfreshness_window_secs = 60\n",
+            "[checks]\nany_timestamp = true\nfreshness_window = \"1m\"\n",
         )
         .expect("valid TOML");
         let both = Settings::resolve(file, devices()).expect_err("both in the file");
@@ -600,7 +623,7 @@ mod tests {
         let cli_wins = Settings::resolve(
             file,
             Overrides {
-                freshness_window_secs: Some(5),
+                freshness_window: Some(Duration::from_secs(5)),
                 ..devices()
             },
         )
@@ -640,6 +663,48 @@ mod tests {
         assert!(
             message.contains("c.toml") && message.contains("any_timestmp"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn an_old_duration_key_or_form_names_the_new_one() {
+        // #29 item 8: `connect_timeout_ms = 5000` and
+        // `freshness_window_secs = 300` became humantime strings.
+        let parse = |text: &str| {
+            ConfigFile::parse(Path::new("c.toml"), text)
+                .expect_err("old")
+                .to_string()
+        };
+        let old = parse("[limits]\nconnect_timeout_ms = 2000\n");
+        assert!(
+            old.contains("`connect_timeout_ms` was renamed: write `connect_timeout = \"2000ms\"`"),
+            "{old}"
+        );
+        let old = parse("[checks]\nfreshness_window_secs = 300\n");
+        assert!(
+            old.contains(
+                "`freshness_window_secs` was renamed: write `freshness_window = \"300s\"`"
+            ),
+            "{old}"
+        );
+        let bare = parse("[limits]\nconnect_timeout = 5000\n");
+        assert!(
+            bare.contains("`connect_timeout` is a duration with its unit"),
+            "{bare}"
+        );
+        let file = ConfigFile::parse(Path::new("c.toml"), "[limits]\nconnect_timeout = \"70s\"\n")
+            .expect("parses");
+        let long = Settings::resolve(
+            file,
+            Overrides {
+                devices: Some("d.csv".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("above u16 ms");
+        assert!(
+            long.to_string().contains("limits.connect_timeout"),
+            "{long}"
         );
     }
 }

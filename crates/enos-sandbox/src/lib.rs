@@ -15,7 +15,7 @@
 //!   (sha1 and sha256, hex in either case, constant-time compare; md5 only
 //!   when enabled), accepting every login form the official SDKs send
 //!   ([`enos_sign_core::PresentedLogin`]); no freshness check, as EnOS,
-//!   unless `--freshness-window-secs` turns one on;
+//!   unless `--freshness-window` turns one on;
 //! - devices from a CSV file ([`devices`]), reloadable at run time;
 //! - dynamic activation ([`activation`]): securemode 3 with the product
 //!   secret, the new secret pushed on `thing/activate/info`;

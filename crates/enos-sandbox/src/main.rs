@@ -16,6 +16,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -56,12 +57,17 @@ struct Cli {
     #[arg(long, value_name = "KEY.pem")]
     key: Option<PathBuf>,
     /// Accept any signed timestamp: the default, as EnOS checks no freshness.
-    #[arg(long, conflicts_with = "freshness_window_secs")]
+    #[arg(long, conflicts_with = "freshness_window")]
     any_timestamp: bool,
-    /// Check freshness: refuse a signed timestamp further than SECS from
-    /// now (default: no check, as EnOS). For testing short-lived credentials.
-    #[arg(long, value_name = "SECS")]
-    freshness_window_secs: Option<u64>,
+    /// Check freshness: refuse a signed timestamp further than this from
+    /// now (`30s`, `5m`; default: no check, as EnOS). For testing
+    /// short-lived credentials.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    freshness_window: Option<Duration>,
+    /// Renamed to --freshness-window (a duration with its unit); refused
+    /// with that name.
+    #[arg(long, value_name = "SECS", hide = true)]
+    freshness_window_secs: Option<String>,
     /// Accept the weak hmacmd5 sign method.
     #[arg(long)]
     allow_md5: bool,
@@ -97,7 +103,7 @@ impl Cli {
             cert: self.cert.clone(),
             key: self.key.clone(),
             any_timestamp: self.any_timestamp,
-            freshness_window_secs: self.freshness_window_secs,
+            freshness_window: self.freshness_window,
             allow_md5: self.allow_md5,
             tls_device_identity: self.tls_device_identity.clone(),
             crls: self.crls.clone(),
@@ -132,6 +138,17 @@ fn run() -> anyhow::Result<()> {
         // Sees rumqttd's listener events whatever RUST_LOG says.
         .with(watch_layer.with_filter(Targets::new().with_target("rumqttd", tracing::Level::INFO)))
         .init();
+    if let Some(secs) = &cli.freshness_window_secs {
+        let secs = secs.trim();
+        let example = if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{secs}s")
+        } else {
+            "300s".to_owned()
+        };
+        anyhow::bail!(
+            "--freshness-window-secs was renamed: pass --freshness-window {example} (a duration with its unit)"
+        );
+    }
 
     let file = match &cli.config {
         Some(path) => ConfigFile::load(path)?,

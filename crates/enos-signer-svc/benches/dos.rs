@@ -355,11 +355,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         attackers - attackers / 2,
     );
     println!(
-        "limits: max_connections {}, max_connections_per_ip {}, handshake_timeout_secs {}, http2_start_timeout_secs {}, max_concurrent_requests {}",
+        "limits: max_connections {}, max_connections_per_ip {}, handshake_timeout {:?}, http2_start_timeout {:?}, max_concurrent_requests {}",
         limits.max_connections,
         limits.max_connections_per_ip,
-        limits.handshake_timeout_secs,
-        limits.http2_start_timeout_secs,
+        limits.handshake_timeout,
+        limits.http2_start_timeout,
         limits.max_concurrent_requests,
     );
 

@@ -70,14 +70,14 @@ pub struct CaConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll_listen: Option<SocketAddr>,
     /// Lifetime of an issued device certificate (default 30 days).
-    #[serde(default = "default_certificate_lifetime", with = "humantime_serde")]
+    #[serde(default = "default_certificate_lifetime", with = "enos_toml::duration")]
     pub lifetime: Duration,
     /// Lifetime per product key, where it differs from `lifetime`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub products: BTreeMap<String, CaProductConfig>,
     /// Lifetime of an enrollment token when `enroll-token` gives none
     /// (default 24 h).
-    #[serde(default = "default_token_ttl", with = "humantime_serde")]
+    #[serde(default = "default_token_ttl", with = "enos_toml::duration")]
     pub token_ttl: Duration,
     /// Where the CRL is written (DER), refreshed on every revocation and
     /// well before its nextUpdate; absent: served over HTTP only
@@ -87,7 +87,7 @@ pub struct CaConfig {
     /// How long a published CRL is valid (its nextUpdate; default 24 h).
     /// It is re-signed at half of it, so a reader that fetches it at
     /// least that often never holds a stale list.
-    #[serde(default = "default_crl_validity", with = "humantime_serde")]
+    #[serde(default = "default_crl_validity", with = "enos_toml::duration")]
     pub crl_validity: Duration,
 }
 
@@ -110,7 +110,7 @@ impl Default for CaConfig {
 #[serde(deny_unknown_fields)]
 pub struct CaProductConfig {
     /// Lifetime of this product's device certificates.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "enos_toml::duration")]
     pub lifetime: Duration,
 }
 
@@ -203,9 +203,9 @@ pub struct ServerConfig {
     /// or the reload keeps the previous material).
     #[serde(default)]
     pub crl_expired: CrlExpired,
-    /// How long a graceful shutdown waits for in-flight calls.
-    #[serde(default = "default_drain_secs")]
-    pub drain_timeout_secs: u64,
+    /// How long a graceful shutdown waits for in-flight calls (`"10s"`).
+    #[serde(default = "default_drain", with = "enos_toml::duration")]
+    pub drain_timeout: Duration,
     /// Async worker threads (gRPC, TLS); absent means one per CPU. With
     /// HSM custody on a token that computes on this host's CPUs (SoftHSM2),
     /// the sign threads (one per `custody.sessions`) need CPUs of their
@@ -215,12 +215,12 @@ pub struct ServerConfig {
     /// threads mostly wait: keep the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<NonZeroUsize>,
-    /// How often `cert`, `key` and `client_ca` are re-read (seconds); new
+    /// How often `cert`, `key` and `client_ca` are re-read (`"5s"`); new
     /// material is used for new connections, established ones keep theirs.
-    /// Certificates from cert-manager or SPIRE live an hour or less. 0: only
-    /// on SIGHUP.
-    #[serde(default = "default_tls_reload_secs")]
-    pub tls_reload_interval_secs: u64,
+    /// Certificates from cert-manager or SPIRE live an hour or less.
+    /// `"0s"`: only on SIGHUP.
+    #[serde(default = "default_tls_reload", with = "enos_toml::duration")]
+    pub tls_reload_interval: Duration,
     /// Connections, streams, requests in flight and import size
     /// (`[server.limits]`): what callers can hold before proving anything.
     #[serde(default)]
@@ -238,12 +238,12 @@ pub enum CrlExpired {
     Refuse,
 }
 
-fn default_drain_secs() -> u64 {
-    10
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
 }
 
-fn default_tls_reload_secs() -> u64 {
-    5
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl ServerConfig {
@@ -257,16 +257,14 @@ impl ServerConfig {
         builder.thread_name(name).enable_all().build()
     }
 
-    /// [`ServerConfig::drain_timeout_secs`] as a duration.
+    /// [`ServerConfig::drain_timeout`].
     pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout_secs)
+        self.drain_timeout
     }
 
-    /// [`ServerConfig::tls_reload_interval_secs`] as a duration; `None`:
-    /// no polling.
+    /// [`ServerConfig::tls_reload_interval`]; `None`: no polling.
     pub fn tls_reload_interval(&self) -> Option<Duration> {
-        (self.tls_reload_interval_secs > 0)
-            .then(|| Duration::from_secs(self.tls_reload_interval_secs))
+        (!self.tls_reload_interval.is_zero()).then_some(self.tls_reload_interval)
     }
 }
 
@@ -375,9 +373,9 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Lifetime of an issued credential, in seconds (default 300).
-    #[serde(default = "default_ttl")]
-    pub ttl_secs: u64,
+    /// Lifetime of an issued credential (default `"5m"`).
+    #[serde(default = "default_ttl", with = "enos_toml::duration")]
+    pub ttl: Duration,
     /// Sign method when the request leaves it unspecified.
     #[serde(default = "default_method")]
     pub sign_method: String,
@@ -389,8 +387,8 @@ pub struct PolicyConfig {
     pub products: BTreeMap<String, ProductPolicyConfig>,
 }
 
-fn default_ttl() -> u64 {
-    300
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_method() -> String {
@@ -400,7 +398,7 @@ fn default_method() -> String {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            ttl_secs: default_ttl(),
+            ttl: default_ttl(),
             sign_method: default_method(),
             allow_md5: false,
             products: BTreeMap::new(),
@@ -412,9 +410,13 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPolicyConfig {
-    /// Overrides [`PolicyConfig::ttl_secs`].
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
+    /// Overrides [`PolicyConfig::ttl`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "enos_toml::duration::option"
+    )]
+    pub ttl: Option<Duration>,
     /// Overrides [`PolicyConfig::sign_method`].
     #[serde(default)]
     pub sign_method: Option<String>,
@@ -436,22 +438,28 @@ pub struct ProductPolicyConfig {
 pub struct MetricsConfig {
     /// Address of the `/metrics` endpoint.
     pub listen: SocketAddr,
-    /// Seconds a client may take to send a request's header (a slow
-    /// header holds a connection slot).
-    #[serde(default = "default_metrics_header_timeout_secs")]
-    pub header_timeout_secs: u64,
-    /// Seconds a connection may stay open, idle keep-alive included (a
-    /// scraper simply reconnects).
-    #[serde(default = "default_metrics_connection_lifetime_secs")]
-    pub connection_lifetime_secs: u64,
+    /// How long a client may take to send a request's header (a slow
+    /// header holds a connection slot; default `"5s"`).
+    #[serde(
+        default = "default_metrics_header_timeout",
+        with = "enos_toml::duration"
+    )]
+    pub header_timeout: Duration,
+    /// How long a connection may stay open, idle keep-alive included (a
+    /// scraper simply reconnects; default `"1m"`).
+    #[serde(
+        default = "default_metrics_connection_lifetime",
+        with = "enos_toml::duration"
+    )]
+    pub connection_lifetime: Duration,
 }
 
-fn default_metrics_header_timeout_secs() -> u64 {
-    5
+fn default_metrics_header_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
-fn default_metrics_connection_lifetime_secs() -> u64 {
-    60
+fn default_metrics_connection_lifetime() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl MetricsConfig {
@@ -459,16 +467,16 @@ impl MetricsConfig {
     pub fn on(listen: SocketAddr) -> Self {
         MetricsConfig {
             listen,
-            header_timeout_secs: default_metrics_header_timeout_secs(),
-            connection_lifetime_secs: default_metrics_connection_lifetime_secs(),
+            header_timeout: default_metrics_header_timeout(),
+            connection_lifetime: default_metrics_connection_lifetime(),
         }
     }
 
     /// Both timeouts as durations (at least 1 s each).
     pub fn timeouts(&self) -> HttpTimeouts {
         HttpTimeouts {
-            header: Duration::from_secs(self.header_timeout_secs.max(1)),
-            lifetime: Duration::from_secs(self.connection_lifetime_secs.max(1)),
+            header: self.header_timeout.max(Duration::from_secs(1)),
+            lifetime: self.connection_lifetime.max(Duration::from_secs(1)),
         }
     }
 }
@@ -503,16 +511,18 @@ pub struct LimitsConfig {
     /// Connections one peer address (IPv6: its /64) may hold open at once,
     /// handshakes included; 0: no cap. Well below `max_connections`, so
     /// that one address cannot take every slot (a peer that never finishes
-    /// its handshake holds one for `handshake_timeout_secs`); raise it for
+    /// its handshake holds one for `handshake_timeout`); raise it for
     /// a large fleet behind one NAT address.
     pub max_connections_per_ip: usize,
-    /// Seconds a client has to complete its TLS handshake (client
-    /// certificate included); then the connection is closed. At least 1.
-    pub handshake_timeout_secs: u64,
-    /// Seconds a client has, after its handshake, to send the HTTP/2
+    /// How long a client has to complete its TLS handshake (client
+    /// certificate included); then the connection is closed. At least 1 s.
+    #[serde(with = "enos_toml::duration")]
+    pub handshake_timeout: Duration,
+    /// How long a client has, after its handshake, to send the HTTP/2
     /// connection preface; a connection that finished TLS and then says
-    /// nothing is closed. At least 1.
-    pub http2_start_timeout_secs: u64,
+    /// nothing is closed. At least 1 s.
+    #[serde(with = "enos_toml::duration")]
+    pub http2_start_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -525,21 +535,21 @@ impl Default for LimitsConfig {
             connections_per_ip_per_second: 1_000,
             connection_burst_per_ip: 10_000,
             max_connections_per_ip: 1_000,
-            handshake_timeout_secs: 5,
-            http2_start_timeout_secs: 5,
+            handshake_timeout: Duration::from_secs(5),
+            http2_start_timeout: Duration::from_secs(5),
         }
     }
 }
 
 impl LimitsConfig {
-    /// [`LimitsConfig::handshake_timeout_secs`], at least 1 s.
+    /// [`LimitsConfig::handshake_timeout`], at least 1 s.
     pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs.max(1))
+        self.handshake_timeout.max(Duration::from_secs(1))
     }
 
-    /// [`LimitsConfig::http2_start_timeout_secs`], at least 1 s.
+    /// [`LimitsConfig::http2_start_timeout`], at least 1 s.
     pub fn http2_start_timeout(&self) -> Duration {
-        Duration::from_secs(self.http2_start_timeout_secs.max(1))
+        self.http2_start_timeout.max(Duration::from_secs(1))
     }
 }
 
@@ -560,19 +570,20 @@ pub struct HttpTimeouts {
 pub struct HealthConfig {
     /// Address of the health port (for example `0.0.0.0:8081`).
     pub listen: SocketAddr,
-    /// How often the registry and custody are checked (seconds, at least 1).
-    #[serde(default = "default_check_interval_secs")]
-    pub check_interval_secs: u64,
+    /// How often the registry and custody are checked (`"5s"`, at least
+    /// 1 s).
+    #[serde(default = "default_check_interval", with = "enos_toml::duration")]
+    pub check_interval: Duration,
 }
 
-fn default_check_interval_secs() -> u64 {
-    5
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl HealthConfig {
-    /// [`HealthConfig::check_interval_secs`] as a duration (at least 1 s).
+    /// [`HealthConfig::check_interval`], at least 1 s.
     pub fn check_interval(&self) -> Duration {
-        Duration::from_secs(self.check_interval_secs.max(1))
+        self.check_interval.max(Duration::from_secs(1))
     }
 }
 
@@ -612,13 +623,30 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Keys of older releases, refused with their new name and form.
+pub const RENAMED: &[enos_toml::Renamed] = &[
+    renamed("drain_timeout_secs", "drain_timeout", "s"),
+    renamed("tls_reload_interval_secs", "tls_reload_interval", "s"),
+    renamed("ttl_secs", "ttl", "s"),
+    renamed("header_timeout_secs", "header_timeout", "s"),
+    renamed("connection_lifetime_secs", "connection_lifetime", "s"),
+    renamed("handshake_timeout_secs", "handshake_timeout", "s"),
+    renamed("http2_start_timeout_secs", "http2_start_timeout", "s"),
+    renamed("check_interval_secs", "check_interval", "s"),
+    renamed("retry_interval_ms", "retry_interval", "ms"),
+];
+
+const fn renamed(old: &'static str, new: &'static str, unit: &'static str) -> enos_toml::Renamed {
+    enos_toml::Renamed { old, new, unit }
+}
+
 impl SignerConfig {
     /// Parses a config from TOML text; relative paths stay relative.
     pub fn from_toml(text: &str) -> Result<Self> {
         // enos-toml: the error never quotes the file (a secret pasted
         // into the wrong key stays out of the log).
-        let config: Self =
-            enos_toml::from_str(text).map_err(|e| SignerError::Config(e.to_string()))?;
+        let config: Self = enos_toml::from_str_renamed(text, RENAMED)
+            .map_err(|e| SignerError::Config(e.to_string()))?;
         if let Some(ca) = &config.ca {
             ca.validate()?;
         }
@@ -633,8 +661,13 @@ impl SignerConfig {
             path: path.to_owned(),
             cause: source,
         })?;
-        let mut config = Self::from_toml(&text)
-            .map_err(|e| SignerError::Config(format!("{}: {e}", path.display())))?;
+        // The file's name before the reason, and "configuration:" once.
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            SignerError::Config(reason) => {
+                SignerError::Config(format!("{}: {reason}", path.display()))
+            }
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         config.resolve_paths(base, credentials.as_deref());
@@ -733,7 +766,13 @@ mod tests {
         assert!(matches!(config.custody, CustodyConfig::Software { .. }));
         assert!(matches!(config.registry, RegistryConfig::Redb { .. }));
         assert!(config.audit.fail_closed);
-        assert_eq!(config.policy.ttl_secs, 300);
+        assert_eq!(config.policy.ttl, Duration::from_secs(300));
+        assert_eq!(
+            config.policy.products["ExamplePk"].ttl,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(config.server.drain_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.tls_reload_interval, Duration::from_secs(5));
         assert!(config.metrics.is_some());
         assert!(config.rate_limit.is_some());
         // The example spells out the defaults of the limits and timeouts.
@@ -816,25 +855,26 @@ mod tests {
                 connections_per_ip_per_second: 1_000,
                 connection_burst_per_ip: 10_000,
                 max_connections_per_ip: 1_000,
-                handshake_timeout_secs: 5,
-                http2_start_timeout_secs: 5,
+                handshake_timeout: Duration::from_secs(5),
+                http2_start_timeout: Duration::from_secs(5),
             }
         );
         let metrics = defaults.metrics.expect("metrics");
         assert_eq!(
-            (
-                metrics.header_timeout_secs,
-                metrics.connection_lifetime_secs
-            ),
-            (5, 60)
+            (metrics.header_timeout, metrics.connection_lifetime),
+            (Duration::from_secs(5), Duration::from_secs(60))
         );
         let set = parse(
-            "[server.limits]\nmax_connections = 5\nimport_max_bytes = 1000",
-            "header_timeout_secs = 2\nconnection_lifetime_secs = 0",
+            "[server.limits]\nmax_connections = 5\nimport_max_bytes = 1000\nhandshake_timeout = \"1500ms\"",
+            "header_timeout = \"2s\"\nconnection_lifetime = \"0s\"",
         )
         .expect("overrides");
         assert_eq!(set.server.limits.max_connections, 5);
         assert_eq!(set.server.limits.import_max_bytes, 1000);
+        assert_eq!(
+            set.server.limits.handshake_timeout(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(
             set.server.limits.max_concurrent_streams, 64,
             "the rest default"
@@ -885,7 +925,12 @@ mod tests {
         "#;
         let mut config = SignerConfig::from_toml(minimal).expect("minimal config parses");
         assert_eq!(config.policy, PolicyConfig::default());
-        assert_eq!(config.policy.ttl_secs, 300);
+        assert_eq!(config.policy.ttl, Duration::from_secs(300));
+        assert_eq!(config.server.drain_timeout(), Duration::from_secs(10));
+        assert_eq!(
+            config.server.tls_reload_interval(),
+            Some(Duration::from_secs(5))
+        );
         assert!(config.audit.fail_closed);
         assert_eq!(config.audit.sink, AuditSinkConfig::Log);
         assert_eq!(config.rate_limit, None);
@@ -911,6 +956,96 @@ mod tests {
         let typo = minimal.replace("fail_closed", "fail_close");
         let typo = format!("{typo}\nfail_close = true\n");
         assert!(SignerConfig::from_toml(&typo).is_err());
+    }
+
+    /// #29 item 8: `drain_timeout_secs = 10` and the other `*_secs` /
+    /// `*_ms` keys became humantime strings; an old file is refused with
+    /// the new key and its value in the new form, and a bare number with
+    /// the form.
+    #[test]
+    fn an_old_duration_key_or_form_names_the_new_one() {
+        let example = include_str!("../../../deploy/signer.example.toml");
+        let refused = |from: &str, to: &str| {
+            assert!(example.contains(from), "{from}");
+            SignerConfig::from_toml(&example.replacen(from, to, 1))
+                .expect_err(to)
+                .to_string()
+        };
+        for (from, old, named) in [
+            (
+                "drain_timeout = \"10s\"",
+                "drain_timeout_secs = 10",
+                "`drain_timeout_secs` was renamed: write `drain_timeout = \"10s\"`",
+            ),
+            (
+                "tls_reload_interval = \"5s\"",
+                "tls_reload_interval_secs = 0",
+                "`tls_reload_interval_secs` was renamed: write `tls_reload_interval = \"0s\"`",
+            ),
+            (
+                "ttl = \"5m\"",
+                "ttl_secs = 300",
+                "`ttl_secs` was renamed: write `ttl = \"300s\"`",
+            ),
+            (
+                "handshake_timeout = \"5s\"",
+                "handshake_timeout_secs = 5",
+                "`handshake_timeout_secs` was renamed: write `handshake_timeout = \"5s\"`",
+            ),
+            (
+                "header_timeout = \"5s\"",
+                "header_timeout_secs = 5",
+                "`header_timeout_secs` was renamed: write `header_timeout = \"5s\"`",
+            ),
+        ] {
+            let error = refused(from, old);
+            assert!(error.contains(named), "{old}: {error}");
+        }
+        let error = refused("drain_timeout = \"10s\"", "drain_timeout = 10");
+        assert!(
+            error.contains(
+                "`drain_timeout` is a duration with its unit, written as a string: for example `drain_timeout = \"10s\"`"
+            ),
+            "{error}"
+        );
+        let error = refused("drain_timeout = \"10s\"", "drain_timeout = \"10 parsecs\"");
+        assert!(error.contains("not a duration (unknown unit)"), "{error}");
+        // A [custody] of kind pkcs11 too.
+        let minimal = "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+            [registry]\nkind = \"redb\"\npath = \"r\"\n[audit]\nkey_file = \"a\"\n\
+            [custody]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=t\"\n";
+        let error = SignerConfig::from_toml(&format!("{minimal}retry_interval_ms = 250\n"))
+            .expect_err("old HSM key")
+            .to_string();
+        assert!(
+            error.contains("write `retry_interval = \"250ms\"`"),
+            "{error}"
+        );
+        let config = SignerConfig::from_toml(&format!("{minimal}retry_interval = \"250ms\"\n"))
+            .expect("new HSM key");
+        let CustodyConfig::Pkcs11(hsm) = config.custody else {
+            panic!("pkcs11")
+        };
+        assert_eq!(hsm.retry_interval, Some(Duration::from_millis(250)));
+        // Loaded from a file: the file named, "configuration:" once (#29
+        // item 5 printed `configuration: FILE: configuration: line …`).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.toml");
+        std::fs::write(
+            &path,
+            example.replacen("drain_timeout = \"10s\"", "drain_timeout_secs = 10", 1),
+        )
+        .expect("write");
+        let error = SignerConfig::load(&path).expect_err("old key").to_string();
+        assert!(
+            error.starts_with(&format!("configuration: {}: line ", path.display())),
+            "{error}"
+        );
+        assert_eq!(error.matches("configuration").count(), 1, "{error}");
+        // What `to_toml` writes reads back the same.
+        let config = SignerConfig::from_toml(example).expect("example");
+        let again = SignerConfig::from_toml(&config.to_toml().expect("toml")).expect("again");
+        assert_eq!(again, config);
     }
 
     #[test]

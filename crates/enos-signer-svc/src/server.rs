@@ -2,7 +2,7 @@
 //! reflection) and the metrics endpoint, with a graceful shutdown.
 //!
 //! Shutdown: health turns NOT_SERVING, the listeners stop accepting,
-//! in-flight calls drain (up to `server.drain_timeout_secs`), then `run`
+//! in-flight calls drain (up to `server.drain_timeout`), then `run`
 //! returns.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -164,8 +164,8 @@ impl Signer {
 
         let metrics_task = match metrics_listener {
             Some(l) => {
-                let metrics_addr = l.local_addr().ok();
-                tracing::info!(addr = ?metrics_addr, "metrics listening (mTLS)");
+                let metrics_addr = crate::listener::display_addr(&l);
+                tracing::info!(addr = %metrics_addr, "metrics listening (mTLS)");
                 Some(tokio::spawn(metrics::serve(
                     self.state.metrics.clone(),
                     l,
@@ -207,8 +207,8 @@ impl Signer {
         ));
         let ca_tasks = self.start_ca(&stop).await;
         let enrollment = self.enroll_listener.take().map(|listener| {
-            let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "enrollment listening (TLS, one-time tokens)");
+            let addr = crate::listener::display_addr(&listener);
+            tracing::info!(addr = %addr, "enrollment listening (TLS, one-time tokens)");
             let incoming = tls_incoming(
                 listener,
                 Arc::clone(&self.tls),
@@ -306,7 +306,7 @@ impl Signer {
                 match tokio::time::timeout(self.drain_timeout, &mut server).await {
                     Ok(served) => served,
                     Err(_) => {
-                        tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing the remaining connections");
+                        tracing::warn!(timeout = %humantime::format_duration(self.drain_timeout), "drain timed out; closing the remaining connections");
                         Ok(())
                     }
                 }

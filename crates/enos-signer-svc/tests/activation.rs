@@ -725,7 +725,7 @@ async fn finding_6_a_batch_of_unknown_sub_devices_is_one_token_and_one_record() 
 async fn finding_9_a_batch_signs_under_each_sub_devices_own_product_policy() {
     let f = fixture_with(|c| {
         let policy = |ttl: u64, method: &str| ProductPolicyConfig {
-            ttl_secs: Some(ttl),
+            ttl: Some(std::time::Duration::from_secs(ttl)),
             sign_method: Some(method.into()),
             ..Default::default()
         };

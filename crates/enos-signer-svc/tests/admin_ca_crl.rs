@@ -83,7 +83,7 @@ async fn start_with_crl(pki: Pki, crl: String) -> Fixture {
         let path = dir.join("clients.crl");
         std::fs::write(&path, &crl).expect("crl file");
         c.server.crls = vec![path];
-        c.server.tls_reload_interval_secs = 1;
+        c.server.tls_reload_interval = std::time::Duration::from_secs(1);
     })
     .await
 }

@@ -29,7 +29,7 @@ async fn finding_11_ca_fingerprints_are_logged_and_an_overlapping_reload_is_refu
         let path = c.server.client_ca.with_file_name("admins-ca.pem");
         std::fs::write(&path, &admin_ca_pem).expect("admin CA");
         c.server.admin_ca = Some(path);
-        c.server.tls_reload_interval_secs = 1;
+        c.server.tls_reload_interval = std::time::Duration::from_secs(1);
     })
     .await;
     let logged = capture.text();

@@ -260,9 +260,9 @@ listen = "{listen}"
 cert = "{ca}/server.pem"
 key = "{ca}/server.key"
 client_ca = "{ca}/ca.pem"
-drain_timeout_secs = 2
+drain_timeout = "2s"
 # No polling: only SIGHUP reloads the TLS files (tested below).
-tls_reload_interval_secs = 0
+tls_reload_interval = "0s"
 [registry]
 kind = "redb"
 path = "registry.redb"
@@ -668,4 +668,129 @@ async fn a_missing_file_is_named_with_its_cause_once() {
         1,
         "{error}"
     );
+}
+
+#[test]
+fn a_missing_admin_flag_names_its_environment_variable() {
+    // #29 item 10: "the following required arguments were not provided:
+    // --ca <CA> …" said nothing of ENOS_SIGNER_CA and its siblings.
+    let out = Command::new(BIN)
+        .args(["list"])
+        .env_remove("ENOS_SIGNER_CA")
+        .env_remove("ENOS_SIGNER_CERT")
+        .env_remove("ENOS_SIGNER_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run enos-signer");
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let error = text(&out.stderr);
+    for named in [
+        "--ca or ENOS_SIGNER_CA",
+        "--cert or ENOS_SIGNER_CERT",
+        "--key or ENOS_SIGNER_KEY",
+    ] {
+        assert!(error.contains(named), "{named} in {error}");
+    }
+    // Only the missing ones are named.
+    let out = Command::new(BIN)
+        .args(["list", "--ca", "ca.pem", "--cert", "admin.pem"])
+        .env_remove("ENOS_SIGNER_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run enos-signer");
+    let error = text(&out.stderr);
+    assert!(error.contains("--key or ENOS_SIGNER_KEY"), "{error}");
+    assert!(!error.contains("ENOS_SIGNER_CA"), "{error}");
+}
+
+#[tokio::test]
+async fn a_redirected_log_has_no_colour_and_no_rust_debug_values() {
+    // #29 item 9: `logging.format = "pretty"` wrote ANSI colours into a
+    // redirected file and logged `addr: Some(127.0.0.1:9464)`.
+    let f = fixture().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = write_config(state.path(), "127.0.0.1:0", f.dir.path());
+    let text_of = std::fs::read_to_string(&config).expect("config");
+    let text_of = text_of.replace(
+        "format = \"json\"\nfilter = \"trace\"",
+        "format = \"pretty\"\nfilter = \"info\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[health]\nlisten = \"127.0.0.1:0\"",
+    );
+    assert!(text_of.contains("pretty"), "{text_of}");
+    std::fs::write(&config, text_of).expect("write config");
+    let config_arg = config.display().to_string();
+    let out = run(
+        vec!["init".into(), "--config".into(), config_arg.clone()],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let log_path = state.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let child = Command::new(BIN)
+        .args(["serve", "--config", &config_arg])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).expect("log");
+        if log.contains("metrics listening") && log.contains("health port listening") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "never listened: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait")
+        .status;
+    assert!(status.success(), "{status:?}");
+    let log = format!("{log}{}", std::fs::read_to_string(&log_path).expect("log"));
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape code in a redirected log:\n{log}"
+    );
+    assert!(!log.contains("Some("), "a Rust Option in the log:\n{log}");
+    assert!(log.contains("addr: 127.0.0.1:"), "{log}");
+}
+
+#[tokio::test]
+async fn an_import_reports_progress_in_lines_when_stderr_is_not_a_terminal() {
+    // #29 item 11: the progress bar promised by the docs never showed
+    // when stderr was not a terminal, and nothing else did either.
+    let f = fixture().await;
+    let csv = f.dir.path().join("many.csv");
+    let mut rows = String::from("productKey,deviceKey,deviceSecret\n");
+    for i in 0..1_200 {
+        rows.push_str(&format!("PkMany,dev-{i:04},SecretMany{i:04}\n"));
+    }
+    std::fs::write(&csv, rows).expect("write csv");
+    let mut args = vec!["import".to_owned(), csv.display().to_string()];
+    args.extend(admin_flags(&f));
+    let out = run(args, None).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The first chunk and the last (one in between only every 2 s).
+    assert!(
+        stderr.contains("import: sent 500/1200 rows (41%)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("import: sent 1200/1200 rows (100%)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
+    assert!(text(&out.stdout).contains("imported 1200 devices"));
 }

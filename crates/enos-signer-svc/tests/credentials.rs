@@ -68,7 +68,7 @@ async fn product_policy_sets_ttl_method_and_brokers() {
         c.policy.products.insert(
             "PkFast".into(),
             ProductPolicyConfig {
-                ttl_secs: Some(30),
+                ttl: Some(std::time::Duration::from_secs(30)),
                 sign_method: Some("hmacsha256".into()),
                 broker_urls: vec!["tcp://127.0.0.1:11883".into()],
                 dynamic_activation: false,

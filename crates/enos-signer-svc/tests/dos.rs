@@ -195,8 +195,8 @@ async fn tls_connection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_2_silent_handshakes_and_connections_that_never_speak_http2_are_closed() {
     let f = fixture_with(|c| {
-        c.server.limits.handshake_timeout_secs = 1;
-        c.server.limits.http2_start_timeout_secs = 1;
+        c.server.limits.handshake_timeout = Duration::from_secs(1);
+        c.server.limits.http2_start_timeout = Duration::from_secs(1);
     })
     .await;
     // TCP, then not a byte of TLS: closed at the handshake timeout (it
@@ -227,7 +227,7 @@ async fn finding_2_one_address_holds_at_most_its_cap_while_another_still_connect
         c.server.limits.max_connections = 40;
         c.server.limits.max_connections_per_ip = 4;
         // Held handshakes stay held for the test's length.
-        c.server.limits.handshake_timeout_secs = 60;
+        c.server.limits.handshake_timeout = Duration::from_secs(60);
     })
     .await;
     f.signer

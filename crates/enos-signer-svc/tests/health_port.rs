@@ -58,9 +58,9 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
             cert: server.cert,
             key: server.key,
             client_ca: pki.write_ca(&dir).expect("ca"),
-            drain_timeout_secs: 20,
+            drain_timeout: Duration::from_secs(20),
             worker_threads: None,
-            tls_reload_interval_secs: 0,
+            tls_reload_interval: Duration::ZERO,
             limits: Default::default(),
             admin_ca: None,
             admin_names: Vec::new(),
@@ -70,7 +70,7 @@ async fn the_health_port_answers_health_only_and_turns_not_serving_while_drainin
     );
     config.health = Some(HealthConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        check_interval_secs: 1,
+        check_interval: Duration::from_secs(1),
     });
     // The config the binary would read parses back with the section.
     let reparsed =

@@ -725,7 +725,7 @@ fn readiness_follows_the_token_and_liveness_does_not() {
                     c.custody = CustodyConfig::Pkcs11(config);
                     c.health = Some(enos_signer_svc::config::HealthConfig {
                         listen: "127.0.0.1:0".parse().expect("addr"),
-                        check_interval_secs: 1,
+                        check_interval: Duration::from_secs(1),
                     });
                 })
                 .await;

@@ -172,7 +172,7 @@ fn the_mounted_config_parses_and_names_only_mounted_files() {
             .as_i64()
             .expect("grace");
         assert!(
-            grace > config.server.drain_timeout_secs as i64 + 5,
+            grace > config.server.drain_timeout.as_secs() as i64 + 5,
             "{file}"
         );
 

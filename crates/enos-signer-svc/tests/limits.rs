@@ -299,8 +299,8 @@ async fn closed_within(
 async fn the_metrics_listener_closes_slow_headers_and_idle_connections() {
     let f = fixture_with(|c| {
         let metrics = c.metrics.as_mut().expect("metrics");
-        metrics.header_timeout_secs = 1;
-        metrics.connection_lifetime_secs = 2;
+        metrics.header_timeout = Duration::from_secs(1);
+        metrics.connection_lifetime = Duration::from_secs(2);
     })
     .await;
     // Half a header, then nothing: closed at the header timeout.

@@ -152,7 +152,7 @@ impl Fleet {
         let files = server.write(dir, "server").expect("write server cert");
         let ca = self.pki.write_ca(dir).expect("write ca");
         let mut server = server_config(listen, files.cert, files.key, ca);
-        server.drain_timeout_secs = 1;
+        server.drain_timeout = Duration::from_secs(1);
         server.worker_threads = std::num::NonZeroUsize::new(2);
         let mut config: SignerConfig = state_in(dir, server);
         config.registry = RegistryConfig::Postgres(PostgresConfig {

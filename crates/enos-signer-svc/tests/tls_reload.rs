@@ -118,7 +118,7 @@ async fn certificates_reload_under_load_without_a_failed_rpc() {
             c.server.cert = link.join("server.pem");
             c.server.key = link.join("server.key");
             c.server.client_ca = link.join("clients-ca.pem");
-            c.server.tls_reload_interval_secs = 1;
+            c.server.tls_reload_interval = Duration::from_secs(1);
             *files.lock().expect("lock") = Some(tls_files);
         })
         .await

@@ -105,7 +105,7 @@ pub struct SandboxBuilder {
     tls: Option<TlsFiles>,
     /// `--any-timestamp`.
     any_timestamp: bool,
-    /// `--freshness-window-secs`.
+    /// `--freshness-window`.
     freshness_window: Option<Duration>,
     /// `--allow-md5`.
     allow_md5: bool,
@@ -236,8 +236,8 @@ impl SandboxBuilder {
         }
         if let Some(window) = self.freshness_window {
             args.extend([
-                "--freshness-window-secs".into(),
-                window.as_secs().to_string().into(),
+                "--freshness-window".into(),
+                format!("{}ms", window.as_millis()).into(),
             ]);
         }
         if self.allow_md5 {

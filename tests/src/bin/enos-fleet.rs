@@ -26,15 +26,15 @@ struct Cli {
     /// Agents (and raw clients) in the run.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_AGENTS as u64))]
     agents: u64,
-    /// Seconds each phase may take before the run fails.
-    #[arg(long, default_value_t = 120)]
-    phase_timeout: u64,
-    /// The agents' backoff floor, ms.
-    #[arg(long, default_value_t = 1000)]
-    backoff_min_ms: u64,
-    /// The agents' backoff cap, ms.
-    #[arg(long, default_value_t = 10_000)]
-    backoff_max_ms: u64,
+    /// How long each phase may take before the run fails (`2m`, `300s`).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    phase_timeout: Duration,
+    /// The agents' backoff floor (`1s`, `500ms`).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    backoff_min: Duration,
+    /// The agents' backoff cap.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
     /// The signer's per-identity rate limit: requests a second.
     #[arg(long, default_value_t = 2)]
     rate_per_second: u32,
@@ -72,9 +72,9 @@ fn main() -> ExitCode {
     };
     let mut options = FleetOptions::new(usize::try_from(cli.agents).unwrap_or(MAX_AGENTS));
     options.scenario = scenario;
-    options.phase_timeout = Duration::from_secs(cli.phase_timeout);
-    options.backoff_min = Duration::from_millis(cli.backoff_min_ms);
-    options.backoff_max = Duration::from_millis(cli.backoff_max_ms);
+    options.phase_timeout = cli.phase_timeout;
+    options.backoff_min = cli.backoff_min;
+    options.backoff_max = cli.backoff_max;
     options.rate_per_second = cli.rate_per_second;
     options.rate_burst = cli.rate_burst;
     options.raw_anchor = !cli.no_raw;

@@ -136,7 +136,7 @@ impl FleetOptions {
             return Err("--rate-per-second and --rate-burst must be > 0".into());
         }
         if self.phase_timeout.is_zero() || self.phase_timeout > Duration::from_secs(900) {
-            return Err("--phase-timeout must be 1..=900 seconds".into());
+            return Err("--phase-timeout must be 1s..=15m".into());
         }
         if self.scenario == Scenario::Renew {
             if self.lifetime < Duration::from_secs(2) || self.lifetime > Duration::from_secs(86_400)

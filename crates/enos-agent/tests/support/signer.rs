@@ -25,9 +25,11 @@ impl SignerFixture {
     pub async fn start(dir: &Path, gw: (&str, &str), secret: &str, ttl_secs: u64) -> SignerFixture {
         let pki = Pki::new("agent-test-ca").expect("pki");
         let signer_dir = dir.join("signer");
-        let signer = TestSigner::start_with(&signer_dir, &pki, |c| c.policy.ttl_secs = ttl_secs)
-            .await
-            .expect("signer starts");
+        let signer = TestSigner::start_with(&signer_dir, &pki, |c| {
+            c.policy.ttl = std::time::Duration::from_secs(ttl_secs)
+        })
+        .await
+        .expect("signer starts");
         signer
             .put_device(gw.0, gw.1, secret)
             .await

@@ -31,7 +31,7 @@ async fn runs_from_a_config_file_on_port_zero() {
         "devices = \"devices.csv\"\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\
          [tls]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         [checks]\nfreshness_window_secs = 120\n",
+         [checks]\nfreshness_window = \"2m\"\n",
     )
     .expect("write config");
     let child = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
@@ -178,4 +178,46 @@ fn a_missing_file_is_named_with_its_cause_once() {
         1,
         "{stderr}"
     );
+}
+
+/// #29 item 8: `connect_timeout_ms = 5000` and `--freshness-window-secs N`
+/// became durations with their unit; the old key and the old flag are
+/// refused naming the new ones, by the binary.
+#[test]
+fn an_old_duration_key_or_flag_names_the_new_one() {
+    let fixture = Fixture::new();
+    let config = fixture.dir.path().join("old.toml");
+    std::fs::write(
+        &config,
+        "devices = \"devices.csv\"\n[limits]\nconnect_timeout_ms = 2000\n",
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`connect_timeout_ms` was renamed: write `connect_timeout = \"2000ms\"`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_enos-sandbox"))
+        .arg("--devices")
+        .arg(&fixture.devices)
+        .args(["--freshness-window-secs", "300"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--freshness-window-secs was renamed: pass --freshness-window 300s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }

@@ -37,8 +37,8 @@ pub async fn serve<H: Health>(
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "health port listening (plain gRPC, health only)");
+    let addr = crate::listener::display_addr(&listener);
+    tracing::info!(addr = %addr, "health port listening (plain gRPC, health only)");
     let admission = Admission {
         throttle: Arc::new(PeerThrottle::new(0, 0)),
         per_address: AddressLimit::new(HEALTH_MAX_CONNECTIONS_PER_IP),

@@ -12,8 +12,8 @@
 //!   after `accept`, before any TLS work, and counted (never logged per
 //!   connection);
 //! - time: the TLS handshake (which requires a client certificate) must
-//!   end within `handshake_timeout_secs`, and the client's HTTP/2
-//!   connection preface must arrive within `http2_start_timeout_secs`
+//!   end within `handshake_timeout`, and the client's HTTP/2
+//!   connection preface must arrive within `http2_start_timeout`
 //!   after it ([`Limited::with_deadlines`]); else the connection is closed
 //!   and its slots are free again;
 //! - HTTP/2 streams per connection (`max_concurrent_streams`, advertised in
@@ -23,8 +23,8 @@
 //!   queued;
 //! - an import's total size (`import_max_bytes`), besides its row count;
 //! - the metrics listener: a request's header must arrive within
-//!   `[metrics] header_timeout_secs`, a connection lives at most
-//!   `connection_lifetime_secs` (idle keep-alive connections go), and at
+//!   `[metrics] header_timeout`, a connection lives at most
+//!   `connection_lifetime` (idle keep-alive connections go), and at
 //!   most [`METRICS_MAX_CONNECTIONS`] at once; the plain health port: at
 //!   most [`HEALTH_MAX_CONNECTIONS`], [`HEALTH_MAX_CONNECTIONS_PER_IP`] of
 //!   them from one address, [`HEALTH_MAX_STREAMS`] streams each,

@@ -24,3 +24,11 @@ pub mod peer;
 pub mod readiness;
 pub mod tls_incoming;
 pub mod tls_reload;
+
+/// A listener's address for a log line (`127.0.0.1:9464`), never Rust's
+/// `Some(…)` / `Err(…)` of the `local_addr` result.
+pub(crate) fn display_addr(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}

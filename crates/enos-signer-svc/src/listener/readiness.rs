@@ -6,7 +6,7 @@
 //! | `""`, `enos.signer.v1.Credentials`, `enos.signer.v1.Admin` | ready: the registry answers, the custody could sign (HSM session usable), not draining |
 //! | [`LIVENESS_SERVICE`] | the process serves at all; never depends on the database, so a registry outage does not get replicas restarted |
 //!
-//! The checks run every `health.check_interval_secs`, off the async
+//! The checks run every `health.check_interval`, off the async
 //! workers, each bounded by [`CHECK_TIMEOUT`]; a probe reads the last
 //! result and costs nothing. A change is logged once.
 //!

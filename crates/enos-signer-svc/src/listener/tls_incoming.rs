@@ -4,11 +4,11 @@
 //! tonic's own TLS fixes one config for the server's life; this stream
 //! lets a certificate or client CA change between two handshakes while
 //! established connections keep theirs. Handshakes run concurrently, each
-//! bounded by `[server.limits] handshake_timeout_secs`, so a slow or silent
+//! bounded by `[server.limits] handshake_timeout`, so a slow or silent
 //! client holds up no one; a handshake without a valid client certificate
 //! fails, and is counted and logged with its reason
 //! ([`crate::listener::handshake_failures`]). After it, the client's HTTP/2 preface must arrive within
-//! `http2_start_timeout_secs`, or the connection is closed: a peer cannot
+//! `http2_start_timeout`, or the connection is closed: a peer cannot
 //! hold a slot by saying nothing.
 
 use std::{sync::Arc, time::Duration};

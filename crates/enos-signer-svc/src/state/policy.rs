@@ -48,15 +48,15 @@ impl Policy {
             SignMethod::parse(name, md5)
                 .map_err(|e| SignerError::Config(format!("{at}.sign_method: {e}")))
         };
-        let ttl = |secs: u64, at: &str| {
-            if secs == 0 {
-                Err(SignerError::Config(format!("{at}.ttl_secs must be > 0")))
+        let ttl = |ttl: Duration, at: &str| {
+            if ttl < Duration::from_secs(1) {
+                Err(SignerError::Config(format!("{at}.ttl must be at least 1s")))
             } else {
-                Ok(Duration::from_secs(secs))
+                Ok(ttl)
             }
         };
         let default = ProductPolicy {
-            ttl: ttl(config.ttl_secs, "policy")?,
+            ttl: ttl(config.ttl, "policy")?,
             sign_method: method(&config.sign_method, "policy")?,
             broker_urls: Vec::new(),
             dynamic_activation: false,
@@ -69,8 +69,8 @@ impl Policy {
             products.insert(
                 pk,
                 ProductPolicy {
-                    ttl: match product.ttl_secs {
-                        Some(secs) => ttl(secs, &at)?,
+                    ttl: match product.ttl {
+                        Some(t) => ttl(t, &at)?,
                         None => default.ttl,
                     },
                     sign_method: match &product.sign_method {
@@ -123,7 +123,7 @@ mod tests {
         config.products.insert(
             "PkFast".into(),
             ProductPolicyConfig {
-                ttl_secs: Some(30),
+                ttl: Some(Duration::from_secs(30)),
                 sign_method: Some("sha256".into()),
                 broker_urls: vec!["tcp://127.0.0.1:11883".into()],
                 dynamic_activation: true,
@@ -155,7 +155,7 @@ mod tests {
         assert!(err.to_string().starts_with("sign_method:"), "{err}");
         assert!(policy.method(&other, 42).is_err());
 
-        config.products.get_mut("PkFast").expect("there").ttl_secs = Some(0);
+        config.products.get_mut("PkFast").expect("there").ttl = Some(Duration::ZERO);
         assert!(Policy::from_config(&config).is_err());
         config.products.clear();
         config.sign_method = "hmacmd5".into();

@@ -4,7 +4,12 @@
 //! row whose secret is the registry's changes nothing. Both runs print
 //! what the import changes (or would change).
 
-use std::path::Path;
+use std::{
+    io::IsTerminal as _,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use enos_domain::device_file;
@@ -16,6 +21,65 @@ use crate::Connection;
 
 /// Rows per streamed message.
 const CHUNK: usize = 500;
+
+/// How often a progress line is printed when stderr is not a terminal.
+const PROGRESS_LINE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The sending's progress: a bar on a terminal; elsewhere (a script, CI,
+/// a log file) lines on stderr, the first, one every
+/// [`PROGRESS_LINE_INTERVAL`] and the last, since a bar's redraws are not
+/// shown (or fill a file with carriage returns).
+#[derive(Clone)]
+enum Progress {
+    Bar(ProgressBar),
+    Lines {
+        total: u64,
+        state: Arc<Mutex<(u64, Option<Instant>)>>,
+    },
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total).with_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message("sending");
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines {
+                total,
+                state: Arc::new(Mutex::new((0, None))),
+            }
+        }
+    }
+
+    fn inc(&self, rows: u64) {
+        match self {
+            Progress::Bar(bar) => bar.inc(rows),
+            Progress::Lines { total, state } => {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                state.0 += rows;
+                let due = state
+                    .1
+                    .is_none_or(|at| at.elapsed() >= PROGRESS_LINE_INTERVAL);
+                if due || state.0 == *total {
+                    state.1 = Some(Instant::now());
+                    let percent = (state.0 * 100).checked_div(*total).unwrap_or(100);
+                    say_err!("import: sent {}/{} rows ({percent}%)", state.0, total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        match self {
+            Progress::Bar(bar) => bar.finish_and_clear(),
+            Progress::Lines { .. } => {}
+        }
+    }
+}
 
 /// How an import is run (the command line's flags).
 #[derive(Debug, Clone, Copy)]
@@ -53,11 +117,7 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
     let total = rows.len() as u64;
     let all_rows = rows.len() + unreadable.len();
 
-    let progress = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    progress.set_message("sending");
+    let progress = Progress::new(total);
     let mut chunks: Vec<Vec<v1::ImportRow>> = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
@@ -79,7 +139,7 @@ pub(crate) async fn run(file: &Path, options: Options, connection: &Connection) 
 
     let mut client = AdminClient::new(connection.channel().await?);
     let response = client.import_devices(stream).await;
-    progress.finish_and_clear();
+    progress.finish();
     let response = response.map_err(crate::handshake::status)?.into_inner();
 
     let mut errors: Vec<(u32, String)> = unreadable;

@@ -131,6 +131,36 @@ pub(crate) struct Connection {
     pub(crate) key: PathBuf,
 }
 
+/// Ends the process for a command-line error; a missing admin connection
+/// flag also names the variable that sets it, which clap's own message
+/// leaves to `--help`.
+fn exit_naming_the_variables(error: clap::Error) -> ! {
+    const FLAGS: [(&str, &str); 3] = [
+        ("--ca <CA>", "ENOS_SIGNER_CA"),
+        ("--cert <CERT>", "ENOS_SIGNER_CERT"),
+        ("--key <KEY>", "ENOS_SIGNER_KEY"),
+    ];
+    if error.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+        let rendered = error.to_string();
+        // The missing ones are listed before the usage line.
+        let missing = rendered.split("Usage:").next().unwrap_or_default();
+        let named: Vec<_> = FLAGS
+            .iter()
+            .filter(|(flag, _)| missing.contains(flag))
+            .map(|(flag, var)| format!("{} or {var}", flag.split(' ').next().unwrap_or(flag)))
+            .collect();
+        if !named.is_empty() {
+            let _ = error.print();
+            say_err!(
+                "note: the admin connection is set by flags or by the environment: {} (and --endpoint or ENOS_SIGNER_ENDPOINT)",
+                named.join(", ")
+            );
+            std::process::exit(error.exit_code());
+        }
+    }
+    error.exit()
+}
+
 impl Connection {
     pub(crate) async fn channel(&self) -> Result<tonic::transport::Channel> {
         if !self.endpoint.starts_with("https://") {
@@ -154,7 +184,10 @@ impl Connection {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_naming_the_variables(e),
+    };
     // One crypto provider, ring, for anything that asks for the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // `serve` sizes its runtime from the config; the other commands are
