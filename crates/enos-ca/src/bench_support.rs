@@ -198,8 +198,8 @@ pub fn sign_and_verify(
         .expect("the CRL verifies against the CA certificate");
     let serials: Vec<String> = crl
         .iter_revoked_certificates()
-        // The DER INTEGER: a leading 00 when the top bit is set (one
-        // serial in two), which `to_hex` (the number) does not carry.
+        // The DER INTEGER keeps a 00 byte before a high first byte;
+        // `to_hex` (the number) drops leading zero bytes.
         .map(|entry| {
             let raw = entry.raw_serial_as_string().replace(':', "");
             raw.trim_start_matches("00").to_owned()
