@@ -39,6 +39,7 @@ mod certificates;
 mod custody;
 #[cfg(test)]
 mod docs_commands;
+mod enos_api;
 mod import;
 mod logging;
 mod registry;
@@ -100,6 +101,9 @@ enum Command {
     /// The CA of the devices' client certificates (`[ca]`).
     #[command(subcommand)]
     Ca(certificates::CaCommand),
+    /// EnOS's certificate API: the application's credential in custody.
+    #[command(subcommand)]
+    EnosApi(enos_api::EnosApiCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -195,6 +199,7 @@ fn main() -> Result<()> {
             Command::Custody(command) => command.run().await,
             Command::Registry(command) => command.run().await,
             Command::Ca(command) => command.run().await,
+            Command::EnosApi(command) => enos_api::run(command).await,
             Command::Admin(command) => command.run().await,
             Command::Certificates(command) => command.run().await,
         }
