@@ -80,6 +80,67 @@ pub struct EnosApiConfig {
     /// The environments by name (a name is also the custody reference of
     /// its sealed credential: ASCII letters, digits, `-`, `_`).
     pub environments: BTreeMap<String, EnosEnvironmentConfig>,
+    /// The subject every gateway's CSR must carry (EnOS requires C, ST,
+    /// L, O, OU and CN); `{deviceKey}` and `{productKey}` in `cn` make it
+    /// unique per device, as EnOS demands.
+    #[serde(default)]
+    pub subject: SubjectTemplate,
+    /// The subject per product key, where it differs from `subject`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub product_subjects: BTreeMap<String, SubjectTemplate>,
+}
+
+/// A CSR subject template: C, ST, L, O, OU verbatim, CN with
+/// `{productKey}` / `{deviceKey}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectTemplate {
+    /// Country (2 letters; EnOS's roots say `CN`).
+    pub c: String,
+    /// State or province.
+    pub st: String,
+    /// Locality.
+    pub l: String,
+    /// Organisation (EnOS's RSA root: `EnOS`).
+    pub o: String,
+    /// Organisational unit.
+    pub ou: String,
+    /// Common name; must name `{deviceKey}` so that it is unique per device.
+    pub cn: String,
+}
+
+impl Default for SubjectTemplate {
+    /// EnOS's root's C, ST, O (some EnOS versions require them), CN the
+    /// device.
+    fn default() -> Self {
+        SubjectTemplate {
+            c: "CN".into(),
+            st: "Shanghai".into(),
+            l: "Shanghai".into(),
+            o: "EnOS".into(),
+            ou: "gateways".into(),
+            cn: "{productKey}.{deviceKey}".into(),
+        }
+    }
+}
+
+impl SubjectTemplate {
+    /// The subject of `pk/dk`: (short name, value) in C, ST, L, O, OU, CN order.
+    pub fn expand(&self, pk: &str, dk: &str) -> [(&'static str, String); 6] {
+        [
+            ("C", self.c.clone()),
+            ("ST", self.st.clone()),
+            ("L", self.l.clone()),
+            ("O", self.o.clone()),
+            ("OU", self.ou.clone()),
+            (
+                "CN",
+                self.cn
+                    .replace("{productKey}", pk)
+                    .replace("{deviceKey}", dk),
+            ),
+        ]
+    }
 }
 
 /// `[enos_api.environments.<name>]`: one EnOS environment.
@@ -116,6 +177,13 @@ fn default_valid_day() -> u32 {
 }
 
 impl EnosApiConfig {
+    /// The subject template of `product_key`.
+    pub fn subject_of(&self, product_key: &str) -> &SubjectTemplate {
+        self.product_subjects
+            .get(product_key)
+            .unwrap_or(&self.subject)
+    }
+
     /// The environment (name and settings) serving `product_key`: the one
     /// naming it, else the one with `*`.
     pub fn environment_of(&self, product_key: &str) -> Option<(&str, &EnosEnvironmentConfig)> {
@@ -145,6 +213,32 @@ impl EnosApiConfig {
         }
         if self.timeout.is_zero() {
             return bad("timeout must be above 0".into());
+        }
+        for (which, subject) in std::iter::once(("subject".to_owned(), &self.subject)).chain(
+            self.product_subjects
+                .iter()
+                .map(|(pk, s)| (format!("product_subjects.{pk}"), s)),
+        ) {
+            if subject.c.chars().count() != 2
+                || [
+                    &subject.st,
+                    &subject.l,
+                    &subject.o,
+                    &subject.ou,
+                    &subject.cn,
+                ]
+                .iter()
+                .any(|v| v.is_empty() || v.chars().count() > 64)
+            {
+                return bad(format!(
+                    "{which}: c has 2 characters; st, l, o, ou, cn 1 to 64 (EnOS's limits)"
+                ));
+            }
+            if !subject.cn.contains("{deviceKey}") {
+                return bad(format!(
+                    "{which}.cn must name {{deviceKey}}: EnOS refuses a CN another device has"
+                ));
+            }
         }
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, env) in &self.environments {
@@ -893,6 +987,13 @@ mod tests {
             }
         );
         assert_eq!(api.environment_of("gwPk2").map(|e| e.0), Some("prod"));
+        assert_eq!(api.subject, SubjectTemplate::default());
+        assert_eq!(
+            api.subject_of("gwPk1").expand("gwPk1", "gw-1")[5].1,
+            "gwPk1.gw-1"
+        );
+        assert_eq!(api.subject_of("gwPk2").expand("gwPk2", "gw-1")[0].1, "DE");
+        assert_eq!(api.subject_of("gwPk2").expand("gwPk2", "gw-1")[5].1, "gw-1");
         assert_eq!(api.environment_of("other").map(|e| e.0), Some("edge"));
         // Defaults.
         let minimal = "[enos_api.environments.e]\ngateway_url = \"http://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"*\"]\n";
@@ -905,6 +1006,10 @@ mod tests {
         );
         for (bad, needle) in [
             ("[enos_api]\nvalid_day = 4000\n", "valid_day"),
+            (
+                "[enos_api.subject]\nc = \"CN\"\nst = \"s\"\nl = \"l\"\no = \"o\"\nou = \"u\"\ncn = \"fixed\"\n",
+                "{deviceKey}",
+            ),
             ("[enos_api]\nenvironments = {}\n", "at least one"),
             ("[enos_api]\nunknown = 1\n", "unknown"),
             (
@@ -924,7 +1029,9 @@ mod tests {
                 "environment name",
             ),
         ] {
-            let text = if bad.starts_with("[enos_api]\n") && !bad.contains("environments") {
+            let text = if (bad.starts_with("[enos_api]\n") && !bad.contains("environments"))
+                || bad.starts_with("[enos_api.subject]")
+            {
                 format!("{base}\n{bad}{minimal}")
             } else {
                 format!("{base}\n{bad}")

@@ -5,7 +5,15 @@
 //! tell apart (EnOS refused: its code; unreachable: UNAVAILABLE), with the
 //! secret in no error and no log.
 
+mod common;
+
 use std::{num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
+
+use enos_signer_proto::v1::{
+    ApplyEnosCertificateRequest, RenewEnosCertificateRequest,
+    enos_certificates_client::EnosCertificatesClient,
+};
+use enos_signer_svc::config::{EnosApiConfig, SubjectTemplate};
 
 use enos_signer_svc::{
     SignerError,
@@ -106,7 +114,13 @@ impl Fixture {
 }
 
 fn csr(cn: &str) -> String {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    csr_with(
+        &KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key"),
+        cn,
+    )
+}
+
+fn csr_with(key: &KeyPair, cn: &str) -> String {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     for (ty, value) in [
@@ -266,4 +280,200 @@ async fn an_unreachable_gateway_or_untrusted_certificate_is_unavailable() {
         matches!(&err, SignerError::EnosApiUnreachable(m) if m.contains("TLS")),
         "{err}"
     );
+}
+
+/// Issue 26, part 3: a gateway gets its EnOS certificate through the
+/// signer (TestSigner over mTLS, the real sandbox as EnOS): the device is
+/// the caller's own; a weak key or a wrong subject is refused before EnOS
+/// is called; renewing another device's certificate is refused by EnOS and
+/// nothing is issued; every outcome is audited with serials, never the
+/// secret.
+#[tokio::test]
+async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
+    let enos = start();
+    let addr = enos.sandbox.enos_api_addr().expect("api");
+    let mut env = enos.environment(format!("https://{addr}"));
+    // The signer's own file (the test's direct client writes the other).
+    env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
+    let configured = env.clone();
+    let f = common::fixture_with(move |c| {
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::MIN,
+            timeout: Duration::from_secs(5),
+            valid_day: 30,
+            environments: [("test".to_owned(), configured)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");
+    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw1)).await);
+
+    // Before the credential is sealed: a clear precondition, not a crash.
+    let missing = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect_err("no credential yet");
+    assert_eq!(
+        missing.code(),
+        tonic::Code::FailedPrecondition,
+        "{missing:?}"
+    );
+    assert!(missing.message().contains("set-credential"), "{missing:?}");
+    seal_credential(
+        custody.as_ref(),
+        "test",
+        APP_KEY,
+        APP_SECRET,
+        &env.credential_file,
+    )
+    .expect("sealed");
+    open_credential(custody.as_ref(), "test", &env.credential_file)
+        .expect("the signer's custody opens it");
+
+    // Refused before EnOS is called: a P-384 key, another device's CN.
+    let p384 = csr_with(
+        &KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key"),
+        "gwpk.gw1",
+    );
+    for (csr_pem, needle) in [
+        (p384, "P-256"),
+        (csr("gwpk.gw2"), "CN=gwpk.gw1"),
+        ("not a csr".to_owned(), "not PEM"),
+    ] {
+        let refused = client
+            .apply_enos_certificate(ApplyEnosCertificateRequest { csr_pem })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(needle), "{needle}: {refused:?}");
+    }
+    let enos_view = enos.client();
+    assert!(
+        enos_view
+            .list("gwpk", "gw1")
+            .await
+            .expect("list")
+            .is_empty(),
+        "EnOS never called"
+    );
+
+    let issued = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect("applied")
+        .into_inner();
+    assert!(issued.cert_pem.contains("BEGIN CERTIFICATE"));
+    let listed = enos_view.list("gwpk", "gw1").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].cert_sn, issued.cert_sn,
+        "bound to the caller's own device"
+    );
+    assert!(
+        listed[0].subject.starts_with("CN=gwpk.gw1,"),
+        "{}",
+        listed[0].subject
+    );
+
+    let renewed = client
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+            current_cert_sn: issued.cert_sn.clone(),
+        })
+        .await
+        .expect("renewed")
+        .into_inner();
+    assert_ne!(renewed.cert_sn, issued.cert_sn);
+
+    // gw2 naming gw1's certificate: EnOS refuses it for gw2; nothing issued.
+    let gw2 = f.pki.device("gwpk", "gw2").expect("device cert");
+    let mut other = EnosCertificatesClient::new(f.channel(Some(&gw2)).await);
+    let theft = other
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw2"),
+            current_cert_sn: renewed.cert_sn.clone(),
+        })
+        .await
+        .expect_err("not gw2's");
+    assert_eq!(theft.code(), tonic::Code::FailedPrecondition, "{theft:?}");
+    assert!(
+        enos_view
+            .list("gwpk", "gw2")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // Audited with serials; the secret nowhere.
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.contains(&issued.cert_sn) && audit.contains(&renewed.cert_sn),
+        "{audit}"
+    );
+    assert!(audit.contains("apply_enos_certificate") && audit.contains("renew_enos_certificate"));
+    assert!(!audit.contains(APP_SECRET));
+
+    // The admin CLI: list, then revoke the valid ones (audited), then list.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_enos-signer"))
+            .args(args)
+            .arg("--config")
+            .arg(f.signer.config_path())
+            .output()
+            .expect("enos-signer runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(APP_SECRET), "{text}");
+        (out.status.success(), text)
+    };
+    let (ok, listed) = cli(&["enos-cert", "list", "gwpk", "gw1"]);
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains(&format!("certSN={} status=valid", issued.cert_sn)),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("certSN={} status=valid", renewed.cert_sn)),
+        "{listed}"
+    );
+    let (ok, revoked) = cli(&[
+        "enos-cert",
+        "revoke",
+        "gwpk",
+        "gw1",
+        "--reason",
+        "cessation-of-operation",
+    ]);
+    assert!(ok, "{revoked}");
+    assert!(
+        revoked.contains(&format!("revoked EnOS certificate {}", renewed.cert_sn)),
+        "{revoked}"
+    );
+    let (_, listed) = cli(&["enos-cert", "list", "gwpk", "gw1"]);
+    assert!(!listed.contains("status=valid"), "{listed}");
+    let (ok, none) = cli(&[
+        "enos-cert",
+        "revoke",
+        "gwpk",
+        "gw1",
+        "--cert-sn",
+        &issued.cert_sn,
+    ]);
+    assert!(!ok && none.contains("already revoked"), "{none}");
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(audit.contains("revoke_enos_certificate"), "{audit}");
+    assert!(!audit.contains(APP_SECRET));
+    assert!(!enos.sandbox.logs().contains(APP_SECRET));
 }

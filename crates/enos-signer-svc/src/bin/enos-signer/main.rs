@@ -40,6 +40,7 @@ mod custody;
 #[cfg(test)]
 mod docs_commands;
 mod enos_api;
+mod enos_cert;
 mod import;
 mod logging;
 mod registry;
@@ -104,6 +105,9 @@ enum Command {
     /// EnOS's certificate API: the application's credential in custody.
     #[command(subcommand)]
     EnosApi(enos_api::EnosApiCommand),
+    /// A device's EnOS device certificates: list, revoke.
+    #[command(subcommand)]
+    EnosCert(enos_cert::EnosCertCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -200,6 +204,7 @@ fn main() -> Result<()> {
             Command::Registry(command) => command.run().await,
             Command::Ca(command) => command.run().await,
             Command::EnosApi(command) => enos_api::run(command).await,
+            Command::EnosCert(command) => enos_cert::run(command).await,
             Command::Admin(command) => command.run().await,
             Command::Certificates(command) => command.run().await,
         }
