@@ -477,3 +477,78 @@ async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
     assert!(!audit.contains(APP_SECRET));
     assert!(!enos.sandbox.logs().contains(APP_SECRET));
 }
+
+/// Deleting a device revokes its EnOS certificates (CESSATION_OF_OPERATION),
+/// audited.
+#[tokio::test]
+async fn deleting_a_device_revokes_its_enos_certificates() {
+    use enos_signer_proto::v1::{DeviceRef, PutDeviceRequest, admin_client::AdminClient};
+    let enos = start();
+    let addr = enos.sandbox.enos_api_addr().expect("api");
+    let mut env = enos.environment(format!("https://{addr}"));
+    env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
+    let configured = env.clone();
+    let f = common::fixture_with(move |c| {
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::MIN,
+            timeout: Duration::from_secs(5),
+            valid_day: 30,
+            environments: [("test".to_owned(), configured)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    seal_credential(
+        custody.as_ref(),
+        "test",
+        APP_KEY,
+        APP_SECRET,
+        &env.credential_file,
+    )
+    .expect("sealed");
+    let admin = f.pki.admin("ops").expect("admin cert");
+    let mut admin = AdminClient::new(f.channel(Some(&admin)).await);
+    let device = DeviceRef {
+        product_key: "gwpk".into(),
+        device_key: "gw2".into(),
+    };
+    admin
+        .put_device(PutDeviceRequest {
+            device: Some(device.clone()),
+            device_secret: "secret-gw2-02bd7".into(),
+            enabled: true,
+            awaiting_activation: false,
+        })
+        .await
+        .expect("put");
+    let gw2 = f.pki.device("gwpk", "gw2").expect("device cert");
+    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw2)).await);
+    let issued = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw2"),
+        })
+        .await
+        .expect("applied")
+        .into_inner();
+    admin.delete_device(device).await.expect("deleted");
+    let listed = enos.client().list("gwpk", "gw2").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].cert_sn.as_str(), listed[0].status),
+        (issued.cert_sn.as_str(), 1)
+    );
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    let line = audit
+        .lines()
+        .find(|l| l.contains("revoke_enos_certificate"))
+        .expect("the revocation is audited");
+    assert!(
+        line.contains(&issued.cert_sn) && line.contains("device deleted"),
+        "{line}"
+    );
+    assert!(!audit.contains(APP_SECRET));
+}
