@@ -46,6 +46,11 @@ fn write_private(path: &Path, text: &str) {
 }
 
 fn start() -> Fixture {
+    start_with("")
+}
+
+/// [`start`], with `extra` appended to the sandbox's `[enos_api]`.
+fn start_with(extra: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("dir");
     let devices = dir.path().join("devices.csv");
     std::fs::write(&devices, DEVICES).expect("devices");
@@ -62,7 +67,7 @@ fn start() -> Fixture {
         &config,
         format!(
             "[enos_api]\nlisten = \"127.0.0.1:0\"\norg_id = \"{ORG}\"\napp_key = \"{APP_KEY}\"\n\
-             app_secret_file = \"enos-app.secret\"\nstate_dir = \"enos-ca\"\ncert = \"{}\"\nkey = \"{}\"\n",
+             app_secret_file = \"enos-app.secret\"\nstate_dir = \"enos-ca\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
             server.cert.display(),
             server.key.display()
         ),
@@ -551,4 +556,55 @@ async fn deleting_a_device_revokes_its_enos_certificates() {
         "{line}"
     );
     assert!(!audit.contains(APP_SECRET));
+}
+
+/// The sandbox's switches for what EnOS leaves undocumented: errors with
+/// an HTTP 4xx/5xx status besides the envelope's code, and a renewal that
+/// revokes the old certificate itself. The client reads the envelope
+/// either way.
+#[tokio::test]
+async fn the_client_reads_enos_codes_behind_http_errors_and_a_renewal_that_revoked_already() {
+    let f = start_with("error_http_status = true\nrenew_revokes_old = true\n");
+    let client = f.client();
+    let issued = client
+        .apply("gwpk", "gw1", &csr("gw1"), 30, Authority::Ecc)
+        .await
+        .expect("applied");
+    let renewed = client
+        .renew(
+            "gwpk",
+            "gw1",
+            &issued.cert_sn,
+            &csr("gw1"),
+            30,
+            Authority::Ecc,
+        )
+        .await
+        .expect("renewed");
+    let listed = client.list("gwpk", "gw1").await.expect("listed");
+    let statuses: Vec<(String, i64)> = listed
+        .iter()
+        .map(|c| (c.cert_sn.clone(), c.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [(issued.cert_sn.clone(), 1), (renewed.cert_sn.clone(), 0)]
+    );
+    // Behind HTTP 400, the envelope's code and text.
+    let again = client
+        .revoke("gwpk", "gw1", &issued.cert_sn, 4)
+        .await
+        .expect_err("EnOS revoked it with the renewal");
+    assert!(
+        matches!(&again, SignerError::EnosApi { code: 99400, message } if message.contains("already revoked")),
+        "{again}"
+    );
+    let too_long = client
+        .apply("gwpk", "gw2", &csr("gw2"), 5000, Authority::Ecc)
+        .await
+        .expect_err("validDay above the maximum");
+    assert!(
+        matches!(too_long, SignerError::EnosApi { code: 99400, .. }),
+        "{too_long}"
+    );
 }
