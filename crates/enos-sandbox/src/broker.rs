@@ -27,6 +27,7 @@ use crate::{
     config::Settings,
     console::ConsoleLogin,
     devices::DeviceStore,
+    enos_api::EnosApi,
     error::SandboxError,
     front::{self, FrontContext},
     ports::PortReservation,
@@ -51,6 +52,8 @@ pub struct RunningBroker {
     mqtt_addr: SocketAddr,
     /// The actual TLS listener address, when configured.
     tls_addr: Option<SocketAddr>,
+    /// The actual EnOS certificate API address, when configured.
+    enos_api_addr: Option<SocketAddr>,
     /// rumqttd's own listener, behind the front: take-overs go there.
     internal_addr: SocketAddr,
     /// The devices in force; reloads replace them.
@@ -78,7 +81,17 @@ impl RunningBroker {
             .as_ref()
             .map(|c| ConsoleLogin::load(&c.user, &c.password_file))
             .transpose()?;
-        let tls_config = settings.tls.as_ref().map(front::tls_config).transpose()?;
+        let enos_api = settings
+            .enos_api
+            .clone()
+            .map(|api| EnosApi::new(api, Arc::clone(&store)).map(Arc::new))
+            .transpose()?;
+        let enos_roots = enos_api.as_ref().map(|a| a.root_ders()).unwrap_or_default();
+        let tls_config = settings
+            .tls
+            .as_ref()
+            .map(|tls| front::tls_config(tls, &enos_roots))
+            .transpose()?;
 
         // rumqttd routes; only the front (and take-overs) reach it.
         let internal = PortReservation::reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
@@ -153,6 +166,7 @@ impl RunningBroker {
                 .unwrap_or_default(),
             session_store: front::SessionStore::default(),
             max_filters: settings.max_filters_per_session,
+            enos_api: enos_api.clone(),
         });
         let tokio_listener = |addr: SocketAddr, listener: std::net::TcpListener| {
             tokio::net::TcpListener::from_std(listener).map_err(|e| SandboxError::Listen {
@@ -169,6 +183,7 @@ impl RunningBroker {
                 tokio::spawn(front::serve_tls(
                     tokio_listener(addr, listener)?,
                     tls,
+                    enos_roots,
                     config,
                     context,
                 ));
@@ -176,9 +191,22 @@ impl RunningBroker {
             }
             None => None,
         };
+        let enos_api_addr = match (&settings.enos_api, enos_api) {
+            (Some(api_settings), Some(api)) => {
+                let reservation = PortReservation::reserve(api_settings.listen)?;
+                let addr = reservation.addr();
+                reservations.push(reservation);
+                let listener = tokio_listener(addr, front::bind(addr)?)?;
+                let https = api.tls_config()?;
+                tokio::spawn(crate::enos_api::serve(listener, api, https));
+                Some(addr)
+            }
+            _ => None,
+        };
         Ok(RunningBroker {
             mqtt_addr,
             tls_addr,
+            enos_api_addr,
             internal_addr,
             store,
             sessions,
@@ -194,6 +222,11 @@ impl RunningBroker {
     /// Where TLS clients connect, if configured.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// Where EnOS's certificate API listens, if configured.
+    pub fn enos_api_addr(&self) -> Option<SocketAddr> {
+        self.enos_api_addr
     }
 
     /// Re-reads the device file; on error the previous devices stay.

@@ -25,6 +25,27 @@
 //! user = "console"                 # from loopback on the plain listener only
 //! password_file = "console.secret"
 //!
+//! [enos_api]                      # optional: EnOS's certificate API (docs/sandbox.md)
+//! listen = "127.0.0.1:8443"
+//! org_id = "o15724268424841"
+//! app_key = "app-key"
+//! app_secret_file = "enos-app.secret"  # owner-only; never the secret here
+//! # cert = "server.pem"            # with key: HTTPS; without: plain HTTP (EnOS Edge)
+//! # key = "server.key"
+//! # state_dir = "enos-ca"          # the CA and issued certificates across restarts
+//! # rsa_ca_key = "enos-rsa-ca.key" # RSA-2048 PKCS#8: issueAuthority RSA
+//! # clock_skew = "5m"
+//! # token_lifetime = "2h"
+//! # day = "1d"                     # one validDay; tests of renewal shorten it
+//! # error_http_status = false
+//! # renew_revokes_old = false
+//! # subject_must_match_root = false
+//! # default_valid_day = 730
+//! # max_valid_day = 1095
+//! # bi_directional_auth = true
+//! # [enos_api.products.pkA]        # per product
+//! # max_valid_day = 200
+//!
 //! [limits]
 //! connect_timeout = "5s"           # a connection must send CONNECT within this
 //! max_payload_bytes = 262144
@@ -44,7 +65,11 @@ use std::{
 use enos_sign_core::Md5Policy;
 use serde::Deserialize;
 
-use crate::{certificate::CertificateRule, error::SandboxError};
+use crate::{
+    certificate::CertificateRule,
+    enos_api::{self, EnosApiSettings, ProductRules},
+    error::SandboxError,
+};
 
 /// The plain MQTT port of EnOS.
 pub const DEFAULT_MQTT_PORT: u16 = 11883;
@@ -95,6 +120,166 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     /// The console login: the cloud's side, for tests and the demo.
     pub console: Option<ConsoleSection>,
+    /// EnOS's certificate API, played by the sandbox. Absent: none.
+    pub enos_api: Option<EnosApiSection>,
+}
+
+/// `[enos_api]`: EnOS's certificate API (token method, apply, renew,
+/// revoke, list, root and CRL). See docs/sandbox.md for every choice.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnosApiSection {
+    /// Where the API listens; port 0 picks one.
+    pub listen: SocketAddr,
+    /// The `orgId` served.
+    pub org_id: String,
+    /// The application's AccessKey.
+    pub app_key: String,
+    /// A file holding the application's SecretKey (owner-only).
+    pub app_secret_file: PathBuf,
+    /// HTTPS: the server certificate chain (with `key`).
+    pub cert: Option<PathBuf>,
+    /// HTTPS: the server key (with `cert`).
+    pub key: Option<PathBuf>,
+    /// Where the CA and the issued certificates persist.
+    pub state_dir: Option<PathBuf>,
+    /// An RSA-2048 CA key (PKCS#8 PEM) for `issueAuthority` RSA.
+    pub rsa_ca_key: Option<PathBuf>,
+    /// Accepted distance of a signed timestamp from now.
+    #[serde(default = "default_skew", with = "enos_toml::duration")]
+    pub clock_skew: Duration,
+    /// Lifetime of an access token.
+    #[serde(default = "default_token_lifetime", with = "enos_toml::duration")]
+    pub token_lifetime: Duration,
+    /// The length of one `validDay` (tests of renewal shorten it).
+    #[serde(default = "default_day", with = "enos_toml::duration")]
+    pub day: Duration,
+    /// Errors carry a matching HTTP status besides the envelope's code.
+    #[serde(default)]
+    pub error_http_status: bool,
+    /// Renew also revokes the old certificate (SUPERSEDED).
+    #[serde(default)]
+    pub renew_revokes_old: bool,
+    /// A CSR's C, ST, O must equal the root's.
+    #[serde(default)]
+    pub subject_must_match_root: bool,
+    /// `validDay` of a request without one (products not listed).
+    #[serde(default = "default_valid_day")]
+    pub default_valid_day: u32,
+    /// The largest `validDay` (products not listed).
+    #[serde(default = "default_max_valid_day")]
+    pub max_valid_day: u32,
+    /// Certificate authentication on (products not listed).
+    #[serde(default = "yes")]
+    pub bi_directional_auth: bool,
+    /// Rules per product key.
+    #[serde(default)]
+    pub products: std::collections::BTreeMap<String, ProductSection>,
+}
+
+/// `[enos_api.products.PK]`: one product's certificate rules; absent
+/// keys take `[enos_api]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductSection {
+    /// `defaultValidDay`.
+    pub default_valid_day: Option<u32>,
+    /// `maxValidDay`.
+    pub max_valid_day: Option<u32>,
+    /// `biDirectionalAuth`.
+    pub bi_directional_auth: Option<bool>,
+}
+
+fn default_skew() -> Duration {
+    enos_api::DEFAULT_CLOCK_SKEW
+}
+fn default_token_lifetime() -> Duration {
+    enos_api::DEFAULT_TOKEN_LIFETIME
+}
+fn default_day() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_valid_day() -> u32 {
+    enos_api::DEFAULT_VALID_DAY
+}
+fn default_max_valid_day() -> u32 {
+    enos_api::DEFAULT_MAX_VALID_DAY
+}
+fn yes() -> bool {
+    true
+}
+
+impl EnosApiSection {
+    /// The complete settings, `listen` possibly overridden; checks the
+    /// limits.
+    fn settings(self, listen: Option<SocketAddr>) -> Result<EnosApiSettings, SandboxError> {
+        let bad = |m: String| SandboxError::Settings(format!("[enos_api] {m}"));
+        let tls = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "cert and key go together (HTTPS) or not at all (HTTP)".into()
+                ));
+            }
+        };
+        if self.day.is_zero() || self.token_lifetime.is_zero() {
+            return Err(bad(
+                "day and token_lifetime must be above 0".into()
+            ));
+        }
+        let default_product = ProductRules {
+            default_valid_day: self.default_valid_day,
+            max_valid_day: self.max_valid_day,
+            bi_directional_auth: self.bi_directional_auth,
+        };
+        let mut products = std::collections::BTreeMap::new();
+        for (pk, p) in self.products {
+            let max_valid_day = p.max_valid_day.unwrap_or(default_product.max_valid_day);
+            products.insert(
+                pk,
+                ProductRules {
+                    // Inherited, but never above the product's own maximum.
+                    default_valid_day: p
+                        .default_valid_day
+                        .unwrap_or(default_product.default_valid_day.min(max_valid_day)),
+                    max_valid_day,
+                    bi_directional_auth: p
+                        .bi_directional_auth
+                        .unwrap_or(default_product.bi_directional_auth),
+                },
+            );
+        }
+        for (name, rules) in std::iter::once(("[enos_api]", &default_product))
+            .chain(products.iter().map(|(k, v)| (k.as_str(), v)))
+        {
+            if rules.default_valid_day < 1
+                || rules.max_valid_day > 3650
+                || rules.default_valid_day > rules.max_valid_day
+            {
+                return Err(bad(format!(
+                    "{name}: need 1 <= default_valid_day <= max_valid_day <= 3650 (EnOS's range)"
+                )));
+            }
+        }
+        Ok(EnosApiSettings {
+            listen: listen.unwrap_or(self.listen),
+            tls,
+            org_id: self.org_id,
+            app_key: self.app_key,
+            app_secret_file: self.app_secret_file,
+            state_dir: self.state_dir,
+            rsa_ca_key: self.rsa_ca_key,
+            clock_skew: self.clock_skew,
+            token_lifetime: self.token_lifetime,
+            day: self.day,
+            error_http_status: self.error_http_status,
+            renew_revokes_old: self.renew_revokes_old,
+            subject_must_match_root: self.subject_must_match_root,
+            default_product,
+            products,
+        })
+    }
 }
 
 /// `[console]`: both keys, or no console login.
@@ -227,6 +412,13 @@ impl ConfigFile {
         if let Some(console) = &mut self.console {
             resolve(&mut console.password_file);
         }
+        if let Some(api) = &mut self.enos_api {
+            resolve(&mut api.app_secret_file);
+            api.cert.iter_mut().for_each(resolve);
+            api.key.iter_mut().for_each(resolve);
+            api.state_dir.iter_mut().for_each(resolve);
+            api.rsa_ca_key.iter_mut().for_each(resolve);
+        }
     }
 }
 
@@ -260,6 +452,8 @@ pub struct Overrides {
     pub console_user: Option<String>,
     /// `--console-password-file`.
     pub console_password_file: Option<PathBuf>,
+    /// `--enos-api-addr` (needs `[enos_api]` in the file).
+    pub enos_api_addr: Option<SocketAddr>,
 }
 
 /// How far a signed timestamp may be from the sandbox's clock.
@@ -322,6 +516,8 @@ pub struct Settings {
     pub max_filters_per_session: usize,
     /// The console login, when configured.
     pub console: Option<ConsoleSettings>,
+    /// EnOS's certificate API, when configured.
+    pub enos_api: Option<EnosApiSettings>,
 }
 
 impl Settings {
@@ -415,7 +611,17 @@ impl Settings {
                 "limits.max_filters_per_session must be above 0".into(),
             ));
         }
+        let enos_api = match (file.enos_api, cli.enos_api_addr) {
+            (Some(section), addr) => Some(section.settings(addr)?),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(SandboxError::Settings(
+                    "--enos-api-addr needs an [enos_api] section in the config file".into(),
+                ));
+            }
+        };
         Ok(Settings {
+            enos_api,
             devices,
             mqtt_listen,
             tls,
@@ -528,6 +734,34 @@ mod tests {
                     user: "console".into(),
                     password_file: "/etc/enos-sandbox/console.secret".into(),
                 }),
+                enos_api: Some(EnosApiSection {
+                    listen: "127.0.0.1:8443".parse().expect("addr"),
+                    org_id: "o15724268424841".into(),
+                    app_key: "app-key-1".into(),
+                    app_secret_file: "/etc/enos-sandbox/enos-app.secret".into(),
+                    cert: Some("/etc/enos-sandbox/server.pem".into()),
+                    key: Some("/var/lib/enos-sandbox/server.key".into()),
+                    state_dir: Some("/etc/enos-sandbox/enos-ca".into()),
+                    rsa_ca_key: None,
+                    clock_skew: Duration::from_secs(120),
+                    token_lifetime: Duration::from_secs(600),
+                    day: Duration::from_secs(60),
+                    error_http_status: true,
+                    renew_revokes_old: true,
+                    subject_must_match_root: true,
+                    default_valid_day: 365,
+                    max_valid_day: 1000,
+                    bi_directional_auth: true,
+                    products: [(
+                        "pkA".to_owned(),
+                        ProductSection {
+                            default_valid_day: None,
+                            max_valid_day: Some(200),
+                            bi_directional_auth: Some(false),
+                        },
+                    )]
+                    .into(),
+                }),
             }
         );
         let settings = Settings::resolve(file, Overrides::default()).expect("complete");
@@ -537,9 +771,52 @@ mod tests {
         );
         assert_eq!(settings.md5, Md5Policy::Allow);
         assert_eq!(settings.max_sub_devices_per_gateway, 150);
+        let api = settings.enos_api.clone().expect("enos_api");
+        assert_eq!(
+            api.product("pkA"),
+            ProductRules {
+                default_valid_day: 200,
+                max_valid_day: 200,
+                bi_directional_auth: false
+            }
+        );
+        assert_eq!(api.product("other").max_valid_day, 1000);
+        assert_eq!(api.day, Duration::from_secs(60));
         assert_eq!(
             settings.tls.map(|t| t.listen.port()),
             Some(DEFAULT_TLS_PORT)
+        );
+    }
+
+    #[test]
+    fn enos_api_limits_are_checked() {
+        let base = "devices = \"d.csv\"\n[enos_api]\nlisten = \"127.0.0.1:0\"\norg_id = \"o\"\napp_key = \"a\"\napp_secret_file = \"s\"\n";
+        for (extra, needle) in [
+            ("max_valid_day = 4000\n", "3650"),
+            (
+                "default_valid_day = 900\nmax_valid_day = 800\n",
+                "default_valid_day",
+            ),
+            ("cert = \"c.pem\"\n", "cert and key"),
+            ("day = \"0s\"\n", "day"),
+        ] {
+            let file =
+                ConfigFile::parse(Path::new("c.toml"), &format!("{base}{extra}")).expect("parses");
+            let err = Settings::resolve(file, Overrides::default()).expect_err(extra);
+            assert!(err.to_string().contains(needle), "{extra}: {err}");
+        }
+        let no_section = Settings::resolve(
+            ConfigFile::default(),
+            Overrides {
+                devices: Some("d.csv".into()),
+                enos_api_addr: Some("127.0.0.1:0".parse().expect("addr")),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("no section");
+        assert!(
+            no_section.to_string().contains("[enos_api]"),
+            "{no_section}"
         );
     }
 

@@ -40,6 +40,7 @@
 //! | 1 | [`devices`] | [`DeviceRegistry`] from the CSV file, [`DeviceStore`] swapping in reloads | `error` |
 //! | 1 | [`console`] | [`ConsoleLogin`]: the cloud's side | `error` |
 //! | 1 | `ports` | [`PortReservation`]: free ports that rumqttd can still bind | `error` |
+//! | 2 | [`enos_api`] | [`enos_api::EnosApi`]: EnOS's certificate API (token method, apply/renew/revoke/list), its CA and the certificates it issued | `devices`, `error` |
 //! | 2 | `certificate` | [`CertificateRule`]: which device a TLS client certificate belongs to | `devices` |
 //! | 2 | [`activation`] | [`Activations`]: dynamic activation (securemode 3), pending and activated secrets; [`ActivationPush`]: the push | `devices` |
 //! | 2 | [`sub_devices`] | [`SubDeviceSessions`]: which sub-devices are online through which gateway, at most 200 each | `devices` |
@@ -138,6 +139,7 @@ mod certificate;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod enos_api;
 mod error;
 pub mod front;
 mod ports;
@@ -154,6 +156,7 @@ pub use certificate::{CertificateRule, DEFAULT_CERTIFICATE_RULE};
 pub use config::{ConfigFile, ConsoleSettings, FreshnessPolicy, Overrides, Settings, TlsSettings};
 pub use console::ConsoleLogin;
 pub use devices::{Device, DeviceId, DeviceRegistry, DeviceStore};
+pub use enos_api::EnosApiSettings;
 pub use error::SandboxError;
 pub use ports::PortReservation;
 pub use readiness::{ListenWatch, ListenWatchLayer, listen_watch};

@@ -88,6 +88,10 @@ struct Cli {
     /// The file holding the console's password.
     #[arg(long, value_name = "PATH", requires = "console_user")]
     console_password_file: Option<PathBuf>,
+    /// EnOS's certificate API listener (needs `[enos_api]` in --config;
+    /// port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    enos_api_addr: Option<SocketAddr>,
     /// Exit when stdin closes: a parent that dies takes the sandbox with it.
     #[arg(long)]
     exit_on_stdin_close: bool,
@@ -109,6 +113,7 @@ impl Cli {
             crls: self.crls.clone(),
             console_user: self.console_user.clone(),
             console_password_file: self.console_password_file.clone(),
+            enos_api_addr: self.enos_api_addr,
         }
     }
 }
@@ -182,6 +187,16 @@ async fn serve(
         devices = %settings.devices.display(),
         "enos-sandbox listening"
     );
+    if let Some(addr) = broker.enos_api_addr() {
+        let scheme = match &settings.enos_api {
+            Some(api) if api.tls.is_some() => "https",
+            _ => "http",
+        };
+        info!(addr = %addr, scheme, "EnOS certificate API listening");
+        status(StatusLine::EnosApi {
+            url: format!("{scheme}://{addr}"),
+        });
+    }
     status(StatusLine::Listening {
         mqtt: broker.mqtt_addr(),
         tls: broker.tls_addr(),

@@ -4,6 +4,7 @@
 //! ```text
 //! enos-sandbox: listening mqtt=127.0.0.1:11883 tls=127.0.0.1:18883
 //! enos-sandbox: listening mqtt=127.0.0.1:41234 tls=off
+//! enos-sandbox: enos-api http://127.0.0.1:8443
 //! enos-sandbox: reloaded devices=12 dropped_sessions=1
 //! enos-sandbox: reload failed: invalid device file devices.csv, line 3: …
 //! ```
@@ -22,6 +23,12 @@ pub enum StatusLine {
         mqtt: SocketAddr,
         /// The TLS listener, if configured.
         tls: Option<SocketAddr>,
+    },
+    /// EnOS's certificate API listens at this base URL (printed just
+    /// before `Listening`).
+    EnosApi {
+        /// `http://HOST:PORT` or `https://HOST:PORT`.
+        url: String,
     },
     /// The device file was reloaded.
     Reloaded {
@@ -47,6 +54,7 @@ impl fmt::Display for StatusLine {
                     None => f.write_str("off"),
                 }
             }
+            StatusLine::EnosApi { url } => write!(f, "{PREFIX}enos-api {url}"),
             StatusLine::Reloaded {
                 devices,
                 dropped_sessions,
@@ -74,6 +82,11 @@ impl StatusLine {
                 addr => Some(addr.parse().ok()?),
             };
             return Some(StatusLine::Listening { mqtt, tls });
+        }
+        if let Some(url) = rest.strip_prefix("enos-api ") {
+            return Some(StatusLine::EnosApi {
+                url: url.to_owned(),
+            });
         }
         if let Some(counts) = rest.strip_prefix("reloaded devices=") {
             let (devices, dropped) = counts.split_once(" dropped_sessions=")?;
@@ -103,6 +116,9 @@ mod tests {
             StatusLine::Listening {
                 mqtt: "127.0.0.1:1".parse().expect("addr"),
                 tls: None,
+            },
+            StatusLine::EnosApi {
+                url: "https://127.0.0.1:8443".into(),
             },
             StatusLine::Reloaded {
                 devices: 7,

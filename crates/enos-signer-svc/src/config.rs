@@ -54,6 +54,233 @@ pub struct SignerConfig {
     /// operator keeps their own PKI and everything works as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaConfig>,
+    /// The signer as a client of EnOS's certificate API (gateways' EnOS
+    /// device certificates, docs/enos-certificates.md); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enos_api: Option<EnosApiConfig>,
+}
+
+/// `[enos_api]`: EnOS's API gateway, per environment. The application's
+/// AccessKey and SecretKey are never here: `enos-signer enos-api
+/// set-credential` seals them into each environment's `credential_file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnosApiConfig {
+    /// At most this many calls to EnOS at once, over all environments: a
+    /// renewal wave queues here instead of flooding the API gateway.
+    #[serde(default = "default_enos_api_concurrency")]
+    pub concurrency: NonZeroUsize,
+    /// One call (connect, TLS, request, answer) must finish within this.
+    #[serde(default = "default_enos_api_timeout", with = "enos_toml::duration")]
+    pub timeout: Duration,
+    /// `validDay` of the certificates applied for (EnOS's default 730;
+    /// at most the product's `maxValidDay`, 1095 by default).
+    #[serde(default = "default_valid_day")]
+    pub valid_day: u32,
+    /// The environments by name (a name is also the custody reference of
+    /// its sealed credential: ASCII letters, digits, `-`, `_`).
+    pub environments: BTreeMap<String, EnosEnvironmentConfig>,
+    /// The subject every gateway's CSR must carry (EnOS requires C, ST,
+    /// L, O, OU and CN); `{deviceKey}` and `{productKey}` in `cn` make it
+    /// unique per device, as EnOS demands.
+    #[serde(default)]
+    pub subject: SubjectTemplate,
+    /// The subject per product key, where it differs from `subject`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub product_subjects: BTreeMap<String, SubjectTemplate>,
+}
+
+/// A CSR subject template: C, ST, L, O, OU verbatim, CN with
+/// `{productKey}` / `{deviceKey}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectTemplate {
+    /// Country (2 letters; EnOS's roots say `CN`).
+    pub c: String,
+    /// State or province.
+    pub st: String,
+    /// Locality.
+    pub l: String,
+    /// Organisation (EnOS's RSA root: `EnOS`).
+    pub o: String,
+    /// Organisational unit.
+    pub ou: String,
+    /// Common name; must name `{deviceKey}` so that it is unique per device.
+    pub cn: String,
+}
+
+impl Default for SubjectTemplate {
+    /// EnOS's root's C, ST, O (some EnOS versions require them), CN the
+    /// device.
+    fn default() -> Self {
+        SubjectTemplate {
+            c: "CN".into(),
+            st: "Shanghai".into(),
+            l: "Shanghai".into(),
+            o: "EnOS".into(),
+            ou: "gateways".into(),
+            cn: "{productKey}.{deviceKey}".into(),
+        }
+    }
+}
+
+impl SubjectTemplate {
+    /// The subject of `pk/dk`: (short name, value) in C, ST, L, O, OU, CN order.
+    pub fn expand(&self, pk: &str, dk: &str) -> [(&'static str, String); 6] {
+        [
+            ("C", self.c.clone()),
+            ("ST", self.st.clone()),
+            ("L", self.l.clone()),
+            ("O", self.o.clone()),
+            ("OU", self.ou.clone()),
+            (
+                "CN",
+                self.cn
+                    .replace("{productKey}", pk)
+                    .replace("{deviceKey}", dk),
+            ),
+        ]
+    }
+}
+
+/// `[enos_api.environments.<name>]`: one EnOS environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnosEnvironmentConfig {
+    /// The API gateway's base URL, `https://apim-…` (or `http://` for an
+    /// EnOS Edge).
+    pub gateway_url: String,
+    /// The organisation (`orgId`) the devices belong to.
+    pub org_id: String,
+    /// The sealed AccessKey/SecretKey, written by `enos-signer enos-api
+    /// set-credential` (ciphertext under the custody's key).
+    pub credential_file: PathBuf,
+    /// Roots trusted for the gateway's HTTPS certificate (PEM); required
+    /// for `https://` (the signer ships no public root store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The product keys served by this environment; `["*"]`: every
+    /// product no other environment names.
+    pub products: Vec<String>,
+}
+
+fn default_enos_api_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_enos_api_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_valid_day() -> u32 {
+    730
+}
+
+impl EnosApiConfig {
+    /// The subject template of `product_key`.
+    pub fn subject_of(&self, product_key: &str) -> &SubjectTemplate {
+        self.product_subjects
+            .get(product_key)
+            .unwrap_or(&self.subject)
+    }
+
+    /// The environment (name and settings) serving `product_key`: the one
+    /// naming it, else the one with `*`.
+    pub fn environment_of(&self, product_key: &str) -> Option<(&str, &EnosEnvironmentConfig)> {
+        let named = self
+            .environments
+            .iter()
+            .find(|(_, e)| e.products.iter().any(|p| p == product_key));
+        named
+            .or_else(|| {
+                self.environments
+                    .iter()
+                    .find(|(_, e)| e.products.iter().any(|p| p == "*"))
+            })
+            .map(|(name, e)| (name.as_str(), e))
+    }
+
+    /// Refuses what cannot work: no environment, a bad name or URL, a
+    /// product in two environments, `*` twice, `validDay` out of EnOS's
+    /// range, an `https://` gateway without `ca_file`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(SignerError::Config(format!("enos_api: {m}")));
+        if self.environments.is_empty() {
+            return bad("name at least one [enos_api.environments.<name>]".into());
+        }
+        if !(1..=3650).contains(&self.valid_day) {
+            return bad("valid_day must be 1 to 3650 (EnOS's range)".into());
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout must be above 0".into());
+        }
+        for (which, subject) in std::iter::once(("subject".to_owned(), &self.subject)).chain(
+            self.product_subjects
+                .iter()
+                .map(|(pk, s)| (format!("product_subjects.{pk}"), s)),
+        ) {
+            if subject.c.chars().count() != 2
+                || [
+                    &subject.st,
+                    &subject.l,
+                    &subject.o,
+                    &subject.ou,
+                    &subject.cn,
+                ]
+                .iter()
+                .any(|v| v.is_empty() || v.chars().count() > 64)
+            {
+                return bad(format!(
+                    "{which}: c has 2 characters; st, l, o, ou, cn 1 to 64 (EnOS's limits)"
+                ));
+            }
+            if !subject.cn.contains("{deviceKey}") {
+                return bad(format!(
+                    "{which}.cn must name {{deviceKey}}: EnOS refuses a CN another device has"
+                ));
+            }
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, env) in &self.environments {
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!(
+                    "environment name {name:?}: 1 to 32 ASCII letters, digits, - or _"
+                ));
+            }
+            let https = env.gateway_url.starts_with("https://");
+            if !https && !env.gateway_url.starts_with("http://") {
+                return bad(format!(
+                    "environments.{name}.gateway_url must start with https:// or http://"
+                ));
+            }
+            if https && env.ca_file.is_none() {
+                return bad(format!(
+                    "environments.{name}: an https:// gateway needs ca_file (the roots its certificate chains to)"
+                ));
+            }
+            if env.org_id.is_empty() {
+                return bad(format!("environments.{name}.org_id is empty"));
+            }
+            if env.products.is_empty() {
+                return bad(format!(
+                    "environments.{name}.products is empty (list product keys, or \"*\")"
+                ));
+            }
+            for product in &env.products {
+                if let Some(other) = seen.insert(product.as_str(), name.as_str()) {
+                    return bad(format!(
+                        "product {product:?} is in environments {other} and {name}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[ca]`: the signer issues its devices' client certificates. Its key is
@@ -650,6 +877,9 @@ impl SignerConfig {
         if let Some(ca) = &config.ca {
             ca.validate()?;
         }
+        if let Some(api) = &config.enos_api {
+            api.validate()?;
+        }
         Ok(config)
     }
 
@@ -714,6 +944,14 @@ impl SignerConfig {
         if let Some(crl) = self.ca.as_mut().and_then(|ca| ca.crl_file.as_mut()) {
             file(crl);
         }
+        if let Some(api) = &mut self.enos_api {
+            for env in api.environments.values_mut() {
+                key(&mut env.credential_file);
+                if let Some(ca) = &mut env.ca_file {
+                    file(ca);
+                }
+            }
+        }
         match &mut self.custody {
             CustodyConfig::Software { master_key_file } => key(master_key_file),
             CustodyConfig::Pkcs11(hsm) => {
@@ -757,6 +995,84 @@ impl SignerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tests/fixtures/enos-api.toml` parses to the values it shows; what
+    /// cannot work is refused with the key named.
+    #[test]
+    fn enos_api_fixture_parses_and_bad_sections_are_refused() {
+        let base = include_str!("../../../deploy/signer.example.toml");
+        let fixture = include_str!("../tests/fixtures/enos-api.toml");
+        let mut config =
+            SignerConfig::from_toml(&format!("{base}\n{fixture}")).expect("the fixture is valid");
+        config.resolve_paths(Path::new("/etc/enos-signer"), None);
+        let api = config.enos_api.clone().expect("[enos_api]");
+        assert_eq!(api.concurrency.get(), 4);
+        assert_eq!(api.timeout, Duration::from_secs(5));
+        assert_eq!(api.valid_day, 365);
+        assert_eq!(
+            api.environments["prod"],
+            EnosEnvironmentConfig {
+                gateway_url: "https://apim-ppe1.envisioniot.com".into(),
+                org_id: "o15724268424841".into(),
+                credential_file: "/etc/enos-signer/enos-api-prod.sealed".into(),
+                ca_file: Some("/etc/enos-signer/apigw-ca.pem".into()),
+                products: vec!["gwPk1".into(), "gwPk2".into()],
+            }
+        );
+        assert_eq!(api.environment_of("gwPk2").map(|e| e.0), Some("prod"));
+        assert_eq!(api.subject, SubjectTemplate::default());
+        assert_eq!(
+            api.subject_of("gwPk1").expand("gwPk1", "gw-1")[5].1,
+            "gwPk1.gw-1"
+        );
+        assert_eq!(api.subject_of("gwPk2").expand("gwPk2", "gw-1")[0].1, "DE");
+        assert_eq!(api.subject_of("gwPk2").expand("gwPk2", "gw-1")[5].1, "gw-1");
+        assert_eq!(api.environment_of("other").map(|e| e.0), Some("edge"));
+        // Defaults.
+        let minimal = "[enos_api.environments.e]\ngateway_url = \"http://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"*\"]\n";
+        let config =
+            SignerConfig::from_toml(&format!("{base}\n[enos_api]\n{minimal}")).expect("minimal");
+        let api = config.enos_api.expect("[enos_api]");
+        assert_eq!(
+            (api.concurrency.get(), api.timeout, api.valid_day),
+            (8, Duration::from_secs(15), 730)
+        );
+        for (bad, needle) in [
+            ("[enos_api]\nvalid_day = 4000\n", "valid_day"),
+            (
+                "[enos_api.subject]\nc = \"CN\"\nst = \"s\"\nl = \"l\"\no = \"o\"\nou = \"u\"\ncn = \"fixed\"\n",
+                "{deviceKey}",
+            ),
+            ("[enos_api]\nenvironments = {}\n", "at least one"),
+            ("[enos_api]\nunknown = 1\n", "unknown"),
+            (
+                "[enos_api.environments.e]\ngateway_url = \"https://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"*\"]\n",
+                "ca_file",
+            ),
+            (
+                "[enos_api.environments.e]\ngateway_url = \"ftp://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"*\"]\n",
+                "https:// or http://",
+            ),
+            (
+                "[enos_api.environments.a]\ngateway_url = \"http://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"p\"]\n[enos_api.environments.b]\ngateway_url = \"http://h\"\norg_id = \"o\"\ncredential_file = \"d\"\nproducts = [\"p\"]\n",
+                "is in environments a and b",
+            ),
+            (
+                "[enos_api.environments.\"x y\"]\ngateway_url = \"http://h\"\norg_id = \"o\"\ncredential_file = \"c\"\nproducts = [\"*\"]\n",
+                "environment name",
+            ),
+        ] {
+            let text = if (bad.starts_with("[enos_api]\n") && !bad.contains("environments"))
+                || bad.starts_with("[enos_api.subject]")
+            {
+                format!("{base}\n{bad}{minimal}")
+            } else {
+                format!("{base}\n{bad}")
+            };
+            let err = SignerConfig::from_toml(&text).expect_err(bad);
+            assert!(err.to_string().contains(needle), "{bad}: {err}");
+        }
+    }
 
     /// The shipped example must parse, and say what it claims.
     #[test]

@@ -105,6 +105,19 @@ pub enum SignerError {
     /// Over the caller's rate limit.
     #[error("rate limit exceeded; retry later")]
     RateLimited,
+    /// EnOS's API gateway could not be reached or answered no usable
+    /// reply (connect, TLS, timeout, not JSON): worth a retry.
+    #[error("EnOS API unreachable: {0}")]
+    EnosApiUnreachable(String),
+    /// EnOS's API answered with a failure: its code and message (EnOS's
+    /// text, never the secret or the token).
+    #[error("EnOS API refused: code {code}: {message}")]
+    EnosApi {
+        /// EnOS's code (99400, 99500, 1003, …).
+        code: i64,
+        /// EnOS's `msg`.
+        message: String,
+    },
 }
 
 impl SignerError {
@@ -131,6 +144,13 @@ impl SignerError {
             SignerError::RateLimited => Code::ResourceExhausted,
             SignerError::Audit(_) | SignerError::RegistryUnavailable(_) => Code::Unavailable,
             SignerError::Custody(CustodyError::Unavailable(_)) => Code::Unavailable,
+            SignerError::EnosApiUnreachable(_) => Code::Unavailable,
+            // EnOS's internal errors are worth a retry; its other refusals
+            // (a bad request, a device it does not know) are not.
+            SignerError::EnosApi { code, .. } if *code == 99_500 || *code == 1005 => {
+                Code::Unavailable
+            }
+            SignerError::EnosApi { .. } => Code::FailedPrecondition,
             _ => Code::Internal,
         }
     }

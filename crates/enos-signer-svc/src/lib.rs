@@ -63,6 +63,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod custody;
+pub mod enos_api;
 pub mod error;
 pub mod key_file;
 pub mod listener;

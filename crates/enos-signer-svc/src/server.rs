@@ -9,7 +9,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use enos_signer_proto::v1::{
     admin_server::AdminServer, certificates_server::CertificatesServer,
-    credentials_server::CredentialsServer, enrollment_server::EnrollmentServer,
+    credentials_server::CredentialsServer, enos_certificates_server::EnosCertificatesServer,
+    enrollment_server::EnrollmentServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,7 @@ use crate::{
     services::admin::AdminService,
     services::certificates::CertificatesService,
     services::credentials::CredentialsService,
+    services::enos_certificates::EnosCertificatesService,
     services::enrollment::EnrollmentService,
     state::SignerState,
 };
@@ -284,6 +286,10 @@ impl Signer {
                 &self.state,
             ))))
             .add_service(CertificatesServer::new(CertificatesService::new(
+                Arc::clone(&self.state),
+            )))
+            // Without `[enos_api]` it answers FailedPrecondition.
+            .add_service(EnosCertificatesServer::new(EnosCertificatesService::new(
                 Arc::clone(&self.state),
             )))
             // Enrollment is served here too, for a device that already has a

@@ -119,6 +119,10 @@ pub struct SandboxBuilder {
     log_filter: String,
     /// How long a start may take before it counts as failed.
     ready_timeout: Duration,
+    /// `--config`: a TOML file (for what has no flag, as `[enos_api]`).
+    config: Option<PathBuf>,
+    /// `--enos-api-addr` on a free port: the config file's `[enos_api]`.
+    enos_api: bool,
 }
 
 impl SandboxBuilder {
@@ -177,6 +181,19 @@ impl SandboxBuilder {
         self
     }
 
+    /// Runs with `--config FILE` (the flags still win over it).
+    pub fn config(mut self, file: impl Into<PathBuf>) -> Self {
+        self.config = Some(file.into());
+        self
+    }
+
+    /// Serves EnOS's certificate API (`[enos_api]` of the
+    /// [`SandboxBuilder::config`] file) on a free port of 127.0.0.1.
+    pub fn enos_api(mut self) -> Self {
+        self.enos_api = true;
+        self
+    }
+
     /// The child's `RUST_LOG` (default `info`).
     pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
         self.log_filter = filter.into();
@@ -196,10 +213,15 @@ impl SandboxBuilder {
             Some(_) => Some(PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?),
             None => None,
         };
+        let enos_api = match self.enos_api {
+            true => Some(PortReservation::reserve((Ipv4Addr::LOCALHOST, 0).into())?),
+            false => None,
+        };
         let mut sandbox = Sandbox {
             options: self,
             mqtt,
             tls,
+            enos_api,
             child: None,
             run_start: 0,
             log: Arc::new(OutputLog::default()),
@@ -208,7 +230,12 @@ impl SandboxBuilder {
         Ok(sandbox)
     }
 
-    fn args(&self, mqtt: SocketAddr, tls: Option<SocketAddr>) -> Vec<OsString> {
+    fn args(
+        &self,
+        mqtt: SocketAddr,
+        tls: Option<SocketAddr>,
+        enos_api: Option<SocketAddr>,
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--devices".into(),
             self.devices.clone().into(),
@@ -230,6 +257,12 @@ impl SandboxBuilder {
         }
         for crl in &self.crls {
             args.extend(["--crl".into(), crl.clone().into()]);
+        }
+        if let Some(config) = &self.config {
+            args.extend(["--config".into(), config.clone().into()]);
+        }
+        if let Some(addr) = enos_api {
+            args.extend(["--enos-api-addr".into(), addr.to_string().into()]);
         }
         if self.any_timestamp {
             args.push("--any-timestamp".into());
@@ -275,6 +308,8 @@ pub struct Sandbox {
     mqtt: PortReservation,
     /// The TLS listener's port, when configured.
     tls: Option<PortReservation>,
+    /// EnOS's certificate API's port, when configured.
+    enos_api: Option<PortReservation>,
     /// The child, while running.
     child: Option<ChildProcess>,
     /// Where the current run's lines begin in `log`: its status lines are
@@ -297,6 +332,8 @@ impl Sandbox {
             console: None,
             tls_device_identity: None,
             crls: Vec::new(),
+            config: None,
+            enos_api: false,
             log_filter: "info".into(),
             ready_timeout: Duration::from_secs(20),
         }
@@ -305,6 +342,12 @@ impl Sandbox {
     /// The plain MQTT listener: where EnOS's 11883 would be.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt.addr()
+    }
+
+    /// EnOS's certificate API's address, if configured (HTTP or HTTPS as
+    /// the config file's `[enos_api]` says).
+    pub fn enos_api_addr(&self) -> Option<SocketAddr> {
+        self.enos_api.as_ref().map(PortReservation::addr)
     }
 
     /// The TLS listener (EnOS's 18883), when configured.
@@ -424,7 +467,9 @@ impl Sandbox {
             return Ok(());
         }
         self.run_start = self.log.len();
-        let args = self.options.args(self.mqtt_addr(), self.tls_addr());
+        let args = self
+            .options
+            .args(self.mqtt_addr(), self.tls_addr(), self.enos_api_addr());
         let mut command = Command::new(self.options.binary.path());
         command
             .args(&args)

@@ -98,6 +98,7 @@ pub fn state_in(dir: &Path, server: ServerConfig) -> SignerConfig {
         logging: LoggingConfig::default(),
         health: None,
         ca: None,
+        enos_api: None,
     }
 }
 

@@ -315,9 +315,11 @@ fn decide(
                 reason: "no client certificate".into(),
             });
         };
-        context
-            .certificate_rule
-            .check(der, &device)
+        let enos = context
+            .enos_api
+            .as_ref()
+            .and_then(|api| api.check_mqtts(der, &device));
+        enos.unwrap_or_else(|| context.certificate_rule.check(der, &device))
             .map_err(|reason| Refusal::CertificateMismatch {
                 device: device.clone(),
                 reason,

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use super::session_state::SessionStore;
 use crate::{
-    auth::Authenticator, certificate::CertificateRule, console::ConsoleLogin,
+    auth::Authenticator, certificate::CertificateRule, console::ConsoleLogin, enos_api::EnosApi,
     sessions::SessionTracker, sub_devices::SubDeviceSessions,
 };
 
@@ -39,6 +39,9 @@ pub(crate) struct FrontContext {
     pub(crate) session_store: SessionStore,
     /// Filters one session may hold.
     pub(crate) max_filters: usize,
+    /// EnOS's certificate API: a certificate of its CA is bound to a
+    /// device by its serial instead of the certificate rule.
+    pub(crate) enos_api: Option<Arc<EnosApi>>,
 }
 
 /// Which public listener a connection came in on.

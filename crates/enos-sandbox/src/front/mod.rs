@@ -104,7 +104,10 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, SandboxErr
 
 /// The TLS listener's rustls config: the server certificate, and client
 /// certificates required, chaining to the CA. Errors name the file.
-pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, SandboxError> {
+pub(crate) fn tls_config(
+    tls: &TlsSettings,
+    extra_roots: &[Vec<u8>],
+) -> Result<Arc<ServerConfig>, SandboxError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|source| SandboxError::Read {
             path: path.to_owned(),
@@ -129,6 +132,13 @@ pub(crate) fn tls_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Sandbox
         roots
             .add(cert)
             .map_err(|e| bad("CA", &tls.ca, e.to_string()))?;
+    }
+    // The EnOS CA of the certificate API: its certificates are then bound
+    // to their device by serial (`crate::enos_api`).
+    for der in extra_roots {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| SandboxError::Settings(format!("the EnOS CA root: {e}")))?;
     }
     let chain = certs("certificate", &tls.cert)?;
     // The key is a secret: refused unless only its owner can read it.
@@ -199,6 +209,7 @@ fn crl_stamps(tls: &TlsSettings) -> Vec<Option<std::time::SystemTime>> {
 pub(crate) async fn serve_tls(
     listener: TcpListener,
     tls: TlsSettings,
+    extra_roots: Vec<Vec<u8>>,
     config: Arc<ServerConfig>,
     context: Arc<FrontContext>,
 ) {
@@ -212,7 +223,7 @@ pub(crate) async fn serve_tls(
             let now = crl_stamps(&tls);
             if now != stamps {
                 stamps = now;
-                match tls_config(&tls) {
+                match tls_config(&tls, &extra_roots) {
                     Ok(config) => {
                         info!("CRL files changed: new TLS handshakes use them");
                         acceptor = TlsAcceptor::from(config);

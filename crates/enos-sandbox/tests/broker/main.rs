@@ -5,6 +5,7 @@
 mod activation;
 mod common;
 mod config_file;
+mod enos_certificates;
 mod enos_connection;
 mod listeners;
 mod mqtt_semantics;

@@ -230,6 +230,7 @@ impl AdminService {
 
     async fn delete_device(&self, request: v1::DeviceRef) -> Result<v1::DeleteDeviceResponse> {
         let id = dref("device", Some(&request))?;
+        let deleted = id.clone();
         self.state
             .registry
             .modify(
@@ -244,7 +245,62 @@ impl AdminService {
                 }),
             )
             .await?;
+        self.revoke_enos_certificates(&deleted).await;
         Ok(v1::DeleteDeviceResponse {})
+    }
+
+    /// After a deletion: revokes the device's valid EnOS certificates
+    /// (CESSATION_OF_OPERATION) when `[enos_api]` serves its product. Best
+    /// effort: the deletion stands; each attempt is audited and a failure
+    /// logged (`enos-signer enos-cert revoke` finishes the job).
+    async fn revoke_enos_certificates(&self, id: &enos_registry::DeviceId) {
+        let Some(api) = &self.state.enos_api else {
+            return;
+        };
+        let (pk, dk) = (id.product_key.as_str(), id.device_key.as_str());
+        if api.config.environment_of(pk).is_none() {
+            return;
+        }
+        let outcome = async {
+            let client = api.client_for(pk)?;
+            let mut results = Vec::new();
+            for cert in client.list(pk, dk).await? {
+                if cert.status == 0 {
+                    let result = client.revoke(pk, dk, &cert.cert_sn, 5).await;
+                    results.push((cert.cert_sn, result));
+                }
+            }
+            Ok::<_, SignerError>(results)
+        }
+        .await;
+        let audit = |serial: Option<String>, outcome: &str, detail: String| {
+            let mut record = crate::audit::AuditRecord::new(
+                "revoke_enos_certificate",
+                None,
+                Some(id.to_string()),
+                outcome,
+            );
+            record.serial = serial;
+            record.detail = Some(detail);
+            self.state.audit_best_effort(&record);
+        };
+        match outcome {
+            Ok(results) => {
+                for (serial, result) in results {
+                    match result {
+                        Ok(()) => audit(Some(serial), "ok", "device deleted".into()),
+                        Err(e) => {
+                            tracing::warn!(device = %id, cert_sn = %serial, error = %e, "could not revoke the deleted device's EnOS certificate");
+                            audit(Some(serial), "refused", format!("device deleted: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = %id, error = %e, "could not list the deleted device's EnOS certificates");
+                audit(None, "refused", format!("device deleted: {e}"));
+            }
+        }
     }
 
     async fn get_device(&self, request: v1::DeviceRef) -> Result<v1::Device> {

@@ -27,6 +27,7 @@ pub mod caller;
 pub mod certificates;
 pub mod convert;
 pub mod credentials;
+pub mod enos_certificates;
 pub mod enrollment;
 pub mod import;
 pub mod products;

@@ -56,6 +56,8 @@ pub struct SignerState {
     /// With `[ca]`: the CA of the devices' client certificates
     /// (enrollment, renewal, revocation); `None`: the operator's own PKI.
     pub ca: Option<Arc<crate::ca::CertificateAuthority>>,
+    /// With `[enos_api]`: EnOS's certificate API, per environment.
+    pub enos_api: Option<Arc<crate::enos_api::EnosApi>>,
 }
 
 impl SignerState {
@@ -75,7 +77,14 @@ impl SignerState {
                 custody.clone(),
             ))
         });
+        let enos_api = config.enos_api.as_ref().map(|api| {
+            Arc::new(crate::enos_api::EnosApi::new(
+                api.clone(),
+                custody.clone().into_custody(),
+            ))
+        });
         Ok(SignerState {
+            enos_api,
             tls: Arc::new(crate::listener::tls_reload::ReloadingTls::load(
                 &config.server,
                 metrics.clone(),

@@ -158,7 +158,7 @@ pub(crate) struct SecretArgs {
 }
 
 impl SecretArgs {
-    fn read(&self) -> Result<Zeroizing<String>> {
+    pub(crate) fn read(&self) -> Result<Zeroizing<String>> {
         use std::io::{IsTerminal, Read};
         let (text, source) = match &self.secret_file {
             Some(path) => (

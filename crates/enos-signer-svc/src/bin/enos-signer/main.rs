@@ -40,6 +40,8 @@ mod certificates;
 mod custody;
 #[cfg(test)]
 mod docs_commands;
+mod enos_api;
+mod enos_cert;
 mod handshake;
 mod import;
 mod logging;
@@ -102,6 +104,12 @@ enum Command {
     /// The CA of the devices' client certificates (`[ca]`).
     #[command(subcommand)]
     Ca(certificates::CaCommand),
+    /// EnOS's certificate API: the application's credential in custody.
+    #[command(subcommand)]
+    EnosApi(enos_api::EnosApiCommand),
+    /// A device's EnOS device certificates: list, revoke.
+    #[command(subcommand)]
+    EnosCert(enos_cert::EnosCertCommand),
     /// Registry administration over mTLS.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -234,6 +242,8 @@ fn main() -> Result<()> {
             Command::Custody(command) => command.run().await,
             Command::Registry(command) => command.run().await,
             Command::Ca(command) => command.run().await,
+            Command::EnosApi(command) => enos_api::run(command).await,
+            Command::EnosCert(command) => enos_cert::run(command).await,
             Command::Admin(command) => command.run().await,
             Command::Certificates(command) => command.run().await,
         };
