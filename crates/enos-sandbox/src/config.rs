@@ -224,9 +224,7 @@ impl EnosApiSection {
             }
         };
         if self.day.is_zero() || self.token_lifetime.is_zero() {
-            return Err(bad(
-                "day and token_lifetime must be above 0".into()
-            ));
+            return Err(bad("day and token_lifetime must be above 0".into()));
         }
         let default_product = ProductRules {
             default_valid_day: self.default_valid_day,
