@@ -427,9 +427,10 @@ async fn a_fresh_signer_exports_the_series_dashboards_read_at_zero() {
         "enos_signer_tls_server_cert_not_before_timestamp_seconds",
     )
     .expect("notBefore");
+    // A fresh test certificate: far from its end, so its state is `ok`.
     let not_after = common::sample(
         &text,
-        "enos_signer_tls_server_cert_expiry_timestamp_seconds",
+        "enos_signer_tls_server_cert_expiry_timestamp_seconds{state=\"ok\"}",
     )
     .expect("notAfter");
     assert!(0.0 < not_before && not_before < not_after, "{text}");
