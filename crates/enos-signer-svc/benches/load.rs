@@ -277,7 +277,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if audit_to_log {
             "written to stderr (one write + flush per record)"
         } else {
-            "written to the file (one O_APPEND write per record, in the page cache; no fsync)"
+            "written to the file (records arriving together share one O_APPEND write; in the page cache, no fsync)"
         }
     );
 
