@@ -273,7 +273,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // What "audited" meant in this run (docs/signer.md, "Audit").
     println!(
         "audit: {}, fail-closed: the credential leaves after its record is {}",
-        if audit_to_log { "log sink (stderr)" } else { "file sink" },
+        if audit_to_log {
+            "log sink (stderr)"
+        } else {
+            "file sink"
+        },
         if audit_to_log {
             "written to stderr (one write + flush per record)"
         } else {

@@ -61,54 +61,132 @@ pub(crate) const STAGES: &[&str] = &[
 const RULES: &[(&str, Option<&str>)] = &[
     // Our own code first: these name what a library call below them does.
     ("enos_signer_svc::audit::password_hmac", Some("audit: HMAC")),
-    ("enos_signer_svc::audit::Audit::password_hmac", Some("audit: HMAC")),
-    ("enos_signer_svc::audit::write_file", Some("audit: sink write")),
-    ("enos_signer_svc::audit::write_log", Some("audit: sink write")),
-    ("enos_signer_svc::audit::postgres", Some("audit: sink write")),
+    (
+        "enos_signer_svc::audit::Audit::password_hmac",
+        Some("audit: HMAC"),
+    ),
+    (
+        "enos_signer_svc::audit::write_file",
+        Some("audit: sink write"),
+    ),
+    (
+        "enos_signer_svc::audit::write_log",
+        Some("audit: sink write"),
+    ),
+    (
+        "enos_signer_svc::audit::postgres",
+        Some("audit: sink write"),
+    ),
     ("enos_signer_svc::audit::batch", Some("audit: sink write")),
     ("enos_signer_svc::audit::serialise", Some("audit: JSON")),
     ("enos_signer_svc::audit::json", Some("audit: JSON")),
     ("AuditRecord as serde", Some("audit: JSON")),
     ("serde_json", Some("audit: JSON")),
-    ("enos_signer_svc::audit::AuditRecord::new", Some("audit: record build")),
-    ("enos_signer_svc::audit::identity_name", Some("audit: record build")),
+    (
+        "enos_signer_svc::audit::AuditRecord::new",
+        Some("audit: record build"),
+    ),
+    (
+        "enos_signer_svc::audit::identity_name",
+        Some("audit: record build"),
+    ),
     ("enos_signer_svc::audit", Some("audit: record build")),
-    ("enos_signer_svc::custody", Some("custody sign (incl. thread hand-off)")),
+    (
+        "enos_signer_svc::custody",
+        Some("custody sign (incl. thread hand-off)"),
+    ),
     ("enos_custody", Some("custody sign (incl. thread hand-off)")),
-    ("enos_sign_core", Some("custody sign (incl. thread hand-off)")),
-    ("enos_signer_svc::services::activation", Some("custody sign (incl. thread hand-off)")),
+    (
+        "enos_sign_core",
+        Some("custody sign (incl. thread hand-off)"),
+    ),
+    (
+        "enos_signer_svc::services::activation",
+        Some("custody sign (incl. thread hand-off)"),
+    ),
     ("enos_registry", Some("registry + cache lookup")),
     ("enos_signer_svc::state::rate_limit", Some("rate limiter")),
     ("governor", Some("rate limiter")),
-    ("enos_signer_svc::listener::peer", Some("identity extraction + certificate re-verification")),
-    ("SignerState::identif", Some("identity extraction + certificate re-verification")),
-    ("peer_certs", Some("identity extraction + certificate re-verification")),
-    ("x509_parser", Some("identity extraction + certificate re-verification")),
-    ("webpki", Some("identity extraction + certificate re-verification")),
+    (
+        "enos_signer_svc::listener::peer",
+        Some("identity extraction + certificate re-verification"),
+    ),
+    (
+        "SignerState::identif",
+        Some("identity extraction + certificate re-verification"),
+    ),
+    (
+        "peer_certs",
+        Some("identity extraction + certificate re-verification"),
+    ),
+    (
+        "x509_parser",
+        Some("identity extraction + certificate re-verification"),
+    ),
+    (
+        "webpki",
+        Some("identity extraction + certificate re-verification"),
+    ),
     ("enos_signer_svc::listener::metrics", Some("metrics")),
     ("prometheus_client", Some("metrics")),
-    ("enos_signer_svc::listener::limits", Some("connection limits, preface deadline (Limited)")),
-    ("enos_signer_svc::services::credentials", Some("issuance service (fields, policy, response)")),
-    ("enos_signer_svc::services::caller", Some("issuance service (fields, policy, response)")),
-    ("enos_signer_svc::services::convert", Some("issuance service (fields, policy, response)")),
-    ("enos_signer_svc::state::policy", Some("issuance service (fields, policy, response)")),
-    ("enos_signer_svc::state", Some("issuance service (fields, policy, response)")),
-    ("enos_domain", Some("issuance service (fields, policy, response)")),
+    (
+        "enos_signer_svc::listener::limits",
+        Some("connection limits, preface deadline (Limited)"),
+    ),
+    (
+        "enos_signer_svc::services::credentials",
+        Some("issuance service (fields, policy, response)"),
+    ),
+    (
+        "enos_signer_svc::services::caller",
+        Some("issuance service (fields, policy, response)"),
+    ),
+    (
+        "enos_signer_svc::services::convert",
+        Some("issuance service (fields, policy, response)"),
+    ),
+    (
+        "enos_signer_svc::state::policy",
+        Some("issuance service (fields, policy, response)"),
+    ),
+    (
+        "enos_signer_svc::state",
+        Some("issuance service (fields, policy, response)"),
+    ),
+    (
+        "enos_domain",
+        Some("issuance service (fields, policy, response)"),
+    ),
     ("tonic_health", Some("health service")),
-    ("enos_signer_svc::listener::readiness", Some("health service")),
+    (
+        "enos_signer_svc::listener::readiness",
+        Some("health service"),
+    ),
     // tonic's own layers (`Server::timeout`, `load_shed`), then tower's.
     ("grpc_timeout", Some("tower: timeout")),
     ("GrpcTimeout", Some("tower: timeout")),
-    ("ConnectInfo", Some("identity extraction + certificate re-verification")),
+    (
+        "ConnectInfo",
+        Some("identity extraction + certificate re-verification"),
+    ),
     ("tower::limit", Some("tower: concurrency limit")),
     ("tower::load_shed", Some("tower: load shedding")),
     ("tower::timeout", Some("tower: timeout")),
     ("tokio_rustls", Some("TLS records (rustls)")),
     ("rustls", Some("TLS records (rustls)")),
     ("aws_lc", Some("TLS records (rustls)")),
-    ("tonic", Some("gRPC framing, protobuf, routing (tonic, prost)")),
-    ("prost", Some("gRPC framing, protobuf, routing (tonic, prost)")),
-    ("enos_signer_proto", Some("gRPC framing, protobuf, routing (tonic, prost)")),
+    (
+        "tonic",
+        Some("gRPC framing, protobuf, routing (tonic, prost)"),
+    ),
+    (
+        "prost",
+        Some("gRPC framing, protobuf, routing (tonic, prost)"),
+    ),
+    (
+        "enos_signer_proto",
+        Some("gRPC framing, protobuf, routing (tonic, prost)"),
+    ),
     ("h2::", Some("HTTP/2 (h2, hyper)")),
     ("<h2", Some("HTTP/2 (h2, hyper)")),
     ("hyper", Some("HTTP/2 (h2, hyper)")),
@@ -209,7 +287,11 @@ fn classify(frames: &[&str]) -> &'static str {
         if in_kernel && !is_own(stage) {
             return STAGES[0];
         }
-        return STAGES.iter().find(|s| *s == stage).copied().unwrap_or("other");
+        return STAGES
+            .iter()
+            .find(|s| *s == stage)
+            .copied()
+            .unwrap_or("other");
     }
     if in_kernel {
         return STAGES[0];
@@ -226,9 +308,11 @@ fn is_own(stage: &str) -> bool {
 }
 
 fn is_allocator(frame: &str) -> bool {
-    ["malloc", "free", "memcpy", "memmove", "realloc", "cfree", "_int_"]
-        .iter()
-        .any(|p| frame.contains(p))
+    [
+        "malloc", "free", "memcpy", "memmove", "realloc", "cfree", "_int_",
+    ]
+    .iter()
+    .any(|p| frame.contains(p))
 }
 
 /// Prints the table of `issue` beside `floor` (µs of CPU per call).
@@ -268,5 +352,8 @@ pub(crate) fn print(issue: (&Profile, usize), floor: (&Profile, usize)) {
         per_call(floor.0.clients, floor.1),
         per_call(issue.0.clients, issue.1) - per_call(floor.0.clients, floor.1)
     );
-    println!("calls measured: issuance {}, Health/Check {}", issue.1, floor.1);
+    println!(
+        "calls measured: issuance {}, Health/Check {}",
+        issue.1, floor.1
+    );
 }

@@ -389,7 +389,9 @@ impl Audit {
     pub fn record_detached(&self, record: &AuditRecord) {
         let written = match &self.sink {
             Sink::Log(writer) => serialise_line(record).and_then(|line| write_log(writer, line)),
-            Sink::File(file) => serialise_line(record).and_then(|line| write_file(&file.file, &line)),
+            Sink::File(file) => {
+                serialise_line(record).and_then(|line| write_file(&file.file, &line))
+            }
             Sink::Postgres(sink) => serialise(record).map(|line| sink.write_detached(record, line)),
         };
         if let Err(e) = written {
