@@ -213,13 +213,7 @@ pub fn upstream_message(
 }
 
 fn enqueue(shared: &Shared, m: Outbound) {
-    if shared.upstream.push(m) {
-        tracing::warn!(
-            dropped = shared.upstream.dropped(),
-            "upstream queue full; dropped the oldest message"
-        );
-    }
-    shared.refresh_counters();
+    shared.enqueue_upstream(m);
 }
 
 #[cfg(test)]

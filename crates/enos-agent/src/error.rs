@@ -82,6 +82,14 @@ pub enum AgentError {
         /// printer of causes (`{:#}`, anyhow) would print a second time.
         cause: std::io::Error,
     },
+    /// The spool file could not be created, read or written.
+    #[error("spool {path}: {cause}")]
+    Spool {
+        /// The spool file.
+        path: PathBuf,
+        /// What failed, with the I/O error.
+        cause: String,
+    },
     /// A new key or its CSR could not be made.
     #[error("cannot make a new key: {0}")]
     KeyGeneration(String),

@@ -22,7 +22,8 @@
 //! | [`renewal`] | the certificate renewed at 2/3 of its lifetime ± jitter, inside `run` |
 //! | [`pair`] | the key and certificate files: atomic writes, crash-safe promotion of a candidate |
 //! | [`certificate`] | a certificate's validity, for the renewal schedule |
-//! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
+//! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted (no `[spool]`) |
+//! | [`spool`] | [`spool::Spool`]: the crash-safe upstream spool, one file |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
 //! | [`status`] | [`AgentStatus`] and the status file |
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
@@ -80,6 +81,7 @@ pub mod session;
 mod shared;
 pub mod signer;
 mod signer_channels;
+pub mod spool;
 pub mod status;
 pub mod sub_device;
 mod tls;

@@ -202,6 +202,9 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
             self.connected(&credential);
             let ended = self.serve(activation).await;
             self.shared.session.send_replace(None);
+            if !matches!(ended, Ended::Shutdown) {
+                self.shared.on_connection_lost();
+            }
             self.shared.refresh_counters();
             match ended {
                 Ended::Shutdown => {
@@ -334,10 +337,10 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         tracing::info!(
             "activation handed over: the device secret is in the signer's custody; reconnecting with it"
         );
-        if let Err(e) = self.client.try_publish(
+        if let Err(e) = self.shared.publish_other(
+            &self.client,
             self.shared.topics.activate_info_reply(),
             QoS::AtLeastOnce,
-            false,
             crate::activation::reply_payload(reply_id),
         ) {
             tracing::warn!(error = %e, "could not queue the activation reply");
@@ -346,6 +349,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         disconnect(&self.client, &mut self.eventloop, self.shared).await;
         // Drop the connection so that the next poll connects anew.
         self.eventloop.clean();
+        self.shared.on_connection_lost();
         self.cache = CredentialCache::new();
         self.backoff.reset();
         // One update: the activation connection is gone, so a watcher
@@ -415,6 +419,8 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                             }
                         }
                         Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
+                        Ok(Event::Incoming(Incoming::PubAck(ack))) => shared.on_puback(ack.pkid),
                         Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                             if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
                                 tracing::warn!(pkid = ack.pkid, "EnOS refused some subscriptions");
@@ -437,7 +443,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                         }
                     }
                 }
-                () = shared.upstream.wait_pushed(), if !client_full => {}
+                () = shared.wait_upstream(), if !client_full => {}
                 () = self.shutdown.cancelled() => return Ended::Shutdown,
             }
         }
@@ -562,12 +568,22 @@ fn push_downstream(shared: &Shared, topic: String, payload: Vec<u8>) {
 /// it is out (bounded by [`DISCONNECT_GRACE`]).
 async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Shared) {
     let drained = async {
+        // With a spool, what waits stays there for the next start: only
+        // what is in flight is given the chance to be acknowledged.
         loop {
-            if shared.feed_upstream(client) && shared.upstream.is_empty() {
+            let fed = shared.feed_upstream(client);
+            let done = match &shared.spool {
+                Some(spool) => spool.in_flight() == 0,
+                None => fed && shared.upstream.is_empty(),
+            };
+            if done {
                 break;
             }
-            if eventloop.poll().await.is_err() {
-                return;
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
+                Ok(Event::Incoming(Incoming::PubAck(ack))) => shared.on_puback(ack.pkid),
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
         if client.try_disconnect().is_err() {

@@ -2,21 +2,55 @@
 //! exchange.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, ClientError, QoS};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
     queue::BoundedQueue,
-    status::AgentStatus,
+    spool::Spool,
+    status::{AgentStatus, SpoolStatus},
     topics::{DeviceTopics, DownstreamMap, MessageIds},
 };
+
+/// Eviction warnings are logged at most this often (each names the count
+/// since the last one and the total).
+const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Which publish on the EnOS client an `Outgoing::Publish` event is: the
+/// events come in the order the publishes entered the client's channel.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    /// Not spooled (a sub-device login, the activation reply).
+    Other,
+    /// Spooled message `seq`, at this QoS.
+    Spooled(u64, QoS),
+}
+
+/// What maps EnOS's acknowledgements back to spooled messages.
+#[derive(Debug, Default)]
+pub struct Acks {
+    /// Publishes in the client's channel, oldest first.
+    order: VecDeque<Tag>,
+    /// Packet id → spooled sequence number, awaiting its PUBACK.
+    awaiting: HashMap<u16, u64>,
+}
+
+/// The eviction warning's rate limit.
+#[derive(Debug, Default)]
+pub struct EvictionLog {
+    /// When the last warning went out.
+    last: Option<Instant>,
+    /// Evictions since then.
+    unlogged: u64,
+}
 
 /// One MQTT message on its way to a broker.
 #[derive(Debug, Clone)]
@@ -87,23 +121,198 @@ pub struct Shared {
     pub upstream_sent: AtomicU64,
     /// Downstream messages handed to the local broker.
     pub downstream_delivered: AtomicU64,
+    /// The disk spool, when `[spool]` is configured: upstream messages
+    /// wait there instead of in `upstream`.
+    pub spool: Option<Spool>,
+    /// Maps `Outgoing::Publish` / PUBACK events back to spooled messages;
+    /// every publish on the EnOS client goes through it while a spool is
+    /// on, so that the order holds.
+    pub acks: Mutex<Acks>,
+    /// Rate-limits the eviction warning.
+    pub eviction_log: Mutex<EvictionLog>,
 }
 
 impl Shared {
     /// Copies the queue counters into the status.
     pub fn refresh_counters(&self) {
+        let spool = self.spool.as_ref().map(|spool| {
+            let st = spool.stats();
+            SpoolStatus {
+                path: spool.path().display().to_string(),
+                messages: st.messages,
+                bytes: st.bytes,
+                evicted: st.evicted,
+                appended: st.appended,
+                delivered: st.delivered,
+                resent: st.resent,
+            }
+        });
         self.status.send_modify(|s| {
-            s.upstream_queued = self.upstream.len();
-            s.upstream_dropped = self.upstream.dropped();
+            s.upstream_queued = self.upstream.len()
+                + spool
+                    .as_ref()
+                    .map_or(0, |sp| usize::try_from(sp.messages).unwrap_or(usize::MAX));
+            s.upstream_dropped =
+                self.upstream.dropped() + spool.as_ref().map_or(0, |sp| sp.evicted);
+            s.spool = spool;
             s.upstream_sent = self.upstream_sent.load(Ordering::Relaxed);
             s.downstream_delivered = self.downstream_delivered.load(Ordering::Relaxed);
             s.downstream_dropped = self.downstream.dropped();
         });
     }
 
+    /// Takes an upstream message: into the spool when there is one (into
+    /// the memory queue if the spool cannot be written: kept while the
+    /// process lives), else into the memory queue. Counts and reports
+    /// evictions.
+    pub fn enqueue_upstream(&self, m: Outbound) {
+        let evicted = match &self.spool {
+            Some(spool) => match spool.append(&m, enos_domain::now_ms()) {
+                Ok((_, evicted)) => evicted,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the spool; this message waits in memory");
+                    u64::from(self.upstream.push(m))
+                }
+            },
+            None => u64::from(self.upstream.push(m)),
+        };
+        if evicted > 0 {
+            self.report_evictions(evicted);
+        }
+        self.refresh_counters();
+    }
+
+    /// Logs evictions at most every [`EVICTION_LOG_INTERVAL`].
+    pub fn report_evictions(&self, evicted: u64) {
+        let mut log = self.eviction_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.unlogged += evicted;
+        if log
+            .last
+            .is_some_and(|t| t.elapsed() < EVICTION_LOG_INTERVAL)
+        {
+            return;
+        }
+        let total = self.spool.as_ref().map_or(0, |s| s.stats().evicted) + self.upstream.dropped();
+        match &self.spool {
+            Some(_) => tracing::warn!(
+                evicted = log.unlogged,
+                total,
+                "upstream spool full (max_bytes or max_age); evicted the oldest messages"
+            ),
+            None => tracing::warn!(
+                dropped = log.unlogged,
+                total,
+                "upstream queue full; dropped the oldest message"
+            ),
+        }
+        log.last = Some(Instant::now());
+        log.unlogged = 0;
+    }
+
+    /// Whether upstream messages wait (spool or memory).
+    pub fn upstream_waiting(&self) -> bool {
+        !self.upstream.is_empty() || self.spool.as_ref().is_some_and(|s| !s.is_drained())
+    }
+
+    /// Resolves once an upstream message waits.
+    pub async fn wait_upstream(&self) {
+        match &self.spool {
+            Some(spool) => tokio::select! {
+                () = spool.wait_pushed() => {}
+                () = self.upstream.wait_pushed() => {}
+            },
+            None => self.upstream.wait_pushed().await,
+        }
+    }
+
+    fn acks(&self) -> MutexGuard<'_, Acks> {
+        // Plain maps: usable after a panic.
+        self.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes something that is not spooled on the EnOS client (a
+    /// sub-device login, the activation reply), keeping the acknowledgement
+    /// order of spooled messages.
+    pub fn publish_other(
+        &self,
+        client: &AsyncClient,
+        topic: String,
+        qos: QoS,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let mut acks = self.acks();
+        client.try_publish(topic, qos, false, payload)?;
+        if self.spool.is_some() {
+            acks.order.push_back(Tag::Other);
+        }
+        Ok(())
+    }
+
+    /// rumqttc wrote a publish with packet id `pkid` (0 at QoS 0).
+    pub fn on_outgoing_publish(&self, pkid: u16) {
+        let Some(spool) = &self.spool else { return };
+        let mut acks = self.acks();
+        match acks.order.pop_front() {
+            Some(Tag::Spooled(seq, QoS::AtMostOnce)) => {
+                drop(acks);
+                spool.acknowledged(seq);
+            }
+            Some(Tag::Spooled(seq, _)) => {
+                acks.awaiting.insert(pkid, seq);
+            }
+            Some(Tag::Other) | None => {}
+        }
+    }
+
+    /// EnOS acknowledged packet `pkid`.
+    pub fn on_puback(&self, pkid: u16) {
+        let Some(spool) = &self.spool else { return };
+        let seq = self.acks().awaiting.remove(&pkid);
+        if let Some(seq) = seq {
+            spool.acknowledged(seq);
+            self.refresh_counters();
+        }
+    }
+
+    /// The EnOS connection ended: what rumqttc held is gone (a clean
+    /// session), so every spooled message not acknowledged goes again.
+    pub fn on_connection_lost(&self) {
+        let Some(spool) = &self.spool else { return };
+        let mut acks = self.acks();
+        acks.order.clear();
+        acks.awaiting.clear();
+        spool.rewind();
+    }
+
     /// Moves queued upstream messages into the EnOS client; `false` when
     /// its channel is full (the rest waits for the next poll).
     pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
+        if let Some(spool) = &self.spool {
+            let mut moved = false;
+            let mut room = true;
+            while let Some(s) = spool.peek() {
+                let mut acks = self.acks();
+                let m = s.message;
+                if client
+                    .try_publish(m.topic, m.qos, false, m.payload)
+                    .is_err()
+                {
+                    room = false;
+                    break;
+                }
+                acks.order.push_back(Tag::Spooled(s.seq, m.qos));
+                drop(acks);
+                spool.taken(s.seq);
+                moved = true;
+                self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if moved {
+                self.refresh_counters();
+            }
+            if !room {
+                return false;
+            }
+        }
         self.feed(client, &self.upstream, &self.upstream_sent)
     }
 
