@@ -1,0 +1,195 @@
+//! The disk spool with real processes: the `enos-agent` binary, the EnOS
+//! sandbox (its binary), the real signer over mTLS and Mosquitto as the
+//! gateway's local broker. The agent is SIGKILLed while data waits in its
+//! spool; after the restart the data reaches EnOS, in order.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+use support::{
+    CONSOLE, DeviceRow, Mosquitto, TestClient, console_password_file, init, signer::SignerFixture,
+    write_devices,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enos-agent");
+const GW: (&str, &str) = ("pkGw", "gwSpool");
+const GW_SECRET: &str = "spoolSecret01";
+
+struct World {
+    dir: tempfile::TempDir,
+    sandbox: Sandbox,
+    local: Mosquitto,
+    signer: SignerFixture,
+}
+
+impl World {
+    async fn start() -> World {
+        init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let devices = dir.path().join("devices.csv");
+        write_devices(&devices, &[DeviceRow::new(GW.0, GW.1, GW_SECRET)]);
+        let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
+            .console(CONSOLE.0, console_password_file(dir.path()))
+            .start()
+            .expect("sandbox");
+        let local = Mosquitto::start();
+        let signer = SignerFixture::start(dir.path(), GW, GW_SECRET, 600).await;
+        World {
+            dir,
+            sandbox,
+            local,
+            signer,
+        }
+    }
+
+    fn config(&self, spool: &str) -> PathBuf {
+        let extra = format!(
+            r#"
+[status]
+file = "{status}"
+
+[bridge]
+local_broker = "tcp://{local}"
+client_id = "spool-bridge"
+
+[[bridge.upstream]]
+local = "gw/mp"
+target = "measurepoint-post"
+qos = 1
+
+[spool]
+path = "{spool_file}"
+{spool}
+"#,
+            status = self.dir.path().join("status.json").display(),
+            local = self.local.addr,
+            spool_file = self.dir.path().join("spool/upstream.spool").display(),
+        );
+        let path = self.dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            self.signer
+                .agent_toml(&format!("tcp://{}", self.sandbox.mqtt_addr()), &extra),
+        )
+        .expect("write config");
+        path
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the status file satisfies `pred`.
+    fn wait_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status file never showed {what}: {:#?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_agent(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("agent log");
+    Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("ENOS_AGENT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent")
+}
+
+fn seqs(payloads: &[Vec<u8>]) -> Vec<i64> {
+    payloads
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(p).expect("json");
+            v["params"]["seq"].as_i64().expect("seq")
+        })
+        .collect()
+}
+
+/// #28 item 1: data in the spool survives a SIGKILL of the agent and reaches EnOS after the restart, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
+    let mut world = World::start().await;
+    let config = world.config("fsync = \"batched\"\nfsync_interval = \"50ms\"\n");
+    let mut agent = start_agent(&config, &world.dir.path().join("agent-1.log"));
+    world.wait_status("connected with the local broker", |s| {
+        s["state"] == "connected" && s["local_broker_connected"] == true
+    });
+    let app = TestClient::connect(world.local.addr, "app", None).await;
+
+    // EnOS goes away; the application goes on publishing.
+    world.sandbox.stop().expect("stop sandbox");
+    world.wait_status("offline", |s| s["state"] != "connected");
+    const N: i64 = 60;
+    for seq in 0..N {
+        app.publish("gw/mp", format!(r#"{{"seq":{seq}}}"#)).await;
+    }
+    let s = world.wait_status("all spooled", |s| s["spool"]["messages"] == N);
+    assert_eq!(s["spool"]["evicted"], 0, "{s:#}");
+    // The batched policy's interval, and a margin: on disk.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // SIGKILL: no shutdown path runs.
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+
+    // EnOS back, watched from the cloud's side, then the agent again.
+    world.sandbox.start_again().expect("sandbox starts again");
+    let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
+    let topic = format!("/sys/{}/{}/thing/measurepoint/post", GW.0, GW.1);
+    cloud.subscribe(&topic).await;
+    let mut agent = start_agent(&config, &world.dir.path().join("agent-2.log"));
+    let got = cloud.collect_on(&topic, Duration::from_secs(6)).await;
+    assert_eq!(
+        seqs(&got),
+        (0..N).collect::<Vec<_>>(),
+        "every spooled message, once, in order"
+    );
+    let s = world.wait_status("drained", |s| s["spool"]["messages"] == 0);
+    assert_eq!(s["spool"]["delivered"], N, "{s:#}");
+    // Envelope ids made after the restart do not repeat the spooled ones.
+    let ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(p).expect("json");
+            v["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    world.wait_status("the local broker", |s| s["local_broker_connected"] == true);
+    app.publish("gw/mp", r#"{"seq":1000}"#).await;
+    let after: serde_json::Value =
+        serde_json::from_slice(&cloud.recv_on(&topic).await).expect("json");
+    assert!(
+        !ids.contains(after["id"].as_str().expect("id")),
+        "id {} repeats a spooled one",
+        after["id"]
+    );
+    agent.kill().expect("kill");
+    agent.wait().expect("reaped");
+}
