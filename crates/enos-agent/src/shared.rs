@@ -164,11 +164,17 @@ impl Shared {
     /// Takes an upstream message: into the spool when there is one (into
     /// the memory queue if the spool cannot be written: kept while the
     /// process lives), else into the memory queue. Counts and reports
-    /// evictions.
-    pub fn enqueue_upstream(&self, m: Outbound) {
+    /// evictions. Returns the spool's sequence number when the message
+    /// went there: its local acknowledgement waits until the spool is
+    /// synced that far.
+    pub fn enqueue_upstream(&self, m: Outbound) -> Option<u64> {
+        let mut spooled = None;
         let evicted = match &self.spool {
             Some(spool) => match spool.append(&m, enos_domain::now_ms()) {
-                Ok((_, evicted)) => evicted,
+                Ok((seq, evicted)) => {
+                    spooled = Some(seq);
+                    evicted
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write the spool; this message waits in memory");
                     u64::from(self.upstream.push(m))
@@ -180,6 +186,7 @@ impl Shared {
             self.report_evictions(evicted);
         }
         self.refresh_counters();
+        spooled
     }
 
     /// Logs evictions at most every [`EVICTION_LOG_INTERVAL`].

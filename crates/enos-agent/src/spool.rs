@@ -186,6 +186,9 @@ struct Inner {
     written_head: u64,
     /// Appended (or head moved) since the last sync.
     dirty: bool,
+    /// Every record up to this sequence number is on disk (per the
+    /// policy): the bridge acknowledges local publishes up to it.
+    synced_upto: u64,
     /// The counters.
     stats: SpoolStats,
 }
@@ -202,6 +205,9 @@ pub struct Spool {
     inner: Mutex<Inner>,
     /// Wakes the session when something was appended.
     pushed: Notify,
+    /// Wakes the bridge after a sync: its held local acknowledgements
+    /// may go.
+    synced: Notify,
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> AgentError {
@@ -433,6 +439,7 @@ impl Spool {
             config: config.clone(),
             inner: Mutex::new(inner),
             pushed: Notify::new(),
+            synced: Notify::new(),
         };
         {
             let mut inner = spool.lock();
@@ -507,6 +514,7 @@ impl Spool {
             generation,
             written_head: head_off,
             dirty: false,
+            synced_upto: next_seq.max(head_seq).saturating_sub(1),
             stats: SpoolStats {
                 messages: count,
                 bytes: off - head_off,
@@ -594,6 +602,7 @@ impl Spool {
                     .file
                     .sync_data()
                     .map_err(|e| io_err(&self.path, "fdatasync", e))?;
+                inner.synced_upto = seq;
             } else {
                 inner.dirty = true;
             }
@@ -752,8 +761,15 @@ impl Spool {
     /// Writes the head (if it moved) and syncs appended records: the
     /// batched policy's tick, and the last act at shutdown.
     pub fn sync(&self) -> Result<(), AgentError> {
+        let result = self.sync_locked();
+        self.synced.notify_waiters();
+        result
+    }
+
+    fn sync_locked(&self) -> Result<(), AgentError> {
         let mut inner = self.lock();
         if !inner.dirty {
+            inner.synced_upto = inner.next_seq.saturating_sub(1);
             return Ok(());
         }
         if inner.written_head != inner.head_off {
@@ -772,7 +788,18 @@ impl Spool {
             .sync_data()
             .map_err(|e| io_err(&self.path, "fdatasync", e))?;
         inner.dirty = false;
+        inner.synced_upto = inner.next_seq.saturating_sub(1);
         Ok(())
+    }
+
+    /// Every record up to this sequence number is on disk.
+    pub fn synced_upto(&self) -> u64 {
+        self.lock().synced_upto
+    }
+
+    /// Resolves at the next [`Spool::sync`].
+    pub async fn wait_synced(&self) {
+        self.synced.notified().await;
     }
 
     /// Rewrites the file without its delivered prefix once that prefix
