@@ -105,6 +105,21 @@ impl<S: SignerClient> Agent<S> {
             spool,
             acks: Default::default(),
             eviction_log: Default::default(),
+            paced_until: Default::default(),
+            replay_bucket: Default::default(),
+            resumed: Default::default(),
+            resume_refused: Default::default(),
+            sub_device_prefixes: config
+                .sub_devices
+                .iter()
+                .map(|d| {
+                    (
+                        format!("/sys/{}/{}/", d.product_key.as_str(), d.device_key.as_str()),
+                        d.product_key.as_str().to_owned(),
+                        d.device_key.as_str().to_owned(),
+                    )
+                })
+                .collect(),
         });
         shared.refresh_counters();
         Agent {

@@ -195,6 +195,16 @@ pub struct SpoolConfig {
     /// sync; also how often a moved head is written.
     #[serde(default = "default_spool_fsync_interval", with = "humantime_serde")]
     pub fsync_interval: Duration,
+    /// Measurepoint posts held longer than this go up as
+    /// `thing.measurepoint.resume` with their original time: EnOS's path
+    /// for late data, which fires no real-time alerts.
+    #[serde(default = "default_spool_resume_after", with = "humantime_serde")]
+    pub resume_after: Duration,
+    /// Messages per second replayed from a backlog (those held longer than
+    /// `resume_after`); 0: no limit. Keeps a drain from crowding out the
+    /// link and EnOS's flow control.
+    #[serde(default = "default_spool_replay_rate")]
+    pub replay_rate: u32,
 }
 
 /// The bridge to the gateway's local MQTT broker.
@@ -539,6 +549,12 @@ fn default_spool_fsync() -> crate::spool::FsyncPolicy {
 fn default_spool_fsync_interval() -> Duration {
     Duration::from_millis(200)
 }
+fn default_spool_resume_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_spool_replay_rate() -> u32 {
+    500
+}
 fn default_downstream_capacity() -> usize {
     100
 }
@@ -784,6 +800,7 @@ impl SpoolConfig {
             ));
         }
         nonzero(self.fsync_interval, "spool.fsync_interval")?;
+        nonzero(self.resume_after, "spool.resume_after")?;
         nonzero(self.max_age, "spool.max_age")
     }
 }

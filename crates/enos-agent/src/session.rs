@@ -92,8 +92,30 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
             QoS::AtLeastOnce,
         ));
     }
+    if config.spool.is_some() {
+        // Late measurepoints go up through `resume`: their replies are
+        // checked (the gateway's and each sub-device's).
+        filters.push(SubscribeFilter::new(
+            resume_reply(
+                config.device.product_key.as_str(),
+                config.device.device_key.as_str(),
+            ),
+            QoS::AtMostOnce,
+        ));
+        for d in &config.sub_devices {
+            filters.push(SubscribeFilter::new(
+                resume_reply(d.product_key.as_str(), d.device_key.as_str()),
+                QoS::AtMostOnce,
+            ));
+        }
+    }
     filters.sort_by(|a, b| a.path.cmp(&b.path));
     filters
+}
+
+/// `/sys/{pk}/{dk}/thing/measurepoint/resume_reply`.
+fn resume_reply(pk: &str, dk: &str) -> String {
+    format!("/sys/{pk}/{dk}/thing/measurepoint/resume_reply")
 }
 
 /// Runs the connect loop until `shutdown`, then sends DISCONNECT.
@@ -538,6 +560,10 @@ fn route_incoming(p: Publish, shared: &Shared) {
             Some(reply) => shared.deliver_login_reply(reply),
             None => tracing::warn!(topic, "unparsable combine.login reply"),
         }
+        return;
+    }
+    if topic.ends_with("/thing/measurepoint/resume_reply") {
+        shared.on_resume_reply(topic, &p.payload);
         return;
     }
     if let Some(locals) = shared.reply_routes.get(topic) {

@@ -130,6 +130,18 @@ pub struct Shared {
     pub acks: Mutex<Acks>,
     /// Rate-limits the eviction warning.
     pub eviction_log: Mutex<EvictionLog>,
+    /// The replay's pace: no spooled message goes before this instant
+    /// (the replay rate, or a sub-device not logged in yet).
+    pub paced_until: Mutex<Option<Instant>>,
+    /// The replay rate's token bucket: (last refill, tokens).
+    pub replay_bucket: Mutex<Option<(Instant, f64)>>,
+    /// Late measurepoints sent through `resume`.
+    pub resumed: AtomicU64,
+    /// `resume` replies other than 200.
+    pub resume_refused: AtomicU64,
+    /// The configured sub-devices' `/sys/{pk}/{dk}/` prefixes: their
+    /// spooled data waits until their login on this connection settled.
+    pub sub_device_prefixes: Vec<(String, String, String)>,
 }
 
 impl Shared {
@@ -145,6 +157,8 @@ impl Shared {
                 appended: st.appended,
                 delivered: st.delivered,
                 resent: st.resent,
+                resumed: self.resumed.load(Ordering::Relaxed),
+                resume_refused: self.resume_refused.load(Ordering::Relaxed),
             }
         });
         self.status.send_modify(|s| {
@@ -223,6 +237,11 @@ impl Shared {
 
     /// Resolves once an upstream message waits.
     pub async fn wait_upstream(&self) {
+        let paced = *self.paced_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = paced {
+            tokio::time::sleep_until(until.into()).await;
+            return;
+        }
         match &self.spool {
             Some(spool) => tokio::select! {
                 () = spool.wait_pushed() => {}
@@ -291,15 +310,80 @@ impl Shared {
         spool.rewind();
     }
 
+    /// How long the next spooled message on `topic` must wait: a
+    /// sub-device's data until its login on this connection settled (EnOS
+    /// refuses data of an offline sub-device); a late message until the
+    /// replay rate allows it. `None`: it may go.
+    fn pace(&self, topic: &str, late: bool, rate: u32) -> Option<Duration> {
+        if let Some((_, pk, dk)) = self
+            .sub_device_prefixes
+            .iter()
+            .find(|(prefix, _, _)| topic.starts_with(prefix.as_str()))
+        {
+            let generation = *self.session.borrow();
+            let settled = self.status.borrow().sub_devices.iter().any(|d| {
+                d.product_key == *pk
+                    && d.device_key == *dk
+                    && Some(d.connection) == generation
+                    && d.state != crate::status::SubDeviceState::Pending
+            });
+            if !settled {
+                return Some(Duration::from_millis(50));
+            }
+        }
+        if late && rate > 0 {
+            let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let (last, tokens) = bucket.get_or_insert((now, 1.0));
+            let rate = f64::from(rate);
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
+            *last = now;
+            if *tokens < 1.0 {
+                return Some(Duration::from_secs_f64((1.0 - *tokens) / rate));
+            }
+            *tokens -= 1.0;
+        }
+        None
+    }
+
+    /// A `…/measurepoint/resume_reply`: counts and logs a refusal.
+    pub fn on_resume_reply(&self, topic: &str, payload: &[u8]) {
+        match EnosReply::parse(payload) {
+            Some(r) if r.code == 200 => {}
+            Some(r) => {
+                self.resume_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic, id = %r.id, code = r.code, message = %r.message, "EnOS refused resumed measurepoints");
+                self.refresh_counters();
+            }
+            None => tracing::warn!(topic, "unparsable resume reply"),
+        }
+    }
+
     /// Moves queued upstream messages into the EnOS client; `false` when
     /// its channel is full (the rest waits for the next poll).
     pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
         if let Some(spool) = &self.spool {
             let mut moved = false;
             let mut room = true;
+            let cfg = spool.config();
+            let resume_after = u64::try_from(cfg.resume_after.as_millis()).unwrap_or(u64::MAX);
+            *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
             while let Some(s) = spool.peek() {
+                let now = enos_domain::now_ms();
+                let late = now.saturating_sub(s.time_ms) > resume_after;
+                if let Some(wait) = self.pace(&s.message.topic, late, cfg.replay_rate) {
+                    *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now() + wait);
+                    break;
+                }
+                let resumed = if late {
+                    crate::spool::as_resume(&s.message, s.time_ms)
+                } else {
+                    None
+                };
+                let is_resume = resumed.is_some();
+                let m = resumed.unwrap_or(s.message);
                 let mut acks = self.acks();
-                let m = s.message;
                 if client
                     .try_publish(m.topic, m.qos, false, m.payload)
                     .is_err()
@@ -310,6 +394,9 @@ impl Shared {
                 acks.order.push_back(Tag::Spooled(s.seq, m.qos));
                 drop(acks);
                 spool.taken(s.seq);
+                if is_resume {
+                    self.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 moved = true;
                 self.upstream_sent.fetch_add(1, Ordering::Relaxed);
             }

@@ -148,6 +148,31 @@ pub struct SpoolStats {
     pub resent: u64,
 }
 
+/// A late measurepoint post as EnOS wants it: `…/measurepoint/resume`,
+/// method `thing.measurepoint.resume`, `params.time` the original time
+/// (kept when the message has one, else the time it was spooled). `None`
+/// when `m` is not a measurepoint post in the EnOS envelope.
+pub fn as_resume(m: &Outbound, time_ms: u64) -> Option<Outbound> {
+    let base = m.topic.strip_suffix("/thing/measurepoint/post")?;
+    if !base.starts_with("/sys/") {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+    if v.get("method").and_then(|x| x.as_str()) != Some("thing.measurepoint.post") {
+        return None;
+    }
+    v["method"] = "thing.measurepoint.resume".into();
+    let params = v.get_mut("params")?.as_object_mut()?;
+    if !params.get("time").is_some_and(serde_json::Value::is_u64) {
+        params.insert("time".into(), time_ms.into());
+    }
+    Some(Outbound {
+        topic: format!("{base}/thing/measurepoint/resume"),
+        payload: serde_json::to_vec(&v).ok()?,
+        qos: m.qos,
+    })
+}
+
 /// A message handed out and not yet acknowledged.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
@@ -579,6 +604,11 @@ impl Spool {
     /// How often a batched spool syncs.
     pub fn fsync_interval(&self) -> Duration {
         self.config.fsync_interval
+    }
+
+    /// The bounds, sync policy and replay settings.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.config
     }
 
     /// Appends `m`, accepted at `time_ms`; evicts the oldest first when

@@ -184,6 +184,10 @@ pub struct SpoolStatus {
     /// Messages sent again after a connection dropped before their
     /// acknowledgement: the upper bound on duplicates EnOS saw.
     pub resent: u64,
+    /// Late measurepoints sent through `thing.measurepoint.resume`.
+    pub resumed: u64,
+    /// `resume` replies with a code other than 200 (each logged).
+    pub resume_refused: u64,
 }
 
 impl AgentStatus {

@@ -127,16 +127,22 @@ fn seqs(payloads: &[Vec<u8>]) -> Vec<i64> {
         .iter()
         .map(|p| {
             let v: serde_json::Value = serde_json::from_slice(p).expect("json");
-            v["params"]["seq"].as_i64().expect("seq")
+            let p = &v["params"];
+            p["seq"]
+                .as_i64()
+                .or_else(|| p["measurepoints"]["seq"].as_i64())
+                .expect("seq")
         })
         .collect()
 }
 
-/// #28 item 1: data in the spool survives a SIGKILL of the agent and reaches EnOS after the restart, in order.
+/// #28 items 1 and 2: data in the spool survives a SIGKILL of the agent and reaches EnOS after the restart, in order, late measurepoints through `resume` with their original time, the sandbox's replies checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     let mut world = World::start().await;
-    let config = world.config("fsync = \"batched\"\nfsync_interval = \"50ms\"\n");
+    let config = world.config(
+        "fsync = \"batched\"\nfsync_interval = \"50ms\"\nresume_after = \"1s\"\nreplay_rate = 40\n",
+    );
     let mut agent = start_agent(&config, &world.dir.path().join("agent-1.log"));
     world.wait_status("connected with the local broker", |s| {
         s["state"] == "connected" && s["local_broker_connected"] == true
@@ -148,9 +154,19 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     world.wait_status("offline", |s| s["state"] != "connected");
     const N: i64 = 60;
     for seq in 0..N {
-        app.publish("gw/mp", format!(r#"{{"seq":{seq}}}"#)).await;
+        let time = if seq % 2 == 0 {
+            format!(r#","time":{}"#, 1_700_000_000_000 + seq)
+        } else {
+            String::new()
+        };
+        app.publish(
+            "gw/mp",
+            format!(r#"{{"measurepoints":{{"seq":{seq}}}{time}}}"#),
+        )
+        .await;
     }
     let s = world.wait_status("all spooled", |s| s["spool"]["messages"] == N);
+    let spooled_by = enos_agent::now_ms();
     assert_eq!(s["spool"]["evicted"], 0, "{s:#}");
     // The batched policy's interval, and a margin: on disk.
     std::thread::sleep(Duration::from_millis(300));
@@ -162,17 +178,59 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     // EnOS back, watched from the cloud's side, then the agent again.
     world.sandbox.start_again().expect("sandbox starts again");
     let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
-    let topic = format!("/sys/{}/{}/thing/measurepoint/post", GW.0, GW.1);
+    let sys = format!("/sys/{}/{}/thing/measurepoint", GW.0, GW.1);
+    let topic = format!("{sys}/post");
+    let resume = format!("{sys}/resume");
+    cloud.subscribe(&resume).await;
     cloud.subscribe(&topic).await;
+    // Held longer than `resume_after` (1 s): late data.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
     let mut agent = start_agent(&config, &world.dir.path().join("agent-2.log"));
-    let got = cloud.collect_on(&topic, Duration::from_secs(6)).await;
+    let got = cloud.collect_on(&resume, Duration::from_secs(5)).await;
+    let drained_in = started.elapsed();
+    if got.len() != N as usize {
+        eprintln!(
+            "agent log:\n{}\nstatus: {:#?}\nsandbox: {}",
+            std::fs::read_to_string(world.dir.path().join("agent-2.log")).unwrap_or_default(),
+            world.status(),
+            world
+                .sandbox
+                .logs()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     assert_eq!(
         seqs(&got),
         (0..N).collect::<Vec<_>>(),
-        "every spooled message, once, in order"
+        "every spooled message, once, in order, through resume"
     );
+    for p in &got {
+        let v: serde_json::Value = serde_json::from_slice(p).expect("json");
+        assert_eq!(v["method"], "thing.measurepoint.resume", "{v}");
+        let seq = v["params"]["measurepoints"]["seq"].as_u64().expect("seq");
+        let time = v["params"]["time"].as_u64().expect("the original time");
+        if seq % 2 == 0 {
+            assert_eq!(
+                time,
+                1_700_000_000_000 + seq,
+                "the message's own time is kept"
+            );
+        } else {
+            assert!(time <= spooled_by, "the time it was spooled: {time}");
+        }
+    }
+    // The replay rate (40/s) paced the backlog: 60 messages take > 1 s.
+    assert!(drained_in >= Duration::from_secs(1), "{drained_in:?}");
     let s = world.wait_status("drained", |s| s["spool"]["messages"] == 0);
     assert_eq!(s["spool"]["delivered"], N, "{s:#}");
+    assert_eq!(s["spool"]["resumed"], N, "{s:#}");
+    let s = world.wait_status("replies checked", |s| s["spool"]["resume_refused"] == 0);
+    assert_eq!(s["spool"]["resume_refused"], 0, "{s:#}");
     // Envelope ids made after the restart do not repeat the spooled ones.
     let ids: std::collections::HashSet<String> = got
         .iter()
