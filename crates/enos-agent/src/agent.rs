@@ -107,6 +107,7 @@ impl<S: SignerClient> Agent<S> {
             eviction_log: Default::default(),
             paced_until: Default::default(),
             replay_bucket: Default::default(),
+            traffic: Default::default(),
             resumed: Default::default(),
             resume_refused: Default::default(),
             sub_device_prefixes: config

@@ -440,6 +440,24 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                                 tracing::info!("activation push repeated while handing over; ignored");
                             }
                         }
+                        Ok(Event::Incoming(Incoming::Publish(p)))
+                            if p.topic == shared.topics.traffic_control() =>
+                        {
+                            match shared.on_traffic_control(&p.payload) {
+                                Some(id) => {
+                                    let reply = serde_json::json!({"id": id, "code": 200, "data": {}});
+                                    if let Err(e) = shared.publish_other(
+                                        &self.client,
+                                        format!("{}_reply", p.topic),
+                                        QoS::AtMostOnce,
+                                        reply.to_string().into_bytes(),
+                                    ) {
+                                        tracing::warn!(error = %e, "could not answer traffic/control");
+                                    }
+                                }
+                                None => tracing::warn!("unparsable traffic/control notice ignored"),
+                            }
+                        }
                         Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
                         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
                         Ok(Event::Incoming(Incoming::PubAck(ack))) => shared.on_puback(ack.pkid),

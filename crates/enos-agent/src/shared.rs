@@ -43,6 +43,17 @@ pub struct Acks {
     awaiting: HashMap<u16, u64>,
 }
 
+/// An EnOS flow-control notice in force.
+#[derive(Debug, Clone, Copy)]
+pub struct TrafficLimit {
+    /// Messages per second allowed; 0 pauses upstream.
+    pub rate: f64,
+    /// When the notice lapses.
+    pub until: Instant,
+    /// Its token bucket: (last refill, tokens).
+    pub bucket: (Instant, f64),
+}
+
 /// The eviction warning's rate limit.
 #[derive(Debug, Default)]
 pub struct EvictionLog {
@@ -135,6 +146,8 @@ pub struct Shared {
     pub paced_until: Mutex<Option<Instant>>,
     /// The replay rate's token bucket: (last refill, tokens).
     pub replay_bucket: Mutex<Option<(Instant, f64)>>,
+    /// EnOS's flow-control notice in force (`traffic/control`).
+    pub traffic: Mutex<Option<TrafficLimit>>,
     /// Late measurepoints sent through `resume`.
     pub resumed: AtomicU64,
     /// `resume` replies other than 200.
@@ -331,6 +344,9 @@ impl Shared {
                 return Some(Duration::from_millis(50));
             }
         }
+        if let Some(wait) = self.traffic_wait() {
+            return Some(wait);
+        }
         if late && rate > 0 {
             let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -344,6 +360,67 @@ impl Shared {
             *tokens -= 1.0;
         }
         None
+    }
+
+    /// How long EnOS's flow control holds the next message back.
+    fn traffic_wait(&self) -> Option<Duration> {
+        let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = traffic.as_mut()?;
+        let now = Instant::now();
+        if now >= limit.until {
+            *traffic = None;
+            drop(traffic);
+            tracing::info!("EnOS flow control lapsed; upstream at full pace again");
+            self.status.send_modify(|s| s.traffic_limited = false);
+            return None;
+        }
+        if limit.rate <= 0.0 {
+            return Some((limit.until - now).min(Duration::from_millis(100)));
+        }
+        let (last, tokens) = &mut limit.bucket;
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * limit.rate)
+            .min(limit.rate.max(1.0));
+        *last = now;
+        if *tokens < 1.0 {
+            return Some(Duration::from_secs_f64((1.0 - *tokens) / limit.rate));
+        }
+        *tokens -= 1.0;
+        None
+    }
+
+    /// EnOS's `traffic/control` notice: `params.rate` messages per second
+    /// (0 pauses upstream) for `params.duration` seconds (60 when absent).
+    /// Returns the request id to answer, `None` when unparsable.
+    pub fn on_traffic_control(&self, payload: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let id = match &v["id"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        let params = &v["params"];
+        let rate = params["rate"].as_f64().filter(|r| *r >= 0.0)?;
+        let duration = params["duration"]
+            .as_f64()
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .unwrap_or(60.0)
+            .min(86_400.0);
+        let now = Instant::now();
+        tracing::warn!(
+            rate,
+            duration_s = duration,
+            "EnOS asks to slow down (traffic/control); upstream and replay paced"
+        );
+        *self.traffic.lock().unwrap_or_else(|e| e.into_inner()) = Some(TrafficLimit {
+            rate,
+            until: now + Duration::from_secs_f64(duration),
+            bucket: (now, rate.min(1.0)),
+        });
+        self.status.send_modify(|s| {
+            s.traffic_limited = true;
+            s.traffic_notices += 1;
+        });
+        Some(id)
     }
 
     /// A `…/measurepoint/resume_reply`: counts and logs a refusal.

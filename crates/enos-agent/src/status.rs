@@ -163,6 +163,11 @@ pub struct AgentStatus {
     pub certificate: Option<CertificateStatus>,
     /// The disk spool's counters; `None` without `[spool]`.
     pub spool: Option<SpoolStatus>,
+    /// Whether an EnOS flow-control notice (`traffic/control`) paces
+    /// upstream now.
+    pub traffic_limited: bool,
+    /// Flow-control notices received since start.
+    pub traffic_notices: u64,
 }
 
 /// The disk spool, as the status shows it.
@@ -216,6 +221,8 @@ impl AgentStatus {
             activation: None,
             certificate: None,
             spool: None,
+            traffic_limited: false,
+            traffic_notices: 0,
         }
     }
 

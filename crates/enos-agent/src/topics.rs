@@ -66,6 +66,11 @@ impl DeviceTopics {
         format!("{}combine/login/batch_reply", self.session)
     }
 
+    /// `/sys/{pk}/{dk}/traffic/control`: EnOS's flow-control notice.
+    pub fn traffic_control(&self) -> String {
+        format!("{}traffic/control", self.sys.trim_end_matches("thing/"))
+    }
+
     /// `/sys/{pk}/{dk}/thing/measurepoint/post`.
     pub fn measurepoint_post(&self) -> String {
         format!("{}measurepoint/post", self.sys)

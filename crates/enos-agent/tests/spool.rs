@@ -314,3 +314,62 @@ async fn a_sigkill_mid_stream_loses_nothing_the_local_broker_accepted() {
     agent.kill().expect("kill");
     agent.wait().expect("reaped");
 }
+
+/// #28 item 3: EnOS's traffic/control notice pauses upstream as told (answered 200), and upstream resumes, in order, once it lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traffic_control_notice_pauses_upstream_until_it_lapses() {
+    let world = World::start().await;
+    let config = world.config("");
+    let mut agent = start_agent(&config, &world.dir.path().join("agent.log"));
+    world.wait_status("connected with the local broker", |s| {
+        s["state"] == "connected" && s["local_broker_connected"] == true
+    });
+    let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
+    let sys = format!("/sys/{}/{}", GW.0, GW.1);
+    let topic = format!("{sys}/thing/measurepoint/post");
+    cloud.subscribe(&topic).await;
+    cloud
+        .subscribe(&format!("{sys}/traffic/control_reply"))
+        .await;
+    let app = TestClient::connect(world.local.addr, "app", None).await;
+
+    // Pause (rate 0) for 2 s.
+    cloud
+        .publish(
+            &format!("{sys}/traffic/control"),
+            r#"{"id":"t1","version":"1.0","params":{"rate":0,"duration":2}}"#,
+        )
+        .await;
+    let reply: serde_json::Value =
+        serde_json::from_slice(&cloud.recv_on(&format!("{sys}/traffic/control_reply")).await)
+            .expect("json");
+    assert_eq!(reply["id"], "t1");
+    assert_eq!(reply["code"], 200);
+    world.wait_status("paced", |s| s["traffic_limited"] == true);
+
+    for seq in 0..10 {
+        app.publish("gw/mp", format!(r#"{{"measurepoints":{{"seq":{seq}}}}}"#))
+            .await;
+    }
+    let during = cloud.collect_on(&topic, Duration::from_millis(800)).await;
+    assert!(
+        during.is_empty(),
+        "sent while EnOS said pause: {}",
+        during.len()
+    );
+    let s = world.wait_status("spooled meanwhile", |s| s["spool"]["messages"] == 10);
+    assert_eq!(s["traffic_notices"], 1, "{s:#}");
+
+    // Lapsed: everything goes, in order.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 10 && Instant::now() < deadline {
+        got.extend(seqs(
+            &cloud.collect_on(&topic, Duration::from_millis(300)).await,
+        ));
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    world.wait_status("no longer paced", |s| s["traffic_limited"] == false);
+    agent.kill().expect("kill");
+    agent.wait().expect("reaped");
+}
