@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p enos-agent --bench spool`. Prints messages/s and ratios;
 //! asserts nothing (speed goals are not test assertions).
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(missing_docs, clippy::print_stdout)]
 
 use std::{
     fs::OpenOptions,
@@ -94,7 +94,7 @@ fn raw(dir: &std::path::Path, policy: FsyncPolicy, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("spool");
+const TABLE: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("spool");
 
 /// redb: one transaction per message (the agent appends one at a time);
 /// `Immediate` durability per message for `always`, `None` with an
