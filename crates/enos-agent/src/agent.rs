@@ -14,6 +14,7 @@ use crate::{
     renewal, session,
     shared::Shared,
     signer::SignerClient,
+    spool::Spool,
     status::{self, AgentStatus},
     sub_device,
     topics::{DeviceTopics, DownstreamMap, MessageIds},
@@ -30,6 +31,10 @@ pub struct Agent<S> {
     signer: S,
     /// State shared by the tasks.
     shared: Arc<Shared>,
+    /// Why the spool could not be opened (the file cannot be created or
+    /// written at all; damaged content never stops the start): `run`
+    /// returns it.
+    spool_error: Option<AgentError>,
 }
 
 impl<S> std::fmt::Debug for Agent<S> {
@@ -68,6 +73,23 @@ impl<S: SignerClient> Agent<S> {
             status.send_modify(|s| s.local_broker_connected = Some(false));
         }
         let (session, _) = watch::channel(None);
+        let (spool, spool_error) = match config.spool.as_ref().map(Spool::open) {
+            None => (None, None),
+            Some(Ok((spool, report))) => {
+                tracing::info!(
+                    spool = %spool.path().display(),
+                    waiting = report.recovered,
+                    fsync = ?spool.policy(),
+                    "spool open"
+                );
+                (Some(spool), None)
+            }
+            Some(Err(e)) => (None, Some(e)),
+        };
+        let ids = match &spool {
+            Some(spool) => MessageIds::starting_at(spool.next_seq()),
+            None => MessageIds::default(),
+        };
         let shared = Arc::new(Shared {
             upstream: BoundedQueue::new(config.queue.upstream_capacity),
             downstream: BoundedQueue::new(config.queue.downstream_capacity),
@@ -77,14 +99,35 @@ impl<S: SignerClient> Agent<S> {
             topics,
             downstream_map,
             reply_routes,
-            ids: MessageIds::default(),
+            ids,
             upstream_sent: Default::default(),
             downstream_delivered: Default::default(),
+            spool,
+            acks: Default::default(),
+            eviction_log: Default::default(),
+            paced_until: Default::default(),
+            replay_bucket: Default::default(),
+            traffic: Default::default(),
+            resumed: Default::default(),
+            resume_refused: Default::default(),
+            sub_device_prefixes: config
+                .sub_devices
+                .iter()
+                .map(|d| {
+                    (
+                        format!("/sys/{}/{}/", d.product_key.as_str(), d.device_key.as_str()),
+                        d.product_key.as_str().to_owned(),
+                        d.device_key.as_str().to_owned(),
+                    )
+                })
+                .collect(),
         });
+        shared.refresh_counters();
         Agent {
             config,
             signer,
             shared,
+            spool_error,
         }
     }
 
@@ -96,6 +139,9 @@ impl<S: SignerClient> Agent<S> {
     /// Runs until `shutdown` is cancelled, then disconnects cleanly from
     /// EnOS and the local broker and writes the final status.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        if let Some(e) = self.spool_error {
+            return Err(e);
+        }
         let (enos_client, enos_loop) = session::enos_client(&self.config)?;
         let local = match &self.config.bridge {
             Some(b) => Some(bridge::local_client(b)?),
@@ -152,10 +198,46 @@ impl<S: SignerClient> Agent<S> {
                 }
             };
             let renewal = renewal::run(config, signer, shared, shutdown.clone());
-            tokio::join!(session, logins, bridge, renewal);
+            let spool_tick = spool_tick(shared, shutdown.clone());
+            tokio::join!(session, logins, bridge, renewal, spool_tick);
+            if let Some(spool) = &shared.spool {
+                if let Err(e) = spool.sync() {
+                    tracing::error!(error = %e, "could not sync the spool at shutdown");
+                }
+            }
+            shared.refresh_counters();
             status_stop.cancel();
         };
         let (status_result, ()) = tokio::join!(status_file, work);
         status_result
+    }
+}
+
+/// The spool's clock: syncs every `fsync_interval` (the batched policy's
+/// bound; under `always` it writes the moved head), and evicts what
+/// `max_age` no longer allows, until `shutdown`.
+async fn spool_tick(shared: &Shared, shutdown: CancellationToken) {
+    let Some(spool) = &shared.spool else { return };
+    let mut tick = tokio::time::interval(spool.fsync_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let evicted = spool.evict_expired(enos_domain::now_ms());
+        if evicted > 0 {
+            shared.report_evictions(evicted);
+            shared.refresh_counters();
+        }
+        match spool.sync() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot sync the spool; retrying every tick");
+            }
+            Err(_) => {}
+        }
     }
 }

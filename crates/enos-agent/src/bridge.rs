@@ -55,7 +55,14 @@ pub fn local_client(bridge: &BridgeConfig) -> Result<(AsyncClient, EventLoop), A
     let mut options = MqttOptions::new(bridge.client_id.clone(), url.host.clone(), url.port);
     options
         .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
+        // A persistent session under a stable client id: what the local
+        // broker holds for the agent while it restarts is delivered when
+        // it is back, and what it delivered but the agent did not
+        // acknowledge is delivered again.
+        .set_clean_session(false)
+        // A local publish is acknowledged once it is in the spool, on disk
+        // per the policy (or, without a spool, in the memory queue).
+        .set_manual_acks(true)
         .set_max_packet_size(256 * 1024, 256 * 1024);
     if let Some(username) = &bridge.username {
         let password = match &bridge.password_file {
@@ -98,7 +105,13 @@ pub async fn run(
     let filters = local_filters(bridge, shared);
     let mut connected = false;
     let mut client_full = false;
+    // Local publishes spooled but not yet synced: acknowledged after the
+    // sync that covers them.
+    let mut held: std::collections::VecDeque<(u64, Publish)> = Default::default();
     loop {
+        if let Some(spool) = &shared.spool {
+            release_acks(&client, &mut held, spool.synced_upto());
+        }
         if connected {
             client_full |= !shared.feed_downstream(&client);
         }
@@ -121,10 +134,21 @@ pub async fn run(
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         shared.status.send_modify(|s| s.local_broker_connected = Some(true));
                     }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => from_local(p, bridge, shared),
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        match from_local(&p, bridge, shared) {
+                            Some(seq) => held.push_back((seq, p)),
+                            None => {
+                                if let Err(e) = client.try_ack(&p) {
+                                    tracing::debug!(error = %e, "local acknowledgement not queued; the broker sends it again");
+                                }
+                            }
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         connected = false;
+                        // The broker sends them again on the next connection.
+                        held.clear();
                         shared.status.send_modify(|s| s.local_broker_connected = Some(false));
                         let delay = backoff.next_delay(FailureKind::Network);
                         tracing::warn!(broker = %bridge.local_broker, error = %e, delay_ms = delay.delay.as_millis() as u64, "local broker unavailable");
@@ -136,6 +160,7 @@ pub async fn run(
                 }
             }
             () = shared.downstream.wait_pushed(), if connected && !client_full => {}
+            () = async { if let Some(spool) = &shared.spool { spool.wait_synced().await } }, if !held.is_empty() => {}
             () = shutdown.cancelled() => {
                 if connected && client.try_disconnect().is_ok() {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -155,12 +180,32 @@ pub async fn run(
         .send_modify(|s| s.local_broker_connected = Some(false));
 }
 
-/// Turns a local message into an upstream one.
-fn from_local(p: Publish, bridge: &BridgeConfig, shared: &Shared) {
+/// Acknowledges the held local publishes the spool has synced.
+fn release_acks(
+    client: &AsyncClient,
+    held: &mut std::collections::VecDeque<(u64, Publish)>,
+    synced: u64,
+) {
+    while let Some((seq, p)) = held.front() {
+        if *seq > synced {
+            break;
+        }
+        if client.try_ack(p).is_err() {
+            // The channel is full: the next turn of the loop tries again.
+            break;
+        }
+        held.pop_front();
+    }
+}
+
+/// Turns a local message into an upstream one; `Some(seq)` when it went
+/// to the spool (acknowledge once synced that far), `None` when it may be
+/// acknowledged now (in memory, or dropped for good).
+fn from_local(p: &Publish, bridge: &BridgeConfig, shared: &Shared) -> Option<u64> {
     let topic = p.topic.as_str();
     if let Some(map) = &shared.downstream_map {
         if let Some(rest) = map.reply_rest(topic) {
-            enqueue(
+            return enqueue(
                 shared,
                 Outbound {
                     topic: shared.topics.service_reply(rest),
@@ -168,7 +213,6 @@ fn from_local(p: Publish, bridge: &BridgeConfig, shared: &Shared) {
                     qos: QoS::AtMostOnce,
                 },
             );
-            return;
         }
     }
     let Some(route) = bridge
@@ -177,11 +221,14 @@ fn from_local(p: Publish, bridge: &BridgeConfig, shared: &Shared) {
         .find(|r| crate::topics::filter_matches(topic, &r.local))
     else {
         tracing::debug!(topic, "local message with no route");
-        return;
+        return None;
     };
     match upstream_message(route, &p.payload, shared) {
         Ok(m) => enqueue(shared, m),
-        Err(reason) => tracing::warn!(topic, reason, "local message dropped"),
+        Err(reason) => {
+            tracing::warn!(topic, reason, "local message dropped");
+            None
+        }
     }
 }
 
@@ -212,14 +259,8 @@ pub fn upstream_message(
     })
 }
 
-fn enqueue(shared: &Shared, m: Outbound) {
-    if shared.upstream.push(m) {
-        tracing::warn!(
-            dropped = shared.upstream.dropped(),
-            "upstream queue full; dropped the oldest message"
-        );
-    }
-    shared.refresh_counters();
+fn enqueue(shared: &Shared, m: Outbound) -> Option<u64> {
+    shared.enqueue_upstream(m)
 }
 
 #[cfg(test)]

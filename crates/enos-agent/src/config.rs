@@ -35,6 +35,10 @@ pub struct Config {
     /// The upstream buffer used while offline.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// The crash-safe upstream spool on disk; absent keeps upstream data
+    /// in memory only (`[queue] upstream_capacity`), lost at a restart.
+    #[serde(default)]
+    pub spool: Option<SpoolConfig>,
     /// The data path to the gateway's local broker; absent means no bridge.
     #[serde(default)]
     pub bridge: Option<BridgeConfig>,
@@ -174,6 +178,40 @@ pub struct QueueConfig {
     /// Downstream messages kept while the local broker is away.
     #[serde(default = "default_downstream_capacity")]
     pub downstream_capacity: usize,
+}
+
+/// The crash-safe upstream spool (`[spool]`); see `docs/agent.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool file (one file; created with its directory).
+    pub path: PathBuf,
+    /// Bytes of undelivered messages kept; the oldest are evicted (and
+    /// counted) beyond it. The file itself stays under about twice this.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Messages older than this are evicted (and counted): data too old
+    /// to matter must not hold the newer back.
+    #[serde(default = "default_spool_max_age", with = "enos_toml::duration")]
+    pub max_age: Duration,
+    /// When appended messages reach the disk: `always` (each one) or
+    /// `batched` (every `fsync_interval`).
+    #[serde(default = "default_spool_fsync")]
+    pub fsync: crate::spool::FsyncPolicy,
+    /// The batched policy's bound on how long an append waits for its
+    /// sync; also how often a moved head is written.
+    #[serde(default = "default_spool_fsync_interval", with = "enos_toml::duration")]
+    pub fsync_interval: Duration,
+    /// Measurepoint posts held longer than this go up as
+    /// `thing.measurepoint.resume` with their original time: EnOS's path
+    /// for late data, which fires no real-time alerts.
+    #[serde(default = "default_spool_resume_after", with = "enos_toml::duration")]
+    pub resume_after: Duration,
+    /// Messages per second replayed from a backlog (those held longer than
+    /// `resume_after`); 0: no limit. Keeps a drain from crowding out the
+    /// link and EnOS's flow control.
+    #[serde(default = "default_spool_replay_rate")]
+    pub replay_rate: u32,
 }
 
 /// The bridge to the gateway's local MQTT broker.
@@ -520,6 +558,24 @@ fn default_reset_after() -> Duration {
 fn default_upstream_capacity() -> usize {
     1000
 }
+fn default_spool_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_spool_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_spool_fsync() -> crate::spool::FsyncPolicy {
+    crate::spool::FsyncPolicy::Batched
+}
+fn default_spool_fsync_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_spool_resume_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_spool_replay_rate() -> u32 {
+    500
+}
 fn default_downstream_capacity() -> usize {
     100
 }
@@ -603,6 +659,9 @@ impl Config {
         if let Some(file) = &mut self.status.file {
             resolve(file);
         }
+        if let Some(spool) = &mut self.spool {
+            resolve(&mut spool.path);
+        }
     }
 
     /// Where the status file goes without `[status] file`: `status.json`
@@ -658,6 +717,9 @@ impl Config {
         self.enos.validate()?;
         self.backoff.validate()?;
         self.queue.validate()?;
+        if let Some(spool) = &self.spool {
+            spool.validate()?;
+        }
         if let Some(bridge) = &self.bridge {
             bridge.validate()?;
         }
@@ -782,6 +844,21 @@ impl QueueConfig {
     fn validate(&self) -> Result<(), AgentError> {
         at_least_one(self.upstream_capacity as u64, "queue.upstream_capacity")?;
         at_least_one(self.downstream_capacity as u64, "queue.downstream_capacity")
+    }
+}
+
+impl SpoolConfig {
+    /// Room for a message, a sync interval, an age.
+    fn validate(&self) -> Result<(), AgentError> {
+        if self.max_bytes < 64 * 1024 {
+            return Err(AgentError::config(
+                "spool.max_bytes",
+                "at least 65536 (64 KiB): room for the largest message",
+            ));
+        }
+        nonzero(self.fsync_interval, "spool.fsync_interval")?;
+        nonzero(self.resume_after, "spool.resume_after")?;
+        nonzero(self.max_age, "spool.max_age")
     }
 }
 

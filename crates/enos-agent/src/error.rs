@@ -91,6 +91,14 @@ pub enum AgentError {
         /// What the token said.
         reason: String,
     },
+    /// The spool file could not be created, read or written.
+    #[error("spool {path}: {cause}")]
+    Spool {
+        /// The spool file.
+        path: PathBuf,
+        /// What failed, with the I/O error.
+        cause: String,
+    },
     /// A new key or its CSR could not be made.
     #[error("cannot make a new key: {0}")]
     KeyGeneration(String),

@@ -24,7 +24,8 @@
 //! | [`device_key`] | where the key is: a 0600 file, or a PKCS#11 token (`pkcs11:` URI) that signs handshakes and CSRs |
 //! | [`check`] | `enos-agent check`'s steps: the EnOS broker, a real login there, the local broker |
 //! | [`certificate`] | a certificate's validity, for the renewal schedule |
-//! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted |
+//! | [`queue`] | [`BoundedQueue`]: drop-oldest, counted (no `[spool]`) |
+//! | [`spool`] | [`spool::Spool`]: the crash-safe upstream spool, one file |
 //! | [`topics`] | EnOS topic names and the JSON envelope |
 //! | [`status`] | [`AgentStatus`] and the status file |
 //! | [`notify`] | systemd READY / WATCHDOG / STOPPING |
@@ -86,6 +87,7 @@ pub mod session;
 mod shared;
 pub mod signer;
 mod signer_channels;
+pub mod spool;
 pub mod status;
 pub mod sub_device;
 mod tls;

@@ -92,8 +92,30 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
             QoS::AtLeastOnce,
         ));
     }
+    if config.spool.is_some() {
+        // Late measurepoints go up through `resume`: their replies are
+        // checked (the gateway's and each sub-device's).
+        filters.push(SubscribeFilter::new(
+            resume_reply(
+                config.device.product_key.as_str(),
+                config.device.device_key.as_str(),
+            ),
+            QoS::AtMostOnce,
+        ));
+        for d in &config.sub_devices {
+            filters.push(SubscribeFilter::new(
+                resume_reply(d.product_key.as_str(), d.device_key.as_str()),
+                QoS::AtMostOnce,
+            ));
+        }
+    }
     filters.sort_by(|a, b| a.path.cmp(&b.path));
     filters
+}
+
+/// `/sys/{pk}/{dk}/thing/measurepoint/resume_reply`.
+fn resume_reply(pk: &str, dk: &str) -> String {
+    format!("/sys/{pk}/{dk}/thing/measurepoint/resume_reply")
 }
 
 /// Runs the connect loop until `shutdown`, then sends DISCONNECT.
@@ -202,6 +224,9 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
             self.connected(&credential);
             let ended = self.serve(activation).await;
             self.shared.session.send_replace(None);
+            if !matches!(ended, Ended::Shutdown) {
+                self.shared.on_connection_lost();
+            }
             self.shared.refresh_counters();
             match ended {
                 Ended::Shutdown => {
@@ -337,10 +362,10 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         tracing::info!(
             "activation handed over: the device secret is in the signer's custody; reconnecting with it"
         );
-        if let Err(e) = self.client.try_publish(
+        if let Err(e) = self.shared.publish_other(
+            &self.client,
             self.shared.topics.activate_info_reply(),
             QoS::AtLeastOnce,
-            false,
             crate::activation::reply_payload(reply_id),
         ) {
             tracing::warn!(error = %e, "could not queue the activation reply");
@@ -349,6 +374,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         disconnect(&self.client, &mut self.eventloop, self.shared).await;
         // Drop the connection so that the next poll connects anew.
         self.eventloop.clean();
+        self.shared.on_connection_lost();
         self.cache = CredentialCache::new();
         self.backoff.reset();
         // One update: the activation connection is gone, so a watcher
@@ -417,7 +443,27 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                                 tracing::info!("activation push repeated while handing over; ignored");
                             }
                         }
+                        Ok(Event::Incoming(Incoming::Publish(p)))
+                            if p.topic == shared.topics.traffic_control() =>
+                        {
+                            match shared.on_traffic_control(&p.payload) {
+                                Some(id) => {
+                                    let reply = serde_json::json!({"id": id, "code": 200, "data": {}});
+                                    if let Err(e) = shared.publish_other(
+                                        &self.client,
+                                        format!("{}_reply", p.topic),
+                                        QoS::AtMostOnce,
+                                        reply.to_string().into_bytes(),
+                                    ) {
+                                        tracing::warn!(error = %e, "could not answer traffic/control");
+                                    }
+                                }
+                                None => tracing::warn!("unparsable traffic/control notice ignored"),
+                            }
+                        }
                         Ok(Event::Incoming(Incoming::Publish(p))) => route_incoming(p, shared),
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
+                        Ok(Event::Incoming(Incoming::PubAck(ack))) => shared.on_puback(ack.pkid),
                         Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                             if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
                                 tracing::warn!(pkid = ack.pkid, "EnOS refused some subscriptions");
@@ -440,7 +486,7 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                         }
                     }
                 }
-                () = shared.upstream.wait_pushed(), if !client_full => {}
+                () = shared.wait_upstream(), if !client_full => {}
                 () = self.shutdown.cancelled() => return Ended::Shutdown,
             }
         }
@@ -542,6 +588,10 @@ fn route_incoming(p: Publish, shared: &Shared) {
         }
         return;
     }
+    if topic.ends_with("/thing/measurepoint/resume_reply") {
+        shared.on_resume_reply(topic, &p.payload);
+        return;
+    }
     if let Some(locals) = shared.reply_routes.get(topic) {
         for local in locals {
             push_downstream(shared, local.clone(), p.payload.to_vec());
@@ -570,12 +620,22 @@ fn push_downstream(shared: &Shared, topic: String, payload: Vec<u8>) {
 /// it is out (bounded by [`DISCONNECT_GRACE`]).
 async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, shared: &Shared) {
     let drained = async {
+        // With a spool, what waits stays there for the next start: only
+        // what is in flight is given the chance to be acknowledged.
         loop {
-            if shared.feed_upstream(client) && shared.upstream.is_empty() {
+            let fed = shared.feed_upstream(client);
+            let done = match &shared.spool {
+                Some(spool) => spool.in_flight() == 0,
+                None => fed && shared.upstream.is_empty(),
+            };
+            if done {
                 break;
             }
-            if eventloop.poll().await.is_err() {
-                return;
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
+                Ok(Event::Incoming(Incoming::PubAck(ack))) => shared.on_puback(ack.pkid),
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
         if client.try_disconnect().is_err() {

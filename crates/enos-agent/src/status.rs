@@ -161,6 +161,38 @@ pub struct AgentStatus {
     pub activation: Option<ActivationState>,
     /// The device certificate and its renewal; `None` until it was read.
     pub certificate: Option<CertificateStatus>,
+    /// The disk spool's counters; `None` without `[spool]`.
+    pub spool: Option<SpoolStatus>,
+    /// Whether an EnOS flow-control notice (`traffic/control`) paces
+    /// upstream now.
+    pub traffic_limited: bool,
+    /// Flow-control notices received since start.
+    pub traffic_notices: u64,
+}
+
+/// The disk spool, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolStatus {
+    /// The spool file, so the operator knows what to look at.
+    pub path: String,
+    /// Messages waiting for EnOS's acknowledgement.
+    pub messages: u64,
+    /// Their bytes in the file: how close `max_bytes` is.
+    pub bytes: u64,
+    /// Messages evicted by `max_bytes` / `max_age` since start: data lost,
+    /// counted so that nobody has to guess.
+    pub evicted: u64,
+    /// Messages spooled since start.
+    pub appended: u64,
+    /// Messages EnOS acknowledged since start.
+    pub delivered: u64,
+    /// Messages sent again after a connection dropped before their
+    /// acknowledgement: the upper bound on duplicates EnOS saw.
+    pub resent: u64,
+    /// Late measurepoints sent through `thing.measurepoint.resume`.
+    pub resumed: u64,
+    /// `resume` replies with a code other than 200 (each logged).
+    pub resume_refused: u64,
 }
 
 impl AgentStatus {
@@ -188,6 +220,9 @@ impl AgentStatus {
             sub_devices: Vec::new(),
             activation: None,
             certificate: None,
+            spool: None,
+            traffic_limited: false,
+            traffic_notices: 0,
         }
     }
 

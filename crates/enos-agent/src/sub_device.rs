@@ -237,10 +237,17 @@ async fn request(
         .insert(id.clone(), tx);
     // The params carry signs: they go to the broker and nowhere else.
     let payload = envelope(&id, method, params);
-    if let Err(e) = client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
-    {
+    // Through `publish_other`, which keeps the spool's acknowledgement
+    // order; the client's channel is small, so a full one is waited out.
+    let mut queued = shared.publish_other(client, topic.clone(), QoS::AtLeastOnce, payload.clone());
+    for _ in 0..50 {
+        if !matches!(queued, Err(rumqttc::ClientError::TryRequest(_))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        queued = shared.publish_other(client, topic.clone(), QoS::AtLeastOnce, payload.clone());
+    }
+    if let Err(e) = queued {
         tracing::warn!(method, error = %e, "could not queue the request");
     }
     let reply = tokio::time::timeout(timeout, rx)

@@ -66,6 +66,11 @@ impl DeviceTopics {
         format!("{}combine/login/batch_reply", self.session)
     }
 
+    /// `/sys/{pk}/{dk}/traffic/control`: EnOS's flow-control notice.
+    pub fn traffic_control(&self) -> String {
+        format!("{}traffic/control", self.sys.trim_end_matches("thing/"))
+    }
+
     /// `/sys/{pk}/{dk}/thing/measurepoint/post`.
     pub fn measurepoint_post(&self) -> String {
         format!("{}measurepoint/post", self.sys)
@@ -168,6 +173,12 @@ pub struct MessageIds(
 );
 
 impl MessageIds {
+    /// Ids from `first` on: with a spool, its next sequence number, so an
+    /// id never repeats one a spooled message still carries.
+    pub fn starting_at(first: u64) -> Self {
+        MessageIds(AtomicU64::new(first.saturating_sub(1)))
+    }
+
     /// The next id, as EnOS expects it: a string.
     pub fn next(&self) -> String {
         (self.0.fetch_add(1, Ordering::Relaxed) + 1).to_string()

@@ -7,6 +7,14 @@
 //! | `/ext/session/{gwPk}/{gwDk}/combine/login/batch` | `combine.login.batch` | 200 when well-formed (each entry judged as a `combine.login`, the failed ones listed), 460 bad params (nothing logged in) |
 //! | `/ext/session/{gwPk}/{gwDk}/combine/logout` | `combine.logout` | 200, 460, 705, 740, 404 not online through this gateway |
 //! | `/sys/{pk}/{dk}/thing/measurepoint/post` | `thing.measurepoint.post` | 200, 460 bad JSON, 705 unknown device |
+//! | `/sys/{pk}/{dk}/thing/measurepoint/resume` | `thing.measurepoint.resume` | 200, 460 bad JSON or no `params.time` (the original timestamp), 705 unknown device, 460 an offline sub-device |
+//! | `/sys/{pk}/{dk}/thing/measurepoint/resume/batch` | `thing.measurepoint.resume.batch` | 200, 460 `params` not a list of `{productKey?, deviceKey?, measurepoints, time}`, 705 an unknown device, 460 an offline sub-device unless `allowOfflineSubDevice: true` |
+//!
+//! Late data (resume) is EnOS's path for measurepoints that arrive after
+//! an outage: stored at their original `time`, no real-time alerts. A
+//! sub-device's data is refused while it is not logged in through its
+//! gateway (`combine.login`); `resume.batch` takes it with
+//! `allowOfflineSubDevice: true`.
 //!
 //! The reply goes to the request topic with `_reply` appended:
 //! `{"id": <request id>, "code": 200, "data": {...}, "message": "..."}`.
@@ -37,11 +45,13 @@ use crate::sub_devices::SubDeviceSessions;
 use crate::{auth::Authenticator, devices::DeviceId};
 
 /// The topic filters the responder subscribes to.
-pub const REQUEST_FILTERS: [&str; 4] = [
+pub const REQUEST_FILTERS: [&str; 6] = [
     "/ext/session/+/+/combine/login",
     "/ext/session/+/+/combine/login/batch",
     "/ext/session/+/+/combine/logout",
     "/sys/+/+/thing/measurepoint/post",
+    "/sys/+/+/thing/measurepoint/resume",
+    "/sys/+/+/thing/measurepoint/resume/batch",
 ];
 
 /// EnOS reply codes the sandbox sends.
@@ -87,6 +97,11 @@ enum Request {
     Logout(DeviceId),
     /// `thing.measurepoint.post` for this device.
     MeasurepointPost(DeviceId),
+    /// `thing.measurepoint.resume` for this device.
+    MeasurepointResume(DeviceId),
+    /// `thing.measurepoint.resume.batch` by this device (a gateway for
+    /// itself and its sub-devices).
+    MeasurepointResumeBatch(DeviceId),
 }
 
 /// An outcome: code, data and message.
@@ -161,6 +176,10 @@ impl Responder {
                 Request::LoginBatch(gateway) => self.login_batch(gateway, &body, now),
                 Request::Logout(gateway) => self.logout(gateway, &body),
                 Request::MeasurepointPost(device) => self.measurepoint_post(device, &body),
+                Request::MeasurepointResume(device) => self.measurepoint_resume(device, &body),
+                Request::MeasurepointResumeBatch(device) => {
+                    self.measurepoint_resume_batch(device, &body)
+                }
             },
         };
         let (what, device) = match &request {
@@ -168,6 +187,8 @@ impl Responder {
             Request::LoginBatch(d) => ("combine.login.batch", d),
             Request::Logout(d) => ("combine.logout", d),
             Request::MeasurepointPost(d) => ("thing.measurepoint.post", d),
+            Request::MeasurepointResume(d) => ("thing.measurepoint.resume", d),
+            Request::MeasurepointResumeBatch(d) => ("thing.measurepoint.resume.batch", d),
         };
         info!(
             request = what,
@@ -363,6 +384,113 @@ impl Responder {
     }
 }
 
+impl Responder {
+    /// One device's late measurepoints: `measurepoints` and the original
+    /// `time`; the device known and, for a sub-device, logged in through
+    /// its gateway unless `allow_offline`.
+    fn resumed_entry(
+        &self,
+        device: &DeviceId,
+        entry: &serde_json::Map<String, Value>,
+        allow_offline: bool,
+    ) -> Result<(), Outcome> {
+        if !entry.get("measurepoints").is_some_and(Value::is_object) {
+            return Err(Outcome::fail(
+                code::BAD_PARAMETER,
+                "measurepoints must be an object",
+            ));
+        }
+        if !entry.get("time").is_some_and(Value::is_u64) {
+            return Err(Outcome::fail(
+                code::BAD_PARAMETER,
+                "time (the original timestamp, ms) is required to resume",
+            ));
+        }
+        let store = self.auth.store().current();
+        let Some(known) = store.get(device) else {
+            return Err(Outcome::fail(
+                code::DEVICE_NOT_FOUND,
+                format!("device {device} not found"),
+            ));
+        };
+        if let Some(gateway) = &known.gateway {
+            if !allow_offline && !self.online.is_online(gateway, device) {
+                return Err(Outcome::fail(
+                    code::BAD_PARAMETER,
+                    format!("sub-device {device} is offline"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn measurepoint_resume(&self, device: &DeviceId, body: &Value) -> Outcome {
+        if let Err(message) = expect_method(body, "thing.measurepoint.resume") {
+            return Outcome::fail(code::BAD_PARAMETER, message);
+        }
+        let p = match params(body) {
+            Ok(p) => p,
+            Err(message) => return Outcome::fail(code::BAD_PARAMETER, message),
+        };
+        match self.resumed_entry(device, p, false) {
+            Ok(()) => Outcome::ok(json!({})),
+            Err(outcome) => outcome,
+        }
+    }
+
+    fn measurepoint_resume_batch(&self, device: &DeviceId, body: &Value) -> Outcome {
+        if let Err(message) = expect_method(body, "thing.measurepoint.resume.batch") {
+            return Outcome::fail(code::BAD_PARAMETER, message);
+        }
+        let Some(entries) = body.get("params").and_then(Value::as_array) else {
+            return Outcome::fail(code::BAD_PARAMETER, "params must be a list");
+        };
+        let flag = |name: &str| {
+            body.get(name)
+                .or_else(|| body.get("params").and_then(|p| p.get(name)))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let allow_offline = flag("allowOfflineSubDevice");
+        for entry in entries {
+            let Some(entry) = entry.as_object() else {
+                return Outcome::fail(code::BAD_PARAMETER, "each entry must be an object");
+            };
+            let target = match (
+                entry.get("productKey").and_then(Value::as_str),
+                entry.get("deviceKey").and_then(Value::as_str),
+            ) {
+                (Some(pk), Some(dk)) => match (ProductKey::new(pk), DeviceKey::new(dk)) {
+                    (Ok(pk), Ok(dk)) => DeviceId::new(pk, dk),
+                    _ => {
+                        return Outcome::fail(
+                            code::BAD_PARAMETER,
+                            "invalid productKey or deviceKey",
+                        );
+                    }
+                },
+                _ => device.clone(),
+            };
+            if &target != device {
+                // Only the gateway's own sub-devices.
+                let store = self.auth.store().current();
+                if store.get(&target).and_then(|d| d.gateway.as_ref()) != Some(device)
+                    && store.get(&target).is_some()
+                {
+                    return Outcome::fail(
+                        code::NOT_A_SUB_DEVICE,
+                        format!("{target} is not a sub-device of {device}"),
+                    );
+                }
+            }
+            if let Err(outcome) = self.resumed_entry(&target, entry, allow_offline) {
+                return outcome;
+            }
+        }
+        Outcome::ok(json!({}))
+    }
+}
+
 /// `combine.login` params: the signed fields, the method and the sign.
 /// `secureMode` and `cleanSession` are not signed and not checked.
 struct LoginParams {
@@ -492,6 +620,19 @@ fn parse_topic(topic: &str) -> Option<Request> {
         ["", "sys", pk, dk, "thing", "measurepoint", "post"] => {
             id(pk, dk).map(Request::MeasurepointPost)
         }
+        ["", "sys", pk, dk, "thing", "measurepoint", "resume"] => {
+            id(pk, dk).map(Request::MeasurepointResume)
+        }
+        [
+            "",
+            "sys",
+            pk,
+            dk,
+            "thing",
+            "measurepoint",
+            "resume",
+            "batch",
+        ] => id(pk, dk).map(Request::MeasurepointResumeBatch),
         _ => None,
     }
 }
@@ -726,6 +867,65 @@ mod tests {
         online.log_out(&gw1, &other);
         let got = reply(&mut r, GW1_LOGIN, &login_body("sub1", "sub-secret", NOW));
         assert_eq!(got["code"], 200, "{got}");
+    }
+
+    /// #28 item 5: the sandbox answers measurepoint resume and resume.batch as EnOS documents them, refusing data of offline sub-devices.
+    #[test]
+    fn measurepoint_resume_codes() {
+        let (_dir, mut r) = responder();
+        let one = br#"{"id":"7","version":"1.0","method":"thing.measurepoint.resume","params":{"measurepoints":{"temp":21.5},"time":1700000000000}}"#;
+        assert_eq!(
+            reply(&mut r, "/sys/gwpk/gw1/thing/measurepoint/resume", one),
+            json!({"id": "7", "code": 200, "data": {}, "message": ""})
+        );
+        assert_eq!(
+            reply(&mut r, "/sys/gwpk/nobody/thing/measurepoint/resume", one)["code"],
+            705
+        );
+        let no_time = br#"{"id":"8","method":"thing.measurepoint.resume","params":{"measurepoints":{"temp":1}}}"#;
+        assert_eq!(
+            reply(&mut r, "/sys/gwpk/gw1/thing/measurepoint/resume", no_time)["code"],
+            460
+        );
+        // A sub-device's data while it is offline: refused.
+        assert_eq!(
+            reply(&mut r, "/sys/subpk/sub1/thing/measurepoint/resume", one)["code"],
+            460
+        );
+        let batch = |allow: bool| {
+            json!({
+                "id": "9", "version": "1.0", "method": "thing.measurepoint.resume.batch",
+                "allowOfflineSubDevice": allow,
+                "params": [
+                    {"measurepoints": {"temp": 1}, "time": 1},
+                    {"productKey": "subpk", "deviceKey": "sub1", "measurepoints": {"temp": 2}, "time": 2},
+                ],
+            })
+            .to_string()
+            .into_bytes()
+        };
+        let topic = "/sys/gwpk/gw1/thing/measurepoint/resume/batch";
+        assert_eq!(reply(&mut r, topic, &batch(false))["code"], 460);
+        assert_eq!(reply(&mut r, topic, &batch(true))["code"], 200);
+        // Logged in: taken without the flag.
+        assert_eq!(
+            reply(&mut r, GW1_LOGIN, &login_body("sub1", "sub-secret", NOW))["code"],
+            200
+        );
+        assert_eq!(reply(&mut r, topic, &batch(false))["code"], 200);
+        assert_eq!(
+            reply(&mut r, "/sys/subpk/sub1/thing/measurepoint/resume", one)["code"],
+            200
+        );
+        // Another gateway's sub-device.
+        assert_eq!(
+            reply(
+                &mut r,
+                "/sys/gwpk/gw2/thing/measurepoint/resume/batch",
+                &batch(true)
+            )["code"],
+            740
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | downstream topic | what |
 //! |---|---|
 //! | `/sys/{pk}/{dk}/thing/service/{id}` (not `…_reply`) | service calls, `measurepoint/set` |
+//! | `/sys/{pk}/{dk}/traffic/control` | EnOS's flow-control notice (the console publishes it in tests) |
 //! | `/ext/session/{pk}/{dk}/thing/activate/info` | the dynamic activation push |
 //! | `/ext/session/{pk}/{dk}/combine/{x}` (not `login`, `login/batch`, `logout`, `…_reply`) | pushes to a gateway |
 
@@ -47,9 +48,10 @@ pub(crate) fn is_downstream(topic: &str) -> bool {
         return false;
     }
     if topic.starts_with("/sys/") {
-        return rest
-            .strip_prefix("thing/service/")
-            .is_some_and(|id| !id.is_empty());
+        return rest == "traffic/control"
+            || rest
+                .strip_prefix("thing/service/")
+                .is_some_and(|id| !id.is_empty());
     }
     if rest == "thing/activate/info" {
         return true;
@@ -146,11 +148,14 @@ mod tests {
             "/sys/pk/dk/thing/service/measurepoint/set",
             "/ext/session/pk/dk/thing/activate/info",
             "/ext/session/pk/dk/combine/disable",
+            // #28 item 5: EnOS's flow-control notice reaches the device unasked.
+            "/sys/pk/dk/traffic/control",
         ] {
             assert!(is_downstream(down), "{down}");
         }
         for up in [
             "/sys/pk/dk/thing/service/restart_reply",
+            "/sys/pk/dk/traffic/control_reply",
             "/sys/pk/dk/thing/measurepoint/post",
             "/sys/pk/dk/thing/measurepoint/post_reply",
             "/sys/pk/dk/thing/service/",
