@@ -39,22 +39,33 @@ const FAKE_TOKEN: &str = "enr1_Zm9yZ2VkLXRva2VuLW5ldmVyLXNlbnQtYW55d2hlcmU";
 
 /// An agent config for `pk/dk` with its pair in `dir`.
 fn write_config(dir: &Path, endpoint: &str, ca: &Path, extra: &str) -> (PathBuf, PairPaths) {
+    let key = dir.join("device.key").display().to_string();
+    write_config_with_key(dir, endpoint, ca, &key, extra)
+}
+
+/// [`write_config`] with `[signer] key` = `key` (a file or a `pkcs11:` URI).
+fn write_config_with_key(
+    dir: &Path,
+    endpoint: &str,
+    ca: &Path,
+    key: &str,
+    extra: &str,
+) -> (PathBuf, PairPaths) {
     let pair = PairPaths {
         cert: dir.join("device.pem"),
-        key: enos_agent::device_key::KeyLocation::File(dir.join("device.key")),
+        key: enos_agent::device_key::KeyLocation::parse(key).expect("a key location"),
     };
     let path = dir.join("agent.toml");
     std::fs::write(
         &path,
         format!(
             "[device]\nproduct_key = \"{PK}\"\ndevice_key = \"{DK}\"\n\n\
-             [signer]\nendpoints = [\"{endpoint}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [signer]\nendpoints = [\"{endpoint}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key}\"\n\
              connect_timeout = \"1s\"\nrequest_timeout = \"3s\"\n\n\
              [enos]\nbroker = \"tcp://127.0.0.1:1\"\n\n\
              [backoff]\nmin = \"50ms\"\nmax = \"500ms\"\n\n{extra}",
             ca.display(),
             pair.cert.display(),
-            pair.key,
         ),
     )
     .expect("write config");
@@ -362,14 +373,35 @@ async fn a_token_for_another_device_is_refused_and_nothing_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
-    init();
     let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("device.key").display().to_string();
+    enroll_then_renew_under_mqtts(dir.path(), &key, |enrolled, pair| {
+        assert!(enrolled.contains("mode 0600"), "{enrolled}");
+        assert!(!pair.candidate_key_file().expect("a key file").exists());
+    })
+    .await;
+}
+
+/// Enrolls with `[signer] key` = `key`, runs the agent over MQTTS (the
+/// broker trusting the signer's device CA) with the same pair, and
+/// checks: a renewal of the 12 s certificate under the live session (one
+/// connect), a new certificate for a new key, the signer channel on the
+/// new pair, and — past the first certificate's expiry — a restarted
+/// broker accepting the renewed one. `after_renewal` adds the checks of
+/// one key kind (given `enroll`'s output and the pair).
+async fn enroll_then_renew_under_mqtts(
+    dir: &Path,
+    key: &str,
+    after_renewal: impl FnOnce(&str, &PairPaths),
+) {
+    init();
     // Short-lived certificates: renewed at 50 % ± 10 % of 12 s.
-    let ca = ca_signer(&dir.path().join("signer"), Duration::from_secs(12)).await;
-    let (config_file, pair) = write_config(
-        dir.path(),
+    let ca = ca_signer(&dir.join("signer"), Duration::from_secs(12)).await;
+    let (config_file, pair) = write_config_with_key(
+        dir,
         &ca.signer.uri(),
         &ca.server_ca,
+        key,
         "[renewal]\nat = 0.5\njitter = 0.1\n",
     );
     let token = ca.token(PK, DK).await;
@@ -377,10 +409,11 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
         &config_file,
         &ca.enroll_uri,
         &ca.server_ca,
-        &token_file(dir.path(), &token, 0o600),
+        &token_file(dir, &token, 0o600),
         false,
     );
-    assert!(out.status.success(), "{:?}", text(&out));
+    let (enrolled, stderr) = text(&out);
+    assert!(out.status.success(), "{enrolled}{stderr}");
     let first = serial_of(&pair);
 
     // EnOS over MQTTS with the same pair: the broker trusts the signer's CA.
@@ -390,25 +423,22 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
         .map(|i| chain[i..].to_owned())
         .expect("the CA in the chain");
     let server_ca_pem = std::fs::read_to_string(&ca.server_ca).expect("server ca");
-    let broker_clients = support::ca::bundle(
-        dir.path(),
-        "broker-clients.pem",
-        &[&server_ca_pem, &device_ca],
-    );
-    let devices = dir.path().join("devices.csv");
+    let broker_clients =
+        support::ca::bundle(dir, "broker-clients.pem", &[&server_ca_pem, &device_ca]);
+    let devices = dir.join("devices.csv");
     write_devices(&devices, &[DeviceRow::new(PK, DK, SECRET)]);
     let broker_pki = Pki::new("broker").expect("pki");
     let broker = broker_pki
         .server(&[])
         .expect("broker cert")
-        .write(dir.path(), "broker")
+        .write(dir, "broker")
         .expect("write");
     let mut sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
         .tls(&broker_clients, &broker.cert, &broker.key)
-        .console(CONSOLE.0, console_password_file(dir.path()))
+        .console(CONSOLE.0, console_password_file(dir))
         .start()
         .expect("sandbox");
-    let broker_ca_dir = dir.path().join("broker-ca");
+    let broker_ca_dir = dir.join("broker-ca");
     std::fs::create_dir_all(&broker_ca_dir).expect("dir");
     let broker_ca = broker_pki.write_ca(&broker_ca_dir).expect("ca");
     let toml = std::fs::read_to_string(&config_file)
@@ -416,11 +446,10 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
         .replace(
             "broker = \"tcp://127.0.0.1:1\"\n",
             &format!(
-                "broker = \"ssl://{}\"\nconnect_timeout = \"2s\"\n\n[enos.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                "broker = \"ssl://{}\"\nconnect_timeout = \"2s\"\n\n[enos.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key}\"\n",
                 sandbox.tls_addr().expect("tls"),
                 broker_ca.display(),
                 pair.cert.display(),
-                pair.key
             ),
         );
     let config = config(&toml);
@@ -442,12 +471,11 @@ async fn run_renews_before_expiry_and_both_connections_use_the_new_pair() {
     let second = serial_of(&pair);
     assert_ne!(second.0, first.0, "a new certificate");
     assert_ne!(second.1, first.1, "for a new key");
-    assert!(
-        !pair.candidate_key_file().expect("a key file").exists() && !pair.candidate_cert().exists()
-    );
+    assert!(!pair.candidate_cert().exists());
     // The live MQTT session was not dropped for it.
     assert_eq!(s.connects, 1, "{s:#?}");
     assert_eq!(s.network_failures + s.refusals, 0, "{s:#?}");
+    after_renewal(&enrolled, &pair);
 
     // The signer channel uses the new pair at its next call.
     let client = GrpcSigner::new(&config.signer, &config.device).expect("client");
@@ -630,142 +658,33 @@ fn a_gateway_key_in_a_pkcs11_token_enrolls_renews_and_signs_both_connections() {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(token_key_loop(hsm.device_key_uri("enos-device")));
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = hsm.device_key_uri("enos-device");
+            runtime.block_on(enroll_then_renew_under_mqtts(
+                dir.path(),
+                &key,
+                |enrolled, pair| {
+                    assert!(
+                        enrolled.contains("made a new P-256 key in token \"gateway\""),
+                        "{enrolled}"
+                    );
+                    assert!(
+                        !dir.path().join("device.key").exists(),
+                        "no key file is written"
+                    );
+                    let enos_agent::device_key::KeyLocation::Token(uri) = &pair.key else {
+                        panic!("a token key")
+                    };
+                    let token = enos_agent::device_key::token(uri).expect("the agent's token");
+                    assert_eq!(
+                        token.pair_count().expect("count"),
+                        1,
+                        "the old pair is removed once the new certificate is promoted"
+                    );
+                    enos_agent::pair::check_pair(pair)
+                        .expect("the certificate's key is in the token");
+                },
+            ));
         },
     );
-}
-
-async fn token_key_loop(key_uri: String) {
-    init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ca_signer(&dir.path().join("signer"), Duration::from_secs(12)).await;
-    let cert = dir.path().join("device.pem");
-    let broker_pki = Pki::new("broker").expect("pki");
-    let broker = broker_pki
-        .server(&[])
-        .expect("broker cert")
-        .write(dir.path(), "broker")
-        .expect("write");
-    let broker_ca_dir = dir.path().join("broker-ca");
-    std::fs::create_dir_all(&broker_ca_dir).expect("dir");
-    let broker_ca = broker_pki.write_ca(&broker_ca_dir).expect("ca");
-    let config_file = dir.path().join("agent.toml");
-    let write = |broker_line: &str| {
-        std::fs::write(
-            &config_file,
-            format!(
-                "[device]\nproduct_key = \"{PK}\"\ndevice_key = \"{DK}\"\n\n\
-                 [signer]\nendpoints = [\"{}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key_uri}\"\n\
-                 connect_timeout = \"1s\"\nrequest_timeout = \"3s\"\n\n\
-                 [enos]\n{broker_line}\n\n\
-                 [backoff]\nmin = \"50ms\"\nmax = \"500ms\"\n\n[renewal]\nat = 0.5\njitter = 0.1\n",
-                ca.signer.uri(),
-                ca.server_ca.display(),
-                cert.display(),
-            ),
-        )
-        .expect("write config");
-    };
-    write("broker = \"tcp://127.0.0.1:1\"");
-    let token = ca.token(PK, DK).await;
-    let out = enroll(
-        &config_file,
-        &ca.enroll_uri,
-        &ca.server_ca,
-        &token_file(dir.path(), &token, 0o600),
-        false,
-    );
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("made a new P-256 key in token \"gateway\""),
-        "{stdout}"
-    );
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains("key") && !name.contains("broker"))
-        .collect();
-    assert!(left.is_empty(), "no key file is written: {left:?}");
-    let pair = PairPaths {
-        cert: cert.clone(),
-        key: enos_agent::device_key::KeyLocation::parse(&key_uri).expect("uri"),
-    };
-    let first = serial_of(&pair);
-
-    // EnOS over MQTTS, its handshake signed in the token too.
-    let chain = std::fs::read_to_string(&cert).expect("chain");
-    let device_ca = chain
-        .rfind("-----BEGIN CERTIFICATE-----")
-        .map(|i| chain[i..].to_owned())
-        .expect("the CA in the chain");
-    let server_ca_pem = std::fs::read_to_string(&ca.server_ca).expect("server ca");
-    let broker_clients = support::ca::bundle(
-        dir.path(),
-        "broker-clients.pem",
-        &[&server_ca_pem, &device_ca],
-    );
-    let devices = dir.path().join("devices.csv");
-    write_devices(&devices, &[DeviceRow::new(PK, DK, SECRET)]);
-    let mut sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox"), &devices)
-        .tls(&broker_clients, &broker.cert, &broker.key)
-        .console(CONSOLE.0, console_password_file(dir.path()))
-        .start()
-        .expect("sandbox");
-    write(&format!(
-        "broker = \"ssl://{}\"\nconnect_timeout = \"2s\"\n\n[enos.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{key_uri}\"",
-        sandbox.tls_addr().expect("tls"),
-        broker_ca.display(),
-        cert.display(),
-    ));
-    let config = enos_agent::Config::load(&config_file).expect("config");
-    let signer = GrpcSigner::new(&config.signer, &config.device).expect("client");
-    signer
-        .issue_mqtt_credential()
-        .await
-        .expect("the signer accepts the token-signed handshake");
-    let agent = Agent::new(config.clone(), signer);
-    let mut status = agent.status();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(agent.run(shutdown.clone()));
-    wait_status(&mut status, "connected", |s| s.connects == 1).await;
-
-    let renewed = |s: &AgentStatus| s.certificate.as_ref().is_some_and(|c| c.renewals >= 1);
-    let s = tokio::time::timeout(Duration::from_secs(20), status.wait_for(renewed))
-        .await
-        .expect("renewed in time")
-        .expect("status")
-        .clone();
-    let c = s.certificate.clone().expect("certificate");
-    assert_eq!(c.last_renewal_error, None, "{c:#?}");
-    let second = serial_of(&pair);
-    assert_ne!(second.0, first.0, "a new certificate");
-    assert_ne!(second.1, first.1, "for a new key");
-    assert!(!pair.candidate_cert().exists());
-    assert_eq!(s.connects, 1, "{s:#?}");
-    let enos_agent::device_key::KeyLocation::Token(uri) = &pair.key else {
-        panic!("a token key")
-    };
-    let token = enos_agent::device_key::token(uri).expect("the agent's token");
-    assert_eq!(
-        token.pair_count().expect("count"),
-        1,
-        "the old pair is removed once the new certificate is promoted"
-    );
-    enos_agent::pair::check_pair(&pair).expect("the certificate's key is in the token");
-
-    // Past the first certificate's expiry, a new MQTTS connection presents
-    // the renewed certificate, signed in the token.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    sandbox.restart().expect("restart");
-    wait_status(&mut status, "reconnected with the renewed pair", |s| {
-        s.connects == 2
-    })
-    .await;
-    shutdown.cancel();
-    tokio::time::timeout(SOON, task)
-        .await
-        .expect("stops")
-        .expect("task")
-        .expect("run");
 }
