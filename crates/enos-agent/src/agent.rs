@@ -79,7 +79,7 @@ impl<S: SignerClient> Agent<S> {
                 tracing::info!(
                     spool = %spool.path().display(),
                     waiting = report.recovered,
-                    fsync = ?spool.policy(),
+                    fsync = %spool.policy(),
                     "spool open"
                 );
                 (Some(spool), None)

@@ -116,6 +116,16 @@ pub enum FsyncPolicy {
     Batched,
 }
 
+impl std::fmt::Display for FsyncPolicy {
+    /// The config's spelling, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Batched => "batched",
+        })
+    }
+}
+
 /// A spooled message, as read back.
 #[derive(Debug, Clone)]
 pub struct Spooled {
