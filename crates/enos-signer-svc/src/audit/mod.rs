@@ -125,6 +125,18 @@ pub fn identity_name(identity: Option<&PeerIdentity>) -> String {
     identity.map_or_else(|| "unauthenticated".to_owned(), PeerIdentity::to_string)
 }
 
+/// The device an identity is, `productKey/deviceKey`, for a record's
+/// device field; `None` for an admin.
+pub fn device_of(identity: &PeerIdentity) -> Option<String> {
+    match identity {
+        PeerIdentity::Device {
+            product_key,
+            device_key,
+        } => Some(format!("{product_key}/{device_key}")),
+        PeerIdentity::Admin { .. } => None,
+    }
+}
+
 impl AuditRecord {
     /// A record of `event` by `identity` about `device` (if any), made
     /// now; the issuance fields are left for an issuance to fill in.

@@ -92,23 +92,9 @@ impl Certificates for CertificatesService {
         request: Request<v1::RenewCertificateRequest>,
     ) -> Result<Response<v1::IssuedCertificate>, Status> {
         let started = Instant::now();
-        let (identity, serial) = match self.state.identify(&request).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.state.refused(RPC, None, &e, None);
-                self.state
-                    .metrics
-                    .issuance(RPC, outcome_name(Some(e.code())), started.elapsed());
-                return Err(e.into());
-            }
-        };
-        let device = match &identity {
-            PeerIdentity::Device {
-                product_key,
-                device_key,
-            } => Some(format!("{product_key}/{device_key}")),
-            PeerIdentity::Admin { .. } => None,
-        };
+        let found = self.state.identify(&request).await;
+        let (identity, serial) = self.state.identified(RPC, found, started)?;
+        let device = crate::audit::device_of(&identity);
         let mut record = AuditRecord::new(RPC, Some(&identity), device.clone(), "");
         record.detail = Some(format!("renews {serial}"));
         let result = self

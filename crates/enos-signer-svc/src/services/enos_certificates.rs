@@ -199,23 +199,8 @@ impl EnosCertificatesService {
         renews: Option<&str>,
     ) -> Result<Response<v1::EnosCertificate>, Status> {
         let started = Instant::now();
-        let identity = match identity {
-            Ok((identity, _)) => identity,
-            Err(e) => {
-                self.state.refused(rpc, None, &e, None);
-                self.state
-                    .metrics
-                    .issuance(rpc, outcome_name(Some(e.code())), started.elapsed());
-                return Err(e.into());
-            }
-        };
-        let device = match &identity {
-            PeerIdentity::Device {
-                product_key,
-                device_key,
-            } => Some(format!("{product_key}/{device_key}")),
-            PeerIdentity::Admin { .. } => None,
-        };
+        let (identity, _) = self.state.identified(rpc, identity, started)?;
+        let device = crate::audit::device_of(&identity);
         let mut record = AuditRecord::new(rpc, Some(&identity), device.clone(), "");
         record.detail = renews.map(|old| format!("renews EnOS certSN {old}"));
         let result = self.issue(&identity, csr_pem, renews, &mut record).await;

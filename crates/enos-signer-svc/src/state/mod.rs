@@ -108,6 +108,26 @@ impl SignerState {
         })
     }
 
+    /// The identity `found` for an issuance `rpc`, or, when the caller
+    /// proved none, the refusal logged and counted (with the time since
+    /// `started`) and returned as the caller's status.
+    pub fn identified<T>(
+        &self,
+        rpc: &'static str,
+        found: crate::error::Result<T>,
+        started: std::time::Instant,
+    ) -> Result<T, tonic::Status> {
+        found.map_err(|e| {
+            self.refused(rpc, None, &e, None);
+            self.metrics.issuance(
+                rpc,
+                crate::listener::metrics::outcome_name(Some(e.code())),
+                started.elapsed(),
+            );
+            e.into()
+        })
+    }
+
     /// Logs and audits a refused call, unless the caller can repeat it for
     /// free: with no identity (nothing proved) it is never audited, and
     /// it, like a caller over its rate limit, is logged at most once a
