@@ -447,6 +447,10 @@ pub fn worth_probing(message: &str) -> bool {
         "connection closed",
         "connection reset",
         "broken pipe",
+        // The connection failed before the call with no cause kept
+        // (hyper's bare `transport error` when the alert came while the
+        // HTTP/2 connection was being set up).
+        "transport error",
     ]
     .iter()
     .any(|words| message.contains(words))
