@@ -430,3 +430,110 @@ async fn enos_records_on_postgres_follow_apply_renew_revoke_and_deletion() {
     let cluster = PgCluster::start().expect("PostgreSQL cluster");
     records_follow_apply_renew_revoke_and_deletion(Some(&cluster)).await;
 }
+
+/// A certificate EnOS issued that the registry cannot record (here a
+/// trigger refuses every insert): the signer revokes it at EnOS again,
+/// audits that, and the gateway gets an error, not an unrecorded
+/// certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enos_certificate_the_registry_cannot_record_is_revoked_again() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("unrecorded").expect("createdb");
+    let registry = RegistryConfig::Postgres(PostgresConfig {
+        url: cluster.url("unrecorded"),
+        password_file: Some(cluster.password_file()),
+        pool_size: 4,
+        ca_file: None,
+        cache: true,
+        allow_plaintext_password: false,
+    });
+    let enos = start_enos();
+    let addr = enos.sandbox.enos_api_addr().expect("api");
+    let env = EnosEnvironmentConfig {
+        gateway_url: format!("https://{addr}"),
+        org_id: ORG.into(),
+        credential_file: enos.dir.path().join("signer-enos-api.sealed"),
+        ca_file: Some(enos.ca.clone()),
+        products: vec!["*".into()],
+    };
+    let configured = env.clone();
+    let f = common::fixture_with(move |c| {
+        c.registry = registry;
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::MIN,
+            timeout: Duration::from_secs(5),
+            valid_day: 30,
+            environments: [("test".to_owned(), configured)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    seal_credential(
+        custody.as_ref(),
+        "test",
+        APP_KEY,
+        APP_SECRET,
+        &env.credential_file,
+    )
+    .expect("sealed");
+    cluster
+        .psql(
+            "unrecorded",
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON enos_certificates \
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .expect("trigger");
+    let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");
+    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw1)).await);
+    let failed = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect_err("not recorded: no certificate handed out");
+    // A store's refusal is INTERNAL (its text stays in the log); a
+    // database out of reach would be UNAVAILABLE.
+    assert_eq!(failed.code(), tonic::Code::Internal, "{failed:?}");
+    let listed = {
+        let direct = enos_signer_svc::enos_api::EnosApiClient::new(
+            &env,
+            enos_signer_svc::enos_api::open_credential(
+                custody.as_ref(),
+                "test",
+                &env.credential_file,
+            )
+            .expect("opened"),
+            std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            Duration::from_secs(5),
+        )
+        .expect("client");
+        direct.list("gwpk", "gw1").await.expect("list")
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].status, 1, "revoked again at EnOS: {listed:?}");
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    let line = audit
+        .lines()
+        .find(|l| l.contains("revoke_enos_certificate"))
+        .unwrap_or_else(|| panic!("the revocation is audited: {audit}"));
+    assert!(
+        line.contains(&listed[0].cert_sn) && line.contains("not recorded in the registry"),
+        "{line}"
+    );
+    // Without the fault, the retry applies (no duplicate subject left).
+    cluster
+        .psql("unrecorded", "DROP TRIGGER refuse ON enos_certificates")
+        .expect("drop trigger");
+    client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect("the retry applies");
+}
