@@ -46,6 +46,11 @@ struct Enos {
 }
 
 fn start_enos() -> Enos {
+    start_enos_with("")
+}
+
+/// [`start_enos`] with `extra` appended to the sandbox's `[enos_api]`.
+fn start_enos_with(extra: &str) -> Enos {
     let dir = tempfile::tempdir().expect("dir");
     let devices = dir.path().join("devices.csv");
     std::fs::write(&devices, DEVICES).expect("devices");
@@ -63,7 +68,7 @@ fn start_enos() -> Enos {
         &config,
         format!(
             "[enos_api]\nlisten = \"127.0.0.1:0\"\norg_id = \"{ORG}\"\napp_key = \"{APP_KEY}\"\n\
-             app_secret_file = \"enos-app.secret\"\nstate_dir = \"enos-ca\"\ncert = \"{}\"\nkey = \"{}\"\n",
+             app_secret_file = \"enos-app.secret\"\nstate_dir = \"enos-ca\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
             server.cert.display(),
             server.key.display()
         ),
@@ -400,12 +405,14 @@ async fn records_follow_apply_renew_revoke_and_deletion(pg: Option<&PgCluster>) 
     );
     let old = of(&records, &a.cert_sn);
     assert_eq!(old.superseded_by, Some(b.cert_sn.clone()));
-    if pg.is_none() {
-        // The CLI could not reach the redb file while the signer served
-        // it: EnOS revoked the old one; the registry still shows it
-        // superseded (EnOS stays the authority a renewal meets).
-        assert!(old.revoked.is_none(), "{records:?}");
-    }
+    // PostgreSQL: marked by the CLI. redb: the CLI could not reach the
+    // file while the signer served it; the deletion's listing showed EnOS
+    // had revoked it, and the signer recorded that (superseded).
+    assert_eq!(
+        old.revoked.as_ref().map(|r| r.reason.as_str()),
+        Some("superseded"),
+        "{records:?}"
+    );
     assert_eq!(
         registry
             .current_enos_certificate(&dev, enos_domain::now_ms())
@@ -536,4 +543,107 @@ async fn an_enos_certificate_the_registry_cannot_record_is_revoked_again() {
         })
         .await
         .expect("the retry applies");
+}
+
+/// An EnOS that revokes the old certificate on renew (the sandbox's
+/// `renew_revokes_old`; the reference leaves it open): the renewal
+/// records the old one superseded, and the next listing through the
+/// signer (here the device's deletion) records it revoked `superseded`,
+/// audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_certificate_enos_revoked_on_renew_is_recorded_revoked_superseded() {
+    let enos = start_enos_with("renew_revokes_old = true\n");
+    let addr = enos.sandbox.enos_api_addr().expect("api");
+    let env = EnosEnvironmentConfig {
+        gateway_url: format!("https://{addr}"),
+        org_id: ORG.into(),
+        credential_file: enos.dir.path().join("signer-enos-api.sealed"),
+        ca_file: Some(enos.ca.clone()),
+        products: vec!["*".into()],
+    };
+    let configured = env.clone();
+    let mut f = common::fixture_with(move |c| {
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::MIN,
+            timeout: Duration::from_secs(5),
+            valid_day: 30,
+            environments: [("test".to_owned(), configured)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    seal_credential(
+        custody.as_ref(),
+        "test",
+        APP_KEY,
+        APP_SECRET,
+        &env.credential_file,
+    )
+    .expect("sealed");
+    let device = DeviceRef {
+        product_key: "gwpk".into(),
+        device_key: "gw1".into(),
+    };
+    let admin = f.pki.admin("ops").expect("admin cert");
+    let mut admin = AdminClient::new(f.channel(Some(&admin)).await);
+    admin
+        .put_device(PutDeviceRequest {
+            device: Some(device.clone()),
+            device_secret: "secret-gw1-a83f1".into(),
+            enabled: true,
+            awaiting_activation: false,
+        })
+        .await
+        .expect("put");
+    let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");
+    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw1)).await);
+    let a = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect("applied")
+        .into_inner();
+    let b = client
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+            current_cert_sn: a.cert_sn.clone(),
+        })
+        .await
+        .expect("renewed")
+        .into_inner();
+    admin.delete_device(device).await.expect("deleted");
+    f.signer.stop().await;
+    let registry = enos_registry::open(&f.signer.config().registry).expect("open");
+    let records = registry
+        .enos_certificates_of(&id("gwpk", "gw1"))
+        .await
+        .expect("records");
+    let reasons: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.cert_sn.clone(),
+                r.revoked.as_ref().map(|x| x.reason.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (b.cert_sn.clone(), Some("cessation-of-operation".to_owned())),
+            (a.cert_sn.clone(), Some("superseded".to_owned())),
+        ]
+    );
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.lines().any(|l| l.contains("revoke_enos_certificate")
+            && l.contains(&a.cert_sn)
+            && l.contains("EnOS lists it revoked")),
+        "{audit}"
+    );
 }

@@ -265,7 +265,19 @@ impl AdminService {
         let outcome = async {
             let client = api.client_for(pk)?;
             let mut results = Vec::new();
-            for cert in client.list(pk, dk).await? {
+            let listed = client.list(pk, dk).await?;
+            // Revoked at EnOS already (on renew): recorded so.
+            if let Err(e) = super::enos_records::learn_revocations(
+                self.state.registry.as_ref(),
+                &self.state.audit,
+                id,
+                &listed,
+            )
+            .await
+            {
+                tracing::warn!(device = %id, error = %e, "could not record the EnOS revocations a listing showed");
+            }
+            for cert in listed {
                 if cert.status == 0 {
                     let result = client.revoke(pk, dk, &cert.cert_sn, 5).await;
                     results.push((cert.cert_sn, result));

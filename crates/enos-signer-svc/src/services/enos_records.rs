@@ -160,3 +160,52 @@ pub async fn mark_revoked(registry: &dyn Registry, device: &DeviceId, cert_sn: &
         tracing::warn!(device = %device, cert_sn = %cert_sn, error = %e, "the registry could not record an EnOS certificate's revocation");
     }
 }
+
+/// What a listing of EnOS taught: each certificate EnOS lists revoked
+/// (status 1) that the registry records unrevoked — EnOS revoked it on
+/// renew (the reference leaves that open), or someone revoked it outside
+/// the signer — is audited, then marked: `superseded` when a renewal
+/// superseded it, else `revoked at EnOS`. Returns the serials marked.
+pub async fn learn_revocations(
+    registry: &dyn Registry,
+    audit: &crate::audit::Audit,
+    device: &DeviceId,
+    listed: &[crate::enos_api::ListedEnosCert],
+) -> Result<Vec<String>> {
+    let records = registry.enos_certificates_of(device).await?;
+    let mut marked = Vec::new();
+    for cert in listed.iter().filter(|c| c.status == 1) {
+        let Some(record) = records
+            .iter()
+            .find(|r| r.cert_sn == cert.cert_sn && r.revoked.is_none())
+        else {
+            continue;
+        };
+        let reason = if record.superseded_by.is_some() {
+            REASON_SUPERSEDED
+        } else {
+            REASON_REVOKED_AT_ENOS
+        };
+        let mut entry = AuditRecord::new(
+            "revoke_enos_certificate",
+            None,
+            Some(device.to_string()),
+            "ok",
+        );
+        entry.serial = Some(cert.cert_sn.clone());
+        entry.detail = Some(format!("EnOS lists it revoked; recorded as {reason}"));
+        audit.record(&entry).await?;
+        if registry
+            .revoke_enos_certificate(device, &cert.cert_sn, reason, now_ms())
+            .await?
+            .is_some()
+        {
+            marked.push(cert.cert_sn.clone());
+        }
+    }
+    Ok(marked)
+}
+
+/// The reason recorded for a certificate EnOS lists revoked without the
+/// signer having revoked it (nor superseded it).
+pub const REASON_REVOKED_AT_ENOS: &str = "revoked at EnOS";

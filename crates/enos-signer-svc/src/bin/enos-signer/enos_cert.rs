@@ -212,13 +212,29 @@ pub(crate) async fn run(command: EnosCertCommand) -> Result<()> {
                 .map_or_else(|| "unspecified".to_owned(), |v| v.get_name().to_owned());
             let serials: Vec<String> = match cert_sn {
                 Some(sn) => vec![sn],
-                None => client
-                    .list(&product_key, &device_key)
-                    .await?
-                    .into_iter()
-                    .filter(|c| c.status == 0)
-                    .map(|c| c.cert_sn)
-                    .collect(),
+                None => {
+                    let listed = client.list(&product_key, &device_key).await?;
+                    if let Some(registry) = &registry {
+                        // Revoked at EnOS already (on renew): recorded so.
+                        for sn in enos_signer_svc::services::enos_records::learn_revocations(
+                            registry.as_ref(),
+                            &audit,
+                            &id,
+                            &listed,
+                        )
+                        .await?
+                        {
+                            say!(
+                                "EnOS certificate {sn} of {product_key}/{device_key} was revoked at EnOS already: recorded"
+                            );
+                        }
+                    }
+                    listed
+                        .into_iter()
+                        .filter(|c| c.status == 0)
+                        .map(|c| c.cert_sn)
+                        .collect()
+                }
             };
             if serials.is_empty() {
                 say!("{product_key}/{device_key}: no valid EnOS certificate to revoke");
