@@ -54,6 +54,8 @@ pub struct CopyReport {
     /// The enrollment tokens, as merged into the destination (by the
     /// same rule: a use or a revocation is never undone).
     pub enroll_tokens: MergeCounts,
+    /// The EnOS certificate records (issue 26), merged by the same rule.
+    pub enos_certificates: MergeCounts,
 }
 
 /// Opens the source and the destination of a copy: refuses one registry
@@ -175,6 +177,15 @@ pub async fn copy(
         after = Some(last.hash);
         let counts = destination.merge_enroll_tokens(page).await?;
         add(&mut report.enroll_tokens, counts);
+        progress(&report);
+    }
+    let mut after: Option<(DeviceId, String)> = None;
+    loop {
+        let page = source.list_enos_certificates(after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.device.clone(), last.cert_sn.clone()));
+        let counts = destination.merge_enos_certificates(page).await?;
+        add(&mut report.enos_certificates, counts);
         progress(&report);
     }
     Ok(report)

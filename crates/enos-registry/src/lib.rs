@@ -26,7 +26,12 @@
 //! the same moment), and disabling or deleting a device revokes its
 //! certificates and tokens in the transaction that does it. Whether a
 //! serial is revoked is answered from memory in steady state
-//! ([`Registry::is_revoked`]). The signer is its one user; `tests/contract.rs` is the one
+//! ([`Registry::is_revoked`]).
+//!
+//! For EnOS's own device certificates (issue 26, issued by EnOS through
+//! the signer) it records each one's serial, validity, authority and
+//! state ([`EnosCertificateRecord`]), read from the store on every call.
+//! The signer is its one user; `tests/contract.rs` is the one
 //! contract suite that both backends pass.
 //!
 //! # Layout
@@ -36,6 +41,7 @@
 //! | `lib.rs` | the [`Registry`] trait, [`Write`] / [`Change`] (one transaction's decision), [`open`] / [`create`] |
 //! | [`record`] | [`DeviceRecord`], [`ProductRecord`] |
 //! | [`certificates`] | [`CertificateRecord`], [`EnrollTokenRecord`], [`CaRecord`], [`CertificateRefusal`]; the enrollment and renewal rules; the in-memory revoked set |
+//! | [`enos_certificates`] | [`EnosCertificateRecord`]: which EnOS device certificates (serials) each device holds (issue 26) |
 //! | [`config`] | [`RegistryConfig`]: `[registry]` of the signer's config |
 //! | [`gateway_rules`] | the gateway/sub-device rules every change is checked against |
 //! | `redb_store` | [`RedbRegistry`]: one embedded file, a single process |
@@ -51,6 +57,7 @@
 pub mod certificates;
 pub mod config;
 pub mod copy;
+pub mod enos_certificates;
 pub mod error;
 pub mod gateway_rules;
 pub mod postgres;
@@ -68,6 +75,7 @@ pub use certificates::{
     Revocation, RevokeTarget,
 };
 pub use config::RegistryConfig;
+pub use enos_certificates::EnosCertificateRecord;
 pub use enos_domain::DeviceId;
 use enos_sign_core::ProductKey;
 pub use error::{RegistryError, Result};
@@ -272,6 +280,61 @@ pub trait Registry: Send + Sync + 'static {
     /// Writes copied tokens in one transaction, by the same rule: a use
     /// or a revocation is never undone.
     async fn merge_enroll_tokens(&self, tokens: Vec<EnrollTokenRecord>) -> Result<MergeCounts>;
+
+    /// Records an EnOS certificate EnOS just issued to `cert.device`; with
+    /// `supersedes` (a renewal) the device's certificate of that serial
+    /// is marked superseded by it, in the same transaction (if recorded:
+    /// one EnOS issued before the registry recorded serials is not). A
+    /// serial recorded already for the device is refused (nothing
+    /// written).
+    async fn record_enos_certificate(
+        &self,
+        cert: EnosCertificateRecord,
+        supersedes: Option<String>,
+    ) -> Result<()>;
+
+    /// Marks `device`'s EnOS certificate `cert_sn` revoked at `now_ms`
+    /// for `reason`. Returns it as revoked, or `None` when it is not
+    /// recorded for that device or was revoked already (then nothing
+    /// changes: the first revocation's reason and time stand).
+    async fn revoke_enos_certificate(
+        &self,
+        device: &DeviceId,
+        cert_sn: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnosCertificateRecord>>;
+
+    /// Every EnOS certificate recorded for `device`, newest first; read
+    /// from the store (never a replica's copy).
+    async fn enos_certificates_of(&self, device: &DeviceId) -> Result<Vec<EnosCertificateRecord>>;
+
+    /// `device`'s current EnOS certificate at `now_ms`: the newest
+    /// recorded that is neither revoked, expired nor superseded.
+    async fn current_enos_certificate(
+        &self,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<Option<EnosCertificateRecord>> {
+        let certs = self.enos_certificates_of(device).await?;
+        Ok(enos_certificates::current(&certs, now_ms).cloned())
+    }
+
+    /// Up to `limit` EnOS certificate records in `(productKey, deviceKey,
+    /// certSN)` order, strictly after `after` (for `registry copy`).
+    async fn list_enos_certificates(
+        &self,
+        after: Option<&(DeviceId, String)>,
+        limit: usize,
+    ) -> Result<Vec<EnosCertificateRecord>>;
+
+    /// Writes copied EnOS certificate records in one transaction: a
+    /// missing one as it is; over an existing one only what it lacks (a
+    /// revocation, a successor).
+    async fn merge_enos_certificates(
+        &self,
+        certs: Vec<EnosCertificateRecord>,
+    ) -> Result<MergeCounts>;
 }
 
 /// Opens the registry the config names.

@@ -1,6 +1,7 @@
 //! redb's tables of the signer as a CA: certificates (by serial, and an
-//! index by device), enrollment tokens (by hash, and an index by device)
-//! and the one CA row; their stored forms (protobuf, like the devices');
+//! index by device), enrollment tokens (by hash, and an index by device),
+//! the one CA row, and the EnOS certificates of each device (issue 26);
+//! their stored forms (protobuf, like the devices');
 //! and the steps the write transactions of [`super::redb_store`] are made
 //! of.
 
@@ -14,6 +15,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use crate::{
     DeviceId,
     certificates::{CaRecord, CertificateRecord, EnrollTokenRecord, Revocation},
+    enos_certificates::EnosCertificateRecord,
     error::{RegistryError, Result},
 };
 
@@ -97,6 +99,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(ENROLL_TOKENS)?;
     txn.open_table(ENROLL_TOKENS_BY_DEVICE)?;
     txn.open_table(CA)?;
+    txn.open_table(ENOS_CERTIFICATES)?;
     Ok(())
 }
 
@@ -421,5 +424,125 @@ pub(super) fn ca(
 pub(super) fn put_ca(txn: &WriteTransaction, record: &CaRecord) -> Result<()> {
     let mut table = txn.open_table(CA)?;
     table.insert(CA_ROW, encode_ca(record).as_slice())?;
+    Ok(())
+}
+
+/// `(productKey, deviceKey, certSN)` → encoded [`StoredEnosCertificate`]:
+/// the EnOS certificates of each device (issue 26). Created at open in
+/// files older than it: redb's migration.
+pub(super) const ENOS_CERTIFICATES: TableDefinition<'static, (&str, &str, &str), &[u8]> =
+    TableDefinition::new("enos_certificates");
+
+/// The stored form of an [`EnosCertificateRecord`] (device and serial are
+/// the key).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEnosCertificate {
+    #[prost(uint64, tag = "1")]
+    not_before_ms: u64,
+    #[prost(uint64, tag = "2")]
+    not_after_ms: u64,
+    #[prost(string, tag = "3")]
+    issue_authority: String,
+    #[prost(uint64, tag = "4")]
+    recorded_at_ms: u64,
+    #[prost(uint64, optional, tag = "5")]
+    revoked_at_ms: Option<u64>,
+    #[prost(string, tag = "6")]
+    revoked_reason: String,
+    #[prost(string, optional, tag = "7")]
+    superseded_by: Option<String>,
+}
+
+fn encode_enos(cert: &EnosCertificateRecord) -> Vec<u8> {
+    StoredEnosCertificate {
+        not_before_ms: cert.not_before_ms,
+        not_after_ms: cert.not_after_ms,
+        issue_authority: cert.issue_authority.clone(),
+        recorded_at_ms: cert.recorded_at_ms,
+        revoked_at_ms: cert.revoked.as_ref().map(|r| r.at_ms),
+        revoked_reason: cert
+            .revoked
+            .as_ref()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
+        superseded_by: cert.superseded_by.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_enos(pk: &str, dk: &str, sn: &str, bytes: &[u8]) -> Result<EnosCertificateRecord> {
+    let what = format!("EnOS certificate {sn} of {pk}/{dk}");
+    let stored = StoredEnosCertificate::decode(bytes)
+        .map_err(|_| RegistryError::Store(format!("{what}: undecodable")))?;
+    Ok(EnosCertificateRecord {
+        device: device_id(pk, dk, &what)?,
+        cert_sn: sn.to_owned(),
+        not_before_ms: stored.not_before_ms,
+        not_after_ms: stored.not_after_ms,
+        issue_authority: stored.issue_authority,
+        recorded_at_ms: stored.recorded_at_ms,
+        revoked: stored.revoked_at_ms.map(|at_ms| Revocation {
+            at_ms,
+            reason: stored.revoked_reason,
+        }),
+        superseded_by: stored.superseded_by,
+    })
+}
+
+/// `device`'s EnOS certificate `sn`.
+pub(super) fn enos_certificate(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    device: &DeviceId,
+    sn: &str,
+) -> Result<Option<EnosCertificateRecord>> {
+    let (pk, dk) = (device.product_key.as_str(), device.device_key.as_str());
+    table
+        .get((pk, dk, sn))?
+        .map(|v| decode_enos(pk, dk, sn, v.value()))
+        .transpose()
+}
+
+/// Up to `limit` records strictly after `after` in key order, of one
+/// device only when `only` is given.
+pub(super) fn enos_certificates(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    after: Option<(&str, &str, &str)>,
+    only: Option<&DeviceId>,
+    limit: usize,
+) -> Result<Vec<EnosCertificateRecord>> {
+    let start = match (after, only) {
+        (Some(a), _) => Bound::Excluded(a),
+        (None, Some(d)) => Bound::Included((d.product_key.as_str(), d.device_key.as_str(), "")),
+        (None, None) => Bound::Unbounded,
+    };
+    let mut out = Vec::new();
+    for entry in table.range::<(&str, &str, &str)>((start, Bound::Unbounded))? {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry?;
+        let (pk, dk, sn) = key.value();
+        if only.is_some_and(|d| (d.product_key.as_str(), d.device_key.as_str()) != (pk, dk)) {
+            break;
+        }
+        out.push(decode_enos(pk, dk, sn, value.value())?);
+    }
+    Ok(out)
+}
+
+/// Writes an EnOS certificate record (new, changed, or merged).
+pub(super) fn put_enos_certificate(
+    txn: &WriteTransaction,
+    cert: &EnosCertificateRecord,
+) -> Result<()> {
+    let mut table = txn.open_table(ENOS_CERTIFICATES)?;
+    table.insert(
+        (
+            cert.device.product_key.as_str(),
+            cert.device.device_key.as_str(),
+            cert.cert_sn.as_str(),
+        ),
+        encode_enos(cert).as_slice(),
+    )?;
     Ok(())
 }

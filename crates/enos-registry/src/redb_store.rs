@@ -6,7 +6,8 @@
 //! awaiting activation is stored with an empty scheme and no sealed bytes
 //! (every custody names its scheme). Product secrets live in their own
 //! table, created on open in files older than it; so do the CA's tables
-//! (`redb_certificates`).
+//! and the EnOS certificates' table (`redb_certificates`): redb's
+//! migrations are tables made at open, records being protobuf.
 //!
 //! Every write transaction is exclusive: an enrollment reads and marks
 //! its token in one, so a token enrolls once. The revoked serials are
@@ -33,9 +34,12 @@ use super::{
         MergeCounts, REASON_DEVICE_DELETED, REASON_DEVICE_DISABLED, Revocation, RevokeTarget,
         RevokedSet,
     },
+    enos_certificates::{self, EnosCertificateRecord},
     gateway_rules::{self, GatewayChanges},
     record_cache::RecordCache,
-    redb_certificates::{self as certs, CA, CERTIFICATES, CERTIFICATES_BY_DEVICE, ENROLL_TOKENS},
+    redb_certificates::{
+        self as certs, CA, CERTIFICATES, CERTIFICATES_BY_DEVICE, ENOS_CERTIFICATES, ENROLL_TOKENS,
+    },
     redb_sub_index::{self, SUB_DEVICES},
 };
 use crate::error::{RegistryError, Result};
@@ -739,6 +743,104 @@ impl Registry for RedbRegistry {
                     certificates::merge_token(existing.as_ref(), token, &mut counts)?
                 {
                     certs::put_token(txn, &write)?;
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn record_enos_certificate(
+        &self,
+        cert: EnosCertificateRecord,
+        supersedes: Option<String>,
+    ) -> Result<()> {
+        self.write(move |txn| {
+            let table = txn.open_table(ENOS_CERTIFICATES)?;
+            if certs::enos_certificate(&table, &cert.device, &cert.cert_sn)?.is_some() {
+                return Err(RegistryError::Store(format!(
+                    "EnOS certificate {} of {} is recorded already",
+                    cert.cert_sn, cert.device
+                )));
+            }
+            let old = match &supersedes {
+                Some(sn) => certs::enos_certificate(&table, &cert.device, sn)?,
+                None => None,
+            };
+            drop(table);
+            if let Some(mut old) = old
+                && old.superseded_by.is_none()
+            {
+                old.superseded_by = Some(cert.cert_sn.clone());
+                certs::put_enos_certificate(txn, &old)?;
+            }
+            certs::put_enos_certificate(txn, &cert)
+        })
+        .await
+    }
+
+    async fn revoke_enos_certificate(
+        &self,
+        device: &DeviceId,
+        cert_sn: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnosCertificateRecord>> {
+        let (device, cert_sn, reason) = (device.clone(), cert_sn.to_owned(), reason.to_owned());
+        self.write(move |txn| {
+            let found =
+                certs::enos_certificate(&txn.open_table(ENOS_CERTIFICATES)?, &device, &cert_sn)?;
+            let Some(mut cert) = found.filter(|c| c.revoked.is_none()) else {
+                return Ok(None);
+            };
+            cert.revoked = Some(Revocation {
+                at_ms: now_ms,
+                reason,
+            });
+            certs::put_enos_certificate(txn, &cert)?;
+            Ok(Some(cert))
+        })
+        .await
+    }
+
+    async fn enos_certificates_of(&self, device: &DeviceId) -> Result<Vec<EnosCertificateRecord>> {
+        let txn = self.db.begin_read()?;
+        let mut out = certs::enos_certificates(
+            &txn.open_table(ENOS_CERTIFICATES)?,
+            None,
+            Some(device),
+            usize::MAX,
+        )?;
+        enos_certificates::sort_newest_first(&mut out);
+        Ok(out)
+    }
+
+    async fn list_enos_certificates(
+        &self,
+        after: Option<&(DeviceId, String)>,
+        limit: usize,
+    ) -> Result<Vec<EnosCertificateRecord>> {
+        let txn = self.db.begin_read()?;
+        let after =
+            after.map(|(d, sn)| (d.product_key.as_str(), d.device_key.as_str(), sn.as_str()));
+        certs::enos_certificates(&txn.open_table(ENOS_CERTIFICATES)?, after, None, limit)
+    }
+
+    async fn merge_enos_certificates(
+        &self,
+        incoming: Vec<EnosCertificateRecord>,
+    ) -> Result<MergeCounts> {
+        self.write(move |txn| {
+            let mut counts = MergeCounts::default();
+            for cert in incoming {
+                let existing = certs::enos_certificate(
+                    &txn.open_table(ENOS_CERTIFICATES)?,
+                    &cert.device,
+                    &cert.cert_sn,
+                )?;
+                if let Some(write) = enos_certificates::merge(existing.as_ref(), cert, &mut counts)
+                {
+                    certs::put_enos_certificate(txn, &write)?;
                 }
             }
             Ok(counts)

@@ -3,6 +3,8 @@
 //! current rows, abort, concurrent modify, delete. PostgreSQL also runs it
 //! with two registries on one database (two replicas), and its schema is
 //! checked (missing, older, newer) and migrated once under concurrency.
+//! Both backends open a store of the previous schema (before the EnOS
+//! certificates' records) and upgrade it in place.
 
 mod support;
 
@@ -14,8 +16,8 @@ use enos_custody::StoredCaKey;
 use enos_postgres_fixture::PgCluster;
 use enos_registry::{
     self as registry, CaRecord, CertificateRecord, CertificateRefusal, DeviceId, DeviceRecord,
-    EnrollTokenRecord, ProductRecord, ProductWrite, Registry, RegistryConfig, RegistryError,
-    RevokeTarget, Write,
+    EnosCertificateRecord, EnrollTokenRecord, ProductRecord, ProductWrite, Registry,
+    RegistryConfig, RegistryError, RevokeTarget, Write,
     postgres::{PostgresConfig, migrations},
 };
 use enos_sign_core::ProductKey;
@@ -1127,6 +1129,158 @@ async fn the_ca_row_is_changed_by_one_writer_at_a_time(pair: &Pair) {
     );
 }
 
+/// An EnOS certificate record of `device`, serial `sn`, recorded at
+/// `recorded`, valid until `not_after`.
+fn enos_cert(sn: &str, device: &DeviceId, recorded: u64, not_after: u64) -> EnosCertificateRecord {
+    EnosCertificateRecord {
+        device: device.clone(),
+        cert_sn: sn.into(),
+        not_before_ms: recorded.saturating_sub(1),
+        not_after_ms: not_after,
+        issue_authority: "ECC".into(),
+        recorded_at_ms: recorded,
+        revoked: None,
+        superseded_by: None,
+    }
+}
+
+/// Issue 26: the registry records which EnOS serials a device holds;
+/// apply records, renew supersedes the old one, revoke marks it, and
+/// the other replica reads each change at once (no copy of its own).
+async fn enos_certificates_are_recorded_superseded_and_revoked(pair: &Pair) {
+    let (a, b) = (pair.a.as_ref(), pair.b.as_ref());
+    let (dev, other) = (id("en", "dev"), id("en", "other"));
+    let far = registry_now() + 3_600_000;
+    let now = registry_now();
+    assert!(b.enos_certificates_of(&dev).await.expect("list").is_empty());
+    assert_eq!(
+        b.current_enos_certificate(&dev, now)
+            .await
+            .expect("current"),
+        None
+    );
+
+    // Apply: recorded, current on the other replica at once.
+    a.record_enos_certificate(enos_cert("32720", &dev, 10, far), None)
+        .await
+        .expect("record");
+    a.record_enos_certificate(enos_cert("32720", &other, 11, far), None)
+        .await
+        .expect("the same serial of another device (another EnOS CA) is its own record");
+    let twice = a
+        .record_enos_certificate(enos_cert("32720", &dev, 12, far), None)
+        .await
+        .expect_err("a serial is recorded once");
+    assert!(twice.to_string().contains("recorded already"), "{twice}");
+    let current = b
+        .current_enos_certificate(&dev, now)
+        .await
+        .expect("current");
+    assert_eq!(current, Some(enos_cert("32720", &dev, 10, far)));
+
+    // Renew: the new one current, the old superseded (still valid).
+    b.record_enos_certificate(enos_cert("32721", &dev, 20, far), Some("32720".into()))
+        .await
+        .expect("renew");
+    let listed = a.enos_certificates_of(&dev).await.expect("list");
+    let mut old = enos_cert("32720", &dev, 10, far);
+    old.superseded_by = Some("32721".into());
+    assert_eq!(listed, [enos_cert("32721", &dev, 20, far), old.clone()]);
+    assert_eq!(
+        a.current_enos_certificate(&dev, now)
+            .await
+            .expect("current")
+            .map(|c| c.cert_sn),
+        Some("32721".to_owned())
+    );
+    assert!(old.is_valid_at(now) && old.status_at(now) == "superseded");
+    // A renewal of a serial never recorded (issued before the registry
+    // kept serials) records the new one all the same.
+    a.record_enos_certificate(enos_cert("40000", &other, 30, far), Some("1".into()))
+        .await
+        .expect("renewal of an unrecorded serial");
+
+    // Revoke: marked once; the first reason and time stand.
+    let revoked = a
+        .revoke_enos_certificate(&dev, "32720", "superseded", 40)
+        .await
+        .expect("revoke")
+        .expect("newly revoked");
+    assert_eq!(
+        revoked
+            .revoked
+            .as_ref()
+            .map(|r| (r.at_ms, r.reason.as_str())),
+        Some((40, "superseded"))
+    );
+    assert_eq!(
+        b.revoke_enos_certificate(&dev, "32720", "key-compromise", 50)
+            .await
+            .expect("again"),
+        None,
+        "revoked already: unchanged"
+    );
+    assert_eq!(
+        b.revoke_enos_certificate(&dev, "999", "unspecified", 50)
+            .await
+            .expect("unknown"),
+        None,
+        "not recorded: nothing to mark"
+    );
+    assert_eq!(
+        b.revoke_enos_certificate(&id("en", "nobody"), "32721", "unspecified", 50)
+            .await
+            .expect("another device's serial"),
+        None,
+        "a serial is revoked only as its own device's"
+    );
+    let listed = b.enos_certificates_of(&dev).await.expect("list");
+    assert_eq!(listed[1].status_at(now), "revoked");
+    assert_eq!(
+        listed[1].revoked.as_ref().map(|r| r.reason.as_str()),
+        Some("superseded")
+    );
+    b.revoke_enos_certificate(&dev, "32721", "key-compromise", 60)
+        .await
+        .expect("revoke")
+        .expect("newly revoked");
+    assert_eq!(
+        a.current_enos_certificate(&dev, now)
+            .await
+            .expect("current"),
+        None
+    );
+
+    // Expired: not current.
+    a.record_enos_certificate(enos_cert("50000", &id("en", "old"), 1, 2), None)
+        .await
+        .expect("record");
+    assert_eq!(
+        b.current_enos_certificate(&id("en", "old"), now)
+            .await
+            .expect("current"),
+        None
+    );
+
+    // Paged in key order (for a copy).
+    let page = a.list_enos_certificates(None, 2).await.expect("page");
+    let keys: Vec<String> = page
+        .iter()
+        .map(|c| format!("{}/{}", c.device, c.cert_sn))
+        .collect();
+    assert_eq!(keys, ["en/dev/32720", "en/dev/32721"]);
+    let last = (page[1].device.clone(), page[1].cert_sn.clone());
+    let rest = b
+        .list_enos_certificates(Some(&last), 10)
+        .await
+        .expect("page");
+    let keys: Vec<String> = rest
+        .iter()
+        .map(|c| format!("{}/{}", c.device, c.cert_sn))
+        .collect();
+    assert_eq!(keys, ["en/old/50000", "en/other/32720", "en/other/40000"]);
+}
+
 /// The CA's cases (issue 25), each on a fresh registry pair from `pair`.
 async fn run_certificate_contract<F, Fut>(mut pair: F)
 where
@@ -1144,6 +1298,7 @@ where
         .await;
     expiring_counts_live_certificates_neither_revoked_nor_renewed(&pair("expiring").await).await;
     the_ca_row_is_changed_by_one_writer_at_a_time(&pair("ca").await).await;
+    enos_certificates_are_recorded_superseded_and_revoked(&pair("enos_certs").await).await;
 }
 
 async fn run_contract<F, Fut>(mut pair: F)
@@ -1223,6 +1378,152 @@ async fn redb_revocations_survive_a_reopen() {
     assert_eq!(r.revoked_cached("0a"), Some(true));
     assert_eq!(r.revoked_cached("0b"), Some(false));
     assert!(r.is_revoked("0a").await.expect("check"));
+}
+
+/// Issue 26: a redb file of the previous schema (no EnOS certificates'
+/// table: every table but that one, as main's binary made it) upgrades
+/// in place at open; its records stay, and the new records work and
+/// survive a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_a_file_from_before_the_enos_certificates_upgrades_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("previous.redb");
+    let config = RegistryConfig::Redb { path: path.clone() };
+    registry::create(&config).expect("create");
+    {
+        let r = registry::open(&config).expect("open");
+        put_all(r.as_ref(), vec![record("up", "dev")]).await;
+        issue(r.as_ref(), 1, cert("0a", &id("up", "dev"), 10, u64::MAX)).await;
+    }
+    {
+        // The previous schema: drop the one table it lacked.
+        let db = redb::Database::open(&path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        let table: redb::TableDefinition<'static, (&str, &str, &str), &[u8]> =
+            redb::TableDefinition::new("enos_certificates");
+        assert!(
+            txn.delete_table(table).expect("delete"),
+            "the table existed"
+        );
+        txn.commit().expect("commit");
+    }
+    let r = registry::open(&config).expect("open the previous schema");
+    assert!(r.get(&id("up", "dev")).await.expect("get").is_some());
+    assert_eq!(
+        r.certificates_of(&id("up", "dev"))
+            .await
+            .expect("certs")
+            .len(),
+        1
+    );
+    let dev = id("up", "dev");
+    assert!(r.enos_certificates_of(&dev).await.expect("read").is_empty());
+    r.record_enos_certificate(enos_cert("32720", &dev, 10, u64::MAX), None)
+        .await
+        .expect("record after the upgrade");
+    drop(r);
+    let r = registry::open(&config).expect("reopen");
+    assert_eq!(
+        r.current_enos_certificate(&dev, registry_now())
+            .await
+            .expect("current")
+            .map(|c| c.cert_sn),
+        Some("32720".to_owned())
+    );
+}
+
+/// Makes `database` as the previous release's binary did: every
+/// migration but the latest, with their version rows.
+fn previous_schema(cluster: &PgCluster, database: &str) {
+    cluster
+        .psql(
+            database,
+            "CREATE TABLE enos_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .expect("migrations table");
+    for m in migrations::MIGRATIONS
+        .iter()
+        .filter(|m| m.version < migrations::latest())
+    {
+        cluster.psql(database, m.sql).expect("previous migration");
+        cluster
+            .psql(
+                database,
+                &format!(
+                    "INSERT INTO enos_schema_migrations (version, name) VALUES ({}, '{}')",
+                    m.version, m.name
+                ),
+            )
+            .expect("version row");
+    }
+}
+
+/// Issue 26: a PostgreSQL schema of the previous release (version 5) is
+/// refused until migrated; `registry migrate` (`create`) applies the one
+/// new step (6, the EnOS certificates' table) in place; earlier rows
+/// stay; the signer's role may record and revoke in the new table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_schema_from_before_the_enos_certificates_migrates_in_place() {
+    let cluster = PgCluster::start().expect("PostgreSQL cluster");
+    cluster.create_database("previous").expect("createdb");
+    previous_schema(&cluster, "previous");
+    let config = pg_config(&cluster, "previous");
+    let registry_config = RegistryConfig::Postgres(config.clone());
+    cluster
+        .psql(
+            "previous",
+            "INSERT INTO devices (product_key, device_key, enabled, secret_version,                sealed_scheme, sealed, created_at_ms, updated_at_ms)              VALUES ('up', 'dev', true, 1, 'test', '\\x01', 1, 1)",
+        )
+        .expect("a device of the previous release");
+    let older = registry::open(&registry_config).err().expect("refused");
+    assert!(
+        older.to_string().contains("enos-signer registry migrate"),
+        "{older}"
+    );
+    let applied = registry::postgres::PostgresRegistry::create(&config).expect("migrate");
+    assert_eq!(applied, [6], "the one new step");
+    assert_eq!(migrations::latest(), 6);
+    let r = registry::open(&registry_config).expect("migrated schema serves");
+    let dev = id("up", "dev");
+    assert!(r.get(&dev).await.expect("get").is_some(), "rows kept");
+    let password_file = cluster
+        .create_login("replica", "IN ROLE enos_signer")
+        .expect("login");
+    let replica = registry::postgres::PostgresRegistry::open(&PostgresConfig {
+        url: cluster.url_as("replica", "previous"),
+        password_file: Some(password_file),
+        ..config.clone()
+    })
+    .expect("open as the signer's role");
+    replica
+        .record_enos_certificate(enos_cert("32720", &dev, 10, u64::MAX), None)
+        .await
+        .expect("record as the signer's role");
+    replica
+        .record_enos_certificate(enos_cert("32721", &dev, 20, u64::MAX), Some("32720".into()))
+        .await
+        .expect("renew as the signer's role");
+    replica
+        .revoke_enos_certificate(&dev, "32720", "superseded", 30)
+        .await
+        .expect("revoke as the signer's role")
+        .expect("newly revoked");
+    assert_eq!(
+        r.current_enos_certificate(&dev, registry_now())
+            .await
+            .expect("current")
+            .map(|c| c.cert_sn),
+        Some("32721".to_owned())
+    );
+    let bad = cluster.psql(
+        "previous",
+        "INSERT INTO enos_certificates (product_key, device_key, cert_sn, not_before_ms,            not_after_ms, issue_authority, recorded_at_ms) VALUES ('up', 'dev', '0x1f', 1, 2, 'ECC', 1)",
+    );
+    assert!(bad.is_err(), "a serial is decimal");
 }
 
 fn pg_config(cluster: &PgCluster, database: &str) -> PostgresConfig {
@@ -1722,6 +2023,12 @@ async fn registry_copy_carries_the_ca_certificates_and_tokens() {
     src.put_enroll_token(token(5, &dev, far))
         .await
         .expect("token");
+    src.record_enos_certificate(enos_cert("32720", &dev, 10, far), None)
+        .await
+        .expect("EnOS record");
+    src.record_enos_certificate(enos_cert("32721", &dev, 20, far), Some("32720".into()))
+        .await
+        .expect("EnOS renewal");
 
     registry::create(&to).expect("migrate");
     let destination = registry::open(&to).expect("open");
@@ -1731,6 +2038,14 @@ async fn registry_copy_carries_the_ca_certificates_and_tokens() {
     assert!(report.ca_copied);
     assert_eq!(report.certificates.created, 3);
     assert_eq!(report.enroll_tokens.created, 5);
+    assert_eq!(report.enos_certificates.created, 2);
+    assert_eq!(
+        destination
+            .enos_certificates_of(&dev)
+            .await
+            .expect("EnOS records"),
+        src.enos_certificates_of(&dev).await.expect("EnOS records")
+    );
     let dst = destination.as_ref();
     assert_eq!(dst.get_ca().await.expect("ca"), Some(ca.clone()));
     assert_eq!(
@@ -1759,6 +2074,7 @@ async fn registry_copy_carries_the_ca_certificates_and_tokens() {
     );
     assert_eq!(again.certificates.unchanged, 3);
     assert_eq!(again.enroll_tokens.unchanged, 5);
+    assert_eq!(again.enos_certificates.unchanged, 2);
 
     // Revoked on each side since: both stand after another run.
     dst.revoke_certificates(RevokeTarget::Serial("01".into()), "dst", 50)

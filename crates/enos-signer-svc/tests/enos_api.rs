@@ -399,7 +399,8 @@ async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
         .into_inner();
     assert_ne!(renewed.cert_sn, issued.cert_sn);
 
-    // gw2 naming gw1's certificate: EnOS refuses it for gw2; nothing issued.
+    // gw2 naming gw1's certificate: not recorded as gw2's, refused before
+    // EnOS is called (PERMISSION_DENIED); nothing issued.
     let gw2 = f.pki.device("gwpk", "gw2").expect("device cert");
     let mut other = EnosCertificatesClient::new(f.channel(Some(&gw2)).await);
     let theft = other
@@ -409,7 +410,7 @@ async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
         })
         .await
         .expect_err("not gw2's");
-    assert_eq!(theft.code(), tonic::Code::FailedPrecondition, "{theft:?}");
+    assert_eq!(theft.code(), tonic::Code::PermissionDenied, "{theft:?}");
     assert!(
         enos_view
             .list("gwpk", "gw2")

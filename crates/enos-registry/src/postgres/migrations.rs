@@ -49,14 +49,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "certificates",
         sql: include_str!("../../migrations/0005_certificates.sql"),
     },
+    Migration {
+        version: 6,
+        name: "enos_certificates",
+        sql: include_str!("../../migrations/0006_enos_certificates.sql"),
+    },
 ];
 
-/// SQL that undoes the latest migration's objects (5: the CA's tables
-/// and their trigger functions), for tests that make a database of the
-/// previous release; the version row is removed apart.
-pub const UNDO_LATEST: &str = "DROP TABLE certificates, enroll_tokens, ca; \
-    DROP FUNCTION enos_certificates_notify_update(), enos_certificates_notify_rows(), \
-    enos_certificates_notify_all()";
+/// SQL that undoes the latest migration's objects (6: the EnOS
+/// certificates' table), for tests that make a database of the previous
+/// release; the version row is removed apart.
+pub const UNDO_LATEST: &str = "DROP TABLE enos_certificates";
 
 /// The schema version this binary serves.
 pub fn latest() -> i32 {

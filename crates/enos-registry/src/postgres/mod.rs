@@ -10,6 +10,8 @@
 //!   record cache and revoked set correct.
 //! - `certificates`: the CA's records (migration 0005): single-use
 //!   tokens, renewal, revocation, the CA row, the revoked set's reload.
+//! - `enos_certificates`: which EnOS certificates each device holds
+//!   (migration 0006), read from the table on every call.
 //!
 //! # Semantics (the same as redb's)
 //!
@@ -22,6 +24,7 @@
 
 mod certificates;
 pub mod config;
+mod enos_certificates;
 mod gateway_rules;
 mod listener;
 pub mod migrations;
@@ -52,6 +55,7 @@ use super::{
         CaChange, CaRecord, CertificateRecord, EnrollTokenRecord, MergeCounts, RevokeTarget,
         RevokedSet,
     },
+    enos_certificates::EnosCertificateRecord,
     record_cache::RecordCache,
 };
 use crate::error::{RegistryError, Result};
@@ -518,6 +522,44 @@ impl Registry for PostgresRegistry {
 
     async fn merge_enroll_tokens(&self, tokens: Vec<EnrollTokenRecord>) -> Result<MergeCounts> {
         self.merge_enroll_tokens_pg(tokens).await
+    }
+
+    async fn record_enos_certificate(
+        &self,
+        cert: EnosCertificateRecord,
+        supersedes: Option<String>,
+    ) -> Result<()> {
+        self.record_enos_certificate_pg(cert, supersedes).await
+    }
+
+    async fn revoke_enos_certificate(
+        &self,
+        device: &DeviceId,
+        cert_sn: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnosCertificateRecord>> {
+        self.revoke_enos_certificate_pg(device, cert_sn, reason, now_ms)
+            .await
+    }
+
+    async fn enos_certificates_of(&self, device: &DeviceId) -> Result<Vec<EnosCertificateRecord>> {
+        self.enos_certificates_of_pg(device).await
+    }
+
+    async fn list_enos_certificates(
+        &self,
+        after: Option<&(DeviceId, String)>,
+        limit: usize,
+    ) -> Result<Vec<EnosCertificateRecord>> {
+        self.list_enos_certificates_pg(after, limit).await
+    }
+
+    async fn merge_enos_certificates(
+        &self,
+        certs: Vec<EnosCertificateRecord>,
+    ) -> Result<MergeCounts> {
+        self.merge_enos_certificates_pg(certs).await
     }
 }
 

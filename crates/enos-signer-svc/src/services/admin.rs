@@ -252,7 +252,8 @@ impl AdminService {
     /// After a deletion: revokes the device's valid EnOS certificates
     /// (CESSATION_OF_OPERATION) when `[enos_api]` serves its product. Best
     /// effort: the deletion stands; each attempt is audited and a failure
-    /// logged (`enos-signer enos-cert revoke` finishes the job).
+    /// logged (`enos-signer enos-cert revoke` finishes the job). Each
+    /// revocation audited is marked in the registry's EnOS records.
     async fn revoke_enos_certificates(&self, id: &enos_registry::DeviceId) {
         let Some(api) = &self.state.enos_api else {
             return;
@@ -264,7 +265,19 @@ impl AdminService {
         let outcome = async {
             let client = api.client_for(pk)?;
             let mut results = Vec::new();
-            for cert in client.list(pk, dk).await? {
+            let listed = client.list(pk, dk).await?;
+            // Revoked at EnOS already (on renew): recorded so.
+            if let Err(e) = super::enos_records::learn_revocations(
+                self.state.registry.as_ref(),
+                &self.state.audit,
+                id,
+                &listed,
+            )
+            .await
+            {
+                tracing::warn!(device = %id, error = %e, "could not record the EnOS revocations a listing showed");
+            }
+            for cert in listed {
                 if cert.status == 0 {
                     let result = client.revoke(pk, dk, &cert.cert_sn, 5).await;
                     results.push((cert.cert_sn, result));
@@ -288,7 +301,34 @@ impl AdminService {
             Ok(results) => {
                 for (serial, result) in results {
                     match result {
-                        Ok(()) => audit(Some(serial), "ok", "device deleted".into()),
+                        Ok(()) => {
+                            // Audited, then recorded in the registry: a
+                            // revocation the audit misses is not recorded
+                            // (EnOS's stands; the registry never shows a
+                            // revocation the trail lacks).
+                            let mut record = crate::audit::AuditRecord::new(
+                                "revoke_enos_certificate",
+                                None,
+                                Some(id.to_string()),
+                                "ok",
+                            );
+                            record.serial = Some(serial.clone());
+                            record.detail = Some("device deleted".into());
+                            match self.state.audit.record(&record).await {
+                                Ok(()) => {
+                                    super::enos_records::mark_revoked(
+                                        self.state.registry.as_ref(),
+                                        id,
+                                        &serial,
+                                        super::enos_records::REASON_DEVICE_DELETED,
+                                    )
+                                    .await
+                                }
+                                Err(e) => {
+                                    tracing::warn!(device = %id, cert_sn = %serial, error = %e, "the revocation of a deleted device's EnOS certificate could not be audited; not recorded in the registry")
+                                }
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(device = %id, cert_sn = %serial, error = %e, "could not revoke the deleted device's EnOS certificate");
                             audit(Some(serial), "refused", format!("device deleted: {e}"));

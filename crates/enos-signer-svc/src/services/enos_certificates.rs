@@ -8,6 +8,9 @@
 //! template (InvalidArgument, before EnOS is called), then EnOS's
 //! apply or renew with `validDay` from policy and `issueAuthority` from
 //! the key's type. Every outcome is audited (EnOS serials, never keys).
+//! A renewal's serial must be recorded as the caller's own valid
+//! certificate before EnOS is called; the intent is audited before the
+//! call, and the registry records what EnOS issued ([`enos_records`]).
 
 use std::{sync::Arc, time::Instant};
 
@@ -28,7 +31,7 @@ use crate::{
     enos_api::Authority,
     error::{Result, SignerError},
     listener::metrics::outcome_name,
-    services::caller::caller_device,
+    services::{caller::caller_device, enos_records},
     state::SignerState,
 };
 
@@ -160,6 +163,7 @@ impl EnosCertificatesService {
 
     async fn issue(
         &self,
+        rpc: &'static str,
         identity: &PeerIdentity,
         csr_pem: &str,
         renews: Option<&str>,
@@ -175,6 +179,10 @@ impl EnosCertificatesService {
         let authority = check_csr(csr_pem, &subject)?;
         let client = api.client_for(pk)?;
         let valid_day = api.config.valid_day;
+        if let Some(old) = renews {
+            enos_records::check_renewable(self.state.registry.as_ref(), &device, old).await?;
+        }
+        enos_records::audit_intent(&self.state, rpc, identity, &device, renews).await?;
         let issued = match renews {
             None => client.apply(pk, dk, csr_pem, valid_day, authority).await?,
             Some(old) => {
@@ -184,6 +192,8 @@ impl EnosCertificatesService {
             }
         };
         record.serial = Some(issued.cert_sn.clone());
+        enos_records::record_issued(&self.state, &client, &device, &issued, authority, renews)
+            .await?;
         Ok(v1::EnosCertificate {
             cert_pem: issued.cert_pem,
             cert_sn: issued.cert_sn,
@@ -203,7 +213,9 @@ impl EnosCertificatesService {
         let device = crate::audit::device_of(&identity);
         let mut record = AuditRecord::new(rpc, Some(&identity), device.clone(), "");
         record.detail = renews.map(|old| format!("renews EnOS certSN {old}"));
-        let result = self.issue(&identity, csr_pem, renews, &mut record).await;
+        let result = self
+            .issue(rpc, &identity, csr_pem, renews, &mut record)
+            .await;
         let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
         self.state.metrics.issuance(rpc, outcome, started.elapsed());
         record.outcome = outcome.into();

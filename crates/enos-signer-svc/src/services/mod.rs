@@ -10,6 +10,7 @@
 //! | [`batch_login`] | `SignSubDeviceLoginBatch`: one signed `combine.login.batch` for a gateway |
 //! | [`enrollment`] | the `Enrollment` service: a device's first certificate for a one-time token |
 //! | [`certificates`] | the `Certificates` service: a device renews its own certificate |
+//! | [`enos_records`] | the registry's record of each gateway's EnOS certificates: the renewal's check, the writes and their audit |
 //! | [`admin`] | the `Admin` service: the device registry, for admin certificates |
 //! | [`admin_certificates`] | Admin's CA RPCs: enrollment tokens, revocation, a device's certificates |
 //! | [`admin_gate`] | who may use Admin beyond holding an admin certificate |
@@ -28,6 +29,7 @@ pub mod certificates;
 pub mod convert;
 pub mod credentials;
 pub mod enos_certificates;
+pub mod enos_records;
 pub mod enrollment;
 pub mod import;
 pub mod products;

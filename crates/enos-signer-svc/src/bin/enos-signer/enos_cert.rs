@@ -1,11 +1,17 @@
 //! `enos-signer enos-cert list|revoke PK DK`: a device's EnOS certificates
 //! through EnOS's API, with the signer's config (its custody opens the
-//! EnOS credential; its audit trail records each revocation).
+//! EnOS credential; its audit trail records each revocation), beside what
+//! the registry records (which serial the device holds; a revocation is
+//! marked there after it is audited). The registry is read when this
+//! process can open it: always with PostgreSQL; with redb only while no
+//! signer serves the file (redb has one process at a time), else the
+//! command says so and works with EnOS alone.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
+use enos_registry::{DeviceId, EnosCertificateRecord, Registry};
 use enos_signer_svc::{SignerConfig, audit::AuditRecord, enos_api::EnosApi};
 
 /// RFC 5280 reasons EnOS's revoke takes.
@@ -82,6 +88,42 @@ fn api(config: &SignerConfig) -> Result<EnosApi> {
     Ok(EnosApi::new(section, custody))
 }
 
+/// The registry, or why not (printed once; EnOS's side still works).
+fn registry(config: &SignerConfig) -> Option<std::sync::Arc<dyn Registry>> {
+    match enos_registry::open(&config.registry) {
+        Ok(registry) => Some(registry),
+        Err(e) => {
+            say_err!(
+                "the registry cannot be read from here ({e}); EnOS's side only (with redb, run this while the signer is stopped, or revoke by deleting the device through the signer)"
+            );
+            None
+        }
+    }
+}
+
+/// The device of `pk`/`dk`, checked as the registry checks its keys.
+fn device(pk: &str, dk: &str) -> Result<DeviceId> {
+    Ok(DeviceId::new(
+        enos_sign_core::ProductKey::new(pk).context("product key")?,
+        enos_sign_core::DeviceKey::new(dk).context("device key")?,
+    ))
+}
+
+/// What the registry says of one serial, for the listing's column.
+fn registry_column(records: &[EnosCertificateRecord], sn: &str, now: u64) -> String {
+    match records.iter().find(|r| r.cert_sn == sn) {
+        Some(r) => {
+            let status = r.status_at(now);
+            match (&r.superseded_by, &r.revoked) {
+                (_, Some(revoked)) => format!("{status} ({})", revoked.reason),
+                (Some(by), None) => format!("{status} (by {by})"),
+                (None, None) => status.to_owned(),
+            }
+        }
+        None => "not-recorded".into(),
+    }
+}
+
 fn date(ms: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
@@ -106,19 +148,51 @@ pub(crate) async fn run(command: EnosCertCommand) -> Result<()> {
             device_key,
         } => {
             let config = SignerConfig::load(&config)?;
+            let id = device(&product_key, &device_key)?;
             let client = api(&config)?.client_for(&product_key)?;
             let certs = client.list(&product_key, &device_key).await?;
+            let records = match registry(&config) {
+                Some(registry) => Some(registry.enos_certificates_of(&id).await?),
+                None => None,
+            };
+            let now = enos_domain::now_ms();
             if certs.is_empty() {
                 say!("{product_key}/{device_key}: no EnOS certificate");
             }
-            for cert in certs {
+            for cert in &certs {
+                let column = records
+                    .as_deref()
+                    .map(|r| format!(" registry={}", registry_column(r, &cert.cert_sn, now)))
+                    .unwrap_or_default();
                 say!(
-                    "{product_key}/{device_key} certSN={} status={} issued={} expires={}",
+                    "{product_key}/{device_key} certSN={} status={} issued={} expires={}{column}",
                     cert.cert_sn,
                     status(cert.status),
                     date(cert.sign_ms),
                     date(cert.expire_ms)
                 );
+            }
+            if let Some(records) = &records {
+                for r in records
+                    .iter()
+                    .filter(|r| !certs.iter().any(|c| c.cert_sn == r.cert_sn))
+                {
+                    say!(
+                        "{product_key}/{device_key} certSN={} status=not-listed-by-EnOS registry={}",
+                        r.cert_sn,
+                        registry_column(records, &r.cert_sn, now)
+                    );
+                }
+                match enos_registry::enos_certificates::current(records, now) {
+                    Some(held) => say!(
+                        "{product_key}/{device_key} holds certSN={} (the registry's record; expires {})",
+                        held.cert_sn,
+                        date(i64::try_from(held.not_after_ms).unwrap_or(i64::MAX))
+                    ),
+                    None => say!(
+                        "{product_key}/{device_key} holds no EnOS certificate the registry records as current"
+                    ),
+                }
             }
         }
         EnosCertCommand::Revoke {
@@ -131,15 +205,36 @@ pub(crate) async fn run(command: EnosCertCommand) -> Result<()> {
             let config = SignerConfig::load(&config)?;
             let client = api(&config)?.client_for(&product_key)?;
             let audit = enos_signer_svc::audit::Audit::open(&config.audit)?;
+            let id = device(&product_key, &device_key)?;
+            let registry = registry(&config);
+            let reason_name = reason
+                .to_possible_value()
+                .map_or_else(|| "unspecified".to_owned(), |v| v.get_name().to_owned());
             let serials: Vec<String> = match cert_sn {
                 Some(sn) => vec![sn],
-                None => client
-                    .list(&product_key, &device_key)
-                    .await?
-                    .into_iter()
-                    .filter(|c| c.status == 0)
-                    .map(|c| c.cert_sn)
-                    .collect(),
+                None => {
+                    let listed = client.list(&product_key, &device_key).await?;
+                    if let Some(registry) = &registry {
+                        // Revoked at EnOS already (on renew): recorded so.
+                        for sn in enos_signer_svc::services::enos_records::learn_revocations(
+                            registry.as_ref(),
+                            &audit,
+                            &id,
+                            &listed,
+                        )
+                        .await?
+                        {
+                            say!(
+                                "EnOS certificate {sn} of {product_key}/{device_key} was revoked at EnOS already: recorded"
+                            );
+                        }
+                    }
+                    listed
+                        .into_iter()
+                        .filter(|c| c.status == 0)
+                        .map(|c| c.cert_sn)
+                        .collect()
+                }
             };
             if serials.is_empty() {
                 say!("{product_key}/{device_key}: no valid EnOS certificate to revoke");
@@ -164,6 +259,14 @@ pub(crate) async fn run(command: EnosCertCommand) -> Result<()> {
                     .record(&record)
                     .await
                     .context("auditing the revocation")?;
+                // Audited: now recorded (the registry never shows a
+                // revocation the trail lacks).
+                if let (Ok(()), Some(registry)) = (&result, &registry) {
+                    registry
+                        .revoke_enos_certificate(&id, &sn, &reason_name, enos_domain::now_ms())
+                        .await
+                        .context("recording the revocation in the registry")?;
+                }
                 match result {
                     Ok(()) => say!(
                         "revoked EnOS certificate {sn} of {product_key}/{device_key} ({reason:?})"
