@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     queue::BoundedQueue,
-    spool::Spool,
+    spool::{Spool, Spooled, as_resume, has_late_path, resume_entry},
     status::{AgentStatus, SpoolStatus},
     topics::{DeviceTopics, DownstreamMap, MessageIds},
 };
@@ -24,14 +24,19 @@ use crate::{
 /// since the last one and the total).
 const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Spooled messages one `resume.batch` carries at most: EnOS documents
+/// no limit; 100 keeps a batch far below its packet size limit.
+const MAX_RESUME_BATCH: usize = 100;
+
 /// Which publish on the EnOS client an `Outgoing::Publish` event is: the
 /// events come in the order the publishes entered the client's channel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Tag {
     /// Not spooled (a sub-device login, the activation reply).
     Other,
-    /// Spooled message `seq`, at this QoS.
-    Spooled(u64, QoS),
+    /// Spooled messages (one, or those a `resume.batch` carries), at
+    /// this QoS: its PUBACK delivers them all.
+    Spooled(Vec<u64>, QoS),
 }
 
 /// What maps EnOS's acknowledgements back to spooled messages.
@@ -39,8 +44,21 @@ enum Tag {
 pub struct Acks {
     /// Publishes in the client's channel, oldest first.
     order: VecDeque<Tag>,
-    /// Packet id → spooled sequence number, awaiting its PUBACK.
-    awaiting: HashMap<u16, u64>,
+    /// Packet id → spooled sequence numbers, awaiting its PUBACK.
+    awaiting: HashMap<u16, Vec<u64>>,
+}
+
+/// Where a sub-device stands on the current connection, for its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubDeviceLogin {
+    /// Its login on this connection has not settled: its data waits.
+    Pending,
+    /// Logged in: its data goes.
+    Online,
+    /// Refused or failed: its measurepoints go as late data with
+    /// `allowOfflineSubDevice` (EnOS refuses posts of an offline
+    /// sub-device).
+    Offline,
 }
 
 /// An EnOS flow-control notice in force.
@@ -141,16 +159,17 @@ pub struct Shared {
     pub acks: Mutex<Acks>,
     /// Rate-limits the eviction warning.
     pub eviction_log: Mutex<EvictionLog>,
-    /// The replay's pace: no spooled message goes before this instant
-    /// (the replay rate, or a sub-device not logged in yet).
+    /// The pace: no spooled message goes before this instant (the replay
+    /// rate, EnOS's flow control, or a sub-device not logged in yet).
     pub paced_until: Mutex<Option<Instant>>,
     /// The replay rate's token bucket: (last refill, tokens).
     pub replay_bucket: Mutex<Option<(Instant, f64)>>,
     /// EnOS's flow-control notice in force (`traffic/control`).
     pub traffic: Mutex<Option<TrafficLimit>>,
-    /// Late measurepoints sent through `resume`.
+    /// Late measurepoints sent through `resume` or `resume.batch`.
     pub resumed: AtomicU64,
-    /// `resume` replies other than 200.
+    /// `resume` and `resume.batch` replies other than 200 (a batch
+    /// counts once).
     pub resume_refused: AtomicU64,
     /// The configured sub-devices' `/sys/{pk}/{dk}/` prefixes: their
     /// spooled data waits until their login on this connection settled.
@@ -292,12 +311,14 @@ impl Shared {
         let Some(spool) = &self.spool else { return };
         let mut acks = self.acks();
         match acks.order.pop_front() {
-            Some(Tag::Spooled(seq, QoS::AtMostOnce)) => {
+            Some(Tag::Spooled(seqs, QoS::AtMostOnce)) => {
                 drop(acks);
-                spool.acknowledged(seq);
+                for seq in seqs {
+                    spool.acknowledged(seq);
+                }
             }
-            Some(Tag::Spooled(seq, _)) => {
-                acks.awaiting.insert(pkid, seq);
+            Some(Tag::Spooled(seqs, _)) => {
+                acks.awaiting.insert(pkid, seqs);
             }
             Some(Tag::Other) | None => {}
         }
@@ -306,60 +327,106 @@ impl Shared {
     /// EnOS acknowledged packet `pkid`.
     pub fn on_puback(&self, pkid: u16) {
         let Some(spool) = &self.spool else { return };
-        let seq = self.acks().awaiting.remove(&pkid);
-        if let Some(seq) = seq {
-            spool.acknowledged(seq);
+        let seqs = self.acks().awaiting.remove(&pkid);
+        if let Some(seqs) = seqs {
+            for seq in seqs {
+                spool.acknowledged(seq);
+            }
             self.refresh_counters();
         }
     }
 
     /// The EnOS connection ended: what rumqttc held is gone (a clean
     /// session), so every spooled message not acknowledged goes again.
-    pub fn on_connection_lost(&self) {
-        let Some(spool) = &self.spool else { return };
+    ///
+    /// `drain` empties the EnOS client's request channel (rumqttc's
+    /// `EventLoop::clean`, whose leftovers the next clean CONNACK drops).
+    /// It runs under the lock [`Shared::publish_other`] holds: a
+    /// sub-device login queued by the login task between the failed poll
+    /// and this call would otherwise go out on the next connection while
+    /// its tag was cleared here, and every later PUBACK would then be
+    /// matched to the message published before it, so a message could
+    /// leave the spool on another one's acknowledgement.
+    pub fn on_connection_lost(&self, drain: impl FnOnce()) {
         let mut acks = self.acks();
+        drain();
+        let Some(spool) = &self.spool else { return };
         acks.order.clear();
         acks.awaiting.clear();
         spool.rewind();
     }
 
-    /// How long the next spooled message on `topic` must wait: a
-    /// sub-device's data until its login on this connection settled (EnOS
-    /// refuses data of an offline sub-device); a late message until the
-    /// replay rate allows it. `None`: it may go.
-    fn pace(&self, topic: &str, late: bool, rate: u32) -> Option<Duration> {
-        if let Some((_, pk, dk)) = self
+    /// Where the sub-device whose data `topic` carries stands on this
+    /// connection; `None` when it is not a configured sub-device's topic.
+    fn sub_device_login(&self, topic: &str) -> Option<SubDeviceLogin> {
+        let (_, pk, dk) = self
             .sub_device_prefixes
             .iter()
-            .find(|(prefix, _, _)| topic.starts_with(prefix.as_str()))
+            .find(|(prefix, _, _)| topic.starts_with(prefix.as_str()))?;
+        let generation = *self.session.borrow();
+        let status = self.status.borrow();
+        let Some(d) = status.sub_devices.iter().find(|d| {
+            d.product_key == *pk && d.device_key == *dk && Some(d.connection) == generation
+        }) else {
+            return Some(SubDeviceLogin::Pending);
+        };
+        Some(match d.state {
+            crate::status::SubDeviceState::Pending => SubDeviceLogin::Pending,
+            crate::status::SubDeviceState::Online => SubDeviceLogin::Online,
+            _ => SubDeviceLogin::Offline,
+        })
+    }
+
+    /// Replay messages the replay rate allows now (`usize::MAX` without a
+    /// rate), or how long until the next one.
+    fn replay_allowance(&self, rate: u32) -> Result<usize, Duration> {
+        if rate == 0 {
+            return Ok(usize::MAX);
+        }
+        let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (last, tokens) = bucket.get_or_insert((now, 1.0));
+        let rate = f64::from(rate);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
+        *last = now;
+        if *tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - *tokens) / rate));
+        }
+        // Floored, ≥ 1: fits.
+        Ok(tokens.floor() as usize)
+    }
+
+    /// `n` replayed messages used the replay rate.
+    fn replay_spend(&self, n: usize) {
+        if let Some((_, tokens)) = self
+            .replay_bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
         {
-            let generation = *self.session.borrow();
-            let settled = self.status.borrow().sub_devices.iter().any(|d| {
-                d.product_key == *pk
-                    && d.device_key == *dk
-                    && Some(d.connection) == generation
-                    && d.state != crate::status::SubDeviceState::Pending
-            });
-            if !settled {
-                return Some(Duration::from_millis(50));
-            }
+            *tokens -= n as f64;
         }
-        if let Some(wait) = self.traffic_wait() {
-            return Some(wait);
-        }
-        if late && rate > 0 {
-            let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let (last, tokens) = bucket.get_or_insert((now, 1.0));
-            let rate = f64::from(rate);
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
-            *last = now;
-            if *tokens < 1.0 {
-                return Some(Duration::from_secs_f64((1.0 - *tokens) / rate));
-            }
-            *tokens -= 1.0;
-        }
-        None
+    }
+
+    /// Holds spooled messages back for `wait` (the earliest of the reasons
+    /// given in one feed wins: something may go then).
+    fn pace_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paced = self.paced_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paced = Some(paced.map_or(until, |p| p.min(until)));
+    }
+
+    /// Whether a spooled message may ride in the gateway's `resume.batch`:
+    /// a measurepoint post of the gateway or of a configured sub-device
+    /// (another device's would make EnOS refuse the whole batch, 740).
+    fn batchable(&self, s: &Spooled) -> bool {
+        let topic = s.message.topic.as_str();
+        has_late_path(topic)
+            && (topic == self.topics.measurepoint_post()
+                || self
+                    .sub_device_prefixes
+                    .iter()
+                    .any(|(prefix, _, _)| topic.starts_with(prefix.as_str())))
     }
 
     /// How long EnOS's flow control holds the next message back.
@@ -423,7 +490,8 @@ impl Shared {
         Some(id)
     }
 
-    /// A `…/measurepoint/resume_reply`: counts and logs a refusal.
+    /// A `…/measurepoint/resume_reply` or `…/resume/batch_reply`: counts
+    /// and logs a refusal (per message, a batch once).
     pub fn on_resume_reply(&self, topic: &str, payload: &[u8]) {
         match EnosReply::parse(payload) {
             Some(r) if r.code == 200 => {}
@@ -438,53 +506,164 @@ impl Shared {
 
     /// Moves queued upstream messages into the EnOS client; `false` when
     /// its channel is full (the rest waits for the next poll).
+    ///
+    /// With a spool, two lanes read it (see [`Spool::peek_live`]): the
+    /// live lane first, at full pace, then the replay lane behind it, at
+    /// `replay_rate`. So live data is never queued behind a backlog.
     pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
         if let Some(spool) = &self.spool {
-            let mut moved = false;
-            let mut room = true;
-            let cfg = spool.config();
-            let resume_after = u64::try_from(cfg.resume_after.as_millis()).unwrap_or(u64::MAX);
             *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            while let Some(s) = spool.peek() {
-                let now = enos_domain::now_ms();
-                let late = now.saturating_sub(s.time_ms) > resume_after;
-                if let Some(wait) = self.pace(&s.message.topic, late, cfg.replay_rate) {
-                    *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Instant::now() + wait);
-                    break;
-                }
-                let resumed = if late {
-                    crate::spool::as_resume(&s.message, s.time_ms)
-                } else {
-                    None
-                };
-                let is_resume = resumed.is_some();
-                let m = resumed.unwrap_or(s.message);
-                let mut acks = self.acks();
-                if client
-                    .try_publish(m.topic, m.qos, false, m.payload)
-                    .is_err()
-                {
-                    room = false;
-                    break;
-                }
-                acks.order.push_back(Tag::Spooled(s.seq, m.qos));
-                drop(acks);
-                spool.taken(s.seq);
-                if is_resume {
-                    self.resumed.fetch_add(1, Ordering::Relaxed);
-                }
-                moved = true;
-                self.upstream_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            if moved {
-                self.refresh_counters();
-            }
-            if !room {
+            let live = self.feed_live(spool, client);
+            if !live || !self.feed_replay(spool, client) {
                 return false;
             }
         }
         self.feed(client, &self.upstream, &self.upstream_sent)
+    }
+
+    /// Publishes `m` for the spooled messages `seqs`, keeping the
+    /// acknowledgement order; `false` when the client's channel is full.
+    fn publish_spooled(&self, client: &AsyncClient, m: Outbound, seqs: Vec<u64>) -> bool {
+        let mut acks = self.acks();
+        if client
+            .try_publish(m.topic, m.qos, false, m.payload)
+            .is_err()
+        {
+            return false;
+        }
+        acks.order.push_back(Tag::Spooled(seqs, m.qos));
+        true
+    }
+
+    /// The live lane: messages on their own topics, in spool order, at
+    /// once. It defers to the replay lane a message held longer than
+    /// `resume_after`, and a measurepoint post of a sub-device whose login
+    /// on this connection failed (`resume.batch` takes it with
+    /// `allowOfflineSubDevice`; a post would be refused). A sub-device's
+    /// data waits until its login on this connection settled.
+    fn feed_live(&self, spool: &Spool, client: &AsyncClient) -> bool {
+        let resume_after =
+            u64::try_from(spool.config().resume_after.as_millis()).unwrap_or(u64::MAX);
+        let mut moved = false;
+        let mut room = true;
+        loop {
+            let now = enos_domain::now_ms();
+            let next = spool.peek_live(|s| {
+                now.saturating_sub(s.time_ms) > resume_after
+                    || (has_late_path(&s.message.topic)
+                        && self.sub_device_login(&s.message.topic) == Some(SubDeviceLogin::Offline))
+            });
+            let Some(s) = next else { break };
+            if self.sub_device_login(&s.message.topic) == Some(SubDeviceLogin::Pending) {
+                self.pace_for(Duration::from_millis(50));
+                break;
+            }
+            if let Some(wait) = self.traffic_wait() {
+                self.pace_for(wait);
+                break;
+            }
+            if !self.publish_spooled(client, s.message, vec![s.seq]) {
+                room = false;
+                break;
+            }
+            spool.take_live(s.seq);
+            moved = true;
+            self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
+    }
+
+    /// The replay lane, behind the live lane, at `replay_rate` messages
+    /// per second: measurepoint posts through `thing.measurepoint.resume`
+    /// (several in a row, of the gateway and its sub-devices, in one
+    /// `thing.measurepoint.resume.batch`), with their original time; other
+    /// messages on their own topics. In spool order, so per device.
+    fn feed_replay(&self, spool: &Spool, client: &AsyncClient) -> bool {
+        let rate = spool.config().replay_rate;
+        let mut moved = false;
+        let mut room = true;
+        loop {
+            let Some(first) = spool.peek_replay(1, |_| false).into_iter().next() else {
+                break;
+            };
+            if self.sub_device_login(&first.message.topic) == Some(SubDeviceLogin::Pending) {
+                self.pace_for(Duration::from_millis(50));
+                break;
+            }
+            let allowance = match self.replay_allowance(rate) {
+                Ok(n) => n,
+                Err(wait) => {
+                    self.pace_for(wait);
+                    break;
+                }
+            };
+            if let Some(wait) = self.traffic_wait() {
+                self.pace_for(wait);
+                break;
+            }
+            let mut group = vec![first];
+            if allowance > 1 && self.batchable(&group[0]) {
+                group = spool.peek_replay(allowance.min(MAX_RESUME_BATCH), |s| {
+                    self.batchable(s)
+                        && self.sub_device_login(&s.message.topic) != Some(SubDeviceLogin::Pending)
+                });
+            }
+            let entries: Vec<serde_json::Value> = group
+                .iter()
+                .map_while(|s| resume_entry(&s.message, s.time_ms))
+                .collect();
+            let (m, seqs, resumed) = if entries.len() > 1 {
+                group.truncate(entries.len());
+                let payload = serde_json::json!({
+                    "id": self.ids.next(),
+                    "version": "1.0",
+                    "method": "thing.measurepoint.resume.batch",
+                    "params": entries,
+                    // Replayed data is history: a sub-device offline now
+                    // (its login failed on this connection, or EnOS took
+                    // it offline since) still gets its past data stored,
+                    // instead of the whole batch refused with 460.
+                    "allowOfflineSubDevice": true,
+                    // One point EnOS does not know (a model changed while
+                    // the data waited) costs that point, not the batch:
+                    // the rest of an hour of data is still stored.
+                    "skipInvalidMeasurepoints": true,
+                });
+                let m = Outbound {
+                    topic: self.topics.measurepoint_resume_batch(),
+                    payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                    qos: QoS::AtLeastOnce,
+                };
+                (
+                    m,
+                    group.iter().map(|s| s.seq).collect::<Vec<_>>(),
+                    group.len(),
+                )
+            } else {
+                let s = group.swap_remove(0);
+                match as_resume(&s.message, s.time_ms) {
+                    Some(m) => (m, vec![s.seq], 1),
+                    None => (s.message, vec![s.seq], 0),
+                }
+            };
+            let n = seqs.len();
+            if !self.publish_spooled(client, m, seqs.clone()) {
+                room = false;
+                break;
+            }
+            spool.take_replay(&seqs);
+            self.replay_spend(n);
+            self.resumed.fetch_add(resumed as u64, Ordering::Relaxed);
+            moved = true;
+            self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
     }
 
     /// Moves queued downstream messages into the local client; `false`

@@ -181,14 +181,46 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     let sys = format!("/sys/{}/{}/thing/measurepoint", GW.0, GW.1);
     let topic = format!("{sys}/post");
     let resume = format!("{sys}/resume");
+    let batch = format!("{sys}/resume/batch");
     cloud.subscribe(&resume).await;
+    cloud.subscribe(&batch).await;
     cloud.subscribe(&topic).await;
     // Held longer than `resume_after` (1 s): late data.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let started = Instant::now();
     let mut agent = start_agent(&config, &world.dir.path().join("agent-2.log"));
-    let got = cloud.collect_on(&resume, Duration::from_secs(5)).await;
+    // Through `resume` one by one, or several in a `resume.batch`: each
+    // batch entry as the single message it stands for.
+    let mut got = Vec::new();
+    let mut batches = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while got.len() < N as usize {
+            let (t, p) = cloud.rx.recv().await.expect("client task alive");
+            if t == resume {
+                got.push(p);
+            } else if t == batch {
+                batches += 1;
+                let v: serde_json::Value = serde_json::from_slice(&p).expect("json");
+                assert_eq!(v["method"], "thing.measurepoint.resume.batch", "{v}");
+                assert_eq!(v["allowOfflineSubDevice"], true, "{v}");
+                for e in v["params"].as_array().expect("entries") {
+                    assert_eq!(e["productKey"], GW.0, "{e}");
+                    assert_eq!(e["deviceKey"], GW.1, "{e}");
+                    got.push(
+                        serde_json::to_vec(&serde_json::json!({
+                            "id": v["id"],
+                            "method": "thing.measurepoint.resume",
+                            "params": {"measurepoints": e["measurepoints"], "time": e["time"]},
+                        }))
+                        .expect("json"),
+                    );
+                }
+            }
+        }
+    })
+    .await;
     let drained_in = started.elapsed();
+    assert!(batches > 0, "a backlog goes up in resume.batch");
     if got.len() != N as usize {
         eprintln!(
             "agent log:\n{}\nstatus: {:#?}\nsandbox: {}",
@@ -207,7 +239,7 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     assert_eq!(
         seqs(&got),
         (0..N).collect::<Vec<_>>(),
-        "every spooled message, once, in order, through resume"
+        "every spooled message, once, in order, through resume (or resume.batch)"
     );
     for p in &got {
         let v: serde_json::Value = serde_json::from_slice(p).expect("json");
