@@ -378,19 +378,22 @@ impl Shared {
     }
 
     /// Replay messages the replay rate allows now (`usize::MAX` without a
-    /// rate), or how long until the next one.
+    /// rate), or how long until it allows a tenth of a second's worth:
+    /// the backlog goes in up to ten batches a second, not one message
+    /// per token.
     fn replay_allowance(&self, rate: u32) -> Result<usize, Duration> {
         if rate == 0 {
             return Ok(usize::MAX);
         }
+        let want = f64::from((rate / 10).clamp(1, MAX_RESUME_BATCH as u32));
         let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (last, tokens) = bucket.get_or_insert((now, 1.0));
         let rate = f64::from(rate);
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
         *last = now;
-        if *tokens < 1.0 {
-            return Err(Duration::from_secs_f64((1.0 - *tokens) / rate));
+        if *tokens < want {
+            return Err(Duration::from_secs_f64((want - *tokens) / rate));
         }
         // Floored, ≥ 1: fits.
         Ok(tokens.floor() as usize)

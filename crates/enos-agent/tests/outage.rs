@@ -75,7 +75,8 @@ struct World {
     dir: tempfile::TempDir,
     sandbox: Sandbox,
     local: Mosquitto,
-    signer: SignerFixture,
+    /// Kept running for the agent; dropped with the world.
+    _signer: SignerFixture,
     config: PathBuf,
 }
 
@@ -149,7 +150,7 @@ qos = 1
             dir,
             sandbox,
             local,
-            signer,
+            _signer: signer,
             config,
         }
     }
