@@ -14,6 +14,7 @@ use rumqttc::{AsyncClient, ClientError, QoS};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
+    config::Config,
     queue::BoundedQueue,
     spool::{Spool, Spooled, as_resume, has_late_path, resume_entry},
     status::{AgentStatus, SpoolStatus},
@@ -177,6 +178,72 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state for `config`'s agent, with its spool (when `[spool]` is
+    /// configured and opened).
+    pub fn new(config: &Config, spool: Option<Spool>) -> Shared {
+        let topics = DeviceTopics::new(
+            config.device.product_key.as_str(),
+            config.device.device_key.as_str(),
+        );
+        let mut reply_routes: HashMap<String, Vec<String>> = HashMap::new();
+        let mut downstream_map = None;
+        if let Some(bridge) = &config.bridge {
+            for route in &bridge.upstream {
+                if let Some(local) = &route.reply_to {
+                    let (enos_topic, _) = topics.upstream_target(route);
+                    let locals = reply_routes
+                        .entry(format!("{enos_topic}_reply"))
+                        .or_default();
+                    if !locals.contains(local) {
+                        locals.push(local.clone());
+                    }
+                }
+            }
+            downstream_map = bridge.downstream.as_ref().map(DownstreamMap::new);
+        }
+        let (status, _) = watch::channel(AgentStatus::new(config.enos.broker.to_string()));
+        if config.bridge.is_some() {
+            status.send_modify(|s| s.local_broker_connected = Some(false));
+        }
+        let (session, _) = watch::channel(None);
+        let ids = match &spool {
+            Some(spool) => MessageIds::starting_at(spool.next_seq()),
+            None => MessageIds::default(),
+        };
+        Shared {
+            upstream: BoundedQueue::new(config.queue.upstream_capacity),
+            downstream: BoundedQueue::new(config.queue.downstream_capacity),
+            status,
+            session,
+            pending_logins: Default::default(),
+            topics,
+            downstream_map,
+            reply_routes,
+            ids,
+            upstream_sent: Default::default(),
+            downstream_delivered: Default::default(),
+            spool,
+            acks: Default::default(),
+            eviction_log: Default::default(),
+            paced_until: Default::default(),
+            replay_bucket: Default::default(),
+            traffic: Default::default(),
+            resumed: Default::default(),
+            resume_refused: Default::default(),
+            sub_device_prefixes: config
+                .sub_devices
+                .iter()
+                .map(|d| {
+                    (
+                        format!("/sys/{}/{}/", d.product_key.as_str(), d.device_key.as_str()),
+                        d.product_key.as_str().to_owned(),
+                        d.device_key.as_str().to_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Copies the queue counters into the status.
     pub fn refresh_counters(&self) {
         let spool = self.spool.as_ref().map(|spool| {
@@ -588,10 +655,7 @@ impl Shared {
         let rate = spool.config().replay_rate;
         let mut moved = false;
         let mut room = true;
-        loop {
-            let Some(first) = spool.peek_replay(1, |_| false).into_iter().next() else {
-                break;
-            };
+        while let Some(first) = spool.peek_replay(1, |_| false).into_iter().next() {
             if self.sub_device_login(&first.message.topic) == Some(SubDeviceLogin::Pending) {
                 self.pace_for(Duration::from_millis(50));
                 break;
@@ -607,18 +671,27 @@ impl Shared {
                 self.pace_for(wait);
                 break;
             }
+            // A sub-device whose login failed rides alone: if EnOS refuses
+            // it (say, 740: no longer this gateway's), it refuses no other.
+            let alone =
+                self.sub_device_login(&first.message.topic) == Some(SubDeviceLogin::Offline);
             let mut group = vec![first];
-            if allowance > 1 && self.batchable(&group[0]) {
+            if allowance > 1 && !alone && self.batchable(&group[0]) {
                 group = spool.peek_replay(allowance.min(MAX_RESUME_BATCH), |s| {
                     self.batchable(s)
-                        && self.sub_device_login(&s.message.topic) != Some(SubDeviceLogin::Pending)
+                        && self
+                            .sub_device_login(&s.message.topic)
+                            .is_none_or(|l| l == SubDeviceLogin::Online)
                 });
             }
             let entries: Vec<serde_json::Value> = group
                 .iter()
                 .map_while(|s| resume_entry(&s.message, s.time_ms))
                 .collect();
-            let (m, seqs, resumed) = if entries.len() > 1 {
+            // `resume.batch` for several, and for an offline sub-device
+            // (only the batch takes `allowOfflineSubDevice`).
+            let as_batch = entries.len() > 1 || (alone && entries.len() == 1);
+            let (m, seqs, resumed) = if as_batch {
                 group.truncate(entries.len());
                 let payload = serde_json::json!({
                     "id": self.ids.next(),
@@ -718,5 +791,77 @@ impl Shared {
             }
             None => tracing::debug!(id = %reply.id, "login reply nobody waits for"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::{MqttOptions, Request};
+
+    use super::*;
+
+    /// #28 item 3 (the race at a disconnect): a sub-device login the login task queues between the failed poll and the rewind does not go out on the next connection ahead of the spooled messages, so every PUBACK is matched to the message it acknowledges.
+    #[tokio::test]
+    async fn a_login_queued_at_a_disconnect_cannot_shift_the_acknowledgements() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = format!(
+            "[device]\nproduct_key = \"pk1\"\ndevice_key = \"dk1\"\n\n[signer]\nendpoints = [\"https://127.0.0.1:7443\"]\nca = \"ca.pem\"\ncert = \"d.pem\"\nkey = \"d.key\"\n\n[enos]\nbroker = \"tcp://127.0.0.1:1\"\n\n[spool]\npath = \"{}\"\n",
+            dir.path().join("upstream.spool").display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("/etc/enos-agent/agent.toml"))
+            .expect("config");
+        let (spool, _) = Spool::open(config.spool.as_ref().expect("[spool]")).expect("open");
+        let shared = Shared::new(&config, Some(spool));
+        let spool = shared.spool.as_ref().expect("spool");
+        let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 16);
+        let event = "/sys/pk1/dk1/thing/event/alarm/post";
+        for i in 0..2 {
+            shared.enqueue_upstream(Outbound {
+                topic: event.into(),
+                payload: format!("{{\"i\":{i}}}").into_bytes(),
+                qos: QoS::AtLeastOnce,
+            });
+        }
+        // Connected: both go into the client's channel.
+        assert!(shared.feed_upstream(&client));
+        // The connection fails: rumqttc's poll empties the channel into
+        // `pending` (`EventLoop::clean`) and returns the error.
+        eventloop.clean();
+        // The login task queues a login at that moment.
+        shared
+            .publish_other(
+                &client,
+                "/ext/session/pk1/dk1/combine/login".into(),
+                QoS::AtLeastOnce,
+                b"{}".to_vec(),
+            )
+            .expect("queued");
+        // The session task sees the loss; the next CONNACK (a clean
+        // session) drops what the old connection left.
+        shared.on_connection_lost(|| eventloop.clean());
+        eventloop.pending.clear();
+        // Reconnected: the spooled messages go again.
+        assert!(shared.feed_upstream(&client));
+        eventloop.clean();
+        let out: Vec<String> = eventloop
+            .pending
+            .iter()
+            .filter_map(|r| match r {
+                Request::Publish(p) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            out,
+            [event, event],
+            "what the new connection sends, in the order its PUBACKs are matched"
+        );
+        // Their PUBACKs deliver them, one each.
+        shared.on_outgoing_publish(1);
+        shared.on_outgoing_publish(2);
+        shared.on_puback(1);
+        assert_eq!(spool.stats().delivered, 1);
+        shared.on_puback(2);
+        assert_eq!(spool.stats().messages, 0);
     }
 }

@@ -6,16 +6,23 @@
 //!
 //! # Design
 //!
-//! - One file: a 72-byte header (magic, then two checksummed slots that
+//! - One file: an 88-byte header (magic, then two checksummed slots that
 //!   hold the *head*: the offset and sequence number of the first record
-//!   not yet delivered), then records, appended only.
+//!   not yet delivered, and the eviction count), then records, appended
+//!   only.
 //! - A record is `len u32 | crc32 u32 | seq u64 | time_ms u64 | qos u8 |
 //!   topic_len u16 | topic | payload`, the checksum over everything after it.
 //! - The head is written to the slots alternately (the newer valid one
 //!   wins at start), so a torn header write loses at most the last head
 //!   move: those messages are sent again (at least once, never lost).
 //! - Nothing of a record is kept in memory but the messages in flight:
-//!   delivery reads the file at a cursor, so a backlog costs disk, not RAM.
+//!   delivery reads the file at two cursors, so a backlog costs disk, not
+//!   RAM. The live cursor hands out what is fresh at once and passes what
+//!   its caller defers (held longer than `resume_after`); the replay
+//!   cursor hands out what the live one passed, behind it, at the replay
+//!   rate ([`Spool::peek_live`], [`Spool::peek_replay`]). Records
+//!   delivered past the head (live ones, while older ones wait) are kept
+//!   as merged ranges until the head reaches them.
 //! - The file is rewritten (live part copied to `<file>.tmp`, synced,
 //!   renamed over) once the delivered prefix outgrows the live part's
 //!   bound, so its size stays ≤ about twice `max_bytes`.
@@ -63,9 +70,11 @@ use tokio::sync::Notify;
 use crate::{config::SpoolConfig, error::AgentError, shared::Outbound};
 
 /// The file's first bytes.
-/// `2`: the head slots carry the eviction count (a version 1 file, of
-/// no release, is moved aside).
+/// `2`: the head slots carry the eviction count (a version 1 file is
+/// moved aside and its waiting records kept, as for a damaged one).
 const MAGIC: &[u8; 8] = b"ENOSSPL2";
+/// Version 1's magic: its records are kept (moved into a version 2 file).
+const MAGIC_V1: &[u8; 8] = b"ENOSSPL1";
 /// One head slot: `gen u64 | head_off u64 | head_seq u64 | evicted u64 |
 /// crc u32 | 4 zero bytes`. The eviction count goes with the head it
 /// belongs to, so a restart counts exactly the evictions the head shows
@@ -693,21 +702,40 @@ impl Spool {
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut header = [0u8; DATA_START as usize];
-        let head = if file.read_exact_at(&mut header, 0).is_ok() && &header[0..8] == MAGIC {
-            [
+        let read = file.read_exact_at(&mut header, 0).is_ok();
+        let (head, data_start) = if read && &header[0..8] == MAGIC {
+            let head = [
                 decode_slot(&header[8..8 + SLOT as usize]),
                 decode_slot(&header[8 + SLOT as usize..]),
             ]
             .into_iter()
             .flatten()
             .max()
-            .map(|(_, off, _, _)| off)
+            .map(|(_, off, _, _)| off);
+            (head, DATA_START)
+        } else if read && &header[0..8] == MAGIC_V1 {
+            // Version 1 (32-byte slots, no eviction count, records at 72):
+            // its records are read as they are, into a version 2 file.
+            let slot = |s: &[u8]| {
+                let crc = u32::from_le_bytes(s[24..28].try_into().ok()?);
+                (crc32(&s[0..24]) == crc).then(|| {
+                    let word =
+                        |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
+                    (word(0), word(8))
+                })
+            };
+            let head = [slot(&header[8..40]), slot(&header[40..72])]
+                .into_iter()
+                .flatten()
+                .max()
+                .map(|(_, off)| off);
+            (head, 72)
         } else {
-            None
+            (None, DATA_START)
         };
         let mut off = head
-            .unwrap_or(DATA_START)
-            .clamp(DATA_START, len.max(DATA_START));
+            .unwrap_or(data_start)
+            .clamp(data_start, len.max(data_start));
         let mut out = Vec::new();
         let mut first = None;
         let mut last = 0;
@@ -1559,6 +1587,36 @@ mod tests {
             "then 1 goes"
         );
         assert_eq!(drain(&spool), [2, 3]);
+    }
+
+    /// #28: a version 1 spool (before the eviction count) is moved aside and its waiting messages kept.
+    #[test]
+    fn a_version_1_spool_keeps_its_messages() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), FsyncPolicy::Batched, 1 << 20);
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC_V1);
+        file.extend_from_slice(&[0; 32]);
+        let mut slot = [0u8; 32];
+        slot[0..8].copy_from_slice(&1u64.to_le_bytes());
+        // The head at the second record: the first was delivered.
+        let first = encode(1, 0, &msg(0));
+        slot[8..16].copy_from_slice(&(72 + first.len() as u64).to_le_bytes());
+        slot[16..24].copy_from_slice(&2u64.to_le_bytes());
+        let crc = crc32(&slot[0..24]);
+        slot[24..28].copy_from_slice(&crc.to_le_bytes());
+        file.extend_from_slice(&slot);
+        file.extend_from_slice(&first);
+        let now = enos_domain::now_ms();
+        for i in 1..4 {
+            file.extend_from_slice(&encode(i + 1, now, &msg(i)));
+        }
+        std::fs::write(&cfg.path, &file).expect("write");
+        let (spool, report) = Spool::open(&cfg).expect("open");
+        assert!(report.moved_aside.is_some());
+        assert_eq!(report.recovered, 3);
+        assert_eq!(drain(&spool), [1, 2, 3]);
+        assert_eq!(spool.next_seq(), 5);
     }
 
     /// #28 item 1: the file does not grow without bound while it drains.
