@@ -71,3 +71,48 @@ impl Record {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use enos_sign_core::{DeviceKey, ProductKey};
+
+    use super::*;
+
+    /// #28 item 5: the sandbox records what it received, with topic, id and time, one JSON line each, appended across restarts.
+    #[test]
+    fn each_publish_is_one_json_line_appended() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("received.jsonl");
+        let gw = DeviceId::new(
+            ProductKey::new("pkGw").expect("pk"),
+            DeviceKey::new("gw1").expect("dk"),
+        );
+        Record::open(&path).expect("open").received(
+            &gw,
+            "/sys/pkSub/meterA/thing/measurepoint/resume",
+            1,
+            br#"{"id":"42","method":"thing.measurepoint.resume","params":{"time":7}}"#,
+        );
+        // A restarted sandbox adds to the file.
+        Record::open(&path)
+            .expect("reopen")
+            .received(&gw, "/sys/pkGw/gw1/raw", 0, b"\xffnot json");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["device"], "pkGw/gw1");
+        assert_eq!(
+            lines[0]["topic"],
+            "/sys/pkSub/meterA/thing/measurepoint/resume"
+        );
+        assert_eq!(lines[0]["id"], "42");
+        assert_eq!(lines[0]["qos"], 1);
+        assert_eq!(lines[0]["payload"]["params"]["time"], 7);
+        assert!(lines[0]["received_ms"].as_u64().expect("time") > 1_600_000_000_000);
+        assert_eq!(lines[1]["id"], serde_json::Value::Null);
+        assert_eq!(lines[1]["payload"], "\u{fffd}not json");
+    }
+}
