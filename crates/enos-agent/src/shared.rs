@@ -444,6 +444,18 @@ impl Shared {
         })
     }
 
+    /// Whether a configured sub-device's login on this connection has not
+    /// settled yet.
+    fn sub_device_logins_pending(&self) -> bool {
+        if self.sub_device_prefixes.is_empty() {
+            return false;
+        }
+        let generation = *self.session.borrow();
+        self.status.borrow().sub_devices.iter().any(|d| {
+            Some(d.connection) != generation || d.state == crate::status::SubDeviceState::Pending
+        })
+    }
+
     /// Replay messages the replay rate allows now (`usize::MAX` without a
     /// rate), or how long until it allows a tenth of a second's worth:
     /// the backlog goes in up to ten batches a second, not one message
@@ -583,6 +595,16 @@ impl Shared {
     pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
         if let Some(spool) = &self.spool {
             *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // After a (re)connect nothing spooled goes until the sub-device
+            // logins of this connection settled: then each lane goes in
+            // spool order from its start. Sending the gateway's messages
+            // between sub-device ones that wait would let a full spool
+            // evict some of a device's messages while delivering others
+            // of the same age: the evicted would no longer be the oldest.
+            if self.sub_device_logins_pending() {
+                self.pace_for(Duration::from_millis(50));
+                return self.feed(client, &self.upstream, &self.upstream_sent);
+            }
             let live = self.feed_live(spool, client);
             if !live || !self.feed_replay(spool, client) {
                 return false;
