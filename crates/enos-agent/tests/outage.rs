@@ -647,10 +647,21 @@ async fn a_spool_capped_below_the_outage_evicts_exactly_the_oldest_and_counts_th
         "the cap must bite: {}",
         missing.len()
     );
-    // Exactly the oldest: for each device, the missing are its first
-    // messages sent during the outage, one run, and all after them
-    // arrived. (Across devices the order may differ by a few: while the
-    // sub-devices log in again their data waits, the gateway's goes.)
+    // Exactly the oldest: the missing are one run of consecutive messages
+    // (all before and all after it arrived), and for each device its
+    // first messages sent during the outage.
+    let gaps: Vec<(u64, u64)> = missing
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "the missing ({} from {} to {:?}) are not one run of the oldest: gaps after {gaps:?}",
+        missing.len(),
+        missing[0],
+        missing.last()
+    );
     for device in 0..3 {
         let mine: Vec<&Sent> = out.acked.iter().filter(|s| s.device == device).collect();
         let lost: Vec<bool> = mine
