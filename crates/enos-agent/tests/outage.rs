@@ -183,17 +183,19 @@ qos = 1
         }
     }
 
-    fn start_agent(&self, run: u32) -> Child {
+    fn start_agent(&self, run: u32) -> Agent {
         let log = std::fs::File::create(self.log(run)).expect("agent log");
-        Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("ENOS_AGENT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent")
+        Agent(
+            Command::new(BIN)
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .env("ENOS_AGENT_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn agent"),
+        )
     }
 
     fn log(&self, run: u32) -> PathBuf {
@@ -212,6 +214,24 @@ qos = 1
             tail(&self.log(2)),
             self.status()
         )
+    }
+}
+
+/// The agent's process; SIGKILLed when dropped, so a failing test leaves
+/// none behind.
+struct Agent(Child);
+
+impl Agent {
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -422,8 +442,7 @@ async fn outage(
         quiesce(world, &pause, &acked, false);
     }
     let killed_at = enos_agent::now_ms();
-    agent.kill().expect("SIGKILL");
-    agent.wait().expect("reaped");
+    agent.kill();
     let mut agent = world.start_agent(2);
     pause.0.store(false, Ordering::SeqCst);
     tokio::time::sleep_until((outage_started + OUTAGE).into()).await;
@@ -453,8 +472,7 @@ async fn outage(
     let status = world.wait_status("drained", Duration::from_secs(20), |s| {
         s["spool"]["messages"] == 0
     });
-    agent.kill().expect("kill");
-    agent.wait().expect("reaped");
+    agent.kill();
     Outcome {
         acked,
         arrived,
