@@ -1,7 +1,7 @@
 //! [`Agent`]: wires the session, the bridge, the sub-device logins and the
 //! status file together and runs them until shutdown.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -10,14 +10,12 @@ use crate::{
     bridge,
     config::Config,
     error::AgentError,
-    queue::BoundedQueue,
     renewal, session,
     shared::Shared,
     signer::SignerClient,
     spool::Spool,
     status::{self, AgentStatus},
     sub_device,
-    topics::{DeviceTopics, DownstreamMap, MessageIds},
 };
 
 /// How often the status file may be rewritten.
@@ -48,31 +46,6 @@ impl<S> std::fmt::Debug for Agent<S> {
 impl<S: SignerClient> Agent<S> {
     /// Prepares an agent; nothing connects until [`Agent::run`].
     pub fn new(config: Config, signer: S) -> Self {
-        let topics = DeviceTopics::new(
-            config.device.product_key.as_str(),
-            config.device.device_key.as_str(),
-        );
-        let mut reply_routes: HashMap<String, Vec<String>> = HashMap::new();
-        let mut downstream_map = None;
-        if let Some(bridge) = &config.bridge {
-            for route in &bridge.upstream {
-                if let Some(local) = &route.reply_to {
-                    let (enos_topic, _) = topics.upstream_target(route);
-                    let locals = reply_routes
-                        .entry(format!("{enos_topic}_reply"))
-                        .or_default();
-                    if !locals.contains(local) {
-                        locals.push(local.clone());
-                    }
-                }
-            }
-            downstream_map = bridge.downstream.as_ref().map(DownstreamMap::new);
-        }
-        let (status, _) = watch::channel(AgentStatus::new(config.enos.broker.to_string()));
-        if config.bridge.is_some() {
-            status.send_modify(|s| s.local_broker_connected = Some(false));
-        }
-        let (session, _) = watch::channel(None);
         let (spool, spool_error) = match config.spool.as_ref().map(Spool::open) {
             None => (None, None),
             Some(Ok((spool, report))) => {
@@ -86,42 +59,7 @@ impl<S: SignerClient> Agent<S> {
             }
             Some(Err(e)) => (None, Some(e)),
         };
-        let ids = match &spool {
-            Some(spool) => MessageIds::starting_at(spool.next_seq()),
-            None => MessageIds::default(),
-        };
-        let shared = Arc::new(Shared {
-            upstream: BoundedQueue::new(config.queue.upstream_capacity),
-            downstream: BoundedQueue::new(config.queue.downstream_capacity),
-            status,
-            session,
-            pending_logins: Default::default(),
-            topics,
-            downstream_map,
-            reply_routes,
-            ids,
-            upstream_sent: Default::default(),
-            downstream_delivered: Default::default(),
-            spool,
-            acks: Default::default(),
-            eviction_log: Default::default(),
-            paced_until: Default::default(),
-            replay_bucket: Default::default(),
-            traffic: Default::default(),
-            resumed: Default::default(),
-            resume_refused: Default::default(),
-            sub_device_prefixes: config
-                .sub_devices
-                .iter()
-                .map(|d| {
-                    (
-                        format!("/sys/{}/{}/", d.product_key.as_str(), d.device_key.as_str()),
-                        d.product_key.as_str().to_owned(),
-                        d.device_key.as_str().to_owned(),
-                    )
-                })
-                .collect(),
-        });
+        let shared = Arc::new(Shared::new(&config, spool));
         shared.refresh_counters();
         Agent {
             config,

@@ -108,6 +108,11 @@ pub fn subscriptions(config: &Config, shared: &Shared) -> Vec<SubscribeFilter> {
                 QoS::AtMostOnce,
             ));
         }
+        // `resume.batch` goes on the gateway's topic, for all of them.
+        filters.push(SubscribeFilter::new(
+            format!("{}_reply", shared.topics.measurepoint_resume_batch()),
+            QoS::AtMostOnce,
+        ));
     }
     filters.sort_by(|a, b| a.path.cmp(&b.path));
     filters
@@ -225,7 +230,8 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
             let ended = self.serve(activation).await;
             self.shared.session.send_replace(None);
             if !matches!(ended, Ended::Shutdown) {
-                self.shared.on_connection_lost();
+                let eventloop = &mut self.eventloop;
+                self.shared.on_connection_lost(|| eventloop.clean());
             }
             self.shared.refresh_counters();
             match ended {
@@ -373,8 +379,8 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         // Requests leave in order: the reply is written before DISCONNECT.
         disconnect(&self.client, &mut self.eventloop, self.shared).await;
         // Drop the connection so that the next poll connects anew.
-        self.eventloop.clean();
-        self.shared.on_connection_lost();
+        let eventloop = &mut self.eventloop;
+        self.shared.on_connection_lost(|| eventloop.clean());
         self.cache = CredentialCache::new();
         self.backoff.reset();
         // One update: the activation connection is gone, so a watcher
@@ -588,7 +594,9 @@ fn route_incoming(p: Publish, shared: &Shared) {
         }
         return;
     }
-    if topic.ends_with("/thing/measurepoint/resume_reply") {
+    if topic.ends_with("/thing/measurepoint/resume_reply")
+        || topic.ends_with("/thing/measurepoint/resume/batch_reply")
+    {
         shared.on_resume_reply(topic, &p.payload);
         return;
     }

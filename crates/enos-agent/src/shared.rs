@@ -14,8 +14,9 @@ use rumqttc::{AsyncClient, ClientError, QoS};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
+    config::Config,
     queue::BoundedQueue,
-    spool::Spool,
+    spool::{Spool, Spooled, as_resume, has_late_path, resume_entry},
     status::{AgentStatus, SpoolStatus},
     topics::{DeviceTopics, DownstreamMap, MessageIds},
 };
@@ -24,14 +25,19 @@ use crate::{
 /// since the last one and the total).
 const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Spooled messages one `resume.batch` carries at most: EnOS documents
+/// no limit; 100 keeps a batch far below its packet size limit.
+const MAX_RESUME_BATCH: usize = 100;
+
 /// Which publish on the EnOS client an `Outgoing::Publish` event is: the
 /// events come in the order the publishes entered the client's channel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Tag {
     /// Not spooled (a sub-device login, the activation reply).
     Other,
-    /// Spooled message `seq`, at this QoS.
-    Spooled(u64, QoS),
+    /// Spooled messages (one, or those a `resume.batch` carries), at
+    /// this QoS: its PUBACK delivers them all.
+    Spooled(Vec<u64>, QoS),
 }
 
 /// What maps EnOS's acknowledgements back to spooled messages.
@@ -39,8 +45,21 @@ enum Tag {
 pub struct Acks {
     /// Publishes in the client's channel, oldest first.
     order: VecDeque<Tag>,
-    /// Packet id → spooled sequence number, awaiting its PUBACK.
-    awaiting: HashMap<u16, u64>,
+    /// Packet id → spooled sequence numbers, awaiting its PUBACK.
+    awaiting: HashMap<u16, Vec<u64>>,
+}
+
+/// Where a sub-device stands on the current connection, for its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubDeviceLogin {
+    /// Its login on this connection has not settled: its data waits.
+    Pending,
+    /// Logged in: its data goes.
+    Online,
+    /// Refused or failed: its measurepoints go as late data with
+    /// `allowOfflineSubDevice` (EnOS refuses posts of an offline
+    /// sub-device).
+    Offline,
 }
 
 /// An EnOS flow-control notice in force.
@@ -141,16 +160,17 @@ pub struct Shared {
     pub acks: Mutex<Acks>,
     /// Rate-limits the eviction warning.
     pub eviction_log: Mutex<EvictionLog>,
-    /// The replay's pace: no spooled message goes before this instant
-    /// (the replay rate, or a sub-device not logged in yet).
+    /// The pace: no spooled message goes before this instant (the replay
+    /// rate, EnOS's flow control, or a sub-device not logged in yet).
     pub paced_until: Mutex<Option<Instant>>,
     /// The replay rate's token bucket: (last refill, tokens).
     pub replay_bucket: Mutex<Option<(Instant, f64)>>,
     /// EnOS's flow-control notice in force (`traffic/control`).
     pub traffic: Mutex<Option<TrafficLimit>>,
-    /// Late measurepoints sent through `resume`.
+    /// Late measurepoints sent through `resume` or `resume.batch`.
     pub resumed: AtomicU64,
-    /// `resume` replies other than 200.
+    /// `resume` and `resume.batch` replies other than 200 (a batch
+    /// counts once).
     pub resume_refused: AtomicU64,
     /// The configured sub-devices' `/sys/{pk}/{dk}/` prefixes: their
     /// spooled data waits until their login on this connection settled.
@@ -158,6 +178,72 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state for `config`'s agent, with its spool (when `[spool]` is
+    /// configured and opened).
+    pub fn new(config: &Config, spool: Option<Spool>) -> Shared {
+        let topics = DeviceTopics::new(
+            config.device.product_key.as_str(),
+            config.device.device_key.as_str(),
+        );
+        let mut reply_routes: HashMap<String, Vec<String>> = HashMap::new();
+        let mut downstream_map = None;
+        if let Some(bridge) = &config.bridge {
+            for route in &bridge.upstream {
+                if let Some(local) = &route.reply_to {
+                    let (enos_topic, _) = topics.upstream_target(route);
+                    let locals = reply_routes
+                        .entry(format!("{enos_topic}_reply"))
+                        .or_default();
+                    if !locals.contains(local) {
+                        locals.push(local.clone());
+                    }
+                }
+            }
+            downstream_map = bridge.downstream.as_ref().map(DownstreamMap::new);
+        }
+        let (status, _) = watch::channel(AgentStatus::new(config.enos.broker.to_string()));
+        if config.bridge.is_some() {
+            status.send_modify(|s| s.local_broker_connected = Some(false));
+        }
+        let (session, _) = watch::channel(None);
+        let ids = match &spool {
+            Some(spool) => MessageIds::starting_at(spool.next_seq()),
+            None => MessageIds::default(),
+        };
+        Shared {
+            upstream: BoundedQueue::new(config.queue.upstream_capacity),
+            downstream: BoundedQueue::new(config.queue.downstream_capacity),
+            status,
+            session,
+            pending_logins: Default::default(),
+            topics,
+            downstream_map,
+            reply_routes,
+            ids,
+            upstream_sent: Default::default(),
+            downstream_delivered: Default::default(),
+            spool,
+            acks: Default::default(),
+            eviction_log: Default::default(),
+            paced_until: Default::default(),
+            replay_bucket: Default::default(),
+            traffic: Default::default(),
+            resumed: Default::default(),
+            resume_refused: Default::default(),
+            sub_device_prefixes: config
+                .sub_devices
+                .iter()
+                .map(|d| {
+                    (
+                        format!("/sys/{}/{}/", d.product_key.as_str(), d.device_key.as_str()),
+                        d.product_key.as_str().to_owned(),
+                        d.device_key.as_str().to_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Copies the queue counters into the status.
     pub fn refresh_counters(&self) {
         let spool = self.spool.as_ref().map(|spool| {
@@ -292,12 +378,14 @@ impl Shared {
         let Some(spool) = &self.spool else { return };
         let mut acks = self.acks();
         match acks.order.pop_front() {
-            Some(Tag::Spooled(seq, QoS::AtMostOnce)) => {
+            Some(Tag::Spooled(seqs, QoS::AtMostOnce)) => {
                 drop(acks);
-                spool.acknowledged(seq);
+                for seq in seqs {
+                    spool.acknowledged(seq);
+                }
             }
-            Some(Tag::Spooled(seq, _)) => {
-                acks.awaiting.insert(pkid, seq);
+            Some(Tag::Spooled(seqs, _)) => {
+                acks.awaiting.insert(pkid, seqs);
             }
             Some(Tag::Other) | None => {}
         }
@@ -306,60 +394,121 @@ impl Shared {
     /// EnOS acknowledged packet `pkid`.
     pub fn on_puback(&self, pkid: u16) {
         let Some(spool) = &self.spool else { return };
-        let seq = self.acks().awaiting.remove(&pkid);
-        if let Some(seq) = seq {
-            spool.acknowledged(seq);
+        let seqs = self.acks().awaiting.remove(&pkid);
+        if let Some(seqs) = seqs {
+            for seq in seqs {
+                spool.acknowledged(seq);
+            }
             self.refresh_counters();
         }
     }
 
     /// The EnOS connection ended: what rumqttc held is gone (a clean
     /// session), so every spooled message not acknowledged goes again.
-    pub fn on_connection_lost(&self) {
-        let Some(spool) = &self.spool else { return };
+    ///
+    /// `drain` empties the EnOS client's request channel (rumqttc's
+    /// `EventLoop::clean`, whose leftovers the next clean CONNACK drops).
+    /// It runs under the lock [`Shared::publish_other`] holds: a
+    /// sub-device login queued by the login task between the failed poll
+    /// and this call would otherwise go out on the next connection while
+    /// its tag was cleared here, and every later PUBACK would then be
+    /// matched to the message published before it, so a message could
+    /// leave the spool on another one's acknowledgement.
+    pub fn on_connection_lost(&self, drain: impl FnOnce()) {
         let mut acks = self.acks();
+        drain();
+        let Some(spool) = &self.spool else { return };
         acks.order.clear();
         acks.awaiting.clear();
         spool.rewind();
     }
 
-    /// How long the next spooled message on `topic` must wait: a
-    /// sub-device's data until its login on this connection settled (EnOS
-    /// refuses data of an offline sub-device); a late message until the
-    /// replay rate allows it. `None`: it may go.
-    fn pace(&self, topic: &str, late: bool, rate: u32) -> Option<Duration> {
-        if let Some((_, pk, dk)) = self
+    /// Where the sub-device whose data `topic` carries stands on this
+    /// connection; `None` when it is not a configured sub-device's topic.
+    fn sub_device_login(&self, topic: &str) -> Option<SubDeviceLogin> {
+        let (_, pk, dk) = self
             .sub_device_prefixes
             .iter()
-            .find(|(prefix, _, _)| topic.starts_with(prefix.as_str()))
+            .find(|(prefix, _, _)| topic.starts_with(prefix.as_str()))?;
+        let generation = *self.session.borrow();
+        let status = self.status.borrow();
+        let Some(d) = status.sub_devices.iter().find(|d| {
+            d.product_key == *pk && d.device_key == *dk && Some(d.connection) == generation
+        }) else {
+            return Some(SubDeviceLogin::Pending);
+        };
+        Some(match d.state {
+            crate::status::SubDeviceState::Pending => SubDeviceLogin::Pending,
+            crate::status::SubDeviceState::Online => SubDeviceLogin::Online,
+            _ => SubDeviceLogin::Offline,
+        })
+    }
+
+    /// Whether a configured sub-device's login on this connection has not
+    /// settled yet.
+    fn sub_device_logins_pending(&self) -> bool {
+        if self.sub_device_prefixes.is_empty() {
+            return false;
+        }
+        let generation = *self.session.borrow();
+        self.status.borrow().sub_devices.iter().any(|d| {
+            Some(d.connection) != generation || d.state == crate::status::SubDeviceState::Pending
+        })
+    }
+
+    /// Replay messages the replay rate allows now (`usize::MAX` without a
+    /// rate), or how long until it allows a tenth of a second's worth:
+    /// the backlog goes in up to ten batches a second, not one message
+    /// per token.
+    fn replay_allowance(&self, rate: u32) -> Result<usize, Duration> {
+        if rate == 0 {
+            return Ok(usize::MAX);
+        }
+        let want = f64::from((rate / 10).clamp(1, MAX_RESUME_BATCH as u32));
+        let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (last, tokens) = bucket.get_or_insert((now, 1.0));
+        let rate = f64::from(rate);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
+        *last = now;
+        if *tokens < want {
+            return Err(Duration::from_secs_f64((want - *tokens) / rate));
+        }
+        // Floored, ≥ 1: fits.
+        Ok(tokens.floor() as usize)
+    }
+
+    /// `n` replayed messages used the replay rate.
+    fn replay_spend(&self, n: usize) {
+        if let Some((_, tokens)) = self
+            .replay_bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
         {
-            let generation = *self.session.borrow();
-            let settled = self.status.borrow().sub_devices.iter().any(|d| {
-                d.product_key == *pk
-                    && d.device_key == *dk
-                    && Some(d.connection) == generation
-                    && d.state != crate::status::SubDeviceState::Pending
-            });
-            if !settled {
-                return Some(Duration::from_millis(50));
-            }
+            *tokens -= n as f64;
         }
-        if let Some(wait) = self.traffic_wait() {
-            return Some(wait);
-        }
-        if late && rate > 0 {
-            let mut bucket = self.replay_bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let (last, tokens) = bucket.get_or_insert((now, 1.0));
-            let rate = f64::from(rate);
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
-            *last = now;
-            if *tokens < 1.0 {
-                return Some(Duration::from_secs_f64((1.0 - *tokens) / rate));
-            }
-            *tokens -= 1.0;
-        }
-        None
+    }
+
+    /// Holds spooled messages back for `wait` (the earliest of the reasons
+    /// given in one feed wins: something may go then).
+    fn pace_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paced = self.paced_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paced = Some(paced.map_or(until, |p| p.min(until)));
+    }
+
+    /// Whether a spooled message may ride in the gateway's `resume.batch`:
+    /// a measurepoint post of the gateway or of a configured sub-device
+    /// (another device's would make EnOS refuse the whole batch, 740).
+    fn batchable(&self, s: &Spooled) -> bool {
+        let topic = s.message.topic.as_str();
+        has_late_path(topic)
+            && (topic == self.topics.measurepoint_post()
+                || self
+                    .sub_device_prefixes
+                    .iter()
+                    .any(|(prefix, _, _)| topic.starts_with(prefix.as_str())))
     }
 
     /// How long EnOS's flow control holds the next message back.
@@ -423,7 +572,8 @@ impl Shared {
         Some(id)
     }
 
-    /// A `…/measurepoint/resume_reply`: counts and logs a refusal.
+    /// A `…/measurepoint/resume_reply` or `…/resume/batch_reply`: counts
+    /// and logs a refusal (per message, a batch once).
     pub fn on_resume_reply(&self, topic: &str, payload: &[u8]) {
         match EnosReply::parse(payload) {
             Some(r) if r.code == 200 => {}
@@ -438,53 +588,180 @@ impl Shared {
 
     /// Moves queued upstream messages into the EnOS client; `false` when
     /// its channel is full (the rest waits for the next poll).
+    ///
+    /// With a spool, two lanes read it (see [`Spool::peek_live`]): the
+    /// live lane first, at full pace, then the replay lane behind it, at
+    /// `replay_rate`. So live data is never queued behind a backlog.
     pub fn feed_upstream(&self, client: &AsyncClient) -> bool {
         if let Some(spool) = &self.spool {
-            let mut moved = false;
-            let mut room = true;
-            let cfg = spool.config();
-            let resume_after = u64::try_from(cfg.resume_after.as_millis()).unwrap_or(u64::MAX);
             *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            while let Some(s) = spool.peek() {
-                let now = enos_domain::now_ms();
-                let late = now.saturating_sub(s.time_ms) > resume_after;
-                if let Some(wait) = self.pace(&s.message.topic, late, cfg.replay_rate) {
-                    *self.paced_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Instant::now() + wait);
-                    break;
-                }
-                let resumed = if late {
-                    crate::spool::as_resume(&s.message, s.time_ms)
-                } else {
-                    None
-                };
-                let is_resume = resumed.is_some();
-                let m = resumed.unwrap_or(s.message);
-                let mut acks = self.acks();
-                if client
-                    .try_publish(m.topic, m.qos, false, m.payload)
-                    .is_err()
-                {
-                    room = false;
-                    break;
-                }
-                acks.order.push_back(Tag::Spooled(s.seq, m.qos));
-                drop(acks);
-                spool.taken(s.seq);
-                if is_resume {
-                    self.resumed.fetch_add(1, Ordering::Relaxed);
-                }
-                moved = true;
-                self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+            // After a (re)connect nothing spooled goes until the sub-device
+            // logins of this connection settled: then each lane goes in
+            // spool order from its start. Sending the gateway's messages
+            // between sub-device ones that wait would let a full spool
+            // evict some of a device's messages while delivering others
+            // of the same age: the evicted would no longer be the oldest.
+            if self.sub_device_logins_pending() {
+                self.pace_for(Duration::from_millis(50));
+                return self.feed(client, &self.upstream, &self.upstream_sent);
             }
-            if moved {
-                self.refresh_counters();
-            }
-            if !room {
+            let live = self.feed_live(spool, client);
+            if !live || !self.feed_replay(spool, client) {
                 return false;
             }
         }
         self.feed(client, &self.upstream, &self.upstream_sent)
+    }
+
+    /// Publishes `m` for the spooled messages `seqs`, keeping the
+    /// acknowledgement order; `false` when the client's channel is full.
+    fn publish_spooled(&self, client: &AsyncClient, m: Outbound, seqs: Vec<u64>) -> bool {
+        let mut acks = self.acks();
+        if client
+            .try_publish(m.topic, m.qos, false, m.payload)
+            .is_err()
+        {
+            return false;
+        }
+        acks.order.push_back(Tag::Spooled(seqs, m.qos));
+        true
+    }
+
+    /// The live lane: messages on their own topics, in spool order, at
+    /// once. It defers to the replay lane a message held longer than
+    /// `resume_after`, and a measurepoint post of a sub-device whose login
+    /// on this connection failed (`resume.batch` takes it with
+    /// `allowOfflineSubDevice`; a post would be refused). A sub-device's
+    /// data waits until its login on this connection settled.
+    fn feed_live(&self, spool: &Spool, client: &AsyncClient) -> bool {
+        let resume_after =
+            u64::try_from(spool.config().resume_after.as_millis()).unwrap_or(u64::MAX);
+        let mut moved = false;
+        let mut room = true;
+        loop {
+            let now = enos_domain::now_ms();
+            let next = spool.peek_live(|s| {
+                now.saturating_sub(s.time_ms) > resume_after
+                    || (has_late_path(&s.message.topic)
+                        && self.sub_device_login(&s.message.topic) == Some(SubDeviceLogin::Offline))
+            });
+            let Some(s) = next else { break };
+            if self.sub_device_login(&s.message.topic) == Some(SubDeviceLogin::Pending) {
+                self.pace_for(Duration::from_millis(50));
+                break;
+            }
+            if let Some(wait) = self.traffic_wait() {
+                self.pace_for(wait);
+                break;
+            }
+            if !self.publish_spooled(client, s.message, vec![s.seq]) {
+                room = false;
+                break;
+            }
+            spool.take_live(s.seq);
+            moved = true;
+            self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
+    }
+
+    /// The replay lane, behind the live lane, at `replay_rate` messages
+    /// per second: measurepoint posts through `thing.measurepoint.resume`
+    /// (several in a row, of the gateway and its sub-devices, in one
+    /// `thing.measurepoint.resume.batch`), with their original time; other
+    /// messages on their own topics. In spool order, so per device.
+    fn feed_replay(&self, spool: &Spool, client: &AsyncClient) -> bool {
+        let rate = spool.config().replay_rate;
+        let mut moved = false;
+        let mut room = true;
+        while let Some(first) = spool.peek_replay(1, |_| false).into_iter().next() {
+            if self.sub_device_login(&first.message.topic) == Some(SubDeviceLogin::Pending) {
+                self.pace_for(Duration::from_millis(50));
+                break;
+            }
+            let allowance = match self.replay_allowance(rate) {
+                Ok(n) => n,
+                Err(wait) => {
+                    self.pace_for(wait);
+                    break;
+                }
+            };
+            if let Some(wait) = self.traffic_wait() {
+                self.pace_for(wait);
+                break;
+            }
+            // A sub-device whose login failed rides alone: if EnOS refuses
+            // it (say, 740: no longer this gateway's), it refuses no other.
+            let alone =
+                self.sub_device_login(&first.message.topic) == Some(SubDeviceLogin::Offline);
+            let mut group = vec![first];
+            if allowance > 1 && !alone && self.batchable(&group[0]) {
+                group = spool.peek_replay(allowance.min(MAX_RESUME_BATCH), |s| {
+                    self.batchable(s)
+                        && self
+                            .sub_device_login(&s.message.topic)
+                            .is_none_or(|l| l == SubDeviceLogin::Online)
+                });
+            }
+            let entries: Vec<serde_json::Value> = group
+                .iter()
+                .map_while(|s| resume_entry(&s.message, s.time_ms))
+                .collect();
+            // `resume.batch` for several, and for an offline sub-device
+            // (only the batch takes `allowOfflineSubDevice`).
+            let as_batch = entries.len() > 1 || (alone && entries.len() == 1);
+            let (m, seqs, resumed) = if as_batch {
+                group.truncate(entries.len());
+                let payload = serde_json::json!({
+                    "id": self.ids.next(),
+                    "version": "1.0",
+                    "method": "thing.measurepoint.resume.batch",
+                    "params": entries,
+                    // Replayed data is history: a sub-device offline now
+                    // (its login failed on this connection, or EnOS took
+                    // it offline since) still gets its past data stored,
+                    // instead of the whole batch refused with 460.
+                    "allowOfflineSubDevice": true,
+                    // One point EnOS does not know (a model changed while
+                    // the data waited) costs that point, not the batch:
+                    // the rest of an hour of data is still stored.
+                    "skipInvalidMeasurepoints": true,
+                });
+                let m = Outbound {
+                    topic: self.topics.measurepoint_resume_batch(),
+                    payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                    qos: QoS::AtLeastOnce,
+                };
+                (
+                    m,
+                    group.iter().map(|s| s.seq).collect::<Vec<_>>(),
+                    group.len(),
+                )
+            } else {
+                let s = group.swap_remove(0);
+                match as_resume(&s.message, s.time_ms) {
+                    Some(m) => (m, vec![s.seq], 1),
+                    None => (s.message, vec![s.seq], 0),
+                }
+            };
+            let n = seqs.len();
+            if !self.publish_spooled(client, m, seqs.clone()) {
+                room = false;
+                break;
+            }
+            spool.take_replay(&seqs);
+            self.replay_spend(n);
+            self.resumed.fetch_add(resumed as u64, Ordering::Relaxed);
+            moved = true;
+            self.upstream_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if moved {
+            self.refresh_counters();
+        }
+        room
     }
 
     /// Moves queued downstream messages into the local client; `false`
@@ -536,5 +813,77 @@ impl Shared {
             }
             None => tracing::debug!(id = %reply.id, "login reply nobody waits for"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::{MqttOptions, Request};
+
+    use super::*;
+
+    /// #28 item 3 (the race at a disconnect): a sub-device login the login task queues between the failed poll and the rewind does not go out on the next connection ahead of the spooled messages, so every PUBACK is matched to the message it acknowledges.
+    #[tokio::test]
+    async fn a_login_queued_at_a_disconnect_cannot_shift_the_acknowledgements() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = format!(
+            "[device]\nproduct_key = \"pk1\"\ndevice_key = \"dk1\"\n\n[signer]\nendpoints = [\"https://127.0.0.1:7443\"]\nca = \"ca.pem\"\ncert = \"d.pem\"\nkey = \"d.key\"\n\n[enos]\nbroker = \"tcp://127.0.0.1:1\"\n\n[spool]\npath = \"{}\"\n",
+            dir.path().join("upstream.spool").display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("/etc/enos-agent/agent.toml"))
+            .expect("config");
+        let (spool, _) = Spool::open(config.spool.as_ref().expect("[spool]")).expect("open");
+        let shared = Shared::new(&config, Some(spool));
+        let spool = shared.spool.as_ref().expect("spool");
+        let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 16);
+        let event = "/sys/pk1/dk1/thing/event/alarm/post";
+        for i in 0..2 {
+            shared.enqueue_upstream(Outbound {
+                topic: event.into(),
+                payload: format!("{{\"i\":{i}}}").into_bytes(),
+                qos: QoS::AtLeastOnce,
+            });
+        }
+        // Connected: both go into the client's channel.
+        assert!(shared.feed_upstream(&client));
+        // The connection fails: rumqttc's poll empties the channel into
+        // `pending` (`EventLoop::clean`) and returns the error.
+        eventloop.clean();
+        // The login task queues a login at that moment.
+        shared
+            .publish_other(
+                &client,
+                "/ext/session/pk1/dk1/combine/login".into(),
+                QoS::AtLeastOnce,
+                b"{}".to_vec(),
+            )
+            .expect("queued");
+        // The session task sees the loss; the next CONNACK (a clean
+        // session) drops what the old connection left.
+        shared.on_connection_lost(|| eventloop.clean());
+        eventloop.pending.clear();
+        // Reconnected: the spooled messages go again.
+        assert!(shared.feed_upstream(&client));
+        eventloop.clean();
+        let out: Vec<String> = eventloop
+            .pending
+            .iter()
+            .filter_map(|r| match r {
+                Request::Publish(p) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            out,
+            [event, event],
+            "what the new connection sends, in the order its PUBACKs are matched"
+        );
+        // Their PUBACKs deliver them, one each.
+        shared.on_outgoing_publish(1);
+        shared.on_outgoing_publish(2);
+        shared.on_puback(1);
+        assert_eq!(spool.stats().delivered, 1);
+        shared.on_puback(2);
+        assert_eq!(spool.stats().messages, 0);
     }
 }

@@ -6,16 +6,23 @@
 //!
 //! # Design
 //!
-//! - One file: a 72-byte header (magic, then two checksummed slots that
+//! - One file: an 88-byte header (magic, then two checksummed slots that
 //!   hold the *head*: the offset and sequence number of the first record
-//!   not yet delivered), then records, appended only.
+//!   not yet delivered, and the eviction count), then records, appended
+//!   only.
 //! - A record is `len u32 | crc32 u32 | seq u64 | time_ms u64 | qos u8 |
 //!   topic_len u16 | topic | payload`, the checksum over everything after it.
 //! - The head is written to the slots alternately (the newer valid one
 //!   wins at start), so a torn header write loses at most the last head
 //!   move: those messages are sent again (at least once, never lost).
 //! - Nothing of a record is kept in memory but the messages in flight:
-//!   delivery reads the file at a cursor, so a backlog costs disk, not RAM.
+//!   delivery reads the file at two cursors, so a backlog costs disk, not
+//!   RAM. The live cursor hands out what is fresh at once and passes what
+//!   its caller defers (held longer than `resume_after`); the replay
+//!   cursor hands out what the live one passed, behind it, at the replay
+//!   rate ([`Spool::peek_live`], [`Spool::peek_replay`]). Records
+//!   delivered past the head (live ones, while older ones wait) are kept
+//!   as merged ranges until the head reaches them.
 //! - The file is rewritten (live part copied to `<file>.tmp`, synced,
 //!   renamed over) once the delivered prefix outgrows the live part's
 //!   bound, so its size stays ≤ about twice `max_bytes`.
@@ -48,7 +55,7 @@
 //! file aside and keeps its readable records.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs::{File, OpenOptions},
     io::Write,
     os::unix::fs::FileExt,
@@ -63,9 +70,16 @@ use tokio::sync::Notify;
 use crate::{config::SpoolConfig, error::AgentError, shared::Outbound};
 
 /// The file's first bytes.
-const MAGIC: &[u8; 8] = b"ENOSSPL1";
-/// One head slot: `gen u64 | head_off u64 | head_seq u64 | crc u32 | 4 zero bytes`.
-const SLOT: u64 = 32;
+/// `2`: the head slots carry the eviction count (a version 1 file is
+/// moved aside and its waiting records kept, as for a damaged one).
+const MAGIC: &[u8; 8] = b"ENOSSPL2";
+/// Version 1's magic: its records are kept (moved into a version 2 file).
+const MAGIC_V1: &[u8; 8] = b"ENOSSPL1";
+/// One head slot: `gen u64 | head_off u64 | head_seq u64 | evicted u64 |
+/// crc u32 | 4 zero bytes`. The eviction count goes with the head it
+/// belongs to, so a restart counts exactly the evictions the head shows
+/// (those after the last head write are evicted, and counted, again).
+const SLOT: u64 = 40;
 /// Where records start.
 const DATA_START: u64 = 8 + 2 * SLOT;
 /// `len u32 | crc u32`.
@@ -156,7 +170,8 @@ pub struct SpoolStats {
     pub messages: u64,
     /// Bytes of those messages in the file.
     pub bytes: u64,
-    /// Messages evicted by the bounds since start.
+    /// Messages evicted by the bounds since the spool was created (kept
+    /// in the file with the head, so a restart does not reset it).
     pub evicted: u64,
     /// Messages appended since start.
     pub appended: u64,
@@ -192,16 +207,79 @@ pub fn as_resume(m: &Outbound, time_ms: u64) -> Option<Outbound> {
     })
 }
 
-/// A message handed out and not yet acknowledged.
+/// One entry of a `thing.measurepoint.resume.batch`, as the official Java
+/// SDK's `MeasurepointResumeBatchRequest` builds it: `{productKey,
+/// deviceKey, measurepoints, time}`, `time` the original one (kept when
+/// the message has one, else the time it was spooled). `None` when `m` is
+/// not a measurepoint post (with `params.measurepoints`) in the EnOS
+/// envelope.
+pub fn resume_entry(m: &Outbound, time_ms: u64) -> Option<serde_json::Value> {
+    let base = m.topic.strip_suffix("/thing/measurepoint/post")?;
+    let mut keys = base.strip_prefix("/sys/")?.split('/');
+    let (pk, dk) = (keys.next()?, keys.next()?);
+    if keys.next().is_some() {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+    if v.get("method").and_then(|x| x.as_str()) != Some("thing.measurepoint.post") {
+        return None;
+    }
+    let params = v.get_mut("params")?.as_object_mut()?;
+    let time = params
+        .get("time")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(time_ms);
+    let measurepoints = params.remove("measurepoints").filter(|p| p.is_object())?;
+    Some(serde_json::json!({
+        "productKey": pk,
+        "deviceKey": dk,
+        "measurepoints": measurepoints,
+        "time": time,
+    }))
+}
+
+/// A message handed out and not yet acknowledged (keyed by its sequence
+/// number).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
-    /// Its sequence number.
-    seq: u64,
-    /// Where the next record starts: the head moves there once this one
-    /// (and all before it) are acknowledged.
+    /// Where it starts: once acknowledged, `start..end` is delivered.
+    start: u64,
+    /// Where the next record starts.
     end: u64,
-    /// Acknowledged, waiting for those before it.
-    done: bool,
+}
+
+/// Acknowledged records past the head (keyed by where they start): the
+/// live lane's messages delivered while older ones still wait to be
+/// replayed. The head moves over them once the records before are
+/// delivered too; adjacent ranges merge, so live data delivered during a
+/// long replay costs one entry, not one per message.
+#[derive(Debug, Clone, Copy)]
+struct Delivered {
+    /// Where the range ends.
+    end: u64,
+    /// The sequence number of its last record.
+    last_seq: u64,
+    /// How many records it holds.
+    count: u64,
+}
+
+/// How a spooled message leaves, once the connection is up (see
+/// [`Spool::peek_live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// At once, on its own topic: what the live cursor hands out.
+    Live,
+    /// Behind the live lane, paced: a message held longer than
+    /// `resume_after` (or otherwise deferred), which a measurepoint post
+    /// takes through `resume`.
+    Replay,
+}
+
+/// Whether `topic` has a late path (`thing.measurepoint.resume`): a
+/// deferred message on another topic keeps its topic in order by
+/// deferring the messages after it on that topic too.
+pub fn has_late_path(topic: &str) -> bool {
+    topic.starts_with("/sys/") && topic.ends_with("/thing/measurepoint/post")
 }
 
 /// The mutable part.
@@ -218,15 +296,26 @@ struct Inner {
     head_time: Option<(u64, u64)>,
     /// Its sequence number (`next_seq` when empty).
     head_seq: u64,
-    /// Next record to hand out.
+    /// The replay lane's cursor: the next record (at or past the head)
+    /// the live cursor passed without handing it out.
     read_off: u64,
+    /// The live lane's cursor: the next record it looks at. Records
+    /// before it are handed out, delivered, or deferred to the replay
+    /// lane (`read_off..live_off`).
+    live_off: u64,
+    /// Topics without a late path whose older messages wait in the replay
+    /// lane: the live lane defers their newer messages too, so that each
+    /// topic stays in order. Cleared once the replay lane caught up.
+    blocked: HashSet<String>,
+    /// Delivered ranges past the head.
+    delivered: BTreeMap<u64, Delivered>,
     /// The sequence number the next append gets.
     next_seq: u64,
-    /// Handed out, oldest first; contiguous sequence numbers.
-    in_flight: VecDeque<InFlight>,
-    /// The highest sequence number handed out before the last rewind:
-    /// anything up to it handed out again is a possible duplicate.
-    resend_upto: u64,
+    /// Handed out and not acknowledged, by sequence number.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// What was in flight at a rewind: handed out again, each is a
+    /// possible duplicate.
+    resend: BTreeSet<u64>,
     /// The head slot generation last written.
     generation: u64,
     /// The head as last written to a slot.
@@ -377,32 +466,34 @@ fn read_at(file: &File, off: u64, len: u64) -> Read {
     }
 }
 
-fn encode_slot(generation: u64, head_off: u64, head_seq: u64) -> [u8; SLOT as usize] {
+fn encode_slot(generation: u64, head_off: u64, head_seq: u64, evicted: u64) -> [u8; SLOT as usize] {
     let mut slot = [0u8; SLOT as usize];
     slot[0..8].copy_from_slice(&generation.to_le_bytes());
     slot[8..16].copy_from_slice(&head_off.to_le_bytes());
     slot[16..24].copy_from_slice(&head_seq.to_le_bytes());
-    let crc = crc32(&slot[0..24]);
-    slot[24..28].copy_from_slice(&crc.to_le_bytes());
+    slot[24..32].copy_from_slice(&evicted.to_le_bytes());
+    let crc = crc32(&slot[0..32]);
+    slot[32..36].copy_from_slice(&crc.to_le_bytes());
     slot
 }
 
-/// `(generation, head_off, head_seq)` of a valid slot.
-fn decode_slot(slot: &[u8]) -> Option<(u64, u64, u64)> {
-    let crc = u32::from_le_bytes(slot[24..28].try_into().ok()?);
-    if crc32(&slot[0..24]) != crc {
+/// `(generation, head_off, head_seq, evicted)` of a valid slot.
+fn decode_slot(slot: &[u8]) -> Option<(u64, u64, u64, u64)> {
+    let crc = u32::from_le_bytes(slot[32..36].try_into().ok()?);
+    if crc32(&slot[0..32]) != crc {
         return None;
     }
     Some((
         u64::from_le_bytes(slot[0..8].try_into().ok()?),
         u64::from_le_bytes(slot[8..16].try_into().ok()?),
         u64::from_le_bytes(slot[16..24].try_into().ok()?),
+        u64::from_le_bytes(slot[24..32].try_into().ok()?),
     ))
 }
 
 /// Writes a fresh spool file holding `records` (the head at the first of
 /// them), synced, and renames it to `path`.
-fn write_fresh(path: &Path, head_seq: u64, records: &[u8]) -> Result<(), AgentError> {
+fn write_fresh(path: &Path, head_seq: u64, evicted: u64, records: &[u8]) -> Result<(), AgentError> {
     let tmp = tmp_path(path);
     let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?;
     let mut header = Vec::with_capacity(DATA_START as usize);
@@ -410,7 +501,7 @@ fn write_fresh(path: &Path, head_seq: u64, records: &[u8]) -> Result<(), AgentEr
     // Generation 1 goes where `sync` would put it (slot `1 % 2`), so the
     // next head write (generation 2) goes to the other slot, never over it.
     header.extend_from_slice(&[0; SLOT as usize]);
-    header.extend_from_slice(&encode_slot(1, DATA_START, head_seq));
+    header.extend_from_slice(&encode_slot(1, DATA_START, head_seq, evicted));
     f.write_all(&header)
         .and_then(|()| f.write_all(records))
         .and_then(|()| f.sync_all())
@@ -440,6 +531,30 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// `off`, or the end of the delivered range it falls in.
+fn skip_delivered(inner: &Inner, mut off: u64) -> u64 {
+    while let Some((_, d)) = inner.delivered.range(..=off).next_back() {
+        if d.end <= off {
+            break;
+        }
+        off = d.end;
+    }
+    off
+}
+
+/// Moves the head over the delivered ranges that start at it (and the
+/// lanes' cursors with it: nothing behind the head is handed out again).
+fn advance_head(inner: &mut Inner) {
+    while let Some(d) = inner.delivered.remove(&inner.head_off) {
+        inner.head_off = d.end;
+        inner.head_seq = d.last_seq + 1;
+        inner.stats.messages = inner.stats.messages.saturating_sub(d.count);
+        inner.dirty = true;
+    }
+    inner.read_off = inner.read_off.max(inner.head_off);
+    inner.live_off = inner.live_off.max(inner.head_off);
+}
+
 impl Spool {
     /// Opens (or creates) the spool at `config.path`. Never fails because
     /// of the file's content: a torn last record is dropped, a damaged
@@ -455,7 +570,7 @@ impl Spool {
         let _ = std::fs::remove_file(tmp_path(&path));
         let mut report = OpenReport::default();
         if !path.exists() {
-            write_fresh(&path, 1, &[])?;
+            write_fresh(&path, 1, 0, &[])?;
         }
         let inner = match Self::recover(&path, &mut report)? {
             Some(inner) => inner,
@@ -475,7 +590,7 @@ impl Spool {
                     "the spool file is damaged; moved it aside and kept its {count} readable messages"
                 );
                 report.moved_aside = Some(aside);
-                write_fresh(&path, head_seq, &records)?;
+                write_fresh(&path, head_seq, 0, &records)?;
                 Self::recover(&path, &mut report)?.ok_or_else(|| AgentError::Spool {
                     path: path.clone(),
                     cause: "the rewritten spool does not read back".into(),
@@ -514,7 +629,8 @@ impl Spool {
             decode_slot(&header[8..8 + SLOT as usize]),
             decode_slot(&header[8 + SLOT as usize..]),
         ];
-        let Some((generation, head_off, head_seq)) = slots.into_iter().flatten().max() else {
+        let Some((generation, head_off, head_seq, evicted)) = slots.into_iter().flatten().max()
+        else {
             return Ok(None);
         };
         // The head may point past a tail a crash cut off: empty then.
@@ -558,9 +674,12 @@ impl Spool {
             head_time: None,
             head_seq,
             read_off: head_off,
+            live_off: head_off,
+            blocked: HashSet::new(),
+            delivered: BTreeMap::new(),
             next_seq: next_seq.max(head_seq),
-            in_flight: VecDeque::new(),
-            resend_upto: 0,
+            in_flight: BTreeMap::new(),
+            resend: BTreeSet::new(),
             generation,
             written_head: head_off,
             dirty: false,
@@ -568,6 +687,7 @@ impl Spool {
             stats: SpoolStats {
                 messages: count,
                 bytes: off - head_off,
+                evicted,
                 ..SpoolStats::default()
             },
         }))
@@ -582,21 +702,40 @@ impl Spool {
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut header = [0u8; DATA_START as usize];
-        let head = if file.read_exact_at(&mut header, 0).is_ok() && &header[0..8] == MAGIC {
-            [
+        let read = file.read_exact_at(&mut header, 0).is_ok();
+        let (head, data_start) = if read && &header[0..8] == MAGIC {
+            let head = [
                 decode_slot(&header[8..8 + SLOT as usize]),
                 decode_slot(&header[8 + SLOT as usize..]),
             ]
             .into_iter()
             .flatten()
             .max()
-            .map(|(_, off, _)| off)
+            .map(|(_, off, _, _)| off);
+            (head, DATA_START)
+        } else if read && &header[0..8] == MAGIC_V1 {
+            // Version 1 (32-byte slots, no eviction count, records at 72):
+            // its records are read as they are, into a version 2 file.
+            let slot = |s: &[u8]| {
+                let crc = u32::from_le_bytes(s[24..28].try_into().ok()?);
+                (crc32(&s[0..24]) == crc).then(|| {
+                    let word =
+                        |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
+                    (word(0), word(8))
+                })
+            };
+            let head = [slot(&header[8..40]), slot(&header[40..72])]
+                .into_iter()
+                .flatten()
+                .max()
+                .map(|(_, off)| off);
+            (head, 72)
         } else {
-            None
+            (None, DATA_START)
         };
         let mut off = head
-            .unwrap_or(DATA_START)
-            .clamp(DATA_START, len.max(DATA_START));
+            .unwrap_or(data_start)
+            .clamp(data_start, len.max(data_start));
         let mut out = Vec::new();
         let mut first = None;
         let mut last = 0;
@@ -676,7 +815,7 @@ impl Spool {
     }
 
     /// Evicts the oldest records until `extra` more bytes fit and none is
-    /// older than `max_age`; returns how many.
+    /// older than `max_age`, stopping at one in flight; returns how many.
     fn enforce_bounds(&self, inner: &mut Inner, extra: u64, now_ms: u64) -> u64 {
         let max_age = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         let mut evicted = 0;
@@ -694,19 +833,19 @@ impl Spool {
             };
             inner.head_time = Some((inner.head_off, s.time_ms));
             let too_old = now_ms.saturating_sub(s.time_ms) > max_age;
-            if !over_bytes && !too_old {
+            // Nor one in flight: EnOS is about to have it, and counting
+            // it evicted would report lost what arrives; the bound is
+            // exceeded by what is in flight until EnOS acknowledges it.
+            if (!over_bytes && !too_old) || inner.in_flight.contains_key(&s.seq) {
                 break;
-            }
-            if inner.in_flight.front().is_some_and(|f| f.seq == s.seq) {
-                inner.in_flight.pop_front();
             }
             inner.head_off = end;
             inner.head_seq = s.seq + 1;
-            inner.read_off = inner.read_off.max(end);
             inner.stats.messages = inner.stats.messages.saturating_sub(1);
             inner.stats.evicted += 1;
             inner.dirty = true;
             evicted += 1;
+            advance_head(inner);
         }
         inner.stats.bytes = inner.len - inner.head_off;
         if evicted > 0 {
@@ -721,33 +860,147 @@ impl Spool {
         self.enforce_bounds(&mut inner, 0, now_ms)
     }
 
-    /// The next message to hand to EnOS, without taking it.
+    /// The next message to hand to EnOS, without taking it: the live
+    /// lane, deferring nothing (tests and benches drive the spool so).
     pub fn peek(&self) -> Option<Spooled> {
-        let inner = self.lock();
-        match read_at(&inner.file, inner.read_off, inner.len) {
-            Read::Good(s, _) => Some(s),
-            _ => None,
-        }
+        self.peek_live(|_| false)
     }
 
     /// Marks the message [`Spool::peek`] returned (sequence `seq`) as
     /// handed to EnOS; `true` if it was handed out before (a possible
     /// duplicate).
     pub fn taken(&self, seq: u64) -> bool {
+        self.take_live(seq)
+    }
+
+    /// The live lane's next message, without taking it. On the way the
+    /// live cursor passes, leaving them to the replay lane, the messages
+    /// `defer` picks (held longer than `resume_after`, say), and the
+    /// messages on a topic without a late path ([`has_late_path`]) whose
+    /// older messages wait there: each topic stays in order.
+    pub fn peek_live(&self, mut defer: impl FnMut(&Spooled) -> bool) -> Option<Spooled> {
         let mut inner = self.lock();
-        let Read::Good(s, end) = read_at(&inner.file, inner.read_off, inner.len) else {
+        loop {
+            let off = skip_delivered(&inner, inner.live_off);
+            inner.live_off = off;
+            let Read::Good(s, end) = read_at(&inner.file, off, inner.len) else {
+                return None;
+            };
+            if inner.in_flight.contains_key(&s.seq) {
+                inner.live_off = end;
+                continue;
+            }
+            let blocked = inner.blocked.contains(&s.message.topic);
+            if blocked || defer(&s) {
+                if !blocked && !has_late_path(&s.message.topic) {
+                    inner.blocked.insert(s.message.topic.clone());
+                }
+                inner.live_off = end;
+                continue;
+            }
+            return Some(s);
+        }
+    }
+
+    /// Marks the message [`Spool::peek_live`] returned (sequence `seq`)
+    /// as handed to EnOS; `true` if it was handed out before (a possible
+    /// duplicate).
+    pub fn take_live(&self, seq: u64) -> bool {
+        let mut inner = self.lock();
+        let start = inner.live_off;
+        let Read::Good(s, end) = read_at(&inner.file, start, inner.len) else {
             return false;
         };
         if s.seq != seq {
             return false;
         }
-        inner.read_off = end;
-        inner.in_flight.push_back(InFlight {
-            seq,
-            end,
-            done: false,
-        });
-        let again = seq <= inner.resend_upto;
+        // The replay lane had nothing waiting: it follows along.
+        if inner.read_off >= start {
+            inner.read_off = end;
+        }
+        inner.live_off = end;
+        Self::hand_out(&mut inner, seq, start, end)
+    }
+
+    /// Up to `max` of the replay lane's next messages, in order, without
+    /// taking them: the first, then those after it `more` accepts (it is
+    /// asked in order and ends the run at its first `false`).
+    pub fn peek_replay(&self, max: usize, mut more: impl FnMut(&Spooled) -> bool) -> Vec<Spooled> {
+        let mut inner = self.lock();
+        // Past what the live lane handed out or was delivered.
+        loop {
+            let off = skip_delivered(&inner, inner.read_off);
+            inner.read_off = off;
+            if off >= inner.live_off {
+                // Caught up: nothing waits behind the live lane.
+                inner.read_off = inner.live_off;
+                inner.blocked.clear();
+                return Vec::new();
+            }
+            match read_at(&inner.file, off, inner.len) {
+                Read::Good(s, end) if inner.in_flight.contains_key(&s.seq) => inner.read_off = end,
+                Read::Good(..) => break,
+                _ => return Vec::new(),
+            }
+        }
+        let mut out = Vec::new();
+        let mut off = inner.read_off;
+        while out.len() < max.max(1) {
+            off = skip_delivered(&inner, off);
+            if off >= inner.live_off {
+                break;
+            }
+            let Read::Good(s, end) = read_at(&inner.file, off, inner.len) else {
+                break;
+            };
+            off = end;
+            if inner.in_flight.contains_key(&s.seq) {
+                continue;
+            }
+            if !out.is_empty() && !more(&s) {
+                break;
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    /// Marks the messages [`Spool::peek_replay`] returned (these sequence
+    /// numbers, ascending) as handed to EnOS; returns how many were handed
+    /// out before (possible duplicates). One evicted meanwhile is skipped.
+    pub fn take_replay(&self, seqs: &[u64]) -> u64 {
+        let mut inner = self.lock();
+        let mut again = 0;
+        let mut off = inner.read_off;
+        for &seq in seqs {
+            loop {
+                off = skip_delivered(&inner, off);
+                if off >= inner.live_off {
+                    break;
+                }
+                let Read::Good(s, end) = read_at(&inner.file, off, inner.len) else {
+                    break;
+                };
+                if s.seq > seq {
+                    break;
+                }
+                let start = off;
+                off = end;
+                if s.seq == seq {
+                    again += u64::from(Self::hand_out(&mut inner, seq, start, end));
+                    break;
+                }
+            }
+        }
+        inner.read_off = inner.read_off.max(off.min(inner.live_off));
+        again
+    }
+
+    /// Records `seq` (at `start..end`) as in flight; `true` if it is
+    /// handed out again after a rewind.
+    fn hand_out(inner: &mut Inner, seq: u64, start: u64, end: u64) -> bool {
+        inner.in_flight.insert(seq, InFlight { start, end });
+        let again = inner.resend.remove(&seq);
         if again {
             inner.stats.resent += 1;
         }
@@ -755,40 +1008,48 @@ impl Spool {
     }
 
     /// EnOS acknowledged `seq` (or it was written at QoS 0): the head moves
-    /// past every acknowledged message at the front.
+    /// past every delivered message at the front.
     pub fn acknowledged(&self, seq: u64) {
         let mut inner = self.lock();
-        let Some(front) = inner.in_flight.front().map(|f| f.seq) else {
+        let Some(f) = inner.in_flight.remove(&seq) else {
             return;
         };
-        let Some(index) = seq.checked_sub(front).and_then(|i| usize::try_from(i).ok()) else {
-            return;
-        };
-        match inner.in_flight.get_mut(index) {
-            Some(f) if f.seq == seq && !f.done => f.done = true,
-            _ => return,
-        }
         inner.stats.delivered += 1;
-        while let Some(f) = inner.in_flight.front().copied().filter(|f| f.done) {
-            inner.in_flight.pop_front();
-            inner.head_off = f.end;
-            inner.head_seq = f.seq + 1;
-            inner.stats.messages = inner.stats.messages.saturating_sub(1);
-            inner.dirty = true;
+        // Merge with the delivered ranges either side.
+        let mut start = f.start;
+        let mut range = Delivered {
+            end: f.end,
+            last_seq: seq,
+            count: 1,
+        };
+        if let Some((&before, d)) = inner.delivered.range(..start).next_back() {
+            if d.end == start {
+                range.count += d.count;
+                start = before;
+                inner.delivered.remove(&before);
+            }
         }
+        if let Some(after) = inner.delivered.remove(&range.end) {
+            range.end = after.end;
+            range.last_seq = after.last_seq;
+            range.count += after.count;
+        }
+        inner.delivered.insert(start, range);
+        advance_head(&mut inner);
         inner.stats.bytes = inner.len - inner.head_off;
         self.maybe_compact(&mut inner);
     }
 
     /// The connection was lost: everything handed out and not acknowledged
-    /// goes again, from the head, in order.
+    /// goes again, from the head, in order, each lane deciding afresh.
     pub fn rewind(&self) {
         let mut inner = self.lock();
-        if let Some(last) = inner.in_flight.back() {
-            inner.resend_upto = inner.resend_upto.max(last.seq);
-        }
+        let in_flight: Vec<u64> = inner.in_flight.keys().copied().collect();
+        inner.resend.extend(in_flight);
         inner.in_flight.clear();
         inner.read_off = inner.head_off;
+        inner.live_off = inner.head_off;
+        inner.blocked.clear();
     }
 
     /// Messages handed out and not acknowledged.
@@ -799,7 +1060,7 @@ impl Spool {
     /// Whether nothing waits to be handed out.
     pub fn is_drained(&self) -> bool {
         let inner = self.lock();
-        inner.read_off >= inner.len
+        inner.live_off >= inner.len && inner.read_off >= inner.live_off
     }
 
     /// The counters.
@@ -837,7 +1098,12 @@ impl Spool {
         }
         if inner.written_head != inner.head_off {
             let generation = inner.generation + 1;
-            let slot = encode_slot(generation, inner.head_off, inner.head_seq);
+            let slot = encode_slot(
+                generation,
+                inner.head_off,
+                inner.head_seq,
+                inner.stats.evicted,
+            );
             let at = 8 + (generation % 2) * SLOT;
             inner
                 .file
@@ -887,7 +1153,7 @@ impl Spool {
             .file
             .read_exact_at(&mut records, inner.head_off)
             .map_err(|e| io_err(&self.path, "read", e))?;
-        write_fresh(&self.path, inner.head_seq, &records)?;
+        write_fresh(&self.path, inner.head_seq, inner.stats.evicted, &records)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -898,10 +1164,20 @@ impl Spool {
         inner.len -= shift;
         inner.head_off = DATA_START;
         inner.head_time = None;
-        inner.read_off -= shift.min(inner.read_off - DATA_START);
-        for f in &mut inner.in_flight {
-            f.end -= shift;
+        let moved = |off: u64| off.saturating_sub(shift).max(DATA_START);
+        inner.read_off = moved(inner.read_off);
+        inner.live_off = moved(inner.live_off);
+        for f in inner.in_flight.values_mut() {
+            f.start = moved(f.start);
+            f.end = moved(f.end);
         }
+        inner.delivered = std::mem::take(&mut inner.delivered)
+            .into_iter()
+            .map(|(start, mut d)| {
+                d.end = moved(d.end);
+                (moved(start), d)
+            })
+            .collect();
         inner.generation = 1;
         inner.written_head = DATA_START;
         Ok(())
@@ -1140,6 +1416,207 @@ mod tests {
         assert_eq!(drain(&spool), [1, 2, 3]);
         assert_eq!(spool.stats().resent, 2);
         assert_eq!(spool.stats().messages, 0);
+    }
+
+    /// A minute ago: within `max_age`, and what the tests' `defer`
+    /// ([`is_old`]) passes to the replay lane.
+    fn old() -> u64 {
+        now() - 60_000
+    }
+
+    fn is_old(s: &Spooled) -> bool {
+        s.time_ms < now() - 30_000
+    }
+
+    fn now() -> u64 {
+        enos_domain::now_ms()
+    }
+
+    fn on(topic: &str, i: u64) -> Outbound {
+        Outbound {
+            topic: topic.into(),
+            payload: format!("{{\"i\":{i:>4}}}").into_bytes(),
+            qos: QoS::AtLeastOnce,
+        }
+    }
+
+    fn index(s: &Spooled) -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&s.message.payload).expect("json");
+        v["i"].as_u64().expect("i")
+    }
+
+    /// #28 item 2 (live data first): the live lane passes what `defer` picks and goes on; the replay lane then hands out exactly what it passed, in order; everything is delivered once and the head gets past all of it.
+    #[test]
+    fn the_live_lane_passes_deferred_messages_to_the_replay_lane() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (spool, _) =
+            Spool::open(&config(dir.path(), FsyncPolicy::Batched, 1 << 20)).expect("open");
+        let post = "/sys/pk/dk/thing/measurepoint/post";
+        // 0..6 are old (a backlog), 6..9 new.
+        for i in 0..9 {
+            spool
+                .append(&on(post, i), if i < 6 { old() } else { now() })
+                .expect("append");
+        }
+        let mut live = Vec::new();
+        while let Some(s) = spool.peek_live(is_old) {
+            live.push(index(&s));
+            assert!(!spool.take_live(s.seq));
+            spool.acknowledged(s.seq);
+        }
+        assert_eq!(live, [6, 7, 8], "live first");
+        assert_eq!(spool.stats().messages, 9, "the head waits for the backlog");
+        let mut replayed = Vec::new();
+        loop {
+            let batch = spool.peek_replay(4, |_| true);
+            if batch.is_empty() {
+                break;
+            }
+            let seqs: Vec<u64> = batch.iter().map(|s| s.seq).collect();
+            replayed.extend(batch.iter().map(index));
+            assert_eq!(spool.take_replay(&seqs), 0);
+            for seq in seqs {
+                spool.acknowledged(seq);
+            }
+        }
+        assert_eq!(replayed, [0, 1, 2, 3, 4, 5], "the backlog, in order");
+        assert_eq!(spool.stats().messages, 0);
+        assert_eq!(spool.stats().delivered, 9);
+        assert!(spool.is_drained());
+        // A new message goes live at once.
+        spool.append(&on(post, 9), now()).expect("append");
+        assert_eq!(spool.peek_live(|_| false).map(|s| index(&s)), Some(9));
+    }
+
+    /// #28 item 2: a deferred message on a topic without a late path (an event) holds back the newer messages on that topic, so the topic stays in order; other topics go live.
+    #[test]
+    fn a_topic_without_a_late_path_stays_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (spool, _) =
+            Spool::open(&config(dir.path(), FsyncPolicy::Batched, 1 << 20)).expect("open");
+        let event = "/sys/pk/dk/thing/event/alarm/post";
+        let post = "/sys/pk/dk/thing/measurepoint/post";
+        spool.append(&on(event, 0), old()).expect("append");
+        spool.append(&on(post, 1), old()).expect("append");
+        spool.append(&on(event, 2), now()).expect("append");
+        spool.append(&on(post, 3), now()).expect("append");
+        let mut live = Vec::new();
+        while let Some(s) = spool.peek_live(is_old) {
+            live.push(index(&s));
+            spool.take_live(s.seq);
+        }
+        assert_eq!(live, [3], "the new event waits behind the old one");
+        let replay: Vec<u64> = spool.peek_replay(10, |_| true).iter().map(index).collect();
+        assert_eq!(replay, [0, 1, 2]);
+    }
+
+    /// #28 item 2: after a lost connection both lanes start over from the head; what was in flight goes again (counted), what was acknowledged does not.
+    #[test]
+    fn a_rewind_keeps_what_was_delivered_past_the_head() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (spool, _) =
+            Spool::open(&config(dir.path(), FsyncPolicy::Batched, 1 << 20)).expect("open");
+        let post = "/sys/pk/dk/thing/measurepoint/post";
+        for i in 0..6 {
+            spool
+                .append(&on(post, i), if i < 3 { old() } else { now() })
+                .expect("append");
+        }
+        // Live: 3 acknowledged, 4 in flight; replay: 0 in flight.
+        let s = spool.peek_live(is_old).expect("live");
+        spool.take_live(s.seq);
+        spool.acknowledged(s.seq);
+        let s = spool.peek_live(is_old).expect("live");
+        spool.take_live(s.seq);
+        let first = spool.peek_replay(1, |_| true);
+        spool.take_replay(&[first[0].seq]);
+        spool.rewind();
+        let mut order = Vec::new();
+        while let Some(s) = spool.peek_live(|_| false) {
+            order.push(index(&s));
+            spool.take_live(s.seq);
+            spool.acknowledged(s.seq);
+        }
+        assert_eq!(order, [0, 1, 2, 4, 5], "3 was delivered");
+        assert_eq!(spool.stats().resent, 2, "0 and 4 again");
+        assert_eq!(spool.stats().messages, 0);
+    }
+
+    /// #28 item 6: the eviction count is kept with the head across a restart, exactly: evictions after the last head write are made (and counted) again.
+    #[test]
+    fn the_eviction_count_survives_a_restart_exactly() {
+        let dir = tempfile::tempdir().expect("dir");
+        let one = encode(1, 0, &msg(0)).len() as u64;
+        let cfg = config(dir.path(), FsyncPolicy::Batched, one * 5);
+        let now = enos_domain::now_ms();
+        {
+            let (spool, _) = Spool::open(&cfg).expect("open");
+            for i in 0..10 {
+                spool.append(&msg(i), now).expect("append");
+            }
+            spool.sync().expect("sync");
+            assert_eq!(spool.stats().evicted, 5);
+            // Two more evictions, not synced: a SIGKILL now.
+            for i in 10..12 {
+                spool.append(&msg(i), now).expect("append");
+            }
+            assert_eq!(spool.stats().evicted, 7);
+        }
+        let (spool, _) = Spool::open(&cfg).expect("reopen");
+        assert_eq!(spool.stats().evicted, 7, "5 kept, 2 made again");
+        assert_eq!(drain(&spool), [7, 8, 9, 10, 11]);
+    }
+
+    /// #28 item 1: a message in flight is not evicted (EnOS is about to have it): the bound waits for its acknowledgement.
+    #[test]
+    fn a_message_in_flight_is_not_evicted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let one = encode(1, 0, &msg(0)).len() as u64;
+        let (spool, _) =
+            Spool::open(&config(dir.path(), FsyncPolicy::Batched, one * 2)).expect("open");
+        let now = enos_domain::now_ms();
+        spool.append(&msg(0), now).expect("append");
+        let s = spool.peek().expect("peek");
+        spool.taken(s.seq);
+        spool.append(&msg(1), now).expect("append");
+        assert_eq!(spool.append(&msg(2), now).expect("append").1, 0);
+        spool.acknowledged(s.seq);
+        assert_eq!(
+            spool.append(&msg(3), now).expect("append").1,
+            1,
+            "then 1 goes"
+        );
+        assert_eq!(drain(&spool), [2, 3]);
+    }
+
+    /// #28: a version 1 spool (before the eviction count) is moved aside and its waiting messages kept.
+    #[test]
+    fn a_version_1_spool_keeps_its_messages() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), FsyncPolicy::Batched, 1 << 20);
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC_V1);
+        file.extend_from_slice(&[0; 32]);
+        let mut slot = [0u8; 32];
+        slot[0..8].copy_from_slice(&1u64.to_le_bytes());
+        // The head at the second record: the first was delivered.
+        let first = encode(1, 0, &msg(0));
+        slot[8..16].copy_from_slice(&(72 + first.len() as u64).to_le_bytes());
+        slot[16..24].copy_from_slice(&2u64.to_le_bytes());
+        let crc = crc32(&slot[0..24]);
+        slot[24..28].copy_from_slice(&crc.to_le_bytes());
+        file.extend_from_slice(&slot);
+        file.extend_from_slice(&first);
+        let now = enos_domain::now_ms();
+        for i in 1..4 {
+            file.extend_from_slice(&encode(i + 1, now, &msg(i)));
+        }
+        std::fs::write(&cfg.path, &file).expect("write");
+        let (spool, report) = Spool::open(&cfg).expect("open");
+        assert!(report.moved_aside.is_some());
+        assert_eq!(report.recovered, 3);
+        assert_eq!(drain(&spool), [1, 2, 3]);
+        assert_eq!(spool.next_seq(), 5);
     }
 
     /// #28 item 1: the file does not grow without bound while it drains.

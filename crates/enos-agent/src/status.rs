@@ -179,7 +179,8 @@ pub struct SpoolStatus {
     pub messages: u64,
     /// Their bytes in the file: how close `max_bytes` is.
     pub bytes: u64,
-    /// Messages evicted by `max_bytes` / `max_age` since start: data lost,
+    /// Messages evicted by `max_bytes` / `max_age` over the spool's life
+    /// (kept in the file, so a restart does not reset it): data lost,
     /// counted so that nobody has to guess.
     pub evicted: u64,
     /// Messages spooled since start.
@@ -189,9 +190,11 @@ pub struct SpoolStatus {
     /// Messages sent again after a connection dropped before their
     /// acknowledgement: the upper bound on duplicates EnOS saw.
     pub resent: u64,
-    /// Late measurepoints sent through `thing.measurepoint.resume`.
+    /// Late measurepoints sent through `thing.measurepoint.resume` or
+    /// `thing.measurepoint.resume.batch` since start.
     pub resumed: u64,
-    /// `resume` replies with a code other than 200 (each logged).
+    /// `resume` / `resume.batch` replies with a code other than 200 (each
+    /// logged; a batch counts once).
     pub resume_refused: u64,
 }
 

@@ -76,6 +76,12 @@ impl DeviceTopics {
         format!("{}measurepoint/post", self.sys)
     }
 
+    /// `/sys/{pk}/{dk}/thing/measurepoint/resume/batch`: late
+    /// measurepoints of the gateway and its sub-devices, many at once.
+    pub fn measurepoint_resume_batch(&self) -> String {
+        format!("{}measurepoint/resume/batch", self.sys)
+    }
+
     /// `/sys/{pk}/{dk}/thing/event/{event_id}/post`.
     pub fn event_post(&self, event_id: &str) -> String {
         format!("{}event/{event_id}/post", self.sys)

@@ -181,14 +181,46 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     let sys = format!("/sys/{}/{}/thing/measurepoint", GW.0, GW.1);
     let topic = format!("{sys}/post");
     let resume = format!("{sys}/resume");
+    let batch = format!("{sys}/resume/batch");
     cloud.subscribe(&resume).await;
+    cloud.subscribe(&batch).await;
     cloud.subscribe(&topic).await;
     // Held longer than `resume_after` (1 s): late data.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let started = Instant::now();
     let mut agent = start_agent(&config, &world.dir.path().join("agent-2.log"));
-    let got = cloud.collect_on(&resume, Duration::from_secs(5)).await;
+    // Through `resume` one by one, or several in a `resume.batch`: each
+    // batch entry as the single message it stands for.
+    let mut got = Vec::new();
+    let mut batches = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while got.len() < N as usize {
+            let (t, p) = cloud.rx.recv().await.expect("client task alive");
+            if t == resume {
+                got.push(p);
+            } else if t == batch {
+                batches += 1;
+                let v: serde_json::Value = serde_json::from_slice(&p).expect("json");
+                assert_eq!(v["method"], "thing.measurepoint.resume.batch", "{v}");
+                assert_eq!(v["allowOfflineSubDevice"], true, "{v}");
+                for e in v["params"].as_array().expect("entries") {
+                    assert_eq!(e["productKey"], GW.0, "{e}");
+                    assert_eq!(e["deviceKey"], GW.1, "{e}");
+                    got.push(
+                        serde_json::to_vec(&serde_json::json!({
+                            "id": v["id"],
+                            "method": "thing.measurepoint.resume",
+                            "params": {"measurepoints": e["measurepoints"], "time": e["time"]},
+                        }))
+                        .expect("json"),
+                    );
+                }
+            }
+        }
+    })
+    .await;
     let drained_in = started.elapsed();
+    assert!(batches > 0, "a backlog goes up in resume.batch");
     if got.len() != N as usize {
         eprintln!(
             "agent log:\n{}\nstatus: {:#?}\nsandbox: {}",
@@ -207,7 +239,7 @@ async fn spooled_data_survives_a_sigkill_and_is_delivered_after_the_restart() {
     assert_eq!(
         seqs(&got),
         (0..N).collect::<Vec<_>>(),
-        "every spooled message, once, in order, through resume"
+        "every spooled message, once, in order, through resume (or resume.batch)"
     );
     for p in &got {
         let v: serde_json::Value = serde_json::from_slice(p).expect("json");
@@ -370,6 +402,76 @@ async fn a_traffic_control_notice_pauses_upstream_until_it_lapses() {
     }
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     world.wait_status("no longer paced", |s| s["traffic_limited"] == false);
+    agent.kill().expect("kill");
+    agent.wait().expect("reaped");
+}
+
+/// #28 item 2 (live data first): while a backlog is replayed at `replay_rate`, a message accepted meanwhile goes out at once on its own topic, ahead of the backlog (which goes on through resume, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_data_goes_out_before_a_backlog_being_replayed() {
+    let mut world = World::start().await;
+    let config = world.config("resume_after = \"200ms\"\nreplay_rate = 20\n");
+    let mut agent = start_agent(&config, &world.dir.path().join("agent.log"));
+    world.wait_status("connected with the local broker", |s| {
+        s["state"] == "connected" && s["local_broker_connected"] == true
+    });
+    let app = TestClient::connect(world.local.addr, "app", None).await;
+    world.sandbox.stop().expect("stop sandbox");
+    world.wait_status("offline", |s| s["state"] != "connected");
+    // A backlog of 40: two seconds at 20/s.
+    const N: i64 = 40;
+    for seq in 0..N {
+        app.publish("gw/mp", format!(r#"{{"measurepoints":{{"seq":{seq}}}}}"#))
+            .await;
+    }
+    world.wait_status("all spooled", |s| s["spool"]["messages"] == N);
+    // Held longer than `resume_after`: late.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.sandbox.start_again().expect("sandbox starts again");
+    let mut cloud = TestClient::observer(world.sandbox.mqtt_addr()).await;
+    let sys = format!("/sys/{}/{}/thing/measurepoint", GW.0, GW.1);
+    for t in ["post", "resume", "resume/batch"] {
+        cloud.subscribe(&format!("{sys}/{t}")).await;
+    }
+    world.wait_status("reconnected", |s| s["state"] == "connected");
+    app.publish("gw/mp", r#"{"measurepoints":{"seq":1000}}"#)
+        .await;
+    // In arrival order: the live one, and how many late ones came before
+    // it and after it.
+    let mut late = Vec::new();
+    let mut live_at = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (live_at.is_none() || late.last() != Some(&(N - 1))) && Instant::now() < deadline {
+        let Ok(Some((t, p))) =
+            tokio::time::timeout(Duration::from_millis(500), cloud.rx.recv()).await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&p).expect("json");
+        if t.ends_with("/post") {
+            assert_eq!(v["params"]["measurepoints"]["seq"], 1000, "{v}");
+            live_at = Some(late.len());
+        } else if t.ends_with("/resume/batch") {
+            for e in v["params"].as_array().expect("entries") {
+                late.push(e["measurepoints"]["seq"].as_i64().expect("seq"));
+            }
+        } else {
+            late.push(v["params"]["measurepoints"]["seq"].as_i64().expect("seq"));
+        }
+    }
+    // Those sent before we subscribed are not seen: the tail, in order.
+    let first = late.first().copied().unwrap_or(N);
+    assert_eq!(
+        late,
+        (first..N).collect::<Vec<_>>(),
+        "the backlog, in order"
+    );
+    let live_at = live_at.expect("the live message arrived");
+    assert!(
+        live_at < late.len(),
+        "the live message waited behind the whole backlog ({} late ones before it)",
+        live_at
+    );
     agent.kill().expect("kill");
     agent.wait().expect("reaped");
 }

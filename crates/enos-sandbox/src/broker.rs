@@ -167,6 +167,12 @@ impl RunningBroker {
             session_store: front::SessionStore::default(),
             max_filters: settings.max_filters_per_session,
             enos_api: enos_api.clone(),
+            record: settings
+                .record
+                .as_deref()
+                .map(crate::record::Record::open)
+                .transpose()?
+                .map(Arc::new),
         });
         let tokio_listener = |addr: SocketAddr, listener: std::net::TcpListener| {
             tokio::net::TcpListener::from_std(listener).map_err(|e| SandboxError::Listen {

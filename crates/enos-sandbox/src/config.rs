@@ -452,6 +452,8 @@ pub struct Overrides {
     pub console_password_file: Option<PathBuf>,
     /// `--enos-api-addr` (needs `[enos_api]` in the file).
     pub enos_api_addr: Option<SocketAddr>,
+    /// `--record`.
+    pub record: Option<PathBuf>,
 }
 
 /// How far a signed timestamp may be from the sandbox's clock.
@@ -516,6 +518,8 @@ pub struct Settings {
     pub console: Option<ConsoleSettings>,
     /// EnOS's certificate API, when configured.
     pub enos_api: Option<EnosApiSettings>,
+    /// Where every device PUBLISH is recorded (`--record`), for tests.
+    pub record: Option<PathBuf>,
 }
 
 impl Settings {
@@ -630,6 +634,7 @@ impl Settings {
             max_sub_devices_per_gateway: file.limits.max_sub_devices_per_gateway,
             max_filters_per_session: file.limits.max_filters_per_session,
             console,
+            record: cli.record,
         })
     }
 }

@@ -48,6 +48,7 @@
 //! | 3 | [`config`] | [`ConfigFile`] (`--config FILE.toml`), [`Overrides`] (command line), [`Settings`] | `certificate`, `sub_devices`, `error` |
 //! | 4 | [`auth`] | [`Authenticator`]: the CONNECT checks; [`Admitted`]: who may connect; [`Refusal`]: why a CONNECT was refused, and its CONNACK code | `config`, `activation`, `devices` |
 //! | 5 | [`front`] | the public listeners: CONNECT, certificate rule, topic rules, delivery, in front of rumqttd | `auth`, `config` and layers 0–2 |
+//! | 1 | [`record`] | [`record::Record`]: what devices published, one JSON line each (`--record`), for tests | `devices`, `error` |
 //! | 5 | [`responder`] | [`Responder`]: request/reply topics and their EnOS codes | `auth`, `sub_devices`, `devices` |
 //! | 6 | [`broker`] | [`RunningBroker`]: rumqttd, the responder and the front in this process (what the binary runs) | all of the above |
 //!
@@ -144,6 +145,7 @@ mod error;
 pub mod front;
 mod ports;
 mod readiness;
+pub mod record;
 pub mod responder;
 pub mod sessions;
 mod status;

@@ -92,6 +92,11 @@ struct Cli {
     /// port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
     enos_api_addr: Option<SocketAddr>,
+    /// Record every device PUBLISH in FILE, one JSON line each (received
+    /// time, device, topic, QoS, envelope id, payload), appended: what
+    /// tests read to see what arrived.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Exit when stdin closes: a parent that dies takes the sandbox with it.
     #[arg(long)]
     exit_on_stdin_close: bool,
@@ -114,6 +119,7 @@ impl Cli {
             console_user: self.console_user.clone(),
             console_password_file: self.console_password_file.clone(),
             enos_api_addr: self.enos_api_addr,
+            record: self.record.clone(),
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct SandboxBuilder {
     config: Option<PathBuf>,
     /// `--enos-api-addr` on a free port: the config file's `[enos_api]`.
     enos_api: bool,
+    /// `--record`: every device PUBLISH as a JSON line in this file.
+    record: Option<PathBuf>,
 }
 
 impl SandboxBuilder {
@@ -200,6 +202,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Records every device PUBLISH in `file` (`--record`), one JSON line
+    /// each, appended across restarts: [`Sandbox::received`] reads it.
+    pub fn record(mut self, file: impl Into<PathBuf>) -> Self {
+        self.record = Some(file.into());
+        self
+    }
+
     /// How long to wait for the child to listen (default 20 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -263,6 +272,9 @@ impl SandboxBuilder {
         }
         if let Some(addr) = enos_api {
             args.extend(["--enos-api-addr".into(), addr.to_string().into()]);
+        }
+        if let Some(record) = &self.record {
+            args.extend(["--record".into(), record.clone().into()]);
         }
         if self.any_timestamp {
             args.push("--any-timestamp".into());
@@ -334,6 +346,7 @@ impl Sandbox {
             crls: Vec::new(),
             config: None,
             enos_api: false,
+            record: None,
             log_filter: "info".into(),
             ready_timeout: Duration::from_secs(20),
         }
@@ -443,6 +456,20 @@ impl Sandbox {
                 "the sandbox did not confirm the reload in time".into(),
             )),
         }
+    }
+
+    /// What the sandbox recorded (`SandboxBuilder::record`), across its
+    /// runs, oldest first: one JSON object per device PUBLISH with
+    /// `received_ms`, `device`, `topic`, `qos`, `id`, `payload`, as text
+    /// (the tests parse it). Empty without a record file or before
+    /// anything arrived; a last line not yet whole is left out.
+    pub fn received(&self) -> Vec<String> {
+        let Some(path) = &self.options.record else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole.lines().map(str::to_owned).collect()
     }
 
     /// Stops the child: closes its stdin and sends SIGTERM, then SIGKILL

@@ -594,6 +594,8 @@ struct DeviceSession<'a, W> {
     dropped: DroppedPublishes,
     /// Where the device's reply to an activation push goes.
     activations: Arc<Activations>,
+    /// `--record`: what the device publishes is written there.
+    record: Option<Arc<crate::record::Record>>,
 }
 
 async fn device_session<S>(
@@ -655,6 +657,7 @@ where
         next_pkid: 0,
         dropped: DroppedPublishes::default(),
         activations: Arc::clone(context.auth.activations()),
+        record: context.record.clone(),
     };
     // The device's own namespace, and its sub-devices' if it is a gateway
     // that reconnects: subscribed before the device hears CONNACK.
@@ -841,6 +844,18 @@ impl<W: AsyncWrite + Unpin> DeviceSession<'_, W> {
                     self.activations.on_reply(&self.device, &publish.payload);
                 }
                 if topics::namespace_of(&publish.topic).is_some_and(|ns| self.owns(&ns)) {
+                    if let Some(record) = &self.record {
+                        record.received(
+                            &self.device,
+                            &publish.topic,
+                            match publish.qos {
+                                QoS::AtMostOnce => 0,
+                                QoS::AtLeastOnce => 1,
+                                QoS::ExactlyOnce => 2,
+                            },
+                            &publish.payload,
+                        );
+                    }
                     self.up_tx.write(&Packet::Publish(publish)).await
                 } else {
                     info!(

@@ -42,6 +42,8 @@ pub(crate) struct FrontContext {
     /// EnOS's certificate API: a certificate of its CA is bound to a
     /// device by its serial instead of the certificate rule.
     pub(crate) enos_api: Option<Arc<EnosApi>>,
+    /// `--record`: every device PUBLISH is written there first.
+    pub(crate) record: Option<Arc<crate::record::Record>>,
 }
 
 /// Which public listener a connection came in on.
