@@ -155,9 +155,25 @@ pub struct Shared {
     /// The configured sub-devices' `/sys/{pk}/{dk}/` prefixes: their
     /// spooled data waits until their login on this connection settled.
     pub sub_device_prefixes: Vec<(String, String, String)>,
+    /// A renewed EnOS certificate waiting to be proven by the session's
+    /// next connect (`[enos.tls] source = "signer"`): put by the renewal,
+    /// taken by the session.
+    pub enos_candidate: Mutex<Option<crate::enos_cert::CandidateProof>>,
+    /// Wakes a connected session to reconnect with `enos_candidate`.
+    pub enos_candidate_ready: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// The candidate slot (a poisoned lock is still usable: it holds an
+    /// `Option`).
+    pub(crate) fn enos_candidate_slot(
+        &self,
+    ) -> MutexGuard<'_, Option<crate::enos_cert::CandidateProof>> {
+        self.enos_candidate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Copies the queue counters into the status.
     pub fn refresh_counters(&self) {
         let spool = self.spool.as_ref().map(|spool| {
