@@ -19,9 +19,9 @@
 //!   EnOS keeps one session per device, so a separate proof connection
 //!   would drop the live one anyway). Refused: the candidate is
 //!   discarded, the session goes back to the current pair.
-//! - **Promote, then retire.** The candidate is promoted, the old serial
-//!   noted in `{cert}.superseded` and revoked SUPERSEDED through the
-//!   signer (`RetireEnosCertificate`; already revoked is done). A retire
+//! - **Promote, then retire.** The old serial is noted in
+//!   `{cert}.superseded`, the candidate promoted, and the old serial
+//!   revoked SUPERSEDED through the signer (`RetireEnosCertificate`; already revoked is done). A retire
 //!   that fails is retried, also after a restart (the note stays).
 //!
 //! Any failure keeps the current certificate and retries with `[backoff]`
@@ -321,6 +321,13 @@ impl<S: SignerClient> Renewer<'_, S> {
             return false;
         }
         let serial = text.trim().to_owned();
+        if read_serial(&self.tls.cert).is_ok_and(|current| current == serial) {
+            // Noted before a promotion that a crash undid: the
+            // certificate in use is never retired.
+            tracing::warn!(cert_sn = %serial, "the noted superseded EnOS certificate is the one in use (its successor was not promoted); not retiring it");
+            let _ = std::fs::remove_file(&note);
+            return true;
+        }
         match self.signer.retire_enos_certificate(serial.clone()).await {
             Ok(already) => {
                 tracing::info!(
@@ -431,13 +438,16 @@ impl<S: SignerClient> Renewer<'_, S> {
             pair::discard_candidate(&pair)?;
             return Err(e);
         }
+        // Noted before the promotion, so that a crash right after it still
+        // retires the old serial (a note naming the pair still in use, if
+        // the promotion is undone, is dropped unused).
+        pair::write_atomically(&superseded_note(self.tls), serial.as_bytes(), 0o644)?;
         if let Err(e) = pair::promote(&pair) {
             if let Err(again) = pair::recover(&pair) {
                 tracing::error!(error = %again, "cannot recover the interrupted promotion");
             }
             return Err(e.into());
         }
-        pair::write_atomically(&superseded_note(self.tls), serial.as_bytes(), 0o644)?;
         Ok((new_serial, not_after_ms))
     }
 }
