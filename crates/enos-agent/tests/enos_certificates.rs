@@ -506,3 +506,72 @@ async fn a_revoked_enos_certificate_is_refused_at_the_next_connect() {
     agent.stop().await;
     world.assert_secret_nowhere("");
 }
+
+/// The EnOS key in a PKCS#11 token (SoftHSM2): applied for and renewed
+/// with pairs made in the token (the CSRs signed there), no key file
+/// written, the MQTTS handshakes signed in the token, the old pair removed
+/// once its successor is promoted, and the old serial retired.
+#[test]
+fn an_enos_key_in_a_pkcs11_token_applies_renews_and_retires() {
+    enos_custody_pkcs11::softhsm::isolated(
+        "an_enos_key_in_a_pkcs11_token_applies_renews_and_retires",
+        "gateway",
+        "",
+        |hsm| {
+            init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let uri = hsm.device_key_uri("enos-device");
+            runtime.block_on(async {
+                let world = World::start(16).await;
+                let toml = world
+                    .agent_toml("[renewal]\nat = 0.5\njitter = 0.05\n")
+                    .replace(
+                        &format!("key = \"{}\"\nsource", world.enos_key().display()),
+                        &format!("key = \"{uri}\"\nsource"),
+                    );
+                assert!(toml.contains("pkcs11:"), "{toml}");
+                let mut agent = RunningAgent::start(&toml);
+                let first = agent
+                    .wait("connected", |s| {
+                        s.state == ConnectionState::Connected && serial(s).is_some()
+                    })
+                    .await;
+                let old = serial(&first).expect("serial").to_owned();
+                let renewed = agent
+                    .wait("renewed", |s| {
+                        s.enos_certificate.as_ref().is_some_and(|c| c.renewals >= 1)
+                            && s.state == ConnectionState::Connected
+                    })
+                    .await;
+                assert_ne!(serial(&renewed), Some(old.as_str()));
+                wait_until("the old serial revoked", LONG, || {
+                    (world.record(&old)?.1 == Some(4)).then_some(())
+                });
+                let s = agent.status.borrow().clone();
+                assert_eq!(s.connects, 2, "one reconnect for the renewal: {s:#?}");
+                assert!(!world.enos_key().exists(), "no key file is written");
+                let location =
+                    enos_agent::device_key::KeyLocation::parse(&uri).expect("a pkcs11 URI");
+                let enos_agent::device_key::KeyLocation::Token(token_uri) = &location else {
+                    panic!("a token key")
+                };
+                let token = enos_agent::device_key::token(token_uri).expect("the token");
+                assert_eq!(
+                    token.pair_count().expect("count"),
+                    1,
+                    "the old pair is removed once the new certificate is promoted"
+                );
+                enos_agent::pair::check_pair(&enos_agent::pair::PairPaths {
+                    cert: world.enos_cert(),
+                    key: location.clone(),
+                })
+                .expect("the certificate's key is in the token");
+                agent.stop().await;
+            });
+        },
+    );
+}
