@@ -575,3 +575,79 @@ fn an_enos_key_in_a_pkcs11_token_applies_renews_and_retires() {
         },
     );
 }
+
+/// Crash safety of the retire step: the superseded serial is noted
+/// (`{cert}.superseded`) before the promotion. A note left by a crash that
+/// names the certificate still in use (its successor was never promoted)
+/// is dropped, never retired; a note naming an old serial revoked already
+/// is done at the next start. A restart with a pair in place applies for
+/// nothing; a gateway that lost a certificate still valid at EnOS gets a
+/// new one once the operator revoked the lost one (EnOS refuses a second
+/// valid certificate with the same CN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_note_left_by_a_crash_never_retires_the_current_certificate() {
+    init();
+    let world = World::start(400).await;
+    let toml = world.agent_toml("[renewal]\nenabled = false\n");
+    let note = {
+        let mut name = world.enos_cert().into_os_string();
+        name.push(".superseded");
+        PathBuf::from(name)
+    };
+    let connected = |s: &AgentStatus| s.state == ConnectionState::Connected && serial(s).is_some();
+
+    let mut agent = RunningAgent::start(&toml);
+    let first = agent.wait("connected", connected).await;
+    let current = serial(&first).expect("serial").to_owned();
+    agent.stop().await;
+
+    // A note naming the certificate in use: dropped, nothing revoked.
+    std::fs::write(&note, &current).expect("note");
+    let mut agent = RunningAgent::start(&toml);
+    let again = agent.wait("connected again", connected).await;
+    assert_eq!(serial(&again), Some(current.as_str()), "no new Apply");
+    wait_until("the note dropped", LONG, || (!note.exists()).then_some(()));
+    assert_eq!(
+        world.record(&current).map(|r| r.1),
+        Some(None),
+        "still valid"
+    );
+    agent.stop().await;
+
+    // The gateway loses its certificate while it is still valid at EnOS:
+    // EnOS refuses a second valid certificate with the same CN (99400
+    // Duplicate subject), so the operator revokes the lost one (what
+    // `enos-signer enos-cert revoke` does), and the agent applies anew.
+    let custody = enos_signer_svc::custody::build(&world.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    let api = enos_signer_svc::enos_api::EnosApi::new(
+        world.signer.config().enos_api.clone().expect("[enos_api]"),
+        custody,
+    );
+    api.client_for(PK)
+        .expect("client")
+        .revoke(PK, DK, &current, 0)
+        .await
+        .expect("revoked");
+    std::fs::remove_file(world.enos_cert()).expect("rm");
+    let mut agent = RunningAgent::start(&toml);
+    let newer = agent.wait("a new Apply", connected).await;
+    let newer_serial = serial(&newer).expect("serial").to_owned();
+    assert_ne!(newer_serial, current);
+    agent.stop().await;
+
+    // A note naming that old serial, revoked already: done, not revoked
+    // again; the certificate in use stays valid.
+    std::fs::write(&note, &current).expect("note");
+    let mut agent = RunningAgent::start(&toml);
+    agent.wait("connected", connected).await;
+    wait_until("the note done", LONG, || (!note.exists()).then_some(()));
+    assert_eq!(world.record(&current).map(|r| r.1), Some(Some(0)));
+    assert_eq!(
+        world.record(&newer_serial).map(|r| r.1),
+        Some(None),
+        "the one in use stays valid"
+    );
+    agent.stop().await;
+}

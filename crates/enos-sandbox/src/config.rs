@@ -40,6 +40,7 @@
 //! # error_http_status = false
 //! # renew_revokes_old = false
 //! # subject_must_match_root = false
+//! # outage_file = "enos-outage"   # while it exists: 99500 ("unreachable" in it: no answer)
 //! # default_valid_day = 730
 //! # max_valid_day = 1095
 //! # bi_directional_auth = true
