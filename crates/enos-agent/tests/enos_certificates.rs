@@ -319,6 +319,17 @@ async fn a_gateway_applies_connects_renews_with_one_reconnect_and_retires_the_ol
     assert_eq!(s["network_failures"], 0, "{s:#}");
     assert_eq!(s["refusals"], 0, "{s:#}");
     assert_eq!(world.record(&new_serial).map(|r| r.1), Some(None));
+    // `enos-agent status` shows the certificate in use.
+    let shown = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(world.dir.path().join("agent.toml"))
+        .output()
+        .expect("enos-agent status runs");
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("EnOS certificate: certSN ") && shown.contains("renewed since start"),
+        "{shown}"
+    );
     let log = agent.log();
     assert!(
         log.contains("EnOS device certificate applied for through the signer"),
