@@ -414,8 +414,9 @@ async fn an_enos_outage_keeps_the_current_certificate_and_retries_with_backoff()
         std::fs::read(world.enos_key()).expect("key"),
     );
 
-    // The signer answers UNAVAILABLE for both (EnOS's reason stays in
-    // its log and audit); the sandbox's log tells the two apart.
+    // The signer answers UNAVAILABLE for both, saying it is EnOS (EnOS's
+    // reason stays in its log and audit); the sandbox's log tells the two
+    // apart.
     for mode in ["99500", "unreachable"] {
         std::fs::write(&world.outage, mode).expect("outage on");
         let mark = world.sandbox.log_mark();
@@ -424,7 +425,7 @@ async fn an_enos_outage_keeps_the_current_certificate_and_retries_with_backoff()
                 s.enos_certificate
                     .as_ref()
                     .and_then(|c| c.last_error.as_deref())
-                    .is_some_and(|e| e.contains("unavailable"))
+                    .is_some_and(|e| e.contains("EnOS's certificate API is unavailable"))
             })
             .await;
         // Retried: more attempts reach the API.
