@@ -30,6 +30,10 @@ pub struct AgentToml {
     pub broker: String,
     /// `[enos.tls]` CA, with the device certificate; for `ssl://`.
     pub broker_ca: Option<PathBuf>,
+    /// `[enos.tls]` cert and key of an EnOS certificate the agent gets
+    /// through the signer (`source = "signer"`); `None`: the signer
+    /// certificate's files.
+    pub enos_cert: Option<(PathBuf, PathBuf)>,
     /// `[backoff]` min, max, refusal_factor, reset_after.
     pub backoff: Backoff,
     /// `[status] file`.
@@ -81,6 +85,7 @@ impl AgentToml {
             device_cert,
             broker,
             broker_ca: None,
+            enos_cert: None,
             backoff: Backoff::default(),
             status_file: None,
             sub_devices: Vec::new(),
@@ -111,12 +116,16 @@ impl AgentToml {
             self.broker,
         );
         if let Some(ca) = &self.broker_ca {
+            let (cert, key) = self.enos_cert.as_ref().unwrap_or(&self.device_cert);
             toml.push_str(&format!(
                 "\n[enos.tls]\nca = {}\ncert = {}\nkey = {}\n",
                 quote(ca),
-                quote(&self.device_cert.0),
-                quote(&self.device_cert.1)
+                quote(cert),
+                quote(key)
             ));
+            if self.enos_cert.is_some() {
+                toml.push_str("source = \"signer\"\n");
+            }
         }
         toml.push_str(&format!(
             "\n[backoff]\nmin = {}\nmax = {}\njitter = 1.0\nrefusal_factor = {}\nreset_after = {}\n",

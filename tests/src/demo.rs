@@ -6,7 +6,8 @@
 //! signer (`enos-signer init`, `serve`, `import` of a gateway and a
 //! sub-device bound to it, random secrets); the gateway's local broker;
 //! the agent over MQTT (credential, CONNACK, clean stop); the agent over
-//! MQTTS with its device certificate, the sub-device login, a measurepoint
+//! MQTTS with the EnOS certificate it got through the signer (the signer
+//! is the sandbox's EnOS certificate API client), the sub-device login, a measurepoint
 //! up and its 200 reply back, a command down and its answer up; a clean
 //! stop of everything; then the audit trail is read and every log of the
 //! run is scanned for the secrets and the issued passwords.
@@ -19,7 +20,10 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use enos_signer_svc::config::{CaConfig, PolicyConfig, ProductPolicyConfig};
+use enos_signer_svc::config::{
+    CaConfig, EnosApiConfig, EnosEnvironmentConfig, PolicyConfig, ProductPolicyConfig,
+    SubjectTemplate,
+};
 use enos_testkit::{
     Binaries, ChildProcess,
     sandbox::{Sandbox, SandboxBinary},
@@ -48,6 +52,11 @@ const RENEWAL: &str = "[renewal]\nat = 0.25\njitter = 0.05\n\n";
 
 /// How long any one step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The EnOS organisation and application the sandbox's certificate API
+/// plays (the secret is random per run).
+const ENOS_ORG: &str = "o15724268424841";
+const ENOS_APP_KEY: &str = "demo-app-key";
 
 /// The gateway's local topics.
 const LOCAL_MEASUREPOINTS: &str = "demo/measurepoints";
@@ -213,6 +222,35 @@ pub async fn run<W: Write>(
         enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
             .in_step(SIGNER)?;
     let enroll_uri = format!("https://{}", enroll_reservation.addr());
+    // The sandbox's EnOS certificate API, on a port held for it: the
+    // signer is its client and holds the application's API secret.
+    let api_reservation =
+        enos_sandbox::PortReservation::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .in_step(SIGNER)?;
+    let api_addr = api_reservation.addr();
+    let enos_app_secret = devices::random_secret().in_step(SIGNER)?;
+    let enos_secret_file = dir.join("enos-app.secret");
+    enos_testkit::write_private(&enos_secret_file, enos_app_secret.as_bytes())
+        .map_err(|e| E2eError::failed(format!("writing the EnOS app secret file: {e}")))
+        .in_step(SIGNER)?;
+    signer_config.enos_api = Some(EnosApiConfig {
+        concurrency: std::num::NonZeroUsize::MIN,
+        timeout: Duration::from_secs(10),
+        valid_day: 730,
+        environments: [(
+            "demo".to_owned(),
+            EnosEnvironmentConfig {
+                gateway_url: format!("http://{api_addr}"),
+                org_id: ENOS_ORG.into(),
+                credential_file: dir.join("signer").join("enos-api-demo.sealed"),
+                ca_file: None,
+                products: vec!["*".into()],
+            },
+        )]
+        .into(),
+        subject: SubjectTemplate::default(),
+        product_subjects: Default::default(),
+    });
     let crl_file = dir.join("signer").join("devices.crl");
     signer_config.ca = Some(CaConfig {
         enroll_listen: Some(enroll_reservation.addr()),
@@ -241,6 +279,23 @@ pub async fn run<W: Write>(
         ],
     )
     .in_step(SIGNER)?;
+    let credential_output = run_to_end(
+        "enos-signer enos-api set-credential",
+        &binaries.signer,
+        &[
+            OsStr::new("enos-api"),
+            OsStr::new("set-credential"),
+            OsStr::new("--config"),
+            signer_files.config.as_os_str(),
+            OsStr::new("--environment"),
+            OsStr::new("demo"),
+            OsStr::new("--access-key"),
+            OsStr::new(ENOS_APP_KEY),
+            OsStr::new("--secret-file"),
+            enos_secret_file.as_os_str(),
+        ],
+    )
+    .in_step(SIGNER)?;
     let mut signer = SignerProcess::new(
         &binaries.signer,
         &signer_files.config,
@@ -254,7 +309,9 @@ pub async fn run<W: Write>(
             "`enos-signer init` created the master key, the audit key and an empty registry; \
              `enos-signer ca init` made the devices' CA, its key sealed by the custody; \
              `enos-signer serve` listens on {} (mTLS only) and enrolls on {enroll_uri} \
-             (TLS, one-time tokens); device certificates live {} s here (30 days by default)",
+             (TLS, one-time tokens); device certificates live {} s here (30 days by default); \
+             `enos-signer enos-api set-credential` sealed the EnOS application's API secret \
+             (the signer is the only EnOS API client, at http://{api_addr})",
             signer.uri(),
             CERTIFICATE_LIFETIME.as_secs()
         ),
@@ -290,7 +347,22 @@ pub async fn run<W: Write>(
         .in_step(SANDBOX)?;
     // The signer writes its CRL as it starts.
     wait_for_file(&crl_file).await.in_step(SANDBOX)?;
+    let sandbox_config = dir.join("sandbox.toml");
+    std::fs::write(
+        &sandbox_config,
+        format!(
+            "[enos_api]\nlisten = \"{api_addr}\"\norg_id = \"{ENOS_ORG}\"\napp_key = \"{ENOS_APP_KEY}\"\n\
+             app_secret_file = {:?}\nstate_dir = {:?}\n",
+            enos_secret_file.display().to_string(),
+            dir.join("enos-ca").display().to_string(),
+        ),
+    )
+    .map_err(E2eError::io("writing the sandbox's config"))
+    .in_step(SANDBOX)?;
+    // The port goes to the sandbox now.
+    drop(api_reservation);
     let mut sandbox = Sandbox::builder(SandboxBinary::at(&binaries.sandbox), &enos_devices)
+        .config(&sandbox_config)
         .tls(&trusted, &broker_server.cert, &broker_server.key)
         .tls_crl(&crl_file)
         .console(CONSOLE_USER, &console_password_file)
@@ -304,7 +376,9 @@ pub async fn run<W: Write>(
         SANDBOX,
         format!(
             "EnOS-compatible broker listening: MQTT {} and MQTTS {} (client certificate of the \
-             device required, from the signer's CA, checked against the signer's CRL); it knows 3 devices (one awaiting dynamic activation), checks every \
+             device required: from the sandbox's EnOS CA, bound to its device by serial, or from \
+             the signer's CA, checked against the signer's CRL), and EnOS's certificate API on \
+             http://{api_addr}; it knows 3 devices (one awaiting dynamic activation), checks every \
              signed login, keeps each device to its own topics, and has a console login for the \
              cloud's side",
             sandbox.mqtt_addr(),
@@ -507,6 +581,9 @@ pub async fn run<W: Write>(
         format!("ssl://{tls_addr}"),
     );
     toml.broker_ca = Some(pki.ca.clone());
+    // The EnOS certificate: none on the gateway; the agent gets it
+    // through the signer before its first MQTTS connect.
+    toml.enos_cert = Some((dir.join("enos-device.pem"), dir.join("enos-device.key")));
     toml.status_file = Some(dir.join("agent-mqtts-status.json"));
     toml.sub_devices = vec![(
         demo.sensor.product_key.clone(),
@@ -540,11 +617,20 @@ pub async fn run<W: Write>(
     )
     .await
     .in_step(MQTTS)?;
+    let connected = wait_status(&toml, &mut agent, "the EnOS certificate", |s| {
+        s["enos_certificate"]["serial"].is_string()
+    })
+    .await
+    .in_step(MQTTS)?;
     narrator.say(
         MQTTS,
         format!(
-            "MQTTS connected to ssl://{tls_addr} with the device certificate of {}: \
-             the TLS listener verified it against the signer's device CA and CRL, then the signed login",
+            "the gateway had no EnOS certificate: the agent made a P-256 key, asked the signer for \
+             the subject and sent its CSR; the signer applied to EnOS's certificate API with the \
+             secret it alone holds, and EnOS (the sandbox) issued certSN {} for {}. MQTTS connected \
+             to ssl://{tls_addr} with it: the TLS listener verified it against the EnOS CA and its \
+             serial's binding to the gateway, then the signed login",
+            connected["enos_certificate"]["serial"].as_str().unwrap_or("?"),
             demo.gateway.id()
         ),
     );
@@ -565,9 +651,10 @@ pub async fn run<W: Write>(
     narrator.say(
         RENEW,
         format!(
-            "the agent renewed its certificate by itself at a quarter of its {} s lifetime (2/3 by \
-             default): a new key made on the gateway, a certificate valid until {not_after}, proven \
-             with a handshake before it replaced the old pair; the MQTTS session stayed up ({} connect)",
+            "the agent renewed its signer certificate by itself at a quarter of its {} s lifetime \
+             (2/3 by default): a new key made on the gateway, a certificate valid until {not_after}, \
+             proven with a handshake before it replaced the old pair; the MQTTS session, on its EnOS \
+             certificate, stayed up ({} connect)",
             CERTIFICATE_LIFETIME.as_secs(),
             renewed["connects"]
         ),
@@ -780,6 +867,7 @@ pub async fn run<W: Write>(
     scan.devices([&demo.gateway, &demo.sensor]);
     scan.other("the console password", &demo.console_password);
     scan.other("the product secret", &demo.product_secret);
+    scan.other("the EnOS API secret", &enos_app_secret);
     scan.other("the enrollment token", &token);
     let pushed = signer::device_secret_in_custody(&signer_files, &demo.newcomer)
         .await
@@ -816,6 +904,7 @@ pub async fn run<W: Write>(
         ("the signer's log", signer.logs()),
         ("enos-signer init", init_output),
         ("enos-signer ca init", ca_init_output),
+        ("enos-signer enos-api set-credential", credential_output),
         ("enos-agent enroll", enroll_output),
         ("enos-signer import", import_output),
         ("enos-signer put-product-secret", product_output),
@@ -835,7 +924,7 @@ pub async fn run<W: Write>(
         AUDIT,
         format!(
             "the signer's audit trail records {} issuances and {refused} refusals; \
-             none of the 2 secrets, the product secret, the pushed device secret, the console password, \
+             none of the 2 secrets, the product secret, the EnOS API secret, the pushed device secret, the console password, \
              the {} issued passwords (recomputed and matched against their audit HMACs) or the signer's keys \
              appears in the {lines} log lines of the run or in any file it left",
             summary.issued,

@@ -80,6 +80,11 @@ impl<S: SignerClient> Agent<S> {
         if let Some(e) = self.spool_error {
             return Err(e);
         }
+        // An EnOS certificate brokered by the signer is applied for
+        // before the first connect, which needs it.
+        if !crate::enos_cert::ensure(&self.config, &self.signer, &shutdown).await? {
+            return Ok(());
+        }
         let (enos_client, enos_loop) = session::enos_client(&self.config)?;
         let local = match &self.config.bridge {
             Some(b) => Some(bridge::local_client(b)?),
@@ -136,8 +141,9 @@ impl<S: SignerClient> Agent<S> {
                 }
             };
             let renewal = renewal::run(config, signer, shared, shutdown.clone());
+            let enos_renewal = crate::enos_cert::run(config, signer, shared, shutdown.clone());
             let spool_tick = spool_tick(shared, shutdown.clone());
-            tokio::join!(session, logins, bridge, renewal, spool_tick);
+            tokio::join!(session, logins, bridge, renewal, enos_renewal, spool_tick);
             if let Some(spool) = &shared.spool {
                 if let Err(e) = spool.sync() {
                     tracing::error!(error = %e, "could not sync the spool at shutdown");

@@ -69,6 +69,44 @@ impl CertificateInfo {
     }
 }
 
+/// The leaf's serial number in decimal: EnOS's `certSN` (EnOS makes the
+/// X.509 serial its certificate number). `None` when unreadable or
+/// longer than 16 bytes.
+pub fn serial_decimal(der: &[u8]) -> Option<String> {
+    let (tag, certificate, _) = element(der)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, tbs, _) = element(certificate)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (mut tag, mut serial, mut rest) = element(tbs)?;
+    if tag == VERSION {
+        (tag, serial, rest) = element(rest)?;
+    }
+    let _ = rest;
+    (tag == INTEGER).then_some(())?;
+    let digits: Vec<u8> = serial.iter().copied().skip_while(|b| *b == 0).collect();
+    if digits.len() > 16 || serial.first().is_some_and(|b| *b >= 0x80) {
+        return None;
+    }
+    let n = digits.iter().fold(0u128, |n, b| (n << 8) | u128::from(*b));
+    Some(n.to_string())
+}
+
+/// [`serial_decimal`] of the leaf of the PEM file at `path`.
+pub fn read_serial(path: &Path) -> Result<String, AgentError> {
+    let pem = std::fs::read(path).map_err(|source| AgentError::ReadFile {
+        path: path.to_owned(),
+        cause: source,
+    })?;
+    rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .and_then(Result::ok)
+        .and_then(|der| serial_decimal(&der))
+        .ok_or_else(|| AgentError::Tls {
+            path: path.to_owned(),
+            reason: "no readable certificate serial".into(),
+        })
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)

@@ -143,6 +143,27 @@ pub struct MqttTlsConfig {
     pub cert: PathBuf,
     /// Its private key: a file (0600) or a `pkcs11:` URI.
     pub key: KeyLocation,
+    /// Who provides `cert` and `key`: `file` (the default: put there by
+    /// the operator), or `signer`: the agent makes the key, gets the
+    /// certificate from EnOS through the signer when it is missing, and
+    /// renews it at `[renewal] at` ± `jitter` of its lifetime
+    /// (docs/enos-certificates.md).
+    #[serde(default)]
+    pub source: EnosCertSource,
+}
+
+/// Where the EnOS device certificate (`[enos.tls]` `cert`/`key`) comes
+/// from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnosCertSource {
+    /// Files the operator puts in place (and renews).
+    #[default]
+    File,
+    /// Applied for and renewed by the agent through the signer, which
+    /// alone holds the EnOS API credential. The key is an ECDSA P-256
+    /// key made on the gateway (a file, or in the `pkcs11:` token).
+    Signer,
 }
 
 /// Exponential backoff with jitter, between connect attempts.

@@ -19,6 +19,7 @@
 //! | [`sub_device`] | `combine.login.batch` (then `combine.login` for the rest) for sub-devices after every connect |
 //! | [`activation`] | dynamic activation: the pushed device secret handed straight to the signer |
 //! | [`enroll`] | the `enroll` command: a key made here, a certificate for a one-time token |
+//! | [`enos_cert`] | the EnOS device certificate brokered by the signer: applied for, renewed, proven by one reconnect, the old one retired |
 //! | [`renewal`] | the certificate renewed at 2/3 of its lifetime ± jitter, inside `run` |
 //! | [`pair`] | the key and certificate files: atomic writes, crash-safe promotion of a candidate |
 //! | [`device_key`] | where the key is: a 0600 file, or a PKCS#11 token (`pkcs11:` URI) that signs handshakes and CSRs |
@@ -73,6 +74,7 @@ pub mod check;
 pub mod config;
 pub mod credential;
 pub mod device_key;
+pub mod enos_cert;
 pub mod enroll;
 mod error;
 mod handshake;

@@ -325,6 +325,25 @@ fn status_lines(s: &serde_json::Value) -> Vec<String> {
             lines.push(format!("last renewal error: {error}"));
         }
     }
+    let enos = &s["enos_certificate"];
+    if enos.is_object() {
+        let mut line = format!(
+            "EnOS certificate: certSN {}, valid until {}",
+            text(&enos["serial"]),
+            time(&enos["not_after_ms"]).unwrap_or_else(|| "?".into()),
+        );
+        if let Some(next) = time(&enos["next_renewal_ms"]) {
+            line.push_str(&format!("; renewal at {next}"));
+        }
+        line.push_str(&format!(
+            ", {} renewed since start",
+            enos["renewals"].as_u64().unwrap_or(0)
+        ));
+        lines.push(line);
+        if let Some(error) = enos["last_error"].as_str() {
+            lines.push(format!("last EnOS certificate error: {error}"));
+        }
+    }
     for sub in s["sub_devices"].as_array().into_iter().flatten() {
         let mut line = format!(
             "sub-device {}/{}: {}",

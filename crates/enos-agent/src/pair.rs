@@ -134,6 +134,37 @@ impl NewKey {
         Ok(csr.der().to_vec())
     }
 
+    /// A PKCS#10 request for this key, PEM, with `subject` (short name
+    /// and value: C, ST, L, O, OU, CN, in this order): EnOS's CSR, whose
+    /// subject the signer checks against its template.
+    pub fn csr_pem_with_subject(&self, subject: &[(String, String)]) -> Result<String, AgentError> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (name, value) in subject {
+            let kind = match name.as_str() {
+                "C" => rcgen::DnType::CountryName,
+                "ST" => rcgen::DnType::StateOrProvinceName,
+                "L" => rcgen::DnType::LocalityName,
+                "O" => rcgen::DnType::OrganizationName,
+                "OU" => rcgen::DnType::OrganizationalUnitName,
+                "CN" => rcgen::DnType::CommonName,
+                other => {
+                    return Err(AgentError::KeyGeneration(format!(
+                        "the signer's subject names an attribute {other:?} (not C, ST, L, O, OU or CN)"
+                    )));
+                }
+            };
+            params.distinguished_name.push(kind, value.as_str());
+        }
+        let csr = match self {
+            NewKey::File(key) => params.serialize_request(&**key),
+            NewKey::Token(key) => params.serialize_request(&TokenCsrKey(key)),
+        }
+        .and_then(|csr| csr.pem())
+        .map_err(|e| AgentError::KeyGeneration(format!("cannot make the CSR: {e}")))?;
+        Ok(csr)
+    }
+
     /// A file key as PKCS#8 PEM, in a buffer wiped on drop; `None` for a
     /// token key, which has no copy outside the token.
     pub fn pkcs8_pem(&self) -> Option<Zeroizing<String>> {

@@ -144,6 +144,7 @@ pub async fn run<S: SignerClient>(
         cache: CredentialCache::new(),
         generation: 0,
         tls_material: None,
+        candidate: None,
     };
     session.run().await;
     shared.session.send_replace(None);
@@ -165,6 +166,9 @@ enum Ended {
         /// The id of the push, echoed in `info_reply`.
         reply_id: String,
     },
+    /// A renewed EnOS certificate waits to be proven: leave with
+    /// DISCONNECT and connect with it.
+    ProveCandidate,
 }
 
 /// What one step of the connect loop decided.
@@ -203,6 +207,9 @@ struct ConnectLoop<'a, S> {
     /// before the first connect): a renewed pair is used from the next
     /// connect, the live session is never dropped for it.
     tls_material: Option<crate::tls::MqttTlsMaterial>,
+    /// A renewed EnOS certificate this connect proves (taken from
+    /// `Shared::enos_candidate`), answered once the connect ended.
+    candidate: Option<crate::enos_cert::CandidateProof>,
 }
 
 impl<S: SignerClient> ConnectLoop<'_, S> {
@@ -241,6 +248,17 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                 }
                 Ended::Activated { reply_id } => {
                     self.activated(&reply_id).await;
+                }
+                Ended::ProveCandidate => {
+                    tracing::info!(
+                        "reconnecting to EnOS once with the renewed certificate, to prove it"
+                    );
+                    disconnect(&self.client, &mut self.eventloop, self.shared).await;
+                    self.eventloop.clean();
+                    self.shared.on_connection_lost();
+                    self.shared
+                        .status
+                        .send_modify(|s| s.set_state(ConnectionState::Connecting));
                 }
                 Ended::Lost(failure) => {
                     tracing::warn!(reason = %failure.reason, "EnOS connection lost");
@@ -289,7 +307,10 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
     /// CONNECT with `credential` until CONNACK; on failure, backs off (a
     /// refusal also retires the credential).
     async fn connect(&mut self, credential: &Arc<IssuedCredential>) -> Step<()> {
-        self.reload_tls();
+        let proving = self.use_candidate();
+        if !proving {
+            self.reload_tls();
+        }
         self.eventloop
             .mqtt_options
             .set_client_id(credential.mqtt_client_id.clone())
@@ -303,6 +324,18 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
         self.eventloop
             .mqtt_options
             .set_credentials(credential.username.clone(), "");
+        if let Some(candidate) = self.candidate.take() {
+            let outcome = match &connected {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(()),
+                Ok(other) => Err(format!("{} instead of CONNACK", first_event_name(other))),
+                Err(e) => Err(classify_for(e, Phase::Connecting, self.config).reason),
+            };
+            if outcome.is_err() {
+                // The next connect goes back to the current pair.
+                self.tls_material = None;
+            }
+            let _ = candidate.reply.send(outcome);
+        }
         match connected {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => Step::Go(()),
             Ok(other) => {
@@ -319,6 +352,40 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                 }
                 tracing::warn!(broker = %self.config.enos.broker, reason = %failure.reason, "connect failed");
                 self.retry_after(&failure, false).await
+            }
+        }
+    }
+
+    /// Takes a candidate EnOS certificate waiting to be proven and builds
+    /// this connect's TLS from it; `true` when this connect proves one.
+    fn use_candidate(&mut self) -> bool {
+        let Some(candidate) = self.shared.enos_candidate_slot().take() else {
+            return false;
+        };
+        let built = crate::tls::MqttTlsMaterial::read(&candidate.tls).and_then(|material| {
+            crate::tls::mqtt_client_config_from(&candidate.tls, &material).map(|c| (material, c))
+        });
+        match built {
+            Ok((material, client_config)) => {
+                tracing::info!(
+                    cert = %candidate.tls.cert.display(),
+                    "this connect presents the renewed EnOS certificate"
+                );
+                self.eventloop
+                    .mqtt_options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        client_config,
+                    )));
+                // The promoted files will hold the same bytes: no rebuild.
+                self.tls_material = Some(material);
+                self.candidate = Some(candidate);
+                true
+            }
+            Err(e) => {
+                let _ = candidate
+                    .reply
+                    .send(Err(format!("the candidate is unusable: {e}")));
+                false
             }
         }
     }
@@ -493,6 +560,11 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                     }
                 }
                 () = shared.wait_upstream(), if !client_full => {}
+                () = shared.enos_candidate_ready.notified() => {
+                    if shared.enos_candidate_slot().is_some() {
+                        return Ended::ProveCandidate;
+                    }
+                }
                 () = self.shutdown.cancelled() => return Ended::Shutdown,
             }
         }

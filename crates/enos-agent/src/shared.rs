@@ -175,6 +175,12 @@ pub struct Shared {
     /// The configured sub-devices' `/sys/{pk}/{dk}/` prefixes: their
     /// spooled data waits until their login on this connection settled.
     pub sub_device_prefixes: Vec<(String, String, String)>,
+    /// A renewed EnOS certificate waiting to be proven by the session's
+    /// next connect (`[enos.tls] source = "signer"`): put by the renewal,
+    /// taken by the session.
+    pub enos_candidate: Mutex<Option<crate::enos_cert::CandidateProof>>,
+    /// Wakes a connected session to reconnect with `enos_candidate`.
+    pub enos_candidate_ready: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -241,7 +247,19 @@ impl Shared {
                     )
                 })
                 .collect(),
+            enos_candidate: Default::default(),
+            enos_candidate_ready: Default::default(),
         }
+    }
+
+    /// The candidate slot (a poisoned lock is still usable: it holds an
+    /// `Option`).
+    pub(crate) fn enos_candidate_slot(
+        &self,
+    ) -> MutexGuard<'_, Option<crate::enos_cert::CandidateProof>> {
+        self.enos_candidate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Copies the queue counters into the status.

@@ -17,6 +17,7 @@ use enos_signer_proto::v1::{
     self, CompleteActivationRequest, IssueMqttCredentialRequest, RenewCertificateRequest,
     SignSubDeviceLoginBatchRequest, SignSubDeviceLoginRequest,
     certificates_client::CertificatesClient, credentials_client::CredentialsClient,
+    enos_certificates_client::EnosCertificatesClient,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{Code, transport::Channel};
@@ -92,6 +93,55 @@ pub trait SignerClient: Send + Sync + 'static {
             })
         }
     }
+
+    /// The subject this device's EnOS CSR must carry (C, ST, L, O, OU,
+    /// CN), from the signer's template.
+    fn enos_certificate_subject(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, SignerClientError>> + Send {
+        async { Err(not_enos()) }
+    }
+
+    /// EnOS's certificate for the key of `csr_pem` (Apply), through the
+    /// signer; `current_cert_sn`: Renew of that serial instead.
+    fn enos_certificate(
+        &self,
+        csr_pem: String,
+        current_cert_sn: Option<String>,
+    ) -> impl Future<Output = Result<IssuedEnosCertificate, SignerClientError>> + Send {
+        let _ = (csr_pem, current_cert_sn);
+        async { Err(not_enos()) }
+    }
+
+    /// Revokes this device's superseded EnOS certificate `cert_sn`
+    /// (SUPERSEDED); `Ok(true)` when EnOS had revoked it already.
+    fn retire_enos_certificate(
+        &self,
+        cert_sn: String,
+    ) -> impl Future<Output = Result<bool, SignerClientError>> + Send {
+        let _ = cert_sn;
+        async { Err(not_enos()) }
+    }
+}
+
+/// What a signer client without EnOS certificates answers.
+fn not_enos() -> SignerClientError {
+    SignerClientError::Refused {
+        endpoint: String::new(),
+        code: Code::Unimplemented,
+        message: "this signer client does not broker EnOS certificates".into(),
+    }
+}
+
+/// An EnOS device certificate the signer obtained for this device.
+#[derive(Debug, Clone)]
+pub struct IssuedEnosCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its EnOS serial (`certSN`, decimal).
+    pub cert_sn: String,
+    /// The signer endpoint that answered, for logs.
+    pub endpoint: String,
 }
 
 impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
@@ -134,6 +184,27 @@ impl<T: SignerClient> SignerClient for std::sync::Arc<T> {
         candidate: &PairPaths,
     ) -> impl Future<Output = Result<(), SignerClientError>> + Send {
         (**self).prove_candidate(candidate)
+    }
+
+    fn enos_certificate_subject(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, SignerClientError>> + Send {
+        (**self).enos_certificate_subject()
+    }
+
+    fn enos_certificate(
+        &self,
+        csr_pem: String,
+        current_cert_sn: Option<String>,
+    ) -> impl Future<Output = Result<IssuedEnosCertificate, SignerClientError>> + Send {
+        (**self).enos_certificate(csr_pem, current_cert_sn)
+    }
+
+    fn retire_enos_certificate(
+        &self,
+        cert_sn: String,
+    ) -> impl Future<Output = Result<bool, SignerClientError>> + Send {
+        (**self).retire_enos_certificate(cert_sn)
     }
 }
 
@@ -460,6 +531,88 @@ impl SignerClient for GrpcSigner {
         prover.preferred.store(first, Ordering::Relaxed);
         // The credential proves the call went through; it is not used.
         prover.issue_mqtt_credential().await.map(drop)
+    }
+
+    async fn enos_certificate_subject(&self) -> Result<Vec<(String, String)>, SignerClientError> {
+        let config = &self.config;
+        self.with_failover_on(|channel, endpoint| async move {
+            let reply = EnosCertificatesClient::new(channel)
+                .get_enos_certificate_subject(v1::GetEnosCertificateSubjectRequest {})
+                .await
+                .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
+                .into_inner();
+            if reply.attributes.is_empty() {
+                return Err(SignerClientError::BadResponse {
+                    endpoint,
+                    reason: "an empty EnOS certificate subject".into(),
+                });
+            }
+            Ok(reply
+                .attributes
+                .into_iter()
+                .map(|a| (a.name, a.value))
+                .collect())
+        })
+        .await
+    }
+
+    async fn enos_certificate(
+        &self,
+        csr_pem: String,
+        current_cert_sn: Option<String>,
+    ) -> Result<IssuedEnosCertificate, SignerClientError> {
+        let config = &self.config;
+        self.with_failover_on(|channel, endpoint| {
+            let (csr_pem, current) = (csr_pem.clone(), current_cert_sn.clone());
+            async move {
+                let mut client = EnosCertificatesClient::new(channel);
+                let reply = match current {
+                    None => {
+                        client
+                            .apply_enos_certificate(v1::ApplyEnosCertificateRequest { csr_pem })
+                            .await
+                    }
+                    Some(current_cert_sn) => {
+                        client
+                            .renew_enos_certificate(v1::RenewEnosCertificateRequest {
+                                csr_pem,
+                                current_cert_sn,
+                            })
+                            .await
+                    }
+                }
+                .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
+                .into_inner();
+                if reply.cert_pem.is_empty() || reply.cert_sn.is_empty() {
+                    return Err(SignerClientError::BadResponse {
+                        endpoint,
+                        reason: "no EnOS certificate or serial in the response".into(),
+                    });
+                }
+                Ok(IssuedEnosCertificate {
+                    cert_pem: reply.cert_pem,
+                    cert_sn: reply.cert_sn,
+                    endpoint,
+                })
+            }
+        })
+        .await
+    }
+
+    async fn retire_enos_certificate(&self, cert_sn: String) -> Result<bool, SignerClientError> {
+        let config = &self.config;
+        self.with_failover_on(|channel, endpoint| {
+            let cert_sn = cert_sn.clone();
+            async move {
+                Ok(EnosCertificatesClient::new(channel)
+                    .retire_enos_certificate(v1::RetireEnosCertificateRequest { cert_sn })
+                    .await
+                    .map_err(|s| classify_with(endpoint.clone(), s, Some(config)))?
+                    .into_inner()
+                    .already_done)
+            }
+        })
+        .await
     }
 
     async fn complete_activation(

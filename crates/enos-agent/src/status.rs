@@ -99,6 +99,23 @@ pub struct CertificateStatus {
     pub last_renewal_error: Option<String>,
 }
 
+/// The EnOS device certificate (`[enos.tls]`) when the signer brokers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnosCertificateStatus {
+    /// Its EnOS serial (`certSN`): what `enos-signer enos-cert list`
+    /// shows, to tell which certificate a gateway holds.
+    pub serial: String,
+    /// Its `notAfter`, ms since the epoch.
+    pub not_after_ms: u64,
+    /// When it will be renewed (or the renewal retried), ms since the
+    /// epoch; `None` when renewal is disabled.
+    pub next_renewal_ms: Option<u64>,
+    /// Renewals promoted since start.
+    pub renewals: u64,
+    /// Why the last renewal attempt failed (cleared by a success).
+    pub last_error: Option<String>,
+}
+
 /// One sub-device's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubDeviceStatus {
@@ -161,6 +178,9 @@ pub struct AgentStatus {
     pub activation: Option<ActivationState>,
     /// The device certificate and its renewal; `None` until it was read.
     pub certificate: Option<CertificateStatus>,
+    /// The EnOS device certificate brokered by the signer; `None` for
+    /// one from files (or until it was read).
+    pub enos_certificate: Option<EnosCertificateStatus>,
     /// The disk spool's counters; `None` without `[spool]`.
     pub spool: Option<SpoolStatus>,
     /// Whether an EnOS flow-control notice (`traffic/control`) paces
@@ -223,6 +243,7 @@ impl AgentStatus {
             sub_devices: Vec::new(),
             activation: None,
             certificate: None,
+            enos_certificate: None,
             spool: None,
             traffic_limited: false,
             traffic_notices: 0,

@@ -160,3 +160,32 @@ fn renewal_defaults_to_two_thirds_with_a_tenth_of_jitter_and_is_configurable() {
         }
     }
 }
+
+/// Issue 26: `[enos.tls] source = "signer"` (the EnOS certificate
+/// brokered by the signer) parses; `file` is the default; any other value
+/// is refused naming the key.
+#[test]
+fn enos_tls_source_says_who_provides_the_certificate() {
+    use enos_agent::config::EnosCertSource;
+    let config = Config::load(&fixture("enos_cert_signer.toml")).expect("parses");
+    let tls = config.enos.tls.as_ref().expect("[enos.tls]");
+    assert_eq!(tls.source, EnosCertSource::Signer);
+    assert!(tls.cert.ends_with("enos-device.pem"), "{:?}", tls.cert);
+    let text = std::fs::read_to_string(fixture("enos_cert_signer.toml")).expect("fixture");
+    let default = Config::parse(
+        &text.replace("source = \"signer\"\n", ""),
+        Path::new("t.toml"),
+    )
+    .expect("parses");
+    assert_eq!(
+        default.enos.tls.expect("[enos.tls]").source,
+        EnosCertSource::File
+    );
+    let e = Config::parse(
+        &text.replace("source = \"signer\"", "source = \"enos\""),
+        Path::new("t.toml"),
+    )
+    .expect_err("an unknown source")
+    .to_string();
+    assert!(e.contains("source") || e.contains("unknown variant"), "{e}");
+}

@@ -40,6 +40,7 @@
 //! # error_http_status = false
 //! # renew_revokes_old = false
 //! # subject_must_match_root = false
+//! # outage_file = "enos-outage"   # while it exists: 99500 ("unreachable" in it: no answer)
 //! # default_valid_day = 730
 //! # max_valid_day = 1095
 //! # bi_directional_auth = true
@@ -163,6 +164,11 @@ pub struct EnosApiSection {
     /// A CSR's C, ST, O must equal the root's.
     #[serde(default)]
     pub subject_must_match_root: bool,
+    /// While this file exists, certificate calls fail as in an EnOS
+    /// outage: `unreachable` in it closes the connection unanswered,
+    /// anything else answers 99500 (tests of a client's retries).
+    #[serde(default)]
+    pub outage_file: Option<PathBuf>,
     /// `validDay` of a request without one (products not listed).
     #[serde(default = "default_valid_day")]
     pub default_valid_day: u32,
@@ -274,6 +280,7 @@ impl EnosApiSection {
             error_http_status: self.error_http_status,
             renew_revokes_old: self.renew_revokes_old,
             subject_must_match_root: self.subject_must_match_root,
+            outage_file: self.outage_file,
             default_product,
             products,
         })
@@ -416,6 +423,7 @@ impl ConfigFile {
             api.key.iter_mut().for_each(resolve);
             api.state_dir.iter_mut().for_each(resolve);
             api.rsa_ca_key.iter_mut().for_each(resolve);
+            api.outage_file.iter_mut().for_each(resolve);
         }
     }
 }
@@ -752,6 +760,7 @@ mod tests {
                     error_http_status: true,
                     renew_revokes_old: true,
                     subject_must_match_root: true,
+                    outage_file: None,
                     default_valid_day: 365,
                     max_valid_day: 1000,
                     bi_directional_auth: true,

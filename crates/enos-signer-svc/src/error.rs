@@ -169,7 +169,13 @@ impl From<SignerError> for Status {
             }
             Code::Unavailable => {
                 tracing::error!(error = %error, "service unavailable");
-                Status::unavailable("temporarily unavailable; retry later")
+                // The gateway's operator must tell an EnOS outage from the
+                // signer's own (EnOS's details stay in the signer's log).
+                if let SignerError::EnosApi { .. } | SignerError::EnosApiUnreachable(_) = error {
+                    Status::unavailable("EnOS's certificate API is unavailable; retry later")
+                } else {
+                    Status::unavailable("temporarily unavailable; retry later")
+                }
             }
             _ => Status::new(code, error.to_string()),
         }

@@ -609,3 +609,150 @@ async fn the_client_reads_enos_codes_behind_http_errors_and_a_renewal_that_revok
         "{too_long}"
     );
 }
+
+/// Issue 26, the gateway's two extra calls: `GetEnosCertificateSubject`
+/// renders the template for the caller (C, ST, L, O, OU, CN in order);
+/// `RetireEnosCertificate` revokes one of the caller's own serials with
+/// SUPERSEDED, takes "already revoked" as done, refuses another device's
+/// serial (NOT_FOUND, nothing revoked), and is audited.
+#[tokio::test]
+async fn a_gateway_reads_its_subject_and_retires_only_its_own_superseded_certificate() {
+    use enos_signer_proto::v1::{GetEnosCertificateSubjectRequest, RetireEnosCertificateRequest};
+    let enos = start();
+    let addr = enos.sandbox.enos_api_addr().expect("api");
+    let mut env = enos.environment(format!("https://{addr}"));
+    env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
+    let configured = env.clone();
+    let f = common::fixture_with(move |c| {
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::MIN,
+            timeout: Duration::from_secs(5),
+            valid_day: 30,
+            environments: [("test".to_owned(), configured)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    seal_credential(
+        custody.as_ref(),
+        "test",
+        APP_KEY,
+        APP_SECRET,
+        &env.credential_file,
+    )
+    .expect("sealed");
+    let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");
+    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw1)).await);
+
+    let subject = client
+        .get_enos_certificate_subject(GetEnosCertificateSubjectRequest {})
+        .await
+        .expect("subject")
+        .into_inner();
+    let pairs: Vec<(String, String)> = subject
+        .attributes
+        .iter()
+        .map(|a| (a.name.clone(), a.value.clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("C", "CN"),
+            ("ST", "Shanghai"),
+            ("L", "Shanghai"),
+            ("O", "EnOS"),
+            ("OU", "gateways"),
+            ("CN", "gwpk.gw1"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+    assert_eq!(subject.valid_day, 30);
+
+    let old = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+        })
+        .await
+        .expect("applied")
+        .into_inner();
+    let new = client
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr("gwpk.gw1"),
+            current_cert_sn: old.cert_sn.clone(),
+        })
+        .await
+        .expect("renewed")
+        .into_inner();
+
+    // Another gateway naming gw1's serial: not its own, nothing revoked.
+    let gw2 = f.pki.device("gwpk", "gw2").expect("device cert");
+    let mut other = EnosCertificatesClient::new(f.channel(Some(&gw2)).await);
+    let theft = other
+        .retire_enos_certificate(RetireEnosCertificateRequest {
+            cert_sn: old.cert_sn.clone(),
+        })
+        .await
+        .expect_err("not gw2's");
+    assert_eq!(theft.code(), tonic::Code::NotFound, "{theft:?}");
+    let status_of = |listed: &[enos_signer_svc::enos_api::ListedEnosCert], sn: &str| {
+        listed
+            .iter()
+            .find(|c| c.cert_sn == sn)
+            .map(|c| c.status)
+            .expect("listed")
+    };
+    let enos_view = enos.client();
+    let listed = enos_view.list("gwpk", "gw1").await.expect("list");
+    assert_eq!(status_of(&listed, &old.cert_sn), 0, "still valid");
+
+    // The owner retires it; again is done already; a bad serial is refused.
+    let retired = client
+        .retire_enos_certificate(RetireEnosCertificateRequest {
+            cert_sn: old.cert_sn.clone(),
+        })
+        .await
+        .expect("retired")
+        .into_inner();
+    assert!(!retired.already_done);
+    let listed = enos_view.list("gwpk", "gw1").await.expect("list");
+    assert_eq!(status_of(&listed, &old.cert_sn), 1, "revoked");
+    assert_eq!(status_of(&listed, &new.cert_sn), 0, "the new one untouched");
+    let again = client
+        .retire_enos_certificate(RetireEnosCertificateRequest {
+            cert_sn: old.cert_sn.clone(),
+        })
+        .await
+        .expect("already done")
+        .into_inner();
+    assert!(again.already_done);
+    let bad = client
+        .retire_enos_certificate(RetireEnosCertificateRequest {
+            cert_sn: "12a".into(),
+        })
+        .await
+        .expect_err("not decimal");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
+    let retire_lines: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("retire_enos_certificate"))
+        .collect();
+    assert!(
+        retire_lines
+            .iter()
+            .any(|l| l.contains(&old.cert_sn) && l.contains("revoked SUPERSEDED")),
+        "{audit}"
+    );
+    assert!(
+        retire_lines
+            .iter()
+            .any(|l| l.contains("NotFound") || l.contains("not_found")),
+        "the refusal is audited too: {audit}"
+    );
+    assert!(!audit.contains(APP_SECRET));
+}

@@ -161,6 +161,13 @@ impl EnosApi {
         })
     }
 
+    /// `Some(unreachable)` while `outage_file` exists.
+    pub fn outage(&self) -> Option<bool> {
+        let path = self.settings.outage_file.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(text.trim() == "unreachable")
+    }
+
     /// The roots the MQTTS listener trusts besides its own CA.
     pub fn root_ders(&self) -> Vec<Vec<u8>> {
         self.ca.root_ders()
@@ -283,6 +290,10 @@ impl EnosApi {
                 self.token_reply(result)
             }
             "/connect-service/v2.0/certificates" => {
+                if self.outage().is_some() {
+                    info!("EnOS API: outage_file present; answering 99500");
+                    return self.envelope(99500, "Call ca error!outage simulated", Value::Null);
+                }
                 if let Err(refused) = self
                     .gateway
                     .check_call(headers[0], headers[1], headers[2], query, body)
@@ -761,7 +772,15 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let api = Arc::clone(&api);
-                async move { Ok::<_, std::convert::Infallible>(answer(&api, request).await) }
+                async move {
+                    if api.outage() == Some(true)
+                        && request.uri().path() == "/connect-service/v2.0/certificates"
+                    {
+                        info!("EnOS API: outage_file says unreachable; closing unanswered");
+                        return Err(std::io::Error::other("simulated outage"));
+                    }
+                    Ok(answer(&api, request).await)
+                }
             });
             let builder = {
                 let mut b = hyper::server::conn::http1::Builder::new();

@@ -104,6 +104,10 @@ pub struct EnosApiSettings {
     /// A CSR's C, ST and O must equal the root's (EnOS 2.1's rule; later
     /// versions are unclear). Off by default.
     pub subject_must_match_root: bool,
+    /// While this file exists, certificate calls fail as in an outage:
+    /// `unreachable` in it closes the connection unanswered, anything
+    /// else answers 99500.
+    pub outage_file: Option<PathBuf>,
     /// Rules of products not in `products`.
     pub default_product: ProductRules,
     /// Rules per product key.

@@ -282,4 +282,169 @@ impl EnosCertificates for EnosCertificatesService {
         )
         .await
     }
+
+    async fn get_enos_certificate_subject(
+        &self,
+        request: Request<v1::GetEnosCertificateSubjectRequest>,
+    ) -> Result<Response<v1::EnosCertificateSubject>, Status> {
+        let started = Instant::now();
+        let rpc = "get_enos_certificate_subject";
+        let identity = self.state.identify(&request).await;
+        let (identity, _) = self.state.identified(rpc, identity, started)?;
+        let result = self.subject_for(&identity);
+        if let Err(e) = &result {
+            self.state.refused(rpc, Some(&identity), e, None);
+        }
+        Ok(Response::new(result?))
+    }
+
+    async fn retire_enos_certificate(
+        &self,
+        request: Request<v1::RetireEnosCertificateRequest>,
+    ) -> Result<Response<v1::RetireEnosCertificateResponse>, Status> {
+        let started = Instant::now();
+        let rpc = "retire_enos_certificate";
+        let identity = self.state.identify(&request).await;
+        let cert_sn = request.into_inner().cert_sn;
+        let (identity, _) = self.state.identified(rpc, identity, started)?;
+        let device = crate::audit::device_of(&identity);
+        let mut record = AuditRecord::new(rpc, Some(&identity), device.clone(), "");
+        record.serial = Some(cert_sn.clone());
+        let result = self.retire(&identity, &cert_sn).await;
+        let outcome = outcome_name(result.as_ref().err().map(SignerError::code));
+        record.outcome = outcome.into();
+        match &result {
+            Ok(already) => {
+                record.detail = Some(if *already {
+                    "superseded; revoked or expired already".into()
+                } else {
+                    "revoked SUPERSEDED".into()
+                });
+                tracing::info!(
+                    device = device.as_deref().unwrap_or(""),
+                    cert_sn = %cert_sn,
+                    already_done = *already,
+                    "superseded EnOS certificate retired"
+                );
+                self.state.audit_best_effort(&record);
+            }
+            Err(e) => {
+                if let SignerError::EnosApi { .. } | SignerError::EnosApiUnreachable(_) = e {
+                    record.detail = Some(e.to_string());
+                }
+                self.state.refused(rpc, Some(&identity), e, Some(&record))
+            }
+        }
+        Ok(Response::new(v1::RetireEnosCertificateResponse {
+            already_done: result?,
+        }))
+    }
+}
+
+/// RFC 5280's `superseded`, as EnOS numbers revocation reasons.
+const REASON_SUPERSEDED: u8 = 4;
+
+/// EnOS's `certStatus` of a valid certificate.
+const STATUS_VALID: i64 = 0;
+
+impl EnosCertificatesService {
+    /// The caller's CSR subject, from the signer's template for its
+    /// product, and the policy applied to its requests.
+    fn subject_for(&self, identity: &PeerIdentity) -> Result<v1::EnosCertificateSubject> {
+        self.state.limiter.check(identity)?;
+        let device = caller_device(identity, "only a device gets an EnOS certificate")?;
+        let api = self.state.enos_api.as_ref().ok_or_else(|| {
+            SignerError::FailedPrecondition("this signer has no [enos_api] section".into())
+        })?;
+        let (pk, dk) = (device.product_key.as_str(), device.device_key.as_str());
+        if api.config.environment_of(pk).is_none() {
+            return Err(SignerError::FailedPrecondition(format!(
+                "no [enos_api] environment serves product {pk}"
+            )));
+        }
+        Ok(v1::EnosCertificateSubject {
+            attributes: api
+                .config
+                .subject_of(pk)
+                .expand(pk, dk)
+                .into_iter()
+                .map(|(name, value)| v1::SubjectAttribute {
+                    name: name.to_owned(),
+                    value,
+                })
+                .collect(),
+            valid_day: api.config.valid_day,
+            key_types: vec!["EC-P256".into(), "RSA-2048".into()],
+        })
+    }
+
+    /// Revokes `cert_sn` of the caller's own device with SUPERSEDED;
+    /// `Ok(true)` when it was revoked or expired already. A serial that is
+    /// not the caller's is NotFound: EnOS lists the caller's device only,
+    /// so another device's serial is never touched.
+    async fn retire(&self, identity: &PeerIdentity, cert_sn: &str) -> Result<bool> {
+        self.state.limiter.check(identity)?;
+        let device = caller_device(identity, "only a device retires its EnOS certificates")?;
+        if cert_sn.is_empty() || !cert_sn.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SignerError::invalid(
+                "cert_sn",
+                "the EnOS serial (certSN) of the superseded certificate, decimal",
+            ));
+        }
+        let api = self.state.enos_api.as_ref().ok_or_else(|| {
+            SignerError::FailedPrecondition("this signer has no [enos_api] section".into())
+        })?;
+        let (pk, dk) = (device.product_key.as_str(), device.device_key.as_str());
+        let same = |listed: &str| listed.trim_start_matches('0') == cert_sn.trim_start_matches('0');
+        // The registry's current certificate is the one the gateway
+        // connects with: retiring it would take the gateway off EnOS
+        // (a crash between promotion and retirement must not do that).
+        let registry = self.state.registry.as_ref();
+        if let Some(current) = registry
+            .current_enos_certificate(&device, enos_domain::now_ms())
+            .await?
+        {
+            if same(&current.cert_sn) {
+                return Err(SignerError::FailedPrecondition(format!(
+                    "EnOS certificate {cert_sn} is {pk}/{dk}'s current one; only a superseded certificate is retired"
+                )));
+            }
+        }
+        let client = api.client_for(pk)?;
+        let listed = client.list(pk, dk).await?;
+        let Some(found) = listed.iter().find(|c| same(&c.cert_sn)) else {
+            return Err(SignerError::NotFound(format!(
+                "EnOS certificate {cert_sn} is not one of {pk}/{dk}'s"
+            )));
+        };
+        if found.status != STATUS_VALID {
+            enos_records::mark_revoked(
+                registry,
+                &device,
+                &found.cert_sn,
+                enos_records::REASON_SUPERSEDED,
+            )
+            .await;
+            return Ok(true);
+        }
+        // Audited before EnOS is asked: a revocation that cannot be
+        // audited does not happen.
+        let mut intent = AuditRecord::new(
+            "retire_enos_certificate_intent",
+            Some(identity),
+            Some(device.to_string()),
+            "pending",
+        );
+        intent.serial = Some(found.cert_sn.clone());
+        self.state.audit.record(&intent).await?;
+        client.revoke(pk, dk, cert_sn, REASON_SUPERSEDED).await?;
+        enos_records::mark_revoked(
+            registry,
+            &device,
+            &found.cert_sn,
+            enos_records::REASON_SUPERSEDED,
+        )
+        .await;
+        Ok(false)
+    }
 }
