@@ -736,6 +736,17 @@ async fn a_gateway_reads_its_subject_and_retires_only_its_own_superseded_certifi
         .await
         .expect_err("not decimal");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    // The certificate the registry records as current is the one the
+    // gateway connects with: never retired (a stale note after a crash).
+    let current = client
+        .retire_enos_certificate(RetireEnosCertificateRequest {
+            cert_sn: new.cert_sn.clone(),
+        })
+        .await
+        .expect_err("the current certificate");
+    assert_eq!(current.code(), tonic::Code::FailedPrecondition, "{current:?}");
+    let listed = enos_view.list("gwpk", "gw1").await.expect("list");
+    assert_eq!(status_of(&listed, &new.cert_sn), 0, "the current one untouched");
 
     let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
     let retire_lines: Vec<&str> = audit

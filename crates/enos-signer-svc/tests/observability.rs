@@ -418,6 +418,15 @@ async fn a_fresh_signer_exports_the_series_dashboards_read_at_zero() {
         r#"enos_signer_readiness_check_failures_total{check="registry"} 0"#,
         r#"enos_signer_readiness_check_failures_total{check="custody"} 0"#,
         "enos_signer_ready 1",
+        // #26: the EnOS API client's series, before any [enos_api] call.
+        r#"enos_signer_enos_api_calls_total{operation="renew",outcome="ok"} 0"#,
+        r#"enos_signer_enos_api_calls_total{operation="apply",outcome="refused"} 0"#,
+        r#"enos_signer_enos_api_calls_total{operation="token",outcome="unreachable"} 0"#,
+        r#"enos_signer_enos_api_request_duration_seconds_count{operation="renew"} 0"#,
+        r#"enos_signer_enos_api_request_duration_seconds_sum{operation="apply"} 0.0"#,
+        "enos_signer_enos_api_queue_seconds_count 0",
+        "enos_signer_enos_api_in_flight 0",
+        "enos_signer_enos_api_in_flight_peak 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
@@ -555,4 +564,193 @@ async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Issue 26 item 6: the signer's EnOS API client counts each call by
+/// operation and outcome, times each exchange with EnOS, and its peak of
+/// calls in flight stays within `[enos_api] concurrency` (real signer over
+/// mTLS, the real sandbox playing EnOS's API over HTTPS).
+#[tokio::test]
+async fn the_enos_api_client_counts_and_times_its_calls_within_its_bound() {
+    use enos_signer_proto::v1::{
+        ApplyEnosCertificateRequest, RenewEnosCertificateRequest,
+        enos_certificates_client::EnosCertificatesClient,
+    };
+    use enos_signer_svc::config::{EnosApiConfig, EnosEnvironmentConfig, SubjectTemplate};
+    use enos_testkit::sandbox::{Sandbox, SandboxBinary};
+    use std::num::NonZeroUsize;
+
+    const GATEWAYS: usize = 6;
+    const SECRET: &str = "app-secret-metrics-7c1e";
+    let enos_dir = tempfile::tempdir().expect("dir");
+    let devices = enos_dir.path().join("devices.csv");
+    let mut csv = "productKey,deviceKey,deviceSecret\n".to_owned();
+    for i in 0..GATEWAYS {
+        csv.push_str(&format!("gwpk,gw{i},secret-gw{i}-4d2a\n"));
+    }
+    std::fs::write(&devices, csv).expect("devices");
+    let api_pki = Pki::new("EnOS API gateway CA").expect("pki");
+    let api_ca = api_pki.write_ca(enos_dir.path()).expect("ca");
+    let server = api_pki
+        .server(&[])
+        .expect("server")
+        .write(enos_dir.path(), "apigw")
+        .expect("files");
+    enos_testkit::pki::write_private(&enos_dir.path().join("app.secret"), SECRET.as_bytes())
+        .expect("secret");
+    let sandbox_config = enos_dir.path().join("sandbox.toml");
+    std::fs::write(
+        &sandbox_config,
+        format!(
+            "[enos_api]\nlisten = \"127.0.0.1:0\"\norg_id = \"o1\"\napp_key = \"ak\"\n\
+             app_secret_file = \"app.secret\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            server.cert.display(),
+            server.key.display()
+        ),
+    )
+    .expect("config");
+    let sandbox = Sandbox::builder(SandboxBinary::locate().expect("sandbox binary"), &devices)
+        .config(&sandbox_config)
+        .enos_api()
+        .start()
+        .expect("sandbox starts");
+    let environment = EnosEnvironmentConfig {
+        gateway_url: format!("https://{}", sandbox.enos_api_addr().expect("api")),
+        org_id: "o1".into(),
+        credential_file: enos_dir.path().join("signer-enos-api.sealed"),
+        ca_file: Some(api_ca),
+        products: vec!["*".into()],
+    };
+    let credential_file = environment.credential_file.clone();
+    let f = common::fixture_with(move |c| {
+        c.enos_api = Some(EnosApiConfig {
+            concurrency: NonZeroUsize::new(2).expect("2"),
+            timeout: Duration::from_secs(10),
+            valid_day: 30,
+            environments: [("test".to_owned(), environment)].into(),
+            subject: SubjectTemplate::default(),
+            product_subjects: Default::default(),
+        });
+    })
+    .await;
+    let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
+        .expect("custody")
+        .into_custody();
+    enos_signer_svc::enos_api::seal_credential(
+        custody.as_ref(),
+        "test",
+        "ak",
+        SECRET,
+        &credential_file,
+    )
+    .expect("sealed");
+    let csr = |dk: &str| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, value) in [
+            (rcgen::DnType::CountryName, "CN".to_owned()),
+            (rcgen::DnType::StateOrProvinceName, "Shanghai".to_owned()),
+            (rcgen::DnType::LocalityName, "Shanghai".to_owned()),
+            (rcgen::DnType::OrganizationName, "EnOS".to_owned()),
+            (rcgen::DnType::OrganizationalUnitName, "gateways".to_owned()),
+            (rcgen::DnType::CommonName, format!("gwpk.{dk}")),
+        ] {
+            params.distinguished_name.push(ty, value);
+        }
+        params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    };
+
+    // Every gateway applies at once: more calls than permits.
+    let mut calls = Vec::new();
+    for i in 0..GATEWAYS {
+        let dk = format!("gw{i}");
+        let identity = f.pki.device("gwpk", &dk).expect("device cert");
+        let mut client = EnosCertificatesClient::new(f.channel(Some(&identity)).await);
+        let csr_pem = csr(&dk);
+        calls.push(tokio::spawn(async move {
+            let issued = client
+                .apply_enos_certificate(ApplyEnosCertificateRequest { csr_pem })
+                .await
+                .expect("applied")
+                .into_inner();
+            (client, dk, issued.cert_sn)
+        }));
+    }
+    let mut applied = Vec::new();
+    for call in calls {
+        applied.push(call.await.expect("joined"));
+    }
+    // One renewal, and one of a serial that is not the caller's: EnOS
+    // refuses it (a code, not an outage).
+    let (client, dk, cert_sn) = &mut applied[0];
+    client
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr(dk),
+            current_cert_sn: cert_sn.clone(),
+        })
+        .await
+        .expect("renewed");
+    let other_sn = applied[1].2.clone();
+    let (client, dk, _) = &mut applied[0];
+    let refused = client
+        .renew_enos_certificate(RenewEnosCertificateRequest {
+            csr_pem: csr(dk),
+            current_cert_sn: other_sn,
+        })
+        .await
+        .expect_err("not the caller's serial");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    let text = common::scrape_metrics(&f).await;
+    let value = |series: &str| common::sample(&text, series).unwrap_or(f64::NAN);
+    let apply_ok = value(r#"enos_signer_enos_api_calls_total{operation="apply",outcome="ok"}"#);
+    assert_eq!(apply_ok, GATEWAYS as f64, "{text}");
+    assert_eq!(
+        value(r#"enos_signer_enos_api_calls_total{operation="renew",outcome="ok"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"enos_signer_enos_api_calls_total{operation="renew",outcome="refused"}"#),
+        1.0,
+        "{text}"
+    );
+    // A token is kept once fetched, but first calls racing each fetch
+    // one (each through a permit too).
+    let tokens = value(r#"enos_signer_enos_api_calls_total{operation="token",outcome="ok"}"#);
+    assert!((1.0..=GATEWAYS as f64).contains(&tokens), "{text}");
+    assert_eq!(
+        value(r#"enos_signer_enos_api_request_duration_seconds_count{operation="apply"}"#),
+        GATEWAYS as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"enos_signer_enos_api_request_duration_seconds_count{operation="renew"}"#),
+        2.0,
+        "{text}"
+    );
+    let waited = value(r#"enos_signer_enos_api_request_duration_seconds_sum{operation="apply"}"#);
+    assert!(waited > 0.0, "time spent waiting on EnOS: {text}");
+    // Every exchange took a permit: queued once each.
+    assert_eq!(
+        value("enos_signer_enos_api_queue_seconds_count"),
+        GATEWAYS as f64 + 2.0 + tokens,
+        "{text}"
+    );
+    assert_eq!(value("enos_signer_enos_api_in_flight"), 0.0, "{text}");
+    let peak = value("enos_signer_enos_api_in_flight_peak");
+    assert!(
+        (1.0..=2.0).contains(&peak),
+        "at most [enos_api] concurrency = 2 in flight: {peak}\n{text}"
+    );
+    assert!(!text.contains(SECRET));
 }

@@ -12,7 +12,11 @@ mod docs_commands;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use enos_e2e::fleet::{self, FleetOptions, Scenario, options::MAX_AGENTS};
+use enos_e2e::fleet::{
+    self, FleetOptions, Scenario,
+    enos_wave::{self, WaveBinaries},
+    options::{MAX_AGENTS, MAX_ENOS_API_CONCURRENCY},
+};
 use enos_testkit::sandbox::SandboxBinary;
 
 /// Reconnect storms against the signer and the EnOS sandbox on 127.0.0.1.
@@ -21,7 +25,8 @@ use enos_testkit::sandbox::SandboxBinary;
 struct Cli {
     /// connect, broker-restart, signer-restart, or all (each restart
     /// follows the first connect); or renew (the signer is the devices'
-    /// CA: enrollment with tokens, one certificate lifetime of renewals).
+    /// CA: enrollment with tokens, one certificate lifetime of renewals;
+    /// with --enos-certificates: a wave of EnOS certificate renewals).
     scenario: String,
     /// Agents (and raw clients) in the run.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_AGENTS as u64))]
@@ -59,6 +64,19 @@ struct Cli {
     /// The enos-sandbox binary (default: beside this one, or built).
     #[arg(long, env = "ENOS_SANDBOX_BIN")]
     sandbox: Option<PathBuf>,
+    /// renew: EnOS device certificates through the signer (issue 26):
+    /// every gateway applies (setup), then all renew at once through the
+    /// enos-signer binary to the sandbox's certificate API.
+    #[arg(long)]
+    enos_certificates: bool,
+    /// With --enos-certificates: the signer's [enos_api] concurrency
+    /// (calls to EnOS's API in flight at once).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=MAX_ENOS_API_CONCURRENCY as u64))]
+    enos_api_concurrency: u64,
+    /// With --enos-certificates: the enos-signer binary (default: beside
+    /// this one, or built).
+    #[arg(long, env = "ENOS_SIGNER_BIN")]
+    signer: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +101,9 @@ fn main() -> ExitCode {
     options.lifetime = cli.lifetime;
     options.renew_at = cli.renew_at;
     options.renew_jitter = cli.renew_jitter;
+    options.enos_certificates = cli.enos_certificates;
+    options.enos_api_concurrency =
+        usize::try_from(cli.enos_api_concurrency).unwrap_or(MAX_ENOS_API_CONCURRENCY);
     if let Err(e) = options.validate() {
         eprintln!("enos-fleet: {e}");
         return ExitCode::from(2);
@@ -117,6 +138,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if options.enos_certificates {
+        let signer = match cli.signer {
+            Some(path) => path,
+            None => match enos_testkit::binaries::locate(&enos_testkit::binaries::SIGNER) {
+                Ok(path) => path,
+                Err(e) => {
+                    eprintln!("enos-fleet: no enos-signer binary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let binaries = WaveBinaries {
+            sandbox: binary,
+            signer,
+        };
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                r = enos_wave::run(&options, &binaries) => r,
+                _ = tokio::signal::ctrl_c() => Err(enos_e2e::E2eError::failed("interrupted")),
+            }
+        });
+        runtime.shutdown_timeout(Duration::from_secs(2));
+        return match outcome {
+            Ok(figures) => {
+                print!("{figures}");
+                if figures.clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "enos-fleet: not every gateway renewed, or the API's bound was exceeded; see the figures"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("enos-fleet: FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = runtime.block_on(async {
         tokio::select! {
             r = fleet::run(&options, binary) => r,

@@ -14,12 +14,14 @@
 //! | [`phase`] | [`PhaseFigures`]: what one event (start, broker restart, signer restart) cost |
 //! | [`raw`] | the anchor: N raw rumqttc clients with pre-signed passwords |
 //! | [`renew`] | `renew`: one certificate lifetime, every agent renewing by itself; [`renew::RenewFigures`] |
+//! | [`enos_wave`] | `renew --enos-certificates`: a wave of EnOS certificate renewals through the `enos-signer` binary to the sandbox's API; [`enos_wave::EnosWaveFigures`] |
 //! | [`run`] | [`run`]: the whole run, its [`FleetReport`] |
 //! | [`plot`] | the SVG picture (`--plot`) |
 //!
 //! Everything stays on 127.0.0.1; the signer runs in this process on its
 //! own runtime (real mTLS), the sandbox is a child process.
 
+pub mod enos_wave;
 pub mod limits;
 pub mod options;
 pub mod phase;

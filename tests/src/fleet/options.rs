@@ -7,6 +7,9 @@ use std::{path::PathBuf, time::Duration};
 /// 65,536-descriptor limit on both sides.
 pub const MAX_AGENTS: usize = 10_000;
 
+/// The largest `[enos_api] concurrency` a run may ask for.
+pub const MAX_ENOS_API_CONCURRENCY: usize = 1024;
+
 /// What happens once every agent is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -97,6 +100,13 @@ pub struct FleetOptions {
     pub renew_at: f64,
     /// `renew`: ± this fraction of the lifetime, per certificate.
     pub renew_jitter: f64,
+    /// `renew`: EnOS device certificates instead of the signer's own
+    /// (issue 26): every gateway applies, then all renew at once through
+    /// the signer to the sandbox's certificate API ([`crate::fleet::enos_wave`]).
+    pub enos_certificates: bool,
+    /// With `enos_certificates`: the signer's `[enos_api] concurrency`,
+    /// the calls to EnOS's API in flight at once.
+    pub enos_api_concurrency: usize,
 }
 
 impl FleetOptions {
@@ -118,6 +128,8 @@ impl FleetOptions {
             lifetime: Duration::from_secs(600),
             renew_at: 2.0 / 3.0,
             renew_jitter: 0.1,
+            enos_certificates: false,
+            enos_api_concurrency: 8,
         }
     }
 
@@ -137,6 +149,18 @@ impl FleetOptions {
         }
         if self.phase_timeout.is_zero() || self.phase_timeout > Duration::from_secs(900) {
             return Err("--phase-timeout must be 1s..=15m".into());
+        }
+        if self.enos_certificates {
+            if self.scenario != Scenario::Renew {
+                return Err("--enos-certificates goes with the renew scenario".into());
+            }
+            if !(1..=MAX_ENOS_API_CONCURRENCY).contains(&self.enos_api_concurrency) {
+                return Err(format!(
+                    "--enos-api-concurrency must be 1..={MAX_ENOS_API_CONCURRENCY}, not {}",
+                    self.enos_api_concurrency
+                ));
+            }
+            return Ok(());
         }
         if self.scenario == Scenario::Renew {
             if self.lifetime < Duration::from_secs(2) || self.lifetime > Duration::from_secs(86_400)

@@ -16,7 +16,7 @@
 //! | `disabled` | a disabled device: the signer refuses, the agent backs off, recovers once enabled |
 //! | `signer_kill` | the signer killed with SIGKILL: sessions stay up, new connects work after its restart |
 //! | `fleet` | 200 agents in this process through a broker restart, within the signer's rate limit |
-//! | `storm` | `enos-fleet` with 300 agents through connect, broker restart, signer restart: all connect, none refused, within the limit |
+//! | `storm` | `enos-fleet` with 300 agents through connect, broker restart, signer restart: all connect, none refused, within the limit; 200 renewing the signer's certificates; 20 renewing their EnOS certificates in one wave within `[enos_api] concurrency` |
 //! | `mosquitto` | Mosquitto: TLS with a required device certificate; CONNACK "not authorised" and backoff |
 //! | `replicas` | 200 agents over two signer replicas on PostgreSQL; one SIGKILLed: all fail over, none refused, all audited |
 

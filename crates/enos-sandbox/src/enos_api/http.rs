@@ -767,6 +767,10 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // The reply's TLS records go out at once: with Nagle, the second
+        // waited for the client's delayed ACK (~30 ms a call, measured by
+        // enos-fleet's EnOS wave).
+        let _ = stream.set_nodelay(true);
         let api = Arc::clone(&api);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

@@ -15,6 +15,9 @@
 //!   the envelope is [`SignerError::EnosApiUnreachable`].
 //! - **Bounded.** At most `concurrency` calls at once (a semaphore shared
 //!   by every environment's client), each within `timeout`.
+//! - **Measured.** Each exchange's duration, each call's outcome, the
+//!   wait for a permit and the exchanges in flight go to
+//!   [`EnosApiMetrics`] (the signer's `/metrics`).
 //!
 //! Neither the secret nor the token nor a signature ever reaches an
 //! error, a log line or a `Debug` print.
@@ -44,6 +47,7 @@ use super::credential::ApiCredential;
 use crate::{
     config::EnosEnvironmentConfig,
     error::{Result, SignerError},
+    listener::metrics::EnosApiMetrics,
 };
 
 /// The certificates path (every EnOS version 2.1 to 3.x).
@@ -120,6 +124,8 @@ pub struct EnosApiClient {
     permits: Arc<Semaphore>,
     /// One call's deadline.
     timeout: Duration,
+    /// Durations, outcomes, queueing and calls in flight, for `/metrics`.
+    metrics: EnosApiMetrics,
 }
 
 impl std::fmt::Debug for EnosApiClient {
@@ -256,7 +262,25 @@ impl EnosApiClient {
             last_ms: AtomicU64::new(0),
             permits,
             timeout,
+            metrics: EnosApiMetrics::default(),
         })
+    }
+
+    /// Counts this client's calls in `metrics` (the serving signer's
+    /// series) instead of series of its own.
+    pub fn with_metrics(mut self, metrics: EnosApiMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a finished call of `operation` by its outcome.
+    fn count<T>(&self, operation: &'static str, result: &Result<T>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(SignerError::EnosApi { .. }) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.metrics.called(operation, outcome);
     }
 
     /// Now in epoch ms, never the same twice in this client.
@@ -277,16 +301,24 @@ impl EnosApiClient {
         }
     }
 
-    /// One HTTP exchange: status and body.
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes)> {
+    /// One HTTP exchange of `operation`: status and body.
+    async fn exchange(
+        &self,
+        operation: &'static str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(u16, Bytes)> {
         let unreachable = |what: &str, e: &dyn std::fmt::Display| {
             SignerError::EnosApiUnreachable(format!("{} ({what}): {e}", self.base))
         };
+        let queued = Instant::now();
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|e| unreachable("queue", &e))?;
+        let started = Instant::now();
+        self.metrics.queued(started - queued);
+        let _in_flight = self.metrics.exchange_started();
         let call = async {
             let tcp = TcpStream::connect(&self.authority)
                 .await
@@ -313,9 +345,11 @@ impl EnosApiClient {
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(self.timeout, call)
+        let result = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| unreachable("timeout", &format!("no reply within {:?}", self.timeout)))?
+            .map_err(|_| unreachable("timeout", &format!("no reply within {:?}", self.timeout)))?;
+        self.metrics.exchanged(operation, started.elapsed());
+        result
     }
 
     /// The current token, fetched when there is none or it is about to
@@ -329,6 +363,13 @@ impl EnosApiClient {
                 return Ok(token.clone());
             }
         }
+        let fetched = self.fetch_token().await;
+        self.count("token", &fetched);
+        fetched
+    }
+
+    /// `token/get`: a new token, kept until shortly before it expires.
+    async fn fetch_token(&self) -> Result<Zeroizing<String>> {
         let ts = self.timestamp().to_string();
         let key = &self.credential.access_key;
         let encryption = sha256_hex(&[
@@ -345,7 +386,7 @@ impl EnosApiClient {
             .header("content-type", "application/json;charset=UTF-8")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SignerError::EnosApiUnreachable(e.to_string()))?;
-        let (_, reply) = self.exchange(request).await?;
+        let (_, reply) = self.exchange("token", request).await?;
         let reply: Value = serde_json::from_slice(&reply).map_err(|_| {
             SignerError::EnosApiUnreachable(format!(
                 "{}: the token service's reply is not JSON",
@@ -387,8 +428,14 @@ impl EnosApiClient {
 
     /// A signed certificates call of `action` for `pk/dk`; `data` of the
     /// envelope on success. A token the gateway calls expired is fetched
-    /// again once.
-    async fn call(&self, action: &str, pk: &str, dk: &str, body: Option<Value>) -> Result<Value> {
+    /// again once. Each attempt is counted by its outcome.
+    async fn call(
+        &self,
+        action: &'static str,
+        pk: &str,
+        dk: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let query = [
             ("action", action.to_owned()),
@@ -409,59 +456,72 @@ impl EnosApiClient {
         let mut fresh = false;
         loop {
             let token = self.token(fresh).await?;
-            let ts = self.timestamp().to_string();
-            let signature = sha256_hex(&[
-                token.as_bytes(),
-                &data,
-                ts.as_bytes(),
-                self.credential.secret_key.as_bytes(),
-            ]);
-            let method = if action == "list" {
-                Method::GET
-            } else {
-                Method::POST
-            };
-            let request = Request::builder()
-                .method(method)
-                .uri(&target)
-                .header("host", &self.authority)
-                .header("content-type", "application/json;charset=UTF-8")
-                .header("apim-accesstoken", token.as_str())
-                .header("apim-timestamp", &ts)
-                .header("apim-signature", signature)
-                .body(Full::new(Bytes::from(body.clone())))
-                .map_err(|e| SignerError::EnosApiUnreachable(e.to_string()))?;
-            let (status, reply) = self.exchange(request).await?;
-            let reply: Value = serde_json::from_slice(&reply).map_err(|_| {
-                SignerError::EnosApiUnreachable(format!(
-                    "{}: HTTP {status} with a reply that is not EnOS's envelope",
-                    self.base
-                ))
-            })?;
-            let code = reply.get("code").and_then(Value::as_i64).ok_or_else(|| {
-                SignerError::EnosApiUnreachable(format!(
-                    "{}: HTTP {status} with a reply that has no code",
-                    self.base
-                ))
-            })?;
-            if code == 1203 && !fresh {
-                fresh = true;
-                continue;
+            let result = self.attempt(action, &target, &data, &body, &token).await;
+            self.count(action, &result);
+            match result {
+                Err(SignerError::EnosApi { code: 1203, .. }) if !fresh => fresh = true,
+                other => return other,
             }
-            if code != 0 {
-                return Err(SignerError::EnosApi {
-                    code,
-                    message: reply
-                        .get("msg")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no message")
-                        .chars()
-                        .take(500)
-                        .collect(),
-                });
-            }
-            return Ok(reply.get("data").cloned().unwrap_or(Value::Null));
         }
+    }
+
+    /// One signed request of `action` to `target` with `token`.
+    async fn attempt(
+        &self,
+        action: &'static str,
+        target: &str,
+        data: &[u8],
+        body: &str,
+        token: &str,
+    ) -> Result<Value> {
+        let ts = self.timestamp().to_string();
+        let signature = sha256_hex(&[
+            token.as_bytes(),
+            data,
+            ts.as_bytes(),
+            self.credential.secret_key.as_bytes(),
+        ]);
+        let method = if action == "list" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", &self.authority)
+            .header("content-type", "application/json;charset=UTF-8")
+            .header("apim-accesstoken", token)
+            .header("apim-timestamp", &ts)
+            .header("apim-signature", signature)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| SignerError::EnosApiUnreachable(e.to_string()))?;
+        let (status, reply) = self.exchange(action, request).await?;
+        let reply: Value = serde_json::from_slice(&reply).map_err(|_| {
+            SignerError::EnosApiUnreachable(format!(
+                "{}: HTTP {status} with a reply that is not EnOS's envelope",
+                self.base
+            ))
+        })?;
+        let code = reply.get("code").and_then(Value::as_i64).ok_or_else(|| {
+            SignerError::EnosApiUnreachable(format!(
+                "{}: HTTP {status} with a reply that has no code",
+                self.base
+            ))
+        })?;
+        if code != 0 {
+            return Err(SignerError::EnosApi {
+                code,
+                message: reply
+                    .get("msg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+                    .chars()
+                    .take(500)
+                    .collect(),
+            });
+        }
+        Ok(reply.get("data").cloned().unwrap_or(Value::Null))
     }
 
     fn issued(data: &Value) -> Result<IssuedEnosCert> {

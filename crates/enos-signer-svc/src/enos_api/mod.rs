@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use crate::{
     config::EnosApiConfig,
     error::{Result, SignerError},
+    listener::metrics::EnosApiMetrics,
 };
 
 /// Every environment's client, made on first use (so that the signer
@@ -35,6 +36,9 @@ pub struct EnosApi {
     permits: Arc<Semaphore>,
     /// The clients made so far, by environment.
     clients: Mutex<HashMap<String, Arc<EnosApiClient>>>,
+    /// Where every client counts its calls (the serving signer's
+    /// `/metrics`; series of their own otherwise).
+    metrics: EnosApiMetrics,
 }
 
 impl std::fmt::Debug for EnosApi {
@@ -54,7 +58,14 @@ impl EnosApi {
             custody,
             permits,
             clients: Mutex::new(HashMap::new()),
+            metrics: EnosApiMetrics::default(),
         }
+    }
+
+    /// Every client counts its calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: EnosApiMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The client of the environment serving `product_key`.
@@ -73,12 +84,15 @@ impl EnosApi {
                 SignerError::Config(m) => SignerError::FailedPrecondition(m),
                 other => other,
             })?;
-        let client = Arc::new(EnosApiClient::new(
-            env,
-            credential,
-            Arc::clone(&self.permits),
-            self.config.timeout,
-        )?);
+        let client = Arc::new(
+            EnosApiClient::new(
+                env,
+                credential,
+                Arc::clone(&self.permits),
+                self.config.timeout,
+            )?
+            .with_metrics(self.metrics.clone()),
+        );
         clients.insert(name.to_owned(), Arc::clone(&client));
         Ok(client)
     }

@@ -148,6 +148,9 @@ pub struct Metrics {
     issue_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
     /// Admin calls, by RPC and outcome.
     admin_calls: Family<OutcomeLabels, Counter>,
+    /// The EnOS API client's calls (issue 26): how long the signer waits
+    /// on EnOS, how often it is refused, how many calls are in flight.
+    enos_api: EnosApiMetrics,
     /// notAfter of the served server certificate (seconds since the
     /// epoch; 0: none yet): short-lived certificates must be seen to
     /// renew. Encoded with its `state` at each scrape
@@ -435,6 +438,8 @@ impl Metrics {
         );
         let change_feed = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ChangeFeedCollector(Arc::clone(&change_feed))));
+        let enos_api = EnosApiMetrics::default();
+        enos_api.register(&mut registry);
 
         // Zero-valued series from the start (see the module docs).
         for rpc in ISSUANCE_RPCS {
@@ -455,6 +460,7 @@ impl Metrics {
             drop(readiness_failures.get_or_create(&CheckLabels { check }));
         }
         Metrics {
+            enos_api,
             ready,
             readiness_failures,
             connections_open,
@@ -500,6 +506,11 @@ impl Metrics {
         self.issue_latency
             .get_or_create(&RpcLabels { rpc })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The EnOS API client's series, for [`crate::enos_api::EnosApi`].
+    pub fn enos_api(&self) -> EnosApiMetrics {
+        self.enos_api.clone()
     }
 
     /// Counts one admin RPC.
@@ -609,6 +620,171 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Labels of an EnOS API call's duration.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    /// One of [`EnosApiMetrics::OPERATIONS`].
+    operation: &'static str,
+}
+
+/// Labels of a counted EnOS API call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnosCallLabels {
+    /// One of [`EnosApiMetrics::OPERATIONS`].
+    operation: &'static str,
+    /// One of [`EnosApiMetrics::OUTCOMES`].
+    outcome: &'static str,
+}
+
+fn enos_api_histogram() -> Histogram {
+    // 1 ms to ~33 s: a call to EnOS over the internet, up to past the
+    // client's default 15 s timeout.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
+
+/// The EnOS API client's series (issue 26), every operation and outcome
+/// at zero from the start:
+///
+/// - `enos_signer_enos_api_request_duration_seconds{operation}`: one
+///   HTTP exchange with EnOS's gateway (connect, TLS, request, reply),
+///   from when the call holds its concurrency permit; its sum over a
+///   window is the time the signer spent waiting on EnOS.
+/// - `enos_signer_enos_api_calls_total{operation,outcome}`: `ok`,
+///   `refused` (EnOS answered with a code other than 0) or `unreachable`
+///   (no answer, a timeout, not EnOS's envelope).
+/// - `enos_signer_enos_api_queue_seconds`: time a call waited for a
+///   permit (`[enos_api] concurrency`).
+/// - `enos_signer_enos_api_in_flight` and `…_in_flight_peak`: exchanges
+///   under way now, and the most at once since the start (the bound
+///   seen to hold).
+#[derive(Clone)]
+pub struct EnosApiMetrics {
+    /// Exchange duration by operation: the time spent waiting on EnOS.
+    duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// Calls by operation and outcome: EnOS's refusals and outages apart.
+    calls: Family<EnosCallLabels, Counter>,
+    /// Time waiting for a permit: a bound set too tight shows here.
+    queue: Histogram,
+    /// Exchanges under way now.
+    in_flight: Gauge,
+    /// The most exchanges under way at once since the start: shows that
+    /// `concurrency` held (a scrape of `in_flight` would miss a peak).
+    in_flight_peak: Gauge,
+}
+
+impl Default for EnosApiMetrics {
+    /// Series of their own, not registered (a client made outside a
+    /// serving signer: the CLI, tests).
+    fn default() -> Self {
+        let metrics = EnosApiMetrics {
+            duration: Family::new_with_constructor(enos_api_histogram),
+            calls: Family::default(),
+            queue: enos_api_histogram(),
+            in_flight: Gauge::default(),
+            in_flight_peak: Gauge::default(),
+        };
+        for operation in Self::OPERATIONS {
+            drop(
+                metrics
+                    .duration
+                    .get_or_create(&OperationLabels { operation }),
+            );
+            for outcome in Self::OUTCOMES {
+                drop(
+                    metrics
+                        .calls
+                        .get_or_create(&EnosCallLabels { operation, outcome }),
+                );
+            }
+        }
+        metrics
+    }
+}
+
+impl std::fmt::Debug for EnosApiMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnosApiMetrics")
+            .field("in_flight", &self.in_flight.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held while an exchange with EnOS is under way: counted in
+/// `in_flight` until dropped.
+pub struct EnosApiInFlight(Gauge);
+
+impl Drop for EnosApiInFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl EnosApiMetrics {
+    /// The operations: the token, then the certificates' actions.
+    pub const OPERATIONS: [&'static str; 5] = ["token", "apply", "renew", "revoke", "list"];
+    /// The outcomes of a call.
+    pub const OUTCOMES: [&'static str; 3] = ["ok", "refused", "unreachable"];
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "enos_api_request_duration_seconds",
+            "One HTTP exchange with EnOS's API gateway (connect, TLS, request, reply), by operation (token, apply, renew, revoke, list)",
+            self.duration.clone(),
+        );
+        registry.register(
+            "enos_api_calls",
+            "Calls to EnOS's API, by operation and outcome (ok; refused: an EnOS code other than 0; unreachable: no answer, a timeout, not EnOS's envelope)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "enos_api_queue_seconds",
+            "Time a call to EnOS's API waited for one of [enos_api] concurrency permits",
+            self.queue.clone(),
+        );
+        registry.register(
+            "enos_api_in_flight",
+            "Exchanges with EnOS's API under way now",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "enos_api_in_flight_peak",
+            "The most exchanges with EnOS's API under way at once since the start (at most [enos_api] concurrency)",
+            self.in_flight_peak.clone(),
+        );
+    }
+
+    /// Observes the wait for a permit.
+    pub fn queued(&self, waited: Duration) {
+        self.queue.observe(waited.as_secs_f64());
+    }
+
+    /// Counts an exchange under way until the guard is dropped.
+    pub fn exchange_started(&self) -> EnosApiInFlight {
+        let now = self.in_flight.inc() + 1;
+        self.in_flight_peak
+            .inner()
+            .fetch_max(now, Ordering::Relaxed);
+        EnosApiInFlight(self.in_flight.clone())
+    }
+
+    /// Observes one exchange of `operation` that took `elapsed`.
+    pub fn exchanged(&self, operation: &'static str, elapsed: Duration) {
+        self.duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one call of `operation` with `outcome` (`ok`, `refused`,
+    /// `unreachable`).
+    pub fn called(&self, operation: &'static str, outcome: &'static str) {
+        self.calls
+            .get_or_create(&EnosCallLabels { operation, outcome })
+            .inc();
     }
 }
 

@@ -78,10 +78,10 @@ impl SignerState {
             ))
         });
         let enos_api = config.enos_api.as_ref().map(|api| {
-            Arc::new(crate::enos_api::EnosApi::new(
-                api.clone(),
-                custody.clone().into_custody(),
-            ))
+            Arc::new(
+                crate::enos_api::EnosApi::new(api.clone(), custody.clone().into_custody())
+                    .with_metrics(metrics.enos_api()),
+            )
         });
         Ok(SignerState {
             enos_api,
