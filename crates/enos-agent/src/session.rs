@@ -254,8 +254,8 @@ impl<S: SignerClient> ConnectLoop<'_, S> {
                         "reconnecting to EnOS once with the renewed certificate, to prove it"
                     );
                     disconnect(&self.client, &mut self.eventloop, self.shared).await;
-                    self.eventloop.clean();
-                    self.shared.on_connection_lost();
+                    let eventloop = &mut self.eventloop;
+                    self.shared.on_connection_lost(|| eventloop.clean());
                     self.shared
                         .status
                         .send_modify(|s| s.set_state(ConnectionState::Connecting));

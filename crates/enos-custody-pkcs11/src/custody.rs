@@ -360,6 +360,29 @@ impl Custody for Pkcs11Custody {
         encode_password(&digest, case)
     }
 
+    fn digest_sha256(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+        content: &[u8],
+    ) -> Result<[u8; 32], CustodyError> {
+        check_scheme(sealed)?;
+        let ad = id.associated_data();
+        let digest = self.run(|session, keys| {
+            ops::sign(
+                session,
+                keys,
+                &ad,
+                &sealed.bytes,
+                content,
+                &Mechanism::Sha256,
+            )
+        })?;
+        digest.as_slice().try_into().map_err(|_| {
+            CustodyError::Unavailable("the token's SHA-256 digest is not 32 bytes".into())
+        })
+    }
+
     fn check(&self) -> Result<(), CustodyError> {
         // One round trip on a pooled session that reads the key-encryption
         // key's class: the token is there, logged in, and holds the key

@@ -186,3 +186,44 @@ fn concurrent_signs_share_the_session_pool() {
         },
     );
 }
+
+/// The EnOS API's documented request signature (issue 26), computed in
+/// the token: `SHA-256(token ‖ sorted query ‖ body ‖ timestamp ‖ SecretKey)`
+/// with the application's SecretKey sealed as a product-level secret, so
+/// that HSM custody holds the EnOS API credential as it holds device
+/// secrets.
+#[test]
+fn the_enos_api_signature_of_the_documented_example() {
+    with_custody(
+        "the_enos_api_signature_of_the_documented_example",
+        "api",
+        |custody| {
+            let reference = ProductKey::new("enos-api.prod").expect("reference");
+            let id = SecretRef::product(&reference, 1);
+            let secret = DeviceSecret::new("xxxappSecretxxx".to_owned()).expect("secret");
+            let sealed = custody.seal(id, &secret).expect("seal");
+            let body = "{\n  \"count\": 20,\n  \"page\": 1,\n  \"desc\": \"描述\"\n}";
+            let content = format!("xxxxaaaxxxxk1v1k2v2k3v3{body}1572574909697");
+            let digest = custody
+                .digest_sha256(id, &sealed, content.as_bytes())
+                .expect("digest in the token");
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                hex,
+                "59828328f6c1f9771015dc74e4929ae30f518a35a3d2353972c2ea46556fc981"
+            );
+            // Bound to its reference: another environment's does not open it.
+            let other = ProductKey::new("enos-api.test").expect("reference");
+            let refused = custody
+                .digest_sha256(SecretRef::product(&other, 1), &sealed, b"x")
+                .expect_err("another reference");
+            assert!(
+                matches!(
+                    refused,
+                    CustodyError::Integrity | CustodyError::Unavailable(_)
+                ),
+                "{refused:?}"
+            );
+        },
+    );
+}

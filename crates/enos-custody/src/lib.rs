@@ -166,6 +166,18 @@ pub trait Custody: Send + Sync + 'static {
         case: HexCase,
     ) -> Result<Password, CustodyError>;
 
+    /// `SHA-256(content ‖ secret)` over arbitrary `content`, computed where
+    /// the secret is, as [`Custody::sign`] computes a password: the EnOS
+    /// API's request signatures and token requests (issue 26) end with the
+    /// application's SecretKey, so an HSM holds that key as it holds a
+    /// device secret and the signer never sees it.
+    fn digest_sha256(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+        content: &[u8],
+    ) -> Result<[u8; 32], CustodyError>;
+
     /// Opens a sealed secret into plaintext. For migration between
     /// custodies only; an HSM custody may refuse with
     /// [`CustodyError::Unsupported`].

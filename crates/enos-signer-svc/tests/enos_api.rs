@@ -38,7 +38,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     sandbox: Sandbox,
     ca: std::path::PathBuf,
-    custody: SoftwareCustody,
+    custody: Arc<SoftwareCustody>,
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -82,7 +82,7 @@ fn start_with(extra: &str) -> Fixture {
         dir,
         sandbox,
         ca,
-        custody: SoftwareCustody::new(&[7u8; 32]),
+        custody: Arc::new(SoftwareCustody::new(&[7u8; 32])),
     }
 }
 
@@ -99,10 +99,16 @@ impl Fixture {
 
     fn client_with(&self, url: String, secret: &str) -> EnosApiClient {
         let env = self.environment(url);
-        seal_credential(&self.custody, "test", APP_KEY, secret, &env.credential_file)
-            .expect("sealed");
+        seal_credential(
+            self.custody.as_ref(),
+            "test",
+            APP_KEY,
+            secret,
+            &env.credential_file,
+        )
+        .expect("sealed");
         let credential =
-            open_credential(&self.custody, "test", &env.credential_file).expect("opened");
+            open_credential(self.custody.clone(), "test", &env.credential_file).expect("opened");
         EnosApiClient::new(
             &env,
             credential,
@@ -227,7 +233,7 @@ async fn a_wrong_secret_is_refused_by_code_and_never_shown() {
     assert!(file.contains(APP_KEY));
     // Another environment's name does not open it.
     let other = open_credential(
-        &f.custody,
+        f.custody.clone(),
         "other",
         &f.dir.path().join("enos-api-test.sealed"),
     )
@@ -235,7 +241,7 @@ async fn a_wrong_secret_is_refused_by_code_and_never_shown() {
     assert!(!other.to_string().contains(wrong));
     // Debug of the opened credential redacts the secret.
     let opened = open_credential(
-        &f.custody,
+        f.custody.clone(),
         "test",
         &f.dir.path().join("enos-api-test.sealed"),
     )
@@ -266,7 +272,7 @@ async fn an_unreachable_gateway_or_untrusted_certificate_is_unavailable() {
     let mut env = f.environment(format!("https://{addr}"));
     env.ca_file = Some(stranger_ca);
     seal_credential(
-        &f.custody,
+        f.custody.as_ref(),
         "test",
         APP_KEY,
         APP_SECRET,
@@ -275,7 +281,7 @@ async fn an_unreachable_gateway_or_untrusted_certificate_is_unavailable() {
     .expect("sealed");
     let client = EnosApiClient::new(
         &env,
-        open_credential(&f.custody, "test", &env.credential_file).expect("opened"),
+        open_credential(f.custody.clone(), "test", &env.credential_file).expect("opened"),
         Arc::new(Semaphore::new(1)),
         Duration::from_secs(5),
     )
@@ -339,7 +345,7 @@ async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
         &env.credential_file,
     )
     .expect("sealed");
-    open_credential(custody.as_ref(), "test", &env.credential_file)
+    open_credential(custody.clone(), "test", &env.credential_file)
         .expect("the signer's custody opens it");
 
     // Refused before EnOS is called: a P-384 key, another device's CN.
@@ -744,9 +750,17 @@ async fn a_gateway_reads_its_subject_and_retires_only_its_own_superseded_certifi
         })
         .await
         .expect_err("the current certificate");
-    assert_eq!(current.code(), tonic::Code::FailedPrecondition, "{current:?}");
+    assert_eq!(
+        current.code(),
+        tonic::Code::FailedPrecondition,
+        "{current:?}"
+    );
     let listed = enos_view.list("gwpk", "gw1").await.expect("list");
-    assert_eq!(status_of(&listed, &new.cert_sn), 0, "the current one untouched");
+    assert_eq!(
+        status_of(&listed, &new.cert_sn),
+        0,
+        "the current one untouched"
+    );
 
     let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).expect("audit");
     let retire_lines: Vec<&str> = audit

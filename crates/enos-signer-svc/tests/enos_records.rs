@@ -511,7 +511,7 @@ async fn an_enos_certificate_the_registry_cannot_record_is_revoked_again() {
         let direct = enos_signer_svc::enos_api::EnosApiClient::new(
             &env,
             enos_signer_svc::enos_api::open_credential(
-                custody.as_ref(),
+                custody.clone(),
                 "test",
                 &env.credential_file,
             )

@@ -451,6 +451,20 @@ impl Custody for SoftwareCustody {
         ))
     }
 
+    fn digest_sha256(
+        &self,
+        id: SecretRef<'_>,
+        sealed: &SealedSecret,
+        content: &[u8],
+    ) -> Result<[u8; 32], CustodyError> {
+        use sha2::{Digest, Sha256};
+        let secret = self.decrypt(id, sealed)?;
+        let mut hasher = Sha256::new();
+        hasher.update(content);
+        hasher.update(secret.expose_secret().as_bytes());
+        Ok(hasher.finalize().into())
+    }
+
     fn open(&self, id: SecretRef<'_>, sealed: &SealedSecret) -> Result<DeviceSecret, CustodyError> {
         self.decrypt(id, sealed)
     }

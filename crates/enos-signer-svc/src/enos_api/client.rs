@@ -38,7 +38,6 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
@@ -114,8 +113,8 @@ pub struct EnosApiClient {
     tls: Option<TlsConnector>,
     /// `orgId`.
     org_id: String,
-    /// AccessKey and SecretKey.
-    credential: ApiCredential,
+    /// The AccessKey, and the sealed SecretKey the custody signs with.
+    credential: Arc<ApiCredential>,
     /// The current token and when to stop using it.
     token: Mutex<Option<(Zeroizing<String>, Instant)>>,
     /// The last timestamp used: each one differs.
@@ -136,18 +135,6 @@ impl std::fmt::Debug for EnosApiClient {
             .field("access_key", &self.credential.access_key)
             .finish_non_exhaustive()
     }
-}
-
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `paramsData`: sorted `name + value` of the query, then the body.
@@ -257,7 +244,7 @@ impl EnosApiClient {
             host,
             tls,
             org_id: environment.org_id.clone(),
-            credential,
+            credential: Arc::new(credential),
             token: Mutex::new(None),
             last_ms: AtomicU64::new(0),
             permits,
@@ -372,11 +359,10 @@ impl EnosApiClient {
     async fn fetch_token(&self) -> Result<Zeroizing<String>> {
         let ts = self.timestamp().to_string();
         let key = &self.credential.access_key;
-        let encryption = sha256_hex(&[
-            key.as_bytes(),
-            ts.as_bytes(),
-            self.credential.secret_key.as_bytes(),
-        ]);
+        let encryption = self
+            .credential
+            .signature([key.as_bytes(), ts.as_bytes()].concat())
+            .await?;
         let body = json!({"appKey": key, "encryption": encryption, "timestamp": ts.parse::<u64>().unwrap_or(0)})
             .to_string();
         let request = Request::builder()
@@ -475,12 +461,10 @@ impl EnosApiClient {
         token: &str,
     ) -> Result<Value> {
         let ts = self.timestamp().to_string();
-        let signature = sha256_hex(&[
-            token.as_bytes(),
-            data,
-            ts.as_bytes(),
-            self.credential.secret_key.as_bytes(),
-        ]);
+        let signature = self
+            .credential
+            .signature([token.as_bytes(), data, ts.as_bytes()].concat())
+            .await?;
         let method = if action == "list" {
             Method::GET
         } else {
@@ -650,7 +634,21 @@ where
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
+
+    fn sha256_hex(parts: &[&[u8]]) -> String {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update(part);
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 
     /// EnOS's documented known answer.
     #[test]

@@ -6,12 +6,11 @@
 //! `credential_file` (mode 0600) by `enos-signer enos-api set-credential`;
 //! never in the config, never logged.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use enos_custody::{Custody, SealedSecret, SecretRef};
-use enos_sign_core::{DeviceSecret, ExposeSecret, ProductKey};
+use enos_sign_core::{DeviceSecret, ProductKey};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::error::{Result, SignerError};
 
@@ -27,20 +26,55 @@ struct CredentialFile {
     sealed_hex: String,
 }
 
-/// The credential, opened: what the client signs with.
+/// The credential as the client uses it: the AccessKey, and the SecretKey
+/// still sealed. Every signature over the SecretKey is computed by the
+/// custody that sealed it ([`Custody::digest_sha256`]), in the token with
+/// HSM custody, so the SecretKey is never held in the signer's memory
+/// beyond one digest (software custody) or at all (HSM).
 pub struct ApiCredential {
-    /// The AccessKey.
+    /// The AccessKey (`appKey`): not a secret; sent with every token request.
     pub access_key: String,
-    /// The SecretKey: wiped on drop, never printed.
-    pub secret_key: Zeroizing<String>,
+    /// The SecretKey, sealed: opened only inside the custody, per digest.
+    sealed: SealedSecret,
+    /// `enos-api.<environment>`: the reference the seal is bound to.
+    reference: ProductKey,
+    /// The custody that sealed it and computes the signatures.
+    custody: Arc<dyn Custody>,
 }
 
 impl std::fmt::Debug for ApiCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiCredential")
             .field("access_key", &self.access_key)
-            .field("secret_key", &"[REDACTED]")
-            .finish()
+            .field("scheme", &self.sealed.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiCredential {
+    /// `hex(SHA-256(content ‖ SecretKey))`, lower case, as EnOS's API
+    /// gateway checks it, computed by the custody (synchronously: an HSM
+    /// call blocks for a token round trip).
+    pub fn signature_blocking(&self, content: &[u8]) -> Result<String> {
+        let digest = self.custody.digest_sha256(
+            SecretRef::product(&self.reference, 1),
+            &self.sealed,
+            content,
+        )?;
+        Ok(hex(&digest))
+    }
+
+    /// [`ApiCredential::signature_blocking`] on a blocking thread, so that
+    /// an HSM's round trip never holds an async worker.
+    pub async fn signature(self: &Arc<Self>, content: Vec<u8>) -> Result<String> {
+        let credential = Arc::clone(self);
+        tokio::task::spawn_blocking(move || credential.signature_blocking(&content))
+            .await
+            .map_err(|_| {
+                SignerError::Custody(enos_custody::CustodyError::Unavailable(
+                    "the EnOS API signature's thread stopped".into(),
+                ))
+            })?
     }
 }
 
@@ -113,11 +147,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Reads `path` (owner-only) and opens `environment`'s SecretKey with
-/// `custody`. An HSM custody connected for signing refuses to open it
-/// (it exports no secret); see docs/enos-certificates.md.
+/// Reads `path` (owner-only) and checks that `custody` opens
+/// `environment`'s sealed SecretKey (one digest: a seal made for another
+/// environment or by another custody fails here, not at the first call).
 pub fn open_credential(
-    custody: &dyn Custody,
+    custody: Arc<dyn Custody>,
     environment: &str,
     path: &Path,
 ) -> Result<ApiCredential> {
@@ -138,10 +172,12 @@ pub fn open_credential(
             SignerError::Config(format!("{}: the sealed secret is not hex", path.display()))
         })?,
     };
-    let product = reference(environment)?;
-    let secret = custody.open(SecretRef::product(&product, 1), &sealed)?;
-    Ok(ApiCredential {
+    let credential = ApiCredential {
         access_key: file.access_key,
-        secret_key: Zeroizing::new(secret.expose_secret().to_owned()),
-    })
+        sealed,
+        reference: reference(environment)?,
+        custody,
+    };
+    credential.signature_blocking(b"")?;
+    Ok(credential)
 }

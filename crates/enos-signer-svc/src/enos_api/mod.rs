@@ -79,7 +79,7 @@ impl EnosApi {
         if let Some(client) = clients.get(name) {
             return Ok(Arc::clone(client));
         }
-        let credential = open_credential(self.custody.as_ref(), name, &env.credential_file)
+        let credential = open_credential(Arc::clone(&self.custody), name, &env.credential_file)
             .map_err(|e| match e {
                 SignerError::Config(m) => SignerError::FailedPrecondition(m),
                 other => other,

@@ -110,7 +110,7 @@ pub(crate) async fn run(command: EnosApiCommand) -> Result<()> {
             let config = SignerConfig::load(&config)?;
             let (api, env) = environment(&config, &name)?;
             let custody = enos_signer_svc::custody::build(&config.custody)?.into_custody();
-            let credential = open_credential(custody.as_ref(), &name, &env.credential_file)?;
+            let credential = open_credential(Arc::clone(&custody), &name, &env.credential_file)?;
             let client = EnosApiClient::new(
                 env,
                 credential,
