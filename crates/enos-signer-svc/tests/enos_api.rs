@@ -781,3 +781,72 @@ async fn a_gateway_reads_its_subject_and_retires_only_its_own_superseded_certifi
     );
     assert!(!audit.contains(APP_SECRET));
 }
+
+/// HSM custody holds the EnOS API credential as it holds device secrets:
+/// the SecretKey is sealed by the token's key, and the token request's and
+/// every call's signature are computed in the token (`C_DigestKey`), so
+/// an HSM signer applies for a gateway's certificate without ever holding
+/// the SecretKey.
+#[test]
+fn an_hsm_signer_signs_enos_api_calls_in_the_token() {
+    enos_custody_pkcs11::softhsm::isolated(
+        "an_hsm_signer_signs_enos_api_calls_in_the_token",
+        "enos-api",
+        "",
+        |hsm| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async {
+                    enos_custody_pkcs11::generate_kek(&hsm.config()).expect("the token's keys");
+                    let enos = start();
+                    let addr = enos.sandbox.enos_api_addr().expect("api");
+                    let env = enos.environment(format!("https://{addr}"));
+                    {
+                        let custody = enos_custody_pkcs11::Pkcs11Custody::connect(&hsm.config())
+                            .expect("connect");
+                        seal_credential(
+                            &custody,
+                            "test",
+                            APP_KEY,
+                            APP_SECRET,
+                            &env.credential_file,
+                        )
+                        .expect("sealed in the token");
+                    }
+                    let file = std::fs::read_to_string(&env.credential_file).expect("file");
+                    assert!(file.contains(enos_custody_pkcs11::SCHEME), "{file}");
+                    assert!(!file.contains(APP_SECRET));
+                    let configured = env.clone();
+                    let token = hsm.config();
+                    let f = common::fixture_with(move |c| {
+                        c.custody = enos_signer_svc::config::CustodyConfig::Pkcs11(token);
+                        c.enos_api = Some(EnosApiConfig {
+                            concurrency: NonZeroUsize::MIN,
+                            timeout: Duration::from_secs(5),
+                            valid_day: 30,
+                            environments: [("test".to_owned(), configured)].into(),
+                            subject: SubjectTemplate::default(),
+                            product_subjects: Default::default(),
+                        });
+                    })
+                    .await;
+                    let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");
+                    let mut client = EnosCertificatesClient::new(f.channel(Some(&gw1)).await);
+                    let issued = client
+                        .apply_enos_certificate(ApplyEnosCertificateRequest {
+                            csr_pem: csr("gwpk.gw1"),
+                        })
+                        .await
+                        .expect("applied with signatures made in the token")
+                        .into_inner();
+                    let listed = enos.client().list("gwpk", "gw1").await.expect("list");
+                    assert_eq!(listed.len(), 1);
+                    assert_eq!(listed[0].cert_sn, issued.cert_sn);
+                    assert!(!enos.sandbox.logs().contains(APP_SECRET));
+                });
+        },
+    );
+}
