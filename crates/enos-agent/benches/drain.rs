@@ -10,9 +10,10 @@
 //! window, as the agent's) publishes the same envelopes live on
 //! `…/measurepoint/post` to the same sandbox, as fast as it can.
 //!
-//! Both are timed the same way: a console observer subscribed to the
-//! device's measurepoint topics counts the messages; the rate is the
-//! count over the time from the first message seen to the last. The
+//! Both are timed the same way: from the connection's CONNACK to the
+//! sandbox's PUBACK of the last message (the agent: its status file's
+//! `state` turning `connected` and `spool.delivered` reaching the count,
+//! polled every 20 ms; the file is rewritten at most every 200 ms). The
 //! agent's start (signer, connect) is printed apart. The agent's VmHWM
 //! during the drain is printed too (#28 item 7: ≤ 8 MiB).
 //!
@@ -55,7 +56,8 @@ fn backlog_size() -> u64 {
         .unwrap_or(360_000)
 }
 
-/// When the observer saw the first and the last of the messages.
+/// The span from the first message handed over to the last one
+/// acknowledged by the sandbox.
 struct Seen {
     first: Instant,
     last: Instant,
@@ -63,59 +65,16 @@ struct Seen {
 
 impl Seen {
     fn rate(&self, n: u64) -> f64 {
-        n.saturating_sub(1) as f64 / (self.last - self.first).as_secs_f64()
+        n as f64 / (self.last - self.first).as_secs_f64()
     }
 }
 
-/// A console client counting publishes under `/sys/{pk}/{dk}/thing/measurepoint/`
-/// (post and resume, not the replies) until `n` arrived.
-async fn observe(sandbox: &Sandbox, id: &str, device: (&str, &str), n: u64) -> oneshot::Receiver<Seen> {
-    let addr = sandbox.mqtt_addr();
-    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_credentials(CONSOLE.0, CONSOLE.1);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let filter = format!("/sys/{}/{}/thing/measurepoint/+", device.0, device.1);
-    let (subscribed_tx, subscribed_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let mut subscribed = Some(subscribed_tx);
-        let mut done = Some(done_tx);
-        let mut count = 0u64;
-        let mut first = None;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    if let Some(tx) = subscribed.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Incoming::Publish(p)))
-                    if p.topic.ends_with("/post") || p.topic.ends_with("/resume") =>
-                {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    count += 1;
-                    if count == n {
-                        if let (Some(tx), Some(first)) = (done.take(), first) {
-                            let _ = tx.send(Seen { first, last: now });
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => panic!("the observer lost the sandbox: {e}"),
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(15), subscribed_rx)
-        .await
-        .expect("the observer subscribes in time")
-        .expect("suback");
-    done_rx
+/// The agent's status file, parsed (`Null` while unreadable).
+fn status(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 fn memory_hwm_kib(pid: u32) -> u64 {
@@ -156,17 +115,20 @@ async fn agent_drain(bin: &Path, sandbox: &Sandbox, dir: &Path, n: u64) -> Agent
 [enos]
 broker = "tcp://{broker}"
 
+[status]
+file = "{status}"
+
 [spool]
 path = "{spool}"
 replay_rate = 0
 "#,
+            status = dir.join("status.json").display(),
             head = signer.toml(),
             broker = sandbox.mqtt_addr(),
             spool = spool.display(),
         ),
     )
     .expect("config");
-    let seen = observe(sandbox, "drain-agent-observer", GW, n).await;
     std::fs::read(bin).expect("read the agent binary");
     let started = Instant::now();
     let mut child = Command::new(bin)
@@ -178,10 +140,28 @@ replay_rate = 0
         .spawn()
         .expect("spawn agent");
     let pid = child.id();
-    let seen = tokio::time::timeout(PATIENCE, seen)
-        .await
-        .expect("the agent drains its backlog in time")
-        .expect("observer");
+    let status_file = dir.join("status.json");
+    let deadline = Instant::now() + PATIENCE;
+    let mut first = None;
+    let last = loop {
+        let s = status(&status_file);
+        let now = Instant::now();
+        if first.is_none() && s["state"] == "connected" {
+            first = Some(now);
+        }
+        if s["spool"]["delivered"].as_u64() >= Some(n) {
+            break now;
+        }
+        assert!(
+            now < deadline,
+            "the agent did not drain its backlog in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seen = Seen {
+        first: first.unwrap_or(last),
+        last,
+    };
     let hwm = memory_hwm_kib(pid);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -197,7 +177,6 @@ replay_rate = 0
 
 /// A raw rumqttc client publishing the same `n` envelopes live.
 async fn raw_publish(sandbox: &Sandbox, n: u64) -> Seen {
-    let seen = observe(sandbox, "drain-raw-observer", RAW, n).await;
     let login = enos_testkit::device_login(
         RAW.0,
         RAW.1,
@@ -206,14 +185,40 @@ async fn raw_publish(sandbox: &Sandbox, n: u64) -> Seen {
         enos_agent::now_ms(),
     );
     let addr = sandbox.mqtt_addr();
-    let mut options = MqttOptions::new(login.mqtt_client_id.clone(), addr.ip().to_string(), addr.port());
+    let mut options = MqttOptions::new(
+        login.mqtt_client_id.clone(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
     options.set_keep_alive(Duration::from_secs(30));
-    options.set_credentials(login.username.clone(), login.password.expose_secret().to_owned());
+    options.set_credentials(
+        login.username.clone(),
+        login.password.expose_secret().to_owned(),
+    );
     let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (connected_tx, connected_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
     let poll = tokio::spawn(async move {
+        let mut connected = Some(connected_tx);
+        let mut done = Some(done_tx);
+        let mut acked = 0u64;
         loop {
-            if let Err(e) = eventloop.poll().await {
-                panic!("the raw client lost the sandbox: {e}");
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    if let Some(tx) = connected.take() {
+                        let _ = tx.send(Instant::now());
+                    }
+                }
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    acked += 1;
+                    if acked == n {
+                        if let Some(tx) = done.take() {
+                            let _ = tx.send(Instant::now());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("the raw client lost the sandbox: {e}"),
             }
         }
     });
@@ -230,12 +235,15 @@ async fn raw_publish(sandbox: &Sandbox, n: u64) -> Seen {
             .await
             .expect("publish");
     }
-    let seen = tokio::time::timeout(PATIENCE, seen)
+    let last = tokio::time::timeout(PATIENCE, done_rx)
         .await
-        .expect("the raw client's messages arrive in time")
-        .expect("observer");
+        .expect("the raw client's messages are acknowledged in time")
+        .expect("the raw client's event loop");
     poll.abort();
-    seen
+    Seen {
+        first: connected_rx.await.expect("connack"),
+        last,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +276,11 @@ async fn main() {
         (agent.seen.last - agent.seen.first).as_secs_f64(),
         agent.start.as_secs_f64(),
         agent.hwm as f64 / 1024.0,
-        if agent.hwm <= 8 * 1024 { "met" } else { "MISSED" },
+        if agent.hwm <= 8 * 1024 {
+            "met"
+        } else {
+            "MISSED"
+        },
     );
     println!(
         "raw rumqttc client, the same {n} messages live: {r:.0} msg/s ({:.1} s first to last)",

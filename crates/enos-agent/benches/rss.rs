@@ -169,7 +169,10 @@ async fn main() {
         runs.sort_by_key(|r| r.hwm);
         let hwms: Vec<String> = runs.iter().map(|r| format!("{:.2}", mib(r.hwm))).collect();
         let agent = runs.swap_remove(runs.len() / 2);
-        all_carried &= runs.iter().chain([&agent]).all(|r| r.received as u64 == MESSAGES);
+        all_carried &= runs
+            .iter()
+            .chain([&agent])
+            .all(|r| r.received as u64 == MESSAGES);
         let label = if spool { "spool on" } else { "no spool" };
         println!(
             "  {label}, connected, idle: VmRSS {:.2} MiB",
@@ -320,7 +323,10 @@ async fn agent_drain_rss(bin: &Path, sandbox: &Sandbox, dir: &Path, n: u64) -> (
         if drained {
             break;
         }
-        assert!(Instant::now() < deadline, "the agent did not drain its backlog");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not drain its backlog"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = started.elapsed();

@@ -24,18 +24,43 @@
 //!
 //! Measured with `cargo bench -p enos-agent --bench spool` (one append =
 //! one transaction for redb, as the agent appends one message at a time;
-//! median of 3, on a disk shared with other builds, so `always` is noisy):
+//! the raw loop builds the same message, stamps it, frames it with a
+//! header of the same 27 bytes in a reused buffer and does one `pwrite`,
+//! plus one `fdatasync` per message (`always`) or every 200 ms
+//! (`batched`); each figure the median of 3 alternating runs inside one
+//! bench run; three bench runs, load average 3-4 on 2 shared cores;
+//! `always` is noisy, its raw loop ranged 430-1,350 msg/s):
 //!
-//! | fsync | spool | raw `write` loop | redb | spool / raw | spool / redb |
+//! | fsync | spool | raw loop | redb | spool / raw (3 runs) | spool / redb |
 //! |---|---|---|---|---|---|
-//! | batched (200 ms) | 306,448 msg/s | 1,159,218 msg/s | 7,896 msg/s | 0.26× | 38.8× |
-//! | always | 632 msg/s | 1,107 msg/s | 426 msg/s | 0.57× | 1.48× |
+//! | batched (200 ms) | 866,529 msg/s | 1,047,950 msg/s | 8,618 msg/s | 0.92×, 0.83×, 1.02× | ~100× |
+//! | always | 793 msg/s | 893 msg/s | 711 msg/s | 0.80×, 1.14×, 0.89× | ~1.1× |
+//!
+//! With 4 threads appending at once under `always`, group commit carries
+//! 6,537-7,611 msg/s (one `pwrite` and one `fdatasync` per group).
+//!
+//! What the profile (`perf record` on the bench) showed before #28 item 7,
+//! batched at 0.26×: reading the head record back and checksumming it,
+//! 31 % (the bench stamped messages older than `max_age`, so every append
+//! evicted the one before, and compacted, with an fsync, every MiB: a bench
+//! defect, the agent stamps messages now); `encode`, 22 %, nearly all its
+//! byte-at-a-time CRC; the `pwrite` itself, 19 %. Now: crc32fast, one
+//! encode buffer kept, the write outside the lock under `always`.
 //!
 //! The queue is written once and read once in order: a log needs one
 //! `write` and (per the policy) one `fdatasync` per append; redb's
 //! copy-on-write B-tree commits pages per transaction, and would grow the
-//! agent's binary (its RSS budget). The spool is below #28's 0.8× of a raw
-//! loop: it encodes and checksums each record and takes a lock per append.
+//! agent's binary (its RSS budget).
+//!
+//! # Draining
+//!
+//! `cargo bench -p enos-agent --bench drain`: the agent binary
+//! (`agent-release`) drains a 360,000-message backlog (73.6 MiB, one hour
+//! at 100 msg/s) into the sandbox at 34,183 msg/s, a raw rumqttc client
+//! publishing the same messages live 35,516 msg/s: 0.96× (goal ≥ 0.5×),
+//! the agent's VmHWM meanwhile 5.81 MiB (goal ≤ 8 MiB). Delivery reads
+//! the file 32 KiB at a time, so a backlog costs disk, not
+//! RAM.
 //!
 //! # Crash safety
 //!
@@ -794,7 +819,11 @@ impl Spool {
         seq: u64,
     ) -> Result<(), AgentError> {
         loop {
-            if let Some((_, _, cause)) = inner.failed.iter().find(|(a, b, _)| (*a..=*b).contains(&seq)) {
+            if let Some((_, _, cause)) = inner
+                .failed
+                .iter()
+                .find(|(a, b, _)| (*a..=*b).contains(&seq))
+            {
                 return Err(AgentError::Spool {
                     path: self.path.clone(),
                     cause: cause.clone(),
@@ -804,7 +833,10 @@ impl Spool {
                 return Ok(());
             }
             if inner.committing {
-                inner = self.committed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                inner = self
+                    .committed
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             // Lead the next group: everything staged so far.
@@ -1395,7 +1427,10 @@ mod tests {
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("join")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("join"))
+                    .collect()
             });
             let mut all: Vec<u64> = seqs.concat();
             all.sort_unstable();
@@ -1429,7 +1464,9 @@ mod tests {
         for round in 0..3u64 {
             for (k, len) in sizes.iter().enumerate() {
                 let i = round * 10 + k as u64;
-                spool.append(&sized(i, *len), enos_domain::now_ms()).expect("append");
+                spool
+                    .append(&sized(i, *len), enos_domain::now_ms())
+                    .expect("append");
                 want.push((format!("/t/{i}"), *len));
             }
             // Half taken now (the buffer filled), the rest after more appends.
