@@ -254,7 +254,8 @@ fn backlog_size() -> u64 {
 }
 
 /// The agent's config: bridging `local` to the sandbox, the spool at
-/// `spool` when given (the agent's defaults otherwise).
+/// `spool` when given (the agent's defaults otherwise, but `replay_rate =
+/// 0`: a backlog drains as fast as it can, the most it can hold in flight).
 fn agent_config(
     signer: &SignerFixture,
     sandbox: &Sandbox,
@@ -264,7 +265,7 @@ fn agent_config(
 ) -> std::path::PathBuf {
     let config = dir.join("agent.toml");
     let spool = spool
-        .map(|p| format!("\n[spool]\npath = \"{}\"\n", p.display()))
+        .map(|p| format!("\n[spool]\npath = \"{}\"\nreplay_rate = 0\n", p.display()))
         .unwrap_or_default();
     std::fs::write(
         &config,
