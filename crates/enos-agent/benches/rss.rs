@@ -20,9 +20,18 @@
 //! the bench profile's build. `ENOS_AGENT_BIN=PATH` measures another build
 //! instead (to compare choices one by one).
 //!
+//! The agent is measured bridging twice: without a spool (upstream data
+//! in memory) and with `[spool]` on (every message appended to the disk
+//! spool before it goes, #28), the median of `ENOS_BENCH_RUNS` runs each;
+//! then once draining a spool backlog of `ENOS_BENCH_BACKLOG` messages
+//! (default 360,000: one hour at 100 msg/s; #28 item 7: ≤ 8 MiB), its
+//! VmHWM from start until the spool is empty.
+//!
 //! `cargo bench -p enos-agent --bench rss`.
 #![allow(clippy::print_stdout)]
 
+#[path = "support/backlog.rs"]
+mod backlog;
 #[path = "support/shipped.rs"]
 mod shipped;
 #[path = "../tests/support/mod.rs"]
@@ -147,36 +156,58 @@ async fn main() {
     // RSS differs by up to 0.3 MiB from one start of the same binary to the
     // next (where the randomised mappings fall decides which neighbouring
     // pages fault-around maps): the median of several runs.
-    let mut runs = Vec::new();
-    for run in 0..agent_runs() {
-        let run_dir = dir.path().join(format!("agent-{run}"));
-        std::fs::create_dir(&run_dir).expect("run dir");
-        runs.push(agent_rss(&agent_bin, &sandbox, &run_dir).await);
-    }
-    runs.sort_by_key(|r| r.hwm);
-    let hwms: Vec<String> = runs.iter().map(|r| format!("{:.2}", mib(r.hwm))).collect();
-    let agent = &runs[runs.len() / 2];
-    let all_carried = runs.iter().all(|r| r.received as u64 == MESSAGES);
     println!("enos-agent RSS ({})", agent_bin.display());
-    println!(
-        "  connected, idle:         VmRSS {:.2} MiB",
-        mib(agent.idle)
-    );
-    println!(
-        "  bridging 100 msg/s ({MESSAGES} msgs): VmHWM {:.2} MiB, the median of {} runs [{}] (peak VmRSS {:.2} MiB; {})",
-        mib(agent.hwm),
-        runs.len(),
-        hwms.join(", "),
-        mib(agent.peak),
-        agent.breakdown
-    );
-    println!(
-        "  messages: {MESSAGES} published locally per run, seen on EnOS: {}",
-        runs.iter()
-            .map(|r| r.received.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let mut medians = Vec::new();
+    let mut all_carried = true;
+    for spool in [false, true] {
+        let mut runs = Vec::new();
+        for run in 0..agent_runs() {
+            let run_dir = dir.path().join(format!("agent-{spool}-{run}"));
+            std::fs::create_dir(&run_dir).expect("run dir");
+            runs.push(agent_rss(&agent_bin, &sandbox, &run_dir, spool).await);
+        }
+        runs.sort_by_key(|r| r.hwm);
+        let hwms: Vec<String> = runs.iter().map(|r| format!("{:.2}", mib(r.hwm))).collect();
+        let agent = runs.swap_remove(runs.len() / 2);
+        all_carried &= runs
+            .iter()
+            .chain([&agent])
+            .all(|r| r.received as u64 == MESSAGES);
+        let label = if spool { "spool on" } else { "no spool" };
+        println!(
+            "  {label}, connected, idle: VmRSS {:.2} MiB",
+            mib(agent.idle)
+        );
+        println!(
+            "  {label}, bridging 100 msg/s ({MESSAGES} msgs): VmHWM {:.2} MiB, the median of {} runs [{}] (peak VmRSS {:.2} MiB; {})",
+            mib(agent.hwm),
+            hwms.len(),
+            hwms.join(", "),
+            mib(agent.peak),
+            agent.breakdown
+        );
+        println!(
+            "  {label}, messages: {MESSAGES} published locally per run, seen on EnOS: {}",
+            runs.iter()
+                .chain([&agent])
+                .map(|r| r.received.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        medians.push((label, agent));
+    }
+    let backlog = backlog_size();
+    if backlog > 0 {
+        let drain_dir = dir.path().join("drain");
+        std::fs::create_dir(&drain_dir).expect("drain dir");
+        let (hwm, took) = agent_drain_rss(&agent_bin, &sandbox, &drain_dir, backlog).await;
+        println!(
+            "  spool on, draining a backlog of {backlog} msgs ({:.1} s): VmHWM {:.2} MiB (goal <= 8 MiB: {})",
+            took.as_secs_f64(),
+            mib(hwm),
+            if hwm <= 8 * 1024 { "met" } else { "MISSED" }
+        );
+    }
 
     if std::env::var("ENOS_BENCH_SDK").as_deref() != Ok("0") {
         match sdk_python() {
@@ -194,16 +225,18 @@ async fn main() {
                     sdk.breakdown
                 );
                 println!("  messages: {} seen on EnOS", sdk.received);
-                let ratio = agent.hwm as f64 / sdk.hwm as f64;
                 let carried = all_carried && sdk.received as u64 == MESSAGES;
-                println!(
-                    "  enos-agent / SDK (VmHWM while carrying 100 msg/s): {ratio:.2}x (goal <= 0.25x with nothing dropped: {})",
-                    if agent.hwm * 4 <= sdk.hwm && carried {
-                        "met"
-                    } else {
-                        "MISSED"
-                    }
-                );
+                for (label, agent) in &medians {
+                    let ratio = agent.hwm as f64 / sdk.hwm as f64;
+                    println!(
+                        "  enos-agent ({label}) / SDK (VmHWM while carrying 100 msg/s): {ratio:.2}x (goal <= 0.25x with nothing dropped: {})",
+                        if agent.hwm * 4 <= sdk.hwm && carried {
+                            "met"
+                        } else {
+                            "MISSED"
+                        }
+                    );
+                }
             }
             Err(reason) => println!("official EnOS Python SDK: not measured: {reason}"),
         }
@@ -211,11 +244,29 @@ async fn main() {
     drop(sandbox);
 }
 
-/// Runs the agent bridging Mosquitto to the sandbox and measures it.
-async fn agent_rss(bin: &Path, sandbox: &Sandbox, dir: &Path) -> Footprint {
-    let local = Mosquitto::start();
-    let signer = SignerFixture::start(dir, GW, SECRET, 300).await;
+/// The backlog the drain phase empties: `$ENOS_BENCH_BACKLOG`, default
+/// 360,000 (one hour at 100 msg/s); 0 skips the phase.
+fn backlog_size() -> u64 {
+    std::env::var("ENOS_BENCH_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(360_000)
+}
+
+/// The agent's config: bridging `local` to the sandbox, the spool at
+/// `spool` when given (the agent's defaults otherwise, but `replay_rate =
+/// 0`: a backlog drains as fast as it can, the most it can hold in flight).
+fn agent_config(
+    signer: &SignerFixture,
+    sandbox: &Sandbox,
+    dir: &Path,
+    local: std::net::SocketAddr,
+    spool: Option<&Path>,
+) -> std::path::PathBuf {
     let config = dir.join("agent.toml");
+    let spool = spool
+        .map(|p| format!("\n[spool]\npath = \"{}\"\nreplay_rate = 0\n", p.display()))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
@@ -233,14 +284,74 @@ local_broker = "tcp://{local}"
 [[bridge.upstream]]
 local = "gw/mp"
 target = "measurepoint-post"
-"#,
+{spool}"#,
             head = signer.toml(),
             broker = sandbox.mqtt_addr(),
             status = dir.join("status.json").display(),
-            local = local.addr,
         ),
     )
     .expect("config");
+    config
+}
+
+/// The agent (with the spool on) draining a backlog of `n` messages
+/// written before its start: its VmHWM once the spool is empty, and how
+/// long that took.
+async fn agent_drain_rss(bin: &Path, sandbox: &Sandbox, dir: &Path, n: u64) -> (u64, Duration) {
+    let local = Mosquitto::start();
+    let signer = SignerFixture::start(dir, GW, SECRET, 3600).await;
+    let spool = dir.join("upstream.spool");
+    backlog::write_backlog(&spool, GW, n, enos_agent::now_ms());
+    let config = agent_config(&signer, sandbox, dir, local.addr, Some(&spool));
+    std::fs::read(bin).expect("read the agent binary");
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn agent");
+    let pid = child.id();
+    let status = dir.join("status.json");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let drained = std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|s| s["spool"]["delivered"].as_u64() >= Some(n));
+        if drained {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not drain its backlog"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let (_, hwm) = memory_kib(pid);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    (hwm, took)
+}
+
+/// Runs the agent bridging Mosquitto to the sandbox (with the spool on
+/// when `spool`) and measures it.
+async fn agent_rss(bin: &Path, sandbox: &Sandbox, dir: &Path, spool: bool) -> Footprint {
+    let local = Mosquitto::start();
+    let signer = SignerFixture::start(dir, GW, SECRET, 300).await;
+    let spool_path = dir.join("upstream.spool");
+    let config = agent_config(
+        &signer,
+        sandbox,
+        dir,
+        local.addr,
+        spool.then_some(spool_path.as_path()),
+    );
 
     // The executable wholly in the page cache, as after any earlier start:
     // the kernel then maps the pages around each one touched (fault-around),
