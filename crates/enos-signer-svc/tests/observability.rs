@@ -685,8 +685,10 @@ async fn the_enos_api_client_counts_and_times_its_calls_within_its_bound() {
     for call in calls {
         applied.push(call.await.expect("joined"));
     }
-    // One renewal, and one of a serial that is not the caller's: EnOS
-    // refuses it (a code, not an outage).
+    // One renewal; one of a serial that is not the caller's, refused by
+    // the signer's registry before EnOS is called (no EnOS call counted);
+    // and a second apply for a gateway whose certificate is valid, which
+    // EnOS refuses (duplicate subject: a code, not an outage).
     let (client, dk, cert_sn) = &mut applied[0];
     client
         .renew_enos_certificate(RenewEnosCertificateRequest {
@@ -704,10 +706,16 @@ async fn the_enos_api_client_counts_and_times_its_calls_within_its_bound() {
         })
         .await
         .expect_err("not the caller's serial");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let (client, dk, _) = &mut applied[1];
+    let duplicate = client
+        .apply_enos_certificate(ApplyEnosCertificateRequest { csr_pem: csr(dk) })
+        .await
+        .expect_err("EnOS refuses a second valid certificate of one subject");
     assert_eq!(
-        refused.code(),
+        duplicate.code(),
         tonic::Code::FailedPrecondition,
-        "{refused:?}"
+        "{duplicate:?}"
     );
 
     let text = common::scrape_metrics(&f).await;
@@ -721,6 +729,11 @@ async fn the_enos_api_client_counts_and_times_its_calls_within_its_bound() {
     );
     assert_eq!(
         value(r#"enos_signer_enos_api_calls_total{operation="renew",outcome="refused"}"#),
+        0.0,
+        "the registry refused it first: {text}"
+    );
+    assert_eq!(
+        value(r#"enos_signer_enos_api_calls_total{operation="apply",outcome="refused"}"#),
         1.0,
         "{text}"
     );
@@ -730,12 +743,12 @@ async fn the_enos_api_client_counts_and_times_its_calls_within_its_bound() {
     assert!((1.0..=GATEWAYS as f64).contains(&tokens), "{text}");
     assert_eq!(
         value(r#"enos_signer_enos_api_request_duration_seconds_count{operation="apply"}"#),
-        GATEWAYS as f64,
+        GATEWAYS as f64 + 1.0,
         "{text}"
     );
     assert_eq!(
         value(r#"enos_signer_enos_api_request_duration_seconds_count{operation="renew"}"#),
-        2.0,
+        1.0,
         "{text}"
     );
     let waited = value(r#"enos_signer_enos_api_request_duration_seconds_sum{operation="apply"}"#);
