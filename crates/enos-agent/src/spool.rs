@@ -65,9 +65,9 @@
 //! (`agent-release`) drains a 360,000-message backlog (73.6 MiB, one hour
 //! at 100 msg/s) into the sandbox against a raw rumqttc client publishing
 //! the same messages live, CONNACK to last PUBACK on both sides; three
-//! runs (load average 3.5-6): 0.96×, 0.82×, 0.73× (agent 34,183, 29,664,
-//! 23,512 msg/s; goal ≥ 0.5×), the agent's VmHWM 5.81, 5.60, 5.75 MiB
-//! (goal ≤ 8 MiB). Delivery reads the file 32 KiB at a time and `taken`
+//! runs with the two delivery lanes: 1.41×, 1.40×, 1.20× (goal ≥ 0.5×;
+//! `resume.batch` carries 25 messages a PUBLISH), the agent's VmHWM 6.54,
+//! 6.73, 6.62 MiB (goal ≤ 8 MiB). Delivery reads the file 32 KiB at a time and `taken`
 //! reuses what `peek` decoded (before: two `pread`s, two allocations and a
 //! byte-wise CRC per record, twice; that binary drained at 0.63×, one run).
 //!
