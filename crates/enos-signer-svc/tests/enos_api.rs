@@ -13,7 +13,6 @@ use enos_signer_proto::v1::{
     ApplyEnosCertificateRequest, RenewEnosCertificateRequest,
     enos_certificates_client::EnosCertificatesClient,
 };
-use enos_signer_svc::config::{EnosApiConfig, SubjectTemplate};
 
 use enos_signer_svc::{
     SignerError,
@@ -308,14 +307,7 @@ async fn a_gateway_gets_its_enos_certificate_through_the_signer() {
     env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
     let configured = env.clone();
     let f = common::fixture_with(move |c| {
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
@@ -501,14 +493,7 @@ async fn deleting_a_device_revokes_its_enos_certificates() {
     env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
     let configured = env.clone();
     let f = common::fixture_with(move |c| {
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
@@ -630,14 +615,7 @@ async fn a_gateway_reads_its_subject_and_retires_only_its_own_superseded_certifi
     env.credential_file = enos.dir.path().join("signer-enos-api.sealed");
     let configured = env.clone();
     let f = common::fixture_with(move |c| {
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
@@ -823,14 +801,7 @@ fn an_hsm_signer_signs_enos_api_calls_in_the_token() {
                     let token = hsm.config();
                     let f = common::fixture_with(move |c| {
                         c.custody = enos_signer_svc::config::CustodyConfig::Pkcs11(token);
-                        c.enos_api = Some(EnosApiConfig {
-                            concurrency: NonZeroUsize::MIN,
-                            timeout: Duration::from_secs(5),
-                            valid_day: 30,
-                            environments: [("test".to_owned(), configured)].into(),
-                            subject: SubjectTemplate::default(),
-                            product_subjects: Default::default(),
-                        });
+                        c.enos_api = Some(common::enos_api_config(configured));
                     })
                     .await;
                     let gw1 = f.pki.device("gwpk", "gw1").expect("device cert");

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::{num::NonZeroUsize, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use enos_postgres_fixture::PgCluster;
 use enos_registry::{DeviceId, EnosCertificateRecord, RegistryConfig, postgres::PostgresConfig};
@@ -21,10 +21,7 @@ use enos_signer_proto::v1::{
     ApplyEnosCertificateRequest, DeviceRef, PutDeviceRequest, RenewEnosCertificateRequest,
     admin_client::AdminClient, enos_certificates_client::EnosCertificatesClient,
 };
-use enos_signer_svc::{
-    config::{EnosApiConfig, EnosEnvironmentConfig, SubjectTemplate},
-    enos_api::seal_credential,
-};
+use enos_signer_svc::{config::EnosEnvironmentConfig, enos_api::seal_credential};
 use enos_testkit::{
     Pki,
     sandbox::{Sandbox, SandboxBinary},
@@ -193,14 +190,7 @@ async fn records_follow_apply_renew_revoke_and_deletion(pg: Option<&PgCluster>) 
         if let Some(registry) = registry_for_signer {
             c.registry = registry;
         }
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
@@ -466,14 +456,7 @@ async fn an_enos_certificate_the_registry_cannot_record_is_revoked_again() {
     let configured = env.clone();
     let f = common::fixture_with(move |c| {
         c.registry = registry;
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)
@@ -563,14 +546,7 @@ async fn an_old_certificate_enos_revoked_on_renew_is_recorded_revoked_superseded
     };
     let configured = env.clone();
     let mut f = common::fixture_with(move |c| {
-        c.enos_api = Some(EnosApiConfig {
-            concurrency: NonZeroUsize::MIN,
-            timeout: Duration::from_secs(5),
-            valid_day: 30,
-            environments: [("test".to_owned(), configured)].into(),
-            subject: SubjectTemplate::default(),
-            product_subjects: Default::default(),
-        });
+        c.enos_api = Some(common::enos_api_config(configured));
     })
     .await;
     let custody = enos_signer_svc::custody::build(&f.signer.config().custody)

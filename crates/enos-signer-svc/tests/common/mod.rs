@@ -18,6 +18,22 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
 }
 
+/// `[enos_api]` serving every product through the one environment
+/// `test`: one EnOS call at a time, 5 s per call, 30-day certificates, the
+/// default subject template.
+pub fn enos_api_config(
+    environment: enos_signer_svc::config::EnosEnvironmentConfig,
+) -> enos_signer_svc::config::EnosApiConfig {
+    enos_signer_svc::config::EnosApiConfig {
+        concurrency: std::num::NonZeroUsize::MIN,
+        timeout: std::time::Duration::from_secs(5),
+        valid_day: 30,
+        environments: [("test".to_owned(), environment)].into(),
+        subject: enos_signer_svc::config::SubjectTemplate::default(),
+        product_subjects: Default::default(),
+    }
+}
+
 pub async fn fixture() -> Fixture {
     fixture_with(|_| {}).await
 }
